@@ -1,0 +1,1 @@
+"""Datasets, model adapters, scorers and body parts. Pure Python/NumPy/PyTorch: never imports Prefect or DVC."""

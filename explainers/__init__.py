@@ -1,0 +1,1 @@
+"""Attribution algorithms and metrics (pure PyTorch; never imports Prefect or DVC)."""

@@ -1,0 +1,61 @@
+"""The pull stage: a dataset version -> validated Parquet tables (images, annotations, gt_parts, errors)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import flows  # noqa: F401  (environment defaults)
+from prefect import flow, get_run_logger
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from detection.datasets.records import display_path
+from tasks.params import Params, load_params
+from tasks.pull import (SHARDS_DIR, check_images_shard, fetch_dvc, generate_synthetic_shard, list_source,
+                        merge_shards, publish, relocate_uris, shard_ranges, write_outputs)
+
+
+@flow(name="pull", log_prints=True)
+def pull_flow(params: Params) -> dict:
+    """Build the dataset tables in a staging folder, then publish them over ``pull.out_dir`` in one swap."""
+    logger = get_run_logger()
+    pull = params.pull
+    out = Path(pull.out_dir)
+    staging = out.with_name(out.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    out_uri, staging_uri = display_path(out), display_path(staging)
+
+    listing = None
+    if pull.source == "synthetic":
+        cfg = pull.synthetic
+        futures = [generate_synthetic_shard.submit(cfg, params.seed, r.start, r.stop, str(staging),
+                                                   f"{out_uri}/images")
+                   for r in shard_ranges(cfg.n_images, pull.shard_size)]
+    else:
+        root = fetch_dvc(pull.dvc, str(staging / "source")) if pull.dvc else None
+        listing = list_source(pull, root)
+        logger.info("%s lists %d images, %d annotations", pull.source, len(listing.images),
+                    len(listing.annotations))
+        futures = [check_images_shard.submit(listing.images[r.start:r.stop], pull.limits,
+                                             str(staging / SHARDS_DIR / f"{r.start:08d}"))
+                   for r in shard_ranges(len(listing.images), pull.shard_size)]
+    for f in futures:
+        f.result()
+
+    tables = relocate_uris(merge_shards(staging, listing), staging_uri, out_uri)
+    stats = write_outputs(tables, staging, pull, params.seed)
+    publish(staging, out)
+    metrics = Path(pull.metrics)
+    metrics.parent.mkdir(parents=True, exist_ok=True)
+    metrics.write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    logger.info("pulled %d images, %d annotations (%d persons), %d errors -> %s", stats["images"],
+                stats["annotations"], stats["persons"], stats["errors"], out)
+    return stats
+
+
+def run_pull(params_file: str | Path = "params.yaml") -> dict:
+    """Validate params, then run the pull flow with the configured number of worker threads."""
+    params = load_params(params_file)
+    runner = ThreadPoolTaskRunner(max_workers=params.workers)
+    return pull_flow.with_options(task_runner=runner)(params)

@@ -1,0 +1,146 @@
+"""Tasks of the pull stage. Each works on one shard and returns the path of what it wrote, never big objects."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from detection.datasets.coco import read_coco, tables_to_coco
+from detection.datasets.folder import read_folder
+from detection.datasets.imageio import ImageLimits
+from detection.datasets.records import ImageRecord, SourceListing, check_images
+from detection.datasets.synthetic import CATEGORIES, SyntheticConfig, generate_images
+from detection.datasets.tables import SCHEMAS, DatasetTables, rows_to_table, write_table_atomic
+from detection.datasets.yolo import read_yolo
+from tasks.params import DvcSource, PullParams
+
+SHARDS_DIR = "_shards"
+
+
+def shard_ranges(n: int, shard_size: int) -> list[range]:
+    return [range(start, min(n, start + shard_size)) for start in range(0, n, shard_size)]
+
+
+def _write_shard(shard_dir: Path, **rows: list[dict]) -> str:
+    """One shard's rows, a Parquet file per table; the ``_done`` marker is written last."""
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    for name, table_rows in rows.items():
+        write_table_atomic(rows_to_table(table_rows, name), shard_dir / f"{name}.parquet")
+    (shard_dir / "_done").touch()
+    return str(shard_dir)
+
+
+@task(cache_policy=NO_CACHE, retries=1)
+def generate_synthetic_shard(config: SyntheticConfig, seed: int, start: int, stop: int, staging: str,
+                             uri_prefix: str) -> str:
+    """Render scenes [start, stop) into ``staging/images`` and their rows into a shard folder."""
+    images, annotations, parts = generate_images(config, seed, range(start, stop), f"{staging}/images",
+                                                 uri_prefix=uri_prefix)
+    return _write_shard(Path(staging) / SHARDS_DIR / f"{start:08d}", images=images, annotations=annotations,
+                        gt_parts=parts)
+
+
+@task(cache_policy=NO_CACHE, retries=1)
+def check_images_shard(records: list[ImageRecord], limits: ImageLimits, shard_dir: str) -> str:
+    """Decode and check one shard of listed images; bad ones become ``errors`` rows."""
+    images, errors = check_images(records, limits)
+    return _write_shard(Path(shard_dir), images=images, errors=errors)
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def fetch_dvc(source: DvcSource, dest: str) -> str:
+    """``dvc get`` of a DVC-tracked path at a fixed revision (from the repository's DVC remote) into ``dest``."""
+    from dvc.repo import Repo
+
+    shutil.rmtree(dest, ignore_errors=True)
+    Path(dest).parent.mkdir(parents=True, exist_ok=True)
+    Repo.get(source.url, source.path, out=dest, rev=source.rev, remote=source.remote)
+    return dest
+
+
+@task(cache_policy=NO_CACHE)
+def list_source(pull: PullParams, root: str | None) -> SourceListing:
+    """Read the annotation files of a coco/yolo/folder source (paths relative to ``root`` when given)."""
+    def at(p: str) -> Path:
+        return Path(root) / p if root else Path(p)
+
+    if pull.source == "coco":
+        return read_coco(at(pull.coco.annotations), at(pull.coco.images_dir), pull.coco.split)
+    if pull.source == "yolo":
+        return read_yolo(at(pull.yolo.data), pull.yolo.splits)
+    if pull.source == "folder":
+        return read_folder(at(pull.folder.images_dir), pull.folder.split)
+    raise ValueError(f"pull.source {pull.source!r} has no file listing")
+
+
+def merge_shards(staging: Path, listing: SourceListing | None = None) -> DatasetTables:
+    """Concatenate shard tables (in shard order) with the listing's rows; keep annotations of kept images."""
+    shards = sorted(p for p in (staging / SHARDS_DIR).iterdir() if (p / "_done").exists())
+    tables = {}
+    for name, schema in SCHEMAS.items():
+        parts = [pq.read_table(s / f"{name}.parquet", schema=schema) for s in shards
+                 if (s / f"{name}.parquet").exists()]
+        tables[name] = pa.concat_tables(parts) if parts else schema.empty_table()
+    if listing is not None:
+        tables["errors"] = pa.concat_tables([rows_to_table(listing.errors, "errors"), tables["errors"]])
+        annotations = rows_to_table(listing.annotations, "annotations")
+        kept = pc.is_in(annotations["image_id"], value_set=tables["images"]["image_id"])
+        tables["annotations"] = annotations.filter(kept)
+    return DatasetTables(**tables)
+
+
+def relocate_uris(tables: DatasetTables, old_prefix: str, new_prefix: str) -> DatasetTables:
+    """Point URIs written under the staging folder at the published folder."""
+    pattern = "^" + old_prefix.replace("\\", "\\\\").replace(".", "\\.") + "/"
+
+    def fix(table: pa.Table) -> pa.Table:
+        i = table.schema.get_field_index("uri")
+        return table.set_column(i, "uri", pc.replace_substring_regex(table["uri"], pattern, new_prefix + "/"))
+
+    return DatasetTables(images=fix(tables.images), annotations=tables.annotations, gt_parts=tables.gt_parts,
+                         errors=fix(tables.errors))
+
+
+def summary(tables: DatasetTables) -> dict:
+    """Counts for DVC metrics and the manifest."""
+    ann = tables.annotations
+    persons = ann.filter(pc.equal(ann["category"], "person"))
+    errors = {}
+    for row in tables.errors.group_by("error_type").aggregate([("error_type", "count")]).to_pylist():
+        errors[row["error_type"]] = row["error_type_count"]
+    splits = {r["split"]: r["split_count"] for r in
+              tables.images.group_by("split").aggregate([("split", "count")]).to_pylist()}
+    return {"images": tables.images.num_rows, "annotations": ann.num_rows, "persons": persons.num_rows,
+            "persons_with_keypoints": int(pc.sum(pc.greater(persons["num_keypoints"], 0)).as_py() or 0),
+            "gt_parts": tables.gt_parts.num_rows, "errors": tables.errors.num_rows,
+            "errors_by_type": dict(sorted(errors.items())), "images_by_split": dict(sorted(splits.items()))}
+
+
+def write_outputs(tables: DatasetTables, staging: Path, pull: PullParams, seed: int) -> dict:
+    """Tables, COCO export (synthetic) and manifest into the staging folder; returns the summary."""
+    shutil.rmtree(staging / SHARDS_DIR, ignore_errors=True)
+    tables.write(staging)
+    if pull.source == "synthetic":
+        doc = tables_to_coco(tables.images, tables.annotations, list(CATEGORIES))
+        (staging / "coco.json").write_text(json.dumps(doc, separators=(",", ":")))
+    stats = summary(tables)
+    manifest = {"source": pull.source, "seed": seed, "params": pull.model_dump(mode="json"), "counts": stats}
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return stats
+
+
+def publish(staging: Path, out: Path) -> None:
+    """Replace ``out`` with ``staging`` in two renames; until then the previous output stays whole."""
+    backup = out.with_name(out.name + ".previous")
+    shutil.rmtree(backup, ignore_errors=True)
+    if out.exists():
+        os.replace(out, backup)
+    os.replace(staging, out)
+    shutil.rmtree(backup, ignore_errors=True)
