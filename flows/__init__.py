@@ -9,6 +9,7 @@ for _key, _value in {
     "DO_NOT_TRACK": "1",                                   # Prefect client telemetry off
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",           # Prefect server telemetry off
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",  # slow CI machines start the ephemeral API slowly
+    "DVC_NO_ANALYTICS": "1",                               # DVC telemetry off
     "YOLO_OFFLINE": "1",                                   # ultralytics: never download
     "YOLO_AUTOINSTALL": "0",
 }.items():

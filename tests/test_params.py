@@ -1,0 +1,48 @@
+"""params.yaml schema: errors name the file, the key and the value."""
+import pytest
+import yaml
+
+from tasks.params import ParamsError, load_params, parse_params
+from tests.conftest import REPO
+
+
+def test_repository_params_are_valid():
+    params = load_params(REPO / "params.yaml")
+    assert params.pull.source == "synthetic" and params.pull.synthetic.n_images >= 200
+
+
+@pytest.mark.parametrize("data, expected", [
+    ({"pull": {"synthetic": {"n_imagez": 5}}}, r"params.yaml: pull\.synthetic\.n_imagez: unknown key \(got 5\)"),
+    ({"seedd": 1}, r"seedd: unknown key"),
+    ({"seed": "abc"}, r"seed: .*valid integer.*\(got 'abc'\)"),
+    ({"pull": {"shard_size": 0}}, r"pull\.shard_size: .*greater than or equal to 1 \(got 0\)"),
+    ({"pull": {"source": "s3"}}, r"pull\.source: .*\(got 's3'\)"),
+    ({"pull": {"source": "coco"}}, r"section pull\.coco is missing"),
+    ({"pull": {"synthetic": {"persons_per_image": [3, 1]}}}, r"pull\.synthetic\.persons_per_image: .*\[3, 1\]"),
+    ({"pull": {"limits": {"max_pixels": -1}}}, r"pull\.limits\.max_pixels"),
+    ({"pull": {"source": "coco", "coco": {"annotations": "a.json"}}}, r"pull\.coco\.images_dir: Field required"),
+])
+def test_schema_errors_name_key_and_value(data, expected):
+    with pytest.raises(ParamsError, match=expected):
+        parse_params(data)
+
+
+def test_missing_input_file_is_named(in_tmp):
+    (in_tmp / "images").mkdir()
+    with pytest.raises(ParamsError, match=r"pull\.coco\.annotations: file not found \(got 'nope\.json'\)"):
+        parse_params({"pull": {"source": "coco", "coco": {"annotations": "nope.json", "images_dir": "images"}}})
+    # with a DVC source the paths are inside the fetched folder, so they are checked after the fetch
+    parse_params({"pull": {"source": "coco", "coco": {"annotations": "nope.json", "images_dir": "images"},
+                           "dvc": {"url": "somewhere", "path": "data"}}})
+
+
+def test_load_params_file_errors(tmp_path):
+    with pytest.raises(ParamsError, match="params file not found"):
+        load_params(tmp_path / "missing.yaml")
+    bad = tmp_path / "p.yaml"
+    bad.write_text("pull: [1, 2\n")
+    with pytest.raises(ParamsError, match=r"p\.yaml: invalid YAML"):
+        load_params(bad)
+    bad.write_text(yaml.safe_dump({"pull": {"out_dirr": "x"}}))
+    with pytest.raises(ParamsError, match=r"p\.yaml: pull\.out_dirr: unknown key"):
+        load_params(bad)
