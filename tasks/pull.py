@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -98,7 +99,7 @@ def merge_shards(staging: Path, listing: SourceListing | None = None) -> Dataset
 
 def relocate_uris(tables: DatasetTables, old_prefix: str, new_prefix: str) -> DatasetTables:
     """Point URIs written under the staging folder at the published folder."""
-    pattern = "^" + old_prefix.replace("\\", "\\\\").replace(".", "\\.") + "/"
+    pattern = "^" + re.escape(old_prefix + "/")
 
     def fix(table: pa.Table) -> pa.Table:
         i = table.schema.get_field_index("uri")
