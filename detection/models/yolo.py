@@ -1,0 +1,119 @@
+"""Ultralytics YOLO detection and pose models, from a local ``.pt`` or a ``*.yaml`` architecture (never downloaded).
+
+Inference runs the raw network (``yolo.model(batch)``), so the explainers' scorer sees every anchor's box and full
+class-score vector before NMS; :meth:`YoloDetector.detect` applies ultralytics' NMS on top of the same output.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from detection.models.base import Candidates, Detections, WeightsError, pick_device
+from detection.models.letterbox import Letterbox, letterbox
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_AUTOINSTALL", "0")
+
+
+def _xywh_to_xyxy(b: torch.Tensor) -> torch.Tensor:
+    xy, wh = b[..., :2], b[..., 2:] / 2
+    return torch.cat([xy - wh, xy + wh], dim=-1)
+
+
+class YoloDetector:
+    """A YOLO detect or pose model behind the common adapter interface.
+
+    ``weights``: a local ``.pt`` checkpoint, or a ``*.yaml`` architecture (random init; a bare name such as
+    ``yolov8n.yaml`` resolves to ultralytics' bundled configs). ``nc`` overrides the class count of a yaml.
+    """
+
+    def __init__(self, weights: str | Path, *, imgsz: int = 320, device: str | torch.device | None = "auto",
+                 batch_size: int = 32, conf: float = 0.25, iou: float = 0.7, max_det: int = 300,
+                 nc: int | None = None, amp: bool | None = None):
+        from ultralytics import YOLO
+
+        path = Path(weights)
+        if path.suffix == ".pt" and not path.is_file():
+            raise FileNotFoundError(f"weights file not found: {path}")    # a bare *.pt name would try to download
+        if path.suffix not in (".pt", ".yaml", ".yml"):
+            raise WeightsError(f"{path}: expected a .pt checkpoint or a .yaml architecture")
+        try:
+            yolo = YOLO(str(path)) if nc is None or path.suffix == ".pt" else _yaml_with_classes(path, nc)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"model file not found: {path}") from None
+        except Exception as exc:
+            raise WeightsError(f"{path}: cannot load YOLO model ({type(exc).__name__}: {exc})") from None
+        self.device = pick_device(device)
+        self.model = yolo.model.to(self.device).float().eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.class_names: list[str] = [yolo.names[i] for i in sorted(yolo.names)]
+        self.kpt_shape = getattr(self.model, "kpt_shape", None) or self.model.yaml.get("kpt_shape")
+        self.stride = int(max(self.model.stride.max().item(), 32))
+        self.imgsz, self.batch_size = imgsz, batch_size
+        self.conf, self.iou, self.max_det = conf, iou, max_det
+        self.amp = self.device.type == "cuda" if amp is None else amp
+        self.weights = str(path)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @torch.inference_mode()
+    def raw(self, images: torch.Tensor) -> tuple[torch.Tensor, Letterbox]:
+        """Network output for one batch: ``[B, A, 4 + C (+ 3K)]`` (xyxy in input pixels, scores, keypoints)."""
+        x, box = letterbox(images.to(self.device, non_blocking=True).float(), self.imgsz, self.stride)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            out = self.model(x)
+        out = (out[0] if isinstance(out, (list, tuple)) else out).float().transpose(1, 2)
+        return out, box
+
+    def _split(self, out: torch.Tensor, box: Letterbox) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        C = self.num_classes
+        boxes = box.boxes_to_original(_xywh_to_xyxy(out[..., :4]))
+        scores = out[..., 4:4 + C]
+        kpts = None
+        if self.kpt_shape:
+            k, d = self.kpt_shape
+            kpts = out[..., 4 + C:4 + C + k * d].reshape(*out.shape[:2], k, d).clone()
+            kpts[..., :2] = box.points_to_original(kpts[..., :2])
+        return boxes, scores, kpts
+
+    def candidates(self, images: torch.Tensor) -> Candidates:
+        """All anchors' boxes and class scores, before NMS. YOLOv8 has no objectness: it is the max class score."""
+        out, box = self.raw(images)
+        boxes, scores, _ = self._split(out, box)
+        valid = torch.ones(scores.shape[:2], dtype=torch.bool, device=scores.device)
+        return Candidates(boxes=boxes, objectness=scores.amax(-1), class_probs=scores, valid=valid)
+
+    def detect(self, images: torch.Tensor) -> list[Detections]:
+        """Final detections per image (NMS), with each kept box's full class-score vector and keypoints."""
+        from ultralytics.utils.nms import non_max_suppression
+
+        results: list[Detections] = []
+        for start in range(0, images.shape[0], self.batch_size):
+            out, box = self.raw(images[start:start + self.batch_size])
+            boxes, scores, kpts = self._split(out, box)
+            kept, idxs = non_max_suppression(out.transpose(1, 2), self.conf, self.iou, max_det=self.max_det,
+                                             nc=self.num_classes, return_idxs=True)
+            for b, (det, idx) in enumerate(zip(kept, idxs)):
+                idx = idx.long()
+                results.append(Detections(
+                    boxes=boxes[b, idx], scores=det[:, 4], labels=det[:, 5].long(),
+                    class_probs=scores[b, idx], keypoints=None if kpts is None else kpts[b, idx]))
+        return results
+
+
+def _yaml_with_classes(path: Path, nc: int):
+    from ultralytics import YOLO
+    from ultralytics.nn.tasks import yaml_model_load
+
+    cfg = yaml_model_load(str(path))
+    cfg["nc"] = nc
+    task = "pose" if "kpt_shape" in cfg else "detect"
+    model = YOLO(str(path), task=task)
+    model.model = type(model.model)(cfg, nc=nc, verbose=False)
+    model.model.names = {i: str(i) for i in range(nc)}
+    return model
