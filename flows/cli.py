@@ -16,23 +16,53 @@ def _pull(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_data(args: argparse.Namespace) -> int:
+    from flows.models import run_train_data
+
+    print(json.dumps(run_train_data(args.params), indent=2, sort_keys=True))
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from flows.models import MODELS, run_models
+
+    result = run_models(args.params, tuple(args.only or MODELS))
+    print(json.dumps(result, indent=2, sort_keys=True))
+    return 0
+
+
+def _infer(args: argparse.Namespace) -> int:
+    from flows.infer import run_infer
+
+    print(json.dumps(run_infer(args.params), indent=2, sort_keys=True))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xai-audit", description=__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     sub = parser.add_subparsers(dest="command", required=True)
     pull = sub.add_parser("pull", help="pull a dataset version into validated Parquet tables")
     pull.set_defaults(func=_pull)
+    sub.add_parser("train-data", help="generate the synthetic scenes the demo models train on").set_defaults(
+        func=_train_data)
+    models = sub.add_parser("models", help="train the demo models (or copy the weights named in params)")
+    models.add_argument("--only", action="append", choices=["detector", "pose", "classifier"],
+                        help="train only this model (repeatable); default: all, in dependency order")
+    models.set_defaults(func=_models)
+    sub.add_parser("infer", help="run the configured models over the pulled dataset").set_defaults(func=_infer)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from detection.datasets.records import AnnotationError
+    from detection.models.base import WeightsError
     from tasks.params import ParamsError
 
     try:
         return args.func(args)
-    except (ParamsError, AnnotationError, FileNotFoundError) as exc:
+    except (ParamsError, AnnotationError, WeightsError, FileNotFoundError) as exc:
         print(f"xai-audit {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

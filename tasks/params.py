@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from detection.datasets.imageio import ImageLimits
 from detection.datasets.synthetic import SyntheticConfig
+from detection.models.specs import ClassifierSpec, DetectorSpec
 
 
 class ParamsError(ValueError):
@@ -78,10 +79,80 @@ class PullParams(_Section):
         return [(f"pull.{self.source}.{k}", getattr(section, k)) for k in keys]
 
 
+class TrainDataParams(_Section):
+    """Synthetic scenes the demo models train on: same generator as pull.synthetic, another seed, no val split."""
+
+    n_images: int = Field(default=960, ge=1)
+    seed_offset: int = 1                        # generator seed = seed + seed_offset (the audited data use seed)
+    out_dir: str = "data/train"
+    metrics: str = "metrics/train_data.json"
+
+
+class YoloTrainParams(_Section):
+    weights: str | None = None                  # a local .pt to use instead of training
+    arch: str = "detection/configs/yolo-person-tiny.yaml"
+    epochs: int = Field(default=10, ge=1)
+    imgsz: int = Field(default=320, ge=32)
+    batch: int = Field(default=16, ge=1)
+    lr0: float = Field(default=0.006, gt=0)
+
+
+class PoseTrainParams(YoloTrainParams):
+    arch: str = "detection/configs/yolo-pose-tiny.yaml"
+    init_from_detector: bool = True             # start from the trained detector's matching weights
+
+
+class ClassifierTrainParams(_Section):
+    weights: str | None = None                  # a saved classifier (TorchScript + .json) to use instead
+    epochs: int = Field(default=12, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    lr: float = Field(default=3e-3, gt=0)
+    input_size: tuple[int, int] = (144, 192)
+    width: int = Field(default=16, ge=4)
+
+
+class ModelsParams(_Section):
+    out_dir: str = "models"
+    metrics_dir: str = "metrics/models"
+    work_dir: str = ".work/models"              # ultralytics run folders (not an output)
+    train_data: TrainDataParams = TrainDataParams()
+    detector: YoloTrainParams = YoloTrainParams()
+    pose: PoseTrainParams = PoseTrainParams()
+    classifier: ClassifierTrainParams = ClassifierTrainParams()
+
+
+class ReasonableSubset(_Section):
+    """Persons an evaluation counts in its 'reasonable' figures (CityPersons-style); the rest are ignore regions."""
+
+    min_height: float = 40.0
+    max_occlusion: float = 0.35
+
+
+class InferParams(_Section):
+    out_dir: str = "data/infer"
+    metrics: str = "metrics/infer.json"
+    shard_size: int = Field(default=64, ge=1)   # images per Prefect task
+    batch_size: int = Field(default=32, ge=1)   # images per forward pass
+    device: str = "auto"
+    detectors: list[DetectorSpec] = [DetectorSpec(id="demo-yolo", weights="models/detector.pt")]
+    pose: DetectorSpec | None = DetectorSpec(id="demo-pose", weights="models/pose.pt")
+    classifier: ClassifierSpec | None = ClassifierSpec(id="demo-scene", weights="models/classifier.pt")
+    reasonable: ReasonableSubset = ReasonableSubset()
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> "InferParams":
+        ids = [d.id for d in self.detectors] + [m.id for m in (self.pose, self.classifier) if m is not None]
+        if len(ids) != len(set(ids)):
+            raise ValueError(f"model ids must be unique, got {ids}")
+        return self
+
+
 class Params(_Section):
     seed: int = 0
     workers: int = Field(default=2, ge=1)       # threads of a stage's Prefect task runner
     pull: PullParams = PullParams()
+    models: ModelsParams = ModelsParams()
+    infer: InferParams = InferParams()
 
 
 def _format_error(err: dict) -> str:

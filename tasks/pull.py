@@ -85,7 +85,8 @@ def merge_shards(staging: Path, listing: SourceListing | None = None) -> Dataset
     """Concatenate shard tables (in shard order) with the listing's rows; keep annotations of kept images."""
     shards = sorted(p for p in (staging / SHARDS_DIR).iterdir() if (p / "_done").exists())
     tables = {}
-    for name, schema in SCHEMAS.items():
+    for name in DatasetTables.names():
+        schema = SCHEMAS[name]
         parts = [pq.read_table(s / f"{name}.parquet", schema=schema) for s in shards
                  if (s / f"{name}.parquet").exists()]
         tables[name] = pa.concat_tables(parts) if parts else schema.empty_table()

@@ -6,7 +6,7 @@ Boxes are pixel-edge xyxy (x2, y2 exclusive); keypoints are COCO's flat [x1, y1,
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -59,11 +59,36 @@ ERRORS_SCHEMA = pa.schema([
     ("message", pa.string()),
 ])
 
+DETECTIONS_SCHEMA = pa.schema([
+    ("run_id", pa.string()),
+    ("model_id", pa.string()),
+    ("weights_sha256", pa.string()),
+    ("image_id", pa.string()),
+    ("det_id", pa.string()),
+    ("category", pa.string()),
+    ("score", pa.float32()),
+    ("above_conf", pa.bool_()),                 # score >= the model's configured confidence threshold
+    ("bbox", pa.list_(pa.float32(), 4)),        # xyxy, pixels of the original image
+    ("class_probs", pa.list_(pa.float32())),    # the box's full class-score vector (D-RISE targets)
+    ("keypoints", pa.list_(pa.float32(), 51)),  # pose models: 17 x (x, y, confidence)
+])
+
+PREDICTIONS_SCHEMA = pa.schema([
+    ("run_id", pa.string()),
+    ("model_id", pa.string()),
+    ("weights_sha256", pa.string()),
+    ("image_id", pa.string()),
+    ("category", pa.string()),
+    ("score", pa.float32()),                    # class probability (sigmoid for multi-label models)
+])
+
 SCHEMAS: dict[str, pa.Schema] = {
     "images": IMAGES_SCHEMA,
     "annotations": ANNOTATIONS_SCHEMA,
     "gt_parts": GT_PARTS_SCHEMA,
     "errors": ERRORS_SCHEMA,
+    "detections": DETECTIONS_SCHEMA,
+    "predictions": PREDICTIONS_SCHEMA,
 }
 
 
@@ -71,8 +96,7 @@ def write_table_atomic(table: pa.Table, path: str | os.PathLike) -> Path:
     """Write a Parquet file via temp file + rename so readers never see a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"     # created by the writer: the umask applies
     try:
         pq.write_table(table, tmp, compression="zstd")
         os.replace(tmp, path)
@@ -95,6 +119,10 @@ class DatasetTables:
     annotations: pa.Table
     gt_parts: pa.Table
     errors: pa.Table
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
 
     @classmethod
     def from_rows(cls, **rows: list[dict]) -> "DatasetTables":

@@ -1,0 +1,97 @@
+"""Raw batched forward throughput of the demo detector and classifier vs their scorers on the same inputs.
+
+Raw forward = the network alone on a ready batch (``detector.model(letterboxed)``, ``classifier.model(normalised)``),
+at the best of several batch sizes. Scorer = what every explainer calls (letterbox/normalise, forward, D-RISE
+similarity or target probabilities), with chunks of that batch size. Target: scorer >= 90 % of raw forward.
+
+    python benchmarks/bench_models.py [--out benchmarks/results/models.json] [--seconds 3]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import flows  # noqa: F401  (environment defaults)
+import numpy as np
+import torch
+
+from detection.datasets.imageio import load_rgb
+from detection.datasets.tables import DatasetTables
+from detection.models.demo import load_classifier
+from detection.models.letterbox import letterbox
+from detection.models.yolo import YoloDetector
+from detection.scorers import ClassifierScorer, DRiseScorer
+
+
+def throughput(fn, batch: torch.Tensor, seconds: float) -> float:
+    """Images per second of ``fn(batch)``, after warm-up, over at least ``seconds``."""
+    with torch.inference_mode():
+        for _ in range(2):
+            fn(batch)
+        if batch.is_cuda:
+            torch.cuda.synchronize()
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            fn(batch)
+            n += 1
+        if batch.is_cuda:
+            torch.cuda.synchronize()
+        return n * batch.shape[0] / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pulled", default="data/pulled")
+    parser.add_argument("--detector", default="models/detector.pt")
+    parser.add_argument("--classifier", default="models/classifier.pt")
+    parser.add_argument("--batch-sizes", default="1,8,16,32,64")
+    parser.add_argument("--targets", type=int, default=5, help="D-RISE targets (detections explained at once)")
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--out", default="benchmarks/results/models.json")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+
+    rows = DatasetTables.read(args.pulled).images.to_pylist()[:max(sizes)]
+    images = torch.from_numpy(np.stack([load_rgb(r["uri"]) for r in rows])).permute(0, 3, 1, 2).float() / 255
+    images = images.to(device)
+    results: dict = {"device": str(device), "cpus": os.cpu_count(), "image_size": list(images.shape[-2:])}
+
+    det = YoloDetector(args.detector, device=device)
+    ref = det.detect(images[:1])[0]
+    order = ref.scores.argsort(descending=True)[:args.targets]
+    lb, _ = letterbox(images, det.imgsz, det.stride)
+    raw = {b: throughput(det.model, lb[:b], args.seconds) for b in sizes}
+    best = max(raw, key=raw.get)
+    scorer = DRiseScorer.for_detections(det, ref, index=order.tolist(), chunk_size=best)
+    scored = throughput(scorer, images[:best], args.seconds)
+    results["detector"] = {"raw_images_per_s": raw, "best_batch": best, "targets": len(order),
+                           "scorer_images_per_s": scored, "scorer_vs_raw": scored / raw[best]}
+
+    clf = load_classifier(args.classifier, device=device)
+    pre = clf.preprocess(images)
+    raw = {b: throughput(clf.model, pre[:b], args.seconds) for b in sizes}
+    best = max(raw, key=raw.get)
+    scorer = ClassifierScorer(clf, chunk_size=best)
+    scored = throughput(scorer, images[:best], args.seconds)
+    results["classifier"] = {"raw_images_per_s": raw, "best_batch": best, "targets": scorer.num_targets,
+                             "scorer_images_per_s": scored, "scorer_vs_raw": scored / raw[best]}
+
+    print(f"\nmodel throughput on {device} ({os.cpu_count()} CPUs), images {tuple(images.shape[-2:])}")
+    print(f"{'model':<12}{'batch':>6}{'raw img/s':>11}{'scorer img/s':>14}{'scorer/raw':>12}")
+    for name in ("detector", "classifier"):
+        r = results[name]
+        print(f"{name:<12}{r['best_batch']:>6}{r['raw_images_per_s'][r['best_batch']]:>11.1f}"
+              f"{r['scorer_images_per_s']:>14.1f}{r['scorer_vs_raw']:>12.3f}")
+        print(f"{'':<12}raw by batch size: " + ", ".join(f"{b}: {v:.1f}" for b, v in r["raw_images_per_s"].items()))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written: {out.absolute()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Model quality against ground truth: detection AP (COCO-style, with ignore regions), recall by person size and
+occlusion, keypoint PCK, and multi-label F1. Plain NumPy; one call per dataset."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SIZE_BUCKETS = {"tiny": (0, 32), "small": (32, 64), "medium": (64, 128), "large": (128, np.inf)}   # box height px
+OCCLUSION_BUCKETS = {"none": (0.0, 0.1), "partial": (0.1, 0.5), "heavy": (0.5, 1.01)}
+COCO_IOUS = np.round(np.arange(0.5, 0.96, 0.05), 2)
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of xyxy boxes a [N, 4] against b [M, 4] -> [N, M]."""
+    a, b = np.asarray(a, float).reshape(-1, 4), np.asarray(b, float).reshape(-1, 4)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area = lambda x: np.clip(x[:, 2:] - x[:, :2], 0, None).prod(-1)  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+
+
+@dataclass
+class ImageEval:
+    """One image: detections (boxes, scores) against ground truth (boxes, ignore flags, attributes)."""
+
+    det_boxes: np.ndarray
+    det_scores: np.ndarray
+    gt_boxes: np.ndarray
+    gt_ignore: np.ndarray = None          # GT that neither counts as missed nor makes its match a false positive
+    gt_attrs: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.det_boxes = np.asarray(self.det_boxes, float).reshape(-1, 4)
+        self.det_scores = np.asarray(self.det_scores, float).reshape(-1)
+        self.gt_boxes = np.asarray(self.gt_boxes, float).reshape(-1, 4)
+        if self.gt_ignore is None:
+            self.gt_ignore = np.zeros(len(self.gt_boxes), bool)
+
+
+def _match(img: ImageEval, iou_thr: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Greedy matching by score (COCO): per detection tp / ignored flags, per GT the matched detection score."""
+    order = np.argsort(-img.det_scores, kind="stable")
+    ious = iou_matrix(img.det_boxes[order], img.gt_boxes)
+    tp = np.zeros(len(order), bool)
+    ignored = np.zeros(len(order), bool)
+    gt_score = np.full(len(img.gt_boxes), -np.inf)
+    taken = np.zeros(len(img.gt_boxes), bool)
+    # Real GT first, then ignore regions: a detection only falls back to an ignore region if no real GT fits.
+    for d in range(len(order)):
+        best, best_iou = -1, iou_thr
+        for use_ignored in (False, True):
+            cand = np.where((img.gt_ignore == use_ignored) & ~(taken & ~img.gt_ignore) & (ious[d] >= best_iou))[0]
+            if len(cand):
+                best = cand[np.argmax(ious[d, cand])]
+                break
+        if best < 0:
+            continue
+        if img.gt_ignore[best]:
+            ignored[d] = True
+        else:
+            tp[d], taken[best] = True, True
+            gt_score[best] = img.det_scores[order[d]]
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return tp[inverse], ignored[inverse], gt_score
+
+
+def average_precision(images: list[ImageEval], iou_thr: float = 0.5) -> float:
+    """Area under the interpolated precision-recall curve (COCO's 101-point rule) at one IoU threshold."""
+    scores, tps = [], []
+    n_gt = 0
+    for img in images:
+        tp, ignored, _ = _match(img, iou_thr)
+        scores.append(img.det_scores[~ignored])
+        tps.append(tp[~ignored])
+        n_gt += int((~img.gt_ignore).sum())
+    if n_gt == 0:
+        return float("nan")
+    scores, tps = np.concatenate(scores), np.concatenate(tps)
+    if len(scores) == 0:
+        return 0.0
+    order = np.argsort(-scores, kind="stable")
+    tp_cum = np.cumsum(tps[order])
+    recall = tp_cum / n_gt
+    precision = tp_cum / np.arange(1, len(order) + 1)
+    precision = np.maximum.accumulate(precision[::-1])[::-1]
+    grid = np.linspace(0, 1, 101)
+    idx = np.searchsorted(recall, grid, side="left")
+    return float(np.where(idx < len(precision), precision[np.minimum(idx, len(precision) - 1)], 0.0).mean())
+
+
+def coco_ap(images: list[ImageEval]) -> float:
+    """Mean AP over IoU 0.50:0.95."""
+    return float(np.mean([average_precision(images, t) for t in COCO_IOUS]))
+
+
+def recall_by(images: list[ImageEval], attr: str, buckets: dict[str, tuple[float, float]], iou_thr: float = 0.5,
+              min_score: float = 0.0) -> dict[str, float]:
+    """Share of (non-ignored) GT found at ``iou_thr`` by a detection scoring >= ``min_score``, per bucket."""
+    found, values = [], []
+    for img in images:
+        _, _, gt_score = _match(img, iou_thr)
+        keep = ~img.gt_ignore
+        found.append(gt_score[keep] >= min_score)
+        values.append(np.asarray(img.gt_attrs[attr], float)[keep])
+    found, values = np.concatenate(found), np.concatenate(values)
+    out = {}
+    for name, (lo, hi) in buckets.items():
+        sel = (values >= lo) & (values < hi)
+        out[name] = float(found[sel].mean()) if sel.any() else float("nan")
+        out[f"{name}_count"] = int(sel.sum())
+    return out
+
+
+def pck(pred: np.ndarray, gt: np.ndarray, gt_boxes: np.ndarray, alpha: float = 0.2) -> tuple[int, int]:
+    """Correct and counted keypoints: a visible (v = 2) GT keypoint is correct within alpha · max(box w, h).
+
+    pred, gt: [N, 17, 3] of matched pairs. Returns (correct, total) so that datasets can be summed.
+    """
+    pred, gt = np.asarray(pred, float).reshape(-1, 17, 3), np.asarray(gt, float).reshape(-1, 17, 3)
+    boxes = np.asarray(gt_boxes, float).reshape(-1, 4)
+    scale = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])[:, None]
+    visible = gt[..., 2] == 2
+    close = np.linalg.norm(pred[..., :2] - gt[..., :2], axis=-1) <= alpha * scale
+    return int((close & visible).sum()), int(visible.sum())
+
+
+def multilabel_f1(probs: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Per-class F1 of thresholded probabilities [N, C] against boolean truth [N, C]."""
+    pred = np.asarray(probs) >= threshold
+    truth = np.asarray(truth, bool)
+    tp = (pred & truth).sum(0)
+    fp = (pred & ~truth).sum(0)
+    fn = (~pred & truth).sum(0)
+    return 2 * tp / np.maximum(2 * tp + fp + fn, 1)

@@ -1,0 +1,181 @@
+"""The embedded demo models, trained offline on synthetic scenes: a small multi-label scene classifier, and the
+training wrapper for ultralytics YOLO detect / pose models built from a yaml.
+
+Nothing here downloads anything; everything is deterministic given the seed (up to floating-point
+non-associativity of multi-threaded CPU kernels).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detection.models.classifier import ImageClassifier
+
+SCENE_MEAN = (0.5, 0.5, 0.5)
+SCENE_STD = (0.25, 0.25, 0.25)
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True), nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class SceneNet(nn.Module):
+    """A small all-convolutional multi-label classifier (≈0.4 M parameters): five stride-2 blocks, global pool."""
+
+    def __init__(self, num_classes: int, width: int = 16):
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(_block(3, w), _block(w, 2 * w), _block(2 * w, 4 * w), _block(4 * w, 8 * w),
+                                      _block(8 * w, 8 * w))
+        self.head = nn.Linear(8 * w, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean((2, 3)))
+
+
+@dataclass
+class ClassifierTraining:
+    epochs: int = 12
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    input_size: tuple[int, int] = (144, 192)     # (H, W)
+    width: int = 16
+    time_limit_s: float | None = None            # stop early (whole epochs) when exceeded
+
+
+def train_scene_classifier(images: torch.Tensor, labels: torch.Tensor, class_names: list[str],
+                           cfg: ClassifierTraining, seed: int = 0) -> tuple[ImageClassifier, list[float]]:
+    """Train :class:`SceneNet` on uint8 images [N, 3, H, W] and boolean labels [N, C]; returns the adapter and the
+    mean loss of each epoch."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    x_all = F.interpolate(images.float() / 255, size=cfg.input_size, mode="bilinear", antialias=True,
+                          align_corners=False)
+    x_all = (x_all - torch.tensor(SCENE_MEAN).view(1, 3, 1, 1)) / torch.tensor(SCENE_STD).view(1, 3, 1, 1)
+    y_all = labels.float()
+    model = SceneNet(len(class_names), cfg.width)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = cfg.epochs * max(1, -(-len(x_all) // cfg.batch_size))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.15)
+    history: list[float] = []
+    start = time.perf_counter()
+    model.train()
+    for _ in range(cfg.epochs):
+        order = torch.randperm(len(x_all), generator=gen)
+        losses = []
+        for s in range(0, len(order), cfg.batch_size):
+            idx = order[s:s + cfg.batch_size]
+            x = x_all[idx]
+            flip = torch.rand(len(idx), generator=gen) < 0.5          # horizontal flips keep every label
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+            loss = F.binary_cross_entropy_with_logits(model(x), y_all[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.detach())
+        history.append(float(torch.stack(losses).mean()))
+        if cfg.time_limit_s is not None and time.perf_counter() - start > cfg.time_limit_s:
+            break
+    model.eval()
+    return ImageClassifier(model, class_names, multi_label=True, mean=SCENE_MEAN, std=SCENE_STD,
+                           input_size=cfg.input_size, device="cpu"), history
+
+
+def save_classifier(clf: ImageClassifier, path: str | Path) -> Path:
+    """TorchScript file plus a ``.json`` sidecar (classes, input size, normalisation) the infer stage reads."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)       # torch.jit is deprecated but still the portable format
+        torch.jit.script(clf.model.cpu().eval()).save(str(path))
+    path.with_suffix(".json").write_text(json.dumps({
+        "format": "torchscript", "classes": clf.class_names, "multi_label": clf.multi_label,
+        "input_size": list(clf.input_size) if clf.input_size else None,
+        "mean": clf.mean.flatten().tolist(), "std": clf.std.flatten().tolist()}, indent=2) + "\n")
+    return path
+
+
+def load_classifier(path: str | Path, device: str | torch.device | None = "auto") -> ImageClassifier:
+    """Load a classifier saved by :func:`save_classifier`."""
+    path = Path(path)
+    meta_path = path.with_suffix(".json")
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"classifier metadata not found: {meta_path} (written beside the weights)")
+    meta = json.loads(meta_path.read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return ImageClassifier.from_torchscript(path, meta["classes"], multi_label=meta["multi_label"],
+                                                input_size=tuple(meta["input_size"]) if meta["input_size"] else None,
+                                                mean=meta["mean"], std=meta["std"], device=device)
+
+
+# ---------------------------------------------------------------------------------------------------- YOLO
+@dataclass
+class YoloTraining:
+    epochs: int = 8
+    imgsz: int = 320
+    batch: int = 16
+    lr0: float = 0.004
+    workers: int = 2
+
+
+def prepare_ultralytics(config_dir: str | Path) -> None:
+    """Point ultralytics at a private config dir with a font in place, so train/val never try to download."""
+    config_dir = Path(config_dir)
+    font = config_dir / "Ultralytics" / "Arial.ttf"
+    if not font.exists():
+        import matplotlib
+
+        font.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(Path(matplotlib.__file__).parent / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf", font)
+    os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_AUTOINSTALL", "0")
+
+
+def train_yolo(arch: str | Path, data_yaml: str | Path, out: str | Path, cfg: YoloTraining, *, seed: int = 0,
+               work_dir: str | Path, init_from: str | Path | None = None, device: str = "cpu") -> Path:
+    """Train an ultralytics model from its yaml (optionally starting from matching weights of ``init_from``) and
+    write the final weights to ``out`` without the run's date, so equal training gives an equal file."""
+    prepare_ultralytics(Path(work_dir) / "ultralytics")
+    from ultralytics import YOLO
+
+    model = YOLO(str(arch))
+    if init_from is not None:
+        model.load(str(init_from))
+    model.train(data=str(data_yaml), epochs=cfg.epochs, imgsz=cfg.imgsz, batch=cfg.batch, workers=cfg.workers,
+                device=device, amp=False, plots=False, val=False, seed=seed, deterministic=True, cache=True,
+                optimizer="AdamW", lr0=cfg.lr0, lrf=0.1, warmup_epochs=0.3, close_mosaic=2, verbose=False,
+                project=str(Path(work_dir).absolute() / "runs"), name=Path(out).stem, exist_ok=True)
+    last = Path(model.trainer.last)
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    for volatile in ("date", "git", "train_results", "optimizer", "updates", "epoch", "best_fitness"):
+        ckpt.pop(volatile, None)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, out)
+    return out
+
+
+def scene_labels(labels: list[list[str]], class_names: list[str]) -> np.ndarray:
+    """Boolean [N, C] matrix from per-image label lists."""
+    index = {c: i for i, c in enumerate(class_names)}
+    out = np.zeros((len(labels), len(class_names)), bool)
+    for n, labs in enumerate(labels):
+        for lab in labs or []:
+            out[n, index[lab]] = True
+    return out

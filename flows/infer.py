@@ -1,0 +1,53 @@
+"""The infer stage: detections / predictions of the configured models over the pulled dataset, and their quality."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import flows  # noqa: F401  (environment defaults)
+from prefect import flow, get_run_logger
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from detection.datasets.tables import DatasetTables, write_table_atomic
+from tasks.infer import infer_shard, merge_infer_shards, quality, run_id_for
+from tasks.params import Params, load_params
+from tasks.pull import publish, shard_ranges
+
+
+@flow(name="infer", log_prints=True)
+def infer_flow(params: Params) -> dict:
+    """Shards of images through every model (each loaded once per process), tables published in one swap."""
+    logger = get_run_logger()
+    infer = params.infer
+    data = DatasetTables.read(params.pull.out_dir)
+    rows = data.images.select(["image_id", "uri"]).to_pylist()
+    run_id, hashes = run_id_for(infer)
+    out = Path(infer.out_dir)
+    staging = out.with_name(out.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    futures = [infer_shard.submit(rows[r.start:r.stop], infer, run_id, hashes, str(staging / "_shards" / f"{r.start:08d}"))
+               for r in shard_ranges(len(rows), infer.shard_size)]
+    tables = merge_infer_shards([f.result() for f in futures])
+    shutil.rmtree(staging / "_shards")
+    for name, table in tables.items():
+        write_table_atomic(table, staging / f"{name}.parquet")
+    spurious = params.pull.synthetic.spurious.label if params.pull.source == "synthetic" and \
+        params.pull.synthetic.spurious is not None else None
+    metrics = {"run_id": run_id, **quality(data.images, data.annotations, tables["detections"],
+                                           tables["predictions"], infer, spurious)}
+    (staging / "manifest.json").write_text(json.dumps({"run_id": run_id, "weights_sha256": hashes,
+                                                       "params": infer.model_dump(mode="json")}, indent=2) + "\n")
+    publish(staging, out)
+    path = Path(infer.metrics)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    logger.info("infer %s: %d detections, %d predictions, %d errors", run_id, tables["detections"].num_rows,
+                tables["predictions"].num_rows, tables["errors"].num_rows)
+    return metrics
+
+
+def run_infer(params_file: str | Path = "params.yaml") -> dict:
+    params = load_params(params_file)
+    # Torch already uses every core inside one forward; one task at a time keeps batches full and memory flat.
+    return infer_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))(params)

@@ -1,0 +1,68 @@
+"""pull -> train-data -> models -> infer through Prefect, with tiny settings: tables, metrics, given weights."""
+import json
+import shutil
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from detection.models.specs import file_sha256
+from flows.infer import run_infer
+from flows.models import run_models, run_train_data
+from flows.pull import run_pull
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def _params(path, **extra):
+    params = {"seed": 0, "pull": {"synthetic": {"n_images": 12}},
+              "models": {"train_data": {"n_images": 24},
+                         "detector": {"epochs": 1, "arch": str(REPO / "detection/configs/yolo-person-tiny.yaml")},
+                         "pose": {"epochs": 1, "arch": str(REPO / "detection/configs/yolo-pose-tiny.yaml")},
+                         "classifier": {"epochs": 1}}}
+    for key, value in extra.items():
+        params[key] = {**params.get(key, {}), **value}
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def test_models_then_infer(prefect_server, in_tmp):
+    params = _params(in_tmp / "params.yaml")
+    run_pull(params)
+    run_train_data(params)
+    trained = run_models(params)
+    assert {m["source"] for m in trained.values()} == {"trained"}
+    for name in ("detector", "pose", "classifier"):
+        assert (in_tmp / "models" / f"{name}.pt").is_file()
+        assert json.loads((in_tmp / "metrics" / "models" / f"{name}.json").read_text())["source"] == "trained"
+
+    metrics = run_infer(params)
+    dets = pq.read_table(in_tmp / "data" / "infer" / "detections.parquet")
+    assert set(dets["model_id"].to_pylist()) <= {"demo-yolo", "demo-pose"}
+    assert dets["run_id"].unique().to_pylist() == [metrics["run_id"]]
+    yolo = dets.filter(pc.equal(dets["model_id"], "demo-yolo"))
+    assert yolo["weights_sha256"].unique().to_pylist() == [file_sha256(in_tmp / "models" / "detector.pt")]
+    assert pc.all(pc.equal(yolo["above_conf"], pc.greater_equal(yolo["score"], 0.25))).as_py()
+    pose = dets.filter(pc.equal(dets["model_id"], "demo-pose"))
+    assert pose.num_rows == 0 or pose["keypoints"].null_count == 0
+    preds = pq.read_table(in_tmp / "data" / "infer" / "predictions.parquet")
+    assert preds.num_rows == 12 * 4
+    assert pc.min(preds["score"]).as_py() >= 0 and pc.max(preds["score"]).as_py() <= 1
+    for model in ("demo-yolo", "demo-pose"):
+        assert set(metrics[model]) == {"val", "all"} and "ap50" in metrics[model]["all"]
+    assert "pck02" in metrics["demo-pose"]["all"]
+    assert "mean_f1" in metrics["demo-scene"]["all"] and "spurious" in metrics["demo-scene"]
+    assert json.loads((in_tmp / "metrics" / "infer.json").read_text())["run_id"] == metrics["run_id"]
+
+    # Weights given in params are used instead of training.
+    shutil.copy(in_tmp / "models" / "detector.pt", in_tmp / "mine.pt")
+    given = run_models(_params(in_tmp / "p2.yaml", models={"detector": {"weights": "mine.pt"}}), ("detector",))
+    assert given["detector"]["source"] == "given:mine.pt"
+
+    # A missing weights file is an error that names it.
+    bad = _params(in_tmp / "p3.yaml", infer={"detectors": [{"id": "x", "weights": "nope.pt"}], "pose": None,
+                                             "classifier": None})
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        run_infer(bad)
