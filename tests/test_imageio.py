@@ -91,3 +91,11 @@ def test_exif_orientation_applied(tmp_path):
     decoded = decode_image(path)
     assert (decoded.width, decoded.height) == (20, 40)
     assert header_size(path) == (20, 40)
+
+
+def test_non_image_detected_with_ultralytics_pil_patch(tmp_path):
+    """ultralytics replaces PIL.Image.open with a version that tries a HEIF plugin on unknown files."""
+    import ultralytics.utils.patches  # noqa: F401
+
+    (tmp_path / "notes.jpg").write_text("not an image")
+    assert _error_type(tmp_path / "notes.jpg") == "not_an_image"

@@ -74,7 +74,8 @@ def decode_image(path: str | Path, limits: ImageLimits | None = None) -> Decoded
             img = Image.open(io.BytesIO(data))
         except Image.DecompressionBombError as exc:
             raise ImageError("too_large", path, str(exc)) from None
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, ImportError) as exc:
+            # ImportError: ultralytics patches Image.open to try an optional HEIF plugin on unknown files.
             raise ImageError("not_an_image", path, f"not a readable image ({type(exc).__name__}: {exc})") from None
         _check_size(img.size, limits, path)
         try:
