@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("train-data", help="generate the synthetic scenes the demo models train on").set_defaults(
         func=_train_data)
     models = sub.add_parser("models", help="train the demo models (or copy the weights named in params)")
-    models.add_argument("--only", action="append", choices=["detector", "pose", "classifier"],
+    models.add_argument("--only", action="append", choices=["pose", "detector", "classifier"],
                         help="train only this model (repeatable); default: all, in dependency order")
     models.set_defaults(func=_models)
     sub.add_parser("infer", help="run the configured models over the pulled dataset").set_defaults(func=_infer)

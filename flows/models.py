@@ -11,7 +11,7 @@ from flows.pull import pull_flow
 from tasks.models import train_classifier, train_data_params, train_detector, train_pose
 from tasks.params import Params, load_params
 
-MODELS = ("detector", "pose", "classifier")
+MODELS = ("pose", "detector", "classifier")     # dependency order: the detector starts from the pose model
 _TASKS = {"detector": train_detector, "pose": train_pose, "classifier": train_classifier}
 
 

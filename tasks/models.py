@@ -79,23 +79,23 @@ def _train_yolo_model(params: Params, name: str, pose: bool, init_from: Path | N
 
 
 @task(cache_policy=NO_CACHE)
-def train_detector(params: Params) -> dict:
-    cfg = params.models.detector
-    if cfg.weights:
-        return _given(params, "detector", cfg.weights)
-    return _train_yolo_model(params, "detector", pose=False, init_from=None)
-
-
-@task(cache_policy=NO_CACHE)
 def train_pose(params: Params) -> dict:
     cfg = params.models.pose
     if cfg.weights:
         return _given(params, "pose", cfg.weights)
-    init = Path(params.models.out_dir) / MODEL_FILES["detector"] if cfg.init_from_detector else None
+    return _train_yolo_model(params, "pose", pose=True, init_from=None)
+
+
+@task(cache_policy=NO_CACHE)
+def train_detector(params: Params) -> dict:
+    cfg = params.models.detector
+    if cfg.weights:
+        return _given(params, "detector", cfg.weights)
+    init = Path(params.models.out_dir) / MODEL_FILES["pose"] if cfg.init_from_pose else None
     if init is not None and not init.is_file():
-        raise FileNotFoundError(f"models.pose.init_from_detector: detector weights not found: {init} "
-                                f"(train the detector first)")
-    return _train_yolo_model(params, "pose", pose=True, init_from=init)
+        raise FileNotFoundError(f"models.detector.init_from_pose: pose weights not found: {init} "
+                                f"(train the pose model first)")
+    return _train_yolo_model(params, "detector", pose=False, init_from=init)
 
 
 def load_scene_images(tables: DatasetTables, classes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -46,3 +46,18 @@ def test_load_params_file_errors(tmp_path):
     bad.write_text(yaml.safe_dump({"pull": {"out_dirr": "x"}}))
     with pytest.raises(ParamsError, match=r"p\.yaml: pull\.out_dirr: unknown key"):
         load_params(bad)
+
+
+@pytest.mark.parametrize("data, expected", [
+    ({"infer": {"detectors": [{"id": "a", "weights": "x.pt"}, {"id": "a", "weights": "y.pt"}]}},
+     r"infer: .*model ids must be unique"),
+    ({"infer": {"detectors": [{"id": "a", "kind": "torchvision", "weights": "x.pth"}]}},
+     r"infer\.detectors\[0\]: .*needs 'arch'"),
+    ({"infer": {"classifier": {"id": "c", "kind": "timm", "weights": "c.pth", "arch": "resnet18"}}},
+     r"infer\.classifier: .*needs 'classes'"),
+    ({"models": {"detector": {"epochs": 0}}}, r"models\.detector\.epochs: .*greater than or equal to 1"),
+    ({"models": {"detector": {"init_from_poze": True}}}, r"models\.detector\.init_from_poze: unknown key"),
+])
+def test_model_sections_validated(data, expected):
+    with pytest.raises(ParamsError, match=expected):
+        parse_params(data)
