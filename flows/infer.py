@@ -26,7 +26,8 @@ def infer_flow(params: Params) -> dict:
     out = Path(infer.out_dir)
     staging = out.with_name(out.name + ".staging")
     shutil.rmtree(staging, ignore_errors=True)
-    futures = [infer_shard.submit(rows[r.start:r.stop], infer, run_id, hashes, str(staging / "_shards" / f"{r.start:08d}"))
+    futures = [infer_shard.submit(rows[r.start:r.stop], infer, run_id, hashes,
+                                  str(staging / "_shards" / f"{r.start:08d}"))
                for r in shard_ranges(len(rows), infer.shard_size)]
     tables = merge_infer_shards([f.result() for f in futures])
     shutil.rmtree(staging / "_shards")

@@ -11,11 +11,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from detection.datasets.imageio import ImageError, load_rgb
+from detection.datasets.imageio import ImageError, load_rgb, to_batch
 from detection.datasets.records import error_row
 from detection.datasets.tables import rows_to_table, write_table_atomic
 from detection.evaluation import (OCCLUSION_BUCKETS, SIZE_BUCKETS, ImageEval, average_precision, coco_ap,
@@ -59,7 +58,7 @@ def _batches(rows: list[dict], batch_size: int, errors: list[dict]):
     for items in by_size.values():
         for s in range(0, len(items), batch_size):
             chunk = items[s:s + batch_size]
-            x = torch.from_numpy(np.stack([im for _, im in chunk])).permute(0, 3, 1, 2).float().div_(255)
+            x = to_batch([im for _, im in chunk])
             yield [r for r, _ in chunk], x
 
 

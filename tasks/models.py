@@ -6,19 +6,19 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from detection.datasets.imageio import load_rgb
+from detection.datasets.imageio import load_rgb, to_batch
 from detection.datasets.synthetic import CATEGORIES
 from detection.datasets.tables import DatasetTables
 from detection.datasets.yolo_export import write_yolo_dataset
-from detection.models.demo import (ClassifierTraining, YoloTraining, save_classifier, scene_labels,
-                                   train_scene_classifier, train_yolo)
+from detection.models.scene_classifier import (ClassifierTraining, save_classifier, scene_labels,
+                                               train_scene_classifier)
+from detection.models.yolo_training import YoloTraining, train_yolo
 from detection.models.specs import file_sha256
 from tasks.params import Params, PullParams
 
@@ -101,7 +101,7 @@ def train_detector(params: Params) -> dict:
 def load_scene_images(tables: DatasetTables, classes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images [N, 3, H, W] (one size) and boolean scene labels [N, C] of a pulled dataset."""
     rows = tables.images.to_pylist()
-    images = torch.from_numpy(np.stack([load_rgb(r["uri"]) for r in rows])).permute(0, 3, 1, 2).contiguous()
+    images = to_batch([load_rgb(r["uri"]) for r in rows], dtype=torch.uint8)
     return images, torch.from_numpy(scene_labels([r["labels"] for r in rows], classes))
 
 

@@ -1,7 +1,8 @@
 """Demo model training: the classifier learns within seconds; saved models load back identically."""
 import torch
 
-from detection.models.demo import ClassifierTraining, load_classifier, save_classifier, train_scene_classifier
+from detection.models.scene_classifier import (ClassifierTraining, load_classifier, save_classifier,
+                                               train_scene_classifier)
 
 
 def _toy(n: int, seed: int):

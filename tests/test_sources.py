@@ -1,7 +1,6 @@
 """COCO, YOLO and folder sources on small data made here, including the broken-annotation errors."""
 import json
 
-import numpy as np
 import pytest
 
 from detection.datasets.coco import read_coco, tables_to_coco
@@ -83,7 +82,7 @@ def _yolo_dataset(root, pose=False):
             label_path(img).write_text(f"0 0.5 0.5 0.2 0.4 {kp}\n1 0.25 0.25 0.1 0.1 {kp}\n")
     write_image(root / "images" / "val" / "background.png", size=(100, 50))
     data = root / "data.yaml"
-    data.write_text(f"path: .\ntrain: images/train\nval: images/val\nnames: [person, car]\n"
+    data.write_text("path: .\ntrain: images/train\nval: images/val\nnames: [person, car]\n"
                     + ("kpt_shape: [17, 3]\n" if pose else ""))
     return data
 

@@ -23,7 +23,7 @@ class ImageClassifier:
     def __init__(self, model: torch.nn.Module, class_names: Sequence[str], *, multi_label: bool = False,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  input_size: int | tuple[int, int] | None = None, device: str | torch.device | None = "auto",
-                 batch_size: int = 64, amp: bool | None = None, weights: str | None = None):
+                 batch_size: int = 64, amp: bool | None = None, weights: str | None = None, antialias: bool = True):
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
         for p in self.model.parameters():
@@ -33,6 +33,7 @@ class ImageClassifier:
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
         self.input_size = (input_size, input_size) if isinstance(input_size, int) else input_size
+        self.antialias = antialias          # antialiased downscaling (torchvision's default); off is ~3x cheaper
         self.batch_size = batch_size
         self.amp = self.device.type == "cuda" if amp is None else amp
         self.weights = weights
@@ -76,7 +77,8 @@ class ImageClassifier:
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.device, non_blocking=True).float()
         if self.input_size is not None and tuple(x.shape[-2:]) != self.input_size:
-            x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=True)
+            x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=self.antialias)
+            return x.sub_(self.mean).div_(self.std)            # x is a fresh tensor: normalise in place
         return (x - self.mean) / self.std
 
     @torch.inference_mode()

@@ -25,7 +25,8 @@ class Letterbox:
         return (xy - xy.new_tensor([self.pad_x, self.pad_y])) / self.scale
 
 
-def letterbox(images: torch.Tensor, imgsz: int, stride: int = 32, fill: float = 114 / 255) -> tuple[torch.Tensor, Letterbox]:
+def letterbox(images: torch.Tensor, imgsz: int, stride: int = 32,
+              fill: float = 114 / 255) -> tuple[torch.Tensor, Letterbox]:
     """Fit ``[B, 3, H, W]`` into a ``imgsz`` square budget (longest side), padded to ``stride`` multiples.
 
     Minimal padding (ultralytics' ``auto`` letterbox for rectangular batches): a 320x240 image at imgsz 320

@@ -30,7 +30,8 @@ class DetectorSpec(BaseModel):
 
 
 class ClassifierSpec(BaseModel):
-    """A classifier: ``saved`` (TorchScript + .json sidecar, as the demo), ``torchscript``, ``torchvision``, ``timm``."""
+    """A classifier: ``saved`` (TorchScript + .json sidecar, as the demo), ``torchscript``, ``torchvision`` or
+    ``timm``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     id: str
@@ -78,7 +79,7 @@ def build_classifier(spec: ClassifierSpec, device: str = "auto", batch_size: int
     from detection.models.classifier import ImageClassifier
 
     if spec.kind == "saved":
-        from detection.models.demo import load_classifier
+        from detection.models.scene_classifier import load_classifier
 
         clf = load_classifier(spec.weights, device=device)
         clf.batch_size = batch_size

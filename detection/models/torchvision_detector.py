@@ -78,7 +78,8 @@ class TorchvisionDetector:
         if isinstance(self.model, FasterRCNN):
             return self._rcnn_candidates(images)
         dets = self.detect(images)
-        return pad_candidates([d.boxes for d in dets], [d.scores for d in dets], [d.class_probs for d in dets], self.num_classes)
+        return pad_candidates([d.boxes for d in dets], [d.scores for d in dets], [d.class_probs for d in dets],
+                              self.num_classes)
 
     def _rcnn_candidates(self, images: torch.Tensor) -> Candidates:
         m = self.model

@@ -1,14 +1,8 @@
-"""The embedded demo models, trained offline on synthetic scenes: a small multi-label scene classifier, and the
-training wrapper for ultralytics YOLO detect / pose models built from a yaml.
-
-Nothing here downloads anything; everything is deterministic given the seed (up to floating-point
-non-associativity of multi-threaded CPU kernels).
-"""
+"""The embedded demo scene classifier: a small multi-label CNN trained offline on synthetic scenes, saved as
+TorchScript with a JSON sidecar so that any process can load it without this code."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -62,7 +56,8 @@ def train_scene_classifier(images: torch.Tensor, labels: torch.Tensor, class_nam
     mean loss of each epoch."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    x_all = F.interpolate(images.float() / 255, size=cfg.input_size, mode="bilinear", antialias=True,
+    # The same resize as the adapter's preprocessing at inference (plain bilinear: cheap inside explainer loops).
+    x_all = F.interpolate(images.float() / 255, size=cfg.input_size, mode="bilinear", antialias=False,
                           align_corners=False)
     x_all = (x_all - torch.tensor(SCENE_MEAN).view(1, 3, 1, 1)) / torch.tensor(SCENE_STD).view(1, 3, 1, 1)
     y_all = labels.float()
@@ -92,7 +87,7 @@ def train_scene_classifier(images: torch.Tensor, labels: torch.Tensor, class_nam
             break
     model.eval()
     return ImageClassifier(model, class_names, multi_label=True, mean=SCENE_MEAN, std=SCENE_STD,
-                           input_size=cfg.input_size, device="cpu"), history
+                           input_size=cfg.input_size, device="cpu", antialias=False), history
 
 
 def save_classifier(clf: ImageClassifier, path: str | Path) -> Path:
@@ -104,7 +99,7 @@ def save_classifier(clf: ImageClassifier, path: str | Path) -> Path:
         torch.jit.script(clf.model.cpu().eval()).save(str(path))
     path.with_suffix(".json").write_text(json.dumps({
         "format": "torchscript", "classes": clf.class_names, "multi_label": clf.multi_label,
-        "input_size": list(clf.input_size) if clf.input_size else None,
+        "input_size": list(clf.input_size) if clf.input_size else None, "antialias": clf.antialias,
         "mean": clf.mean.flatten().tolist(), "std": clf.std.flatten().tolist()}, indent=2) + "\n")
     return path
 
@@ -120,55 +115,8 @@ def load_classifier(path: str | Path, device: str | torch.device | None = "auto"
         warnings.simplefilter("ignore", FutureWarning)
         return ImageClassifier.from_torchscript(path, meta["classes"], multi_label=meta["multi_label"],
                                                 input_size=tuple(meta["input_size"]) if meta["input_size"] else None,
-                                                mean=meta["mean"], std=meta["std"], device=device)
-
-
-# ---------------------------------------------------------------------------------------------------- YOLO
-@dataclass
-class YoloTraining:
-    epochs: int = 8
-    imgsz: int = 320
-    batch: int = 16
-    lr0: float = 0.004
-    workers: int = 2
-
-
-def prepare_ultralytics(config_dir: str | Path) -> None:
-    """Point ultralytics at a private config dir with a font in place, so train/val never try to download."""
-    config_dir = Path(config_dir)
-    font = config_dir / "Ultralytics" / "Arial.ttf"
-    if not font.exists():
-        import matplotlib
-
-        font.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(Path(matplotlib.__file__).parent / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf", font)
-    os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
-    os.environ.setdefault("YOLO_OFFLINE", "1")
-    os.environ.setdefault("YOLO_AUTOINSTALL", "0")
-
-
-def train_yolo(arch: str | Path, data_yaml: str | Path, out: str | Path, cfg: YoloTraining, *, seed: int = 0,
-               work_dir: str | Path, init_from: str | Path | None = None, device: str = "cpu") -> Path:
-    """Train an ultralytics model from its yaml (optionally starting from matching weights of ``init_from``) and
-    write the final weights to ``out`` without the run's date, so equal training gives an equal file."""
-    prepare_ultralytics(Path(work_dir) / "ultralytics")
-    from ultralytics import YOLO
-
-    model = YOLO(str(arch))
-    if init_from is not None:
-        model.load(str(init_from))
-    model.train(data=str(data_yaml), epochs=cfg.epochs, imgsz=cfg.imgsz, batch=cfg.batch, workers=cfg.workers,
-                device=device, amp=False, plots=False, val=False, seed=seed, deterministic=True, cache=True,
-                optimizer="AdamW", lr0=cfg.lr0, lrf=0.1, warmup_epochs=0.3, close_mosaic=2, verbose=False,
-                project=str(Path(work_dir).absolute() / "runs"), name=Path(out).stem, exist_ok=True)
-    last = Path(model.trainer.last)
-    ckpt = torch.load(last, map_location="cpu", weights_only=False)
-    for volatile in ("date", "git", "train_results", "optimizer", "updates", "epoch", "best_fitness"):
-        ckpt.pop(volatile, None)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ckpt, out)
-    return out
+                                                mean=meta["mean"], std=meta["std"], device=device,
+                                                antialias=meta.get("antialias", True))
 
 
 def scene_labels(labels: list[list[str]], class_names: list[str]) -> np.ndarray:
