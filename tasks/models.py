@@ -28,7 +28,8 @@ MODEL_FILES = {"detector": "detector.pt", "pose": "pose.pt", "classifier": "clas
 def train_data_params(params: Params) -> Params:
     """The pull parameters that generate the demo models' training scenes (own seed, no val split)."""
     td = params.models.train_data
-    synthetic = params.pull.synthetic.model_copy(update={"n_images": td.n_images, "val_fraction": 0.0})
+    synthetic = params.pull.synthetic.model_copy(update={"n_images": td.n_images, "val_fraction": 0.0,
+                                                         "id_prefix": "train"})
     pull = PullParams(source="synthetic", out_dir=td.out_dir, metrics=td.metrics, shard_size=params.pull.shard_size,
                       limits=params.pull.limits, synthetic=synthetic)
     return params.model_copy(update={"seed": params.seed + td.seed_offset, "pull": pull})

@@ -133,3 +133,14 @@ def test_size_mismatch_with_annotation_is_an_error(tmp_path):
     write_image(img_dir / "im0.jpg", size=(32, 32))
     rows, errors = check_images(read_coco(ann, img_dir).images, ImageLimits())
     assert not rows and errors[0]["error_type"] == "size_mismatch" and "64x48" in errors[0]["message"]
+
+
+def test_yolo_export_refuses_duplicate_image_ids(tmp_path):
+    from detection.datasets.yolo_export import write_yolo_dataset
+
+    images, anns, _ = generate_images(SyntheticConfig(n_images=2), 0, range(2), str(tmp_path / "a"))
+    tables = DatasetTables.from_rows(images=images + images, annotations=anns)
+    with pytest.raises(ValueError, match="duplicated: \\['syn-000000', 'syn-000001'\\]"):
+        write_yolo_dataset(tables.images, tables.annotations, tmp_path / "yolo", ["person"])
+    prefixed, _, _ = generate_images(SyntheticConfig(n_images=1, id_prefix="train"), 0, range(1), str(tmp_path / "b"))
+    assert prefixed[0]["image_id"] == "train-000000"

@@ -68,6 +68,7 @@ class SyntheticConfig(BaseModel):
     p_occluder: float = Field(default=0.3, ge=0.0, le=1.0)    # per person: a car/bicycle placed in front
     p_truncated: float = Field(default=0.15, ge=0.0, le=1.0)  # per person: placed across an image border
     spurious: SpuriousCue | None = SpuriousCue()
+    id_prefix: str = Field(default="syn", pattern=r"^[A-Za-z0-9_-]+$")   # image ids are '<prefix>-000042'
 
     @field_validator("persons_per_image", "distractors_per_image", "person_height")
     @classmethod
@@ -536,8 +537,8 @@ def _ground_truth(shape: _Shape, obj_index: int, labels_map: np.ndarray) -> Scen
 
 
 # ---------------------------------------------------------------------------------------------- dataset rows
-def image_id_for(index: int) -> str:
-    return f"syn-{index:06d}"
+def image_id_for(index: int, prefix: str = "syn") -> str:
+    return f"{prefix}-{index:06d}"
 
 
 def split_for(seed: int, index: int, val_fraction: float) -> str:
@@ -578,7 +579,7 @@ def generate_images(config: SyntheticConfig, seed: int, indices: range, images_d
     images, annotations, parts = [], [], []
     for index in indices:
         scene = render_scene(config, seed, index)
-        image_id = image_id_for(index)
+        image_id = image_id_for(index, config.id_prefix)
         ok, png = cv2.imencode(".png", cv2.cvtColor(scene.image, cv2.COLOR_RGB2BGR))
         if not ok:
             raise RuntimeError(f"PNG encoding failed for {image_id}")

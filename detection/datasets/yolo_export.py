@@ -21,6 +21,10 @@ def write_yolo_dataset(images: pa.Table, annotations: pa.Table, out_dir: str | P
     Boxes are normalised ``cx cy w h``; with ``pose`` each line also holds the 17 keypoints ``x y v`` (COCO's
     visibility: 0 unlabelled, 1 occluded, 2 visible). Crowd boxes and categories not in ``classes`` are left out.
     """
+    ids = images["image_id"].to_pylist()
+    if len(ids) != len(set(ids)):
+        dupes = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise ValueError(f"image ids must be unique across the exported images, duplicated: {dupes}")
     out = Path(out_dir)
     class_index = {c: i for i, c in enumerate(classes)}
     by_image: dict[str, list[dict]] = {}
