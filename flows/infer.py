@@ -1,7 +1,6 @@
 """The infer stage: detections / predictions of the configured models over the pulled dataset, and their quality."""
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -10,9 +9,10 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from detection.datasets.tables import DatasetTables, write_table_atomic
-from tasks.infer import infer_shard, merge_infer_shards, quality, run_id_for
+from tasks.infer import infer_shard, quality, run_id_for
 from tasks.params import Params, load_params
 from tasks.pull import publish, shard_ranges
+from tasks.shards import read_shards, write_json
 
 
 @flow(name="infer", log_prints=True)
@@ -29,7 +29,7 @@ def infer_flow(params: Params) -> dict:
     futures = [infer_shard.submit(rows[r.start:r.stop], infer, run_id, hashes,
                                   str(staging / "_shards" / f"{r.start:08d}"))
                for r in shard_ranges(len(rows), infer.shard_size)]
-    tables = merge_infer_shards([f.result() for f in futures])
+    tables = read_shards([f.result() for f in futures], ("detections", "predictions", "errors"))
     shutil.rmtree(staging / "_shards")
     for name, table in tables.items():
         write_table_atomic(table, staging / f"{name}.parquet")
@@ -37,12 +37,10 @@ def infer_flow(params: Params) -> dict:
         params.pull.synthetic.spurious is not None else None
     metrics = {"run_id": run_id, **quality(data.images, data.annotations, tables["detections"],
                                            tables["predictions"], infer, spurious)}
-    (staging / "manifest.json").write_text(json.dumps({"run_id": run_id, "weights_sha256": hashes,
-                                                       "params": infer.model_dump(mode="json")}, indent=2) + "\n")
+    write_json(staging / "manifest.json", {"run_id": run_id, "weights_sha256": hashes,
+                                           "params": infer.model_dump(mode="json")})
     publish(staging, out)
-    path = Path(infer.metrics)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    write_json(infer.metrics, metrics)
     logger.info("infer %s: %d detections, %d predictions, %d errors", run_id, tables["detections"].num_rows,
                 tables["predictions"].num_rows, tables["errors"].num_rows)
     return metrics

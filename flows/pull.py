@@ -1,7 +1,6 @@
 """The pull stage: a dataset version -> validated Parquet tables (images, annotations, gt_parts, errors)."""
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from detection.datasets.records import display_path
 from tasks.params import Params, load_params
+from tasks.shards import write_json
 from tasks.pull import (SHARDS_DIR, check_images_shard, fetch_dvc, generate_synthetic_shard, list_source,
                         merge_shards, publish, relocate_uris, shard_ranges, write_outputs)
 
@@ -46,9 +46,7 @@ def pull_flow(params: Params) -> dict:
     tables = relocate_uris(merge_shards(staging, listing), staging_uri, out_uri)
     stats = write_outputs(tables, staging, pull, params.seed)
     publish(staging, out)
-    metrics = Path(pull.metrics)
-    metrics.parent.mkdir(parents=True, exist_ok=True)
-    metrics.write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    write_json(pull.metrics, stats)
     logger.info("pulled %d images, %d annotations (%d persons), %d errors -> %s", stats["images"],
                 stats["annotations"], stats["persons"], stats["errors"], out)
     return stats

@@ -6,21 +6,19 @@ import functools
 import hashlib
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from detection.datasets.imageio import ImageError, load_rgb, to_batch
 from detection.datasets.records import error_row
-from detection.datasets.tables import rows_to_table, write_table_atomic
 from detection.evaluation import (OCCLUSION_BUCKETS, SIZE_BUCKETS, ImageEval, average_precision, coco_ap,
                                   iou_matrix, multilabel_f1, pck, recall_by)
 from detection.models.specs import ClassifierSpec, DetectorSpec, build_classifier, build_detector, file_sha256
 from tasks.params import InferParams
+from tasks.shards import write_shard
 
 EVAL_CONF = 0.001      # detections are stored down to this score so that AP sees the whole PR curve
 
@@ -87,13 +85,7 @@ def infer_shard(rows: list[dict], infer: InferParams, run_id: str, hashes: dict[
                 predictions.extend({"run_id": run_id, "model_id": infer.classifier.id,
                                     "weights_sha256": hashes[infer.classifier.id], "image_id": row["image_id"],
                                     "category": c, "score": float(v)} for c, v in zip(clf.class_names, p))
-    out = Path(shard_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_table_atomic(rows_to_table(detections, "detections"), out / "detections.parquet")
-    write_table_atomic(rows_to_table(predictions, "predictions"), out / "predictions.parquet")
-    write_table_atomic(rows_to_table(errors, "errors"), out / "errors.parquet")
-    (out / "_done").touch()
-    return str(out)
+    return write_shard(shard_dir, detections=detections, predictions=predictions, errors=errors)
 
 
 # ---------------------------------------------------------------------------------------------------- quality
@@ -193,13 +185,3 @@ def quality(images: pa.Table, annotations: pa.Table, detections: pa.Table, predi
         if spurious_label is not None and spurious_label in classes:
             metrics[infer.classifier.id]["spurious"] = spurious_probe(img_rows, probs, spurious_label)
     return _clean(metrics)
-
-
-def merge_infer_shards(shard_dirs: list[str]) -> dict[str, pa.Table]:
-    from detection.datasets.tables import SCHEMAS
-
-    out = {}
-    for name in ("detections", "predictions", "errors"):
-        parts = [pq.read_table(Path(d) / f"{name}.parquet", schema=SCHEMAS[name]) for d in shard_dirs]
-        out[name] = pa.concat_tables(parts) if parts else SCHEMAS[name].empty_table()
-    return out

@@ -1,7 +1,6 @@
 """Tasks of the models stage: train (or take from params) the demo detector, pose model and scene classifier."""
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from detection.models.scene_classifier import (ClassifierTraining, save_classifi
 from detection.models.yolo_training import YoloTraining, train_yolo
 from detection.models.specs import file_sha256
 from tasks.params import Params, PullParams
+from tasks.shards import write_json
 
 MODEL_FILES = {"detector": "detector.pt", "pose": "pose.pt", "classifier": "classifier.pt"}
 
@@ -50,9 +50,7 @@ def _yolo_dataset(params: Params, pose: bool) -> Path:
 def _record(params: Params, name: str, info: dict) -> dict:
     out = Path(params.models.out_dir) / MODEL_FILES[name]
     info = {**info, "weights": str(out), "sha256": file_sha256(out)}
-    metrics = Path(params.models.metrics_dir) / f"{name}.json"
-    metrics.parent.mkdir(parents=True, exist_ok=True)
-    metrics.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    write_json(Path(params.models.metrics_dir) / f"{name}.json", info)
     return info
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -18,9 +17,10 @@ from detection.datasets.folder import read_folder
 from detection.datasets.imageio import ImageLimits
 from detection.datasets.records import ImageRecord, SourceListing, check_images
 from detection.datasets.synthetic import CATEGORIES, SyntheticConfig, generate_images
-from detection.datasets.tables import SCHEMAS, DatasetTables, rows_to_table, write_table_atomic
+from detection.datasets.tables import DatasetTables, rows_to_table
 from detection.datasets.yolo import read_yolo
 from tasks.params import DvcSource, PullParams
+from tasks.shards import read_shards, write_json, write_shard
 
 SHARDS_DIR = "_shards"
 
@@ -29,22 +29,13 @@ def shard_ranges(n: int, shard_size: int) -> list[range]:
     return [range(start, min(n, start + shard_size)) for start in range(0, n, shard_size)]
 
 
-def _write_shard(shard_dir: Path, **rows: list[dict]) -> str:
-    """One shard's rows, a Parquet file per table; the ``_done`` marker is written last."""
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    for name, table_rows in rows.items():
-        write_table_atomic(rows_to_table(table_rows, name), shard_dir / f"{name}.parquet")
-    (shard_dir / "_done").touch()
-    return str(shard_dir)
-
-
 @task(cache_policy=NO_CACHE, retries=1)
 def generate_synthetic_shard(config: SyntheticConfig, seed: int, start: int, stop: int, staging: str,
                              uri_prefix: str) -> str:
     """Render scenes [start, stop) into ``staging/images`` and their rows into a shard folder."""
     images, annotations, parts = generate_images(config, seed, range(start, stop), f"{staging}/images",
                                                  uri_prefix=uri_prefix)
-    return _write_shard(Path(staging) / SHARDS_DIR / f"{start:08d}", images=images, annotations=annotations,
+    return write_shard(Path(staging) / SHARDS_DIR / f"{start:08d}", images=images, annotations=annotations,
                         gt_parts=parts)
 
 
@@ -52,7 +43,7 @@ def generate_synthetic_shard(config: SyntheticConfig, seed: int, start: int, sto
 def check_images_shard(records: list[ImageRecord], limits: ImageLimits, shard_dir: str) -> str:
     """Decode and check one shard of listed images; bad ones become ``errors`` rows."""
     images, errors = check_images(records, limits)
-    return _write_shard(Path(shard_dir), images=images, errors=errors)
+    return write_shard(shard_dir, images=images, errors=errors)
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
@@ -83,13 +74,7 @@ def list_source(pull: PullParams, root: str | None) -> SourceListing:
 
 def merge_shards(staging: Path, listing: SourceListing | None = None) -> DatasetTables:
     """Concatenate shard tables (in shard order) with the listing's rows; keep annotations of kept images."""
-    shards = sorted(p for p in (staging / SHARDS_DIR).iterdir() if (p / "_done").exists())
-    tables = {}
-    for name in DatasetTables.names():
-        schema = SCHEMAS[name]
-        parts = [pq.read_table(s / f"{name}.parquet", schema=schema) for s in shards
-                 if (s / f"{name}.parquet").exists()]
-        tables[name] = pa.concat_tables(parts) if parts else schema.empty_table()
+    tables = read_shards(sorted((staging / SHARDS_DIR).iterdir()), DatasetTables.names())
     if listing is not None:
         tables["errors"] = pa.concat_tables([rows_to_table(listing.errors, "errors"), tables["errors"]])
         annotations = rows_to_table(listing.annotations, "annotations")
@@ -134,7 +119,7 @@ def write_outputs(tables: DatasetTables, staging: Path, pull: PullParams, seed: 
         (staging / "coco.json").write_text(json.dumps(doc, separators=(",", ":")))
     stats = summary(tables)
     manifest = {"source": pull.source, "seed": seed, "params": pull.model_dump(mode="json"), "counts": stats}
-    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    write_json(staging / "manifest.json", manifest)
     return stats
 
 

@@ -1,0 +1,42 @@
+"""Shard folders shared by every stage: each task writes one folder of Parquet tables, marked done last; the flow
+concatenates them in shard order. Also the stages' small JSON outputs (metrics, manifests)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from detection.datasets.tables import SCHEMAS, rows_to_table, write_table_atomic
+
+DONE = "_done"
+
+
+def write_shard(shard_dir: str | Path, **rows: list[dict]) -> str:
+    """One shard's rows, a Parquet file per table (named as in ``SCHEMAS``); the done marker is written last."""
+    shard_dir = Path(shard_dir)
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    for name, table_rows in rows.items():
+        write_table_atomic(rows_to_table(table_rows, name), shard_dir / f"{name}.parquet")
+    (shard_dir / DONE).touch()
+    return str(shard_dir)
+
+
+def read_shards(shard_dirs: list[str | Path], names: tuple[str, ...]) -> dict[str, pa.Table]:
+    """Concatenate the named tables of finished shards, in the order given; a table no shard wrote is empty."""
+    done = [Path(d) for d in shard_dirs if (Path(d) / DONE).exists()]
+    out = {}
+    for name in names:
+        parts = [pq.read_table(d / f"{name}.parquet", schema=SCHEMAS[name]) for d in done
+                 if (d / f"{name}.parquet").exists()]
+        out[name] = pa.concat_tables(parts) if parts else SCHEMAS[name].empty_table()
+    return out
+
+
+def write_json(path: str | Path, data: dict) -> Path:
+    """Pretty, key-sorted JSON with a trailing newline (stable diffs for DVC metrics)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return path
