@@ -145,3 +145,14 @@ def test_callable_detector_numpy_black_box():
     bad = CallableDetector(lambda x: [], ["bg", "person"])
     with pytest.raises(ValueError, match="returned 0 results for 2 images"):
         bad.detect(torch.rand(2, 3, 8, 8))
+
+
+def test_classifier_resize_exact_area_for_integer_factors():
+    from detection.models.classifier import resize
+
+    x = torch.rand(2, 3, 64, 96)
+    assert torch.allclose(resize(x, (32, 48)), torch.nn.functional.avg_pool2d(x, 2))
+    assert resize(x, (64, 96)) is x
+    odd = resize(x, (40, 60), antialias=False)
+    assert torch.allclose(odd, torch.nn.functional.interpolate(x, size=(40, 60), mode="bilinear",
+                                                               align_corners=False))

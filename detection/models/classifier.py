@@ -17,6 +17,17 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def resize(x: torch.Tensor, size: tuple[int, int], antialias: bool = True) -> torch.Tensor:
+    """Resize a batch to ``size`` (H, W): an exact area average (``avg_pool2d``) when the size divides the input by
+    an integer factor (antialiased and cheap), else bilinear. Training and inference share it."""
+    H, W = x.shape[-2:]
+    if (H, W) == tuple(size):
+        return x
+    if H % size[0] == 0 and W % size[1] == 0 and H // size[0] == W // size[1]:
+        return F.avg_pool2d(x, H // size[0])
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=antialias)
+
+
 class ImageClassifier:
     """A classifier behind the common adapter interface: :meth:`classify` gives ``[B, C]`` probabilities."""
 
@@ -77,7 +88,7 @@ class ImageClassifier:
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.device, non_blocking=True).float()
         if self.input_size is not None and tuple(x.shape[-2:]) != self.input_size:
-            x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=self.antialias)
+            x = resize(x, self.input_size, self.antialias)
             return x.sub_(self.mean).div_(self.std)            # x is a fresh tensor: normalise in place
         return (x - self.mean) / self.std
 

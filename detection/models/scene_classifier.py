@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detection.models.classifier import ImageClassifier
+from detection.models.classifier import ImageClassifier, resize
 
 SCENE_MEAN = (0.5, 0.5, 0.5)
 SCENE_STD = (0.25, 0.25, 0.25)
@@ -56,9 +56,8 @@ def train_scene_classifier(images: torch.Tensor, labels: torch.Tensor, class_nam
     mean loss of each epoch."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    # The same resize as the adapter's preprocessing at inference (plain bilinear: cheap inside explainer loops).
-    x_all = F.interpolate(images.float() / 255, size=cfg.input_size, mode="bilinear", antialias=False,
-                          align_corners=False)
+    # The same resize as the adapter's preprocessing at inference.
+    x_all = resize(images.float() / 255, cfg.input_size, antialias=False)
     x_all = (x_all - torch.tensor(SCENE_MEAN).view(1, 3, 1, 1)) / torch.tensor(SCENE_STD).view(1, 3, 1, 1)
     y_all = labels.float()
     model = SceneNet(len(class_names), cfg.width)
