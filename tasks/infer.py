@@ -163,10 +163,10 @@ def quality(images: pa.Table, annotations: pa.Table, detections: pa.Table, predi
     img_rows = images.to_pylist()
     splits = {"val": [r for r in img_rows if r["split"] == "val"], "all": img_rows}
     metrics: dict = {}
-    det_rows = detections.to_pylist()
+    det_rows, ann_rows = detections.to_pylist(), annotations.to_pylist()
     for spec in [*infer.detectors, *([infer.pose] if infer.pose is not None else [])]:
         gt: dict[str, list[dict]] = {}
-        for a in annotations.to_pylist():
+        for a in ann_rows:
             if a["category"] == spec.person_class and not a["iscrowd"]:
                 gt.setdefault(a["image_id"], []).append(a)
         dets: dict[str, list[dict]] = {}
