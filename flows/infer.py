@@ -30,7 +30,7 @@ def infer_flow(params: Params) -> dict:
                                   str(staging / "_shards" / f"{r.start:08d}"))
                for r in shard_ranges(len(rows), infer.shard_size)]
     tables = read_shards([f.result() for f in futures], ("detections", "predictions", "errors"))
-    shutil.rmtree(staging / "_shards")
+    shutil.rmtree(staging / "_shards", ignore_errors=True)      # absent when there are no images
     for name, table in tables.items():
         write_table_atomic(table, staging / f"{name}.parquet")
     spurious = params.pull.synthetic.spurious.label if params.pull.source == "synthetic" and \
