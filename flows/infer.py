@@ -11,8 +11,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from detection.datasets.tables import DatasetTables, write_table_atomic
 from tasks.infer import infer_shard, quality, run_id_for
 from tasks.params import Params, load_params
-from tasks.pull import publish, shard_ranges
-from tasks.shards import read_shards, write_json
+from tasks.shards import fresh_staging, publish, read_shards, shard_ranges, write_json
 
 
 @flow(name="infer", log_prints=True)
@@ -24,8 +23,7 @@ def infer_flow(params: Params) -> dict:
     rows = data.images.select(["image_id", "uri"]).to_pylist()
     run_id, hashes = run_id_for(infer)
     out = Path(infer.out_dir)
-    staging = out.with_name(out.name + ".staging")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = fresh_staging(out)
     futures = [infer_shard.submit(rows[r.start:r.stop], infer, run_id, hashes,
                                   str(staging / "_shards" / f"{r.start:08d}"))
                for r in shard_ranges(len(rows), infer.shard_size)]

@@ -1,7 +1,6 @@
 """The pull stage: a dataset version -> validated Parquet tables (images, annotations, gt_parts, errors)."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import flows  # noqa: F401  (environment defaults)
@@ -10,9 +9,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from detection.datasets.records import display_path
 from tasks.params import Params, load_params
-from tasks.shards import write_json
+from tasks.shards import fresh_staging, publish, shard_ranges, write_json
 from tasks.pull import (SHARDS_DIR, check_images_shard, fetch_dvc, generate_synthetic_shard, list_source,
-                        merge_shards, publish, relocate_uris, shard_ranges, write_outputs)
+                        merge_shards, relocate_uris, write_outputs)
 
 
 @flow(name="pull", log_prints=True)
@@ -21,9 +20,7 @@ def pull_flow(params: Params) -> dict:
     logger = get_run_logger()
     pull = params.pull
     out = Path(pull.out_dir)
-    staging = out.with_name(out.name + ".staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging = fresh_staging(out)
     out_uri, staging_uri = display_path(out), display_path(staging)
 
     listing = None

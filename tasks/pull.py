@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -23,10 +22,6 @@ from tasks.params import DvcSource, PullParams
 from tasks.shards import read_shards, write_json, write_shard
 
 SHARDS_DIR = "_shards"
-
-
-def shard_ranges(n: int, shard_size: int) -> list[range]:
-    return [range(start, min(n, start + shard_size)) for start in range(0, n, shard_size)]
 
 
 @task(cache_policy=NO_CACHE, retries=1)
@@ -121,13 +116,3 @@ def write_outputs(tables: DatasetTables, staging: Path, pull: PullParams, seed: 
     manifest = {"source": pull.source, "seed": seed, "params": pull.model_dump(mode="json"), "counts": stats}
     write_json(staging / "manifest.json", manifest)
     return stats
-
-
-def publish(staging: Path, out: Path) -> None:
-    """Replace ``out`` with ``staging`` in two renames; until then the previous output stays whole."""
-    backup = out.with_name(out.name + ".previous")
-    shutil.rmtree(backup, ignore_errors=True)
-    if out.exists():
-        os.replace(out, backup)
-    os.replace(staging, out)
-    shutil.rmtree(backup, ignore_errors=True)

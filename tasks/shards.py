@@ -1,8 +1,11 @@
 """Shard folders shared by every stage: each task writes one folder of Parquet tables, marked done last; the flow
-concatenates them in shard order. Also the stages' small JSON outputs (metrics, manifests)."""
+concatenates them in shard order into a staging folder and publishes it over the stage's output in one swap.
+Also the stages' small JSON outputs (metrics, manifests)."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -11,6 +14,20 @@ import pyarrow.parquet as pq
 from detection.datasets.tables import SCHEMAS, rows_to_table, write_table_atomic
 
 DONE = "_done"
+
+
+def shard_ranges(n: int, shard_size: int) -> list[range]:
+    return [range(start, min(n, start + shard_size)) for start in range(0, n, shard_size)]
+
+
+def fresh_staging(out: str | Path) -> Path:
+    """An empty ``<out>.staging`` folder beside the output (leftovers of a crashed run are removed)."""
+    out = Path(out)
+    staging = out.with_name(out.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
 
 
 def write_shard(shard_dir: str | Path, **rows: list[dict]) -> str:
@@ -40,3 +57,13 @@ def write_json(path: str | Path, data: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def publish(staging: Path, out: Path) -> None:
+    """Replace ``out`` with ``staging`` in two renames; until then the previous output stays whole."""
+    backup = out.with_name(out.name + ".previous")
+    shutil.rmtree(backup, ignore_errors=True)
+    if out.exists():
+        os.replace(out, backup)
+    os.replace(staging, out)
+    shutil.rmtree(backup, ignore_errors=True)

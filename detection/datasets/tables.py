@@ -128,14 +128,6 @@ class DatasetTables:
     def from_rows(cls, **rows: list[dict]) -> "DatasetTables":
         return cls(**{f.name: rows_to_table(rows.get(f.name, []), f.name) for f in fields(cls)})
 
-    @classmethod
-    def concat(cls, parts: list["DatasetTables"]) -> "DatasetTables":
-        return cls(**{
-            f.name: pa.concat_tables([getattr(p, f.name) for p in parts]) if parts
-            else SCHEMAS[f.name].empty_table()
-            for f in fields(cls)
-        })
-
     def write(self, directory: str | os.PathLike) -> None:
         for f in fields(self):
             write_table_atomic(getattr(self, f.name), Path(directory) / f"{f.name}.parquet")
