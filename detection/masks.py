@@ -29,3 +29,25 @@ def rle_decode(counts: np.ndarray, height: int, width: int) -> np.ndarray:
 def rle_area(counts: np.ndarray) -> int:
     """Foreground pixel count of an RLE without decoding it."""
     return int(np.asarray(counts)[1::2].sum())
+
+
+def rle_encode_at(crop: np.ndarray, top: int, left: int, height: int, width: int) -> np.ndarray:
+    """RLE of an [H, W] mask that is zero outside ``crop`` placed at (top, left): cost grows with the crop's
+    foreground only, not with the image (a pedestrian's parts in a large image stay cheap)."""
+    crop = np.asarray(crop, dtype=bool)
+    h, w = crop.shape
+    if top < 0 or left < 0 or top + h > height or left + w > width:
+        raise ValueError(f"crop {h}x{w} at ({top}, {left}) does not fit a {height}x{width} mask")
+    cols, rows = np.nonzero(crop.T)                      # column-major order, as the flat RLE index runs
+    if cols.size == 0:
+        return np.array([height * width], dtype=np.int32)
+    flat = (cols.astype(np.int64) + left) * height + rows + top
+    breaks = np.flatnonzero(np.diff(flat) != 1) + 1
+    starts = flat[np.concatenate(([0], breaks))]
+    ends = flat[np.concatenate((breaks - 1, [flat.size - 1]))] + 1
+    counts = np.empty(2 * starts.size + 1, dtype=np.int64)
+    counts[0] = starts[0]
+    counts[1::2] = ends - starts
+    counts[2:-1:2] = starts[1:] - ends[:-1]
+    counts[-1] = height * width - ends[-1]
+    return (counts if counts[-1] else counts[:-1]).astype(np.int32)

@@ -38,6 +38,13 @@ def _infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parts(args: argparse.Namespace) -> int:
+    from flows.parts import run_parts
+
+    print(json.dumps(run_parts(args.params), indent=2, sort_keys=True))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xai-audit", description=__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
@@ -51,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="train only this model (repeatable); default: all, in dependency order")
     models.set_defaults(func=_models)
     sub.add_parser("infer", help="run the configured models over the pulled dataset").set_defaults(func=_infer)
+    sub.add_parser("parts", help="body-part masks of every pedestrian (GT persons and detections)").set_defaults(
+        func=_parts)
     return parser
 
 

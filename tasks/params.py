@@ -151,12 +151,27 @@ class InferParams(_Section):
         return self
 
 
+class PartsParams(_Section):
+    """Body-part masks of every pedestrian: ground-truth persons and the configured detectors' person detections."""
+
+    out_dir: str = "data/parts"
+    metrics: str = "metrics/parts.json"
+    shard_size: int = Field(default=64, ge=1)          # images per Prefect task
+    grouping: Literal["parts10", "parts6", "parts4"] = "parts10"
+    context: bool = True                               # add the box-minus-body player
+    detectors: list[str] | None = None                 # ids from infer.detectors; null: all of them
+    match_iou: float = Field(default=0.5, gt=0, le=1)  # box IoU that ties a detection to a GT person / pose box
+    keypoint_conf: float = Field(default=0.5, ge=0, le=1)   # pose keypoints at least this confident are used
+    min_keypoints: int = Field(default=3, ge=1, le=17)      # fewer usable keypoints: next source
+
+
 class Params(_Section):
     seed: int = 0
     workers: int = Field(default=2, ge=1)       # threads of a stage's Prefect task runner
     pull: PullParams = PullParams()
     models: ModelsParams = ModelsParams()
     infer: InferParams = InferParams()
+    parts: PartsParams = PartsParams()
 
 
 def _format_error(err: dict) -> str:
@@ -174,6 +189,10 @@ def parse_params(data: dict, origin: str = "params.yaml", check_files: bool = Tr
     except ValidationError as exc:
         lines = [f"{origin}: {_format_error(e)}" for e in exc.errors()]
         raise ParamsError("\n".join(lines)) from None
+    known = [d.id for d in params.infer.detectors]
+    for i, name in enumerate(params.parts.detectors or []):
+        if name not in known:
+            raise ParamsError(f"{origin}: parts.detectors[{i}]: not an id of infer.detectors {known} (got {name!r})")
     if check_files:
         for key, value in params.pull.input_paths():
             if not Path(value).exists():

@@ -10,6 +10,7 @@ import yaml
 from detection.models.specs import file_sha256
 from flows.infer import run_infer
 from flows.models import run_models, run_train_data
+from flows.parts import run_parts
 from flows.pull import run_pull
 from tests.conftest import REPO
 
@@ -55,6 +56,19 @@ def test_models_then_infer(prefect_server, in_tmp):
     assert "pck02" in metrics["demo-pose"]["all"]
     assert "mean_f1" in metrics["demo-scene"]["all"] and "spurious" in metrics["demo-scene"]
     assert json.loads((in_tmp / "metrics" / "infer.json").read_text())["run_id"] == metrics["run_id"]
+
+    # Parts of every GT person and every person detection above the detector's threshold.
+    parts_metrics = run_parts(params)
+    parts = pq.read_table(in_tmp / "data" / "parts" / "parts.parquet")
+    persons = pq.read_table(in_tmp / "data" / "pulled" / "annotations.parquet").filter(
+        pc.equal(pc.field("category"), "person"))
+    detected = yolo.filter(pc.equal(yolo["above_conf"], True)).filter(pc.equal(pc.field("category"), "person"))
+    assert parts_metrics["targets"].get("gt", 0) == persons.num_rows > 0
+    assert parts_metrics["targets"].get("demo-yolo", 0) == detected.num_rows
+    assert parts.num_rows == 11 * (persons.num_rows + detected.num_rows)          # 10 parts + context
+    assert set(parts["source"].to_pylist()) <= {"gt", "pose", "template"}
+    assert parts_metrics["iou"]["gt"]["mean_iou"] > 0.8
+    assert json.loads((in_tmp / "metrics" / "parts.json").read_text())["rows"] == parts.num_rows
 
     # Weights given in params are used instead of training.
     shutil.copy(in_tmp / "models" / "detector.pt", in_tmp / "mine.pt")

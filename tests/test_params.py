@@ -21,6 +21,9 @@ def test_repository_params_are_valid():
     ({"pull": {"synthetic": {"persons_per_image": [3, 1]}}}, r"pull\.synthetic\.persons_per_image: .*\[3, 1\]"),
     ({"pull": {"limits": {"max_pixels": -1}}}, r"pull\.limits\.max_pixels"),
     ({"pull": {"source": "coco", "coco": {"annotations": "a.json"}}}, r"pull\.coco\.images_dir: Field required"),
+    ({"parts": {"grouping": "parts3"}}, r"parts\.grouping: .*\(got 'parts3'\)"),
+    ({"parts": {"detectors": ["demo-yolo", "rcnn"]}},
+     r"parts\.detectors\[1\]: not an id of infer\.detectors \['demo-yolo'\] \(got 'rcnn'\)"),
 ])
 def test_schema_errors_name_key_and_value(data, expected):
     with pytest.raises(ParamsError, match=expected):

@@ -82,6 +82,31 @@ PREDICTIONS_SCHEMA = pa.schema([
     ("score", pa.float32()),                    # class probability (sigmoid for multi-label models)
 ])
 
+PARTS_SCHEMA = pa.schema([
+    ("image_id", pa.string()),
+    ("det_id", pa.string()),                   # a detection's det_id, or a ground-truth person's ann_id
+    ("model_id", pa.string()),                 # the detector, or 'gt' for ground-truth persons
+    ("part", pa.string()),                     # a body part (or group of parts), or 'context' (box minus body)
+    ("height", pa.int32()),                    # image size, so the RLE decodes on its own
+    ("width", pa.int32()),
+    ("rle", pa.list_(pa.int32())),             # COCO RLE of the part's mask; parts of one person are disjoint
+    ("area", pa.int32()),
+    ("visible", pa.bool_()),                   # false when the part's keypoints are occluded or it is empty
+    ("source", pa.string()),                   # keypoints used: gt | pose | template
+    ("person_height", pa.float32()),           # estimated standing height, px (sets the part sizes)
+])
+
+PART_IOU_SCHEMA = pa.schema([                  # quality of the part masks against the synthetic ground truth
+    ("image_id", pa.string()),
+    ("ann_id", pa.string()),
+    ("source", pa.string()),                   # the keypoints the masks were built from, for the same GT person
+    ("part", pa.string()),
+    ("iou", pa.float32()),                     # vs the GT part masks made disjoint in the same paint order
+    ("iou_amodal", pa.float32()),              # vs the raw (overlapping) amodal GT part masks
+    ("box_height", pa.float32()),
+    ("occlusion", pa.float32()),
+])
+
 SCHEMAS: dict[str, pa.Schema] = {
     "images": IMAGES_SCHEMA,
     "annotations": ANNOTATIONS_SCHEMA,
@@ -89,6 +114,8 @@ SCHEMAS: dict[str, pa.Schema] = {
     "errors": ERRORS_SCHEMA,
     "detections": DETECTIONS_SCHEMA,
     "predictions": PREDICTIONS_SCHEMA,
+    "parts": PARTS_SCHEMA,
+    "part_iou": PART_IOU_SCHEMA,
 }
 
 

@@ -1,0 +1,170 @@
+"""Tasks of the parts stage: body-part masks of every pedestrian in a shard of images (ground-truth persons and
+person detections), and the masks' quality against the synthetic ground-truth part masks."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from detection.body import BODY_PARTS, PART_GROUPS
+from detection.datasets.records import error_row
+from detection.evaluation import SIZE_BUCKETS, iou_matrix
+from detection.masks import rle_decode
+from detection.parts import SOURCES, Keypoints, PartsError, PersonParts, body_parts, mask_iou, paint_disjoint
+from tasks.params import Params, PartsParams
+from tasks.shards import write_shard
+
+GT_MODEL = "gt"          # model_id of ground-truth persons in the parts table
+
+
+def shard_inputs(params: Params, images: pa.Table, annotations: pa.Table, gt_parts: pa.Table,
+                 detections: pa.Table) -> list[dict]:
+    """One item per image, in image order: its size, GT persons (+ their GT part masks), the person detections
+    to segment and the pose model's detections to borrow keypoints from."""
+    items = {r["image_id"]: {"image": r, "persons": [], "detections": [], "pose": [], "gt_parts": []}
+             for r in images.select(["image_id", "uri", "height", "width"]).to_pylist()}
+    for a in annotations.filter(pc.equal(annotations["category"], "person")).to_pylist():
+        if not a["iscrowd"] and a["image_id"] in items:
+            items[a["image_id"]]["persons"].append(a)
+    person_class = {d.id: d.person_class for d in params.infer.detectors}
+    wanted = set(params.parts.detectors or person_class)
+    pose = params.infer.pose
+    keep = pc.equal(detections["above_conf"], True)
+    for d in detections.filter(keep).drop_columns(["class_probs"]).to_pylist():
+        item = items.get(d["image_id"])
+        if item is None:
+            continue
+        if d["model_id"] in wanted and d["category"] == person_class[d["model_id"]]:
+            item["detections"].append(d)
+        elif pose is not None and d["model_id"] == pose.id and d["category"] == pose.person_class:
+            item["pose"].append(d)
+    for g in gt_parts.to_pylist():
+        if g["image_id"] in items:
+            items[g["image_id"]]["gt_parts"].append(g)
+    return list(items.values())
+
+
+def _best_match(box, candidates: list[dict], min_iou: float) -> dict | None:
+    if not candidates:
+        return None
+    ious = iou_matrix(np.asarray(box, float)[None], np.array([c["bbox"] for c in candidates], float))[0]
+    best = int(np.argmax(ious))
+    return candidates[best] if ious[best] >= min_iou else None
+
+
+def _gt_keypoints(person: dict | None, cfg: PartsParams) -> Keypoints | None:
+    if person is None or person["keypoints"] is None:
+        return None
+    kps = Keypoints.from_coco(person["keypoints"])
+    return kps if kps.count >= cfg.min_keypoints else None
+
+
+def _pose_keypoints(box, pose: list[dict], cfg: PartsParams) -> Keypoints | None:
+    match = _best_match(box, pose, cfg.match_iou)
+    if match is None or match["keypoints"] is None:
+        return None
+    kps = Keypoints.from_pose(match["keypoints"], cfg.keypoint_conf)
+    return kps if kps.count >= cfg.min_keypoints else None
+
+
+def choose_keypoints(box, own_gt: dict | None, item: dict, cfg: PartsParams) -> tuple[Keypoints, str]:
+    """Keypoints in order of preference: ground truth (the person's own, or the GT person a detection matches),
+    the pose model's detection that best matches the box, the template stretched over the box."""
+    if own_gt is None:
+        own_gt = _best_match(box, item["persons"], cfg.match_iou)
+    kps = _gt_keypoints(own_gt, cfg)
+    if kps is not None:
+        return kps, "gt"
+    kps = _pose_keypoints(box, item["pose"], cfg)
+    if kps is not None:
+        return kps, "pose"
+    return Keypoints.template(box), "template"
+
+
+def _rows(image: dict, det_id: str, model_id: str, parts: PersonParts) -> list[dict]:
+    areas = parts.areas.tolist()
+    return [{"image_id": image["image_id"], "det_id": det_id, "model_id": model_id, "part": name,
+             "height": image["height"], "width": image["width"], "rle": rle, "area": area,
+             "visible": bool(vis), "source": parts.source, "person_height": parts.height}
+            for name, rle, area, vis in zip(parts.names, parts.rles(), areas, parts.visible.tolist())]
+
+
+def _quality_rows(item: dict, person: dict, cfg: PartsParams) -> list[dict]:
+    """IoU of the masks each source gives for this GT person against its GT part masks."""
+    image = item["image"]
+    H, W = image["height"], image["width"]
+    by_part = {g["part"]: g for g in item["gt_parts"] if g["ann_id"] == person["ann_id"]}
+    if set(by_part) != set(BODY_PARTS):
+        return []
+    amodal = np.stack([rle_decode(by_part[p]["rle"], H, W) for p in BODY_PARTS])
+    disjoint = paint_disjoint(amodal)
+    groups = [[BODY_PARTS.index(m) for m in members] for members in PART_GROUPS[cfg.grouping].values()]
+    gt_group = np.stack([disjoint[g].any(0) for g in groups])
+    gt_group_amodal = np.stack([amodal[g].any(0) for g in groups])
+    candidates = {"gt": lambda: _gt_keypoints(person, cfg),
+                  "pose": lambda: _pose_keypoints(person["bbox"], item["pose"], cfg),
+                  "template": lambda: Keypoints.template(person["bbox"])}
+    rows = []
+    for source in SOURCES:
+        try:
+            kps = candidates[source]()
+            if kps is None:
+                continue
+            pred = body_parts(kps, person["bbox"], (H, W), source).grouped(cfg.grouping).full()
+        except PartsError:            # that source's keypoints are unusable here: nothing to measure
+            continue
+        for name, iou, iou_a in zip(PART_GROUPS[cfg.grouping], mask_iou(pred, gt_group),
+                                    mask_iou(pred, gt_group_amodal)):
+            if not np.isnan(iou_a):
+                rows.append({"image_id": image["image_id"], "ann_id": person["ann_id"], "source": source,
+                             "part": name, "iou": None if np.isnan(iou) else float(iou), "iou_amodal": float(iou_a),
+                             "box_height": person["bbox"][3] - person["bbox"][1], "occlusion": person["occlusion"]})
+    return rows
+
+
+@task(cache_policy=NO_CACHE, retries=1)
+def parts_shard(items: list[dict], cfg: PartsParams, shard_dir: str) -> str:
+    """Parts of every GT person and person detection of these images; bad boxes / keypoints go to ``errors``."""
+    parts, quality, errors = [], [], []
+    for item in items:
+        image = item["image"]
+        targets = [(p["ann_id"], GT_MODEL, p["bbox"], p) for p in item["persons"]]
+        targets += [(d["det_id"], d["model_id"], d["bbox"], None) for d in item["detections"]]
+        for det_id, model_id, box, own_gt in targets:
+            try:
+                kps, source = choose_keypoints(box, own_gt, item, cfg)
+                person = body_parts(kps, box, (image["height"], image["width"]), source)
+                parts += _rows(image, det_id, model_id, person.grouped(cfg.grouping, cfg.context))
+                if own_gt is not None and item["gt_parts"]:
+                    quality += _quality_rows(item, own_gt, cfg)
+            except PartsError as exc:
+                errors.append(error_row("parts", image["uri"], exc.error_type, f"{model_id} {det_id}: {exc}",
+                                        image["image_id"]))
+    return write_shard(shard_dir, parts=parts, part_iou=quality, errors=errors)
+
+
+def quality_metrics(part_iou: pa.Table, min_height: float) -> dict:
+    """Mean IoU per source: overall (over every person x part), per part, per person size, and on persons at least
+    ``min_height`` px tall."""
+    rows = part_iou.to_pylist()
+    out: dict = {}
+    for source in SOURCES:
+        sel = [r for r in rows if r["source"] == source]
+        if not sel:
+            continue
+        iou = np.array([r["iou"] if r["iou"] is not None else 0.0 for r in sel])
+        amodal = np.array([r["iou_amodal"] for r in sel])
+        height = np.array([r["box_height"] for r in sel])
+        names = [r["part"] for r in sel]
+        out[source] = {
+            "persons": len({r["ann_id"] for r in sel}),
+            "mean_iou": float(iou.mean()),
+            "mean_iou_amodal": float(amodal.mean()),
+            "mean_iou_tall": float(iou[height >= min_height].mean()) if (height >= min_height).any() else None,
+            "per_part": {p: float(iou[[n == p for n in names]].mean()) for p in dict.fromkeys(names)},
+            "by_size": {b: float(iou[(height >= lo) & (height < hi)].mean())
+                        for b, (lo, hi) in SIZE_BUCKETS.items() if ((height >= lo) & (height < hi)).any()},
+        }
+    return out
