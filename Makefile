@@ -28,7 +28,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_synthetic.py
+	$(BIN)/python -m pip install --quiet -c constraints.txt captum shap
+	for script in benchmarks/bench_*.py; do $(BIN)/python $$script; done
 
 clean:
 	rm -rf $(VENV) data/pulled data/pulled.* metrics

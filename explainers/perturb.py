@@ -1,0 +1,99 @@
+"""Perturbations: what hidden content is replaced with. A perturbation gives a baseline image; masks in [0, 1]
+blend image and baseline (1 keeps the pixel), so continuous coalition values are partial visibility."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+class Perturbation:
+    name = "perturbation"
+
+    def baseline(self, image: torch.Tensor) -> torch.Tensor:
+        """The fully hidden version of ``image`` [3, H, W]."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return self.name
+
+
+@dataclass
+class Blur(Perturbation):
+    """Gaussian blur (RISE's insertion substrate: kernel 11, sigma 5)."""
+
+    sigma: float = 5.0
+    kernel: int = 11
+    name = "blur"
+
+    def baseline(self, image: torch.Tensor) -> torch.Tensor:
+        x = torch.arange(self.kernel, device=image.device, dtype=image.dtype) - (self.kernel - 1) / 2
+        k = torch.exp(-x ** 2 / (2 * self.sigma ** 2))
+        k = (k / k.sum()).view(1, 1, 1, -1).expand(3, 1, 1, -1)
+        pad = self.kernel // 2
+        out = F.conv2d(F.pad(image[None], (pad, pad, 0, 0), mode="replicate"), k, groups=3)
+        out = F.conv2d(F.pad(out, (0, 0, pad, pad), mode="replicate"), k.transpose(-1, -2), groups=3)
+        return out[0]
+
+    def describe(self) -> str:
+        return f"blur(sigma={self.sigma},kernel={self.kernel})"
+
+
+@dataclass
+class Mean(Perturbation):
+    """The image's per-channel mean colour (LIME's and RISE's deletion substrate)."""
+
+    name = "mean"
+
+    def baseline(self, image: torch.Tensor) -> torch.Tensor:
+        return image.mean((1, 2), keepdim=True).expand_as(image).clone()
+
+
+@dataclass
+class Constant(Perturbation):
+    """A fixed value, e.g. 0 (black) or a dataset mean per channel."""
+
+    value: tuple[float, float, float] | float = 0.0
+    name = "constant"
+
+    def baseline(self, image: torch.Tensor) -> torch.Tensor:
+        v = torch.as_tensor(self.value, dtype=image.dtype, device=image.device).reshape(-1, 1, 1)
+        return v.expand_as(image).clone()
+
+    def describe(self) -> str:
+        return f"constant({self.value})"
+
+
+@dataclass
+class Noise(Perturbation):
+    """Gaussian noise around the image mean, fixed by its own seed so that every coalition sees the same noise."""
+
+    std: float = 0.2
+    seed: int = 0
+    name = "noise"
+
+    def baseline(self, image: torch.Tensor) -> torch.Tensor:
+        g = torch.Generator(device=image.device).manual_seed(self.seed)
+        noise = torch.randn(image.shape, generator=g, device=image.device, dtype=image.dtype)
+        scale = self.std * (image.max() - image.min()).clamp_min(1e-6)
+        return image.mean((1, 2), keepdim=True) + scale * noise
+
+    def describe(self) -> str:
+        return f"noise(std={self.std},seed={self.seed})"
+
+
+PERTURBATIONS = {"blur": Blur, "mean": Mean, "constant": Constant, "noise": Noise}
+
+
+def make_perturbation(spec: str | Perturbation) -> Perturbation:
+    if isinstance(spec, Perturbation):
+        return spec
+    if spec not in PERTURBATIONS:
+        raise ValueError(f"unknown perturbation {spec!r}; expected one of {sorted(PERTURBATIONS)} or a Perturbation")
+    return PERTURBATIONS[spec]()
+
+
+def blend(image: torch.Tensor, baseline: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Images [N, 3, H, W] = baseline + masks [N, H, W] * (image - baseline)."""
+    return torch.addcmul(baseline.unsqueeze(0), masks.unsqueeze(1), (image - baseline).unsqueeze(0))

@@ -1,0 +1,264 @@
+"""Shapley values of region games (body parts, superpixels, cells).
+
+Estimators are plain functions of a game ``v(z [N, M]) -> [N, T]`` so that they run on synthetic games as well as
+on images; the explainer classes wrap them with a :class:`~explainers.game.RegionGame`. Every estimator spends
+exactly the forwards it reports, evaluates each coalition once for all T targets, and returns the empty and full
+coalition scores so efficiency (sum phi = v(all) - v(none)) can be checked.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from explainers.base import BudgetError, Explainer, paint
+from explainers.game import Game, RegionGame
+from explainers.regions import superpixels
+
+
+@dataclass
+class ShapleyEstimate:
+    phi: torch.Tensor          # [T, M]
+    empty: torch.Tensor        # [T]  v(no player)
+    full: torch.Tensor         # [T]  v(all players)
+    n_forward: int
+
+
+def _evaluate(game: Game, coalitions: np.ndarray | torch.Tensor, device) -> torch.Tensor:
+    z = torch.as_tensor(coalitions, dtype=torch.float32, device=device)
+    return game(z).double().cpu()
+
+
+def _ends(game: Game, M: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    v = _evaluate(game, np.stack([np.zeros(M), np.ones(M)]), device)
+    return v[0], v[1]
+
+
+# ------------------------------------------------------------------------------------------------ exact
+def all_coalitions(M: int) -> np.ndarray:
+    """Every coalition [2^M, M] (row i holds the bits of i)."""
+    return ((np.arange(2 ** M)[:, None] >> np.arange(M)[None, :]) & 1).astype(np.float32)
+
+
+def exact_coefficients(M: int) -> torch.Tensor:
+    """A [2^M, M] with phi = A^T v: +w(|S|-1) where i in S, -w(|S|) where not; w(s) = s!(M-1-s)!/M!."""
+    Z = all_coalitions(M).astype(np.float64)
+    s = Z.sum(1, keepdims=True).astype(np.int64)
+    w_by_size = np.array([1.0 / (M * math.comb(M - 1, k)) for k in range(M)])
+    return torch.from_numpy(np.where(Z > 0, w_by_size[np.clip(s - 1, 0, M - 1)], -w_by_size[np.clip(s, 0, M - 1)]))
+
+
+def exact_shapley(game: Game, M: int, device="cpu") -> ShapleyEstimate:
+    """All 2^M coalitions, one matrix product."""
+    Z = all_coalitions(M)
+    v = _evaluate(game, Z, device)                                    # [2^M, T]
+    phi = (exact_coefficients(M).T @ v).T
+    return ShapleyEstimate(phi, v[0], v[-1], len(Z))
+
+
+# ------------------------------------------------------------------------------------------------ regression
+def constrained_wls(Z: torch.Tensor, Y: torch.Tensor, w: torch.Tensor, empty: torch.Tensor,
+                    full: torch.Tensor) -> torch.Tensor:
+    """argmin_phi sum_j w_j (Y_j - empty - Z_j phi)^2 subject to sum(phi) = full - empty; all targets at once.
+    The constraint eliminates the last player, the rest is an ordinary least-squares solve."""
+    Z, Y, w = Z.double(), Y.double(), w.double()
+    d = full - empty                                                  # [T]
+    y = Y - empty - Z[:, -1:] * d                                     # [N, T]
+    X = Z[:, :-1] - Z[:, -1:]                                         # [N, M-1]
+    sw = w.clamp_min(0).sqrt()[:, None]
+    beta = torch.linalg.lstsq(X * sw, y * sw, driver="gelsd").solution  # [M-1, T]
+    return torch.cat([beta, (d - beta.sum(0))[None]]).T               # [T, M]
+
+
+def kernel_size_mass(M: int) -> np.ndarray:
+    """Share of the Shapley kernel's total weight on each coalition size 0..M (zero at 0 and M)."""
+    k = np.arange(M + 1, dtype=np.float64)
+    mass = np.zeros(M + 1)
+    mass[1:M] = (M - 1) / (k[1:M] * (M - k[1:M]))
+    return mass / mass.sum()
+
+
+def _subsets_of_size(M: int, k: int) -> np.ndarray:
+    Z = all_coalitions(M) if M <= 16 else None
+    if Z is None:
+        raise BudgetError(f"cannot enumerate coalitions of {M} players")
+    return Z[Z.sum(1) == k]
+
+
+def _paired_draws(M: int, sizes: np.ndarray, probs: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n coalitions drawn as (S, complement) pairs: size ~ probs, members uniform among the players."""
+    half = (n + 1) // 2
+    k = rng.choice(sizes, size=half, p=probs)
+    ranks = rng.random((half, M)).argsort(1).argsort(1)
+    S = (ranks < k[:, None]).astype(np.float32)
+    return np.stack([S, 1 - S], 1).reshape(-1, M)[:n]
+
+
+def kernel_coalitions(M: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """KernelSHAP's design (as the reference implementation builds it): whole coalition sizes, smallest and
+    largest first, while the budget holds them and sampling would visit them all anyway; the remaining sizes are
+    sampled in complementary pairs, duplicates merged into their weight. Returns coalitions [n', M] (n' <= n
+    distinct) and regression weights summing to 1."""
+    mass = kernel_size_mass(M)
+    left, mass_left = n, 1.0
+    Zs, ws = [], []
+    free = list(range(1, M))
+    for k in range(1, M // 2 + 1):
+        pair = sorted({k, M - k})
+        count = sum(math.comb(M, s) for s in pair)
+        pair_mass = mass[pair].sum()
+        if count > left or left * pair_mass / mass_left < count:
+            break
+        for s in pair:
+            Zs.append(_subsets_of_size(M, s))
+            ws.append(np.full(math.comb(M, s), mass[s] / math.comb(M, s)))
+            free.remove(s)
+        left -= count
+        mass_left -= pair_mass
+    if left > 0 and free:
+        sizes = np.array(free)
+        probs = mass[sizes] / mass[sizes].sum()
+        space = sum(math.comb(M, s) for s in free)
+        draws = _paired_draws(M, sizes, probs, 2 * left, rng)
+        while True:
+            uniq, first, counts = np.unique(draws, axis=0, return_index=True, return_counts=True)
+            if len(uniq) >= min(left, space):
+                break
+            draws = np.concatenate([draws, _paired_draws(M, sizes, probs, 2 * left, rng)])
+        order = np.argsort(first)[:left]
+        cut = first[order].max() + 1                                  # the draws up to the last one kept
+        uniq, counts = np.unique(draws[:cut], axis=0, return_counts=True)
+        Zs.append(uniq.astype(np.float32))
+        ws.append(counts / counts.sum() * mass_left)
+    return np.concatenate(Zs), np.concatenate(ws)
+
+
+def kernel_shap(game: Game, M: int, budget: int, rng: np.random.Generator, device="cpu") -> ShapleyEstimate:
+    """KernelSHAP (Lundberg & Lee 2017) with the efficiency constraint; exact when the budget covers 2^M."""
+    if budget < 3:
+        raise BudgetError(f"KernelSHAP needs at least 3 forwards (empty, full, one coalition), got {budget}")
+    empty, full = _ends(game, M, device)
+    Z, w = kernel_coalitions(M, budget - 2, rng)
+    Y = _evaluate(game, Z, device)
+    return ShapleyEstimate(constrained_wls(torch.from_numpy(Z), Y, torch.from_numpy(w), empty, full), empty, full,
+                           2 + len(Z))
+
+
+def beta_shapley(game: Game, M: int, budget: int, rng: np.random.Generator, device="cpu", concentration: float = 8.0,
+                 paired: bool = True) -> ShapleyEstimate:
+    """Continuous coalitions in the spirit of Guender et al. (2023): a binary coalition is drawn as KernelSHAP
+    samples them (size from the Shapley kernel, complementary pairs); then each member is shown at a value drawn
+    from Beta(concentration, 1) (near 1) and each non-member at Beta(1, concentration) (near 0), i.e. parts
+    partly visible. Shapley values are the efficiency-constrained least-squares fit on those continuous values
+    (uniform weights: the kernel is already in the sampling)."""
+    if budget < 3:
+        raise BudgetError(f"Beta sampling needs at least 3 forwards, got {budget}")
+    empty, full = _ends(game, M, device)
+    mass = kernel_size_mass(M)
+    sizes = np.arange(1, M)
+    S = _paired_draws(M, sizes, mass[1:M] / mass[1:M].sum(), budget - 2, rng) if paired else \
+        (rng.random((budget - 2, M)).argsort(1).argsort(1) < rng.choice(sizes, budget - 2,
+                                                                        p=mass[1:M] / mass[1:M].sum())[:, None])
+    hi = rng.beta(concentration, 1.0, S.shape)
+    Z = np.where(S > 0, hi, 1.0 - rng.beta(concentration, 1.0, S.shape)).astype(np.float32)
+    Y = _evaluate(game, Z, device)
+    phi = constrained_wls(torch.from_numpy(Z), Y, torch.ones(len(Z), dtype=torch.float64), empty, full)
+    return ShapleyEstimate(phi, empty, full, 2 + len(Z))
+
+
+# ------------------------------------------------------------------------------------------------ permutations
+def permutation_shapley(game: Game, M: int, budget: int, rng: np.random.Generator, device="cpu") -> ShapleyEstimate:
+    """Permutation sampling with antithetic pairs (each permutation and its reverse): every chain from the empty to
+    the full coalition gives one marginal contribution per player. Spends 2 + 2P(M-1) <= budget forwards."""
+    pairs = (budget - 2) // (2 * (M - 1)) if M > 1 else 0
+    if pairs < 1:
+        raise BudgetError(f"antithetic permutation sampling of {M} players needs >= {2 + 2 * (M - 1)} forwards, "
+                          f"got {budget}")
+    empty, full = _ends(game, M, device)
+    perms = rng.random((pairs, M)).argsort(1)
+    perms = np.concatenate([perms, perms[:, ::-1]])                     # [2P, M]
+    rank = perms.argsort(1)                                             # position of each player
+    steps = np.arange(1, M)
+    Z = (rank[:, None, :] < steps[None, :, None]).astype(np.float32)   # [2P, M-1, M]
+    v = _evaluate(game, Z.reshape(-1, M), device).reshape(2 * pairs, M - 1, -1)
+    chain = torch.cat([empty.expand(2 * pairs, 1, -1), v, full.expand(2 * pairs, 1, -1)], 1)   # [2P, M+1, T]
+    marginal = chain.diff(dim=1)                                       # [2P, M, T], position k -> perms[:, k]
+    phi = torch.zeros(M, chain.shape[-1], dtype=torch.float64)
+    phi.index_add_(0, torch.from_numpy(perms.reshape(-1).copy()), marginal.reshape(-1, chain.shape[-1]))
+    return ShapleyEstimate((phi / (2 * pairs)).T, empty, full, 2 + 2 * pairs * (M - 1))
+
+
+# ------------------------------------------------------------------------------------------------ explainers
+class _ShapleyExplainer(Explainer):
+    """Regions are the players (superpixels when none are given); saliency paints each region's value."""
+
+    def __init__(self, scorer, *, n_segments: int = 16, **kw):
+        super().__init__(scorer, **kw)
+        self.n_segments = n_segments
+
+    def options(self):
+        return {**super().options(), "n_segments": self.n_segments}
+
+    def _estimate(self, game: RegionGame, M: int, budget: int | None, rng: np.random.Generator) -> ShapleyEstimate:
+        raise NotImplementedError
+
+    def _explain(self, image, regions, budget, generator):
+        if regions is None:
+            regions = superpixels(image, self.n_segments).float()
+        game = RegionGame(self.score, image, regions, self.perturbation, self.chunk_size)
+        seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=generator.device))
+        est = self._estimate(game, regions.shape[0], budget, np.random.default_rng(seed))
+        phi = est.phi.float().to(self.device)
+        return paint(phi, regions), phi, {"full_score": est.full, "empty_score": est.empty}
+
+
+class ExactShapley(_ShapleyExplainer):
+    """Exact Shapley values by enumerating all 2^M coalitions (64 forwards for a 6-part pedestrian)."""
+
+    name = "exact_shapley"
+
+    def _estimate(self, game, M, budget, rng):
+        if budget is not None and budget < 2 ** M:
+            raise BudgetError(f"exact Shapley values of {M} regions need 2^{M} = {2 ** M} forwards, budget {budget}")
+        return exact_shapley(game, M, self.device)
+
+
+class KernelShap(_ShapleyExplainer):
+    """KernelSHAP; exact enumeration whenever 2^M fits the budget (the regression is then exact too)."""
+
+    name = "kernel_shap"
+    default_budget = 512
+
+    def _estimate(self, game, M, budget, rng):
+        if 2 ** M <= budget:
+            return exact_shapley(game, M, self.device)
+        return kernel_shap(game, M, budget, rng, self.device)
+
+
+class PermutationShapley(_ShapleyExplainer):
+    """Monte-Carlo Shapley values from antithetic permutation pairs."""
+
+    name = "permutation_shapley"
+    default_budget = 512
+
+    def _estimate(self, game, M, budget, rng):
+        return permutation_shapley(game, M, budget, rng, self.device)
+
+
+class BetaShapley(_ShapleyExplainer):
+    """Shapley values from Beta-distributed continuous coalitions (body-part relevance, Guender et al. 2023)."""
+
+    name = "beta_shapley"
+    default_budget = 512
+
+    def __init__(self, scorer, *, concentration: float = 8.0, **kw):
+        super().__init__(scorer, **kw)
+        self.concentration = concentration
+
+    def options(self):
+        return {**super().options(), "concentration": self.concentration}
+
+    def _estimate(self, game, M, budget, rng):
+        return beta_shapley(game, M, budget, rng, self.device, self.concentration)
