@@ -1,0 +1,222 @@
+"""Explainers: exact answers on games with known Shapley values, convergence, efficiency, localisation on hand-built
+models, determinism, budgets, and the metrics."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from detection.models.blackbox import CallableDetector
+from detection.scorers import DRiseScorer
+from explainers import (METHODS, BetaShapley, BudgetError, DeCam, DRise, ExactShapley, KernelShap, Lime, Occlusion,
+                        PermutationShapley, Rise, beta_shapley, box_masks, deletion_insertion, energy_pointing_game,
+                        exact_shapley, grid_regions, kernel_shap, permutation_shapley, pointing_game, relative_error)
+from explainers.base import paint
+
+M = 10
+RNG = np.random.default_rng(0)
+A = torch.tensor(RNG.normal(size=M))
+B = torch.triu(torch.tensor(RNG.normal(size=(M, M))) * 0.5, 1)
+
+
+def additive(z):
+    return (z.double() @ A)[:, None]
+
+
+def interacting(z):
+    """Pairwise terms plus a three-way AND: multilinear, with Shapley values in closed form."""
+    z = z.double()
+    return (z @ A + ((z @ B) * z).sum(1) + 2 * z[:, 0] * z[:, 1] * z[:, 2])[:, None]
+
+
+CLOSED_FORM = A + 0.5 * (B + B.T).sum(1)
+CLOSED_FORM[:3] += 2 / 3
+
+
+def test_exact_enumeration_matches_closed_forms():
+    assert torch.allclose(exact_shapley(additive, M).phi[0], A, atol=1e-6)
+    est = exact_shapley(interacting, M)
+    assert torch.allclose(est.phi[0], CLOSED_FORM, atol=1e-6)
+    assert est.n_forward == 2 ** M
+
+
+@pytest.mark.parametrize("estimator", [kernel_shap, permutation_shapley, beta_shapley])
+def test_estimators_converge_and_keep_efficiency(estimator):
+    errors = []
+    for budget in (64, 256, 1000):
+        runs = [estimator(interacting, M, budget, np.random.default_rng(s)) for s in range(5)]
+        errors.append(np.median([relative_error(r.phi[0], CLOSED_FORM).item() for r in runs]))
+        for r in runs:
+            assert r.n_forward <= budget
+            assert torch.allclose(r.phi.sum(1), r.full - r.empty, atol=1e-6)       # efficiency
+    assert errors[2] < errors[0] and errors[2] < 0.1, errors
+    if estimator is not beta_shapley:                # exact on additive games (Beta blends: only approximately)
+        assert torch.allclose(estimator(additive, M, 64, np.random.default_rng(0)).phi[0], A, atol=1e-6)
+
+
+def test_kernel_shap_is_exact_when_the_budget_covers_every_coalition():
+    est = kernel_shap(interacting, M, 2 ** M, np.random.default_rng(0))
+    assert torch.allclose(est.phi[0], CLOSED_FORM, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------- image models
+class QuadrantModel:
+    """Sees only the top-left quadrant: score = its mean brightness."""
+    num_targets = 1
+    device = torch.device("cpu")
+    chunk_size = 16
+
+    def __call__(self, images):
+        h, w = images.shape[-2:]
+        return images[:, :, :h // 2, :w // 2].mean((1, 2, 3))[:, None]
+
+
+def _textured(h=32, w=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(3, h, w, generator=g) * 0.5 + 0.5
+
+
+@pytest.mark.parametrize("method", [Rise(QuadrantModel(), perturbation="constant"),
+                                    Occlusion(QuadrantModel(), window=8, stride=4, perturbation="constant"),
+                                    DeCam(QuadrantModel(), grid=4, sparsity=0.3, perturbation="constant")])
+def test_pixel_methods_localise_the_quadrant_the_model_sees(method):
+    image = _textured()
+    exp = method.explain(image, budget=400, seed=0)
+    quadrant = torch.zeros(1, 32, 32, dtype=torch.bool)
+    quadrant[:, :16, :16] = True
+    centred = exp.saliency - exp.saliency.mean()                # RISE maps carry a constant offset
+    assert energy_pointing_game(centred, quadrant)[0] > 0.6      # chance: 0.25
+    assert pointing_game(exp.saliency, quadrant, tolerance=2)[0]
+
+
+def _figure() -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """A dark stick figure on grey: head box (28, 8, 36, 16) of the 64 x 64 image."""
+    img = torch.full((3, 64, 64), 0.5)
+    img[:, 8:16, 28:36] = 1.0                      # head
+    img[:, 16:40, 26:38] = 0.2                     # torso
+    img[:, 40:60, 27:31] = 0.2                     # legs
+    img[:, 40:60, 33:37] = 0.2
+    return img, (28, 8, 36, 16)
+
+
+def test_drise_localises_the_head_a_detector_depends_on():
+    image, head = _figure()
+    x1, y1, x2, y2 = head
+
+    def detector(images):                          # one person box, scored only by how bright the head is
+        s = images[:, :, y1:y2, x1:x2].mean((1, 2, 3)).clamp(0, 1).tolist()
+        return [{"boxes": [[26, 8, 38, 60]], "scores": [v], "labels": [0]} for v in s]
+
+    det = CallableDetector(detector, ["person"])
+    scorer = DRiseScorer.for_detections(det, det.detect(image[None])[0])
+    exp = DRise(scorer, grid=8).explain(image, budget=300, seed=0)
+    head_mask = box_masks(torch.tensor([head], dtype=torch.float32), 64, 64)
+    assert pointing_game(exp.saliency, head_mask, tolerance=4)[0]
+    body = box_masks(torch.tensor([[26, 8, 38, 60]], dtype=torch.float32), 64, 64)
+    sal = exp.saliency - exp.saliency.min()
+    assert (sal * head_mask).sum() / head_mask.sum() > 2 * (sal * (body & ~head_mask)).sum() / (body & ~head_mask).sum()
+
+
+def test_region_methods_rank_the_part_the_model_uses_first():
+    image, head = _figure()
+    x1, y1, x2, y2 = head
+
+    class HeadModel(QuadrantModel):
+        def __call__(self, images):
+            return images[:, :, y1:y2, x1:x2].mean((1, 2, 3))[:, None]
+
+    parts = torch.zeros(4, 64, 64, dtype=torch.bool)
+    parts[0, 8:16, 28:36] = True                   # head
+    parts[1, 16:40, 26:38] = True                  # torso
+    parts[2, 40:60, 27:31] = True
+    parts[3, 40:60, 33:37] = True
+    for cls in (ExactShapley, KernelShap, PermutationShapley, BetaShapley, Lime, Occlusion):
+        exp = cls(HeadModel(), perturbation="constant").explain(image, parts, budget=64, seed=0)
+        assert exp.relevance.shape == (1, 4) and exp.relevance[0].argmax() == 0, cls.name
+    exact = ExactShapley(HeadModel(), perturbation="constant").explain(image, parts)
+    assert exact.n_forward == 16
+    assert torch.allclose(exact.relevance[0, 1:], torch.zeros(3), atol=1e-6)   # unused parts: exactly 0
+    assert torch.allclose(exact.relevance.sum(1), exact.full_score - exact.empty_score, atol=1e-5)
+
+
+class TwoTargetModel(QuadrantModel):
+    num_targets = 2
+
+    def __call__(self, images):
+        h, w = images.shape[-2:]
+        return torch.stack([images[:, :, :h // 2, :w // 2].mean((1, 2, 3)),
+                            images[:, :, h // 2:, w // 2:].mean((1, 2, 3))], 1)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_budget_is_honoured_determinism_and_shared_targets(name):
+    cls = METHODS[name]
+    model = TwoTargetModel()
+    image = _textured()
+    regions = grid_regions(32, 32, 2, 3)                  # 6 regions
+    budget = 64 if name == "exact_shapley" else 50
+    kw = {"n_segments": 6} if name in ("lime",) else {}
+    method = cls(model, **kw)
+    a = method.explain(image, regions, budget=budget, seed=1)
+    b = method.explain(image, regions, budget=budget, seed=1)
+    assert torch.equal(a.saliency, b.saliency)
+    assert a.saliency.shape == (2, 32, 32) and a.method == name and a.options["seed"] == 1
+    exact_spend = {"exact_shapley": 64, "occlusion": 7, "permutation_shapley": 2 + 2 * 4 * 5}
+    assert a.n_forward == exact_spend.get(name, budget)   # both targets from the same forwards
+    if name in ("rise", "drise", "lime", "beta_shapley", "decam"):   # the others are exact on this additive game
+        c = method.explain(image, regions, budget=budget, seed=2)
+        assert not torch.equal(a.saliency, c.saliency)
+
+
+def test_too_small_budgets_are_refused():
+    model = QuadrantModel()
+    regions = grid_regions(32, 32, 3, 3)
+    with pytest.raises(BudgetError, match="2\\^9 = 512"):
+        ExactShapley(model).explain(_textured(), regions, budget=100)
+    with pytest.raises(BudgetError, match="permutation"):
+        PermutationShapley(model).explain(_textured(), regions, budget=10)
+    with pytest.raises(BudgetError, match="positive"):
+        Rise(model).explain(_textured(), budget=0)
+
+
+def test_label_maps_and_painting():
+    labels = torch.arange(4).repeat_interleave(8).view(1, 32).expand(32, 32)
+    exp = Occlusion(QuadrantModel(), perturbation="constant").explain(_textured(), labels)
+    assert exp.relevance.shape == (1, 4) and exp.n_forward == 5
+    assert torch.equal(exp.saliency, paint(exp.relevance, (labels[None] == torch.arange(4).view(-1, 1, 1)).float()))
+
+
+# ----------------------------------------------------------------------------------------------- metrics
+def test_deletion_and_insertion_prefer_the_true_saliency():
+    model, image = QuadrantModel(), _textured()
+    good = torch.zeros(1, 32, 32)
+    good[:, :16, :16] = 1 + torch.rand(16, 16)
+    bad = torch.zeros(1, 32, 32)
+    bad[:, 16:, 16:] = 1
+    d_good = deletion_insertion(model, image, good, mode="deletion", substrate="constant", steps=16)
+    d_bad = deletion_insertion(model, image, bad, mode="deletion", substrate="constant", steps=16)
+    assert d_good.auc[0] < d_bad.auc[0] and d_good.n_forward == 17 and d_good.substrate == "constant(0.0)"
+    i_good = deletion_insertion(model, image, good, mode="insertion", substrate="constant", steps=16)
+    i_bad = deletion_insertion(model, image, bad, mode="insertion", substrate="constant", steps=16)
+    assert i_good.auc[0] > i_bad.auc[0]
+    assert torch.isclose(d_good.curves[0, 0], model(image[None])[0, 0])          # starts from the full image
+    assert d_good.curves[0, -1] == 0                                                # ends on the substrate
+
+
+def test_pointing_game_and_energy_pointing_game_by_hand():
+    sal = torch.zeros(2, 40, 40)
+    sal[0, 5, 5] = 1.0                 # peak 15 px left of the box's edge (x=20): a hit at 15 px tolerance
+    sal[1, 5, 4] = 1.0                 # 16 px away: a miss
+    masks = box_masks(torch.tensor([[20, 0, 30, 10], [20, 0, 30, 10]], dtype=torch.float32), 40, 40)
+    assert pointing_game(sal, masks).tolist() == [True, False]
+    sal = torch.zeros(1, 10, 10)
+    sal[0, :5] = 1.0                   # 50 positive pixels, 20 of them in the box
+    sal[0, 5:] = -3.0                  # negative saliency does not count
+    box = box_masks(torch.tensor([[0, 3, 10, 7]], dtype=torch.float32), 10, 10)
+    assert math.isclose(energy_pointing_game(sal, box)[0].item(), 20 / 50, abs_tol=1e-6)
+    assert energy_pointing_game(torch.zeros(1, 10, 10), box)[0] == 0
+
+
+def test_relative_error():
+    assert relative_error(torch.tensor([[1.0, 2.0]]), torch.tensor([[1.0, 2.0]]))[0] == 0
+    assert math.isclose(relative_error(torch.tensor([[0.0, 0.0]]), torch.tensor([[3.0, 4.0]]))[0].item(), 1.0)
