@@ -2,8 +2,6 @@
 windows that cover it. With regions: hide one region at a time (leave-one-out, M + 1 forwards)."""
 from __future__ import annotations
 
-import math
-
 import torch
 
 from explainers.base import BudgetError, Explainer, paint
@@ -57,9 +55,10 @@ class Occlusion(Explainer):
         count = torch.zeros(H * W, device=self.device)
         for s in range(0, origins.shape[0], self.chunk_size):
             o = origins[s:s + self.chunk_size]
-            inside = ((rows.view(1, -1, 1) >= o[:, 0, None, None]) & (rows.view(1, -1, 1) < o[:, 0, None, None] + side)
-                      & (cols.view(1, 1, -1) >= o[:, 1, None, None]) & (cols.view(1, 1, -1) < o[:, 1, None, None] + side))
-            hidden = inside.float()                                                  # [n, H, W]
+            oy, ox = o[:, 0, None, None], o[:, 1, None, None]
+            in_rows = (rows.view(1, -1, 1) >= oy) & (rows.view(1, -1, 1) < oy + side)
+            in_cols = (cols.view(1, 1, -1) >= ox) & (cols.view(1, 1, -1) < ox + side)
+            hidden = (in_rows & in_cols).float()                                     # [n, H, W]
             scores = self.score(blend(image, baseline, 1 - hidden))
             flat = hidden.view(hidden.shape[0], -1)
             drop += (full[None] - scores).T @ flat

@@ -1,0 +1,133 @@
+"""Overhead of every explainer: wall time / (n_forward / raw batched forward throughput of the same model), for
+the demo detector (D-RISE score of one pedestrian, regions = its body parts) and the demo classifier (all 4 class
+probabilities, 16 SLIC superpixels, image already at the model's input size). 1.0 would mean the method costs
+exactly its forwards through the bare network; target <= 1.15. Captum's FeatureAblation and KernelShap (with
+perturbations_per_eval = the chunk size) run on the same scorer, regions and budget for comparison.
+Each figure is the median of 3 runs (the VM's speed drifts); raw throughput is re-measured around them.
+
+    python benchmarks/bench_explainers.py [--budget 256] [--out benchmarks/results/explainers.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+
+import flows  # noqa: F401  (environment defaults)
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bench_models import throughput
+from bench_shapley import real_games
+from detection.models.letterbox import letterbox
+from detection.models.scene_classifier import load_classifier
+from detection.scorers import ClassifierScorer
+from explainers import METHODS, superpixels
+from explainers.perturb import Blur
+
+CHUNK = 16
+
+
+def timed_runs(fn, repeats: int = 3) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)), out
+
+
+def captum_runs(scorer, image, regions, budget) -> dict[str, tuple[float, int]]:
+    from captum.attr import FeatureAblation, KernelShap
+
+    calls = [0]
+
+    def forward(x):
+        calls[0] += x.shape[0]
+        with torch.inference_mode():
+            return scorer(x)[:, 0]
+
+    labels = torch.full(image.shape[-2:], regions.shape[0], dtype=torch.long, device=image.device)
+    for r in range(regions.shape[0]):
+        labels[regions[r] > 0] = r
+    mask = labels[None, None].expand(1, 3, *labels.shape)
+    base = Blur().baseline(image)[None]
+    out = {}
+    for name, run in (("captum_feature_ablation", lambda: FeatureAblation(forward).attribute(
+            image[None], baselines=base, feature_mask=mask, perturbations_per_eval=CHUNK)),
+                      ("captum_kernel_shap", lambda: KernelShap(forward).attribute(
+            image[None], baselines=base, feature_mask=mask, n_samples=budget, perturbations_per_eval=CHUNK))):
+        calls[0] = 0
+        run()
+        n = calls[0]
+        seconds, _ = timed_runs(run)
+        out[name] = (seconds, n)
+    return out
+
+
+def bench_model(label, scorer, raw_fn, raw_batch, image, regions, budget, methods) -> dict:
+    raw_before = throughput(raw_fn, raw_batch, 3.0)
+    rows = {}
+    for name in methods:
+        cls = METHODS[name]
+        kw = {"chunk_size": CHUNK}
+        method = cls(scorer, **kw)
+        use_regions = None if name in ("rise", "drise") else regions
+        b = 2 ** regions.shape[0] if name == "exact_shapley" else budget
+        method.explain(image, use_regions, budget=b, seed=0)                       # warm-up
+        seconds, exp = timed_runs(lambda: method.explain(image, use_regions, budget=b, seed=0))
+        rows[name] = {"seconds": seconds, "n_forward": exp.n_forward}
+    for name, (seconds, n) in captum_runs(scorer, image, regions, budget).items():
+        rows[name] = {"seconds": seconds, "n_forward": n}
+    raw_after = throughput(raw_fn, raw_batch, 3.0)
+    raw = (raw_before + raw_after) / 2
+    for r in rows.values():
+        r["overhead"] = r["seconds"] / (r["n_forward"] / raw)
+    print(f"\n{label}: raw forward {raw:.0f} img/s (batch {CHUNK}; {raw_before:.0f} before, {raw_after:.0f} after)")
+    print(f"{'method':<26}{'forwards':>9}{'seconds':>9}{'overhead':>10}")
+    for name, r in rows.items():
+        print(f"{name:<26}{r['n_forward']:>9}{r['seconds']:>9.2f}{r['overhead']:>10.2f}")
+    return {"raw_images_per_s": raw, "methods": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget", type=int, default=256)
+    parser.add_argument("--out", default="benchmarks/results/explainers.json")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    person = real_games(1, device)[0]
+    scorer = person["scorer"]
+    scorer.chunk_size = CHUNK
+    det = scorer.model
+    image = person["image"]
+    lb, _ = letterbox(image[None].expand(CHUNK, -1, -1, -1).contiguous(), det.imgsz, det.stride)
+    parts = torch.cat([person["regions"][10], person["regions"][12][10:11]]).float()      # 10 parts + context
+    methods = ["occlusion", "rise", "drise", "lime", "kernel_shap", "permutation_shapley", "beta_shapley", "decam"]
+    results = {"device": str(device), "cpus": os.cpu_count(), "budget": args.budget}
+    results["detector"] = bench_model(f"demo detector, D-RISE score of {person['det_id']}, 11 part regions", scorer,
+                                      det.model, lb, image, parts, args.budget, methods)
+    results["detector_exact_parts6"] = bench_model(
+        "demo detector, exact Shapley over 6 parts", scorer, det.model, lb, image,
+        person["regions"][6].float(), args.budget, ["exact_shapley"])
+
+    clf = load_classifier("models/classifier.pt", device=device)
+    small = F.interpolate(image[None], size=clf.input_size, mode="bilinear", align_corners=False)[0].contiguous()
+    cscorer = ClassifierScorer(clf, chunk_size=CHUNK)
+    pre = clf.preprocess(small[None].expand(CHUNK, -1, -1, -1).contiguous())
+    regions = superpixels(small, 16).float()
+    results["classifier"] = bench_model(f"demo classifier, 4 classes, {regions.shape[0]} superpixels", cscorer,
+                                        clf.model, pre, small, regions, args.budget, methods)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written: {out.absolute()}")
+
+
+if __name__ == "__main__":
+    main()
