@@ -10,18 +10,16 @@ Each figure is the median of 3 runs (the VM's speed drifts); raw throughput is r
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 import warnings
-from pathlib import Path
 
 import flows  # noqa: F401  (environment defaults)
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench_models import throughput
+from bench_models import throughput, write_results
 from bench_shapley import real_games
 from detection.models.letterbox import letterbox
 from detection.models.scene_classifier import load_classifier
@@ -123,10 +121,7 @@ def main() -> None:
     regions = superpixels(small, 16).float()
     results["classifier"] = bench_model(f"demo classifier, 4 classes, {regions.shape[0]} superpixels", cscorer,
                                         clf.model, pre, small, regions, args.budget, methods)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written: {out.absolute()}")
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,14 @@ def throughput(fn, batch: torch.Tensor, seconds: float) -> float:
         return n * batch.shape[0] / (time.perf_counter() - start)
 
 
+def write_results(path: str, results: dict) -> None:
+    """The benchmark's numbers as JSON (benchmarks/results/ by default)."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written: {out.absolute()}")
+
+
 def compare(raw_fn, raw_batch, scorer, images, seconds: float, rounds: int = 12) -> tuple[float, float, float]:
     """Raw and scorer throughput in short interleaved rounds; the ratio is the median of per-round ratios, which
     cancels the slow drift of a shared machine's speed. Returns (median raw, median scorer, median ratio)."""
@@ -108,10 +116,7 @@ def main() -> None:
         if "scorer_at_input_size_vs_raw" in r:
             print(f"{'':<12}scorer on images already at the input size: {r['scorer_at_input_size_images_per_s']:.1f}"
                   f" img/s, {r['scorer_at_input_size_vs_raw']:.3f} of raw")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written: {out.absolute()}")
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":
