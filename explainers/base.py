@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from explainers.perturb import Perturbation, make_perturbation
@@ -85,6 +86,11 @@ class Explainer:
 
     def _explain(self, image, regions, budget, generator):
         raise NotImplementedError
+
+
+def numpy_rng(generator: torch.Generator) -> np.random.Generator:
+    """A NumPy generator seeded from the explainer's torch generator (coalitions are drawn on the CPU)."""
+    return np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=generator.device)))
 
 
 def as_region_masks(regions: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

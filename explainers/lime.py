@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from explainers.base import BudgetError, Explainer, paint
+from explainers.base import BudgetError, Explainer, numpy_rng, paint
 from explainers.game import RegionGame
 from explainers.regions import superpixels
 
@@ -40,8 +40,7 @@ class Lime(Explainer):
         if regions is None:
             regions = superpixels(image, self.n_segments).float()
         M = regions.shape[0]
-        seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=generator.device))
-        Z = np.random.default_rng(seed).integers(0, 2, (budget, M)).astype(np.float32)
+        Z = numpy_rng(generator).integers(0, 2, (budget, M)).astype(np.float32)
         Z[0] = 1                                                          # the original image, as LIME does
         Z = torch.from_numpy(Z)
         Y = RegionGame(self.score, image, regions, self.perturbation, self.chunk_size)(Z.to(self.device)).cpu()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from explainers.base import BudgetError, Explainer, paint
+from explainers.base import BudgetError, Explainer, numpy_rng, paint
 from explainers.game import Game, RegionGame
 from explainers.regions import superpixels
 
@@ -208,8 +208,7 @@ class _ShapleyExplainer(Explainer):
         if regions is None:
             regions = superpixels(image, self.n_segments).float()
         game = RegionGame(self.score, image, regions, self.perturbation, self.chunk_size)
-        seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=generator.device))
-        est = self._estimate(game, regions.shape[0], budget, np.random.default_rng(seed))
+        est = self._estimate(game, regions.shape[0], budget, numpy_rng(generator))
         phi = est.phi.float().to(self.device)
         return paint(phi, regions), phi, {"full_score": est.full, "empty_score": est.empty}
 

@@ -2,25 +2,21 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 
 import flows  # noqa: F401  (environment defaults before Prefect is imported)
 
 
-def _pull(args: argparse.Namespace) -> int:
-    from flows.pull import run_pull
-
-    stats = run_pull(args.params)
-    print(json.dumps(stats, indent=2, sort_keys=True))
-    return 0
-
-
-def _train_data(args: argparse.Namespace) -> int:
-    from flows.models import run_train_data
-
-    print(json.dumps(run_train_data(args.params), indent=2, sort_keys=True))
-    return 0
+def _stage(module: str, function: str):
+    """A sub-command that runs ``flows.<module>.<function>(params)`` and prints its result as JSON. Flows are
+    imported only when their command runs (Prefect's import is slow)."""
+    def run(args: argparse.Namespace) -> int:
+        result = getattr(importlib.import_module(f"flows.{module}"), function)(args.params)
+        print(json.dumps(result, indent=2, sort_keys=True))
+        return 0
+    return run
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -31,35 +27,22 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _infer(args: argparse.Namespace) -> int:
-    from flows.infer import run_infer
-
-    print(json.dumps(run_infer(args.params), indent=2, sort_keys=True))
-    return 0
-
-
-def _parts(args: argparse.Namespace) -> int:
-    from flows.parts import run_parts
-
-    print(json.dumps(run_parts(args.params), indent=2, sort_keys=True))
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xai-audit", description=__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     sub = parser.add_subparsers(dest="command", required=True)
     pull = sub.add_parser("pull", help="pull a dataset version into validated Parquet tables")
-    pull.set_defaults(func=_pull)
+    pull.set_defaults(func=_stage("pull", "run_pull"))
     sub.add_parser("train-data", help="generate the synthetic scenes the demo models train on").set_defaults(
-        func=_train_data)
+        func=_stage("models", "run_train_data"))
     models = sub.add_parser("models", help="train the demo models (or copy the weights named in params)")
     models.add_argument("--only", action="append", choices=["pose", "detector", "classifier"],
                         help="train only this model (repeatable); default: all, in dependency order")
     models.set_defaults(func=_models)
-    sub.add_parser("infer", help="run the configured models over the pulled dataset").set_defaults(func=_infer)
+    sub.add_parser("infer", help="run the configured models over the pulled dataset").set_defaults(
+        func=_stage("infer", "run_infer"))
     sub.add_parser("parts", help="body-part masks of every pedestrian (GT persons and detections)").set_defaults(
-        func=_parts)
+        func=_stage("parts", "run_parts"))
     return parser
 
 

@@ -91,8 +91,9 @@ def _rows(image: dict, det_id: str, model_id: str, parts: PersonParts) -> list[d
             for name, rle, area, vis in zip(parts.names, parts.rles(), areas, parts.visible.tolist())]
 
 
-def _quality_rows(item: dict, person: dict, cfg: PartsParams) -> list[dict]:
-    """IoU of the masks each source gives for this GT person against its GT part masks."""
+def _quality_rows(item: dict, person: dict, cfg: PartsParams, built: PersonParts) -> list[dict]:
+    """IoU of the masks each source gives for this GT person against its GT part masks; ``built`` are the parts
+    already made for it from its preferred source (reused, not rebuilt)."""
     image = item["image"]
     H, W = image["height"], image["width"]
     by_part = {g["part"]: g for g in item["gt_parts"] if g["ann_id"] == person["ann_id"]}
@@ -109,10 +110,14 @@ def _quality_rows(item: dict, person: dict, cfg: PartsParams) -> list[dict]:
     rows = []
     for source in SOURCES:
         try:
-            kps = candidates[source]()
-            if kps is None:
-                continue
-            pred = body_parts(kps, person["bbox"], (H, W), source).grouped(cfg.grouping).full()
+            if source == built.source:
+                parts = built
+            else:
+                kps = candidates[source]()
+                if kps is None:
+                    continue
+                parts = body_parts(kps, person["bbox"], (H, W), source)
+            pred = parts.grouped(cfg.grouping).full()
         except PartsError:            # that source's keypoints are unusable here: nothing to measure
             continue
         for name, iou, iou_a in zip(PART_GROUPS[cfg.grouping], mask_iou(pred, gt_group),
@@ -138,7 +143,7 @@ def parts_shard(items: list[dict], cfg: PartsParams, shard_dir: str) -> str:
                 person = body_parts(kps, box, (image["height"], image["width"]), source)
                 parts += _rows(image, det_id, model_id, person.grouped(cfg.grouping, cfg.context))
                 if own_gt is not None and item["gt_parts"]:
-                    quality += _quality_rows(item, own_gt, cfg)
+                    quality += _quality_rows(item, own_gt, cfg, person)
             except PartsError as exc:
                 errors.append(error_row("parts", image["uri"], exc.error_type, f"{model_id} {det_id}: {exc}",
                                         image["image_id"]))
