@@ -7,6 +7,7 @@ coalition scores so efficiency (sum phi = v(all) - v(none)) can be checked.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -81,10 +82,11 @@ def kernel_size_mass(M: int) -> np.ndarray:
 
 
 def _subsets_of_size(M: int, k: int) -> np.ndarray:
-    Z = all_coalitions(M) if M <= 16 else None
-    if Z is None:
-        raise BudgetError(f"cannot enumerate coalitions of {M} players")
-    return Z[Z.sum(1) == k]
+    """All C(M, k) coalitions of size k (the caller has checked that they fit the budget)."""
+    members = np.array(list(itertools.combinations(range(M), k)), dtype=np.int64).reshape(-1, k)
+    Z = np.zeros((members.shape[0], M), np.float32)
+    np.put_along_axis(Z, members, 1.0, axis=1)
+    return Z
 
 
 def _paired_draws(M: int, sizes: np.ndarray, probs: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -27,6 +27,35 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explain(args: argparse.Namespace) -> int:
+    if args.image is None:                           # the pipeline stage over the whole dataset
+        return _stage("explain", "run_explain")(args)
+    from flows.single import explain_file
+
+    result = explain_file(args.image, args.model, args.method, args.budget, args.regions, args.n_regions, args.out,
+                          args.seed, args.params)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from flows.audit import audit_flow
+
+    result = audit_flow(args.params, args.stages)
+    print(json.dumps({k: v for k, v in result.items() if k in ("explain", "evaluate", "report")}, indent=2,
+                     sort_keys=True, default=str))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from flows.audit import serve
+
+    if (args.cron is None) == (args.interval is None):
+        raise SystemExit("xai-audit serve: give exactly one of --cron or --interval")
+    serve(args.params, args.cron, args.interval, args.stages, args.name, args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xai-audit", description=__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
@@ -43,6 +72,35 @@ def build_parser() -> argparse.ArgumentParser:
         func=_stage("infer", "run_infer"))
     sub.add_parser("parts", help="body-part masks of every pedestrian (GT persons and detections)").set_defaults(
         func=_stage("parts", "run_parts"))
+    explain = sub.add_parser("explain", help="without IMAGE: the explain stage over the dataset; with IMAGE: explain "
+                                             "that image and write its overlay")
+    explain.add_argument("image", nargs="?", help="an image file to explain on its own")
+    explain.add_argument("--model", help="a model id from params (detector or classifier) or a YOLO .pt / .yaml "
+                                         "(default: the explain stage's detector)")
+    explain.add_argument("--method", default="drise", help="explainer (default drise; rise for a classifier)")
+    explain.add_argument("--budget", type=int, help="forward passes (default: the method's)")
+    explain.add_argument("--regions", choices=["none", "superpixels", "grid"], default="none",
+                         help="players of region methods (kernel_shap, occlusion, lime, ...)")
+    explain.add_argument("--n-regions", type=int, default=24)
+    explain.add_argument("--seed", type=int, default=0)
+    explain.add_argument("--out", help="overlay PNG (default: <image>_<method>.png beside the image)")
+    explain.set_defaults(func=_explain)
+    sub.add_parser("evaluate", help="metrics of every explanation, DVC metrics and plots").set_defaults(
+        func=_stage("evaluate", "run_evaluate"))
+    sub.add_parser("report", help="the HTML audit report and markdown summary").set_defaults(
+        func=_stage("report", "run_report"))
+    stages_help = "run only these stages (repeatable; default all): pull models infer parts explain evaluate report"
+    audit = sub.add_parser("audit", help="every stage as one Prefect flow (what `dvc repro` runs, unconditionally)")
+    audit.add_argument("--stage", dest="stages", action="append", help=stages_help)
+    audit.set_defaults(func=_audit)
+    serve = sub.add_parser("serve", help="serve the audit flow on a schedule (starts a Prefect server unless "
+                                         "PREFECT_API_URL is set)")
+    serve.add_argument("--cron", help='cron schedule, e.g. "0 3 * * *"')
+    serve.add_argument("--interval", type=float, help="or: every N seconds")
+    serve.add_argument("--stage", dest="stages", action="append", help=stages_help)
+    serve.add_argument("--name", default="xai-audit", help="deployment name")
+    serve.add_argument("--port", type=int, default=4200, help="port of the server started here")
+    serve.set_defaults(func=_serve)
     return parser
 
 
@@ -54,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ParamsError, AnnotationError, WeightsError, FileNotFoundError) as exc:
+    except (ParamsError, AnnotationError, WeightsError, FileNotFoundError, ValueError) as exc:
         print(f"xai-audit {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

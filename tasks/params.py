@@ -165,6 +165,80 @@ class PartsParams(_Section):
     min_keypoints: int = Field(default=3, ge=1, le=17)      # fewer usable keypoints: next source
 
 
+PIXEL_METHODS = ("rise", "drise", "decam")        # random low-res masks: no regions needed
+REGION_METHODS = ("occlusion", "lime", "kernel_shap", "exact_shapley", "permutation_shapley", "beta_shapley")
+
+
+class ExplainJob(_Section):
+    """One explainer run on one kind of target: ``persons`` (ground-truth pedestrians, scored by the detector's
+    D-RISE similarity to their box, so missed ones are explained too), ``detections`` (the detector's own person
+    detections) or ``classes`` (the classifier's classes, every image)."""
+
+    method: Literal["occlusion", "rise", "drise", "lime", "kernel_shap", "exact_shapley", "permutation_shapley",
+                    "beta_shapley", "decam"]
+    targets: Literal["persons", "detections", "classes"]
+    budget: int | None = Field(default=None, ge=1)      # forward passes per explanation; null: the method's default
+    regions: Literal["parts", "superpixels", "grid", "none"] = "parts"
+    n_regions: int = Field(default=16, ge=2)            # superpixels / grid cells (rows x cols ~ n_regions)
+    split: str | None = None                            # only images of this split; null: every image
+    options: dict[str, bool | int | float | str] = {}   # method options, e.g. {grid: 8, p: 0.5, center: true}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ExplainJob":
+        if self.regions == "parts" and self.targets == "classes":
+            raise ValueError("regions 'parts' are pedestrians' body parts: use them with persons / detections")
+        if self.regions == "none" and self.method in REGION_METHODS:
+            raise ValueError(f"{self.method} needs regions (parts, superpixels or grid), got 'none'")
+        if self.method == "drise" and self.targets == "classes":
+            raise ValueError("drise explains detections: use rise for classes")
+        return self
+
+    @property
+    def name(self) -> str:
+        """The job's label in tables and the report, e.g. ``kernel_shap@parts``."""
+        return self.method if self.regions == "none" else f"{self.method}@{self.regions}"
+
+
+class RunnerParams(_Section):
+    """Where a stage's shard tasks run: threads in this process, or Dask (prefect-dask): a LocalCluster with one
+    single-threaded worker per GPU (each pinned to its GPU; ``workers`` CPU workers without GPUs), or the scheduler
+    at ``address`` (an existing cluster)."""
+
+    kind: Literal["threads", "dask"] = "threads"
+    workers: int | None = Field(default=None, ge=1)     # null: the top-level `workers` (threads) / one per GPU
+    address: str | None = None                          # tcp://host:8786 of a running Dask scheduler
+
+
+class ExplainParams(_Section):
+    out_dir: str = "data/explain"
+    metrics: str = "metrics/explain.json"
+    shard_size: int = Field(default=8, ge=1)            # images per task (a shard is written atomically)
+    device: str = "auto"
+    chunk_size: int = Field(default=16, ge=1)           # images per forward pass
+    saliency_size: tuple[int, int] = (48, 64)           # stored saliency grid (rows, cols), float16
+    detector: str | None = None                         # id from infer.detectors; null: the first
+    min_height: float = Field(default=30.0, ge=0)       # shorter pedestrians are not explained (parts too small)
+    runner: RunnerParams = RunnerParams()
+    jobs: list[ExplainJob] = []
+
+
+class EvaluateParams(_Section):
+    out_dir: str = "data/evaluate"
+    metrics: str = "metrics/evaluate.json"
+    plots_dir: str = "plots"
+    shard_size: int = Field(default=16, ge=1)
+    steps: int = Field(default=10, ge=2)                # deletion / insertion curve steps
+    causal: bool = True                                 # deletion / insertion AUC (costs 2 (steps + 1) forwards)
+    causal_split: str | None = "val"                    # ... on this split's explanations (null: all)
+    pointing_tolerance: float = Field(default=15.0, ge=0)
+
+
+class ReportParams(_Section):
+    out: str = "report/audit.html"
+    summary: str = "report/summary.md"
+    gallery: int = Field(default=4, ge=0)               # overlays per gallery row (best, worst, most surprising)
+
+
 class Params(_Section):
     seed: int = 0
     workers: int = Field(default=2, ge=1)       # threads of a stage's Prefect task runner
@@ -172,6 +246,14 @@ class Params(_Section):
     models: ModelsParams = ModelsParams()
     infer: InferParams = InferParams()
     parts: PartsParams = PartsParams()
+    explain: ExplainParams = ExplainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    report: ReportParams = ReportParams()
+
+    def explain_detector(self) -> DetectorSpec:
+        """The detector the explain stage audits (explain.detector, else the first of infer.detectors)."""
+        wanted = self.explain.detector or self.infer.detectors[0].id
+        return next(d for d in self.infer.detectors if d.id == wanted)
 
 
 def _format_error(err: dict) -> str:
@@ -193,6 +275,16 @@ def parse_params(data: dict, origin: str = "params.yaml", check_files: bool = Tr
     for i, name in enumerate(params.parts.detectors or []):
         if name not in known:
             raise ParamsError(f"{origin}: parts.detectors[{i}]: not an id of infer.detectors {known} (got {name!r})")
+    if params.explain.detector is not None and params.explain.detector not in known:
+        raise ParamsError(f"{origin}: explain.detector: not an id of infer.detectors {known} "
+                          f"(got {params.explain.detector!r})")
+    seen = set()
+    for i, job in enumerate(params.explain.jobs):
+        if (job.targets, job.name) in seen:
+            raise ParamsError(f"{origin}: explain.jobs[{i}]: a second {job.name!r} job on {job.targets!r}")
+        seen.add((job.targets, job.name))
+        if job.targets == "classes" and params.infer.classifier is None:
+            raise ParamsError(f"{origin}: explain.jobs[{i}]: targets 'classes' needs infer.classifier")
     if check_files:
         for key, value in params.pull.input_paths():
             if not Path(value).exists():

@@ -67,3 +67,11 @@ def publish(staging: Path, out: Path) -> None:
         os.replace(out, backup)
     os.replace(staging, out)
     shutil.rmtree(backup, ignore_errors=True)
+
+
+def read_json(path: str | Path) -> dict | None:
+    """A JSON file written by :func:`write_json`, or None when it is missing or unreadable (a crashed write)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None

@@ -39,3 +39,64 @@ def tool_env():
     env.setdefault("GIT_COMMITTER_NAME", "xai-audit tests")
     env.setdefault("GIT_COMMITTER_EMAIL", "tests@example.invalid")
     return env
+
+
+TINY_JOBS = [
+    {"method": "kernel_shap", "targets": "persons", "regions": "parts", "budget": 16},
+    {"method": "occlusion", "targets": "persons", "regions": "parts"},
+    {"method": "drise", "targets": "persons", "regions": "none", "budget": 32, "options": {"grid": 4, "center": True}},
+    {"method": "rise", "targets": "classes", "regions": "none", "budget": 32, "split": "val"},
+]
+
+
+def tiny_params(root: Path, **extra) -> Path:
+    """params.yaml of a tiny project: 12 synthetic images, 1-epoch demo models, cheap explainer jobs."""
+    import yaml
+
+    params = {"seed": 0, "pull": {"synthetic": {"n_images": 12}},
+              "models": {"train_data": {"n_images": 24},
+                         "detector": {"epochs": 1, "arch": str(REPO / "detection/configs/yolo-person-tiny.yaml")},
+                         "pose": {"epochs": 1, "arch": str(REPO / "detection/configs/yolo-pose-tiny.yaml")},
+                         "classifier": {"epochs": 1}},
+              "explain": {"shard_size": 2, "min_height": 20, "jobs": TINY_JOBS},
+              "evaluate": {"steps": 4, "shard_size": 4, "causal_split": None},
+              "report": {"gallery": 2}}
+    for key, value in extra.items():
+        params[key] = {**params.get(key, {}), **value} if isinstance(value, dict) else value
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_project(tmp_path_factory, prefect_server):
+    """A project folder with pull -> models -> infer -> parts done once for the session (tests copy it)."""
+    from flows.infer import run_infer
+    from flows.models import run_models, run_train_data
+    from flows.parts import run_parts
+    from flows.pull import run_pull
+
+    root = tmp_path_factory.mktemp("tiny_project")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        params = tiny_params(root)
+        run_pull(params)
+        run_train_data(params)
+        run_models(params)
+        run_infer(params)
+        run_parts(params)
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+@pytest.fixture
+def project(tiny_project, tmp_path, monkeypatch):
+    """A private copy of the tiny project as the working directory."""
+    import shutil
+
+    root = tmp_path / "project"
+    shutil.copytree(tiny_project, root, ignore=shutil.ignore_patterns(".work"))
+    monkeypatch.chdir(root)
+    return root

@@ -12,6 +12,7 @@ from explainers import (METHODS, BetaShapley, BudgetError, DeCam, DRise, ExactSh
                         PermutationShapley, Rise, beta_shapley, box_masks, deletion_insertion, energy_pointing_game,
                         exact_shapley, grid_regions, kernel_shap, permutation_shapley, pointing_game, relative_error)
 from explainers.base import paint
+from explainers.rise import rise_masks
 
 M = 10
 RNG = np.random.default_rng(0)
@@ -87,6 +88,22 @@ def test_pixel_methods_localise_the_quadrant_the_model_sees(method):
     centred = exp.saliency - exp.saliency.mean()                # RISE maps carry a constant offset
     assert energy_pointing_game(centred, quadrant)[0] > 0.6      # chance: 0.25
     assert pointing_game(exp.saliency, quadrant, tolerance=2)[0]
+
+
+def test_centred_rise_is_plain_rise_minus_the_mean_score_times_coverage():
+    image = _textured()
+    plain = Rise(QuadrantModel(), perturbation="constant").explain(image, budget=64, seed=3)
+    centred = Rise(QuadrantModel(), perturbation="constant", center=True).explain(image, budget=64, seed=3)
+    masks = torch.cat([rise_masks(16, 8, 0.5, 32, 32, g, torch.device("cpu"))
+                       for g in [torch.Generator().manual_seed(3)] for _ in range(4)])
+    model = QuadrantModel()
+    scores = model(image * masks[:, None])[:, 0]
+    expected = ((scores - scores.mean())[:, None, None] * masks).sum(0) / (64 * 0.5)
+    torch.testing.assert_close(centred.saliency[0], expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(plain.saliency, centred.saliency)
+    quadrant = torch.zeros(1, 32, 32, dtype=torch.bool)
+    quadrant[:, :16, :16] = True
+    assert energy_pointing_game(centred.saliency, quadrant)[0] > 0.6   # no mean offset to subtract first
 
 
 def _figure() -> tuple[torch.Tensor, tuple[int, int, int, int]]:

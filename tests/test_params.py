@@ -60,6 +60,16 @@ def test_load_params_file_errors(tmp_path):
      r"infer\.classifier: .*needs 'classes'"),
     ({"models": {"detector": {"epochs": 0}}}, r"models\.detector\.epochs: .*greater than or equal to 1"),
     ({"models": {"detector": {"init_from_poze": True}}}, r"models\.detector\.init_from_poze: unknown key"),
+    ({"explain": {"jobs": [{"method": "kernel_shap", "targets": "persons", "regions": "none"}]}},
+     r"explain\.jobs\[0\]: .*kernel_shap needs regions"),
+    ({"explain": {"jobs": [{"method": "shap", "targets": "persons"}]}}, r"explain\.jobs\[0\]\.method: .*'shap'"),
+    ({"explain": {"jobs": [{"method": "drise", "targets": "classes", "regions": "none"}]}},
+     r"explain\.jobs\[0\]: .*use rise for classes"),
+    ({"explain": {"jobs": [{"method": "occlusion", "targets": "persons"}, {"method": "occlusion",
+                                                                           "targets": "persons"}]}},
+     r"explain\.jobs\[1\]: a second 'occlusion@parts' job on 'persons'"),
+    ({"explain": {"detector": "rcnn"}}, r"explain\.detector: not an id of infer\.detectors"),
+    ({"explain": {"runner": {"kind": "ray"}}}, r"explain\.runner\.kind: .*'ray'"),
 ])
 def test_model_sections_validated(data, expected):
     with pytest.raises(ParamsError, match=expected):

@@ -10,6 +10,7 @@ import uuid
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -107,6 +108,57 @@ PART_IOU_SCHEMA = pa.schema([                  # quality of the part masks again
     ("occlusion", pa.float32()),
 ])
 
+TARGETS_SCHEMA = pa.schema([                   # what the explain stage explains, with the report's breakdowns
+    ("image_id", pa.string()),
+    ("split", pa.string()),
+    ("target_id", pa.string()),                # a GT person's ann_id, a detection's det_id, or 'class:<name>'
+    ("kind", pa.string()),                     # persons | detections | classes
+    ("model_id", pa.string()),                 # the model whose score is explained
+    ("category", pa.string()),
+    ("bbox", pa.list_(pa.float32(), 4)),       # null for classes
+    ("class_probs", pa.list_(pa.float32())),   # detections: the D-RISE target's class vector
+    ("height", pa.float32()),                  # box height, px
+    ("occlusion", pa.float32()),               # GT occlusion (persons; detections matched to a GT person)
+    ("found", pa.bool_()),                     # persons: detected (IoU >= 0.5, above conf); detections: true positive
+    ("score", pa.float32()),                   # persons: the detector's best score on them (0 if none); detections
+    ("label_present", pa.bool_()),             # classes: the image has this label
+    ("spurious_cue", pa.bool_()),
+    ("parts_id", pa.string()),                 # the parts table's (model_id, det_id) holding the body parts
+    ("parts_model", pa.string()),
+])
+
+EXPLANATIONS_SCHEMA = pa.schema([
+    ("image_id", pa.string()),
+    ("target_id", pa.string()),
+    ("kind", pa.string()),
+    ("job", pa.string()),                      # method@regions, as named in params (explain.jobs)
+    ("method", pa.string()),
+    ("regions", pa.string()),                  # parts | superpixels | grid | none
+    ("saliency", pa.list_(pa.float16())),      # row-major grid of explain.saliency_size, area-averaged
+    ("saliency_height", pa.int16()),
+    ("saliency_width", pa.int16()),
+    ("region_names", pa.list_(pa.string())),   # body-part names (or r000...); relevance is aligned with them
+    ("relevance", pa.list_(pa.float32())),
+    ("full_score", pa.float32()),
+    ("empty_score", pa.float32()),
+    ("n_forward", pa.int32()),                 # forwards of the explain call (shared by `shared_by` targets)
+    ("shared_by", pa.int16()),
+    ("seconds", pa.float32()),                 # wall time of the explain call
+    ("device", pa.string()),
+    ("seed", pa.int64()),
+    ("options_hash", pa.string()),
+    ("options", pa.string()),                  # the method's settings as JSON
+])
+
+METRICS_SCHEMA = pa.schema([                   # evaluate stage: one row per (target, job, metric)
+    ("image_id", pa.string()),
+    ("target_id", pa.string()),
+    ("kind", pa.string()),
+    ("job", pa.string()),
+    ("metric", pa.string()),
+    ("value", pa.float32()),
+])
+
 SCHEMAS: dict[str, pa.Schema] = {
     "images": IMAGES_SCHEMA,
     "annotations": ANNOTATIONS_SCHEMA,
@@ -116,6 +168,9 @@ SCHEMAS: dict[str, pa.Schema] = {
     "predictions": PREDICTIONS_SCHEMA,
     "parts": PARTS_SCHEMA,
     "part_iou": PART_IOU_SCHEMA,
+    "targets": TARGETS_SCHEMA,
+    "explanations": EXPLANATIONS_SCHEMA,
+    "metrics": METRICS_SCHEMA,
 }
 
 
@@ -134,8 +189,21 @@ def write_table_atomic(table: pa.Table, path: str | os.PathLike) -> Path:
 
 
 def rows_to_table(rows: list[dict], name: str) -> pa.Table:
-    """Rows (dicts keyed by column) to a table with the named schema; missing columns become null."""
-    return pa.Table.from_pylist(rows, schema=SCHEMAS[name])
+    """Rows (dicts keyed by column) to a table with the named schema; missing columns become null. float16 list
+    columns take NumPy arrays (Arrow cannot convert Python floats to float16)."""
+    schema = SCHEMAS[name]
+    half = [f.name for f in schema if pa.types.is_list(f.type) and pa.types.is_float16(f.type.value_type)]
+    if not half:
+        return pa.Table.from_pylist(rows, schema=schema)
+    plain = pa.Table.from_pylist([{k: v for k, v in r.items() if k not in half} for r in rows],
+                                 schema=pa.schema([f for f in schema if f.name not in half]))
+    for name_ in half:
+        arrays = [np.asarray(r[name_], np.float16).ravel() for r in rows]
+        offsets = np.concatenate([[0], np.cumsum([len(a) for a in arrays])]).astype(np.int32)
+        values = np.concatenate(arrays) if arrays else np.zeros(0, np.float16)
+        column = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, pa.float16()))
+        plain = plain.append_column(pa.field(name_, schema.field(name_).type), column)
+    return plain.select(schema.names).cast(schema)
 
 
 @dataclass

@@ -1,0 +1,64 @@
+"""The report stage: a self-contained HTML audit report and a markdown summary from the explain / evaluate tables,
+also published as Prefect artifacts (markdown summary + tables) of the run."""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import flows  # noqa: F401  (environment defaults)
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from detection.datasets.tables import SCHEMAS, DatasetTables
+from flows.explain import read_errors, read_explanations
+from tasks.params import Params, load_params
+from tasks.report import ReportInputs, build_report, cost_table, load_json, quality_table
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def load_inputs(params: Params) -> ReportInputs:
+    exp_dir, ev_dir = Path(params.explain.out_dir), Path(params.evaluate.out_dir)
+    errors = pa.concat_tables([read_errors(exp_dir),
+                               pq.read_table(ev_dir / "errors.parquet", schema=SCHEMAS["errors"])])
+    return ReportInputs(
+        images=DatasetTables.read(params.pull.out_dir).images.to_pandas(),
+        targets=pq.read_table(exp_dir / "targets.parquet", schema=SCHEMAS["targets"]).to_pandas(),
+        explanations=read_explanations(exp_dir).to_pandas(),
+        metrics=pq.read_table(ev_dir / "metrics.parquet", schema=SCHEMAS["metrics"]).to_pandas(),
+        infer_metrics=load_json(params.infer.metrics),
+        explain_params=params.explain.model_dump(mode="json"),
+        evaluate_summary=load_json(params.evaluate.metrics),
+        errors=errors.to_pandas(),
+        detector_id=params.explain_detector().id,
+        classifier_id=None if params.infer.classifier is None else params.infer.classifier.id)
+
+
+@flow(name="report", log_prints=True)
+def report_flow(params: Params) -> dict:
+    logger = get_run_logger()
+    inputs = load_inputs(params)
+    page, summary = build_report(inputs, params.report.gallery)
+    html_path = write_text_atomic(params.report.out, page)
+    write_text_atomic(params.report.summary, summary)
+    create_markdown_artifact(key="xai-audit-summary", markdown=summary, description="xai-audit summary")
+    for key, table in (("xai-audit-quality", quality_table(inputs.metrics)),
+                       ("xai-audit-cost", cost_table(inputs.explanations))):
+        create_table_artifact(key=key, table=table.round(4).astype(object).where(table.notna(), None)
+                              .to_dict(orient="records"), description=key)
+    logger.info("report: %s (%.0f kB)", html_path, html_path.stat().st_size / 1024)
+    return {"report": str(html_path), "summary": params.report.summary, "bytes": html_path.stat().st_size}
+
+
+def run_report(params_file: str | Path = "params.yaml") -> dict:
+    return report_flow(load_params(params_file))

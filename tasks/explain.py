@@ -1,0 +1,311 @@
+"""Tasks of the explain stage: which targets each image has, and one shard of images explained by every configured
+job. A shard's files are written atomically and marked done last, so a re-run after a crash skips finished shards
+and recomputes only the rest; every explanation is seeded from (seed, image, target, job), never from run order."""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+import torch.nn.functional as F
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from detection.datasets.imageio import ImageError, load_rgb, to_batch
+from detection.datasets.records import error_row
+from detection.datasets.tables import rows_to_table, write_table_atomic
+from detection.evaluation import iou_matrix
+from detection.masks import rle_decode
+from detection.models.specs import ClassifierSpec, DetectorSpec, build_classifier, build_detector
+from detection.scorers import ClassifierScorer, DRiseScorer
+from explainers import METHODS, grid_regions, superpixels
+from explainers.base import BudgetError, region_means
+from explainers.metrics import downsample
+from tasks.params import ExplainJob, ExplainParams, Params
+
+DONE_DIR = "_done"
+MATCH_IOU = 0.5          # a GT person is found when a detection above the threshold overlaps it this much
+
+
+# ---------------------------------------------------------------------------------------------------- targets
+def _person_rows(annotations: pa.Table, min_height: float) -> dict[str, list[dict]]:
+    persons: dict[str, list[dict]] = {}
+    for a in annotations.filter(pc.equal(annotations["category"], "person")).to_pylist():
+        if not a["iscrowd"] and a["bbox"][3] - a["bbox"][1] >= min_height:
+            persons.setdefault(a["image_id"], []).append(a)
+    return persons
+
+
+def build_targets(params: Params, images: pa.Table, annotations: pa.Table, detections: pa.Table,
+                  classes: list[str]) -> pa.Table:
+    """One row per thing to explain, with the attributes the report breaks relevance down by: ground-truth persons
+    (found or missed by the detector, its best score on them), the detector's person detections (true or false
+    positives) and the classifier's classes (label present, spurious cue)."""
+    cfg = params.explain
+    spec = params.explain_detector()
+    kinds = {j.targets for j in cfg.jobs}
+    img_rows = images.to_pylist()
+    all_persons = _person_rows(annotations, 0.0)
+    dets: dict[str, list[dict]] = {}
+    for d in detections.filter(pc.equal(detections["model_id"], spec.id)).drop_columns(["keypoints"]).to_pylist():
+        if d["category"] == spec.person_class:
+            dets.setdefault(d["image_id"], []).append(d)
+    rows = []
+    for img in img_rows:
+        iid = img["image_id"]
+        gt, found_dets = all_persons.get(iid, []), dets.get(iid, [])
+        g_boxes = np.array([a["bbox"] for a in gt], float).reshape(-1, 4)
+        d_boxes = np.array([d["bbox"] for d in found_dets], float).reshape(-1, 4)
+        d_scores = np.array([d["score"] for d in found_dets], float)
+        above = np.array([d["above_conf"] for d in found_dets], bool)
+        iou = iou_matrix(g_boxes, d_boxes) if len(gt) and len(found_dets) else np.zeros((len(gt), len(found_dets)))
+        base = {"image_id": iid, "split": img["split"]}
+        if "persons" in kinds:
+            for gi, a in enumerate(gt):
+                h = a["bbox"][3] - a["bbox"][1]
+                if h < cfg.min_height:
+                    continue
+                near = iou[gi] >= MATCH_IOU
+                rows.append({**base, "target_id": a["ann_id"], "kind": "persons", "model_id": spec.id,
+                             "category": spec.person_class, "bbox": a["bbox"], "height": h,
+                             "occlusion": a["occlusion"], "found": bool((near & above).any()),
+                             "score": float(d_scores[near].max()) if near.any() else 0.0, "label_present": True,
+                             "spurious_cue": img["spurious_cue"], "parts_id": a["ann_id"], "parts_model": "gt"})
+        if "detections" in kinds:
+            for di, d in enumerate(found_dets):
+                h = d["bbox"][3] - d["bbox"][1]
+                if not d["above_conf"] or h < cfg.min_height:
+                    continue
+                gi = int(np.argmax(iou[:, di])) if len(gt) else -1
+                tp = gi >= 0 and iou[gi, di] >= MATCH_IOU
+                rows.append({**base, "target_id": d["det_id"], "kind": "detections", "model_id": spec.id,
+                             "category": d["category"], "bbox": d["bbox"], "height": h,
+                             "occlusion": gt[gi]["occlusion"] if tp else None, "found": bool(tp), "score": d["score"],
+                             "class_probs": d["class_probs"], "label_present": bool(tp),
+                             "spurious_cue": img["spurious_cue"], "parts_id": d["det_id"], "parts_model": spec.id})
+        if "classes" in kinds:
+            labels = img["labels"]
+            for c in classes:
+                rows.append({**base, "target_id": f"class:{c}", "kind": "classes",
+                             "model_id": params.infer.classifier.id, "category": c,
+                             "label_present": None if labels is None else c in labels,
+                             "spurious_cue": img["spurious_cue"]})
+    return rows_to_table(rows, "targets")
+
+
+def code_files() -> list[Path]:
+    """The source an explanation's numbers depend on (the explain stage's code deps in dvc.yaml)."""
+    import detection.models
+    import explainers
+
+    roots = [Path(explainers.__file__).parent, Path(detection.models.__file__).parent]
+    return sorted(f for r in roots for f in r.glob("*.py")) + [Path(__file__),
+                                                              Path(__file__).parents[1] / "detection" / "scorers.py"]
+
+
+def config_hash(params: Params, input_files: list[str | Path]) -> str:
+    """What an explain run's rows depend on: its params, the seed, the audited detector / classifier specs, the
+    content of its input tables and weights, and the code that computes them. A different hash means the stored
+    shards are stale."""
+    h = hashlib.sha256(json.dumps([params.seed, params.explain.model_dump(mode="json", exclude={"runner"}),
+                                   params.explain_detector().model_dump(mode="json"),
+                                   None if params.infer.classifier is None else
+                                   params.infer.classifier.model_dump(mode="json")], sort_keys=True).encode())
+    for f in [*input_files, *code_files()]:
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def explanation_seed(seed: int, image_id: str, target_id: str, job: str) -> int:
+    """Each explanation's seed depends on what it explains, not on which worker or in what order it ran."""
+    digest = hashlib.sha256(f"{seed}|{image_id}|{target_id}|{job}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+# ---------------------------------------------------------------------------------------------------- models
+def task_device(device: str) -> str:
+    """``auto`` -> the GPU of this Dask worker (workers are numbered 0..n-1, one per GPU), cuda:0, or cpu."""
+    if device != "auto" or not torch.cuda.is_available():
+        return "cpu" if device == "auto" else device
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+        index = int(name) if str(name).isdigit() else 0
+    except (ImportError, ValueError):                  # not inside a Dask worker
+        index = 0
+    return f"cuda:{index % torch.cuda.device_count()}"
+
+
+@functools.lru_cache(maxsize=4)
+def _detector(spec_json: str, device: str, chunk: int):
+    """One model per (spec, device) and process, shared by every task the process runs."""
+    return build_detector(DetectorSpec.model_validate_json(spec_json), device, chunk)
+
+
+@functools.lru_cache(maxsize=4)
+def _classifier(spec_json: str, device: str, chunk: int):
+    return build_classifier(ClassifierSpec.model_validate_json(spec_json), device, chunk)
+
+
+# ---------------------------------------------------------------------------------------------------- explain
+def _regions(job: ExplainJob, image: torch.Tensor, parts: dict[str, torch.Tensor] | None):
+    """(names, masks [R, H, W]) for a job: the target's non-empty body parts, superpixels or grid cells."""
+    H, W = image.shape[-2:]
+    if job.regions == "parts":
+        names = [n for n, m in parts.items() if m.any()]
+        return names, torch.stack([parts[n] for n in names]).to(image.device) if names else None
+    if job.regions == "superpixels":
+        masks = superpixels(image, job.n_regions).to(image.device)
+    else:
+        rows = max(1, round((job.n_regions * H / W) ** 0.5))
+        masks = grid_regions(H, W, rows, max(1, round(job.n_regions / rows)), image.device)
+    return [f"r{i:03d}" for i in range(masks.shape[0])], masks
+
+
+def _row(item_target: dict, job: ExplainJob, exp, t: int, T: int, names, cfg: ExplainParams, seed: int,
+         device: str) -> dict:
+    sal = downsample(exp.saliency[t:t + 1], cfg.saliency_size)[0].numpy().astype(np.float16)
+    options = json.dumps(exp.options, sort_keys=True)
+    return {"image_id": item_target["image_id"], "target_id": item_target["target_id"],
+            "kind": item_target["kind"], "job": job.name, "method": exp.method, "regions": job.regions,
+            "saliency": sal.ravel(), "saliency_height": sal.shape[0], "saliency_width": sal.shape[1],
+            "region_names": names,
+            "relevance": None if exp.relevance is None else exp.relevance[t].tolist(),
+            "full_score": None if exp.full_score is None else float(exp.full_score[t]),
+            "empty_score": None if exp.empty_score is None else float(exp.empty_score[t]),
+            "n_forward": exp.n_forward, "shared_by": T, "seconds": exp.seconds, "device": device, "seed": seed,
+            "options_hash": hashlib.sha256(options.encode()).hexdigest()[:12], "options": options}
+
+
+def _explain_targets(job: ExplainJob, scorer_for, image: torch.Tensor, targets: list[dict], parts_of,
+                     cfg: ExplainParams, seed: int, device: str, errors: list[dict], uri: str) -> list[dict]:
+    """One job over one image's targets of one kind. Pixel methods, and region methods whose regions every target
+    shares (superpixels, grid), explain all targets with one set of forwards; body-part games run per target.
+    A target the method cannot explain (no usable region, budget too small) becomes an ``errors`` row."""
+    shared = job.regions != "parts"
+    groups = [targets] if shared else [[t] for t in targets]
+    rows = []
+    for group in groups:
+        first = group[0]
+        s = explanation_seed(seed, first["image_id"], "*" if shared else first["target_id"], job.name)
+        try:
+            names, masks = (None, None) if job.regions == "none" else _regions(
+                job, image, None if shared else parts_of(first))
+            if job.regions != "none" and masks is None:
+                raise ValueError("no non-empty body part")
+            method = METHODS[job.method](scorer_for(group), chunk_size=cfg.chunk_size, **job.options)
+            exp = method.explain(image, masks, budget=job.budget, seed=s)
+        except (ValueError, BudgetError) as exc:
+            which = "all targets" if shared else first["target_id"]
+            errors.append(error_row("explain", uri, type(exc).__name__, f"{job.name} {which}: {exc}",
+                                    first["image_id"]))
+            continue
+        new = [_row(t, job, exp, i, len(group), names, cfg, s, device) for i, t in enumerate(group)]
+        if job.regions == "none" and parts_of is not None:      # pixel saliency -> mean per body part as well
+            for i, (t, row) in enumerate(zip(group, new)):
+                part_names, part_masks = _regions(job.model_copy(update={"regions": "parts"}), image, parts_of(t))
+                if part_masks is not None:
+                    row["region_names"] = part_names
+                    row["relevance"] = region_means(exp.saliency[i:i + 1].to(device), part_masks.float())[0].tolist()
+        rows += new
+    return rows
+
+
+def _parts_lookup(part_rows: list[dict], device: str):
+    by_target: dict[tuple[str, str], dict[str, dict]] = {}
+    for p in part_rows:
+        by_target.setdefault((p["model_id"], p["det_id"]), {})[p["part"]] = p
+
+    def parts_of(t: dict) -> dict[str, torch.Tensor] | None:
+        rows = by_target.get((t["parts_model"], t["parts_id"]))
+        if rows is None:
+            return {}
+        return {n: torch.from_numpy(rle_decode(r["rle"], r["height"], r["width"])).to(device)
+                for n, r in rows.items()}
+    return parts_of
+
+
+def explain_image(item: dict, params: Params, device: str, errors: list[dict]) -> list[dict]:
+    """Every job of the explain params on one image's targets; bad targets go to ``errors``."""
+    cfg = params.explain
+    img = item["image"]
+    try:
+        image = to_batch([load_rgb(img["uri"])])[0].to(device)
+    except ImageError as exc:
+        errors.append(error_row("explain", img["uri"], exc.error_type, str(exc), img["image_id"]))
+        return []
+    spec = params.explain_detector()
+    detector = _detector(spec.model_dump_json(), device, cfg.chunk_size)
+    person = detector.class_names.index(spec.person_class)
+    parts_of = _parts_lookup(item["parts"], device)
+
+    def drise_scorer(targets: list[dict]) -> DRiseScorer:
+        probs = [t["class_probs"] if t.get("class_probs") is not None else
+                 F.one_hot(torch.tensor(person), detector.num_classes).tolist() for t in targets]
+        return DRiseScorer(detector, torch.tensor([t["bbox"] for t in targets]), torch.tensor(probs),
+                           chunk_size=cfg.chunk_size)
+
+    rows = []
+    small = None
+    for job in cfg.jobs:
+        if job.split is not None and img["split"] != job.split:
+            continue
+        targets = [t for t in item["targets"] if t["kind"] == job.targets]
+        if not targets:
+            continue
+        if job.targets == "classes":
+            clf = _classifier(params.infer.classifier.model_dump_json(), device, cfg.chunk_size)
+            if small is None:     # explain at the classifier's input size: the scorer then skips its resize
+                small = image if clf.input_size is None else F.interpolate(
+                    image[None], size=clf.input_size, mode="bilinear", align_corners=False)[0].contiguous()
+            def class_scorer(ts: list[dict], clf=clf) -> ClassifierScorer:
+                return ClassifierScorer(clf, [clf.class_names.index(t["category"]) for t in ts],
+                                        chunk_size=cfg.chunk_size)
+
+            rows += _explain_targets(job, class_scorer, small, targets, None, cfg, params.seed, device, errors,
+                                     img["uri"])
+        else:
+            rows += _explain_targets(job, drise_scorer, image, targets, parts_of, cfg, params.seed, device,
+                                     errors, img["uri"])
+    return rows
+
+
+def shard_files(out_dir: str | Path, shard: int, jobs: list[str]) -> dict[str, Path]:
+    out = Path(out_dir)
+    name = f"shard-{shard:05d}.parquet"
+    files = {job: out / "explanations" / f"job={job}" / name for job in jobs}
+    files["errors"] = out / "errors" / name
+    return files
+
+
+def is_done(out_dir: str | Path, shard: int) -> bool:
+    return (Path(out_dir) / DONE_DIR / f"shard-{shard:05d}").exists()
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+def explain_shard(items: list[dict], params: Params, shard: int, out_dir: str) -> dict:
+    """Explain one shard of images and write its files (one per job, plus errors); the done marker goes last."""
+    device = task_device(params.explain.device)
+    rows, errors = [], []
+    for item in items:
+        rows += explain_image(item, params, device, errors)
+    jobs = sorted({j.name for j in params.explain.jobs})
+    files = shard_files(out_dir, shard, jobs)
+    for job in jobs:
+        write_table_atomic(rows_to_table([r for r in rows if r["job"] == job], "explanations"), files[job])
+    write_table_atomic(rows_to_table(errors, "errors"), files["errors"])
+    marker = Path(out_dir) / DONE_DIR / f"shard-{shard:05d}"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"rows": len(rows), "errors": len(errors), "device": device,
+                                  "pid": os.getpid()}))
+    return {"shard": shard, "rows": len(rows), "errors": len(errors),
+            "seconds": float(sum(r["seconds"] / r["shared_by"] for r in rows))}

@@ -1,0 +1,134 @@
+"""explain -> evaluate -> report on a tiny project: resume after a crash, bad images, Dask = threads, the report."""
+import json
+import re
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+import tasks.explain
+from flows.evaluate import run_evaluate
+from flows.explain import read_errors, read_explanations, run_explain
+from flows.report import run_report
+from tests.conftest import tiny_params
+
+pytestmark = pytest.mark.slow
+
+
+def sorted_rows(table) -> list[dict]:
+    rows = table.drop_columns(["seconds", "device"]).to_pylist()     # wall time differs between runs
+    return sorted(rows, key=lambda r: (r["job"], r["image_id"], r["target_id"]))
+
+
+def test_explain_writes_every_job_and_resumes_after_a_crash(project, monkeypatch):
+    params = tiny_params(project)
+    first = run_explain(params)
+    full = read_explanations("data/explain")
+    targets = pq.read_table("data/explain/targets.parquet")
+    persons = targets.filter(pc.equal(targets["kind"], "persons")).num_rows
+    assert persons > 0 and first["errors"] == 0
+    assert first["explanations"]["kernel_shap@parts"] == persons
+    assert first["explanations"]["occlusion@parts"] == persons
+    ks = full.filter(pc.equal(full["job"], "kernel_shap@parts")).to_pylist()
+    assert all(r["n_forward"] <= 16 and len(r["relevance"]) == len(r["region_names"]) >= 3 for r in ks)
+    assert all(len(r["saliency"]) == 48 * 64 for r in ks)
+    drise = full.filter(pc.equal(full["job"], "drise")).to_pylist()
+    assert drise and all(r["region_names"] for r in drise)           # pixel saliency summarised per body part
+
+    # Crash: one image of a middle shard raises (after its retries), the flow fails, finished shards stay.
+    shutil.rmtree("data/explain")
+    images = sorted({r["image_id"] for r in full.to_pylist()})
+    victim = images[len(images) // 2]
+    real = tasks.explain.explain_image
+
+    def crashing(item, *a, **kw):
+        if item["image"]["image_id"] == victim:
+            raise RuntimeError("simulated crash")
+        return real(item, *a, **kw)
+
+    monkeypatch.setattr(tasks.explain, "explain_image", crashing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_explain(params)
+    done_before = len(list(Path("data/explain/_done").iterdir()))
+    assert 0 < done_before < first["shards"]
+    # A write cut short by the kill leaves a temp file; it must not be read as data.
+    Path("data/explain/explanations/job=rise/.shard-09999.parquet.dead.tmp").write_bytes(b"PAR1 half")
+
+    monkeypatch.setattr(tasks.explain, "explain_image", real)
+    resumed = run_explain(params)
+    assert resumed["shards_run"] == first["shards"] - done_before
+    assert sorted_rows(read_explanations("data/explain")) == sorted_rows(full)
+
+    # Another budget is another config: the stored shards are dropped, not mixed in.
+    changed = tiny_params(project, explain={"shard_size": 2, "min_height": 20,
+                                            "jobs": [{"method": "occlusion", "targets": "persons"}]})
+    again = run_explain(changed)
+    assert again["shards_run"] == again["shards"]
+    assert set(read_explanations("data/explain")["job"].to_pylist()) == {"occlusion@parts"}
+
+
+def test_a_corrupt_image_lands_in_errors_and_the_rest_completes(project):
+    params = tiny_params(project)
+    images = pq.read_table("data/pulled/images.parquet").to_pylist()
+    bad = images[len(images) // 2]
+    Path(bad["uri"]).write_bytes(Path(bad["uri"]).read_bytes()[:200])      # truncated PNG
+    result = run_explain(params)
+    errors = read_errors("data/explain").to_pylist()
+    assert [e["image_id"] for e in errors] == [bad["image_id"]] and errors[0]["stage"] == "explain"
+    assert bad["uri"] in errors[0]["uri"]
+    explained = set(read_explanations("data/explain")["image_id"].to_pylist())
+    assert bad["image_id"] not in explained and len(explained) >= 2 and result["errors"] == 1
+
+    summary = run_evaluate(params)
+    assert summary["explanations"] > 0
+    persons = summary["by_kind"]["persons"]
+    assert {"deletion_auc", "insertion_auc", "pointing_box", "epg_box", "epg_body"} <= set(persons["drise"])
+    assert "agree:occlusion@parts" in persons["kernel_shap@parts"]
+    assert 0 <= persons["kernel_shap@parts"]["epg_box"] <= 1
+    assert json.loads(Path("metrics/evaluate.json").read_text())["explanations"] == summary["explanations"]
+    curves = Path("plots/causal_curves.csv").read_text().splitlines()
+    assert curves[0] == "job,fraction,deletion,insertion" and len(curves) > 5
+    assert Path("plots/part_relevance.csv").read_text().startswith("job,part,share")
+
+    report = run_report(params)
+    html = Path(report["report"]).read_text()
+    parser = _Collect()
+    parser.feed(html)
+    assert {"summary", "findings", "parts", "agreement", "classifier", "cost", "gallery", "errors"} <= parser.ids
+    assert parser.images and all(src.startswith("data:image/png;base64,") for src in parser.images)
+    assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", html)       # nothing fetched from outside
+    assert bad["image_id"] in html                                             # the errors section names it
+    assert Path("report/summary.md").read_text().startswith("# xai-audit summary")
+
+
+class _Collect(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.ids, self.images = set(), []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if "id" in attrs:
+            self.ids.add(attrs["id"])
+        if tag == "img":
+            self.images.append(attrs.get("src", ""))
+
+
+def test_dask_runner_with_two_workers_gives_the_same_rows_as_threads(project):
+    threads = run_explain(tiny_params(project))
+    expected = sorted_rows(read_explanations("data/explain"))
+    shutil.rmtree("data/explain")
+    dask = run_explain(tiny_params(project, explain={"shard_size": 2, "min_height": 20, "runner": {
+        "kind": "dask", "workers": 2}, "jobs": json.loads(json.dumps(tasks_jobs()))}))
+    assert dask["shards_run"] == threads["shards_run"]
+    assert sorted_rows(read_explanations("data/explain")) == expected
+    pids = {json.loads(p.read_text())["pid"] for p in Path("data/explain/_done").iterdir()}
+    assert len(pids) == 2                                                      # both workers took shards
+
+
+def tasks_jobs():
+    from tests.conftest import TINY_JOBS
+    return TINY_JOBS
