@@ -5,24 +5,49 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from explainers.base import Explainer, region_means
 from explainers.perturb import blend
 
 
+def _interp_rows(length: int, grid: int, cell: int, device: torch.device) -> torch.Tensor:
+    """Bilinear weights [cell, length, grid]: row o of the grid x grid cells upsampled to (grid + 1) * cell
+    (align_corners=False, as ``F.interpolate``) and read from offset s, for every offset s in [0, cell)."""
+    size = (grid + 1) * cell
+    o = torch.arange(cell, device=device).view(-1, 1) + torch.arange(length, device=device).view(1, -1)
+    src = ((o.double() + 0.5) * grid / size - 0.5).clamp_min(0)
+    i0 = src.floor().long().clamp_max(grid - 1)
+    i1 = (i0 + 1).clamp_max(grid - 1)
+    w1 = (src - i0).clamp(0, 1)
+    weights = torch.zeros(cell, length, grid, dtype=torch.float64, device=device)
+    weights.scatter_add_(2, i0.unsqueeze(-1), (1 - w1).unsqueeze(-1))
+    weights.scatter_add_(2, i1.unsqueeze(-1), w1.unsqueeze(-1))
+    return weights.float()
+
+
+_WEIGHTS: dict[tuple, torch.Tensor] = {}
+
+
+def _cached_rows(length: int, grid: int, cell: int, device: torch.device) -> torch.Tensor:
+    key = (length, grid, cell, str(device))
+    if key not in _WEIGHTS:
+        _WEIGHTS[key] = _interp_rows(length, grid, cell, device)
+    return _WEIGHTS[key]
+
+
 def rise_masks(n: int, grid: int, p: float, height: int, width: int, generator: torch.Generator,
                device: torch.device) -> torch.Tensor:
     """n masks [n, H, W]: Bernoulli(p) grid x grid cells, bilinearly upsampled to (grid + 1) cells, each shifted by
-    a random offset within one cell (so the cell edges do not line up across masks)."""
+    a random offset within one cell (so the cell edges do not line up across masks). Bilinear upsampling is
+    separable, so each shifted crop is rows[dy] @ cells @ cols[dx]^T: two batched matrix products instead of
+    upsampling the whole (grid + 1)-cell image and gathering the crop."""
     ch, cw = math.ceil(height / grid), math.ceil(width / grid)
-    cells = (torch.rand(n, 1, grid, grid, generator=generator, device=device) < p).float()
-    big = F.interpolate(cells, size=((grid + 1) * ch, (grid + 1) * cw), mode="bilinear", align_corners=False)[:, 0]
-    dy = torch.randint(0, ch, (n, 1, 1), generator=generator, device=device)
-    dx = torch.randint(0, cw, (n, 1, 1), generator=generator, device=device)
-    rows = dy + torch.arange(height, device=device).view(1, -1, 1)
-    cols = dx + torch.arange(width, device=device).view(1, 1, -1)
-    return big[torch.arange(n, device=device).view(-1, 1, 1), rows, cols]
+    cells = (torch.rand(n, 1, grid, grid, generator=generator, device=device) < p).float()[:, 0]
+    dy = torch.randint(0, ch, (n,), generator=generator, device=device)
+    dx = torch.randint(0, cw, (n,), generator=generator, device=device)
+    rows = _cached_rows(height, grid, ch, device)[dy]                     # [n, H, grid]
+    cols = _cached_rows(width, grid, cw, device)[dx]                      # [n, W, grid]
+    return torch.bmm(torch.bmm(rows, cells), cols.transpose(1, 2))
 
 
 class Rise(Explainer):

@@ -10,12 +10,9 @@ import torch.nn.functional as F
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from detection.datasets.imageio import ImageError, load_rgb, to_batch
-from detection.datasets.records import error_row
 from detection.masks import rle_decode
-from detection.scorers import ClassifierScorer, DRiseScorer
 from explainers.metrics import box_masks, deletion_insertion, energy_pointing_game, pointing_game
-from tasks.explain import _classifier, _detector, task_device
+from tasks.explain import classifier_scorer, classifier_view, detection_scorer, load_image, task_device
 from tasks.params import Params
 from tasks.shards import write_shard
 
@@ -61,10 +58,8 @@ def evaluate_image(item: dict, params: Params, device: str, errors: list[dict]) 
     """Metrics of every explanation of one image."""
     cfg = params.evaluate
     img = item["image"]
-    try:
-        image = to_batch([load_rgb(img["uri"])])[0].to(device)
-    except ImageError as exc:
-        errors.append(error_row("evaluate", img["uri"], exc.error_type, str(exc), img["image_id"]))
+    image = load_image(img, "evaluate", device, errors)
+    if image is None:
         return []
     H, W = image.shape[-2:]
     targets = item["targets"]
@@ -76,21 +71,11 @@ def evaluate_image(item: dict, params: Params, device: str, errors: list[dict]) 
     for (job, kind), exps in by_job.items():
         ts = [targets[e["target_id"]] for e in exps]
         if kind == "classes":
-            clf = _classifier(params.infer.classifier.model_dump_json(), device, params.explain.chunk_size)
-            size = tuple(clf.input_size) if clf.input_size is not None else (H, W)
-            view = image if size == (H, W) else F.interpolate(image[None], size=size, mode="bilinear",
-                                                              align_corners=False)[0]
-            scorer = ClassifierScorer(clf, [clf.class_names.index(t["category"]) for t in ts],
-                                      chunk_size=params.explain.chunk_size)
+            view = classifier_view(params, device, image)
+            scorer = classifier_scorer(params, device, ts)
         else:
-            spec = params.explain_detector()
-            det = _detector(spec.model_dump_json(), device, params.explain.chunk_size)
-            person = det.class_names.index(spec.person_class)
-            probs = [t["class_probs"] if t["class_probs"] is not None else
-                     F.one_hot(torch.tensor(person), det.num_classes).tolist() for t in ts]
-            scorer = DRiseScorer(det, torch.tensor([t["bbox"] for t in ts]), torch.tensor(probs),
-                                 chunk_size=params.explain.chunk_size)
-            size, view = (H, W), image
+            view, scorer = image, detection_scorer(params, device, ts)
+        size = tuple(view.shape[-2:])
         saliency = torch.stack([_saliency(e, size) for e in exps])
         values = [{"n_forward": e["n_forward"] / e["shared_by"], "seconds": e["seconds"] / e["shared_by"]}
                   for e in exps]

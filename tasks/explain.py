@@ -25,7 +25,7 @@ from detection.masks import rle_decode
 from detection.models.specs import ClassifierSpec, DetectorSpec, build_classifier, build_detector
 from detection.scorers import ClassifierScorer, DRiseScorer
 from explainers import METHODS, grid_regions, superpixels
-from explainers.base import BudgetError, region_means
+from explainers.base import BudgetError
 from explainers.metrics import downsample
 from tasks.params import ExplainJob, ExplainParams, Params
 
@@ -171,6 +171,12 @@ def _regions(job: ExplainJob, image: torch.Tensor, parts: dict[str, torch.Tensor
     return [f"r{i:03d}" for i in range(masks.shape[0])], masks
 
 
+def saliency_mass(saliency: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Sum of a saliency map [H, W] over each region [R, H, W] -> [R]: like a Shapley value, a part's total
+    contribution (a larger part can carry more), so pixel and region methods compare on the same footing."""
+    return masks.reshape(masks.shape[0], -1).float() @ saliency.reshape(-1).float()
+
+
 def _row(item_target: dict, job: ExplainJob, exp, t: int, T: int, names, cfg: ExplainParams, seed: int,
          device: str) -> dict:
     sal = downsample(exp.saliency[t:t + 1], cfg.saliency_size)[0].numpy().astype(np.float16)
@@ -210,12 +216,12 @@ def _explain_targets(job: ExplainJob, scorer_for, image: torch.Tensor, targets: 
                                     first["image_id"]))
             continue
         new = [_row(t, job, exp, i, len(group), names, cfg, s, device) for i, t in enumerate(group)]
-        if job.regions == "none" and parts_of is not None:      # pixel saliency -> mean per body part as well
+        if job.regions == "none" and parts_of is not None:      # pixel saliency -> its mass on each body part
             for i, (t, row) in enumerate(zip(group, new)):
                 part_names, part_masks = _regions(job.model_copy(update={"regions": "parts"}), image, parts_of(t))
                 if part_masks is not None:
                     row["region_names"] = part_names
-                    row["relevance"] = region_means(exp.saliency[i:i + 1].to(device), part_masks.float())[0].tolist()
+                    row["relevance"] = saliency_mass(exp.saliency[i].to(device), part_masks).tolist()
         rows += new
     return rows
 
@@ -234,26 +240,48 @@ def _parts_lookup(part_rows: list[dict], device: str):
     return parts_of
 
 
+def load_image(img: dict, stage: str, device: str, errors: list[dict]) -> torch.Tensor | None:
+    """The image as a [3, H, W] float tensor on ``device``, or None with an ``errors`` row naming the file."""
+    try:
+        return to_batch([load_rgb(img["uri"])])[0].to(device)
+    except ImageError as exc:
+        errors.append(error_row(stage, img["uri"], exc.error_type, str(exc), img["image_id"]))
+        return None
+
+
+def detection_scorer(params: Params, device: str, targets: list[dict]) -> DRiseScorer:
+    """D-RISE similarity of the audited detector to the targets' boxes (GT persons: a one-hot person vector)."""
+    spec = params.explain_detector()
+    detector = _detector(spec.model_dump_json(), device, params.explain.chunk_size)
+    person = F.one_hot(torch.tensor(detector.class_names.index(spec.person_class)), detector.num_classes).tolist()
+    probs = [t["class_probs"] if t.get("class_probs") is not None else person for t in targets]
+    return DRiseScorer(detector, torch.tensor([t["bbox"] for t in targets]), torch.tensor(probs),
+                       chunk_size=params.explain.chunk_size)
+
+
+def classifier_scorer(params: Params, device: str, targets: list[dict]) -> ClassifierScorer:
+    """Probabilities of the targets' classes."""
+    clf = _classifier(params.infer.classifier.model_dump_json(), device, params.explain.chunk_size)
+    return ClassifierScorer(clf, [clf.class_names.index(t["category"]) for t in targets],
+                            chunk_size=params.explain.chunk_size)
+
+
+def classifier_view(params: Params, device: str, image: torch.Tensor) -> torch.Tensor:
+    """The image at the classifier's input size: explained there, the scorer skips its own resize."""
+    clf = _classifier(params.infer.classifier.model_dump_json(), device, params.explain.chunk_size)
+    if clf.input_size is None or tuple(clf.input_size) == tuple(image.shape[-2:]):
+        return image
+    return F.interpolate(image[None], size=clf.input_size, mode="bilinear", align_corners=False)[0].contiguous()
+
+
 def explain_image(item: dict, params: Params, device: str, errors: list[dict]) -> list[dict]:
     """Every job of the explain params on one image's targets; bad targets go to ``errors``."""
     cfg = params.explain
     img = item["image"]
-    try:
-        image = to_batch([load_rgb(img["uri"])])[0].to(device)
-    except ImageError as exc:
-        errors.append(error_row("explain", img["uri"], exc.error_type, str(exc), img["image_id"]))
+    image = load_image(img, "explain", device, errors)
+    if image is None:
         return []
-    spec = params.explain_detector()
-    detector = _detector(spec.model_dump_json(), device, cfg.chunk_size)
-    person = detector.class_names.index(spec.person_class)
     parts_of = _parts_lookup(item["parts"], device)
-
-    def drise_scorer(targets: list[dict]) -> DRiseScorer:
-        probs = [t["class_probs"] if t.get("class_probs") is not None else
-                 F.one_hot(torch.tensor(person), detector.num_classes).tolist() for t in targets]
-        return DRiseScorer(detector, torch.tensor([t["bbox"] for t in targets]), torch.tensor(probs),
-                           chunk_size=cfg.chunk_size)
-
     rows = []
     small = None
     for job in cfg.jobs:
@@ -263,19 +291,12 @@ def explain_image(item: dict, params: Params, device: str, errors: list[dict]) -
         if not targets:
             continue
         if job.targets == "classes":
-            clf = _classifier(params.infer.classifier.model_dump_json(), device, cfg.chunk_size)
-            if small is None:     # explain at the classifier's input size: the scorer then skips its resize
-                small = image if clf.input_size is None else F.interpolate(
-                    image[None], size=clf.input_size, mode="bilinear", align_corners=False)[0].contiguous()
-            def class_scorer(ts: list[dict], clf=clf) -> ClassifierScorer:
-                return ClassifierScorer(clf, [clf.class_names.index(t["category"]) for t in ts],
-                                        chunk_size=cfg.chunk_size)
-
-            rows += _explain_targets(job, class_scorer, small, targets, None, cfg, params.seed, device, errors,
-                                     img["uri"])
+            small = classifier_view(params, device, image) if small is None else small
+            rows += _explain_targets(job, lambda ts: classifier_scorer(params, device, ts), small, targets, None,
+                                     cfg, params.seed, device, errors, img["uri"])
         else:
-            rows += _explain_targets(job, drise_scorer, image, targets, parts_of, cfg, params.seed, device,
-                                     errors, img["uri"])
+            rows += _explain_targets(job, lambda ts: detection_scorer(params, device, ts), image, targets,
+                                     parts_of, cfg, params.seed, device, errors, img["uri"])
     return rows
 
 

@@ -21,6 +21,9 @@ from detection.datasets.imageio import ImageError, load_rgb  # noqa: E402
 from detection.evaluation import OCCLUSION_BUCKETS, SIZE_BUCKETS  # noqa: E402
 
 PART_ORDER = [*BODY_PARTS, "context"]
+REGION_NOTE = ("Region methods paint relevance on the person's parts and context, which lie inside the box by "
+               "construction, so their box pointing / EPG are high by design: compare methods on the body columns "
+               "and the causal AUCs.")
 CONFIDENCE_BUCKETS = {"< 0.05": (0.0, 0.05), "0.05-0.25": (0.05, 0.25), "0.25-0.5": (0.25, 0.5),
                       "0.5-0.75": (0.5, 0.75), "0.75-1": (0.75, 1.01)}
 
@@ -393,7 +396,7 @@ def build_report(inp: ReportInputs, per_row: int = 4) -> tuple[str, str]:
                              f"insertion substrate: {subs.get('insertion')}; "
                              f"{inp.evaluate_summary.get('steps')} steps, on the "
                              f"{inp.evaluate_summary.get('causal_split') or 'whole'} split. Lower deletion / higher "
-                             f"insertion AUC is better; pointing game tolerance 15 px.</p>" +
+                             f"insertion AUC is better; pointing game tolerance 15 px. {REGION_NOTE}</p>" +
                              (_table(agreement) if not agreement.empty else "")))
     if inp.classifier_id is not None:
         fig = fig_classifier_epg(inp.metrics, tg)
@@ -405,7 +408,9 @@ def build_report(inp: ReportInputs, per_row: int = 4) -> tuple[str, str]:
         sections.append(_section("classifier", "Classifier: objects or spurious cue?", body))
     sections.append(_section("cost", "Cost", _table(cost_table(ex))))
     if main_job:
-        sections.append(_section("gallery", "Gallery", gallery(inp, main_job, per_row)))
+        sections.append(_section("gallery", "Gallery", f"<p class='note'>Positive saliency of {main_job} "
+                                 f"(transparent below 5 % of each map's maximum); white: the pedestrian's box.</p>" +
+                                 gallery(inp, main_job, per_row)))
     if not inp.errors.empty:
         sections.append(_section("errors", "Errors", _table(inp.errors)))
     nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in (("summary", "Summary"), ("findings", "Findings"),

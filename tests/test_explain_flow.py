@@ -102,6 +102,13 @@ def test_a_corrupt_image_lands_in_errors_and_the_rest_completes(project):
     assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", html)       # nothing fetched from outside
     assert bad["image_id"] in html                                             # the errors section names it
     assert Path("report/summary.md").read_text().startswith("# xai-audit summary")
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        keys = {a.key for a in client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(
+            any_=["xai-audit-summary", "xai-audit-quality", "xai-audit-cost"])))}
+    assert keys == {"xai-audit-summary", "xai-audit-quality", "xai-audit-cost"}
 
 
 class _Collect(HTMLParser):
@@ -132,3 +139,22 @@ def test_dask_runner_with_two_workers_gives_the_same_rows_as_threads(project):
 def tasks_jobs():
     from tests.conftest import TINY_JOBS
     return TINY_JOBS
+
+
+def test_cli_audit_chains_the_stages_and_explain_image_writes_an_overlay(project, capsys):
+    from flows.cli import main
+
+    params = tiny_params(project)
+    assert main(["--params", str(params), "audit", "--stage", "explain", "--stage", "evaluate",
+                 "--stage", "report"]) == 0
+    assert Path("report/audit.html").is_file() and Path("data/evaluate/metrics.parquet").is_file()
+    assert json.loads(capsys.readouterr().out)["explain"]["errors"] == 0
+
+    image = pq.read_table("data/pulled/images.parquet")["uri"][0].as_py()
+    assert main(["--params", str(params), "explain", image, "--model", "demo-scene", "--budget", "32",
+                 "--out", "one/overlay.png"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["method"] == "rise" and result["n_forward"] == 32 and len(result["targets"]) == 4
+    assert Path("one/overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["--params", str(params), "explain", image, "--model", "nope"]) == 2       # names the model
+    assert "nope" in capsys.readouterr().err

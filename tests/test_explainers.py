@@ -90,6 +90,21 @@ def test_pixel_methods_localise_the_quadrant_the_model_sees(method):
     assert pointing_game(exp.saliency, quadrant, tolerance=2)[0]
 
 
+@pytest.mark.parametrize("grid, height, width", [(8, 60, 80), (16, 48, 64), (7, 50, 45), (5, 32, 32)])
+def test_rise_masks_equal_upsampling_the_whole_grid_and_cropping(grid, height, width):
+    """The separable two-matmul masks are RISE's reference construction (upsample to (grid + 1) cells, crop)."""
+    n = 6
+    ch, cw = math.ceil(height / grid), math.ceil(width / grid)
+    g = torch.Generator().manual_seed(5)
+    cells = (torch.rand(n, 1, grid, grid, generator=g) < 0.5).float()
+    big = torch.nn.functional.interpolate(cells, size=((grid + 1) * ch, (grid + 1) * cw), mode="bilinear",
+                                          align_corners=False)[:, 0]
+    dy, dx = torch.randint(0, ch, (n,), generator=g), torch.randint(0, cw, (n,), generator=g)
+    reference = torch.stack([big[i, dy[i]:dy[i] + height, dx[i]:dx[i] + width] for i in range(n)])
+    masks = rise_masks(n, grid, 0.5, height, width, torch.Generator().manual_seed(5), torch.device("cpu"))
+    torch.testing.assert_close(masks, reference, rtol=0, atol=1e-5)
+
+
 def test_centred_rise_is_plain_rise_minus_the_mean_score_times_coverage():
     image = _textured()
     plain = Rise(QuadrantModel(), perturbation="constant").explain(image, budget=64, seed=3)
