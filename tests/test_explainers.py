@@ -13,6 +13,7 @@ from explainers import (METHODS, BetaShapley, BudgetError, DeCam, DRise, ExactSh
                         exact_shapley, grid_regions, kernel_shap, permutation_shapley, pointing_game, relative_error)
 from explainers.base import paint
 from explainers.rise import rise_masks
+from explainers.shapley import complement_pairs
 
 M = 10
 RNG = np.random.default_rng(0)
@@ -53,6 +54,22 @@ def test_estimators_converge_and_keep_efficiency(estimator):
     assert errors[2] < errors[0] and errors[2] < 0.1, errors
     if estimator is not beta_shapley:                # exact on additive games (Beta blends: only approximately)
         assert torch.allclose(estimator(additive, M, 64, np.random.default_rng(0)).phi[0], A, atol=1e-6)
+
+
+def test_third_order_terms_remove_the_error_three_way_interactions_leave_in_linear_kernel_shap():
+    """The AND of players 0-2 is a third-order term: the classic (order 1) paired fit cannot place it, order 3 can."""
+    def median_error(order, budget):
+        return np.median([relative_error(kernel_shap(interacting, M, budget, np.random.default_rng(s), order=order)
+                                         .phi[0], CLOSED_FORM).item() for s in range(5)])
+    assert median_error(3, 256) < 0.6 * median_error(1, 256)
+    assert median_error(3, 512) < 0.3 * median_error(1, 512)
+    assert median_error(3, 512) < 0.01
+
+
+def test_complement_pairs_finds_each_pair_once():
+    Z = np.array([[0, 1, 1], [1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 1]], np.float32)
+    i, j = complement_pairs(Z)
+    assert sorted(zip(i.tolist(), j.tolist())) == [(0, 1), (2, 4)]
 
 
 def test_kernel_shap_is_exact_when_the_budget_covers_every_coalition():
