@@ -1,8 +1,9 @@
 """Sample efficiency of Shapley estimators: median and p90 relative L2 error against exact Shapley values, for
 M in {6, 10, 12} players at budgets {32, ..., 512} forwards, on synthetic games and on real body-part games (the
-demo detector's D-RISE score of a pedestrian, players = its body parts), for our estimators (KernelSHAP with third-order terms, the default; classic linear KernelSHAP, order 1;
-antithetic permutations; Beta continuous coalitions) and for Captum's
-KernelShap and SHAP's KernelExplainer run on the same games with the same budgets. Prints a table, writes JSON.
+demo detector's D-RISE score of a pedestrian, players = its body parts), for our estimators (KernelSHAP with
+third-order terms, the default; classic linear KernelSHAP, order 1; antithetic permutations; Beta continuous
+coalitions) and for Captum's KernelShap and SHAP's KernelExplainer run on the same games with the same budgets.
+Prints a table with ours / the better peer, writes JSON.
 
 Real games are enumerated once (2^M forwards, the ground truth); estimators that query binary coalitions then
 read those values from the table, so every method sees exactly the same game. The Beta estimator queries

@@ -140,6 +140,13 @@ def kernel_coalitions(M: int, n: int, rng: np.random.Generator) -> tuple[np.ndar
 MAX_INTERACTION_TERMS = 2048    # third-order terms are fitted while C(M, 3) stays below this (M <= 24 players)
 
 
+def check_kernel_shap_order(order: int) -> int:
+    """The fit's order, validated: 1 (classic linear KernelSHAP) or 3 (with third-order interaction terms)."""
+    if order not in (1, 3):
+        raise ValueError(f"KernelSHAP order must be 1 (linear) or 3 (with third-order interactions), got {order}")
+    return order
+
+
 def complement_pairs(Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Row indices (i, j) with Z[j] = 1 - Z[i], each pair once (i < j); rows without their complement are left out."""
     M = Z.shape[1]
@@ -193,8 +200,7 @@ def kernel_shap(game: Game, M: int, budget: int, rng: np.random.Generator, devic
     paired design leaves in the linear fit's error (:func:`odd_interaction_fit`), for M up to 24 players."""
     if budget < 3:
         raise BudgetError(f"KernelSHAP needs at least 3 forwards (empty, full, one coalition), got {budget}")
-    if order not in (1, 3):
-        raise ValueError(f"KernelSHAP order must be 1 (linear) or 3 (with third-order interactions), got {order}")
+    check_kernel_shap_order(order)
     empty, full = _ends(game, M, device)
     Z, w = kernel_coalitions(M, budget - 2, rng)
     Y = _evaluate(game, Z, device)
@@ -292,9 +298,7 @@ class KernelShap(_ShapleyExplainer):
 
     def __init__(self, scorer, *, order: int = 3, ridge: float = 0.1, **kw):
         super().__init__(scorer, **kw)
-        if order not in (1, 3):
-            raise ValueError(f"KernelShap order must be 1 or 3, got {order}")
-        self.order, self.ridge = order, ridge
+        self.order, self.ridge = check_kernel_shap_order(order), ridge
 
     def options(self):
         return {**super().options(), "order": self.order, "ridge": self.ridge}
