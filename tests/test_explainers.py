@@ -13,7 +13,7 @@ from explainers import (METHODS, BetaShapley, BudgetError, DeCam, DRise, ExactSh
                         exact_shapley, grid_regions, kernel_shap, permutation_shapley, pointing_game, relative_error)
 from explainers.base import paint
 from explainers.rise import rise_masks
-from explainers.shapley import complement_pairs
+from explainers.shapley import complement_pairs, odd_interaction_fit
 
 M = 10
 RNG = np.random.default_rng(0)
@@ -70,6 +70,19 @@ def test_complement_pairs_finds_each_pair_once():
     Z = np.array([[0, 1, 1], [1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 1]], np.float32)
     i, j = complement_pairs(Z)
     assert sorted(zip(i.tolist(), j.tolist())) == [(0, 1), (2, 4)]
+
+
+def test_players_the_sampled_pairs_cannot_tell_apart_get_an_even_finite_split():
+    """Players 0 and 1 are in or out together in every sampled pair: their own terms are not identified, and the
+    solve must return the least-norm split (an LU solve returned +-3e11 on such a pedestrian once)."""
+    rows = [[1, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 0, 1, 0], [0, 0, 0, 0, 1], [1, 1, 1, 0, 0]]
+    Z = np.array([r for r in rows for r in (r, [1 - x for x in r])], np.float32)
+    Y = torch.from_numpy(Z @ np.array([0.3, 0.1, 0.2, -0.1, 0.05]))[:, None].double()
+    phi = odd_interaction_fit(Z, Y, np.full(len(Z), 1 / len(Z)), torch.zeros(1, dtype=torch.float64),
+                              torch.tensor([0.55], dtype=torch.float64), ridge=0.1)[0]
+    assert torch.isfinite(phi).all() and phi.abs().max() < 1
+    assert phi[0] == pytest.approx(phi[1]) and phi[0] + phi[1] == pytest.approx(0.4)
+    assert phi.sum() == pytest.approx(0.55)
 
 
 def test_kernel_shap_is_exact_when_the_budget_covers_every_coalition():
