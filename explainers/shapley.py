@@ -193,7 +193,7 @@ def odd_interaction_fit(Z: np.ndarray, Y: torch.Tensor, w: np.ndarray, empty: to
 def symmetric_pinv_solve(A: torch.Tensor, b: torch.Tensor, rcond: float = 1e-10) -> torch.Tensor:
     """Minimum-norm solution of A x = b for a symmetric (possibly indefinite or singular) A, by eigendecomposition.
     Sampled pairs can leave first-order terms unidentified (two players always in or out together); an LU solve then
-    returns huge values along that direction, this returns the least-norm split, as lstsq would, ~10x faster."""
+    returns huge values along that direction; this returns the least-norm split, as an SVD lstsq would, faster."""
     evals, evecs = torch.linalg.eigh(A)
     keep = evals.abs() > rcond * evals.abs().max()
     return evecs[:, keep] @ ((evecs[:, keep].T @ b) / evals[keep, None])
