@@ -20,8 +20,10 @@ def _run_stage(name: str, params_file: str) -> dict:
         from flows.pull import run_pull
         return run_pull(params_file)
     if name == "models":
+        from flows.keypoints import run_keypoints
         from flows.models import MODELS, run_models, run_train_data
-        return {"train_data": run_train_data(params_file), "models": run_models(params_file, tuple(MODELS))}
+        return {"train_data": run_train_data(params_file), "models": run_models(params_file, tuple(MODELS)),
+                "keypoints": run_keypoints(params_file)}
     if name == "infer":
         from flows.infer import run_infer
         return run_infer(params_file)

@@ -22,7 +22,12 @@ def _stage(module: str, function: str):
 def _models(args: argparse.Namespace) -> int:
     from flows.models import MODELS, run_models
 
-    result = run_models(args.params, tuple(args.only or MODELS))
+    only = tuple(args.only or (*MODELS, "keypoints"))
+    result = run_models(args.params, tuple(m for m in MODELS if m in only)) if set(only) & set(MODELS) else {}
+    if "keypoints" in only:
+        from flows.keypoints import run_keypoints
+
+        result["keypoints"] = run_keypoints(args.params)
     print(json.dumps(result, indent=2, sort_keys=True))
     return 0
 
@@ -65,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("train-data", help="generate the synthetic scenes the demo models train on").set_defaults(
         func=_stage("models", "run_train_data"))
     models = sub.add_parser("models", help="train the demo models (or copy the weights named in params)")
-    models.add_argument("--only", action="append", choices=["pose", "detector", "classifier"],
+    models.add_argument("--only", action="append", choices=["pose", "detector", "classifier", "keypoints"],
                         help="train only this model (repeatable); default: all, in dependency order")
     models.set_defaults(func=_models)
     sub.add_parser("infer", help="run the configured models over the pulled dataset").set_defaults(

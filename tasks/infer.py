@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 import pyarrow as pa
+import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -16,6 +17,7 @@ from detection.datasets.imageio import ImageError, load_rgb, to_batch
 from detection.datasets.records import error_row
 from detection.evaluation import (OCCLUSION_BUCKETS, SIZE_BUCKETS, ImageEval, average_precision, coco_ap,
                                   iou_matrix, multilabel_f1, pck, recall_by)
+from detection.models.keypoints import load_keypoint_model
 from detection.models.specs import ClassifierSpec, DetectorSpec, build_classifier, build_detector, file_sha256
 from tasks.params import InferParams
 from tasks.shards import write_shard
@@ -35,10 +37,16 @@ def _classifier(spec_json: str, device: str, batch_size: int):
     return build_classifier(ClassifierSpec.model_validate_json(spec_json), device, batch_size)
 
 
+@functools.lru_cache(maxsize=4)
+def _keypoint_model(path: str, device: str, batch_size: int):
+    return load_keypoint_model(path, device=device, batch_size=batch_size)
+
+
 def run_id_for(infer: InferParams) -> tuple[str, dict[str, str]]:
     """A content id for this inference run (options + weights) and each model's weights hash."""
     specs = [*infer.detectors, *(m for m in (infer.pose, infer.classifier) if m is not None)]
     hashes = {s.id: file_sha256(s.weights) for s in specs}
+    hashes.update({f"{s.id}/keypoints": file_sha256(s.keypoints) for s in specs if getattr(s, "keypoints", None)})
     blob = json.dumps([infer.model_dump(mode="json"), hashes], sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16], hashes
 
@@ -68,11 +76,14 @@ def infer_shard(rows: list[dict], infer: InferParams, run_id: str, hashes: dict[
     for batch_rows, x in _batches(rows, infer.batch_size, errors):
         for spec in det_specs:
             model = _detector(spec.model_dump_json(), infer.device, infer.batch_size)
-            for row, det in zip(batch_rows, model.detect(x)):
-                det = det.to("cpu")
+            dets = [d.to("cpu") for d in model.detect(x)]
+            placed = _place_keypoints(spec, dets, x, model.class_names, infer) if spec.keypoints else None
+            for b, (row, det) in enumerate(zip(batch_rows, dets)):
                 scores, labels, boxes = det.scores.tolist(), det.labels.tolist(), det.boxes.tolist()
                 probs = det.class_probs.tolist() if det.class_probs is not None else [None] * len(scores)
                 kpts = det.keypoints.flatten(1).tolist() if det.keypoints is not None else [None] * len(scores)
+                if placed is not None:
+                    kpts = placed[b]
                 detections.extend({
                     "run_id": run_id, "model_id": spec.id, "weights_sha256": hashes[spec.id],
                     "image_id": row["image_id"], "det_id": f"{spec.id}:{row['image_id']}:{k:03d}",
@@ -86,6 +97,25 @@ def infer_shard(rows: list[dict], infer: InferParams, run_id: str, hashes: dict[
                                     "weights_sha256": hashes[infer.classifier.id], "image_id": row["image_id"],
                                     "category": c, "score": float(v)} for c, v in zip(clf.class_names, p))
     return write_shard(shard_dir, detections=detections, predictions=predictions, errors=errors)
+
+
+def _place_keypoints(spec, dets: list, images, class_names: list[str], infer: InferParams) -> list[list]:
+    """Keypoints of each image's person boxes above ``spec.conf`` from the spec's top-down keypoint model, in one
+    batched call; other rows get None (they are below the threshold every consumer applies)."""
+    person = class_names.index(spec.person_class) if spec.person_class in class_names else -1
+    wanted = [(d.scores >= spec.conf) & (d.labels == person) for d in dets]
+    boxes = torch.cat([d.boxes[w] for d, w in zip(dets, wanted)]) if dets else torch.zeros(0, 4)
+    index = torch.cat([torch.full((int(w.sum()),), b) for b, w in enumerate(wanted)]) if dets else torch.zeros(0)
+    model = _keypoint_model(spec.keypoints, infer.device, infer.batch_size * 8)
+    flat = model.predict(images, boxes, index.long()).flatten(1).tolist() if len(boxes) else []
+    out, k = [], 0
+    for w in wanted:
+        rows = []
+        for keep in w.tolist():
+            rows.append(flat[k] if keep else None)
+            k += keep
+        out.append(rows)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------- quality
@@ -118,7 +148,7 @@ def detector_quality(images: list[dict], gt: dict[str, list[dict]], dets: dict[s
         if with_pose and len(g) and len(d):
             keep = scores >= conf
             iou = iou_matrix(g_boxes, d_boxes[keep])
-            kp_pred = np.array([x["keypoints"] for x in d], float)[keep]
+            kp_pred = np.array([x["keypoints"] for x, k in zip(d, keep) if k], float).reshape(-1, 51)
             for gi in range(len(g)):
                 if g[gi]["keypoints"] is None or not iou.shape[1]:
                     continue

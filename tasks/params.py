@@ -115,6 +115,17 @@ class ClassifierTrainParams(_Section):
     width: int = Field(default=16, ge=4)
 
 
+class KeypointTrainParams(_Section):
+    """The top-down keypoint model (``detection.models.keypoints``) that places the pose model's keypoints."""
+
+    weights: str | None = None                  # a saved keypoint model (.pt) to use instead of training
+    epochs: int = Field(default=40, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    lr: float = Field(default=3e-3, gt=0)
+    crop_size: tuple[int, int] = (64, 32)       # (H, W) of the person crop; heatmaps are half of it
+    width: int = Field(default=16, ge=4)
+
+
 class ModelsParams(_Section):
     out_dir: str = "models"
     metrics_dir: str = "metrics/models"
@@ -123,6 +134,7 @@ class ModelsParams(_Section):
     pose: YoloTrainParams = YoloTrainParams()
     detector: DetectorTrainParams = DetectorTrainParams()
     classifier: ClassifierTrainParams = ClassifierTrainParams()
+    keypoints: KeypointTrainParams = KeypointTrainParams()
 
 
 class ReasonableSubset(_Section):
@@ -139,7 +151,8 @@ class InferParams(_Section):
     batch_size: int = Field(default=32, ge=1)   # images per forward pass
     device: str = "auto"
     detectors: list[DetectorSpec] = [DetectorSpec(id="demo-yolo", weights="models/detector.pt")]
-    pose: DetectorSpec | None = DetectorSpec(id="demo-pose", weights="models/pose.pt")
+    pose: DetectorSpec | None = DetectorSpec(id="demo-pose", weights="models/pose.pt",
+                                             keypoints="models/keypoints.pt")
     classifier: ClassifierSpec | None = ClassifierSpec(id="demo-scene", weights="models/classifier.pt")
     reasonable: ReasonableSubset = ReasonableSubset()
 

@@ -7,8 +7,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from detection.models.base import WeightsError
 from detection.models.specs import file_sha256
 from flows.infer import run_infer
+from flows.keypoints import run_keypoints
 from flows.models import run_models, run_train_data
 from flows.parts import run_parts
 from flows.pull import run_pull
@@ -22,7 +24,7 @@ def _params(path, **extra):
               "models": {"train_data": {"n_images": 24},
                          "detector": {"epochs": 1, "arch": str(REPO / "detection/configs/yolo-person-tiny.yaml")},
                          "pose": {"epochs": 1, "arch": str(REPO / "detection/configs/yolo-pose-tiny.yaml")},
-                         "classifier": {"epochs": 1}}}
+                         "classifier": {"epochs": 1}, "keypoints": {"epochs": 1}}}
     for key, value in extra.items():
         params[key] = {**params.get(key, {}), **value}
     path.write_text(yaml.safe_dump(params))
@@ -34,8 +36,9 @@ def test_models_then_infer(prefect_server, in_tmp):
     run_pull(params)
     run_train_data(params)
     trained = run_models(params)
+    trained["keypoints"] = run_keypoints(params)
     assert {m["source"] for m in trained.values()} == {"trained"}
-    for name in ("detector", "pose", "classifier"):
+    for name in ("detector", "pose", "classifier", "keypoints"):
         assert (in_tmp / "models" / f"{name}.pt").is_file()
         assert json.loads((in_tmp / "metrics" / "models" / f"{name}.json").read_text())["source"] == "trained"
 
@@ -47,7 +50,10 @@ def test_models_then_infer(prefect_server, in_tmp):
     assert yolo["weights_sha256"].unique().to_pylist() == [file_sha256(in_tmp / "models" / "detector.pt")]
     assert pc.all(pc.equal(yolo["above_conf"], pc.greater_equal(yolo["score"], 0.25))).as_py()
     pose = dets.filter(pc.equal(dets["model_id"], "demo-pose"))
-    assert pose.num_rows == 0 or pose["keypoints"].null_count == 0
+    # The top-down keypoint model placed keypoints in every pose box above the threshold, and only there.
+    confident = pc.and_(pose["above_conf"], pc.equal(pose["category"], "person"))
+    assert pc.is_valid(pose["keypoints"]).to_pylist() == confident.to_pylist()
+    assert all(len(k) == 51 for k in pose.filter(confident)["keypoints"].to_pylist())
     preds = pq.read_table(in_tmp / "data" / "infer" / "predictions.parquet")
     assert preds.num_rows == 12 * 4
     assert pc.min(preds["score"]).as_py() >= 0 and pc.max(preds["score"]).as_py() <= 1
@@ -74,6 +80,12 @@ def test_models_then_infer(prefect_server, in_tmp):
     shutil.copy(in_tmp / "models" / "detector.pt", in_tmp / "mine.pt")
     given = run_models(_params(in_tmp / "p2.yaml", models={"detector": {"weights": "mine.pt"}}), ("detector",))
     assert given["detector"]["source"] == "given:mine.pt"
+    shutil.copy(in_tmp / "models" / "keypoints.pt", in_tmp / "kp.pt")
+    given = run_keypoints(_params(in_tmp / "p4.yaml", models={"keypoints": {"weights": "kp.pt"}}))
+    assert given["source"] == "given:kp.pt"
+    (in_tmp / "bad.pt").write_bytes(b"not a model")
+    with pytest.raises(WeightsError, match="bad.pt"):
+        run_keypoints(_params(in_tmp / "p5.yaml", models={"keypoints": {"weights": "bad.pt"}}))
 
     # A missing weights file is an error that names it.
     bad = _params(in_tmp / "p3.yaml", infer={"detectors": [{"id": "x", "weights": "nope.pt"}], "pose": None,

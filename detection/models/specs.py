@@ -21,6 +21,9 @@ class DetectorSpec(BaseModel):
     conf: float = Field(default=0.25, ge=0.0, le=1.0)
     iou: float = Field(default=0.7, ge=0.0, le=1.0)
     person_class: str = "person"
+    # A top-down keypoint model (detection.models.keypoints) that places 17 keypoints in each of this detector's
+    # boxes above ``conf``, replacing the detector's own keypoints (if any).
+    keypoints: str | None = None
 
     @model_validator(mode="after")
     def _arch_for_torchvision(self) -> "DetectorSpec":
