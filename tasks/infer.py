@@ -6,6 +6,7 @@ import functools
 import hashlib
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -46,7 +47,12 @@ def run_id_for(infer: InferParams) -> tuple[str, dict[str, str]]:
     """A content id for this inference run (options + weights) and each model's weights hash."""
     specs = [*infer.detectors, *(m for m in (infer.pose, infer.classifier) if m is not None)]
     hashes = {s.id: file_sha256(s.weights) for s in specs}
-    hashes.update({f"{s.id}/keypoints": file_sha256(s.keypoints) for s in specs if getattr(s, "keypoints", None)})
+    for spec in specs:
+        keypoints = getattr(spec, "keypoints", None)
+        if keypoints and not Path(keypoints).is_file():
+            raise FileNotFoundError(f"infer model {spec.id!r}: keypoints: keypoint model not found: {keypoints}")
+        if keypoints:
+            hashes[f"{spec.id}/keypoints"] = file_sha256(keypoints)
     blob = json.dumps([infer.model_dump(mode="json"), hashes], sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16], hashes
 

@@ -57,7 +57,7 @@ def tiny_params(root: Path, **extra) -> Path:
               "models": {"train_data": {"n_images": 24},
                          "detector": {"epochs": 1, "arch": str(REPO / "detection/configs/yolo-person-tiny.yaml")},
                          "pose": {"epochs": 1, "arch": str(REPO / "detection/configs/yolo-pose-tiny.yaml")},
-                         "classifier": {"epochs": 1}},
+                         "classifier": {"epochs": 1}, "keypoints": {"epochs": 1}},
               "explain": {"shard_size": 2, "min_height": 20, "jobs": TINY_JOBS},
               "evaluate": {"steps": 4, "shard_size": 4, "causal_split": None},
               "report": {"gallery": 2}}
@@ -72,6 +72,7 @@ def tiny_params(root: Path, **extra) -> Path:
 def tiny_project(tmp_path_factory, prefect_server):
     """A project folder with pull -> models -> infer -> parts done once for the session (tests copy it)."""
     from flows.infer import run_infer
+    from flows.keypoints import run_keypoints
     from flows.models import run_models, run_train_data
     from flows.parts import run_parts
     from flows.pull import run_pull
@@ -84,6 +85,7 @@ def tiny_project(tmp_path_factory, prefect_server):
         run_pull(params)
         run_train_data(params)
         run_models(params)
+        run_keypoints(params)
         run_infer(params)
         run_parts(params)
     finally:

@@ -92,3 +92,6 @@ def test_models_then_infer(prefect_server, in_tmp):
                                              "classifier": None})
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         run_infer(bad)
+    bad = _params(in_tmp / "p6.yaml", infer={"pose": {"id": "p", "weights": "models/pose.pt", "keypoints": "nokp.pt"}})
+    with pytest.raises(FileNotFoundError, match="'p': keypoints: .*nokp.pt"):
+        run_infer(bad)
