@@ -105,7 +105,8 @@ def infer_shard(rows: list[dict], infer: InferParams, run_id: str, hashes: dict[
     return write_shard(shard_dir, detections=detections, predictions=predictions, errors=errors)
 
 
-def _place_keypoints(spec, dets: list, images, class_names: list[str], infer: InferParams) -> list[list]:
+def _place_keypoints(spec: DetectorSpec, dets: list, images: torch.Tensor, class_names: list[str],
+                     infer: InferParams) -> list[list]:
     """Keypoints of each image's person boxes above ``spec.conf`` from the spec's top-down keypoint model, in one
     batched call; other rows get None (they are below the threshold every consumer applies)."""
     person = class_names.index(spec.person_class) if spec.person_class in class_names else -1
@@ -113,15 +114,8 @@ def _place_keypoints(spec, dets: list, images, class_names: list[str], infer: In
     boxes = torch.cat([d.boxes[w] for d, w in zip(dets, wanted)]) if dets else torch.zeros(0, 4)
     index = torch.cat([torch.full((int(w.sum()),), b) for b, w in enumerate(wanted)]) if dets else torch.zeros(0)
     model = _keypoint_model(spec.keypoints, infer.device, infer.batch_size * 8)
-    flat = model.predict(images, boxes, index.long()).flatten(1).tolist() if len(boxes) else []
-    out, k = [], 0
-    for w in wanted:
-        rows = []
-        for keep in w.tolist():
-            rows.append(flat[k] if keep else None)
-            k += keep
-        out.append(rows)
-    return out
+    placed = iter(model.predict(images, boxes, index.long()).flatten(1).tolist() if len(boxes) else [])
+    return [[next(placed) if keep else None for keep in w.tolist()] for w in wanted]
 
 
 # ---------------------------------------------------------------------------------------------------- quality
