@@ -119,7 +119,7 @@ class KeypointTrainParams(_Section):
     """The top-down keypoint model (``detection.models.keypoints``) that places the pose model's keypoints."""
 
     weights: str | None = None                  # a saved keypoint model (.pt) to use instead of training
-    epochs: int = Field(default=40, ge=1)
+    epochs: int = Field(default=60, ge=1)
     batch_size: int = Field(default=64, ge=1)
     lr: float = Field(default=3e-3, gt=0)
     crop_size: tuple[int, int] = (64, 32)       # (H, W) of the person crop; heatmaps are half of it
