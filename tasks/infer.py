@@ -48,10 +48,10 @@ def run_id_for(infer: InferParams) -> tuple[str, dict[str, str]]:
     specs = [*infer.detectors, *(m for m in (infer.pose, infer.classifier) if m is not None)]
     hashes = {s.id: file_sha256(s.weights) for s in specs}
     for spec in specs:
-        keypoints = getattr(spec, "keypoints", None)
-        if keypoints and not Path(keypoints).is_file():
-            raise FileNotFoundError(f"infer model {spec.id!r}: keypoints: keypoint model not found: {keypoints}")
+        keypoints = getattr(spec, "keypoints", None)        # detector specs only
         if keypoints:
+            if not Path(keypoints).is_file():
+                raise FileNotFoundError(f"infer model {spec.id!r}: keypoints: keypoint model not found: {keypoints}")
             hashes[f"{spec.id}/keypoints"] = file_sha256(keypoints)
     blob = json.dumps([infer.model_dump(mode="json"), hashes], sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16], hashes

@@ -10,6 +10,7 @@ import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from detection.body import NUM_KEYPOINTS
 from detection.datasets.imageio import load_rgb, to_batch
 from detection.datasets.tables import DatasetTables
 from detection.models.keypoints import (KeypointTraining, load_keypoint_model, save_keypoint_model,
@@ -33,7 +34,7 @@ def person_keypoints(tables: DatasetTables) -> tuple[torch.Tensor, torch.Tensor,
     batch = to_batch([load_rgb(r["uri"]) for r in images], dtype=torch.uint8)
     boxes = torch.tensor(np.array([a["bbox"] for a in persons], np.float32))
     image_index = torch.tensor([index[a["image_id"]] for a in persons])
-    kps = torch.tensor(np.array([a["keypoints"] for a in persons], np.float32).reshape(-1, 17, 3))
+    kps = torch.tensor(np.array([a["keypoints"] for a in persons], np.float32).reshape(-1, NUM_KEYPOINTS, 3))
     return batch, boxes, image_index, kps
 
 
@@ -43,6 +44,8 @@ def train_keypoints(params: Params) -> dict:
     out = Path(params.models.out_dir) / KEYPOINTS_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
     if cfg.weights:
+        if not Path(cfg.weights).is_file():
+            raise FileNotFoundError(f"params models.keypoints.weights: file not found: {cfg.weights}")
         load_keypoint_model(cfg.weights, device="cpu")            # fail here, naming the file, if it is not one
         shutil.copyfile(cfg.weights, out)
         info = {"source": f"given:{cfg.weights}"}

@@ -83,6 +83,8 @@ def test_models_then_infer(prefect_server, in_tmp):
     shutil.copy(in_tmp / "models" / "keypoints.pt", in_tmp / "kp.pt")
     given = run_keypoints(_params(in_tmp / "p4.yaml", models={"keypoints": {"weights": "kp.pt"}}))
     assert given["source"] == "given:kp.pt"
+    with pytest.raises(FileNotFoundError, match="models.keypoints.weights: .*nokp.pt"):
+        run_keypoints(_params(in_tmp / "p7.yaml", models={"keypoints": {"weights": "nokp.pt"}}))
     (in_tmp / "bad.pt").write_bytes(b"not a model")
     with pytest.raises(WeightsError, match="bad.pt"):
         run_keypoints(_params(in_tmp / "p5.yaml", models={"keypoints": {"weights": "bad.pt"}}))
