@@ -14,6 +14,7 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from detection.body import NUM_KEYPOINTS
 from detection.datasets.imageio import ImageError, load_rgb, to_batch
 from detection.datasets.records import error_row
 from detection.evaluation import (OCCLUSION_BUCKETS, SIZE_BUCKETS, ImageEval, average_precision, coco_ap,
@@ -111,10 +112,10 @@ def _place_keypoints(spec: DetectorSpec, dets: list, images: torch.Tensor, class
     batched call; other rows get None (they are below the threshold every consumer applies)."""
     person = class_names.index(spec.person_class) if spec.person_class in class_names else -1
     wanted = [(d.scores >= spec.conf) & (d.labels == person) for d in dets]
-    boxes = torch.cat([d.boxes[w] for d, w in zip(dets, wanted)]) if dets else torch.zeros(0, 4)
-    index = torch.cat([torch.full((int(w.sum()),), b) for b, w in enumerate(wanted)]) if dets else torch.zeros(0)
+    boxes = torch.cat([d.boxes[w] for d, w in zip(dets, wanted)])          # a batch always holds an image
+    index = torch.cat([torch.full((int(w.sum()),), b) for b, w in enumerate(wanted)])
     model = _keypoint_model(spec.keypoints, infer.device, infer.batch_size * 8)
-    placed = iter(model.predict(images, boxes, index.long()).flatten(1).tolist() if len(boxes) else [])
+    placed = iter(model.predict(images, boxes, index).flatten(1).tolist() if len(boxes) else [])
     return [[next(placed) if keep else None for keep in w.tolist()] for w in wanted]
 
 
@@ -148,7 +149,7 @@ def detector_quality(images: list[dict], gt: dict[str, list[dict]], dets: dict[s
         if with_pose and len(g) and len(d):
             keep = scores >= conf
             iou = iou_matrix(g_boxes, d_boxes[keep])
-            kp_pred = np.array([x["keypoints"] for x, k in zip(d, keep) if k], float).reshape(-1, 51)
+            kp_pred = np.array([x["keypoints"] for x, k in zip(d, keep) if k], float).reshape(-1, 3 * NUM_KEYPOINTS)
             for gi in range(len(g)):
                 if g[gi]["keypoints"] is None or not iou.shape[1]:
                     continue

@@ -5,7 +5,8 @@ import torch
 
 from detection.body import KP
 from detection.models.base import WeightsError
-from detection.models.keypoints import (FLIP_INDEX, NUM_PAIRS, NUM_TYPES, CropSpec, KeypointNet, KeypointTraining,
+from detection.datasets.yolo_export import COCO_FLIP_INDEX
+from detection.models.keypoints import (NUM_PAIRS, NUM_TYPES, CropSpec, KeypointNet, KeypointTraining,
                                         TopDownKeypoints, decode_heatmaps, load_keypoint_model, save_keypoint_model,
                                         train_keypoint_model)
 
@@ -90,7 +91,7 @@ def test_flip_test_of_a_mirror_symmetric_image_keeps_left_and_right_apart():
     assert torch.isfinite(kp).all()
     # Averaged with its mirror, each pair's map is symmetric: its two joints are mirror images, x + x' = W.
     x = kp[0, 1:, 0]
-    assert torch.allclose(x + kp[0, list(FLIP_INDEX), 0][1:], torch.full((16,), 32.0), atol=1e-3)
+    assert torch.allclose(x + kp[0, COCO_FLIP_INDEX, 0][1:], torch.full((16,), 32.0), atol=1e-3)
     assert ((x - 16).abs() > 0.1).all()
 
 

@@ -9,7 +9,6 @@ ambiguous pair still gets its width; a side map then says which peak is the left
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +18,9 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from detection.body import NUM_KEYPOINTS
+from detection.datasets.yolo_export import COCO_FLIP_INDEX
 from detection.models.base import WeightsError, pick_device
 
-# Left/right swap of the COCO keypoints.
-FLIP_INDEX = (0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15)
 # Joint types (nose, eye, ear, shoulder, ..., ankle): one heatmap each, holding both sides of a pair.
 KEYPOINT_TYPE = (0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8)
 NUM_TYPES = 9
@@ -109,7 +107,7 @@ def decode_heatmaps(type_logits: torch.Tensor, side_logits: torch.Tensor, radius
     """Joint-type heatmaps [N, 9, h, w] and side maps [N, 8, h, w] -> 17 keypoints [N, 17, 2] (heatmap pixel-edge
     units). A pair's map gives its strongest peak and the strongest one more than ``radius`` pixels from it; when
     the second is under ``second_peak`` x the first the two joints coincide. The side maps decide which is left."""
-    N, T, h, w = type_logits.shape
+    h, w = type_logits.shape[-2:]
     prob = type_logits.flatten(2).softmax(2)                                   # [N, 9, h*w]
     first = prob.argmax(2)
     ys, xs = torch.arange(h, device=prob.device).repeat_interleave(w), torch.arange(w, device=prob.device).repeat(h)
@@ -144,7 +142,7 @@ class TopDownKeypoints:
             return types, sides, labelled
         t2, s2, l2 = self.net(crops.flip(3))
         types = (types.flatten(2).log_softmax(2).view_as(types) + t2.flatten(2).log_softmax(2).view_as(t2).flip(3)) / 2
-        return types, (sides - s2.flip(3)) / 2, (labelled + l2[:, list(FLIP_INDEX)]) / 2
+        return types, (sides - s2.flip(3)) / 2, (labelled + l2[:, COCO_FLIP_INDEX]) / 2
 
     @torch.inference_mode()
     def predict(self, images: torch.Tensor, boxes: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
@@ -176,7 +174,6 @@ class KeypointTraining:
     crop_scale: float = 1.25
     sigma: float = 1.0             # heatmap Gaussian, heatmap pixels
     box_jitter: float = 0.06       # training boxes shifted/scaled by up to this fraction: detector boxes are not exact
-    time_limit_s: float | None = None
 
 
 def _gaussians(kp: torch.Tensor, hw: tuple[int, int], sigma: float) -> torch.Tensor:
@@ -222,11 +219,10 @@ def train_keypoint_model(images: torch.Tensor, boxes: torch.Tensor, image_index:
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * math.ceil(len(boxes) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=max(steps, 1), pct_start=0.15)
-    flip = torch.tensor(FLIP_INDEX)
+    flip = torch.tensor(COCO_FLIP_INDEX)
     hh, hw = cfg.crop_size[0] // 2, cfg.crop_size[1] // 2
     pixels = images.float().div_(255)     # once: roi_align reads every batch's crops from it, no per-batch copy
     history: list[float] = []
-    start = time.perf_counter()
     net.train()
     for _ in range(cfg.epochs):
         order = torch.randperm(len(boxes), generator=gen)
@@ -255,8 +251,6 @@ def train_keypoint_model(images: torch.Tensor, boxes: torch.Tensor, image_index:
             sched.step()
             total += float(loss.detach()) * n
         history.append(total / len(boxes))
-        if cfg.time_limit_s is not None and time.perf_counter() - start > cfg.time_limit_s:
-            break
     net.eval()
     return TopDownKeypoints(net, crop, device="cpu"), history
 
