@@ -108,10 +108,10 @@ class DetectorTrainParams(YoloTrainParams):
 
 class ClassifierTrainParams(_Section):
     weights: str | None = None                  # a saved classifier (TorchScript + .json) to use instead
-    epochs: int = Field(default=20, ge=1)
+    epochs: int = Field(default=30, ge=1)
     batch_size: int = Field(default=32, ge=1)
     lr: float = Field(default=3e-3, gt=0)
-    input_size: tuple[int, int] = (144, 192)
+    input_size: tuple[int, int] = (240, 320)     # (H, W)
     width: int = Field(default=16, ge=4)
 
 

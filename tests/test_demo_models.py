@@ -1,8 +1,8 @@
 """Demo model training: the classifier learns within seconds; saved models load back identically."""
 import torch
 
-from detection.models.scene_classifier import (ClassifierTraining, load_classifier, save_classifier,
-                                               train_scene_classifier)
+from detection.models.scene_classifier import (ClassifierTraining, SceneNet, fold_input_normalisation,
+                                               load_classifier, save_classifier, train_scene_classifier)
 
 
 def _toy(n: int, seed: int):
@@ -29,3 +29,18 @@ def test_classifier_learns_in_seconds(tmp_path):
     assert loaded.class_names == ["square", "bar"] and loaded.multi_label
     x = test_images[:8].float() / 255
     assert torch.allclose(loaded.classify(x), clf.classify(x), atol=1e-6)
+
+
+def test_folded_input_normalisation_gives_the_same_logits():
+    torch.manual_seed(0)
+    net = SceneNet(3, width=8)
+    for m in net.modules():                       # non-trivial BatchNorm statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    net.eval()
+    x = torch.rand(4, 3, 48, 64)
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+    expected = net((x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1))
+    folded = fold_input_normalisation(net, mean, std)
+    assert torch.allclose(folded(x), expected, atol=1e-5)

@@ -43,6 +43,7 @@ class ImageClassifier:
         self.multi_label = multi_label
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+        self.normalise = bool((self.mean != 0).any() or (self.std != 1).any())  # False: the model takes [0, 1]
         self.input_size = (input_size, input_size) if isinstance(input_size, int) else input_size
         self.antialias = antialias          # antialiased downscaling (torchvision's default); off is ~3x cheaper
         self.batch_size = batch_size
@@ -89,8 +90,8 @@ class ImageClassifier:
         x = images.to(self.device, non_blocking=True).float()
         if self.input_size is not None and tuple(x.shape[-2:]) != self.input_size:
             x = resize(x, self.input_size, self.antialias)
-            return x.sub_(self.mean).div_(self.std)            # x is a fresh tensor: normalise in place
-        return (x - self.mean) / self.std
+            return x.sub_(self.mean).div_(self.std) if self.normalise else x   # a fresh tensor: in place
+        return (x - self.mean) / self.std if self.normalise else x
 
     @torch.inference_mode()
     def logits(self, images: torch.Tensor) -> torch.Tensor:

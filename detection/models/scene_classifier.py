@@ -25,18 +25,39 @@ def _block(cin: int, cout: int) -> nn.Sequential:
                          nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
+def _patch_stem(cout: int, patch: int = 4) -> nn.Sequential:
+    """Non-overlapping ``patch`` x ``patch`` convolution (a learned downscale that sees every pixel) + a 3x3 conv."""
+    return nn.Sequential(nn.Conv2d(3, cout, patch, stride=patch, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True), nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
 class SceneNet(nn.Module):
-    """A small all-convolutional multi-label classifier (≈0.4 M parameters): five stride-2 blocks, global pool."""
+    """A small all-convolutional multi-label classifier (≈0.4 M parameters): a stride-4 patch stem, four stride-2
+    blocks, global pool. The stem takes full-size images cheaply, so the scorer needs no resize."""
 
     def __init__(self, num_classes: int, width: int = 16):
         super().__init__()
         w = width
-        self.features = nn.Sequential(_block(3, w), _block(w, 2 * w), _block(2 * w, 4 * w), _block(4 * w, 8 * w),
+        self.features = nn.Sequential(_patch_stem(w), _block(w, 2 * w), _block(2 * w, 4 * w), _block(4 * w, 8 * w),
                                       _block(8 * w, 8 * w))
         self.head = nn.Linear(8 * w, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x).mean((2, 3)))
+
+
+@torch.no_grad()
+def fold_input_normalisation(model: SceneNet, mean: tuple[float, ...], std: tuple[float, ...]) -> SceneNet:
+    """Fold ``(x - mean) / std`` into the stem (conv weights / std, the offset into BatchNorm's running mean), so the
+    evaluated model takes [0, 1] images and the scorer skips a full-image pass. Exact: the stem conv has no padding."""
+    conv, bn = model.features[0][0], model.features[0][1]
+    assert conv.padding == (0, 0) and conv.bias is None, "folding needs an unpadded, bias-free stem conv"
+    m = torch.tensor(mean, dtype=conv.weight.dtype).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=conv.weight.dtype).view(1, -1, 1, 1)
+    conv.weight.div_(s)
+    bn.running_mean.add_((conv.weight * m).sum((1, 2, 3)))
+    return model
 
 
 @dataclass
@@ -45,7 +66,7 @@ class ClassifierTraining:
     batch_size: int = 32
     lr: float = 3e-3
     weight_decay: float = 1e-4
-    input_size: tuple[int, int] = (144, 192)     # (H, W)
+    input_size: tuple[int, int] = (240, 320)     # (H, W)
     width: int = 16
     time_limit_s: float | None = None            # stop early (whole epochs) when exceeded
 
@@ -84,8 +105,8 @@ def train_scene_classifier(images: torch.Tensor, labels: torch.Tensor, class_nam
         history.append(float(torch.stack(losses).mean()))
         if cfg.time_limit_s is not None and time.perf_counter() - start > cfg.time_limit_s:
             break
-    model.eval()
-    return ImageClassifier(model, class_names, multi_label=True, mean=SCENE_MEAN, std=SCENE_STD,
+    model = fold_input_normalisation(model.eval(), SCENE_MEAN, SCENE_STD)
+    return ImageClassifier(model, class_names, multi_label=True, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
                            input_size=cfg.input_size, device="cpu", antialias=False), history
 
 
