@@ -97,14 +97,16 @@ def main() -> None:
     best = max(raw, key=raw.get)
     scorer = ClassifierScorer(clf, chunk_size=best)
     raw_best, scored, ratio = compare(clf.model, pre[:best], scorer, images[:best], 4 * args.seconds)
-    # Explainers can resize an image to the model's input once and perturb it there: no resize per forward.
-    small = torch.nn.functional.interpolate(images[:best], size=clf.input_size, mode="bilinear",
-                                            align_corners=False).contiguous()
-    _, scored_small, ratio_small = compare(clf.model, pre[:best], scorer, small, 4 * args.seconds)
     results["classifier"] = {"raw_images_per_s": raw, "best_batch": best, "targets": scorer.num_targets,
-                             "raw_best_images_per_s": raw_best, "scorer_images_per_s": scored, "scorer_vs_raw": ratio,
-                             "scorer_at_input_size_images_per_s": scored_small,
-                             "scorer_at_input_size_vs_raw": ratio_small}
+                             "input_size": list(clf.input_size) if clf.input_size else None,
+                             "raw_best_images_per_s": raw_best, "scorer_images_per_s": scored, "scorer_vs_raw": ratio}
+    if clf.input_size is not None and tuple(images.shape[-2:]) != tuple(clf.input_size):
+        # Explainers can resize an image to the model's input once and perturb it there: no resize per forward.
+        small = torch.nn.functional.interpolate(images[:best], size=clf.input_size, mode="bilinear",
+                                                align_corners=False).contiguous()
+        _, scored_small, ratio_small = compare(clf.model, pre[:best], scorer, small, 4 * args.seconds)
+        results["classifier"].update(scorer_at_input_size_images_per_s=scored_small,
+                                     scorer_at_input_size_vs_raw=ratio_small)
 
     print(f"\nmodel throughput on {device} ({os.cpu_count()} CPUs), images {tuple(images.shape[-2:])}")
     print(f"{'model':<12}{'batch':>6}{'raw img/s':>11}{'scorer img/s':>14}{'scorer/raw':>12}")
