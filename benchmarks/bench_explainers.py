@@ -3,7 +3,8 @@ the demo detector (D-RISE score of one pedestrian, regions = its body parts) and
 probabilities, 16 SLIC superpixels, image already at the model's input size). 1.0 would mean the method costs
 exactly its forwards through the bare network; target <= 1.15. Captum's FeatureAblation and KernelShap (with
 perturbations_per_eval = the chunk size) run on the same scorer, regions and budget for comparison.
-Each figure is the median of 3 runs (the VM's speed drifts); raw throughput is re-measured around them.
+Each method runs 5 times, each run right after timing the same number of bare forwards; the overhead is the
+median of those paired ratios (the VM's speed drifts, so unpaired timings are not comparable).
 
     python benchmarks/bench_explainers.py [--budget 256] [--out benchmarks/results/explainers.json]
 """
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench_models import throughput, write_results
+from bench_models import write_results
 from bench_shapley import real_games
 from detection.models.letterbox import letterbox
 from detection.models.scene_classifier import load_classifier
@@ -30,16 +31,36 @@ from explainers.perturb import Blur
 CHUNK = 16
 
 
-def timed_runs(fn, repeats: int = 3) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeats):
+def raw_seconds(raw_fn, raw_batch: torch.Tensor, n: int) -> float:
+    """Wall time of n images through the bare network, in chunks of the batch's size (as explainers send them)."""
+    with torch.inference_mode():
         start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)), out
+        for s in range(0, n, raw_batch.shape[0]):
+            raw_fn(raw_batch[:min(raw_batch.shape[0], n - s)])
+        if raw_batch.is_cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
 
 
-def captum_runs(scorer, image, regions, budget) -> dict[str, tuple[float, int]]:
+def paired_overhead(run, raw_fn, raw_batch, repeats: int = 5) -> dict:
+    """Run once (warm-up, counts the forwards n), then ``repeats`` times, each right after timing n bare forwards;
+    overhead = median of the per-pair ratios, which cancels the VM's slow speed drift (it moves by up to 2x over
+    minutes, so raw throughput measured once before and once after all methods is not comparable)."""
+    n = run()
+    raw_seconds(raw_fn, raw_batch, n)
+    ratios, seconds, raws = [], [], []
+    for _ in range(repeats):
+        raws.append(raw_seconds(raw_fn, raw_batch, n))
+        start = time.perf_counter()
+        run()
+        seconds.append(time.perf_counter() - start)
+        ratios.append(seconds[-1] / raws[-1])
+    return {"n_forward": n, "seconds": float(np.median(seconds)), "raw_seconds": float(np.median(raws)),
+            "overhead": float(np.median(ratios))}
+
+
+def captum_runs(scorer, image, regions, budget) -> dict[str, callable]:
+    """Captum's FeatureAblation and KernelShap on the same scorer, regions and budget; each returns its forwards."""
     from captum.attr import FeatureAblation, KernelShap
 
     calls = [0]
@@ -54,41 +75,34 @@ def captum_runs(scorer, image, regions, budget) -> dict[str, tuple[float, int]]:
         labels[regions[r] > 0] = r
     mask = labels[None, None].expand(1, 3, *labels.shape)
     base = Blur().baseline(image)[None]
-    out = {}
-    for name, run in (("captum_feature_ablation", lambda: FeatureAblation(forward).attribute(
-            image[None], baselines=base, feature_mask=mask, perturbations_per_eval=CHUNK)),
-                      ("captum_kernel_shap", lambda: KernelShap(forward).attribute(
-            image[None], baselines=base, feature_mask=mask, n_samples=budget, perturbations_per_eval=CHUNK))):
-        calls[0] = 0
-        run()
-        n = calls[0]
-        seconds, _ = timed_runs(run)
-        out[name] = (seconds, n)
-    return out
+    runs = {"captum_feature_ablation": lambda: FeatureAblation(forward).attribute(
+                image[None], baselines=base, feature_mask=mask, perturbations_per_eval=CHUNK),
+            "captum_kernel_shap": lambda: KernelShap(forward).attribute(
+                image[None], baselines=base, feature_mask=mask, n_samples=budget, perturbations_per_eval=CHUNK)}
+
+    def counted(run):
+        def go() -> int:
+            calls[0] = 0
+            run()
+            return calls[0]
+        return go
+    return {name: counted(run) for name, run in runs.items()}
 
 
 def bench_model(label, scorer, raw_fn, raw_batch, image, regions, budget, methods) -> dict:
-    raw_before = throughput(raw_fn, raw_batch, 3.0)
-    rows = {}
+    runs = {}
     for name in methods:
-        cls = METHODS[name]
-        kw = {"chunk_size": CHUNK}
-        method = cls(scorer, **kw)
+        method = METHODS[name](scorer, chunk_size=CHUNK)
         use_regions = None if name in ("rise", "drise") else regions
         b = 2 ** regions.shape[0] if name == "exact_shapley" else budget
-        method.explain(image, use_regions, budget=b, seed=0)                       # warm-up
-        seconds, exp = timed_runs(lambda: method.explain(image, use_regions, budget=b, seed=0))
-        rows[name] = {"seconds": seconds, "n_forward": exp.n_forward}
-    for name, (seconds, n) in captum_runs(scorer, image, regions, budget).items():
-        rows[name] = {"seconds": seconds, "n_forward": n}
-    raw_after = throughput(raw_fn, raw_batch, 3.0)
-    raw = (raw_before + raw_after) / 2
-    for r in rows.values():
-        r["overhead"] = r["seconds"] / (r["n_forward"] / raw)
-    print(f"\n{label}: raw forward {raw:.0f} img/s (batch {CHUNK}; {raw_before:.0f} before, {raw_after:.0f} after)")
-    print(f"{'method':<26}{'forwards':>9}{'seconds':>9}{'overhead':>10}")
+        runs[name] = (lambda m, r, b: lambda: m.explain(image, r, budget=b, seed=0).n_forward)(method, use_regions, b)
+    runs.update(captum_runs(scorer, image, regions, budget))
+    rows = {name: paired_overhead(run, raw_fn, raw_batch) for name, run in runs.items()}
+    raw = float(np.median([r["n_forward"] / r["raw_seconds"] for r in rows.values()]))
+    print(f"\n{label}: raw forward {raw:.0f} img/s (batch {CHUNK}, median over the pairs)")
+    print(f"{'method':<26}{'forwards':>9}{'seconds':>9}{'raw s':>8}{'overhead':>10}")
     for name, r in rows.items():
-        print(f"{name:<26}{r['n_forward']:>9}{r['seconds']:>9.2f}{r['overhead']:>10.2f}")
+        print(f"{name:<26}{r['n_forward']:>9}{r['seconds']:>9.2f}{r['raw_seconds']:>8.2f}{r['overhead']:>10.2f}")
     return {"raw_images_per_s": raw, "methods": rows}
 
 

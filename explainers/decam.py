@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from explainers.base import BudgetError, Explainer
-from explainers.perturb import blend
+from explainers.perturb import Compositor
 
 
 class DeCam(Explainer):
@@ -36,7 +36,7 @@ class DeCam(Explainer):
         if P < 4:
             raise BudgetError(f"differential evolution for {T} targets needs >= {8 * T} forwards, got {budget}")
         D = regions.shape[0] if regions is not None else self.grid * self.grid
-        baseline = self.perturbation.baseline(image)
+        composite = Compositor(image, self.perturbation.baseline(image))
         flat_regions = None if regions is None else regions.reshape(D, H * W)
 
         def pixels(genomes: torch.Tensor) -> torch.Tensor:                 # [N, D] -> [N, H, W]
@@ -51,7 +51,7 @@ class DeCam(Explainer):
             out = []
             for s in range(0, genomes.shape[0], self.chunk_size):
                 g = genomes[s:s + self.chunk_size]
-                scores = self.score(blend(image, baseline, pixels(g)))
+                scores = self.score(composite(pixels(g)))
                 out.append(scores.gather(1, who[s:s + self.chunk_size, None])[:, 0] - self.sparsity * g.mean(1))
             return torch.cat(out)
 

@@ -6,7 +6,7 @@ from typing import Callable, Protocol
 
 import torch
 
-from explainers.perturb import Perturbation, blend
+from explainers.perturb import Compositor, Perturbation
 
 
 class Game(Protocol):
@@ -20,6 +20,7 @@ class RegionGame:
                  perturbation: Perturbation, chunk_size: int):
         self.score, self.image, self.chunk_size = score, image, chunk_size
         self.baseline = perturbation.baseline(image)
+        self.composite = Compositor(image, self.baseline)
         R, H, W = regions.shape
         self.size = (H, W)
         self.flat = regions.reshape(R, H * W).to(image.dtype)
@@ -32,6 +33,6 @@ class RegionGame:
         return m.clamp_(0, 1).view(-1, *self.size)
 
     def __call__(self, coalitions: torch.Tensor) -> torch.Tensor:
-        out = [self.score(blend(self.image, self.baseline, self.masks(coalitions[s:s + self.chunk_size])))
+        out = [self.score(self.composite(self.masks(coalitions[s:s + self.chunk_size])))
                for s in range(0, coalitions.shape[0], self.chunk_size)]
         return torch.cat(out)

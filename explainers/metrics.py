@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from explainers.perturb import Perturbation, blend, make_perturbation
+from explainers.perturb import Compositor, Perturbation, make_perturbation
 
 
 @dataclass
@@ -43,13 +43,13 @@ def deletion_insertion(scorer, image: torch.Tensor, saliency: torch.Tensor, *, m
     fractions = torch.linspace(0, 1, steps + 1, device=device)
     top = _ranked_masks(saliency, fractions).float().view(T * (steps + 1), H, W)
     keep = 1 - top if mode == "deletion" else top
-    baseline = sub.baseline(image)
+    composite = Compositor(image, sub.baseline(image))
     target = torch.arange(T, device=device).repeat_interleave(steps + 1)
     chunk = int(chunk_size or getattr(scorer, "chunk_size", 32))
     scores = []
     with torch.inference_mode():
         for s in range(0, keep.shape[0], chunk):
-            out = scorer(blend(image, baseline, keep[s:s + chunk])).float()
+            out = scorer(composite(keep[s:s + chunk])).float()
             scores.append(out.gather(1, target[s:s + chunk, None])[:, 0])
     curves = torch.cat(scores).view(T, steps + 1)
     auc = torch.trapezoid(curves, fractions, dim=1)

@@ -6,7 +6,7 @@ import torch
 
 from explainers.base import BudgetError, Explainer, paint
 from explainers.game import RegionGame
-from explainers.perturb import blend
+from explainers.perturb import Compositor
 
 
 def window_origins(height: int, width: int, window: tuple[int, int], n: int | None, stride: tuple[int, int],
@@ -47,7 +47,7 @@ class Occlusion(Explainer):
             raise BudgetError(f"occlusion needs at least 2 forwards (the image and one window), got {budget}")
         origins = window_origins(H, W, (side, side), None if budget is None else budget - 1, (step, step),
                                  self.device)
-        baseline = self.perturbation.baseline(image)
+        composite = Compositor(image, self.perturbation.baseline(image))
         full = self.score(image[None])[0]                                           # [T]
         rows = torch.arange(H, device=self.device)
         cols = torch.arange(W, device=self.device)
@@ -59,7 +59,7 @@ class Occlusion(Explainer):
             in_rows = (rows.view(1, -1, 1) >= oy) & (rows.view(1, -1, 1) < oy + side)
             in_cols = (cols.view(1, 1, -1) >= ox) & (cols.view(1, 1, -1) < ox + side)
             hidden = (in_rows & in_cols).float()                                     # [n, H, W]
-            scores = self.score(blend(image, baseline, 1 - hidden))
+            scores = self.score(composite(1 - hidden))
             flat = hidden.view(hidden.shape[0], -1)
             drop += (full[None] - scores).T @ flat
             count += flat.sum(0)

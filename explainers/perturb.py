@@ -97,3 +97,20 @@ def make_perturbation(spec: str | Perturbation) -> Perturbation:
 def blend(image: torch.Tensor, baseline: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """Images [N, 3, H, W] = baseline + masks [N, H, W] * (image - baseline)."""
     return torch.addcmul(baseline.unsqueeze(0), masks.unsqueeze(1), (image - baseline).unsqueeze(0))
+
+
+class Compositor:
+    """``blend`` for many chunks of one image: the difference image is computed once, and chunks are written into
+    one reused buffer instead of a fresh [N, 3, H, W] tensor each (a 15 MB allocation per 16 images at 320x240,
+    page faults included: ~30 % of the blend). The returned batch is valid until the next call: score it at once."""
+
+    def __init__(self, image: torch.Tensor, baseline: torch.Tensor):
+        self.baseline = baseline.unsqueeze(0)
+        self.diff = (image - baseline).unsqueeze(0)
+        self._buffer: torch.Tensor | None = None
+
+    def __call__(self, masks: torch.Tensor) -> torch.Tensor:
+        n = masks.shape[0]
+        if self._buffer is None or self._buffer.shape[0] < n:
+            self._buffer = torch.empty((n, *self.diff.shape[1:]), dtype=self.diff.dtype, device=self.diff.device)
+        return torch.addcmul(self.baseline, masks.unsqueeze(1), self.diff, out=self._buffer[:n])

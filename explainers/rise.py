@@ -7,7 +7,7 @@ import math
 import torch
 
 from explainers.base import Explainer, region_means
-from explainers.perturb import blend
+from explainers.perturb import Compositor
 
 
 def _interp_rows(length: int, grid: int, cell: int, device: torch.device) -> torch.Tensor:
@@ -71,12 +71,12 @@ class Rise(Explainer):
 
     def _explain(self, image, regions, budget, generator):
         H, W = image.shape[-2:]
-        baseline = self.perturbation.baseline(image)
+        composite = Compositor(image, self.perturbation.baseline(image))
         saliency, coverage, total = None, None, None
         for start in range(0, budget, self.chunk_size):
             n = min(self.chunk_size, budget - start)
             masks = rise_masks(n, self.grid, self.p, H, W, generator, self.device)
-            scores = self.score(blend(image, baseline, masks))                      # [n, T]
+            scores = self.score(composite(masks))                                    # [n, T]
             part = scores.T @ masks.view(n, H * W)                                   # [T, HW]
             saliency = part if saliency is None else saliency.add_(part)
             if self.center:

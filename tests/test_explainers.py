@@ -12,6 +12,7 @@ from explainers import (METHODS, BetaShapley, BudgetError, DeCam, DRise, ExactSh
                         PermutationShapley, Rise, beta_shapley, box_masks, deletion_insertion, energy_pointing_game,
                         exact_shapley, grid_regions, kernel_shap, permutation_shapley, pointing_game, relative_error)
 from explainers.base import paint
+from explainers.perturb import Compositor, blend
 from explainers.rise import rise_masks
 from explainers.shapley import complement_pairs, odd_interaction_fit
 
@@ -133,6 +134,18 @@ def test_rise_masks_equal_upsampling_the_whole_grid_and_cropping(grid, height, w
     reference = torch.stack([big[i, dy[i]:dy[i] + height, dx[i]:dx[i] + width] for i in range(n)])
     masks = rise_masks(n, grid, 0.5, height, width, torch.Generator().manual_seed(5), torch.device("cpu"))
     torch.testing.assert_close(masks, reference, rtol=0, atol=1e-5)
+
+
+def test_compositor_equals_blend_chunk_after_chunk():
+    g = torch.Generator().manual_seed(0)
+    image, baseline = torch.rand(3, 12, 10, generator=g), torch.rand(3, 12, 10, generator=g)
+    composite = Compositor(image, baseline)
+    for n in (4, 4, 3, 6):                            # a smaller last chunk, then a larger one (the buffer grows)
+        masks = torch.rand(n, 12, 10, generator=g)
+        out = composite(masks)
+        assert out.shape == (n, 3, 12, 10)
+        assert torch.allclose(out, blend(image, baseline, masks), atol=1e-6)
+        assert torch.allclose(out[:, :, 0, 0], baseline[:, 0, 0] + masks[:, None, 0, 0] * (image - baseline)[:, 0, 0])
 
 
 def test_centred_rise_is_plain_rise_minus_the_mean_score_times_coverage():
