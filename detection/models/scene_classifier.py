@@ -52,7 +52,8 @@ def fold_input_normalisation(model: SceneNet, mean: tuple[float, ...], std: tupl
     """Fold ``(x - mean) / std`` into the stem (conv weights / std, the offset into BatchNorm's running mean), so the
     evaluated model takes [0, 1] images and the scorer skips a full-image pass. Exact: the stem conv has no padding."""
     conv, bn = model.features[0][0], model.features[0][1]
-    assert conv.padding == (0, 0) and conv.bias is None, "folding needs an unpadded, bias-free stem conv"
+    if conv.padding != (0, 0) or conv.bias is not None:
+        raise ValueError(f"folding the input normalisation needs an unpadded, bias-free stem conv, got {conv}")
     m = torch.tensor(mean, dtype=conv.weight.dtype).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=conv.weight.dtype).view(1, -1, 1, 1)
     conv.weight.div_(s)
