@@ -90,12 +90,13 @@ def captum_runs(scorer, image, regions, budget) -> dict[str, callable]:
 
 
 def bench_model(label, scorer, raw_fn, raw_batch, image, regions, budget, methods) -> dict:
-    runs = {}
-    for name in methods:
+    def explain_run(name: str):
         method = METHODS[name](scorer, chunk_size=CHUNK)
         use_regions = None if name in ("rise", "drise") else regions
         b = 2 ** regions.shape[0] if name == "exact_shapley" else budget
-        runs[name] = (lambda m, r, b: lambda: m.explain(image, r, budget=b, seed=0).n_forward)(method, use_regions, b)
+        return lambda: method.explain(image, use_regions, budget=b, seed=0).n_forward
+
+    runs = {name: explain_run(name) for name in methods}
     runs.update(captum_runs(scorer, image, regions, budget))
     rows = {name: paired_overhead(run, raw_fn, raw_batch) for name, run in runs.items()}
     raw = float(np.median([r["n_forward"] / r["raw_seconds"] for r in rows.values()]))
