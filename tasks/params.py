@@ -179,7 +179,8 @@ class PartsParams(_Section):
 
 
 PIXEL_METHODS = ("rise", "drise", "decam")        # random low-res masks: no regions needed
-REGION_METHODS = ("occlusion", "lime", "kernel_shap", "exact_shapley", "permutation_shapley", "beta_shapley")
+REGION_METHODS = ("occlusion", "lime", "bayes_shapley", "kernel_shap", "exact_shapley", "permutation_shapley",
+                  "beta_shapley")
 
 
 class ExplainJob(_Section):
@@ -187,8 +188,8 @@ class ExplainJob(_Section):
     D-RISE similarity to their box, so missed ones are explained too), ``detections`` (the detector's own person
     detections) or ``classes`` (the classifier's classes, every image)."""
 
-    method: Literal["occlusion", "rise", "drise", "lime", "kernel_shap", "exact_shapley", "permutation_shapley",
-                    "beta_shapley", "decam"]
+    method: Literal["occlusion", "rise", "drise", "lime", "bayes_shapley", "kernel_shap", "exact_shapley",
+                    "permutation_shapley", "beta_shapley", "decam"]
     targets: Literal["persons", "detections", "classes"]
     budget: int | None = Field(default=None, ge=1)      # forward passes per explanation; null: the method's default
     regions: Literal["parts", "superpixels", "grid", "none"] = "parts"
@@ -208,7 +209,7 @@ class ExplainJob(_Section):
 
     @property
     def name(self) -> str:
-        """The job's label in tables and the report, e.g. ``kernel_shap@parts``."""
+        """The job's label in tables and the report, e.g. ``bayes_shapley@parts``."""
         return self.method if self.regions == "none" else f"{self.method}@{self.regions}"
 
 

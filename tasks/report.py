@@ -337,7 +337,7 @@ def build_report(inp: ReportInputs, per_row: int = 4) -> tuple[str, str]:
     ex, tg = inp.explanations, inp.targets
     shares = part_shares(ex, tg)
     region_jobs = [j for j in dict.fromkeys(shares["job"]) if j]
-    main_job = next((j for j in region_jobs if j.startswith(("kernel_shap", "exact_shapley"))),
+    main_job = next((j for j in region_jobs if j.startswith(("bayes_shapley", "kernel_shap", "exact_shapley"))),
                     region_jobs[0] if region_jobs else None)
     person_kind = shares["kind"].dropna().iloc[0] if len(shares) else None
     ip = inp.infer_metrics.get(inp.detector_id, {})
