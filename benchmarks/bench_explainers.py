@@ -121,7 +121,8 @@ def main() -> None:
     image = person["image"]
     lb, _ = letterbox(image[None].expand(CHUNK, -1, -1, -1).contiguous(), det.imgsz, det.stride)
     parts = torch.cat([person["regions"][10], person["regions"][12][10:11]]).float()      # 10 parts + context
-    methods = ["occlusion", "rise", "drise", "lime", "kernel_shap", "permutation_shapley", "beta_shapley", "decam"]
+    methods = ["occlusion", "rise", "drise", "lime", "bayes_shapley", "kernel_shap", "permutation_shapley",
+               "beta_shapley", "decam"]
     results = {"device": str(device), "cpus": os.cpu_count(), "budget": args.budget}
     results["detector"] = bench_model(f"demo detector, D-RISE score of {person['det_id']}, 11 part regions", scorer,
                                       det.model, lb, image, parts, args.budget, methods)

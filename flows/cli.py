@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--method", default="drise", help="explainer (default drise; rise for a classifier)")
     explain.add_argument("--budget", type=int, help="forward passes (default: the method's)")
     explain.add_argument("--regions", choices=["none", "superpixels", "grid"], default="none",
-                         help="players of region methods (kernel_shap, occlusion, lime, ...)")
+                         help="players of region methods (bayes_shapley, kernel_shap, occlusion, lime, ...)")
     explain.add_argument("--n-regions", type=int, default=24)
     explain.add_argument("--seed", type=int, default=0)
     explain.add_argument("--out", help="overlay PNG (default: <image>_<method>.png beside the image)")
