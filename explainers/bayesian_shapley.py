@@ -41,6 +41,13 @@ def _symmetric_sums(L: int) -> np.ndarray:
     return E
 
 
+def check_decay(decay: float) -> float:
+    """The prior's decay per two Fourier orders, validated: strictly between 0 and 1."""
+    if not 0 < decay < 1:
+        raise ValueError(f"decay must lie in (0, 1), got {decay}")
+    return float(decay)
+
+
 def _order_variances(M: int, decay: float) -> np.ndarray:
     """Prior variance of each Fourier coefficient by its order 0..M: decay^((k - 1) / 2) for odd k, 0 for even."""
     k = np.arange(M + 1)
@@ -134,12 +141,11 @@ def bayes_shapley(game: Game, M: int, budget: int, rng: np.random.Generator, dev
     exact enumeration when the budget covers all 2^M coalitions."""
     if budget < 4:
         raise BudgetError(f"Bayesian Shapley needs at least 4 forwards (empty, full, one pair), got {budget}")
-    if not 0 < decay < 1:
-        raise ValueError(f"decay must lie in (0, 1), got {decay}")
+    decay = check_decay(decay)
     if budget >= 2 ** M:
         return exact_shapley(game, M, device)
     empty, full = _ends(game, M, device)
-    Zp = pair_design(M, (budget - 2) // 2, float(decay))[:, rng.permutation(M)]
+    Zp = pair_design(M, (budget - 2) // 2, decay)[:, rng.permutation(M)]
     Y = _evaluate(game, np.stack([Zp, 1 - Zp], 1).reshape(-1, M), device)            # S, complement, S, ...
     phi = posterior_shapley(Zp, Y[0::2] - Y[1::2], full - empty, decay)
     return ShapleyEstimate(phi, empty, full, 2 + 2 * len(Zp))
@@ -154,9 +160,7 @@ class BayesShapley(_ShapleyExplainer):
 
     def __init__(self, scorer, *, decay: float = DEFAULT_DECAY, **kw):
         super().__init__(scorer, **kw)
-        if not 0 < decay < 1:
-            raise ValueError(f"decay must lie in (0, 1), got {decay}")
-        self.decay = decay
+        self.decay = check_decay(decay)
 
     def options(self):
         return {**super().options(), "decay": self.decay}

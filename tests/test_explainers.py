@@ -295,6 +295,8 @@ def test_too_small_budgets_are_refused():
         ExactShapley(model).explain(_textured(), regions, budget=100)
     with pytest.raises(BudgetError, match="at least 4 forwards"):
         BayesShapley(model).explain(_textured(), regions, budget=3)
+    with pytest.raises(ValueError, match="decay must lie in \\(0, 1\\), got 1.5"):
+        BayesShapley(model, decay=1.5)
     with pytest.raises(BudgetError, match="permutation"):
         PermutationShapley(model).explain(_textured(), regions, budget=10)
     with pytest.raises(BudgetError, match="positive"):
