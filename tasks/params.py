@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from detection.datasets.imageio import ImageLimits
 from detection.datasets.synthetic import SyntheticConfig
 from detection.models.specs import ClassifierSpec, DetectorSpec
+from explainers import METHODS
 
 
 class ParamsError(ValueError):
@@ -205,6 +206,12 @@ class ExplainJob(_Section):
             raise ValueError(f"{self.method} needs regions (parts, superpixels or grid), got 'none'")
         if self.method == "drise" and self.targets == "classes":
             raise ValueError("drise explains detections: use rise for classes")
+        try:                                   # a bad option fails here, not in every shard task of the stage
+            METHODS[self.method](None, **self.options)
+        except TypeError as e:
+            raise ValueError(f"{self.method} has no option among {sorted(self.options)}: {e}") from None
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"{self.method} options {self.options}: {e}") from None
         return self
 
     @property

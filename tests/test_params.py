@@ -68,6 +68,13 @@ def test_load_params_file_errors(tmp_path):
     ({"explain": {"jobs": [{"method": "occlusion", "targets": "persons"}, {"method": "occlusion",
                                                                            "targets": "persons"}]}},
      r"explain\.jobs\[1\]: a second 'occlusion@parts' job on 'persons'"),
+    ({"explain": {"jobs": [{"method": "bayes_shapley", "targets": "persons", "options": {"decay": 2}}]}},
+     r"explain\.jobs\[0\]: .*bayes_shapley options \{'decay': 2\}: decay must lie in \(0, 1\), got 2"),
+    ({"explain": {"jobs": [{"method": "kernel_shap", "targets": "persons", "options": {"grid": 8}}]}},
+     r"explain\.jobs\[0\]: .*kernel_shap has no option among \['grid'\]"),
+    ({"explain": {"jobs": [{"method": "rise", "targets": "classes", "regions": "none",
+                            "options": {"perturbation": "fog"}}]}},
+     r"explain\.jobs\[0\]: .*rise options .*fog"),
     ({"explain": {"detector": "rcnn"}}, r"explain\.detector: not an id of infer\.detectors"),
     ({"explain": {"runner": {"kind": "ray"}}}, r"explain\.runner\.kind: .*'ray'"),
 ])
