@@ -4,7 +4,9 @@ probabilities, 16 SLIC superpixels, image already at the model's input size). 1.
 exactly its forwards through the bare network; target <= 1.15. Captum's FeatureAblation and KernelShap (with
 perturbations_per_eval = the chunk size) run on the same scorer, regions and budget for comparison.
 Each method runs 5 times, each run right after timing the same number of bare forwards; the overhead is the
-median of those paired ratios (the VM's speed drifts, so unpaired timings are not comparable).
+median of those paired ratios (the VM's speed drifts, so unpaired timings are not comparable). Beside it, "own":
+the method's wall time over the time spent inside its scorer in the same run (its own cost factor; the scorer's
+cost over the bare network is bench_models' scorer/raw ratio), which the drift cannot reach.
 
     python benchmarks/bench_explainers.py [--budget 256] [--out benchmarks/results/explainers.json]
 """
@@ -42,21 +44,40 @@ def raw_seconds(raw_fn, raw_batch: torch.Tensor, n: int) -> float:
         return time.perf_counter() - start
 
 
-def paired_overhead(run, raw_fn, raw_batch, repeats: int = 5) -> dict:
+class TimedScorer:
+    """The scorer, timing its own calls: a method's wall time over the time spent inside its scorer is the method's
+    own cost factor, measured within one run and so immune to the VM's speed drift (which moves both alike)."""
+
+    def __init__(self, scorer):
+        self.scorer, self.seconds = scorer, 0.0
+
+    def __getattr__(self, name):
+        return getattr(self.scorer, name)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
+        out = self.scorer(images)
+        self.seconds += time.perf_counter() - start
+        return out
+
+
+def paired_overhead(run, raw_fn, raw_batch, timer: TimedScorer, repeats: int = 5) -> dict:
     """Run once (warm-up, counts the forwards n), then ``repeats`` times, each right after timing n bare forwards;
     overhead = median of the per-pair ratios, which cancels the VM's slow speed drift (it moves by up to 2x over
     minutes, so raw throughput measured once before and once after all methods is not comparable)."""
     n = run()
     raw_seconds(raw_fn, raw_batch, n)
-    ratios, seconds, raws = [], [], []
+    ratios, seconds, raws, own = [], [], [], []
     for _ in range(repeats):
         raws.append(raw_seconds(raw_fn, raw_batch, n))
+        timer.seconds = 0.0
         start = time.perf_counter()
         run()
         seconds.append(time.perf_counter() - start)
         ratios.append(seconds[-1] / raws[-1])
+        own.append(seconds[-1] / timer.seconds)
     return {"n_forward": n, "seconds": float(np.median(seconds)), "raw_seconds": float(np.median(raws)),
-            "overhead": float(np.median(ratios))}
+            "overhead": float(np.median(ratios)), "own_factor": float(np.median(own))}
 
 
 def captum_runs(scorer, image, regions, budget) -> dict[str, callable]:
@@ -90,6 +111,8 @@ def captum_runs(scorer, image, regions, budget) -> dict[str, callable]:
 
 
 def bench_model(label, scorer, raw_fn, raw_batch, image, regions, budget, methods) -> dict:
+    scorer = TimedScorer(scorer)
+
     def explain_run(name: str):
         method = METHODS[name](scorer, chunk_size=CHUNK)
         use_regions = None if name in ("rise", "drise") else regions
@@ -98,12 +121,13 @@ def bench_model(label, scorer, raw_fn, raw_batch, image, regions, budget, method
 
     runs = {name: explain_run(name) for name in methods}
     runs.update(captum_runs(scorer, image, regions, budget))
-    rows = {name: paired_overhead(run, raw_fn, raw_batch) for name, run in runs.items()}
+    rows = {name: paired_overhead(run, raw_fn, raw_batch, scorer) for name, run in runs.items()}
     raw = float(np.median([r["n_forward"] / r["raw_seconds"] for r in rows.values()]))
     print(f"\n{label}: raw forward {raw:.0f} img/s (batch {CHUNK}, median over the pairs)")
-    print(f"{'method':<26}{'forwards':>9}{'seconds':>9}{'raw s':>8}{'overhead':>10}")
+    print(f"{'method':<26}{'forwards':>9}{'seconds':>9}{'raw s':>8}{'overhead':>10}{'own':>7}")
     for name, r in rows.items():
-        print(f"{name:<26}{r['n_forward']:>9}{r['seconds']:>9.2f}{r['raw_seconds']:>8.2f}{r['overhead']:>10.2f}")
+        print(f"{name:<26}{r['n_forward']:>9}{r['seconds']:>9.2f}{r['raw_seconds']:>8.2f}{r['overhead']:>10.2f}"
+              f"{r['own_factor']:>7.3f}")
     return {"raw_images_per_s": raw, "methods": rows}
 
 
