@@ -180,8 +180,7 @@ class PartsParams(_Section):
 
 
 PIXEL_METHODS = ("rise", "drise", "decam")        # random low-res masks: no regions needed
-REGION_METHODS = ("occlusion", "lime", "bayes_shapley", "kernel_shap", "exact_shapley", "permutation_shapley",
-                  "beta_shapley")
+REGION_METHODS = tuple(name for name in METHODS if name not in PIXEL_METHODS)   # Shapley, LIME, occlusion
 
 
 class ExplainJob(_Section):
@@ -189,8 +188,7 @@ class ExplainJob(_Section):
     D-RISE similarity to their box, so missed ones are explained too), ``detections`` (the detector's own person
     detections) or ``classes`` (the classifier's classes, every image)."""
 
-    method: Literal["occlusion", "rise", "drise", "lime", "bayes_shapley", "kernel_shap", "exact_shapley",
-                    "permutation_shapley", "beta_shapley", "decam"]
+    method: Literal[tuple(METHODS)]                     # a name of explainers.METHODS
     targets: Literal["persons", "detections", "classes"]
     budget: int | None = Field(default=None, ge=1)      # forward passes per explanation; null: the method's default
     regions: Literal["parts", "superpixels", "grid", "none"] = "parts"
