@@ -18,9 +18,8 @@ class Game(Protocol):
 class RegionGame:
     def __init__(self, score: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, regions: torch.Tensor,
                  perturbation: Perturbation, chunk_size: int):
-        self.score, self.image, self.chunk_size = score, image, chunk_size
-        self.baseline = perturbation.baseline(image)
-        self.composite = Compositor(image, self.baseline)
+        self.score, self.chunk_size = score, chunk_size
+        self.composite = Compositor(image, perturbation.baseline(image))
         R, H, W = regions.shape
         self.size = (H, W)
         self.flat = regions.reshape(R, H * W).to(image.dtype)
