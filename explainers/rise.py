@@ -1,5 +1,7 @@
 """RISE (Petsiuk et al. 2018) and D-RISE (Petsiuk et al. 2021): random low-resolution masks, saliency = the
-score-weighted mean of the masks, accumulated chunk by chunk with one matrix product."""
+score-weighted mean of the masks. Each mask is rows[dy] @ (cells @ cols[dx]^T) (separable bilinear upsampling of
+shifted grid cells), so the weighted sum is kept per row offset dy at grid resolution and expanded to pixels with one
+matrix product at the end, instead of reading every full-size mask a second time."""
 from __future__ import annotations
 
 import math
@@ -35,19 +37,55 @@ def _cached_rows(length: int, grid: int, cell: int, device: torch.device) -> tor
     return _WEIGHTS[key]
 
 
+class RiseMasks:
+    """Draws RISE masks [n, H, W]: Bernoulli(p) grid x grid cells, bilinearly upsampled to (grid + 1) cells, each
+    shifted by a random offset within one cell (so the cell edges do not line up across masks). Bilinear upsampling
+    is separable, so each shifted crop is rows[dy] @ cells @ cols[dx]^T: two batched matrix products. The masks of
+    the last draw are written into one reused buffer (valid until the next draw)."""
+
+    def __init__(self, grid: int, p: float, height: int, width: int, device: torch.device):
+        self.grid, self.p, self.size = grid, p, (height, width)
+        self.cell = (math.ceil(height / grid), math.ceil(width / grid))
+        self.rows = _cached_rows(height, grid, self.cell[0], device)            # [ch, H, grid]
+        self.cols_t = _cached_rows(width, grid, self.cell[1], device).transpose(1, 2)   # [cw, grid, W]
+        self.device = device
+        self._buffer: torch.Tensor | None = None
+
+    def draw(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Masks [n, H, W], their row offsets dy [n] and right factors cells @ cols[dx]^T [n, grid, W]."""
+        g, (H, W) = self.grid, self.size
+        cells = (torch.rand(n, 1, g, g, generator=generator, device=self.device) < self.p).float()[:, 0]
+        dy = torch.randint(0, self.cell[0], (n,), generator=generator, device=self.device)
+        dx = torch.randint(0, self.cell[1], (n,), generator=generator, device=self.device)
+        right = torch.bmm(cells, self.cols_t[dx])                                # [n, grid, W]
+        if self._buffer is None or self._buffer.shape[0] < n:
+            self._buffer = torch.empty((n, H, W), device=self.device)
+        return torch.bmm(self.rows[dy], right, out=self._buffer[:n]), dy, right
+
+
 def rise_masks(n: int, grid: int, p: float, height: int, width: int, generator: torch.Generator,
                device: torch.device) -> torch.Tensor:
-    """n masks [n, H, W]: Bernoulli(p) grid x grid cells, bilinearly upsampled to (grid + 1) cells, each shifted by
-    a random offset within one cell (so the cell edges do not line up across masks). Bilinear upsampling is
-    separable, so each shifted crop is rows[dy] @ cells @ cols[dx]^T: two batched matrix products instead of
-    upsampling the whole (grid + 1)-cell image and gathering the crop."""
-    ch, cw = math.ceil(height / grid), math.ceil(width / grid)
-    cells = (torch.rand(n, 1, grid, grid, generator=generator, device=device) < p).float()[:, 0]
-    dy = torch.randint(0, ch, (n,), generator=generator, device=device)
-    dx = torch.randint(0, cw, (n,), generator=generator, device=device)
-    rows = _cached_rows(height, grid, ch, device)[dy]                     # [n, H, grid]
-    cols = _cached_rows(width, grid, cw, device)[dx]                      # [n, W, grid]
-    return torch.bmm(torch.bmm(rows, cells), cols.transpose(1, 2))
+    """n RISE masks [n, H, W] (see :class:`RiseMasks`), in a fresh tensor."""
+    return RiseMasks(grid, p, height, width, device).draw(n, generator)[0].clone()
+
+
+class WeightedMaskSum:
+    """sum_i w_i M_i for weight vectors w_i [K] of RISE masks M_i = rows[dy_i] @ right_i: the right factors are
+    summed per row offset at grid resolution, [K, ch, grid, W], and turned into pixels [K, H, W] by one matrix
+    product at the end (its cost does not grow with the number of masks)."""
+
+    def __init__(self, masks: RiseMasks, k: int):
+        ch, (H, W) = masks.cell[0], masks.size
+        self.rows = masks.rows.permute(1, 0, 2).reshape(H, ch * masks.grid)       # [H, ch * grid]
+        self.sums = torch.zeros(k, ch, masks.grid, W, device=masks.device)
+
+    def add(self, weights: torch.Tensor, dy: torch.Tensor, right: torch.Tensor) -> None:
+        """weights [n, K] of the n masks drawn with row offsets dy [n] and right factors [n, grid, W]."""
+        self.sums.index_add_(1, dy, weights.T[:, :, None, None] * right[None])
+
+    def total(self) -> torch.Tensor:
+        k, _, _, W = self.sums.shape
+        return self.rows @ self.sums.view(k, -1, W)                               # [K, H, W]
 
 
 class Rise(Explainer):
@@ -72,20 +110,24 @@ class Rise(Explainer):
     def _explain(self, image, regions, budget, generator):
         H, W = image.shape[-2:]
         composite = Compositor(image, self.perturbation.baseline(image))
-        saliency, coverage, total = None, None, None
+        sampler = RiseMasks(self.grid, self.p, H, W, self.device)
+        weighted, shift, total = None, None, None
         for start in range(0, budget, self.chunk_size):
             n = min(self.chunk_size, budget - start)
-            masks = rise_masks(n, self.grid, self.p, H, W, generator, self.device)
+            masks, dy, right = sampler.draw(n, generator)
             scores = self.score(composite(masks))                                    # [n, T]
-            part = scores.T @ masks.view(n, H * W)                                   # [T, HW]
-            saliency = part if saliency is None else saliency.add_(part)
-            if self.center:
-                m, s = masks.view(n, H * W).sum(0), scores.sum(0)
-                coverage = m if coverage is None else coverage.add_(m)
-                total = s if total is None else total.add_(s)
-        if self.center:       # sum_i (score_i - mean score) M_i = sum_i score_i M_i - mean score * sum_i M_i
-            saliency = saliency - (total / budget)[:, None] * coverage[None, :]
-        saliency = (saliency / (budget * self.p)).view(-1, H, W)
+            if self.center:       # scores less the first chunk's mean (less cancellation below), and a weight row
+                shift = scores.mean(0) if shift is None else shift                  # of ones: the masks' coverage
+                scores = scores - shift
+                total = scores.sum(0) if total is None else total + scores.sum(0)
+                scores = torch.cat([scores, scores.new_ones(n, 1)], 1)
+            if weighted is None:
+                weighted = WeightedMaskSum(sampler, scores.shape[1])
+            weighted.add(scores, dy, right)
+        saliency = weighted.total()
+        if self.center:       # sum_i (s_i - mean s) M_i = sum_i (s_i - shift) M_i - (mean s - shift) sum_i M_i
+            saliency = saliency[:-1] - (total / budget)[:, None, None] * saliency[-1:]
+        saliency = saliency / (budget * self.p)
         return saliency, None if regions is None else region_means(saliency, regions), {}
 
 
