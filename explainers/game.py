@@ -22,14 +22,28 @@ class RegionGame:
         self.composite = Compositor(image, perturbation.baseline(image))
         R, H, W = regions.shape
         self.size = (H, W)
-        self.flat = regions.reshape(R, H * W).to(image.dtype)
-        self.outside = (1 - self.flat.sum(0)).clamp(0, 1)
+        flat = regions.reshape(R, H * W).to(image.dtype)
+        coverage = flat.sum(0)
+        # [R + 1, HW]: the regions, then the pixels outside every region as one more player that is always shown,
+        # so a chunk's masks are one plain matrix product (no bias broadcast to copy first).
+        self.players = torch.cat([flat, (1 - coverage).clamp(0, 1).unsqueeze(0)])
+        # Regions that do not overlap (coverage <= 1) keep every mask in [0, 1] for coalition values in [0, 1];
+        # overlapping ones need the masks clamped.
+        self.overlapping = bool(coverage.max() > 1 + 1e-6)
         self.num_players = R
+        self._buffer: torch.Tensor | None = None
 
     def masks(self, coalitions: torch.Tensor) -> torch.Tensor:
-        """Pixel masks [N, H, W] of coalition values [N, R]: one matrix product."""
-        m = torch.addmm(self.outside.unsqueeze(0), coalitions.to(self.flat), self.flat)
-        return m.clamp_(0, 1).view(-1, *self.size)
+        """Pixel masks [N, H, W] of coalition values [N, R]: one matrix product, written into a reused buffer
+        (valid until the next call)."""
+        n = coalitions.shape[0]
+        z = torch.cat([coalitions.to(self.players).clamp(0, 1), self.players.new_ones(n, 1)], 1)
+        if self._buffer is None or self._buffer.shape[0] < n:
+            self._buffer = self.players.new_empty((n, self.players.shape[1]))
+        m = torch.mm(z, self.players, out=self._buffer[:n])
+        if self.overlapping:
+            m.clamp_(0, 1)
+        return m.view(-1, *self.size)
 
     def __call__(self, coalitions: torch.Tensor) -> torch.Tensor:
         out = [self.score(self.composite(self.masks(coalitions[s:s + self.chunk_size])))
