@@ -183,11 +183,32 @@ def odd_interaction_fit(Z: np.ndarray, Y: torch.Tensor, w: np.ndarray, empty: to
     share[:, :M] = torch.eye(M, dtype=torch.float64)
     share[triples.reshape(-1), (M + torch.arange(F - M)).repeat_interleave(3)] = 1 / 3
     total = share.sum(0)                                                              # sum_i phi_i = total @ g
-    kkt = torch.zeros(F + 1, F + 1, dtype=torch.float64)
-    kkt[:F, :F] = X.T @ (wp[:, None] * X) + torch.diag(torch.cat([torch.zeros(M), torch.full((F - M,), ridge)]))
+    gram = X.T @ (wp[:, None] * X) + torch.diag(torch.cat([torch.zeros(M), torch.full((F - M,), ridge)]))
+    b = X.T @ (wp[:, None] * D)                                                       # [F, T]
+    g = constrained_solve(gram, b, total, (full - empty).double(), M if ridge > 0 else F)
+    return (share @ g).T                                                              # [T, M]
+
+
+def constrained_solve(gram: torch.Tensor, b: torch.Tensor, total: torch.Tensor, target: torch.Tensor,
+                      unregularised: int) -> torch.Tensor:
+    """g minimising g' gram g - 2 b' g subject to total' g = target (one constraint per column of b), the least-norm
+    one if gram is singular. Only the first ``unregularised`` coefficients can make gram singular (the rest carry
+    a ridge), so when their block is well conditioned gram is positive definite and a Cholesky solve with the
+    constraint eliminated is exact (~0.5 ms for 300 terms, against ~6 ms for the eigendecomposition it falls back
+    to otherwise)."""
+    first = torch.linalg.eigvalsh(gram[:unregularised, :unregularised])
+    if first[0] > 1e-8 * first[-1].clamp_min(1e-300):
+        factor, info = torch.linalg.cholesky_ex(gram)
+        if not int(info):
+            solved = torch.cholesky_solve(torch.cat([b, total[:, None]], 1), factor)
+            along, direction = solved[:, :-1], solved[:, -1:]                           # gram^-1 b, gram^-1 total
+            multiplier = (total @ along - target) / (total @ direction)               # [T]
+            return along - direction * multiplier
+    F = gram.shape[0]
+    kkt = torch.zeros(F + 1, F + 1, dtype=gram.dtype)
+    kkt[:F, :F] = gram
     kkt[:F, F] = kkt[F, :F] = total
-    rhs = torch.cat([X.T @ (wp[:, None] * D), (full - empty).double()[None]])      # [F + 1, T]
-    return (share @ symmetric_pinv_solve(kkt, rhs)[:F]).T                              # [T, M]
+    return symmetric_pinv_solve(kkt, torch.cat([b, target[None]]))[:F]
 
 
 def symmetric_pinv_solve(A: torch.Tensor, b: torch.Tensor, rcond: float = 1e-10) -> torch.Tensor:
