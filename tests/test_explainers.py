@@ -15,9 +15,10 @@ from explainers import (METHODS, BayesShapley, BetaShapley, BudgetError, DeCam, 
                         pointing_game, relative_error)
 from explainers.base import paint
 from explainers.bayesian_shapley import pair_covariance, pair_design, shapley_covariance
-from explainers.perturb import Compositor
-from explainers.rise import rise_masks
-from explainers.shapley import complement_pairs, odd_interaction_fit
+from explainers.game import RegionGame
+from explainers.perturb import Compositor, Constant
+from explainers.rise import RiseMasks, WeightedMaskSum, rise_masks
+from explainers.shapley import complement_pairs, constrained_solve, odd_interaction_fit, symmetric_pinv_solve
 
 M = 10
 RNG = np.random.default_rng(0)
@@ -131,6 +132,25 @@ def test_players_the_sampled_pairs_cannot_tell_apart_get_an_even_finite_split():
     assert phi.sum() == pytest.approx(0.55)
 
 
+def test_constrained_solve_takes_the_cholesky_path_only_where_it_equals_the_least_norm_solve():
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(12, 9, generator=g, dtype=torch.float64)
+    ridge = torch.diag(torch.cat([torch.zeros(4), torch.full((5,), 0.1)])).double()
+    b, total, target = (torch.randn(9, 2, generator=g, dtype=torch.float64),
+                        torch.rand(9, generator=g, dtype=torch.float64), torch.tensor([0.3, -1.0]).double())
+
+    def least_norm(gram):
+        kkt = torch.zeros(10, 10, dtype=torch.float64)
+        kkt[:9, :9], kkt[:9, 9], kkt[9, :9] = gram, total, total
+        return symmetric_pinv_solve(kkt, torch.cat([b, target[None]]))[:9]
+    near = X.clone()
+    near[:, 1] = X[:, 0] + 1e-7 * X[:, 1]         # players 0 and 1 all but indistinguishable: least-norm split
+    for gram in (X.T @ X + ridge, near.T @ near + ridge):   # positive definite (the Cholesky path); near-singular
+        solution = constrained_solve(gram, b, total, target, 4)
+        torch.testing.assert_close(solution, least_norm(gram), rtol=1e-7, atol=1e-9)
+        torch.testing.assert_close(total @ solution, target)
+
+
 def test_kernel_shap_is_exact_when_the_budget_covers_every_coalition():
     est = kernel_shap(interacting, M, 2 ** M, np.random.default_rng(0))
     assert torch.allclose(est.phi[0], CLOSED_FORM, atol=1e-6)
@@ -191,6 +211,42 @@ def test_compositor_blends_image_and_baseline_chunk_after_chunk():
         assert out.shape == (n, 3, 12, 10)
         expected = baseline[None] * (1 - masks[:, None]) + image[None] * masks[:, None]
         assert torch.allclose(out, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("grid, height, width", [(8, 32, 48), (5, 21, 17)])
+def test_weighted_mask_sum_at_grid_resolution_equals_summing_the_full_size_masks(grid, height, width):
+    """RISE keeps sum_i w_i M_i per row offset at grid resolution and expands it once: the same as summing the
+    masks themselves (several chunks, so row offsets repeat within and across them)."""
+    g = torch.Generator().manual_seed(1)
+    sampler = RiseMasks(grid, 0.5, height, width, torch.device("cpu"))
+    weighted = WeightedMaskSum(sampler, 3)
+    expected = torch.zeros(3, height, width, dtype=torch.float64)
+    for n in (16, 16, 7):
+        masks, dy, right = sampler.draw(n, g)
+        weights = torch.randn(n, 3, generator=g)
+        weighted.add(weights, dy, right)
+        expected += torch.einsum("nk,nhw->khw", weights.double(), masks.double())
+    torch.testing.assert_close(weighted.total().double(), expected, rtol=0, atol=1e-4)
+
+
+def test_region_game_masks_show_each_region_at_its_coalition_value():
+    """Disjoint soft regions: a pixel is shown at outside + sum_r z_r f_r (no clamp needed); overlapping regions are
+    clamped to [0, 1]; the mask buffer is reused chunk after chunk, growing when a chunk is larger."""
+    g = torch.Generator().manual_seed(2)
+    soft = torch.zeros(3, 6, 5)
+    soft[0, :2], soft[1, 2:4], soft[2, 4:, :3] = 0.7, 1.0, 0.4                  # disjoint, partly soft
+    overlapping = torch.cat([soft, torch.ones(1, 6, 5)])                          # a region covering everything
+    image = torch.rand(3, 6, 5, generator=g)
+    for regions in (soft, overlapping):
+        game = RegionGame(lambda x: x[:, :1, 0, 0], image, regions, Constant(0.0), chunk_size=4)
+        assert game.overlapping == (regions is overlapping)
+        flat = regions.reshape(regions.shape[0], -1)
+        for n in (2, 4, 3):
+            z = torch.rand(n, regions.shape[0], generator=g)
+            expected = ((1 - flat.sum(0)).clamp(0, 1) + z @ flat).clamp(0, 1).view(n, 6, 5)
+            torch.testing.assert_close(game.masks(z), expected)
+            scores = game(z)
+            torch.testing.assert_close(scores[:, 0], image[0, 0, 0] * expected[:, 0, 0])
 
 
 def test_centred_rise_is_plain_rise_minus_the_mean_score_times_coverage():
