@@ -3,10 +3,11 @@ the demo detector (D-RISE score of one pedestrian, regions = its body parts) and
 probabilities, 16 SLIC superpixels, image already at the model's input size). 1.0 would mean the method costs
 exactly its forwards through the bare network; target <= 1.15. Captum's FeatureAblation and KernelShap (with
 perturbations_per_eval = the chunk size) run on the same scorer, regions and budget for comparison.
-Each method runs 5 times, each run right after timing the same number of bare forwards; the overhead is the
-median of those paired ratios (the VM's speed drifts, so unpaired timings are not comparable). Beside it, "own":
-the method's wall time over the time spent inside its scorer in the same run (its own cost factor; the scorer's
-cost over the bare network is bench_models' scorer/raw ratio), which the drift cannot reach.
+Each method runs 5 times, each run right after timing the same number of bare forwards; "paired" is the median of
+those ratios. The VM's speed drifts between the two halves of a pair, so two drift-free figures come from timers
+inside each run: "own" = wall time / time inside the scorer, and "net" = wall time / time inside the bare network
+(the overhead itself, with the network's time measured in the same run); "in-run" = the network's time per image
+in the run / in the paired bare loop (above 1 if feeding it fresh composites made the network itself slower).
 
     python benchmarks/bench_explainers.py [--budget 256] [--out benchmarks/results/explainers.json]
 """
@@ -44,40 +45,50 @@ def raw_seconds(raw_fn, raw_batch: torch.Tensor, n: int) -> float:
         return time.perf_counter() - start
 
 
-class TimedScorer:
-    """The scorer, timing its own calls: a method's wall time over the time spent inside its scorer is the method's
-    own cost factor, measured within one run and so immune to the VM's speed drift (which moves both alike)."""
+class Timed:
+    """A callable (a scorer, a bare network) that adds up the time spent inside its calls: a method's wall time
+    over it is measured within one run, so the VM's speed drift moves both sides alike."""
 
-    def __init__(self, scorer):
-        self.scorer, self.seconds = scorer, 0.0
+    def __init__(self, inner):
+        self.inner, self.seconds, self.images = inner, 0.0, 0
 
     def __getattr__(self, name):
-        return getattr(self.scorer, name)
+        return getattr(self.inner, name)
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def reset(self) -> None:
+        self.seconds, self.images = 0.0, 0
+
+    def __call__(self, images: torch.Tensor, *args, **kw):
         start = time.perf_counter()
-        out = self.scorer(images)
+        out = self.inner(images, *args, **kw)
         self.seconds += time.perf_counter() - start
+        self.images += images.shape[0]
         return out
 
 
-def paired_overhead(run, raw_fn, raw_batch, timer: TimedScorer, repeats: int = 5) -> dict:
+def paired_overhead(run, raw_batch, scorer: Timed, network: Timed, repeats: int = 5) -> dict:
     """Run once (warm-up, counts the forwards n), then ``repeats`` times, each right after timing n bare forwards;
     overhead = median of the per-pair ratios, which cancels the VM's slow speed drift (it moves by up to 2x over
-    minutes, so raw throughput measured once before and once after all methods is not comparable)."""
+    minutes, so raw throughput measured once before and once after all methods is not comparable). Beside it the
+    medians of the in-run ratios (see the module's docstring)."""
     n = run()
-    raw_seconds(raw_fn, raw_batch, n)
-    ratios, seconds, raws, own = [], [], [], []
+    raw_seconds(network.inner, raw_batch, n)
+    ratios, seconds, raws, own, net, in_run = [], [], [], [], [], []
     for _ in range(repeats):
-        raws.append(raw_seconds(raw_fn, raw_batch, n))
-        timer.seconds = 0.0
+        raws.append(raw_seconds(network.inner, raw_batch, n))
+        scorer.reset()
+        network.reset()
         start = time.perf_counter()
         run()
         seconds.append(time.perf_counter() - start)
         ratios.append(seconds[-1] / raws[-1])
-        own.append(seconds[-1] / timer.seconds)
+        own.append(seconds[-1] / scorer.seconds)
+        if network.images:                      # Captum's runs go through the scorer, which calls the network
+            net.append(seconds[-1] / network.seconds)
+            in_run.append(network.seconds / network.images / (raws[-1] / n))
     return {"n_forward": n, "seconds": float(np.median(seconds)), "raw_seconds": float(np.median(raws)),
-            "overhead": float(np.median(ratios)), "own_factor": float(np.median(own))}
+            "overhead": float(np.median(ratios)), "own_factor": float(np.median(own)),
+            "net_overhead": float(np.median(net)), "network_in_run_vs_raw": float(np.median(in_run))}
 
 
 def captum_runs(scorer, image, regions, budget) -> dict[str, callable]:
@@ -110,8 +121,9 @@ def captum_runs(scorer, image, regions, budget) -> dict[str, callable]:
     return {name: counted(run) for name, run in runs.items()}
 
 
-def bench_model(label, scorer, raw_fn, raw_batch, image, regions, budget, methods) -> dict:
-    scorer = TimedScorer(scorer)
+def bench_model(label, scorer, network: Timed, raw_batch, image, regions, budget, methods) -> dict:
+    """``network``: the bare network, already swapped into the model adapter that ``scorer`` calls."""
+    scorer = Timed(scorer)
 
     def explain_run(name: str):
         method = METHODS[name](scorer, chunk_size=CHUNK)
@@ -121,13 +133,13 @@ def bench_model(label, scorer, raw_fn, raw_batch, image, regions, budget, method
 
     runs = {name: explain_run(name) for name in methods}
     runs.update(captum_runs(scorer, image, regions, budget))
-    rows = {name: paired_overhead(run, raw_fn, raw_batch, scorer) for name, run in runs.items()}
+    rows = {name: paired_overhead(run, raw_batch, scorer, network) for name, run in runs.items()}
     raw = float(np.median([r["n_forward"] / r["raw_seconds"] for r in rows.values()]))
     print(f"\n{label}: raw forward {raw:.0f} img/s (batch {CHUNK}, median over the pairs)")
-    print(f"{'method':<26}{'forwards':>9}{'seconds':>9}{'raw s':>8}{'overhead':>10}{'own':>7}")
+    print(f"{'method':<26}{'forwards':>9}{'seconds':>9}{'raw s':>8}{'paired':>8}{'own':>7}{'net':>7}{'in-run':>8}")
     for name, r in rows.items():
-        print(f"{name:<26}{r['n_forward']:>9}{r['seconds']:>9.2f}{r['raw_seconds']:>8.2f}{r['overhead']:>10.2f}"
-              f"{r['own_factor']:>7.3f}")
+        print(f"{name:<26}{r['n_forward']:>9}{r['seconds']:>9.2f}{r['raw_seconds']:>8.2f}{r['overhead']:>8.2f}"
+              f"{r['own_factor']:>7.3f}{r['net_overhead']:>7.3f}{r['network_in_run_vs_raw']:>8.3f}")
     return {"raw_images_per_s": raw, "methods": rows}
 
 
@@ -142,6 +154,7 @@ def main() -> None:
     scorer = person["scorer"]
     scorer.chunk_size = CHUNK
     det = scorer.model
+    det.model = network = Timed(det.model)
     image = person["image"]
     lb, _ = letterbox(image[None].expand(CHUNK, -1, -1, -1).contiguous(), det.imgsz, det.stride)
     parts = torch.cat([person["regions"][10], person["regions"][12][10:11]]).float()      # 10 parts + context
@@ -149,18 +162,19 @@ def main() -> None:
                "beta_shapley", "decam"]
     results = {"device": str(device), "cpus": os.cpu_count(), "budget": args.budget}
     results["detector"] = bench_model(f"demo detector, D-RISE score of {person['det_id']}, 11 part regions", scorer,
-                                      det.model, lb, image, parts, args.budget, methods)
+                                      network, lb, image, parts, args.budget, methods)
     results["detector_exact_parts6"] = bench_model(
-        "demo detector, exact Shapley over 6 parts", scorer, det.model, lb, image,
+        "demo detector, exact Shapley over 6 parts", scorer, network, lb, image,
         person["regions"][6].float(), args.budget, ["exact_shapley"])
 
     clf = load_classifier("models/classifier.pt", device=device)
+    clf.model = network = Timed(clf.model)
     small = F.interpolate(image[None], size=clf.input_size, mode="bilinear", align_corners=False)[0].contiguous()
     cscorer = ClassifierScorer(clf, chunk_size=CHUNK)
     pre = clf.preprocess(small[None].expand(CHUNK, -1, -1, -1).contiguous())
     regions = superpixels(small, 16).float()
     results["classifier"] = bench_model(f"demo classifier, 4 classes, {regions.shape[0]} superpixels", cscorer,
-                                        clf.model, pre, small, regions, args.budget, methods)
+                                        network, pre, small, regions, args.budget, methods)
     write_results(args.out, results)
 
 
