@@ -34,8 +34,9 @@ def faults_per_forward(mode: str, **env: str) -> tuple[str, int]:
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc malloc only")
 def test_importing_flows_stops_forward_passes_page_faulting_their_activations_in():
-    tunables, faults = faults_per_forward("flows")
-    assert tunables.startswith("glibc.malloc.mmap_threshold=")       # passed on to child processes
-    # 16 MiB activations freed and allocated again each forward: ~12,000 page faults each with glibc's defaults
-    assert faults < 500
+    # 16 MiB activations freed and allocated again each forward: ~12,000-14,000 page faults each with glibc's
+    # defaults, 0 to a few hundred after `import flows` (the exact count varies from run to run)
+    _, plain = faults_per_forward("plain")
+    _, tuned = faults_per_forward("flows")
+    assert tuned * 5 < plain
     assert faults_per_forward("flows", GLIBC_TUNABLES="glibc.malloc.check=0")[0] == "glibc.malloc.check=0"
