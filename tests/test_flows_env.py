@@ -26,7 +26,9 @@ print(os.environ.get("GLIBC_TUNABLES"), (resource.getrusage(resource.RUSAGE_SELF
 
 
 def faults_per_forward(mode: str, **env: str) -> tuple[str, int]:
-    environ = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"} | env
+    """(GLIBC_TUNABLES as the child saw it, page faults per forward) in a child whose malloc settings are ``env``
+    alone: one inherited from the caller (CI sets some) would make ``flows`` leave malloc as it is."""
+    environ = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES" and not k.startswith("MALLOC_")} | env
     out = subprocess.run([sys.executable, "-c", FORWARD_FAULTS, mode], cwd=REPO, env=environ, capture_output=True,
                          text=True, check=True).stdout.split()
     return out[0], int(out[1])
@@ -39,4 +41,12 @@ def test_importing_flows_stops_forward_passes_page_faulting_their_activations_in
     _, plain = faults_per_forward("plain")
     _, tuned = faults_per_forward("flows")
     assert tuned * 5 < plain
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc malloc only")
+def test_a_malloc_setting_in_the_environment_wins_over_flows():
     assert faults_per_forward("flows", GLIBC_TUNABLES="glibc.malloc.check=0")[0] == "glibc.malloc.check=0"
+    # an explicit threshold also turns glibc's adaptive one off: every forward maps its activations afresh
+    plain = faults_per_forward("plain", MALLOC_MMAP_THRESHOLD_="131072")[1]
+    tunables, kept = faults_per_forward("flows", MALLOC_MMAP_THRESHOLD_="131072")
+    assert tunables == "None" and kept * 2 > plain
