@@ -6,7 +6,7 @@ from typing import Callable, Protocol
 
 import torch
 
-from explainers.perturb import Compositor, Perturbation
+from explainers.perturb import ChunkBuffer, Compositor, Perturbation
 
 
 class Game(Protocol):
@@ -31,16 +31,14 @@ class RegionGame:
         # overlapping ones need the masks clamped.
         self.overlapping = bool(coverage.max() > 1 + 1e-6)
         self.num_players = R
-        self._buffer: torch.Tensor | None = None
+        self.buffer = ChunkBuffer(H * W, dtype=image.dtype, device=image.device)
 
     def masks(self, coalitions: torch.Tensor) -> torch.Tensor:
         """Pixel masks [N, H, W] of coalition values [N, R]: one matrix product, written into a reused buffer
         (valid until the next call)."""
         n = coalitions.shape[0]
         z = torch.cat([coalitions.to(self.players).clamp(0, 1), self.players.new_ones(n, 1)], 1)
-        if self._buffer is None or self._buffer.shape[0] < n:
-            self._buffer = self.players.new_empty((n, self.players.shape[1]))
-        m = torch.mm(z, self.players, out=self._buffer[:n])
+        m = torch.mm(z, self.players, out=self.buffer(n))
         if self.overlapping:
             m.clamp_(0, 1)
         return m.view(-1, *self.size)

@@ -59,7 +59,7 @@ class Occlusion(Explainer):
             in_rows = (rows.view(1, -1, 1) >= oy) & (rows.view(1, -1, 1) < oy + side)
             in_cols = (cols.view(1, 1, -1) >= ox) & (cols.view(1, 1, -1) < ox + side)
             hidden = (in_rows & in_cols).float()                                     # [n, H, W]
-            scores = self.score(composite(1 - hidden))
+            scores = self.score(composite.hide(hidden))
             flat = hidden.view(hidden.shape[0], -1)
             drop += (full[None] - scores).T @ flat
             count += flat.sum(0)
@@ -70,8 +70,12 @@ class Occlusion(Explainer):
         M = regions.shape[0]
         if budget is not None and budget < M + 1:
             raise BudgetError(f"occluding {M} regions one at a time needs {M + 1} forwards, budget {budget}")
-        game = RegionGame(self.score, image, regions, self.perturbation, self.chunk_size)
-        z = torch.cat([torch.ones(1, M, device=self.device), 1 - torch.eye(M, device=self.device)])
-        v = game(z)
+        if regions.sum(0).max() > 1 + 1e-6:                  # overlapping regions: masks clamped by the game
+            game = RegionGame(self.score, image, regions, self.perturbation, self.chunk_size)
+            v = game(torch.cat([torch.ones(1, M, device=self.device), 1 - torch.eye(M, device=self.device)]))
+        else:                                                # disjoint: hiding region r is exactly mask 1 - f_r
+            composite = Compositor(image, self.perturbation.baseline(image))
+            v = torch.cat([self.score(composite.hide(regions[max(s, 0):s + self.chunk_size], image_first=s < 0))
+                           for s in range(-1, M, self.chunk_size)])                 # the image leads the first chunk
         relevance = (v[0][None] - v[1:]).T                                          # [T, M]
         return paint(relevance, regions), relevance, {"full_score": v[0]}

@@ -94,6 +94,21 @@ def make_perturbation(spec: str | Perturbation) -> Perturbation:
     return PERTURBATIONS[spec]()
 
 
+class ChunkBuffer:
+    """One tensor reused chunk after chunk (grown when a chunk is larger) instead of a fresh one per chunk: no
+    allocating, and on the CPU no page-faulting, of a full batch every time. A view is valid until the next call."""
+
+    def __init__(self, *shape: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+        self.shape, self.dtype, self.device = shape, dtype, device
+        self._tensor: torch.Tensor | None = None
+
+    def __call__(self, n: int) -> torch.Tensor:
+        """A [n, *shape] view of the buffer (contents undefined)."""
+        if self._tensor is None or self._tensor.shape[0] < n:
+            self._tensor = torch.empty((n, *self.shape), dtype=self.dtype, device=self.device)
+        return self._tensor[:n]
+
+
 class Compositor:
     """Images [N, 3, H, W] = baseline + masks [N, H, W] * (image - baseline), for chunk after chunk of one image: the
     difference image is computed once, and chunks are written into one reused buffer instead of a fresh tensor each
@@ -101,12 +116,20 @@ class Compositor:
     the next call: score it before calling again."""
 
     def __init__(self, image: torch.Tensor, baseline: torch.Tensor):
+        self.image = image.unsqueeze(0)
         self.baseline = baseline.unsqueeze(0)
         self.diff = (image - baseline).unsqueeze(0)
-        self._buffer: torch.Tensor | None = None
+        self.buffer = ChunkBuffer(*image.shape, dtype=image.dtype, device=image.device)
 
     def __call__(self, masks: torch.Tensor) -> torch.Tensor:
-        n = masks.shape[0]
-        if self._buffer is None or self._buffer.shape[0] < n:
-            self._buffer = torch.empty((n, *self.diff.shape[1:]), dtype=self.diff.dtype, device=self.diff.device)
-        return torch.addcmul(self.baseline, masks.unsqueeze(1), self.diff, out=self._buffer[:n])
+        return torch.addcmul(self.baseline, masks.unsqueeze(1), self.diff, out=self.buffer(masks.shape[0]))
+
+    def hide(self, masks: torch.Tensor, *, image_first: bool = False) -> torch.Tensor:
+        """Images with ``masks`` [N, H, W] *hidden* (the composites of 1 - masks) = image - masks * (image - baseline):
+        one pass, without forming 1 - masks. ``image_first``: the image itself leads the batch (N + 1 images)."""
+        lead = int(image_first)
+        out = self.buffer(masks.shape[0] + lead)
+        if image_first:
+            out[0] = self.image[0]
+        torch.addcmul(self.image, masks.unsqueeze(1), self.diff, value=-1, out=out[lead:])
+        return out

@@ -9,7 +9,7 @@ import math
 import torch
 
 from explainers.base import Explainer, region_means
-from explainers.perturb import Compositor
+from explainers.perturb import ChunkBuffer, Compositor
 
 
 def _interp_rows(length: int, grid: int, cell: int, device: torch.device) -> torch.Tensor:
@@ -49,18 +49,16 @@ class RiseMasks:
         self.rows = _cached_rows(height, grid, self.cell[0], device)            # [ch, H, grid]
         self.cols_t = _cached_rows(width, grid, self.cell[1], device).transpose(1, 2)   # [cw, grid, W]
         self.device = device
-        self._buffer: torch.Tensor | None = None
+        self.buffer = ChunkBuffer(height, width, device=device)
 
     def draw(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Masks [n, H, W], their row offsets dy [n] and right factors cells @ cols[dx]^T [n, grid, W]."""
-        g, (H, W) = self.grid, self.size
+        g = self.grid
         cells = (torch.rand(n, 1, g, g, generator=generator, device=self.device) < self.p).float()[:, 0]
         dy = torch.randint(0, self.cell[0], (n,), generator=generator, device=self.device)
         dx = torch.randint(0, self.cell[1], (n,), generator=generator, device=self.device)
         right = torch.bmm(cells, self.cols_t[dx])                                # [n, grid, W]
-        if self._buffer is None or self._buffer.shape[0] < n:
-            self._buffer = torch.empty((n, H, W), device=self.device)
-        return torch.bmm(self.rows[dy], right, out=self._buffer[:n]), dy, right
+        return torch.bmm(self.rows[dy], right, out=self.buffer(n)), dy, right
 
 
 def rise_masks(n: int, grid: int, p: float, height: int, width: int, generator: torch.Generator,
