@@ -3,7 +3,8 @@ substrate = blur k11 sigma5, 20 steps) of each method's saliency at budgets from
 models: the detector (D-RISE score of pedestrians >= 60 px; regions = 10 body parts + context) and the classifier
 (all 4 classes of val scenes at the model's input size; regions = 24 SLIC superpixels). Medians over targets.
 
-    python benchmarks/bench_quality.py [--persons 3] [--scenes 4] [--out benchmarks/results/quality.json]
+    python benchmarks/bench_quality.py [--persons 3] [--scenes 4] [--models detector,classifier] [--methods ...]
+                                       [--out benchmarks/results/quality.json]
 """
 from __future__ import annotations
 
@@ -27,9 +28,15 @@ from explainers import METHODS, deletion_insertion, superpixels
 BUDGETS = (100, 250, 500, 1000, 2000, 4000)
 STEPS = 20
 DETECTOR_METHODS = {"drise": ({"grid": 8, "center": True}, False), "occlusion": ({}, False),
-                    "occlusion@parts": ({}, True), "kernel_shap@parts": ({}, True), "lime@parts": ({}, True)}
+                    "occlusion@parts": ({}, True), "bayes_shapley@parts": ({}, True), "kernel_shap@parts": ({}, True),
+                    "lime@parts": ({}, True)}
+# Shapley methods hide regions by blur by default, which leaves colour (the demo classifier's cue) in place: on the
+# classifier they also run with the mean colour that LIME, occlusion, RISE and the deletion curve use ("/mean").
 CLASSIFIER_METHODS = {"rise": ({"center": True}, False), "occlusion": ({}, False),
-                      "kernel_shap@superpixels": ({}, True), "lime@superpixels": ({}, True)}
+                      "bayes_shapley@superpixels": ({}, True),
+                      "bayes_shapley@superpixels/mean": ({"perturbation": "mean"}, True),
+                      "kernel_shap@superpixels": ({}, True),
+                      "kernel_shap@superpixels/mean": ({"perturbation": "mean"}, True), "lime@superpixels": ({}, True)}
 
 
 def curve_scores(scorer, image, saliency) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,23 +70,36 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--persons", type=int, default=3)
     parser.add_argument("--scenes", type=int, default=4)
+    parser.add_argument("--models", default="detector,classifier", help="comma-separated: detector, classifier")
+    parser.add_argument("--methods", default=None, help="comma-separated method keys to run (default: all)")
     parser.add_argument("--out", default="benchmarks/results/quality.json")
     args = parser.parse_args()
+    models = set(args.models.split(","))
+    if not models <= {"detector", "classifier"}:
+        parser.error(f"--models: unknown {sorted(models - {'detector', 'classifier'})}")
+    every = set(DETECTOR_METHODS) | set(CLASSIFIER_METHODS)
+    chosen = every if args.methods is None else set(args.methods.split(","))
+    if not chosen <= every:
+        parser.error(f"--methods: unknown {sorted(chosen - every)}; expected some of {sorted(every)}")
     warnings.filterwarnings("ignore")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    persons = real_games(args.persons, device)
-    det_cases = [(p["scorer"], p["image"], p["regions"][12][:11].float()) for p in persons]   # 10 parts + context
     results = {"device": str(device), "cpus": os.cpu_count(), "steps": STEPS, "budgets": list(BUDGETS),
-               "substrates": {"deletion": "mean", "insertion": "blur(sigma=5.0,kernel=11)"},
-               "detector": run_model("detector", det_cases, DETECTOR_METHODS)}
-    clf = load_classifier("models/classifier.pt", device=device)
-    images = [r for r in pq.read_table("data/pulled/images.parquet").to_pylist() if r["split"] == "val"]
-    clf_cases = []
-    for r in images[:args.scenes]:
-        img = to_batch([load_rgb(r["uri"])])[0].to(device)
-        small = F.interpolate(img[None], size=clf.input_size, mode="bilinear", align_corners=False)[0].contiguous()
-        clf_cases.append((ClassifierScorer(clf), small, superpixels(small, 24).float()))
-    results["classifier"] = run_model("classifier", clf_cases, CLASSIFIER_METHODS)
+               "substrates": {"deletion": "mean", "insertion": "blur(sigma=5.0,kernel=11)"}}
+    if "detector" in models:
+        persons = real_games(args.persons, device)
+        det_cases = [(p["scorer"], p["image"], p["regions"][12][:11].float()) for p in persons]  # 10 parts + context
+        results["detector"] = run_model("detector", det_cases,
+                                        {k: v for k, v in DETECTOR_METHODS.items() if k in chosen})
+    if "classifier" in models:
+        clf = load_classifier("models/classifier.pt", device=device)
+        images = [r for r in pq.read_table("data/pulled/images.parquet").to_pylist() if r["split"] == "val"]
+        clf_cases = []
+        for r in images[:args.scenes]:
+            img = to_batch([load_rgb(r["uri"])])[0].to(device)
+            small = F.interpolate(img[None], size=clf.input_size, mode="bilinear", align_corners=False)[0]
+            clf_cases.append((ClassifierScorer(clf), small.contiguous(), superpixels(small, 24).float()))
+        results["classifier"] = run_model("classifier", clf_cases,
+                                          {k: v for k, v in CLASSIFIER_METHODS.items() if k in chosen})
     write_results(args.out, results)
 
 
