@@ -25,6 +25,10 @@ print(os.environ.get("GLIBC_TUNABLES"), (resource.getrusage(resource.RUSAGE_SELF
 """
 
 
+GLIBC_ONLY = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+                                reason="glibc malloc only")
+
+
 def faults_per_forward(mode: str, **env: str) -> tuple[str, int]:
     """(GLIBC_TUNABLES as the child saw it, page faults per forward) in a child whose malloc settings are ``env``
     alone: one inherited from the caller (CI sets some) would make ``flows`` leave malloc as it is."""
@@ -34,7 +38,7 @@ def faults_per_forward(mode: str, **env: str) -> tuple[str, int]:
     return out[0], int(out[1])
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc malloc only")
+@GLIBC_ONLY
 def test_importing_flows_stops_forward_passes_page_faulting_their_activations_in():
     # 16 MiB activations freed and allocated again each forward: ~12,000-14,000 page faults each with glibc's
     # defaults, 0 to a few hundred after `import flows` (the exact count varies from run to run)
@@ -43,7 +47,7 @@ def test_importing_flows_stops_forward_passes_page_faulting_their_activations_in
     assert tuned * 5 < plain
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc malloc only")
+@GLIBC_ONLY
 def test_a_malloc_setting_in_the_environment_wins_over_flows():
     assert faults_per_forward("flows", GLIBC_TUNABLES="glibc.malloc.check=0")[0] == "glibc.malloc.check=0"
     # an explicit threshold also turns glibc's adaptive one off: every forward maps its activations afresh
