@@ -15,6 +15,12 @@ class Game(Protocol):
     def __call__(self, coalitions: torch.Tensor) -> torch.Tensor: ...
 
 
+def overlapping(coverage: torch.Tensor) -> bool:
+    """Whether regions overlap, given their coverage (the sum of the region masks per pixel): where they do not
+    (coverage <= 1), hiding a set of regions is exactly the mask 1 - (their sum), with no clamping."""
+    return bool(coverage.max() > 1 + 1e-6)
+
+
 class RegionGame:
     def __init__(self, score: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, regions: torch.Tensor,
                  perturbation: Perturbation, chunk_size: int):
@@ -27,9 +33,9 @@ class RegionGame:
         # [R + 1, HW]: the regions, then the pixels outside every region as one more player that is always shown,
         # so a chunk's masks are one plain matrix product (no bias broadcast to copy first).
         self.players = torch.cat([flat, (1 - coverage).clamp(0, 1).unsqueeze(0)])
-        # Regions that do not overlap (coverage <= 1) keep every mask in [0, 1] for coalition values in [0, 1];
-        # overlapping ones need the masks clamped.
-        self.overlapping = bool(coverage.max() > 1 + 1e-6)
+        # Regions that do not overlap keep every mask in [0, 1] for coalition values in [0, 1]; overlapping ones need
+        # the masks clamped.
+        self.overlapping = overlapping(coverage)
         self.num_players = R
         self.buffer = ChunkBuffer(H * W, dtype=image.dtype, device=image.device)
 

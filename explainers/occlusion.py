@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from explainers.base import BudgetError, Explainer, paint
-from explainers.game import RegionGame
+from explainers.game import RegionGame, overlapping
 from explainers.perturb import Compositor
 
 
@@ -70,7 +70,7 @@ class Occlusion(Explainer):
         M = regions.shape[0]
         if budget is not None and budget < M + 1:
             raise BudgetError(f"occluding {M} regions one at a time needs {M + 1} forwards, budget {budget}")
-        if regions.sum(0).max() > 1 + 1e-6:                  # overlapping regions: masks clamped by the game
+        if overlapping(regions.sum(0)):                      # overlapping regions: masks clamped by the game
             game = RegionGame(self.score, image, regions, self.perturbation, self.chunk_size)
             v = game(torch.cat([torch.ones(1, M, device=self.device), 1 - torch.eye(M, device=self.device)]))
         else:                                                # disjoint: hiding region r is exactly mask 1 - f_r
