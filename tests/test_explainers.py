@@ -293,26 +293,47 @@ def test_drise_localises_the_head_a_detector_depends_on():
     assert (sal * head_mask).sum() / head_mask.sum() > 2 * (sal * (body & ~head_mask)).sum() / (body & ~head_mask).sum()
 
 
-def test_region_methods_rank_the_part_the_model_uses_first():
-    image, head = _figure()
-    x1, y1, x2, y2 = head
+def _agrees_with_exact(relevance: torch.Tensor, exact: torch.Tensor, atol: float) -> bool:
+    """The check the region methods must pass: the same top region as the exact Shapley values, the used regions
+    in the same order above every unused one, and each value within ``atol`` of the exact one."""
+    used = exact.abs() > 1e-9
+    order = exact[used].argsort(descending=True)
+    ranked = relevance[used][order]
+    return bool(relevance.argmax() == exact.argmax() and (ranked[:-1] > ranked[1:]).all()
+                and ranked[-1] > relevance[~used].max() and torch.allclose(relevance, exact, atol=atol))
 
-    class HeadModel(QuadrantModel):
+
+def test_region_methods_rank_the_part_the_model_uses_first():
+    image, _ = _figure()
+
+    class HeadAndLegModel(QuadrantModel):          # additive over regions: head counts fully, the right leg half
         def __call__(self, images):
-            return images[:, :, y1:y2, x1:x2].mean((1, 2, 3))[:, None]
+            head, right_leg = images[:, :, 8:16, 28:36], images[:, :, 40:60, 33:37]
+            return (head.mean((1, 2, 3)) + 0.5 * right_leg.mean((1, 2, 3)))[:, None]
 
     parts = torch.zeros(4, 64, 64, dtype=torch.bool)
-    parts[0, 8:16, 28:36] = True                   # head
-    parts[1, 16:40, 26:38] = True                  # torso
-    parts[2, 40:60, 27:31] = True
-    parts[3, 40:60, 33:37] = True
-    for cls in (ExactShapley, BayesShapley, KernelShap, PermutationShapley, BetaShapley, Lime, Occlusion):
-        exp = cls(HeadModel(), perturbation="constant").explain(image, parts, budget=64, seed=0)
-        assert exp.relevance.shape == (1, 4) and exp.relevance[0].argmax() == 0, cls.name
-    exact = ExactShapley(HeadModel(), perturbation="constant").explain(image, parts)
-    assert exact.n_forward == 16
-    assert torch.allclose(exact.relevance[0, 1:], torch.zeros(3), atol=1e-6)   # unused parts: exactly 0
-    assert torch.allclose(exact.relevance.sum(1), exact.full_score - exact.empty_score, atol=1e-5)
+    parts[0, 16:40, 26:38] = True                  # torso (unused)
+    parts[1, 40:60, 33:37] = True                  # right leg: used, half weight
+    parts[2, 8:16, 28:36] = True                   # head: used, the most relevant (not region 0: ties go to 0)
+    parts[3, 40:60, 27:31] = True                  # left leg (unused)
+    # An additive game's Shapley value of a region is its own term: shown (image) minus hidden (constant 0).
+    exact = torch.tensor([0.0, 0.5 * image[:, 40:60, 33:37].mean(), image[:, 8:16, 28:36].mean(), 0.0])
+    assert exact.tolist() == pytest.approx([0.0, 0.1, 1.0, 0.0])
+    # The check rejects what a broken method returns: zeros, a constant, the right values on the wrong regions.
+    for wrong in (torch.zeros(4), torch.full((4,), 0.3), exact.roll(1), exact.flip(0), 0.5 * exact):
+        assert not _agrees_with_exact(wrong, exact, atol=0.25), wrong
+    for cls in (ExactShapley, BayesShapley, KernelShap, PermutationShapley, BetaShapley, Occlusion):
+        exp = cls(HeadAndLegModel(), perturbation="constant").explain(image, parts, budget=64, seed=0)
+        assert exp.relevance.shape == (1, 4), cls.name
+        assert _agrees_with_exact(exp.relevance[0], exact, atol=1e-5), (cls.name, exp.relevance)
+    # LIME's coefficients are the Shapley values of an additive game; its default ridge penalty shrinks them.
+    exact_lime = Lime(HeadAndLegModel(), perturbation="constant", alpha=1e-6).explain(image, parts, budget=64, seed=0)
+    assert _agrees_with_exact(exact_lime.relevance[0], exact, atol=1e-4), exact_lime.relevance
+    lime = Lime(HeadAndLegModel(), perturbation="constant").explain(image, parts, budget=64, seed=0)
+    assert _agrees_with_exact(lime.relevance[0], exact, atol=0.25), lime.relevance
+    exact_exp = ExactShapley(HeadAndLegModel(), perturbation="constant").explain(image, parts)
+    assert exact_exp.n_forward == 16
+    assert torch.allclose(exact_exp.relevance.sum(1), exact_exp.full_score - exact_exp.empty_score, atol=1e-5)
 
 
 class TwoTargetModel(QuadrantModel):
