@@ -71,14 +71,18 @@ class YoloDetector:
         return out, box
 
     def _split(self, out: torch.Tensor, box: Letterbox) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Raw output ``[B, A, 4 + C (+ K*D)]`` -> boxes ``[B, A, 4]`` (xyxy, original pixels), class scores
+        ``[B, A, C]`` and keypoints ``[B, A, K, 3]`` (x, y in original pixels, confidence; 1.0 for models trained
+        on ``kpt_shape [K, 2]`` labels, which predict no confidence), mapped with the letterbox's per-axis scales."""
         C = self.num_classes
         boxes = box.boxes_to_original(_xywh_to_xyxy(out[..., :4]))
         scores = out[..., 4:4 + C]
         kpts = None
         if self.kpt_shape:
             k, d = self.kpt_shape
-            kpts = out[..., 4 + C:4 + C + k * d].reshape(*out.shape[:2], k, d).clone()
-            kpts[..., :2] = box.points_to_original(kpts[..., :2])
+            raw = out[..., 4 + C:4 + C + k * d].reshape(*out.shape[:2], k, d)
+            conf = raw[..., 2:3] if d == 3 else torch.ones_like(raw[..., :1])   # [17, 2] models: no confidence
+            kpts = torch.cat([box.points_to_original(raw[..., :2]), conf], -1)
         return boxes, scores, kpts
 
     def candidates(self, images: torch.Tensor) -> Candidates:
