@@ -28,12 +28,46 @@ NUM_PAIRS = NUM_TYPES - 1          # type t >= 1 is pair t - 1: keypoints 2t - 1
 MEAN, STD = 0.5, 0.25
 
 
+HEATMAP_STRIDE = 2                 # crop pixels per heatmap pixel (the network's stride-2 stem)
+
+
 @dataclass(frozen=True)
 class CropSpec:
-    """How a person box becomes the network's input: centred, ``scale`` x the box (height), ``size`` (H, W)."""
+    """How a person box becomes the network's input: centred, ``scale`` x the box (height), ``size`` (H, W).
+
+    Both sides of ``size`` must be even: the heatmaps are exactly half the crop, so that a heatmap pixel is 2 x 2
+    crop pixels and a mirrored heatmap is the heatmap of the mirrored crop (an odd side would give a heatmap of
+    ``ceil(side / 2)`` pixels, half a pixel longer than the crop). Raises ``ValueError`` otherwise.
+    """
 
     size: tuple[int, int] = (64, 32)
     scale: float = 1.25
+
+    def __post_init__(self):
+        if len(self.size) != 2 or any(int(s) != s or s < HEATMAP_STRIDE or s % HEATMAP_STRIDE for s in self.size):
+            raise ValueError(f"keypoint crop size must be two even positive integers (H, W), got {self.size!r}")
+        if not self.scale > 0:
+            raise ValueError(f"keypoint crop scale must be positive, got {self.scale!r}")
+
+    @property
+    def heatmap_size(self) -> tuple[int, int]:
+        """(h, w) of the network's heatmaps for this crop."""
+        return self.size[0] // HEATMAP_STRIDE, self.size[1] // HEATMAP_STRIDE
+
+    def _cells(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h, w = self.heatmap_size
+        origin = windows[:, None, :2]
+        return origin, (windows[:, None, 2:] - origin) / windows.new_tensor([w, h])
+
+    def to_heatmap(self, xy: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+        """Points [N, K, 2] in image pixel edges -> heatmap pixel edges of the crops at ``windows`` [N, 4]."""
+        origin, cell = self._cells(windows)
+        return (xy - origin) / cell
+
+    def from_heatmap(self, uv: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+        """Heatmap pixel edges [N, K, 2] of the crops at ``windows`` [N, 4] -> image pixel edges (the inverse)."""
+        origin, cell = self._cells(windows)
+        return origin + uv * cell
 
     def boxes(self, boxes: torch.Tensor) -> torch.Tensor:
         """Crop windows [N, 4] (xyxy) of the aspect of ``size`` around person boxes [N, 4]."""
@@ -156,9 +190,10 @@ class TopDownKeypoints:
             b, i = boxes[start:start + self.batch_size], image_index[start:start + self.batch_size]
             windows = self.crop.boxes(b)
             types, sides, labelled = self._maps(crop_persons(images, i, windows, self.crop.size))
-            uv = decode_heatmaps(types, sides)
-            scale = (windows[:, 2:] - windows[:, :2]) / torch.tensor(types.shape[:-3:-1], device=self.device)
-            xy = windows[:, None, :2] + uv * scale[:, None]
+            if tuple(types.shape[-2:]) != self.crop.heatmap_size:
+                raise ValueError(f"keypoint network gave {tuple(types.shape[-2:])} heatmaps for {self.crop.size} "
+                                 f"crops; expected {self.crop.heatmap_size}")
+            xy = self.crop.from_heatmap(decode_heatmaps(types, sides), windows)
             out.append(torch.cat([xy, labelled.sigmoid()[..., None]], 2))
         return torch.cat(out).cpu() if out else torch.zeros(0, NUM_KEYPOINTS, 3)
 
@@ -220,7 +255,7 @@ def train_keypoint_model(images: torch.Tensor, boxes: torch.Tensor, image_index:
     steps = cfg.epochs * math.ceil(len(boxes) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=max(steps, 1), pct_start=0.15)
     flip = torch.tensor(COCO_FLIP_INDEX)
-    hh, hw = cfg.crop_size[0] // 2, cfg.crop_size[1] // 2
+    hw = crop.heatmap_size[1]
     pixels = images.float().div_(255)     # once: roi_align reads every batch's crops from it, no per-batch copy
     history: list[float] = []
     net.train()
@@ -236,8 +271,7 @@ def train_keypoint_model(images: torch.Tensor, boxes: torch.Tensor, image_index:
             windows = crop.boxes(b)
             x = crop_persons(pixels, image_index[sel], windows, crop.size)
             kp = keypoints[sel].float()
-            uv = (kp[..., :2] - windows[:, None, :2]) / (windows[:, None, 2:] - windows[:, None, :2])
-            uv = uv * torch.tensor([hw, hh], dtype=uv.dtype)
+            uv = crop.to_heatmap(kp[..., :2], windows)
             labelled = (kp[..., 2] > 0).float()
             mirror = torch.rand(n, generator=gen) < 0.5                        # horizontal flip augmentation
             x = torch.where(mirror[:, None, None, None], x.flip(3), x)
@@ -277,7 +311,7 @@ def load_keypoint_model(path: str | Path, device: str | torch.device | None = "a
             raise ValueError("not a top-down keypoint model file")
         net = KeypointNet(int(blob["width"]))
         net.load_state_dict(blob["state_dict"])
+        crop = CropSpec(tuple(blob["crop_size"]), float(blob["crop_scale"]))
     except Exception as exc:
         raise WeightsError(f"{path}: cannot load keypoint model ({type(exc).__name__}: {exc})") from None
-    crop = CropSpec(tuple(blob["crop_size"]), float(blob["crop_scale"]))
     return TopDownKeypoints(net, crop, device=device, batch_size=batch_size)
