@@ -1,6 +1,11 @@
 """Tasks of the evaluate stage: the metrics of ``explainers.metrics`` for every explanation of a shard of images
 (deletion / insertion AUC with the model, pointing game and energy pointing game against boxes and body-part
-masks, cost), and the agreement between methods on the same target."""
+masks, cost), and the agreement between methods on the same target.
+
+A metric that is undefined for an explanation (constant or NaN saliency, an empty region, an offset map's EPG,
+constant relevance: see ``explainers.metrics``) is stored as a row ``undefined:<metric>:<reason>`` (value 1.0)
+instead of a value, so it is counted and never averaged; a saliency map with NaN / inf values is also an
+``errors`` row (error_type ``nonfinite_saliency``)."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,25 +15,59 @@ import torch.nn.functional as F
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from detection.datasets.records import error_row
 from detection.masks import rle_decode
-from explainers.metrics import box_masks, deletion_insertion, energy_pointing_game, pointing_game
+from explainers.metrics import (UNDEFINED_REASONS, box_masks, deletion_insertion, energy_pointing_game,
+                                pointing_game, region_share, relevance_reason, spearman, top_match,
+                                undefined_reason)
 from tasks.explain import classifier_scorer, classifier_view, detection_scorer, load_image, task_device
 from tasks.params import Params
 from tasks.shards import write_shard
 
+__all__ = ["CONTEXT", "SUBSTRATES", "agreement_rows", "evaluate_image", "evaluate_shard", "parse_undefined",
+           "spearman", "undefined_metric"]
+
 CONTEXT = "context"
 SUBSTRATES = {"deletion": "mean", "insertion": "blur"}    # RISE's reference substrates
+UNDEFINED = "undefined:"
+NONFINITE_VALUE = "nonfinite_value"        # a NaN / inf result without a known cause (e.g. the model scored NaN)
+NONFINITE_SALIENCY = "nonfinite_saliency"
+
+
+def undefined_metric(metric: str, reason: str) -> str:
+    """The metrics-table name of an undefined value: ``undefined:<metric>:<reason>``."""
+    return f"{UNDEFINED}{metric}:{reason}"
+
+
+def parse_undefined(name: str) -> tuple[str, str] | None:
+    """``undefined:<metric>:<reason>`` -> (metric, reason); None for a defined metric's name."""
+    if not name.startswith(UNDEFINED):
+        return None
+    metric, reason = name[len(UNDEFINED):].rsplit(":", 1)
+    return metric, reason
 
 
 def _saliency(row: dict, size: tuple[int, int]) -> torch.Tensor:
-    """The stored float16 grid, bilinearly upsampled to the size it was computed at -> [H, W] float32."""
+    """The stored float16 grid, bilinearly upsampled to the size it was computed at -> [H, W] float32 (a constant
+    grid stays exactly constant, so it is recognised as uninformative)."""
     grid = torch.tensor(np.asarray(row["saliency"], np.float32)).view(row["saliency_height"], row["saliency_width"])
+    if torch.isfinite(grid).all() and grid.max() == grid.min():
+        return torch.full(size, float(grid[0, 0]))
     return F.interpolate(grid[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
 
 
-def _metric_rows(row: dict, values: dict[str, float]) -> list[dict]:
-    return [{"image_id": row["image_id"], "target_id": row["target_id"], "kind": row["kind"], "job": row["job"],
-             "metric": name, "value": float(v)} for name, v in values.items() if v is not None and np.isfinite(v)]
+def _metric_rows(row: dict, values: dict[str, float], reasons: dict[str, str] | None = None) -> list[dict]:
+    """Metrics-table rows of one explanation: a row per defined value; a value with a reason, or NaN / inf /
+    None, becomes a row ``undefined:<metric>:<reason>`` (value 1.0) instead."""
+    key = {"image_id": row["image_id"], "target_id": row["target_id"], "kind": row["kind"], "job": row["job"]}
+    out = []
+    for name, v in values.items():
+        reason = (reasons or {}).get(name)
+        if reason is None and (v is None or not np.isfinite(v)):
+            reason = NONFINITE_VALUE
+        out.append({**key, "metric": name, "value": float(v)} if reason is None else
+                   {**key, "metric": undefined_metric(name, reason), "value": 1.0})
+    return out
 
 
 def _target_masks(target: dict, parts: list[dict], gt_boxes: dict[str, list], H: int, W: int,
@@ -54,8 +93,13 @@ def _target_masks(target: dict, parts: list[dict], gt_boxes: dict[str, list], H:
     return out
 
 
+def _reason(code: torch.Tensor) -> str | None:
+    return UNDEFINED_REASONS[int(code)] or None
+
+
 def evaluate_image(item: dict, params: Params, device: str, errors: list[dict]) -> list[dict]:
-    """Metrics of every explanation of one image."""
+    """Metrics-table rows of every explanation of one image (undefined values as ``undefined:`` rows); an
+    unreadable image, or a saliency map with NaN / inf values, adds an ``errors`` row."""
     cfg = params.evaluate
     img = item["image"]
     image = load_image(img, "evaluate", device, errors)
@@ -70,33 +114,51 @@ def evaluate_image(item: dict, params: Params, device: str, errors: list[dict]) 
         by_job.setdefault((e["job"], e["kind"]), []).append(e)
     for (job, kind), exps in by_job.items():
         ts = [targets[e["target_id"]] for e in exps]
-        if kind == "classes":
-            view = classifier_view(params, device, image)
-            scorer = classifier_scorer(params, device, ts)
-        else:
-            view, scorer = image, detection_scorer(params, device, ts)
+        view = classifier_view(params, device, image) if kind == "classes" else image
         size = tuple(view.shape[-2:])
         saliency = torch.stack([_saliency(e, size) for e in exps])
         values = [{"n_forward": e["n_forward"] / e["shared_by"], "seconds": e["seconds"] / e["shared_by"]}
                   for e in exps]
+        reasons: list[dict[str, str]] = [{} for _ in exps]
+        for e in exps:
+            stored = np.asarray(e["saliency"], np.float32)
+            bad = int((~np.isfinite(stored)).sum())
+            if bad:
+                errors.append(error_row("evaluate", img["uri"], NONFINITE_SALIENCY,
+                                        f"{job} {e['target_id']}: {bad} of {stored.size} stored saliency values "
+                                        f"are NaN or infinite; its metrics are undefined", img["image_id"]))
         scale = (size[0] / H, size[1] / W)
         for i, (e, t) in enumerate(zip(exps, ts)):
             masks = _target_masks(t, item["parts"].get((t["parts_model"], t["parts_id"]), []), item["gt_boxes"],
                                   size[0], size[1], scale)
+            sal = saliency[i:i + 1]
             for name, m in masks.items():
-                values[i][f"pointing_{name}"] = float(pointing_game(saliency[i:i + 1], m[None],
-                                                                   cfg.pointing_tolerance)[0])
-                values[i][f"epg_{name}"] = float(energy_pointing_game(saliency[i:i + 1], m[None])[0])
+                m = m[None]
+                for metric, value, check in (
+                        (f"pointing_{name}", pointing_game(sal, m, cfg.pointing_tolerance), "pointing"),
+                        (f"epg_{name}", energy_pointing_game(sal, m), "epg")):
+                    values[i][metric] = float(value[0])
+                    reason = _reason(undefined_reason(sal, m, check)[0])
+                    if reason is not None:
+                        reasons[i][metric] = reason
+                if f"epg_{name}" not in reasons[i]:            # EPG's chance level, beside every defined EPG
+                    values[i][f"epg_{name}_chance"] = float(region_share(m)[0])
         if causal:
+            scorer = (classifier_scorer(params, device, ts) if kind == "classes" else
+                      detection_scorer(params, device, ts))
             for mode in ("deletion", "insertion"):
                 curve = deletion_insertion(scorer, view, saliency, mode=mode, substrate=SUBSTRATES[mode],
                                            steps=cfg.steps)
                 for i in range(len(exps)):
                     values[i][f"{mode}_auc"] = float(curve.auc[i])
+                    reason = _reason(curve.reason[i])
+                    if reason is not None:
+                        reasons[i][f"{mode}_auc"] = reason
+                        continue
                     for k, v in enumerate(curve.curves[i].tolist()):
                         values[i][f"{mode}_curve_{k:02d}"] = v
-        for e, v in zip(exps, values):
-            rows += _metric_rows(e, v)
+        for e, v, r in zip(exps, values, reasons):
+            rows += _metric_rows(e, v, r)
     return rows
 
 
@@ -110,28 +172,11 @@ def evaluate_shard(items: list[dict], params: Params, shard_dir: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- agreement
-def _ranks(x: np.ndarray) -> np.ndarray:
-    order = x.argsort(kind="stable")
-    ranks = np.empty(len(x))
-    ranks[order] = np.arange(len(x))
-    for v in np.unique(x):                   # average ranks of ties
-        same = x == v
-        ranks[same] = ranks[same].mean()
-    return ranks
-
-
-def spearman(a: list[float], b: list[float]) -> float:
-    """Rank correlation of two relevance vectors over the same regions (nan when either is constant)."""
-    ra, rb = _ranks(np.asarray(a, float)), _ranks(np.asarray(b, float))
-    if ra.std() == 0 or rb.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
 def agreement_rows(explanations: pa.Table) -> list[dict]:
-    """For every target explained by several jobs with relevance over the same body parts: Spearman rank
-    correlation between each pair of jobs (metric ``agree:<other job>`` on the first job of the pair) and whether
-    they name the same most relevant part (``top_part_match:<other job>``)."""
+    """For every target explained by several jobs with relevance over the same body parts (at least 3 in common):
+    Spearman rank correlation between each pair of jobs (metric ``agree:<other job>`` on the first job of the
+    pair) and whether they name the same most relevant part (``top_part_match:<other job>``; ties: a match if any
+    top part of one is a top part of the other). Constant or NaN relevance gives ``undefined:`` rows."""
     by_target: dict[tuple[str, str], list[dict]] = {}
     cols = ["image_id", "target_id", "kind", "job", "region_names", "relevance"]
     for r in explanations.select(cols).to_pylist():
@@ -145,8 +190,12 @@ def agreement_rows(explanations: pa.Table) -> list[dict]:
                 common = [n for n in a["region_names"] if n in b["region_names"]]
                 if len(common) < 3:
                     continue
-                va = [a["relevance"][a["region_names"].index(n)] for n in common]
-                vb = [b["relevance"][b["region_names"].index(n)] for n in common]
-                rows += _metric_rows(a, {f"agree:{b['job']}": spearman(va, vb),
-                                         f"top_part_match:{b['job']}": float(np.argmax(va) == np.argmax(vb))})
+                va = [np.nan if a["relevance"][a["region_names"].index(n)] is None else
+                      a["relevance"][a["region_names"].index(n)] for n in common]
+                vb = [np.nan if b["relevance"][b["region_names"].index(n)] is None else
+                      b["relevance"][b["region_names"].index(n)] for n in common]
+                names = (f"agree:{b['job']}", f"top_part_match:{b['job']}")
+                reason = relevance_reason(va, vb)
+                rows += _metric_rows(a, dict(zip(names, (spearman(va, vb), top_match(va, vb)))),
+                                     None if reason is None else dict.fromkeys(names, reason))
     return rows
