@@ -69,9 +69,10 @@ def test_load_params_file_errors(tmp_path):
                                                                            "targets": "persons"}]}},
      r"explain\.jobs\[1\]: a second 'occlusion@parts' job on 'persons'"),
     ({"explain": {"jobs": [{"method": "bayes_shapley", "targets": "persons", "options": {"decay": 2}}]}},
-     r"explain\.jobs\[0\]: .*bayes_shapley options \{'decay': 2\}: decay must lie in \(0, 1\), got 2"),
+     r"explain\.jobs\[0\]: .*bayes_shapley options \{'decay': 2\.0\}: decay must lie in \(0, 1\), got 2\.0"),
     ({"explain": {"jobs": [{"method": "kernel_shap", "targets": "persons", "options": {"grid": 8}}]}},
-     r"explain\.jobs\[0\]: .*kernel_shap has no option among \['grid'\]"),
+     r"explain\.jobs\[0\]\.options: .*kernel_shap has no option among \['grid'\]; its options are "
+     r"\['n_segments', 'order', 'perturbation', 'ridge'\]"),
     ({"explain": {"jobs": [{"method": "rise", "targets": "classes", "regions": "none",
                             "options": {"perturbation": "fog"}}]}},
      r"explain\.jobs\[0\]: .*rise options .*fog"),
@@ -81,3 +82,79 @@ def test_load_params_file_errors(tmp_path):
 def test_model_sections_validated(data, expected):
     with pytest.raises(ParamsError, match=expected):
         parse_params(data)
+
+
+# ---------------------------------------------------------------------------------------------- YAML 1.2 as DVC
+DVC_STYLE = """\
+seed: 010                  # YAML 1.2: decimal 10 (YAML 1.1 / PyYAML: octal 8)
+explain:
+  jobs:
+    - {method: kernel_shap, targets: persons, regions: parts, options: {ridge: 1e-2}}
+    - {method: drise, targets: persons, regions: none, options: {p: 5e-1, grid: 4}}
+"""
+
+
+def test_params_are_read_as_dvc_reads_them(tmp_path):
+    """params.yaml is YAML 1.2 for DVC (ruamel.yaml): 1e-2 is a float, 010 is ten. The pipeline reads it the same
+    way, so `dvc params diff` and the stages see the same numbers."""
+    from dvc.utils.serialize import parse_yaml
+
+    path = tmp_path / "params.yaml"
+    path.write_text(DVC_STYLE)
+    params = load_params(path)
+    dvc = parse_yaml(DVC_STYLE, str(path))
+    assert params.seed == dvc["seed"] == 10
+    ridge, p = params.explain.jobs[0].options["ridge"], params.explain.jobs[1].options["p"]
+    assert (ridge, p) == (dvc["explain"]["jobs"][0]["options"]["ridge"], dvc["explain"]["jobs"][1]["options"]["p"])
+    assert isinstance(ridge, float) and ridge == 0.01 and isinstance(p, float) and p == 0.5
+
+
+@pytest.mark.parametrize("text, expected", [
+    # YAML 1.1 booleans are plain strings in YAML 1.2: a string where a bool is needed is an error, not True
+    ("explain:\n  jobs:\n    - {method: drise, targets: persons, regions: none, options: {center: yes}}\n",
+     r"explain\.jobs\[0\]\.options: .*drise option 'center': expected a bool \(true / false\), got 'yes'"),
+    ("pull:\n  synthetic:\n    p_occluder: 1:30\n", r"pull\.synthetic\.p_occluder: .*\(got '1:30'\)"),
+    ("seed: 1\nseed: 2\n", r"invalid YAML .*duplicate key"),
+])
+def test_yaml_1_1_spellings_are_errors(tmp_path, text, expected):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamsError, match=expected):
+        load_params(path)
+
+
+def _job(method, options, **extra):
+    regions = "none" if method in ("drise", "rise", "decam") else "parts"
+    return {"explain": {"jobs": [{"method": method, "targets": "persons", "regions": regions, "options": options,
+                                  **extra}]}}
+
+
+@pytest.mark.parametrize("method, options, expected", [
+    ("kernel_shap", {"ridge": "1e-2"}, r"kernel_shap option 'ridge': expected a float, got '1e-2' \(str\)"),
+    ("drise", {"p": "0.5"}, r"drise option 'p': expected a float, got '0.5' \(str\)"),
+    ("drise", {"grid": True}, r"drise option 'grid': expected an int, got True \(bool\)"),
+    ("drise", {"grid": 8.5}, r"drise option 'grid': expected an int, got 8.5 \(float\)"),
+    ("drise", {"center": 1}, r"drise option 'center': expected a bool \(true / false\), got 1 \(int\)"),
+    ("bayes_shapley", {"decay": float("nan")}, r"bayes_shapley option 'decay': .*finite.*got nan"),
+    ("occlusion", {"window": "16"}, r"occlusion option 'window': expected a float or an int, got '16' \(str\)"),
+    ("lime", {"perturbation": 3}, r"lime option 'perturbation': expected a str, got 3 \(int\)"),
+    ("drise", {"chunk_size": 4}, r"drise option 'chunk_size': set explain\.chunk_size instead"),
+])
+def test_option_types_checked_against_the_explainer(method, options, expected):
+    """Each option's type comes from the explainer's __init__ annotations; a mismatch names job, option and value
+    instead of failing inside every explanation."""
+    with pytest.raises(ParamsError, match=r"explain\.jobs\[0\]\.options: .*" + expected):
+        parse_params(_job(method, options))
+
+
+def test_option_types_coerced():
+    """An int where a float is expected becomes a float (one config hash for `ridge: 1` and `ridge: 1.0`); an int
+    where the explainer distinguishes int from float (occlusion's window: pixels vs fraction) stays an int."""
+    ridge = parse_params(_job("kernel_shap", {"ridge": 1})).explain.jobs[0].options["ridge"]
+    assert ridge == 1.0 and type(ridge) is float
+    window = parse_params(_job("occlusion", {"window": 16})).explain.jobs[0].options["window"]
+    assert window == 16 and type(window) is int
+    window = parse_params(_job("occlusion", {"window": 0.2})).explain.jobs[0].options["window"]
+    assert type(window) is float
+    p = parse_params(_job("drise", {"p": 0.25, "grid": 4, "center": False})).explain.jobs[0].options
+    assert p == {"p": 0.25, "grid": 4, "center": False}
