@@ -9,6 +9,7 @@ from pathlib import Path
 import flows  # noqa: F401  (environment defaults)
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from prefect import flow, get_run_logger
 
@@ -17,12 +18,23 @@ from flows.explain import read_explanations
 from flows.progress import progress
 from flows.runner import task_runner
 from explainers.perturb import make_perturbation
-from tasks.evaluate import SUBSTRATES, agreement_rows, evaluate_shard
+from tasks.evaluate import NONFINITE_SALIENCY, SUBSTRATES, agreement_rows, evaluate_shard, parse_undefined
 from tasks.params import Params, load_params
 from tasks.shards import fresh_staging, publish, read_shards, shard_ranges, write_json
 
-SUMMARY_METRICS = ("deletion_auc", "insertion_auc", "pointing_box", "epg_box", "pointing_body", "epg_body",
-                   "n_forward", "seconds")
+SUMMARY_METRICS = ("deletion_auc", "insertion_auc", "pointing_box", "epg_box", "epg_box_chance", "pointing_body",
+                   "epg_body", "epg_body_chance", "n_forward", "seconds")
+NOTES = {
+    "undefined": "a metric that cannot mean anything on an explanation (NaN / inf or constant saliency, a region with "
+                 "no pixel in the image, constant or NaN relevance) is not averaged: 'undefined' counts it per "
+                 "metric and reason",
+    "pointing": "hit if any pixel of the saliency maximum lies within the tolerance of the region (ties count the "
+                "same for every target); a constant map is undefined",
+    "epg": "energy pointing game only for maps with a pixel <= 0 (centred / signed maps, region maps): a map "
+           "positive everywhere is undefined (positive_everywhere), its EPG would mostly measure the region's "
+           "area; epg_*_chance is the region's share of the image, the EPG of a uniform map",
+    "causal": "deletion / insertion AUC of a constant or NaN saliency map is undefined (its ranking is arbitrary)",
+}
 
 
 def _mean(values: list[float]) -> float | None:
@@ -30,17 +42,38 @@ def _mean(values: list[float]) -> float | None:
 
 
 def summarise(metrics: pa.Table) -> dict:
-    """Per kind and job: the mean of each headline metric (and how many explanations it covers); agreements."""
+    """Per kind and job: the mean of each headline metric over the explanations where it is defined, how many
+    explanations the job has, and ``undefined``: per metric, how many explanations it was undefined for, by
+    reason. Agreements (``agree:`` / ``top_part_match:``) likewise."""
     out: dict = {}
     groups: dict[tuple[str, str, str], list[float]] = {}
+    undefined: dict[tuple[str, str, str, str], int] = {}
+    headline = lambda m: m in SUMMARY_METRICS or m.startswith(("agree:", "top_part_match:"))  # noqa: E731
     for r in metrics.select(["kind", "job", "metric", "value"]).to_pylist():
-        if r["metric"] in SUMMARY_METRICS or r["metric"].startswith(("agree:", "top_part_match:")):
+        parsed = parse_undefined(r["metric"])
+        if parsed is not None and headline(parsed[0]):
+            key = (r["kind"], r["job"], *parsed)
+            undefined[key] = undefined.get(key, 0) + 1
+        elif headline(r["metric"]):
             groups.setdefault((r["kind"], r["job"], r["metric"]), []).append(r["value"])
     for (kind, job, metric), values in sorted(groups.items()):
         entry = out.setdefault(kind, {}).setdefault(job, {})
         entry[metric] = round(_mean(values), 4)
         entry["explanations"] = max(entry.get("explanations", 0), len(values))
+    for (kind, job, metric, reason), n in sorted(undefined.items()):
+        entry = out.setdefault(kind, {}).setdefault(job, {})
+        entry.setdefault("undefined", {}).setdefault(metric, {})[reason] = n
     return out
+
+
+def undefined_counts(metrics: pa.Table) -> dict[str, int]:
+    """How many metric values of the whole table are undefined, by reason (every metric, curves excluded)."""
+    out: dict[str, int] = {}
+    for name in metrics["metric"].to_pylist():
+        parsed = parse_undefined(name)
+        if parsed is not None:
+            out[parsed[1]] = out.get(parsed[1], 0) + 1
+    return dict(sorted(out.items()))
 
 
 def write_plots(metrics: pa.Table, explanations: pa.Table, plots_dir: str | Path) -> dict[str, Path]:
@@ -142,11 +175,15 @@ def evaluate_flow(params: Params) -> dict:
     publish(staging, out)
     summary = {"explanations": explanations.num_rows, "errors": tables["errors"].num_rows,
                "substrates": {m: make_perturbation(SUBSTRATES[m]).describe() for m in SUBSTRATES}, "steps": cfg.steps,
-               "causal_split": cfg.causal_split, "by_kind": summarise(metrics)}
+               "causal_split": cfg.causal_split, "by_kind": summarise(metrics),
+               "undefined": undefined_counts(metrics),
+               "nonfinite_saliency": tables["errors"].filter(
+                   pc.equal(tables["errors"]["error_type"], NONFINITE_SALIENCY)).num_rows,
+               "pointing_tolerance": cfg.pointing_tolerance, "notes": NOTES}
     write_json(cfg.metrics, summary)
     write_plots(metrics, explanations, cfg.plots_dir)
-    logger.info("evaluate: %d metric rows for %d explanations, %d errors", metrics.num_rows,
-                explanations.num_rows, tables["errors"].num_rows)
+    logger.info("evaluate: %d metric rows for %d explanations, %d errors, undefined values %s", metrics.num_rows,
+                explanations.num_rows, tables["errors"].num_rows, summary["undefined"])
     return summary
 
 
