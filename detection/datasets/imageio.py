@@ -1,7 +1,8 @@
 """Robust image loading: every image the pipeline reads goes through here and comes out as uint8 RGB.
 
 Bad files raise :class:`ImageError` with a machine-readable ``error_type`` (recorded in the ``errors`` table):
-missing_file, empty_file, not_an_image, too_large, too_small, truncated, unsupported_mode.
+missing_file, empty_file, not_an_image, too_large, too_small, truncated, unsupported_mode,
+unsupported_values (sample values with no known 8-bit meaning: NaN/inf, negative, out-of-range float or 32-bit).
 """
 from __future__ import annotations
 
@@ -78,13 +79,14 @@ def decode_image(path: str | Path, limits: ImageLimits | None = None) -> Decoded
             # ImportError: ultralytics patches Image.open to try an optional HEIF plugin on unknown files.
             raise ImageError("not_an_image", path, f"not a readable image ({type(exc).__name__}: {exc})") from None
         _check_size(img.size, limits, path)
+        sixteen_bit = _stored_as_sixteen_bit(img)
         try:
             img.load()
             img = ImageOps.exif_transpose(img)
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise ImageError("truncated", path, f"image data is truncated or corrupt ({exc})") from None
     mode = img.mode
-    return DecodedImage(rgb=_to_rgb(img, path), mode=mode, sha256=hashlib.sha256(data).hexdigest())
+    return DecodedImage(rgb=_to_rgb(img, path, sixteen_bit), mode=mode, sha256=hashlib.sha256(data).hexdigest())
 
 
 def load_rgb(path: str | Path, limits: ImageLimits | None = None) -> np.ndarray:
@@ -101,19 +103,61 @@ def _check_size(size: tuple[int, int], limits: ImageLimits, path: Path) -> None:
         raise ImageError("too_small", path, f"{width}x{height} is below min_side={limits.min_side}")
 
 
-def _to_rgb(img: Image.Image, path: Path) -> np.ndarray:
+def _stored_as_sixteen_bit(img: Image.Image) -> bool:
+    """Whether an 'I' (32-bit integer) image holds 16-bit samples: PGM/PPM with a maxval over 255 (Pillow scales
+    them to 0..65535) or unsigned 16-bit raw data. Read from the header, before decoding, so not from the values."""
+    if img.mode != "I":
+        return False
+    if img.format == "PPM":
+        return True
+    rawmodes = [t.args[0] if isinstance(t.args, tuple) else t.args for t in (img.tile or [])]
+    return any(isinstance(r, str) and r.startswith("I;16") and not r.startswith("I;16S") for r in rawmodes)
+
+
+def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
+
+
+def _to_rgb(img: Image.Image, path: Path, sixteen_bit: bool = False) -> np.ndarray:
+    """uint8 [H, W, 3]. Sample formats without an 8-bit meaning get a fixed rule each, or an ``unsupported_values``
+    error:
+
+    - 16-bit ('I;16*', and 'I' holding 16-bit data: PGM/PPM, unsigned 16-bit raw), from the header: ``v / 257``,
+      whatever the values (a dark 16-bit image stays dark).
+    - other 32-bit integers ('I'): values must lie in 0..255 (8-bit data stored wide), else the image is refused.
+    - float ('F'): finite values in [0, 1] are scaled by 255; if any exceeds 1, all must lie in [0, 255] (read as
+      they are). NaN or infinite samples (no-data markers) and values outside both ranges are refused. This is the
+      one rule read from the values: a [0, 255] float image whose values all lie <= 1 is read as [0, 1].
+    - alpha ('RGBA', 'LA', 'PA', 'La', 'RGBa', a transparency key): composited over white.
+    """
     mode = img.mode
+    if "transparency" in img.info and mode in ("L", "RGB", "P", "1"):
+        mode = "RGBA-key"
     if mode == "RGB":
         return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
-    if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
+    if mode in _SIXTEEN_BIT_MODES or (mode == "I" and sixteen_bit):
         arr = np.asarray(img).astype(np.float64)
-        if mode == "F" and arr.max(initial=0.0) <= 1.0:
-            arr = arr * 255.0
-        elif mode in _SIXTEEN_BIT_MODES or arr.max(initial=0.0) > 255:
-            arr = arr / 257.0                       # 0..65535 -> 0..255
-        gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
-        return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
-    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        return _gray_to_rgb(np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8))
+    if mode == "I":
+        arr = np.asarray(img)
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi > 255:
+            raise ImageError("unsupported_values", path, f"32-bit integer samples in {lo}..{hi}: no known scale to "
+                                                         f"8 bits (only 0..255 is read)")
+        return _gray_to_rgb(arr.astype(np.uint8))
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        finite = np.isfinite(arr)
+        if not finite.all():
+            raise ImageError("unsupported_values", path, f"{int((~finite).sum())} NaN or infinite float samples "
+                                                         f"(no-data values?)")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < 0 or hi > 255:
+            raise ImageError("unsupported_values", path, f"float samples in [{lo:g}, {hi:g}]: only [0, 1] or "
+                                                         f"[0, 255] is read")
+        scale = 255.0 if hi <= 1.0 else 1.0
+        return _gray_to_rgb(np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8))
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa", "RGBA-key") or (mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return np.ascontiguousarray(np.asarray(Image.alpha_composite(white, rgba).convert("RGB"), dtype=np.uint8))

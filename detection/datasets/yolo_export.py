@@ -9,6 +9,7 @@ import pyarrow as pa
 import yaml
 
 from detection.body import COCO_KEYPOINTS, NUM_KEYPOINTS
+from detection.datasets.records import fit_to_image
 
 # Left/right swap of the COCO keypoints, for ultralytics' horizontal-flip augmentation.
 COCO_FLIP_INDEX = [0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15]
@@ -19,7 +20,12 @@ def write_yolo_dataset(images: pa.Table, annotations: pa.Table, out_dir: str | P
     """Symlink each image into ``out_dir/images/<split>/`` and write its labels; returns the data yaml path.
 
     Boxes are normalised ``cx cy w h``; with ``pose`` each line also holds the 17 keypoints ``x y v`` (COCO's
-    visibility: 0 unlabelled, 1 occluded, 2 visible). Crowd boxes and categories not in ``classes`` are left out.
+    visibility: 0 unlabelled, 1 occluded, 2 visible; unlabelled ones as ``0 0 0``), normalised by the image's
+    own width and height. Crowd boxes and categories not in ``classes`` are left out.
+
+    Every coordinate written lies in [0, 1] (ultralytics drops a whole image whose labels have one above 1.01):
+    a box or labelled keypoint more than ``records.EDGE_TOLERANCE`` px outside its image, or a box without area,
+    raises ``ValueError`` naming the image and annotation (the pull stage's readers clip them and record it).
     """
     ids = images["image_id"].to_pylist()
     if len(ids) != len(set(ids)):
@@ -47,10 +53,16 @@ def write_yolo_dataset(images: pa.Table, annotations: pa.Table, out_dir: str | P
         for ann in by_image.get(img["image_id"], []):
             if pose and ann["keypoints"] is None:
                 continue
-            x1, y1, x2, y2 = ann["bbox"]
+            fit = fit_to_image(ann["bbox"], ann["keypoints"] if pose else None, W, H)
+            where = f"image {img['image_id']!r} annotation {ann['ann_id']!r}"
+            if fit.bbox is None or fit.clipped:
+                raise ValueError(f"{where}: box {list(ann['bbox'])} (xyxy) does not lie in the {W}x{H} image")
+            if fit.outside_keypoints:
+                raise ValueError(f"{where}: labelled keypoints {fit.outside_keypoints} lie outside the {W}x{H} image")
+            x1, y1, x2, y2 = fit.bbox
             fields = [class_index[ann["category"]], (x1 + x2) / 2 / W, (y1 + y2) / 2 / H, (x2 - x1) / W, (y2 - y1) / H]
             if pose:
-                kp = np.asarray(ann["keypoints"], dtype=np.float64).reshape(NUM_KEYPOINTS, 3)
+                kp = np.asarray(fit.keypoints, dtype=np.float64).reshape(NUM_KEYPOINTS, 3)
                 kp[:, 0] /= W
                 kp[:, 1] /= H
                 fields += kp.reshape(-1).tolist()
