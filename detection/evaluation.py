@@ -9,6 +9,7 @@ import numpy as np
 SIZE_BUCKETS = {"tiny": (0, 32), "small": (32, 64), "medium": (64, 128), "large": (128, np.inf)}   # box height px
 OCCLUSION_BUCKETS = {"none": (0.0, 0.1), "partial": (0.1, 0.5), "heavy": (0.5, 1.01)}
 COCO_IOUS = np.round(np.arange(0.5, 0.96, 0.05), 2)
+MATCH_IOU = 0.5          # a detection finds a GT box it overlaps this much (one-to-one: see match / found)
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -39,32 +40,61 @@ class ImageEval:
             self.gt_ignore = np.zeros(len(self.gt_boxes), bool)
 
 
-def _match(img: ImageEval, iou_thr: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Greedy matching by score (COCO): per detection tp / ignored flags, per GT the matched detection score."""
+@dataclass
+class Matching:
+    """One-to-one matching of an image's detections to its ground truth (:func:`match`)."""
+
+    det_gt: np.ndarray          # [D] int: the GT box each detection is matched to (an ignore region too); -1: none
+    det_tp: np.ndarray          # [D] bool: matched to a real (not ignored) GT
+    det_ignored: np.ndarray     # [D] bool: matched to an ignore region: neither a true nor a false positive
+    gt_det: np.ndarray          # [G] int: the detection matched to each real GT; -1: none
+    gt_score: np.ndarray        # [G] float: that detection's score; -inf: none
+
+    def found(self, min_score: float) -> np.ndarray:
+        """[G] bool, the one rule for a found / missed ground-truth box (infer's recall, explain's found
+        pedestrians, hence the report): matched to a detection scoring >= ``min_score``. In a crowd one detection
+        finds one person, however many it overlaps. Ignore regions are never found (nor missed)."""
+        return self.gt_score >= min_score
+
+
+def match(img: ImageEval, iou_thr: float = MATCH_IOU) -> Matching:
+    """COCO's greedy matching: detections in order of score (ties: input order) each take the unmatched real GT
+    they overlap most at IoU >= ``iou_thr``, else the ignore region they overlap most (which any number of
+    detections may share). Every detection scoring at or above a threshold is matched before any below it, so
+    detections under a threshold never change which GT the ones above it take."""
     order = np.argsort(-img.det_scores, kind="stable")
     ious = iou_matrix(img.det_boxes[order], img.gt_boxes)
-    tp = np.zeros(len(order), bool)
-    ignored = np.zeros(len(order), bool)
-    gt_score = np.full(len(img.gt_boxes), -np.inf)
+    det_gt = np.full(len(order), -1)
+    gt_det = np.full(len(img.gt_boxes), -1)
     taken = np.zeros(len(img.gt_boxes), bool)
     # Real GT first, then ignore regions: a detection only falls back to an ignore region if no real GT fits.
     for d in range(len(order)):
-        best, best_iou = -1, iou_thr
         for use_ignored in (False, True):
-            cand = np.where((img.gt_ignore == use_ignored) & ~(taken & ~img.gt_ignore) & (ious[d] >= best_iou))[0]
+            cand = np.where((img.gt_ignore == use_ignored) & ~(taken & ~img.gt_ignore) & (ious[d] >= iou_thr))[0]
             if len(cand):
                 best = cand[np.argmax(ious[d, cand])]
+                det_gt[order[d]] = best
+                if not img.gt_ignore[best]:
+                    taken[best], gt_det[best] = True, order[d]
                 break
-        if best < 0:
-            continue
-        if img.gt_ignore[best]:
-            ignored[d] = True
-        else:
-            tp[d], taken[best] = True, True
-            gt_score[best] = img.det_scores[order[d]]
-    inverse = np.empty_like(order)
-    inverse[order] = np.arange(len(order))
-    return tp[inverse], ignored[inverse], gt_score
+    matched = det_gt >= 0
+    ignored = np.zeros(len(order), bool)
+    ignored[matched] = img.gt_ignore[det_gt[matched]]
+    gt_score = np.full(len(img.gt_boxes), -np.inf)
+    gt_score[gt_det >= 0] = img.det_scores[gt_det[gt_det >= 0]]
+    return Matching(det_gt, matched & ~ignored, ignored, gt_det, gt_score)
+
+
+def found(img: ImageEval, min_score: float, iou_thr: float = MATCH_IOU) -> np.ndarray:
+    """[G] bool: :meth:`Matching.found` of :func:`match` - found when the one-to-one matching at ``iou_thr`` pairs
+    the GT box with a detection scoring >= ``min_score``."""
+    return match(img, iou_thr).found(min_score)
+
+
+def _match(img: ImageEval, iou_thr: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(per detection tp and ignored flags, per GT the matched detection's score) of :func:`match`."""
+    m = match(img, iou_thr)
+    return m.det_tp, m.det_ignored, m.gt_score
 
 
 def average_precision(images: list[ImageEval], iou_thr: float = 0.5) -> float:
@@ -96,20 +126,20 @@ def coco_ap(images: list[ImageEval]) -> float:
     return float(np.mean([average_precision(images, t) for t in COCO_IOUS]))
 
 
-def recall_by(images: list[ImageEval], attr: str, buckets: dict[str, tuple[float, float]], iou_thr: float = 0.5,
-              min_score: float = 0.0) -> dict[str, float]:
-    """Share of (non-ignored) GT found at ``iou_thr`` by a detection scoring >= ``min_score``, per bucket."""
-    found, values = [], []
+def recall_by(images: list[ImageEval], attr: str, buckets: dict[str, tuple[float, float]],
+              iou_thr: float = MATCH_IOU, min_score: float = 0.0) -> dict[str, float]:
+    """Share of (non-ignored) GT :func:`found` at ``iou_thr`` by a detection scoring >= ``min_score``, per bucket
+    of ``gt_attrs[attr]`` ([lo, hi)); NaN for an empty bucket, and ``<bucket>_count`` GT in it."""
+    hits, values = [], []
     for img in images:
-        _, _, gt_score = _match(img, iou_thr)
         keep = ~img.gt_ignore
-        found.append(gt_score[keep] >= min_score)
+        hits.append(found(img, min_score, iou_thr)[keep])
         values.append(np.asarray(img.gt_attrs[attr], float)[keep])
-    found, values = np.concatenate(found), np.concatenate(values)
+    hits, values = np.concatenate(hits), np.concatenate(values)
     out = {}
     for name, (lo, hi) in buckets.items():
         sel = (values >= lo) & (values < hi)
-        out[name] = float(found[sel].mean()) if sel.any() else float("nan")
+        out[name] = float(hits[sel].mean()) if sel.any() else float("nan")
         out[f"{name}_count"] = int(sel.sum())
     return out
 

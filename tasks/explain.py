@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from detection.datasets.imageio import ImageError, load_rgb, to_batch
 from detection.datasets.records import error_row
 from detection.datasets.tables import rows_to_table, write_table_atomic
-from detection.evaluation import iou_matrix
+from detection.evaluation import MATCH_IOU, ImageEval, match
 from detection.masks import rle_decode
 from detection.models.specs import ClassifierSpec, DetectorSpec, build_classifier, build_detector
 from detection.scorers import ClassifierScorer, DRiseScorer
@@ -28,15 +28,16 @@ from explainers import METHODS, grid_regions, superpixels
 from explainers.base import BudgetError
 from explainers.metrics import downsample
 from tasks.params import ExplainJob, ExplainParams, Params
+from tasks.stage_deps import ROOT as STAGE_ROOT
+from tasks.stage_deps import stage_code_files
 
 DONE_DIR = "_done"
-MATCH_IOU = 0.5          # a GT person is found when a detection above the threshold overlaps it this much
 
 
 # ---------------------------------------------------------------------------------------------------- targets
-def _person_rows(annotations: pa.Table, min_height: float) -> dict[str, list[dict]]:
+def _person_rows(annotations: pa.Table, min_height: float, category: str = "person") -> dict[str, list[dict]]:
     persons: dict[str, list[dict]] = {}
-    for a in annotations.filter(pc.equal(annotations["category"], "person")).to_pylist():
+    for a in annotations.filter(pc.equal(annotations["category"], category)).to_pylist():
         if not a["iscrowd"] and a["bbox"][3] - a["bbox"][1] >= min_height:
             persons.setdefault(a["image_id"], []).append(a)
     return persons
@@ -45,13 +46,16 @@ def _person_rows(annotations: pa.Table, min_height: float) -> dict[str, list[dic
 def build_targets(params: Params, images: pa.Table, annotations: pa.Table, detections: pa.Table,
                   classes: list[str]) -> pa.Table:
     """One row per thing to explain, with the attributes the report breaks relevance down by: ground-truth persons
-    (found or missed by the detector, its best score on them), the detector's person detections (true or false
-    positives) and the classifier's classes (label present, spurious cue)."""
+    (found or missed, and the score of the detection matched to them, 0 if none), the detector's person
+    detections above its threshold (true or false positives) and the classifier's classes (label present,
+    spurious cue). Found / missed and true positives follow the one rule of infer's recall,
+    ``detection.evaluation.match`` / ``found`` (one-to-one, IoU >= MATCH_IOU, score >= the detector's conf), so
+    that the missed count is the GT count minus the true positives."""
     cfg = params.explain
     spec = params.explain_detector()
     kinds = {j.targets for j in cfg.jobs}
     img_rows = images.to_pylist()
-    all_persons = _person_rows(annotations, 0.0)
+    all_persons = _person_rows(annotations, 0.0, spec.person_class)
     dets: dict[str, list[dict]] = {}
     for d in detections.filter(pc.equal(detections["model_id"], spec.id)).drop_columns(["keypoints"]).to_pylist():
         if d["category"] == spec.person_class:
@@ -63,27 +67,27 @@ def build_targets(params: Params, images: pa.Table, annotations: pa.Table, detec
         g_boxes = np.array([a["bbox"] for a in gt], float).reshape(-1, 4)
         d_boxes = np.array([d["bbox"] for d in found_dets], float).reshape(-1, 4)
         d_scores = np.array([d["score"] for d in found_dets], float)
-        above = np.array([d["above_conf"] for d in found_dets], bool)
-        iou = iou_matrix(g_boxes, d_boxes) if len(gt) and len(found_dets) else np.zeros((len(gt), len(found_dets)))
+        matching = match(ImageEval(d_boxes, d_scores, g_boxes), MATCH_IOU)
+        is_found = matching.found(spec.conf)
         base = {"image_id": iid, "split": img["split"]}
         if "persons" in kinds:
             for gi, a in enumerate(gt):
                 h = a["bbox"][3] - a["bbox"][1]
                 if h < cfg.min_height:
                     continue
-                near = iou[gi] >= MATCH_IOU
+                score = float(matching.gt_score[gi]) if matching.gt_det[gi] >= 0 else 0.0
                 rows.append({**base, "target_id": a["ann_id"], "kind": "persons", "model_id": spec.id,
                              "category": spec.person_class, "bbox": a["bbox"], "height": h,
-                             "occlusion": a["occlusion"], "found": bool((near & above).any()),
-                             "score": float(d_scores[near].max()) if near.any() else 0.0, "label_present": True,
+                             "occlusion": a["occlusion"], "found": bool(is_found[gi]),
+                             "score": score, "label_present": True,
                              "spurious_cue": img["spurious_cue"], "parts_id": a["ann_id"], "parts_model": "gt"})
         if "detections" in kinds:
             for di, d in enumerate(found_dets):
                 h = d["bbox"][3] - d["bbox"][1]
                 if not d["above_conf"] or h < cfg.min_height:
                     continue
-                gi = int(np.argmax(iou[:, di])) if len(gt) else -1
-                tp = gi >= 0 and iou[gi, di] >= MATCH_IOU
+                gi = int(matching.det_gt[di])
+                tp = bool(matching.det_tp[di])
                 rows.append({**base, "target_id": d["det_id"], "kind": "detections", "model_id": spec.id,
                              "category": d["category"], "bbox": d["bbox"], "height": h,
                              "occlusion": gt[gi]["occlusion"] if tp else None, "found": bool(tp), "score": d["score"],
@@ -100,13 +104,9 @@ def build_targets(params: Params, images: pa.Table, annotations: pa.Table, detec
 
 
 def code_files() -> list[Path]:
-    """The source an explanation's numbers depend on (the explain stage's code deps in dvc.yaml)."""
-    import detection.models
-    import explainers
-
-    roots = [Path(explainers.__file__).parent, Path(detection.models.__file__).parent]
-    return sorted(f for r in roots for f in r.glob("*.py")) + [Path(__file__),
-                                                              Path(__file__).parents[1] / "detection" / "scorers.py"]
+    """The source an explanation's numbers depend on: the explain stage's code deps in dvc.yaml, i.e. every project
+    module the stage imports (:func:`tasks.stage_deps.stage_code_files`), absolute paths, sorted."""
+    return [STAGE_ROOT / f for f in stage_code_files("explain")]
 
 
 def config_hash(params: Params, input_files: list[str | Path]) -> str:

@@ -17,8 +17,8 @@ from prefect.cache_policies import NO_CACHE
 from detection.body import NUM_KEYPOINTS
 from detection.datasets.imageio import ImageError, load_rgb, to_batch
 from detection.datasets.records import error_row
-from detection.evaluation import (OCCLUSION_BUCKETS, SIZE_BUCKETS, ImageEval, average_precision, coco_ap,
-                                  iou_matrix, multilabel_f1, pck, recall_by)
+from detection.evaluation import (OCCLUSION_BUCKETS, SIZE_BUCKETS, ImageEval, average_precision, coco_ap, match,
+                                  multilabel_f1, pck, recall_by)
 from detection.models.keypoints import load_keypoint_model
 from detection.models.specs import ClassifierSpec, DetectorSpec, build_classifier, build_detector, file_sha256
 from tasks.params import InferParams
@@ -131,7 +131,9 @@ def _clean(value):
 
 def detector_quality(images: list[dict], gt: dict[str, list[dict]], dets: dict[str, list[dict]],
                      conf: float, infer: InferParams, with_pose: bool) -> dict:
-    """AP50 / AP (all persons and the reasonable subset), recall by size and occlusion at ``conf``, PCK@0.2."""
+    """AP50 / AP (all persons and the reasonable subset), recall by size and occlusion at ``conf``, PCK@0.2 of the
+    persons found at ``conf`` against the detection each is matched to (``detection.evaluation.match``: one
+    detection, one person - the rule explain's found / missed uses too)."""
     rs = infer.reasonable
     every, reasonable = [], []
     correct = total = 0
@@ -146,17 +148,14 @@ def detector_quality(images: list[dict], gt: dict[str, list[dict]], dets: dict[s
         every.append(ImageEval(d_boxes, scores, g_boxes, gt_attrs=attrs))
         hard = (heights < rs.min_height) | (np.nan_to_num(occl) > rs.max_occlusion)
         reasonable.append(ImageEval(d_boxes, scores, g_boxes, hard, attrs))
-        if with_pose and len(g) and len(d):
-            keep = scores >= conf
-            iou = iou_matrix(g_boxes, d_boxes[keep])
-            kp_pred = np.array([x["keypoints"] for x, k in zip(d, keep) if k], float).reshape(-1, 3 * NUM_KEYPOINTS)
-            for gi in range(len(g)):
-                if g[gi]["keypoints"] is None or not iou.shape[1]:
+        if with_pose and len(g) and len(d):          # keypoints of the found persons, vs their matched detection
+            matching = match(every[-1])
+            for gi in np.flatnonzero(matching.found(conf)):
+                if g[gi]["keypoints"] is None:
                     continue
-                j = int(np.argmax(iou[gi]))
-                if iou[gi, j] >= 0.5:
-                    c, t = pck(kp_pred[j], np.array(g[gi]["keypoints"]), g_boxes[gi])
-                    correct, total = correct + c, total + t
+                kp = np.array(d[matching.gt_det[gi]]["keypoints"], float).reshape(NUM_KEYPOINTS, 3)
+                c, t = pck(kp, np.array(g[gi]["keypoints"]), g_boxes[gi])
+                correct, total = correct + c, total + t
     out = {"ap50": average_precision(every), "ap": coco_ap(every), "ap50_reasonable": average_precision(reasonable),
            "recall_by_size": recall_by(every, "height", SIZE_BUCKETS, min_score=conf),
            "recall_by_occlusion": recall_by(every, "occlusion", OCCLUSION_BUCKETS, min_score=conf),
