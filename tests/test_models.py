@@ -100,25 +100,76 @@ def test_torchvision_weights_from_file_and_errors(tmp_path):
         TorchvisionDetector("yolo9000", tmp_path / "ssd.pth")
 
 
-def test_classifiers_torchvision_timm_torchscript(tmp_path):
+def _sharpen(head: nn.Linear) -> None:
+    """Random-weight logits are small: scale the last layer so probabilities tell input mistakes apart."""
+    with torch.no_grad():
+        head.weight.mul_(10)
+        head.bias.mul_(10)
+
+
+def _normalised(x: torch.Tensor, mean, std) -> torch.Tensor:
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+def test_classifiers_give_the_source_networks_probabilities(tmp_path):
+    """torchvision / timm / TorchScript adapters against the source network on the input it should see: resized
+    (exact area average for integer factors, antialiased bilinear otherwise), normalised (ImageNet, or the timm
+    model's own mean / std), softmax or sigmoid - in batches smaller than the input."""
+    import timm
+    import torchvision
+    from torch.nn.functional import avg_pool2d, interpolate
+
+    imagenet = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    names = ["person", "bicycle", "car"]
+    images = torch.rand(5, 3, 64, 64)
+
+    tv = torchvision.models.resnet18(weights=None, num_classes=3).eval()
+    _sharpen(tv.fc)
+    torch.save(tv.state_dict(), tmp_path / "tv.pth")
+    tm = timm.create_model("test_resnet", pretrained=False, num_classes=3).eval()
+    _sharpen(tm.get_classifier())
+    assert tm.pretrained_cfg["mean"] == (0.5, 0.5, 0.5) != imagenet[0]     # its own normalisation, not ImageNet's
+    torch.save({"state_dict": tm.state_dict()}, tmp_path / "timm.pth")
+    ts = torch.jit.script(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2), nn.ReLU(),
+                                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval())
+    _sharpen(ts[-1])
+    ts.save(str(tmp_path / "ts.pt"))
+
+    bilinear = interpolate(images, size=(48, 40), mode="bilinear", align_corners=False, antialias=True)
+    with torch.no_grad():
+        cases = {
+            "torchvision, resized to 48 x 40": (
+                ImageClassifier.from_torchvision("resnet18", tmp_path / "tv.pth", names, input_size=(48, 40),
+                                                 device="cpu", batch_size=2),
+                tv(_normalised(bilinear, *imagenet)).softmax(-1),
+                [tv(_normalised(images, *imagenet)).softmax(-1),                       # not resized
+                 tv(bilinear).softmax(-1)]),                                          # not normalised
+            "timm, multi-label": (
+                ImageClassifier.from_timm("test_resnet", tmp_path / "timm.pth", names, multi_label=True,
+                                          device="cpu", batch_size=2),
+                tm(_normalised(images, (0.5,) * 3, (0.5,) * 3)).sigmoid(),
+                [tm(_normalised(images, *imagenet)).sigmoid(),                        # ImageNet's mean / std
+                 tm(_normalised(images, (0.5,) * 3, (0.5,) * 3)).softmax(-1)]),      # softmax
+            "TorchScript, resized to 32 x 32": (
+                ImageClassifier.from_torchscript(tmp_path / "ts.pt", names, input_size=32, device="cpu",
+                                                 batch_size=2),
+                ts(_normalised(avg_pool2d(images, 2), *imagenet)).softmax(-1),
+                [ts(_normalised(interpolate(images, size=(32, 32), mode="nearest"), *imagenet)).softmax(-1),
+                 ts(_normalised(images, *imagenet)).softmax(-1)]),
+        }
+    for name, (adapter, expected, wrong) in cases.items():
+        got = adapter.classify(images)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6, msg=name)
+        for other in wrong:                       # the comparison can tell a wrong input pipeline apart
+            assert (other - expected).abs().max() > 1e-3, name
+
+
+def test_classifier_weight_errors(tmp_path):
     import timm
     import torchvision
 
     names = ["person", "bicycle", "car"]
-    tv = torchvision.models.resnet18(num_classes=3)
-    torch.save(tv.state_dict(), tmp_path / "tv.pth")
-    tm = timm.create_model("resnet10t", pretrained=False, num_classes=3)
-    torch.save({"state_dict": tm.state_dict()}, tmp_path / "timm.pth")
-    torch.jit.script(nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))).save(
-        str(tmp_path / "ts.pt"))
-    images = torch.rand(3, 3, 64, 64)
-    single = ImageClassifier.from_torchvision("resnet18", tmp_path / "tv.pth", names, device="cpu")
-    assert torch.allclose(single.classify(images).sum(-1), torch.ones(3), atol=1e-5)
-    multi = ImageClassifier.from_timm("resnet10t", tmp_path / "timm.pth", names, multi_label=True, device="cpu")
-    p = multi.classify(images)
-    assert p.shape == (3, 3) and ((p > 0) & (p < 1)).all()
-    ts = ImageClassifier.from_torchscript(tmp_path / "ts.pt", names, input_size=32, device="cpu")
-    assert ts.classify(images).shape == (3, 3)
+    torch.save(torchvision.models.resnet18(weights=None, num_classes=3).state_dict(), tmp_path / "tv.pth")
     with pytest.raises(WeightsError, match=r"tv\.pth: weights do not match"):
         ImageClassifier.from_torchvision("resnet18", tmp_path / "tv.pth", names + ["pole"])
     (tmp_path / "bad.pt").write_bytes(b"\x00garbage")
@@ -126,6 +177,7 @@ def test_classifiers_torchvision_timm_torchscript(tmp_path):
         ImageClassifier.from_torchscript(tmp_path / "bad.pt", names)
     with pytest.raises(FileNotFoundError, match=r"absent\.pth"):
         ImageClassifier.from_timm("resnet10t", tmp_path / "absent.pth", names)
+    assert timm.is_model("resnet10t")
 
 
 def test_callable_detector_numpy_black_box():
