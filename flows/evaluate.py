@@ -18,9 +18,10 @@ from flows.explain import read_explanations
 from flows.progress import progress
 from flows.runner import task_runner
 from explainers.perturb import make_perturbation
-from tasks.evaluate import NONFINITE_SALIENCY, SUBSTRATES, agreement_rows, evaluate_shard, parse_undefined
+from tasks.evaluate import SUBSTRATES, agreement_rows, evaluate_shard
 from tasks.params import Params, load_params
 from tasks.shards import fresh_staging, publish, read_shards, shard_ranges, write_json
+from tasks.undefined import NONFINITE_SALIENCY, parse_undefined
 
 SUMMARY_METRICS = ("deletion_auc", "insertion_auc", "pointing_box", "epg_box", "epg_box_chance", "pointing_body",
                    "epg_body", "epg_body_chance", "n_forward", "seconds")

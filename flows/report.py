@@ -15,7 +15,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from detection.datasets.tables import SCHEMAS, DatasetTables
 from flows.explain import read_errors, read_explanations
 from tasks.params import Params, load_params
-from tasks.report import ReportInputs, build_report, cost_table, load_json, quality_table
+from tasks.report import ReportInputs, build_report, cost_table, load_json, quality_table, undefined_table
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
@@ -53,6 +53,7 @@ def report_flow(params: Params) -> dict:
     write_text_atomic(params.report.summary, summary)
     create_markdown_artifact(key="xai-audit-summary", markdown=summary, description="xai-audit summary")
     for key, table in (("xai-audit-quality", quality_table(inputs.metrics)),
+                       ("xai-audit-undefined", undefined_table(inputs.metrics)),
                        ("xai-audit-cost", cost_table(inputs.explanations))):
         create_table_artifact(key=key, table=table.round(4).astype(object).where(table.notna(), None)
                               .to_dict(orient="records"), description=key)

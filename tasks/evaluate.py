@@ -23,28 +23,13 @@ from explainers.metrics import (UNDEFINED_REASONS, box_masks, deletion_insertion
 from tasks.explain import classifier_scorer, classifier_view, detection_scorer, load_image, task_device
 from tasks.params import Params
 from tasks.shards import write_shard
+from tasks.undefined import NONFINITE_SALIENCY, NONFINITE_VALUE, parse_undefined, undefined_metric
 
 __all__ = ["CONTEXT", "SUBSTRATES", "agreement_rows", "evaluate_image", "evaluate_shard", "parse_undefined",
            "spearman", "undefined_metric"]
 
 CONTEXT = "context"
 SUBSTRATES = {"deletion": "mean", "insertion": "blur"}    # RISE's reference substrates
-UNDEFINED = "undefined:"
-NONFINITE_VALUE = "nonfinite_value"        # a NaN / inf result without a known cause (e.g. the model scored NaN)
-NONFINITE_SALIENCY = "nonfinite_saliency"
-
-
-def undefined_metric(metric: str, reason: str) -> str:
-    """The metrics-table name of an undefined value: ``undefined:<metric>:<reason>``."""
-    return f"{UNDEFINED}{metric}:{reason}"
-
-
-def parse_undefined(name: str) -> tuple[str, str] | None:
-    """``undefined:<metric>:<reason>`` -> (metric, reason); None for a defined metric's name."""
-    if not name.startswith(UNDEFINED):
-        return None
-    metric, reason = name[len(UNDEFINED):].rsplit(":", 1)
-    return metric, reason
 
 
 def _saliency(row: dict, size: tuple[int, int]) -> torch.Tensor:

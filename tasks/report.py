@@ -18,12 +18,22 @@ import pandas as pd  # noqa: E402
 
 from detection.body import BODY_PARTS  # noqa: E402
 from detection.datasets.imageio import ImageError, load_rgb  # noqa: E402
-from detection.evaluation import OCCLUSION_BUCKETS, SIZE_BUCKETS  # noqa: E402
+from detection.evaluation import MATCH_IOU, OCCLUSION_BUCKETS, SIZE_BUCKETS  # noqa: E402
+from tasks.undefined import parse_undefined  # noqa: E402
 
 PART_ORDER = [*BODY_PARTS, "context"]
 REGION_NOTE = ("Region methods paint relevance on the person's parts and context, which lie inside the box by "
                "construction, so their box pointing / EPG are high by design: compare methods on the body columns "
                "and the causal AUCs.")
+EPG_NOTE = ("EPG (energy pointing game) is reported only for maps with a pixel &le; 0 (centred / signed maps, region "
+            "maps): a map positive everywhere carries an offset and its EPG mostly measures the region's area, so it "
+            "is undefined (positive_everywhere). 'chance' beside each EPG is the region's share of the image, the EPG "
+            "of a uniform map.")
+UNDEFINED_NOTE = ("A metric that cannot mean anything on an explanation is <i>undefined</i> and left out of the means: "
+                  "a constant saliency map (e.g. all zero, what D-RISE gives a pedestrian the detector never finds) "
+                  "or one with NaN / inf values has no peak and no ranking, a region with no pixel in the image has "
+                  "nothing to point at; pointing-game ties count as a hit if any maximal pixel is within the "
+                  "tolerance. The table below counts them.")
 CONFIDENCE_BUCKETS = {"< 0.05": (0.0, 0.05), "0.05-0.25": (0.05, 0.25), "0.25-0.5": (0.25, 0.5),
                       "0.5-0.75": (0.5, 0.75), "0.75-1": (0.75, 1.01)}
 
@@ -138,9 +148,11 @@ def fig_breakdown(shares: pd.DataFrame, job: str, column: str, order: list[str],
 
 def fig_classifier_epg(metrics: pd.DataFrame, targets: pd.DataFrame) -> str | None:
     """Per class: share of positive saliency on the class's own objects (images with the label) and on any object
-    at all, with and without the spurious background cue. Little saliency on objects = the model looks elsewhere."""
-    sel = metrics[(metrics["kind"] == "classes") & metrics["metric"].isin(["epg_box", "epg_objects"])]
-    if sel.empty:
+    at all, with and without the spurious background cue, each bar with its chance level (the objects' share of
+    the image, black tick). Little saliency on objects = the model looks elsewhere."""
+    names = ["epg_box", "epg_objects", "epg_box_chance", "epg_objects_chance"]
+    sel = metrics[(metrics["kind"] == "classes") & metrics["metric"].isin(names)]
+    if not sel["metric"].isin(names[:2]).any():
         return None
     sel = sel.merge(targets[["image_id", "target_id", "category", "spurious_cue"]], on=["image_id", "target_id"])
     cats = sorted(sel["category"].unique())
@@ -150,8 +162,11 @@ def fig_classifier_epg(metrics: pd.DataFrame, targets: pd.DataFrame) -> str | No
         for k, cue in enumerate((False, True)):
             part = sel[(sel["metric"] == metric) & (sel["spurious_cue"] == cue)]
             s = part.groupby("category")["value"].mean().reindex(cats)
-            ax.bar(np.arange(len(cats)) + 0.4 * k, s.values, 0.4,
-                   label=f"spurious cue {'present' if cue else 'absent'}")
+            x = np.arange(len(cats)) + 0.4 * k
+            ax.bar(x, s.values, 0.4, label=f"spurious cue {'present' if cue else 'absent'}")
+            chance = sel[(sel["metric"] == f"{metric}_chance") & (sel["spurious_cue"] == cue)]
+            ax.scatter(x, chance.groupby("category")["value"].mean().reindex(cats).values, marker="_", s=200,
+                       color="k", label="chance (area share)" if k == 0 else None, zorder=3)
         ax.set_xticks(np.arange(len(cats)) + 0.2, cats)
         ax.set_ylim(0, 1)
         ax.set_title(f"saliency share {title}", fontsize=9)
@@ -196,13 +211,44 @@ def _table(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+QUALITY_METRICS = ["deletion_auc", "insertion_auc", "pointing_box", "epg_box", "epg_box_chance", "pointing_body",
+                   "epg_body", "epg_body_chance"]
+
+
 def quality_table(metrics: pd.DataFrame) -> pd.DataFrame:
-    wanted = ["deletion_auc", "insertion_auc", "pointing_box", "epg_box", "pointing_body", "epg_body"]
-    sel = metrics[metrics["metric"].isin(wanted)]
+    """Per kind and job: the mean of each quality metric over the explanations where it is defined (EPG's chance
+    level beside it), the number of explanations and of undefined headline values."""
+    sel = metrics[metrics["metric"].isin(QUALITY_METRICS)]
     table = sel.pivot_table(index=["kind", "job"], columns="metric", values="value", aggfunc="mean")
-    table = table.reindex(columns=[c for c in wanted if c in table.columns]).reset_index()
+    table = table.reindex(columns=[c for c in QUALITY_METRICS if c in table.columns]).reset_index()
     counts = metrics[metrics["metric"] == "n_forward"].groupby(["kind", "job"]).size().rename("explanations")
-    return table.merge(counts.reset_index(), on=["kind", "job"], how="left")
+    table = table.merge(counts.reset_index(), on=["kind", "job"], how="left")
+    undefined = undefined_table(metrics)
+    n = (undefined[undefined["metric"].isin(QUALITY_METRICS)].groupby(["kind", "job"])["values"].sum()
+         .rename("undefined values"))
+    table = table.merge(n.reset_index(), on=["kind", "job"], how="left")
+    table["undefined values"] = table["undefined values"].fillna(0).astype(int)
+    return table.rename(columns={c: c.replace("_chance", " chance") for c in table.columns})
+
+
+def undefined_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    """(kind, job, metric, reason, values): how many values of each metric were undefined, and why (rows
+    ``undefined:<metric>:<reason>`` of the evaluate stage)."""
+    parsed = [parse_undefined(m) for m in metrics["metric"]]
+    mask = np.array([p is not None for p in parsed], bool)
+    cols = ["kind", "job", "metric", "reason", "values"]
+    if not mask.any():
+        return pd.DataFrame(columns=cols)
+    sel = metrics.loc[mask, ["kind", "job"]].assign(metric=[p[0] for p in parsed if p is not None],
+                                                     reason=[p[1] for p in parsed if p is not None])
+    return (sel.groupby(["kind", "job", "metric", "reason"]).size().rename("values").reset_index()
+            .sort_values(["kind", "job", "metric", "reason"], ignore_index=True)[cols])
+
+
+def detection_counts(targets: pd.DataFrame) -> tuple[int, int]:
+    """(ground-truth pedestrians explained, of which missed) - found / missed as in infer's recall."""
+    persons = targets[targets["kind"] == "persons"]
+    return len(persons), int((persons["found"] == False).sum())  # noqa: E712
 
 
 def cost_table(explanations: pd.DataFrame) -> pd.DataFrame:
@@ -228,7 +274,7 @@ def agreement_table(metrics: pd.DataFrame) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------------------------------- findings
-def findings(shares: pd.DataFrame, main_job: str, inp: ReportInputs) -> list[str]:
+def findings(shares: pd.DataFrame, main_job: str | None, inp: ReportInputs) -> list[str]:
     """Plain-language observations computed from the tables (what a reviewer should read first)."""
     out = []
     sel = shares[shares["job"] == main_job]
@@ -259,6 +305,11 @@ def findings(shares: pd.DataFrame, main_job: str, inp: ReportInputs) -> list[str
                 verdict = "relies on the spurious cue" if a - b > 0.2 else "does not rely much on the cue"
                 out.append(f"The classifier {verdict}: on scenes <i>without</i> a {label}, P({label}) is {a:.2f} with "
                            f"the background cue and {b:.2f} without it.")
+    undefined = undefined_table(inp.metrics)
+    if not undefined.empty:
+        by_reason = undefined.groupby("reason")["values"].sum().sort_values(ascending=False)
+        out.append(f"{int(by_reason.sum())} metric values are undefined and left out of the means ("
+                   + ", ".join(f"{r.replace('_', ' ')} {n}" for r, n in by_reason.items()) + ").")
     if not inp.errors.empty:
         out.append(f"{len(inp.errors)} inputs failed and are listed in the errors section; everything else was "
                    f"explained.")
@@ -347,6 +398,9 @@ def build_report(inp: ReportInputs, per_row: int = 4) -> tuple[str, str]:
     summary_rows = pd.DataFrame([
         ("images", f"{len(inp.images)} ({', '.join(f'{k} {v}' for k, v in sorted(splits.items()))})"),
         ("pedestrians explained", str(tg[tg["kind"].isin(["persons", "detections"])]["target_id"].nunique())),
+        ("ground-truth pedestrians", "{} explained, {} missed by the detector (found: matched one-to-one at IoU "
+                                     "&ge; {} by a detection above its threshold, as in infer's recall)"
+         .format(*detection_counts(tg), MATCH_IOU)),
         ("detector", f"{inp.detector_id}: AP50 {val.get('ap50', float('nan')):.3f} (val), "
                      f"reasonable {val.get('ap50_reasonable', float('nan')):.3f}"),
         ("classifier", f"{inp.classifier_id}: mean F1 {clf.get('mean_f1', float('nan')):.3f} (val)"
@@ -361,7 +415,7 @@ def build_report(inp: ReportInputs, per_row: int = 4) -> tuple[str, str]:
                           "images": j["split"] or "all",
                           "options": ", ".join(f"{k}={v}" for k, v in j["options"].items()) or "-"}
                          for j in inp.explain_params.get("jobs", [])])
-    facts = findings(shares, main_job, inp) if main_job else []
+    facts = findings(shares, main_job, inp)
     sections = [
         _section("summary", "Dataset and models", _table(summary_rows) + "<h3>Explainer jobs</h3>" +
                  (_table(jobs) if not jobs.empty else "<p>none</p>")),
@@ -390,14 +444,19 @@ def build_report(inp: ReportInputs, per_row: int = 4) -> tuple[str, str]:
                 "detector saw and where.</p>"))
     quality = quality_table(inp.metrics)
     agreement = agreement_table(inp.metrics)
+    undefined = undefined_table(inp.metrics)
     subs = inp.evaluate_summary.get("substrates", {})
     sections.append(_section("agreement", "Explanation quality and method agreement",
                              _table(quality) + f"<p class='note'>Deletion substrate: {subs.get('deletion')}; "
                              f"insertion substrate: {subs.get('insertion')}; "
                              f"{inp.evaluate_summary.get('steps')} steps, on the "
                              f"{inp.evaluate_summary.get('causal_split') or 'whole'} split. Lower deletion / higher "
-                             f"insertion AUC is better; pointing game tolerance 15 px. {REGION_NOTE}</p>" +
-                             (_table(agreement) if not agreement.empty else "")))
+                             f"insertion AUC is better; pointing game tolerance "
+                             f"{inp.evaluate_summary.get('pointing_tolerance', 15.0):g} px. {EPG_NOTE} "
+                             f"{REGION_NOTE}</p>" +
+                             (_table(agreement) if not agreement.empty else "") +
+                             f"<h3 id='undefined'>Undefined metric values</h3><p class='note'>{UNDEFINED_NOTE}</p>" +
+                             (_table(undefined) if not undefined.empty else "<p>none</p>")))
     if inp.classifier_id is not None:
         fig = fig_classifier_epg(inp.metrics, tg)
         spur = inp.infer_metrics.get(inp.classifier_id, {}).get("spurious", {})
@@ -415,6 +474,7 @@ def build_report(inp: ReportInputs, per_row: int = 4) -> tuple[str, str]:
         sections.append(_section("errors", "Errors", _table(inp.errors)))
     nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in (("summary", "Summary"), ("findings", "Findings"),
                                                           ("parts", "Body parts"), ("agreement", "Quality"),
+                                                          ("undefined", "Undefined"),
                                                           ("classifier", "Classifier"), ("cost", "Cost"),
                                                           ("gallery", "Gallery")))
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>xai-audit report</title>"
@@ -424,8 +484,16 @@ def build_report(inp: ReportInputs, per_row: int = 4) -> tuple[str, str]:
     plain = [f.replace("<b>", "**").replace("</b>", "**").replace("<i>", "*").replace("</i>", "*") for f in facts]
     md = ["# xai-audit summary", "", *[f"- {f}" for f in plain], "", "## Explanation quality", "",
           quality.to_markdown(index=False, floatfmt=".3f") if _has_tabulate() else quality.to_string(index=False),
+          "", _plain(EPG_NOTE), "", "## Undefined metric values", "", _plain(UNDEFINED_NOTE), "",
+          (undefined.to_markdown(index=False) if _has_tabulate() else undefined.to_string(index=False))
+          if not undefined.empty else "none",
           "", "## Cost", "", cost_table(ex).to_string(index=False)]
     return page, "\n".join(md) + "\n"
+
+
+def _plain(text: str) -> str:
+    """HTML note -> markdown."""
+    return text.replace("<i>", "*").replace("</i>", "*").replace("&le;", "<=").replace("&ge;", ">=")
 
 
 def _has_tabulate() -> bool:

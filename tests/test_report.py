@@ -1,0 +1,65 @@
+"""The report counts undefined metric values separately, shows EPG's chance level beside it, and states the missed
+count with the found / missed rule of infer's recall. Pure functions of the tables: no flow, no model."""
+import numpy as np
+import pandas as pd
+
+from tasks.report import ReportInputs, build_report, quality_table
+
+
+def _metrics() -> pd.DataFrame:
+    def row(target, metric, value, job="drise"):
+        return {"image_id": "img", "target_id": target, "kind": "persons", "job": job, "metric": metric,
+                "value": value}
+
+    return pd.DataFrame([
+        row("a", "n_forward", 32.0), row("a", "pointing_box", 1.0), row("a", "epg_box", 0.5),
+        row("a", "epg_box_chance", 0.1), row("a", "deletion_auc", 0.2),
+        row("b", "n_forward", 32.0),                                   # the missed pedestrian: a flat map
+        row("b", "undefined:pointing_box:constant_saliency", 1.0), row("b", "undefined:epg_box:constant_saliency", 1.0),
+        row("b", "undefined:deletion_auc:constant_saliency", 1.0),
+        row("c", "n_forward", 32.0), row("c", "pointing_box", 0.0),
+        row("c", "undefined:epg_box:positive_everywhere", 1.0), row("c", "deletion_auc", 0.4)])
+
+
+def _inputs() -> ReportInputs:
+    targets = pd.DataFrame([{"image_id": "img", "target_id": t, "kind": "persons", "category": "person",
+                             "bbox": [0.0, 0.0, 10.0, 20.0], "height": 20.0, "occlusion": 0.0, "found": f,
+                             "score": s, "spurious_cue": None} for t, f, s in (("a", True, 0.9), ("b", False, 0.0),
+                                                                                ("c", True, 0.5))])
+    explanations = pd.DataFrame([{"image_id": "img", "target_id": t, "kind": "persons", "job": "drise",
+                                  "relevance": None, "region_names": None, "saliency": np.zeros(12, np.float16),
+                                  "saliency_height": 3, "saliency_width": 4, "n_forward": 32, "shared_by": 1,
+                                  "seconds": 0.5, "device": "cpu"} for t in "abc"])
+    return ReportInputs(images=pd.DataFrame([{"image_id": "img", "uri": "img.png", "split": "val"}]),
+                        targets=targets, explanations=explanations, metrics=_metrics(), infer_metrics={},
+                        explain_params={"jobs": []},
+                        evaluate_summary={"pointing_tolerance": 12.0, "steps": 4, "causal_split": None,
+                                          "substrates": {"deletion": "mean", "insertion": "blur"}},
+                        errors=pd.DataFrame(columns=["stage", "image_id", "uri", "error_type", "message"]),
+                        detector_id="det", classifier_id=None)
+
+
+def test_undefined_values_are_counted_not_averaged_and_epg_has_its_chance_level():
+    from tasks.report import undefined_table
+
+    table = quality_table(_metrics()).to_dict(orient="records")
+    assert len(table) == 1
+    q = table[0]
+    assert (q["pointing_box"], q["epg_box"], q["epg_box chance"], q["deletion_auc"]) == (0.5, 0.5, 0.1, 0.30000000000000004)
+    assert (q["explanations"], q["undefined values"]) == (3, 4)
+    assert undefined_table(_metrics()).values.tolist() == [
+        ["persons", "drise", "deletion_auc", "constant_saliency", 1],
+        ["persons", "drise", "epg_box", "constant_saliency", 1],
+        ["persons", "drise", "epg_box", "positive_everywhere", 1],
+        ["persons", "drise", "pointing_box", "constant_saliency", 1]]
+
+
+def test_the_report_states_undefined_counts_the_epg_caveat_and_the_missed_count():
+    page, md = build_report(_inputs(), per_row=0)
+    assert "3 explained, 1 missed by the detector" in page
+    assert "<h3 id='undefined'>Undefined metric values</h3>" in page
+    assert "<td>positive_everywhere</td>" in page and "tolerance 12 px" in page
+    assert "4 metric values are undefined and left out of the means (constant saliency 3, positive everywhere 1)" \
+        in page
+    assert "EPG (energy pointing game) is reported only for maps with a pixel" in page
+    assert "## Undefined metric values" in md and "positive_everywhere" in md
