@@ -1,6 +1,7 @@
 """The pull stage: a dataset version -> validated Parquet tables (images, annotations, gt_parts, errors)."""
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import flows  # noqa: F401  (environment defaults)
@@ -34,6 +35,10 @@ def pull_flow(params: Params) -> dict:
         listing = list_source(pull, root)
         logger.info("%s lists %d images, %d annotations", pull.source, len(listing.images),
                     len(listing.annotations))
+        if listing.errors:
+            kinds = Counter(e["error_type"] for e in listing.errors)
+            logger.warning("%s: %d listing records in errors (%s)", pull.source, len(listing.errors),
+                           ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
         futures = [check_images_shard.submit(listing.images[r.start:r.stop], pull.limits,
                                              str(staging / SHARDS_DIR / f"{r.start:08d}"))
                    for r in shard_ranges(len(listing.images), pull.shard_size)]
