@@ -31,10 +31,12 @@ class BudgetError(ValueError):
 
 
 class Explainer:
-    """Base class: device placement, the seeded generator, forward counting, timing.
+    """Base class: input checks, empty regions, scorers without targets, budgets, device placement, the seeded
+    generator, forward counting, timing.
 
     Subclasses implement ``_explain(image, regions, budget, generator) -> (saliency, relevance, extras)`` and
-    call ``self.score(images)`` for every model evaluation, so that ``n_forward`` is exact.
+    call ``self.score(images)`` for every model evaluation, so that ``n_forward`` is exact. ``_explain`` only ever
+    sees non-empty regions (the players) and at least one target, with a budget of at least ``min_budget``.
     """
 
     name = "explainer"
@@ -58,31 +60,67 @@ class Explainer:
         """The method's settings, recorded in every Explanation (and hashed by the pipeline)."""
         return {"perturbation": self.perturbation.describe()}
 
+    def default_regions(self, image: torch.Tensor) -> torch.Tensor | None:
+        """The players when ``explain`` is given no regions: None for pixel methods (superpixels for region games)."""
+        return None
+
+    def min_budget(self, num_regions: int | None, num_targets: int | None) -> tuple[int, str]:
+        """The fewest forwards the method runs on for this many players (None: pixel saliency) and targets, and
+        what they are spent on."""
+        return 1, "one image"
+
     # --------------------------------------------------------------------------------------------- contract
     def explain(self, image: torch.Tensor, regions: torch.Tensor | None = None, *, budget: int | None = None,
                 seed: int = 0) -> Explanation:
-        """Explain ``image`` [3, H, W] (values as the scorer expects) for all of the scorer's targets."""
-        if image.ndim != 3 or image.shape[0] != 3:
-            raise ValueError(f"image must be [3, H, W], got {tuple(image.shape)}")
+        """Explain ``image`` [3, H, W] (values as the scorer expects) for all of the scorer's targets.
+
+        ``regions``: a stack [R, H, W] of masks (bool, or float weights >= 0) or an integer label map [H, W]
+        (labels 0..R-1 with R = max label + 1; negative labels are pixels outside every region). Regions without a
+        pixel (a label id that does not occur, an all-zero mask) are not players: the method runs on the others,
+        spends nothing on them, and their column of ``relevance`` [T, R] is exactly 0, so column r is always region
+        (label) r. Without regions, region games use their ``default_regions`` (superpixels).
+
+        A scorer with ``num_targets == 0`` (e.g. a detector that found nothing on the image) gives an Explanation of
+        no targets: saliency [0, H, W], relevance [0, R] (None for pixel methods), no forwards.
+
+        Raises ValueError for an image that is not [3, H, W] with H, W >= 1, regions of the wrong shape, with
+        negative or non-finite weights, or with no pixel at all; BudgetError for a budget below ``min_budget``
+        (naming the method, the number of players and the minimum)."""
+        if image.ndim != 3 or image.shape[0] != 3 or min(image.shape[1:]) < 1:
+            raise ValueError(f"image must be [3, H, W] with H, W >= 1, got {tuple(image.shape)}")
         image = image.to(self.device, torch.float32)
-        if regions is not None:
-            regions = as_region_masks(regions, image.shape[-2:]).to(self.device)
         budget = self.default_budget if budget is None else int(budget)
         if budget is not None and budget < 1:
-            raise BudgetError(f"budget must be a positive number of forward passes, got {budget}")
+            raise BudgetError(f"{self.name}: budget must be a positive number of forward passes, got {budget}")
+        regions = self.default_regions(image) if regions is None else regions
+        players = None if regions is None else region_set(regions, image.shape[-2:], self.device)
+        T = getattr(self.scorer, "num_targets", None)
+        options = {**self.options(), "budget": budget, "seed": int(seed)}
+        if T == 0:
+            H, W = image.shape[-2:]
+            return Explanation(saliency=torch.zeros(0, H, W), relevance=None if players is None else
+                               torch.zeros(0, players.count), n_forward=0, seconds=0.0, method=self.name,
+                               options=options)
+        M = None if players is None else players.masks.shape[0]
+        minimum, spent_on = self.min_budget(M, T)
+        if budget is not None and budget < minimum:
+            what = self.name if M is None else f"{self.name} with {M} region{'s' if M != 1 else ''}"
+            raise BudgetError(f"{what} needs at least {minimum} forwards ({spent_on}), got budget {budget}")
         generator = torch.Generator(device=self.device).manual_seed(int(seed))
         self._forwards = 0
         start = time.perf_counter()
-        saliency, relevance, extras = self._explain(image, regions, budget, generator)
+        saliency, relevance, extras = self._explain(image, None if players is None else players.masks, budget,
+                                                    generator)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start
         if budget is not None and self._forwards > budget:        # a bug in a method, never a user error
             raise AssertionError(f"{self.name} spent {self._forwards} forwards, budget {budget}")
+        if relevance is not None and players is not None:
+            relevance = players.scatter(relevance)
         return Explanation(saliency=saliency.float().cpu(), relevance=None if relevance is None else
                            relevance.float().cpu(), n_forward=self._forwards, seconds=seconds, method=self.name,
-                           options={**self.options(), "budget": budget, "seed": int(seed)},
-                           **{k: v.float().cpu() for k, v in extras.items()})
+                           options=options, **{k: v.float().cpu() for k, v in extras.items()})
 
     def _explain(self, image, regions, budget, generator):
         raise NotImplementedError
@@ -93,20 +131,62 @@ def numpy_rng(generator: torch.Generator) -> np.random.Generator:
     return np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=generator.device)))
 
 
-def as_region_masks(regions: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Regions as a float stack [R, H, W]: accepts a boolean/float stack or an integer label map [H, W]
-    (labels 0..R-1; negative labels are pixels outside every region)."""
-    regions = torch.as_tensor(regions)
+@dataclass
+class RegionSet:
+    """The regions given to ``explain``: the non-empty ones are the players."""
+
+    masks: torch.Tensor        # [n, H, W] float: the players, each with some pixel > 0
+    columns: torch.Tensor      # [n] long: each player's column in relevance [T, R] (its label id or stack index)
+    count: int                 # R: the label map's max label + 1, or the stack's length
+
+    def scatter(self, relevance: torch.Tensor) -> torch.Tensor:
+        """The players' relevance [T, n] in the R columns [T, R]; regions without a pixel get exactly 0."""
+        if self.masks.shape[0] == self.count:
+            return relevance
+        out = relevance.new_zeros(relevance.shape[0], self.count)
+        return out.index_copy_(1, self.columns.to(relevance.device), relevance)
+
+
+def region_set(regions: torch.Tensor, size: tuple[int, int], device: torch.device | str = "cpu") -> RegionSet:
+    """Regions as players: a bool/float stack [R, H, W] (weights >= 0), or an integer label map [H, W] (labels
+    0..R-1, R = max label + 1; negative labels are pixels outside every region). Masks are only built for label ids
+    that occur, so a sparse label map costs no memory for its gaps. Raises ValueError for the wrong shape, negative
+    or non-finite weights, or no region with a pixel."""
+    regions = torch.as_tensor(regions, device=device)
     if regions.ndim == 2 and not regions.dtype.is_floating_point and regions.dtype != torch.bool:
+        if tuple(regions.shape) != tuple(size):
+            raise ValueError(f"regions: label map {tuple(regions.shape)} does not match the image {tuple(size)}")
         labels = regions.long()
-        n = int(labels.max()) + 1
-        regions = labels.unsqueeze(0) == torch.arange(n, device=labels.device).view(-1, 1, 1)
+        ids = torch.unique(labels)
+        ids = ids[ids >= 0]
+        if ids.numel() == 0:
+            raise ValueError("regions: the label map has no label >= 0 (every pixel is outside every region)")
+        masks = (labels.unsqueeze(0) == ids.view(-1, 1, 1)).float()
+        return RegionSet(masks, ids, int(ids[-1]) + 1)
     if regions.ndim != 3 or tuple(regions.shape[-2:]) != tuple(size):
         raise ValueError(f"regions must be [R, H, W] masks or an [H, W] label map matching the image {tuple(size)}, "
                          f"got {tuple(regions.shape)}")
-    if regions.shape[0] == 0:
-        raise ValueError("regions: at least one region is needed")
-    return regions.float()
+    R = regions.shape[0]
+    if R == 0:
+        raise ValueError("regions: at least one region is needed, got an empty stack [0, H, W]")
+    masks = regions.float()
+    if regions.dtype.is_floating_point and not bool((torch.isfinite(masks) & (masks >= 0)).all()):
+        raise ValueError("regions: mask weights must be finite and >= 0, got "
+                         f"min {float(masks.nan_to_num(0).min()):.3g} and {int((~torch.isfinite(masks)).sum())} "
+                         "non-finite values")
+    keep = masks.reshape(R, -1).amax(1) > 0
+    columns = keep.nonzero()[:, 0]
+    if columns.numel() == 0:
+        raise ValueError(f"regions: all {R} regions are empty (no pixel with a weight > 0): nothing to attribute")
+    return RegionSet(masks if columns.numel() == R else masks[columns], columns, R)
+
+
+def as_region_masks(regions: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Regions as a float stack [R, H, W] with one mask per column of relevance (empty ones included): accepts a
+    boolean/float stack or an integer label map [H, W] (see :func:`region_set`)."""
+    players = region_set(regions, size)
+    out = players.masks.new_zeros(players.count, *players.masks.shape[1:])
+    return out.index_copy_(0, players.columns, players.masks)
 
 
 def paint(relevance: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:

@@ -138,12 +138,13 @@ def posterior_shapley(Zp: np.ndarray, D: torch.Tensor, d_all: torch.Tensor, deca
 def bayes_shapley(game: Game, M: int, budget: int, rng: np.random.Generator, device="cpu",
                   decay: float = DEFAULT_DECAY) -> ShapleyEstimate:
     """Shapley values from (budget - 2) // 2 designed complementary pairs plus the empty and full coalitions;
-    exact enumeration when the budget covers all 2^M coalitions."""
-    if budget < 4:
-        raise BudgetError(f"Bayesian Shapley needs at least 4 forwards (empty, full, one pair), got {budget}")
+    exact enumeration when the budget covers all 2^M coalitions. Raises BudgetError below min(2^M, 4) forwards."""
     decay = check_decay(decay)
     if budget >= 2 ** M:
         return exact_shapley(game, M, device)
+    if budget < 4:
+        raise BudgetError(f"Bayesian Shapley of {M} players needs at least 4 forwards (empty, full, one pair), "
+                          f"got {budget}")
     empty, full = _ends(game, M, device)
     Zp = pair_design(M, (budget - 2) // 2, decay)[:, rng.permutation(M)]
     Y = _evaluate(game, np.stack([Zp, 1 - Zp], 1).reshape(-1, M), device)            # S, complement, S, ...
@@ -164,6 +165,11 @@ class BayesShapley(_ShapleyExplainer):
 
     def options(self):
         return {**super().options(), "decay": self.decay}
+
+    def min_budget(self, num_regions, num_targets):
+        if 2 ** num_regions <= 4:
+            return 2 ** num_regions, f"all 2^{num_regions} coalitions"
+        return 4, "the empty and full coalitions and one complementary pair"
 
     def _estimate(self, game, M, budget, rng):
         return bayes_shapley(game, M, budget, rng, self.device, self.decay)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from explainers.base import BudgetError, Explainer
+from explainers.base import Explainer
 from explainers.perturb import Compositor
 
 
@@ -22,6 +22,8 @@ class DeCam(Explainer):
     def __init__(self, scorer, *, grid: int = 7, population: int = 16, mutation: float = 0.5, crossover: float = 0.7,
                  sparsity: float = 0.5, perturbation="blur", **kw):
         super().__init__(scorer, perturbation=perturbation, **kw)
+        if population < 4:
+            raise ValueError(f"DE/rand/1 needs a population of at least 4 per target, got population={population}")
         self.grid, self.population, self.mutation, self.crossover, self.sparsity = \
             grid, population, mutation, crossover, sparsity
 
@@ -29,12 +31,13 @@ class DeCam(Explainer):
         return {**super().options(), "grid": self.grid, "population": self.population, "mutation": self.mutation,
                 "crossover": self.crossover, "sparsity": self.sparsity}
 
+    def min_budget(self, num_regions, num_targets):
+        return 8 * num_targets, f"two generations of a population of 4 for each of {num_targets} targets"
+
     def _explain(self, image, regions, budget, generator):
         H, W = image.shape[-2:]
         T = self.scorer.num_targets
-        P = min(self.population, budget // (2 * T))
-        if P < 4:
-            raise BudgetError(f"differential evolution for {T} targets needs >= {8 * T} forwards, got {budget}")
+        P = min(self.population, budget // (2 * T))                          # >= 4: budget >= min_budget
         D = regions.shape[0] if regions is not None else self.grid * self.grid
         composite = Compositor(image, self.perturbation.baseline(image))
         flat_regions = None if regions is None else regions.reshape(D, H * W)

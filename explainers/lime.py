@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from explainers.base import BudgetError, Explainer, numpy_rng, paint
+from explainers.base import Explainer, numpy_rng, paint
 from explainers.game import RegionGame
 from explainers.regions import superpixels
 
@@ -34,11 +34,13 @@ class Lime(Explainer):
         return {**super().options(), "n_segments": self.n_segments, "kernel_width": self.kernel_width,
                 "alpha": self.alpha}
 
+    def default_regions(self, image):
+        return superpixels(image, self.n_segments).float()
+
+    def min_budget(self, num_regions, num_targets):
+        return 2, "the image and one coalition"
+
     def _explain(self, image, regions, budget, generator):
-        if budget < 2:
-            raise BudgetError(f"LIME needs at least 2 forwards, got {budget}")
-        if regions is None:
-            regions = superpixels(image, self.n_segments).float()
         M = regions.shape[0]
         Z = numpy_rng(generator).integers(0, 2, (budget, M)).astype(np.float32)
         Z[0] = 1                                                          # the original image, as LIME does

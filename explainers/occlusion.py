@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from explainers.base import BudgetError, Explainer, paint
+from explainers.base import Explainer, paint
 from explainers.game import RegionGame, overlapping
 from explainers.perturb import Compositor
 
@@ -37,14 +37,17 @@ class Occlusion(Explainer):
     def options(self):
         return {**super().options(), "window": self.window, "stride": self.stride}
 
+    def min_budget(self, num_regions, num_targets):
+        if num_regions is None:
+            return 2, "the image and one window"
+        return num_regions + 1, "the image and each region hidden once"
+
     def _explain(self, image, regions, budget, generator):
         if regions is not None:
             return self._regions(image, regions, budget)
         H, W = image.shape[-2:]
         side = self.window if isinstance(self.window, int) else max(1, round(self.window * min(H, W)))
         step = self.stride if isinstance(self.stride, int) else max(1, round(self.stride * side))
-        if budget is not None and budget < 2:
-            raise BudgetError(f"occlusion needs at least 2 forwards (the image and one window), got {budget}")
         origins = window_origins(H, W, (side, side), None if budget is None else budget - 1, (step, step),
                                  self.device)
         composite = Compositor(image, self.perturbation.baseline(image))
@@ -68,8 +71,6 @@ class Occlusion(Explainer):
 
     def _regions(self, image, regions, budget):
         M = regions.shape[0]
-        if budget is not None and budget < M + 1:
-            raise BudgetError(f"occluding {M} regions one at a time needs {M + 1} forwards, budget {budget}")
         if overlapping(regions.sum(0)):                      # overlapping regions: masks clamped by the game
             game = RegionGame(self.score, image, regions, self.perturbation, self.chunk_size)
             v = game(torch.cat([torch.ones(1, M, device=self.device), 1 - torch.eye(M, device=self.device)]))

@@ -6,7 +6,11 @@ import torch
 
 
 def grid_regions(height: int, width: int, rows: int, cols: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """rows x cols cells covering the image, as a bool stack [rows * cols, H, W]."""
+    """rows x cols cells covering the image, as a bool stack [rows * cols, H, W]. With more rows than pixel rows (or
+    columns than pixel columns) some cells have no pixel; ``Explainer.explain`` treats those as dummies (relevance
+    exactly 0, no forwards). Raises ValueError unless rows, cols >= 1."""
+    if rows < 1 or cols < 1:
+        raise ValueError(f"grid_regions: rows and cols must be >= 1, got rows={rows}, cols={cols}")
     r = torch.div(torch.arange(height, device=device) * rows, height, rounding_mode="floor")
     c = torch.div(torch.arange(width, device=device) * cols, width, rounding_mode="floor")
     labels = r[:, None] * cols + c[None, :]
@@ -16,7 +20,8 @@ def grid_regions(height: int, width: int, rows: int, cols: int, device: torch.de
 def superpixels(image: torch.Tensor, n_segments: int = 50, method: str = "slic", compactness: float = 10.0,
                 seed: int = 0) -> torch.Tensor:
     """SLIC or quickshift superpixels of ``image`` [3, H, W] (values in [0, 1]) as a bool stack [R, H, W] on the
-    image's device. Computed on the CPU by scikit-image (once per image, not per forward)."""
+    image's device, densely numbered. Computed on the CPU by scikit-image (once per image, not per forward). SLIC
+    can return fewer segments than ``n_segments`` (on a flat or tiny image, down to one): count the masks."""
     from skimage.segmentation import quickshift, slic
 
     rgb = image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy().astype(np.float64)

@@ -37,6 +37,12 @@ def _ends(game: Game, M: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     return v[0], v[1]
 
 
+def _single_player(game: Game, device) -> ShapleyEstimate:
+    """One player: its Shapley value is v(all) - v(none), exactly, from those 2 forwards (every estimator)."""
+    empty, full = _ends(game, 1, device)
+    return ShapleyEstimate((full - empty)[:, None], empty, full, 2)
+
+
 # ------------------------------------------------------------------------------------------------ exact
 def all_coalitions(M: int) -> np.ndarray:
     """Every coalition [2^M, M] (row i holds the bits of i)."""
@@ -224,10 +230,14 @@ def kernel_shap(game: Game, M: int, budget: int, rng: np.random.Generator, devic
                 ridge: float = 0.1) -> ShapleyEstimate:
     """KernelSHAP (Lundberg & Lee 2017) with the efficiency constraint; exact when the budget covers 2^M.
     ``order=1`` is the classic linear fit; ``order=3`` (default) also fits the third-order interactions that the
-    paired design leaves in the linear fit's error (:func:`odd_interaction_fit`), for M up to 24 players."""
-    if budget < 3:
-        raise BudgetError(f"KernelSHAP needs at least 3 forwards (empty, full, one coalition), got {budget}")
+    paired design leaves in the linear fit's error (:func:`odd_interaction_fit`), for M up to 24 players.
+    One player: v(all) - v(none) from 2 forwards. Raises BudgetError below 3 forwards (2 for one player)."""
     check_kernel_shap_order(order)
+    if budget < (2 if M == 1 else 3):
+        raise BudgetError(f"KernelSHAP of {M} players needs at least {2 if M == 1 else 3} forwards (empty, full"
+                          f"{'' if M == 1 else ', one coalition'}), got {budget}")
+    if M == 1:
+        return _single_player(game, device)
     empty, full = _ends(game, M, device)
     Z, w = kernel_coalitions(M, budget - 2, rng)
     Y = _evaluate(game, Z, device)
@@ -244,9 +254,12 @@ def beta_shapley(game: Game, M: int, budget: int, rng: np.random.Generator, devi
     samples them (size from the Shapley kernel, complementary pairs); then each member is shown at a value drawn
     from Beta(concentration, 1) (near 1) and each non-member at Beta(1, concentration) (near 0), i.e. parts
     partly visible. Shapley values are the efficiency-constrained least-squares fit on those continuous values
-    (uniform weights: the kernel is already in the sampling)."""
-    if budget < 3:
-        raise BudgetError(f"Beta sampling needs at least 3 forwards, got {budget}")
+    (uniform weights: the kernel is already in the sampling). One player: v(all) - v(none) from 2 forwards.
+    Raises BudgetError below 3 forwards (2 for one player)."""
+    if budget < (2 if M == 1 else 3):
+        raise BudgetError(f"Beta sampling of {M} players needs at least {2 if M == 1 else 3} forwards, got {budget}")
+    if M == 1:
+        return _single_player(game, device)
     empty, full = _ends(game, M, device)
     mass = kernel_size_mass(M)
     sizes = np.arange(1, M)
@@ -263,11 +276,14 @@ def beta_shapley(game: Game, M: int, budget: int, rng: np.random.Generator, devi
 # ------------------------------------------------------------------------------------------------ permutations
 def permutation_shapley(game: Game, M: int, budget: int, rng: np.random.Generator, device="cpu") -> ShapleyEstimate:
     """Permutation sampling with antithetic pairs (each permutation and its reverse): every chain from the empty to
-    the full coalition gives one marginal contribution per player. Spends 2 + 2P(M-1) <= budget forwards."""
-    pairs = (budget - 2) // (2 * (M - 1)) if M > 1 else 0
-    if pairs < 1:
-        raise BudgetError(f"antithetic permutation sampling of {M} players needs >= {2 + 2 * (M - 1)} forwards, "
+    the full coalition gives one marginal contribution per player. Spends 2 + 2P(M-1) <= budget forwards (2 for
+    one player, whose one chain is exact). Raises BudgetError below 2M forwards."""
+    if budget < 2 * M:
+        raise BudgetError(f"antithetic permutation sampling of {M} players needs at least {2 * M} forwards, "
                           f"got {budget}")
+    if M == 1:
+        return _single_player(game, device)
+    pairs = (budget - 2) // (2 * (M - 1))
     empty, full = _ends(game, M, device)
     perms = rng.random((pairs, M)).argsort(1)
     perms = np.concatenate([perms, perms[:, ::-1]])                     # [2P, M]
@@ -293,12 +309,13 @@ class _ShapleyExplainer(Explainer):
     def options(self):
         return {**super().options(), "n_segments": self.n_segments}
 
+    def default_regions(self, image):
+        return superpixels(image, self.n_segments).float()
+
     def _estimate(self, game: RegionGame, M: int, budget: int | None, rng: np.random.Generator) -> ShapleyEstimate:
         raise NotImplementedError
 
     def _explain(self, image, regions, budget, generator):
-        if regions is None:
-            regions = superpixels(image, self.n_segments).float()
         game = RegionGame(self.score, image, regions, self.perturbation, self.chunk_size)
         est = self._estimate(game, regions.shape[0], budget, numpy_rng(generator))
         phi = est.phi.float().to(self.device)
@@ -310,9 +327,10 @@ class ExactShapley(_ShapleyExplainer):
 
     name = "exact_shapley"
 
+    def min_budget(self, num_regions, num_targets):
+        return 2 ** num_regions, f"all 2^{num_regions} = {2 ** num_regions} coalitions"
+
     def _estimate(self, game, M, budget, rng):
-        if budget is not None and budget < 2 ** M:
-            raise BudgetError(f"exact Shapley values of {M} regions need 2^{M} = {2 ** M} forwards, budget {budget}")
         return exact_shapley(game, M, self.device)
 
 
@@ -330,6 +348,11 @@ class KernelShap(_ShapleyExplainer):
     def options(self):
         return {**super().options(), "order": self.order, "ridge": self.ridge}
 
+    def min_budget(self, num_regions, num_targets):
+        if 2 ** num_regions <= 3:
+            return 2 ** num_regions, f"all 2^{num_regions} coalitions"
+        return 3, "the empty and full coalitions and one more"
+
     def _estimate(self, game, M, budget, rng):
         if 2 ** M <= budget:
             return exact_shapley(game, M, self.device)
@@ -341,6 +364,10 @@ class PermutationShapley(_ShapleyExplainer):
 
     name = "permutation_shapley"
     default_budget = 512
+
+    def min_budget(self, num_regions, num_targets):
+        return 2 * num_regions, ("the empty and full coalitions" if num_regions == 1 else
+                                 "the empty and full coalitions and one antithetic pair of permutations")
 
     def _estimate(self, game, M, budget, rng):
         return permutation_shapley(game, M, budget, rng, self.device)
@@ -358,6 +385,11 @@ class BetaShapley(_ShapleyExplainer):
 
     def options(self):
         return {**super().options(), "concentration": self.concentration}
+
+    def min_budget(self, num_regions, num_targets):
+        if num_regions == 1:
+            return 2, "the empty and full coalitions"
+        return 3, "the empty and full coalitions and one more"
 
     def _estimate(self, game, M, budget, rng):
         return beta_shapley(game, M, budget, rng, self.device, self.concentration)
