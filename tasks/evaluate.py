@@ -57,9 +57,9 @@ def _metric_rows(row: dict, values: dict[str, float], reasons: dict[str, str] | 
 
 def _target_masks(target: dict, parts: list[dict], gt_boxes: dict[str, list], H: int, W: int,
                   scale: tuple[float, float]) -> dict[str, torch.Tensor]:
-    """Regions a target's saliency should fall in: its box and body (persons / detections); for classes the GT
-    boxes of the class (label present) and of every object (saliency off all objects = background, where a
-    spurious cue lives), at the saliency's resolution."""
+    """Regions a target's saliency should fall in: its box and body (persons / detections; a target without body
+    parts gets an empty body); for classes the GT boxes of the class (label present) and of every object (saliency
+    off all objects = background, where a spurious cue lives), at the saliency's resolution."""
     out = {}
     if target["kind"] == "classes":
         sy, sx = scale
@@ -73,8 +73,8 @@ def _target_masks(target: dict, parts: list[dict], gt_boxes: dict[str, list], H:
         return out
     out["box"] = box_masks(torch.tensor([target["bbox"]]), H, W)[0]
     body = [rle_decode(p["rle"], p["height"], p["width"]) for p in parts if p["part"] != CONTEXT]
-    if body:
-        out["body"] = torch.from_numpy(np.any(body, 0))
+    # no body part at all: an empty body, so its metrics are counted as undefined (empty_region), not skipped
+    out["body"] = torch.from_numpy(np.any(body, 0)) if body else torch.zeros(H, W, dtype=torch.bool)
     return out
 
 

@@ -59,10 +59,17 @@ def evaluated(tmp_path, monkeypatch):
 
 def test_undefined_metrics_are_rows_with_a_reason_not_values(evaluated):
     rows, errors = evaluated
-    by_target = {}
+    by_target, body = {}, {}
     for r in rows:
-        if "_curve_" not in r["metric"]:
+        if "_body" in r["metric"]:
+            body.setdefault(r["target_id"], {})[r["metric"]] = r["value"]
+        elif "_curve_" not in r["metric"]:
             by_target.setdefault(r["target_id"], {})[r["metric"]] = r["value"]
+    # No target has body parts: an empty body, counted as undefined (unless the map already is), not skipped.
+    assert {k: sorted(v) for k, v in body.items()} == {
+        k: [f"undefined:epg_body:{reason}", f"undefined:pointing_body:{reason}"] for k, reason in (
+            ("missed", "constant_saliency"), ("nan", "nonfinite_saliency"), ("good", "empty_region"),
+            ("offset", "empty_region"), ("flat_box", "empty_region"))}
     cost = {"n_forward": 32 / 5, "seconds": 1 / 5}
     # A constant (all-zero) map: before, pointing_box 1.0 (the first pixel is in the top-left box) and epg_box 0.0.
     assert by_target["missed"] == pytest.approx({
@@ -105,8 +112,10 @@ def test_the_summary_counts_undefined_values_and_averages_only_defined_ones(eval
         "pointing_box": {"constant_saliency": 1, "empty_region": 1, "nonfinite_saliency": 1},
         "epg_box": {"constant_saliency": 1, "empty_region": 1, "nonfinite_saliency": 1, "positive_everywhere": 1},
         "deletion_auc": {"constant_saliency": 1, "nonfinite_saliency": 1},
-        "insertion_auc": {"constant_saliency": 1, "nonfinite_saliency": 1}}
-    assert undefined_counts(table) == {"constant_saliency": 4, "empty_region": 2, "nonfinite_saliency": 4,
+        "insertion_auc": {"constant_saliency": 1, "nonfinite_saliency": 1},
+        "pointing_body": {"constant_saliency": 1, "empty_region": 3, "nonfinite_saliency": 1},
+        "epg_body": {"constant_saliency": 1, "empty_region": 3, "nonfinite_saliency": 1}}
+    assert undefined_counts(table) == {"constant_saliency": 6, "empty_region": 8, "nonfinite_saliency": 6,
                                        "positive_everywhere": 1}
 
 
