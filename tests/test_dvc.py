@@ -1,5 +1,6 @@
 """DVC: a dataset version travels through a local remote, the pull stage fetches it, and `dvc repro` caches."""
 import hashlib
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -9,6 +10,8 @@ import yaml
 
 from detection.datasets.tables import DatasetTables
 from flows.pull import run_pull
+from tasks.params import read_yaml
+from tasks.stage_deps import is_code_dep
 from tests.conftest import REPO
 from tests.helpers import write_coco
 
@@ -64,21 +67,26 @@ def test_pull_stage_fetches_a_dataset_version_from_a_dvc_repo(registry, prefect_
         assert row["uri"].startswith("data/pulled/source/images/") and (in_tmp / row["uri"]).is_file()
 
 
-def test_dvc_repro_pull_runs_once(tmp_path, tool_env):
-    """`dvc repro pull` on a copy of this project: generates the dataset, then a second run does nothing."""
-    project = tmp_path / "project"
+def copy_project(project: Path, tool_env: dict, n_images: int = 12) -> Path:
+    """This project's git files (no outputs, no dvc.lock) in a fresh git repository, with n_images synthetic images."""
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
                            capture_output=True, text=True, check=True).stdout.split()
     for name in files:
         if (REPO / name).is_file() and not name.startswith(("data/pulled", "metrics/")) and name != "dvc.lock":
             (project / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, project / name)
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["pull"]["synthetic"]["n_images"] = 12
+    params = read_yaml(project / "params.yaml")            # YAML 1.2, as DVC reads it
+    params["pull"]["synthetic"]["n_images"] = n_images
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     run(["git", "init", "-q", "-b", "main"], project, tool_env)
     run(["git", "add", "-A"], project, tool_env)
     run(["git", "commit", "-q", "-m", "copy"], project, tool_env)
+    return project
+
+
+def test_dvc_repro_pull_runs_once(tmp_path, tool_env):
+    """`dvc repro pull` on a copy of this project: generates the dataset, then a second run does nothing."""
+    project = copy_project(tmp_path / "project", tool_env)
 
     run(["dvc", "repro", "pull"], project, tool_env)
     tables = DatasetTables.read(project / "data" / "pulled")
@@ -86,3 +94,40 @@ def test_dvc_repro_pull_runs_once(tmp_path, tool_env):
     assert "didn't change" in run(["dvc", "repro", "pull"], project, tool_env)
     metrics = run(["dvc", "metrics", "show"], project, tool_env)
     assert "metrics/pull.json" in metrics
+
+
+def _status(project: Path, tool_env: dict) -> set[str]:
+    """Stages `dvc status` lists as changed."""
+    out = run(["dvc", "status", "--json"], project, tool_env)
+    return set(json.loads(out[out.index("{"):]))
+
+
+def test_touching_an_imported_module_makes_its_stages_stale(tmp_path, tool_env):
+    """dvc.yaml's code deps are the stages' imports: after a change to detection/datasets/imageio.py (to_batch, which
+    every model input goes through) `dvc status` lists infer, explain and evaluate, not only the data stages; a
+    change to a module no stage imports lists none. Outputs are stand-ins recorded by `dvc commit` (nothing runs)."""
+    project = copy_project(tmp_path / "project", tool_env)
+    stages = read_yaml(project / "dvc.yaml")["stages"]
+    for stage in stages.values():
+        paths = [d for d in stage.get("deps", []) if not is_code_dep(d)]
+        paths += [next(iter(o)) if isinstance(o, dict) else o
+                  for key in ("outs", "metrics", "plots") for o in stage.get(key, [])]
+        for path in map(project.joinpath, paths):
+            if not path.exists():
+                target = path if path.suffix else path / "stand-in"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(f"stand-in for {path.name}\n")
+    run(["dvc", "commit", "-f", "-q"], project, tool_env)
+    assert _status(project, tool_env) == set(), "not up to date right after dvc commit"
+
+    module = project / "detection" / "datasets" / "imageio.py"
+    module.write_text(module.read_text() + "\n# changed\n")
+    stale = _status(project, tool_env)
+    assert {"infer", "explain", "evaluate"} <= stale, f"dvc status lists only {sorted(stale)}"
+    assert stale == {name for name, stage in stages.items() if "detection/datasets/imageio.py" in stage["deps"]}
+
+    run(["dvc", "commit", "-f", "-q"], project, tool_env)
+    for unused in ("flows/single.py", "flows/audit.py"):          # the CLI's one-image explain, the serve flow
+        path = project / unused
+        path.write_text(path.read_text() + "\n# changed\n")
+    assert _status(project, tool_env) == set(), "stages stale after touching a module no stage imports"
