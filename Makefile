@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $@
 
 run: $(STAMP)
+	$(BIN)/python -m tasks.stage_deps --check   # dvc.yaml lists every module each stage imports
 	$(BIN)/dvc repro
 
 test: $(STAMP)
