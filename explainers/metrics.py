@@ -126,21 +126,24 @@ def deletion_insertion(scorer, image: torch.Tensor, saliency: torch.Tensor, *, m
 
 def near_region(masks: torch.Tensor, tolerance: float) -> torch.Tensor:
     """bool [T, H, W]: the pixels within ``tolerance`` px (Euclidean, between pixel centres) of a pixel of each
-    target's region ``masks`` [T, H, W]. Exact squared distances, one vertical and one horizontal pass over the
-    2 * floor(tolerance) + 1 offsets."""
+    target's region ``masks`` [T, H, W] - the region dilated by a disk. Exact: for each row offset dy the disk is
+    the horizontal run |dx| <= w(dy) = floor(sqrt(tolerance^2 - dy^2)), and whether a run holds a region pixel is
+    a difference of per-row prefix counts."""
     T, H, W = masks.shape
-    r = math.floor(min(tolerance, H + W))
-    ry, rx = min(r, H - 1), min(r, W - 1)
-    inf = torch.tensor(torch.inf, device=masks.device)
-    region = F.pad(masks.float(), (0, 0, ry, ry))                       # rows beyond the image: no region
-    dy2 = torch.full((T, H, W), torch.inf, device=masks.device)         # squared distance to the region, per column
-    for dy in range(-ry, ry + 1):
-        dy2 = torch.minimum(dy2, torch.where(region[:, ry + dy:ry + dy + H] > 0, float(dy * dy), inf))
-    dy2 = F.pad(dy2, (rx, rx), value=torch.inf)
-    d2 = torch.full((T, H, W), torch.inf, device=masks.device)
-    for dx in range(-rx, rx + 1):
-        d2 = torch.minimum(d2, dy2[:, :, rx + dx:rx + dx + W] + dx * dx)
-    return d2 <= tolerance ** 2
+    if tolerance ** 2 >= (H - 1) ** 2 + (W - 1) ** 2:            # the disk covers the image from any pixel
+        return masks.reshape(T, -1).any(1).view(T, 1, 1).expand(T, H, W).clone()
+    r = min(math.floor(tolerance), H - 1)
+    dy = torch.arange(-r, r + 1, device=masks.device)
+    room = tolerance ** 2 - dy.double() ** 2
+    w = room.sqrt().floor().long()
+    w = w + ((w + 1) ** 2 <= room).long() - (w ** 2 > room).long()            # exact integer square root
+    counts = F.pad(masks.int(), (1, 0, r, r)).cumsum(2)                      # [T, H + 2r, W + 1]
+    rows = counts.unfold(1, H, 1).permute(0, 1, 3, 2)                         # [T, 2r + 1, H, W + 1]: row y + dy
+    x = torch.arange(W, device=masks.device)
+    shape = (T, len(dy), H, W)
+    hi = (x + w.view(-1, 1) + 1).clamp(max=W).view(1, -1, 1, W).expand(shape)
+    lo = (x - w.view(-1, 1)).clamp(min=0).view(1, -1, 1, W).expand(shape)
+    return (rows.gather(3, hi) > rows.gather(3, lo)).any(1)
 
 
 def pointing_game(saliency: torch.Tensor, masks: torch.Tensor, tolerance: float = 15.0) -> torch.Tensor:
@@ -154,9 +157,17 @@ def pointing_game(saliency: torch.Tensor, masks: torch.Tensor, tolerance: float 
     saliency = saliency.float()
     masks = masks.to(saliency.device).bool()
     reason = undefined_reason(saliency, masks, "pointing")
-    T = saliency.shape[0]
-    peak = saliency == saliency.reshape(T, -1).amax(1).view(T, 1, 1)
-    hit = (peak & near_region(masks, tolerance)).reshape(T, -1).any(1).float()
+    T, H, W = saliency.shape
+    peak = (saliency == saliency.reshape(T, -1).amax(1).view(T, 1, 1)) & (reason == DEFINED).view(T, 1, 1)
+    rows, cols = peak.any(0).any(1).nonzero()[:, 0], peak.any(0).any(0).nonzero()[:, 0]
+    if not len(rows):                                  # every target undefined
+        return torch.full((T,), torch.nan, device=saliency.device)
+    # Only region pixels within `tolerance` of a maximum matter: the window around the maxima, grown by it.
+    r = math.floor(min(tolerance, H + W))
+    y0, y1 = max(int(rows[0]) - r, 0), min(int(rows[-1]) + r + 1, H)
+    x0, x1 = max(int(cols[0]) - r, 0), min(int(cols[-1]) + r + 1, W)
+    near = near_region(masks[:, y0:y1, x0:x1], tolerance)
+    hit = (peak[:, y0:y1, x0:x1] & near).reshape(T, -1).any(1).float()
     return torch.where(reason == DEFINED, hit, torch.nan)
 
 

@@ -53,6 +53,22 @@ def test_tolerance_is_euclidean_and_exact_on_a_plateau():
     assert pointing_game(sal, masks, tolerance=0).tolist() == [0.0, 0.0, 0.0]
 
 
+@pytest.mark.parametrize("tolerance", [0, 1, 1.5, 2.9, 7, 15, 15.5, 70])
+def test_near_region_is_the_exact_euclidean_dilation(tolerance):
+    from explainers.metrics import near_region
+
+    g = torch.Generator().manual_seed(1)
+    for h, w in ((40, 50), (7, 60), (60, 5)):
+        masks = torch.rand(3, h, w, generator=g) > 0.99
+        masks[2] = False                                         # an empty region is near nothing
+        ys, xs = torch.meshgrid(torch.arange(float(h)), torch.arange(float(w)), indexing="ij")
+        pixels = torch.stack([ys.ravel(), xs.ravel()], 1)
+        expected = torch.stack([
+            (((pixels[:, None] - pixels[m.ravel()][None]) ** 2).sum(-1) <= tolerance ** 2).any(1).view(h, w)
+            for m in masks])
+        assert torch.equal(near_region(masks, tolerance), expected)
+
+
 def test_nan_saliency_gives_nan_not_a_hit():
     sal = torch.zeros(1, 20, 20)
     sal[0, 2:5, 2:5] = 1.0
