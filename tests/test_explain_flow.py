@@ -85,12 +85,18 @@ def test_a_corrupt_image_lands_in_errors_and_the_rest_completes(project):
     summary = run_evaluate(params)
     assert summary["explanations"] > 0
     persons = summary["by_kind"]["persons"]
-    assert {"deletion_auc", "insertion_auc", "pointing_box", "epg_box", "epg_body"} <= set(persons["drise"])
-    assert "agree:occlusion@parts" in persons["kernel_shap@parts"]
-    assert 0 <= persons["kernel_shap@parts"]["epg_box"] <= 1
+
+    # A metric is averaged where defined, else counted as undefined: the 1-epoch models give mostly flat maps.
+    def counted(job: str, metric: str) -> bool:
+        return metric in persons[job] or metric in persons[job].get("undefined", {})
+
+    assert all(counted("drise", m) for m in ("deletion_auc", "insertion_auc", "pointing_box", "epg_box", "epg_body"))
+    assert counted("kernel_shap@parts", "agree:occlusion@parts")
+    assert 0 <= persons["kernel_shap@parts"].get("epg_box", 0) <= 1
     assert json.loads(Path("metrics/evaluate.json").read_text())["explanations"] == summary["explanations"]
     curves = Path("plots/causal_curves.csv").read_text().splitlines()
-    assert curves[0] == "job,fraction,deletion,insertion" and len(curves) > 5
+    defined = any("deletion_auc" in job for kind in summary["by_kind"].values() for job in kind.values())
+    assert curves[0] == "job,fraction,deletion,insertion" and (len(curves) > 5 or not defined)
     assert Path("plots/part_relevance.csv").read_text().startswith("job,part,share")
 
     report = run_report(params)
