@@ -24,14 +24,15 @@ import torch
 import torch.nn.functional as F
 
 from bench_models import write_results
-from bench_shapley import real_games
 from detection.models.letterbox import letterbox
 from detection.models.scene_classifier import load_classifier
 from detection.scorers import ClassifierScorer
 from explainers import METHODS, superpixels
 from explainers.perturb import Blur
+from pedestrians import describe_split, pedestrians
 
 CHUNK = 16
+REPEATS = 5          # timed runs per method, each paired with the same number of bare forwards
 
 
 def raw_seconds(raw_fn, raw_batch: torch.Tensor, n: int) -> float:
@@ -66,7 +67,7 @@ class Timed:
         return out
 
 
-def paired_overhead(run, raw_batch, scorer: Timed, network: Timed, repeats: int = 5) -> dict:
+def paired_overhead(run, raw_batch, scorer: Timed, network: Timed, repeats: int = REPEATS) -> dict:
     """Run once (warm-up, counts the forwards n), then ``repeats`` times, each right after timing n bare forwards;
     overhead = median of the per-pair ratios, which cancels the VM's slow speed drift (it moves by up to 2x over
     minutes, so raw throughput measured once before and once after all methods is not comparable). Beside it the
@@ -150,7 +151,7 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    person = real_games(1, device)[0]
+    person = pedestrians("heldout", 1, device)[0]
     scorer = person["scorer"]
     scorer.chunk_size = CHUNK
     det = scorer.model
@@ -160,7 +161,8 @@ def main() -> None:
     parts = torch.cat([person["regions"][10], person["regions"][12][10:11]]).float()      # 10 parts + context
     methods = ["occlusion", "rise", "drise", "lime", "bayes_shapley", "kernel_shap", "permutation_shapley",
                "beta_shapley", "decam"]
-    results = {"device": str(device), "cpus": os.cpu_count(), "budget": args.budget}
+    results = {"device": str(device), "cpus": os.cpu_count(), "budget": args.budget,
+               "pedestrian": person["det_id"], "split": describe_split("heldout"), "repeats": REPEATS}
     results["detector"] = bench_model(f"demo detector, D-RISE score of {person['det_id']}, 11 part regions", scorer,
                                       network, lb, image, parts, args.budget, methods)
     results["detector_exact_parts6"] = bench_model(

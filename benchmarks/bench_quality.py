@@ -1,106 +1,127 @@
-"""Quality vs budget: deletion / insertion AUC (RISE's metrics; deletion substrate = mean colour, insertion
-substrate = blur k11 sigma5, 20 steps) of each method's saliency at budgets from 100 to 4000 forwards, on the demo
-models: the detector (D-RISE score of pedestrians >= 60 px; regions = 10 body parts + context) and the classifier
-(all 4 classes of val scenes at the model's input size; regions = 24 SLIC superpixels). Medians over targets.
+"""Quality vs budget: deletion and insertion AUC (RISE's causal metrics, 20 steps), each measured with two
+substrates, the mean colour and blur (kernel 11, sigma 5), of every method's saliency, with every method hiding
+its regions / masks both ways too (``hide=mean`` and ``hide=blur``): a method that hides with the substrate the
+curve then deletes with is graded on its own perturbation, so read the four curves side by side before deciding
+which perturbation suits a model.
 
-    python benchmarks/bench_quality.py [--persons 3] [--scenes 4] [--models detector,classifier] [--methods ...]
-                                       [--out benchmarks/results/quality.json]
+Models: the demo detector (D-RISE score of pedestrians >= 60 px it finds; region methods play the 10 body parts
++ context) and the demo classifier (the 4 class probabilities of scenes at the model's input size; region methods
+play 24 SLIC superpixels). Data: the held-out split of ``pedestrians.py`` by default (``--split tune``: the pulled
+dataset's pedestrians and val scenes that the perturbation defaults were chosen on). Medians over targets.
+
+    python benchmarks/bench_quality.py [--split heldout] [--persons 3] [--scenes 4] [--budgets 100,400,1600]
+                                       [--models detector,classifier] [--methods ...] [--out ...]
 """
 from __future__ import annotations
 
 import argparse
 import os
+import time
 import warnings
 
 import flows  # noqa: F401  (environment defaults)
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
 from bench_models import write_results
-from bench_shapley import real_games
-from detection.datasets.imageio import load_rgb, to_batch
 from detection.models.scene_classifier import load_classifier
 from detection.scorers import ClassifierScorer
 from explainers import METHODS, deletion_insertion, superpixels
+from pedestrians import classifier_scenes, describe_split, file_digest, pedestrians
 
-BUDGETS = (100, 250, 500, 1000, 2000, 4000)
 STEPS = 20
-DETECTOR_METHODS = {"drise": ({"grid": 8, "center": True}, False), "occlusion": ({}, False),
-                    "occlusion@parts": ({}, True), "bayes_shapley@parts": ({}, True), "kernel_shap@parts": ({}, True),
-                    "lime@parts": ({}, True)}
-# Shapley methods hide regions by blur by default, which leaves colour (the demo classifier's cue) in place: on the
-# classifier they also run with the mean colour that LIME, occlusion, RISE and the deletion curve use ("/mean").
-CLASSIFIER_METHODS = {"rise": ({"center": True}, False), "occlusion": ({}, False),
-                      "bayes_shapley@superpixels": ({}, True),
-                      "bayes_shapley@superpixels/mean": ({"perturbation": "mean"}, True),
-                      "kernel_shap@superpixels": ({}, True),
-                      "kernel_shap@superpixels/mean": ({"perturbation": "mean"}, True), "lime@superpixels": ({}, True)}
+SUBSTRATES = ("mean", "blur")
+HIDES = ("mean", "blur")
+# key -> (method, options, uses regions); every key runs once per hide in HIDES.
+DETECTOR_METHODS = {"drise": ("drise", {"grid": 8, "center": True}, False), "occlusion": ("occlusion", {}, False),
+                    "occlusion@parts": ("occlusion", {}, True), "bayes_shapley@parts": ("bayes_shapley", {}, True),
+                    "kernel_shap@parts": ("kernel_shap", {}, True), "lime@parts": ("lime", {}, True)}
+CLASSIFIER_METHODS = {"rise": ("rise", {"center": True}, False), "occlusion": ("occlusion", {}, False),
+                      "occlusion@superpixels": ("occlusion", {}, True),
+                      "bayes_shapley@superpixels": ("bayes_shapley", {}, True),
+                      "kernel_shap@superpixels": ("kernel_shap", {}, True),
+                      "lime@superpixels": ("lime", {}, True)}
 
 
-def curve_scores(scorer, image, saliency) -> tuple[torch.Tensor, torch.Tensor]:
-    d = deletion_insertion(scorer, image, saliency, mode="deletion", substrate="mean", steps=STEPS)
-    i = deletion_insertion(scorer, image, saliency, mode="insertion", substrate="blur", steps=STEPS)
-    return d.auc, i.auc
+def curve_scores(scorer, image, saliency) -> dict[str, torch.Tensor]:
+    """AUC per target of deletion and insertion with each substrate: {'deletion/mean': [T], ...}."""
+    return {f"{mode}/{sub}": deletion_insertion(scorer, image, saliency, mode=mode, substrate=sub, steps=STEPS).auc
+            for mode in ("deletion", "insertion") for sub in SUBSTRATES}
 
 
-def run_model(label: str, cases: list[tuple], methods: dict) -> dict:
-    """cases: (scorer, image, regions). Returns {method: {budget: {deletion, insertion, n_forward}}}."""
+def run_model(label: str, cases: list[tuple], methods: dict, budgets: list[int]) -> dict:
+    """cases: (scorer, image, regions). Returns {key: {hide: {budget: {curve: median AUC, n_forward}}}}."""
     out: dict = {}
-    for name, (options, uses_regions) in methods.items():
-        cls = METHODS[name.split("@")[0]]
-        out[name] = {}
-        for budget in BUDGETS:
-            dels, inss, fws = [], [], []
-            for scorer, image, regions in cases:
-                exp = cls(scorer, **options).explain(image, regions if uses_regions else None, budget=budget, seed=0)
-                d, i = curve_scores(scorer, image, exp.saliency)
-                dels += d.tolist()
-                inss += i.tolist()
-                fws.append(exp.n_forward)
-            out[name][budget] = {"deletion": float(np.median(dels)), "insertion": float(np.median(inss)),
-                                 "n_forward": int(np.median(fws))}
-            print(f"{label:<10} {name:<24} budget {budget:>5} (used {int(np.median(fws)):>5}): "
-                  f"deletion {np.median(dels):.3f}  insertion {np.median(inss):.3f}", flush=True)
+    for key, (method, options, uses_regions) in methods.items():
+        cls = METHODS[method]
+        out[key] = {}
+        for hide in HIDES:
+            out[key][hide] = {}
+            for budget in budgets:
+                aucs: dict[str, list[float]] = {}
+                fws = []
+                for scorer, image, regions in cases:
+                    exp = cls(scorer, perturbation=hide, **options).explain(image, regions if uses_regions else None,
+                                                                            budget=budget, seed=0)
+                    for curve, auc in curve_scores(scorer, image, exp.saliency).items():
+                        aucs.setdefault(curve, []).extend(auc.tolist())
+                    fws.append(exp.n_forward)
+                row = {curve: float(np.median(v)) for curve, v in aucs.items()}
+                row["n_forward"] = int(np.median(fws))
+                out[key][hide][budget] = row
+                print(f"{label:<10} {key:<26} hide={hide:<4} budget {budget:>5} (used {row['n_forward']:>5}): "
+                      + "  ".join(f"{c} {row[c]:.3f}" for c in sorted(aucs)), flush=True)
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--split", choices=["tune", "heldout"], default="heldout")
     parser.add_argument("--persons", type=int, default=3)
     parser.add_argument("--scenes", type=int, default=4)
+    parser.add_argument("--budgets", default="100,400,1600")
     parser.add_argument("--models", default="detector,classifier", help="comma-separated: detector, classifier")
     parser.add_argument("--methods", default=None, help="comma-separated method keys to run (default: all)")
-    parser.add_argument("--out", default="benchmarks/results/quality.json")
+    parser.add_argument("--out", default=None, help="default: benchmarks/results/quality_<split>_<models>.json")
     args = parser.parse_args()
-    models = set(args.models.split(","))
-    if not models <= {"detector", "classifier"}:
-        parser.error(f"--models: unknown {sorted(models - {'detector', 'classifier'})}")
+    models = args.models.split(",")
+    if not set(models) <= {"detector", "classifier"}:
+        parser.error(f"--models: unknown {sorted(set(models) - {'detector', 'classifier'})}")
     every = set(DETECTOR_METHODS) | set(CLASSIFIER_METHODS)
     chosen = every if args.methods is None else set(args.methods.split(","))
     if not chosen <= every:
         parser.error(f"--methods: unknown {sorted(chosen - every)}; expected some of {sorted(every)}")
+    budgets = [int(b) for b in args.budgets.split(",")]
     warnings.filterwarnings("ignore")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    results = {"device": str(device), "cpus": os.cpu_count(), "steps": STEPS, "budgets": list(BUDGETS),
-               "substrates": {"deletion": "mean", "insertion": "blur(sigma=5.0,kernel=11)"}}
+    start = time.perf_counter()
+    results = {"device": str(device), "cpus": os.cpu_count(), "split": describe_split(args.split), "steps": STEPS,
+               "budgets": budgets, "substrates": {"mean": "mean colour", "blur": "blur(sigma=5.0,kernel=11)"},
+               "hides": list(HIDES)}
     if "detector" in models:
-        persons = real_games(args.persons, device)
+        persons = pedestrians(args.split, args.persons, device)
         det_cases = [(p["scorer"], p["image"], p["regions"][12][:11].float()) for p in persons]  # 10 parts + context
+        results["detector_weights_sha256_12"] = file_digest("models/detector.pt")
+        results["persons"] = [p["det_id"] for p in persons]
         results["detector"] = run_model("detector", det_cases,
-                                        {k: v for k, v in DETECTOR_METHODS.items() if k in chosen})
+                                        {k: v for k, v in DETECTOR_METHODS.items() if k in chosen}, budgets)
     if "classifier" in models:
         clf = load_classifier("models/classifier.pt", device=device)
-        images = [r for r in pq.read_table("data/pulled/images.parquet").to_pylist() if r["split"] == "val"]
-        clf_cases = []
-        for r in images[:args.scenes]:
-            img = to_batch([load_rgb(r["uri"])])[0].to(device)
-            small = F.interpolate(img[None], size=clf.input_size, mode="bilinear", align_corners=False)[0]
-            clf_cases.append((ClassifierScorer(clf), small.contiguous(), superpixels(small, 24).float()))
+        results["classifier_weights_sha256_12"] = file_digest("models/classifier.pt")
+        clf_cases, ids = [], []
+        for image_id, img in classifier_scenes(args.split, args.scenes):
+            img = img.to(device)
+            if clf.input_size is not None and tuple(clf.input_size) != tuple(img.shape[-2:]):
+                img = F.interpolate(img[None], size=clf.input_size, mode="bilinear", align_corners=False)[0]
+            img = img.contiguous()
+            clf_cases.append((ClassifierScorer(clf), img, superpixels(img, 24).float()))
+            ids.append(image_id)
+        results["scenes"] = ids
         results["classifier"] = run_model("classifier", clf_cases,
-                                          {k: v for k, v in CLASSIFIER_METHODS.items() if k in chosen})
-    write_results(args.out, results)
+                                          {k: v for k, v in CLASSIFIER_METHODS.items() if k in chosen}, budgets)
+    results["seconds"] = round(time.perf_counter() - start, 1)
+    write_results(args.out or f"benchmarks/results/quality_{args.split}_{'_'.join(models)}.json", results)
 
 
 if __name__ == "__main__":
