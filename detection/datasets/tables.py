@@ -119,8 +119,8 @@ TARGETS_SCHEMA = pa.schema([                   # what the explain stage explains
     ("class_probs", pa.list_(pa.float32())),   # detections: the D-RISE target's class vector
     ("height", pa.float32()),                  # box height, px
     ("occlusion", pa.float32()),               # GT occlusion (persons; detections matched to a GT person)
-    ("found", pa.bool_()),                     # persons: detected (IoU >= 0.5, above conf); detections: true positive
-    ("score", pa.float32()),                   # persons: the detector's best score on them (0 if none); detections
+    ("found", pa.bool_()),                     # persons / detections: matched one-to-one (detection.evaluation.match)
+    ("score", pa.float32()),                   # persons: their matched detection's score (0 if none); detections
     ("label_present", pa.bool_()),             # classes: the image has this label
     ("spurious_cue", pa.bool_()),
     ("parts_id", pa.string()),                 # the parts table's (model_id, det_id) holding the body parts
