@@ -6,24 +6,64 @@
 
 Every method has the same ``explain(image, regions=None, *, budget=None, seed=0) -> Explanation``.
 """
-from explainers.base import BudgetError, Explainer, Explanation
-from explainers.bayesian_shapley import BayesShapley, bayes_shapley
-from explainers.decam import DeCam
-from explainers.game import RegionGame
-from explainers.lime import Lime
-from explainers.metrics import (box_masks, deletion_insertion, energy_pointing_game, pointing_game, relative_error)
-from explainers.occlusion import Occlusion
-from explainers.perturb import Blur, Constant, Mean, Noise, Perturbation
-from explainers.regions import grid_regions, superpixels
-from explainers.rise import DRise, Rise
-from explainers.shapley import (BetaShapley, ExactShapley, KernelShap, PermutationShapley, beta_shapley,
-                                exact_shapley, kernel_shap, permutation_shapley)
+from __future__ import annotations
 
-METHODS = {cls.name: cls for cls in (Occlusion, Rise, DRise, Lime, BayesShapley, KernelShap, ExactShapley,
-                                     PermutationShapley, BetaShapley, DeCam)}
+import importlib
+
+# public name -> the submodule that defines it; imported on first access (PEP 562), so importing one
+# submodule (or this package) does not import its siblings. Project code imports from the submodule.
+_LAZY = {
+    "BayesShapley": "explainers.bayesian_shapley",
+    "BetaShapley": "explainers.shapley",
+    "Blur": "explainers.perturb",
+    "BudgetError": "explainers.base",
+    "Constant": "explainers.perturb",
+    "DRise": "explainers.rise",
+    "DeCam": "explainers.decam",
+    "ExactShapley": "explainers.shapley",
+    "Explainer": "explainers.base",
+    "Explanation": "explainers.base",
+    "KernelShap": "explainers.shapley",
+    "Lime": "explainers.lime",
+    "METHODS": "explainers.registry",
+    "Mean": "explainers.perturb",
+    "Noise": "explainers.perturb",
+    "Occlusion": "explainers.occlusion",
+    "PermutationShapley": "explainers.shapley",
+    "Perturbation": "explainers.perturb",
+    "RegionGame": "explainers.game",
+    "Rise": "explainers.rise",
+    "bayes_shapley": "explainers.bayesian_shapley",
+    "beta_shapley": "explainers.shapley",
+    "box_masks": "explainers.metrics",
+    "deletion_insertion": "explainers.metrics",
+    "energy_pointing_game": "explainers.metrics",
+    "exact_shapley": "explainers.shapley",
+    "grid_regions": "explainers.regions",
+    "kernel_shap": "explainers.shapley",
+    "permutation_shapley": "explainers.shapley",
+    "pointing_game": "explainers.metrics",
+    "relative_error": "explainers.metrics",
+    "superpixels": "explainers.regions",
+}
 
 __all__ = ["BayesShapley", "BetaShapley", "Blur", "BudgetError", "Constant", "DRise", "DeCam", "ExactShapley",
            "Explainer", "Explanation", "KernelShap", "Lime", "METHODS", "Mean", "Noise", "Occlusion", "Perturbation",
            "PermutationShapley", "RegionGame", "Rise", "bayes_shapley", "beta_shapley", "box_masks",
            "deletion_insertion", "energy_pointing_game", "exact_shapley", "grid_regions", "kernel_shap",
            "permutation_shapley", "pointing_game", "relative_error", "superpixels"]
+
+
+def __getattr__(name: str):
+    """Import a public name's submodule on first access and cache the name in the package's globals.
+    Raises AttributeError for a name that is not exported."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -45,10 +45,11 @@ def audit_flow(params_file: str = "params.yaml", stages: list[str] | None = None
     """Run the pipeline's stages in order (all by default) as subflows; returns each stage's result."""
     from rich.progress import Progress
 
+    from tasks.explain_jobs import check_jobs
     from tasks.params import ParamsError, load_params
 
     logger = get_run_logger()
-    load_params(params_file)                       # fail early, naming the key at fault
+    check_jobs(load_params(params_file), params_file)   # fail early, naming the key / job option at fault
     chosen = list(stages or STAGES)
     unknown = [s for s in chosen if s not in STAGES]
     if unknown:
@@ -107,6 +108,12 @@ def serve(params_file: str, cron: str | None, interval: float | None, stages: li
     exit). The Prefect runner lives in a child process so that Ctrl-C / SIGTERM always stop both cleanly."""
     import json
     import signal
+
+    from tasks.explain_jobs import check_jobs
+    from tasks.params import load_params
+
+    # a bad params.yaml (a key, an explain job's method or option) fails now, not at the first scheduled run
+    check_jobs(load_params(params_file, check_files=False), params_file)
 
     def _interrupt(*_):
         raise KeyboardInterrupt

@@ -18,6 +18,7 @@ from detection.datasets.tables import SCHEMAS, DatasetTables, write_table_atomic
 from flows.progress import progress
 from flows.runner import task_runner
 from tasks.explain import DONE_DIR, build_targets, config_hash, explain_shard, is_done
+from tasks.explain_jobs import check_jobs
 from tasks.params import Params, load_params
 from tasks.shards import read_json, shard_ranges, write_json
 
@@ -59,7 +60,9 @@ def read_errors(out_dir: str | Path) -> pa.Table:
 
 @flow(name="explain", log_prints=True)
 def explain_flow(params: Params) -> dict:
-    """Targets -> shards of images -> explanations/job=<job>/shard-NNNNN.parquet (+ errors), then the metrics."""
+    """Targets -> shards of images -> explanations/job=<job>/shard-NNNNN.parquet (+ errors), then the metrics.
+    The jobs are checked against the explainers first (:func:`tasks.explain_jobs.check_jobs`; raises ParamsError)."""
+    params = check_jobs(params)                 # a bad method / option fails here, before any shard
     logger = get_run_logger()
     cfg = params.explain
     started = time.perf_counter()
@@ -111,7 +114,7 @@ def explain_flow(params: Params) -> dict:
 
 
 def run_explain(params_file: str | Path = "params.yaml") -> dict:
-    params = load_params(params_file)
+    params = check_jobs(load_params(params_file), str(params_file))
     return explain_flow.with_options(task_runner=task_runner(params, params.explain.runner))(params)
 
 

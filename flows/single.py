@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from detection.datasets.imageio import load_rgb, to_batch
 from detection.models.specs import DetectorSpec, build_classifier, build_detector
 from detection.scorers import ClassifierScorer, DRiseScorer
-from explainers import METHODS, grid_regions, superpixels
+from explainers.regions import grid_regions, superpixels
+from explainers.registry import METHODS
 from tasks.params import load_params
 
 

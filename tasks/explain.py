@@ -24,9 +24,10 @@ from detection.evaluation import MATCH_IOU, ImageEval, match
 from detection.masks import rle_decode
 from detection.models.specs import ClassifierSpec, DetectorSpec, build_classifier, build_detector
 from detection.scorers import ClassifierScorer, DRiseScorer
-from explainers import METHODS, grid_regions, superpixels
 from explainers.base import BudgetError
 from explainers.metrics import downsample
+from explainers.regions import grid_regions, superpixels
+from explainers.registry import METHODS
 from tasks.params import ExplainJob, ExplainParams, Params
 from tasks.stage_deps import ROOT as STAGE_ROOT
 from tasks.stage_deps import stage_code_files

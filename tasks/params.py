@@ -9,19 +9,14 @@ each of these differently, so the stages and ``dvc params diff`` would otherwise
 """
 from __future__ import annotations
 
-import inspect
-import math
-import types
-import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from detection.datasets.imageio import ImageLimits
 from detection.datasets.synthetic import SyntheticConfig
 from detection.models.specs import ClassifierSpec, DetectorSpec
-from explainers import METHODS
 
 
 class ParamsError(ValueError):
@@ -186,94 +181,14 @@ class PartsParams(_Section):
     min_keypoints: int = Field(default=3, ge=1, le=17)      # fewer usable keypoints: next source
 
 
-class OptionError(ValueError):
-    """An explainer option of the wrong type."""
-
-
-def _option_types(cls: type) -> dict[str, Any]:
-    """Keyword options of an explainer class -> expected type: the ``__init__`` annotation, looked up along the
-    MRO through ``**kw`` (a subclass's unannotated ``perturbation="mean"`` takes the base class's annotation), else
-    the type of the default; ``typing.Any`` where neither says anything."""
-    found: dict[str, Any] = {}
-    defaults: dict[str, Any] = {}
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        if klass is object:
-            break
-        try:
-            sig = inspect.signature(init, eval_str=True)
-        except (NameError, TypeError, ValueError):       # an unresolvable annotation: fall back to defaults
-            sig = inspect.signature(init)
-        for name, par in list(sig.parameters.items())[1:]:         # [0] is self
-            if par.kind not in (par.KEYWORD_ONLY, par.POSITIONAL_OR_KEYWORD) or name == "scorer":
-                continue
-            if par.annotation is not par.empty and not isinstance(par.annotation, str) and name not in found:
-                found[name] = par.annotation
-            if par.default is not par.empty and name not in defaults:
-                defaults[name] = par.default
-        if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
-            break                                        # no **kw: the base's options are not reachable
-    names = set(found) | set(defaults)
-    return {n: found.get(n, type(defaults.get(n)) if type(defaults.get(n)) in (bool, int, float, str) else Any)
-            for n in names}
-
-
-def _members(annotation: Any) -> tuple:
-    """The alternatives of a ``X | Y`` / ``Optional[X]`` annotation, or the annotation alone."""
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return typing.get_args(annotation)
-    return (annotation,)
-
-
-_TYPE_NAMES = {bool: "a bool (true / false)", int: "an int", float: "a float", str: "a str", type(None): "null"}
-
-
-def check_option(method: str, name: str, value: Any, annotation: Any) -> Any:
-    """``value`` of option ``name`` of explainer ``method`` checked against its annotation, an int made a float
-    where only a float is expected. Raises :class:`OptionError` naming method, option and value on a mismatch (a
-    bool is not a number, a number is not a bool, a numeric string is not a number, nan / inf are no option)."""
-    if annotation is Any:
-        return value
-    plain = [m for m in _members(annotation) if m in _TYPE_NAMES]
-    if not plain:                                      # only classes YAML cannot spell: the explainer checks
-        return value
-    if isinstance(value, float) and not math.isfinite(value) and (float in plain or int in plain):
-        raise OptionError(f"{method} option {name!r}: must be a finite number, got {value!r}")
-    kind = type(value)
-    if kind in plain:
-        return value
-    if kind is int and float in plain:
-        return float(value)
-    wanted = " or ".join(_TYPE_NAMES[m] for m in plain)
-    raise OptionError(f"{method} option {name!r}: expected {wanted}, got {value!r} ({kind.__name__})")
-
-
-def check_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
-    """The options of one explain job checked against ``METHODS[method].__init__`` (see :func:`check_option`);
-    returns them with ints made floats where floats are expected. Raises :class:`OptionError`."""
-    types_ = _option_types(METHODS[method])
-    if "chunk_size" in options:
-        raise OptionError(f"{method} option 'chunk_size': set explain.chunk_size instead (images per forward pass "
-                          f"of every job)")
-    unknown = sorted(set(options) - set(types_))
-    if unknown:
-        known = sorted(set(types_) - {"chunk_size"})
-        raise OptionError(f"{method} has no option among {unknown}; its options are {known}")
-    return {k: check_option(method, k, v, types_[k]) for k, v in options.items()}
-
-
-PIXEL_METHODS = ("rise", "drise", "decam")        # random low-res masks: no regions needed
-REGION_METHODS = tuple(name for name in METHODS if name not in PIXEL_METHODS)   # Shapley, LIME, occlusion
-
-
 class ExplainJob(_Section):
     """One explainer run on one kind of target: ``persons`` (ground-truth pedestrians, scored by the detector's
     D-RISE similarity to their box, so missed ones are explained too), ``detections`` (the detector's own person
-    detections) or ``classes`` (the classifier's classes, every image)."""
+    detections) or ``classes`` (the classifier's classes, every image). ``method`` and ``options`` are checked
+    against the explainers by :func:`tasks.explain_jobs.check_jobs` (the explain / audit flows, ``make run``), not
+    here: every stage imports this module, and only the explain stage should depend on the explainers' code."""
 
-    method: Literal[tuple(METHODS)]                     # a name of explainers.METHODS
+    method: str                                         # a name of explainers.registry.METHODS (tasks.explain_jobs)
     targets: Literal["persons", "detections", "classes"]
     budget: int | None = Field(default=None, ge=1)      # forward passes per explanation; null: the method's default
     regions: Literal["parts", "superpixels", "grid", "none"] = "parts"
@@ -281,25 +196,12 @@ class ExplainJob(_Section):
     split: str | None = None                            # only images of this split; null: every image
     options: dict[str, bool | int | float | str] = {}   # method options, e.g. {grid: 8, p: 0.5, center: true}
 
-    @field_validator("options")
-    @classmethod
-    def _typed_options(cls, options: dict, info: ValidationInfo) -> dict:
-        if "method" not in info.data:                   # the method is invalid: reported on its own
-            return options
-        return check_options(info.data["method"], options)
-
     @model_validator(mode="after")
     def _consistent(self) -> "ExplainJob":
         if self.regions == "parts" and self.targets == "classes":
             raise ValueError("regions 'parts' are pedestrians' body parts: use them with persons / detections")
-        if self.regions == "none" and self.method in REGION_METHODS:
-            raise ValueError(f"{self.method} needs regions (parts, superpixels or grid), got 'none'")
         if self.method == "drise" and self.targets == "classes":
             raise ValueError("drise explains detections: use rise for classes")
-        try:                                   # a bad option fails here, not in every shard task of the stage
-            METHODS[self.method](None, chunk_size=1, **self.options)
-        except (TypeError, ValueError, KeyError) as e:
-            raise ValueError(f"{self.method} options {self.options}: {e}") from None
         return self
 
     @property

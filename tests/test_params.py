@@ -1,7 +1,10 @@
 """params.yaml schema: errors name the file, the key and the value."""
+import re
+
 import pytest
 import yaml
 
+from tasks.explain_jobs import check_jobs
 from tasks.params import ParamsError, load_params, parse_params
 from tests.conftest import REPO
 
@@ -60,22 +63,11 @@ def test_load_params_file_errors(tmp_path):
      r"infer\.classifier: .*needs 'classes'"),
     ({"models": {"detector": {"epochs": 0}}}, r"models\.detector\.epochs: .*greater than or equal to 1"),
     ({"models": {"detector": {"init_from_poze": True}}}, r"models\.detector\.init_from_poze: unknown key"),
-    ({"explain": {"jobs": [{"method": "kernel_shap", "targets": "persons", "regions": "none"}]}},
-     r"explain\.jobs\[0\]: .*kernel_shap needs regions"),
-    ({"explain": {"jobs": [{"method": "shap", "targets": "persons"}]}}, r"explain\.jobs\[0\]\.method: .*'shap'"),
     ({"explain": {"jobs": [{"method": "drise", "targets": "classes", "regions": "none"}]}},
      r"explain\.jobs\[0\]: .*use rise for classes"),
     ({"explain": {"jobs": [{"method": "occlusion", "targets": "persons"}, {"method": "occlusion",
                                                                            "targets": "persons"}]}},
      r"explain\.jobs\[1\]: a second 'occlusion@parts' job on 'persons'"),
-    ({"explain": {"jobs": [{"method": "bayes_shapley", "targets": "persons", "options": {"decay": 2}}]}},
-     r"explain\.jobs\[0\]: .*bayes_shapley options \{'decay': 2\.0\}: decay must lie in \(0, 1\), got 2\.0"),
-    ({"explain": {"jobs": [{"method": "kernel_shap", "targets": "persons", "options": {"grid": 8}}]}},
-     r"explain\.jobs\[0\]\.options: .*kernel_shap has no option among \['grid'\]; its options are "
-     r"\['n_segments', 'order', 'perturbation', 'ridge'\]"),
-    ({"explain": {"jobs": [{"method": "rise", "targets": "classes", "regions": "none",
-                            "options": {"perturbation": "fog"}}]}},
-     r"explain\.jobs\[0\]: .*rise options .*fog"),
     ({"explain": {"detector": "rcnn"}}, r"explain\.detector: not an id of infer\.detectors"),
     ({"explain": {"runner": {"kind": "ray"}}}, r"explain\.runner\.kind: .*'ray'"),
 ])
@@ -120,7 +112,7 @@ def test_yaml_1_1_spellings_are_errors(tmp_path, text, expected):
     path = tmp_path / "params.yaml"
     path.write_text(text)
     with pytest.raises(ParamsError, match=expected):
-        load_params(path)
+        check_jobs(load_params(path))
 
 
 def _job(method, options, **extra):
@@ -144,17 +136,53 @@ def test_option_types_checked_against_the_explainer(method, options, expected):
     """Each option's type comes from the explainer's __init__ annotations; a mismatch names job, option and value
     instead of failing inside every explanation."""
     with pytest.raises(ParamsError, match=r"explain\.jobs\[0\]\.options: .*" + expected):
-        parse_params(_job(method, options))
+        check_jobs(parse_params(_job(method, options)))
 
 
 def test_option_types_coerced():
     """An int where a float is expected becomes a float (one config hash for `ridge: 1` and `ridge: 1.0`); an int
     where the explainer distinguishes int from float (occlusion's window: pixels vs fraction) stays an int."""
-    ridge = parse_params(_job("kernel_shap", {"ridge": 1})).explain.jobs[0].options["ridge"]
+    ridge = check_jobs(parse_params(_job("kernel_shap", {"ridge": 1}))).explain.jobs[0].options["ridge"]
     assert ridge == 1.0 and type(ridge) is float
-    window = parse_params(_job("occlusion", {"window": 16})).explain.jobs[0].options["window"]
+    window = check_jobs(parse_params(_job("occlusion", {"window": 16}))).explain.jobs[0].options["window"]
     assert window == 16 and type(window) is int
-    window = parse_params(_job("occlusion", {"window": 0.2})).explain.jobs[0].options["window"]
+    window = check_jobs(parse_params(_job("occlusion", {"window": 0.2}))).explain.jobs[0].options["window"]
     assert type(window) is float
-    p = parse_params(_job("drise", {"p": 0.25, "grid": 4, "center": False})).explain.jobs[0].options
+    p = check_jobs(parse_params(_job("drise", {"p": 0.25, "grid": 4, "center": False}))).explain.jobs[0].options
     assert p == {"p": 0.25, "grid": 4, "center": False}
+
+
+@pytest.mark.parametrize("data, expected", [
+    ({"explain": {"jobs": [{"method": "kernel_shap", "targets": "persons", "regions": "none"}]}},
+     r"explain\.jobs\[0\]: .*kernel_shap needs regions"),
+    ({"explain": {"jobs": [{"method": "shap", "targets": "persons"}]}}, r"explain\.jobs\[0\]\.method: .*'shap'"),
+    ({"explain": {"jobs": [{"method": "bayes_shapley", "targets": "persons", "options": {"decay": 2}}]}},
+     r"explain\.jobs\[0\]: .*bayes_shapley options \{'decay': 2\.0\}: decay must lie in \(0, 1\), got 2\.0"),
+    ({"explain": {"jobs": [{"method": "kernel_shap", "targets": "persons", "options": {"grid": 8}}]}},
+     r"explain\.jobs\[0\]\.options: .*kernel_shap has no option among \['grid'\]; its options are "
+     r"\['n_segments', 'order', 'perturbation', 'ridge'\]"),
+    ({"explain": {"jobs": [{"method": "rise", "targets": "classes", "regions": "none",
+                            "options": {"perturbation": "fog"}}]}},
+     r"explain\.jobs\[0\]: .*rise options .*fog"),
+])
+def test_explain_job_errors_name_job_option_and_value(data, expected):
+    """The explainer-aware checks (tasks.explain_jobs.check_jobs): load_params, which every stage runs, leaves them
+    to the stages that import the explainers; check_jobs raises the same messages naming job, option and value."""
+    params = parse_params(data)                    # no explainer import: not an error here
+    with pytest.raises(ParamsError, match=r"^params\.yaml: " + expected):
+        check_jobs(params)
+    with pytest.raises(ParamsError, match=expected):
+        check_jobs(params.explain)
+
+
+def test_explain_flow_checks_jobs_before_any_shard(tmp_path):
+    """`xai-audit explain` (run_explain) fails on a bad option naming the file, before reading any stage input."""
+    from flows.explain import run_explain
+
+    path = tmp_path / "params.yaml"
+    path.write_text("explain:\n  out_dir: %s\n  jobs:\n    - {method: drise, targets: persons, regions: none, "
+                    "options: {center: yes}}\n" % (tmp_path / "explain"))
+    with pytest.raises(ParamsError, match=re.escape(str(path)) + r": explain\.jobs\[0\]\.options: .*drise option "
+                                          r"'center': expected a bool"):
+        run_explain(path)
+    assert not (tmp_path / "explain").exists()

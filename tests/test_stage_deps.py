@@ -183,3 +183,58 @@ def test_static_closure_covers_what_python_imports():
     for module in modules:
         static = module_closure((Entry(module),))
         assert set(loaded[module]) <= static, (module, sorted(set(loaded[module]) - static))
+
+
+LAZY_PACKAGES = ("explainers", "detection.models", "detection.datasets")
+
+
+def test_project_code_imports_from_the_defining_submodule():
+    """The lazy package roots (PEP 562 ``__getattr__``) import a name's submodule only when the name is accessed,
+    which the static walk cannot see: project code must import from the submodule (``from explainers.registry
+    import METHODS``), never ``from explainers import METHODS``. Fails naming file and line."""
+    import importlib
+
+    bad = []
+    for package in PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            rel = path.relative_to(REPO)
+            module = ".".join(rel.with_suffix("").parts)
+            is_package = path.name == "__init__.py"
+            if is_package:
+                module = module.rsplit(".", 1)[0]
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+                if not isinstance(node, ast.ImportFrom):
+                    continue
+                if node.level:
+                    parts = module.split(".") if is_package else module.split(".")[:-1]
+                    parts = parts[:len(parts) - (node.level - 1)]
+                    base = ".".join(parts + ([node.module] if node.module else []))
+                else:
+                    base = node.module
+                if base not in LAZY_PACKAGES:
+                    continue
+                for alias in node.names:
+                    if not (REPO.joinpath(*base.split("."), f"{alias.name}.py").is_file()
+                            or REPO.joinpath(*base.split("."), alias.name, "__init__.py").is_file()):
+                        bad.append(f"{rel}:{node.lineno}: from {base} import {alias.name}")
+    assert bad == [], "import from the defining submodule instead:\n" + "\n".join(bad)
+    for package in LAZY_PACKAGES:                  # the roots really are lazy, and export what __all__ says
+        init = ast.parse(REPO.joinpath(*package.split("."), "__init__.py").read_text())
+        assert not any(isinstance(n, (ast.Import, ast.ImportFrom)) and getattr(n, "module", None) != "__future__"
+                       and not (isinstance(n, ast.Import) and [a.name for a in n.names] == ["importlib"])
+                       for n in init.body), package
+        mod = importlib.import_module(package)
+        assert set(mod._LAZY) == set(mod.__all__), package
+        assert all(getattr(mod, name) is getattr(importlib.import_module(mod._LAZY[name]), name)
+                   for name in mod.__all__), package
+
+
+def test_only_stages_that_explain_depend_on_the_explainers():
+    """Editing an explainer re-runs explain (and what reads its output), never pull / training / infer / parts."""
+    for stage in STAGES:
+        files = stage_code_files(stage)
+        explainer_files = [f for f in files if f.startswith("explainers/")]
+        if stage in ("explain", "evaluate", "report"):
+            assert "explainers/registry.py" in files and "tasks/explain_jobs.py" in files, stage
+        else:
+            assert explainer_files == [] and "tasks/explain_jobs.py" not in files, (stage, explainer_files)

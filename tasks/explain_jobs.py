@@ -1,0 +1,136 @@
+"""The explainer-aware checks of params.yaml's ``explain.jobs``: the method is a name of
+:data:`explainers.registry.METHODS`, region methods get regions, and each option is typed against the method
+class's ``__init__`` (and the class accepts it).
+
+Kept out of :mod:`tasks.params`, which every stage imports, so that only the stages that run explainers depend on
+the explainers' code (tasks/stage_deps.py). The explain flow, the audit flow and ``serve`` call :func:`check_jobs`
+before any work; ``make run`` calls it before ``dvc repro``.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import types
+import typing
+from typing import Any
+
+from explainers.registry import METHODS
+from tasks.params import ExplainParams, Params, ParamsError
+
+PIXEL_METHODS = ("rise", "drise", "decam")        # random low-res masks: no regions needed
+REGION_METHODS = tuple(name for name in METHODS if name not in PIXEL_METHODS)   # Shapley, LIME, occlusion
+
+
+class OptionError(ValueError):
+    """An explainer option of the wrong type."""
+
+
+def _option_types(cls: type) -> dict[str, Any]:
+    """Keyword options of an explainer class -> expected type: the ``__init__`` annotation, looked up along the
+    MRO through ``**kw`` (a subclass's unannotated ``perturbation="mean"`` takes the base class's annotation), else
+    the type of the default; ``typing.Any`` where neither says anything."""
+    found: dict[str, Any] = {}
+    defaults: dict[str, Any] = {}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        if klass is object:
+            break
+        try:
+            sig = inspect.signature(init, eval_str=True)
+        except (NameError, TypeError, ValueError):       # an unresolvable annotation: fall back to defaults
+            sig = inspect.signature(init)
+        for name, par in list(sig.parameters.items())[1:]:         # [0] is self
+            if par.kind not in (par.KEYWORD_ONLY, par.POSITIONAL_OR_KEYWORD) or name == "scorer":
+                continue
+            if par.annotation is not par.empty and not isinstance(par.annotation, str) and name not in found:
+                found[name] = par.annotation
+            if par.default is not par.empty and name not in defaults:
+                defaults[name] = par.default
+        if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+            break                                        # no **kw: the base's options are not reachable
+    names = set(found) | set(defaults)
+    return {n: found.get(n, type(defaults.get(n)) if type(defaults.get(n)) in (bool, int, float, str) else Any)
+            for n in names}
+
+
+def _members(annotation: Any) -> tuple:
+    """The alternatives of a ``X | Y`` / ``Optional[X]`` annotation, or the annotation alone."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return typing.get_args(annotation)
+    return (annotation,)
+
+
+_TYPE_NAMES = {bool: "a bool (true / false)", int: "an int", float: "a float", str: "a str", type(None): "null"}
+
+
+def check_option(method: str, name: str, value: Any, annotation: Any) -> Any:
+    """``value`` of option ``name`` of explainer ``method`` checked against its annotation, an int made a float
+    where only a float is expected. Raises :class:`OptionError` naming method, option and value on a mismatch (a
+    bool is not a number, a number is not a bool, a numeric string is not a number, nan / inf are no option)."""
+    if annotation is Any:
+        return value
+    plain = [m for m in _members(annotation) if m in _TYPE_NAMES]
+    if not plain:                                      # only classes YAML cannot spell: the explainer checks
+        return value
+    if isinstance(value, float) and not math.isfinite(value) and (float in plain or int in plain):
+        raise OptionError(f"{method} option {name!r}: must be a finite number, got {value!r}")
+    kind = type(value)
+    if kind in plain:
+        return value
+    if kind is int and float in plain:
+        return float(value)
+    wanted = " or ".join(_TYPE_NAMES[m] for m in plain)
+    raise OptionError(f"{method} option {name!r}: expected {wanted}, got {value!r} ({kind.__name__})")
+
+
+def check_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The options of one explain job checked against ``METHODS[method].__init__`` (see :func:`check_option`);
+    returns them with ints made floats where floats are expected. Raises :class:`OptionError`."""
+    types_ = _option_types(METHODS[method])
+    if "chunk_size" in options:
+        raise OptionError(f"{method} option 'chunk_size': set explain.chunk_size instead (images per forward pass "
+                          f"of every job)")
+    unknown = sorted(set(options) - set(types_))
+    if unknown:
+        known = sorted(set(types_) - {"chunk_size"})
+        raise OptionError(f"{method} has no option among {unknown}; its options are {known}")
+    return {k: check_option(method, k, v, types_[k]) for k, v in options.items()}
+
+
+def _checked_jobs(cfg: ExplainParams, origin: str) -> list:
+    jobs = []
+    for i, job in enumerate(cfg.jobs):
+        key = f"{origin}: explain.jobs[{i}]"
+        if job.method not in METHODS:
+            raise ParamsError(f"{key}.method: not an explainer of explainers.registry.METHODS {sorted(METHODS)} "
+                              f"(got {job.method!r})")
+        try:
+            options = check_options(job.method, job.options)
+        except OptionError as e:
+            raise ParamsError(f"{key}.options: {e} (got {job.options!r})") from None
+        if job.regions == "none" and job.method in REGION_METHODS:
+            raise ParamsError(f"{key}: {job.method} needs regions (parts, superpixels or grid), got 'none'")
+        try:                                   # a bad option fails here, not in every shard task of the stage
+            METHODS[job.method](None, chunk_size=1, **options)
+        except (TypeError, ValueError, KeyError) as e:
+            raise ParamsError(f"{key}: {job.method} options {options}: {e}") from None
+        jobs.append(job.model_copy(update={"options": options}))
+    return jobs
+
+
+def check_jobs(config: Params | ExplainParams, origin: str = "params.yaml") -> Params | ExplainParams:
+    """Check every job of ``explain.jobs`` against the explainers (``config``: the whole params or their
+    ``explain`` section) and return ``config`` with each job's options normalised (an int made a float where only
+    a float is expected, so ``ridge: 1`` and ``ridge: 1.0`` give one config hash). Raises :class:`ParamsError`
+    naming ``origin``, the job (``explain.jobs[i]``), the option and the value: an unknown method, an unknown or
+    mistyped option, a region method without regions, or options the explainer class rejects."""
+    if isinstance(config, Params):
+        return config.model_copy(update={"explain": check_jobs(config.explain, origin)})
+    if not isinstance(config, ExplainParams):
+        raise TypeError(f"check_jobs: expected Params or ExplainParams, got {type(config).__name__}")
+    return config.model_copy(update={"jobs": _checked_jobs(config, origin)})
+
+
+__all__ = ["OptionError", "PIXEL_METHODS", "REGION_METHODS", "check_jobs", "check_option", "check_options"]
