@@ -3,13 +3,14 @@ the demo detector (D-RISE score of one pedestrian, regions = its body parts) and
 probabilities, 16 SLIC superpixels, image already at the model's input size). 1.0 would mean the method costs
 exactly its forwards through the bare network; target <= 1.15. Captum's FeatureAblation and KernelShap (with
 perturbations_per_eval = the chunk size) run on the same scorer, regions and budget for comparison.
-Each method runs 5 times, each run right after timing the same number of bare forwards; "paired" is the median of
-those ratios. The VM's speed drifts between the two halves of a pair, so two drift-free figures come from timers
+Each method runs --repeats times (default 3) after a warm-up run, each run right after timing the same number
+of bare forwards; "paired" is the median of those ratios. The VM's speed drifts between the two halves of a pair, so two drift-free figures come from timers
 inside each run: "own" = wall time / time inside the scorer, and "net" = wall time / time inside the bare network
 (the overhead itself, with the network's time measured in the same run); "in-run" = the network's time per image
 in the run / in the paired bare loop (above 1 if feeding it fresh composites made the network itself slower).
 
-    python benchmarks/bench_explainers.py [--budget 256] [--out benchmarks/results/explainers.json]
+    python benchmarks/bench_explainers.py [--budget 256] [--repeats 3] [--models detector,classifier]
+                                          [--out benchmarks/results/explainers.json]
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from explainers.perturb import Blur
 from pedestrians import describe_split, pedestrians
 
 CHUNK = 16
-REPEATS = 5          # timed runs per method, each paired with the same number of bare forwards
+REPEATS = 3          # timed runs per method (default), each paired with the same number of bare forwards
 
 
 def raw_seconds(raw_fn, raw_batch: torch.Tensor, n: int) -> float:
@@ -122,7 +123,8 @@ def captum_runs(scorer, image, regions, budget) -> dict[str, callable]:
     return {name: counted(run) for name, run in runs.items()}
 
 
-def bench_model(label, scorer, network: Timed, raw_batch, image, regions, budget, methods) -> dict:
+def bench_model(label, scorer, network: Timed, raw_batch, image, regions, budget, methods, repeats: int,
+                captum: bool = True) -> dict:
     """``network``: the bare network, already swapped into the model adapter that ``scorer`` calls."""
     scorer = Timed(scorer)
 
@@ -133,8 +135,9 @@ def bench_model(label, scorer, network: Timed, raw_batch, image, regions, budget
         return lambda: method.explain(image, use_regions, budget=b, seed=0).n_forward
 
     runs = {name: explain_run(name) for name in methods}
-    runs.update(captum_runs(scorer, image, regions, budget))
-    rows = {name: paired_overhead(run, raw_batch, scorer, network) for name, run in runs.items()}
+    if captum:
+        runs.update(captum_runs(scorer, image, regions, budget))
+    rows = {name: paired_overhead(run, raw_batch, scorer, network, repeats) for name, run in runs.items()}
     raw = float(np.median([r["n_forward"] / r["raw_seconds"] for r in rows.values()]))
     print(f"\n{label}: raw forward {raw:.0f} img/s (batch {CHUNK}, median over the pairs)")
     print(f"{'method':<26}{'forwards':>9}{'seconds':>9}{'raw s':>8}{'paired':>8}{'own':>7}{'net':>7}{'in-run':>8}")
@@ -147,8 +150,13 @@ def bench_model(label, scorer, network: Timed, raw_batch, image, regions, budget
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=REPEATS, help="timed runs per method")
+    parser.add_argument("--models", default="detector,classifier", help="comma-separated: detector, classifier")
     parser.add_argument("--out", default="benchmarks/results/explainers.json")
     args = parser.parse_args()
+    models = args.models.split(",")
+    if not set(models) <= {"detector", "classifier"}:
+        parser.error(f"--models: unknown {sorted(set(models) - {'detector', 'classifier'})}")
     warnings.filterwarnings("ignore")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     person = pedestrians("heldout", 1, device)[0]
@@ -162,12 +170,16 @@ def main() -> None:
     methods = ["occlusion", "rise", "drise", "lime", "bayes_shapley", "kernel_shap", "permutation_shapley",
                "beta_shapley", "decam"]
     results = {"device": str(device), "cpus": os.cpu_count(), "budget": args.budget,
-               "pedestrian": person["det_id"], "split": describe_split("heldout"), "repeats": REPEATS}
-    results["detector"] = bench_model(f"demo detector, D-RISE score of {person['det_id']}, 11 part regions", scorer,
-                                      network, lb, image, parts, args.budget, methods)
-    results["detector_exact_parts6"] = bench_model(
-        "demo detector, exact Shapley over 6 parts", scorer, network, lb, image,
-        person["regions"][6].float(), args.budget, ["exact_shapley"])
+               "pedestrian": person["det_id"], "split": describe_split("heldout"), "repeats": args.repeats}
+    if "detector" in models:
+        results["detector"] = bench_model(f"demo detector, D-RISE score of {person['det_id']}, 11 part regions",
+                                          scorer, network, lb, image, parts, args.budget, methods, args.repeats)
+        results["detector_exact_parts6"] = bench_model(
+            "demo detector, exact Shapley over 6 parts", scorer, network, lb, image,
+            person["regions"][6].float(), args.budget, ["exact_shapley"], args.repeats, captum=False)
+    if "classifier" not in models:
+        write_results(args.out, results)
+        return
 
     clf = load_classifier("models/classifier.pt", device=device)
     clf.model = network = Timed(clf.model)
@@ -176,7 +188,7 @@ def main() -> None:
     pre = clf.preprocess(small[None].expand(CHUNK, -1, -1, -1).contiguous())
     regions = superpixels(small, 16).float()
     results["classifier"] = bench_model(f"demo classifier, 4 classes, {regions.shape[0]} superpixels", cscorer,
-                                        network, pre, small, regions, args.budget, methods)
+                                        network, pre, small, regions, args.budget, methods, args.repeats)
     write_results(args.out, results)
 
 

@@ -45,10 +45,13 @@ def throughput(fn, batch: torch.Tensor, seconds: float) -> float:
 
 
 def write_results(path: str, results: dict) -> None:
-    """The benchmark's numbers as JSON (benchmarks/results/ by default)."""
+    """The benchmark's numbers as JSON (benchmarks/results/ by default), with the machine's load average when they
+    were written (other jobs on a shared machine slow every timing; ratios within one run are what to compare)."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    load = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+    out.write_text(json.dumps({**results, "loadavg_1_5_15_min": load, "torch_threads": torch.get_num_threads(),
+                               "written": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2) + "\n")
     print(f"written: {out.absolute()}")
 
 

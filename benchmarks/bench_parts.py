@@ -9,14 +9,13 @@ matches a GT person (source gt); the template (no keypoints) path is timed too.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 
+from bench_models import write_results
 from detection.datasets.synthetic import SyntheticConfig, render_scene, scene_rows
 from detection.parts import body_parts
 from tasks.params import PartsParams
@@ -66,9 +65,7 @@ def main() -> None:
     print(f"{'keypoints':<14}{'seconds':>10}{'det/s':>10}")
     for name, key in (("ground truth", "gt_keypoints_s"), ("template", "template_s")):
         print(f"{name:<14}{results[key]:>10.1f}{args.n / results[key]:>10.0f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"n": args.n, **results}, indent=2) + "\n")
+    write_results(args.out, {"n": args.n, "cpus": os.cpu_count(), **results})
 
 
 if __name__ == "__main__":

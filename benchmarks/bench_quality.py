@@ -83,6 +83,8 @@ def main() -> None:
     parser.add_argument("--budgets", default="100,400,1600")
     parser.add_argument("--models", default="detector,classifier", help="comma-separated: detector, classifier")
     parser.add_argument("--methods", default=None, help="comma-separated method keys to run (default: all)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: on a shared 2-core machine "
+                                                               "two threads spin-wait, ~9x the CPU per forward)")
     parser.add_argument("--out", default=None, help="default: benchmarks/results/quality_<split>_<models>.json")
     args = parser.parse_args()
     models = args.models.split(",")
@@ -94,6 +96,7 @@ def main() -> None:
         parser.error(f"--methods: unknown {sorted(chosen - every)}; expected some of {sorted(every)}")
     budgets = [int(b) for b in args.budgets.split(",")]
     warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     start = time.perf_counter()
     results = {"device": str(device), "cpus": os.cpu_count(), "split": describe_split(args.split), "steps": STEPS,

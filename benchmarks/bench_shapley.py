@@ -21,6 +21,7 @@ coalitions) runs live on the first --beta-persons pedestrians, one seed.
 
     python benchmarks/bench_shapley.py --split tune [--persons 5] [--kinds synthetic,real]
     python benchmarks/bench_shapley.py --split heldout [--persons 30] [--kinds synthetic,real]
+    python benchmarks/bench_shapley.py --split heldout --kinds real --persons 10 --enumerate-only   (fill the cache)
 Writes benchmarks/results/shapley_<split>_<kind>.json.
 """
 from __future__ import annotations
@@ -227,11 +228,16 @@ def main() -> None:
                                                                  "tuning synthetic games, else 3)")
     parser.add_argument("--beta-persons", type=int, default=4, help="pedestrians Beta runs live on (one seed)")
     parser.add_argument("--tuned", default=str(RESULTS / "shapley_tune_{kind}.json"))
+    parser.add_argument("--enumerate-only", action="store_true", help="real games: enumerate and cache the tables of "
+                        "the first --persons pedestrians, then stop (to spread the 2^12 forwards each over runs)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: on a shared 2-core machine "
+                                                               "two threads spin-wait, ~9x the CPU per forward)")
     args = parser.parse_args()
     kinds = args.kinds.split(",")
     if not set(kinds) <= {"synthetic", "real"}:
         parser.error(f"--kinds: unknown {sorted(set(kinds) - {'synthetic', 'real'})}")
     warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     warm_up(TableGame)
     for kind in kinds:
@@ -254,8 +260,8 @@ def run_kind(args, kind: str, device) -> None:
 
     def run_cell(M: int, budget: int, table: TableGame, live_game, exact: torch.Tensor, beta_seeds: int,
                  group: str) -> None:
-        # The estimators' small solves run 5-30x slower with 2 threads on a shared 2-core machine: one thread each
-        # (BLAS included) for the estimators; the enumeration of the real games (forwards) keeps every thread.
+        # The estimators' small solves run 5-30x slower with 2 threads on a shared 2-core machine: one thread each,
+        # BLAS included (the enumeration of the real games runs with --threads).
         torch.set_num_threads(1)
         with threadpool_limits(1):
             run_seeds(M, budget, table, live_game, exact, beta_seeds, group)
@@ -317,6 +323,9 @@ def run_kind(args, kind: str, device) -> None:
     else:
         n = args.persons or (5 if split == "tune" else 30)
         persons, cache = real_tables(split, n, device)
+        if args.enumerate_only:
+            print(f"{len(persons)} game tables in {cache['cache']} ({cache['enumerated_now']} enumerated now)")
+            return
         facts.update(persons=[p["det_id"] for p in persons], heights=[round(p["height"], 1) for p in persons],
                      **cache)
         facts["restriction_check_max_abs_diff"] = check_restrictions(persons[0], device)

@@ -6,7 +6,6 @@ and the whole pull flow through Prefect with 1 and 2 worker threads (after a war
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -16,6 +15,7 @@ from pathlib import Path
 import flows  # noqa: F401  (environment defaults)
 import yaml
 
+from bench_models import write_results
 from detection.datasets.synthetic import SyntheticConfig, generate_images, render_scene
 
 
@@ -62,11 +62,8 @@ def main() -> None:
     print(f"{'measurement':<28}{'images/s':>10}")
     for name, value in results.items():
         print(f"{name:<28}{value:>10.1f}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"n_images": args.n, "width": cfg.width, "height": cfg.height,
-                               "cpus": os.cpu_count(), "images_per_s": results,
-                               "first_flow_seconds": startup}, indent=2) + "\n")
-    print(f"written: {out}")
+    write_results(str(out), {"n_images": args.n, "width": cfg.width, "height": cfg.height, "cpus": os.cpu_count(),
+                             "images_per_s": results, "first_flow_seconds": startup})
 
 
 if __name__ == "__main__":
