@@ -21,6 +21,8 @@ from explainers.metrics import (UNDEFINED_REASONS, box_masks, deletion_insertion
                                 pointing_game, region_share, relevance_reason, spearman, top_match,
                                 undefined_reason)
 from tasks.explain import classifier_scorer, classifier_view, detection_scorer, load_image, task_device
+from tasks.metric_names import (AGREE, SUBSTRATES, TOP_PART_MATCH, agreement, causal_auc, curve_point, epg,
+                                epg_chance, pointing)
 from tasks.params import Params
 from tasks.shards import write_shard
 from tasks.undefined import NONFINITE_SALIENCY, NONFINITE_VALUE, parse_undefined, undefined_metric
@@ -29,7 +31,6 @@ __all__ = ["CONTEXT", "SUBSTRATES", "agreement_rows", "evaluate_image", "evaluat
            "spearman", "undefined_metric"]
 
 CONTEXT = "context"
-SUBSTRATES = {"deletion": "mean", "insertion": "blur"}    # RISE's reference substrates
 
 
 def _saliency(row: dict, size: tuple[int, int]) -> torch.Tensor:
@@ -120,28 +121,28 @@ def evaluate_image(item: dict, params: Params, device: str, errors: list[dict]) 
             for name, m in masks.items():
                 m = m[None]
                 for metric, value, check in (
-                        (f"pointing_{name}", pointing_game(sal, m, cfg.pointing_tolerance), "pointing"),
-                        (f"epg_{name}", energy_pointing_game(sal, m), "epg")):
+                        (pointing(name), pointing_game(sal, m, cfg.pointing_tolerance), "pointing"),
+                        (epg(name), energy_pointing_game(sal, m), "epg")):
                     values[i][metric] = float(value[0])
                     reason = _reason(undefined_reason(sal, m, check)[0])
                     if reason is not None:
                         reasons[i][metric] = reason
-                if f"epg_{name}" not in reasons[i]:            # EPG's chance level, beside every defined EPG
-                    values[i][f"epg_{name}_chance"] = float(region_share(m)[0])
+                if epg(name) not in reasons[i]:                # EPG's chance level, beside every defined EPG
+                    values[i][epg_chance(name)] = float(region_share(m)[0])
         if causal:
             scorer = (classifier_scorer(params, device, ts) if kind == "classes" else
                       detection_scorer(params, device, ts))
-            for mode in ("deletion", "insertion"):
+            for mode in SUBSTRATES:
                 curve = deletion_insertion(scorer, view, saliency, mode=mode, substrate=SUBSTRATES[mode],
                                            steps=cfg.steps)
                 for i in range(len(exps)):
-                    values[i][f"{mode}_auc"] = float(curve.auc[i])
+                    values[i][causal_auc(mode)] = float(curve.auc[i])
                     reason = _reason(curve.reason[i])
                     if reason is not None:
-                        reasons[i][f"{mode}_auc"] = reason
+                        reasons[i][causal_auc(mode)] = reason
                         continue
                     for k, v in enumerate(curve.curves[i].tolist()):
-                        values[i][f"{mode}_curve_{k:02d}"] = v
+                        values[i][curve_point(mode, k)] = v
         for e, v, r in zip(exps, values, reasons):
             rows += _metric_rows(e, v, r)
     return rows
@@ -179,7 +180,7 @@ def agreement_rows(explanations: pa.Table) -> list[dict]:
                       a["relevance"][a["region_names"].index(n)] for n in common]
                 vb = [np.nan if b["relevance"][b["region_names"].index(n)] is None else
                       b["relevance"][b["region_names"].index(n)] for n in common]
-                names = (f"agree:{b['job']}", f"top_part_match:{b['job']}")
+                names = (agreement(AGREE, b["job"]), agreement(TOP_PART_MATCH, b["job"]))
                 reason = relevance_reason(va, vb)
                 rows += _metric_rows(a, dict(zip(names, (spearman(va, vb), top_match(va, vb)))),
                                      None if reason is None else dict.fromkeys(names, reason))

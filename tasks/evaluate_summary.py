@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from tasks.metric_names import METRICS, causal_auc, in_table, names, parse_curve_point
 from tasks.undefined import parse_undefined
 
-SUMMARY_METRICS = ("deletion_auc", "insertion_auc", "pointing_box", "epg_box", "epg_box_chance", "pointing_body",
-                   "epg_body", "epg_body_chance", "n_forward", "seconds")
+SUMMARY_METRICS = names("quality") + names("cost")
 NOTES = {
     "undefined": "a metric that cannot mean anything on an explanation (NaN / inf or constant saliency, a region with "
                  "no pixel in the image, constant or NaN relevance) is not averaged: 'undefined' counts it per "
@@ -36,7 +36,7 @@ def summarise(metrics: pa.Table) -> dict:
     out: dict = {}
     groups: dict[tuple[str, str, str], list[float]] = {}
     undefined: dict[tuple[str, str, str, str], int] = {}
-    headline = lambda m: m in SUMMARY_METRICS or m.startswith(("agree:", "top_part_match:"))  # noqa: E731
+    headline = lambda m: in_table(m, "quality", "cost", "agreement")  # noqa: E731
     for r in metrics.select(["kind", "job", "metric", "value"]).to_pylist():
         parsed = parse_undefined(r["metric"])
         if parsed is not None and headline(parsed[0]):
@@ -76,9 +76,9 @@ def write_plots(metrics: pa.Table, explanations: pa.Table, plots_dir: str | Path
     plots.mkdir(parents=True, exist_ok=True)
     curves: dict[tuple[str, str, int], list[float]] = {}
     for r in metrics.select(["job", "metric", "value"]).to_pylist():
-        if "_curve_" in r["metric"]:
-            mode, _, step = r["metric"].split("_")
-            curves.setdefault((r["job"], mode, int(step)), []).append(r["value"])
+        point = parse_curve_point(r["metric"])
+        if point is not None:
+            curves.setdefault((r["job"], *point), []).append(r["value"])
     steps = max((k[2] for k in curves), default=0) or 1
     jobs = sorted({k[0] for k in curves})
     lines = ["job,fraction,deletion,insertion"]
@@ -91,7 +91,7 @@ def write_plots(metrics: pa.Table, explanations: pa.Table, plots_dir: str | Path
                   for f, a, b in zip(x, d, i)]
         axes[0].plot(x, [np.nan if a is None else a for a in d], label=job)
         axes[1].plot(x, [np.nan if b is None else b for b in i], label=job)
-    for ax, title in zip(axes, ("deletion (lower is better)", "insertion (higher is better)")):
+    for ax, title in zip(axes, (f"{m} ({METRICS[causal_auc(m)].better})" for m in ("deletion", "insertion"))):
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("fraction of pixels")
     axes[0].set_ylabel("mean target score")
