@@ -8,6 +8,8 @@ instead of a value, so it is counted and never averaged; a saliency map with NaN
 ``errors`` row (error_type ``nonfinite_saliency``)."""
 from __future__ import annotations
 
+from typing import TypedDict
+
 import numpy as np
 import pyarrow as pa
 import torch
@@ -20,17 +22,50 @@ from detection.masks import rle_decode
 from explainers.metrics import (UNDEFINED_REASONS, box_masks, deletion_insertion, energy_pointing_game,
                                 pointing_game, region_share, relevance_reason, spearman, top_match,
                                 undefined_reason)
-from tasks.explain import classifier_scorer, classifier_view, detection_scorer, load_image, task_device
+from tasks.explain import IMAGE_COLUMNS
+from tasks.model_cache import classifier_scorer, classifier_view, detection_scorer, load_image, task_device
 from tasks.metric_names import (AGREE, SUBSTRATES, TOP_PART_MATCH, agreement, causal_auc, curve_point, epg,
                                 epg_chance, pointing)
 from tasks.params import Params
 from tasks.shards import write_shard
 from tasks.undefined import NONFINITE_SALIENCY, NONFINITE_VALUE, parse_undefined, undefined_metric
 
-__all__ = ["CONTEXT", "SUBSTRATES", "agreement_rows", "evaluate_image", "evaluate_shard", "parse_undefined",
-           "spearman", "undefined_metric"]
+__all__ = ["CONTEXT", "SUBSTRATES", "EvaluateItem", "agreement_rows", "evaluate_image", "evaluate_shard",
+           "parse_undefined", "shard_items", "spearman", "undefined_metric"]
 
 CONTEXT = "context"
+
+
+class EvaluateItem(TypedDict):
+    """One image of an evaluate shard: its ``images`` row (IMAGE_COLUMNS), its ``explanations`` rows (without
+    ``options``), ``targets`` by target_id, the body ``parts`` rows by (parts_model, parts_id), and the non-crowd
+    ground-truth boxes (xyxy, pixels) by category."""
+
+    image: dict
+    targets: dict[str, dict]
+    explanations: list[dict]
+    parts: dict[tuple[str, str], list[dict]]
+    gt_boxes: dict[str, list[list[float]]]
+
+
+def shard_items(images: pa.Table, annotations: pa.Table, targets: pa.Table, explanations: pa.Table,
+                parts: pa.Table) -> list[EvaluateItem]:
+    """The images that have explanations, in image order, each with what its metrics need."""
+    by_key = {(t["image_id"], t["target_id"]): t for t in targets.to_pylist()}
+    wanted = {(t["parts_model"], t["parts_id"]) for t in by_key.values() if t["parts_id"] is not None}
+    items = {r["image_id"]: EvaluateItem(image=r, targets={}, explanations=[], parts={}, gt_boxes={})
+             for r in images.select(IMAGE_COLUMNS).to_pylist()}
+    for e in explanations.select([c for c in explanations.column_names if c != "options"]).to_pylist():
+        item = items[e["image_id"]]
+        item["explanations"].append(e)
+        item["targets"][e["target_id"]] = by_key[(e["image_id"], e["target_id"])]
+    for p in parts.to_pylist():
+        if (p["model_id"], p["det_id"]) in wanted and items[p["image_id"]]["explanations"]:
+            items[p["image_id"]]["parts"].setdefault((p["model_id"], p["det_id"]), []).append(p)
+    for a in annotations.select(["image_id", "category", "bbox", "iscrowd"]).to_pylist():
+        if not a["iscrowd"] and items[a["image_id"]]["explanations"]:
+            items[a["image_id"]]["gt_boxes"].setdefault(a["category"], []).append(a["bbox"])
+    return [i for i in items.values() if i["explanations"]]
 
 
 def _saliency(row: dict, size: tuple[int, int]) -> torch.Tensor:
@@ -83,7 +118,7 @@ def _reason(code: torch.Tensor) -> str | None:
     return UNDEFINED_REASONS[int(code)] or None
 
 
-def evaluate_image(item: dict, params: Params, device: str, errors: list[dict]) -> list[dict]:
+def evaluate_image(item: EvaluateItem, params: Params, device: str, errors: list[dict]) -> list[dict]:
     """Metrics-table rows of every explanation of one image (undefined values as ``undefined:`` rows); an
     unreadable image, or a saliency map with NaN / inf values, adds an ``errors`` row."""
     cfg = params.evaluate
@@ -149,7 +184,7 @@ def evaluate_image(item: dict, params: Params, device: str, errors: list[dict]) 
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def evaluate_shard(items: list[dict], params: Params, shard_dir: str) -> str:
+def evaluate_shard(items: list[EvaluateItem], params: Params, shard_dir: str) -> str:
     device = task_device(params.explain.device)
     rows, errors = [], []
     for item in items:

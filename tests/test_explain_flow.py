@@ -11,11 +11,20 @@ import pytest
 
 import tasks.explain
 from flows.evaluate import run_evaluate
-from flows.explain import read_errors, read_explanations, run_explain
+from flows.explain import run_explain
 from flows.report import run_report
+from tasks.stages import ExplainOutputs
 from tests.conftest import tiny_params
 
 pytestmark = pytest.mark.slow
+
+
+def read_explanations(out_dir: str):
+    return ExplainOutputs(Path(out_dir), Path("metrics/explain.json")).read("explanations")
+
+
+def read_errors(out_dir: str):
+    return ExplainOutputs(Path(out_dir), Path("metrics/explain.json")).read("errors")
 
 
 def sorted_rows(table) -> list[dict]:
