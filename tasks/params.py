@@ -184,9 +184,10 @@ class PartsParams(_Section):
 class ExplainJob(_Section):
     """One explainer run on one kind of target: ``persons`` (ground-truth pedestrians, scored by the detector's
     D-RISE similarity to their box, so missed ones are explained too), ``detections`` (the detector's own person
-    detections) or ``classes`` (the classifier's classes, every image). ``method`` and ``options`` are checked
-    against the explainers by :func:`tasks.explain_jobs.check_jobs` (the explain / audit flows, ``make run``), not
-    here: every stage imports this module, and only the explain stage should depend on the explainers' code."""
+    detections) or ``classes`` (the classifier's classes, every image). ``method``, ``options`` and what the method
+    class declares it needs (regions, detections) are checked against the explainers by
+    :func:`tasks.explain_jobs.check_jobs` (the explain / audit flows, ``make run``), not here: every stage imports
+    this module, and only the explain stage should depend on the explainers' code."""
 
     method: str                                         # a name of explainers.registry.METHODS (tasks.explain_jobs)
     targets: Literal["persons", "detections", "classes"]
@@ -200,8 +201,6 @@ class ExplainJob(_Section):
     def _consistent(self) -> "ExplainJob":
         if self.regions == "parts" and self.targets == "classes":
             raise ValueError("regions 'parts' are pedestrians' body parts: use them with persons / detections")
-        if self.method == "drise" and self.targets == "classes":
-            raise ValueError("drise explains detections: use rise for classes")
         return self
 
     @property
