@@ -160,7 +160,7 @@ def main() -> None:
     lb, _ = letterbox(image[None].expand(CHUNK, -1, -1, -1).contiguous(), det.imgsz, det.stride)
     parts = torch.cat([person["regions"][10], person["regions"][12][10:11]]).float()      # 10 parts + context
     methods = ["occlusion", "rise", "drise", "lime", "bayes_shapley", "kernel_shap", "permutation_shapley",
-               "beta_shapley", "decam"]
+               "continuous_coalition_shapley", "decam"]
     results = {"device": str(device), "cpus": os.cpu_count(), "budget": args.budget,
                "pedestrian": person["det_id"], "split": describe_split("heldout"), "repeats": REPEATS}
     results["detector"] = bench_model(f"demo detector, D-RISE score of {person['det_id']}, 11 part regions", scorer,

@@ -41,7 +41,8 @@ from explainers.bayesian_shapley import DEFAULT_DECAY, bayes_shapley
 from explainers.game import RegionGame
 from explainers.metrics import relative_error
 from explainers.perturb import make_perturbation
-from explainers.shapley import all_coalitions, beta_shapley, exact_coefficients, kernel_shap, permutation_shapley
+from explainers.shapley import (all_coalitions, continuous_coalition_shapley, exact_coefficients, kernel_shap,
+                                permutation_shapley)
 from peers import CONFIGS, PEERS, config_key, run_peer, versions, warm_up
 from pedestrians import describe_split, file_digest, load_detector, pedestrians
 
@@ -273,7 +274,7 @@ def run_kind(args, kind: str, device) -> None:
                 "kernel_shap": lambda: kernel_shap(table, M, budget, rng()).phi[0],
                 "kernel_shap_order1": lambda: kernel_shap(table, M, budget, rng(), order=1).phi[0],
                 "permutation": lambda: permutation_shapley(table, M, budget, rng()).phi[0],
-                "beta": lambda: beta_shapley(live_game, M, budget, rng(), device).phi[0],
+                "beta": lambda: continuous_coalition_shapley(live_game, M, budget, rng(), device).phi[0],
             }
             for name, fn in ours.items():
                 if name == "permutation" and budget < 2 + 2 * (M - 1):
