@@ -70,10 +70,17 @@ def write_plots(metrics: pa.Table, explanations: pa.Table, plots_dir: str | Path
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     plots = Path(plots_dir)
     plots.mkdir(parents=True, exist_ok=True)
+    return {"causal_curves": plot_causal_curves(metrics, plots),
+            "part_relevance": plot_part_relevance(explanations, plots)}
+
+
+def plot_causal_curves(metrics: pa.Table, plots: Path) -> Path:
+    """plots/causal_curves.{png,csv}: per job, the mean target score at each step of the deletion / insertion
+    curves (rows ``<mode>_curve_<kk>``), over the fraction of pixels hidden / revealed. Returns the PNG's path."""
+    import matplotlib.pyplot as plt
+
     curves: dict[tuple[str, str, int], list[float]] = {}
     for r in metrics.select(["job", "metric", "value"]).to_pylist():
         point = parse_curve_point(r["metric"])
@@ -99,6 +106,13 @@ def write_plots(metrics: pa.Table, explanations: pa.Table, plots_dir: str | Path
     fig.savefig(plots / "causal_curves.png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     (plots / "causal_curves.csv").write_text("\n".join(lines) + "\n")
+    return plots / "causal_curves.png"
+
+
+def plot_part_relevance(explanations: pa.Table, plots: Path) -> Path:
+    """plots/part_relevance.{png,csv}: per job and body part, the mean share of |relevance| (relevance over the
+    sum of |relevance| of the target's parts; pedestrians only). Returns the PNG's path."""
+    import matplotlib.pyplot as plt
 
     parts: dict[tuple[str, str], list[float]] = {}
     for r in explanations.select(["kind", "job", "region_names", "relevance"]).to_pylist():
@@ -121,4 +135,4 @@ def write_plots(metrics: pa.Table, explanations: pa.Table, plots_dir: str | Path
     ax.legend(fontsize=7)
     fig.savefig(plots / "part_relevance.png", dpi=100, bbox_inches="tight")
     plt.close(fig)
-    return {"causal_curves": plots / "causal_curves.png", "part_relevance": plots / "part_relevance.png"}
+    return plots / "part_relevance.png"
