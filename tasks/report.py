@@ -351,7 +351,7 @@ class ReportContext:
     per_row: int
 
     @classmethod
-    def of(cls, inp: ReportInputs, per_row: int) -> "ReportContext":
+    def of(cls, inp: ReportInputs, per_row: int) -> ReportContext:
         shares = part_shares(inp.explanations, inp.targets)
         region_jobs = [j for j in dict.fromkeys(shares["job"]) if j]
         methods = dict(zip(inp.explanations["job"], inp.explanations["method"])) if region_jobs else {}
