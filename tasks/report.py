@@ -355,18 +355,16 @@ class ReportContext:
         shares = part_shares(inp.explanations, inp.targets)
         region_jobs = [j for j in dict.fromkeys(shares["job"]) if j]
         methods = dict(zip(inp.explanations["job"], inp.explanations["method"])) if region_jobs else {}
-        main_job = next((j for j in region_jobs if shapley_family(methods[j], j)),
+        main_job = next((j for j in region_jobs if shapley_family(methods[j])),
                         region_jobs[0] if region_jobs else None)
         return cls(inp, shares, region_jobs, main_job, per_row)
 
 
-def shapley_family(method: str, job: str) -> bool:
-    """Whether a method estimates Shapley values: the explainer class's ``shapley_values`` capability (before an
-    explainer declares it: the former rule, a job name starting with a Shapley-family method's name)."""
+def shapley_family(method: str) -> bool:
+    """Whether a method estimates Shapley values: the explainer class's ``shapley_values`` capability."""
     from explainers.registry import METHODS    # imports every explainer (torch): only when there is a job to check
 
-    former = job.startswith(("bayes_shapley", "kernel_shap", "exact_shapley"))
-    return bool(getattr(METHODS.get(method), "shapley_values", former))
+    return METHODS[method].shapley_values
 
 
 @dataclass(frozen=True)
