@@ -237,6 +237,6 @@ def test_pointing_game_and_energy_pointing_game_by_hand():
     assert torch.isnan(energy_pointing_game(torch.zeros(1, 10, 10), box)[0])     # uninformative: undefined
 
 
-def test_relative_error():
+def test_relative_error_is_zero_on_a_match_and_one_for_an_all_zero_estimate():
     assert relative_error(torch.tensor([[1.0, 2.0]]), torch.tensor([[1.0, 2.0]]))[0] == 0
     assert math.isclose(relative_error(torch.tensor([[0.0, 0.0]]), torch.tensor([[3.0, 4.0]]))[0].item(), 1.0)

@@ -31,7 +31,7 @@ def _params(path, **extra):
     return path
 
 
-def test_models_then_infer(prefect_server, in_tmp):
+def test_trained_models_feed_infer_and_parts_given_weights_are_used_and_bad_ones_named(prefect_server, in_tmp):
     params = _params(in_tmp / "params.yaml")
     run_pull(params)
     run_train_data(params)

@@ -7,7 +7,7 @@ from explainers.base import paint
 from tests.image_models import QuadrantModel, textured_image
 
 
-def test_label_maps_and_painting():
+def test_occlusion_takes_a_label_map_as_regions_and_paints_their_relevance():
     labels = torch.arange(4).repeat_interleave(8).view(1, 32).expand(32, 32)
     exp = Occlusion(QuadrantModel(), perturbation="constant").explain(textured_image(), labels)
     assert exp.relevance.shape == (1, 4) and exp.n_forward == 5
