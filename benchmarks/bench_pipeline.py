@@ -20,12 +20,13 @@ import shutil
 import time
 
 import flows  # noqa: F401  (environment defaults)
+from flows.explain import explain_flow
+from flows.runner import task_runner
+
 import torch
 from prefect import flow
 
 from bench_models import write_results
-from flows.explain import explain_flow
-from flows.runner import task_runner
 from tasks.params import load_params
 
 SCRATCH = ".work/bench_pipeline"

@@ -33,6 +33,7 @@ import warnings
 from pathlib import Path
 
 import flows  # noqa: F401  (environment defaults)
+
 import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
@@ -41,10 +42,15 @@ from explainers.bayesian_shapley import DEFAULT_DECAY, bayes_shapley
 from explainers.game import RegionGame
 from explainers.metrics import relative_error
 from explainers.perturb import make_perturbation
-from explainers.shapley import (all_coalitions, continuous_coalition_shapley, exact_coefficients, kernel_shap,
-                                permutation_shapley)
-from peers import CONFIGS, PEERS, config_key, run_peer, versions, warm_up
+from explainers.shapley import (
+    all_coalitions,
+    continuous_coalition_shapley,
+    exact_coefficients,
+    kernel_shap,
+    permutation_shapley,
+)
 from pedestrians import describe_split, file_digest, load_detector, pedestrians
+from peers import CONFIGS, PEERS, config_key, run_peer, versions, warm_up
 
 BUDGETS = (32, 64, 128, 256, 512)
 PLAYERS = (6, 10, 12)

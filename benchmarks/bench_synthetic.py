@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import flows  # noqa: F401  (environment defaults)
+
 import yaml
 
 from detection.datasets.synthetic import SyntheticConfig, generate_images, render_scene

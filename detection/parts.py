@@ -68,13 +68,13 @@ class Keypoints:
     visible: np.ndarray     # [17] bool: the keypoint is seen (COCO v == 2, pose confidence >= threshold)
 
     @classmethod
-    def from_coco(cls, flat) -> "Keypoints":
+    def from_coco(cls, flat) -> Keypoints:
         """COCO [x, y, v] * 17: v=0 not labelled, v=1 labelled but occluded, v=2 visible."""
         k = _as_keypoints(flat)
         return cls(k[:, :2].copy(), k[:, 2] > 0, k[:, 2] >= 2)
 
     @classmethod
-    def from_pose(cls, flat, min_confidence: float = 0.5) -> "Keypoints":
+    def from_pose(cls, flat, min_confidence: float = 0.5) -> Keypoints:
         """A pose model's [x, y, confidence] * 17. YOLO-pose learns 'labelled' (COCO v > 0) as its confidence, so a
         confident keypoint counts as both placed and seen: the model cannot tell occluded from visible."""
         k = _as_keypoints(flat)
@@ -82,7 +82,7 @@ class Keypoints:
         return cls(k[:, :2].copy(), ok, ok.copy())
 
     @classmethod
-    def template(cls, box) -> "Keypoints":
+    def template(cls, box) -> Keypoints:
         """The standing template stretched over a box (source 'template'): every keypoint placed and seen."""
         x1, y1, x2, y2 = _check_box(box)
         h = y2 - y1
@@ -141,7 +141,7 @@ class PersonParts:
         out[:, top:top + self.masks.shape[1], left:left + self.masks.shape[2]] = self.masks
         return out
 
-    def grouped(self, grouping: str = "parts10", context: bool = False) -> "PersonParts":
+    def grouped(self, grouping: str = "parts10", context: bool = False) -> PersonParts:
         """Parts merged into a coarser grouping (``detection.body.PART_GROUPS``), plus the optional ``context`` player:
         the box minus the person, so that relevance outside the body is measured too."""
         if grouping not in PART_GROUPS:

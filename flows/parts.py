@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 import flows  # noqa: F401  (environment defaults)
+
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 

@@ -5,15 +5,24 @@ from collections import Counter
 from pathlib import Path
 
 import flows  # noqa: F401  (environment defaults)
+
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from detection.datasets.records import display_path
 from tasks import stages
 from tasks.params import Params, load_params
+from tasks.pull import (
+    SHARDS_DIR,
+    check_images_shard,
+    fetch_dvc,
+    generate_synthetic_shard,
+    list_source,
+    merge_shards,
+    relocate_uris,
+    write_outputs,
+)
 from tasks.shards import fresh_staging, publish, shard_ranges, write_json
-from tasks.pull import (SHARDS_DIR, check_images_shard, fetch_dvc, generate_synthetic_shard, list_source,
-                        merge_shards, relocate_uris, write_outputs)
 
 
 @flow(name="pull", log_prints=True)

@@ -4,9 +4,22 @@ too small refused."""
 import pytest
 import torch
 
-from explainers import (METHODS, BayesShapley, BudgetError, ContinuousCoalitionShapley, DeCam, ExactShapley,
-                        KernelShap, Lime, Occlusion, PermutationShapley, Rise, energy_pointing_game, grid_regions,
-                        pointing_game)
+from explainers import (
+    METHODS,
+    BayesShapley,
+    BudgetError,
+    ContinuousCoalitionShapley,
+    DeCam,
+    ExactShapley,
+    KernelShap,
+    Lime,
+    Occlusion,
+    PermutationShapley,
+    Rise,
+    energy_pointing_game,
+    grid_regions,
+    pointing_game,
+)
 from tests.image_models import QuadrantModel, stick_figure, textured_image
 
 

@@ -2,7 +2,6 @@
 regions, offset maps (issue 16)."""
 import math
 
-import numpy as np
 import pytest
 import torch
 

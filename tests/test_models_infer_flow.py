@@ -2,6 +2,12 @@
 import json
 import shutil
 
+from flows.infer import run_infer
+from flows.keypoints import run_keypoints
+from flows.models import run_models, run_train_data
+from flows.parts import run_parts
+from flows.pull import run_pull
+
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -9,11 +15,6 @@ import yaml
 
 from detection.models.base import WeightsError
 from detection.models.specs import file_sha256
-from flows.infer import run_infer
-from flows.keypoints import run_keypoints
-from flows.models import run_models, run_train_data
-from flows.parts import run_parts
-from flows.pull import run_pull
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow

@@ -2,10 +2,11 @@
 ``tasks.model_cache.task_device`` pins worker i to cuda:i. Tested on the CPU with torch.cuda reporting GPUs."""
 import os
 
+from flows.runner import task_runner
+
 import pytest
 import torch
 
-from flows.runner import task_runner
 from tasks.model_cache import task_device
 from tasks.params import Params, RunnerParams
 

@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from explainers import (bayes_shapley, continuous_coalition_shapley, exact_shapley, kernel_shap, permutation_shapley,
-                        relative_error)
+from explainers import (
+    bayes_shapley,
+    continuous_coalition_shapley,
+    exact_shapley,
+    kernel_shap,
+    permutation_shapley,
+    relative_error,
+)
 from explainers.shapley import complement_pairs, constrained_solve, odd_interaction_fit, symmetric_pinv_solve
 from tests.games import CLOSED_FORM, A, M, additive, interacting
 

@@ -11,8 +11,19 @@ import types
 import pytest
 from ruamel.yaml import YAML
 
-from tasks.stage_deps import (CLI, DATA_FILES, PACKAGES, STAGES, Entry, StageDepsError, check, main, module_closure,
-                              stage_code_files, write)
+from tasks.stage_deps import (
+    CLI,
+    DATA_FILES,
+    PACKAGES,
+    STAGES,
+    Entry,
+    StageDepsError,
+    check,
+    main,
+    module_closure,
+    stage_code_files,
+    write,
+)
 from tests.conftest import REPO
 
 
