@@ -274,13 +274,12 @@ def run_kind(args, kind: str, device) -> None:
     def run_seeds(M: int, budget: int, table: TableGame, live_game, exact: torch.Tensor, beta_seeds: int,
                   group: str) -> None:
         for seed in range(seeds):
-            rng = lambda: np.random.default_rng(seed)  # noqa: E731
-            ours = {
-                "bayes_shapley": lambda: bayes_shapley(table, M, budget, rng()).phi[0],
-                "kernel_shap": lambda: kernel_shap(table, M, budget, rng()).phi[0],
-                "kernel_shap_order1": lambda: kernel_shap(table, M, budget, rng(), order=1).phi[0],
-                "permutation": lambda: permutation_shapley(table, M, budget, rng()).phi[0],
-                "beta": lambda: continuous_coalition_shapley(live_game, M, budget, rng(), device).phi[0],
+            ours = {                                            # each run: a fresh generator of this seed
+                "bayes_shapley": lambda rng: bayes_shapley(table, M, budget, rng).phi[0],
+                "kernel_shap": lambda rng: kernel_shap(table, M, budget, rng).phi[0],
+                "kernel_shap_order1": lambda rng: kernel_shap(table, M, budget, rng, order=1).phi[0],
+                "permutation": lambda rng: permutation_shapley(table, M, budget, rng).phi[0],
+                "beta": lambda rng: continuous_coalition_shapley(live_game, M, budget, rng, device).phi[0],
             }
             for name, fn in ours.items():
                 if name == "permutation" and budget < 2 + 2 * (M - 1):
@@ -288,7 +287,7 @@ def run_kind(args, kind: str, device) -> None:
                 if name == "beta" and seed >= beta_seeds:
                     continue
                 t0 = time.perf_counter()
-                phi = fn()
+                phi = fn(np.random.default_rng(seed))
                 clock(f"M{M}/B{budget}/{name}", t0)
                 err = relative_error(torch.as_tensor(phi).double().cpu(), exact).item()
                 record(f"M{M}/B{budget}/{name}", group, err)

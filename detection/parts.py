@@ -180,6 +180,21 @@ def estimate_height(kps: Keypoints, box, proportions: BodyProportions = BodyProp
     return max(float(y2 - y1), limb_h)
 
 
+def _head_center(pts: np.ndarray, located: np.ndarray, h: float, proportions: BodyProportions) -> np.ndarray | None:
+    """The head's centre [2] (crop pixels) from the keypoints [17, 2] placed (``located`` [17] bool): between the
+    ears, else the face's mean x at the ears' (else the face's) mean y, else above the shoulders; None without any."""
+    face = [i for i in FACE if located[i]]
+    shoulders = [KP["left_shoulder"], KP["right_shoulder"]]
+    ears = [i for i in (KP["left_ear"], KP["right_ear"]) if located[i]]
+    if len(ears) == 2:                                     # the ears sit level with the head's centre
+        return pts[ears].mean(0)
+    if face:
+        return np.array([pts[face, 0].mean(), pts[ears or face, 1].mean()])
+    if located[shoulders].any():
+        return pts[[i for i in shoulders if located[i]]].mean(0) - (0, proportions.head_above_shoulders * h)
+    return None
+
+
 def body_parts(kps: Keypoints, box, image_size: tuple[int, int], source: str,
                proportions: BodyProportions = BodyProportions()) -> PersonParts:
     """The 10 body parts (``detection.body.BODY_PARTS``) of the person in ``box`` (xyxy, pixel edges)."""
@@ -199,17 +214,9 @@ def body_parts(kps: Keypoints, box, image_size: tuple[int, int], source: str,
     def fixed(p: np.ndarray) -> tuple[int, int]:
         return int(round(p[0] * _SCALE)), int(round(p[1] * _SCALE))
 
-    head_center = None
-    face = [i for i in FACE if located[i]]
     shoulders = [KP["left_shoulder"], KP["right_shoulder"]]
     hips = [KP["left_hip"], KP["right_hip"]]
-    ears = [i for i in (KP["left_ear"], KP["right_ear"]) if located[i]]
-    if len(ears) == 2:                                     # the ears sit level with the head's centre
-        head_center = pts[ears].mean(0)
-    elif face:
-        head_center = np.array([pts[face, 0].mean(), pts[ears or face, 1].mean()])
-    elif located[shoulders].any():
-        head_center = pts[[i for i in shoulders if located[i]]].mean(0) - (0, proportions.head_above_shoulders * h)
+    head_center = _head_center(pts, located, h, proportions)
     part_visible = dict.fromkeys(BODY_PARTS, False)
 
     for label, part in enumerate(PAINT_ORDER, start=1):
