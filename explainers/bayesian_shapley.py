@@ -24,8 +24,15 @@ import torch
 
 from explainers.base import BudgetError
 from explainers.game import Game
-from explainers.shapley import (ShapleyEstimate, _ends, _evaluate, _ShapleyExplainer, exact_shapley,
-                                kernel_size_mass, symmetric_pinv_solve)
+from explainers.shapley import (
+    ShapleyEstimate,
+    _ends,
+    _evaluate,
+    _ShapleyExplainer,
+    exact_shapley,
+    kernel_size_mass,
+    symmetric_pinv_solve,
+)
 
 DEFAULT_DECAY = 1e-3        # prior variance ratio per two Fourier orders (chosen on synthetic and real games)
 MAX_CANDIDATE_PAIRS = 4096  # all pairs are candidates up to M = 13 players; beyond, a fixed pool of this size

@@ -2,7 +2,8 @@
 (0 hidden by the perturbation, 1 shown, in between blended). Pixels outside every region are always shown."""
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 

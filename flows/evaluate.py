@@ -6,14 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import flows  # noqa: F401  (environment defaults)
+from flows.progress import progress
+from flows.runner import task_runner
+
 import pyarrow as pa
 import pyarrow.compute as pc
 from prefect import flow, get_run_logger
 
 from detection.datasets.tables import rows_to_table
 from explainers.perturb import make_perturbation
-from flows.progress import progress
-from flows.runner import task_runner
 from tasks import stages
 from tasks.evaluate import SUBSTRATES, agreement_rows, evaluate_shard, shard_items
 from tasks.evaluate_summary import NOTES, summarise, undefined_counts, write_plots

@@ -8,13 +8,14 @@ from collections import Counter
 from pathlib import Path
 
 import flows  # noqa: F401  (environment defaults)
+from flows.progress import progress
+from flows.runner import task_runner
+
 import pyarrow as pa
 import pyarrow.compute as pc
 from prefect import flow, get_run_logger
 
 from detection.datasets.tables import write_table_atomic
-from flows.progress import progress
-from flows.runner import task_runner
 from tasks import stages
 from tasks.explain import build_targets, config_hash, explain_shard, shard_items
 from tasks.explain_jobs import check_jobs

@@ -7,6 +7,7 @@ import uuid
 from pathlib import Path
 
 import flows  # noqa: F401  (environment defaults)
+
 import pyarrow as pa
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact

@@ -19,13 +19,31 @@ from prefect.cache_policies import NO_CACHE
 
 from detection.datasets.records import error_row
 from detection.masks import rle_decode
-from explainers.metrics import (UNDEFINED_REASONS, box_masks, deletion_insertion, energy_pointing_game,
-                                pointing_game, region_share, relevance_reason, spearman, top_match,
-                                undefined_reason)
+from explainers.metrics import (
+    UNDEFINED_REASONS,
+    box_masks,
+    deletion_insertion,
+    energy_pointing_game,
+    pointing_game,
+    region_share,
+    relevance_reason,
+    spearman,
+    top_match,
+    undefined_reason,
+)
 from tasks.explain import IMAGE_COLUMNS
+from tasks.metric_names import (
+    AGREE,
+    SUBSTRATES,
+    TOP_PART_MATCH,
+    agreement,
+    causal_auc,
+    curve_point,
+    epg,
+    epg_chance,
+    pointing,
+)
 from tasks.model_cache import classifier_scorer, classifier_view, detection_scorer, load_image, task_device
-from tasks.metric_names import (AGREE, SUBSTRATES, TOP_PART_MATCH, agreement, causal_auc, curve_point, epg,
-                                epg_chance, pointing)
 from tasks.params import Params
 from tasks.shards import write_shard
 from tasks.undefined import NONFINITE_SALIENCY, NONFINITE_VALUE, parse_undefined, undefined_metric
@@ -118,6 +136,47 @@ def _reason(code: torch.Tensor) -> str | None:
     return UNDEFINED_REASONS[int(code)] or None
 
 
+def _record_nonfinite(exps: list[dict], job: str, img: dict, errors: list[dict]) -> None:
+    """An ``errors`` row for each stored saliency map with NaN / inf values (its metrics are undefined)."""
+    for e in exps:
+        stored = np.asarray(e["saliency"], np.float32)
+        bad = int((~np.isfinite(stored)).sum())
+        if bad:
+            errors.append(error_row("evaluate", img["uri"], NONFINITE_SALIENCY,
+                                    f"{job} {e['target_id']}: {bad} of {stored.size} stored saliency values "
+                                    f"are NaN or infinite; its metrics are undefined", img["image_id"]))
+
+
+def _localisation(sal: torch.Tensor, masks: dict[str, torch.Tensor], tolerance: float, values: dict,
+                  reasons: dict) -> None:
+    """Pointing game and EPG of one map [1, H, W] against each named region, into ``values`` / ``reasons``."""
+    for name, m in masks.items():
+        m = m[None]
+        for metric, value, check in ((pointing(name), pointing_game(sal, m, tolerance), "pointing"),
+                                     (epg(name), energy_pointing_game(sal, m), "epg")):
+            values[metric] = float(value[0])
+            reason = _reason(undefined_reason(sal, m, check)[0])
+            if reason is not None:
+                reasons[metric] = reason
+        if epg(name) not in reasons:                # EPG's chance level, beside every defined EPG
+            values[epg_chance(name)] = float(region_share(m)[0])
+
+
+def _causal(scorer, view: torch.Tensor, saliency: torch.Tensor, steps: int, values: list[dict],
+            reasons: list[dict]) -> None:
+    """Deletion / insertion AUC and curve points of every map [N, H, W] with each substrate."""
+    for mode in SUBSTRATES:
+        curve = deletion_insertion(scorer, view, saliency, mode=mode, substrate=SUBSTRATES[mode], steps=steps)
+        for i in range(saliency.shape[0]):
+            values[i][causal_auc(mode)] = float(curve.auc[i])
+            reason = _reason(curve.reason[i])
+            if reason is not None:
+                reasons[i][causal_auc(mode)] = reason
+                continue
+            for k, v in enumerate(curve.curves[i].tolist()):
+                values[i][curve_point(mode, k)] = v
+
+
 def evaluate_image(item: EvaluateItem, params: Params, device: str, errors: list[dict]) -> list[dict]:
     """Metrics-table rows of every explanation of one image (undefined values as ``undefined:`` rows); an
     unreadable image, or a saliency map with NaN / inf values, adds an ``errors`` row."""
@@ -141,43 +200,16 @@ def evaluate_image(item: EvaluateItem, params: Params, device: str, errors: list
         values = [{"n_forward": e["n_forward"] / e["shared_by"], "seconds": e["seconds"] / e["shared_by"]}
                   for e in exps]
         reasons: list[dict[str, str]] = [{} for _ in exps]
-        for e in exps:
-            stored = np.asarray(e["saliency"], np.float32)
-            bad = int((~np.isfinite(stored)).sum())
-            if bad:
-                errors.append(error_row("evaluate", img["uri"], NONFINITE_SALIENCY,
-                                        f"{job} {e['target_id']}: {bad} of {stored.size} stored saliency values "
-                                        f"are NaN or infinite; its metrics are undefined", img["image_id"]))
+        _record_nonfinite(exps, job, img, errors)
         scale = (size[0] / H, size[1] / W)
-        for i, (e, t) in enumerate(zip(exps, ts)):
+        for i, t in enumerate(ts):
             masks = _target_masks(t, item["parts"].get((t["parts_model"], t["parts_id"]), []), item["gt_boxes"],
                                   size[0], size[1], scale)
-            sal = saliency[i:i + 1]
-            for name, m in masks.items():
-                m = m[None]
-                for metric, value, check in (
-                        (pointing(name), pointing_game(sal, m, cfg.pointing_tolerance), "pointing"),
-                        (epg(name), energy_pointing_game(sal, m), "epg")):
-                    values[i][metric] = float(value[0])
-                    reason = _reason(undefined_reason(sal, m, check)[0])
-                    if reason is not None:
-                        reasons[i][metric] = reason
-                if epg(name) not in reasons[i]:                # EPG's chance level, beside every defined EPG
-                    values[i][epg_chance(name)] = float(region_share(m)[0])
+            _localisation(saliency[i:i + 1], masks, cfg.pointing_tolerance, values[i], reasons[i])
         if causal:
             scorer = (classifier_scorer(params, device, ts) if kind == "classes" else
                       detection_scorer(params, device, ts))
-            for mode in SUBSTRATES:
-                curve = deletion_insertion(scorer, view, saliency, mode=mode, substrate=SUBSTRATES[mode],
-                                           steps=cfg.steps)
-                for i in range(len(exps)):
-                    values[i][causal_auc(mode)] = float(curve.auc[i])
-                    reason = _reason(curve.reason[i])
-                    if reason is not None:
-                        reasons[i][causal_auc(mode)] = reason
-                        continue
-                    for k, v in enumerate(curve.curves[i].tolist()):
-                        values[i][curve_point(mode, k)] = v
+            _causal(scorer, view, saliency, cfg.steps, values, reasons)
         for e, v, r in zip(exps, values, reasons):
             rows += _metric_rows(e, v, r)
     return rows

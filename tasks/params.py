@@ -66,7 +66,7 @@ class PullParams(_Section):
     dvc: DvcSource | None = None
 
     @model_validator(mode="after")
-    def _source_section_present(self) -> "PullParams":
+    def _source_section_present(self) -> PullParams:
         if self.source != "synthetic" and getattr(self, self.source) is None:
             raise ValueError(f"source is {self.source!r} but the section pull.{self.source} is missing")
         if self.dvc is not None and self.source == "synthetic":
@@ -160,7 +160,7 @@ class InferParams(_Section):
     reasonable: ReasonableSubset = ReasonableSubset()
 
     @model_validator(mode="after")
-    def _unique_ids(self) -> "InferParams":
+    def _unique_ids(self) -> InferParams:
         ids = [d.id for d in self.detectors] + [m.id for m in (self.pose, self.classifier) if m is not None]
         if len(ids) != len(set(ids)):
             raise ValueError(f"model ids must be unique, got {ids}")
@@ -198,7 +198,7 @@ class ExplainJob(_Section):
     options: dict[str, bool | int | float | str] = {}   # method options, e.g. {grid: 8, p: 0.5, center: true}
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ExplainJob":
+    def _consistent(self) -> ExplainJob:
         if self.regions == "parts" and self.targets == "classes":
             raise ValueError("regions 'parts' are pedestrians' body parts: use them with persons / detections")
         return self

@@ -20,8 +20,7 @@ import pandas as pd  # noqa: E402
 from detection.body import BODY_PARTS  # noqa: E402
 from detection.datasets.imageio import ImageError, load_rgb  # noqa: E402
 from detection.evaluation import MATCH_IOU, OCCLUSION_BUCKETS, SIZE_BUCKETS  # noqa: E402
-from tasks.metric_names import (AGREE, METRICS, TOP_PART_MATCH, causal_auc, epg, epg_chance, names,  # noqa: E402
-                                parse_agreement)
+from tasks.metric_names import AGREE, METRICS, TOP_PART_MATCH, causal_auc, epg, epg_chance, names, parse_agreement  # noqa: E402
 from tasks.params import EvaluateParams  # noqa: E402
 from tasks.undefined import parse_undefined  # noqa: E402
 
@@ -228,7 +227,8 @@ def quality_table(metrics: pd.DataFrame) -> pd.DataFrame:
     sel = metrics[metrics["metric"].isin(QUALITY_METRICS)]
     table = sel.pivot_table(index=["kind", "job"], columns="metric", values="value", aggfunc="mean")
     table = table.reindex(columns=[c for c in QUALITY_METRICS if c in table.columns]).reset_index()
-    counts = metrics[metrics["metric"] == METRICS["n_forward"].name].groupby(["kind", "job"]).size().rename("explanations")
+    forwards = metrics[metrics["metric"] == METRICS["n_forward"].name]
+    counts = forwards.groupby(["kind", "job"]).size().rename("explanations")
     table = table.merge(counts.reset_index(), on=["kind", "job"], how="left")
     undefined = undefined_table(metrics)
     n = (undefined[undefined["metric"].isin(QUALITY_METRICS)].groupby(["kind", "job"])["values"].sum()
@@ -362,7 +362,7 @@ class ReportContext:
 
 def shapley_family(method: str) -> bool:
     """Whether a method estimates Shapley values: the explainer class's ``shapley_values`` capability."""
-    from explainers.registry import METHODS    # imports every explainer (torch): only when there is a job to check
+    from explainers.registry import METHODS  # imports every explainer (torch): only when there is a job to check
 
     return METHODS[method].shapley_values
 

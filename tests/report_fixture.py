@@ -82,7 +82,7 @@ def _metrics() -> pd.DataFrame:
                 add(im, t, "persons", job, f"insertion_curve_{k:02d}", k / 4)
         add(im, t, "persons", REGION_JOBS[0], f"agree:{REGION_JOBS[1]}", rng.uniform(-1, 1))
         add(im, t, "persons", REGION_JOBS[0], f"top_part_match:{REGION_JOBS[1]}", rng.integers(0, 2))
-    for t, (im, cat, cue) in CLASSES.items():
+    for t, (im, _cat, _cue) in CLASSES.items():
         for m in ("epg_box", "epg_objects", "deletion_auc", "insertion_auc", "pointing_box"):
             add(im, t, "classes", "rise", m, rng.uniform())
         add(im, t, "classes", "rise", "epg_box_chance", 0.2)

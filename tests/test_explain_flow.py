@@ -5,14 +5,15 @@ import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
+from flows.evaluate import run_evaluate
+from flows.explain import run_explain
+from flows.report import run_report
+
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 import tasks.explain
-from flows.evaluate import run_evaluate
-from flows.explain import run_explain
-from flows.report import run_report
 from tasks.stages import ExplainOutputs
 from tests.conftest import tiny_params
 

@@ -45,7 +45,8 @@ def test_undefined_values_are_counted_not_averaged_and_epg_has_its_chance_level(
     table = quality_table(_metrics()).to_dict(orient="records")
     assert len(table) == 1
     q = table[0]
-    assert (q["pointing_box"], q["epg_box"], q["epg_box chance"], q["deletion_auc"]) == (0.5, 0.5, 0.1, 0.30000000000000004)
+    assert (q["pointing_box"], q["epg_box"], q["epg_box chance"]) == (0.5, 0.5, 0.1)
+    assert q["deletion_auc"] == 0.30000000000000004
     assert (q["explanations"], q["undefined values"]) == (3, 4)
     assert undefined_table(_metrics()).values.tolist() == [
         ["persons", "drise", "deletion_auc", "constant_saliency", 1],

@@ -9,8 +9,18 @@ import yaml
 from detection.datasets.tables import SCHEMAS, rows_to_table, write_table_atomic
 from tasks import stages
 from tasks.params import load_params
-from tasks.shards import (collect_staged, fresh_staging, is_done, keep_if_same_config, mark_done, publish,
-                          read_shards, staged_shard_dir, write_json, write_shard)
+from tasks.shards import (
+    collect_staged,
+    fresh_staging,
+    is_done,
+    keep_if_same_config,
+    mark_done,
+    publish,
+    read_shards,
+    staged_shard_dir,
+    write_json,
+    write_shard,
+)
 from tests.conftest import REPO
 
 
