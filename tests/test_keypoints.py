@@ -104,16 +104,26 @@ def test_flip_test_of_a_mirror_symmetric_image_keeps_left_and_right_apart():
     assert ((x - 16).abs() > 0.1).all()
 
 
-def _dot_people(n: int, seed: int = 0):
-    """Images with one 'person' each: a grey box with a red dot (nose) and blue/green dots (left/right hip)."""
+def _posed_people(n: int, seed: int = 0):
+    """Images with one 'person' each (a grey 24 x 48 box) in a random pose: a red dot (nose) anywhere in the head,
+    two blue dots (hips) at random heights, spread and offset. A white patch on the chest says the person faces the
+    camera, so their left hip is the one on the image's right; without it (seen from behind) the other one. Only a
+    model that reads the image places these; mirroring keeps the rule (the patch is symmetric)."""
     g = np.random.default_rng(seed)
     images = np.zeros((n, 3, 64, 64), np.uint8)
     boxes, kps = [], []
     for i in range(n):
-        x0, y0 = g.integers(4, 28), g.integers(2, 10)
+        x0, y0 = g.integers(4, 36), g.integers(2, 14)
         images[i, :, y0:y0 + 48, x0:x0 + 24] = 90
-        pts = {KP["nose"]: (x0 + 12, y0 + 6, 0), KP["left_hip"]: (x0 + 16, y0 + 26, 2),
-               KP["right_hip"]: (x0 + 8, y0 + 26, 1)}
+        facing = g.random() < 0.5
+        if facing:
+            images[i, :, y0 + 14:y0 + 20, x0 + 10:x0 + 14] = 230
+        nose = (x0 + 12 + g.integers(-5, 6), y0 + g.integers(3, 10))
+        cx, half = x0 + 12 + g.integers(-3, 4), g.integers(3, 8)
+        hip_y = y0 + g.integers(22, 33) + g.integers(-2, 3, size=2)
+        side = 1 if facing else -1
+        pts = {KP["nose"]: (*nose, 0), KP["left_hip"]: (cx + side * half, hip_y[0], 2),
+               KP["right_hip"]: (cx - side * half, hip_y[1], 2)}
         k = np.zeros((17, 3), np.float32)
         for j, (x, y, c) in pts.items():
             images[i, c, y - 1:y + 2, x - 1:x + 2] = 255
@@ -124,16 +134,41 @@ def _dot_people(n: int, seed: int = 0):
             torch.from_numpy(np.stack(kps)))
 
 
-def test_training_learns_to_place_keypoints(tmp_path):
-    images, boxes, index, kps = _dot_people(64)
+LABELLED = [KP["nose"], KP["left_hip"], KP["right_hip"]]
+
+
+def _template_error(boxes: torch.Tensor, kps: torch.Tensor) -> float:
+    """Mean distance (px) of the best constant box-relative template to the labelled keypoints: each keypoint's
+    geometric median over these very people (Weiszfeld), i.e. the best any model that ignores the pixels can do."""
+    rel = kps[:, LABELLED, :2] - boxes[:, None, :2]                         # [N, K, 2], boxes all 24 x 48
+    t = rel.mean(0)
+    for _ in range(100):
+        w = 1 / (rel - t).norm(dim=2).clamp(min=1e-6)
+        t = (rel * w[..., None]).sum(0) / w.sum(0)[:, None]
+    return (rel - t).norm(dim=2).mean().item()
+
+
+def _sides_right(pred: torch.Tensor, kps: torch.Tensor) -> torch.Tensor:
+    """[N] bool: each predicted hip is nearer its own true hip than the other one."""
+    lh, rh = KP["left_hip"], KP["right_hip"]
+    d = lambda a, b: (pred[:, a, :2] - kps[:, b, :2]).norm(dim=1)     # noqa: E731
+    return (d(lh, lh) < d(lh, rh)) & (d(rh, rh) < d(rh, lh))
+
+
+def test_training_learns_to_place_keypoints_from_the_pixels(tmp_path):
+    images, boxes, index, kps = _posed_people(64)
     cfg = KeypointTraining(epochs=12, batch_size=16, lr=1e-2, width=8, crop_size=(64, 32), box_jitter=0.02)
     model, history = train_keypoint_model(images, boxes, index, kps, cfg, seed=0)
     assert history[-1] < 0.6 * history[0]
-    test_images, test_boxes, test_index, test_kps = _dot_people(16, seed=1)
+    test_images, test_boxes, test_index, test_kps = _posed_people(32, seed=1)
     pred = model.predict(test_images, test_boxes, test_index)
-    labelled = [KP["nose"], KP["left_hip"], KP["right_hip"]]
-    err = (pred[:, labelled, :2] - test_kps[:, labelled, :2]).norm(dim=2)
-    assert err.median() < 3.0                                               # px, on 48-px 'persons'
+    err = (pred[:, LABELLED, :2] - test_kps[:, LABELLED, :2]).norm(dim=2).mean().item()
+    template = _template_error(test_boxes, test_kps)
+    assert template > 4.0                                # px: poses vary (the same pose everywhere would give 0)
+    # Measured: 0.4-0.6 px over training seeds 0-3; a model fed blank crops 14 px; one that cannot see which way
+    # the person faces (no chest patch) 2.9 px, with the hips the right way round for 59 % of the people.
+    assert err < 0.3 * template, (err, template)
+    assert _sides_right(pred, test_kps).float().mean() >= 0.9
     path = save_keypoint_model(model, tmp_path / "kp.pt", cfg)
     again = load_keypoint_model(path, device="cpu")
     assert torch.allclose(again.predict(test_images, test_boxes, test_index), pred)
