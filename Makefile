@@ -27,6 +27,7 @@ run: $(STAMP)
 	$(BIN)/dvc repro
 
 test: $(STAMP)
+	$(BIN)/ruff check .   # lint and complexity bound: [tool.ruff] in pyproject.toml
 	$(BIN)/python -m pytest -q
 
 # The benchmarks in the order benchmarks/README.md reports them; shapley tunes the peers' configurations on the tuning

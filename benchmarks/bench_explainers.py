@@ -20,6 +20,7 @@ import time
 import warnings
 
 import flows  # noqa: F401  (environment defaults)
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -168,7 +169,7 @@ def main() -> None:
     lb, _ = letterbox(image[None].expand(CHUNK, -1, -1, -1).contiguous(), det.imgsz, det.stride)
     parts = torch.cat([person["regions"][10], person["regions"][12][10:11]]).float()      # 10 parts + context
     methods = ["occlusion", "rise", "drise", "lime", "bayes_shapley", "kernel_shap", "permutation_shapley",
-               "beta_shapley", "decam"]
+               "continuous_coalition_shapley", "decam"]
     results = {"device": str(device), "cpus": os.cpu_count(), "budget": args.budget,
                "pedestrian": person["det_id"], "split": describe_split("heldout"), "repeats": args.repeats}
     if "detector" in models:

@@ -17,13 +17,14 @@ import time
 from pathlib import Path
 
 import flows  # noqa: F401  (environment defaults)
+
 import numpy as np
 import torch
 
 from detection.datasets.imageio import load_rgb, to_batch
 from detection.datasets.tables import DatasetTables
-from detection.models.scene_classifier import load_classifier
 from detection.models.letterbox import letterbox
+from detection.models.scene_classifier import load_classifier
 from detection.models.yolo import YoloDetector
 from detection.scorers import ClassifierScorer, DRiseScorer
 

@@ -20,12 +20,13 @@ import shutil
 import time
 
 import flows  # noqa: F401  (environment defaults)
+from flows.explain import explain_flow
+from flows.runner import task_runner
+
 import torch
 from prefect import flow
 
 from bench_models import write_results
-from flows.explain import explain_flow
-from flows.runner import task_runner
 from tasks.params import load_params
 
 SCRATCH = ".work/bench_pipeline"
@@ -38,16 +39,16 @@ def _warm_up() -> int:
 
 def warm_up(params) -> dict:
     """Start Prefect's ephemeral API and fill the explain tasks' model cache; the seconds of each."""
-    from tasks.explain import _classifier, _detector, task_device
+    from tasks.model_cache import classifier_model, detector_model, task_device
 
     start = time.perf_counter()
     _warm_up()
     startup = time.perf_counter() - start
     start = time.perf_counter()
     device, chunk = task_device(params.explain.device), params.explain.chunk_size
-    _detector(params.explain_detector().model_dump_json(), device, chunk)
+    detector_model(params.explain_detector().model_dump_json(), device, chunk)
     if params.infer.classifier is not None:
-        _classifier(params.infer.classifier.model_dump_json(), device, chunk)
+        classifier_model(params.infer.classifier.model_dump_json(), device, chunk)
     return {"startup_seconds": round(startup, 2), "model_load_seconds": round(time.perf_counter() - start, 2)}
 
 

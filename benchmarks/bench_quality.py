@@ -20,6 +20,7 @@ import time
 import warnings
 
 import flows  # noqa: F401  (environment defaults)
+
 import numpy as np
 import torch
 import torch.nn.functional as F

@@ -34,6 +34,7 @@ import warnings
 from pathlib import Path
 
 import flows  # noqa: F401  (environment defaults)
+
 import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
@@ -42,9 +43,15 @@ from explainers.bayesian_shapley import DEFAULT_DECAY, bayes_shapley
 from explainers.game import RegionGame
 from explainers.metrics import relative_error
 from explainers.perturb import make_perturbation
-from explainers.shapley import all_coalitions, beta_shapley, exact_coefficients, kernel_shap, permutation_shapley
-from peers import CONFIGS, PEERS, config_key, run_peer, versions, warm_up
+from explainers.shapley import (
+    all_coalitions,
+    continuous_coalition_shapley,
+    exact_coefficients,
+    kernel_shap,
+    permutation_shapley,
+)
 from pedestrians import describe_split, file_digest, load_detector, pedestrians
+from peers import CONFIGS, PEERS, config_key, run_peer, versions, warm_up
 
 BUDGETS = (32, 64, 128, 256, 512)
 PLAYERS = (6, 10, 12)
@@ -70,55 +77,79 @@ class TableGame:
 
 
 # ------------------------------------------------------------------------------------------------ synthetic games
+def _multilinear3(rng: np.random.Generator, M: int):
+    """The tuning family: main effects, pairwise, three three-way terms."""
+    a = torch.tensor(rng.normal(size=M))
+    b = torch.triu(torch.tensor(rng.normal(size=(M, M))) * 0.4, 1)
+    triples = [rng.choice(M, 3, replace=False) for _ in range(3)]
+    c = torch.tensor(rng.normal(size=3))
+
+    def v(z):
+        out = z @ a + ((z @ b) * z).sum(1)
+        for (i, j, k), w in zip(triples, c):
+            out = out + w * z[:, i] * z[:, j] * z[:, k]
+        return out
+    return v
+
+
+def _logistic(rng: np.random.Generator, M: int):
+    """A saturating score of main effects and pairwise terms (all orders)."""
+    a = torch.tensor(rng.normal(size=M))
+    b = torch.triu(torch.tensor(rng.normal(size=(M, M))) * 0.4, 1)
+    centre = float(a.sum() / 2 + b.sum() / 4)
+
+    def v(z):
+        return torch.sigmoid(z @ a + ((z @ b) * z).sum(1) - centre)
+    return v
+
+
+def _and_or(rng: np.random.Generator, M: int):
+    """Detection needs every group: product over 3 groups of a soft OR."""
+    groups = np.array_split(rng.permutation(M), 3)
+    w = torch.tensor(rng.uniform(0.3, 0.95, size=M))
+
+    def v(z):
+        out = torch.ones(z.shape[0], dtype=torch.float64)
+        for g in groups:
+            out = out * (1 - torch.prod(1 - w[g] * z[:, g], dim=1))
+        return out
+    return v
+
+
+def _sparse_high_order(rng: np.random.Generator, M: int):
+    """Main effects plus M random terms of order 4 to 6."""
+    a = torch.tensor(rng.normal(size=M))
+    terms = [rng.choice(M, int(rng.integers(4, min(6, M) + 1)), replace=False) for _ in range(M)]
+    c = torch.tensor(rng.normal(size=M))
+
+    def v(z):
+        out = z @ a
+        for t, w in zip(terms, c):
+            out = out + w * torch.prod(z[:, t], dim=1)
+        return out
+    return v
+
+
+def _threshold(rng: np.random.Generator, M: int):
+    """A smoothed weighted-voting game: softplus(k (a.z - quota)) / k."""
+    a = torch.tensor(rng.uniform(0.2, 1.0, size=M))
+    quota = float(rng.uniform(0.3, 0.7) * a.sum())
+    k = 8.0 / float(a.sum())
+
+    def v(z):
+        return torch.nn.functional.softplus(k * (z @ a - quota)) / k
+    return v
+
+
+SYNTHETIC_FAMILIES = {"multilinear3": _multilinear3, "logistic": _logistic, "and_or": _and_or,
+                      "sparse_high_order": _sparse_high_order, "threshold": _threshold}
+
+
 def synthetic_game(family: str, M: int, seed: int):
     """A game on continuous coalitions z in [0, 1]^M (Beta needs them); returns (game, its 2^M binary values)."""
-    rng = np.random.default_rng(seed)
-    if family == "multilinear3":            # the tuning family: main effects, pairwise, three three-way terms
-        a = torch.tensor(rng.normal(size=M))
-        b = torch.triu(torch.tensor(rng.normal(size=(M, M))) * 0.4, 1)
-        triples = [rng.choice(M, 3, replace=False) for _ in range(3)]
-        c = torch.tensor(rng.normal(size=3))
-
-        def v(z):
-            out = z @ a + ((z @ b) * z).sum(1)
-            for (i, j, k), w in zip(triples, c):
-                out = out + w * z[:, i] * z[:, j] * z[:, k]
-            return out
-    elif family == "logistic":              # a saturating score of main effects and pairwise terms (all orders)
-        a = torch.tensor(rng.normal(size=M))
-        b = torch.triu(torch.tensor(rng.normal(size=(M, M))) * 0.4, 1)
-        centre = float(a.sum() / 2 + b.sum() / 4)
-
-        def v(z):
-            return torch.sigmoid(z @ a + ((z @ b) * z).sum(1) - centre)
-    elif family == "and_or":                # detection needs every group: product over 3 groups of a soft OR
-        groups = np.array_split(rng.permutation(M), 3)
-        w = torch.tensor(rng.uniform(0.3, 0.95, size=M))
-
-        def v(z):
-            out = torch.ones(z.shape[0], dtype=torch.float64)
-            for g in groups:
-                out = out * (1 - torch.prod(1 - w[g] * z[:, g], dim=1))
-            return out
-    elif family == "sparse_high_order":     # main effects plus M random terms of order 4 to 6
-        a = torch.tensor(rng.normal(size=M))
-        terms = [rng.choice(M, int(rng.integers(4, min(6, M) + 1)), replace=False) for _ in range(M)]
-        c = torch.tensor(rng.normal(size=M))
-
-        def v(z):
-            out = z @ a
-            for t, w in zip(terms, c):
-                out = out + w * torch.prod(z[:, t], dim=1)
-            return out
-    elif family == "threshold":             # a smoothed weighted-voting game: softplus(k (a.z - quota)) / k
-        a = torch.tensor(rng.uniform(0.2, 1.0, size=M))
-        quota = float(rng.uniform(0.3, 0.7) * a.sum())
-        k = 8.0 / float(a.sum())
-
-        def v(z):
-            return torch.nn.functional.softplus(k * (z @ a - quota)) / k
-    else:
+    if family not in SYNTHETIC_FAMILIES:
         raise ValueError(f"unknown synthetic family {family!r}")
+    v = SYNTHETIC_FAMILIES[family](np.random.default_rng(seed), M)
 
     def game(z):
         return v(torch.as_tensor(z).double())[:, None]
@@ -273,13 +304,12 @@ def run_kind(args, kind: str, device) -> None:
     def run_seeds(M: int, budget: int, table: TableGame, live_game, exact: torch.Tensor, beta_seeds: int,
                   group: str) -> None:
         for seed in range(seeds):
-            rng = lambda: np.random.default_rng(seed)  # noqa: E731
-            ours = {
-                "bayes_shapley": lambda: bayes_shapley(table, M, budget, rng()).phi[0],
-                "kernel_shap": lambda: kernel_shap(table, M, budget, rng()).phi[0],
-                "kernel_shap_order1": lambda: kernel_shap(table, M, budget, rng(), order=1).phi[0],
-                "permutation": lambda: permutation_shapley(table, M, budget, rng()).phi[0],
-                "beta": lambda: beta_shapley(live_game, M, budget, rng(), device).phi[0],
+            ours = {                                            # each run: a fresh generator of this seed
+                "bayes_shapley": lambda rng: bayes_shapley(table, M, budget, rng).phi[0],
+                "kernel_shap": lambda rng: kernel_shap(table, M, budget, rng).phi[0],
+                "kernel_shap_order1": lambda rng: kernel_shap(table, M, budget, rng, order=1).phi[0],
+                "permutation": lambda rng: permutation_shapley(table, M, budget, rng).phi[0],
+                "beta": lambda rng: continuous_coalition_shapley(live_game, M, budget, rng, device).phi[0],
             }
             for name, fn in ours.items():
                 if name == "permutation" and budget < 2 + 2 * (M - 1):
@@ -287,7 +317,7 @@ def run_kind(args, kind: str, device) -> None:
                 if name == "beta" and seed >= beta_seeds:
                     continue
                 t0 = time.perf_counter()
-                phi = fn()
+                phi = fn(np.random.default_rng(seed))
                 clock(f"M{M}/B{budget}/{name}", t0)
                 err = relative_error(torch.as_tensor(phi).double().cpu(), exact).item()
                 record(f"M{M}/B{budget}/{name}", group, err)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import flows  # noqa: F401  (environment defaults)
+
 import yaml
 
 from bench_models import write_results

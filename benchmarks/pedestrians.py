@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detection.evaluation import iou_matrix
 from detection.datasets.imageio import load_rgb, to_batch
 from detection.datasets.synthetic import render_scene, scene_rows
 from detection.datasets.tables import DatasetTables
+from detection.evaluation import iou_matrix
 from detection.models.yolo import YoloDetector
 from detection.parts import Keypoints, PartsError, body_parts
 from detection.scorers import DRiseScorer

@@ -14,9 +14,10 @@ from pathlib import Path
 RESULTS = Path("benchmarks/results")
 SHORT = {"captum_kernel_shap": "Captum KernelShap", "captum_shapley_sampling": "Captum ShapleyValueSampling",
          "shap_kernel": "SHAP KernelExplainer", "shap_permutation": "SHAP PermutationExplainer",
-         "shapiq_kernel_shap": "shapiq KernelSHAP", "shapiq_kadd_shap": "shapiq kADDSHAP", "shapiq_svarm": "shapiq SVARM",
-         "shapiq_unbiased_kernel_shap": "shapiq UnbiasedKernelSHAP", "shapiq_permutation": "shapiq PermutationSamplingSV",
-         "shapiq_stratified": "shapiq StratifiedSamplingSV", "shapiq_owen": "shapiq OwenSamplingSV"}
+         "shapiq_kernel_shap": "shapiq KernelSHAP", "shapiq_kadd_shap": "shapiq kADDSHAP",
+         "shapiq_svarm": "shapiq SVARM", "shapiq_unbiased_kernel_shap": "shapiq UnbiasedKernelSHAP",
+         "shapiq_permutation": "shapiq PermutationSamplingSV", "shapiq_stratified": "shapiq StratifiedSamplingSV",
+         "shapiq_owen": "shapiq OwenSamplingSV"}
 
 
 def _num(x: float, digits: int) -> str:

@@ -68,13 +68,13 @@ class Keypoints:
     visible: np.ndarray     # [17] bool: the keypoint is seen (COCO v == 2, pose confidence >= threshold)
 
     @classmethod
-    def from_coco(cls, flat) -> "Keypoints":
+    def from_coco(cls, flat) -> Keypoints:
         """COCO [x, y, v] * 17: v=0 not labelled, v=1 labelled but occluded, v=2 visible."""
         k = _as_keypoints(flat)
         return cls(k[:, :2].copy(), k[:, 2] > 0, k[:, 2] >= 2)
 
     @classmethod
-    def from_pose(cls, flat, min_confidence: float = 0.5) -> "Keypoints":
+    def from_pose(cls, flat, min_confidence: float = 0.5) -> Keypoints:
         """A pose model's [x, y, confidence] * 17. YOLO-pose learns 'labelled' (COCO v > 0) as its confidence, so a
         confident keypoint counts as both placed and seen: the model cannot tell occluded from visible."""
         k = _as_keypoints(flat)
@@ -82,7 +82,7 @@ class Keypoints:
         return cls(k[:, :2].copy(), ok, ok.copy())
 
     @classmethod
-    def template(cls, box) -> "Keypoints":
+    def template(cls, box) -> Keypoints:
         """The standing template stretched over a box (source 'template'): every keypoint placed and seen."""
         x1, y1, x2, y2 = _check_box(box)
         h = y2 - y1
@@ -141,7 +141,7 @@ class PersonParts:
         out[:, top:top + self.masks.shape[1], left:left + self.masks.shape[2]] = self.masks
         return out
 
-    def grouped(self, grouping: str = "parts10", context: bool = False) -> "PersonParts":
+    def grouped(self, grouping: str = "parts10", context: bool = False) -> PersonParts:
         """Parts merged into a coarser grouping (``detection.body.PART_GROUPS``), plus the optional ``context`` player:
         the box minus the person, so that relevance outside the body is measured too."""
         if grouping not in PART_GROUPS:
@@ -180,6 +180,21 @@ def estimate_height(kps: Keypoints, box, proportions: BodyProportions = BodyProp
     return max(float(y2 - y1), limb_h)
 
 
+def _head_center(pts: np.ndarray, located: np.ndarray, h: float, proportions: BodyProportions) -> np.ndarray | None:
+    """The head's centre [2] (crop pixels) from the keypoints [17, 2] placed (``located`` [17] bool): between the
+    ears, else the face's mean x at the ears' (else the face's) mean y, else above the shoulders; None without any."""
+    face = [i for i in FACE if located[i]]
+    shoulders = [KP["left_shoulder"], KP["right_shoulder"]]
+    ears = [i for i in (KP["left_ear"], KP["right_ear"]) if located[i]]
+    if len(ears) == 2:                                     # the ears sit level with the head's centre
+        return pts[ears].mean(0)
+    if face:
+        return np.array([pts[face, 0].mean(), pts[ears or face, 1].mean()])
+    if located[shoulders].any():
+        return pts[[i for i in shoulders if located[i]]].mean(0) - (0, proportions.head_above_shoulders * h)
+    return None
+
+
 def body_parts(kps: Keypoints, box, image_size: tuple[int, int], source: str,
                proportions: BodyProportions = BodyProportions()) -> PersonParts:
     """The 10 body parts (``detection.body.BODY_PARTS``) of the person in ``box`` (xyxy, pixel edges)."""
@@ -199,17 +214,9 @@ def body_parts(kps: Keypoints, box, image_size: tuple[int, int], source: str,
     def fixed(p: np.ndarray) -> tuple[int, int]:
         return int(round(p[0] * _SCALE)), int(round(p[1] * _SCALE))
 
-    head_center = None
-    face = [i for i in FACE if located[i]]
     shoulders = [KP["left_shoulder"], KP["right_shoulder"]]
     hips = [KP["left_hip"], KP["right_hip"]]
-    ears = [i for i in (KP["left_ear"], KP["right_ear"]) if located[i]]
-    if len(ears) == 2:                                     # the ears sit level with the head's centre
-        head_center = pts[ears].mean(0)
-    elif face:
-        head_center = np.array([pts[face, 0].mean(), pts[ears or face, 1].mean()])
-    elif located[shoulders].any():
-        head_center = pts[[i for i in shoulders if located[i]]].mean(0) - (0, proportions.head_above_shoulders * h)
+    head_center = _head_center(pts, located, h, proportions)
     part_visible = dict.fromkeys(BODY_PARTS, False)
 
     for label, part in enumerate(PAINT_ORDER, start=1):

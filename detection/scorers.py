@@ -10,7 +10,8 @@ falls back to float32 (with a warning) if any score moves by more than ``amp_tol
 from __future__ import annotations
 
 import warnings
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -100,7 +101,7 @@ class DRiseScorer(_ChunkedScorer):
 
     @classmethod
     def for_detections(cls, detector, detections: Detections, index: Sequence[int] | None = None,
-                       **kw) -> "DRiseScorer":
+                       **kw) -> DRiseScorer:
         """Targets = (a subset of) one image's final detections, with their full class vectors."""
         idx = slice(None) if index is None else torch.as_tensor(list(index), dtype=torch.long)
         probs = detections.class_probs

@@ -14,10 +14,10 @@ import importlib
 # submodule (or this package) does not import its siblings. Project code imports from the submodule.
 _LAZY = {
     "BayesShapley": "explainers.bayesian_shapley",
-    "BetaShapley": "explainers.shapley",
     "Blur": "explainers.perturb",
     "BudgetError": "explainers.base",
     "Constant": "explainers.perturb",
+    "ContinuousCoalitionShapley": "explainers.shapley",
     "DRise": "explainers.rise",
     "DeCam": "explainers.decam",
     "ExactShapley": "explainers.shapley",
@@ -33,9 +33,11 @@ _LAZY = {
     "Perturbation": "explainers.perturb",
     "RegionGame": "explainers.game",
     "Rise": "explainers.rise",
+    "Scorer": "explainers.base",
+    "ScorerError": "explainers.base",
     "bayes_shapley": "explainers.bayesian_shapley",
-    "beta_shapley": "explainers.shapley",
     "box_masks": "explainers.metrics",
+    "continuous_coalition_shapley": "explainers.shapley",
     "deletion_insertion": "explainers.metrics",
     "energy_pointing_game": "explainers.metrics",
     "exact_shapley": "explainers.shapley",
@@ -47,11 +49,12 @@ _LAZY = {
     "superpixels": "explainers.regions",
 }
 
-__all__ = ["BayesShapley", "BetaShapley", "Blur", "BudgetError", "Constant", "DRise", "DeCam", "ExactShapley",
-           "Explainer", "Explanation", "KernelShap", "Lime", "METHODS", "Mean", "Noise", "Occlusion", "Perturbation",
-           "PermutationShapley", "RegionGame", "Rise", "bayes_shapley", "beta_shapley", "box_masks",
-           "deletion_insertion", "energy_pointing_game", "exact_shapley", "grid_regions", "kernel_shap",
-           "permutation_shapley", "pointing_game", "relative_error", "superpixels"]
+__all__ = ["BayesShapley", "Blur", "BudgetError", "Constant", "ContinuousCoalitionShapley", "DRise", "DeCam",
+           "ExactShapley", "Explainer", "Explanation", "KernelShap", "Lime", "METHODS", "Mean", "Noise", "Occlusion",
+           "Perturbation", "PermutationShapley", "RegionGame", "Rise", "Scorer", "ScorerError", "bayes_shapley",
+           "box_masks", "continuous_coalition_shapley", "deletion_insertion", "energy_pointing_game",
+           "exact_shapley", "grid_regions", "kernel_shap", "permutation_shapley", "pointing_game", "relative_error",
+           "superpixels"]
 
 
 def __getattr__(name: str):

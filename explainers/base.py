@@ -1,10 +1,11 @@
 """The contract every explainer shares: ``Method(scorer, **options).explain(image, regions, budget=, seed=)`` returns
-an :class:`Explanation`. Budgets are counted in forward passes (images through the model)."""
+an :class:`Explanation`; the ``scorer`` is any :class:`Scorer`. Budgets are counted in forward passes (images through
+the model)."""
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -12,9 +13,36 @@ import torch
 from explainers.perturb import Perturbation, make_perturbation
 
 
+@runtime_checkable
+class Scorer(Protocol):
+    """The black box every explainer queries: ``scorer(images) -> scores``, one row per image, one column per target.
+
+    ``images``: [B, 3, H, W] float32 on ``device``, values as the model expects (explainers only blend the image with
+    a baseline: its units are the model's input units); B is any count (explainers send ``chunk_size`` at a time).
+    Returns ``scores`` [B, T] floating point (cast to float32 by the explainer): a classifier's class probabilities,
+    a detector's D-RISE similarity to each reference detection (``detection.scorers``), or any real-valued output;
+    T = ``num_targets``, fixed when the scorer is built (0 allowed: nothing to explain).
+
+    ``device``: where images are put (explainers fall back to the CPU without it); ``num_targets``: T (without it,
+    T is read from the first chunk's scores); ``chunk_size``: images per forward pass (explainers fall back to 32).
+    :meth:`Explainer.explain` checks the first chunk's scores against this contract and raises :class:`ScorerError`
+    naming the scorer class and the shapes."""
+
+    device: torch.device
+    num_targets: int
+    chunk_size: int
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+class ScorerError(ValueError):
+    """A scorer broke the :class:`Scorer` contract (scores not [B, T]); names the scorer class and the shapes."""
+
+
 @dataclass
 class Explanation:
-    """One image's explanation for T targets. ``relevance`` is per region when regions were given."""
+    """One image's explanation for T targets. ``relevance`` is per region when regions were given (None exactly when
+    a pixel method ran without regions); both are in the scorer's units (score differences or scores)."""
 
     saliency: torch.Tensor                    # [T, H, W] float32, on the CPU
     relevance: torch.Tensor | None            # [T, R] float32, or None
@@ -32,15 +60,29 @@ class BudgetError(ValueError):
 
 class Explainer:
     """Base class: input checks, empty regions, scorers without targets, budgets, device placement, the seeded
-    generator, forward counting, timing.
+    generator, forward counting, timing, and the shapes of what scorer and method return.
 
     Subclasses implement ``_explain(image, regions, budget, generator) -> (saliency, relevance, extras)`` and
     call ``self.score(images)`` for every model evaluation, so that ``n_forward`` is exact. ``_explain`` only ever
     sees non-empty regions (the players) and at least one target, with a budget of at least ``min_budget``.
+
+    A method declares what it is in class attributes, read by params validation (``tasks.explain_jobs``), the CLI and
+    the report instead of lists of method names; adding a method is its module plus one line in
+    ``explainers/registry.py``.
     """
 
     name = "explainer"
     default_budget: int | None = None
+    # players are regions (body parts, superpixels, grid): an explain job must give regions (``regions: none`` is
+    # rejected) and relevance [T, R] is the method's own estimate over them; pixel-mask methods False
+    needs_regions: bool = False
+    # given regions, the method plays on them (relevance is its own per-region result, saliency painted from it);
+    # False: regions only summarise its pixel map (relevance = the mean saliency in each). needs_regions implies it
+    accepts_regions: bool = False
+    needs_detections: bool = False        # the scorer must be a detection (D-RISE) scorer: no ``classes`` targets
+    needs_gradients: bool = False         # white-box: backpropagates through the model (none yet)
+    needs_trained_weights: bool = False   # a learned explainer (none yet)
+    shapley_values: bool = False          # relevance estimates Shapley values: efficiency holds (sum = full - empty)
 
     def __init__(self, scorer, *, perturbation: str | Perturbation = "blur", chunk_size: int | None = None):
         self.scorer = scorer
@@ -48,13 +90,30 @@ class Explainer:
         self.perturbation = make_perturbation(perturbation)
         self.chunk_size = int(chunk_size or getattr(scorer, "chunk_size", 32))
         self._forwards = 0
+        self._targets: int | None = None          # T once the first chunk of an explain call is checked
 
     # --------------------------------------------------------------------------------------------- helpers
     def score(self, images: torch.Tensor) -> torch.Tensor:
-        """Scores [B, T] of a batch already sized by the caller (one model call per chunk)."""
+        """Scores [B, T] of a batch already sized by the caller (one model call per chunk). The first chunk of each
+        ``explain`` call is checked against the :class:`Scorer` contract (:class:`ScorerError`)."""
         self._forwards += images.shape[0]
         with torch.inference_mode():
-            return self.scorer(images).float()
+            scores = self.scorer(images)
+        if self._targets is None:
+            self._targets = self._check_scores(images, scores)
+        return scores.float()
+
+    def _check_scores(self, images: torch.Tensor, scores: Any) -> int:
+        """T of the scorer's first chunk; raises :class:`ScorerError` unless scores are a tensor [B, T] with B the
+        images' count and T its ``num_targets`` (where it has one)."""
+        expected = getattr(self.scorer, "num_targets", None)
+        shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else None
+        if shape is None or len(shape) != 2 or shape[0] != images.shape[0] or expected not in (None, shape[1]):
+            got = f"{shape}" if shape is not None else f"a {type(scores).__name__}"
+            raise ScorerError(f"{self.name}: scorer {type(self.scorer).__name__} returned {got} for images "
+                              f"{tuple(images.shape)}; a Scorer returns scores [B, T] = [{images.shape[0]}, "
+                              f"{'T' if expected is None else expected}] (one row per image, one column per target)")
+        return shape[1]
 
     def options(self) -> dict[str, Any]:
         """The method's settings, recorded in every Explanation (and hashed by the pipeline)."""
@@ -83,9 +142,14 @@ class Explainer:
         A scorer with ``num_targets == 0`` (e.g. a detector that found nothing on the image) gives an Explanation of
         no targets: saliency [0, H, W], relevance [0, R] (None for pixel methods), no forwards.
 
+        Returns saliency [T, H, W] and relevance [T, R] (None for a pixel method without regions), in the scorer's
+        units, with the forwards spent (``n_forward`` <= budget) and the seconds they took.
+
         Raises ValueError for an image that is not [3, H, W] with H, W >= 1, regions of the wrong shape, with
-        negative or non-finite weights, or with no pixel at all; BudgetError for a budget below ``min_budget``
-        (naming the method, the number of players and the minimum)."""
+        negative or non-finite weights, or with no pixel at all; BudgetError (a ValueError) for a budget below
+        ``min_budget`` (naming the method, the number of players and the minimum); ScorerError (a ValueError) when
+        the scorer's first chunk of scores is not [B, T] (naming the scorer class and the shapes); AssertionError
+        when the method itself returns the wrong shapes or overspends (a bug, never a user error)."""
         if image.ndim != 3 or image.shape[0] != 3 or min(image.shape[1:]) < 1:
             raise ValueError(f"image must be [3, H, W] with H, W >= 1, got {tuple(image.shape)}")
         image = image.to(self.device, torch.float32)
@@ -107,7 +171,7 @@ class Explainer:
             what = self.name if M is None else f"{self.name} with {M} region{'s' if M != 1 else ''}"
             raise BudgetError(f"{what} needs at least {minimum} forwards ({spent_on}), got budget {budget}")
         generator = torch.Generator(device=self.device).manual_seed(int(seed))
-        self._forwards = 0
+        self._forwards, self._targets = 0, None
         start = time.perf_counter()
         saliency, relevance, extras = self._explain(image, None if players is None else players.masks, budget,
                                                     generator)
@@ -116,11 +180,29 @@ class Explainer:
         seconds = time.perf_counter() - start
         if budget is not None and self._forwards > budget:        # a bug in a method, never a user error
             raise AssertionError(f"{self.name} spent {self._forwards} forwards, budget {budget}")
+        self._check_outputs(saliency, relevance, extras, image, players)
         if relevance is not None and players is not None:
             relevance = players.scatter(relevance)
         return Explanation(saliency=saliency.float().cpu(), relevance=None if relevance is None else
                            relevance.float().cpu(), n_forward=self._forwards, seconds=seconds, method=self.name,
                            options=options, **{k: v.float().cpu() for k, v in extras.items()})
+
+    def _check_outputs(self, saliency: torch.Tensor, relevance: torch.Tensor | None, extras: dict[str, torch.Tensor],
+                       image: torch.Tensor, players: RegionSet | None) -> None:
+        """What ``_explain`` returned, against the contract: saliency [T, H, W], relevance [T, n players] exactly
+        when there are players, each extra score [T]. A mismatch is a bug in the method (AssertionError)."""
+        T = self._targets if self._targets is not None else getattr(self.scorer, "num_targets", None)
+        H, W = image.shape[-2:]
+        wrong = []
+        if tuple(saliency.shape) != (T, H, W):
+            wrong.append(f"saliency {tuple(saliency.shape)}, expected {(T, H, W)}")
+        n = None if players is None else players.masks.shape[0]
+        if (relevance is None) != (n is None) or (n is not None and tuple(relevance.shape) != (T, n)):
+            got = None if relevance is None else tuple(relevance.shape)
+            wrong.append(f"relevance {got}, expected {None if n is None else (T, n)}")
+        wrong += [f"{k} {tuple(v.shape)}, expected {(T,)}" for k, v in extras.items() if tuple(v.shape) != (T,)]
+        if wrong:
+            raise AssertionError(f"{self.name} returned " + "; ".join(wrong))
 
     def _explain(self, image, regions, budget, generator):
         raise NotImplementedError

@@ -24,8 +24,15 @@ import torch
 
 from explainers.base import BudgetError
 from explainers.game import Game
-from explainers.shapley import (ShapleyEstimate, _ends, _evaluate, _ShapleyExplainer, exact_shapley,
-                                kernel_size_mass, symmetric_pinv_solve)
+from explainers.shapley import (
+    ShapleyEstimate,
+    _ends,
+    _evaluate,
+    _ShapleyExplainer,
+    exact_shapley,
+    kernel_size_mass,
+    symmetric_pinv_solve,
+)
 
 DEFAULT_DECAY = 1e-3        # prior variance ratio per two Fourier orders (chosen on synthetic and real games)
 MAX_CANDIDATE_PAIRS = 4096  # all pairs are candidates up to M = 13 players; beyond, a fixed pool of this size
@@ -154,7 +161,15 @@ def bayes_shapley(game: Game, M: int, budget: int, rng: np.random.Generator, dev
 
 class BayesShapley(_ShapleyExplainer):
     """Shapley values as a Gaussian-process posterior mean from A-optimally designed complementary pairs; exact
-    enumeration whenever 2^M fits the budget. The default body-part estimator (lowest error per forward measured)."""
+    enumeration whenever 2^M fits the budget. The default body-part estimator (lowest error per forward measured,
+    benchmarks/README.md). This project's estimator (no paper; the argument is in this module's docstring).
+    It is not BayesSHAP (Slack et al., "Reliable Post hoc Explanations", 2021, https://arxiv.org/abs/2008.05030),
+    a Bayesian linear surrogate with credible intervals over randomly sampled coalitions.
+
+    ``decay``: prior variance ratio per two Fourier orders, in (0, 1). Players, outputs and units as
+    :class:`~explainers.shapley.ExactShapley` (efficiency exact); spends at most 2 + 2 floor((budget - 2) / 2)
+    forwards, or 2^M. Raises ValueError for a decay outside (0, 1), BudgetError for a budget below min(2^M, 4).
+    """
 
     name = "bayes_shapley"
     default_budget = 512

@@ -16,7 +16,18 @@ from explainers.perturb import Compositor
 
 
 class DeCam(Explainer):
+    """DE-CAM after Karatsiolis & Kamilaris, "A Model-agnostic Approach for Generating Saliency Maps to Explain
+    Inferred Decisions of Deep Learning Models" (2022, https://arxiv.org/abs/2209.08906); encoding and defaults are
+    ours (module docstring).
+
+    Without regions a genome is a ``grid`` x ``grid`` mask; with regions [R, H, W] one value per region. Returns
+    each target's best mask as saliency [T, H, W] (values in [0, 1]: how much of each pixel the mask keeps) and,
+    with regions, its region values as relevance [T, R]. Spends exactly ``budget`` forwards. Raises ValueError for a
+    population below 4, BudgetError for a budget below 8 per target (two generations of 4).
+    """
+
     name = "decam"
+    accepts_regions = True
     default_budget = 1000
 
     def __init__(self, scorer, *, grid: int = 7, population: int = 16, mutation: float = 0.5, crossover: float = 0.7,

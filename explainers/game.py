@@ -2,7 +2,8 @@
 (0 hidden by the perturbation, 1 shown, in between blended). Pixels outside every region are always shown."""
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 
@@ -22,6 +23,14 @@ def overlapping(coverage: torch.Tensor) -> bool:
 
 
 class RegionGame:
+    """The game v(z) of an image's regions: ``game(coalitions [N, R] in [0, 1]) -> scores [N, T]`` (the scorer's
+    units), each coalition composited (image where shown, ``perturbation``'s baseline where hidden, blended in
+    between) and scored in chunks of ``chunk_size`` images. ``score``: the explainer's counting ``score``, or any
+    ``images [B, 3, H, W] -> [B, T]``; ``image`` [3, H, W]; ``regions`` [R, H, W] float masks >= 0 (overlapping
+    ones are clamped to [0, 1] per pixel). The region-game view of Shapley values: Shapley (1953,
+    https://doi.org/10.1515/9781400881970-018); image regions as players as in Lundberg & Lee (2017,
+    https://arxiv.org/abs/1705.07874)."""
+
     def __init__(self, score: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, regions: torch.Tensor,
                  perturbation: Perturbation, chunk_size: int):
         self.score, self.chunk_size = score, chunk_size

@@ -22,7 +22,18 @@ def weighted_ridge(Z: torch.Tensor, Y: torch.Tensor, w: torch.Tensor, alpha: flo
 
 
 class Lime(Explainer):
+    """LIME: Ribeiro, Singh & Guestrin, "'Why Should I Trust You?': Explaining the Predictions of Any Classifier"
+    (2016, https://arxiv.org/abs/1602.04938).
+
+    Players: the M non-empty regions (``n_segments`` superpixels when none are given). ``budget`` coalitions
+    (the first the full image), kernel width ``kernel_width`` on the cosine distance, ridge ``alpha``. Returns
+    relevance [T, R] (ridge coefficients, score units per region shown; not Shapley values: no efficiency), painted
+    saliency [T, H, W], ``full_score`` [T]; spends exactly ``budget`` forwards. Raises BudgetError below 2.
+    """
+
     name = "lime"
+    needs_regions = True
+    accepts_regions = True
     default_budget = 1000
 
     def __init__(self, scorer, *, n_segments: int = 50, kernel_width: float = 0.25, alpha: float = 1.0,

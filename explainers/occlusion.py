@@ -26,7 +26,20 @@ def window_origins(height: int, width: int, window: tuple[int, int], n: int | No
 
 
 class Occlusion(Explainer):
+    """Occlusion: Zeiler & Fergus, "Visualizing and Understanding Convolutional Networks" (2014,
+    https://arxiv.org/abs/1311.2901).
+
+    With regions [R, H, W] (the pipeline's use: ``needs_regions``, an explain job must give them): leave-one-region-
+    out, relevance [T, R] = full score - score with region r hidden, painted to saliency [T, H, W]; M + 1 forwards
+    whatever the budget. Without regions (``explain()`` only): square windows slide over the image, a pixel's
+    saliency [T, H, W] is the mean score drop over the windows covering it (relevance None); ``budget`` - 1 windows
+    spread evenly, or a ``stride`` grid without a budget. Scores in the scorer's units; ``full_score`` [T].
+    Raises BudgetError below M + 1 forwards (2 without regions).
+    """
+
     name = "occlusion"
+    needs_regions = True
+    accepts_regions = True
 
     def __init__(self, scorer, *, window: float | int = 0.15, stride: float | int = 0.5, perturbation="mean", **kw):
         """``window``: side in pixels (int) or as a fraction of the image's shorter side (float); ``stride``:

@@ -9,6 +9,10 @@ import torch.nn.functional as F
 
 
 class Perturbation:
+    """What hidden content becomes: ``baseline(image [3, H, W]) -> [3, H, W]`` in the image's units (the model's
+    input values); masks in [0, 1] blend image and baseline. ``describe()`` names it in every Explanation's options.
+    Subclasses: :class:`Blur`, :class:`Mean`, :class:`Constant`, :class:`Noise` (``make_perturbation`` by name)."""
+
     name = "perturbation"
 
     def baseline(self, image: torch.Tensor) -> torch.Tensor:
@@ -21,7 +25,8 @@ class Perturbation:
 
 @dataclass
 class Blur(Perturbation):
-    """Gaussian blur (RISE's insertion substrate: kernel 11, sigma 5)."""
+    """Gaussian blur, separable, replicate padding: ``sigma`` and ``kernel`` in pixels (RISE's insertion substrate,
+    kernel 11, sigma 5: Petsiuk et al. 2018, https://arxiv.org/abs/1806.07421)."""
 
     sigma: float = 5.0
     kernel: int = 11
@@ -87,6 +92,7 @@ PERTURBATIONS = {"blur": Blur, "mean": Mean, "constant": Constant, "noise": Nois
 
 
 def make_perturbation(spec: str | Perturbation) -> Perturbation:
+    """A perturbation by name (with its defaults) or as given. Raises ValueError for an unknown name."""
     if isinstance(spec, Perturbation):
         return spec
     if spec not in PERTURBATIONS:

@@ -102,7 +102,13 @@ class Rise(Explainer):
     saliency is how much keeping it raises the score above average (positive only where it helps): energy-based
     metrics then measure where the evidence is rather than the constant E[score] that every pixel of plain RISE
     carries. Its expectation is Cov(s, M(x)) / p, which uneven coverage does not bias (a scorer that ignores the
-    image gives zero)."""
+    image gives zero).
+
+    Petsiuk, Das & Saenko, "RISE: Randomized Input Sampling for Explanation of Black-box Models" (BMVC 2018,
+    https://arxiv.org/abs/1806.07421). Returns saliency [T, H, W] in score units (centred: score difference per
+    unit of keep probability) and, with regions [R, H, W], relevance [T, R] = the mean saliency inside each (regions
+    only summarise the map: ``accepts_regions`` False). Spends exactly ``budget`` masks (default 4000). Raises
+    ValueError for p outside (0, 1)."""
 
     name = "rise"
     default_budget = 4000
@@ -146,10 +152,13 @@ class Rise(Explainer):
 
 
 class DRise(Rise):
-    """D-RISE: RISE masks scored by a detector's D-RISE similarity (use a ``DRiseScorer``); published settings
-    grid 16, p 0.5, about 5000 masks."""
+    """D-RISE: RISE masks scored by a detector's D-RISE similarity (a ``detection.scorers.DRiseScorer``: scores in
+    [0, 1]); published settings grid 16, p 0.5, about 5000 masks. Petsiuk et al., "Black-box Explanation of Object
+    Detectors via Saliency Maps" (CVPR 2021, https://arxiv.org/abs/2006.03204). Shapes, budget and errors as
+    :class:`Rise`; ``needs_detections``: explain jobs on ``classes`` are rejected (use ``rise``)."""
 
     name = "drise"
+    needs_detections = True
     default_budget = 5000
 
     def __init__(self, scorer, *, grid: int = 16, p: float = 0.5, center: bool = False, **kw):

@@ -248,16 +248,19 @@ def kernel_shap(game: Game, M: int, budget: int, rng: np.random.Generator, devic
     return ShapleyEstimate(phi, empty, full, 2 + len(Z))
 
 
-def beta_shapley(game: Game, M: int, budget: int, rng: np.random.Generator, device="cpu", concentration: float = 8.0,
-                 paired: bool = True) -> ShapleyEstimate:
-    """Continuous coalitions in the spirit of Guender et al. (2023): a binary coalition is drawn as KernelSHAP
-    samples them (size from the Shapley kernel, complementary pairs); then each member is shown at a value drawn
-    from Beta(concentration, 1) (near 1) and each non-member at Beta(1, concentration) (near 0), i.e. parts
-    partly visible. Shapley values are the efficiency-constrained least-squares fit on those continuous values
-    (uniform weights: the kernel is already in the sampling). One player: v(all) - v(none) from 2 forwards.
+def continuous_coalition_shapley(game: Game, M: int, budget: int, rng: np.random.Generator, device="cpu",
+                                 concentration: float = 8.0, paired: bool = True) -> ShapleyEstimate:
+    """Shapley values fitted on continuous coalitions, after Guender et al. (2023, arXiv:2311.15679; their Beta
+    sampling): a binary coalition is drawn as KernelSHAP samples them (size from the Shapley kernel, complementary
+    pairs); then each member is shown at a value drawn from Beta(concentration, 1) (near 1) and each non-member at
+    1 - Beta(concentration, 1) (near 0), i.e. parts partly visible. Shapley values are the efficiency-constrained
+    least-squares fit on those continuous values (uniform weights: the kernel is already in the sampling). One
+    player: v(all) - v(none) from 2 forwards. Not Kwon & Zou's Beta Shapley (a semivalue, arXiv:2110.14049): the
+    Beta distribution here draws coalition values, it does not weight marginal contributions.
     Raises BudgetError below 3 forwards (2 for one player)."""
     if budget < (2 if M == 1 else 3):
-        raise BudgetError(f"Beta sampling of {M} players needs at least {2 if M == 1 else 3} forwards, got {budget}")
+        raise BudgetError(f"continuous-coalition sampling of {M} players needs at least {2 if M == 1 else 3} "
+                          f"forwards, got {budget}")
     if M == 1:
         return _single_player(game, device)
     empty, full = _ends(game, M, device)
@@ -302,6 +305,10 @@ def permutation_shapley(game: Game, M: int, budget: int, rng: np.random.Generato
 class _ShapleyExplainer(Explainer):
     """Regions are the players (superpixels when none are given); saliency paints each region's value."""
 
+    needs_regions = True
+    accepts_regions = True
+    shapley_values = True
+
     def __init__(self, scorer, *, n_segments: int = 16, **kw):
         super().__init__(scorer, **kw)
         self.n_segments = n_segments
@@ -323,7 +330,14 @@ class _ShapleyExplainer(Explainer):
 
 
 class ExactShapley(_ShapleyExplainer):
-    """Exact Shapley values by enumerating all 2^M coalitions (64 forwards for a 6-part pedestrian)."""
+    """Exact Shapley values by enumerating all 2^M coalitions (64 forwards for a 6-part pedestrian): the ground
+    truth the estimators are measured against. Shapley, "A Value for n-Person Games" (1953,
+    https://doi.org/10.1515/9781400881970-018).
+
+    Players: the M non-empty regions (``n_segments`` superpixels when none are given). Returns relevance [T, R] (score
+    units; sum = full - empty score), saliency [T, H, W] painted from it, ``full_score`` / ``empty_score`` [T].
+    Spends exactly 2^M forwards whatever the budget. Raises BudgetError for a budget below 2^M.
+    """
 
     name = "exact_shapley"
 
@@ -336,7 +350,13 @@ class ExactShapley(_ShapleyExplainer):
 
 class KernelShap(_ShapleyExplainer):
     """KernelSHAP with third-order interaction terms (``order=1``: the classic linear fit); exact enumeration
-    whenever 2^M fits the budget."""
+    whenever 2^M fits the budget. Lundberg & Lee, "A Unified Approach to Interpreting Model Predictions" (2017,
+    https://arxiv.org/abs/1705.07874); the interaction terms: :func:`odd_interaction_fit` (this project).
+
+    ``order``: 1 or 3; ``ridge``: penalty on the third-order terms (>= 0). Players, outputs and units as
+    :class:`ExactShapley`; spends at most ``budget`` forwards (distinct coalitions). Raises ValueError for another
+    order, BudgetError for a budget below min(2^M, 3).
+    """
 
     name = "kernel_shap"
     default_budget = 512
@@ -360,7 +380,14 @@ class KernelShap(_ShapleyExplainer):
 
 
 class PermutationShapley(_ShapleyExplainer):
-    """Monte-Carlo Shapley values from antithetic permutation pairs."""
+    """Monte-Carlo Shapley values from antithetic permutation pairs (each permutation and its reverse): Castro,
+    Gómez & Tejada, "Polynomial calculation of the Shapley value based on sampling" (2009,
+    https://doi.org/10.1016/j.cor.2008.04.004); antithetic pairs as in Mitchell et al., "Sampling Permutations for
+    Shapley Value Estimation" (2022, https://arxiv.org/abs/2104.12199).
+
+    Players, outputs and units as :class:`ExactShapley`; spends 2 + 2P(M - 1) <= budget forwards (P pairs).
+    Raises BudgetError for a budget below 2M.
+    """
 
     name = "permutation_shapley"
     default_budget = 512
@@ -373,10 +400,22 @@ class PermutationShapley(_ShapleyExplainer):
         return permutation_shapley(game, M, budget, rng, self.device)
 
 
-class BetaShapley(_ShapleyExplainer):
-    """Shapley values from Beta-distributed continuous coalitions (body-part relevance, Guender et al. 2023)."""
+class ContinuousCoalitionShapley(_ShapleyExplainer):
+    """Shapley values fitted on continuous, Beta-distributed coalitions (parts partly visible), after the body-part
+    relevance of Günder, Banerjee, Sifa & Bauckhage, "Model-agnostic Body Part Relevance Assessment for Pedestrian
+    Detection" (2023, https://arxiv.org/abs/2311.15679): see :func:`continuous_coalition_shapley`.
 
-    name = "beta_shapley"
+    Named for what it is: not Kwon & Zou's "Beta Shapley" (2022, https://arxiv.org/abs/2110.14049), a semivalue
+    that weights marginal contributions by a Beta distribution; here Beta draws how visible each part is. Kept for
+    comparison with the pedestrian paper; ``bayes_shapley`` is more accurate per forward (benchmarks/README.md).
+    The old method name ``beta_shapley`` is an error pointing here (``explainers.registry.RENAMED``).
+
+    ``concentration``: a of Beta(a, 1) (> 0; higher: closer to binary coalitions). Budget: forwards, >= 3 (2 for one
+    region), all spent. Returns relevance [T, R] and its painted saliency [T, H, W], in score units.
+    Raises BudgetError below that minimum.
+    """
+
+    name = "continuous_coalition_shapley"
     default_budget = 512
 
     def __init__(self, scorer, *, concentration: float = 8.0, **kw):
@@ -392,4 +431,4 @@ class BetaShapley(_ShapleyExplainer):
         return 3, "the empty and full coalitions and one more"
 
     def _estimate(self, game, M, budget, rng):
-        return beta_shapley(game, M, budget, rng, self.device, self.concentration)
+        return continuous_coalition_shapley(game, M, budget, rng, self.device, self.concentration)

@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import flows  # noqa: F401  (environment defaults)
+
 from prefect import flow, get_run_logger
 
 STAGES = ("pull", "models", "infer", "parts", "explain", "evaluate", "report")

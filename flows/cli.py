@@ -19,6 +19,28 @@ def _stage(module: str, function: str):
     return run
 
 
+def _registry_help() -> dict[str, str]:
+    """Placeholders of ``xai-audit explain --help`` filled from the explainer registry: ``<methods>`` (every
+    method), ``<region-methods>`` (those that ``needs_regions``), ``<renamed>`` (old names)."""
+    from explainers.registry import METHODS, RENAMED, method_names
+
+    return {"<methods>": ", ".join(METHODS), "<region-methods>": ", ".join(method_names(needs_regions=True)),
+            "<renamed>": ", ".join(f"{old} -> {new}" for old, (new, _) in RENAMED.items()) or "none"}
+
+
+class _RegistryHelpFormatter(argparse.HelpFormatter):
+    """Fills the registry placeholders only when help is printed: importing the explainers while the parser is built
+    would make every stage's command (and its DVC deps) import them."""
+
+    def _expand_help(self, action: argparse.Action) -> str:
+        text = super()._expand_help(action)
+        if "<" not in text:
+            return text
+        for placeholder, value in _registry_help().items():
+            text = text.replace(placeholder, value)
+        return text
+
+
 def _models(args: argparse.Namespace) -> int:
     from flows.models import MODELS, run_models
 
@@ -78,14 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("parts", help="body-part masks of every pedestrian (GT persons and detections)").set_defaults(
         func=_stage("parts", "run_parts"))
     explain = sub.add_parser("explain", help="without IMAGE: the explain stage over the dataset; with IMAGE: explain "
-                                             "that image and write its overlay")
+                                             "that image and write its overlay", formatter_class=_RegistryHelpFormatter)
     explain.add_argument("image", nargs="?", help="an image file to explain on its own")
     explain.add_argument("--model", help="a model id from params (detector or classifier) or a YOLO .pt / .yaml "
                                          "(default: the explain stage's detector)")
-    explain.add_argument("--method", default="drise", help="explainer (default drise; rise for a classifier)")
+    explain.add_argument("--method", default="drise", help="explainer: one of <methods> (default drise; rise for a "
+                                                           "classifier; renamed: <renamed>)")
     explain.add_argument("--budget", type=int, help="forward passes (default: the method's)")
     explain.add_argument("--regions", choices=["none", "superpixels", "grid"], default="none",
-                         help="players of region methods (bayes_shapley, kernel_shap, occlusion, lime, ...)")
+                         help="players of region methods (<region-methods>; with none, each plays on its own "
+                              "default)")
     explain.add_argument("--n-regions", type=int, default=24)
     explain.add_argument("--seed", type=int, default=0)
     explain.add_argument("--out", help="overlay PNG (default: <image>_<method>.png beside the image)")

@@ -3,138 +3,24 @@ against boxes and body parts, cost) and the agreement between methods, as a Parq
 plots."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import flows  # noqa: F401  (environment defaults)
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-from prefect import flow, get_run_logger
-
-from detection.datasets.tables import SCHEMAS, DatasetTables, rows_to_table, write_table_atomic
-from flows.explain import read_explanations
 from flows.progress import progress
 from flows.runner import task_runner
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from prefect import flow, get_run_logger
+
+from detection.datasets.tables import rows_to_table
 from explainers.perturb import make_perturbation
-from tasks.evaluate import SUBSTRATES, agreement_rows, evaluate_shard
+from tasks import stages
+from tasks.evaluate import SUBSTRATES, agreement_rows, evaluate_shard, shard_items
+from tasks.evaluate_summary import NOTES, summarise, undefined_counts, write_plots
 from tasks.params import Params, load_params
-from tasks.shards import fresh_staging, publish, read_shards, shard_ranges, write_json
-from tasks.undefined import NONFINITE_SALIENCY, parse_undefined
-
-SUMMARY_METRICS = ("deletion_auc", "insertion_auc", "pointing_box", "epg_box", "epg_box_chance", "pointing_body",
-                   "epg_body", "epg_body_chance", "n_forward", "seconds")
-NOTES = {
-    "undefined": "a metric that cannot mean anything on an explanation (NaN / inf or constant saliency, a region with "
-                 "no pixel in the image, constant or NaN relevance) is not averaged: 'undefined' counts it per "
-                 "metric and reason",
-    "pointing": "hit if any pixel of the saliency maximum lies within the tolerance of the region (ties count the "
-                "same for every target); a constant map is undefined",
-    "epg": "energy pointing game only for maps with a pixel <= 0 (centred / signed maps, region maps): a map "
-           "positive everywhere is undefined (positive_everywhere), its EPG would mostly measure the region's "
-           "area; epg_*_chance is the region's share of the image, the EPG of a uniform map",
-    "causal": "deletion / insertion AUC of a constant or NaN saliency map is undefined (its ranking is arbitrary)",
-}
-
-
-def _mean(values: list[float]) -> float | None:
-    return float(np.mean(values)) if values else None
-
-
-def summarise(metrics: pa.Table) -> dict:
-    """Per kind and job: the mean of each headline metric over the explanations where it is defined, how many
-    explanations the job has, and ``undefined``: per metric, how many explanations it was undefined for, by
-    reason. Agreements (``agree:`` / ``top_part_match:``) likewise."""
-    out: dict = {}
-    groups: dict[tuple[str, str, str], list[float]] = {}
-    undefined: dict[tuple[str, str, str, str], int] = {}
-    headline = lambda m: m in SUMMARY_METRICS or m.startswith(("agree:", "top_part_match:"))  # noqa: E731
-    for r in metrics.select(["kind", "job", "metric", "value"]).to_pylist():
-        parsed = parse_undefined(r["metric"])
-        if parsed is not None and headline(parsed[0]):
-            key = (r["kind"], r["job"], *parsed)
-            undefined[key] = undefined.get(key, 0) + 1
-        elif headline(r["metric"]):
-            groups.setdefault((r["kind"], r["job"], r["metric"]), []).append(r["value"])
-    for (kind, job, metric), values in sorted(groups.items()):
-        entry = out.setdefault(kind, {}).setdefault(job, {})
-        entry[metric] = round(_mean(values), 4)
-        entry["explanations"] = max(entry.get("explanations", 0), len(values))
-    for (kind, job, metric, reason), n in sorted(undefined.items()):
-        entry = out.setdefault(kind, {}).setdefault(job, {})
-        entry.setdefault("undefined", {}).setdefault(metric, {})[reason] = n
-    return out
-
-
-def undefined_counts(metrics: pa.Table) -> dict[str, int]:
-    """How many metric values of the whole table are undefined, by reason (every metric, curves excluded)."""
-    out: dict[str, int] = {}
-    for name in metrics["metric"].to_pylist():
-        parsed = parse_undefined(name)
-        if parsed is not None:
-            out[parsed[1]] = out.get(parsed[1], 0) + 1
-    return dict(sorted(out.items()))
-
-
-def write_plots(metrics: pa.Table, explanations: pa.Table, plots_dir: str | Path) -> dict[str, Path]:
-    """For ``dvc plots``: mean deletion / insertion curves per job and mean body-part relevance share per job, as
-    PNG (one series per job) and as CSV (long format, the same numbers)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plots = Path(plots_dir)
-    plots.mkdir(parents=True, exist_ok=True)
-    curves: dict[tuple[str, str, int], list[float]] = {}
-    for r in metrics.select(["job", "metric", "value"]).to_pylist():
-        if "_curve_" in r["metric"]:
-            mode, _, step = r["metric"].split("_")
-            curves.setdefault((r["job"], mode, int(step)), []).append(r["value"])
-    steps = max((k[2] for k in curves), default=0) or 1
-    jobs = sorted({k[0] for k in curves})
-    lines = ["job,fraction,deletion,insertion"]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
-    for job in jobs:
-        d = [_mean(curves.get((job, "deletion", s), [])) for s in range(steps + 1)]
-        i = [_mean(curves.get((job, "insertion", s), [])) for s in range(steps + 1)]
-        x = [s / steps for s in range(steps + 1)]
-        lines += [f"{job},{f:.3f},{'' if a is None else f'{a:.5f}'},{'' if b is None else f'{b:.5f}'}"
-                  for f, a, b in zip(x, d, i)]
-        axes[0].plot(x, [np.nan if a is None else a for a in d], label=job)
-        axes[1].plot(x, [np.nan if b is None else b for b in i], label=job)
-    for ax, title in zip(axes, ("deletion (lower is better)", "insertion (higher is better)")):
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("fraction of pixels")
-    axes[0].set_ylabel("mean target score")
-    axes[0].legend(fontsize=7)
-    fig.savefig(plots / "causal_curves.png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    (plots / "causal_curves.csv").write_text("\n".join(lines) + "\n")
-
-    parts: dict[tuple[str, str], list[float]] = {}
-    for r in explanations.select(["kind", "job", "region_names", "relevance"]).to_pylist():
-        if r["kind"] != "classes" and r["relevance"] is not None and r["region_names"]:
-            total = sum(abs(v) for v in r["relevance"]) or 1.0
-            for name, v in zip(r["region_names"], r["relevance"]):
-                parts.setdefault((r["job"], name), []).append(v / total)
-    lines = ["job,part,share"] + [f"{job},{part},{_mean(v):.5f}" for (job, part), v in sorted(parts.items())]
-    (plots / "part_relevance.csv").write_text("\n".join(lines) + "\n")
-    names = list(dict.fromkeys(p for _, p in sorted(parts, key=lambda k: k[1])))
-    part_jobs = sorted({j for j, _ in parts})
-    fig, ax = plt.subplots(figsize=(9, 3.2))
-    width = 0.8 / max(1, len(part_jobs))
-    for k, job in enumerate(part_jobs):
-        ax.bar(np.arange(len(names)) + k * width, [_mean(parts.get((job, n), [])) or 0.0 for n in names], width,
-               label=job)
-    ax.set_xticks(np.arange(len(names)) + width * (len(part_jobs) - 1) / 2, names, rotation=35, ha="right",
-                  fontsize=8)
-    ax.set_ylabel("mean share of |relevance|")
-    ax.legend(fontsize=7)
-    fig.savefig(plots / "part_relevance.png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return {"causal_curves": plots / "causal_curves.png", "part_relevance": plots / "part_relevance.png"}
+from tasks.shards import collect_staged, fresh_staging, publish, shard_ranges, staged_shard_dir, write_json
+from tasks.undefined import NONFINITE_SALIENCY
 
 
 @flow(name="evaluate", log_prints=True)
@@ -142,38 +28,19 @@ def evaluate_flow(params: Params) -> dict:
     """Shards of images -> metrics / errors tables (published in one swap), metrics/evaluate.json, plots/*.csv."""
     logger = get_run_logger()
     cfg = params.evaluate
-    exp_dir = Path(params.explain.out_dir)
-    explanations = read_explanations(exp_dir)
-    targets = {(t["image_id"], t["target_id"]): t for t in
-               pq.read_table(exp_dir / "targets.parquet", schema=SCHEMAS["targets"]).to_pylist()}
-    data = DatasetTables.read(params.pull.out_dir)
-    wanted = {(t["parts_model"], t["parts_id"]) for t in targets.values() if t["parts_id"] is not None}
-    items: dict[str, dict] = {}
-    for img in data.images.select(["image_id", "uri", "split", "height", "width"]).to_pylist():
-        items[img["image_id"]] = {"image": img, "targets": {}, "explanations": [], "parts": {}, "gt_boxes": {}}
-    cols = [c for c in explanations.column_names if c not in ("options",)]
-    for e in explanations.select(cols).to_pylist():
-        item = items[e["image_id"]]
-        item["explanations"].append(e)
-        item["targets"][e["target_id"]] = targets[(e["image_id"], e["target_id"])]
-    for p in pq.read_table(Path(params.parts.out_dir) / "parts.parquet", schema=SCHEMAS["parts"]).to_pylist():
-        if (p["model_id"], p["det_id"]) in wanted and items[p["image_id"]]["explanations"]:
-            items[p["image_id"]]["parts"].setdefault((p["model_id"], p["det_id"]), []).append(p)
-    for a in data.annotations.select(["image_id", "category", "bbox", "iscrowd"]).to_pylist():
-        if not a["iscrowd"] and items[a["image_id"]]["explanations"]:
-            items[a["image_id"]]["gt_boxes"].setdefault(a["category"], []).append(a["bbox"])
-    ordered = [i for i in items.values() if i["explanations"]]
-    out = Path(cfg.out_dir)
-    staging = fresh_staging(out)
-    futures = [evaluate_shard.submit(ordered[r.start:r.stop], params, str(staging / "_shards" / f"{r.start:08d}"))
-               for r in shard_ranges(len(ordered), cfg.shard_size)]
-    shard_dirs = progress(futures, "evaluate")
-    tables = read_shards(shard_dirs, ("metrics", "errors"))
-    shutil.rmtree(staging / "_shards", ignore_errors=True)
+    explained = stages.explain(params)
+    explanations = explained.read("explanations")
+    data = stages.pull(params).dataset()
+    items = shard_items(data.images, data.annotations, explained.read("targets"), explanations,
+                        stages.parts(params).read("parts"))
+    outputs = stages.evaluate(params)
+    staging = fresh_staging(outputs.out_dir)
+    futures = [evaluate_shard.submit(items[r.start:r.stop], params, staged_shard_dir(staging, i))
+               for i, r in enumerate(shard_ranges(len(items), cfg.shard_size))]
+    tables = collect_staged(staging, progress(futures, "evaluate"), ("metrics", "errors"))
     metrics = pa.concat_tables([tables["metrics"], rows_to_table(agreement_rows(explanations), "metrics")])
-    write_table_atomic(metrics, staging / "metrics.parquet")
-    write_table_atomic(tables["errors"], staging / "errors.parquet")
-    publish(staging, out)
+    outputs.write(staging, {"metrics": metrics, "errors": tables["errors"]})
+    publish(staging, outputs.out_dir)
     summary = {"explanations": explanations.num_rows, "errors": tables["errors"].num_rows,
                "substrates": {m: make_perturbation(SUBSTRATES[m]).describe() for m in SUBSTRATES}, "steps": cfg.steps,
                "causal_split": cfg.causal_split, "by_kind": summarise(metrics),
@@ -181,8 +48,8 @@ def evaluate_flow(params: Params) -> dict:
                "nonfinite_saliency": tables["errors"].filter(
                    pc.equal(tables["errors"]["error_type"], NONFINITE_SALIENCY)).num_rows,
                "pointing_tolerance": cfg.pointing_tolerance, "notes": NOTES}
-    write_json(cfg.metrics, summary)
-    write_plots(metrics, explanations, cfg.plots_dir)
+    write_json(outputs.metrics, summary)
+    write_plots(metrics, explanations, outputs.plots_dir)
     logger.info("evaluate: %d metric rows for %d explanations, %d errors, undefined values %s", metrics.num_rows,
                 explanations.num_rows, tables["errors"].num_rows, summary["undefined"])
     return summary

@@ -3,102 +3,74 @@ task. Shards are written atomically and kept across runs: a re-run after a crash
 missing; a change of params or inputs (a different config hash) starts over."""
 from __future__ import annotations
 
-import shutil
 import time
 from collections import Counter
 from pathlib import Path
 
 import flows  # noqa: F401  (environment defaults)
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-from prefect import flow, get_run_logger
-
-from detection.datasets.tables import SCHEMAS, DatasetTables, write_table_atomic
 from flows.progress import progress
 from flows.runner import task_runner
-from tasks.explain import DONE_DIR, build_targets, config_hash, explain_shard, is_done
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from prefect import flow, get_run_logger
+
+from detection.datasets.tables import write_table_atomic
+from tasks import stages
+from tasks.explain import build_targets, config_hash, explain_shard, shard_items
 from tasks.explain_jobs import check_jobs
 from tasks.params import Params, load_params
-from tasks.shards import read_json, shard_ranges, write_json
-
-MANIFEST = "manifest.json"
+from tasks.shards import is_done, keep_if_same_config, shard_name, shard_ranges, write_json
 
 
-def _inputs(params: Params) -> dict[str, Path]:
-    files = {"images": Path(params.pull.out_dir) / "images.parquet",
-             "annotations": Path(params.pull.out_dir) / "annotations.parquet",
-             "detections": Path(params.infer.out_dir) / "detections.parquet",
-             "predictions": Path(params.infer.out_dir) / "predictions.parquet",
-             "parts": Path(params.parts.out_dir) / "parts.parquet",
-             "detector": Path(params.explain_detector().weights)}
+def _input_files(params: Params) -> list[Path]:
+    """The files an explain run's rows depend on (hashed into its config): the tables it reads, the weights."""
+    pulled, inferred = stages.pull(params), stages.infer(params)
+    files = [pulled.path("images"), pulled.path("annotations"), inferred.path("detections"),
+             inferred.path("predictions"), stages.parts(params).path("parts")]
+    weights = [Path(params.explain_detector().weights)]
     if params.infer.classifier is not None:
-        files["classifier"] = Path(params.infer.classifier.weights)
-    return {k: v for k, v in files.items() if v.is_file() or k not in ("detector", "classifier")}
+        weights.append(Path(params.infer.classifier.weights))
+    return files + [w for w in weights if w.is_file()]
 
 
-def prepare_out_dir(out: Path, key: str) -> None:
-    """Keep the finished shards of an interrupted run with the same config hash; otherwise start empty."""
-    manifest = read_json(out / MANIFEST)
-    if manifest is None or manifest.get("config_hash") != key:
-        shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
-
-
-def read_explanations(out_dir: str | Path) -> pa.Table:
-    """All finished shards' explanations, in (job, shard) order."""
-    files = sorted((Path(out_dir) / "explanations").glob("job=*/shard-*.parquet"))
-    tables = [pq.read_table(f, schema=SCHEMAS["explanations"]) for f in files]
-    return pa.concat_tables(tables) if tables else SCHEMAS["explanations"].empty_table()
-
-
-def read_errors(out_dir: str | Path) -> pa.Table:
-    files = sorted((Path(out_dir) / "errors").glob("shard-*.parquet"))
-    tables = [pq.read_table(f, schema=SCHEMAS["errors"]) for f in files]
-    return pa.concat_tables(tables) if tables else SCHEMAS["errors"].empty_table()
+def _classes(params: Params, predictions: pa.Table) -> list[str]:
+    """The classifier's classes in the order its predictions name them (none without a classifier)."""
+    if params.infer.classifier is None:
+        return []
+    mine = predictions.filter(pc.equal(predictions["model_id"], params.infer.classifier.id))
+    return list(dict.fromkeys(mine["category"].to_pylist()))
 
 
 @flow(name="explain", log_prints=True)
 def explain_flow(params: Params) -> dict:
     """Targets -> shards of images -> explanations/job=<job>/shard-NNNNN.parquet (+ errors), then the metrics.
-    The jobs are checked against the explainers first (:func:`tasks.explain_jobs.check_jobs`; raises ParamsError)."""
+    The jobs are checked against the explainers first (:func:`tasks.explain_jobs.check_jobs`; raises ParamsError).
+    Shards follow the persistent convention of :mod:`tasks.shards`: same config hash -> finished shards are kept."""
     params = check_jobs(params)                 # a bad method / option fails here, before any shard
     logger = get_run_logger()
     cfg = params.explain
     started = time.perf_counter()
-    inputs = _inputs(params)
-    data = DatasetTables.read(params.pull.out_dir)
-    detections = pq.read_table(inputs["detections"], schema=SCHEMAS["detections"])
-    predictions = pq.read_table(inputs["predictions"], schema=SCHEMAS["predictions"])
-    classes = []
-    if params.infer.classifier is not None:
-        mine = predictions.filter(pc.equal(predictions["model_id"], params.infer.classifier.id))
-        classes = list(dict.fromkeys(mine["category"].to_pylist()))
-    targets = build_targets(params, data.images, data.annotations, detections, classes)
-    out = Path(cfg.out_dir)
-    key = config_hash(params, list(inputs.values()))
-    prepare_out_dir(out, key)
-    write_table_atomic(targets, out / "targets.parquet")
-    write_json(out / MANIFEST, {"config_hash": key, "params": cfg.model_dump(mode="json")})
+    data = stages.pull(params).dataset()
+    inferred = stages.infer(params)
+    targets = build_targets(params, data.images, data.annotations, inferred.read("detections"),
+                            _classes(params, inferred.read("predictions")))
+    outputs = stages.explain(params)
+    key = config_hash(params, _input_files(params))
+    keep_if_same_config(outputs.out_dir, key)
+    write_table_atomic(targets, outputs.path("targets"))
+    write_json(outputs.manifest, {"config_hash": key,
+                                  "params": cfg.model_dump(mode="json")})
 
-    wanted = {(t["parts_model"], t["parts_id"]) for t in targets.to_pylist() if t["parts_id"] is not None}
-    parts = pq.read_table(inputs["parts"], schema=SCHEMAS["parts"]).to_pylist() if wanted else []
-    items = {r["image_id"]: {"image": r, "targets": [], "parts": []}
-             for r in data.images.select(["image_id", "uri", "split", "height", "width"]).to_pylist()}
-    for t in targets.to_pylist():
-        items[t["image_id"]]["targets"].append(t)
-    for p in parts:
-        if (p["model_id"], p["det_id"]) in wanted:
-            items[p["image_id"]]["parts"].append(p)
-    ordered = [i for i in items.values() if i["targets"]]
-    shards = shard_ranges(len(ordered), cfg.shard_size)
-    todo = [s for s in range(len(shards)) if not is_done(out, s)]
+    needs_parts = bool(pc.any(pc.is_valid(targets["parts_id"])).as_py())
+    items = shard_items(data.images, targets, stages.parts(params).read("parts") if needs_parts else None)
+    shards = shard_ranges(len(items), cfg.shard_size)
+    todo = [s for s in range(len(shards)) if not is_done(outputs.out_dir, shard_name(s))]
     logger.info("explain: %d targets in %d images, %d shards (%d already done), jobs %s", targets.num_rows,
-                len(ordered), len(shards), len(shards) - len(todo), [j.name for j in cfg.jobs])
-    futures = [explain_shard.submit(ordered[shards[s].start:shards[s].stop], params, s, str(out)) for s in todo]
+                len(items), len(shards), len(shards) - len(todo), [j.name for j in cfg.jobs])
+    futures = [explain_shard.submit(items[shards[s].start:shards[s].stop], params, s) for s in todo]
     results = progress(futures, "explain")
-    explanations = read_explanations(out)
-    errors = read_errors(out)
+    explanations, errors = outputs.read("explanations"), outputs.read("errors")
     wall = time.perf_counter() - started
     per_call = pc.divide(pc.cast(explanations["seconds"], pa.float64()), pc.cast(explanations["shared_by"],
                                                                                 pa.float64()))
@@ -108,7 +80,7 @@ def explain_flow(params: Params) -> dict:
                "explainer_seconds_this_run": round(sum(r["seconds"] for r in results), 2),
                "explainer_seconds_total": round(float(pc.sum(per_call).as_py() or 0.0), 2),
                "wall_seconds_this_run": round(wall, 2)}
-    write_json(cfg.metrics, metrics)
+    write_json(outputs.metrics, metrics)
     logger.info("explain: %d explanations, %d errors in %.1f s", explanations.num_rows, errors.num_rows, wall)
     return metrics
 
@@ -118,4 +90,4 @@ def run_explain(params_file: str | Path = "params.yaml") -> dict:
     return explain_flow.with_options(task_runner=task_runner(params, params.explain.runner))(params)
 
 
-__all__ = ["DONE_DIR", "explain_flow", "read_errors", "read_explanations", "run_explain"]
+__all__ = ["explain_flow", "run_explain"]

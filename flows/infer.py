@@ -1,17 +1,17 @@
 """The infer stage: detections / predictions of the configured models over the pulled dataset, and their quality."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import flows  # noqa: F401  (environment defaults)
+
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from detection.datasets.tables import DatasetTables, write_table_atomic
+from tasks import stages
 from tasks.infer import infer_shard, quality, run_id_for
 from tasks.params import Params, load_params
-from tasks.shards import fresh_staging, publish, read_shards, shard_ranges, write_json
+from tasks.shards import MANIFEST, collect_staged, fresh_staging, publish, shard_ranges, staged_shard_dir, write_json
 
 
 @flow(name="infer", log_prints=True)
@@ -19,26 +19,23 @@ def infer_flow(params: Params) -> dict:
     """Shards of images through every model (each loaded once per process), tables published in one swap."""
     logger = get_run_logger()
     infer = params.infer
-    data = DatasetTables.read(params.pull.out_dir)
+    data = stages.pull(params).dataset()
     rows = data.images.select(["image_id", "uri"]).to_pylist()
     run_id, hashes = run_id_for(infer)
-    out = Path(infer.out_dir)
-    staging = fresh_staging(out)
-    futures = [infer_shard.submit(rows[r.start:r.stop], infer, run_id, hashes,
-                                  str(staging / "_shards" / f"{r.start:08d}"))
-               for r in shard_ranges(len(rows), infer.shard_size)]
-    tables = read_shards([f.result() for f in futures], ("detections", "predictions", "errors"))
-    shutil.rmtree(staging / "_shards", ignore_errors=True)      # absent when there are no images
-    for name, table in tables.items():
-        write_table_atomic(table, staging / f"{name}.parquet")
+    outputs = stages.infer(params)
+    staging = fresh_staging(outputs.out_dir)
+    futures = [infer_shard.submit(rows[r.start:r.stop], infer, run_id, hashes, staged_shard_dir(staging, i))
+               for i, r in enumerate(shard_ranges(len(rows), infer.shard_size))]
+    tables = collect_staged(staging, [f.result() for f in futures], tuple(outputs.TABLES))
+    outputs.write(staging, tables)
     spurious = params.pull.synthetic.spurious.label if params.pull.source == "synthetic" and \
         params.pull.synthetic.spurious is not None else None
     metrics = {"run_id": run_id, **quality(data.images, data.annotations, tables["detections"],
                                            tables["predictions"], infer, spurious)}
-    write_json(staging / "manifest.json", {"run_id": run_id, "weights_sha256": hashes,
-                                           "params": infer.model_dump(mode="json")})
-    publish(staging, out)
-    write_json(infer.metrics, metrics)
+    write_json(staging / MANIFEST, {"run_id": run_id, "weights_sha256": hashes,
+                                    "params": infer.model_dump(mode="json")})
+    publish(staging, outputs.out_dir)
+    write_json(outputs.metrics, metrics)
     logger.info("infer %s: %d detections, %d predictions, %d errors", run_id, tables["detections"].num_rows,
                 tables["predictions"].num_rows, tables["errors"].num_rows)
     return metrics

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import flows  # noqa: F401  (environment defaults)
+
 from prefect import flow
 
 from tasks.keypoints import train_keypoints

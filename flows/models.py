@@ -4,10 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import flows  # noqa: F401  (environment defaults)
+from flows.pull import pull_flow
+
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.pull import pull_flow
 from tasks.models import train_classifier, train_data_params, train_detector, train_pose
 from tasks.params import Params, load_params
 

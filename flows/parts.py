@@ -2,21 +2,18 @@
 quality against the synthetic ground-truth part masks."""
 from __future__ import annotations
 
-import shutil
 from collections import Counter
 from pathlib import Path
 
 import flows  # noqa: F401  (environment defaults)
-import pyarrow.parquet as pq
+
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from detection.datasets.tables import SCHEMAS, DatasetTables, write_table_atomic
+from tasks import stages
 from tasks.params import Params, load_params
 from tasks.parts import parts_shard, quality_metrics, shard_inputs
-from tasks.shards import fresh_staging, publish, read_shards, shard_ranges, write_json
-
-TABLES = ("parts", "part_iou", "errors")
+from tasks.shards import MANIFEST, collect_staged, fresh_staging, publish, shard_ranges, staged_shard_dir, write_json
 
 
 @flow(name="parts", log_prints=True)
@@ -24,17 +21,15 @@ def parts_flow(params: Params) -> dict:
     """Shards of images -> parts / part_iou / errors tables, published in one swap, and ``metrics/parts.json``."""
     logger = get_run_logger()
     cfg = params.parts
-    data = DatasetTables.read(params.pull.out_dir)
-    detections = pq.read_table(Path(params.infer.out_dir) / "detections.parquet", schema=SCHEMAS["detections"])
-    items = shard_inputs(params, data.images, data.annotations, data.gt_parts, detections)
-    out = Path(cfg.out_dir)
-    staging = fresh_staging(out)
-    futures = [parts_shard.submit(items[r.start:r.stop], cfg, str(staging / "_shards" / f"{r.start:08d}"))
-               for r in shard_ranges(len(items), cfg.shard_size)]
-    tables = read_shards([f.result() for f in futures], TABLES)
-    shutil.rmtree(staging / "_shards", ignore_errors=True)
-    for name, table in tables.items():
-        write_table_atomic(table, staging / f"{name}.parquet")
+    data = stages.pull(params).dataset()
+    items = shard_inputs(params, data.images, data.annotations, data.gt_parts,
+                         stages.infer(params).read("detections"))
+    outputs = stages.parts(params)
+    staging = fresh_staging(outputs.out_dir)
+    futures = [parts_shard.submit(items[r.start:r.stop], cfg, staged_shard_dir(staging, i))
+               for i, r in enumerate(shard_ranges(len(items), cfg.shard_size))]
+    tables = collect_staged(staging, [f.result() for f in futures], tuple(outputs.TABLES))
+    outputs.write(staging, tables)
     parts = tables["parts"]
     targets = parts.select(["model_id", "det_id", "source"]).group_by(["model_id", "det_id", "source"]).aggregate([])
     metrics = {
@@ -45,9 +40,9 @@ def parts_flow(params: Params) -> dict:
         "grouping": cfg.grouping,
         "iou": quality_metrics(tables["part_iou"], params.infer.reasonable.min_height),
     }
-    write_json(staging / "manifest.json", {"params": cfg.model_dump(mode="json")})
-    publish(staging, out)
-    write_json(cfg.metrics, metrics)
+    write_json(staging / MANIFEST, {"params": cfg.model_dump(mode="json")})
+    publish(staging, outputs.out_dir)
+    write_json(outputs.metrics, metrics)
     logger.info("parts: %d rows for %s targets, %d errors", parts.num_rows, metrics["targets"], metrics["errors"])
     return metrics
 

@@ -5,14 +5,24 @@ from collections import Counter
 from pathlib import Path
 
 import flows  # noqa: F401  (environment defaults)
+
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from detection.datasets.records import display_path
+from tasks import stages
 from tasks.params import Params, load_params
+from tasks.pull import (
+    SHARDS_DIR,
+    check_images_shard,
+    fetch_dvc,
+    generate_synthetic_shard,
+    list_source,
+    merge_shards,
+    relocate_uris,
+    write_outputs,
+)
 from tasks.shards import fresh_staging, publish, shard_ranges, write_json
-from tasks.pull import (SHARDS_DIR, check_images_shard, fetch_dvc, generate_synthetic_shard, list_source,
-                        merge_shards, relocate_uris, write_outputs)
 
 
 @flow(name="pull", log_prints=True)
@@ -20,7 +30,8 @@ def pull_flow(params: Params) -> dict:
     """Build the dataset tables in a staging folder, then publish them over ``pull.out_dir`` in one swap."""
     logger = get_run_logger()
     pull = params.pull
-    out = Path(pull.out_dir)
+    outputs = stages.pull(params)            # with train_data_params(...): the training scenes' folder
+    out = outputs.out_dir
     staging = fresh_staging(out)
     out_uri, staging_uri = display_path(out), display_path(staging)
 
@@ -48,7 +59,7 @@ def pull_flow(params: Params) -> dict:
     tables = relocate_uris(merge_shards(staging, listing), staging_uri, out_uri)
     stats = write_outputs(tables, staging, pull, params.seed)
     publish(staging, out)
-    write_json(pull.metrics, stats)
+    write_json(outputs.metrics, stats)
     logger.info("pulled %d images, %d annotations (%d persons), %d errors -> %s", stats["images"],
                 stats["annotations"], stats["persons"], stats["errors"], out)
     return stats

@@ -7,13 +7,12 @@ import uuid
 from pathlib import Path
 
 import flows  # noqa: F401  (environment defaults)
+
 import pyarrow as pa
-import pyarrow.parquet as pq
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from detection.datasets.tables import SCHEMAS, DatasetTables
-from flows.explain import read_errors, read_explanations
+from tasks import stages
 from tasks.params import Params, load_params
 from tasks.report import ReportInputs, build_report, cost_table, load_json, quality_table, undefined_table
 
@@ -28,17 +27,16 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 
 def load_inputs(params: Params) -> ReportInputs:
-    exp_dir, ev_dir = Path(params.explain.out_dir), Path(params.evaluate.out_dir)
-    errors = pa.concat_tables([read_errors(exp_dir),
-                               pq.read_table(ev_dir / "errors.parquet", schema=SCHEMAS["errors"])])
+    explained, evaluated = stages.explain(params), stages.evaluate(params)
+    errors = pa.concat_tables([explained.read("errors"), evaluated.read("errors")])
     return ReportInputs(
-        images=DatasetTables.read(params.pull.out_dir).images.to_pandas(),
-        targets=pq.read_table(exp_dir / "targets.parquet", schema=SCHEMAS["targets"]).to_pandas(),
-        explanations=read_explanations(exp_dir).to_pandas(),
-        metrics=pq.read_table(ev_dir / "metrics.parquet", schema=SCHEMAS["metrics"]).to_pandas(),
-        infer_metrics=load_json(params.infer.metrics),
+        images=stages.pull(params).dataset().images.to_pandas(),
+        targets=explained.read("targets").to_pandas(),
+        explanations=explained.read("explanations").to_pandas(),
+        metrics=evaluated.read("metrics").to_pandas(),
+        infer_metrics=load_json(stages.infer(params).metrics),
         explain_params=params.explain.model_dump(mode="json"),
-        evaluate_summary=load_json(params.evaluate.metrics),
+        evaluate_summary=load_json(evaluated.metrics),
         errors=errors.to_pandas(),
         detector_id=params.explain_detector().id,
         classifier_id=None if params.infer.classifier is None else params.infer.classifier.id)

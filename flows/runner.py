@@ -8,9 +8,9 @@ from tasks.params import Params, RunnerParams
 
 def task_runner(params: Params, runner: RunnerParams):
     """Threads (``runner.workers`` or the top-level ``workers``), or Dask: the scheduler at ``runner.address``, or a
-    LocalCluster of single-threaded worker processes - one per GPU when there are GPUs (``tasks.explain.task_device``
-    pins worker i to cuda:i), else ``runner.workers`` / ``workers`` of them. One task at a time per worker keeps one
-    model per device."""
+    LocalCluster of single-threaded worker processes - one per GPU when there are GPUs
+    (``tasks.model_cache.task_device`` pins worker i to cuda:i), else ``runner.workers`` / ``workers`` of them. One
+    task at a time per worker keeps one model per device."""
     if runner.kind == "threads":
         return ThreadPoolTaskRunner(max_workers=runner.workers or params.workers)
     import torch

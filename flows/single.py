@@ -12,7 +12,7 @@ from detection.datasets.imageio import load_rgb, to_batch
 from detection.models.specs import DetectorSpec, build_classifier, build_detector
 from detection.scorers import ClassifierScorer, DRiseScorer
 from explainers.regions import grid_regions, superpixels
-from explainers.registry import METHODS
+from explainers.registry import METHODS, unknown_method, without_detections
 from tasks.params import load_params
 
 
@@ -37,14 +37,15 @@ def explain_file(image_path: str, model: str | None = None, method: str = "drise
                  regions: str = "none", n_regions: int = 24, out: str | None = None, seed: int = 0,
                  params_file: str = "params.yaml") -> dict:
     """Explain every detection above the model's threshold (or every class of a classifier) and save one overlay
-    panel per target."""
+    panel per target. A method that ``needs_detections`` (drise) runs as its classifier counterpart (rise) on a
+    classifier. Raises ValueError for an unknown or renamed method, or one no classifier can run."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     if method not in METHODS:
-        raise ValueError(f"--method {method!r}: choose one of {sorted(METHODS)}")
+        raise ValueError(f"--method: {unknown_method(method)}")
     rgb = load_rgb(image_path)
     kind, adapter, conf = _model(model, params_file)
     image = to_batch([rgb])[0].to(adapter.device)
@@ -59,8 +60,9 @@ def explain_file(image_path: str, model: str | None = None, method: str = "drise
         boxes = det.boxes[index].cpu().tolist()
         view = image
     else:
-        if method == "drise":
-            method = "rise"
+        if without_detections(method) is None:
+            raise ValueError(f"--method {method!r} explains detections; --model {model!r} is a classifier")
+        method = without_detections(method)
         scorer = ClassifierScorer(adapter)
         probs = adapter.classify(image[None])[0].cpu().tolist()
         labels = [f"{c} {p:.2f}" for c, p in zip(adapter.class_names, probs)]

@@ -8,6 +8,8 @@ instead of a value, so it is counted and never averaged; a saliency map with NaN
 ``errors`` row (error_type ``nonfinite_saliency``)."""
 from __future__ import annotations
 
+from typing import TypedDict
+
 import numpy as np
 import pyarrow as pa
 import torch
@@ -17,19 +19,71 @@ from prefect.cache_policies import NO_CACHE
 
 from detection.datasets.records import error_row
 from detection.masks import rle_decode
-from explainers.metrics import (UNDEFINED_REASONS, box_masks, deletion_insertion, energy_pointing_game,
-                                pointing_game, region_share, relevance_reason, spearman, top_match,
-                                undefined_reason)
-from tasks.explain import classifier_scorer, classifier_view, detection_scorer, load_image, task_device
+from explainers.metrics import (
+    UNDEFINED_REASONS,
+    box_masks,
+    deletion_insertion,
+    energy_pointing_game,
+    pointing_game,
+    region_share,
+    relevance_reason,
+    spearman,
+    top_match,
+    undefined_reason,
+)
+from tasks.explain import IMAGE_COLUMNS
+from tasks.metric_names import (
+    AGREE,
+    SUBSTRATES,
+    TOP_PART_MATCH,
+    agreement,
+    causal_auc,
+    curve_point,
+    epg,
+    epg_chance,
+    pointing,
+)
+from tasks.model_cache import classifier_scorer, classifier_view, detection_scorer, load_image, task_device
 from tasks.params import Params
 from tasks.shards import write_shard
 from tasks.undefined import NONFINITE_SALIENCY, NONFINITE_VALUE, parse_undefined, undefined_metric
 
-__all__ = ["CONTEXT", "SUBSTRATES", "agreement_rows", "evaluate_image", "evaluate_shard", "parse_undefined",
-           "spearman", "undefined_metric"]
+__all__ = ["CONTEXT", "SUBSTRATES", "EvaluateItem", "agreement_rows", "evaluate_image", "evaluate_shard",
+           "parse_undefined", "shard_items", "spearman", "undefined_metric"]
 
 CONTEXT = "context"
-SUBSTRATES = {"deletion": "mean", "insertion": "blur"}    # RISE's reference substrates
+
+
+class EvaluateItem(TypedDict):
+    """One image of an evaluate shard: its ``images`` row (IMAGE_COLUMNS), its ``explanations`` rows (without
+    ``options``), ``targets`` by target_id, the body ``parts`` rows by (parts_model, parts_id), and the non-crowd
+    ground-truth boxes (xyxy, pixels) by category."""
+
+    image: dict
+    targets: dict[str, dict]
+    explanations: list[dict]
+    parts: dict[tuple[str, str], list[dict]]
+    gt_boxes: dict[str, list[list[float]]]
+
+
+def shard_items(images: pa.Table, annotations: pa.Table, targets: pa.Table, explanations: pa.Table,
+                parts: pa.Table) -> list[EvaluateItem]:
+    """The images that have explanations, in image order, each with what its metrics need."""
+    by_key = {(t["image_id"], t["target_id"]): t for t in targets.to_pylist()}
+    wanted = {(t["parts_model"], t["parts_id"]) for t in by_key.values() if t["parts_id"] is not None}
+    items = {r["image_id"]: EvaluateItem(image=r, targets={}, explanations=[], parts={}, gt_boxes={})
+             for r in images.select(IMAGE_COLUMNS).to_pylist()}
+    for e in explanations.select([c for c in explanations.column_names if c != "options"]).to_pylist():
+        item = items[e["image_id"]]
+        item["explanations"].append(e)
+        item["targets"][e["target_id"]] = by_key[(e["image_id"], e["target_id"])]
+    for p in parts.to_pylist():
+        if (p["model_id"], p["det_id"]) in wanted and items[p["image_id"]]["explanations"]:
+            items[p["image_id"]]["parts"].setdefault((p["model_id"], p["det_id"]), []).append(p)
+    for a in annotations.select(["image_id", "category", "bbox", "iscrowd"]).to_pylist():
+        if not a["iscrowd"] and items[a["image_id"]]["explanations"]:
+            items[a["image_id"]]["gt_boxes"].setdefault(a["category"], []).append(a["bbox"])
+    return [i for i in items.values() if i["explanations"]]
 
 
 def _saliency(row: dict, size: tuple[int, int]) -> torch.Tensor:
@@ -82,7 +136,48 @@ def _reason(code: torch.Tensor) -> str | None:
     return UNDEFINED_REASONS[int(code)] or None
 
 
-def evaluate_image(item: dict, params: Params, device: str, errors: list[dict]) -> list[dict]:
+def _record_nonfinite(exps: list[dict], job: str, img: dict, errors: list[dict]) -> None:
+    """An ``errors`` row for each stored saliency map with NaN / inf values (its metrics are undefined)."""
+    for e in exps:
+        stored = np.asarray(e["saliency"], np.float32)
+        bad = int((~np.isfinite(stored)).sum())
+        if bad:
+            errors.append(error_row("evaluate", img["uri"], NONFINITE_SALIENCY,
+                                    f"{job} {e['target_id']}: {bad} of {stored.size} stored saliency values "
+                                    f"are NaN or infinite; its metrics are undefined", img["image_id"]))
+
+
+def _localisation(sal: torch.Tensor, masks: dict[str, torch.Tensor], tolerance: float, values: dict,
+                  reasons: dict) -> None:
+    """Pointing game and EPG of one map [1, H, W] against each named region, into ``values`` / ``reasons``."""
+    for name, m in masks.items():
+        m = m[None]
+        for metric, value, check in ((pointing(name), pointing_game(sal, m, tolerance), "pointing"),
+                                     (epg(name), energy_pointing_game(sal, m), "epg")):
+            values[metric] = float(value[0])
+            reason = _reason(undefined_reason(sal, m, check)[0])
+            if reason is not None:
+                reasons[metric] = reason
+        if epg(name) not in reasons:                # EPG's chance level, beside every defined EPG
+            values[epg_chance(name)] = float(region_share(m)[0])
+
+
+def _causal(scorer, view: torch.Tensor, saliency: torch.Tensor, steps: int, values: list[dict],
+            reasons: list[dict]) -> None:
+    """Deletion / insertion AUC and curve points of every map [N, H, W] with each substrate."""
+    for mode in SUBSTRATES:
+        curve = deletion_insertion(scorer, view, saliency, mode=mode, substrate=SUBSTRATES[mode], steps=steps)
+        for i in range(saliency.shape[0]):
+            values[i][causal_auc(mode)] = float(curve.auc[i])
+            reason = _reason(curve.reason[i])
+            if reason is not None:
+                reasons[i][causal_auc(mode)] = reason
+                continue
+            for k, v in enumerate(curve.curves[i].tolist()):
+                values[i][curve_point(mode, k)] = v
+
+
+def evaluate_image(item: EvaluateItem, params: Params, device: str, errors: list[dict]) -> list[dict]:
     """Metrics-table rows of every explanation of one image (undefined values as ``undefined:`` rows); an
     unreadable image, or a saliency map with NaN / inf values, adds an ``errors`` row."""
     cfg = params.evaluate
@@ -105,50 +200,23 @@ def evaluate_image(item: dict, params: Params, device: str, errors: list[dict]) 
         values = [{"n_forward": e["n_forward"] / e["shared_by"], "seconds": e["seconds"] / e["shared_by"]}
                   for e in exps]
         reasons: list[dict[str, str]] = [{} for _ in exps]
-        for e in exps:
-            stored = np.asarray(e["saliency"], np.float32)
-            bad = int((~np.isfinite(stored)).sum())
-            if bad:
-                errors.append(error_row("evaluate", img["uri"], NONFINITE_SALIENCY,
-                                        f"{job} {e['target_id']}: {bad} of {stored.size} stored saliency values "
-                                        f"are NaN or infinite; its metrics are undefined", img["image_id"]))
+        _record_nonfinite(exps, job, img, errors)
         scale = (size[0] / H, size[1] / W)
-        for i, (e, t) in enumerate(zip(exps, ts)):
+        for i, t in enumerate(ts):
             masks = _target_masks(t, item["parts"].get((t["parts_model"], t["parts_id"]), []), item["gt_boxes"],
                                   size[0], size[1], scale)
-            sal = saliency[i:i + 1]
-            for name, m in masks.items():
-                m = m[None]
-                for metric, value, check in (
-                        (f"pointing_{name}", pointing_game(sal, m, cfg.pointing_tolerance), "pointing"),
-                        (f"epg_{name}", energy_pointing_game(sal, m), "epg")):
-                    values[i][metric] = float(value[0])
-                    reason = _reason(undefined_reason(sal, m, check)[0])
-                    if reason is not None:
-                        reasons[i][metric] = reason
-                if f"epg_{name}" not in reasons[i]:            # EPG's chance level, beside every defined EPG
-                    values[i][f"epg_{name}_chance"] = float(region_share(m)[0])
+            _localisation(saliency[i:i + 1], masks, cfg.pointing_tolerance, values[i], reasons[i])
         if causal:
             scorer = (classifier_scorer(params, device, ts) if kind == "classes" else
                       detection_scorer(params, device, ts))
-            for mode in ("deletion", "insertion"):
-                curve = deletion_insertion(scorer, view, saliency, mode=mode, substrate=SUBSTRATES[mode],
-                                           steps=cfg.steps)
-                for i in range(len(exps)):
-                    values[i][f"{mode}_auc"] = float(curve.auc[i])
-                    reason = _reason(curve.reason[i])
-                    if reason is not None:
-                        reasons[i][f"{mode}_auc"] = reason
-                        continue
-                    for k, v in enumerate(curve.curves[i].tolist()):
-                        values[i][f"{mode}_curve_{k:02d}"] = v
+            _causal(scorer, view, saliency, cfg.steps, values, reasons)
         for e, v, r in zip(exps, values, reasons):
             rows += _metric_rows(e, v, r)
     return rows
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def evaluate_shard(items: list[dict], params: Params, shard_dir: str) -> str:
+def evaluate_shard(items: list[EvaluateItem], params: Params, shard_dir: str) -> str:
     device = task_device(params.explain.device)
     rows, errors = [], []
     for item in items:
@@ -179,7 +247,7 @@ def agreement_rows(explanations: pa.Table) -> list[dict]:
                       a["relevance"][a["region_names"].index(n)] for n in common]
                 vb = [np.nan if b["relevance"][b["region_names"].index(n)] is None else
                       b["relevance"][b["region_names"].index(n)] for n in common]
-                names = (f"agree:{b['job']}", f"top_part_match:{b['job']}")
+                names = (agreement(AGREE, b["job"]), agreement(TOP_PART_MATCH, b["job"]))
                 reason = relevance_reason(va, vb)
                 rows += _metric_rows(a, dict(zip(names, (spearman(va, vb), top_match(va, vb)))),
                                      None if reason is None else dict.fromkeys(names, reason))

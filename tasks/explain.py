@@ -3,36 +3,59 @@ job. A shard's files are written atomically and marked done last, so a re-run af
 and recomputes only the rest; every explanation is seeded from (seed, image, target, job), never from run order."""
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-import torch.nn.functional as F
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from detection.datasets.imageio import ImageError, load_rgb, to_batch
 from detection.datasets.records import error_row
 from detection.datasets.tables import rows_to_table, write_table_atomic
 from detection.evaluation import MATCH_IOU, ImageEval, match
 from detection.masks import rle_decode
-from detection.models.specs import ClassifierSpec, DetectorSpec, build_classifier, build_detector
-from detection.scorers import ClassifierScorer, DRiseScorer
 from explainers.base import BudgetError
 from explainers.metrics import downsample
 from explainers.regions import grid_regions, superpixels
 from explainers.registry import METHODS
+from tasks import stages
+from tasks.model_cache import classifier_scorer, classifier_view, detection_scorer, load_image, task_device
 from tasks.params import ExplainJob, ExplainParams, Params
+from tasks.shards import mark_done, shard_name
 from tasks.stage_deps import ROOT as STAGE_ROOT
 from tasks.stage_deps import stage_code_files
 
-DONE_DIR = "_done"
+IMAGE_COLUMNS = ["image_id", "uri", "split", "height", "width"]
+
+
+class ExplainItem(TypedDict):
+    """One image of an explain shard: its ``images`` row (IMAGE_COLUMNS), its ``targets`` rows (every kind), and the
+    ``parts`` rows of those targets that have body parts (masks as RLE)."""
+
+    image: dict
+    targets: list[dict]
+    parts: list[dict]
+
+
+def shard_items(images: pa.Table, targets: pa.Table, parts: pa.Table | None) -> list[ExplainItem]:
+    """The images that have targets, in image order, each with its targets and their body parts (``parts``: the
+    parts stage's table, or None when no target has body parts)."""
+    items = {r["image_id"]: ExplainItem(image=r, targets=[], parts=[])
+             for r in images.select(IMAGE_COLUMNS).to_pylist()}
+    target_rows = targets.to_pylist()
+    for t in target_rows:
+        items[t["image_id"]]["targets"].append(t)
+    wanted = {(t["parts_model"], t["parts_id"]) for t in target_rows if t["parts_id"] is not None}
+    for p in parts.to_pylist() if wanted and parts is not None else []:
+        if (p["model_id"], p["det_id"]) in wanted:
+            items[p["image_id"]]["parts"].append(p)
+    return [i for i in items.values() if i["targets"]]
 
 
 # ---------------------------------------------------------------------------------------------------- targets
@@ -131,33 +154,6 @@ def explanation_seed(seed: int, image_id: str, target_id: str, job: str) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-# ---------------------------------------------------------------------------------------------------- models
-def task_device(device: str) -> str:
-    """``auto`` -> the GPU of this Dask worker (workers are numbered 0..n-1, one per GPU), cuda:0, or cpu."""
-    if device != "auto" or not torch.cuda.is_available():
-        return "cpu" if device == "auto" else device
-    try:
-        from distributed import get_worker
-
-        name = get_worker().name
-        index = int(name) if str(name).isdigit() else 0
-    except (ImportError, ValueError):                  # not inside a Dask worker
-        index = 0
-    return f"cuda:{index % torch.cuda.device_count()}"
-
-
-@functools.lru_cache(maxsize=4)
-def _detector(spec_json: str, device: str, chunk: int):
-    """One model per (spec, device) and process, shared by every task the process runs."""
-    return build_detector(DetectorSpec.model_validate_json(spec_json), device, chunk)
-
-
-@functools.lru_cache(maxsize=4)
-def _classifier(spec_json: str, device: str, chunk: int):
-    return build_classifier(ClassifierSpec.model_validate_json(spec_json), device, chunk)
-
-
-# ---------------------------------------------------------------------------------------------------- explain
 def _regions(job: ExplainJob, image: torch.Tensor, parts: dict[str, torch.Tensor] | None):
     """(names, masks [R, H, W]) for a job: the target's non-empty body parts, superpixels or grid cells."""
     H, W = image.shape[-2:]
@@ -241,41 +237,7 @@ def _parts_lookup(part_rows: list[dict], device: str):
     return parts_of
 
 
-def load_image(img: dict, stage: str, device: str, errors: list[dict]) -> torch.Tensor | None:
-    """The image as a [3, H, W] float tensor on ``device``, or None with an ``errors`` row naming the file."""
-    try:
-        return to_batch([load_rgb(img["uri"])])[0].to(device)
-    except ImageError as exc:
-        errors.append(error_row(stage, img["uri"], exc.error_type, str(exc), img["image_id"]))
-        return None
-
-
-def detection_scorer(params: Params, device: str, targets: list[dict]) -> DRiseScorer:
-    """D-RISE similarity of the audited detector to the targets' boxes (GT persons: a one-hot person vector)."""
-    spec = params.explain_detector()
-    detector = _detector(spec.model_dump_json(), device, params.explain.chunk_size)
-    person = F.one_hot(torch.tensor(detector.class_names.index(spec.person_class)), detector.num_classes).tolist()
-    probs = [t["class_probs"] if t.get("class_probs") is not None else person for t in targets]
-    return DRiseScorer(detector, torch.tensor([t["bbox"] for t in targets]), torch.tensor(probs),
-                       chunk_size=params.explain.chunk_size)
-
-
-def classifier_scorer(params: Params, device: str, targets: list[dict]) -> ClassifierScorer:
-    """Probabilities of the targets' classes."""
-    clf = _classifier(params.infer.classifier.model_dump_json(), device, params.explain.chunk_size)
-    return ClassifierScorer(clf, [clf.class_names.index(t["category"]) for t in targets],
-                            chunk_size=params.explain.chunk_size)
-
-
-def classifier_view(params: Params, device: str, image: torch.Tensor) -> torch.Tensor:
-    """The image at the classifier's input size: explained there, the scorer skips its own resize."""
-    clf = _classifier(params.infer.classifier.model_dump_json(), device, params.explain.chunk_size)
-    if clf.input_size is None or tuple(clf.input_size) == tuple(image.shape[-2:]):
-        return image
-    return F.interpolate(image[None], size=clf.input_size, mode="bilinear", align_corners=False)[0].contiguous()
-
-
-def explain_image(item: dict, params: Params, device: str, errors: list[dict]) -> list[dict]:
+def explain_image(item: ExplainItem, params: Params, device: str, errors: list[dict]) -> list[dict]:
     """Every job of the explain params on one image's targets; bad targets go to ``errors``."""
     cfg = params.explain
     img = item["image"]
@@ -301,33 +263,21 @@ def explain_image(item: dict, params: Params, device: str, errors: list[dict]) -
     return rows
 
 
-def shard_files(out_dir: str | Path, shard: int, jobs: list[str]) -> dict[str, Path]:
-    out = Path(out_dir)
-    name = f"shard-{shard:05d}.parquet"
-    files = {job: out / "explanations" / f"job={job}" / name for job in jobs}
-    files["errors"] = out / "errors" / name
-    return files
-
-
-def is_done(out_dir: str | Path, shard: int) -> bool:
-    return (Path(out_dir) / DONE_DIR / f"shard-{shard:05d}").exists()
-
-
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def explain_shard(items: list[dict], params: Params, shard: int, out_dir: str) -> dict:
-    """Explain one shard of images and write its files (one per job, plus errors); the done marker goes last."""
+def explain_shard(items: list[ExplainItem], params: Params, shard: int) -> dict:
+    """Explain shard ``shard`` (its items) and write its files under the explain stage's output (one per job, plus
+    errors; ``tasks.stages.ExplainOutputs.shard_files``); the done marker goes last (``tasks.shards``)."""
     device = task_device(params.explain.device)
     rows, errors = [], []
     for item in items:
         rows += explain_image(item, params, device, errors)
     jobs = sorted({j.name for j in params.explain.jobs})
-    files = shard_files(out_dir, shard, jobs)
+    outputs = stages.explain(params)
+    files = outputs.shard_files(shard, jobs)
     for job in jobs:
         write_table_atomic(rows_to_table([r for r in rows if r["job"] == job], "explanations"), files[job])
     write_table_atomic(rows_to_table(errors, "errors"), files["errors"])
-    marker = Path(out_dir) / DONE_DIR / f"shard-{shard:05d}"
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"rows": len(rows), "errors": len(errors), "device": device,
-                                  "pid": os.getpid()}))
+    mark_done(outputs.out_dir, shard_name(shard), {"rows": len(rows), "errors": len(errors), "device": device,
+                                                   "pid": os.getpid()})
     return {"shard": shard, "rows": len(rows), "errors": len(errors),
             "seconds": float(sum(r["seconds"] / r["shared_by"] for r in rows))}

@@ -1,6 +1,7 @@
 """The explainer-aware checks of params.yaml's ``explain.jobs``: the method is a name of
-:data:`explainers.registry.METHODS`, region methods get regions, and each option is typed against the method
-class's ``__init__`` (and the class accepts it).
+:data:`explainers.registry.METHODS` (a renamed one names its new name), what the method class declares holds
+(``needs_regions``: regions other than ``none``; ``needs_detections``: targets other than ``classes``), and each
+option is typed against the method class's ``__init__`` (and the class accepts it).
 
 Kept out of :mod:`tasks.params`, which every stage imports, so that only the stages that run explainers depend on
 the explainers' code (tasks/stage_deps.py). The explain flow, the audit flow and ``serve`` call :func:`check_jobs`
@@ -14,11 +15,8 @@ import types
 import typing
 from typing import Any
 
-from explainers.registry import METHODS
-from tasks.params import ExplainParams, Params, ParamsError
-
-PIXEL_METHODS = ("rise", "drise", "decam")        # random low-res masks: no regions needed
-REGION_METHODS = tuple(name for name in METHODS if name not in PIXEL_METHODS)   # Shapley, LIME, occlusion
+from explainers.registry import METHODS, unknown_method, without_detections
+from tasks.params import ExplainJob, ExplainParams, Params, ParamsError
 
 
 class OptionError(ValueError):
@@ -99,19 +97,32 @@ def check_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
     return {k: check_option(method, k, v, types_[k]) for k, v in options.items()}
 
 
+def capability_error(job: ExplainJob) -> str | None:
+    """What the job's method class declares and the job does not give, or None: ``needs_regions`` with regions
+    ``none``, ``needs_detections`` with targets ``classes``."""
+    cls = METHODS[job.method]
+    if cls.needs_regions and job.regions == "none":
+        return f"{job.method} needs regions (parts, superpixels or grid), got 'none'"
+    if cls.needs_detections and job.targets == "classes":
+        instead = without_detections(job.method)
+        return f"{job.method} explains detections: " + (f"use {instead} for classes" if instead else
+                                                         "targets 'classes' have none")
+    return None
+
+
 def _checked_jobs(cfg: ExplainParams, origin: str) -> list:
     jobs = []
     for i, job in enumerate(cfg.jobs):
         key = f"{origin}: explain.jobs[{i}]"
         if job.method not in METHODS:
-            raise ParamsError(f"{key}.method: not an explainer of explainers.registry.METHODS {sorted(METHODS)} "
-                              f"(got {job.method!r})")
+            raise ParamsError(f"{key}.method: {unknown_method(job.method)}")
         try:
             options = check_options(job.method, job.options)
         except OptionError as e:
             raise ParamsError(f"{key}.options: {e} (got {job.options!r})") from None
-        if job.regions == "none" and job.method in REGION_METHODS:
-            raise ParamsError(f"{key}: {job.method} needs regions (parts, superpixels or grid), got 'none'")
+        capability = capability_error(job)
+        if capability:
+            raise ParamsError(f"{key}: {capability}")
         try:                                   # a bad option fails here, not in every shard task of the stage
             METHODS[job.method](None, chunk_size=1, **options)
         except (TypeError, ValueError, KeyError) as e:
@@ -124,8 +135,9 @@ def check_jobs(config: Params | ExplainParams, origin: str = "params.yaml") -> P
     """Check every job of ``explain.jobs`` against the explainers (``config``: the whole params or their
     ``explain`` section) and return ``config`` with each job's options normalised (an int made a float where only
     a float is expected, so ``ridge: 1`` and ``ridge: 1.0`` give one config hash). Raises :class:`ParamsError`
-    naming ``origin``, the job (``explain.jobs[i]``), the option and the value: an unknown method, an unknown or
-    mistyped option, a region method without regions, or options the explainer class rejects."""
+    naming ``origin``, the job (``explain.jobs[i]``), the option and the value: an unknown or renamed method, an
+    unknown or mistyped option, a method without what its class declares it needs (regions, detections), or
+    options the explainer class rejects."""
     if isinstance(config, Params):
         return config.model_copy(update={"explain": check_jobs(config.explain, origin)})
     if not isinstance(config, ExplainParams):
@@ -133,4 +145,4 @@ def check_jobs(config: Params | ExplainParams, origin: str = "params.yaml") -> P
     return config.model_copy(update={"jobs": _checked_jobs(config, origin)})
 
 
-__all__ = ["OptionError", "PIXEL_METHODS", "REGION_METHODS", "check_jobs", "check_option", "check_options"]
+__all__ = ["OptionError", "capability_error", "check_jobs", "check_option", "check_options"]

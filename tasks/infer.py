@@ -17,8 +17,17 @@ from prefect.cache_policies import NO_CACHE
 from detection.body import NUM_KEYPOINTS
 from detection.datasets.imageio import ImageError, load_rgb, to_batch
 from detection.datasets.records import error_row
-from detection.evaluation import (OCCLUSION_BUCKETS, SIZE_BUCKETS, ImageEval, average_precision, coco_ap, match,
-                                  multilabel_f1, pck, recall_by)
+from detection.evaluation import (
+    OCCLUSION_BUCKETS,
+    SIZE_BUCKETS,
+    ImageEval,
+    average_precision,
+    coco_ap,
+    match,
+    multilabel_f1,
+    pck,
+    recall_by,
+)
 from detection.models.keypoints import load_keypoint_model
 from detection.models.specs import ClassifierSpec, DetectorSpec, build_classifier, build_detector, file_sha256
 from tasks.params import InferParams

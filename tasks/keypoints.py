@@ -13,8 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from detection.body import NUM_KEYPOINTS
 from detection.datasets.imageio import load_rgb, to_batch
 from detection.datasets.tables import DatasetTables
-from detection.models.keypoints import (KeypointTraining, load_keypoint_model, save_keypoint_model,
-                                        train_keypoint_model)
+from detection.models.keypoints import KeypointTraining, load_keypoint_model, save_keypoint_model, train_keypoint_model
 from detection.models.specs import file_sha256
 from tasks.params import Params
 from tasks.shards import write_json

@@ -15,10 +15,9 @@ from detection.datasets.imageio import load_rgb, to_batch
 from detection.datasets.synthetic import CATEGORIES
 from detection.datasets.tables import DatasetTables
 from detection.datasets.yolo_export import write_yolo_dataset
-from detection.models.scene_classifier import (ClassifierTraining, save_classifier, scene_labels,
-                                               train_scene_classifier)
-from detection.models.yolo_training import YoloTraining, train_yolo
+from detection.models.scene_classifier import ClassifierTraining, save_classifier, scene_labels, train_scene_classifier
 from detection.models.specs import file_sha256
+from detection.models.yolo_training import YoloTraining, train_yolo
 from tasks.params import Params, PullParams
 from tasks.shards import write_json
 

@@ -66,7 +66,7 @@ class PullParams(_Section):
     dvc: DvcSource | None = None
 
     @model_validator(mode="after")
-    def _source_section_present(self) -> "PullParams":
+    def _source_section_present(self) -> PullParams:
         if self.source != "synthetic" and getattr(self, self.source) is None:
             raise ValueError(f"source is {self.source!r} but the section pull.{self.source} is missing")
         if self.dvc is not None and self.source == "synthetic":
@@ -160,7 +160,7 @@ class InferParams(_Section):
     reasonable: ReasonableSubset = ReasonableSubset()
 
     @model_validator(mode="after")
-    def _unique_ids(self) -> "InferParams":
+    def _unique_ids(self) -> InferParams:
         ids = [d.id for d in self.detectors] + [m.id for m in (self.pose, self.classifier) if m is not None]
         if len(ids) != len(set(ids)):
             raise ValueError(f"model ids must be unique, got {ids}")
@@ -184,9 +184,10 @@ class PartsParams(_Section):
 class ExplainJob(_Section):
     """One explainer run on one kind of target: ``persons`` (ground-truth pedestrians, scored by the detector's
     D-RISE similarity to their box, so missed ones are explained too), ``detections`` (the detector's own person
-    detections) or ``classes`` (the classifier's classes, every image). ``method`` and ``options`` are checked
-    against the explainers by :func:`tasks.explain_jobs.check_jobs` (the explain / audit flows, ``make run``), not
-    here: every stage imports this module, and only the explain stage should depend on the explainers' code."""
+    detections) or ``classes`` (the classifier's classes, every image). ``method``, ``options`` and what the method
+    class declares it needs (regions, detections) are checked against the explainers by
+    :func:`tasks.explain_jobs.check_jobs` (the explain / audit flows, ``make run``), not here: every stage imports
+    this module, and only the explain stage should depend on the explainers' code."""
 
     method: str                                         # a name of explainers.registry.METHODS (tasks.explain_jobs)
     targets: Literal["persons", "detections", "classes"]
@@ -197,11 +198,9 @@ class ExplainJob(_Section):
     options: dict[str, bool | int | float | str] = {}   # method options, e.g. {grid: 8, p: 0.5, center: true}
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ExplainJob":
+    def _consistent(self) -> ExplainJob:
         if self.regions == "parts" and self.targets == "classes":
             raise ValueError("regions 'parts' are pedestrians' body parts: use them with persons / detections")
-        if self.method == "drise" and self.targets == "classes":
-            raise ValueError("drise explains detections: use rise for classes")
         return self
 
     @property

@@ -6,6 +6,7 @@ import base64
 import html
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,8 @@ import pandas as pd  # noqa: E402
 from detection.body import BODY_PARTS  # noqa: E402
 from detection.datasets.imageio import ImageError, load_rgb  # noqa: E402
 from detection.evaluation import MATCH_IOU, OCCLUSION_BUCKETS, SIZE_BUCKETS  # noqa: E402
+from tasks.metric_names import AGREE, METRICS, TOP_PART_MATCH, causal_auc, epg, epg_chance, names, parse_agreement  # noqa: E402
+from tasks.params import EvaluateParams  # noqa: E402
 from tasks.undefined import parse_undefined  # noqa: E402
 
 PART_ORDER = [*BODY_PARTS, "context"]
@@ -34,6 +37,9 @@ UNDEFINED_NOTE = ("A metric that cannot mean anything on an explanation is <i>un
                   "or one with NaN / inf values has no peak and no ranking, a region with no pixel in the image has "
                   "nothing to point at; pointing-game ties count as a hit if any maximal pixel is within the "
                   "tolerance. The table below counts them.")
+OVERLAY_FLOOR = 0.05          # gallery overlays: saliency below this share of the map's maximum is transparent
+BOX_WHISKERS = 1.5            # box plots: whiskers reach this many IQR past the quartiles
+CUE_RELIANCE = 0.2            # the classifier relies on the spurious cue when it adds this much to P(label)
 CONFIDENCE_BUCKETS = {"< 0.05": (0.0, 0.05), "0.05-0.25": (0.05, 0.25), "0.25-0.5": (0.25, 0.5),
                       "0.5-0.75": (0.5, 0.75), "0.75-1": (0.75, 1.01)}
 
@@ -117,11 +123,11 @@ def fig_part_boxplot(shares: pd.DataFrame, job: str) -> str:
     parts = _parts_present(shares)
     sel = shares[shares["job"] == job]
     fig, ax = plt.subplots(figsize=(9, 3.4))
-    ax.boxplot([sel.loc[sel["part"] == p, "share"].values for p in parts], showfliers=False)
+    ax.boxplot([sel.loc[sel["part"] == p, "share"].values for p in parts], whis=BOX_WHISKERS, showfliers=False)
     ax.set_xticks(np.arange(1, len(parts) + 1), [p.replace("_", " ") for p in parts], rotation=35, ha="right")
     ax.axhline(0, color="k", lw=0.6)
     ax.set_ylabel("share of |relevance|")
-    ax.set_title(f"Spread over pedestrians ({job}; boxes: quartiles, whiskers: 1.5 IQR)")
+    ax.set_title(f"Spread over pedestrians ({job}; boxes: quartiles, whiskers: {BOX_WHISKERS:g} IQR)")
     return _png(fig)
 
 
@@ -150,21 +156,22 @@ def fig_classifier_epg(metrics: pd.DataFrame, targets: pd.DataFrame) -> str | No
     """Per class: share of positive saliency on the class's own objects (images with the label) and on any object
     at all, with and without the spurious background cue, each bar with its chance level (the objects' share of
     the image, black tick). Little saliency on objects = the model looks elsewhere."""
-    names = ["epg_box", "epg_objects", "epg_box_chance", "epg_objects_chance"]
-    sel = metrics[(metrics["kind"] == "classes") & metrics["metric"].isin(names)]
-    if not sel["metric"].isin(names[:2]).any():
+    regions = ("box", "objects")
+    shown = [*map(epg, regions), *map(epg_chance, regions)]
+    sel = metrics[(metrics["kind"] == "classes") & metrics["metric"].isin(shown)]
+    if not sel["metric"].isin(shown[:2]).any():
         return None
     sel = sel.merge(targets[["image_id", "target_id", "category", "spurious_cue"]], on=["image_id", "target_id"])
     cats = sorted(sel["category"].unique())
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.2), sharey=True)
-    for ax, metric, title in zip(axes, ("epg_box", "epg_objects"),
+    for ax, region, title in zip(axes, regions,
                                  ("on the objects of the class (label present)", "on any object (every image)")):
         for k, cue in enumerate((False, True)):
-            part = sel[(sel["metric"] == metric) & (sel["spurious_cue"] == cue)]
+            part = sel[(sel["metric"] == epg(region)) & (sel["spurious_cue"] == cue)]
             s = part.groupby("category")["value"].mean().reindex(cats)
             x = np.arange(len(cats)) + 0.4 * k
             ax.bar(x, s.values, 0.4, label=f"spurious cue {'present' if cue else 'absent'}")
-            chance = sel[(sel["metric"] == f"{metric}_chance") & (sel["spurious_cue"] == cue)]
+            chance = sel[(sel["metric"] == epg_chance(region)) & (sel["spurious_cue"] == cue)]
             ax.scatter(x, chance.groupby("category")["value"].mean().reindex(cats).values, marker="_", s=200,
                        color="k", label="chance (area share)" if k == 0 else None, zorder=3)
         ax.set_xticks(np.arange(len(cats)) + 0.2, cats)
@@ -177,10 +184,10 @@ def fig_classifier_epg(metrics: pd.DataFrame, targets: pd.DataFrame) -> str | No
 
 def overlay(image: np.ndarray, saliency: np.ndarray, box: list[float] | None, title: str) -> str:
     """The image (cropped around the box with a margin) under its positive saliency (bilinear, transparent below
-    5 % of the maximum), box drawn in white."""
+    OVERLAY_FLOOR of the maximum), box drawn in white."""
     H, W = image.shape[:2]
     pos = np.clip(np.asarray(saliency, np.float32), 0, None)
-    pos = np.ma.masked_less(pos / (pos.max() or 1.0), 0.05)
+    pos = np.ma.masked_less(pos / (pos.max() or 1.0), OVERLAY_FLOOR)
     x0, y0, x1, y1 = 0, 0, W, H
     if box is not None:
         bw, bh = box[2] - box[0], box[3] - box[1]
@@ -211,8 +218,7 @@ def _table(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-QUALITY_METRICS = ["deletion_auc", "insertion_auc", "pointing_box", "epg_box", "epg_box_chance", "pointing_body",
-                   "epg_body", "epg_body_chance"]
+QUALITY_METRICS = list(names("quality"))
 
 
 def quality_table(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -221,7 +227,8 @@ def quality_table(metrics: pd.DataFrame) -> pd.DataFrame:
     sel = metrics[metrics["metric"].isin(QUALITY_METRICS)]
     table = sel.pivot_table(index=["kind", "job"], columns="metric", values="value", aggfunc="mean")
     table = table.reindex(columns=[c for c in QUALITY_METRICS if c in table.columns]).reset_index()
-    counts = metrics[metrics["metric"] == "n_forward"].groupby(["kind", "job"]).size().rename("explanations")
+    forwards = metrics[metrics["metric"] == METRICS["n_forward"].name]
+    counts = forwards.groupby(["kind", "job"]).size().rename("explanations")
     table = table.merge(counts.reset_index(), on=["kind", "job"], how="left")
     undefined = undefined_table(metrics)
     n = (undefined[undefined["metric"].isin(QUALITY_METRICS)].groupby(["kind", "job"])["values"].sum()
@@ -261,15 +268,16 @@ def cost_table(explanations: pd.DataFrame) -> pd.DataFrame:
 
 
 def agreement_table(metrics: pd.DataFrame) -> pd.DataFrame:
-    sel = metrics[metrics["metric"].str.startswith(("agree:", "top_part_match:"))]
+    pairs = metrics["metric"].map(parse_agreement)
+    sel = metrics[pairs.notna()]
     if sel.empty:
         return pd.DataFrame()
-    sel = sel.assign(other=sel["metric"].str.split(":").str[1], what=sel["metric"].str.split(":").str[0])
+    sel = sel.assign(other=pairs[pairs.notna()].str[1], what=pairs[pairs.notna()].str[0])
     table = sel.pivot_table(index=["job", "other"], columns="what", values="value", aggfunc=["mean", "count"])
     out = pd.DataFrame({"method A": [i[0] for i in table.index], "method B": [i[1] for i in table.index],
-                        "Spearman ρ (mean)": table[("mean", "agree")].values,
-                        "same top part": table[("mean", "top_part_match")].values,
-                        "pedestrians": table[("count", "agree")].values.astype(int)})
+                        "Spearman ρ (mean)": table[("mean", AGREE)].values,
+                        "same top part": table[("mean", TOP_PART_MATCH)].values,
+                        "pedestrians": table[("count", AGREE)].values.astype(int)})
     return out
 
 
@@ -302,7 +310,7 @@ def findings(shares: pd.DataFrame, main_job: str | None, inp: ReportInputs) -> l
             label = keys[0][2:-len("_absent_with_cue")]
             a, b = spur[keys[0]], spur[f"p_{label}_absent_without_cue"]
             if a is not None and b is not None:
-                verdict = "relies on the spurious cue" if a - b > 0.2 else "does not rely much on the cue"
+                verdict = "relies on the spurious cue" if a - b > CUE_RELIANCE else "does not rely much on the cue"
                 out.append(f"The classifier {verdict}: on scenes <i>without</i> a {label}, P({label}) is {a:.2f} with "
                            f"the background cue and {b:.2f} without it.")
     undefined = undefined_table(inp.metrics)
@@ -316,7 +324,7 @@ def findings(shares: pd.DataFrame, main_job: str | None, inp: ReportInputs) -> l
     return out
 
 
-# ---------------------------------------------------------------------------------------------------- page
+# ---------------------------------------------------------------------------------------------------- sections
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
 color:#1d2330;line-height:1.45}
@@ -330,72 +338,67 @@ td:first-child,th:first-child,td:nth-child(2),th:nth-child(2){text-align:left} i
 """
 
 
-def _section(anchor: str, title: str, body: str) -> str:
-    return f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{body}</section>'
+@dataclass(frozen=True)
+class ReportContext:
+    """What every section reads: the loaded inputs, the part-share table derived once from them (see
+    :func:`part_shares`), the jobs with body-part relevance, the main job (the first Shapley-family one, else the
+    first) and the gallery's figures per row (0: no gallery images)."""
+
+    inputs: ReportInputs
+    shares: pd.DataFrame
+    region_jobs: list[str]
+    main_job: str | None
+    per_row: int
+
+    @classmethod
+    def of(cls, inp: ReportInputs, per_row: int) -> ReportContext:
+        shares = part_shares(inp.explanations, inp.targets)
+        region_jobs = [j for j in dict.fromkeys(shares["job"]) if j]
+        methods = dict(zip(inp.explanations["job"], inp.explanations["method"])) if region_jobs else {}
+        main_job = next((j for j in region_jobs if shapley_family(methods[j])),
+                        region_jobs[0] if region_jobs else None)
+        return cls(inp, shares, region_jobs, main_job, per_row)
 
 
-def gallery(inp: ReportInputs, main_job: str, per_row: int) -> str:
-    """Best / worst (by insertion AUC, else EPG) and most surprising (missed pedestrians with the highest score,
-    or the largest disagreement between methods) explanations of the main job, as overlays."""
-    if per_row == 0:
-        return ""
-    exps = inp.explanations[(inp.explanations["job"] == main_job)]
-    if exps.empty:
-        return "<p>No explanations.</p>"
-    m = inp.metrics[inp.metrics["job"] == main_job]
-    metric = "insertion_auc" if (m["metric"] == "insertion_auc").any() else "epg_body"
-    score = m[m["metric"] == metric].set_index(["image_id", "target_id"])["value"]
-    keyed = exps.set_index(["image_id", "target_id"])
-    ranked = score[score.index.isin(keyed.index)].sort_values()
-    rows = {f"Best ({metric}, highest)": list(ranked.index[::-1][:per_row]),
-            f"Worst ({metric}, lowest)": list(ranked.index[:per_row])}
-    t = inp.targets.set_index(["image_id", "target_id"])
-    agree = inp.metrics[(inp.metrics["job"] == main_job) & inp.metrics["metric"].str.startswith("agree:")]
-    if not agree.empty:
-        rows["Most surprising (methods disagree most)"] = list(
-            agree.sort_values("value").set_index(["image_id", "target_id"]).index[:per_row])
-    missed = t[(t["kind"] == "persons") & (t["found"] == False)]  # noqa: E712
-    missed = missed[missed.index.isin(keyed.index)].sort_values("height", ascending=False)
-    if len(missed):
-        rows["Missed pedestrians (largest first)"] = list(missed.index[:per_row])
-    uris = inp.images.set_index("image_id")["uri"]
-    out = []
-    for title, keys in rows.items():
-        figs = []
-        for key in keys:
-            e, target = keyed.loc[key], t.loc[key]
-            if isinstance(e, pd.DataFrame):
-                e = e.iloc[0]
-            try:
-                image = load_rgb(uris[key[0]])
-            except ImageError:
-                continue
-            sal = np.asarray(e["saliency"], np.float32).reshape(e["saliency_height"], e["saliency_width"])
-            box = None if target["bbox"] is None else list(target["bbox"])
-            caption = (f"{key[1]} · h={target['height']:.0f}px · "
-                       f"{'found' if target['found'] else 'missed'} · score {target['score']:.2f}")
-            if e["relevance"] is not None and e["region_names"] is not None and len(e["region_names"]):
-                top = int(np.argmax(e["relevance"]))
-                caption += f" · top part: {e['region_names'][top]}"
-            figs.append(f"<figure>{_img(overlay(image, sal, box, key[1]), caption)}"
-                        f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-        out.append(f"<h3>{html.escape(title)}</h3><div class='gallery'>{''.join(figs)}</div>")
-    return "".join(out)
+def shapley_family(method: str) -> bool:
+    """Whether a method estimates Shapley values: the explainer class's ``shapley_values`` capability."""
+    from explainers.registry import METHODS  # imports every explainer (torch): only when there is a job to check
+
+    return METHODS[method].shapley_values
 
 
-def build_report(inp: ReportInputs, per_row: int = 4) -> tuple[str, str]:
-    """(HTML page, markdown summary) of the audit."""
-    ex, tg = inp.explanations, inp.targets
-    shares = part_shares(ex, tg)
-    region_jobs = [j for j in dict.fromkeys(shares["job"]) if j]
-    main_job = next((j for j in region_jobs if j.startswith(("bayes_shapley", "kernel_shap", "exact_shapley"))),
-                    region_jobs[0] if region_jobs else None)
-    person_kind = shares["kind"].dropna().iloc[0] if len(shares) else None
+@dataclass(frozen=True)
+class Rendered:
+    """A section's HTML body and its lines of the markdown summary (None: not in the summary)."""
+
+    html: str
+    markdown: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Section:
+    """One section of the report: its anchor id, title, ``render(context) -> Rendered`` (None: nothing to show,
+    the section is left out, with its navigation links) and the navigation links it contributes as (anchor,
+    label). Adding a section: a render function and a line in :data:`SECTIONS`."""
+
+    id: str
+    title: str
+    render: Callable[[ReportContext], Rendered | None]
+    nav: tuple[tuple[str, str], ...] = ()
+
+    def html(self, body: str) -> str:
+        return f'<section id="{self.id}"><h2>{html.escape(self.title)}</h2>{body}</section>'
+
+
+def dataset_table(inp: ReportInputs) -> pd.DataFrame:
+    """The dataset and models at a glance: images per split, pedestrians explained and missed, model quality,
+    explanations per job, errors."""
+    tg, ex = inp.targets, inp.explanations
     ip = inp.infer_metrics.get(inp.detector_id, {})
     val = ip.get("val", ip.get("all", {}))
     clf = inp.infer_metrics.get(inp.classifier_id or "", {}).get("val", {})
     splits = inp.images["split"].value_counts().to_dict()
-    summary_rows = pd.DataFrame([
+    return pd.DataFrame([
         ("images", f"{len(inp.images)} ({', '.join(f'{k} {v}' for k, v in sorted(splits.items()))})"),
         ("pedestrians explained", str(tg[tg["kind"].isin(["persons", "detections"])]["target_id"].nunique())),
         ("ground-truth pedestrians", "{} explained, {} missed by the detector (found: matched one-to-one at IoU "
@@ -408,92 +411,212 @@ def build_report(inp: ReportInputs, per_row: int = 4) -> tuple[str, str]:
         ("explanations", f"{len(ex)} ({', '.join(f'{j} {n}' for j, n in ex['job'].value_counts().items())})"),
         ("errors", str(len(inp.errors))),
     ], columns=["", "value"])
-    jobs = pd.DataFrame([{"job": j["method"] if j["regions"] == "none" else f"{j['method']}@{j['regions']}",
+
+
+def jobs_table(explain_params: dict) -> pd.DataFrame:
+    """The explain jobs as configured: name, targets, budget, regions (with their count), images, options."""
+    return pd.DataFrame([{"job": j["method"] if j["regions"] == "none" else f"{j['method']}@{j['regions']}",
                           "targets": j["targets"], "budget": "default" if j["budget"] is None else str(j["budget"]),
                           "regions": j["regions"] + (f" ({j['n_regions']})" if j["regions"] in ("superpixels", "grid")
                                                      else ""),
                           "images": j["split"] or "all",
                           "options": ", ".join(f"{k}={v}" for k, v in j["options"].items()) or "-"}
-                         for j in inp.explain_params.get("jobs", [])])
-    facts = findings(shares, main_job, inp)
-    sections = [
-        _section("summary", "Dataset and models", _table(summary_rows) + "<h3>Explainer jobs</h3>" +
-                 (_table(jobs) if not jobs.empty else "<p>none</p>")),
-        _section("findings", "Key findings", "<ul class='findings'>" + "".join(f"<li>{f}</li>" for f in facts) +
-                 "</ul>"),
-    ]
-    if main_job:
-        parts_body = (_img(fig_part_bars(shares, region_jobs), "part relevance by method") +
-                      _img(fig_part_boxplot(shares, main_job), "part relevance spread") +
-                      "<p class='note'>Share = a part's relevance divided by the sum of |relevance| over the "
-                      "pedestrian's parts (so pedestrians with different scores weigh the same). Context = the box "
-                      "minus the body.</p>")
-        breakdowns = "".join(_img(fig_breakdown(shares, main_job, col, list(b), title), title) for col, b, title in (
-            ("size", SIZE_BUCKETS, f"by person height ({main_job})"),
-            ("occlusion_bucket", OCCLUSION_BUCKETS, f"by occlusion ({main_job})"),
-            ("confidence", CONFIDENCE_BUCKETS, f"by detector confidence ({main_job})")))
-        sections.append(_section("parts", "Body-part relevance for pedestrians", parts_body + breakdowns))
-        if person_kind == "persons":
-            fm = shares[shares["job"] == main_job].copy()
-            fm["status"] = np.where(fm["found"] == True, "found", "missed")  # noqa: E712
-            sections.append(_section("missed", "Which parts carry missed vs found pedestrians", _img(
-                fig_breakdown(fm, main_job, "status", ["found", "missed"],
-                              f"found vs missed ({main_job})"), "found vs missed") +
-                "<p class='note'>Ground-truth pedestrians are scored by the D-RISE similarity of the detector's "
-                "candidates to their box, so a missed pedestrian's relevance shows what little evidence the "
-                "detector saw and where.</p>"))
-    quality = quality_table(inp.metrics)
-    agreement = agreement_table(inp.metrics)
-    undefined = undefined_table(inp.metrics)
-    subs = inp.evaluate_summary.get("substrates", {})
-    sections.append(_section("agreement", "Explanation quality and method agreement",
-                             _table(quality) + f"<p class='note'>Deletion substrate: {subs.get('deletion')}; "
-                             f"insertion substrate: {subs.get('insertion')}; "
-                             f"{inp.evaluate_summary.get('steps')} steps, on the "
-                             f"{inp.evaluate_summary.get('causal_split') or 'whole'} split. Lower deletion / higher "
-                             f"insertion AUC is better; pointing game tolerance "
-                             f"{inp.evaluate_summary.get('pointing_tolerance', 15.0):g} px. {EPG_NOTE} "
-                             f"{REGION_NOTE}</p>" +
-                             (_table(agreement) if not agreement.empty else "") +
-                             f"<h3 id='undefined'>Undefined metric values</h3><p class='note'>{UNDEFINED_NOTE}</p>" +
-                             (_table(undefined) if not undefined.empty else "<p>none</p>")))
-    if inp.classifier_id is not None:
-        fig = fig_classifier_epg(inp.metrics, tg)
-        spur = inp.infer_metrics.get(inp.classifier_id, {}).get("spurious", {})
-        body = (_img(fig, "classifier energy pointing game") if fig else "<p>No classifier explanations.</p>")
-        if spur:
-            body += _table(pd.DataFrame([(k.replace("_", " "), f"{v:.3f}" if isinstance(v, float) else str(v))
-                                         for k, v in sorted(spur.items())], columns=["spurious-cue probe", "value"]))
-        sections.append(_section("classifier", "Classifier: objects or spurious cue?", body))
-    sections.append(_section("cost", "Cost", _table(cost_table(ex))))
-    if main_job:
-        sections.append(_section("gallery", "Gallery", f"<p class='note'>Positive saliency of {main_job} "
-                                 f"(transparent below 5 % of each map's maximum); white: the pedestrian's box.</p>" +
-                                 gallery(inp, main_job, per_row)))
-    if not inp.errors.empty:
-        sections.append(_section("errors", "Errors", _table(inp.errors)))
-    nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in (("summary", "Summary"), ("findings", "Findings"),
-                                                          ("parts", "Body parts"), ("agreement", "Quality"),
-                                                          ("undefined", "Undefined"),
-                                                          ("classifier", "Classifier"), ("cost", "Cost"),
-                                                          ("gallery", "Gallery")))
+                         for j in explain_params.get("jobs", [])])
+
+
+def render_summary(ctx: ReportContext) -> Rendered:
+    jobs = jobs_table(ctx.inputs.explain_params)
+    return Rendered(_table(dataset_table(ctx.inputs)) + "<h3>Explainer jobs</h3>" +
+                    (_table(jobs) if not jobs.empty else "<p>none</p>"))
+
+
+def render_findings(ctx: ReportContext) -> Rendered:
+    facts = findings(ctx.shares, ctx.main_job, ctx.inputs)
+    return Rendered("<ul class='findings'>" + "".join(f"<li>{f}</li>" for f in facts) + "</ul>",
+                    tuple(f"- {_plain(f)}" for f in facts))
+
+
+def render_parts(ctx: ReportContext) -> Rendered | None:
+    if not ctx.main_job:
+        return None
+    shares, job = ctx.shares, ctx.main_job
+    body = (_img(fig_part_bars(shares, ctx.region_jobs), "part relevance by method") +
+            _img(fig_part_boxplot(shares, job), "part relevance spread") +
+            "<p class='note'>Share = a part's relevance divided by the sum of |relevance| over the "
+            "pedestrian's parts (so pedestrians with different scores weigh the same). Context = the box "
+            "minus the body.</p>")
+    return Rendered(body + "".join(_img(fig_breakdown(shares, job, col, list(b), title), title) for col, b, title in (
+        ("size", SIZE_BUCKETS, f"by person height ({job})"),
+        ("occlusion_bucket", OCCLUSION_BUCKETS, f"by occlusion ({job})"),
+        ("confidence", CONFIDENCE_BUCKETS, f"by detector confidence ({job})"))))
+
+
+def render_missed(ctx: ReportContext) -> Rendered | None:
+    person_kind = ctx.shares["kind"].dropna().iloc[0] if len(ctx.shares) else None
+    if not ctx.main_job or person_kind != "persons":
+        return None
+    fm = ctx.shares[ctx.shares["job"] == ctx.main_job].copy()
+    fm["status"] = np.where(fm["found"] == True, "found", "missed")  # noqa: E712
+    return Rendered(_img(fig_breakdown(fm, ctx.main_job, "status", ["found", "missed"],
+                                       f"found vs missed ({ctx.main_job})"), "found vs missed") +
+                    "<p class='note'>Ground-truth pedestrians are scored by the D-RISE similarity of the detector's "
+                    "candidates to their box, so a missed pedestrian's relevance shows what little evidence the "
+                    "detector saw and where.</p>")
+
+
+def quality_note(evaluate_summary: dict) -> str:
+    """How the quality metrics were computed: substrates, steps and split of the causal metrics, their directions,
+    the pointing tolerance (metrics/evaluate.json; the evaluate default if it lacks one)."""
+    subs = evaluate_summary.get("substrates", {})
+    deletion, insertion = METRICS[causal_auc("deletion")], METRICS[causal_auc("insertion")]
+    tolerance = evaluate_summary.get("pointing_tolerance", EvaluateParams.model_fields["pointing_tolerance"].default)
+    return (f"Deletion substrate: {subs.get('deletion')}; insertion substrate: {subs.get('insertion')}; "
+            f"{evaluate_summary.get('steps')} steps, on the {evaluate_summary.get('causal_split') or 'whole'} split. "
+            f"{deletion.direction.capitalize()} deletion / {insertion.direction} insertion AUC is better; pointing "
+            f"game tolerance {tolerance:g} px. {EPG_NOTE} {REGION_NOTE}")
+
+
+def render_quality(ctx: ReportContext) -> Rendered:
+    metrics = ctx.inputs.metrics
+    quality, agreement, undefined = quality_table(metrics), agreement_table(metrics), undefined_table(metrics)
+    body = (_table(quality) + f"<p class='note'>{quality_note(ctx.inputs.evaluate_summary)}</p>" +
+            (_table(agreement) if not agreement.empty else "") +
+            f"<h3 id='undefined'>Undefined metric values</h3><p class='note'>{UNDEFINED_NOTE}</p>" +
+            (_table(undefined) if not undefined.empty else "<p>none</p>"))
+    return Rendered(body, ("## Explanation quality", "", _markdown_table(quality, floatfmt=".3f"), "",
+                           _plain(EPG_NOTE), "", "## Undefined metric values", "", _plain(UNDEFINED_NOTE), "",
+                           _markdown_table(undefined) if not undefined.empty else "none"))
+
+
+def render_classifier(ctx: ReportContext) -> Rendered | None:
+    inp = ctx.inputs
+    if inp.classifier_id is None:
+        return None
+    fig = fig_classifier_epg(inp.metrics, inp.targets)
+    spur = inp.infer_metrics.get(inp.classifier_id, {}).get("spurious", {})
+    body = (_img(fig, "classifier energy pointing game") if fig else "<p>No classifier explanations.</p>")
+    if spur:
+        body += _table(pd.DataFrame([(k.replace("_", " "), f"{v:.3f}" if isinstance(v, float) else str(v))
+                                     for k, v in sorted(spur.items())], columns=["spurious-cue probe", "value"]))
+    return Rendered(body)
+
+
+def render_cost(ctx: ReportContext) -> Rendered:
+    cost = cost_table(ctx.inputs.explanations)
+    return Rendered(_table(cost), ("## Cost", "", cost.to_string(index=False)))
+
+
+def render_gallery(ctx: ReportContext) -> Rendered | None:
+    if not ctx.main_job:
+        return None
+    return Rendered(f"<p class='note'>Positive saliency of {ctx.main_job} (transparent below "
+                    f"{OVERLAY_FLOOR * 100:g} % of each map's maximum); white: the pedestrian's box.</p>" +
+                    gallery(ctx.inputs, ctx.main_job, ctx.per_row))
+
+
+def render_errors(ctx: ReportContext) -> Rendered | None:
+    return None if ctx.inputs.errors.empty else Rendered(_table(ctx.inputs.errors))
+
+
+SECTIONS: tuple[Section, ...] = (
+    Section("summary", "Dataset and models", render_summary, (("summary", "Summary"),)),
+    Section("findings", "Key findings", render_findings, (("findings", "Findings"),)),
+    Section("parts", "Body-part relevance for pedestrians", render_parts, (("parts", "Body parts"),)),
+    Section("missed", "Which parts carry missed vs found pedestrians", render_missed),
+    Section("agreement", "Explanation quality and method agreement", render_quality,
+            (("agreement", "Quality"), ("undefined", "Undefined"))),
+    Section("classifier", "Classifier: objects or spurious cue?", render_classifier, (("classifier", "Classifier"),)),
+    Section("cost", "Cost", render_cost, (("cost", "Cost"),)),
+    Section("gallery", "Gallery", render_gallery, (("gallery", "Gallery"),)),
+    Section("errors", "Errors", render_errors),
+)
+
+
+def gallery(inp: ReportInputs, main_job: str, per_row: int) -> str:
+    """Best / worst (by insertion AUC, else EPG) and most surprising (missed pedestrians with the highest score,
+    or the largest disagreement between methods) explanations of the main job, as overlays."""
+    if per_row == 0:
+        return ""
+    exps = inp.explanations[(inp.explanations["job"] == main_job)]
+    if exps.empty:
+        return "<p>No explanations.</p>"
+    keyed = exps.set_index(["image_id", "target_id"])
+    out = []
+    for title, keys in gallery_rows(inp, main_job, per_row, keyed.index).items():
+        figs = [fig for key in keys if (fig := _gallery_figure(inp, keyed, key)) is not None]
+        out.append(f"<h3>{html.escape(title)}</h3><div class='gallery'>{''.join(figs)}</div>")
+    return "".join(out)
+
+
+def gallery_rows(inp: ReportInputs, main_job: str, per_row: int, explained: pd.Index) -> dict[str, list]:
+    """Row title -> (image_id, target_id) keys of the main job's explanations to show, at most per_row each."""
+    m = inp.metrics[inp.metrics["job"] == main_job]
+    metric = causal_auc("insertion") if (m["metric"] == causal_auc("insertion")).any() else epg("body")
+    score = m[m["metric"] == metric].set_index(["image_id", "target_id"])["value"]
+    ranked = score[score.index.isin(explained)].sort_values()
+    rows = {f"Best ({metric}, highest)": list(ranked.index[::-1][:per_row]),
+            f"Worst ({metric}, lowest)": list(ranked.index[:per_row])}
+    t = inp.targets.set_index(["image_id", "target_id"])
+    agree = m[m["metric"].map(lambda n: (parse_agreement(n) or ("",))[0] == AGREE)]
+    if not agree.empty:
+        rows["Most surprising (methods disagree most)"] = list(
+            agree.sort_values("value").set_index(["image_id", "target_id"]).index[:per_row])
+    missed = t[(t["kind"] == "persons") & (t["found"] == False)]  # noqa: E712
+    missed = missed[missed.index.isin(explained)].sort_values("height", ascending=False)
+    if len(missed):
+        rows["Missed pedestrians (largest first)"] = list(missed.index[:per_row])
+    return rows
+
+
+def _gallery_figure(inp: ReportInputs, keyed: pd.DataFrame, key: tuple[str, str]) -> str | None:
+    """One overlay with its caption (target, height, found / missed, score, top part); None if the image is
+    unreadable."""
+    e, target = keyed.loc[key], inp.targets.set_index(["image_id", "target_id"]).loc[key]
+    if isinstance(e, pd.DataFrame):
+        e = e.iloc[0]
+    try:
+        image = load_rgb(inp.images.set_index("image_id")["uri"][key[0]])
+    except ImageError:
+        return None
+    sal = np.asarray(e["saliency"], np.float32).reshape(e["saliency_height"], e["saliency_width"])
+    box = None if target["bbox"] is None else list(target["bbox"])
+    caption = (f"{key[1]} · h={target['height']:.0f}px · "
+               f"{'found' if target['found'] else 'missed'} · score {target['score']:.2f}")
+    if e["relevance"] is not None and e["region_names"] is not None and len(e["region_names"]):
+        top = int(np.argmax(e["relevance"]))
+        caption += f" · top part: {e['region_names'][top]}"
+    return (f"<figure>{_img(overlay(image, sal, box, key[1]), caption)}"
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def build_report(inp: ReportInputs, per_row: int = 4) -> tuple[str, str]:
+    """(HTML page, markdown summary) of the audit: every section of :data:`SECTIONS` that has something to show, in
+    order, the navigation linking those, the markdown summary from their markdown lines."""
+    ctx = ReportContext.of(inp, per_row)
+    rendered = [(section, out) for section in SECTIONS if (out := section.render(ctx)) is not None]
+    nav = "".join(f'<a href="#{anchor}">{label}</a>' for section, _ in rendered for anchor, label in section.nav)
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>xai-audit report</title>"
             f"<style>{CSS}</style></head><body><h1>xai-audit: why the models decide what they decide</h1>"
             f"<p class='sub'>Detector {html.escape(inp.detector_id)} · {len(inp.images)} images · "
-            f"{len(ex)} explanations</p><nav>{nav}</nav>{''.join(sections)}</body></html>")
-    plain = [f.replace("<b>", "**").replace("</b>", "**").replace("<i>", "*").replace("</i>", "*") for f in facts]
-    md = ["# xai-audit summary", "", *[f"- {f}" for f in plain], "", "## Explanation quality", "",
-          quality.to_markdown(index=False, floatfmt=".3f") if _has_tabulate() else quality.to_string(index=False),
-          "", _plain(EPG_NOTE), "", "## Undefined metric values", "", _plain(UNDEFINED_NOTE), "",
-          (undefined.to_markdown(index=False) if _has_tabulate() else undefined.to_string(index=False))
-          if not undefined.empty else "none",
-          "", "## Cost", "", cost_table(ex).to_string(index=False)]
+            f"{len(inp.explanations)} explanations</p><nav>{nav}</nav>"
+            f"{''.join(section.html(out.html) for section, out in rendered)}</body></html>")
+    md = ["# xai-audit summary"]
+    for _, out in rendered:
+        if out.markdown is not None:
+            md += ["", *out.markdown]
     return page, "\n".join(md) + "\n"
 
 
+def _markdown_table(df: pd.DataFrame, **kwargs) -> str:
+    """A pipe table (tabulate), else pandas' plain text."""
+    return df.to_markdown(index=False, **kwargs) if _has_tabulate() else df.to_string(index=False)
+
+
 def _plain(text: str) -> str:
-    """HTML note -> markdown."""
-    return text.replace("<i>", "*").replace("</i>", "*").replace("&le;", "<=").replace("&ge;", ">=")
+    """HTML text (findings, notes) -> markdown."""
+    for tag, mark in (("<b>", "**"), ("</b>", "**"), ("<i>", "*"), ("</i>", "*"), ("&le;", "<="), ("&ge;", ">=")):
+        text = text.replace(tag, mark)
+    return text
 
 
 def _has_tabulate() -> bool:

@@ -106,6 +106,32 @@ def imported_modules(path: Path, module: str, functions: tuple[str, ...] | None 
     return _CACHE[key]
 
 
+def _is_import_module_call(node: ast.AST) -> bool:
+    """``importlib.import_module("literal")`` / ``import_module("literal")`` / ``__import__("literal")``."""
+    return (isinstance(node, ast.Call) and bool(node.args) and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+            and ((isinstance(node.func, ast.Attribute) and node.func.attr == "import_module")
+                 or (isinstance(node.func, ast.Name) and node.func.id in ("import_module", "__import__"))))
+
+
+def _imports_of(node: ast.AST, module: str, is_package: bool) -> list[tuple[str, tuple[str, ...]]]:
+    """The modules one statement imports, each with the names it takes from it (``from a import b``: b may be a
+    submodule or an attribute of a)."""
+    if isinstance(node, ast.Import):
+        return [(alias.name, ()) for alias in node.names]
+    if isinstance(node, ast.ImportFrom):
+        if node.level:
+            package = module.split(".") if is_package else module.split(".")[:-1]
+            package = package[:len(package) - (node.level - 1)]
+            base = ".".join(package + ([node.module] if node.module else []))
+        else:
+            base = node.module
+        return [(base, tuple(alias.name for alias in node.names if alias.name != "*"))]
+    if _is_import_module_call(node):
+        return [(node.args[0].value, ())]
+    return []
+
+
 def _imported_modules(path: Path, module: str, functions: tuple[str, ...] | None, root: Path) -> set[str]:
     try:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
@@ -119,28 +145,10 @@ def _imported_modules(path: Path, module: str, functions: tuple[str, ...] | None
             raise StageDepsError(f"{path}:{node.lineno}: imports {name!r}, which is no module under {root}")
 
     for node in _nodes(tree, functions):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                need(alias.name, node)
-                found.add(alias.name)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                package = module.split(".") if is_package else module.split(".")[:-1]
-                package = package[:len(package) - (node.level - 1)]
-                base = ".".join(package + ([node.module] if node.module else []))
-            else:
-                base = node.module
-            need(base, node)
-            found.add(base)
-            for alias in node.names:                  # `from a import b`: b is a submodule or an attribute of a
-                if alias.name != "*" and module_file(f"{base}.{alias.name}", root) is not None:
-                    found.add(f"{base}.{alias.name}")
-        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
-              and isinstance(node.args[0].value, str)
-              and ((isinstance(node.func, ast.Attribute) and node.func.attr == "import_module")
-                   or (isinstance(node.func, ast.Name) and node.func.id in ("import_module", "__import__")))):
-            need(node.args[0].value, node)
-            found.add(node.args[0].value)
+        for name, submodules in _imports_of(node, module, is_package):
+            need(name, node)
+            found.add(name)
+            found.update(f"{name}.{sub}" for sub in submodules if module_file(f"{name}.{sub}", root) is not None)
     with_parents = set()
     for name in found:
         if _is_project(name):

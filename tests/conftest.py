@@ -5,9 +5,9 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
-
 import flows  # noqa: F401  (offline / no-telemetry defaults before Prefect is imported)
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = str(Path(sys.executable).parent)

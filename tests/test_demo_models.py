@@ -1,8 +1,14 @@
 """Demo model training: the classifier learns within seconds; saved models load back identically."""
 import torch
 
-from detection.models.scene_classifier import (ClassifierTraining, SceneNet, fold_input_normalisation,
-                                               load_classifier, save_classifier, train_scene_classifier)
+from detection.models.scene_classifier import (
+    ClassifierTraining,
+    SceneNet,
+    fold_input_normalisation,
+    load_classifier,
+    save_classifier,
+    train_scene_classifier,
+)
 
 
 def _toy(n: int, seed: int):

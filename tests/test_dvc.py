@@ -5,11 +5,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from flows.pull import run_pull
+
 import pytest
 import yaml
 
 from detection.datasets.tables import DatasetTables
-from flows.pull import run_pull
 from tasks.params import read_yaml
 from tasks.stage_deps import is_code_dep
 from tests.conftest import REPO

@@ -2,6 +2,7 @@
 the summary's counts), never averaged as hits, misses or zeros; NaN saliency is an errors row; EPG's chance level
 is stored beside it. No model is loaded: the causal metrics use a stand-in scorer."""
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
@@ -126,3 +127,31 @@ def test_a_constant_stored_grid_stays_constant_when_upsampled():
     sal = _saliency(row, (37, 53))
     assert sal.shape == (37, 53) and (sal == sal[0, 0]).all()
     assert torch.isnan(tasks.evaluate.pointing_game(sal[None], torch.ones(1, 37, 53, dtype=torch.bool))).all()
+
+
+def test_every_metric_name_the_evaluate_stage_emits_is_declared(tmp_path, monkeypatch, evaluated):
+    """Pedestrians (box, body, curves, cost), classes (box, objects) and agreements: every row name resolves to a
+    declared metric of tasks.metric_names, undefined rows through their metric."""
+    from tasks.evaluate import agreement_rows
+    from tasks.metric_names import lookup
+    from tasks.undefined import parse_undefined
+
+    monkeypatch.setattr(tasks.evaluate, "classifier_view", lambda params, device, image: image)
+    monkeypatch.setattr(tasks.evaluate, "classifier_scorer", lambda params, device, ts: MeanScorer(len(ts)))
+    item = _item(tmp_path)
+    signed = np.zeros((H, W))
+    signed[2:18, 2:8], signed[30:40, 40:50] = 1.0, -0.5
+    item["targets"] = {"cls": {"kind": "classes", "category": "person", "parts_model": None, "parts_id": None}}
+    item["explanations"] = [{**_explanation("cls", signed), "kind": "classes", "job": "rise"}]
+    item["gt_boxes"] = {"person": [[0.0, 0.0, 10.0, 20.0]], "car": [[40.0, 30.0, 50.0, 40.0]]}
+    params = Params.model_validate({"evaluate": {"causal_split": None, "steps": 4}})
+    classes = evaluate_image(item, params, "cpu", [])
+    relevance = {"x@parts": [1.0, 2.0, 3.0, 4.0], "y@parts": [1.0, 1.0, 1.0, 1.0], "z@parts": [4.0, 3.0, 2.0, 1.0]}
+    agreements = agreement_rows(pa.Table.from_pylist([
+        {"image_id": "img", "target_id": "p", "kind": "persons", "job": job, "region_names": list("abcd"),
+         "relevance": rel} for job, rel in relevance.items()]))
+    emitted = {r["metric"] for r in [*evaluated[0], *classes, *agreements]}
+    resolved = {name: lookup((parse_undefined(name) or (name,))[0]) for name in emitted}
+    assert {"epg_objects", "epg_objects_chance", "agree:z@parts", "undefined:agree:y@parts:constant_relevance",
+            "deletion_curve_04", "insertion_auc", "undefined:pointing_body:empty_region", "n_forward"} <= emitted
+    assert [name for name, metric in resolved.items() if metric is None] == []

@@ -2,8 +2,7 @@
 import numpy as np
 import pytest
 
-from detection.evaluation import (ImageEval, average_precision, coco_ap, iou_matrix, multilabel_f1, pck,
-                                  recall_by)
+from detection.evaluation import ImageEval, average_precision, coco_ap, iou_matrix, multilabel_f1, pck, recall_by
 
 
 def test_iou_matrix():

@@ -5,17 +5,27 @@ import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
+from flows.evaluate import run_evaluate
+from flows.explain import run_explain
+from flows.report import run_report
+
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 import tasks.explain
-from flows.evaluate import run_evaluate
-from flows.explain import read_errors, read_explanations, run_explain
-from flows.report import run_report
+from tasks.stages import ExplainOutputs
 from tests.conftest import tiny_params
 
 pytestmark = pytest.mark.slow
+
+
+def read_explanations(out_dir: str):
+    return ExplainOutputs(Path(out_dir), Path("metrics/explain.json")).read("explanations")
+
+
+def read_errors(out_dir: str):
+    return ExplainOutputs(Path(out_dir), Path("metrics/explain.json")).read("errors")
 
 
 def sorted_rows(table) -> list[dict]:

@@ -83,11 +83,12 @@ def ones(h=H, w=W):
     return torch.ones(3, h, w)
 
 
-SHAPLEY = ("exact_shapley", "kernel_shap", "bayes_shapley", "permutation_shapley", "beta_shapley")
+SHAPLEY = ("exact_shapley", "kernel_shap", "bayes_shapley", "permutation_shapley", "continuous_coalition_shapley")
 MINIMUM = {"exact_shapley": lambda M, T: 2 ** M, "kernel_shap": lambda M, T: min(2 ** M, 3),
            "bayes_shapley": lambda M, T: min(2 ** M, 4), "permutation_shapley": lambda M, T: 2 * M,
-           "beta_shapley": lambda M, T: 2 if M == 1 else 3, "lime": lambda M, T: 2, "occlusion": lambda M, T: M + 1,
-           "rise": lambda M, T: 1, "drise": lambda M, T: 1, "decam": lambda M, T: 8 * T}
+           "continuous_coalition_shapley": lambda M, T: 2 if M == 1 else 3, "lime": lambda M, T: 2,
+           "occlusion": lambda M, T: M + 1, "rise": lambda M, T: 1, "drise": lambda M, T: 1,
+           "decam": lambda M, T: 8 * T}
 
 
 def test_minimum_table_covers_every_method():
@@ -112,7 +113,8 @@ def test_shapley_estimators_give_the_exact_values_of_one_two_and_three_players(n
     assert exp.relevance.shape == (3, M)
     torch.testing.assert_close(exp.relevance.sum(1), exp.full_score - exp.empty_score, atol=1e-5, rtol=0)
     torch.testing.assert_close(exp.full_score - exp.empty_score, truth.sum(1), atol=1e-5, rtol=0)
-    exact_targets = {"permutation_shapley": 3 if M <= 2 else 2, "beta_shapley": 3 if M == 1 else 1}.get(name, 3)
+    exact_targets = {"permutation_shapley": 3 if M <= 2 else 2,
+                     "continuous_coalition_shapley": 3 if M == 1 else 1}.get(name, 3)
     torch.testing.assert_close(exp.relevance[:exact_targets], truth[:exact_targets], atol=1e-5, rtol=0)
     assert exp.n_forward <= 48
     if M == 1:

@@ -4,18 +4,24 @@ that ignored them would leave models/ as it was and fail here."""
 import json
 import shutil
 
+from flows.keypoints import run_keypoints
+from flows.models import run_models
+
 import pytest
 import torch
 import yaml
 
 from detection.models.classifier import ImageClassifier
-from detection.models.keypoints import (KeypointNet, KeypointTraining, TopDownKeypoints, load_keypoint_model,
-                                        save_keypoint_model)
+from detection.models.keypoints import (
+    KeypointNet,
+    KeypointTraining,
+    TopDownKeypoints,
+    load_keypoint_model,
+    save_keypoint_model,
+)
 from detection.models.scene_classifier import SceneNet, load_classifier, save_classifier
 from detection.models.specs import file_sha256
 from detection.models.yolo import YoloDetector
-from flows.keypoints import run_keypoints
-from flows.models import run_models
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow

@@ -4,11 +4,20 @@ import pytest
 import torch
 
 from detection.body import KP
-from detection.models.base import WeightsError
 from detection.datasets.yolo_export import COCO_FLIP_INDEX
-from detection.models.keypoints import (NUM_PAIRS, NUM_TYPES, CropSpec, KeypointNet, KeypointTraining,
-                                        TopDownKeypoints, decode_heatmaps, load_keypoint_model, save_keypoint_model,
-                                        train_keypoint_model)
+from detection.models.base import WeightsError
+from detection.models.keypoints import (
+    NUM_PAIRS,
+    NUM_TYPES,
+    CropSpec,
+    KeypointNet,
+    KeypointTraining,
+    TopDownKeypoints,
+    decode_heatmaps,
+    load_keypoint_model,
+    save_keypoint_model,
+    train_keypoint_model,
+)
 
 H, W = 16, 8
 

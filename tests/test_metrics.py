@@ -1,11 +1,12 @@
-"""Explanation metrics on awkward inputs: constant / flat maps, ties, NaN, empty regions, offset maps (issue 16)."""
+"""Explanation metrics (explainers/metrics.py) by hand, and on awkward inputs: constant / flat maps, ties, NaN, empty
+regions, offset maps (issue 16)."""
 import math
 
-import numpy as np
 import pytest
 import torch
 
 from explainers.metrics import box_masks, deletion_insertion, energy_pointing_game, pointing_game, relative_error
+from tests.image_models import QuadrantModel, textured_image
 
 NAN = float("nan")
 
@@ -202,3 +203,39 @@ def test_top_part_match_and_agreement_rows_on_ties_constant_and_nan():
     assert rows[("nan", "undefined:agree:j2:nonfinite_relevance")] == 1.0
     assert rows[("nan", "undefined:top_part_match:j2:nonfinite_relevance")] == 1.0
     assert len(rows) == 6
+
+
+# ----------------------------------------------------------------------------------------------- by hand
+def test_deletion_and_insertion_prefer_the_true_saliency():
+    model, image = QuadrantModel(), textured_image()
+    good = torch.zeros(1, 32, 32)
+    good[:, :16, :16] = 1 + torch.rand(16, 16)
+    bad = torch.zeros(1, 32, 32)
+    bad[:, 16:, 16:] = 1
+    d_good = deletion_insertion(model, image, good, mode="deletion", substrate="constant", steps=16)
+    d_bad = deletion_insertion(model, image, bad, mode="deletion", substrate="constant", steps=16)
+    assert d_good.auc[0] < d_bad.auc[0] and d_good.n_forward == 17 and d_good.substrate == "constant(0.0)"
+    i_good = deletion_insertion(model, image, good, mode="insertion", substrate="constant", steps=16)
+    i_bad = deletion_insertion(model, image, bad, mode="insertion", substrate="constant", steps=16)
+    assert i_good.auc[0] > i_bad.auc[0]
+    assert torch.isclose(d_good.curves[0, 0], model(image[None])[0, 0])          # starts from the full image
+    assert d_good.curves[0, -1] == 0                                                # ends on the substrate
+
+
+def test_pointing_game_and_energy_pointing_game_by_hand():
+    sal = torch.zeros(2, 40, 40)
+    sal[0, 5, 5] = 1.0                 # peak 15 px left of the box's edge (x=20): a hit at 15 px tolerance
+    sal[1, 5, 4] = 1.0                 # 16 px away: a miss
+    masks = box_masks(torch.tensor([[20, 0, 30, 10], [20, 0, 30, 10]], dtype=torch.float32), 40, 40)
+    assert pointing_game(sal, masks).tolist() == [True, False]
+    sal = torch.zeros(1, 10, 10)
+    sal[0, :5] = 1.0                   # 50 positive pixels, 20 of them in the box
+    sal[0, 5:] = -3.0                  # negative saliency does not count
+    box = box_masks(torch.tensor([[0, 3, 10, 7]], dtype=torch.float32), 10, 10)
+    assert math.isclose(energy_pointing_game(sal, box)[0].item(), 20 / 50, abs_tol=1e-6)
+    assert torch.isnan(energy_pointing_game(torch.zeros(1, 10, 10), box)[0])     # uninformative: undefined
+
+
+def test_relative_error_is_zero_on_a_match_and_one_for_an_all_zero_estimate():
+    assert relative_error(torch.tensor([[1.0, 2.0]]), torch.tensor([[1.0, 2.0]]))[0] == 0
+    assert math.isclose(relative_error(torch.tensor([[0.0, 0.0]]), torch.tensor([[3.0, 4.0]]))[0].item(), 1.0)

@@ -7,8 +7,7 @@ from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet, ssdlite320
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import MultiScaleRoIAlign
 
-from detection.models import (CallableDetector, ImageClassifier, TorchvisionDetector, WeightsError,
-                              YoloDetector)
+from detection.models import CallableDetector, ImageClassifier, TorchvisionDetector, WeightsError, YoloDetector
 from detection.models.letterbox import letterbox
 
 

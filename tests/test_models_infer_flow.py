@@ -1,6 +1,12 @@
 """pull -> train-data -> models -> infer through Prefect, with tiny settings: tables, metrics, weights errors."""
 import json
 
+from flows.infer import run_infer
+from flows.keypoints import run_keypoints
+from flows.models import run_models, run_train_data
+from flows.parts import run_parts
+from flows.pull import run_pull
+
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -8,11 +14,6 @@ import yaml
 
 from detection.models.base import WeightsError
 from detection.models.specs import file_sha256
-from flows.infer import run_infer
-from flows.keypoints import run_keypoints
-from flows.models import run_models, run_train_data
-from flows.parts import run_parts
-from flows.pull import run_pull
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -30,7 +31,7 @@ def _params(path, **extra):
     return path
 
 
-def test_models_then_infer(prefect_server, in_tmp):
+def test_trained_models_feed_infer_and_parts_given_weights_are_used_and_bad_ones_named(prefect_server, in_tmp):
     params = _params(in_tmp / "params.yaml")
     run_pull(params)
     run_train_data(params)

@@ -5,7 +5,7 @@ import pytest
 from detection.body import BODY_PARTS, KP, PART_KEYPOINTS
 from detection.datasets.synthetic import SyntheticConfig, render_scene, scene_rows
 from detection.masks import rle_decode, rle_encode, rle_encode_at
-from detection.parts import (TEMPLATE_KEYPOINTS, Keypoints, PartsError, body_parts, mask_iou, paint_disjoint)
+from detection.parts import TEMPLATE_KEYPOINTS, Keypoints, PartsError, body_parts, mask_iou, paint_disjoint
 from tasks.params import PartsParams
 from tasks.parts import choose_keypoints, parts_shard
 

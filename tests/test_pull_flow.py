@@ -3,6 +3,9 @@ import hashlib
 import json
 from pathlib import Path
 
+from flows.cli import main as cli
+from flows.pull import run_pull
+
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -10,8 +13,6 @@ from PIL import Image
 
 from detection.datasets.records import AnnotationError
 from detection.datasets.tables import DatasetTables
-from flows.cli import main as cli
-from flows.pull import run_pull
 from tests.helpers import write_coco, write_image
 
 pytestmark = pytest.mark.slow

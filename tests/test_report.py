@@ -45,7 +45,8 @@ def test_undefined_values_are_counted_not_averaged_and_epg_has_its_chance_level(
     table = quality_table(_metrics()).to_dict(orient="records")
     assert len(table) == 1
     q = table[0]
-    assert (q["pointing_box"], q["epg_box"], q["epg_box chance"], q["deletion_auc"]) == (0.5, 0.5, 0.1, 0.30000000000000004)
+    assert (q["pointing_box"], q["epg_box"], q["epg_box chance"]) == (0.5, 0.5, 0.1)
+    assert q["deletion_auc"] == 0.30000000000000004
     assert (q["explanations"], q["undefined values"]) == (3, 4)
     assert undefined_table(_metrics()).values.tolist() == [
         ["persons", "drise", "deletion_auc", "constant_saliency", 1],
@@ -63,3 +64,42 @@ def test_the_report_states_undefined_counts_the_epg_caveat_and_the_missed_count(
         in page
     assert "EPG (energy pointing game) is reported only for maps with a pixel" in page
     assert "## Undefined metric values" in md and "positive_everywhere" in md
+
+
+def test_the_navigation_links_exactly_the_sections_rendered(tmp_path):
+    import re
+
+    from tests.report_fixture import report_inputs
+
+    page, md = build_report(report_inputs(tmp_path), per_row=1)
+    sections = re.findall(r'<section id="(\w+)">', page)
+    assert sections == ["summary", "findings", "parts", "missed", "agreement", "classifier", "cost", "gallery",
+                        "errors"]
+    links = re.findall(r'<a href="#(\w+)">', page)
+    assert links == ["summary", "findings", "parts", "agreement", "undefined", "classifier", "cost", "gallery"]
+    assert all(f'id="{a}"' in page or f"id='{a}'" in page for a in links)
+    assert "(bayes_shapley@parts)" in md                              # the Shapley-family job is the main one
+    page, _ = build_report(_inputs(), per_row=0)                      # no region job, no classifier, no errors
+    assert re.findall(r'<a href="#(\w+)">', page) == ["summary", "findings", "agreement", "undefined", "cost"]
+
+
+def test_every_number_in_the_quality_note_comes_from_the_evaluate_summary_or_its_defaults():
+    from tasks.params import EvaluateParams
+    from tasks.report import quality_note
+
+    note = quality_note({"pointing_tolerance": 7.5, "steps": 9, "causal_split": "val",
+                         "substrates": {"deletion": "mean", "insertion": "blur"}})
+    assert "9 steps, on the val split" in note and "tolerance 7.5 px" in note
+    assert "Lower deletion / higher insertion AUC is better" in note
+    default = EvaluateParams().pointing_tolerance
+    assert f"tolerance {default:g} px" in quality_note({})
+
+
+def test_the_main_job_is_the_first_shapley_family_one_even_after_another_region_job(tmp_path):
+    from tasks.report import ReportContext
+    from tests.report_fixture import report_inputs
+
+    inp = report_inputs(tmp_path)
+    inp.explanations = inp.explanations.iloc[::-1].reset_index(drop=True)   # occlusion@parts comes first now
+    ctx = ReportContext.of(inp, per_row=0)
+    assert ctx.region_jobs == ["occlusion@parts", "bayes_shapley@parts"] and ctx.main_job == "bayes_shapley@parts"

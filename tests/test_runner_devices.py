@@ -1,12 +1,13 @@
 """Which device each task runs on: the Dask runner starts one single-threaded worker per GPU (flows.runner) and
-``tasks.explain.task_device`` pins worker i to cuda:i. Tested on the CPU with torch.cuda reporting GPUs."""
+``tasks.model_cache.task_device`` pins worker i to cuda:i. Tested on the CPU with torch.cuda reporting GPUs."""
 import os
+
+from flows.runner import task_runner
 
 import pytest
 import torch
 
-from flows.runner import task_runner
-from tasks.explain import task_device
+from tasks.model_cache import task_device
 from tasks.params import Params, RunnerParams
 
 

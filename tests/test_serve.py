@@ -8,10 +8,11 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from flows.evaluate import run_evaluate
 from flows.explain import run_explain
+
+import pytest
+
 from tests.conftest import VENV_BIN, tiny_params
 
 pytestmark = pytest.mark.slow

@@ -5,8 +5,8 @@ import pytest
 
 from detection.datasets.coco import read_coco, tables_to_coco
 from detection.datasets.folder import read_folder
-from detection.datasets.records import AnnotationError, check_images
 from detection.datasets.imageio import ImageLimits
+from detection.datasets.records import AnnotationError, check_images
 from detection.datasets.synthetic import SyntheticConfig, generate_images
 from detection.datasets.tables import DatasetTables
 from detection.datasets.yolo import label_path, read_yolo

@@ -54,6 +54,29 @@ def read_coco(annotations: str | Path, images_dir: str | Path, split: str = "val
     is a row of ``listing.errors`` (see ``records.ANNOTATION_ERROR_TYPES``).
     """
     path = Path(annotations)
+    doc = _load_document(path)
+    categories = _read_categories(path, doc["categories"])
+    records, by_string = _read_images(path, doc["images"], Path(images_dir), split, f"coco:{display_path(path)}")
+    uri = display_path(path)
+    sizes: dict[object, tuple[int, int] | None] = {}
+    rows, errors, ann_ids = [], [], {}
+    for i, ann in enumerate(doc.get("annotations", [])):
+        where = _entry("annotations", i, ann)
+        image_id, row, box_area = _annotation_row(path, where, i, ann, records, by_string, categories, ann_ids)
+        if image_id not in sizes:
+            rec = records[image_id]
+            sizes[image_id] = rec.expected_size or header_size(rec.path)
+        if sizes[image_id] is None:          # no size given and the file is unreadable: the image check rejects it
+            rows.append(dict(row, area=row["area"] if row["area"] is not None else box_area))
+            continue
+        fitted = fit_row(row, sizes[image_id], uri, where, errors, COCO_KEYPOINTS)
+        if fitted is not None:
+            rows.append(fitted)
+    return SourceListing(images=list(records.values()), annotations=rows, errors=errors)
+
+
+def _load_document(path: Path) -> dict:
+    """The COCO file as a JSON object with 'images' and 'categories' lists (and 'annotations', if any, a list)."""
     if not path.is_file():
         raise FileNotFoundError(f"COCO annotation file not found: {path}")
     try:
@@ -69,10 +92,14 @@ def read_coco(annotations: str | Path, images_dir: str | Path, split: str = "val
             raise AnnotationError(path, key, "missing or not a list")
     if not isinstance(doc.get("annotations", []), list):
         raise AnnotationError(path, "annotations", "not a list")
+    return doc
 
+
+def _read_categories(path: Path, entries: list) -> dict[object, str]:
+    """Category id -> name; ids and names unique, keypoints (if any) the 17 COCO person keypoints."""
     categories: dict[object, str] = {}
     category_entry: dict[str, str] = {}
-    for i, cat in enumerate(doc["categories"]):
+    for i, cat in enumerate(entries):
         where = _entry("categories", i, cat)
         if not isinstance(cat, dict) or not _is_id(cat.get("id")) or not isinstance(cat.get("name"), str):
             raise AnnotationError(path, where, "needs an integer or string 'id' and a string 'name'")
@@ -87,13 +114,15 @@ def read_coco(annotations: str | Path, images_dir: str | Path, split: str = "val
                                                f"only the 17 COCO person keypoints are supported")
         categories[cat["id"]] = cat["name"]
         category_entry[cat["name"]] = where
+    return categories
 
-    root = Path(images_dir)
-    source = f"coco:{display_path(path)}"
-    uri = display_path(path)
+
+def _read_images(path: Path, entries: list, root: Path, split: str,
+                 source: str) -> tuple[dict[object, ImageRecord], dict[str, object]]:
+    """Image id -> record (file under ``root``, size where the entry gives one), and each id as a string -> id."""
     records: dict[object, ImageRecord] = {}
     by_string: dict[str, object] = {}
-    for i, img in enumerate(doc["images"]):
+    for i, img in enumerate(entries):
         where = _entry("images", i, img)
         if not isinstance(img, dict) or not _is_id(img.get("id")) or not isinstance(img.get("file_name"), str):
             raise AnnotationError(path, where, "needs an integer or string 'id' and a string 'file_name'")
@@ -110,66 +139,65 @@ def read_coco(annotations: str | Path, images_dir: str | Path, split: str = "val
             size = (img["width"], img["height"])
         records[img["id"]] = ImageRecord(str(img["id"]), root / img["file_name"], split, source, size)
         by_string[str(img["id"])] = img["id"]
+    return records, by_string
 
-    sizes: dict[object, tuple[int, int] | None] = {}
-    rows, errors, ann_ids = [], [], {}
-    for i, ann in enumerate(doc.get("annotations", [])):
-        where = _entry("annotations", i, ann)
-        if not isinstance(ann, dict):
-            raise AnnotationError(path, where, "not an object")
-        image_id = ann.get("image_id")
-        if not _is_id(image_id) or image_id not in records:
-            hint = ""
-            if _is_id(image_id) and str(image_id) in by_string:
-                hint = f" ('images' has {by_string[str(image_id)]!r}: ids must match in type)"
-            raise AnnotationError(path, where, f"image_id {image_id!r} is not in 'images'{hint}")
-        if not _is_id(ann.get("category_id")) or ann["category_id"] not in categories:
-            raise AnnotationError(path, where, f"category_id {ann.get('category_id')!r} is not in 'categories'")
-        if "id" in ann and not _is_id(ann["id"]):
-            raise AnnotationError(path, where, f"id must be an integer or string, got {ann['id']!r}")
-        ann_id = str(ann.get("id", i))
-        if ann_id in ann_ids:
-            raise AnnotationError(path, where, f"duplicate annotation id {ann_id!r} (also {ann_ids[ann_id]})")
-        ann_ids[ann_id] = where
-        box = _number_list(ann.get("bbox"), 4)
-        if box is None or box[2] < 0 or box[3] < 0:
-            raise AnnotationError(path, where, f"bbox must be 4 finite numbers [x, y, w, h] with w, h >= 0, "
-                                               f"got {ann.get('bbox')!r}")
-        keypoints = None
-        if ann.get("keypoints") is not None and ann.get("keypoints") != []:
-            keypoints = _number_list(ann["keypoints"], 3 * NUM_KEYPOINTS)
-            if keypoints is None:
-                raise AnnotationError(path, where, f"keypoints must be {3 * NUM_KEYPOINTS} finite numbers "
-                                                   f"(17 x [x, y, v])")
-            bad = [COCO_KEYPOINTS[k] for k, v in enumerate(keypoints[2::3]) if v not in (0, 1, 2)]
-            if bad:
-                raise AnnotationError(path, where, f"keypoint visibility must be 0, 1 or 2 (bad: {', '.join(bad)})")
-        crowd = ann.get("iscrowd", 0)
-        if crowd not in (0, 1) or not isinstance(crowd, (int, bool)):     # 0, 1, false, true
-            raise AnnotationError(path, where, f"iscrowd must be 0 or 1 (or false/true), got {crowd!r}")
-        area = ann.get("area")
-        if area is not None and (not _is_number(area) or area < 0):
-            raise AnnotationError(path, where, f"area must be a finite number >= 0, got {area!r}")
-        x, y, w, h = box
-        row = {
-            "image_id": str(image_id), "ann_id": ann_id,
-            "category": categories[ann["category_id"]], "bbox": [x, y, x + w, y + h],
-            "area": None if area is None else float(area),
-            "iscrowd": bool(crowd), "keypoints": keypoints,
-            "num_keypoints": int(sum(1 for v in keypoints[2::3] if v > 0)) if keypoints else 0,
-            "occlusion": _optional_fraction(path, where, ann, "occlusion"),
-            "truncation": _optional_fraction(path, where, ann, "truncation"),
-        }
-        if image_id not in sizes:
-            rec = records[image_id]
-            sizes[image_id] = rec.expected_size or header_size(rec.path)
-        if sizes[image_id] is None:          # no size given and the file is unreadable: the image check rejects it
-            rows.append(dict(row, area=row["area"] if area is not None else w * h))
-            continue
-        fitted = fit_row(row, sizes[image_id], uri, where, errors, COCO_KEYPOINTS)
-        if fitted is not None:
-            rows.append(fitted)
-    return SourceListing(images=list(records.values()), annotations=rows, errors=errors)
+
+def _annotation_row(path: Path, where: str, index: int, ann: object, records: dict, by_string: dict,
+                    categories: dict, ann_ids: dict[str, str]) -> tuple[object, dict, float]:
+    """The image id, the table row (bbox xyxy, before fitting to the image) and the box's area w * h of one
+    annotation entry; records its id in ``ann_ids`` (annotation id -> entry)."""
+    if not isinstance(ann, dict):
+        raise AnnotationError(path, where, "not an object")
+    image_id = ann.get("image_id")
+    if not _is_id(image_id) or image_id not in records:
+        hint = ""
+        if _is_id(image_id) and str(image_id) in by_string:
+            hint = f" ('images' has {by_string[str(image_id)]!r}: ids must match in type)"
+        raise AnnotationError(path, where, f"image_id {image_id!r} is not in 'images'{hint}")
+    if not _is_id(ann.get("category_id")) or ann["category_id"] not in categories:
+        raise AnnotationError(path, where, f"category_id {ann.get('category_id')!r} is not in 'categories'")
+    if "id" in ann and not _is_id(ann["id"]):
+        raise AnnotationError(path, where, f"id must be an integer or string, got {ann['id']!r}")
+    ann_id = str(ann.get("id", index))
+    if ann_id in ann_ids:
+        raise AnnotationError(path, where, f"duplicate annotation id {ann_id!r} (also {ann_ids[ann_id]})")
+    ann_ids[ann_id] = where
+    box = _number_list(ann.get("bbox"), 4)
+    if box is None or box[2] < 0 or box[3] < 0:
+        raise AnnotationError(path, where, f"bbox must be 4 finite numbers [x, y, w, h] with w, h >= 0, "
+                                           f"got {ann.get('bbox')!r}")
+    keypoints = _annotation_keypoints(path, where, ann)
+    crowd = ann.get("iscrowd", 0)
+    if crowd not in (0, 1) or not isinstance(crowd, (int, bool)):     # 0, 1, false, true
+        raise AnnotationError(path, where, f"iscrowd must be 0 or 1 (or false/true), got {crowd!r}")
+    area = ann.get("area")
+    if area is not None and (not _is_number(area) or area < 0):
+        raise AnnotationError(path, where, f"area must be a finite number >= 0, got {area!r}")
+    x, y, w, h = box
+    row = {
+        "image_id": str(image_id), "ann_id": ann_id,
+        "category": categories[ann["category_id"]], "bbox": [x, y, x + w, y + h],
+        "area": None if area is None else float(area),
+        "iscrowd": bool(crowd), "keypoints": keypoints,
+        "num_keypoints": int(sum(1 for v in keypoints[2::3] if v > 0)) if keypoints else 0,
+        "occlusion": _optional_fraction(path, where, ann, "occlusion"),
+        "truncation": _optional_fraction(path, where, ann, "truncation"),
+    }
+    return image_id, row, w * h
+
+
+def _annotation_keypoints(path: Path, where: str, ann: dict) -> list[float] | None:
+    """The entry's 17 x [x, y, v] keypoints, flat, or None where it has none."""
+    if ann.get("keypoints") is None or ann.get("keypoints") == []:
+        return None
+    keypoints = _number_list(ann["keypoints"], 3 * NUM_KEYPOINTS)
+    if keypoints is None:
+        raise AnnotationError(path, where, f"keypoints must be {3 * NUM_KEYPOINTS} finite numbers "
+                                           f"(17 x [x, y, v])")
+    bad = [COCO_KEYPOINTS[k] for k, v in enumerate(keypoints[2::3]) if v not in (0, 1, 2)]
+    if bad:
+        raise AnnotationError(path, where, f"keypoint visibility must be 0, 1 or 2 (bad: {', '.join(bad)})")
+    return keypoints
 
 
 def tables_to_coco(images: pa.Table, annotations: pa.Table, categories: list[str] | None = None) -> dict:

@@ -46,7 +46,7 @@ class SpuriousCue(BaseModel):
     strength: float = Field(default=0.3, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
-    def _known_label(self) -> "SpuriousCue":
+    def _known_label(self) -> SpuriousCue:
         if self.label not in CATEGORIES:
             raise ValueError(f"label {self.label!r} is not one of {list(CATEGORIES)}")
         if any(not 0 <= c <= 255 for c in self.tint):

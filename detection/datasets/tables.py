@@ -220,7 +220,7 @@ class DatasetTables:
         return tuple(f.name for f in fields(cls))
 
     @classmethod
-    def from_rows(cls, **rows: list[dict]) -> "DatasetTables":
+    def from_rows(cls, **rows: list[dict]) -> DatasetTables:
         return cls(**{f.name: rows_to_table(rows.get(f.name, []), f.name) for f in fields(cls)})
 
     def write(self, directory: str | os.PathLike) -> None:
@@ -228,7 +228,7 @@ class DatasetTables:
             write_table_atomic(getattr(self, f.name), Path(directory) / f"{f.name}.parquet")
 
     @classmethod
-    def read(cls, directory: str | os.PathLike) -> "DatasetTables":
+    def read(cls, directory: str | os.PathLike) -> DatasetTables:
         return cls(**{
             f.name: pq.read_table(Path(directory) / f"{f.name}.parquet", schema=SCHEMAS[f.name])
             for f in fields(cls)

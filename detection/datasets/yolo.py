@@ -8,8 +8,15 @@ import yaml
 
 from detection.body import COCO_KEYPOINTS, NUM_KEYPOINTS
 from detection.datasets.imageio import IMAGE_EXTENSIONS, header_size
-from detection.datasets.records import (AnnotationError, ImageRecord, SourceListing, display_path, error_row, fit_row,
-                                       list_files)
+from detection.datasets.records import (
+    AnnotationError,
+    ImageRecord,
+    SourceListing,
+    display_path,
+    error_row,
+    fit_row,
+    list_files,
+)
 
 
 def _image_paths(root: Path, entry: str | list, data_path: Path, key: str) -> list[Path]:

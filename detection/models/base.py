@@ -26,7 +26,7 @@ class Detections:
     class_probs: torch.Tensor | None = None  # [N, C] full class-score vector where the model has one
     keypoints: torch.Tensor | None = None    # [N, 17, 3] (x, y, confidence) for pose models
 
-    def to(self, device: torch.device | str) -> "Detections":
+    def to(self, device: torch.device | str) -> Detections:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return Detections(move(self.boxes), move(self.scores), move(self.labels), move(self.class_probs),
                           move(self.keypoints))

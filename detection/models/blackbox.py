@@ -1,7 +1,8 @@
 """Any detector as a Python callable: in-house, remote or non-PyTorch models can be audited too."""
 from __future__ import annotations
 
-from typing import Callable, Literal, Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import numpy as np
 import torch

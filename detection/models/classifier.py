@@ -5,8 +5,8 @@ softmax for single-label models, sigmoid for multi-label ones.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +55,7 @@ class ImageClassifier:
         return len(self.class_names)
 
     @classmethod
-    def from_torchvision(cls, arch: str, weights: str | Path, class_names: Sequence[str], **kw) -> "ImageClassifier":
+    def from_torchvision(cls, arch: str, weights: str | Path, class_names: Sequence[str], **kw) -> ImageClassifier:
         import torchvision
 
         if arch not in torchvision.models.list_models(module=torchvision.models):
@@ -64,7 +64,7 @@ class ImageClassifier:
         return cls(load_state_dict_into(model, weights), class_names, weights=str(weights), **kw)
 
     @classmethod
-    def from_timm(cls, arch: str, weights: str | Path, class_names: Sequence[str], **kw) -> "ImageClassifier":
+    def from_timm(cls, arch: str, weights: str | Path, class_names: Sequence[str], **kw) -> ImageClassifier:
         import timm
 
         if not timm.is_model(arch):
@@ -76,7 +76,7 @@ class ImageClassifier:
         return cls(load_state_dict_into(model, weights), class_names, weights=str(weights), **kw)
 
     @classmethod
-    def from_torchscript(cls, path: str | Path, class_names: Sequence[str], **kw) -> "ImageClassifier":
+    def from_torchscript(cls, path: str | Path, class_names: Sequence[str], **kw) -> ImageClassifier:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"weights file not found: {path}")

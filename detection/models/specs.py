@@ -26,7 +26,7 @@ class DetectorSpec(BaseModel):
     keypoints: str | None = None
 
     @model_validator(mode="after")
-    def _arch_for_torchvision(self) -> "DetectorSpec":
+    def _arch_for_torchvision(self) -> DetectorSpec:
         if self.kind == "torchvision" and not self.arch:
             raise ValueError("a torchvision detector needs 'arch' (e.g. fasterrcnn_resnet50_fpn)")
         return self
@@ -46,7 +46,7 @@ class ClassifierSpec(BaseModel):
     input_size: tuple[int, int] | None = None
 
     @model_validator(mode="after")
-    def _needs(self) -> "ClassifierSpec":
+    def _needs(self) -> ClassifierSpec:
         if self.kind != "saved" and not self.classes:
             raise ValueError(f"a {self.kind} classifier needs 'classes'")
         if self.kind in ("torchvision", "timm") and not self.arch:

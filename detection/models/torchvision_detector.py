@@ -15,8 +15,14 @@ import torchvision
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.transform import resize_boxes
 
-from detection.models.base import (Candidates, Detections, WeightsError, load_state_dict_into, pad_candidates,
-                                   pick_device)
+from detection.models.base import (
+    Candidates,
+    Detections,
+    WeightsError,
+    load_state_dict_into,
+    pad_candidates,
+    pick_device,
+)
 
 ARCHITECTURES = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn",
                  "fasterrcnn_mobilenet_v3_large_320_fpn", "retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2",

@@ -1,0 +1,138 @@
+"""The evaluate stage's summaries of its metrics table: the per-kind / per-job means written to
+``metrics/evaluate.json`` (:func:`summarise`, :func:`undefined_counts`, :data:`NOTES`) and the ``dvc plots`` files
+(:func:`write_plots`: mean deletion / insertion curves and body-part relevance shares, PNG + CSV)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from tasks.metric_names import METRICS, causal_auc, in_table, names, parse_curve_point
+from tasks.undefined import parse_undefined
+
+SUMMARY_METRICS = names("quality") + names("cost")
+NOTES = {
+    "undefined": "a metric that cannot mean anything on an explanation (NaN / inf or constant saliency, a region with "
+                 "no pixel in the image, constant or NaN relevance) is not averaged: 'undefined' counts it per "
+                 "metric and reason",
+    "pointing": "hit if any pixel of the saliency maximum lies within the tolerance of the region (ties count the "
+                "same for every target); a constant map is undefined",
+    "epg": "energy pointing game only for maps with a pixel <= 0 (centred / signed maps, region maps): a map "
+           "positive everywhere is undefined (positive_everywhere), its EPG would mostly measure the region's "
+           "area; epg_*_chance is the region's share of the image, the EPG of a uniform map",
+    "causal": "deletion / insertion AUC of a constant or NaN saliency map is undefined (its ranking is arbitrary)",
+}
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def summarise(metrics: pa.Table) -> dict:
+    """Per kind and job: the mean of each headline metric over the explanations where it is defined, how many
+    explanations the job has, and ``undefined``: per metric, how many explanations it was undefined for, by
+    reason. Agreements (``agree:`` / ``top_part_match:``) likewise."""
+    out: dict = {}
+    groups: dict[tuple[str, str, str], list[float]] = {}
+    undefined: dict[tuple[str, str, str, str], int] = {}
+    headline = lambda m: in_table(m, "quality", "cost", "agreement")  # noqa: E731
+    for r in metrics.select(["kind", "job", "metric", "value"]).to_pylist():
+        parsed = parse_undefined(r["metric"])
+        if parsed is not None and headline(parsed[0]):
+            key = (r["kind"], r["job"], *parsed)
+            undefined[key] = undefined.get(key, 0) + 1
+        elif headline(r["metric"]):
+            groups.setdefault((r["kind"], r["job"], r["metric"]), []).append(r["value"])
+    for (kind, job, metric), values in sorted(groups.items()):
+        entry = out.setdefault(kind, {}).setdefault(job, {})
+        entry[metric] = round(_mean(values), 4)
+        entry["explanations"] = max(entry.get("explanations", 0), len(values))
+    for (kind, job, metric, reason), n in sorted(undefined.items()):
+        entry = out.setdefault(kind, {}).setdefault(job, {})
+        entry.setdefault("undefined", {}).setdefault(metric, {})[reason] = n
+    return out
+
+
+def undefined_counts(metrics: pa.Table) -> dict[str, int]:
+    """How many metric values of the whole table are undefined, by reason (every metric, curves excluded)."""
+    out: dict[str, int] = {}
+    for name in metrics["metric"].to_pylist():
+        parsed = parse_undefined(name)
+        if parsed is not None:
+            out[parsed[1]] = out.get(parsed[1], 0) + 1
+    return dict(sorted(out.items()))
+
+
+def write_plots(metrics: pa.Table, explanations: pa.Table, plots_dir: str | Path) -> dict[str, Path]:
+    """For ``dvc plots``: mean deletion / insertion curves per job and mean body-part relevance share per job, as
+    PNG (one series per job) and as CSV (long format, the same numbers)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    plots = Path(plots_dir)
+    plots.mkdir(parents=True, exist_ok=True)
+    return {"causal_curves": plot_causal_curves(metrics, plots),
+            "part_relevance": plot_part_relevance(explanations, plots)}
+
+
+def plot_causal_curves(metrics: pa.Table, plots: Path) -> Path:
+    """plots/causal_curves.{png,csv}: per job, the mean target score at each step of the deletion / insertion
+    curves (rows ``<mode>_curve_<kk>``), over the fraction of pixels hidden / revealed. Returns the PNG's path."""
+    import matplotlib.pyplot as plt
+
+    curves: dict[tuple[str, str, int], list[float]] = {}
+    for r in metrics.select(["job", "metric", "value"]).to_pylist():
+        point = parse_curve_point(r["metric"])
+        if point is not None:
+            curves.setdefault((r["job"], *point), []).append(r["value"])
+    steps = max((k[2] for k in curves), default=0) or 1
+    jobs = sorted({k[0] for k in curves})
+    lines = ["job,fraction,deletion,insertion"]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
+    for job in jobs:
+        d = [_mean(curves.get((job, "deletion", s), [])) for s in range(steps + 1)]
+        i = [_mean(curves.get((job, "insertion", s), [])) for s in range(steps + 1)]
+        x = [s / steps for s in range(steps + 1)]
+        lines += [f"{job},{f:.3f},{'' if a is None else f'{a:.5f}'},{'' if b is None else f'{b:.5f}'}"
+                  for f, a, b in zip(x, d, i)]
+        axes[0].plot(x, [np.nan if a is None else a for a in d], label=job)
+        axes[1].plot(x, [np.nan if b is None else b for b in i], label=job)
+    for ax, title in zip(axes, (f"{m} ({METRICS[causal_auc(m)].better})" for m in ("deletion", "insertion"))):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("fraction of pixels")
+    axes[0].set_ylabel("mean target score")
+    axes[0].legend(fontsize=7)
+    fig.savefig(plots / "causal_curves.png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    (plots / "causal_curves.csv").write_text("\n".join(lines) + "\n")
+    return plots / "causal_curves.png"
+
+
+def plot_part_relevance(explanations: pa.Table, plots: Path) -> Path:
+    """plots/part_relevance.{png,csv}: per job and body part, the mean share of |relevance| (relevance over the
+    sum of |relevance| of the target's parts; pedestrians only). Returns the PNG's path."""
+    import matplotlib.pyplot as plt
+
+    parts: dict[tuple[str, str], list[float]] = {}
+    for r in explanations.select(["kind", "job", "region_names", "relevance"]).to_pylist():
+        if r["kind"] != "classes" and r["relevance"] is not None and r["region_names"]:
+            total = sum(abs(v) for v in r["relevance"]) or 1.0
+            for name, v in zip(r["region_names"], r["relevance"]):
+                parts.setdefault((r["job"], name), []).append(v / total)
+    lines = ["job,part,share"] + [f"{job},{part},{_mean(v):.5f}" for (job, part), v in sorted(parts.items())]
+    (plots / "part_relevance.csv").write_text("\n".join(lines) + "\n")
+    names = list(dict.fromkeys(p for _, p in sorted(parts, key=lambda k: k[1])))
+    part_jobs = sorted({j for j, _ in parts})
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    width = 0.8 / max(1, len(part_jobs))
+    for k, job in enumerate(part_jobs):
+        ax.bar(np.arange(len(names)) + k * width, [_mean(parts.get((job, n), [])) or 0.0 for n in names], width,
+               label=job)
+    ax.set_xticks(np.arange(len(names)) + width * (len(part_jobs) - 1) / 2, names, rotation=35, ha="right",
+                  fontsize=8)
+    ax.set_ylabel("mean share of |relevance|")
+    ax.legend(fontsize=7)
+    fig.savefig(plots / "part_relevance.png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return plots / "part_relevance.png"
