@@ -275,7 +275,7 @@ def main() -> None:
         run_kind(args, kind, device)
 
 
-def run_kind(args, kind: str, device) -> None:
+def run_kind(args, kind: str, device) -> None:  # noqa: C901  (one benchmark run: its closures share the run's tallies)
     split = args.split
     tuned = None if split == "tune" else load_tuned_configs(Path(args.tuned.format(kind=kind)))
     seeds = args.seeds or (5 if kind == "synthetic" and split == "tune" else 3)
