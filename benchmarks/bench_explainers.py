@@ -7,7 +7,8 @@ Each method runs --repeats times (default 3) after a warm-up run, each run right
 of bare forwards; "paired" is the median of those ratios. The VM's speed drifts between the two halves of a pair,
 so two drift-free figures come from timers inside each run: "own" = wall time / time inside the scorer, and
 "net" = wall time / time inside the bare network (the overhead itself, with the network's time measured in the
-same run); "in-run" = the network's time per image in the run / in the paired bare loop (above 1 if feeding it fresh composites made the network itself slower).
+same run); "in-run" = the network's time per image in the run / in the paired bare loop (above 1 if feeding it
+fresh composites made the network itself slower).
 
     python benchmarks/bench_explainers.py [--budget 256] [--repeats 3] [--models detector,classifier]
                                           [--out benchmarks/results/explainers.json]
