@@ -9,7 +9,7 @@ Models: the demo detector (D-RISE score of pedestrians >= 60 px it finds; region
 play 24 SLIC superpixels). Data: the held-out split of ``pedestrians.py`` by default (``--split tune``: the pulled
 dataset's pedestrians and val scenes that the perturbation defaults were chosen on). Medians over targets.
 
-    python benchmarks/bench_quality.py [--split heldout] [--persons 3] [--scenes 4] [--budgets 100,400,1600]
+    python benchmarks/bench_quality.py [--split heldout] [--persons 3] [--scenes 4] [--budgets 100,300,1000]
                                        [--models detector,classifier] [--methods ...] [--out ...]
 """
 from __future__ import annotations
@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--split", choices=["tune", "heldout"], default="heldout")
     parser.add_argument("--persons", type=int, default=3)
     parser.add_argument("--scenes", type=int, default=4)
-    parser.add_argument("--budgets", default="100,400,1600")
+    parser.add_argument("--budgets", default="100,300,1000")
     parser.add_argument("--models", default="detector,classifier", help="comma-separated: detector, classifier")
     parser.add_argument("--methods", default=None, help="comma-separated method keys to run (default: all)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: on a shared 2-core machine "

@@ -3,6 +3,7 @@ quotes the scripts' numbers, not hand-copied ones).
 
     python benchmarks/tables.py shapley [--split heldout] [--kind real]
     python benchmarks/tables.py families [--split heldout]      (synthetic games, per family)
+    python benchmarks/tables.py ratios [--split tune]           (ours / best peer per cell, real and synthetic)
     python benchmarks/tables.py quality [--file benchmarks/results/quality_heldout_detector.json]
 """
 from __future__ import annotations
@@ -60,7 +61,7 @@ def shapley(split: str, kind: str) -> None:
               f"{fmt(cell['peers'][best[0]])} "
               f"| {SHORT[second[0]]}{'' if second[1] == 'default' else ' (' + second[1] + ')'}: {_num(second[2], 4)} "
               f"| {fmt(shap_default)} "
-              f"| {'—' if ratio is None else _num(ratio, 2)} {'✓' if ratio is not None and ratio <= 0.5 else '✗'} |")
+              f"| {'—' if ratio is None else _num(ratio, 3)} {'✓' if ratio is not None and ratio <= 0.5 else '✗'} |")
 
 
 def families(split: str) -> None:
@@ -77,6 +78,23 @@ def families(split: str) -> None:
             row.append(f"{_num(cell['bayes_shapley'], 3)} / {_num(cell['best_peer_median'], 3)} "
                        f"({'—' if ratio is None else _num(ratio, 2)})")
         print(f"| {fam} | " + " | ".join(row) + " |")
+
+
+def _ratio(x: float) -> str:
+    return f"{x:.3f}" if x < 10 else f"{x:.3g}"
+
+
+def ratios(split: str) -> None:
+    """bayes_shapley / best peer per cell, real and synthetic games of a split, one row each."""
+    rows, cells = [], None
+    for kind in ("real", "synthetic"):
+        data = json.loads((RESULTS / f"shapley_{split}_{kind}.json").read_text())
+        cells = sorted(data["cells"], key=_cell_order)
+        rows.append(f"| {split} {kind} | " + " | ".join(
+            _ratio(data["cells"][c]["ratio_bayes_over_best_peer"]) for c in cells) + " |")
+    print("| | " + " | ".join(f"M {_cell_order(c)[0]} @ {_cell_order(c)[1]}" for c in cells) + " |")
+    print("|---|" + "---:|" * len(cells))
+    print("\n".join(rows))
 
 
 def quality(path: str) -> None:
@@ -102,7 +120,7 @@ def quality(path: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("table", choices=["shapley", "families", "quality"])
+    parser.add_argument("table", choices=["shapley", "families", "ratios", "quality"])
     parser.add_argument("--split", default="heldout")
     parser.add_argument("--kind", default="real")
     parser.add_argument("--file", default=None)
@@ -111,6 +129,8 @@ def main() -> None:
         shapley(args.split, args.kind)
     elif args.table == "families":
         families(args.split)
+    elif args.table == "ratios":
+        ratios(args.split)
     else:
         quality(args.file or str(RESULTS / f"quality_{args.split}_detector_classifier.json"))
 
