@@ -10,7 +10,12 @@ the models load in the worker processes, inside the timed run (``--runner dask``
 Timed per run: ``wall_seconds`` = the flow call from outside (targets, image decoding, explainers, shard writes,
 Prefect's task bookkeeping); ``flow_wall_seconds`` = the flow's own clock (the same minus the flow run's creation).
 
-    python benchmarks/bench_pipeline.py [--workers 1 2] [--runner threads] [--out benchmarks/results/pipeline.json]
+``--images N`` runs on an evenly spaced subset of N images of the pulled dataset (every split keeps its share):
+the pulled, infer and parts tables are filtered to those images into the scratch folder (no image is copied or
+re-inferred), so the explain stage's per-image cost is measured without running it on the whole dataset.
+
+    python benchmarks/bench_pipeline.py [--workers 1 2] [--runner threads] [--images N]
+                                        [--out benchmarks/results/pipeline.json]
 """
 from __future__ import annotations
 
@@ -23,11 +28,15 @@ import flows  # noqa: F401  (environment defaults)
 from flows.explain import explain_flow
 from flows.runner import task_runner
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 from prefect import flow
 
 from bench_models import write_results
-from tasks.params import load_params
+from tasks import stages
+from tasks.params import Params, load_params
 
 SCRATCH = ".work/bench_pipeline"
 
@@ -35,6 +44,28 @@ SCRATCH = ".work/bench_pipeline"
 @flow(name="bench-warm-up")
 def _warm_up() -> int:
     return 0
+
+
+def subset_inputs(params: Params, n_images: int) -> Params:
+    """Params whose pull / infer / parts outputs are copies of the real ones restricted to ``n_images`` evenly
+    spaced images (by image id), written under the scratch folder. Raises ValueError when the dataset has fewer."""
+    pulled = stages.pull(params)
+    images = pulled.read("images").sort_by("image_id")
+    if n_images > images.num_rows:
+        raise ValueError(f"--images {n_images}: the pulled dataset has only {images.num_rows} images")
+    keep = pa.array([images["image_id"][round(i * images.num_rows / n_images)].as_py() for i in range(n_images)])
+    update = {}
+    for section, outputs in (("pull", pulled), ("infer", stages.infer(params)), ("parts", stages.parts(params))):
+        folder = f"{SCRATCH}/inputs/{section}"
+        os.makedirs(folder, exist_ok=True)
+        for name in outputs.TABLES:
+            source = outputs.path(name)
+            table = pq.read_table(source)
+            if "image_id" in table.column_names:
+                table = table.filter(pc.is_in(table["image_id"], value_set=keep))
+            pq.write_table(table, f"{folder}/{source.name}")
+        update[section] = getattr(params, section).model_copy(update={"out_dir": folder})
+    return params.model_copy(update=update)
 
 
 def warm_up(params) -> dict:
@@ -79,9 +110,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--runner", default="threads", choices=["threads", "dask"])
+    parser.add_argument("--images", type=int, default=None, help="an evenly spaced subset of the pulled images")
     parser.add_argument("--out", default="benchmarks/results/pipeline.json")
     args = parser.parse_args()
     params = load_params()
+    if args.images:
+        shutil.rmtree(SCRATCH, ignore_errors=True)
+        params = subset_inputs(params, args.images)
     excluded = warm_up(params)
     print(f"excluded from the timed runs: Prefect start-up {excluded['startup_seconds']:.1f} s, model loading "
           f"{excluded['model_load_seconds']:.1f} s" +
@@ -90,7 +125,7 @@ def main() -> None:
     shutil.rmtree(SCRATCH, ignore_errors=True)
     jobs = [{"name": j.name, **j.model_dump(mode="json")} for j in params.explain.jobs]
     write_results(args.out, {"device": "cuda" if torch.cuda.is_available() else "cpu", "cpus": os.cpu_count(),
-                             "jobs": jobs, "excluded": excluded, "runs": rows})
+                             "images": args.images or "all", "jobs": jobs, "excluded": excluded, "runs": rows})
 
 
 if __name__ == "__main__":
