@@ -12,14 +12,28 @@ COCO_IOUS = np.round(np.arange(0.5, 0.96, 0.05), 2)
 MATCH_IOU = 0.5          # a detection finds a GT box it overlaps this much (one-to-one: see match / found)
 
 
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of xyxy boxes a [N, 4] against b [M, 4] -> [N, M]."""
+def _intersections(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(intersection areas [N, M], areas of a [N], areas of b [M]) of xyxy boxes a [N, 4] and b [M, 4]."""
     a, b = np.asarray(a, float).reshape(-1, 4), np.asarray(b, float).reshape(-1, 4)
     lt = np.maximum(a[:, None, :2], b[None, :, :2])
     rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
     inter = np.clip(rb - lt, 0, None).prod(-1)
     area = lambda x: np.clip(x[:, 2:] - x[:, :2], 0, None).prod(-1)  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+    return inter, area(a), area(b)
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of xyxy boxes a [N, 4] against b [M, 4] -> [N, M]."""
+    inter, area_a, area_b = _intersections(a, b)
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def ioa_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over the area of ``a``: xyxy boxes a [N, 4] against b [M, 4] -> [N, M]. How COCO (``iscrowd``
+    regions, pycocotools' ``maskUtils.iou`` with ``iscrowd=1``) and the Caltech / CityPersons protocol measure a
+    detection's overlap with an ignore region: a small box inside a large crowd region overlaps it fully."""
+    inter, area_a, _ = _intersections(a, b)
+    return inter / np.maximum(area_a[:, None], 1e-9)
 
 
 @dataclass
@@ -60,10 +74,12 @@ class Matching:
 def match(img: ImageEval, iou_thr: float = MATCH_IOU) -> Matching:
     """COCO's greedy matching: detections in order of score (ties: input order) each take the unmatched real GT
     they overlap most at IoU >= ``iou_thr``, else the ignore region they overlap most (which any number of
-    detections may share). Every detection scoring at or above a threshold is matched before any below it, so
-    detections under a threshold never change which GT the ones above it take."""
+    detections may share; overlap with an ignore region is intersection over the detection's area, as COCO's
+    ``iscrowd`` and Caltech / CityPersons' ignore regions). Every detection scoring at or above a threshold is
+    matched before any below it, so detections under a threshold never change which GT the ones above it take."""
     order = np.argsort(-img.det_scores, kind="stable")
-    ious = iou_matrix(img.det_boxes[order], img.gt_boxes)
+    boxes = img.det_boxes[order]
+    ious = np.where(img.gt_ignore[None, :], ioa_matrix(boxes, img.gt_boxes), iou_matrix(boxes, img.gt_boxes))
     det_gt = np.full(len(order), -1)
     gt_det = np.full(len(img.gt_boxes), -1)
     taken = np.zeros(len(img.gt_boxes), bool)

@@ -29,7 +29,14 @@ from detection.evaluation import (
     recall_by,
 )
 from detection.models.keypoints import load_keypoint_model
-from detection.models.specs import ClassifierSpec, DetectorSpec, build_classifier, build_detector, file_sha256
+from detection.models.specs import (
+    ClassifierSpec,
+    DetectorSpec,
+    build_classifier,
+    build_detector,
+    file_sha256,
+    model_sha256,
+)
 from tasks.params import InferParams
 from tasks.shards import write_shard
 
@@ -56,7 +63,7 @@ def _keypoint_model(path: str, device: str, batch_size: int):
 def run_id_for(infer: InferParams) -> tuple[str, dict[str, str]]:
     """A content id for this inference run (options + weights) and each model's weights hash."""
     specs = [*infer.detectors, *(m for m in (infer.pose, infer.classifier) if m is not None)]
-    hashes = {s.id: file_sha256(s.weights) for s in specs}
+    hashes = {s.id: model_sha256(s) for s in specs}
     for spec in specs:
         keypoints = getattr(spec, "keypoints", None)        # detector specs only
         if keypoints:
@@ -142,20 +149,22 @@ def detector_quality(images: list[dict], gt: dict[str, list[dict]], dets: dict[s
                      conf: float, infer: InferParams, with_pose: bool) -> dict:
     """AP50 / AP (all persons and the reasonable subset), recall by size and occlusion at ``conf``, PCK@0.2 of the
     persons found at ``conf`` against the detection each is matched to (``detection.evaluation.match``: one
-    detection, one person - the rule explain's found / missed uses too)."""
+    detection, one person - the rule explain's found / missed uses too). ``iscrowd`` annotations are ignore regions
+    (COCO's rule): a detection on a crowd is neither a true nor a false positive, and a crowd is never missed."""
     rs = infer.reasonable
     every, reasonable = [], []
     correct = total = 0
     for img in images:
         g, d = gt.get(img["image_id"], []), dets.get(img["image_id"], [])
         g_boxes = np.array([a["bbox"] for a in g], float).reshape(-1, 4)
+        crowd = np.array([bool(a["iscrowd"]) for a in g], bool)
         d_boxes = np.array([x["bbox"] for x in d], float).reshape(-1, 4)
         scores = np.array([x["score"] for x in d], float)
         heights = g_boxes[:, 3] - g_boxes[:, 1]
         occl = np.array([np.nan if a["occlusion"] is None else a["occlusion"] for a in g], float)
         attrs = {"height": heights, "occlusion": occl}
-        every.append(ImageEval(d_boxes, scores, g_boxes, gt_attrs=attrs))
-        hard = (heights < rs.min_height) | (np.nan_to_num(occl) > rs.max_occlusion)
+        every.append(ImageEval(d_boxes, scores, g_boxes, crowd, attrs))
+        hard = crowd | (heights < rs.min_height) | (np.nan_to_num(occl) > rs.max_occlusion)
         reasonable.append(ImageEval(d_boxes, scores, g_boxes, hard, attrs))
         if with_pose and len(g) and len(d):          # keypoints of the found persons, vs their matched detection
             matching = match(every[-1])
@@ -168,7 +177,9 @@ def detector_quality(images: list[dict], gt: dict[str, list[dict]], dets: dict[s
     out = {"ap50": average_precision(every), "ap": coco_ap(every), "ap50_reasonable": average_precision(reasonable),
            "recall_by_size": recall_by(every, "height", SIZE_BUCKETS, min_score=conf),
            "recall_by_occlusion": recall_by(every, "occlusion", OCCLUSION_BUCKETS, min_score=conf),
-           "persons": sum(len(gt.get(i["image_id"], [])) for i in images), "images": len(images)}
+           "persons": sum(not a["iscrowd"] for i in images for a in gt.get(i["image_id"], [])),
+           "crowd_regions": sum(bool(a["iscrowd"]) for i in images for a in gt.get(i["image_id"], [])),
+           "images": len(images)}
     if with_pose:
         out["pck02"] = correct / total if total else float("nan")
         out["pck02_keypoints"] = total
@@ -206,7 +217,7 @@ def quality(images: pa.Table, annotations: pa.Table, detections: pa.Table, predi
     for spec in [*infer.detectors, *([infer.pose] if infer.pose is not None else [])]:
         gt: dict[str, list[dict]] = {}
         for a in ann_rows:
-            if a["category"] == spec.person_class and not a["iscrowd"]:
+            if a["category"] == spec.person_class:          # crowd regions too: ignore regions of the AP
                 gt.setdefault(a["image_id"], []).append(a)
         dets: dict[str, list[dict]] = {}
         for d in det_rows:

@@ -2,7 +2,16 @@
 import numpy as np
 import pytest
 
-from detection.evaluation import ImageEval, average_precision, coco_ap, iou_matrix, multilabel_f1, pck, recall_by
+from detection.evaluation import (
+    ImageEval,
+    average_precision,
+    coco_ap,
+    ioa_matrix,
+    iou_matrix,
+    multilabel_f1,
+    pck,
+    recall_by,
+)
 
 
 def test_iou_matrix():
@@ -116,9 +125,40 @@ def test_coco_ap_equals_pycocotools():
         assert ours == pytest.approx(_pycocotools_ap(case), abs=1e-9)
 
 
-@pytest.mark.xfail(strict=True, reason="ignore regions are matched by IoU; COCO (iscrowd) and Caltech/CityPersons "
-                                       "match them by intersection over the detection's area")
 def test_a_detection_inside_a_large_ignore_region_is_ignored():
-    # pycocotools: AP 1.0 (the small box inside the crowd region is ignored); here it is an FP ranked first: 0.5.
+    # The small box inside the crowd region overlaps it by IoU 0.04 but by 1.0 of its own area: ignored, not a
+    # false positive ranked first (which would give AP 0.5).
     case = [([[0, 0, 50, 50], [60, 60, 70, 70]], [True, False], [[10, 10, 20, 20], [60, 60, 70, 70]], [0.9, 0.8])]
     assert coco_ap(_evals(case)) == pytest.approx(1.0)
+    assert ioa_matrix([[10, 10, 20, 20]], [[0, 0, 50, 50]])[0, 0] == pytest.approx(1.0)
+
+
+def _random_case(rng: np.random.Generator, n_images: int) -> list:
+    """Images with 0-5 GT boxes (about one in four a crowd region, some large), detections near GT boxes, jittered
+    duplicates, boxes inside crowd regions and strays; scores distinct."""
+    case = []
+    for _ in range(n_images):
+        n_gt = int(rng.integers(0, 6))
+        xy = rng.uniform(0, 70, (n_gt, 2))
+        wh = rng.uniform(8, 30, (n_gt, 2))
+        crowd = rng.random(n_gt) < 0.25
+        wh[crowd] *= 2
+        gt = np.concatenate([xy, xy + wh], 1)
+        dets = [g + rng.normal(0, 3, 4) for g in gt if rng.random() < 0.8]
+        dets += [g + rng.normal(0, 6, 4) for g in gt if rng.random() < 0.3]
+        dets += [np.r_[g[:2] + 2, g[:2] + 12] for g, c in zip(gt, crowd) if c]
+        dets += [np.r_[p, p + rng.uniform(5, 25, 2)] for p in rng.uniform(0, 70, (int(rng.integers(0, 3)), 2))]
+        dets = np.array(dets, float).reshape(-1, 4)
+        dets[:, 2:] = np.maximum(dets[:, 2:], dets[:, :2] + 1)
+        case.append((gt.tolist(), crowd.tolist(), dets.tolist(), rng.permutation(len(dets)) / max(len(dets), 1) + 0.01))
+    return case
+
+
+def test_coco_ap_equals_pycocotools_on_random_crowded_images():
+    pytest.importorskip("pycocotools")
+    rng = np.random.default_rng(7)
+    for trial in range(5):
+        case = _random_case(rng, 12)
+        images = _evals(case)
+        ours = [coco_ap(images), average_precision(images, 0.5), average_precision(images, 0.75)]
+        assert ours == pytest.approx(_pycocotools_ap(case), abs=1e-9), f"trial {trial}"
