@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 from prefect import flow, get_run_logger
 
 from detection.datasets.tables import write_table_atomic
+from detection.models.specs import model_files
 from tasks import stages
 from tasks.explain import build_targets, config_hash, explain_shard, shard_items
 from tasks.explain_jobs import check_jobs
@@ -28,10 +29,8 @@ def _input_files(params: Params) -> list[Path]:
     pulled, inferred = stages.pull(params), stages.infer(params)
     files = [pulled.path("images"), pulled.path("annotations"), inferred.path("detections"),
              inferred.path("predictions"), stages.parts(params).path("parts")]
-    weights = [Path(params.explain_detector().weights)]
-    if params.infer.classifier is not None:
-        weights.append(Path(params.infer.classifier.weights))
-    return files + [w for w in weights if w.is_file()]
+    models = [params.explain_detector(), *([params.infer.classifier] if params.infer.classifier is not None else [])]
+    return files + [f for spec in models for f in model_files(spec)]
 
 
 def _classes(params: Params, predictions: pa.Table) -> list[str]:

@@ -1,20 +1,69 @@
-"""Model specifications (what params.yaml names) and the builders that turn them into adapters."""
+"""Model specifications (what params.yaml names) and the builders that turn them into adapters.
+
+Every stage, the CLI and the benchmarks build models through :func:`build_detector` / :func:`build_classifier`.
+``kind: callable`` imports a user's factory (``entrypoint: "package.module:factory"``) and calls it with the spec's
+``kwargs``; see :func:`load_entrypoint`.
+"""
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.util
+import inspect
+import json
+import os
+import sys
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
+
+# Keys the factory of a ``callable`` spec receives from the spec / the stage, never from ``kwargs``.
+RESERVED_KWARGS = ("weights", "device", "batch_size")
+# What the stages and scorers use of a detector / classifier (detection.models.yolo.YoloDetector,
+# detection.models.classifier.ImageClassifier): a factory's result must have all of them.
+DETECTOR_INTERFACE = ("detect", "candidates", "class_names", "num_classes", "device")
+CLASSIFIER_INTERFACE = ("logits", "classify", "class_names", "num_classes", "multi_label", "input_size", "device")
+# Spec fields added after the first release: left out of a dump while unset, so that the run ids and config hashes
+# of existing params (which hash the dumped specs) do not change.
+_OMIT_UNSET = {"entrypoint": None, "kwargs": {}}
+
+
+class EntrypointError(RuntimeError):
+    """A ``kind: callable`` model that cannot be built; names the params key, the entrypoint and what failed."""
+
+
+def _check_entrypoint(spec: DetectorSpec | ClassifierSpec) -> None:
+    """Shared validation of ``entrypoint`` / ``kwargs`` / ``weights`` (raises ValueError, shown with the key)."""
+    if spec.kind == "callable":
+        module, _, attr = (spec.entrypoint or "").partition(":")
+        if not module or not attr or not all(p.isidentifier() for p in [*module.split("."), *attr.split(".")]):
+            raise ValueError(f"a callable model needs 'entrypoint: package.module:factory' "
+                             f"(got {spec.entrypoint!r})")
+        reserved = sorted(set(spec.kwargs) & set(RESERVED_KWARGS))
+        if reserved:
+            raise ValueError(f"kwargs may not set {reserved}: 'weights' comes from the spec's weights, 'device' "
+                             f"and 'batch_size' from the stage")
+    else:
+        if spec.entrypoint is not None or spec.kwargs:
+            raise ValueError(f"'entrypoint' and 'kwargs' are for kind 'callable', not {spec.kind!r}")
+        if not spec.weights:
+            raise ValueError(f"a {spec.kind} model needs 'weights'")
+
+
+def _omit_unset(data: dict) -> dict:
+    return {k: v for k, v in data.items() if not (k in _OMIT_UNSET and v == _OMIT_UNSET[k])}
 
 
 class DetectorSpec(BaseModel):
-    """A detector: ``yolo`` (.pt or .yaml) or a torchvision architecture with a local weights file."""
+    """A detector: ``yolo`` (.pt or .yaml), a torchvision architecture with a local weights file, or ``callable``:
+    a factory ``entrypoint: "package.module:factory"`` called with ``kwargs`` (and ``weights=`` when given), which
+    returns a detector (:func:`build_detector`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     id: str
-    kind: Literal["yolo", "torchvision"] = "yolo"
-    weights: str
+    kind: Literal["yolo", "torchvision", "callable"] = "yolo"
+    weights: str | None = None               # required except for 'callable'
     arch: str | None = None                  # torchvision architecture name
     num_classes: int | None = None           # torchvision: classes incl. background (default 91, COCO)
     imgsz: int = Field(default=320, ge=32)
@@ -24,34 +73,48 @@ class DetectorSpec(BaseModel):
     # A top-down keypoint model (detection.models.keypoints) that places 17 keypoints in each of this detector's
     # boxes above ``conf``, replacing the detector's own keypoints (if any).
     keypoints: str | None = None
+    entrypoint: str | None = None            # callable: "package.module:factory"
+    kwargs: dict[str, Any] = {}              # callable: keyword arguments of the factory
 
     @model_validator(mode="after")
     def _arch_for_torchvision(self) -> DetectorSpec:
+        _check_entrypoint(self)
         if self.kind == "torchvision" and not self.arch:
             raise ValueError("a torchvision detector needs 'arch' (e.g. fasterrcnn_resnet50_fpn)")
         return self
 
+    @model_serializer(mode="wrap")
+    def _dump(self, handler) -> dict:
+        return _omit_unset(handler(self))
+
 
 class ClassifierSpec(BaseModel):
-    """A classifier: ``saved`` (TorchScript + .json sidecar, as the demo), ``torchscript``, ``torchvision`` or
-    ``timm``."""
+    """A classifier: ``saved`` (TorchScript + .json sidecar, as the demo), ``torchscript``, ``torchvision``,
+    ``timm``, or ``callable``: a factory that returns a classifier (:func:`build_classifier`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     id: str
-    kind: Literal["saved", "torchscript", "torchvision", "timm"] = "saved"
-    weights: str
+    kind: Literal["saved", "torchscript", "torchvision", "timm", "callable"] = "saved"
+    weights: str | None = None               # required except for 'callable'
     arch: str | None = None
-    classes: list[str] | None = None         # required except for 'saved'
+    classes: list[str] | None = None         # required except for 'saved' and 'callable'
     multi_label: bool = True
     input_size: tuple[int, int] | None = None
+    entrypoint: str | None = None            # callable: "package.module:factory"
+    kwargs: dict[str, Any] = {}              # callable: keyword arguments of the factory
 
     @model_validator(mode="after")
     def _needs(self) -> ClassifierSpec:
-        if self.kind != "saved" and not self.classes:
+        _check_entrypoint(self)
+        if self.kind not in ("saved", "callable") and not self.classes:
             raise ValueError(f"a {self.kind} classifier needs 'classes'")
         if self.kind in ("torchvision", "timm") and not self.arch:
             raise ValueError(f"a {self.kind} classifier needs 'arch'")
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler) -> dict:
+        return _omit_unset(handler(self))
 
 
 def file_sha256(path: str | Path) -> str:
@@ -66,7 +129,141 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def _import_module(name: str):
+    """``importlib.import_module``; when the module itself (not one of its imports) is not found, retry with the
+    working directory (the project root, where params.yaml is) on ``sys.path``: a console script such as
+    ``xai-audit`` does not put it there, ``python -m`` does."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        cwd = os.getcwd()
+        own = exc.name is not None and (name == exc.name or name.startswith(exc.name + "."))
+        if not own or cwd in sys.path:
+            raise
+        sys.path.append(cwd)
+        importlib.invalidate_caches()
+        return importlib.import_module(name)
+
+
+def _label(spec: DetectorSpec | ClassifierSpec) -> str:
+    role = "classifier" if isinstance(spec, ClassifierSpec) else "detector"
+    return f"params.yaml infer {role} {spec.id!r}: entrypoint {spec.entrypoint!r}"
+
+
+def load_entrypoint(spec: DetectorSpec | ClassifierSpec):
+    """The factory a ``callable`` spec names (``"package.module:factory"``, dotted attributes allowed).
+
+    Raises :class:`EntrypointError` naming the model id and the entrypoint when the module cannot be imported
+    (missing, or its import raised), the attribute is missing, or it is not callable.
+    """
+    module_name, _, attr = (spec.entrypoint or "").partition(":")
+    try:
+        obj = _import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise EntrypointError(f"{_label(spec)}: module {module_name!r} not found (neither installed nor under "
+                                  f"the working directory {os.getcwd()})") from None
+        raise EntrypointError(f"{_label(spec)}: importing module {module_name!r} failed "
+                              f"(ModuleNotFoundError: {exc})") from exc
+    except Exception as exc:
+        raise EntrypointError(f"{_label(spec)}: importing module {module_name!r} failed "
+                              f"({type(exc).__name__}: {exc})") from exc
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise EntrypointError(f"{_label(spec)}: {getattr(obj, '__name__', obj)!r} has no attribute {part!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise EntrypointError(f"{_label(spec)}: {type(obj).__name__} object is not callable")
+    return obj
+
+
+def _call_factory(spec: DetectorSpec | ClassifierSpec, device: str, batch_size: int,
+                  interface: tuple[str, ...], example: str):
+    """Import and call the factory of a ``callable`` spec, then check that the result has ``interface``.
+
+    The factory gets ``**spec.kwargs``, ``weights=<path>`` when the spec gives weights, and ``device`` (the
+    resolved device, e.g. ``"cpu"``, ``"cuda:0"``) / ``batch_size`` (images per forward pass) when it has
+    parameters of those names.
+    """
+    from detection.models.base import pick_device
+
+    factory = load_entrypoint(spec)
+    kw = dict(spec.kwargs)
+    if spec.weights is not None:
+        kw["weights"] = spec.weights
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):                      # builtins / C extensions without a signature
+        signature = None
+    params = {} if signature is None else signature.parameters
+    for name, value in (("device", str(pick_device(device))), ("batch_size", batch_size)):
+        if name in params and params[name].kind in (inspect.Parameter.KEYWORD_ONLY,
+                                                     inspect.Parameter.POSITIONAL_OR_KEYWORD):
+            kw[name] = value
+    if signature is not None:
+        try:
+            signature.bind(**kw)
+        except TypeError as exc:
+            raise EntrypointError(f"{_label(spec)}: the factory does not take the arguments {sorted(kw)} "
+                                  f"(kwargs{' and weights' if spec.weights is not None else ''}): {exc}") from None
+    try:
+        model = factory(**kw)
+    except Exception as exc:
+        raise EntrypointError(f"{_label(spec)}: the factory raised {type(exc).__name__}: {exc}") from exc
+    missing = [a for a in interface if not hasattr(model, a)]
+    missing += [a for a in interface[:2] if a not in missing and not callable(getattr(model, a))]
+    if missing:
+        raise EntrypointError(f"{_label(spec)}: the factory returned a {type(model).__module__}."
+                              f"{type(model).__qualname__}, which lacks {missing} (or they are not methods); "
+                              f"return {example}")
+    return model
+
+
+def _module_source(spec: DetectorSpec | ClassifierSpec) -> Path | None:
+    """The source file of a ``callable`` spec's module, when it can be found without importing the module itself
+    (its parent packages are imported)."""
+    name = (spec.entrypoint or "").partition(":")[0]
+    for attempt in range(2):
+        try:
+            found = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            found = None
+        if found is not None or attempt or os.getcwd() in sys.path:
+            break
+        sys.path.append(os.getcwd())
+        importlib.invalidate_caches()
+    origin = getattr(found, "origin", None)
+    return Path(origin) if origin and Path(origin).is_file() else None
+
+
+def model_files(spec: DetectorSpec | ClassifierSpec) -> list[Path]:
+    """The existing files a model is loaded from: its weights and, for ``callable``, the entrypoint module's
+    source (the code outside it, e.g. what it imports, is not tracked)."""
+    files = [Path(spec.weights)] if spec.weights else []
+    if spec.kind == "callable":
+        source = _module_source(spec)
+        files += [source] if source is not None else []
+    return [f for f in files if f.is_file()]
+
+
+def model_sha256(spec: DetectorSpec | ClassifierSpec) -> str:
+    """A content hash of what a model is built from: the weights file's :func:`file_sha256` (unchanged for the
+    file-based kinds), for ``callable`` the hash of the entrypoint, kwargs, weights file and module source."""
+    if spec.kind != "callable":
+        return file_sha256(spec.weights)
+    source = _module_source(spec)
+    blob = {"entrypoint": spec.entrypoint, "kwargs": spec.kwargs,
+            "weights": None if spec.weights is None else file_sha256(spec.weights),
+            "source": None if source is None else file_sha256(source)}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def build_detector(spec: DetectorSpec, device: str = "auto", batch_size: int = 32):
+    """The adapter of a detector spec. ``callable``: the factory's result (see :func:`_call_factory`); raises
+    :class:`EntrypointError` when it cannot be imported, raises, or returns no detector."""
+    if spec.kind == "callable":
+        return _call_factory(spec, device, batch_size, DETECTOR_INTERFACE,
+                             "a detector such as detection.models.blackbox.CallableDetector(fn, class_names)")
     if spec.kind == "yolo":
         from detection.models.yolo import YoloDetector
 
@@ -79,8 +276,17 @@ def build_detector(spec: DetectorSpec, device: str = "auto", batch_size: int = 3
 
 
 def build_classifier(spec: ClassifierSpec, device: str = "auto", batch_size: int = 64):
+    """The adapter of a classifier spec. ``callable``: the factory's result, whose ``class_names`` must equal the
+    spec's ``classes`` when those are given; raises :class:`EntrypointError` otherwise (or as for detectors)."""
     from detection.models.classifier import ImageClassifier
 
+    if spec.kind == "callable":
+        clf = _call_factory(spec, device, batch_size, CLASSIFIER_INTERFACE,
+                            "a classifier such as detection.models.classifier.ImageClassifier(module, class_names)")
+        if spec.classes is not None and list(clf.class_names) != list(spec.classes):
+            raise EntrypointError(f"{_label(spec)}: the classifier's classes {list(clf.class_names)} differ from "
+                                  f"the spec's classes {list(spec.classes)}")
+        return clf
     if spec.kind == "saved":
         from detection.models.scene_classifier import load_classifier
 
