@@ -110,7 +110,7 @@ def test_import_errors_inside_the_module_and_the_working_directory(tmp_path, mon
     ({"kind": "callable"}, "needs 'entrypoint: package.module:factory'"),
     ({"kind": "callable", "entrypoint": "no_colon"}, "needs 'entrypoint: package.module:factory'"),
     ({"kind": "callable", "entrypoint": "a.b:c", "kwargs": {"device": "cpu"}}, r"kwargs may not set \['device'\]"),
-    ({"kind": "yolo"}, "a yolo model needs 'weights'"),
+    ({"kind": "yolo"}, "kind 'yolo' needs 'weights'"),
     ({"kind": "yolo", "weights": "m.pt", "entrypoint": "a:b"}, "'entrypoint' and 'kwargs' are for kind 'callable'"),
 ])
 def test_params_errors_name_the_key(spec, message):

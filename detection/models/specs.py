@@ -26,7 +26,7 @@ DETECTOR_INTERFACE = ("detect", "candidates", "class_names", "num_classes", "dev
 CLASSIFIER_INTERFACE = ("logits", "classify", "class_names", "num_classes", "multi_label", "input_size", "device")
 # Spec fields added after the first release: left out of a dump while unset, so that the run ids and config hashes
 # of existing params (which hash the dumped specs) do not change.
-_OMIT_UNSET = {"entrypoint": None, "kwargs": {}}
+_OMIT_UNSET = {"entrypoint": None, "kwargs": {}, "onnx": None, "classes": None}
 
 
 class EntrypointError(RuntimeError):
@@ -48,11 +48,66 @@ def _check_entrypoint(spec: DetectorSpec | ClassifierSpec) -> None:
         if spec.entrypoint is not None or spec.kwargs:
             raise ValueError(f"'entrypoint' and 'kwargs' are for kind 'callable', not {spec.kind!r}")
         if not spec.weights:
-            raise ValueError(f"a {spec.kind} model needs 'weights'")
+            raise ValueError(f"kind {spec.kind!r} needs 'weights'")
 
 
-def _omit_unset(data: dict) -> dict:
-    return {k: v for k, v in data.items() if not (k in _OMIT_UNSET and v == _OMIT_UNSET[k])}
+def _omit_unset(data: dict, fields: tuple[str, ...]) -> dict:
+    return {k: v for k, v in data.items() if not (k in fields and v == _OMIT_UNSET[k])}
+
+
+class OnnxInputOptions(BaseModel):
+    """How an ONNX graph takes images (``kind: onnx``; :mod:`detection.models.onnx_runtime`): the [0, 1] RGB
+    images become ``(x · scale - mean) / std`` in ``layout``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    input: str | None = None                       # the graph's image input; null: its first input
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+    scale: float = Field(default=1.0, gt=0)        # 255 for graphs that take 0..255 pixel values
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    @model_validator(mode="after")
+    def _positive_std(self) -> OnnxInputOptions:
+        if min(self.std) <= 0:
+            raise ValueError(f"std must be positive, got {list(self.std)}")
+        return self
+
+
+class OnnxDetectorOptions(OnnxInputOptions):
+    """An ONNX detector's input (letterboxed into ``input_size`` or the graph's fixed size, else into the spec's
+    ``imgsz`` padded to ``stride`` multiples) and how its outputs decode: ``yolo`` raw heads (``output``), or final
+    ``boxes`` / ``scores`` / ``labels`` outputs."""
+
+    decode: Literal["yolo", "boxes"] = "yolo"
+    input_size: tuple[int, int] | None = None      # (H, W) a dynamic graph is fed; null: fixed size or imgsz
+    letterbox: bool = True                         # false: images at their own size (boxes decode, dynamic graph)
+    stride: int | None = Field(default=None, ge=1)  # dynamic graphs pad to multiples; null: file metadata, else 32
+    output: str | None = None                      # yolo: the raw head output; null: the first output
+    kpt_shape: tuple[int, int] | None = None       # yolo pose (K, D), e.g. [17, 3]; null: file metadata, else none
+    boxes_output: str = "boxes"                    # boxes: output names
+    scores_output: str = "scores"                  # [B, N] scores, or [B, N, C] class scores
+    labels_output: str | None = "labels"           # null: labels are the argmax of [B, N, C] scores
+    box_format: Literal["xyxy", "xywh", "cxcywh"] = "xyxy"
+    normalized: bool = False                       # boxes as fractions of the input width / height
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OnnxDetectorOptions:
+        if not self.letterbox and self.decode == "yolo":
+            raise ValueError("decode 'yolo' letterboxes like the PyTorch adapter: letterbox cannot be false")
+        return self
+
+
+class OnnxClassifierOptions(OnnxInputOptions):
+    """An ONNX classifier's input (resized to the spec's ``input_size`` or the graph's fixed size) and output."""
+
+    output: str | None = None                      # [B, C] scores; null: the first output
+    returns: Literal["logits", "probabilities"] = "logits"
+    antialias: bool = True                         # antialiased downscaling in the resize
+
+
+def _check_onnx(spec: DetectorSpec | ClassifierSpec) -> None:
+    if spec.kind != "onnx" and spec.onnx is not None:
+        raise ValueError(f"'onnx' options are for kind 'onnx', not {spec.kind!r}")
 
 
 class DetectorSpec(BaseModel):
@@ -62,7 +117,7 @@ class DetectorSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     id: str
-    kind: Literal["yolo", "torchvision", "callable"] = "yolo"
+    kind: Literal["yolo", "torchvision", "onnx", "callable"] = "yolo"
     weights: str | None = None               # required except for 'callable'
     arch: str | None = None                  # torchvision architecture name
     num_classes: int | None = None           # torchvision: classes incl. background (default 91, COCO)
@@ -75,17 +130,22 @@ class DetectorSpec(BaseModel):
     keypoints: str | None = None
     entrypoint: str | None = None            # callable: "package.module:factory"
     kwargs: dict[str, Any] = {}              # callable: keyword arguments of the factory
+    classes: list[str] | None = None         # onnx: class names (null: the file's ultralytics metadata)
+    onnx: OnnxDetectorOptions | None = None  # onnx: input and output decoding (null: the defaults)
 
     @model_validator(mode="after")
     def _arch_for_torchvision(self) -> DetectorSpec:
         _check_entrypoint(self)
+        _check_onnx(self)
         if self.kind == "torchvision" and not self.arch:
             raise ValueError("a torchvision detector needs 'arch' (e.g. fasterrcnn_resnet50_fpn)")
+        if self.classes is not None and self.kind != "onnx":
+            raise ValueError(f"'classes' is for kind 'onnx' ({self.kind!r} models name their classes)")
         return self
 
     @model_serializer(mode="wrap")
     def _dump(self, handler) -> dict:
-        return _omit_unset(handler(self))
+        return _omit_unset(handler(self), ("entrypoint", "kwargs", "onnx", "classes"))
 
 
 class ClassifierSpec(BaseModel):
@@ -94,19 +154,21 @@ class ClassifierSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     id: str
-    kind: Literal["saved", "torchscript", "torchvision", "timm", "callable"] = "saved"
+    kind: Literal["saved", "torchscript", "torchvision", "timm", "onnx", "callable"] = "saved"
     weights: str | None = None               # required except for 'callable'
     arch: str | None = None
-    classes: list[str] | None = None         # required except for 'saved' and 'callable'
+    classes: list[str] | None = None         # required except for 'saved', 'callable', 'onnx' (metadata names)
     multi_label: bool = True
     input_size: tuple[int, int] | None = None
     entrypoint: str | None = None            # callable: "package.module:factory"
     kwargs: dict[str, Any] = {}              # callable: keyword arguments of the factory
+    onnx: OnnxClassifierOptions | None = None  # onnx: input and output (null: the defaults)
 
     @model_validator(mode="after")
     def _needs(self) -> ClassifierSpec:
         _check_entrypoint(self)
-        if self.kind not in ("saved", "callable") and not self.classes:
+        _check_onnx(self)
+        if self.kind not in ("saved", "callable", "onnx") and not self.classes:
             raise ValueError(f"a {self.kind} classifier needs 'classes'")
         if self.kind in ("torchvision", "timm") and not self.arch:
             raise ValueError(f"a {self.kind} classifier needs 'arch'")
@@ -114,7 +176,7 @@ class ClassifierSpec(BaseModel):
 
     @model_serializer(mode="wrap")
     def _dump(self, handler) -> dict:
-        return _omit_unset(handler(self))
+        return _omit_unset(handler(self), ("entrypoint", "kwargs", "onnx"))
 
 
 def file_sha256(path: str | Path) -> str:
@@ -258,12 +320,29 @@ def model_sha256(spec: DetectorSpec | ClassifierSpec) -> str:
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _onnx_detector(spec: DetectorSpec, device: str, batch_size: int):
+    from detection.models.onnx_runtime import OnnxBoxesDetector, OnnxYoloDetector
+
+    o = spec.onnx or OnnxDetectorOptions()
+    common = dict(classes=spec.classes, imgsz=spec.imgsz, input_size=o.input_size, layout=o.layout,
+                  input_name=o.input, scale=o.scale, mean=o.mean, std=o.std, device=device, batch_size=batch_size,
+                  conf=spec.conf)
+    if o.decode == "yolo":
+        return OnnxYoloDetector(spec.weights, output=o.output, kpt_shape=o.kpt_shape, stride=o.stride, iou=spec.iou,
+                                **common)
+    return OnnxBoxesDetector(spec.weights, boxes_output=o.boxes_output, scores_output=o.scores_output,
+                             labels_output=o.labels_output, box_format=o.box_format, normalized=o.normalized,
+                             letterbox=o.letterbox, stride=o.stride or 32, **common)
+
+
 def build_detector(spec: DetectorSpec, device: str = "auto", batch_size: int = 32):
     """The adapter of a detector spec. ``callable``: the factory's result (see :func:`_call_factory`); raises
     :class:`EntrypointError` when it cannot be imported, raises, or returns no detector."""
     if spec.kind == "callable":
         return _call_factory(spec, device, batch_size, DETECTOR_INTERFACE,
                              "a detector such as detection.models.blackbox.CallableDetector(fn, class_names)")
+    if spec.kind == "onnx":
+        return _onnx_detector(spec, device, batch_size)
     if spec.kind == "yolo":
         from detection.models.yolo import YoloDetector
 
@@ -287,6 +366,14 @@ def build_classifier(spec: ClassifierSpec, device: str = "auto", batch_size: int
             raise EntrypointError(f"{_label(spec)}: the classifier's classes {list(clf.class_names)} differ from "
                                   f"the spec's classes {list(spec.classes)}")
         return clf
+    if spec.kind == "onnx":
+        from detection.models.onnx_runtime import onnx_classifier
+
+        o = spec.onnx or OnnxClassifierOptions()
+        return onnx_classifier(spec.weights, classes=spec.classes, multi_label=spec.multi_label, returns=o.returns,
+                               input_size=spec.input_size, layout=o.layout, input_name=o.input, output=o.output,
+                               scale=o.scale, mean=o.mean, std=o.std, antialias=o.antialias, device=device,
+                               batch_size=batch_size)
     if spec.kind == "saved":
         from detection.models.scene_classifier import load_classifier
 
