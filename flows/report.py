@@ -9,6 +9,7 @@ from pathlib import Path
 import flows  # noqa: F401  (environment defaults)
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -27,10 +28,19 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 
 def load_inputs(params: Params) -> ReportInputs:
+    """The report's tables. ``ground_truth``: the pulled annotations have a box of the audited detector's person
+    class (a folder of photos has none: the report then says that detection quality is not measured)."""
     explained, evaluated = stages.explain(params), stages.evaluate(params)
     errors = pa.concat_tables([explained.read("errors"), evaluated.read("errors")])
+    data = stages.pull(params).dataset()
+    spec = params.explain_detector()
+    detections = stages.infer(params).read("detections").select(["model_id", "image_id", "det_id", "category",
+                                                                 "score", "above_conf", "bbox"])
+    detections = detections.filter(pc.and_(pc.equal(detections["model_id"], spec.id),
+                                           pc.equal(detections["category"], spec.person_class)))
+    parts = stages.parts(params).read("parts").select(["model_id", "det_id", "source"])
     return ReportInputs(
-        images=stages.pull(params).dataset().images.to_pandas(),
+        images=data.images.to_pandas(),
         targets=explained.read("targets").to_pandas(),
         explanations=explained.read("explanations").to_pandas(),
         metrics=evaluated.read("metrics").to_pandas(),
@@ -39,7 +49,10 @@ def load_inputs(params: Params) -> ReportInputs:
         evaluate_summary=load_json(evaluated.metrics),
         errors=errors.to_pandas(),
         detector_id=params.explain_detector().id,
-        classifier_id=None if params.infer.classifier is None else params.infer.classifier.id)
+        classifier_id=None if params.infer.classifier is None else params.infer.classifier.id,
+        ground_truth=bool(pc.any(pc.equal(data.annotations["category"], spec.person_class)).as_py()),
+        detections=detections.to_pandas(),
+        part_sources=parts.group_by(["model_id", "det_id", "source"]).aggregate([]).to_pandas())
 
 
 @flow(name="report", log_prints=True)

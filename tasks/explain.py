@@ -74,12 +74,14 @@ def build_targets(params: Params, images: pa.Table, annotations: pa.Table, detec
     detections above its threshold (true or false positives) and the classifier's classes (label present,
     spurious cue). Found / missed and true positives follow the one rule of infer's recall,
     ``detection.evaluation.match`` / ``found`` (one-to-one, IoU >= MATCH_IOU, score >= the detector's conf), so
-    that the missed count is the GT count minus the true positives."""
+    that the missed count is the GT count minus the true positives. A dataset with no ground truth of the person
+    class (a folder of photos) leaves a detection's ``found`` / ``label_present`` null (unknown), not False."""
     cfg = params.explain
     spec = params.explain_detector()
     kinds = {j.targets for j in cfg.jobs}
     img_rows = images.to_pylist()
     all_persons = _person_rows(annotations, 0.0, spec.person_class)
+    ground_truth = bool(pc.any(pc.equal(annotations["category"], spec.person_class)).as_py())
     dets: dict[str, list[dict]] = {}
     for d in detections.filter(pc.equal(detections["model_id"], spec.id)).drop_columns(["keypoints"]).to_pylist():
         if d["category"] == spec.person_class:
@@ -111,11 +113,11 @@ def build_targets(params: Params, images: pa.Table, annotations: pa.Table, detec
                 if not d["above_conf"] or h < cfg.min_height:
                     continue
                 gi = int(matching.det_gt[di])
-                tp = bool(matching.det_tp[di])
+                tp = bool(matching.det_tp[di]) if ground_truth else None
                 rows.append({**base, "target_id": d["det_id"], "kind": "detections", "model_id": spec.id,
                              "category": d["category"], "bbox": d["bbox"], "height": h,
-                             "occlusion": gt[gi]["occlusion"] if tp else None, "found": bool(tp), "score": d["score"],
-                             "class_probs": d["class_probs"], "label_present": bool(tp),
+                             "occlusion": gt[gi]["occlusion"] if tp else None, "found": tp, "score": d["score"],
+                             "class_probs": d["class_probs"], "label_present": tp,
                              "spurious_cue": img["spurious_cue"], "parts_id": d["det_id"], "parts_model": spec.id})
         if "classes" in kinds:
             labels = img["labels"]

@@ -7,7 +7,7 @@ import html
 import io
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import matplotlib
@@ -17,14 +17,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from detection.body import BODY_PARTS  # noqa: E402
+from detection.body import BODY_PARTS, PART_GROUPS  # noqa: E402
 from detection.datasets.imageio import ImageError, load_rgb  # noqa: E402
 from detection.evaluation import MATCH_IOU, OCCLUSION_BUCKETS, SIZE_BUCKETS  # noqa: E402
 from tasks.metric_names import AGREE, METRICS, TOP_PART_MATCH, causal_auc, epg, epg_chance, names, parse_agreement  # noqa: E402
 from tasks.params import EvaluateParams  # noqa: E402
 from tasks.undefined import parse_undefined  # noqa: E402
 
-PART_ORDER = [*BODY_PARTS, "context"]
+# parts10 names, then the coarser groupings' own (parts6 / parts4: left_arm, arms, ...), then the context player
+PART_ORDER = list(dict.fromkeys([*BODY_PARTS, *(name for groups in PART_GROUPS.values() for name in groups),
+                                 "context"]))
 REGION_NOTE = ("Region methods paint relevance on the person's parts and context, which lie inside the box by "
                "construction, so their box pointing / EPG are high by design: compare methods on the body columns "
                "and the causal AUCs.")
@@ -42,6 +44,14 @@ BOX_WHISKERS = 1.5            # box plots: whiskers reach this many IQR past the
 CUE_RELIANCE = 0.2            # the classifier relies on the spurious cue when it adds this much to P(label)
 CONFIDENCE_BUCKETS = {"< 0.05": (0.0, 0.05), "0.05-0.25": (0.05, 0.25), "0.25-0.5": (0.25, 0.5),
                       "0.5-0.75": (0.5, 0.75), "0.75-1": (0.75, 1.01)}
+NO_GT_NOTE = "No ground truth: detection quality and missed pedestrians are not measured."
+NO_GT_DETAIL = ("The dataset has no annotated pedestrians, so there is no AP, no recall, no found / missed and no "
+                "true / false positive here. What the report shows: the detector's detections, explanations of those "
+                "above its threshold, and their body-part relevance (parts placed from the keypoint source named "
+                "below).")
+PART_SOURCES = {"gt": "ground-truth keypoints", "pose": "the pose model's keypoints",
+                "template": "the standing template stretched over the box"}
+DETECTION_ROWS = 50           # the detections table (no ground truth) lists at most this many images
 
 
 @dataclass
@@ -58,6 +68,11 @@ class ReportInputs:
     errors: pd.DataFrame            # errors of the explain and evaluate stages
     detector_id: str
     classifier_id: str | None
+    # The dataset has ground-truth boxes of the audited detector's person class. False: AP, recall, found / missed
+    # and true / false positives are not measured; the report says so instead of showing them.
+    ground_truth: bool = True
+    detections: pd.DataFrame | None = None     # the audited detector's person detections (infer), for the table
+    part_sources: pd.DataFrame | None = None   # (model_id, det_id, source) of every pedestrian with body parts
 
 
 # ---------------------------------------------------------------------------------------------------- figures
@@ -93,7 +108,7 @@ def part_shares(explanations: pd.DataFrame, targets: pd.DataFrame) -> pd.DataFra
     t = targets[["image_id", "target_id", "kind", "height", "occlusion", "found", "score"]]
     shares = shares.merge(t, on=["image_id", "target_id"], how="left")
     shares["size"] = _bucket(shares["height"], SIZE_BUCKETS)
-    shares["occlusion_bucket"] = _bucket(shares["occlusion"].fillna(0.0), OCCLUSION_BUCKETS)
+    shares["occlusion_bucket"] = _bucket(shares["occlusion"], OCCLUSION_BUCKETS)   # unknown: no bucket
     shares["confidence"] = _bucket(shares["score"].fillna(0.0), CONFIDENCE_BUCKETS)
     return shares
 
@@ -284,7 +299,8 @@ def agreement_table(metrics: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------------- findings
 def findings(shares: pd.DataFrame, main_job: str | None, inp: ReportInputs) -> list[str]:
     """Plain-language observations computed from the tables (what a reviewer should read first)."""
-    out = []
+    out = [] if inp.ground_truth else [f"<b>{NO_GT_NOTE}</b>" + (f" {found}." if (found := detections_summary(inp))
+                                                               else "")]
     sel = shares[shares["job"] == main_job]
     body = sel[sel["part"] != "context"]
     if not body.empty:
@@ -352,6 +368,10 @@ class ReportContext:
 
     @classmethod
     def of(cls, inp: ReportInputs, per_row: int) -> ReportContext:
+        if not inp.ground_truth:          # nothing to be found / missed or a true / false positive against
+            people = inp.targets["kind"].isin(["persons", "detections"])
+            inp = replace(inp, targets=inp.targets.assign(found=inp.targets["found"].astype(object).where(~people,
+                                                                                                        None)))
         shares = part_shares(inp.explanations, inp.targets)
         region_jobs = [j for j in dict.fromkeys(shares["job"]) if j]
         methods = dict(zip(inp.explanations["job"], inp.explanations["method"])) if region_jobs else {}
@@ -390,27 +410,53 @@ class Section:
         return f'<section id="{self.id}"><h2>{html.escape(self.title)}</h2>{body}</section>'
 
 
+def _num(value, fmt: str = "{:.3f}") -> str:
+    """A metric for the page: ``n/a`` for a missing, null (JSON) or NaN value, never a number it is not."""
+    if value is None or (isinstance(value, (float, np.floating)) and not np.isfinite(value)):
+        return "n/a"
+    return fmt.format(value)
+
+
+def _split_metrics(metrics: dict) -> tuple[str, dict]:
+    """(split name, metrics) of a model's infer metrics: the val split's, else all images'."""
+    return ("val", metrics["val"]) if "val" in metrics else ("all images", metrics.get("all", {}))
+
+
+def detections_summary(inp: ReportInputs) -> str | None:
+    """'N detections above the threshold in M of K images; E explained' from the infer detections (None without)."""
+    if inp.detections is None:
+        return None
+    above = inp.detections[inp.detections["above_conf"] == True]  # noqa: E712
+    explained = inp.targets[inp.targets["kind"] == "detections"]["target_id"].nunique()
+    return (f"{len(above)} person detections above the detector's threshold in {above['image_id'].nunique()} of "
+            f"{len(inp.images)} images; {explained} explained (tall enough: explain.min_height)")
+
+
 def dataset_table(inp: ReportInputs) -> pd.DataFrame:
     """The dataset and models at a glance: images per split, pedestrians explained and missed, model quality,
-    explanations per job, errors."""
+    explanations per job, errors. Without ground truth: that statement instead of the missed count and the AP."""
     tg, ex = inp.targets, inp.explanations
-    ip = inp.infer_metrics.get(inp.detector_id, {})
-    val = ip.get("val", ip.get("all", {}))
-    clf = inp.infer_metrics.get(inp.classifier_id or "", {}).get("val", {})
+    split, val = _split_metrics(inp.infer_metrics.get(inp.detector_id, {}))
+    clf_split, clf = _split_metrics(inp.infer_metrics.get(inp.classifier_id or "", {}))
     splits = inp.images["split"].value_counts().to_dict()
-    return pd.DataFrame([
-        ("images", f"{len(inp.images)} ({', '.join(f'{k} {v}' for k, v in sorted(splits.items()))})"),
-        ("pedestrians explained", str(tg[tg["kind"].isin(["persons", "detections"])]["target_id"].nunique())),
-        ("ground-truth pedestrians", "{} explained, {} missed by the detector (found: matched one-to-one at IoU "
-                                     "&ge; {} by a detection above its threshold, as in infer's recall)"
-         .format(*detection_counts(tg), MATCH_IOU)),
-        ("detector", f"{inp.detector_id}: AP50 {val.get('ap50', float('nan')):.3f} (val), "
-                     f"reasonable {val.get('ap50_reasonable', float('nan')):.3f}"),
-        ("classifier", f"{inp.classifier_id}: mean F1 {clf.get('mean_f1', float('nan')):.3f} (val)"
-         if inp.classifier_id else "none"),
-        ("explanations", f"{len(ex)} ({', '.join(f'{j} {n}' for j, n in ex['job'].value_counts().items())})"),
-        ("errors", str(len(inp.errors))),
-    ], columns=["", "value"])
+    rows = [("images", f"{len(inp.images)} ({', '.join(f'{k} {v}' for k, v in sorted(splits.items()))})"),
+            ("pedestrians explained", str(tg[tg["kind"].isin(["persons", "detections"])]["target_id"].nunique()))]
+    if inp.ground_truth:
+        rows += [("ground-truth pedestrians", "{} explained, {} missed by the detector (found: matched one-to-one at "
+                                              "IoU &ge; {} by a detection above its threshold, as in infer's recall)"
+                  .format(*detection_counts(tg), MATCH_IOU)),
+                 ("detector", f"{inp.detector_id}: AP50 {_num(val.get('ap50'))} ({split}), "
+                              f"reasonable {_num(val.get('ap50_reasonable'))}")]
+    else:
+        rows += [("ground truth", f"none. {NO_GT_NOTE}"),
+                 ("detector", f"{inp.detector_id} (AP and recall not measured: no ground truth)")]
+    if (found := detections_summary(inp)) is not None:
+        rows.append(("detections", found))
+    rows += [("classifier", f"{inp.classifier_id}: mean F1 {_num(clf.get('mean_f1'))} ({clf_split})"
+              if inp.classifier_id else "none"),
+             ("explanations", f"{len(ex)} ({', '.join(f'{j} {n}' for j, n in ex['job'].value_counts().items())})"),
+             ("errors", str(len(inp.errors)))]
+    return pd.DataFrame(rows, columns=["", "value"])
 
 
 def jobs_table(explain_params: dict) -> pd.DataFrame:
@@ -426,8 +472,89 @@ def jobs_table(explain_params: dict) -> pd.DataFrame:
 
 def render_summary(ctx: ReportContext) -> Rendered:
     jobs = jobs_table(ctx.inputs.explain_params)
-    return Rendered(_table(dataset_table(ctx.inputs)) + "<h3>Explainer jobs</h3>" +
+    note = ""
+    if not ctx.inputs.ground_truth:
+        note = f"<p><b>{NO_GT_NOTE}</b> {NO_GT_DETAIL}</p>"
+        if not jobs.empty and (jobs["targets"] == "persons").any():
+            note += ("<p class='note'>Jobs on <code>persons</code> explain ground-truth pedestrians, so they have "
+                     "nothing to explain here: use <code>targets: detections</code>.</p>")
+    return Rendered(note + _table(dataset_table(ctx.inputs)) + "<h3>Explainer jobs</h3>" +
                     (_table(jobs) if not jobs.empty else "<p>none</p>"))
+
+
+def keypoint_sources(inp: ReportInputs) -> dict[str, int]:
+    """Explained pedestrians per keypoint source of their body parts (gt / pose / template), from the parts table's
+    ``source``; empty when the inputs do not say."""
+    tg = inp.targets
+    if inp.part_sources is None or not {"parts_model", "parts_id"} <= set(tg.columns):
+        return {}
+    people = tg[tg["kind"].isin(["persons", "detections"]) & tg["parts_id"].notna()]
+    merged = people.merge(inp.part_sources.drop_duplicates(["model_id", "det_id"]), how="inner",
+                          left_on=["parts_model", "parts_id"], right_on=["model_id", "det_id"])
+    return {k: int(v) for k, v in merged["source"].value_counts().items()}
+
+
+def sources_note(inp: ReportInputs) -> str:
+    counts = keypoint_sources(inp)
+    if not counts:
+        return ""
+    return ("Body parts placed from: " + "; ".join(f"{PART_SOURCES.get(k, k)} ({k}): {n} pedestrian{'s' * (n != 1)}"
+                                                  for k, n in counts.items()) + ".")
+
+
+def detection_tables(ctx: ReportContext) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per image: size, detections above the threshold, their scores, explained; per explained detection: score,
+    height, keypoint source, top part and each part's share of |relevance| in the main job)."""
+    inp = ctx.inputs
+    dets = inp.detections
+    above = dets[dets["above_conf"] == True].sort_values("score", ascending=False)  # noqa: E712
+    explained = inp.targets[inp.targets["kind"] == "detections"]
+    images = []
+    for img in inp.images.head(DETECTION_ROWS).to_dict("records"):
+        mine = above[above["image_id"] == img["image_id"]]
+        size = f"{img['width']}x{img['height']}" if "width" in img and "height" in img else ""
+        images.append({"image": img["image_id"], "size": size, "detections": len(mine),
+                       "scores": ", ".join(f"{v:.2f}" for v in mine["score"]) or "-",
+                       "explained": int((explained["image_id"] == img["image_id"]).sum())})
+    shares = ctx.shares[ctx.shares["job"] == ctx.main_job] if ctx.main_job else ctx.shares.iloc[:0]
+    table = shares.pivot_table(index=["image_id", "target_id"], columns="part", values="share", aggfunc="mean")
+    table = table.reindex(columns=[p for p in PART_ORDER if p in table.columns])
+    source = {}
+    if inp.part_sources is not None:
+        source = {(m, d): s for m, d, s in inp.part_sources[["model_id", "det_id", "source"]].itertuples(False)}
+    people = []
+    for t in explained.head(DETECTION_ROWS).to_dict("records"):
+        row = {"image": t["image_id"], "detection": t["target_id"], "score": t["score"],
+               "height (px)": round(float(t["height"])),
+               "keypoints": source.get((t.get("parts_model"), t.get("parts_id")), "")}
+        key = (t["image_id"], t["target_id"])
+        if key in table.index:
+            body = table.loc[key].drop("context", errors="ignore")
+            row["top part"] = str(body.idxmax()).replace("_", " ") if body.notna().any() else ""
+            row.update({p.replace("_", " "): v for p, v in table.loc[key].items()})
+        people.append(row)
+    return pd.DataFrame(images), pd.DataFrame(people)
+
+
+def render_detections(ctx: ReportContext) -> Rendered | None:
+    """Without ground truth: what the detector found per image and, per explained detection, its body-part shares
+    (the main job) - the audit's evidence when nothing can be scored against annotations."""
+    inp = ctx.inputs
+    if inp.ground_truth or inp.detections is None:
+        return None
+    per_image, per_person = detection_tables(ctx)
+    cut = (f"<p class='note'>First {DETECTION_ROWS} of {len(inp.images)} images.</p>"
+           if len(inp.images) > DETECTION_ROWS else "")
+    job = ctx.main_job or "none"
+    body = (f"<p><b>{NO_GT_NOTE}</b></p><p class='note'>{detections_summary(inp)}. Scores are the detector's own; "
+            f"'explained' counts the detections tall enough for explain.min_height.</p>" + _table(per_image) + cut +
+            f"<h3>Body-part relevance per detected pedestrian ({html.escape(job)})</h3>" +
+            (_table(per_person) if not per_person.empty else "<p>No detection was explained.</p>") +
+            f"<p class='note'>Share = the part's relevance / the sum of |relevance| over the pedestrian's parts; top "
+            f"part: the body part (not context) with the largest share. {sources_note(inp)}</p>")
+    md = ("## Detections (no ground truth)", "", NO_GT_NOTE, "", f"{detections_summary(inp)}.", "",
+          _markdown_table(per_person, floatfmt=".2f") if not per_person.empty else "No detection was explained.")
+    return Rendered(body, md)
 
 
 def render_findings(ctx: ReportContext) -> Rendered:
@@ -444,11 +571,14 @@ def render_parts(ctx: ReportContext) -> Rendered | None:
             _img(fig_part_boxplot(shares, job), "part relevance spread") +
             "<p class='note'>Share = a part's relevance divided by the sum of |relevance| over the "
             "pedestrian's parts (so pedestrians with different scores weigh the same). Context = the box "
-            "minus the body.</p>")
-    return Rendered(body + "".join(_img(fig_breakdown(shares, job, col, list(b), title), title) for col, b, title in (
-        ("size", SIZE_BUCKETS, f"by person height ({job})"),
-        ("occlusion_bucket", OCCLUSION_BUCKETS, f"by occlusion ({job})"),
-        ("confidence", CONFIDENCE_BUCKETS, f"by detector confidence ({job})"))))
+            f"minus the body. {sources_note(ctx.inputs)}</p>")
+    breakdowns = [("size", SIZE_BUCKETS, f"by person height ({job})"),
+                  ("occlusion_bucket", OCCLUSION_BUCKETS, f"by occlusion ({job})"),
+                  ("confidence", CONFIDENCE_BUCKETS, f"by detector confidence ({job})")]
+    known = shares[shares["job"] == job]
+    shown = [b for b in breakdowns if known[b[0]].notna().any()]     # occlusion is unknown without ground truth
+    return Rendered(body + "".join(_img(fig_breakdown(shares, job, col, list(b), title), title)
+                                   for col, b, title in shown))
 
 
 def render_missed(ctx: ReportContext) -> Rendered | None:
@@ -521,6 +651,7 @@ def render_errors(ctx: ReportContext) -> Rendered | None:
 SECTIONS: tuple[Section, ...] = (
     Section("summary", "Dataset and models", render_summary, (("summary", "Summary"),)),
     Section("findings", "Key findings", render_findings, (("findings", "Findings"),)),
+    Section("detections", "Detections (no ground truth)", render_detections, (("detections", "Detections"),)),
     Section("parts", "Body-part relevance for pedestrians", render_parts, (("parts", "Body parts"),)),
     Section("missed", "Which parts carry missed vs found pedestrians", render_missed),
     Section("agreement", "Explanation quality and method agreement", render_quality,
@@ -568,6 +699,16 @@ def gallery_rows(inp: ReportInputs, main_job: str, per_row: int, explained: pd.I
     return rows
 
 
+def status_word(target) -> str:
+    """'found · ' / 'missed · ' for a ground-truth pedestrian, 'true positive · ' / 'false positive · ' for a
+    detection, '' where unknown (no ground truth)."""
+    found = target.get("found")
+    if found is None or (isinstance(found, float) and np.isnan(found)):
+        return ""
+    words = ("found", "missed") if target.get("kind") == "persons" else ("true positive", "false positive")
+    return f"{words[0] if found else words[1]} · "
+
+
 def _gallery_figure(inp: ReportInputs, keyed: pd.DataFrame, key: tuple[str, str]) -> str | None:
     """One overlay with its caption (target, height, found / missed, score, top part); None if the image is
     unreadable."""
@@ -580,8 +721,7 @@ def _gallery_figure(inp: ReportInputs, keyed: pd.DataFrame, key: tuple[str, str]
         return None
     sal = np.asarray(e["saliency"], np.float32).reshape(e["saliency_height"], e["saliency_width"])
     box = None if target["bbox"] is None else list(target["bbox"])
-    caption = (f"{key[1]} · h={target['height']:.0f}px · "
-               f"{'found' if target['found'] else 'missed'} · score {target['score']:.2f}")
+    caption = f"{key[1]} · h={target['height']:.0f}px · " + status_word(target) + f"score {target['score']:.2f}"
     if e["relevance"] is not None and e["region_names"] is not None and len(e["region_names"]):
         top = int(np.argmax(e["relevance"]))
         caption += f" · top part: {e['region_names'][top]}"
