@@ -17,6 +17,7 @@ from detection.models.keypoints import KeypointTraining, load_keypoint_model, sa
 from detection.models.specs import file_sha256
 from tasks.params import Params
 from tasks.shards import write_json
+from tasks.shipped_weights import verify_given
 
 KEYPOINTS_FILE = "keypoints.pt"
 
@@ -43,8 +44,7 @@ def train_keypoints(params: Params) -> dict:
     out = Path(params.models.out_dir) / KEYPOINTS_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
     if cfg.weights:
-        if not Path(cfg.weights).is_file():
-            raise FileNotFoundError(f"params models.keypoints.weights: file not found: {cfg.weights}")
+        verify_given(cfg.weights, "models.keypoints.weights")
         load_keypoint_model(cfg.weights, device="cpu")            # fail here, naming the file, if it is not one
         shutil.copyfile(cfg.weights, out)
         info = {"source": f"given:{cfg.weights}"}

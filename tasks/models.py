@@ -20,6 +20,7 @@ from detection.models.specs import file_sha256
 from detection.models.yolo_training import YoloTraining, train_yolo
 from tasks.params import Params, PullParams
 from tasks.shards import write_json
+from tasks.shipped_weights import verify_given
 
 MODEL_FILES = {"detector": "detector.pt", "pose": "pose.pt", "classifier": "classifier.pt"}
 
@@ -54,9 +55,11 @@ def _record(params: Params, name: str, info: dict) -> dict:
 
 
 def _given(params: Params, name: str, weights: str, sidecar: bool = False) -> dict:
+    """Copy given weights (checked against the manifest beside them, see :mod:`tasks.shipped_weights`)."""
     src, dst = Path(weights), Path(params.models.out_dir) / MODEL_FILES[name]
-    if not src.is_file():
-        raise FileNotFoundError(f"params models.{name}.weights: file not found: {src}")
+    verify_given(src, f"models.{name}.weights")
+    if sidecar:
+        verify_given(src.with_suffix(".json"), f"models.{name}.weights (its .json sidecar)")
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, dst)
     if sidecar:
