@@ -6,7 +6,11 @@ D-RISE similarity or target probabilities), in chunks of that batch size. The tw
 interleaved rounds and compared by the median per-round ratio (a shared VM's speed drifts by 2x over minutes).
 Target: scorer >= 90 % of raw forward.
 
-    python benchmarks/bench_models.py [--out benchmarks/results/models.json] [--seconds 3]
+ONNX rows (``kind: onnx``, detection.models.onnx_runtime): the same detector exported by ultralytics (dynamic
+batch and size) and the classifier exported by torch.onnx, scored through ONNX Runtime (as many threads as torch)
+against the PyTorch adapter's scorer, interleaved the same way; the ratio is ONNX / PyTorch scorer img/s.
+
+    python benchmarks/bench_models.py [--out benchmarks/results/models.json] [--seconds 3] [--quick] [--no-onnx]
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from detection.datasets.imageio import load_rgb, to_batch
 from detection.datasets.tables import DatasetTables
 from detection.models.letterbox import letterbox
 from detection.models.scene_classifier import load_classifier
+from detection.models.specs import ClassifierSpec, DetectorSpec, build_classifier, build_detector
 from detection.models.yolo import YoloDetector
 from detection.scorers import ClassifierScorer, DRiseScorer
 
@@ -67,6 +72,57 @@ def compare(raw_fn, raw_batch, scorer, images, seconds: float, rounds: int = 12)
     return float(np.median(raw)), float(np.median(scored)), ratio
 
 
+def export_onnx(detector_pt: str, classifier, folder: Path) -> tuple[Path, Path]:
+    """The detector exported by ultralytics (offline; dynamic batch and size) and the classifier's network by
+    torch.onnx (dynamic batch), into ``folder``."""
+    import shutil
+    import warnings
+
+    from ultralytics import YOLO
+
+    pt = folder / Path(detector_pt).name
+    shutil.copyfile(detector_pt, pt)                # ultralytics writes the .onnx beside the .pt
+    det_onnx = Path(YOLO(str(pt)).export(format="onnx", imgsz=320, dynamic=True, simplify=False, verbose=False))
+    clf_onnx = folder / "classifier.onnx"
+    size = classifier.input_size or (240, 320)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(classifier.model.cpu().eval(), (torch.rand(1, 3, *size),), str(clf_onnx), dynamo=False,
+                          input_names=["images"], output_names=["logits"], dynamic_axes={"images": {0: "batch"}})
+    classifier.model.to(classifier.device)
+    return det_onnx, clf_onnx
+
+
+def onnx_rows(args, device, images, det, ref, order, clf, results: dict) -> None:
+    """Scorer img/s of the ONNX Runtime adapters vs the PyTorch adapters' scorers (same chunk size, same inputs)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        det_onnx, clf_onnx = export_onnx(args.detector, clf, Path(tmp))
+        chunk = results["detector"]["best_batch"]
+        onnx_det = build_detector(DetectorSpec(id="onnx", kind="onnx", weights=str(det_onnx), imgsz=det.imgsz),
+                                  str(device), chunk)
+        ref_scorer = DRiseScorer.for_detections(det, ref, index=order.tolist(), chunk_size=chunk)
+        onnx_scorer = DRiseScorer.for_detections(onnx_det, ref, index=order.tolist(), chunk_size=chunk)
+        diff = float((onnx_scorer(images[:chunk]) - ref_scorer(images[:chunk])).abs().max())
+        torch_s, onnx_s, ratio = compare(ref_scorer, images[:chunk], onnx_scorer, images[:chunk], 4 * args.seconds)
+        results["detector_onnx"] = {"batch": chunk, "providers": onnx_det.graph.providers,
+                                    "pytorch_scorer_images_per_s": torch_s, "onnx_scorer_images_per_s": onnx_s,
+                                    "onnx_vs_pytorch": ratio, "max_abs_score_difference": diff}
+        chunk = results["classifier"]["best_batch"]
+        spec = ClassifierSpec(id="onnx", kind="onnx", weights=str(clf_onnx), classes=clf.class_names,
+                              multi_label=clf.multi_label, input_size=clf.input_size,
+                              onnx={"mean": clf.mean.flatten().tolist(), "std": clf.std.flatten().tolist(),
+                                    "antialias": clf.antialias})
+        onnx_clf = build_classifier(spec, str(device), chunk)
+        ref_scorer, onnx_scorer = ClassifierScorer(clf, chunk_size=chunk), ClassifierScorer(onnx_clf, chunk_size=chunk)
+        diff = float((onnx_scorer(images[:chunk]) - ref_scorer(images[:chunk])).abs().max())
+        torch_s, onnx_s, ratio = compare(ref_scorer, images[:chunk], onnx_scorer, images[:chunk], 4 * args.seconds)
+        results["classifier_onnx"] = {"batch": chunk, "providers": onnx_clf.model.graph.providers,
+                                      "pytorch_scorer_images_per_s": torch_s, "onnx_scorer_images_per_s": onnx_s,
+                                      "onnx_vs_pytorch": ratio, "max_abs_score_difference": diff}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pulled", default="data/pulled")
@@ -76,7 +132,11 @@ def main() -> None:
     parser.add_argument("--targets", type=int, default=5, help="D-RISE targets (detections explained at once)")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--out", default="benchmarks/results/models.json")
+    parser.add_argument("--quick", action="store_true", help="batch sizes 1,16 and 0.5 s per timing (a smoke run)")
+    parser.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip the ONNX Runtime rows")
     args = parser.parse_args()
+    if args.quick:
+        args.batch_sizes, args.seconds = "1,16", 0.5
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sizes = [int(b) for b in args.batch_sizes.split(",")]
 
@@ -112,6 +172,9 @@ def main() -> None:
         results["classifier"].update(scorer_at_input_size_images_per_s=scored_small,
                                      scorer_at_input_size_vs_raw=ratio_small)
 
+    if args.onnx:
+        onnx_rows(args, device, images, det, ref, order, clf, results)
+
     print(f"\nmodel throughput on {device} ({os.cpu_count()} CPUs), images {tuple(images.shape[-2:])}")
     print(f"{'model':<12}{'batch':>6}{'raw img/s':>11}{'scorer img/s':>14}{'scorer/raw':>12}")
     for name in ("detector", "classifier"):
@@ -122,6 +185,12 @@ def main() -> None:
         if "scorer_at_input_size_vs_raw" in r:
             print(f"{'':<12}scorer on images already at the input size: {r['scorer_at_input_size_images_per_s']:.1f}"
                   f" img/s, {r['scorer_at_input_size_vs_raw']:.3f} of raw")
+    for name in ("detector_onnx", "classifier_onnx"):
+        if name in results:
+            r = results[name]
+            print(f"{name:<16}batch {r['batch']}: ONNX Runtime scorer {r['onnx_scorer_images_per_s']:.1f} img/s vs "
+                  f"PyTorch {r['pytorch_scorer_images_per_s']:.1f} ({r['onnx_vs_pytorch']:.3f}x; scores differ by "
+                  f"<= {r['max_abs_score_difference']:.1e})")
     write_results(args.out, results)
 
 
