@@ -2,7 +2,9 @@
 
 Every stage, the CLI and the benchmarks build models through :func:`build_detector` / :func:`build_classifier`.
 ``kind: callable`` imports a user's factory (``entrypoint: "package.module:factory"``) and calls it with the spec's
-``kwargs``; see :func:`load_entrypoint`.
+``kwargs`` (:func:`load_entrypoint`); ``kind: onnx`` runs an exported graph through ONNX Runtime with the declared
+``onnx:`` options (:class:`OnnxDetectorOptions`, :class:`OnnxClassifierOptions`,
+:mod:`detection.models.onnx_runtime`).
 """
 from __future__ import annotations
 
@@ -111,9 +113,10 @@ def _check_onnx(spec: DetectorSpec | ClassifierSpec) -> None:
 
 
 class DetectorSpec(BaseModel):
-    """A detector: ``yolo`` (.pt or .yaml), a torchvision architecture with a local weights file, or ``callable``:
-    a factory ``entrypoint: "package.module:factory"`` called with ``kwargs`` (and ``weights=`` when given), which
-    returns a detector (:func:`build_detector`)."""
+    """A detector: ``yolo`` (.pt or .yaml), a torchvision architecture with a local weights file, ``onnx`` (an
+    exported graph, ``weights: model.onnx``, with ``onnx:`` options and ``classes``), or ``callable``: a factory
+    ``entrypoint: "package.module:factory"`` called with ``kwargs`` (and ``weights=`` when given), which returns a
+    detector (:func:`build_detector`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     id: str
@@ -150,7 +153,9 @@ class DetectorSpec(BaseModel):
 
 class ClassifierSpec(BaseModel):
     """A classifier: ``saved`` (TorchScript + .json sidecar, as the demo), ``torchscript``, ``torchvision``,
-    ``timm``, or ``callable``: a factory that returns a classifier (:func:`build_classifier`)."""
+    ``timm``, ``onnx`` (an exported graph with ``onnx:`` options; ``input_size`` resizes as for the others), or
+    ``callable``: a factory that returns a classifier (:func:`build_classifier`); ``multi_label`` and ``input_size``
+    are then the returned classifier's own."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     id: str
@@ -337,7 +342,9 @@ def _onnx_detector(spec: DetectorSpec, device: str, batch_size: int):
 
 def build_detector(spec: DetectorSpec, device: str = "auto", batch_size: int = 32):
     """The adapter of a detector spec. ``callable``: the factory's result (see :func:`_call_factory`); raises
-    :class:`EntrypointError` when it cannot be imported, raises, or returns no detector."""
+    :class:`EntrypointError` when it cannot be imported, raises, or returns no detector. ``onnx``: an
+    :class:`~detection.models.onnx_runtime.OnnxYoloDetector` or ``OnnxBoxesDetector``; raises FileNotFoundError /
+    :class:`~detection.models.base.WeightsError` naming the file. Other kinds raise as their adapters do."""
     if spec.kind == "callable":
         return _call_factory(spec, device, batch_size, DETECTOR_INTERFACE,
                              "a detector such as detection.models.blackbox.CallableDetector(fn, class_names)")
