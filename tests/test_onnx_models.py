@@ -130,14 +130,14 @@ def test_fixed_batch_one_graph(yolo_files):
 
 
 class _SceneNHWC(nn.Module):
-    """The scene network on NHWC pixels in 0..255 (what many non-PyTorch exports take)."""
+    """The scene network on NHWC pixels in 0..255 (what many non-PyTorch exports take), float or uint8."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
 
     def forward(self, x):
-        x = x.permute(0, 3, 1, 2)
+        x = x.permute(0, 3, 1, 2).float()
         mean = torch.tensor(SCENE_MEAN).view(1, 3, 1, 1) * 255
         return torch.sigmoid(self.net((x - mean) / (torch.tensor(SCENE_STD).view(1, 3, 1, 1) * 255)))
 
@@ -166,6 +166,7 @@ def scene_classifier(tmp_path_factory):
     _export(net, example, root / "logits.onnx")
     _export(net, example, root / "batch1.onnx", dynamic_batch=False)
     _export(_SceneNHWC(net), (example * 255).permute(0, 2, 3, 1), root / "nhwc_probs.onnx")
+    _export(_SceneNHWC(net), (example * 255).round().to(torch.uint8).permute(0, 2, 3, 1), root / "uint8.onnx")
     return root, saved
 
 
@@ -173,6 +174,7 @@ def scene_classifier(tmp_path_factory):
     ("logits.onnx", {"mean": SCENE_MEAN, "std": SCENE_STD}),
     ("batch1.onnx", {"scale": 255, "mean": [v * 255 for v in SCENE_MEAN], "std": [v * 255 for v in SCENE_STD]}),
     ("nhwc_probs.onnx", {"layout": "NHWC", "scale": 255, "returns": "probabilities"}),
+    ("uint8.onnx", {"layout": "NHWC", "scale": 255, "returns": "probabilities"}),
 ])
 def test_scene_classifier_onnx_matches_torchscript(scene_classifier, graph, onnx):
     """The saved (TorchScript) scene classifier and its ONNX exports give the same probabilities and scores:
@@ -182,7 +184,7 @@ def test_scene_classifier_onnx_matches_torchscript(scene_classifier, graph, onnx
     spec = ClassifierSpec(id="scene-onnx", kind="onnx", weights=str(root / graph), classes=ref.class_names,
                           multi_label=True, onnx=onnx)
     clf = build_classifier(spec, device="cpu", batch_size=2)
-    images = _scenes(5)
+    images = _scenes(5)                     # uint8 scenes / 255: a uint8 graph sees the same pixels
     diff = _max_diff(clf.classify(images), ref.classify(images))
     scored = _max_diff(ClassifierScorer(clf, [0, 2])(images), ClassifierScorer(ref, [0, 2])(images))
     print(f"\nscene classifier {graph}: max abs difference of probabilities {diff:.2e}, scorer {scored:.2e}")
@@ -245,6 +247,10 @@ def test_errors_name_the_file(tmp_path, yolo_files, scene_classifier):
                                           classes=["person", "car"]), device="cpu")
     with pytest.raises(WeightsError, match=r"logits.onnx: output 'scores' has shape \[1, 4\], expected \[B, 2\]"):
         clf.classify(_scenes(1))
+    with pytest.raises(WeightsError, match=r"uint8.onnx: input 'images' is uint8 \(0..255 pixels\): params "
+                                           r"onnx.scale must be 255"):
+        build_classifier(ClassifierSpec(id="s", kind="onnx", weights=str(root / "uint8.onnx"), classes=list("abcd"),
+                                        onnx={"layout": "NHWC"}), device="cpu")
     with pytest.raises(WeightsError, match=r"logits.onnx: no class names"):
         build_classifier(ClassifierSpec(id="s", kind="onnx", weights=str(root / "logits.onnx")), device="cpu")
 

@@ -36,6 +36,14 @@ FILL = 114 / 255                     # letterbox padding, as detection.models.le
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
 
 
+def _check_uint8(graph: OnnxGraph, scale: float, mean: Sequence[float], std: Sequence[float]) -> None:
+    """A uint8 input takes 0..255 pixels: anything but ``scale`` 255 without mean / std would be rounded away."""
+    if graph.dtype == np.uint8 and (scale != 255 or any(m != 0 for m in mean) or any(s != 1 for s in std)):
+        raise WeightsError(f"{graph.path}: input {graph.input_name!r} is uint8 (0..255 pixels): params onnx.scale "
+                           f"must be 255 with mean 0 and std 1 (got scale {scale}, mean {list(mean)}, "
+                           f"std {list(std)})")
+
+
 def _fixed(dim) -> int | None:
     """A graph dimension: an int when fixed, None when symbolic / unknown."""
     return dim if isinstance(dim, int) and dim > 0 else None
@@ -145,6 +153,7 @@ class OnnxInput:
         self.size = tuple(input_size) if input_size is not None else graph.size
         if not letterbox and self.size is not None:
             raise WeightsError(f"{graph.path}: letterbox is off but the graph takes a fixed {list(self.size)} input")
+        _check_uint8(graph, scale, mean, std)
         self.scale = scale
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
@@ -396,6 +405,7 @@ def onnx_classifier(path: str | Path, *, classes: Sequence[str] | None = None, m
     """
     graph = OnnxGraph(path, device=device, input_name=input_name, layout=layout)
     names = _class_names(graph, classes)
+    _check_uint8(graph, scale, mean, std)
     if input_size is not None and graph.size is not None and tuple(input_size) != graph.size:
         raise WeightsError(f"{graph.path}: params declare input_size {list(input_size)} but the graph's input "
                            f"{graph.input_name!r} is fixed at {list(graph.size)} (H, W)")
