@@ -5,6 +5,7 @@ import argparse
 import importlib
 import json
 import sys
+from pathlib import Path
 
 import flows  # noqa: F401  (environment defaults before Prefect is imported)
 
@@ -65,10 +66,38 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def default_stages(params_file: str) -> list[str]:
+    """The stages ``audit`` / ``serve`` run without ``--stage``: all of them, except ``models`` when no model in
+    ``infer`` (weights or keypoint model) is a file the models stage writes - models you bring (``kind: callable``,
+    your own .pt) would otherwise wait ~25 CPU minutes for demo models nobody uses."""
+    from flows.audit import STAGES
+
+    from tasks.keypoints import KEYPOINTS_FILE
+    from tasks.models import MODEL_FILES
+    from tasks.params import load_params
+
+    params = load_params(params_file, check_files=False)
+    out = Path(params.models.out_dir)
+    written = {(out / name).resolve() for name in [*MODEL_FILES.values(), KEYPOINTS_FILE]}
+    specs = [s for s in (*params.infer.detectors, params.infer.pose, params.infer.classifier) if s is not None]
+    used = [Path(f).resolve() for s in specs for f in (s.weights, getattr(s, "keypoints", None)) if f]
+    return list(STAGES) if written & set(used) else [s for s in STAGES if s != "models"]
+
+
+def _stages(args: argparse.Namespace) -> list[str]:
+    if args.stages:
+        return args.stages
+    stages = default_stages(args.params)
+    if "models" not in stages:
+        print(f"xai-audit {args.command}: skipping the models stage (no model in infer comes from it; "
+              f"--stage models runs it); stages: {' '.join(stages)}", file=sys.stderr)
+    return stages
+
+
 def _audit(args: argparse.Namespace) -> int:
     from flows.audit import audit_flow
 
-    result = audit_flow(args.params, args.stages)
+    result = audit_flow(args.params, _stages(args))
     print(json.dumps({k: v for k, v in result.items() if k in ("explain", "evaluate", "report")}, indent=2,
                      sort_keys=True, default=str))
     return 0
@@ -79,51 +108,61 @@ def _serve(args: argparse.Namespace) -> int:
 
     if (args.cron is None) == (args.interval is None):
         raise SystemExit("xai-audit serve: give exactly one of --cron or --interval")
-    serve(args.params, args.cron, args.interval, args.stages, args.name, args.port)
+    serve(args.params, args.cron, args.interval, _stages(args), args.name, args.port)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xai-audit", description=__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    # --params after the sub-command too (`xai-audit audit --params my.yaml`); SUPPRESS: absent, it leaves the
+    # top-level value alone
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--params", default=argparse.SUPPRESS, help="params file (default: params.yaml)")
     sub = parser.add_subparsers(dest="command", required=True)
-    pull = sub.add_parser("pull", help="pull a dataset version into validated Parquet tables")
+
+    def command(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    pull = command("pull", help="pull a dataset version into validated Parquet tables")
     pull.set_defaults(func=_stage("pull", "run_pull"))
-    sub.add_parser("train-data", help="generate the synthetic scenes the demo models train on").set_defaults(
+    command("train-data", help="generate the synthetic scenes the demo models train on").set_defaults(
         func=_stage("models", "run_train_data"))
-    models = sub.add_parser("models", help="train the demo models (or copy the weights named in params)")
+    models = command("models", help="train the demo models (or copy the weights named in params)")
     models.add_argument("--only", action="append", choices=["pose", "detector", "classifier", "keypoints"],
                         help="train only this model (repeatable); default: all, in dependency order")
     models.set_defaults(func=_models)
-    sub.add_parser("infer", help="run the configured models over the pulled dataset").set_defaults(
+    command("infer", help="run the configured models over the pulled dataset").set_defaults(
         func=_stage("infer", "run_infer"))
-    sub.add_parser("parts", help="body-part masks of every pedestrian (GT persons and detections)").set_defaults(
+    command("parts", help="body-part masks of every pedestrian (GT persons and detections)").set_defaults(
         func=_stage("parts", "run_parts"))
-    explain = sub.add_parser("explain", help="without IMAGE: the explain stage over the dataset; with IMAGE: explain "
-                                             "that image and write its overlay", formatter_class=_RegistryHelpFormatter)
+    explain = command("explain", help="without IMAGE: the explain stage over the dataset; with IMAGE: explain "
+                                      "that image and write its overlay", formatter_class=_RegistryHelpFormatter)
     explain.add_argument("image", nargs="?", help="an image file to explain on its own")
     explain.add_argument("--model", help="a model id from params (detector or classifier) or a YOLO .pt / .yaml "
                                          "(default: the explain stage's detector)")
     explain.add_argument("--method", default="drise", help="explainer: one of <methods> (default drise; rise for a "
                                                            "classifier; renamed: <renamed>)")
     explain.add_argument("--budget", type=int, help="forward passes (default: the method's)")
-    explain.add_argument("--regions", choices=["none", "superpixels", "grid"], default="none",
+    explain.add_argument("--regions", choices=["none", "superpixels", "grid", "parts"], default="none",
                          help="players of region methods (<region-methods>; with none, each plays on its own "
-                              "default)")
+                              "default); parts: every pedestrian over its body parts (keypoints from infer.pose, "
+                              "else the template; per-part tables on stderr)")
     explain.add_argument("--n-regions", type=int, default=24)
     explain.add_argument("--seed", type=int, default=0)
     explain.add_argument("--out", help="overlay PNG (default: <image>_<method>.png beside the image)")
     explain.set_defaults(func=_explain)
-    sub.add_parser("evaluate", help="metrics of every explanation, DVC metrics and plots").set_defaults(
+    command("evaluate", help="metrics of every explanation, DVC metrics and plots").set_defaults(
         func=_stage("evaluate", "run_evaluate"))
-    sub.add_parser("report", help="the HTML audit report and markdown summary").set_defaults(
+    command("report", help="the HTML audit report and markdown summary").set_defaults(
         func=_stage("report", "run_report"))
-    stages_help = "run only these stages (repeatable; default all): pull models infer parts explain evaluate report"
-    audit = sub.add_parser("audit", help="every stage as one Prefect flow (what `dvc repro` runs, unconditionally)")
+    stages_help = ("run only these stages (repeatable): pull models infer parts explain evaluate report; default "
+                   "all, without models when no model in infer comes from it")
+    audit = command("audit", help="every stage as one Prefect flow (what `dvc repro` runs, unconditionally)")
     audit.add_argument("--stage", dest="stages", action="append", help=stages_help)
     audit.set_defaults(func=_audit)
-    serve = sub.add_parser("serve", help="serve the audit flow on a schedule (starts a Prefect server unless "
-                                         "PREFECT_API_URL is set)")
+    serve = command("serve", help="serve the audit flow on a schedule (starts a Prefect server unless "
+                                  "PREFECT_API_URL is set)")
     serve.add_argument("--cron", help='cron schedule, e.g. "0 3 * * *"')
     serve.add_argument("--interval", type=float, help="or: every N seconds")
     serve.add_argument("--stage", dest="stages", action="append", help=stages_help)
