@@ -42,7 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_shapley.py --split heldout
 	$(BIN)/python benchmarks/bench_quality.py --models detector
 	$(BIN)/python benchmarks/bench_quality.py --models classifier
-	$(BIN)/python benchmarks/bench_pipeline.py
+	$(BIN)/python benchmarks/bench_pipeline.py --images 96
 
 clean:
 	rm -rf $(VENV) data/pulled data/pulled.* metrics
