@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,6 +100,7 @@ class SceneObject:
     keypoints: np.ndarray | None = None             # [17, 3] (x, y, v) for persons
     part_masks: dict[str, np.ndarray] = field(default_factory=dict)          # amodal, [H, W] bool
     visible_part_masks: dict[str, np.ndarray] = field(default_factory=dict)  # [H, W] bool
+    attributes: dict[str, object] = field(default_factory=dict)             # persons: what the generator drew
 
 
 @dataclass
@@ -107,6 +109,7 @@ class Scene:
     labels: list[str]                 # object kinds visible in the scene
     spurious_cue: bool
     objects: list[SceneObject]        # in drawing order (far to near)
+    lighting: np.ndarray | None = None  # [H, W] float32 global lighting gain applied to the whole image
 
 
 @dataclass
@@ -122,6 +125,7 @@ class _Shape:
     height_px: float
     keypoints: np.ndarray | None = None   # [17, 2] image coords, cv2 convention (pixel j centred at x = j)
     face_depth: np.ndarray | None = None  # [17] facing term for keypoints hidden by the head itself
+    attributes: dict[str, object] = field(default_factory=dict)   # persons: pose, clothes, placement as drawn
 
 
 def render_scene(config: SyntheticConfig, seed: int, index: int) -> Scene:
@@ -136,8 +140,10 @@ def render_scene(config: SyntheticConfig, seed: int, index: int) -> Scene:
     for _ in range(n_persons):
         person = _place_person(rng, config, horizon)
         shapes.append(person)
+        person.attributes["occluder"] = "none"
         if rng.random() < config.p_occluder:
             shapes.append(_occluder_for(rng, person, horizon))
+            person.attributes["occluder"] = shapes[-1].category
     n_distractors = int(rng.integers(config.distractors_per_image[0], config.distractors_per_image[1] + 1))
     for _ in range(n_distractors):
         shapes.append(_distractor(rng, config, horizon))
@@ -161,8 +167,44 @@ def render_scene(config: SyntheticConfig, seed: int, index: int) -> Scene:
             background = background * (1.0 - cue.strength) + np.asarray(cue.tint, np.float32) * cue.strength
 
     image = np.where((labels_map > 0)[..., None], layer, background)
-    image = _finish(rng, image, H, W)
-    return Scene(image=image, labels=present, spurious_cue=spurious, objects=objects)
+    image, lighting = _finish(rng, image, H, W)
+    for i, (shape, obj) in enumerate(zip(shapes, objects)):
+        if shape.category == "person" and obj.bbox is not None:
+            obj.attributes = {**shape.attributes,
+                              **_measured_attributes(shape, obj, i, shapes, labels_map, layer, background, lighting)}
+    return Scene(image=image, labels=present, spurious_cue=spurious, objects=objects, lighting=lighting)
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    """Rec. 601 luma of RGB values [..., 3] (0..255)."""
+    return rgb @ np.float32([0.299, 0.587, 0.114])
+
+
+def _measured_attributes(shape: _Shape, obj: SceneObject, index: int, shapes: list[_Shape], labels_map: np.ndarray,
+                         layer: np.ndarray, background: np.ndarray, lighting: np.ndarray) -> dict[str, object]:
+    """What a person's scene did to it, measured on the rendered layers (no random draws): who hides it, how it
+    stands out from the background behind it, and the light falling on it."""
+    amodal = np.logical_or.reduce(list(obj.part_masks.values()))
+    visible = labels_map > 0
+    visible &= (labels_map - 1) // 16 == index
+    hidden = amodal & ~visible
+    owners = (labels_map[hidden] - 1) // 16                     # hidden pixels all belong to nearer objects
+    kinds = np.array([s.category for s in shapes])[owners] if owners.size else np.zeros(0, str)
+    in_image = max(int(amodal.sum()), 1)
+    by_person = float((kinds == "person").sum()) / in_image
+    by_object = float((kinds != "person").sum()) / in_image
+    by_kind = {k: int((kinds == k).sum()) for k in CATEGORIES}
+    occluded_by = max(by_kind, key=by_kind.get) if owners.size else "none"
+    contrast = (float(np.abs(_luma(layer[visible]) - _luma(background[visible])).mean()) / 255.0
+                if visible.any() else float("nan"))
+    torso = obj.part_masks["torso"]
+    shirt = np.asarray(shape.attributes["shirt_rgb"], np.float32)
+    shirt_contrast = (float(np.linalg.norm(background[torso].mean(0) - shirt)) / (255.0 * math.sqrt(3))
+                      if torso.any() else float("nan"))
+    x0, y0, x1, y1 = (int(v) for v in obj.bbox)
+    return {"occluded_by": occluded_by, "person_overlap": by_person, "object_overlap": by_object,
+            "contrast": contrast, "shirt_contrast": shirt_contrast,
+            "lighting": float(lighting[y0:y1, x0:x1].mean())}
 
 
 # ---------------------------------------------------------------------------------------------- background
@@ -205,15 +247,42 @@ def _background(rng: np.random.Generator, H: int, W: int, horizon: float) -> np.
     return img * _lowfreq(rng, H, W, 6, 0.85, 1.15)[..., None]
 
 
-def _finish(rng: np.random.Generator, img: np.ndarray, H: int, W: int) -> np.ndarray:
-    """Global lighting, sensor noise and a touch of blur, then quantise."""
-    img = img * _lowfreq(rng, H, W, 4, 0.88, 1.12)[..., None]
+def _finish(rng: np.random.Generator, img: np.ndarray, H: int, W: int) -> tuple[np.ndarray, np.ndarray]:
+    """Global lighting, sensor noise and a touch of blur, then quantise: (image, the lighting gain [H, W])."""
+    lighting = _lowfreq(rng, H, W, 4, 0.88, 1.12)
+    img = img * lighting[..., None]
     img = img + rng.normal(0.0, 4.0, size=img.shape).astype(np.float32)
     img = cv2.GaussianBlur(img.astype(np.float32), (3, 3), 0.6)
-    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8), lighting
 
 
 # ---------------------------------------------------------------------------------------------- pedestrians
+_HUES = ((8, "red"), (20, "orange"), (33, "yellow"), (78, "green"), (98, "cyan"), (130, "blue"), (150, "purple"),
+         (165, "pink"), (181, "red"))                                      # OpenCV hue (0..180) upper bounds
+
+
+def colour_name(rgb: np.ndarray | Sequence[float]) -> str | np.ndarray:
+    """Name of an RGB colour (0..255): black / white / gray by value and saturation, else one of red, orange,
+    yellow, green, cyan, blue, purple, pink by OpenCV's HSV hue. ``rgb`` [3] -> str; [..., 3] -> array of str."""
+    arr = np.asarray(rgb, np.float32)
+    flat = np.clip(np.rint(arr.reshape(-1, 1, 3)), 0, 255).astype(np.uint8)
+    hsv = cv2.cvtColor(flat, cv2.COLOR_RGB2HSV).reshape(-1, 3).astype(int)
+    h, s, v = hsv[:, 0], hsv[:, 1], hsv[:, 2]
+    bounds = np.array([b for b, _ in _HUES])
+    names = np.array([n for _, n in _HUES])[np.searchsorted(bounds, h, side="right")]
+    names = np.where(s < 50, np.where(v > 190, "white", "gray"), names)
+    names = np.where(v < 50, "black", names).astype(object)
+    return str(names[0]) if arr.ndim == 1 else names.reshape(arr.shape[:-1])
+
+
+def facing_name(yaw_deg: float | np.ndarray) -> str | np.ndarray:
+    """Body yaw in degrees (0 faces the camera, the synthetic generator's convention) to ``front`` (within 45° of
+    0), ``back`` (within 45° of 180), ``right`` / ``left`` (profile, nose pointing to the image's right / left)."""
+    yaw = np.mod(np.asarray(yaw_deg, float), 360.0)
+    names = np.select([(yaw <= 45) | (yaw >= 315), yaw < 135, yaw <= 225], ["front", "right", "back"], "left")
+    return str(names) if names.ndim == 0 else names.astype(object)
+
+
 _SKIN = np.array([[255, 219, 172], [241, 194, 125], [224, 172, 105], [198, 134, 66], [141, 85, 36], [92, 58, 30]])
 _HAIR = np.array([[30, 25, 20], [70, 45, 25], [120, 85, 50], [200, 170, 110], [150, 150, 150], [160, 50, 30]])
 _PANTS = np.array([[40, 60, 110], [30, 30, 35], [90, 90, 95], [170, 150, 110], [60, 75, 50]])
@@ -229,8 +298,10 @@ def _place_person(rng: np.random.Generator, config: SyntheticConfig, horizon: fl
     lo, hi = config.person_height
     h = H * math.exp(rng.uniform(math.log(lo), math.log(hi)))
     foot_y = horizon + h / rng.uniform(1.6, 2.4)        # perspective: small people stand near the horizon
+    truncated_side = "none"
     if rng.random() < config.p_truncated:
         side = rng.integers(0, 3)                        # left, right or bottom border
+        truncated_side = ("left", "right", "bottom")[int(side)]
         if side == 0:
             foot_x = rng.uniform(-0.12, 0.05) * h
         elif side == 1:
@@ -240,7 +311,10 @@ def _place_person(rng: np.random.Generator, config: SyntheticConfig, horizon: fl
             foot_y = H + rng.uniform(0.1, 0.4) * h
     else:
         foot_x = rng.uniform(0.04, 0.96) * W
-    return person_shape(rng, foot_x, foot_y, h)
+    person = person_shape(rng, foot_x, foot_y, h)
+    person.attributes["truncation_side"] = truncated_side
+    person.attributes["horizon_distance"] = float((foot_y - horizon) / H)   # perspective: small = far
+    return person
 
 
 def person_shape(rng: np.random.Generator, foot_x: float, foot_y: float, h: float) -> _Shape:
@@ -279,11 +353,14 @@ def person_shape(rng: np.random.Generator, foot_x: float, foot_y: float, h: floa
                                  0.235 * h)
     outward = 1.0 if c >= 0 else -1.0                   # image direction of the person's left side
     arm_l, arm_r = -0.8 * leg_l + 0.10 * c, -0.8 * leg_r - 0.10 * c
+    arm_pose = "swinging"
     if rng.random() < 0.08:                             # waving
         if rng.random() < 0.5:
             arm_l = outward * rng.uniform(2.0, 2.6)
+            arm_pose = "waving_left"
         else:
             arm_r = -outward * rng.uniform(2.0, 2.6)
+            arm_pose = "waving_right"
     for side, arm in (("left", arm_l), ("right", arm_r)):
         elbow = limb(kp[KP[f"{side}_shoulder"]], arm, 0.16 * h)
         kp[KP[f"{side}_elbow"]] = elbow
@@ -337,12 +414,15 @@ def person_shape(rng: np.random.Generator, foot_x: float, foot_y: float, h: floa
         "right_lower_leg": capsule("right_knee", "right_ankle", 0.038 * h),
     }
 
-    skin = _SKIN[rng.integers(len(_SKIN))].astype(np.float32)
+    skin_tone = int(rng.integers(len(_SKIN)))
+    skin = _SKIN[skin_tone].astype(np.float32)
     shirt = _random_colour(rng)
     pants = _PANTS[rng.integers(len(_PANTS))].astype(np.float32) if rng.random() < 0.7 else _random_colour(rng)
     hair = _HAIR[rng.integers(len(_HAIR))].astype(np.float32)
-    forearm = skin if rng.random() < 0.5 else shirt
-    shin = skin if rng.random() < 0.2 else pants
+    short_sleeves = rng.random() < 0.5
+    forearm = skin if short_sleeves else shirt
+    bare_shins = rng.random() < 0.2
+    shin = skin if bare_shins else pants
     hair_line = head_local[1] - 0.3 * ay + 1.6 * ay * max(0.0, -c)   # facing away: all hair
     head_colour = np.where((np.arange(size[0])[:, None, None] < hair_line), hair, skin)
     head_colour = np.broadcast_to(head_colour, (*size, 3))
@@ -354,9 +434,17 @@ def person_shape(rng: np.random.Generator, foot_x: float, foot_y: float, h: floa
     far, near = ("left", "right") if s > 0 else ("right", "left")
     draw = [f"{far}_upper_leg", f"{far}_lower_leg", f"{far}_upper_arm", f"{far}_lower_arm",
             f"{near}_upper_leg", f"{near}_lower_leg", "torso", "head", f"{near}_upper_arm", f"{near}_lower_arm"]
+    yaw = math.degrees(theta)
+    attributes = {
+        "yaw_deg": yaw, "facing": facing_name(yaw), "walking_phase": phase, "stride": swing, "arm_pose": arm_pose,
+        "skin_tone": skin_tone, "shirt_rgb": shirt.tolist(), "shirt_colour": colour_name(shirt),
+        "pants_rgb": pants.tolist(), "pants_colour": colour_name(pants), "hair_colour": colour_name(hair),
+        "short_sleeves": bool(short_sleeves), "bare_shins": bool(bare_shins), "height_px": float(h),
+    }
     return _Shape(category="person", depth=foot_y, origin=(x0, y0),
                   masks=[part_masks[p] for p in draw], slots=[BODY_PARTS.index(p) for p in draw],
-                  colours=[colours[p] for p in draw], height_px=h, keypoints=kp, face_depth=face_depth)
+                  colours=[colours[p] for p in draw], height_px=h, keypoints=kp, face_depth=face_depth,
+                  attributes=attributes)
 
 
 # ---------------------------------------------------------------------------------------------- other objects
@@ -546,14 +634,25 @@ def split_for(seed: int, index: int, val_fraction: float) -> str:
     return "val" if np.random.default_rng([seed, index, 1]).random() < val_fraction else "train"
 
 
+def _annotated(scene: Scene, image_id: str) -> list[tuple[str, SceneObject]]:
+    """(ann_id, object) of the objects that get an annotation, in the annotations table's order."""
+    kept = [obj for obj in scene.objects if obj.bbox is not None and obj.visible_area >= _MIN_VISIBLE_AREA]
+    return [(f"{image_id}-{i:02d}", obj) for i, obj in enumerate(kept)]
+
+
+def attribute_rows(scene: Scene, image_id: str) -> list[dict]:
+    """Rows for the ``attributes`` table (:data:`detection.datasets.tables.ATTRIBUTES_SCHEMA`): one per annotated
+    person, keyed by the same ``ann_id`` as :func:`scene_rows`, with everything the generator drew for it (facing,
+    walking phase, arm pose, clothes) and measured on its scene (occluder, overlap, contrast, lighting)."""
+    return [{"image_id": image_id, "ann_id": ann_id, **obj.attributes}
+            for ann_id, obj in _annotated(scene, image_id) if obj.category == "person"]
+
+
 def scene_rows(scene: Scene, image_id: str) -> tuple[list[dict], list[dict]]:
     """Rows for the ``annotations`` and ``gt_parts`` tables of one scene."""
     annotations, parts = [], []
     H, W = scene.image.shape[:2]
-    for obj in scene.objects:
-        if obj.bbox is None or obj.visible_area < _MIN_VISIBLE_AREA:
-            continue
-        ann_id = f"{image_id}-{len(annotations):02d}"
+    for ann_id, obj in _annotated(scene, image_id):
         kp = obj.keypoints
         annotations.append({
             "image_id": image_id, "ann_id": ann_id, "category": obj.category, "bbox": list(obj.bbox),
@@ -573,10 +672,19 @@ def scene_rows(scene: Scene, image_id: str) -> tuple[list[dict], list[dict]]:
 def generate_images(config: SyntheticConfig, seed: int, indices: range, images_dir: str,
                     uri_prefix: str | None = None) -> tuple[list[dict], list[dict], list[dict]]:
     """Render scenes ``indices``, write them as PNG into ``images_dir``; rows for images, annotations, gt_parts."""
+    images, annotations, parts, _ = generate_images_with_attributes(config, seed, indices, images_dir, uri_prefix)
+    return images, annotations, parts
+
+
+def generate_images_with_attributes(config: SyntheticConfig, seed: int, indices: range, images_dir: str,
+                                    uri_prefix: str | None = None
+                                    ) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
+    """:func:`generate_images` plus the ``attributes`` table's rows (:func:`attribute_rows`). Exporting them draws
+    no random numbers: the images and the other tables are byte-identical to :func:`generate_images`'."""
     out = Path(images_dir)
     out.mkdir(parents=True, exist_ok=True)
     prefix = uri_prefix if uri_prefix is not None else out.as_posix()
-    images, annotations, parts = [], [], []
+    images, annotations, parts, attributes = [], [], [], []
     for index in indices:
         scene = render_scene(config, seed, index)
         image_id = image_id_for(index, config.id_prefix)
@@ -592,4 +700,5 @@ def generate_images(config: SyntheticConfig, seed: int, indices: range, images_d
         ann, prt = scene_rows(scene, image_id)
         annotations += ann
         parts += prt
-    return images, annotations, parts
+        attributes += attribute_rows(scene, image_id)
+    return images, annotations, parts, attributes

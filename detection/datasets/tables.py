@@ -52,6 +52,50 @@ GT_PARTS_SCHEMA = pa.schema([
     ("visible_area", pa.int32()),
 ])
 
+ATTRIBUTES_SCHEMA = pa.schema([              # synthetic source: what the generator drew per annotated person
+    ("image_id", pa.string()),
+    ("ann_id", pa.string()),                   # the annotations table's ann_id
+    ("yaw_deg", pa.float32()),                 # body yaw, degrees in [0, 360); 0 faces the camera
+    ("facing", pa.string()),                   # front | back | left | right (profile: where the nose points)
+    ("walking_phase", pa.float32()),           # gait phase, radians in [0, 2 pi)
+    ("stride", pa.float32()),                  # leg swing amplitude, radians
+    ("arm_pose", pa.string()),                 # swinging | waving_left | waving_right
+    ("skin_tone", pa.int8()),                  # index into the generator's six skin tones (0 lightest)
+    ("shirt_rgb", pa.list_(pa.float32(), 3)),
+    ("shirt_colour", pa.string()),             # named hue (detection.attributes.colour_name)
+    ("pants_rgb", pa.list_(pa.float32(), 3)),
+    ("pants_colour", pa.string()),
+    ("hair_colour", pa.string()),
+    ("short_sleeves", pa.bool_()),
+    ("bare_shins", pa.bool_()),
+    ("height_px", pa.float32()),               # full standing height, px (unclipped)
+    ("horizon_distance", pa.float32()),        # feet below the horizon, fraction of image height (small = far)
+    ("truncation_side", pa.string()),          # none | left | right | bottom: the border it was placed across
+    ("occluder", pa.string()),                 # none | car | bicycle: the object placed in front of it
+    ("occluded_by", pa.string()),              # none | person | car | bicycle | pole: who hides most of it
+    ("person_overlap", pa.float32()),          # fraction of its in-image body hidden by other persons
+    ("object_overlap", pa.float32()),          # ... hidden by other objects
+    ("contrast", pa.float32()),                # mean |luma(person) - luma(background behind it)| / 255
+    ("shirt_contrast", pa.float32()),          # RGB distance shirt vs background behind the torso, / (255 sqrt 3)
+    ("lighting", pa.float32()),                # mean global lighting gain over its box (1 = neutral)
+])
+
+COMPUTED_ATTRIBUTES_SCHEMA = pa.schema([     # every source: attributes computed from boxes and pixels
+    ("image_id", pa.string()),
+    ("ann_id", pa.string()),
+    ("box_height", pa.float32()),              # px
+    ("box_width", pa.float32()),
+    ("aspect_ratio", pa.float32()),            # width / height
+    ("truncated_left", pa.bool_()),            # the box touches that image border (within 1 px)
+    ("truncated_right", pa.bool_()),
+    ("truncated_top", pa.bool_()),
+    ("truncated_bottom", pa.bool_()),
+    ("crowd_iou", pa.float32()),               # max IoU with another person box of the image (0 if alone)
+    ("crowd_neighbours", pa.int16()),          # other person boxes overlapping it (IoU > 0.1)
+    ("brightness", pa.float32()),              # mean luma in the box / 255; null when the image is unreadable
+    ("box_contrast", pa.float32()),            # |mean luma in the box - in the ring around it| / 255
+])
+
 ERRORS_SCHEMA = pa.schema([
     ("stage", pa.string()),
     ("image_id", pa.string()),
@@ -164,6 +208,8 @@ SCHEMAS: dict[str, pa.Schema] = {
     "annotations": ANNOTATIONS_SCHEMA,
     "gt_parts": GT_PARTS_SCHEMA,
     "errors": ERRORS_SCHEMA,
+    "attributes": ATTRIBUTES_SCHEMA,
+    "computed_attributes": COMPUTED_ATTRIBUTES_SCHEMA,
     "detections": DETECTIONS_SCHEMA,
     "predictions": PREDICTIONS_SCHEMA,
     "parts": PARTS_SCHEMA,
