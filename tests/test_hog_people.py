@@ -55,6 +55,8 @@ def test_hog_finds_people_on_bus_jpg_through_a_callable_spec():
     detector = build_detector(spec, "cpu", 4)
     assert detector.class_names == ["person"] and detector.input_format == "numpy"
     (det,) = detector.detect(image)
+    assert (det.scores[:-1] >= det.scores[1:]).all(), "highest margin first: detection ids must not follow OpenCV's "\
+                                                      "thread-dependent output order"
     people = det.scores >= spec.conf
     assert int(people.sum()) >= 2, f"HOG found {det.scores.tolist()} on bus.jpg"
     boxes = det.boxes[people]

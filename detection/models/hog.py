@@ -62,7 +62,7 @@ def margin_to_score(margin: np.ndarray, center: float = 0.5, scale: float = 0.25
 class HogPeople:
     """``fn(images uint8 [B, H, W, 3]) -> [{"boxes" [N, 4] xyxy px, "scores" [N], "labels" [N], "margins" [N]}]``:
     ``detectMultiScale`` on each image (after an optional downscale to ``max_side``), boxes in the input's pixels,
-    clipped to the image (OpenCV's ``padding`` lets a window extend past the border)."""
+    clipped to the image (OpenCV's ``padding`` lets a window extend past the border), highest margin first."""
 
     def __init__(self, win_stride=(8, 8), padding=(32, 32), scale: float = 1.05, hit_threshold: float = 0.0,
                  group_threshold: int = 2, max_side: int | None = None, score_center: float = 0.5,
@@ -96,10 +96,13 @@ class HogPeople:
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
         boxes = np.clip(boxes, 0, [W, H, W, H]).astype(np.float32)
         margins = np.asarray(weights, np.float64).reshape(-1)
-        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        # OpenCV's parallel window scan returns the grouped boxes in a run-dependent order: sort them (margin
+        # descending, then the box) so that detection ids are reproducible
+        order = np.lexsort((*boxes.T[::-1], -margins))
+        order = order[(boxes[order, 2] > boxes[order, 0]) & (boxes[order, 3] > boxes[order, 1])]
         scores = margin_to_score(margins, self.score_center, self.score_scale).astype(np.float32)
-        return {"boxes": boxes[keep], "scores": scores[keep], "labels": np.zeros(int(keep.sum()), np.int64),
-                "margins": margins[keep]}
+        return {"boxes": boxes[order], "scores": scores[order], "labels": np.zeros(len(order), np.int64),
+                "margins": margins[order]}
 
     def __call__(self, images: np.ndarray) -> list[dict]:
         images = np.asarray(images)
