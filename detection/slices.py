@@ -1,0 +1,280 @@
+"""Slice discovery with statistics: which attribute combinations (discretised) make an outcome deviate most.
+
+Over a table of targets × attributes with one outcome per target (missed 0 / 1, a body part's relevance share, the
+context share), :func:`find_slices`
+
+1. discretises the attributes (:func:`discretise`: numeric columns into quantile bins, booleans to yes / no, rare
+   categories pooled into ``other``, missing values as ``n/a``);
+2. searches the lattice of attribute combinations up to ``max_level`` predicates with SliceLine (Sagadeeva & Boehm,
+   SIGMOD 2021, https://mboehm7.github.io/resources/sigmod2021b_sliceline.pdf; the ``sliceline`` package,
+   https://github.com/DataDome/sliceline), once for slices where the outcome is higher than elsewhere and, with
+   ``direction='both'``, once where it is lower;
+3. gives every slice found its mean with a bootstrap 95 % interval (BCa, :func:`scipy.stats.bootstrap`), the rest's
+   mean, the difference with a percentile-bootstrap interval, a two-sided p-value (Fisher's exact test for a 0 / 1
+   outcome, Welch's t-test otherwise) and a Benjamini–Hochberg q-value (:func:`scipy.stats.false_discovery_control`)
+   over the *whole lattice searched* — every slice with enough support counts as a hypothesis, the ones SliceLine
+   did not return get p = 1 — so that picking the most extreme slices does not inflate significance.
+
+Plain NumPy / pandas / SciPy; no pipeline imports.
+"""
+from __future__ import annotations
+
+import itertools
+import warnings
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+from scipy import stats
+
+MISSING = "n/a"
+
+
+class SliceConfig(BaseModel):
+    """How slices are searched and tested."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    max_level: int = Field(default=2, ge=1, le=3)       # predicates per slice
+    min_support: int = Field(default=20, ge=2)          # targets a slice must hold
+    top_k: int = Field(default=10, ge=1)                # slices SliceLine returns per direction
+    alpha: float = Field(default=0.99, gt=0.0, le=1.0)  # SliceLine's weight of the error ratio against the size
+    n_bins: int = Field(default=3, ge=2, le=10)         # quantile bins of a numeric attribute
+    max_categories: int = Field(default=8, ge=2)        # categories kept per column (the rest pooled as 'other')
+    direction: Literal["higher", "lower", "both"] = "higher"
+    prune: bool = True                                  # drop slices another one listed above explains
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    n_boot: int = Field(default=2000, ge=100)
+    fdr: float = Field(default=0.05, gt=0.0, lt=1.0)    # Benjamini-Hochberg level for `significant`
+    seed: int = 0
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def discretise(frame: pd.DataFrame, columns: Sequence[str] | None = None, n_bins: int = 3,
+               max_categories: int = 8) -> pd.DataFrame:
+    """Each attribute as strings naming its bin: numeric columns (not bool) with more than ``n_bins`` distinct
+    values into quantile bins labelled ``'[lo, hi)'`` (the top bin closed), booleans ``'yes'`` / ``'no'``, other
+    columns as their values with all but the ``max_categories - 1`` most common pooled into ``'other'``; missing
+    values become ``'n/a'``. Returns a frame with the same index and ``columns``. Raises ``KeyError`` naming
+    columns that ``frame`` lacks."""
+    columns = list(frame.columns if columns is None else columns)
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise KeyError(f"attribute column(s) {missing} not in the table; it has {list(frame.columns)}")
+    out = {}
+    for col in columns:
+        values = frame[col]
+        isna = values.isna().to_numpy()
+        if pd.api.types.is_bool_dtype(values) or set(values.dropna().unique()) <= {True, False}:
+            labels = np.where(values.fillna(False).astype(bool), "yes", "no").astype(object)
+        elif pd.api.types.is_numeric_dtype(values) and values.nunique() > n_bins:
+            edges = np.unique(np.nanquantile(values.to_numpy(float), np.linspace(0, 1, n_bins + 1)))
+            idx = np.clip(np.searchsorted(edges, values.to_numpy(float), side="right") - 1, 0, len(edges) - 2)
+            names = np.array([f"[{_fmt(lo)}, {_fmt(hi)}{']' if i == len(edges) - 2 else ')'}"
+                              for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:]))], object)
+            labels = names[idx]
+        else:
+            text = values.astype(str).to_numpy(object)
+            counts = pd.Series(text[~isna]).value_counts()
+            keep = set(counts.index[:max_categories - 1]) if len(counts) > max_categories else set(counts.index)
+            labels = np.where(np.isin(text, list(keep)), text, "other").astype(object)
+        labels[isna] = MISSING
+        out[col] = labels
+    return pd.DataFrame(out, index=frame.index)
+
+
+def lattice_size(codes: pd.DataFrame, max_level: int, min_support: int) -> int:
+    """Number of slices (conjunctions of one value each of 1..``max_level`` distinct columns of ``codes``) holding
+    at least ``min_support`` rows: the family of hypotheses a search over this lattice tests."""
+    factors = [pd.factorize(codes[c])[0] for c in codes.columns]
+    total = 0
+    for level in range(1, max_level + 1):
+        for combo in itertools.combinations(range(len(factors)), level):
+            key = np.zeros(len(codes), np.int64)
+            for i in combo:
+                key = key * (factors[i].max() + 1) + factors[i]
+            total += int((np.bincount(key) >= min_support).sum())
+    return total
+
+
+def mean_interval(values: np.ndarray, confidence: float = 0.95, n_boot: int = 2000,
+                  rng: np.random.Generator | int | None = 0) -> tuple[float, float]:
+    """Bootstrap BCa interval of the mean of ``values`` [N] (:func:`scipy.stats.bootstrap`); a constant sample
+    gives ``(v, v)`` (no variation to resample); an empty one ``(nan, nan)``."""
+    values = np.asarray(values, float)
+    if values.size == 0:
+        return float("nan"), float("nan")
+    if np.ptp(values) == 0:
+        return float(values[0]), float(values[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        res = stats.bootstrap((values,), np.mean, n_resamples=n_boot, confidence_level=confidence, method="BCa",
+                              vectorized=True, rng=np.random.default_rng(rng), batch=max(1, 4_000_000 // values.size))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def difference_interval(inside: np.ndarray, outside: np.ndarray, confidence: float = 0.95, n_boot: int = 2000,
+                        rng: np.random.Generator | int | None = 0) -> tuple[float, float]:
+    """Percentile-bootstrap interval of ``mean(inside) - mean(outside)``, each resampled on its own."""
+    inside, outside = np.asarray(inside, float), np.asarray(outside, float)
+    if inside.size == 0 or outside.size == 0:
+        return float("nan"), float("nan")
+    gen = np.random.default_rng(rng)
+
+    def boot_means(x: np.ndarray) -> np.ndarray:
+        if np.ptp(x) == 0:
+            return np.full(n_boot, x[0])
+        if np.isin(x, (0.0, 1.0)).all():                 # 0 / 1 outcome: the resampled mean is binomial
+            return gen.binomial(x.size, x.mean(), n_boot) / x.size
+        chunk = max(1, 4_000_000 // x.size)
+        return np.concatenate([x[gen.integers(0, x.size, (min(chunk, n_boot - s), x.size))].mean(1)
+                               for s in range(0, n_boot, chunk)])
+
+    diff = boot_means(inside) - boot_means(outside)
+    tail = (1 - confidence) / 2
+    return float(np.quantile(diff, tail)), float(np.quantile(diff, 1 - tail))
+
+
+def p_value(inside: np.ndarray, outside: np.ndarray) -> float:
+    """Two-sided p-value for equal means: Fisher's exact test when both samples are 0 / 1, else Welch's t-test;
+    1.0 when either sample is empty or nothing varies."""
+    inside, outside = np.asarray(inside, float), np.asarray(outside, float)
+    if inside.size == 0 or outside.size == 0:
+        return 1.0
+    if np.isin(inside, (0.0, 1.0)).all() and np.isin(outside, (0.0, 1.0)).all():
+        a, b = int(inside.sum()), int(outside.sum())
+        return float(stats.fisher_exact([[a, inside.size - a], [b, outside.size - b]]).pvalue)
+    if inside.size < 2 or outside.size < 2:
+        return 1.0
+    if np.ptp(inside) == 0 and np.ptp(outside) == 0:
+        return 1.0 if inside[0] == outside[0] else 0.0
+    return float(stats.ttest_ind(inside, outside, equal_var=False).pvalue)
+
+
+def _sliceline(codes: pd.DataFrame, errors: np.ndarray, config: SliceConfig) -> list[tuple[dict[str, str], float]]:
+    """(predicates, SliceLine score) of the top slices where ``errors`` (>= 0) is high."""
+    from sliceline.slicefinder import Slicefinder
+
+    if errors.max() <= 0:
+        return []
+    finder = Slicefinder(alpha=config.alpha, k=config.top_k, max_l=config.max_level, min_sup=config.min_support,
+                         verbose=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        finder.fit(codes.to_numpy(object), errors)
+    found = []
+    for row, st in zip(finder.top_slices_, finder.top_slices_statistics_):
+        preds = {col: str(v) for col, v in zip(codes.columns, row) if v is not None}
+        if preds:
+            found.append((preds, float(st["slice_score"])))
+    return found
+
+
+def describe(predicates: dict[str, str]) -> str:
+    """A slice in words: ``'facing = back and height_px in [12, 40)'``."""
+    return " and ".join(f"{col} in {val}" if val.startswith("[") else f"{col} = {val}"
+                        for col, val in predicates.items())
+
+
+def find_slices(attributes: pd.DataFrame, outcome: np.ndarray | pd.Series, config: SliceConfig | None = None,
+                columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """The slices of ``attributes`` (rows: targets; ``columns``, default all) where ``outcome`` [N] deviates most.
+
+    Returns one row per slice found, best SliceLine score first: ``slice`` (in words), ``predicates`` (dict column
+    -> bin label), ``level``, ``direction`` (higher / lower), ``score`` (SliceLine's), ``size``, ``mean`` with
+    ``ci_low`` / ``ci_high``, ``rest_mean``, ``diff`` with ``diff_low`` / ``diff_high``, ``p_value``, ``q_value``
+    (Benjamini–Hochberg over the ``n_hypotheses`` slices of the lattice with enough support) and ``significant``
+    (``q_value <= config.fdr``), ``redundant_of`` (the listed slice explaining it; such rows are dropped unless
+    ``config.prune`` is off). Rows with a missing outcome are dropped first. Raises ``ValueError`` when
+    ``outcome``'s length differs from the table's.
+    """
+    config = config or SliceConfig()
+    y = np.asarray(outcome, float).reshape(-1)
+    if len(y) != len(attributes):
+        raise ValueError(f"outcome has {len(y)} values for {len(attributes)} attribute rows")
+    keep = np.isfinite(y)
+    codes = discretise(attributes.loc[keep], columns, config.n_bins, config.max_categories).reset_index(drop=True)
+    y = y[keep]
+    columns_out = ["slice", "predicates", "level", "direction", "score", "size", "mean", "ci_low", "ci_high",
+                   "rest_mean", "diff", "diff_low", "diff_high", "p_value", "q_value", "significant",
+                   "n_hypotheses", "redundant_of"]
+    if len(y) < 2 * config.min_support or codes.shape[1] == 0:
+        return pd.DataFrame(columns=columns_out)
+    directions = ["higher", "lower"] if config.direction == "both" else [config.direction]
+    found: dict[tuple, tuple[dict[str, str], float, str]] = {}
+    for direction in directions:
+        errors = y - y.min() if direction == "higher" else y.max() - y
+        for preds, score in _sliceline(codes, errors, config):
+            key = tuple(sorted(preds.items()))
+            if key not in found or found[key][1] < score:
+                found[key] = (preds, score, direction)
+    m = lattice_size(codes, config.max_level, config.min_support)
+    rng = np.random.default_rng(config.seed)
+    rows = []
+    for preds, score, direction in found.values():
+        mask = np.logical_and.reduce([codes[c].to_numpy() == v for c, v in preds.items()])
+        inside, outside = y[mask], y[~mask]
+        lo, hi = mean_interval(inside, config.confidence, config.n_boot, rng)
+        dlo, dhi = difference_interval(inside, outside, config.confidence, config.n_boot, rng)
+        rows.append({"slice": describe(preds), "predicates": preds, "level": len(preds), "direction": direction,
+                     "score": score, "size": int(mask.sum()), "mean": float(inside.mean()), "ci_low": lo,
+                     "ci_high": hi, "rest_mean": float(outside.mean()) if outside.size else float("nan"),
+                     "diff": float(inside.mean() - outside.mean()) if outside.size else float("nan"),
+                     "diff_low": dlo, "diff_high": dhi, "p_value": p_value(inside, outside)})
+    if not rows:
+        return pd.DataFrame(columns=columns_out)
+    table = pd.DataFrame(rows).sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+    padded = np.concatenate([table["p_value"].to_numpy(), np.ones(max(0, m - len(table)))])
+    table["q_value"] = stats.false_discovery_control(padded, method="bh")[:len(table)]
+    table["significant"] = table["q_value"] <= config.fdr
+    table["n_hypotheses"] = max(m, len(table))
+    significant = table["significant"].to_numpy()
+    cutoff = table["p_value"][significant].max() if significant.any() else config.fdr / table["n_hypotheses"][0]
+    table["redundant_of"] = _redundancy(table, codes, y, float(cutoff), config.min_support)
+    if config.prune:
+        table = table[table["redundant_of"].isna()].reset_index(drop=True)
+    return table[columns_out]
+
+
+def _redundancy(table: pd.DataFrame, codes: pd.DataFrame, y: np.ndarray, threshold: float,
+                min_support: int) -> list[str | None]:
+    """Per slice (in rank order), the higher-ranked listed slice that explains it, else None. A slice (nearly) inside
+    a listed one (fewer than ``min_support`` rows outside it) whose mean lies within the listed one's interval adds
+    nothing; a slice overlapping a listed one whose rows outside it do not differ from the rows outside both
+    (p above ``threshold``, the Benjamini-Hochberg cutoff the table's slices were held to) only deviates because
+    of the overlap (a generalisation, or a sibling sharing a predicate)."""
+    masks = [np.logical_and.reduce([codes[c].to_numpy() == v for c, v in preds.items()])
+             for preds in table["predicates"]]
+    out: list[str | None] = []
+    kept: list[int] = []
+    for i in range(len(table)):
+        why = None
+        for k in kept:
+            if not (masks[i] & masks[k]).any():
+                continue
+            own = masks[i] & ~masks[k]
+            if own.sum() < min_support:
+                explained = table.at[k, "ci_low"] <= table.at[i, "mean"] <= table.at[k, "ci_high"]
+            else:
+                explained = p_value(y[own], y[~(masks[i] | masks[k])]) > threshold
+            if explained:
+                why = table.at[k, "slice"]
+                break
+        out.append(why)
+        if why is None:
+            kept.append(i)
+    return out
+
+
+def slice_mask(attributes: pd.DataFrame, predicates: dict[str, str], config: SliceConfig | None = None,
+               reference: pd.DataFrame | None = None) -> np.ndarray:
+    """[N] bool: the rows of ``attributes`` in the slice ``predicates``, binned as :func:`find_slices` bins them
+    (pass the table the slices were found on as ``reference`` when ``attributes`` is a subset of it)."""
+    config = config or SliceConfig()
+    ref = attributes if reference is None else reference
+    codes = discretise(ref, list(predicates), config.n_bins, config.max_categories).loc[attributes.index]
+    return np.logical_and.reduce([codes[c].to_numpy() == v for c, v in predicates.items()])
