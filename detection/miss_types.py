@@ -1,0 +1,190 @@
+"""Why each pedestrian was missed and what each false positive is, from the detector's candidates before NMS.
+
+TIDE (Bolya et al., ECCV 2020, https://arxiv.org/abs/2008.08115, https://github.com/dbolya/tide) splits a
+detector's errors into types and measures the AP gained by fixing each. It only sees final detections; with the
+candidates before NMS (:meth:`detection.models.yolo.YoloDetector.candidates`, the boxes D-RISE scores) a miss can
+be told apart further:
+
+* ``suppressed``: a candidate overlapping the person at IoU >= 0.5 scored above the threshold, yet no final
+  detection is left for it - NMS removed it in favour of a neighbour's box (the crowd case TIDE cannot see);
+* ``below_threshold``: the best candidate at IoU >= 0.5 scored under the threshold (but at least ``seen_score``);
+* ``mislocalised``: no such candidate, but one scoring >= ``seen_score`` overlaps it at IoU in [0.1, 0.5);
+* ``never_seen``: no candidate scoring >= ``seen_score`` overlaps it at IoU >= 0.1 (background).
+
+False positives (final detections at or above the threshold matched to no person and no ignore region):
+``duplicate`` (IoU >= 0.5 with a person another detection already found), ``localisation`` (best IoU with a
+person in [0.1, 0.5)), ``confusion`` (IoU >= 0.5 with an object of another class, where those are given),
+``background`` (the rest).
+
+Matching is :func:`detection.evaluation.match` (COCO's greedy one-to-one, ignore regions by intersection over the
+detection's area). Plain NumPy.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from detection.evaluation import MATCH_IOU, ImageEval, average_precision, iou_matrix, match
+
+MISS_TYPES = ("suppressed", "below_threshold", "mislocalised", "never_seen")
+FP_TYPES = ("duplicate", "localisation", "confusion", "background")
+LOC_RANGE = (0.1, 0.5)
+
+
+@dataclass
+class CandidateImage:
+    """One image: ground truth, final detections (after NMS, any score) and the candidates before NMS.
+
+    Boxes are pixel xyxy: ``gt_boxes`` [G, 4] with ``gt_ignore`` [G] bool (ignore regions), ``det_boxes`` [D, 4]
+    with ``det_scores`` [D], ``cand_boxes`` [K, 4] with ``cand_scores`` [K] (the person class's score of every
+    candidate), ``other_boxes`` [O, 4] annotated objects of other classes (for ``confusion``; may be empty).
+    """
+
+    gt_boxes: np.ndarray
+    det_boxes: np.ndarray
+    det_scores: np.ndarray
+    cand_boxes: np.ndarray
+    cand_scores: np.ndarray
+    gt_ignore: np.ndarray | None = None
+    other_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+
+    def __post_init__(self):
+        self.gt_boxes = np.asarray(self.gt_boxes, float).reshape(-1, 4)
+        self.det_boxes = np.asarray(self.det_boxes, float).reshape(-1, 4)
+        self.det_scores = np.asarray(self.det_scores, float).reshape(-1)
+        self.cand_boxes = np.asarray(self.cand_boxes, float).reshape(-1, 4)
+        self.cand_scores = np.asarray(self.cand_scores, float).reshape(-1)
+        self.other_boxes = np.asarray(self.other_boxes, float).reshape(-1, 4)
+        self.gt_ignore = (np.zeros(len(self.gt_boxes), bool) if self.gt_ignore is None
+                          else np.asarray(self.gt_ignore, bool).reshape(-1))
+        for name, n in (("det_scores", len(self.det_boxes)), ("cand_scores", len(self.cand_boxes)),
+                        ("gt_ignore", len(self.gt_boxes))):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"{name} has {len(getattr(self, name))} entries for {n} boxes")
+
+    def evaluation(self) -> ImageEval:
+        return ImageEval(self.det_boxes, self.det_scores, self.gt_boxes, self.gt_ignore)
+
+
+@dataclass
+class ErrorTypes:
+    """Per ground-truth box and per final detection of one image, what it is.
+
+    ``gt_type`` [G]: ``found``, ``ignored`` (an ignore region) or a :data:`MISS_TYPES` entry; ``gt_best_iou`` /
+    ``gt_best_score`` [G]: the candidate that decided the type (IoU with the box, its score; NaN when none).
+    ``det_type`` [D]: ``tp``, ``ignored`` (matched to an ignore region), ``below_threshold`` (scored under the
+    threshold: neither found anything nor counts as a false positive at it) or a :data:`FP_TYPES` entry;
+    ``det_gt`` [D]: for ``duplicate`` / ``localisation`` the person it overlaps most, else -1.
+    """
+
+    gt_type: np.ndarray
+    gt_best_iou: np.ndarray
+    gt_best_score: np.ndarray
+    det_type: np.ndarray
+    det_gt: np.ndarray
+
+
+def classify_errors(img: CandidateImage, conf: float, iou_thr: float = MATCH_IOU,
+                    loc_range: tuple[float, float] = LOC_RANGE, seen_score: float = 0.05) -> ErrorTypes:
+    """Type every missed person and every false positive of one image at the score threshold ``conf`` (see the
+    module docstring for the rules and their order: suppressed, below threshold, mislocalised, never seen)."""
+    if not 0 <= seen_score <= conf:
+        raise ValueError(f"seen_score {seen_score} must lie in [0, conf = {conf}]")
+    m = match(img.evaluation(), iou_thr)
+    found = m.found(conf)
+    G, D = len(img.gt_boxes), len(img.det_boxes)
+    gt_type = np.where(img.gt_ignore, "ignored", np.where(found, "found", "")).astype(object)
+    best_iou, best_score = np.full(G, np.nan), np.full(G, np.nan)
+
+    seen = img.cand_scores >= seen_score
+    iou = iou_matrix(img.gt_boxes, img.cand_boxes[seen])                  # [G, K_seen]
+    scores = img.cand_scores[seen]
+    strong = iou >= iou_thr
+    above = strong & (scores >= conf)[None, :]
+    near = (iou >= loc_range[0]) & (iou < loc_range[1])
+    for g in np.flatnonzero(gt_type == ""):
+        for kind, cand in (("suppressed", above[g]), ("below_threshold", strong[g]), ("mislocalised", near[g])):
+            if cand.any():
+                k = np.flatnonzero(cand)[np.argmax(scores[cand])]
+                gt_type[g], best_iou[g], best_score[g] = kind, iou[g, k], scores[k]
+                break
+        else:
+            gt_type[g] = "never_seen"
+            if iou.shape[1]:
+                k = int(np.argmax(iou[g]))
+                best_iou[g], best_score[g] = iou[g, k], scores[k]
+
+    det_type = np.full(D, "", dtype=object)
+    det_gt = np.full(D, -1)
+    det_type[m.det_tp & (img.det_scores >= conf)] = "tp"
+    det_type[m.det_ignored] = "ignored"
+    det_type[(img.det_scores < conf) & ~m.det_ignored] = "below_threshold"
+    real = ~img.gt_ignore
+    d_iou = iou_matrix(img.det_boxes, img.gt_boxes)
+    d_iou[:, ~real] = -1.0
+    taken = found & real                                                   # found by another detection
+    other = iou_matrix(img.det_boxes, img.other_boxes).max(1) if len(img.other_boxes) else np.zeros(D)
+    for d in np.flatnonzero(det_type == ""):
+        g = int(np.argmax(d_iou[d])) if G else -1
+        best = d_iou[d, g] if G else 0.0
+        if best >= iou_thr and taken[g]:
+            det_type[d], det_gt[d] = "duplicate", g
+        elif loc_range[0] <= best < iou_thr or (best >= iou_thr and not taken[g]):
+            det_type[d], det_gt[d] = "localisation", g
+        elif other[d] >= iou_thr:
+            det_type[d] = "confusion"
+        else:
+            det_type[d] = "background"
+    return ErrorTypes(gt_type, best_iou, best_score, det_type, det_gt)
+
+
+def _fixed_ap(images: Sequence[CandidateImage], types: Sequence[ErrorTypes], iou_thr: float,
+              drop_gt: set[str], drop_det: set[str]) -> float:
+    """AP after TIDE's oracle fixes: persons of a fixed miss type leave the count (TIDE's missed-GT fix), false
+    positives of a fixed type are removed."""
+    evals = []
+    for img, t in zip(images, types):
+        keep_gt = ~np.isin(t.gt_type, list(drop_gt))
+        keep_det = ~np.isin(t.det_type, list(drop_det))
+        evals.append(ImageEval(img.det_boxes[keep_det], img.det_scores[keep_det], img.gt_boxes[keep_gt],
+                               img.gt_ignore[keep_gt]))
+    return average_precision(evals, iou_thr)
+
+
+def error_summary(images: Sequence[CandidateImage], conf: float, iou_thr: float = MATCH_IOU,
+                  seen_score: float = 0.05, types: Sequence[ErrorTypes] | None = None) -> pd.DataFrame:
+    """Per error type over a dataset: ``kind`` (miss / false_positive), ``type``, ``count``, ``share`` (of the
+    misses, or of the false positives at ``conf``), ``miss_rate_gain`` (misses of the type / persons: how much the
+    miss rate at ``conf`` drops if they were found), ``ap_gain`` (AP at ``iou_thr`` after fixing only that type,
+    minus AP; TIDE's oracle: a fixed miss leaves the count, a fixed false positive is removed). ``types``: the
+    :func:`classify_errors` results when already computed."""
+    types = list(types) if types is not None else [classify_errors(i, conf, iou_thr, seen_score=seen_score)
+                                                   for i in images]
+    gt = np.concatenate([t.gt_type for t in types]) if types else np.zeros(0, object)
+    det = np.concatenate([t.det_type for t in types]) if types else np.zeros(0, object)
+    n_persons = int(np.isin(gt, ["found", *MISS_TYPES]).sum())
+    n_miss = int(np.isin(gt, MISS_TYPES).sum())
+    n_fp = int(np.isin(det, FP_TYPES).sum())
+    base = _fixed_ap(images, types, iou_thr, set(), set())
+    rows = []
+    for kind, names, pool, total in (("miss", MISS_TYPES, gt, n_miss), ("false_positive", FP_TYPES, det, n_fp)):
+        for name in names:
+            count = int((pool == name).sum())
+            fixed = _fixed_ap(images, types, iou_thr, {name} if kind == "miss" else set(),
+                              {name} if kind == "false_positive" else set())
+            rows.append({"kind": kind, "type": name, "count": count, "share": count / total if total else np.nan,
+                         "miss_rate_gain": count / n_persons if kind == "miss" and n_persons else 0.0,
+                         "ap_gain": fixed - base})
+    return pd.DataFrame(rows)
+
+
+def person_candidates(candidates, index: int, class_index: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(boxes [K, 4], scores [K]) of image ``index`` of a batch's :class:`detection.models.base.Candidates`: the
+    valid candidates' boxes and their ``class_index`` class score, as NumPy (for :class:`CandidateImage`)."""
+    valid = candidates.valid[index].detach().cpu().numpy().astype(bool)
+    boxes = candidates.boxes[index].detach().float().cpu().numpy()[valid]
+    scores = candidates.class_probs[index, :, class_index].detach().float().cpu().numpy()[valid]
+    return boxes, scores

@@ -1,0 +1,91 @@
+"""Miss and false-positive types from hand-built candidates before NMS: one of each, and the TIDE-style gains."""
+import numpy as np
+import pytest
+import torch
+
+from detection.evaluation import ImageEval, average_precision
+from detection.miss_types import CandidateImage, classify_errors, error_summary, person_candidates
+from detection.models.base import Candidates
+
+CONF = 0.25
+
+
+def _box(x, dx=0.0, dy=0.0):
+    return [x + dx, dy, x + 10 + dx, 20 + dy]
+
+
+def _scene():
+    gt = [_box(0), _box(100), _box(104), _box(200), _box(300), _box(400), [700, 0, 800, 100]]
+    ignore = [False] * 6 + [True]
+    dets = [(_box(0), 0.9),            # finds gt 0
+            (_box(104), 0.85),         # finds gt 2, the neighbour that took gt 1's place in NMS
+            (_box(200), 0.10),         # gt 3's box, under the threshold
+            (_box(300, 3, 5), 0.6),    # beside gt 4: IoU 0.36
+            (_box(500), 0.7),          # nothing there
+            (_box(0, 1), 0.5),         # a second box on gt 0
+            ([600, 0, 620, 20], 0.5),  # on a car
+            ([710, 10, 720, 30], 0.6)]  # inside the ignore region
+    cands = [(b, s) for b, s in dets] + [(_box(100), 0.8),          # gt 1's own box, removed by NMS
+                                         (_box(400, 30), 0.9),      # far from gt 5
+                                         (_box(400), 0.01)]         # on gt 5, but below seen_score
+    return CandidateImage(gt_boxes=gt, gt_ignore=ignore, det_boxes=[b for b, _ in dets],
+                          det_scores=[s for _, s in dets], cand_boxes=[b for b, _ in cands],
+                          cand_scores=[s for _, s in cands], other_boxes=[[600, 0, 620, 20]])
+
+
+def test_one_of_each_miss_and_false_positive_type():
+    t = classify_errors(_scene(), CONF)
+    assert t.gt_type.tolist() == ["found", "suppressed", "found", "below_threshold", "mislocalised", "never_seen",
+                                  "ignored"]
+    assert t.gt_best_score[1] == pytest.approx(0.8) and t.gt_best_iou[1] == pytest.approx(1.0)
+    assert t.gt_best_score[3] == pytest.approx(0.10)
+    assert t.gt_best_iou[4] == pytest.approx(105 / 295) and t.gt_best_score[4] == pytest.approx(0.6)
+    assert t.det_type.tolist() == ["tp", "tp", "below_threshold", "localisation", "background", "duplicate",
+                                   "confusion", "ignored"]
+    assert t.det_gt[3] == 4 and t.det_gt[5] == 0
+
+
+def test_the_threshold_and_seen_score_move_the_types():
+    img = _scene()
+    low = classify_errors(img, 0.05)                     # gt 3's detection now counts: found
+    assert low.gt_type[3] == "found" and low.det_type[2] == "tp"
+    seen_all = classify_errors(img, CONF, seen_score=0.0)
+    assert seen_all.gt_type[5] == "below_threshold"     # the 0.01 candidate on it now counts as seen
+    with pytest.raises(ValueError, match="seen_score"):
+        classify_errors(img, CONF, seen_score=0.5)
+
+
+def test_error_summary_gains():
+    img = _scene()
+    summary = error_summary([img], CONF).set_index("type")
+    miss = summary[summary["kind"] == "miss"]
+    assert miss["count"].tolist() == [1, 1, 1, 1] and miss["share"].sum() == pytest.approx(1.0)
+    assert miss["miss_rate_gain"].tolist() == pytest.approx([1 / 6] * 4)
+    fp = summary[summary["kind"] == "false_positive"]
+    assert fp["count"].tolist() == [1, 1, 1, 1]
+    base = average_precision([ImageEval(img.det_boxes, img.det_scores, img.gt_boxes, img.gt_ignore)])
+    keep = np.array([True] * 4 + [False] + [True] * 3)   # the background FP removed
+    fixed = average_precision([ImageEval(img.det_boxes[keep], img.det_scores[keep], img.gt_boxes, img.gt_ignore)])
+    assert summary.loc["background", "ap_gain"] == pytest.approx(fixed - base) and fixed > base
+    keep_gt = np.array([True] * 5 + [False, True])       # the never-seen person leaves the count
+    fixed = average_precision([ImageEval(img.det_boxes, img.det_scores, img.gt_boxes[keep_gt],
+                                         img.gt_ignore[keep_gt])])
+    assert summary.loc["never_seen", "ap_gain"] == pytest.approx(fixed - base) and fixed > base
+
+
+def test_crowd_of_duplicates_is_labelled_suppressed():
+    # five people side by side, one final box kept by NMS for the middle one; each had its own strong candidate
+    gts = [_box(5 * i) for i in range(5)]            # neighbours overlap at IoU 1/3
+    img = CandidateImage(gt_boxes=gts, det_boxes=[gts[2]], det_scores=[0.9], cand_boxes=gts,
+                         cand_scores=[0.7, 0.8, 0.9, 0.6, 0.75])
+    assert classify_errors(img, CONF).gt_type.tolist() == ["suppressed"] * 2 + ["found"] + ["suppressed"] * 2
+
+
+def test_person_candidates_from_a_padded_batch():
+    cands = Candidates(boxes=torch.tensor([[[0, 0, 10, 20], [5, 5, 9, 9]], [[1, 1, 2, 2], [0, 0, 0, 0]]],
+                                          dtype=torch.float32),
+                       objectness=torch.ones(2, 2), class_probs=torch.tensor([[[0.9, 0.1], [0.2, 0.3]],
+                                                                              [[0.4, 0.6], [0.0, 0.0]]]),
+                       valid=torch.tensor([[True, True], [True, False]]))
+    boxes, scores = person_candidates(cands, 1, class_index=1)
+    assert boxes.tolist() == [[1, 1, 2, 2]] and scores.tolist() == pytest.approx([0.6])
