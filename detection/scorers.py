@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from detection.models.base import Candidates, Detections, box_iou
+from detection.scorers_grad import cam_layers, classifier_logits, detector_candidates, gradients_unavailable
 
 DEFAULT_AMP_TOLERANCE = 1e-2
 
@@ -77,6 +78,22 @@ class ClassifierScorer(_ChunkedScorer):
         probs = torch.sigmoid(z) if self.model.multi_label else torch.softmax(z, -1)
         return probs[:, self.targets]
 
+    # the differentiable path (white-box explainers; detection.scorers_grad): same scores, autograd graph kept
+    def gradients_unavailable(self) -> str | None:
+        """Why the classifier has no gradients (a black box), or None."""
+        return gradients_unavailable(self.model)
+
+    def differentiable(self, images: torch.Tensor, network: torch.nn.Module | None = None) -> torch.Tensor:
+        """Scores [B, T] as ``__call__`` (float32, one pass) with the autograd graph; ``network``: the eager copy
+        :meth:`cam_layers` returned. Raises NoGradientsError (a ValueError) for a black box."""
+        z = classifier_logits(self.model, images, network)
+        probs = torch.sigmoid(z) if self.model.multi_label else torch.softmax(z, -1)
+        return probs[:, self.targets]
+
+    def cam_layers(self, height: int, width: int, layer: str | None = None):
+        """Grad-CAM's (layers, network, to_image) for [H, W] images (:func:`detection.scorers_grad.cam_layers`)."""
+        return cam_layers(self.model, height, width, layer, classifier=True)
+
 
 def drise_similarity(target_boxes: torch.Tensor, target_probs: torch.Tensor, cand: Candidates) -> torch.Tensor:
     """D-RISE: ``max_k IoU(box_t, box_k) · objectness_k · cos(p_t, p_k)`` for every image and target -> [B, T]."""
@@ -111,3 +128,17 @@ class DRiseScorer(_ChunkedScorer):
 
     def _score_chunk(self, images: torch.Tensor) -> torch.Tensor:
         return drise_similarity(self.target_boxes, self.target_probs, self.model.candidates(images))
+
+    # the differentiable path (white-box explainers; detection.scorers_grad): same scores, autograd graph kept
+    def gradients_unavailable(self) -> str | None:
+        """Why the detector has no gradients (a black box: CallableDetector, ONNX), or None."""
+        return gradients_unavailable(self.model)
+
+    def differentiable(self, images: torch.Tensor, network: torch.nn.Module | None = None) -> torch.Tensor:
+        """D-RISE similarity [B, T] as ``__call__`` (float32, one pass) with the autograd graph (the max over
+        candidates passes the gradient of the best match). Raises NoGradientsError (a ValueError) for a black box."""
+        return drise_similarity(self.target_boxes, self.target_probs, detector_candidates(self.model, images))
+
+    def cam_layers(self, height: int, width: int, layer: str | None = None):
+        """Grad-CAM's (layers, network, to_image) for [H, W] images (:func:`detection.scorers_grad.cam_layers`)."""
+        return cam_layers(self.model, height, width, layer)

@@ -110,6 +110,19 @@ def capability_error(job: ExplainJob) -> str | None:
     return None
 
 
+def gradient_error(job: ExplainJob, params: Params) -> str | None:
+    """A white-box method (``needs_gradients``) on a model that has none (an ONNX graph; a ``kind: callable``
+    detector, audited as a black box), or None."""
+    if not METHODS[job.method].needs_gradients:
+        return None
+    what, spec = (("classifier", params.infer.classifier) if job.targets == "classes" else
+                  ("detector", params.explain_detector()))
+    if spec is None or spec.kind not in (("onnx",) if what == "classifier" else ("onnx", "callable")):
+        return None
+    return (f"{job.method} needs gradients (a white-box method): the {what} {spec.id!r} is kind {spec.kind!r}, a "
+            f"black box; use a method that needs no gradients, or an in-process PyTorch model")
+
+
 def _checked_jobs(cfg: ExplainParams, origin: str) -> list:
     jobs = []
     for i, job in enumerate(cfg.jobs):
@@ -139,10 +152,13 @@ def check_jobs(config: Params | ExplainParams, origin: str = "params.yaml") -> P
     unknown or mistyped option, a method without what its class declares it needs (regions, detections), or
     options the explainer class rejects."""
     if isinstance(config, Params):
+        for i, job in enumerate(config.explain.jobs):
+            if job.method in METHODS and gradient_error(job, config):
+                raise ParamsError(f"{origin}: explain.jobs[{i}]: {gradient_error(job, config)}")
         return config.model_copy(update={"explain": check_jobs(config.explain, origin)})
     if not isinstance(config, ExplainParams):
         raise TypeError(f"check_jobs: expected Params or ExplainParams, got {type(config).__name__}")
     return config.model_copy(update={"jobs": _checked_jobs(config, origin)})
 
 
-__all__ = ["OptionError", "capability_error", "check_jobs", "check_option", "check_options"]
+__all__ = ["OptionError", "capability_error", "check_jobs", "gradient_error", "check_option", "check_options"]

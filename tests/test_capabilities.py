@@ -20,6 +20,7 @@ from tasks.params import ParamsError, parse_params
 
 H = W = 12
 SHAPLEY = {"exact_shapley", "kernel_shap", "bayes_shapley", "permutation_shapley", "continuous_coalition_shapley"}
+GRADIENTS = {"integrated_gradients", "input_x_gradient", "grad_cam"}
 CAPABILITIES = ("needs_regions", "accepts_regions", "needs_detections", "needs_gradients", "needs_trained_weights",
                 "shapley_values")
 
@@ -53,12 +54,13 @@ def ones() -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------- the declarations
 def test_capabilities_say_what_the_validation_enforced():
     """Before the attributes: PIXEL_METHODS = (rise, drise, decam), every other method needed regions; drise (only)
-    was rejected for classes. Nothing is white-box or learned yet."""
-    assert set(method_names(needs_regions=True)) == set(METHODS) - {"rise", "drise", "decam"}
+    was rejected for classes. The gradient methods (explainers/gradients.py) are white-box pixel maps; nothing is
+    learned yet."""
+    assert set(method_names(needs_regions=True)) == set(METHODS) - {"rise", "drise", "decam"} - GRADIENTS
     assert method_names(needs_detections=True) == ["drise"]
     assert set(method_names(shapley_values=True)) == SHAPLEY
-    assert method_names(needs_gradients=True) == method_names(needs_trained_weights=True) == []
-    assert set(method_names(accepts_regions=False)) == {"rise", "drise"}
+    assert set(method_names(needs_gradients=True)) == GRADIENTS and method_names(needs_trained_weights=True) == []
+    assert set(method_names(accepts_regions=False)) == {"rise", "drise"} | GRADIENTS
     for name, cls in METHODS.items():
         assert all(isinstance(getattr(cls, c), bool) for c in CAPABILITIES), name
         assert cls.accepts_regions or not cls.needs_regions, name       # needing regions implies playing on them

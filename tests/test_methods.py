@@ -101,7 +101,9 @@ def test_budget_is_honoured_determinism_and_shared_targets(name):
     b = method.explain(image, regions, budget=budget, seed=1)
     assert torch.equal(a.saliency, b.saliency)
     assert a.saliency.shape == (2, 32, 32) and a.method == name and a.options["seed"] == 1
-    exact_spend = {"exact_shapley": 64, "occlusion": 7, "permutation_shapley": 2 + 2 * 4 * 5}
+    exact_spend = {"exact_shapley": 64, "occlusion": 7, "permutation_shapley": 2 + 2 * 4 * 5,
+                   # white-box: forward + backward = 3 forward-equivalents per image and target
+                   "integrated_gradients": 3 * 2 * (50 // 6), "input_x_gradient": 3 * 2, "grad_cam": 3 * 2}
     assert a.n_forward == exact_spend.get(name, budget)   # both targets from the same forwards
     # the others are exact on this additive game
     if name in ("rise", "drise", "lime", "continuous_coalition_shapley", "decam"):
