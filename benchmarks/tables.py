@@ -41,8 +41,8 @@ def shapley(split: str, kind: str) -> None:
     print(f"<!-- {RESULTS}/shapley_{split}_{kind}.json: {data['split']}; {data['seeds']} seeds; "
           f"{data['seconds']:.0f} s -->")
     print("| M | budget | **bayes_shapley (ours, default)** | kernel_shap (ours) | order 1 (ours) | permutation (ours) "
-          "| continuous_coalition_shapley (ours) | best peer (its configuration) | 2nd-best peer | SHAP KernelExplainer as shipped "
-          "| ours ÷ best peer |")
+          "| continuous_coalition_shapley (ours) | best peer (its configuration) | 2nd-best peer "
+          "| SHAP KernelExplainer as shipped | ours ÷ best peer |")
     print("|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|")
     for key in sorted(data["cells"], key=_cell_order):
         cell = data["cells"][key]
