@@ -1,0 +1,164 @@
+"""Log-average miss rate (MR⁻²) over false positives per image, on the Caltech / CityPersons subsets.
+
+The pedestrian-detection metric (Dollár et al., "Pedestrian Detection: An Evaluation of the State of the Art",
+TPAMI 2012; CityPersons, Zhang et al., CVPR 2017, https://github.com/cvgroup-njust/CityPersons): sweep the score
+threshold, plot miss rate against false positives per image (FPPI), read the miss rate at nine FPPI values spaced
+evenly in log space over [10⁻², 10⁰] and take their geometric mean. At each reference FPPI the curve's last point
+with FPPI <= it is used; before the first point the miss rate is 1 (the Caltech toolbox's ``bbGt('compRoc')``:
+``xs1 = [-inf; xs]; ys1 = [0; ys]``), and miss rates are clamped at 1e-10 before the log as there.
+
+Subsets follow CityPersons' ``eval_MR_multisetup.py``: a person outside a subset's height / visibility range is an
+ignore region (matched by intersection over the detection's area, as :func:`detection.evaluation.match` does), and
+an unmatched detection whose height lies outside the range widened by ``exp_filter`` = 1.25 is ignored. Heights are
+box heights in pixels; CityPersons' ranges are for 2048 x 1024 images (pass a ``scale`` for other sizes).
+
+Matching is :func:`detection.evaluation.match` (greedy, real persons before ignore regions). Plain NumPy.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from detection.evaluation import MATCH_IOU, ImageEval, match
+
+FPPI_POINTS = np.logspace(-2.0, 0.0, 9)      # 0.0100, 0.0178, 0.0316, 0.0562, 0.1000, 0.1778, 0.3162, 0.5623, 1
+
+
+@dataclass(frozen=True)
+class Subset:
+    """Persons counted: box height in [height[0], height[1]) px and visibility (1 - occlusion) in
+    [visibility[0], visibility[1]]; everyone else is an ignore region."""
+
+    height: tuple[float, float]
+    visibility: tuple[float, float]
+
+
+# CityPersons' setups (eval_MR_multisetup.py: HtRng / VisRng with SetupLbl Reasonable, Reasonable_small,
+# Reasonable_occ=heavy, All)
+CITYPERSONS_SUBSETS: dict[str, Subset] = {
+    "reasonable": Subset((50.0, np.inf), (0.65, np.inf)),
+    "small": Subset((50.0, 75.0), (0.65, np.inf)),
+    "heavy_occlusion": Subset((50.0, np.inf), (0.20, 0.65)),
+    "all": Subset((20.0, np.inf), (0.20, np.inf)),
+}
+
+
+def restrict(img: ImageEval, subset: Subset, scale: float = 1.0) -> ImageEval:
+    """``img`` with the persons outside ``subset`` (heights scaled by ``scale``) turned into ignore regions.
+    Needs ``img.gt_attrs['visibility']`` [G] (NaN: unknown, treated as fully visible); heights come from the
+    boxes. The detections' height filter is applied by :func:`image_counts`."""
+    if "visibility" not in img.gt_attrs:
+        raise KeyError("ImageEval.gt_attrs lacks 'visibility' (1 - occlusion per ground-truth box)")
+    h = img.gt_boxes[:, 3] - img.gt_boxes[:, 1]
+    vis = np.nan_to_num(np.asarray(img.gt_attrs["visibility"], float), nan=1.0)
+    lo, hi = subset.height[0] * scale, subset.height[1] * scale
+    inside = (h >= lo) & (h < hi) & (vis >= subset.visibility[0]) & (vis <= subset.visibility[1])
+    return ImageEval(img.det_boxes, img.det_scores, img.gt_boxes, img.gt_ignore | ~inside, dict(img.gt_attrs))
+
+
+@dataclass
+class _Counts:
+    scores: np.ndarray     # [N] every counted detection of every image
+    tp: np.ndarray         # [N] bool
+    image: np.ndarray      # [N] int: its image
+    positives: np.ndarray  # [I] persons counted per image
+
+
+def image_counts(images: Sequence[ImageEval], iou_thr: float = MATCH_IOU,
+                 det_height: tuple[float, float] | None = None, exp_filter: float = 1.25) -> _Counts:
+    """Per detection (ignored ones dropped): score, true positive, image; per image: persons counted. With
+    ``det_height`` (px), unmatched detections whose box height is outside [lo / exp_filter, hi * exp_filter] are
+    ignored (CityPersons)."""
+    scores, tps, owners, positives = [], [], [], []
+    for i, img in enumerate(images):
+        m = match(img, iou_thr)
+        keep = ~m.det_ignored
+        if det_height is not None:
+            h = img.det_boxes[:, 3] - img.det_boxes[:, 1]
+            outside = (h < det_height[0] / exp_filter) | (h > det_height[1] * exp_filter)
+            keep &= ~((m.det_gt < 0) & outside)
+        scores.append(img.det_scores[keep])
+        tps.append(m.det_tp[keep])
+        owners.append(np.full(int(keep.sum()), i))
+        positives.append(int((~img.gt_ignore).sum()))
+    cat = lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt)  # noqa: E731
+    return _Counts(cat(scores, float), cat(tps, bool), cat(owners, int), np.asarray(positives, float))
+
+
+def _curves(counts: _Counts, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(FPPI [B, N], recall [B, N]) along the detections in score order, for image weights [B, I] (bootstrap
+    multiplicities; ones for the data as given)."""
+    order = np.argsort(-counts.scores, kind="mergesort")       # mergesort: as the Caltech / CityPersons code
+    w = weights[:, counts.image[order]]                        # [B, N]
+    tp = counts.tp[order]
+    n_images = weights.sum(1, keepdims=True)
+    positives = np.maximum((weights * counts.positives[None]).sum(1, keepdims=True), 1e-12)
+    return np.cumsum(w * ~tp, 1) / n_images, np.cumsum(w * tp, 1) / positives
+
+
+def _lamr(fppi: np.ndarray, recall: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """[B] log-average miss rate of curves [B, N] at ``points``."""
+    B = fppi.shape[0]
+    at = np.zeros((B, len(points)))
+    for b in range(B):
+        idx = np.searchsorted(fppi[b], points, side="right") - 1          # last point with FPPI <= the reference
+        at[b] = np.where(idx >= 0, recall[b, np.maximum(idx, 0)] if fppi.shape[1] else 0.0, 0.0)
+    return np.exp(np.mean(np.log(np.maximum(1e-10, 1.0 - at)), axis=1))
+
+
+def log_average_miss_rate(images: Sequence[ImageEval], iou_thr: float = MATCH_IOU,
+                          points: np.ndarray = FPPI_POINTS, det_height: tuple[float, float] | None = None) -> float:
+    """MR⁻² of ``images`` (every detection, any score; persons with ``gt_ignore`` not counted). NaN when no person
+    is counted. For a CityPersons subset pass ``[restrict(i, s) for i in images]`` and ``det_height=s.height``
+    (or use :func:`subset_miss_rates`)."""
+    counts = image_counts(images, iou_thr, det_height)
+    if counts.positives.sum() == 0:
+        return float("nan")
+    fppi, recall = _curves(counts, np.ones((1, len(images))))
+    return float(_lamr(fppi, recall, np.asarray(points, float))[0])
+
+
+def miss_rate_curve(images: Sequence[ImageEval], iou_thr: float = MATCH_IOU,
+                    det_height: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(FPPI [N], miss rate [N], score threshold [N]) along the detections in score order: the miss-rate-vs-FPPI
+    curve the MR⁻² is read from."""
+    counts = image_counts(images, iou_thr, det_height)
+    fppi, recall = _curves(counts, np.ones((1, len(images))))
+    return fppi[0], 1.0 - recall[0], np.sort(counts.scores)[::-1]
+
+
+def log_average_miss_rate_interval(images: Sequence[ImageEval], iou_thr: float = MATCH_IOU,
+                                   det_height: tuple[float, float] | None = None, n_boot: int = 1000,
+                                   confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap interval of MR⁻² resampling images (their persons and detections together)."""
+    counts = image_counts(images, iou_thr, det_height)
+    if counts.positives.sum() == 0 or not len(images):
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    n = len(images)
+    values = []
+    for start in range(0, n_boot, 100):
+        w = rng.multinomial(n, np.full(n, 1.0 / n), size=min(100, n_boot - start)).astype(float)
+        fppi, recall = _curves(counts, w)
+        values.append(_lamr(fppi, recall, FPPI_POINTS))
+    values = np.concatenate(values)
+    tail = (1 - confidence) / 2
+    return float(np.quantile(values, tail)), float(np.quantile(values, 1 - tail))
+
+
+def subset_miss_rates(images: Sequence[ImageEval], subsets: dict[str, Subset] | None = None, scale: float = 1.0,
+                      iou_thr: float = MATCH_IOU, n_boot: int = 0, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Per subset (default :data:`CITYPERSONS_SUBSETS`): ``mr2`` (MR⁻²), ``persons`` counted and, with ``n_boot``,
+    ``low`` / ``high`` of its bootstrap interval. ``images`` need ``gt_attrs['visibility']``."""
+    out = {}
+    for name, subset in (subsets or CITYPERSONS_SUBSETS).items():
+        sub = [restrict(i, subset, scale) for i in images]
+        height = (subset.height[0] * scale, subset.height[1] * scale)
+        row = {"mr2": log_average_miss_rate(sub, iou_thr, det_height=height),
+               "persons": int(sum((~i.gt_ignore).sum() for i in sub))}
+        if n_boot:
+            row["low"], row["high"] = log_average_miss_rate_interval(sub, iou_thr, height, n_boot, seed=seed)
+        out[name] = row
+    return out
