@@ -13,6 +13,7 @@ from explainers.base import Explainer
 from explainers.bayesian_shapley import BayesShapley
 from explainers.decam import DeCam
 from explainers.gradients import GradCam, InputXGradient, IntegratedGradients
+from explainers.igos import IGosPP
 from explainers.lime import Lime
 from explainers.occlusion import Occlusion
 from explainers.rise import DRise, Rise
@@ -21,7 +22,7 @@ from explainers.shapley import ContinuousCoalitionShapley, ExactShapley, KernelS
 METHODS: dict[str, type[Explainer]] = {
     cls.name: cls for cls in (Occlusion, Rise, DRise, Lime, BayesShapley, KernelShap, ExactShapley,
                               PermutationShapley, ContinuousCoalitionShapley, DeCam, IntegratedGradients,
-                              InputXGradient, GradCam)}
+                              InputXGradient, GradCam, IGosPP)}
 
 # old method name -> (new name, why): an error naming the new one, never a silent alias
 RENAMED: dict[str, tuple[str, str]] = {

@@ -20,7 +20,7 @@ from tasks.params import ParamsError, parse_params
 
 H = W = 12
 SHAPLEY = {"exact_shapley", "kernel_shap", "bayes_shapley", "permutation_shapley", "continuous_coalition_shapley"}
-GRADIENTS = {"integrated_gradients", "input_x_gradient", "grad_cam"}
+GRADIENTS = {"integrated_gradients", "input_x_gradient", "grad_cam", "igos_pp"}
 CAPABILITIES = ("needs_regions", "accepts_regions", "needs_detections", "needs_gradients", "needs_trained_weights",
                 "shapley_values")
 

@@ -89,7 +89,8 @@ MINIMUM = {"exact_shapley": lambda M, T: 2 ** M, "kernel_shap": lambda M, T: min
            "continuous_coalition_shapley": lambda M, T: 2 if M == 1 else 3, "lime": lambda M, T: 2,
            "occlusion": lambda M, T: M + 1, "rise": lambda M, T: 1, "drise": lambda M, T: 1,
            "decam": lambda M, T: 8 * T, "integrated_gradients": lambda M, T: 6 * T,
-           "input_x_gradient": lambda M, T: 3 * T, "grad_cam": lambda M, T: 3 * T}
+           "input_x_gradient": lambda M, T: 3 * T, "grad_cam": lambda M, T: 3 * T,
+           "igos_pp": lambda M, T: 12 * T}                       # one iteration of one IG step
 
 
 def test_minimum_table_covers_every_method():

@@ -103,7 +103,8 @@ def test_budget_is_honoured_determinism_and_shared_targets(name):
     assert a.saliency.shape == (2, 32, 32) and a.method == name and a.options["seed"] == 1
     exact_spend = {"exact_shapley": 64, "occlusion": 7, "permutation_shapley": 2 + 2 * 4 * 5,
                    # white-box: forward + backward = 3 forward-equivalents per image and target
-                   "integrated_gradients": 3 * 2 * (50 // 6), "input_x_gradient": 3 * 2, "grad_cam": 3 * 2}
+                   "integrated_gradients": 3 * 2 * (50 // 6), "input_x_gradient": 3 * 2, "grad_cam": 3 * 2,
+                   "igos_pp": 3 * 4 * 2 * 2}      # one iteration of 4 terms x 2 IG steps (what 50 buys) x 2 targets
     assert a.n_forward == exact_spend.get(name, budget)   # both targets from the same forwards
     # the others are exact on this additive game
     if name in ("rise", "drise", "lime", "continuous_coalition_shapley", "decam"):
