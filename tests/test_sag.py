@@ -1,0 +1,111 @@
+"""Structured attention graphs (explainers/sag.py): the beam search finds exactly the minimal sufficient sets of a
+hand-built AND / OR game, the exact table agrees, the diverse roots and the deletion graph follow their rules, every
+set is scored once, and the result flattens to Parquet rows."""
+from __future__ import annotations
+
+import itertools
+
+import pyarrow as pa
+import pytest
+import torch
+
+from explainers.sag import diverse_roots, exact_minimal_sufficient, image_sag, structured_attention_graph
+
+
+class Counting:
+    """A game over M players from a function of the shown set; counts the coalitions it scores."""
+
+    def __init__(self, fn, M: int):
+        self.fn, self.M, self.calls, self.seen = fn, M, 0, []
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        self.seen += [tuple(row.nonzero()[:, 0].tolist()) for row in z]
+        return torch.tensor([[self.fn(set(row.nonzero()[:, 0].tolist()))] for row in z], dtype=torch.float32)
+
+    def table(self) -> torch.Tensor:
+        return torch.tensor([self.fn({i for i in range(self.M) if m >> i & 1}) for m in range(2 ** self.M)])
+
+
+def and_or(S: set) -> float:
+    """(head AND torso) OR (left leg AND right leg AND left arm) OR box; region 5 is a distractor."""
+    return 1.0 if {0, 1} <= S or {2, 3, 6} <= S or 4 in S else 0.05 * (5 in S)
+
+
+def test_the_beam_search_finds_exactly_the_minimal_sets_of_an_and_or_game():
+    game = Counting(and_or, 7)
+    truth = exact_minimal_sufficient(game.table(), 0.9)
+    assert truth == {frozenset({0, 1}), frozenset({2, 3, 6}), frozenset({4})}
+    importance = torch.tensor([0.3, 0.3, 0.1, 0.1, 0.5, 0.0, 0.1])  # e.g. Shapley values: distractor last
+    result = structured_attention_graph(game, 7, importance)
+    assert result.root_sets() == truth
+    assert len(game.seen) == len(set(game.seen)) == result.n_forward          # each set scored once
+    assert result.full_score == 1.0 and result.empty_score == 0.0
+    # diverse roots: all three (pairwise disjoint), smallest first
+    assert [result.roots[i][0] for i in result.diverse] == [(4,), (0, 1), (2, 3, 6)]
+    # AND / OR: removing any region of a root drops below 40 % -> no edges
+    assert result.edges == []
+
+
+def test_a_misleading_heuristic_still_gives_minimal_sets():
+    """Importance that ranks the distractor first: the roots are still sufficient and minimal (pruned)."""
+    game = Counting(and_or, 7)
+    result = structured_attention_graph(game, 7, torch.tensor([0.0, 0.1, 0.0, 0.0, 0.0, 1.0, 0.0]))
+    truth = exact_minimal_sufficient(game.table(), 0.9)
+    assert result.root_sets() <= truth and frozenset({4}) in result.root_sets()
+
+
+def test_the_deletion_graph_descends_to_the_keep_fraction():
+    """Additive game w = (0.5, 0.3, 0.2): the only sufficient set is all three; one-region deletions while the
+    score stays >= 0.4."""
+    w = [0.5, 0.3, 0.2]
+    game = Counting(lambda S: sum(w[i] for i in S), 3)
+    result = structured_attention_graph(game, 3, torch.tensor(w))
+    assert result.root_sets() == {frozenset({0, 1, 2})}
+    got = {(e.parent, e.child, e.removed, round(e.drop, 6)) for e in result.edges}
+    assert got == {((0, 1, 2), (0, 1), 2, 0.2), ((0, 1, 2), (0, 2), 1, 0.3), ((0, 1, 2), (1, 2), 0, 0.5),
+                   ((0, 1), (0,), 1, 0.3), ((0, 2), (0,), 2, 0.2)}
+    rows = result.rows(["head", "torso", "legs"], image_id="i1", target_id="t1")
+    table = pa.Table.from_pylist(rows)
+    assert table.num_rows == 1 + 5 and set(table.column("kind").to_pylist()) == {"root", "edge"}
+    root = rows[0]
+    assert root["regions"] == ["head", "torso", "legs"] and root["image_id"] == "i1" and root["diverse"]
+
+
+def test_diverse_roots_share_at_most_one_region():
+    roots = [((0, 1, 2), 1.0), ((0, 1), 0.95), ((1, 2), 0.97), ((3,), 0.92), ((0, 3), 0.99)]
+    kept = diverse_roots(roots, k=3, overlap=1)
+    assert kept == [3, 4, 2]                  # smallest first, then by score; (0, 3) shares one region with (3,)
+    for a, b in itertools.combinations(kept, 2):
+        assert len(set(roots[a][0]) & set(roots[b][0])) <= 1
+
+
+def test_bad_input_is_refused():
+    game = Counting(lambda S: 0.0, 3)
+    with pytest.raises(ValueError, match="not above the empty score"):
+        structured_attention_graph(game, 3, torch.ones(3))
+    with pytest.raises(ValueError, match="one value per region"):
+        structured_attention_graph(Counting(and_or, 7), 7, torch.ones(3))
+    with pytest.raises(ValueError, match="2\\^M"):
+        exact_minimal_sufficient(torch.ones(6))
+
+
+def test_image_sag_plays_the_region_game_of_an_image():
+    """A scorer that needs the head and one leg shown (an AND over stick-figure parts): the one root is {head, leg}."""
+    from tests.image_models import QuadrantModel, stick_figure
+
+    image, _ = stick_figure()
+
+    class HeadAndLeg(QuadrantModel):
+        def __call__(self, images):
+            head, leg = images[:, :, 8:16, 28:36].mean((1, 2, 3)), images[:, :, 40:60, 33:37].mean((1, 2, 3))
+            return (head * (1 - leg))[:, None]             # the head bright AND the leg dark, as in the image
+
+    parts = torch.zeros(3, 64, 64, dtype=torch.bool)
+    parts[0, 8:16, 28:36] = True
+    parts[1, 40:60, 33:37] = True
+    parts[2, 16:40, 26:38] = True
+    result = image_sag(HeadAndLeg(), image, parts, torch.tensor([1.0, 0.5, 0.1]), perturbation="mean")
+    assert result.root_sets() == {frozenset({0, 1})}
+    with pytest.raises(ValueError, match="no pixel"):
+        image_sag(HeadAndLeg(), image, torch.zeros(2, 64, 64), torch.ones(2))
