@@ -1,4 +1,5 @@
-"""The pull stage: a dataset version -> validated Parquet tables (images, annotations, gt_parts, errors)."""
+"""The pull stage: a dataset version -> validated Parquet tables (images, annotations, gt_parts, errors, and the
+per-pedestrian attributes: drawn by the synthetic generator, computed from boxes and pixels, the user's own)."""
 from __future__ import annotations
 
 from collections import Counter
@@ -14,6 +15,7 @@ from tasks import stages
 from tasks.params import Params, load_params
 from tasks.pull import (
     SHARDS_DIR,
+    attribute_tables,
     check_images_shard,
     fetch_dvc,
     generate_synthetic_shard,
@@ -57,7 +59,9 @@ def pull_flow(params: Params) -> dict:
         f.result()
 
     tables = relocate_uris(merge_shards(staging, listing), staging_uri, out_uri)
-    stats = write_outputs(tables, staging, pull, params.seed)
+    attributes, user_attributes = attribute_tables(staging, tables, pull, out_uri, staging_uri)
+    stats = write_outputs(tables, staging, pull, params.seed, attributes, user_attributes,
+                          outputs.USER_ATTRIBUTES)
     publish(staging, out)
     write_json(outputs.metrics, stats)
     logger.info("pulled %d images, %d annotations (%d persons), %d errors -> %s", stats["images"],

@@ -64,6 +64,8 @@ class PullParams(_Section):
     folder: FolderSource | None = None
     # With dvc set, the coco/yolo/folder paths are relative to the fetched folder.
     dvc: DvcSource | None = None
+    # The user's per-object attribute tables (.parquet / .csv keyed by image_id, ann_id; detection.attributes)
+    attributes: list[str] = []
 
     @model_validator(mode="after")
     def _source_section_present(self) -> PullParams:
@@ -74,12 +76,14 @@ class PullParams(_Section):
         return self
 
     def input_paths(self) -> list[tuple[str, str]]:
-        """(dotted key, path) of every input file the chosen source names, for existence checks."""
+        """(dotted key, path) of every input file the chosen source names, and of the user's attribute tables,
+        for existence checks."""
+        user = [(f"pull.attributes[{i}]", p) for i, p in enumerate(self.attributes)]
         if self.source == "synthetic" or self.dvc is not None:
-            return []
+            return user
         section = getattr(self, self.source)
         keys = {"coco": ("annotations", "images_dir"), "yolo": ("data",), "folder": ("images_dir",)}[self.source]
-        return [(f"pull.{self.source}.{k}", getattr(section, k)) for k in keys]
+        return [(f"pull.{self.source}.{k}", getattr(section, k)) for k in keys] + user
 
 
 class TrainDataParams(_Section):

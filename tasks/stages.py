@@ -24,6 +24,7 @@ from detection.datasets.tables import SCHEMAS, DatasetTables, write_table_atomic
 from tasks.params import Params
 from tasks.shards import MANIFEST, read_sharded, shard_name
 
+ATTRIBUTE_TABLES = ("attributes", "computed_attributes")
 PULL, TRAIN_DATA, INFER, PARTS, EXPLAIN, EVALUATE, REPORT = (
     "pull", "train_data", "infer", "parts", "explain", "evaluate", "report")
 
@@ -74,12 +75,22 @@ class StageOutputs:
 
 @dataclass(frozen=True)
 class PullOutputs(StageOutputs):
-    """The pulled dataset (``pull`` and, with the training-scene params, ``train_data``)."""
+    """The pulled dataset (``pull`` and, with the training-scene params, ``train_data``): the four dataset tables,
+    the per-pedestrian attributes (``attributes``: what the synthetic generator drew, empty for other sources;
+    ``computed_attributes``: from boxes and pixels, every source) and, when ``pull.attributes`` names files, the
+    user's own per-object columns joined into one file (:data:`USER_ATTRIBUTES`, its columns are the user's, so it
+    has no fixed schema)."""
 
-    TABLES: ClassVar[dict[str, str]] = {n: f"{n}.parquet" for n in DatasetTables.names()}
+    TABLES: ClassVar[dict[str, str]] = {n: f"{n}.parquet" for n in (*DatasetTables.names(), *ATTRIBUTE_TABLES)}
+    USER_ATTRIBUTES: ClassVar[str] = "user_attributes.parquet"
 
     def dataset(self) -> DatasetTables:
         return DatasetTables.read(self.out_dir)
+
+    def user_attributes(self) -> pa.Table | None:
+        """The user's per-object attribute columns keyed by ``image_id, ann_id`` (None when none were given)."""
+        path = self.out_dir / self.USER_ATTRIBUTES
+        return pq.read_table(path) if path.is_file() else None
 
 
 @dataclass(frozen=True)
@@ -116,10 +127,12 @@ class ExplainOutputs(StageOutputs):
 
 @dataclass(frozen=True)
 class EvaluateOutputs(StageOutputs):
-    """The metrics table (one row per explanation and metric) and errors; plots for ``dvc plots``."""
+    """The metrics table (one row per explanation and metric), errors, the slices where the detector fails or its
+    relevance shifts (``slices``) and why each ground-truth pedestrian was missed (``misses``); plots for
+    ``dvc plots``."""
 
     plots_dir: Path = Path("plots")
-    TABLES: ClassVar[dict[str, str]] = {n: f"{n}.parquet" for n in ("metrics", "errors")}
+    TABLES: ClassVar[dict[str, str]] = {n: f"{n}.parquet" for n in ("metrics", "errors", "slices", "misses")}
     PLOTS: ClassVar[tuple[str, ...]] = ("causal_curves.png", "part_relevance.png")
 
     def dvc_plots(self) -> list[Path]:

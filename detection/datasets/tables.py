@@ -203,6 +203,41 @@ METRICS_SCHEMA = pa.schema([                   # evaluate stage: one row per (ta
     ("value", pa.float32()),
 ])
 
+SLICES_SCHEMA = pa.schema([                    # evaluate: slices of ground-truth pedestrians (detection.slices)
+    ("outcome", pa.string()),                  # missed | share:<part> | share:context (relevance share, `job`)
+    ("job", pa.string()),                      # the explain job the shares come from; null for missed
+    ("rank", pa.int16()),                      # 1 = best SliceLine score among this outcome's slices
+    ("slice", pa.string()),                    # in words: 'facing = back and box_height in [17, 42)'
+    ("predicates", pa.string()),               # JSON object column -> bin label
+    ("level", pa.int8()),
+    ("direction", pa.string()),                # higher | lower than the rest
+    ("score", pa.float32()),                   # SliceLine's
+    ("size", pa.int32()),                      # pedestrians in the slice
+    ("mean", pa.float32()),                    # the outcome's mean in the slice, bootstrap 95 % interval
+    ("ci_low", pa.float32()),
+    ("ci_high", pa.float32()),
+    ("rest_mean", pa.float32()),
+    ("diff", pa.float32()),
+    ("diff_low", pa.float32()),
+    ("diff_high", pa.float32()),
+    ("p_value", pa.float64()),
+    ("q_value", pa.float64()),                 # Benjamini-Hochberg over the n_hypotheses slices of the lattice
+    ("significant", pa.bool_()),
+    ("n_hypotheses", pa.int32()),
+    ("context_share", pa.float32()),           # mean context share of the slice's explained pedestrians (`job`)
+    ("context_share_rest", pa.float32()),      # ... of the other explained pedestrians
+])
+
+MISSES_SCHEMA = pa.schema([                    # evaluate: why each ground-truth pedestrian was missed
+    ("image_id", pa.string()),
+    ("ann_id", pa.string()),
+    ("miss_type", pa.string()),                # detection.miss_types.MISS_TYPES
+    ("best_iou", pa.float32()),                # the candidate that decided the type: IoU with the box, its score
+    ("best_score", pa.float32()),
+    ("height", pa.float32()),                  # box height, px
+    ("occlusion", pa.float32()),
+])
+
 SCHEMAS: dict[str, pa.Schema] = {
     "images": IMAGES_SCHEMA,
     "annotations": ANNOTATIONS_SCHEMA,
@@ -217,6 +252,8 @@ SCHEMAS: dict[str, pa.Schema] = {
     "targets": TARGETS_SCHEMA,
     "explanations": EXPLANATIONS_SCHEMA,
     "metrics": METRICS_SCHEMA,
+    "slices": SLICES_SCHEMA,
+    "misses": MISSES_SCHEMA,
 }
 
 
