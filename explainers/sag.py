@@ -57,7 +57,8 @@ class SagResult:
     roots: list[tuple[tuple[int, ...], float]]
     diverse: list[int]
     edges: list[SagEdge] = field(default_factory=list)
-    n_forward: int = 0
+    n_forward: int = 0                            # every game evaluation (search, pruning, graph)
+    search_forward: int = 0                       # those of the full / empty scores, the search and the pruning
 
     def root_sets(self) -> set[frozenset[int]]:
         return {frozenset(r) for r, _ in self.roots}
@@ -179,7 +180,9 @@ def structured_attention_graph(game: Callable[[torch.Tensor], torch.Tensor], num
                                threshold: float = 0.9, keep: float = 0.4, width: int = 3, successors: int = 15,
                                max_roots: int = 10, diverse: int = 3, overlap: int = 1) -> SagResult:
     """The SAG of target ``target`` of ``game`` over ``num_regions`` regions, searched in the order of
-    ``importance`` [M] (higher = more important). Spends 2 + (sets scored) game evaluations (``n_forward``).
+    ``importance`` [M] (higher = more important). Spends 2 + (sets scored) game evaluations (``n_forward``; the
+    graph's excluded: ``search_forward``). When the empty set already keeps ``threshold`` of the full score, it is
+    the one minimal sufficient set (no search).
     Raises ValueError for a threshold / keep outside (0, 1], importance of the wrong length, or a full score ≤ the
     empty score (nothing to keep: every set would be "sufficient")."""
     M = int(num_regions)
@@ -193,12 +196,16 @@ def structured_attention_graph(game: Callable[[torch.Tensor], torch.Tensor], num
     if not full > empty:
         raise ValueError(f"sag: the full score {full:.4g} is not above the empty score {empty:.4g}: no region "
                          f"set can be told from none")
-    roots = beam_search(memo, M, importance, threshold * full, width=width, successors=successors,
-                        max_roots=max_roots)
+    if empty >= threshold * full:              # nothing needs showing: the empty set is the one minimal set
+        roots = [()]
+    else:
+        roots = beam_search(memo, M, importance, threshold * full, width=width, successors=successors,
+                            max_roots=max_roots)
+    search_forward = memo.n_forward
     scored = [(r, s) for r, s in zip(roots, memo(roots))]
     kept = diverse_roots(scored, diverse, overlap)
     edges = deletion_graph(memo, [scored[i][0] for i in kept], keep * full)
-    return SagResult(full, empty, threshold, keep, scored, kept, edges, memo.n_forward)
+    return SagResult(full, empty, threshold, keep, scored, kept, edges, memo.n_forward, search_forward)
 
 
 def image_sag(scorer, image: torch.Tensor, regions: torch.Tensor, importance: Sequence[float] | torch.Tensor, *,

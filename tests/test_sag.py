@@ -109,3 +109,12 @@ def test_image_sag_plays_the_region_game_of_an_image():
     assert result.root_sets() == {frozenset({0, 1})}
     with pytest.raises(ValueError, match="no pixel"):
         image_sag(HeadAndLeg(), image, torch.zeros(2, 64, 64), torch.ones(2))
+
+
+def test_an_empty_set_that_keeps_the_score_is_the_one_root():
+    """A score that hidden parts barely move: v(none) >= 0.9 v(all), so the empty set is the minimal sufficient set
+    (the table agrees); no search is run."""
+    game = Counting(lambda S: 0.95 + 0.05 * (0 in S), 3)
+    result = structured_attention_graph(game, 3, torch.ones(3))
+    assert result.root_sets() == exact_minimal_sufficient(game.table()) == {frozenset()}
+    assert result.search_forward == 2
