@@ -13,6 +13,14 @@ import importlib
 # public name -> the submodule that defines it; imported on first access (PEP 562), so importing one
 # submodule (or this package) does not import its siblings. Project code imports from the submodule.
 _LAZY = {
+    "GradCam": "explainers.gradients",
+    "IGosPP": "explainers.igos",
+    "InputXGradient": "explainers.gradients",
+    "IntegratedGradients": "explainers.gradients",
+    "NeedsGradientsError": "explainers.gradients",
+    "cascading_randomisation": "explainers.sanity",
+    "structured_attention_graph": "explainers.sag",
+    "exact_minimal_sufficient": "explainers.sag",
     "BayesShapley": "explainers.bayesian_shapley",
     "Blur": "explainers.perturb",
     "BudgetError": "explainers.base",
@@ -49,7 +57,9 @@ _LAZY = {
     "superpixels": "explainers.regions",
 }
 
-__all__ = ["BayesShapley", "Blur", "BudgetError", "Constant", "ContinuousCoalitionShapley", "DRise", "DeCam",
+__all__ = [*sorted(["GradCam", "IGosPP", "InputXGradient", "IntegratedGradients", "NeedsGradientsError",
+                    "cascading_randomisation", "structured_attention_graph", "exact_minimal_sufficient"]),
+           "BayesShapley", "Blur", "BudgetError", "Constant", "ContinuousCoalitionShapley", "DRise", "DeCam",
            "ExactShapley", "Explainer", "Explanation", "KernelShap", "Lime", "METHODS", "Mean", "Noise", "Occlusion",
            "Perturbation", "PermutationShapley", "RegionGame", "Rise", "Scorer", "ScorerError", "bayes_shapley",
            "box_masks", "continuous_coalition_shapley", "deletion_insertion", "energy_pointing_game",
