@@ -1,6 +1,7 @@
 """The evaluate stage: metrics of every explanation (deletion / insertion AUC, pointing game and energy pointing game
 against boxes and body parts, cost) and the agreement between methods, as a Parquet table, DVC metrics and DVC
-plots."""
+plots; and where the detector fails (tasks.audit_slices: attribute slices of the miss rate and of the relevance
+shares, MR⁻², miss types)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,6 +17,7 @@ from prefect import flow, get_run_logger
 from detection.datasets.tables import rows_to_table
 from explainers.perturb import make_perturbation
 from tasks import stages
+from tasks.audit_slices import where_it_fails
 from tasks.evaluate import SUBSTRATES, agreement_rows, evaluate_shard, shard_items
 from tasks.evaluate_summary import NOTES, summarise, undefined_counts, write_plots
 from tasks.params import Params, load_params
@@ -39,7 +41,13 @@ def evaluate_flow(params: Params) -> dict:
                for i, r in enumerate(shard_ranges(len(items), cfg.shard_size))]
     tables = collect_staged(staging, progress(futures, "evaluate"), ("metrics", "errors"))
     metrics = pa.concat_tables([tables["metrics"], rows_to_table(agreement_rows(explanations), "metrics")])
-    outputs.write(staging, {"metrics": metrics, "errors": tables["errors"]})
+    pulled = stages.pull(params)
+    drawn, computed = (_optional(pulled, name, logger) for name in ("attributes", "computed_attributes"))
+    failures, failure_errors, where = where_it_fails(params, data.images, data.annotations,
+                                                     stages.infer(params).read("detections"), explanations, drawn,
+                                                     computed, pulled.user_attributes())
+    tables["errors"] = pa.concat_tables([tables["errors"], rows_to_table(failure_errors, "errors")])
+    outputs.write(staging, {"metrics": metrics, "errors": tables["errors"], **failures})
     publish(staging, outputs.out_dir)
     summary = {"explanations": explanations.num_rows, "errors": tables["errors"].num_rows,
                "substrates": {m: make_perturbation(SUBSTRATES[m]).describe() for m in SUBSTRATES}, "steps": cfg.steps,
@@ -47,12 +55,22 @@ def evaluate_flow(params: Params) -> dict:
                "undefined": undefined_counts(metrics),
                "nonfinite_saliency": tables["errors"].filter(
                    pc.equal(tables["errors"]["error_type"], NONFINITE_SALIENCY)).num_rows,
-               "pointing_tolerance": cfg.pointing_tolerance, "notes": NOTES}
+               "pointing_tolerance": cfg.pointing_tolerance, "notes": NOTES, "where_it_fails": where}
     write_json(outputs.metrics, summary)
     write_plots(metrics, explanations, outputs.plots_dir)
     logger.info("evaluate: %d metric rows for %d explanations, %d errors, undefined values %s", metrics.num_rows,
                 explanations.num_rows, tables["errors"].num_rows, summary["undefined"])
     return summary
+
+
+def _optional(pulled: stages.PullOutputs, name: str, logger) -> pa.Table | None:
+    """A pulled attribute table, or None (with a warning) when the pulled folder predates it."""
+    try:
+        return pulled.read(name)
+    except FileNotFoundError:
+        logger.warning("evaluate: %s has no %s table (pulled before attributes were written): re-run pull to "
+                       "slice on them", pulled.out_dir, name)
+        return None
 
 
 def run_evaluate(params_file: str | Path = "params.yaml") -> dict:
