@@ -52,7 +52,16 @@ def load_inputs(params: Params) -> ReportInputs:
         classifier_id=None if params.infer.classifier is None else params.infer.classifier.id,
         ground_truth=bool(pc.any(pc.equal(data.annotations["category"], spec.person_class)).as_py()),
         detections=detections.to_pandas(),
-        part_sources=parts.group_by(["model_id", "det_id", "source"]).aggregate([]).to_pandas())
+        part_sources=parts.group_by(["model_id", "det_id", "source"]).aggregate([]).to_pandas(),
+        slices=_optional(evaluated, "slices"), misses=_optional(evaluated, "misses"))
+
+
+def _optional(outputs: stages.StageOutputs, name: str):
+    """A table as pandas, or None when the stage's output predates it (the report then leaves its section out)."""
+    try:
+        return outputs.read(name).to_pandas()
+    except FileNotFoundError:
+        return None
 
 
 @flow(name="report", log_prints=True)

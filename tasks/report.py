@@ -73,6 +73,8 @@ class ReportInputs:
     ground_truth: bool = True
     detections: pd.DataFrame | None = None     # the audited detector's person detections (infer), for the table
     part_sources: pd.DataFrame | None = None   # (model_id, det_id, source) of every pedestrian with body parts
+    slices: pd.DataFrame | None = None         # evaluate's slices table (tasks.audit_slices); None: not computed
+    misses: pd.DataFrame | None = None         # evaluate's misses table (miss type per missed pedestrian)
 
 
 # ---------------------------------------------------------------------------------------------------- figures
@@ -648,9 +650,116 @@ def render_errors(ctx: ReportContext) -> Rendered | None:
     return None if ctx.inputs.errors.empty else Rendered(_table(ctx.inputs.errors))
 
 
+FAILURE_SLICES = 5            # "Where it fails": significant slices listed per outcome
+CONTEXT_SHIFT = 0.05          # a slice's mean context share this far from the rest's is worth a clause
+NO_FAILURES = ("Where the detector fails cannot be computed: the dataset has no annotated pedestrians, so there are "
+               "no misses to slice, no miss rates, no MR⁻² and no miss types.")
+MISS_TYPE_WORDS = {"suppressed": "suppressed by NMS (a neighbour's box won)",
+                   "below_threshold": "scored below the threshold", "mislocalised": "mislocalised (best IoU 0.1-0.5)",
+                   "never_seen": "never seen (no candidate near it)"}
+
+
+def _slice_words(text: str) -> str:
+    return text.replace("_", " ")
+
+
+def _interval(mean: float, low: float, high: float) -> str:
+    return f"{_num(mean, '{:.2f}')} [{_num(low, '{:.2f}')}, {_num(high, '{:.2f}')}]"
+
+
+def slice_sentences(slices: pd.DataFrame, limit: int = FAILURE_SLICES) -> list[str]:
+    """The significant slices in words, best first: the miss-rate slices ("pedestrians with facing = back and box
+    height in [17, 42): miss rate 0.71 [0.62, 0.79] vs 0.38 (n = 40, q = 0.001); their relevance sits more on the
+    context (0.31 vs 0.14)"), then the relevance-share slices."""
+    out = []
+    sig = slices[slices["significant"] == True]  # noqa: E712
+    for outcome, group in sig.groupby("outcome", sort=False):
+        what = "miss rate" if outcome == "missed" else f"{outcome.partition(':')[2].replace('_', ' ')} share"
+        for r in group.sort_values("rank").head(limit).itertuples():
+            text = (f"pedestrians with <b>{html.escape(_slice_words(r.slice))}</b>: {what} "
+                    f"{_interval(r.mean, r.ci_low, r.ci_high)} vs {_num(r.rest_mean, '{:.2f}')} (n = {r.size}, "
+                    f"q = {r.q_value:.2g})")
+            if outcome == "missed" and np.isfinite(r.context_share) and np.isfinite(r.context_share_rest):
+                shift = r.context_share - r.context_share_rest
+                if abs(shift) >= CONTEXT_SHIFT:
+                    text += (f"; their relevance sits more on the {'context' if shift > 0 else 'body'} (context "
+                             f"share {r.context_share:.2f} vs {r.context_share_rest:.2f})")
+            out.append(text)
+    return out
+
+
+def mr2_table(summary: dict) -> pd.DataFrame:
+    rows = [{"subset": name.replace("_", " "), "MR⁻²": _num(r.get("mr2")),
+             "95 % interval": f"[{_num(r.get('low'))}, {_num(r.get('high'))}]", "persons": r.get("persons")}
+            for name, r in (summary.get("mr2") or {}).items()]
+    return pd.DataFrame(rows)
+
+
+def miss_type_table(summary: dict, misses: pd.DataFrame | None, shares: pd.DataFrame,
+                    main_job: str | None) -> pd.DataFrame:
+    """Per miss type: count, share of the misses, miss-rate and AP gain from fixing it, and the mean share of each
+    body part and the context (main job) over the explained pedestrians of that type."""
+    types = pd.DataFrame([t for t in summary.get("miss_types", []) if t.get("kind") == "miss"])
+    if types.empty:
+        return types
+    table = pd.DataFrame({"miss type": types["type"].map(lambda t: MISS_TYPE_WORDS.get(t, t)),
+                          "count": types["count"].astype(int), "share": types["share"],
+                          "miss-rate gain": types["miss_rate_gain"], "AP gain": types["ap_gain"]})
+    if misses is None or misses.empty or main_job is None:
+        return table
+    sel = shares[(shares["job"] == main_job) & (shares["kind"] == "persons")]
+    typed = sel.merge(misses[["image_id", "ann_id", "miss_type"]].rename(columns={"ann_id": "target_id"}),
+                      on=["image_id", "target_id"], how="inner")
+    mean = typed.pivot_table(index="miss_type", columns="part", values="share", aggfunc="mean")
+    mean = mean.reindex(columns=[p for p in PART_ORDER if p in mean.columns])
+    explained = typed.groupby("miss_type")["target_id"].nunique()
+    table["explained"] = types["type"].map(explained).fillna(0).astype(int).values
+    for part in mean.columns:
+        table[part.replace("_", " ")] = types["type"].map(mean[part]).values
+    return table
+
+
+def render_failures(ctx: ReportContext) -> Rendered | None:
+    """Where the detector fails: the significant attribute slices in words with intervals, MR⁻² with intervals,
+    the miss types with counts and the mean part relevance per type. Without ground truth: that it cannot be
+    computed."""
+    inp = ctx.inputs
+    summary = inp.evaluate_summary.get("where_it_fails")
+    if not inp.ground_truth or (summary is not None and not summary.get("ground_truth", True)):
+        return Rendered(f"<p><b>{NO_FAILURES}</b></p>", ("## Where it fails", "", _plain(NO_FAILURES)))
+    if summary is None or inp.slices is None:
+        return None
+    sentences = slice_sentences(inp.slices)
+    mr2, types = mr2_table(summary), miss_type_table(summary, inp.misses, ctx.shares, summary.get("job"))
+    n_attr = len(summary.get("attributes", []))
+    intro = (f"{summary.get('persons')} ground-truth pedestrians, miss rate {_num(summary.get('miss_rate'), '{:.2f}')} "
+             f"at the detector's threshold {summary.get('conf')}; slices searched over {n_attr} attributes "
+             f"(SliceLine, up to 2 attributes, bins of a numeric attribute are its terciles); relevance shares from "
+             f"{html.escape(str(summary.get('job')))} on the {summary.get('explained')} explained pedestrians.")
+    body = (f"<p>{intro}</p>" + ("<ul class='findings'>" + "".join(f"<li>{t}</li>" for t in sentences) + "</ul>"
+                                 if sentences else "<p>No slice deviates significantly.</p>") +
+            "<p class='note'>Intervals: bootstrap 95 % (BCa) of the slice's mean; 'vs': the rest of the pedestrians; "
+            "q: Benjamini–Hochberg over every slice of the searched lattice with at least 20 pedestrians, "
+            "significant at q &le; 0.05.</p>")
+    md = ["## Where it fails", "", _plain(intro), ""] + [f"- {_plain(t)}" for t in sentences]
+    if not mr2.empty:
+        body += ("<h3>Log-average miss rate (MR⁻²)</h3>" + _table(mr2) +
+                 "<p class='note'>Miss rate averaged in log space over FPPI 10⁻² to 10⁰ (Caltech / CityPersons); "
+                 "CityPersons' subsets with heights in pixels as annotated; intervals: image bootstrap 95 %.</p>")
+        md += ["", _markdown_table(mr2)]
+    if not types.empty:
+        body += ("<h3>Why pedestrians were missed</h3>" + _table(types) +
+                 "<p class='note'>From the detector's candidates before NMS. Gains: how much the miss rate drops / "
+                 "AP rises if that type were fixed (TIDE's oracle). Part columns: mean share of |relevance| of the "
+                 "explained pedestrians of that type.</p>")
+        md += ["", _markdown_table(types, floatfmt=".2f")]
+    return Rendered(body, tuple(md))
+
+
 SECTIONS: tuple[Section, ...] = (
     Section("summary", "Dataset and models", render_summary, (("summary", "Summary"),)),
     Section("findings", "Key findings", render_findings, (("findings", "Findings"),)),
+    Section("failures", "Where it fails", render_failures, (("failures", "Where it fails"),)),
     Section("detections", "Detections (no ground truth)", render_detections, (("detections", "Detections"),)),
     Section("parts", "Body-part relevance for pedestrians", render_parts, (("parts", "Body parts"),)),
     Section("missed", "Which parts carry missed vs found pedestrians", render_missed),

@@ -1,0 +1,80 @@
+"""The report's "Where it fails" section: significant slices in words with intervals, MR-2 with intervals, miss
+types with counts and part relevance; without ground truth it says it cannot be computed."""
+import json
+import re
+from dataclasses import replace
+
+import pandas as pd
+
+from tasks.report import build_report
+from tests.report_fixture import report_inputs
+
+
+def _slice(outcome, rank, text, preds, mean, lo, hi, rest, significant=True, ctx=(0.31, 0.14), job=None):
+    return {"outcome": outcome, "job": job, "rank": rank, "slice": text, "predicates": json.dumps(preds), "level": 2,
+            "direction": "higher", "score": 1.0, "size": 40, "mean": mean, "ci_low": lo, "ci_high": hi,
+            "rest_mean": rest, "diff": mean - rest, "diff_low": 0.1, "diff_high": 0.5, "p_value": 1e-5,
+            "q_value": 0.001 if significant else 0.4, "significant": significant, "n_hypotheses": 50,
+            "context_share": ctx[0], "context_share_rest": ctx[1]}
+
+
+SUMMARY = {"ground_truth": True, "persons": 4, "explained": 4, "miss_rate": 0.25, "conf": 0.25,
+           "job": "bayes_shapley@parts", "attributes": ["facing", "box_height"],
+           "mr2": {"reasonable": {"mr2": 0.289, "low": 0.227, "high": 0.345, "persons": 268},
+                   "small": {"mr2": None, "low": None, "high": None, "persons": 0}},
+           "miss_types": [{"kind": "miss", "type": "suppressed", "count": 1, "share": 1.0, "miss_rate_gain": 0.25,
+                           "ap_gain": 0.05},
+                          {"kind": "miss", "type": "never_seen", "count": 0, "share": 0.0, "miss_rate_gain": 0.0,
+                           "ap_gain": 0.0},
+                          {"kind": "false_positive", "type": "background", "count": 2, "share": 1.0,
+                           "miss_rate_gain": 0.0, "ap_gain": 0.01}]}
+
+
+def _inputs(tmp_path, **extra):
+    inp = report_inputs(tmp_path)
+    slices = pd.DataFrame([
+        _slice("missed", 1, "facing = back and box_height in [17, 42)", {"facing": "back"}, 0.71, 0.62, 0.79, 0.38),
+        _slice("missed", 2, "occluder = car", {"occluder": "car"}, 0.6, 0.4, 0.7, 0.3, significant=False),
+        _slice("share:context", 1, "lighting in [0.5, 0.8)", {"lighting": "[0.5, 0.8)"}, 0.4, 0.3, 0.5, 0.15,
+               job="bayes_shapley@parts")])
+    misses = pd.DataFrame([{"image_id": "im1", "ann_id": "p3", "miss_type": "suppressed", "best_iou": 0.7,
+                            "best_score": 0.5, "height": 70.0, "occlusion": 0.6}])
+    return replace(inp, slices=slices, misses=misses,
+                   evaluate_summary={**inp.evaluate_summary, "where_it_fails": {**SUMMARY, **extra}})
+
+
+def test_the_section_states_significant_slices_in_words_mr2_and_miss_types(tmp_path):
+    page, md = build_report(_inputs(tmp_path), per_row=0)
+    assert re.findall(r'<section id="(\w+)">', page)[:3] == ["summary", "findings", "failures"]
+    assert ("pedestrians with <b>facing = back and box height in [17, 42)</b>: miss rate 0.71 [0.62, 0.79] vs 0.38"
+            in page)
+    assert "their relevance sits more on the context (context share 0.31 vs 0.14)" in page
+    assert "occluder = car" not in page                                 # not significant
+    assert "context share 0.40 [0.30, 0.50] vs 0.15" in page
+    assert "<td>0.289</td><td>[0.227, 0.345]</td>" in page and "<td>n/a</td><td>[n/a, n/a]</td>" in page
+    assert "suppressed by NMS" in page and "background" not in page.split('id="failures"')[1].split("</section>")[0]
+    assert "## Where it fails" in md and "miss rate 0.71 [0.62, 0.79] vs 0.38" in md
+
+
+def test_miss_types_carry_the_mean_part_share_of_their_explained_pedestrians(tmp_path):
+    inp = _inputs(tmp_path)
+    page, _ = build_report(inp, per_row=0)
+    section = page.split('id="failures"')[1].split("</section>")[0]
+    shares = inp.explanations[(inp.explanations["target_id"] == "p3")
+                              & (inp.explanations["job"] == "bayes_shapley@parts")].iloc[0]
+    rel = pd.Series(shares["relevance"], index=shares["region_names"])
+    head = rel["head"] / rel.abs().sum()
+    assert f"<td>{head:.3f}</td>" in section                           # p3 (the suppressed one): its head share
+    assert "<th>explained</th>" in section
+
+
+def test_without_ground_truth_the_section_says_it_cannot_be_computed(tmp_path):
+    inp = replace(_inputs(tmp_path, ground_truth=False), ground_truth=False)
+    page, md = build_report(inp, per_row=0)
+    assert "Where the detector fails cannot be computed: the dataset has no annotated pedestrians" in page
+    assert "miss rate 0.71" not in page and "Where the detector fails cannot be computed" in md
+
+
+def test_an_evaluate_output_without_the_tables_leaves_the_section_out(tmp_path):
+    page, _ = build_report(report_inputs(tmp_path), per_row=0)
+    assert 'id="failures"' not in page
