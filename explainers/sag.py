@@ -111,7 +111,7 @@ def _prune(root: tuple[int, ...], memo: _Memo, need: float, rank: np.ndarray) ->
         ok = [(rank[drop], s) for drop, s, score in zip(current, smaller, scores) if score >= need]
         if not ok:
             break
-        current = min(ok)[1]                       # the least important region goes first
+        current = max(ok)[1]                       # the least important region (highest rank) goes first
     return current
 
 

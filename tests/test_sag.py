@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pyarrow as pa
 import pytest
 import torch
@@ -118,3 +119,14 @@ def test_an_empty_set_that_keeps_the_score_is_the_one_root():
     result = structured_attention_graph(game, 3, torch.ones(3))
     assert result.root_sets() == exact_minimal_sufficient(game.table()) == {frozenset()}
     assert result.search_forward == 2
+
+
+def test_pruning_drops_the_least_important_region_first():
+    from explainers.sag import _Memo, _prune
+
+    # {0, 2} and {1, 2} are both sufficient; region 1 is the least important, so pruning {0, 1, 2} keeps {0, 2}.
+    game = Counting(lambda S: 1.0 if {0, 2} <= S or {1, 2} <= S else 0.0, 3)
+    importance = np.array([0.9, 0.1, 0.5])
+    rank = np.empty(3, dtype=np.int64)
+    rank[np.argsort(-importance, kind="stable")] = np.arange(3)
+    assert _prune((0, 1, 2), _Memo(game, 3, 0), 0.9, rank) == (0, 2)
