@@ -143,12 +143,17 @@ def classify_errors(img: CandidateImage, conf: float, iou_thr: float = MATCH_IOU
 
 def _fixed_ap(images: Sequence[CandidateImage], types: Sequence[ErrorTypes], iou_thr: float,
               drop_gt: set[str], drop_det: set[str]) -> float:
-    """AP after TIDE's oracle fixes: persons of a fixed miss type leave the count (TIDE's missed-GT fix), false
-    positives of a fixed type are removed."""
+    """AP after TIDE's oracle fixes: persons of a fixed miss type leave the count (TIDE's missed-GT fix) together
+    with the detections matched to them (a person missed at ``conf`` is often matched below it: left alone, that
+    detection would turn into a false positive and the "fix" would lower AP), false positives of a fixed type are
+    removed."""
     evals = []
     for img, t in zip(images, types):
         keep_gt = ~np.isin(t.gt_type, list(drop_gt))
         keep_det = ~np.isin(t.det_type, list(drop_det))
+        if not keep_gt.all():
+            det_gt = match(img.evaluation(), iou_thr).det_gt
+            keep_det &= ~((det_gt >= 0) & ~keep_gt[np.maximum(det_gt, 0)])
         evals.append(ImageEval(img.det_boxes[keep_det], img.det_scores[keep_det], img.gt_boxes[keep_gt],
                                img.gt_ignore[keep_gt]))
     return average_precision(evals, iou_thr)

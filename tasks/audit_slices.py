@@ -43,6 +43,7 @@ from detection.slices import SliceConfig, find_slices, slice_mask
 from tasks.model_cache import detector_model, load_image, task_device
 from tasks.params import Params
 
+SEEN_SCORE = 0.05     # candidates scoring below this (or below conf, if lower) are background for the miss types
 CONTEXT = "context"
 MISSED = "missed"
 SLICE_CONFIG = SliceConfig(n_boot=1000)      # 1000 resamples: intervals to about +-0.01 at a few hundred persons
@@ -234,6 +235,7 @@ def miss_types(params: Params, images: pa.Table, annotations: pa.Table, detectio
     pedestrian; other images keep their final detections only (enough to type their false positives). An
     unreadable image adds an ``errors`` row and is left out (its misses stay untyped)."""
     spec = params.explain_detector()
+    seen = min(SEEN_SCORE, spec.conf)           # candidates below this are background (never above the threshold)
     anns = _by_image(annotations.select(["image_id", "ann_id", "category", "bbox", "iscrowd", "occlusion"]))
     dets = _by_image(_person_detections(detections, spec.id, spec.person_class))
     with_miss = set(outcomes.loc[outcomes["missed"] > 0, "image_id"])
@@ -252,7 +254,7 @@ def miss_types(params: Params, images: pa.Table, annotations: pa.Table, detectio
         ci = CandidateImage(gt_boxes=[x["bbox"] for x in persons], det_boxes=[x["bbox"] for x in d],
                             det_scores=[x["score"] for x in d], cand_boxes=boxes, cand_scores=scores,
                             gt_ignore=[bool(x["iscrowd"]) for x in persons], other_boxes=other)
-        t = classify_errors(ci, spec.conf)
+        t = classify_errors(ci, spec.conf, seen_score=seen)
         cand_images.append(ci)
         types.append(t)
         for g, x in enumerate(persons):
@@ -262,7 +264,7 @@ def miss_types(params: Params, images: pa.Table, annotations: pa.Table, detectio
                              "height": x["bbox"][3] - x["bbox"][1], "occlusion": x["occlusion"]})
     misses = pd.DataFrame(rows, columns=["image_id", "ann_id", "miss_type", "best_iou", "best_score", "height",
                                          "occlusion"])
-    return misses, error_summary(cand_images, spec.conf, types=types)
+    return misses, error_summary(cand_images, spec.conf, seen_score=seen, types=types)
 
 
 # ---------------------------------------------------------------------------------------------------- the task

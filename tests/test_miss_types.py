@@ -89,3 +89,17 @@ def test_person_candidates_from_a_padded_batch():
                        valid=torch.tensor([[True, True], [True, False]]))
     boxes, scores = person_candidates(cands, 1, class_index=1)
     assert boxes.tolist() == [[1, 1, 2, 2]] and scores.tolist() == pytest.approx([0.6])
+
+
+def test_fixing_a_below_threshold_miss_also_removes_its_low_scoring_match():
+    # A found at 0.9; B matched only at 0.2 (below the threshold); S matched at 0.15 after NMS dropped its 0.8
+    # candidate (suppressed). Fixing B's type removes B *and* its 0.2 detection: S's match then follows A alone.
+    # Removing B alone would leave its detection as a false positive ranked before S's (AP below 0.9, not 1.0).
+    a, b, s_ = _box(0), _box(100), _box(200)
+    img = CandidateImage(gt_boxes=[a, b, s_], det_boxes=[a, b, s_], det_scores=[0.9, 0.2, 0.15],
+                         cand_boxes=[a, b, s_, s_], cand_scores=[0.9, 0.2, 0.15, 0.8])
+    assert classify_errors(img, CONF).gt_type.tolist() == ["found", "below_threshold", "suppressed"]
+    summary = error_summary([img], CONF).set_index("type")
+    assert summary.loc["below_threshold", "ap_gain"] == pytest.approx(1.0 - 1.0)      # AP is 1.0 before and after
+    person_only = average_precision([ImageEval([a, b, s_], [0.9, 0.2, 0.15], [a, s_])])
+    assert person_only < 0.9                                                            # what the old fix gave
