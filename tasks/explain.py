@@ -59,11 +59,11 @@ def shard_items(images: pa.Table, targets: pa.Table, parts: pa.Table | None) -> 
 
 
 # ---------------------------------------------------------------------------------------------------- targets
-def _person_rows(annotations: pa.Table, min_height: float, category: str = "person") -> dict[str, list[dict]]:
+def _person_rows(annotations: pa.Table, category: str = "person") -> dict[str, list[dict]]:
+    """The ``category`` annotations per image, crowd regions included (they are ignore regions of the matching)."""
     persons: dict[str, list[dict]] = {}
     for a in annotations.filter(pc.equal(annotations["category"], category)).to_pylist():
-        if not a["iscrowd"] and a["bbox"][3] - a["bbox"][1] >= min_height:
-            persons.setdefault(a["image_id"], []).append(a)
+        persons.setdefault(a["image_id"], []).append(a)
     return persons
 
 
@@ -75,12 +75,13 @@ def build_targets(params: Params, images: pa.Table, annotations: pa.Table, detec
     spurious cue). Found / missed and true positives follow the one rule of infer's recall,
     ``detection.evaluation.match`` / ``found`` (one-to-one, IoU >= MATCH_IOU, score >= the detector's conf), so
     that the missed count is the GT count minus the true positives. A dataset with no ground truth of the person
-    class (a folder of photos) leaves a detection's ``found`` / ``label_present`` null (unknown), not False."""
+    class (a folder of photos) leaves a detection's ``found`` / ``label_present`` null (unknown), not False; so does
+    a detection on a crowd region (``iscrowd``: an ignore region, as in infer's AP), and crowds are never targets."""
     cfg = params.explain
     spec = params.explain_detector()
     kinds = {j.targets for j in cfg.jobs}
     img_rows = images.to_pylist()
-    all_persons = _person_rows(annotations, 0.0, spec.person_class)
+    all_persons = _person_rows(annotations, spec.person_class)
     ground_truth = bool(pc.any(pc.equal(annotations["category"], spec.person_class)).as_py())
     dets: dict[str, list[dict]] = {}
     for d in detections.filter(pc.equal(detections["model_id"], spec.id)).drop_columns(["keypoints"]).to_pylist():
@@ -93,13 +94,14 @@ def build_targets(params: Params, images: pa.Table, annotations: pa.Table, detec
         g_boxes = np.array([a["bbox"] for a in gt], float).reshape(-1, 4)
         d_boxes = np.array([d["bbox"] for d in found_dets], float).reshape(-1, 4)
         d_scores = np.array([d["score"] for d in found_dets], float)
-        matching = match(ImageEval(d_boxes, d_scores, g_boxes), MATCH_IOU)
+        crowd = np.array([bool(a["iscrowd"]) for a in gt], bool)
+        matching = match(ImageEval(d_boxes, d_scores, g_boxes, crowd), MATCH_IOU)
         is_found = matching.found(spec.conf)
         base = {"image_id": iid, "split": img["split"]}
         if "persons" in kinds:
             for gi, a in enumerate(gt):
                 h = a["bbox"][3] - a["bbox"][1]
-                if h < cfg.min_height:
+                if crowd[gi] or h < cfg.min_height:
                     continue
                 score = float(matching.gt_score[gi]) if matching.gt_det[gi] >= 0 else 0.0
                 rows.append({**base, "target_id": a["ann_id"], "kind": "persons", "model_id": spec.id,
@@ -113,7 +115,7 @@ def build_targets(params: Params, images: pa.Table, annotations: pa.Table, detec
                 if not d["above_conf"] or h < cfg.min_height:
                     continue
                 gi = int(matching.det_gt[di])
-                tp = bool(matching.det_tp[di]) if ground_truth else None
+                tp = bool(matching.det_tp[di]) if ground_truth and not matching.det_ignored[di] else None
                 rows.append({**base, "target_id": d["det_id"], "kind": "detections", "model_id": spec.id,
                              "category": d["category"], "bbox": d["bbox"], "height": h,
                              "occlusion": gt[gi]["occlusion"] if tp else None, "found": tp, "score": d["score"],

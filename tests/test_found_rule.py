@@ -84,3 +84,18 @@ def test_keypoints_are_scored_against_the_matched_detection_only():
     quality = detector_quality(images.to_pylist(), gt, dets, spec.conf, params.infer, with_pose=True)
     # before: b (missed: its only detection above conf is a's) was scored against a's keypoints too: 17 of 34
     assert (quality["pck02"], quality["pck02_keypoints"]) == (1.0, 17)
+
+
+def test_a_detection_on_a_crowd_region_is_neither_a_true_nor_a_false_positive():
+    params = _params()
+    spec = params.explain_detector()
+    images, _, _ = _tables(spec.id)
+    annotations = rows_to_table([
+        {"image_id": "img", "ann_id": "crowd", "category": "person", "bbox": [0.0, 0.0, 20.0, 20.0], "iscrowd": True,
+         "occlusion": None}], "annotations")
+    detections = rows_to_table([{"model_id": spec.id, "image_id": "img", "det_id": "d0", "category": "person",
+                                 "score": 0.9, "above_conf": True, "bbox": [2.0, 2.0, 8.0, 12.0],
+                                 "class_probs": [1.0]}], "detections")
+    targets = build_targets(params, images, annotations, detections, []).to_pylist()
+    assert [t["kind"] for t in targets] == ["detections"]               # a crowd region is never a target
+    assert (targets[0]["found"], targets[0]["label_present"]) == (None, None)   # as infer's AP: ignored
