@@ -53,8 +53,9 @@ def restrict(img: ImageEval, subset: Subset, scale: float = 1.0) -> ImageEval:
         raise KeyError("ImageEval.gt_attrs lacks 'visibility' (1 - occlusion per ground-truth box)")
     h = img.gt_boxes[:, 3] - img.gt_boxes[:, 1]
     vis = np.nan_to_num(np.asarray(img.gt_attrs["visibility"], float), nan=1.0)
+    # both bounds inclusive: CityPersons ignores a person only when h < lo or h > hi
     lo, hi = subset.height[0] * scale, subset.height[1] * scale
-    inside = (h >= lo) & (h < hi) & (vis >= subset.visibility[0]) & (vis <= subset.visibility[1])
+    inside = (h >= lo) & (h <= hi) & (vis >= subset.visibility[0]) & (vis <= subset.visibility[1])
     return ImageEval(img.det_boxes, img.det_scores, img.gt_boxes, img.gt_ignore | ~inside, dict(img.gt_attrs))
 
 

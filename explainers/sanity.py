@@ -48,7 +48,7 @@ def cascade(num_layers: int, steps: int) -> list[int]:
 
 def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
     """Spearman's rho between two maps (flattened); NaN when either is constant (no ranking to compare)."""
-    x, y = a.flatten().double().numpy(), b.flatten().double().numpy()
+    x, y = a.detach().flatten().double().cpu().numpy(), b.detach().flatten().double().cpu().numpy()
     if np.ptp(x) == 0 or np.ptp(y) == 0:
         return float("nan")
     return float(spearmanr(x, y).statistic)

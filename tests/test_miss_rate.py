@@ -117,3 +117,12 @@ def test_bootstrap_interval_brackets_the_estimate():
     mr = log_average_miss_rate(images)
     lo, hi = log_average_miss_rate_interval(images, n_boot=300)
     assert lo < mr < hi and hi - lo < 0.3
+
+
+def test_subset_height_bounds_are_inclusive_as_in_citypersons():
+    from detection.evaluation import ImageEval
+    from detection.miss_rate import CITYPERSONS_SUBSETS, restrict
+
+    boxes = [[0, 0, 10, 49.9], [0, 0, 10, 50], [0, 0, 10, 75], [0, 0, 10, 75.1]]
+    img = ImageEval([], [], boxes, gt_attrs={"visibility": [1.0] * 4})
+    assert (~restrict(img, CITYPERSONS_SUBSETS["small"]).gt_ignore).tolist() == [False, True, True, False]
