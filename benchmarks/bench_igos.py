@@ -11,12 +11,10 @@ from __future__ import annotations
 import argparse
 import os
 import time
-import warnings
 
 import flows  # noqa: F401  (environment defaults)
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 
 from bench_models import write_results
@@ -25,7 +23,7 @@ from detection.scorers import ClassifierScorer
 from explainers import deletion_insertion
 from explainers.igos import IGosPP
 from explainers.rise import DRise, Rise
-from pedestrians import classifier_scenes, describe_split, file_digest, pedestrians
+from pedestrians import classifier_scenes, describe_split, file_digest, pedestrians, start_run
 
 STEPS = 20
 
@@ -58,9 +56,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    warnings.filterwarnings("ignore")
-    torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = start_run(args.threads)
     start = time.perf_counter()
     results = {"device": str(device), "cpus": os.cpu_count(), "split": describe_split(args.split), "steps": STEPS,
                "substrates": {"deletion": "mean colour", "insertion": "blur(sigma=5.0,kernel=11)"},

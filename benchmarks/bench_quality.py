@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import time
-import warnings
 
 import flows  # noqa: F401  (environment defaults)
 
@@ -29,7 +28,7 @@ from bench_models import write_results
 from detection.models.scene_classifier import load_classifier
 from detection.scorers import ClassifierScorer
 from explainers import METHODS, deletion_insertion, superpixels
-from pedestrians import classifier_scenes, describe_split, file_digest, pedestrians
+from pedestrians import classifier_scenes, describe_split, file_digest, pedestrians, start_run
 
 STEPS = 20
 SUBSTRATES = ("mean", "blur")
@@ -96,9 +95,7 @@ def main() -> None:
     if not chosen <= every:
         parser.error(f"--methods: unknown {sorted(chosen - every)}; expected some of {sorted(every)}")
     budgets = [int(b) for b in args.budgets.split(",")]
-    warnings.filterwarnings("ignore")
-    torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = start_run(args.threads)
     start = time.perf_counter()
     results = {"device": str(device), "cpus": os.cpu_count(), "split": describe_split(args.split), "steps": STEPS,
                "budgets": budgets, "substrates": {"mean": "mean colour", "blur": "blur(sigma=5.0,kernel=11)"},

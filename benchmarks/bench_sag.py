@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import time
-import warnings
 
 import flows  # noqa: F401  (environment defaults)
 
@@ -29,7 +28,7 @@ from explainers.bayesian_shapley import BayesShapley
 from explainers.game import RegionGame
 from explainers.perturb import make_perturbation
 from explainers.sag import exact_minimal_sufficient, image_sag
-from pedestrians import describe_split, file_digest, pedestrians
+from pedestrians import describe_split, file_digest, pedestrians, start_run
 
 NAMES = [*BODY_PARTS, "context"]
 
@@ -52,9 +51,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    warnings.filterwarnings("ignore")
-    torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = start_run(args.threads)
     start = time.perf_counter()
     rows = []
     for p in pedestrians(args.split, args.persons, device):

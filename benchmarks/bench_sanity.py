@@ -16,12 +16,10 @@ import argparse
 import functools
 import os
 import time
-import warnings
 
 import flows  # noqa: F401  (environment defaults)
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 
 from bench_models import write_results
@@ -29,7 +27,7 @@ from detection.models.scene_classifier import load_classifier
 from detection.scorers import ClassifierScorer, DRiseScorer
 from explainers.registry import METHODS, without_detections
 from explainers.sanity import cascading_randomisation
-from pedestrians import classifier_scenes, describe_split, file_digest, pedestrians
+from pedestrians import classifier_scenes, describe_split, file_digest, pedestrians, start_run
 
 
 def summary(rows: list[dict]) -> dict:
@@ -64,9 +62,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    warnings.filterwarnings("ignore")
-    torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = start_run(args.threads)
     names = args.methods.split(",")
     start = time.perf_counter()
     results = {"device": str(device), "cpus": os.cpu_count(), "split": describe_split(args.split),

@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import time
-import warnings
 from pathlib import Path
 
 import flows  # noqa: F401  (environment defaults)
@@ -50,7 +49,7 @@ from explainers.shapley import (
     kernel_shap,
     permutation_shapley,
 )
-from pedestrians import describe_split, file_digest, load_detector, pedestrians
+from pedestrians import describe_split, file_digest, load_detector, pedestrians, start_run
 from peers import CONFIGS, PEERS, config_key, run_peer, versions, warm_up
 
 BUDGETS = (32, 64, 128, 256, 512)
@@ -267,9 +266,7 @@ def main() -> None:
     kinds = args.kinds.split(",")
     if not set(kinds) <= {"synthetic", "real"}:
         parser.error(f"--kinds: unknown {sorted(set(kinds) - {'synthetic', 'real'})}")
-    warnings.filterwarnings("ignore")
-    torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = start_run(args.threads)
     warm_up(TableGame)
     for kind in kinds:
         run_kind(args, kind, device)

@@ -34,6 +34,16 @@ SPLITS = ("tune", "heldout")
 TUNE_SOURCE = "data/pulled"
 
 
+def start_run(threads: int) -> torch.device:
+    """What every accuracy benchmark does first: quiet library warnings, ``threads`` torch threads (1 on the shared
+    2-core VM: two threads spin-wait there), and the device (CUDA when present)."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(threads)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def describe_split(split: str) -> str:
     if split == "tune":
         return f"tune: pedestrians of {TUNE_SOURCE} (the pipeline's synthetic scenes, seed 0)"
