@@ -4,6 +4,7 @@ plots; and where the detector fails (tasks.audit_slices: attribute slices of the
 shares, MR⁻², miss types)."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import flows  # noqa: F401  (environment defaults)
@@ -22,6 +23,7 @@ from tasks.evaluate import SUBSTRATES, agreement_rows, evaluate_shard, shard_ite
 from tasks.evaluate_summary import NOTES, summarise, undefined_counts, write_plots
 from tasks.params import Params, load_params
 from tasks.shards import collect_staged, fresh_staging, publish, shard_ranges, staged_shard_dir, write_json
+from tasks.timings import record_run
 from tasks.undefined import NONFINITE_SALIENCY
 
 
@@ -30,6 +32,7 @@ def evaluate_flow(params: Params) -> dict:
     """Shards of images -> metrics / errors tables (published in one swap), metrics/evaluate.json, plots/*.csv."""
     logger = get_run_logger()
     cfg = params.evaluate
+    started = time.perf_counter()
     explained = stages.explain(params)
     explanations = explained.read("explanations")
     data = stages.pull(params).dataset()
@@ -40,12 +43,14 @@ def evaluate_flow(params: Params) -> dict:
     futures = [evaluate_shard.submit(items[r.start:r.stop], params, staged_shard_dir(staging, i))
                for i, r in enumerate(shard_ranges(len(items), cfg.shard_size))]
     tables = collect_staged(staging, progress(futures, "evaluate"), ("metrics", "errors"))
+    shards_done = time.perf_counter()
     metrics = pa.concat_tables([tables["metrics"], rows_to_table(agreement_rows(explanations), "metrics")])
     pulled = stages.pull(params)
     drawn, computed = (_optional(pulled, name, logger) for name in ("attributes", "computed_attributes"))
     failures, failure_errors, where = where_it_fails(params, data.images, data.annotations,
                                                      stages.infer(params).read("detections"), explanations, drawn,
                                                      computed, pulled.user_attributes())
+    failures_done = time.perf_counter()
     tables["errors"] = pa.concat_tables([tables["errors"], rows_to_table(failure_errors, "errors")])
     outputs.write(staging, {"metrics": metrics, "errors": tables["errors"], **failures})
     publish(staging, outputs.out_dir)
@@ -58,6 +63,9 @@ def evaluate_flow(params: Params) -> dict:
                "pointing_tolerance": cfg.pointing_tolerance, "notes": NOTES, "where_it_fails": where}
     write_json(outputs.metrics, summary)
     write_plots(metrics, explanations, outputs.plots_dir)
+    record_run("evaluate", {"wall_seconds": round(time.perf_counter() - started, 2),
+                            "shards_seconds": round(shards_done - started, 2),
+                            "where_it_fails_seconds": round(failures_done - shards_done, 2)}, outputs.metrics)
     logger.info("evaluate: %d metric rows for %d explanations, %d errors, undefined values %s", metrics.num_rows,
                 explanations.num_rows, tables["errors"].num_rows, summary["undefined"])
     return summary

@@ -22,6 +22,7 @@ from tasks.explain import build_targets, config_hash, explain_shard, shard_items
 from tasks.explain_jobs import check_jobs
 from tasks.params import Params, load_params
 from tasks.shards import is_done, keep_if_same_config, shard_name, shard_ranges, write_json
+from tasks.timings import read_shard_timings, record_run
 
 
 def _input_files(params: Params) -> list[Path]:
@@ -31,6 +32,16 @@ def _input_files(params: Params) -> list[Path]:
              inferred.path("predictions"), stages.parts(params).path("parts")]
     models = [params.explain_detector(), *([params.infer.classifier] if params.infer.classifier is not None else [])]
     return files + [f for spec in models for f in model_files(spec)]
+
+
+def _forwards(explanations: pa.Table) -> dict[str, float]:
+    """Model forward passes of each job, shared ones divided among the targets that shared them."""
+    per_row = pc.divide(pc.cast(explanations["n_forward"], pa.float64()),
+                        pc.cast(explanations["shared_by"], pa.float64()))
+    by_job: dict[str, float] = {}
+    for job, n in zip(explanations["job"].to_pylist(), per_row.to_pylist()):
+        by_job[job] = by_job.get(job, 0.0) + n
+    return {job: round(n) for job, n in by_job.items()}
 
 
 def _classes(params: Params, predictions: pa.Table) -> list[str]:
@@ -71,17 +82,20 @@ def explain_flow(params: Params) -> dict:
     results = progress(futures, "explain")
     explanations, errors = outputs.read("explanations"), outputs.read("errors")
     wall = time.perf_counter() - started
-    per_call = pc.divide(pc.cast(explanations["seconds"], pa.float64()), pc.cast(explanations["shared_by"],
-                                                                                pa.float64()))
     metrics = {"targets": dict(sorted(Counter(targets["kind"].to_pylist()).items())),
                "explanations": dict(sorted(Counter(explanations["job"].to_pylist()).items())),
-               "errors": errors.num_rows, "shards": len(shards), "shards_run": len(todo),
-               "explainer_seconds_this_run": round(sum(r["seconds"] for r in results), 2),
-               "explainer_seconds_total": round(float(pc.sum(per_call).as_py() or 0.0), 2),
-               "wall_seconds_this_run": round(wall, 2)}
+               "forwards": dict(sorted(_forwards(explanations).items())),
+               "errors": errors.num_rows, "shards": len(shards)}
     write_json(outputs.metrics, metrics)
-    logger.info("explain: %d explanations, %d errors in %.1f s", explanations.num_rows, errors.num_rows, wall)
-    return metrics
+    shard_seconds = read_shard_timings(outputs.out_dir)
+    timing = {"shards_run": len(todo), "wall_seconds": round(wall, 2),
+              "explainer_seconds_this_run": round(sum(r["seconds"] for r in results), 2),
+              "explainer_seconds_total": round(sum(v for t in shard_seconds.values()
+                                                   for v in t["explainer_seconds"].values()), 2)}
+    record_run("explain", timing, outputs.metrics)
+    logger.info("explain: %d explanations, %d errors; %d shards run in %.1f s", explanations.num_rows,
+                errors.num_rows, len(todo), wall)
+    return {**metrics, **timing}
 
 
 def run_explain(params_file: str | Path = "params.yaml") -> dict:

@@ -197,8 +197,7 @@ def evaluate_image(item: EvaluateItem, params: Params, device: str, errors: list
         view = classifier_view(params, device, image) if kind == "classes" else image
         size = tuple(view.shape[-2:])
         saliency = torch.stack([_saliency(e, size) for e in exps])
-        values = [{"n_forward": e["n_forward"] / e["shared_by"], "seconds": e["seconds"] / e["shared_by"]}
-                  for e in exps]
+        values = [{"n_forward": e["n_forward"] / e["shared_by"]} for e in exps]
         reasons: list[dict[str, str]] = [{} for _ in exps]
         _record_nonfinite(exps, job, img, errors)
         scale = (size[0] / H, size[1] / W)

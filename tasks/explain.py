@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import TypedDict
 
@@ -30,6 +29,7 @@ from tasks.params import ExplainJob, ExplainParams, Params
 from tasks.shards import mark_done, shard_name
 from tasks.stage_deps import ROOT as STAGE_ROOT
 from tasks.stage_deps import stage_code_files
+from tasks.timings import write_shard_timing
 
 IMAGE_COLUMNS = ["image_id", "uri", "split", "height", "width"]
 
@@ -189,7 +189,8 @@ def _row(item_target: dict, job: ExplainJob, exp, t: int, T: int, names, cfg: Ex
             "relevance": None if exp.relevance is None else exp.relevance[t].tolist(),
             "full_score": None if exp.full_score is None else float(exp.full_score[t]),
             "empty_score": None if exp.empty_score is None else float(exp.empty_score[t]),
-            "n_forward": exp.n_forward, "shared_by": T, "seconds": exp.seconds, "device": device, "seed": seed,
+            "n_forward": exp.n_forward, "shared_by": T, "device": device, "seed": seed,
+            "seconds": exp.seconds,      # not a column (tasks.timings): summed into the shard's timing file
             "options_hash": hashlib.sha256(options.encode()).hexdigest()[:12], "options": options}
 
 
@@ -281,7 +282,7 @@ def explain_shard(items: list[ExplainItem], params: Params, shard: int) -> dict:
     for job in jobs:
         write_table_atomic(rows_to_table([r for r in rows if r["job"] == job], "explanations"), files[job])
     write_table_atomic(rows_to_table(errors, "errors"), files["errors"])
-    mark_done(outputs.out_dir, shard_name(shard), {"rows": len(rows), "errors": len(errors), "device": device,
-                                                   "pid": os.getpid()})
-    return {"shard": shard, "rows": len(rows), "errors": len(errors),
-            "seconds": float(sum(r["seconds"] / r["shared_by"] for r in rows))}
+    seconds = {job: round(sum(r["seconds"] / r["shared_by"] for r in rows if r["job"] == job), 3) for job in jobs}
+    write_shard_timing(outputs.out_dir, shard_name(shard), {"explainer_seconds": seconds, "device": device})
+    mark_done(outputs.out_dir, shard_name(shard), {"rows": len(rows), "errors": len(errors), "device": device})
+    return {"shard": shard, "rows": len(rows), "errors": len(errors), "seconds": float(sum(seconds.values()))}

@@ -77,7 +77,6 @@ METRICS: dict[str, Metric] = _declare(
                table="quality" if region in QUALITY_REGIONS else None))),
     Metric("n_forward", "lower", "forward passes", "model evaluations per explanation (shared ones divided)",
            table="cost"),
-    Metric("seconds", "lower", "s", "wall time per explanation (shared ones divided)", table="cost"),
 )
 
 FAMILIES: dict[str, Metric] = _declare(

@@ -41,7 +41,7 @@ def _explanations() -> pd.DataFrame:
                 "method": job.partition("@")[0], "relevance": relevance,
                 "region_names": names, "saliency": rng.random(12).astype(np.float16), "saliency_height": 3,
                 "saliency_width": 4, "n_forward": n_forward, "shared_by": 2 if kind == "classes" else 1,
-                "seconds": float(rng.uniform(0.1, 2.0)), "device": device}
+                "device": device}
 
     for t, (im, *_) in PERSONS.items():
         for job in REGION_JOBS:
@@ -63,7 +63,6 @@ def _metrics() -> pd.DataFrame:
     for t, (im, found, *_) in PERSONS.items():
         for job in (*REGION_JOBS, "drise"):
             add(im, t, "persons", job, "n_forward", 48)
-            add(im, t, "persons", job, "seconds", rng.uniform(0.1, 2))
             if not found and job == "drise":
                 for m in ("pointing_box", "epg_box", "deletion_auc", "insertion_auc"):
                     add(im, t, "persons", job, f"undefined:{m}:constant_saliency", 1.0)

@@ -29,7 +29,7 @@ class MeanScorer:
 def _explanation(target_id: str, grid: np.ndarray) -> dict:
     return {"image_id": "img", "target_id": target_id, "kind": "persons", "job": "drise",
             "saliency": grid.astype(np.float16).ravel(), "saliency_height": H, "saliency_width": W,
-            "n_forward": 32, "shared_by": 5, "seconds": 1.0}
+            "n_forward": 32, "shared_by": 5}
 
 
 def _item(tmp_path) -> dict:
@@ -71,7 +71,7 @@ def test_undefined_metrics_are_rows_with_a_reason_not_values(evaluated):
         k: [f"undefined:epg_body:{reason}", f"undefined:pointing_body:{reason}"] for k, reason in (
             ("missed", "constant_saliency"), ("nan", "nonfinite_saliency"), ("good", "empty_region"),
             ("offset", "empty_region"), ("flat_box", "empty_region"))}
-    cost = {"n_forward": 32 / 5, "seconds": 1 / 5}
+    cost = {"n_forward": 32 / 5}
     # A constant (all-zero) map: before, pointing_box 1.0 (the first pixel is in the top-left box) and epg_box 0.0.
     assert by_target["missed"] == pytest.approx({
         **cost, "undefined:pointing_box:constant_saliency": 1.0, "undefined:epg_box:constant_saliency": 1.0,

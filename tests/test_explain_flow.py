@@ -1,4 +1,5 @@
 """explain -> evaluate -> report on a tiny project: resume after a crash, bad images, Dask = threads, the report."""
+import hashlib
 import json
 import re
 import shutil
@@ -15,6 +16,7 @@ import pytest
 
 import tasks.explain
 from tasks.stages import ExplainOutputs
+from tasks.timings import TIMINGS_DIR, read_shard_timings
 from tests.conftest import tiny_params
 
 pytestmark = pytest.mark.slow
@@ -28,8 +30,18 @@ def read_errors(out_dir: str):
     return ExplainOutputs(Path(out_dir), Path("metrics/explain.json")).read("errors")
 
 
+def output_hashes() -> dict[str, str]:
+    """sha256 of every file of the explain, evaluate and report outputs and their metrics, as DVC hashes them
+    (``_timings`` folders are .dvcignore'd)."""
+    files = [p for root in ("data/explain", "data/evaluate", "report", "plots") for p in Path(root).rglob("*")
+             if p.is_file() and TIMINGS_DIR not in p.parts]
+    files += [Path("metrics/explain.json"), Path("metrics/evaluate.json")]
+    assert len(files) > 10
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(files)}
+
+
 def sorted_rows(table) -> list[dict]:
-    rows = table.drop_columns(["seconds", "device"]).to_pylist()     # wall time differs between runs
+    rows = table.to_pylist()
     return sorted(rows, key=lambda r: (r["job"], r["image_id"], r["target_id"]))
 
 
@@ -148,7 +160,7 @@ def test_dask_runner_with_two_workers_gives_the_same_rows_as_threads(project):
         "kind": "dask", "workers": 2}, "jobs": json.loads(json.dumps(tasks_jobs()))}))
     assert dask["shards_run"] == threads["shards_run"]
     assert sorted_rows(read_explanations("data/explain")) == expected
-    pids = {json.loads(p.read_text())["pid"] for p in Path("data/explain/_done").iterdir()}
+    pids = {t["pid"] for t in read_shard_timings("data/explain").values()}
     assert len(pids) == 2                                                      # both workers took shards
 
 
@@ -165,6 +177,15 @@ def test_cli_audit_chains_the_stages_and_explain_image_writes_an_overlay(project
                  "--stage", "report"]) == 0
     assert Path("report/audit.html").is_file() and Path("data/evaluate/metrics.parquet").is_file()
     assert json.loads(capsys.readouterr().out)["explain"]["errors"] == 0
+    # Run after run the same bytes (what dvc.lock hashes): wall times live only in _timings / metrics/timings.json.
+    first = output_hashes()
+    assert "explain" in json.loads(Path("metrics/timings.json").read_text())
+    for out in ("data/explain", "data/evaluate", "report"):
+        shutil.rmtree(out)
+    assert main(["--params", str(params), "audit", "--stage", "explain", "--stage", "evaluate",
+                 "--stage", "report"]) == 0
+    capsys.readouterr()
+    assert output_hashes() == first
 
     image = pq.read_table("data/pulled/images.parquet")["uri"][0].as_py()
     assert main(["--params", str(params), "explain", image, "--model", "demo-scene", "--budget", "32",

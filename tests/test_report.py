@@ -29,7 +29,7 @@ def _inputs() -> ReportInputs:
     explanations = pd.DataFrame([{"image_id": "img", "target_id": t, "kind": "persons", "job": "drise",
                                   "relevance": None, "region_names": None, "saliency": np.zeros(12, np.float16),
                                   "saliency_height": 3, "saliency_width": 4, "n_forward": 32, "shared_by": 1,
-                                  "seconds": 0.5, "device": "cpu"} for t in "abc"])
+                                  "device": "cpu"} for t in "abc"])
     return ReportInputs(images=pd.DataFrame([{"image_id": "img", "uri": "img.png", "split": "val"}]),
                         targets=targets, explanations=explanations, metrics=_metrics(), infer_metrics={},
                         explain_params={"jobs": []},

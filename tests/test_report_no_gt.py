@@ -44,7 +44,7 @@ def _inputs(tmp_path, found=None, ground_truth=False) -> ReportInputs:
             rows.append({"image_id": im, "target_id": d, "kind": "detections", "job": job,
                          "method": job.partition("@")[0], "relevance": rel, "region_names": PARTS6 if rel else None,
                          "saliency": rng.random(12).astype(np.float16), "saliency_height": 3, "saliency_width": 4,
-                         "n_forward": 16, "shared_by": 1, "seconds": 0.5, "device": "cpu"})
+                         "n_forward": 16, "shared_by": 1, "device": "cpu"})
             metrics += [{"image_id": im, "target_id": d, "kind": "detections", "job": job, "metric": m, "value": v}
                         for m, v in (("n_forward", 16.0), ("insertion_auc", rng.uniform()), ("epg_box", 0.7))]
     detections = pd.DataFrame([{"model_id": "hog", "image_id": im, "det_id": d, "category": "person", "score": s,

@@ -187,7 +187,6 @@ EXPLANATIONS_SCHEMA = pa.schema([
     ("empty_score", pa.float32()),
     ("n_forward", pa.int32()),                 # forwards of the explain call (shared by `shared_by` targets)
     ("shared_by", pa.int16()),
-    ("seconds", pa.float32()),                 # wall time of the explain call
     ("device", pa.string()),
     ("seed", pa.int64()),
     ("options_hash", pa.string()),
