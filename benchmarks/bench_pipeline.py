@@ -96,7 +96,7 @@ def run(params, workers: int, runner: str) -> dict:
     n = sum(metrics["explanations"].values())
     explainer = metrics["explainer_seconds_total"]
     row = {"workers": workers, "runner": runner, "explanations": n, "by_job": metrics["explanations"],
-           "wall_seconds": round(wall, 2), "flow_wall_seconds": metrics["wall_seconds_this_run"],
+           "wall_seconds": round(wall, 2), "flow_wall_seconds": metrics["wall_seconds"],
            "explainer_seconds": explainer, "explanations_per_min": round(60 * n / wall, 1),
            # one worker: everything that is not an explainer running (targets, image decoding, Parquet, Prefect)
            "overhead": round(wall / explainer - 1, 3) if workers == 1 else None,
