@@ -24,6 +24,9 @@ import numpy as np
 from detection.evaluation import MATCH_IOU, ImageEval, match
 
 FPPI_POINTS = np.logspace(-2.0, 0.0, 9)      # 0.0100, 0.0178, 0.0316, 0.0562, 0.1000, 0.1778, 0.3162, 0.5623, 1
+# where a miss-rate-vs-FPPI curve is read for a compact copy (plots, JSON): 8 points a decade over [1e-3, 1e1], the
+# MR⁻² references (every second point from 1e-2 to 1e0) among them
+CURVE_FPPI = np.logspace(-3.0, 1.0, 33)
 
 
 @dataclass(frozen=True)
@@ -99,14 +102,21 @@ def _curves(counts: _Counts, weights: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return np.cumsum(w * ~tp, 1) / n_images, np.cumsum(w * tp, 1) / positives
 
 
+def recall_at(fppi: np.ndarray, recall: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Recall [B, P] of curves ``fppi`` / ``recall`` [B, N] (FPPI non-decreasing along N) at the reference FPPI
+    ``points`` [P]: the curve's last point with FPPI <= the reference, 0 before its first point (Caltech's
+    ``xs1 = [-inf; xs]; ys1 = [0; ys]``, CityPersons' ``searchsorted(fppi, refs, side='right') - 1``)."""
+    fppi, recall = np.atleast_2d(fppi), np.atleast_2d(recall)
+    points = np.asarray(points, float)
+    if fppi.shape[1] == 0:
+        return np.zeros((fppi.shape[0], len(points)))
+    idx = (fppi[:, :, None] <= points[None, None, :]).sum(1) - 1            # [B, P]: last point with FPPI <= ref
+    return np.where(idx >= 0, np.take_along_axis(recall, np.maximum(idx, 0), axis=1), 0.0)
+
+
 def _lamr(fppi: np.ndarray, recall: np.ndarray, points: np.ndarray) -> np.ndarray:
     """[B] log-average miss rate of curves [B, N] at ``points``."""
-    B = fppi.shape[0]
-    at = np.zeros((B, len(points)))
-    for b in range(B):
-        idx = np.searchsorted(fppi[b], points, side="right") - 1          # last point with FPPI <= the reference
-        at[b] = np.where(idx >= 0, recall[b, np.maximum(idx, 0)] if fppi.shape[1] else 0.0, 0.0)
-    return np.exp(np.mean(np.log(np.maximum(1e-10, 1.0 - at)), axis=1))
+    return np.exp(np.mean(np.log(np.maximum(1e-10, 1.0 - recall_at(fppi, recall, points))), axis=1))
 
 
 def log_average_miss_rate(images: Sequence[ImageEval], iou_thr: float = MATCH_IOU,
@@ -130,6 +140,40 @@ def miss_rate_curve(images: Sequence[ImageEval], iou_thr: float = MATCH_IOU,
     return fppi[0], 1.0 - recall[0], np.sort(counts.scores)[::-1]
 
 
+@dataclass(frozen=True)
+class MissRateCurve:
+    """A miss-rate-vs-FPPI curve read at reference FPPI values (compact enough for JSON and a log-log plot).
+
+    ``fppi`` [P] ascending: the references the curve reaches (<= its largest FPPI), then the curve's own last point
+    when that is not a reference; ``miss_rate`` [P]: 1 - recall there, read as the MR⁻² reads it
+    (:func:`recall_at`: the last curve point with FPPI <= the reference; 1 before the first point). Empty when no
+    person is counted or there is no detection."""
+
+    fppi: np.ndarray
+    miss_rate: np.ndarray
+
+    def to_lists(self, digits: int = 4) -> dict[str, list[float]]:
+        """``{"fppi": [...], "miss_rate": [...]}`` rounded to ``digits`` significant digits."""
+        r = lambda a: [float(f"{v:.{digits}g}") for v in a]  # noqa: E731
+        return {"fppi": r(self.fppi), "miss_rate": r(self.miss_rate)}
+
+
+def read_curve(fppi: np.ndarray, miss_rate: np.ndarray, points: np.ndarray = CURVE_FPPI) -> MissRateCurve:
+    """The full curve (FPPI [N] non-decreasing, miss rate [N], as :func:`miss_rate_curve` gives) read at
+    ``points`` [P] up to its largest FPPI, plus that last point (see :class:`MissRateCurve`)."""
+    fppi, miss_rate = np.asarray(fppi, float), np.asarray(miss_rate, float)
+    if fppi.shape != miss_rate.shape or fppi.ndim != 1:
+        raise ValueError(f"fppi {fppi.shape} and miss_rate {miss_rate.shape} must be 1-D of one length")
+    if not len(fppi):
+        return MissRateCurve(np.zeros(0), np.zeros(0))
+    points = np.asarray(points, float)
+    points = points[points <= fppi[-1]]
+    miss = 1.0 - recall_at(fppi, 1.0 - miss_rate, points)[0]
+    if not len(points) or points[-1] < fppi[-1]:
+        points, miss = np.append(points, fppi[-1]), np.append(miss, miss_rate[-1])
+    return MissRateCurve(points, miss)
+
+
 def log_average_miss_rate_interval(images: Sequence[ImageEval], iou_thr: float = MATCH_IOU,
                                    det_height: tuple[float, float] | None = None, n_boot: int = 1000,
                                    confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
@@ -150,16 +194,25 @@ def log_average_miss_rate_interval(images: Sequence[ImageEval], iou_thr: float =
 
 
 def subset_miss_rates(images: Sequence[ImageEval], subsets: dict[str, Subset] | None = None, scale: float = 1.0,
-                      iou_thr: float = MATCH_IOU, n_boot: int = 0, seed: int = 0) -> dict[str, dict[str, float]]:
+                      iou_thr: float = MATCH_IOU, n_boot: int = 0, seed: int = 0,
+                      curve_points: np.ndarray | None = None) -> dict[str, dict]:
     """Per subset (default :data:`CITYPERSONS_SUBSETS`): ``mr2`` (MR⁻²), ``persons`` counted and, with ``n_boot``,
-    ``low`` / ``high`` of its bootstrap interval. ``images`` need ``gt_attrs['visibility']``."""
+    ``low`` / ``high`` of its bootstrap interval; with ``curve_points`` (e.g. :data:`CURVE_FPPI`) also ``curve``,
+    the subset's :class:`MissRateCurve` read there (empty when no person is counted). ``images`` need
+    ``gt_attrs['visibility']``."""
     out = {}
     for name, subset in (subsets or CITYPERSONS_SUBSETS).items():
         sub = [restrict(i, subset, scale) for i in images]
         height = (subset.height[0] * scale, subset.height[1] * scale)
-        row = {"mr2": log_average_miss_rate(sub, iou_thr, det_height=height),
-               "persons": int(sum((~i.gt_ignore).sum() for i in sub))}
+        counts = image_counts(sub, iou_thr, height)
+        persons = int(counts.positives.sum())
+        fppi, recall = _curves(counts, np.ones((1, len(sub))))
+        row: dict = {"mr2": float(_lamr(fppi, recall, FPPI_POINTS)[0]) if persons else float("nan"),
+                     "persons": persons}
         if n_boot:
             row["low"], row["high"] = log_average_miss_rate_interval(sub, iou_thr, height, n_boot, seed=seed)
+        if curve_points is not None:
+            row["curve"] = (read_curve(fppi[0], 1.0 - recall[0], curve_points) if persons
+                            else MissRateCurve(np.zeros(0), np.zeros(0)))
         out[name] = row
     return out

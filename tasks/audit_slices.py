@@ -13,7 +13,9 @@ share of |relevance| (as the report computes it). Then
   largest mean share deviate most (either way) -> the ``slices`` table;
 * MR⁻² (:func:`detection.miss_rate.subset_miss_rates`, CityPersons' Reasonable / small / heavy-occlusion / all
   subsets, heights in pixels as given, image-bootstrap 95 % intervals) over infer's detections of the audited
-  detector (stored down to infer's EVAL_CONF);
+  detector (stored down to infer's EVAL_CONF), and each subset's miss rate vs FPPI curve read at 33 FPPI values
+  (the summary's ``mr_fppi``: ``{subset: {"fppi": [...], "miss_rate": [...]}}``, 4 significant digits; the
+  report's log-log figure);
 * every missed pedestrian gets a type from the detector's candidates before NMS (:mod:`detection.miss_types`:
   suppressed / below_threshold / mislocalised / never_seen), the candidates computed once per image that has a
   missed pedestrian -> the ``misses`` table, and the type summary with TIDE-style AP / miss-rate gains.
@@ -36,7 +38,7 @@ from prefect.cache_policies import NO_CACHE
 from detection.attributes import KEYS, attribute_frame
 from detection.datasets.tables import rows_to_table
 from detection.evaluation import MATCH_IOU, ImageEval, match
-from detection.miss_rate import CITYPERSONS_SUBSETS, subset_miss_rates
+from detection.miss_rate import CITYPERSONS_SUBSETS, CURVE_FPPI, MissRateCurve, subset_miss_rates
 from detection.miss_types import CandidateImage, classify_errors, error_summary, person_candidates
 from detection.slices import SliceConfig, find_slices, slice_mask
 from tasks.model_cache import detector_model, load_image, task_device
@@ -181,9 +183,11 @@ def slice_rows(frame: pd.DataFrame, columns: list[str], job: str | None,
 
 # ---------------------------------------------------------------------------------------------------- MR-2
 def miss_rates(images: pa.Table, annotations: pa.Table, detections: pa.Table, model_id: str, person_class: str,
-               n_boot: int = MR2_BOOT, seed: int = 0) -> dict[str, dict[str, float]]:
+               n_boot: int = MR2_BOOT, seed: int = 0) -> dict[str, dict]:
     """MR⁻² with bootstrap intervals on CityPersons' Reasonable, small and heavy-occlusion subsets over every image
-    (crowd annotations: ignore regions; visibility = 1 - occlusion, unknown = visible; NaN values as None)."""
+    (crowd annotations: ignore regions; visibility = 1 - occlusion, unknown = visible; NaN values as None), each
+    with ``curve``: its miss rate vs FPPI read at :data:`detection.miss_rate.CURVE_FPPI`
+    (:class:`detection.miss_rate.MissRateCurve`)."""
     gt = _by_image(annotations.filter(pc.equal(annotations["category"], person_class))
                    .select(["image_id", "bbox", "iscrowd", "occlusion"]))
     dets = _by_image(_person_detections(detections, model_id, person_class))
@@ -195,7 +199,8 @@ def miss_rates(images: pa.Table, annotations: pa.Table, detections: pa.Table, mo
                                np.array([x["score"] for x in d], float),
                                np.array([a["bbox"] for a in g], float).reshape(-1, 4),
                                np.array([bool(a["iscrowd"]) for a in g], bool), {"visibility": 1.0 - occ}))
-    rates = subset_miss_rates(evals, {k: CITYPERSONS_SUBSETS[k] for k in MR2_SUBSETS}, n_boot=n_boot, seed=seed)
+    rates = subset_miss_rates(evals, {k: CITYPERSONS_SUBSETS[k] for k in MR2_SUBSETS}, n_boot=n_boot, seed=seed,
+                              curve_points=CURVE_FPPI)
     return {k: {m: None if isinstance(v, float) and not np.isfinite(v) else v for m, v in r.items()}
             for k, r in rates.items()}
 
@@ -289,7 +294,9 @@ def where_it_fails(params: Params, images: pa.Table, annotations: pa.Table, dete
     slices = slice_rows(frame, columns, job)
     errors: list[dict] = []
     misses, types = miss_types(params, images, annotations, detections, frame, errors)
-    mr2 = miss_rates(images, annotations, detections, spec.id, spec.person_class, seed=params.seed)
+    rates = miss_rates(images, annotations, detections, spec.id, spec.person_class, seed=params.seed)
+    mr2 = {k: {m: v for m, v in r.items() if m != "curve"} for k, r in rates.items()}
+    curves: dict[str, MissRateCurve] = {k: r["curve"] for k, r in rates.items()}
     tables = {"slices": rows_to_table(_records(slices.drop(columns=["redundant_of"], errors="ignore")), "slices")
               if len(slices) else empty["slices"],
               "misses": rows_to_table(_records(misses), "misses") if len(misses) else empty["misses"]}
@@ -304,5 +311,6 @@ def where_it_fails(params: Params, images: pa.Table, annotations: pa.Table, dete
                                     "high": r["ci_high"], "rest": r["rest_mean"], "size": int(r["size"]),
                                     "q_value": r["q_value"]} for r in _records(top)],
                "mr2": mr2, "mr2_note": "CityPersons subsets, heights in px as annotated (scale 1), image bootstrap",
+               "mr_fppi": {k: c.to_lists() for k, c in curves.items()},
                "miss_types": _records(types)}
     return tables, errors, summary

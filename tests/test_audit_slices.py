@@ -107,6 +107,8 @@ def test_mr2_per_subset_with_an_interval_around_it():
     assert rates["heavy_occlusion"]["persons"] == 30
     for r in rates.values():
         assert 0 < r["low"] <= r["mr2"] <= r["high"] < 1
+        c = r["curve"]                        # miss rate vs FPPI: FPPI up, miss rate down, ending at the last FPPI
+        assert len(c.fppi) > 5 and (np.diff(c.fppi) > 0).all() and (np.diff(c.miss_rate) <= 0).all()
 
 
 def test_without_ground_truth_the_tables_are_empty_and_the_summary_says_why():
