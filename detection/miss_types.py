@@ -11,10 +11,17 @@ be told apart further:
 * ``mislocalised``: no such candidate, but one scoring >= ``seen_score`` overlaps it at IoU in [0.1, 0.5);
 * ``never_seen``: no candidate scoring >= ``seen_score`` overlaps it at IoU >= 0.1 (background).
 
-False positives (final detections at or above the threshold matched to no person and no ignore region):
-``duplicate`` (IoU >= 0.5 with a person another detection already found), ``localisation`` (best IoU with a
-person in [0.1, 0.5)), ``confusion`` (IoU >= 0.5 with an object of another class, where those are given),
-``background`` (the rest).
+False positives (final detections at or above the threshold matched to no person and no ignore region), in
+TIDE's order: ``duplicate`` (IoU >= 0.5 with a person another detection already found), ``localisation`` (best
+IoU with a person in [0.1, 0.5)), ``confusion`` (IoU >= 0.5 with an annotated object of another class, where
+those are given: the detector called a car a person), ``background`` (the rest).
+
+Fixing a type (TIDE's oracles, :func:`error_summary`): a missed person of the type leaves the count (with the
+detections matched to it); a duplicate, confusion or background false positive is removed; a localisation error
+is moved onto the person it overlaps most and becomes its true positive - unless a detection already matches
+that person, then it is removed as TIDE's fix suppresses it. The gains are the AP and the MR⁻² (all persons as
+annotated, :func:`detection.miss_rate.log_average_miss_rate`) after the fix minus before (MR⁻²: before minus
+after, so that a positive gain is an improvement for both).
 
 Matching is :func:`detection.evaluation.match` (COCO's greedy one-to-one, ignore regions by intersection over the
 detection's area). Plain NumPy.
@@ -28,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from detection.evaluation import MATCH_IOU, ImageEval, average_precision, iou_matrix, match
+from detection.miss_rate import log_average_miss_rate
 
 MISS_TYPES = ("suppressed", "below_threshold", "mislocalised", "never_seen")
 FP_TYPES = ("duplicate", "localisation", "confusion", "background")
@@ -141,31 +149,51 @@ def classify_errors(img: CandidateImage, conf: float, iou_thr: float = MATCH_IOU
     return ErrorTypes(gt_type, best_iou, best_score, det_type, det_gt)
 
 
-def _fixed_ap(images: Sequence[CandidateImage], types: Sequence[ErrorTypes], iou_thr: float,
-              drop_gt: set[str], drop_det: set[str]) -> float:
-    """AP after TIDE's oracle fixes: persons of a fixed miss type leave the count (TIDE's missed-GT fix) together
-    with the detections matched to them (a person missed at ``conf`` is often matched below it: left alone, that
-    detection would turn into a false positive and the "fix" would lower AP), false positives of a fixed type are
+def fixed_images(images: Sequence[CandidateImage], types: Sequence[ErrorTypes], iou_thr: float = MATCH_IOU,
+                 drop_gt: frozenset[str] = frozenset(), fix_det: frozenset[str] = frozenset()) -> list[ImageEval]:
+    """The images after TIDE's oracle fixes of the miss types ``drop_gt`` and the false-positive types ``fix_det``
+    (module docstring): persons of a fixed miss type leave the count together with the detections matched to them
+    (a person missed at ``conf`` is often matched below it: left alone, that detection would turn into a false
+    positive and the "fix" would lower AP); ``localisation`` false positives take the box of the person in
+    ``det_gt`` when no detection matches that person (else they are removed); other fixed false positives are
     removed."""
-    evals = []
+    out = []
     for img, t in zip(images, types):
         keep_gt = ~np.isin(t.gt_type, list(drop_gt))
-        keep_det = ~np.isin(t.det_type, list(drop_det))
+        keep_det = ~np.isin(t.det_type, [k for k in fix_det if k != "localisation"])
+        boxes = img.det_boxes.copy()
+        m = match(img.evaluation(), iou_thr) if (not keep_gt.all() or "localisation" in fix_det) else None
         if not keep_gt.all():
-            det_gt = match(img.evaluation(), iou_thr).det_gt
-            keep_det &= ~((det_gt >= 0) & ~keep_gt[np.maximum(det_gt, 0)])
-        evals.append(ImageEval(img.det_boxes[keep_det], img.det_scores[keep_det], img.gt_boxes[keep_gt],
-                               img.gt_ignore[keep_gt]))
-    return average_precision(evals, iou_thr)
+            keep_det &= ~((m.det_gt >= 0) & ~keep_gt[np.maximum(m.det_gt, 0)])
+        if "localisation" in fix_det:
+            loc = np.flatnonzero(t.det_type == "localisation")
+            free = m.gt_det[t.det_gt[loc]] < 0                      # the person no detection matches
+            boxes[loc[free]] = img.gt_boxes[t.det_gt[loc[free]]]
+            keep_det[loc[~free]] = False
+            # two localisation errors moved onto one free person: the higher-scoring one takes it (TIDE marks the
+            # person used after the first fix), the other is suppressed
+            rematch = match(ImageEval(boxes, img.det_scores, img.gt_boxes, img.gt_ignore), iou_thr)
+            keep_det[loc[free]] &= rematch.det_tp[loc[free]]
+        out.append(ImageEval(boxes[keep_det], img.det_scores[keep_det], img.gt_boxes[keep_gt],
+                             img.gt_ignore[keep_gt]))
+    return out
+
+
+def _fixed_metrics(images: Sequence[CandidateImage], types: Sequence[ErrorTypes], iou_thr: float,
+                   drop_gt: frozenset[str] = frozenset(), fix_det: frozenset[str] = frozenset()) -> tuple[float, float]:
+    """(AP at ``iou_thr``, MR⁻²) after :func:`fixed_images`."""
+    evals = fixed_images(images, types, iou_thr, drop_gt, fix_det)
+    return average_precision(evals, iou_thr), log_average_miss_rate(evals, iou_thr)
 
 
 def error_summary(images: Sequence[CandidateImage], conf: float, iou_thr: float = MATCH_IOU,
                   seen_score: float = 0.05, types: Sequence[ErrorTypes] | None = None) -> pd.DataFrame:
     """Per error type over a dataset: ``kind`` (miss / false_positive), ``type``, ``count``, ``share`` (of the
     misses, or of the false positives at ``conf``), ``miss_rate_gain`` (misses of the type / persons: how much the
-    miss rate at ``conf`` drops if they were found), ``ap_gain`` (AP at ``iou_thr`` after fixing only that type,
-    minus AP; TIDE's oracle: a fixed miss leaves the count, a fixed false positive is removed). ``types``: the
-    :func:`classify_errors` results when already computed."""
+    miss rate at ``conf`` drops if they were found; 0 for false positives), ``ap_gain`` (AP at ``iou_thr`` after
+    fixing only that type, minus AP) and ``mr2_gain`` (MR⁻² minus MR⁻² after fixing only that type; NaN without
+    persons), the fixes being TIDE's oracles (module docstring). ``types``: the :func:`classify_errors` results when
+    already computed."""
     types = list(types) if types is not None else [classify_errors(i, conf, iou_thr, seen_score=seen_score)
                                                    for i in images]
     gt = np.concatenate([t.gt_type for t in types]) if types else np.zeros(0, object)
@@ -173,16 +201,17 @@ def error_summary(images: Sequence[CandidateImage], conf: float, iou_thr: float 
     n_persons = int(np.isin(gt, ["found", *MISS_TYPES]).sum())
     n_miss = int(np.isin(gt, MISS_TYPES).sum())
     n_fp = int(np.isin(det, FP_TYPES).sum())
-    base = _fixed_ap(images, types, iou_thr, set(), set())
+    base_ap, base_mr2 = _fixed_metrics(images, types, iou_thr)
     rows = []
     for kind, names, pool, total in (("miss", MISS_TYPES, gt, n_miss), ("false_positive", FP_TYPES, det, n_fp)):
         for name in names:
             count = int((pool == name).sum())
-            fixed = _fixed_ap(images, types, iou_thr, {name} if kind == "miss" else set(),
-                              {name} if kind == "false_positive" else set())
+            fixed = frozenset({name})
+            ap, mr2 = _fixed_metrics(images, types, iou_thr, fixed if kind == "miss" else frozenset(),
+                                     fixed if kind == "false_positive" else frozenset())
             rows.append({"kind": kind, "type": name, "count": count, "share": count / total if total else np.nan,
                          "miss_rate_gain": count / n_persons if kind == "miss" and n_persons else 0.0,
-                         "ap_gain": fixed - base})
+                         "ap_gain": ap - base_ap, "mr2_gain": base_mr2 - mr2})
     return pd.DataFrame(rows)
 
 

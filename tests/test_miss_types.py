@@ -1,10 +1,12 @@
 """Miss and false-positive types from hand-built candidates before NMS: one of each, and the TIDE-style gains."""
+import math
+
 import numpy as np
 import pytest
 import torch
 
 from detection.evaluation import ImageEval, average_precision
-from detection.miss_types import CandidateImage, classify_errors, error_summary, person_candidates
+from detection.miss_types import CandidateImage, classify_errors, error_summary, fixed_images, person_candidates
 from detection.models.base import Candidates
 
 CONF = 0.25
@@ -103,3 +105,89 @@ def test_fixing_a_below_threshold_miss_also_removes_its_low_scoring_match():
     assert summary.loc["below_threshold", "ap_gain"] == pytest.approx(1.0 - 1.0)      # AP is 1.0 before and after
     person_only = average_precision([ImageEval([a, b, s_], [0.9, 0.2, 0.15], [a, s_])])
     assert person_only < 0.9                                                            # what the old fix gave
+
+
+# ---- one hand-built image per false-positive type: its type, and the AP / MR⁻² gain of TIDE's fix for it.
+# AP is COCO's 101-point interpolation: recall 1/2 at precision 1, then recall 1 at precision 2/3 gives
+# (51 + 50 * 2/3) / 101; an FP ranked first before the only person gives 0.5.
+AP_TP_FP_TP = (51 + 50 * 2 / 3) / 101
+
+
+def _fp_summary(img, fp_type):
+    t = classify_errors(img, CONF)
+    assert fp_type in t.det_type.tolist()
+    row = error_summary([img], CONF).set_index("type").loc[fp_type]
+    assert row["kind"] == "false_positive" and row["count"] == 1 and row["miss_rate_gain"] == 0.0
+    return t, row
+
+
+def test_duplicate_false_positive_and_its_gain():
+    a, b = _box(0), _box(100)
+    img = CandidateImage(gt_boxes=[a, b], det_boxes=[a, _box(0, 1), b], det_scores=[0.9, 0.8, 0.7],
+                         cand_boxes=np.zeros((0, 4)), cand_scores=[])
+    t, row = _fp_summary(img, "duplicate")
+    assert t.det_type.tolist() == ["tp", "duplicate", "tp"] and t.det_gt[1] == 0
+    assert row["ap_gain"] == pytest.approx(1.0 - AP_TP_FP_TP)
+    # MR⁻² (one image): before, FPPI 0 reads miss 1/2 at the eight references under 1 and miss 0 (1e-10) at 1;
+    # after removing the duplicate there is no false positive: 1e-10 everywhere
+    before = math.exp((8 * math.log(0.5) + math.log(1e-10)) / 9)
+    assert row["mr2_gain"] == pytest.approx(before - 1e-10)
+
+
+def test_localisation_false_positive_is_moved_onto_its_person():
+    a, b = _box(0), _box(100)
+    img = CandidateImage(gt_boxes=[a, b], det_boxes=[a, _box(100, 3, 5)], det_scores=[0.9, 0.8],
+                         cand_boxes=[a, _box(100, 3, 5)], cand_scores=[0.9, 0.8])
+    t, row = _fp_summary(img, "localisation")
+    assert t.det_gt[1] == 1 and t.gt_type.tolist() == ["found", "mislocalised"]
+    # before: TP then FP, recall 1/2 -> AP 51/101. Fixed: the box moves onto b and finds it -> AP 1 (removing it
+    # instead would leave AP at 51/101, a gain of 0)
+    assert row["ap_gain"] == pytest.approx(1.0 - 51 / 101)
+    assert row["mr2_gain"] == pytest.approx(0.5 - 1e-10)          # miss 1/2 at every reference -> 0
+
+
+def test_localisation_fix_is_suppressed_when_its_person_is_already_matched():
+    a, b = _box(0), _box(100)
+    # b is matched (found) by a 0.3 detection of its own: the mislocalised 0.8 box is removed, not moved
+    img = CandidateImage(gt_boxes=[a, b], det_boxes=[a, _box(100, 3, 5), b], det_scores=[0.9, 0.8, 0.3],
+                         cand_boxes=np.zeros((0, 4)), cand_scores=[])
+    t, row = _fp_summary(img, "localisation")
+    assert t.det_type.tolist() == ["tp", "localisation", "tp"]
+    assert row["ap_gain"] == pytest.approx(1.0 - AP_TP_FP_TP)
+    fixed = fixed_images([img], [t], fix_det=frozenset({"localisation"}))[0]
+    assert fixed.det_boxes.tolist() == [a, b]
+    # two mislocalised boxes on one free person: the higher-scoring one takes it, the other is suppressed
+    two = CandidateImage(gt_boxes=[b], det_boxes=[_box(100, 3, 5), _box(100, -3, 5)], det_scores=[0.8, 0.6],
+                         cand_boxes=np.zeros((0, 4)), cand_scores=[])
+    t2 = classify_errors(two, CONF)
+    assert t2.det_type.tolist() == ["localisation", "localisation"]
+    fixed = fixed_images([two], [t2], fix_det=frozenset({"localisation"}))[0]
+    assert fixed.det_boxes.tolist() == [b] and fixed.det_scores.tolist() == [0.8]
+
+
+def test_confusion_false_positive_needs_an_object_of_another_class():
+    a, car = _box(0), [300, 0, 340, 30]
+    kwargs = dict(gt_boxes=[a], det_boxes=[car, a], det_scores=[0.9, 0.8], cand_boxes=np.zeros((0, 4)),
+                  cand_scores=[])
+    t, row = _fp_summary(CandidateImage(**kwargs, other_boxes=[car]), "confusion")
+    assert t.det_type.tolist() == ["confusion", "tp"] and t.det_gt.tolist() == [-1, -1]
+    assert row["ap_gain"] == pytest.approx(1.0 - 0.5)
+    # before: the first point is at FPPI 1, so the eight references under 1 read miss 1; at 1 miss 0 (1e-10)
+    assert row["mr2_gain"] == pytest.approx(math.exp(math.log(1e-10) / 9) - 1e-10)
+    # the same box without the car annotated (a source without other classes): background
+    assert classify_errors(CandidateImage(**kwargs), CONF).det_type.tolist() == ["background", "tp"]
+
+
+def test_background_false_positive_and_its_gain():
+    a = _box(0)
+    img = CandidateImage(gt_boxes=[a], det_boxes=[_box(500), _box(0, 7), a], det_scores=[0.9, 0.85, 0.8],
+                         cand_boxes=np.zeros((0, 4)), cand_scores=[])
+    t, row = _fp_summary(img, "background")
+    # _box(0, 7): IoU 3/17 with a -> a localisation error, not background
+    assert t.det_type.tolist() == ["background", "localisation", "tp"]
+    # fixing background removes the first box only: FP (loc) then TP -> AP 1/2 before the loc fix; before: FP FP TP
+    # -> precision 1/3 at recall 1
+    assert row["ap_gain"] == pytest.approx(0.5 - 1 / 3)
+    summary = error_summary([img], CONF).set_index("type")
+    assert summary.loc["localisation", "ap_gain"] == pytest.approx(0.5 - 1 / 3)   # a is taken: the loc box goes
+    assert summary.loc["duplicate", "count"] == 0 and summary.loc["duplicate", "ap_gain"] == 0.0
