@@ -658,6 +658,11 @@ NO_FAILURES = ("Where the detector fails cannot be computed: the dataset has no 
 MISS_TYPE_WORDS = {"suppressed": "suppressed by NMS (a neighbour's box won)",
                    "below_threshold": "scored below the threshold", "mislocalised": "mislocalised (best IoU 0.1-0.5)",
                    "never_seen": "never seen (no candidate near it)"}
+FP_TYPE_WORDS = {"duplicate": "duplicate (a second box on a found person)",
+                 "localisation": "localisation (IoU 0.1-0.5 with a person)",
+                 "confusion": "confusion (on an object of another class)",
+                 "background": "background (nothing annotated near it)"}
+MR_FPPI_RANGE = (1e-2, 1.0)   # the FPPI range MR⁻² averages over, shaded in the figure
 
 
 def _slice_words(text: str) -> str:
@@ -706,6 +711,8 @@ def miss_type_table(summary: dict, misses: pd.DataFrame | None, shares: pd.DataF
     table = pd.DataFrame({"miss type": types["type"].map(lambda t: MISS_TYPE_WORDS.get(t, t)),
                           "count": types["count"].astype(int), "share": types["share"],
                           "miss-rate gain": types["miss_rate_gain"], "AP gain": types["ap_gain"]})
+    if "mr2_gain" in types:
+        table["MR⁻² gain"] = types["mr2_gain"].astype(float)
     if misses is None or misses.empty or main_job is None:
         return table
     sel = shares[(shares["job"] == main_job) & (shares["kind"] == "persons")]
@@ -720,10 +727,50 @@ def miss_type_table(summary: dict, misses: pd.DataFrame | None, shares: pd.DataF
     return table
 
 
+def fp_type_table(summary: dict) -> pd.DataFrame:
+    """Per false-positive type (TIDE's: duplicate, localisation, confusion, background): count, share of the false
+    positives at the detector's threshold, and the AP / MR⁻² gain from fixing that type alone (TIDE's oracle)."""
+    types = pd.DataFrame([t for t in summary.get("miss_types", []) if t.get("kind") == "false_positive"])
+    if types.empty:
+        return types
+    table = pd.DataFrame({"false positive": types["type"].map(lambda t: FP_TYPE_WORDS.get(t, t)),
+                          "count": types["count"].astype(int), "share": types["share"].astype(float),
+                          "AP gain": types["ap_gain"].astype(float)})
+    if "mr2_gain" in types:
+        table["MR⁻² gain"] = types["mr2_gain"].astype(float)
+    return table
+
+
+def fig_mr_fppi(curves: dict, mr2: dict) -> str | None:
+    """Log-log miss rate vs false positives per image, one step curve per CityPersons subset (the summary's
+    ``mr_fppi``: ``{subset: {"fppi": [...], "miss_rate": [...]}}``), the MR⁻² range [10⁻², 10⁰] shaded and each
+    subset's MR⁻² in the legend. None when no subset has a curve. A miss rate of 0 cannot be drawn on a log axis:
+    such points are left out."""
+    drawn = {k: c for k, c in (curves or {}).items() if c and len(c.get("fppi") or []) > 0}
+    if not drawn:
+        return None
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    ax.axvspan(*MR_FPPI_RANGE, color="0.93", zorder=0)
+    for name, c in drawn.items():
+        x, y = np.asarray(c["fppi"], float), np.asarray(c["miss_rate"], float)
+        keep = (x > 0) & (y > 0)
+        value = (mr2 or {}).get(name, {}).get("mr2")
+        ax.step(x[keep], y[keep], where="post", lw=1.6,
+                label=f"{name.replace('_', ' ')} (MR⁻² {_num(value, '{:.3f}')})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("false positives per image")
+    ax.set_ylabel("miss rate")
+    ax.grid(True, which="both", lw=0.3, alpha=0.6)
+    ax.legend(fontsize=8)
+    ax.set_title("Miss rate vs FPPI (shaded: the MR⁻² range)", fontsize=9)
+    return _png(fig)
+
+
 def render_failures(ctx: ReportContext) -> Rendered | None:
-    """Where the detector fails: the significant attribute slices in words with intervals, MR⁻² with intervals,
-    the miss types with counts and the mean part relevance per type. Without ground truth: that it cannot be
-    computed."""
+    """Where the detector fails: the significant attribute slices in words with intervals, MR⁻² with intervals and
+    the log-log miss-rate-vs-FPPI curves, the miss types with counts and the mean part relevance per type, the
+    false-positive types with their gains. Without ground truth: that it cannot be computed."""
     inp = ctx.inputs
     summary = inp.evaluate_summary.get("where_it_fails")
     if not inp.ground_truth or (summary is not None and not summary.get("ground_truth", True)):
@@ -732,6 +779,7 @@ def render_failures(ctx: ReportContext) -> Rendered | None:
         return None
     sentences = slice_sentences(inp.slices)
     mr2, types = mr2_table(summary), miss_type_table(summary, inp.misses, ctx.shares, summary.get("job"))
+    fps, curve = fp_type_table(summary), fig_mr_fppi(summary.get("mr_fppi") or {}, summary.get("mr2") or {})
     n_attr = len(summary.get("attributes", []))
     intro = (f"{summary.get('persons')} ground-truth pedestrians, miss rate {_num(summary.get('miss_rate'), '{:.2f}')} "
              f"at the detector's threshold {summary.get('conf')}; slices searched over {n_attr} attributes "
@@ -748,12 +796,22 @@ def render_failures(ctx: ReportContext) -> Rendered | None:
                  "<p class='note'>Miss rate averaged in log space over FPPI 10⁻² to 10⁰ (Caltech / CityPersons); "
                  "CityPersons' subsets with heights in pixels as annotated; intervals: image bootstrap 95 %.</p>")
         md += ["", _markdown_table(mr2)]
+    if curve is not None:
+        body += _img(curve, "miss rate vs false positives per image")
     if not types.empty:
         body += ("<h3>Why pedestrians were missed</h3>" + _table(types) +
                  "<p class='note'>From the detector's candidates before NMS. Gains: how much the miss rate drops / "
-                 "AP rises if that type were fixed (TIDE's oracle). Part columns: mean share of |relevance| of the "
+                 "AP rises / MR⁻² drops if that type were fixed (TIDE's oracle: its persons leave the count). "
+                 "Part columns: mean share of |relevance| of the "
                  "explained pedestrians of that type.</p>")
         md += ["", _markdown_table(types, floatfmt=".2f")]
+    if not fps.empty:
+        body += ("<h3>What the false positives are</h3>" + _table(fps) +
+                 "<p class='note'>Detections at or above the threshold matched to no person (TIDE's types, in that "
+                 "order). Gains: how much AP rises / MR⁻² (all persons as annotated) drops if that type were fixed "
+                 "(TIDE's oracle: a localisation error moved onto its person, unless that person is already found; "
+                 "every other type removed).</p>")
+        md += ["", _markdown_table(fps, floatfmt=".3f")]
     return Rendered(body, tuple(md))
 
 

@@ -27,7 +27,11 @@ SUMMARY = {"ground_truth": True, "persons": 4, "explained": 4, "miss_rate": 0.25
                           {"kind": "miss", "type": "never_seen", "count": 0, "share": 0.0, "miss_rate_gain": 0.0,
                            "ap_gain": 0.0},
                           {"kind": "false_positive", "type": "background", "count": 2, "share": 1.0,
-                           "miss_rate_gain": 0.0, "ap_gain": 0.01}]}
+                           "miss_rate_gain": 0.0, "ap_gain": 0.01, "mr2_gain": 0.02},
+                          {"kind": "false_positive", "type": "localisation", "count": 0, "share": 0.0,
+                           "miss_rate_gain": 0.0, "ap_gain": 0.0, "mr2_gain": 0.0}],
+           "mr_fppi": {"reasonable": {"fppi": [0.001, 0.01, 0.1, 1.0, 3.2], "miss_rate": [0.9, 0.6, 0.4, 0.2, 0.0]},
+                       "small": {"fppi": [], "miss_rate": []}}}
 
 
 def _inputs(tmp_path, **extra):
@@ -52,8 +56,28 @@ def test_the_section_states_significant_slices_in_words_mr2_and_miss_types(tmp_p
     assert "occluder = car" not in page                                 # not significant
     assert "context share 0.40 [0.30, 0.50] vs 0.15" in page
     assert "<td>0.289</td><td>[0.227, 0.345]</td>" in page and "<td>n/a</td><td>[n/a, n/a]</td>" in page
-    assert "suppressed by NMS" in page and "background" not in page.split('id="failures"')[1].split("</section>")[0]
+    section = page.split('id="failures"')[1].split("</section>")[0]
+    assert "suppressed by NMS" in page
+    # false positives: their own table, not mixed into the miss types
+    misses, fps = section.split("What the false positives are")
+    assert "background" not in misses and "background (nothing annotated near it)</td><td>2</td>" in fps
+    assert "<th>AP gain</th><th>MR⁻² gain</th>" in fps and "<td>0.010</td><td>0.020</td>" in fps
     assert "## Where it fails" in md and "miss rate 0.71 [0.62, 0.79] vs 0.38" in md
+
+
+def test_the_section_draws_the_miss_rate_vs_fppi_curves_from_the_summary(tmp_path, monkeypatch):
+    import tasks.report as report
+
+    drawn = []
+    real = report.fig_mr_fppi
+    monkeypatch.setattr(report, "fig_mr_fppi", lambda curves, mr2: drawn.append((curves, mr2)) or real(curves, mr2))
+    page, _ = build_report(_inputs(tmp_path), per_row=0)
+    section = page.split('id="failures"')[1].split("</section>")[0]
+    assert 'alt="miss rate vs false positives per image"' in section and "data:image/png;base64," in section
+    assert drawn[0][0] == SUMMARY["mr_fppi"]
+    assert report.fig_mr_fppi({"small": {"fppi": [], "miss_rate": []}}, {}) is None     # nothing to draw
+    page, _ = build_report(_inputs(tmp_path, mr_fppi=None), per_row=0)                  # evaluate before curves
+    assert 'alt="miss rate vs false positives per image"' not in page and "<h3>Log-average miss rate" in page
 
 
 def test_miss_types_carry_the_mean_part_share_of_their_explained_pedestrians(tmp_path):
