@@ -17,12 +17,13 @@ from explainers.igos import IGosPP
 from explainers.lime import Lime
 from explainers.occlusion import Occlusion
 from explainers.rise import DRise, Rise
+from explainers.sag import Sag
 from explainers.shapley import ContinuousCoalitionShapley, ExactShapley, KernelShap, PermutationShapley
 
 METHODS: dict[str, type[Explainer]] = {
     cls.name: cls for cls in (Occlusion, Rise, DRise, Lime, BayesShapley, KernelShap, ExactShapley,
                               PermutationShapley, ContinuousCoalitionShapley, DeCam, IntegratedGradients,
-                              InputXGradient, GradCam, IGosPP)}
+                              InputXGradient, GradCam, IGosPP, Sag)}
 
 # old method name -> (new name, why): an error naming the new one, never a silent alias
 RENAMED: dict[str, tuple[str, str]] = {

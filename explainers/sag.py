@@ -18,6 +18,13 @@ Every set is scored once (memoised) and every level of the search is one batch t
 (``game(coalitions [N, M]) -> scores [N, T]``, e.g. :class:`explainers.game.RegionGame`). The result
 (:class:`SagResult`) flattens to Parquet rows (:meth:`SagResult.rows`). :func:`exact_minimal_sufficient` gives the
 ground truth from a full 2^M coalition table.
+
+:class:`Sag` (``sag`` in :data:`explainers.registry.METHODS`) is the pipeline's explain job: one call estimates the
+importance heuristic (BayesShapley values, :class:`~explainers.bayesian_shapley.BayesShapley`, on
+``importance_budget`` of the forwards; every binary coalition it scores is remembered, so the search never pays for
+it again), then builds each target's graph with the rest of the budget. Its relevance is those BayesShapley values
+(so the explanation row is like any other job's); the graphs ride along in :class:`SagExplanation` and become the
+explain stage's ``sag`` table (:meth:`SagResult.rows`).
 """
 from __future__ import annotations
 
@@ -27,8 +34,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from explainers.base import Explanation, numpy_rng, paint, region_set
+from explainers.bayesian_shapley import BayesShapley, bayes_shapley
 from explainers.game import RegionGame
 from explainers.perturb import Perturbation, make_perturbation
+
+# SagResult.status: the search and the graph ran to their end; the budget ran out first (the roots found so far are
+# minimal and sufficient, but more may exist, and the graph may be partial); the full score is not above the empty
+# score (nothing to keep: no search)
+COMPLETE, BUDGET, FLAT = "complete", "budget", "flat"
 
 
 @dataclass
@@ -59,46 +73,82 @@ class SagResult:
     edges: list[SagEdge] = field(default_factory=list)
     n_forward: int = 0                            # every game evaluation (search, pruning, graph)
     search_forward: int = 0                       # those of the full / empty scores, the search and the pruning
+    status: str = COMPLETE                        # COMPLETE | BUDGET | FLAT (module constants)
 
     def root_sets(self) -> set[frozenset[int]]:
         return {frozenset(r) for r, _ in self.roots}
 
-    def rows(self, names: Sequence[str] | None = None, **keys) -> list[dict]:
-        """Flat rows for Parquet: one per root (``kind`` 'root', ``regions`` its names, ``score``, ``diverse``)
-        and one per edge (``kind`` 'edge', ``regions`` the parent, ``child`` and ``removed`` names, ``score`` the
-        parent's, ``child_score``, ``drop``), each with ``full_score``, ``threshold`` and the given ``keys`` (e.g.
-        image_id, target_id, job). Scores as fractions of the full score are ``share`` / ``child_share``."""
+    def rows(self, names: Sequence[str] | None = None, *, summary: bool = False, **keys) -> list[dict]:
+        """Flat rows for Parquet (the explain stage's ``sag`` table, ``detection.datasets.tables.SAG_SCHEMA``): one
+        per root (``element`` 'root', ``parts`` its region names, ``score``, ``diverse``) and one per edge
+        (``element`` 'edge', ``parts`` the parent's names, ``child``, ``removed``, ``score`` the parent's,
+        ``child_score``, ``drop`` = parent − child score), each with ``full_score``, ``empty_score``, ``threshold``,
+        ``keep``, ``status`` and the given ``keys`` (e.g. image_id, target_id, kind, job). Scores as fractions of the
+        full score are ``share`` / ``child_share`` / ``drop_share`` (NaN when the full score is 0). ``summary``: a
+        first row (``element`` 'target', ``parts`` every region, ``score`` the full score) that exists even when
+        there is no root (budget spent, flat score), carrying ``n_forward`` / ``search_forward``. ``names``: region
+        index -> name (default: the index as text)."""
         name = (lambda i: str(i)) if names is None else (lambda i: names[i])
         full = self.full_score if self.full_score != 0 else float("nan")
-        base = {**keys, "full_score": self.full_score, "threshold": self.threshold, "n_forward": self.n_forward}
-        out = [{**base, "kind": "root", "regions": [name(i) for i in r], "size": len(r), "score": s,
-                "share": s / full, "diverse": k in self.diverse, "child": None, "removed": None,
-                "child_score": None, "child_share": None, "drop": None} for k, (r, s) in enumerate(self.roots)]
-        out += [{**base, "kind": "edge", "regions": [name(i) for i in e.parent], "size": len(e.parent),
-                 "score": e.parent_score, "share": e.parent_score / full, "diverse": True,
+        base = {**keys, "full_score": self.full_score, "empty_score": self.empty_score, "threshold": self.threshold,
+                "keep": self.keep, "status": self.status, "n_forward": self.n_forward,
+                "search_forward": self.search_forward, "child": None, "removed": None, "child_score": None,
+                "child_share": None, "drop": None, "drop_share": None}
+        out = []
+        if summary:
+            M = len(names) if names is not None else 1 + max((i for r, _ in self.roots for i in r), default=-1)
+            out.append({**base, "element": "target", "parts": [name(i) for i in range(M)], "size": M,
+                        "score": self.full_score, "share": 1.0, "diverse": None})
+        out += [{**base, "element": "root", "parts": [name(i) for i in r], "size": len(r), "score": s,
+                 "share": s / full, "diverse": k in self.diverse} for k, (r, s) in enumerate(self.roots)]
+        out += [{**base, "element": "edge", "parts": [name(i) for i in e.parent], "size": len(e.parent),
+                 "score": e.parent_score, "share": e.parent_score / full, "diverse": None,
                  "child": [name(i) for i in e.child], "removed": name(e.removed), "child_score": e.child_score,
-                 "child_share": e.child_score / full, "drop": e.drop} for e in self.edges]
+                 "child_share": e.child_score / full, "drop": e.drop, "drop_share": e.drop / full}
+                for e in self.edges]
         return out
+
+    def relabel(self, columns: Sequence[int]) -> SagResult:
+        """The same graph with region i renamed ``columns[i]`` (players -> the caller's region columns)."""
+        col = [int(c) for c in columns]
+
+        def sets(r):
+            return tuple(sorted(col[i] for i in r))
+        return SagResult(self.full_score, self.empty_score, self.threshold, self.keep,
+                         [(sets(r), s) for r, s in self.roots], list(self.diverse),
+                         [SagEdge(sets(e.parent), sets(e.child), col[e.removed], e.parent_score, e.child_score)
+                          for e in self.edges], self.n_forward, self.search_forward, self.status)
+
+
+class _Exhausted(Exception):
+    """The forwards left would not cover the next batch of sets (internal: becomes status BUDGET)."""
 
 
 class _Memo:
-    """Scores of region sets, each evaluated once; a batch of new sets is one game call (counted)."""
+    """Scores of region sets, each evaluated once; a batch of new sets is one game call (counted in ``n_forward``).
+    ``store``: set -> scores [T] of every target, shared between the memos of one image's targets (and pre-filled
+    with what the importance heuristic scored); ``limit``: a callable giving the forwards left, or None (no limit):
+    a batch larger than that raises :class:`_Exhausted` before any forward."""
 
-    def __init__(self, game: Callable[[torch.Tensor], torch.Tensor], M: int, target: int):
-        self.game, self.M, self.target = game, M, target
-        self.scores: dict[tuple[int, ...], float] = {}
+    def __init__(self, game: Callable[[torch.Tensor], torch.Tensor], M: int, target: int, *,
+                 store: dict[tuple[int, ...], np.ndarray] | None = None, limit: Callable[[], int] | None = None):
+        self.game, self.M, self.target, self.limit = game, M, target, limit
+        self.scores: dict[tuple[int, ...], np.ndarray] = {} if store is None else store
         self.n_forward = 0
 
     def __call__(self, sets: list[tuple[int, ...]]) -> list[float]:
         new = list(dict.fromkeys(s for s in sets if s not in self.scores))
         if new:
+            if self.limit is not None and len(new) > self.limit():
+                raise _Exhausted
             z = torch.zeros(len(new), self.M)
-            for row, s in enumerate(new):
-                z[row, list(s)] = 1.0
-            values = self.game(z)[:, self.target].float().cpu().tolist()
+            rows = torch.tensor([r for r, s in enumerate(new) for _ in s], dtype=torch.long)
+            cols = torch.tensor([i for s in new for i in s], dtype=torch.long)
+            z[rows, cols] = 1.0
+            values = self.game(z).float().cpu().numpy()
             self.n_forward += len(new)
             self.scores.update(zip(new, values))
-        return [self.scores[s] for s in sets]
+        return [float(self.scores[s][self.target]) for s in sets]
 
 
 def _prune(root: tuple[int, ...], memo: _Memo, need: float, rank: np.ndarray) -> tuple[int, ...]:
@@ -116,13 +166,14 @@ def _prune(root: tuple[int, ...], memo: _Memo, need: float, rank: np.ndarray) ->
 
 
 def beam_search(memo: _Memo, M: int, importance: np.ndarray, need: float, *, width: int = 3, successors: int = 15,
-                max_roots: int = 10) -> list[tuple[int, ...]]:
-    """Minimal sufficient sets (sorted tuples) by the beam search of the module docstring."""
+                max_roots: int = 10, roots: list[tuple[int, ...]] | None = None) -> list[tuple[int, ...]]:
+    """Minimal sufficient sets (sorted tuples) by the beam search of the module docstring, appended to ``roots``
+    (a new list by default) as they are found, so a caller that stops the search early keeps those found."""
     order = np.argsort(-importance, kind="stable")                 # most important first
     rank = np.empty(M, dtype=np.int64)
     rank[order] = np.arange(M)                                      # 0 = most important
     beam: list[tuple[int, ...]] = [()]
-    roots: list[tuple[int, ...]] = []
+    roots = [] if roots is None else roots
     while beam and len(roots) <= max_roots:
         children = []
         for state in beam:
@@ -155,9 +206,12 @@ def diverse_roots(roots: list[tuple[tuple[int, ...], float]], k: int = 3, overla
     return kept
 
 
-def deletion_graph(memo: _Memo, roots: list[tuple[int, ...]], floor: float) -> list[SagEdge]:
-    """Edges of one-region deletions from ``roots`` while the child's score stays ≥ ``floor``; one batch per level."""
-    edges, level, seen = [], list(dict.fromkeys(roots)), set(roots)
+def deletion_graph(memo: _Memo, roots: list[tuple[int, ...]], floor: float,
+                   edges: list[SagEdge] | None = None) -> list[SagEdge]:
+    """Edges of one-region deletions from ``roots`` while the child's score stays ≥ ``floor``; one batch per level,
+    appended to ``edges`` (a new list by default) level by level."""
+    edges = [] if edges is None else edges
+    level, seen = list(dict.fromkeys(roots)), set(roots)
     while level:
         pairs = [(p, tuple(r for r in p if r != drop), drop) for p in level if len(p) > 1 for drop in p]
         if not pairs:
@@ -175,6 +229,53 @@ def deletion_graph(memo: _Memo, roots: list[tuple[int, ...]], floor: float) -> l
     return edges
 
 
+def _importance(importance: Sequence[float] | torch.Tensor | np.ndarray, M: int) -> np.ndarray:
+    values = np.asarray(torch.as_tensor(importance, dtype=torch.float64).cpu(), dtype=np.float64).reshape(-1)
+    if values.shape != (M,):
+        raise ValueError(f"sag: importance must have one value per region ({M}), got {values.shape[0]}")
+    return values
+
+
+def _check_fractions(threshold: float, keep: float) -> None:
+    if not (0 < threshold <= 1 and 0 < keep <= 1):
+        raise ValueError(f"sag: threshold and keep must lie in (0, 1], got {threshold}, {keep}")
+
+
+def _graph(memo: _Memo, M: int, importance: np.ndarray, *, threshold: float, keep: float, width: int,
+           successors: int, max_roots: int, diverse: int, overlap: int, flat_error: bool) -> SagResult:
+    """One target's SAG on ``memo`` (see :func:`structured_attention_graph`). When the memo's limit stops it, the
+    result keeps what was found (status BUDGET); a full score not above the empty one raises ValueError
+    (``flat_error``) or gives an empty result with status FLAT."""
+    nan = float("nan")
+    try:
+        full, empty = memo([tuple(range(M)), ()])
+    except _Exhausted:
+        return SagResult(nan, nan, threshold, keep, [], [], [], memo.n_forward, memo.n_forward, BUDGET)
+    if not full > empty:
+        if flat_error:
+            raise ValueError(f"sag: the full score {full:.4g} is not above the empty score {empty:.4g}: no region "
+                             f"set can be told from none")
+        return SagResult(full, empty, threshold, keep, [], [], [], memo.n_forward, memo.n_forward, FLAT)
+    status, roots = COMPLETE, []
+    if empty >= threshold * full:              # nothing needs showing: the empty set is the one minimal set
+        roots.append(())
+    else:
+        try:
+            beam_search(memo, M, importance, threshold * full, width=width, successors=successors,
+                        max_roots=max_roots, roots=roots)
+        except _Exhausted:
+            status = BUDGET
+    search_forward = memo.n_forward
+    scored = list(zip(roots, memo(roots)))      # every root is scored already: no forward
+    kept = diverse_roots(scored, diverse, overlap)
+    edges: list[SagEdge] = []
+    try:
+        deletion_graph(memo, [scored[i][0] for i in kept], keep * full, edges)
+    except _Exhausted:
+        status = BUDGET
+    return SagResult(full, empty, threshold, keep, scored, kept, edges, memo.n_forward, search_forward, status)
+
+
 def structured_attention_graph(game: Callable[[torch.Tensor], torch.Tensor], num_regions: int,
                                importance: Sequence[float] | torch.Tensor, *, target: int = 0,
                                threshold: float = 0.9, keep: float = 0.4, width: int = 3, successors: int = 15,
@@ -186,26 +287,93 @@ def structured_attention_graph(game: Callable[[torch.Tensor], torch.Tensor], num
     Raises ValueError for a threshold / keep outside (0, 1], importance of the wrong length, or a full score ≤ the
     empty score (nothing to keep: every set would be "sufficient")."""
     M = int(num_regions)
-    importance = np.asarray(torch.as_tensor(importance, dtype=torch.float64).cpu(), dtype=np.float64).reshape(-1)
-    if importance.shape != (M,):
-        raise ValueError(f"sag: importance must have one value per region ({M}), got {importance.shape[0]}")
-    if not (0 < threshold <= 1 and 0 < keep <= 1):
-        raise ValueError(f"sag: threshold and keep must lie in (0, 1], got {threshold}, {keep}")
-    memo = _Memo(game, M, target)
-    full, empty = memo([tuple(range(M)), ()])
-    if not full > empty:
-        raise ValueError(f"sag: the full score {full:.4g} is not above the empty score {empty:.4g}: no region "
-                         f"set can be told from none")
-    if empty >= threshold * full:              # nothing needs showing: the empty set is the one minimal set
-        roots = [()]
-    else:
-        roots = beam_search(memo, M, importance, threshold * full, width=width, successors=successors,
-                            max_roots=max_roots)
-    search_forward = memo.n_forward
-    scored = [(r, s) for r, s in zip(roots, memo(roots))]
-    kept = diverse_roots(scored, diverse, overlap)
-    edges = deletion_graph(memo, [scored[i][0] for i in kept], keep * full)
-    return SagResult(full, empty, threshold, keep, scored, kept, edges, memo.n_forward, search_forward)
+    values = _importance(importance, M)
+    _check_fractions(threshold, keep)
+    return _graph(_Memo(game, M, target), M, values, threshold=threshold, keep=keep, width=width,
+                  successors=successors, max_roots=max_roots, diverse=diverse, overlap=overlap, flat_error=True)
+
+
+@dataclass
+class SagExplanation(Explanation):
+    """An :class:`~explainers.base.Explanation` (relevance: the importance heuristic's BayesShapley values) with
+    each target's structured attention graph, ``graphs[t]``, its regions numbered as relevance's columns."""
+
+    graphs: list[SagResult] = field(default_factory=list)
+
+
+class Sag(BayesShapley):
+    """Structured attention graphs as an explainer (Shitole et al. 2021, https://arxiv.org/abs/2011.06733): per
+    target, the minimal sufficient region sets found by beam search, the diverse ones and their one-region-deletion
+    graph (module docstring), ranked by BayesShapley values estimated in the same call.
+
+    Budget (forwards, default 320): ``importance_budget`` (64) of it goes to the BayesShapley values (exact when
+    2^M fits), the rest to the searches and graphs of every target; every binary coalition is scored once, across
+    the heuristic and all targets. When the budget runs out, a target's graph keeps the roots and edges found so far
+    and says so (``status`` 'budget'). Relevance [T, R] and saliency are the BayesShapley values (efficiency exact),
+    so evaluate and the report treat a ``sag`` job like any region method; ``explain`` returns a
+    :class:`SagExplanation` with the graphs. Options as :func:`structured_attention_graph` plus BayesShapley's
+    ``decay``. Raises ValueError for an importance budget below 4, width / successors / max_roots / diverse below 1,
+    overlap below 0 or threshold / keep outside (0, 1]; BudgetError for a budget below BayesShapley's minimum."""
+
+    name = "sag"
+    default_budget = 320
+
+    def __init__(self, scorer, *, importance_budget: int = 64, threshold: float = 0.9, keep: float = 0.4,
+                 width: int = 3, successors: int = 15, max_roots: int = 10, diverse: int = 3, overlap: int = 1,
+                 **kw):
+        super().__init__(scorer, **kw)
+        _check_fractions(threshold, keep)
+        counts = {"width": width, "successors": successors, "max_roots": max_roots, "diverse": diverse}
+        low = {k: v for k, v in counts.items() if int(v) < 1}
+        if low or int(overlap) < 0 or int(importance_budget) < 4:
+            raise ValueError(f"sag: width, successors, max_roots and diverse must be >= 1, overlap >= 0 and "
+                             f"importance_budget >= 4, got {counts}, overlap {overlap}, importance_budget "
+                             f"{importance_budget}")
+        self.importance_budget, self.threshold, self.keep = int(importance_budget), float(threshold), float(keep)
+        self.search = {**{k: int(v) for k, v in counts.items()}, "overlap": int(overlap)}
+        self._graphs: list[SagResult] = []
+
+    def options(self):
+        return {**super().options(), "importance_budget": self.importance_budget, "threshold": self.threshold,
+                "keep": self.keep, **self.search}
+
+    def explain(self, image: torch.Tensor, regions: torch.Tensor | None = None, *, budget: int | None = None,
+                seed: int = 0) -> SagExplanation:
+        """:meth:`Explainer.explain <explainers.base.Explainer.explain>`, plus the graphs (regions numbered as the
+        columns of relevance: a region without a pixel is in none)."""
+        image = torch.as_tensor(image)
+        if regions is None and image.ndim == 3 and image.shape[0] == 3:
+            regions = self.default_regions(image.to(self.device, torch.float32))
+        self._graphs = []
+        exp = super().explain(image, regions, budget=budget, seed=seed)
+        columns = region_set(regions, image.shape[-2:], self.device).columns.tolist() if self._graphs else []
+        return SagExplanation(**{f: getattr(exp, f) for f in Explanation.__dataclass_fields__},
+                              graphs=[g.relabel(columns) for g in self._graphs])
+
+    def _explain(self, image, regions, budget, generator):
+        budget = self.default_budget if budget is None else budget
+        game = RegionGame(self.score, image, regions, self.perturbation, self.chunk_size)
+        M = regions.shape[0]
+        store: dict[tuple[int, ...], np.ndarray] = {}
+
+        def remembered(z: torch.Tensor) -> torch.Tensor:
+            """The game, remembering the scores of binary coalitions (the heuristic's) for the search."""
+            scores = game(z)
+            zs, values = z.cpu().numpy(), scores.float().cpu().numpy()
+            binary = ((zs == 0) | (zs == 1)).all(1)
+            store.update((tuple(np.flatnonzero(row).tolist()), v) for row, v in zip(zs[binary], values[binary]))
+            return scores
+
+        est = bayes_shapley(remembered, M, min(self.importance_budget, budget), numpy_rng(generator), self.device,
+                            self.decay)
+        phi = est.phi.float().to(self.device)
+        importance = phi.double().cpu().numpy()
+
+        def left() -> int:
+            return budget - self._forwards
+        self._graphs = [_graph(_Memo(game, M, t, store=store, limit=left), M, importance[t], threshold=self.threshold,
+                               keep=self.keep, flat_error=False, **self.search) for t in range(phi.shape[0])]
+        return paint(phi, regions), phi, {"full_score": est.full, "empty_score": est.empty}
 
 
 def image_sag(scorer, image: torch.Tensor, regions: torch.Tensor, importance: Sequence[float] | torch.Tensor, *,
@@ -250,5 +418,5 @@ def exact_minimal_sufficient(values: torch.Tensor | np.ndarray, threshold: float
     return {frozenset(i for i in range(M) if (m >> i) & 1) for m in minimal}
 
 
-__all__ = ["SagEdge", "SagResult", "beam_search", "deletion_graph", "diverse_roots", "exact_minimal_sufficient",
-           "image_sag", "structured_attention_graph"]
+__all__ = ["BUDGET", "COMPLETE", "FLAT", "Sag", "SagEdge", "SagExplanation", "SagResult", "beam_search",
+           "deletion_graph", "diverse_roots", "exact_minimal_sufficient", "image_sag", "structured_attention_graph"]

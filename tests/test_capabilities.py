@@ -19,7 +19,8 @@ from tasks.explain_jobs import check_jobs
 from tasks.params import ParamsError, parse_params
 
 H = W = 12
-SHAPLEY = {"exact_shapley", "kernel_shap", "bayes_shapley", "permutation_shapley", "continuous_coalition_shapley"}
+SHAPLEY = {"exact_shapley", "kernel_shap", "bayes_shapley", "permutation_shapley", "continuous_coalition_shapley",
+           "sag"}                                         # SAG's relevance: its heuristic's BayesShapley values
 GRADIENTS = {"integrated_gradients", "input_x_gradient", "grad_cam", "igos_pp"}
 CAPABILITIES = ("needs_regions", "accepts_regions", "needs_detections", "needs_gradients", "needs_trained_weights",
                 "shapley_values")

@@ -83,14 +83,16 @@ def ones(h=H, w=W):
     return torch.ones(3, h, w)
 
 
-SHAPLEY = ("exact_shapley", "kernel_shap", "bayes_shapley", "permutation_shapley", "continuous_coalition_shapley")
+SHAPLEY = ("exact_shapley", "kernel_shap", "bayes_shapley", "permutation_shapley", "continuous_coalition_shapley",
+           "sag")                                         # SAG's relevance: its heuristic's BayesShapley values
 MINIMUM = {"exact_shapley": lambda M, T: 2 ** M, "kernel_shap": lambda M, T: min(2 ** M, 3),
            "bayes_shapley": lambda M, T: min(2 ** M, 4), "permutation_shapley": lambda M, T: 2 * M,
            "continuous_coalition_shapley": lambda M, T: 2 if M == 1 else 3, "lime": lambda M, T: 2,
            "occlusion": lambda M, T: M + 1, "rise": lambda M, T: 1, "drise": lambda M, T: 1,
            "decam": lambda M, T: 8 * T, "integrated_gradients": lambda M, T: 6 * T,
            "input_x_gradient": lambda M, T: 3 * T, "grad_cam": lambda M, T: 3 * T,
-           "igos_pp": lambda M, T: 12 * T}                       # one iteration of one IG step
+           "igos_pp": lambda M, T: 12 * T,                       # one iteration of one IG step
+           "sag": lambda M, T: min(2 ** M, 4)}                   # its heuristic's (BayesShapley's) minimum
 
 
 def test_minimum_table_covers_every_method():
@@ -121,7 +123,7 @@ def test_shapley_estimators_give_the_exact_values_of_one_two_and_three_players(n
     assert exp.n_forward <= 48
     if M == 1:
         assert exp.n_forward == 2                              # v(none) and v(all) are all there is to know
-    if name in ("exact_shapley", "kernel_shap", "bayes_shapley"):
+    if name in ("exact_shapley", "kernel_shap", "bayes_shapley", "sag"):
         assert exp.n_forward == 2 ** M
 
 

@@ -68,9 +68,9 @@ def test_the_deletion_graph_descends_to_the_keep_fraction():
                    ((0, 1), (0,), 1, 0.3), ((0, 2), (0,), 2, 0.2)}
     rows = result.rows(["head", "torso", "legs"], image_id="i1", target_id="t1")
     table = pa.Table.from_pylist(rows)
-    assert table.num_rows == 1 + 5 and set(table.column("kind").to_pylist()) == {"root", "edge"}
+    assert table.num_rows == 1 + 5 and set(table.column("element").to_pylist()) == {"root", "edge"}
     root = rows[0]
-    assert root["regions"] == ["head", "torso", "legs"] and root["image_id"] == "i1" and root["diverse"]
+    assert root["parts"] == ["head", "torso", "legs"] and root["image_id"] == "i1" and root["diverse"]
 
 
 def test_diverse_roots_share_at_most_one_region():
@@ -130,3 +130,88 @@ def test_pruning_drops_the_least_important_region_first():
     rank = np.empty(3, dtype=np.int64)
     rank[np.argsort(-importance, kind="stable")] = np.arange(3)
     assert _prune((0, 1, 2), _Memo(game, 3, 0), 0.9, rank) == (0, 2)
+
+
+# ----------------------------------------------------------------------------------------------- the explain job
+class StripeGame:
+    """An image of ones, hidden with a constant 0 (``perturbation=Constant(0.0)``), over M vertical stripes: the mean
+    of channel 0 over stripe r is exactly its coalition value z_r, and the scores are ``fn`` of the shown set (one
+    column per function). Counts the images it scores."""
+
+    device = torch.device("cpu")
+    chunk_size = 64
+
+    def __init__(self, M: int, *fns, W: int = 14):
+        col = torch.div(torch.arange(W) * M, W, rounding_mode="floor")
+        self.masks = (col.view(1, 1, W) == torch.arange(M).view(-1, 1, 1)).expand(M, 8, W).clone()
+        flat = self.masks.reshape(M, -1).float()
+        self.weights = (flat / flat.sum(1, keepdim=True)).T
+        self.fns, self.num_targets, self.images = fns, len(fns), 0
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        self.images += images.shape[0]
+        z = (images[:, 0].reshape(images.shape[0], -1) @ self.weights) > 0.5
+        return torch.tensor([[fn(set(row.nonzero()[:, 0].tolist())) for fn in self.fns] for row in z])
+
+
+def test_the_sag_job_finds_each_targets_minimal_sets_with_bayes_shapley_relevance():
+    from explainers import BayesShapley
+    from explainers.perturb import Constant
+    from explainers.registry import METHODS
+    from explainers.sag import COMPLETE, Sag
+
+    assert METHODS["sag"] is Sag
+    additive = [0.5, 0.3, 0.2, 0.0, 0.0, 0.0, 0.0]
+    scorer = StripeGame(7, and_or, lambda S: sum(additive[i] for i in S))
+    exp = Sag(scorer, perturbation=Constant(0.0)).explain(torch.ones(3, 8, 14), scorer.masks, budget=400, seed=3)
+    assert exp.n_forward == scorer.images <= 400
+    assert [g.status for g in exp.graphs] == [COMPLETE, COMPLETE]
+    assert exp.graphs[0].root_sets() == exact_minimal_sufficient(Counting(and_or, 7).table(), 0.9)
+    assert exp.graphs[1].root_sets() == {frozenset({0, 1, 2})}
+    # relevance: BayesShapley's values on the same budget share and seed, efficiency exact
+    plain = BayesShapley(StripeGame(7, and_or, lambda S: sum(additive[i] for i in S)), perturbation=Constant(0.0))
+    ref = plain.explain(torch.ones(3, 8, 14), scorer.masks, budget=64, seed=3)
+    torch.testing.assert_close(exp.relevance, ref.relevance)
+    torch.testing.assert_close(exp.relevance.sum(1), exp.full_score - exp.empty_score, atol=1e-5, rtol=0)
+    # what the heuristic scored is not paid for again: the search adds fewer forwards than sets it looked at
+    assert sum(g.n_forward for g in exp.graphs) == exp.n_forward - ref.n_forward
+    assert exp.options["importance_budget"] == 64 and exp.method == "sag"
+
+
+def test_a_budget_that_runs_out_keeps_the_minimal_sets_found_and_says_so():
+    from explainers.perturb import Constant
+    from explainers.sag import BUDGET, Sag
+
+    scorer = StripeGame(7, and_or)
+    exp = Sag(scorer, perturbation=Constant(0.0), importance_budget=16).explain(
+        torch.ones(3, 8, 14), scorer.masks, budget=30, seed=0)
+    graph = exp.graphs[0]
+    assert exp.n_forward <= 30 and graph.status == BUDGET
+    assert graph.root_sets() <= exact_minimal_sufficient(Counting(and_or, 7).table(), 0.9)
+    rows = graph.rows([f"p{i}" for i in range(7)], summary=True, target_id="t")
+    assert rows[0]["element"] == "target" and rows[0]["status"] == "budget" and rows[0]["parts"][-1] == "p6"
+
+
+def test_regions_without_a_pixel_keep_their_columns_in_the_graph():
+    from explainers.perturb import Constant
+    from explainers.sag import Sag
+
+    scorer = StripeGame(3, lambda S: 1.0 if {0, 2} <= S else 0.0)
+    gappy = torch.cat([scorer.masks[:1], torch.zeros_like(scorer.masks[:1]), scorer.masks[1:]])   # column 1 empty
+    exp = Sag(scorer, perturbation=Constant(0.0)).explain(torch.ones(3, 8, 14), gappy, budget=64)
+    assert exp.relevance.shape == (1, 4) and exp.relevance[0, 1] == 0
+    assert exp.graphs[0].root_sets() == {frozenset({0, 3})}          # players 0 and 2 are columns 0 and 3
+
+
+def test_flat_scores_and_bad_options():
+    from explainers.perturb import Constant
+    from explainers.sag import FLAT, Sag
+
+    scorer = StripeGame(3, lambda S: 0.5)
+    exp = Sag(scorer, perturbation=Constant(0.0)).explain(torch.ones(3, 8, 14), scorer.masks, budget=64)
+    assert exp.graphs[0].status == FLAT and exp.graphs[0].roots == []
+    assert [r["element"] for r in exp.graphs[0].rows(["a", "b", "c"], summary=True)] == ["target"]
+    with pytest.raises(ValueError, match="importance_budget >= 4"):
+        Sag(scorer, importance_budget=2)
+    with pytest.raises(ValueError, match="threshold and keep"):
+        Sag(scorer, threshold=1.5)
