@@ -23,6 +23,7 @@ from explainers.base import BudgetError
 from explainers.metrics import downsample
 from explainers.regions import grid_regions, superpixels
 from explainers.registry import METHODS
+from explainers.sag import Sag
 from tasks import stages
 from tasks.model_cache import classifier_scorer, classifier_view, detection_scorer, load_image, task_device
 from tasks.params import ExplainJob, ExplainParams, Params
@@ -198,7 +199,8 @@ def _explain_targets(job: ExplainJob, scorer_for, image: torch.Tensor, targets: 
                      cfg: ExplainParams, seed: int, device: str, errors: list[dict], uri: str) -> list[dict]:
     """One job over one image's targets of one kind. Pixel methods, and region methods whose regions every target
     shares (superpixels, grid), explain all targets with one set of forwards; body-part games run per target.
-    A target the method cannot explain (no usable region, budget too small) becomes an ``errors`` row."""
+    A target the method cannot explain (no usable region, budget too small) becomes an ``errors`` row. A ``sag`` job's
+    rows carry its graph's ``sag`` table rows under the transient key ``sag`` (not a column, like ``seconds``)."""
     shared = job.regions != "parts"
     groups = [targets] if shared else [[t] for t in targets]
     rows = []
@@ -218,6 +220,9 @@ def _explain_targets(job: ExplainJob, scorer_for, image: torch.Tensor, targets: 
                                     first["image_id"]))
             continue
         new = [_row(t, job, exp, i, len(group), names, cfg, s, device) for i, t in enumerate(group)]
+        for t, row, graph in zip(group, new, getattr(exp, "graphs", None) or []):   # a sag job: its graphs
+            row["sag"] = graph.rows(names, summary=True, image_id=t["image_id"], target_id=t["target_id"],
+                                    kind=t["kind"], job=job.name)
         if job.regions == "none" and parts_of is not None:      # pixel saliency -> its mass on each body part
             for i, (t, row) in enumerate(zip(group, new)):
                 part_names, part_masks = _regions(job.model_copy(update={"regions": "parts"}), image, parts_of(t))
@@ -271,14 +276,18 @@ def explain_image(item: ExplainItem, params: Params, device: str, errors: list[d
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
 def explain_shard(items: list[ExplainItem], params: Params, shard: int) -> dict:
     """Explain shard ``shard`` (its items) and write its files under the explain stage's output (one per job, plus
-    errors; ``tasks.stages.ExplainOutputs.shard_files``); the done marker goes last (``tasks.shards``)."""
+    errors, plus the ``sag`` table when a sag job runs; ``tasks.stages.ExplainOutputs.shard_files``); the done marker
+    goes last (``tasks.shards``)."""
     device = task_device(params.explain.device)
     rows, errors = [], []
     for item in items:
         rows += explain_image(item, params, device, errors)
+    graphs = [g for r in rows for g in r.pop("sag", ())]
     jobs = sorted({j.name for j in params.explain.jobs})
     outputs = stages.explain(params)
     files = outputs.shard_files(shard, jobs)
+    if any(issubclass(METHODS[j.method], Sag) for j in params.explain.jobs):
+        write_table_atomic(rows_to_table(graphs, "sag"), files["sag"])
     for job in jobs:
         write_table_atomic(rows_to_table([r for r in rows if r["job"] == job], "explanations"), files[job])
     write_table_atomic(rows_to_table(errors, "errors"), files["errors"])

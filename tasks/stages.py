@@ -109,19 +109,24 @@ class PartsOutputs(StageOutputs):
 
 @dataclass(frozen=True)
 class ExplainOutputs(StageOutputs):
-    """The targets table, and explanations / errors as shard files kept across runs (resume after a crash)."""
+    """The targets table, and explanations / errors as shard files kept across runs (resume after a crash); with a
+    ``sag`` job, the structured attention graphs of its targets (``sag``: one file per shard, rows of every sag job,
+    keyed by ``job``; an empty table when no sag job ran)."""
 
     TABLES: ClassVar[dict[str, str]] = {"targets": "targets.parquet",
                                         "explanations": "explanations/job=*/shard-*.parquet",
-                                        "errors": "errors/shard-*.parquet"}
-    SHARDED: ClassVar[frozenset[str]] = frozenset({"explanations", "errors"})
+                                        "errors": "errors/shard-*.parquet",
+                                        "sag": "sag/shard-*.parquet"}
+    SHARDED: ClassVar[frozenset[str]] = frozenset({"explanations", "errors", "sag"})
     persist: ClassVar[bool] = True
 
     def shard_files(self, shard: int, jobs: list[str]) -> dict[str, Path]:
-        """Where shard ``shard`` writes: one explanations file per job (keyed by job name) and ``errors``."""
+        """Where shard ``shard`` writes: one explanations file per job (keyed by job name), ``errors`` and ``sag``
+        (written only when a sag job runs)."""
         name = f"{shard_name(shard)}.parquet"
         files = {job: self.out_dir / "explanations" / f"job={job}" / name for job in jobs}
         files["errors"] = self.out_dir / "errors" / name
+        files["sag"] = self.out_dir / "sag" / name
         return files
 
 

@@ -193,6 +193,32 @@ EXPLANATIONS_SCHEMA = pa.schema([
     ("options", pa.string()),                  # the method's settings as JSON
 ])
 
+SAG_SCHEMA = pa.schema([                       # explain: structured attention graphs (explainers.sag, job method sag)
+    ("image_id", pa.string()),
+    ("target_id", pa.string()),
+    ("kind", pa.string()),                     # the target's: persons | detections | classes
+    ("job", pa.string()),
+    ("element", pa.string()),                  # target (one per explained target) | root | edge
+    ("parts", pa.list_(pa.string())),          # target: every region; root: the set; edge: the parent set
+    ("size", pa.int16()),                      # len(parts)
+    ("score", pa.float32()),                   # v(parts), the scorer's units (target: the full score)
+    ("share", pa.float32()),                   # score / full_score
+    ("diverse", pa.bool_()),                   # root: kept among the diverse roots (the graph grows from those)
+    ("child", pa.list_(pa.string())),          # edge: parts minus `removed`
+    ("removed", pa.string()),
+    ("child_score", pa.float32()),
+    ("child_share", pa.float32()),
+    ("drop", pa.float32()),                    # edge: score - child_score
+    ("drop_share", pa.float32()),              # drop / full_score
+    ("full_score", pa.float32()),
+    ("empty_score", pa.float32()),
+    ("threshold", pa.float32()),               # a root keeps >= threshold x full_score (0.9)
+    ("keep", pa.float32()),                    # the graph descends while >= keep x full_score (0.4)
+    ("status", pa.string()),                   # complete | budget (ran out: partial) | flat (full <= empty score)
+    ("n_forward", pa.int32()),                 # the target's search + graph forwards, beyond the heuristic's
+    ("search_forward", pa.int32()),            # ... of which the search and pruning
+])
+
 METRICS_SCHEMA = pa.schema([                   # evaluate stage: one row per (target, job, metric)
     ("image_id", pa.string()),
     ("target_id", pa.string()),
@@ -250,6 +276,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "part_iou": PART_IOU_SCHEMA,
     "targets": TARGETS_SCHEMA,
     "explanations": EXPLANATIONS_SCHEMA,
+    "sag": SAG_SCHEMA,
     "metrics": METRICS_SCHEMA,
     "slices": SLICES_SCHEMA,
     "misses": MISSES_SCHEMA,
