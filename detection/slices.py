@@ -9,16 +9,29 @@ context share), :func:`find_slices`
    SIGMOD 2021, https://mboehm7.github.io/resources/sigmod2021b_sliceline.pdf; the ``sliceline`` package,
    https://github.com/DataDome/sliceline), once for slices where the outcome is higher than elsewhere and, with
    ``direction='both'``, once where it is lower;
-3. gives every slice found its mean with a bootstrap 95 % interval (BCa, :func:`scipy.stats.bootstrap`), the rest's
-   mean, the difference with a percentile-bootstrap interval, a two-sided p-value (Fisher's exact test for a 0 / 1
-   outcome, Welch's t-test otherwise) and a Benjamini–Hochberg q-value (:func:`scipy.stats.false_discovery_control`)
-   over the *whole lattice searched* — every slice with enough support counts as a hypothesis, the ones SliceLine
-   did not return get p = 1 — so that picking the most extreme slices does not inflate significance.
+3. gives every slice found a two-sided p-value (Fisher's exact test for a 0 / 1 outcome, Welch's t-test otherwise) and
+   a Benjamini–Hochberg q-value (:func:`scipy.stats.false_discovery_control`) over the *whole lattice searched* —
+   every slice with enough support counts as a hypothesis, the ones SliceLine did not return get p = 1 — so that
+   picking the most extreme slices does not inflate significance;
+4. drops the slices a higher-ranked listed one explains (:func:`_redundancy`), and gives every slice it *reports*
+   its mean with a bootstrap 95 % BCa interval (:func:`mean_interval`, Efron & Tibshirani 1993, ch. 14.3; the
+   algorithm of :func:`scipy.stats.bootstrap`), the rest's mean, and the difference with a percentile-bootstrap
+   interval (:func:`difference_interval`). Slices that are pruned get no interval (none is computed for them), and
+   each slice's resamples come from its own stream (``SeedSequence(config.seed)``'s child number *rank*), so a
+   slice's interval does not depend on which other slices are listed or whether ``prune`` is on.
 
-Plain NumPy / pandas / SciPy; no pipeline imports.
+Speed (20,000 targets × 21 attributes, ``benchmarks/bench_slices.py``): SliceLine's lattice search runs as the
+package does it, except that its per-level candidate evaluation (a sparse product of the one-hot table with every
+candidate, then a comparison) is replaced by an equivalent dense computation (:class:`_DenseEvalSlicefinder`:
+co-occurrence counts ``XᵀX`` and ``Xᵀ diag(e) X`` for 2-predicate candidates, column ANDs beyond); the resampled
+means of a 0 / 1 outcome are drawn as Binomial(n, p̂) / n — the same distribution as the mean of n rows resampled
+with replacement — and the jackknife of the BCa acceleration uses the closed form of the leave-one-out means.
+
+Plain NumPy / pandas / SciPy and ``sliceline``; no pipeline imports.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import warnings
 from collections.abc import Sequence
@@ -27,7 +40,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
-from scipy import stats
+from scipy import sparse, special, stats
 
 MISSING = "n/a"
 
@@ -69,19 +82,20 @@ def discretise(frame: pd.DataFrame, columns: Sequence[str] | None = None, n_bins
     for col in columns:
         values = frame[col]
         isna = values.isna().to_numpy()
-        if pd.api.types.is_bool_dtype(values) or set(values.dropna().unique()) <= {True, False}:
+        distinct = values.nunique()
+        if pd.api.types.is_bool_dtype(values) or (distinct <= 2 and set(values.dropna().unique()) <= {True, False}):
             labels = np.where(values.fillna(False).astype(bool), "yes", "no").astype(object)
-        elif pd.api.types.is_numeric_dtype(values) and values.nunique() > n_bins:
+        elif pd.api.types.is_numeric_dtype(values) and distinct > n_bins:
             edges = np.unique(np.nanquantile(values.to_numpy(float), np.linspace(0, 1, n_bins + 1)))
             idx = np.clip(np.searchsorted(edges, values.to_numpy(float), side="right") - 1, 0, len(edges) - 2)
             names = np.array([f"[{_fmt(lo)}, {_fmt(hi)}{']' if i == len(edges) - 2 else ')'}"
                               for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:]))], object)
             labels = names[idx]
         else:
-            text = values.astype(str).to_numpy(object)
-            counts = pd.Series(text[~isna]).value_counts()
-            keep = set(counts.index[:max_categories - 1]) if len(counts) > max_categories else set(counts.index)
-            labels = np.where(np.isin(text, list(keep)), text, "other").astype(object)
+            text = values.astype(str)
+            counts = text[~isna].value_counts()
+            keep = counts.index[:max_categories - 1] if len(counts) > max_categories else counts.index
+            labels = np.where(text.isin(keep).to_numpy(), text.to_numpy(object), "other").astype(object)
         labels[isna] = MISSING
         out[col] = labels
     return pd.DataFrame(out, index=frame.index)
@@ -101,20 +115,50 @@ def lattice_size(codes: pd.DataFrame, max_level: int, min_support: int) -> int:
     return total
 
 
+def _binary(x: np.ndarray) -> bool:
+    return bool(((x == 0.0) | (x == 1.0)).all())
+
+
+def _resampled_means(x: np.ndarray, n_boot: int, gen: np.random.Generator) -> np.ndarray:
+    """[n_boot] means of ``x`` [N] resampled with replacement. A 0 / 1 sample's resampled mean is Binomial(N, p̂) / N
+    (drawn as such: O(n_boot)); otherwise rows are drawn as :func:`scipy.stats.bootstrap` draws them (the same
+    ``integers(0, N, (batch, N))`` calls in batches of ``4e6 // N`` resamples), so that for the same generator the
+    means equal scipy's."""
+    if _binary(x):
+        return gen.binomial(x.size, x.mean(), n_boot) / x.size
+    batch = max(1, 4_000_000 // x.size)
+    return np.concatenate([x[gen.integers(0, x.size, (min(batch, n_boot - s), x.size))].mean(-1)
+                           for s in range(0, n_boot, batch)])
+
+
 def mean_interval(values: np.ndarray, confidence: float = 0.95, n_boot: int = 2000,
                   rng: np.random.Generator | int | None = 0) -> tuple[float, float]:
-    """Bootstrap BCa interval of the mean of ``values`` [N] (:func:`scipy.stats.bootstrap`); a constant sample
-    gives ``(v, v)`` (no variation to resample); an empty one ``(nan, nan)``."""
-    values = np.asarray(values, float)
+    """Bootstrap BCa interval of the mean of ``values`` [N]: :func:`scipy.stats.bootstrap`'s ``method='BCa'``
+    (Efron & Tibshirani, *An Introduction to the Bootstrap*, 1993, ch. 14.3; bias correction from the
+    share of resampled means below the sample's, acceleration from the jackknife) computed for the mean directly —
+    the leave-one-out means in closed form ``(Σx − x_i) / (N − 1)`` (scipy builds an N × (N − 1) resample matrix)
+    and, for a 0 / 1 sample, Binomial resampled means (:func:`_resampled_means`). A constant sample gives ``(v, v)``
+    (no variation to resample); an empty one ``(nan, nan)``, as does a degenerate bootstrap distribution (scipy's
+    ``DegenerateDataWarning`` case)."""
+    values = np.asarray(values, float).reshape(-1)
     if values.size == 0:
         return float("nan"), float("nan")
     if np.ptp(values) == 0:
         return float(values[0]), float(values[0])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
-        res = stats.bootstrap((values,), np.mean, n_resamples=n_boot, confidence_level=confidence, method="BCa",
-                              vectorized=True, rng=np.random.default_rng(rng), batch=max(1, 4_000_000 // values.size))
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+    n = values.size
+    theta_b = _resampled_means(values, n_boot, np.random.default_rng(rng))
+    theta = values.mean()
+    z0 = special.ndtri((np.count_nonzero(theta_b < theta) + np.count_nonzero(theta_b <= theta)) / (2 * n_boot))
+    loo = (values.sum() - values) / (n - 1)                          # jackknife (leave-one-out) means
+    u = (n - 1) * (loo.mean() - loo)
+    accel = (np.sum(u ** 3) / n ** 3) / (6 * (np.sum(u ** 2) / n ** 2) ** 1.5)
+    z = special.ndtri((1 - confidence) / 2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        probs = np.array([special.ndtr(z0 + (z0 + zz) / (1 - accel * (z0 + zz))) for zz in (z, -z)])
+    if not np.isfinite(probs).all():
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(theta_b, probs)
+    return float(lo), float(hi)
 
 
 def difference_interval(inside: np.ndarray, outside: np.ndarray, confidence: float = 0.95, n_boot: int = 2000,
@@ -128,11 +172,7 @@ def difference_interval(inside: np.ndarray, outside: np.ndarray, confidence: flo
     def boot_means(x: np.ndarray) -> np.ndarray:
         if np.ptp(x) == 0:
             return np.full(n_boot, x[0])
-        if np.isin(x, (0.0, 1.0)).all():                 # 0 / 1 outcome: the resampled mean is binomial
-            return gen.binomial(x.size, x.mean(), n_boot) / x.size
-        chunk = max(1, 4_000_000 // x.size)
-        return np.concatenate([x[gen.integers(0, x.size, (min(chunk, n_boot - s), x.size))].mean(1)
-                               for s in range(0, n_boot, chunk)])
+        return _resampled_means(x, n_boot, gen)
 
     diff = boot_means(inside) - boot_means(outside)
     tail = (1 - confidence) / 2
@@ -145,7 +185,7 @@ def p_value(inside: np.ndarray, outside: np.ndarray) -> float:
     inside, outside = np.asarray(inside, float), np.asarray(outside, float)
     if inside.size == 0 or outside.size == 0:
         return 1.0
-    if np.isin(inside, (0.0, 1.0)).all() and np.isin(outside, (0.0, 1.0)).all():
+    if _binary(inside) and _binary(outside):
         a, b = int(inside.sum()), int(outside.sum())
         return float(stats.fisher_exact([[a, inside.size - a], [b, outside.size - b]]).pvalue)
     if inside.size < 2 or outside.size < 2:
@@ -155,14 +195,78 @@ def p_value(inside: np.ndarray, outside: np.ndarray) -> float:
     return float(stats.ttest_ind(inside, outside, equal_var=False).pvalue)
 
 
-def _sliceline(codes: pd.DataFrame, errors: np.ndarray, config: SliceConfig) -> list[tuple[dict[str, str], float]]:
-    """(predicates, SliceLine score) of the top slices where ``errors`` (>= 0) is high."""
+def _dense_eval(finder, x_encoded: sparse.csr_matrix, errors: np.ndarray, slices: sparse.csr_matrix,
+                level: int) -> np.ndarray | None:
+    """SliceLine's ``_eval_slice`` statistics [M, 4] (score, error sum, max error, size) of the candidate slices
+    ``slices`` [M, D] (``level`` one-hot predicates each) over ``x_encoded`` [N, D] and ``errors`` [N] (>= 0),
+    computed densely and to the same bits. For 2-predicate slices with integer errors taking at most 16 values
+    (a 0 / 1 outcome) sizes, error sums and max errors are entries of ``XᵀX``, ``Xᵀ diag(e) X`` and
+    ``Xᵀ diag(e = v) X`` [D, D] (integer sums: exact in float64); otherwise the candidates' columns are ANDed in
+    chunks of rows × candidates and summed over rows in row order, as the package's sparse product sums them.
+    ``None`` when a candidate has another number of predicates (the caller then uses the package's evaluation)."""
+    slices = sparse.csr_matrix(slices, dtype=bool)
+    slices.sum_duplicates()
+    m = slices.shape[0]
+    if m == 0 or (np.diff(slices.indptr) != level).any():
+        return None
+    preds = slices.indices.reshape(m, level)
+    cache = finder.__dict__.setdefault("_dense_columns", {})
+    if cache.get("key") is not x_encoded:
+        cache.clear()
+        cache["key"] = x_encoded
+        cache["rows"] = np.ascontiguousarray(x_encoded.toarray() != 0)             # [N, D] bool
+    rows: np.ndarray = cache["rows"]
+    errors = np.asarray(errors, float).reshape(-1)
+    values = np.unique(errors[errors > 0])
+    if level == 2 and values.size <= 16 and np.array_equal(values, np.round(values)):
+        dense = rows.astype(np.float64)
+        a, b = preds[:, 0], preds[:, 1]
+        sizes = (dense.T @ dense)[a, b]
+        sums = (dense.T @ (dense * errors[:, None]))[a, b]
+        top = np.zeros(m)
+        for value in values:                                                      # ascending: the largest wins
+            top[(dense.T @ (dense * (errors == value)[:, None]))[a, b] > 0] = value
+    else:
+        sizes, sums, top = np.zeros(m), np.zeros(m), np.zeros(m)
+        chunk = max(1, 2_000_000 // max(1, rows.shape[0]))
+        for s in range(0, m, chunk):
+            member = np.logical_and.reduce([rows[:, preds[s:s + chunk, k]] for k in range(level)])   # [N, chunk]
+            weighted = member * errors[:, None]
+            sizes[s:s + chunk] = np.count_nonzero(member, axis=0)
+            sums[s:s + chunk] = weighted.sum(0)
+            top[s:s + chunk] = weighted.max(0)
+    scores = finder._score(sizes, sums, x_encoded.shape[0])
+    return np.column_stack([scores, sums, top, sizes])
+
+
+@functools.cache
+def _finder_class() -> type:
+    """:class:`sliceline.slicefinder.Slicefinder` with :func:`_dense_eval` as its candidate evaluation (same search,
+    pruning, scores and top-k; tests/test_slices.py checks it returns what the package's own evaluation returns).
+    ``threadpoolctl`` (a scikit-learn dependency, so present wherever ``sliceline`` is) keeps the products on one
+    BLAS thread."""
+    from sliceline.slicefinder import Slicefinder
+    from threadpoolctl import threadpool_limits
+
+    class _DenseEvalSlicefinder(Slicefinder):
+        def _eval_slice(self, x_encoded, errors, slices, level):
+            with threadpool_limits(1, user_api="blas"):     # [D, N] @ [N, D] is ms on one thread; OpenBLAS's
+                out = _dense_eval(self, x_encoded, errors, slices, level)   # threads spin on a busy CPU (100x)
+            return super()._eval_slice(x_encoded, errors, slices, level) if out is None else out
+
+    return _DenseEvalSlicefinder
+
+
+def _sliceline(codes: pd.DataFrame, errors: np.ndarray, config: SliceConfig,
+               dense: bool = True) -> list[tuple[dict[str, str], float]]:
+    """(predicates, SliceLine score) of the top slices where ``errors`` (>= 0) is high; ``dense=False`` runs the
+    package's own candidate evaluation (for checking :func:`_dense_eval`)."""
     from sliceline.slicefinder import Slicefinder
 
     if errors.max() <= 0:
         return []
-    finder = Slicefinder(alpha=config.alpha, k=config.top_k, max_l=config.max_level, min_sup=config.min_support,
-                         verbose=False)
+    finder = (_finder_class() if dense else Slicefinder)(alpha=config.alpha, k=config.top_k, max_l=config.max_level,
+                                                         min_sup=config.min_support, verbose=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         finder.fit(codes.to_numpy(object), errors)
@@ -213,42 +317,55 @@ def find_slices(attributes: pd.DataFrame, outcome: np.ndarray | pd.Series, confi
             if key not in found or found[key][1] < score:
                 found[key] = (preds, score, direction)
     m = lattice_size(codes, config.max_level, config.min_support)
-    rng = np.random.default_rng(config.seed)
-    rows = []
+    rows, masks = [], []
     for preds, score, direction in found.values():
         mask = np.logical_and.reduce([codes[c].to_numpy() == v for c, v in preds.items()])
         inside, outside = y[mask], y[~mask]
-        lo, hi = mean_interval(inside, config.confidence, config.n_boot, rng)
-        dlo, dhi = difference_interval(inside, outside, config.confidence, config.n_boot, rng)
+        masks.append(mask)
         rows.append({"slice": describe(preds), "predicates": preds, "level": len(preds), "direction": direction,
-                     "score": score, "size": int(mask.sum()), "mean": float(inside.mean()), "ci_low": lo,
-                     "ci_high": hi, "rest_mean": float(outside.mean()) if outside.size else float("nan"),
+                     "score": score, "size": int(mask.sum()), "mean": float(inside.mean()),
+                     "rest_mean": float(outside.mean()) if outside.size else float("nan"),
                      "diff": float(inside.mean() - outside.mean()) if outside.size else float("nan"),
-                     "diff_low": dlo, "diff_high": dhi, "p_value": p_value(inside, outside)})
+                     "p_value": p_value(inside, outside)})
     if not rows:
         return pd.DataFrame(columns=columns_out)
-    table = pd.DataFrame(rows).sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+    table = pd.DataFrame(rows).sort_values("score", ascending=False, kind="stable")
+    masks = [masks[i] for i in table.index]
+    table = table.reset_index(drop=True)
     padded = np.concatenate([table["p_value"].to_numpy(), np.ones(max(0, m - len(table)))])
     table["q_value"] = stats.false_discovery_control(padded, method="bh")[:len(table)]
     table["significant"] = table["q_value"] <= config.fdr
     table["n_hypotheses"] = max(m, len(table))
     significant = table["significant"].to_numpy()
     cutoff = table["p_value"][significant].max() if significant.any() else config.fdr / table["n_hypotheses"][0]
-    table["redundant_of"] = _redundancy(table, codes, y, float(cutoff), config.min_support)
+    streams = np.random.SeedSequence(config.seed).spawn(len(table))
+    intervals: dict[int, tuple[float, float, float, float]] = {}
+
+    def interval(rank: int) -> tuple[float, float, float, float]:
+        """(ci_low, ci_high, diff_low, diff_high) of the slice at ``rank``, from its own random stream."""
+        if rank not in intervals:
+            gen = np.random.default_rng(streams[rank])
+            inside, outside = y[masks[rank]], y[~masks[rank]]
+            intervals[rank] = (*mean_interval(inside, config.confidence, config.n_boot, gen),
+                               *difference_interval(inside, outside, config.confidence, config.n_boot, gen))
+        return intervals[rank]
+
+    table["redundant_of"] = _redundancy(table, masks, y, float(cutoff), config.min_support, interval)
     if config.prune:
-        table = table[table["redundant_of"].isna()].reset_index(drop=True)
-    return table[columns_out]
+        table = table[table["redundant_of"].isna()]
+    bounds = np.array([interval(rank) for rank in table.index], float).reshape(-1, 4)
+    table = table.assign(ci_low=bounds[:, 0], ci_high=bounds[:, 1], diff_low=bounds[:, 2], diff_high=bounds[:, 3])
+    return table.reset_index(drop=True)[columns_out]
 
 
-def _redundancy(table: pd.DataFrame, codes: pd.DataFrame, y: np.ndarray, threshold: float,
-                min_support: int) -> list[str | None]:
-    """Per slice (in rank order), the higher-ranked listed slice that explains it, else None. A slice (nearly) inside
-    a listed one (fewer than ``min_support`` rows outside it) whose mean lies within the listed one's interval adds
-    nothing; a slice overlapping a listed one whose rows outside it do not differ from the rows outside both
-    (p above ``threshold``, the Benjamini-Hochberg cutoff the table's slices were held to) only deviates because
-    of the overlap (a generalisation, or a sibling sharing a predicate)."""
-    masks = [np.logical_and.reduce([codes[c].to_numpy() == v for c, v in preds.items()])
-             for preds in table["predicates"]]
+def _redundancy(table: pd.DataFrame, masks: list[np.ndarray], y: np.ndarray, threshold: float, min_support: int,
+                interval) -> list[str | None]:
+    """Per slice (in rank order; ``masks`` [N] bool each), the higher-ranked listed slice that explains it, else
+    None. A slice (nearly) inside a listed one (fewer than ``min_support`` rows outside it) whose mean lies within
+    the listed one's interval (``interval(rank)[:2]``, computed only for listed slices) adds nothing; a slice
+    overlapping a listed one whose rows outside it do not differ from the rows outside both (p above
+    ``threshold``, the Benjamini-Hochberg cutoff the table's slices were held to) only deviates because of the
+    overlap (a generalisation, or a sibling sharing a predicate)."""
     out: list[str | None] = []
     kept: list[int] = []
     for i in range(len(table)):
@@ -258,7 +375,8 @@ def _redundancy(table: pd.DataFrame, codes: pd.DataFrame, y: np.ndarray, thresho
                 continue
             own = masks[i] & ~masks[k]
             if own.sum() < min_support:
-                explained = table.at[k, "ci_low"] <= table.at[i, "mean"] <= table.at[k, "ci_high"]
+                low, high = interval(k)[:2]
+                explained = low <= table.at[i, "mean"] <= high
             else:
                 explained = p_value(y[own], y[~(masks[i] | masks[k])]) > threshold
             if explained:
