@@ -53,7 +53,8 @@ def load_inputs(params: Params) -> ReportInputs:
         ground_truth=bool(pc.any(pc.equal(data.annotations["category"], spec.person_class)).as_py()),
         detections=detections.to_pandas(),
         part_sources=parts.group_by(["model_id", "det_id", "source"]).aggregate([]).to_pandas(),
-        slices=_optional(evaluated, "slices"), misses=_optional(evaluated, "misses"))
+        slices=_optional(evaluated, "slices"), misses=_optional(evaluated, "misses"),
+        sag=_optional(explained, "sag"))
 
 
 def _optional(outputs: stages.StageOutputs, name: str):

@@ -22,6 +22,7 @@ from detection.datasets.imageio import ImageError, load_rgb  # noqa: E402
 from detection.evaluation import MATCH_IOU, OCCLUSION_BUCKETS, SIZE_BUCKETS  # noqa: E402
 from tasks.metric_names import AGREE, METRICS, TOP_PART_MATCH, causal_auc, epg, epg_chance, names, parse_agreement  # noqa: E402
 from tasks.params import EvaluateParams  # noqa: E402
+from tasks.report_sag import render_sag  # noqa: E402
 from tasks.undefined import parse_undefined  # noqa: E402
 
 # parts10 names, then the coarser groupings' own (parts6 / parts4: left_arm, arms, ...), then the context player
@@ -75,6 +76,7 @@ class ReportInputs:
     part_sources: pd.DataFrame | None = None   # (model_id, det_id, source) of every pedestrian with body parts
     slices: pd.DataFrame | None = None         # evaluate's slices table (tasks.audit_slices); None: not computed
     misses: pd.DataFrame | None = None         # evaluate's misses table (miss type per missed pedestrian)
+    sag: pd.DataFrame | None = None            # explain's sag table (structured attention graphs); None: none
 
 
 # ---------------------------------------------------------------------------------------------------- figures
@@ -822,6 +824,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("detections", "Detections (no ground truth)", render_detections, (("detections", "Detections"),)),
     Section("parts", "Body-part relevance for pedestrians", render_parts, (("parts", "Body parts"),)),
     Section("missed", "Which parts carry missed vs found pedestrians", render_missed),
+    Section("sag", "Sufficient part sets", render_sag, (("sag", "Sufficient parts"),)),
     Section("agreement", "Explanation quality and method agreement", render_quality,
             (("agreement", "Quality"), ("undefined", "Undefined"))),
     Section("classifier", "Classifier: objects or spurious cue?", render_classifier, (("classifier", "Classifier"),)),
