@@ -34,7 +34,7 @@ from __future__ import annotations
 import functools
 import itertools
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -359,7 +359,7 @@ def find_slices(attributes: pd.DataFrame, outcome: np.ndarray | pd.Series, confi
 
 
 def _redundancy(table: pd.DataFrame, masks: list[np.ndarray], y: np.ndarray, threshold: float, min_support: int,
-                interval) -> list[str | None]:
+                interval: Callable[[int], tuple[float, ...]]) -> list[str | None]:
     """Per slice (in rank order; ``masks`` [N] bool each), the higher-ranked listed slice that explains it, else
     None. A slice (nearly) inside a listed one (fewer than ``min_support`` rows outside it) whose mean lies within
     the listed one's interval (``interval(rank)[:2]``, computed only for listed slices) adds nothing; a slice
