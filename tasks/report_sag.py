@@ -143,7 +143,7 @@ def sag_sentences(pop: pd.DataFrame, who: str, sets: list[frozenset], threshold:
     sizes = pop["smallest"].dropna()
     if len(sizes):
         out.append(f"The smallest sufficient part set has a median of {sizes.median():g} part"
-                   f"{'s' if sizes.median() != 1 else ''} ({len(sizes)} {who} with one found).")
+                   f"{'s' if sizes.median() != 1 else ''} (over the {len(sizes)} {who} with one found).")
     missing = int(pop["smallest"].isna().sum())
     if missing:
         why = pop.loc[pop["smallest"].isna(), "status"].value_counts().to_dict()
