@@ -190,7 +190,7 @@ def _row(item_target: dict, job: ExplainJob, exp, t: int, T: int, names, cfg: Ex
             "relevance": None if exp.relevance is None else exp.relevance[t].tolist(),
             "full_score": None if exp.full_score is None else float(exp.full_score[t]),
             "empty_score": None if exp.empty_score is None else float(exp.empty_score[t]),
-            "n_forward": exp.n_forward, "shared_by": T, "device": device, "seed": seed,
+            "n_forward": exp.n_forward, "shared_by": T, "device": torch.device(device).type, "seed": seed,
             "seconds": exp.seconds,      # not a column (tasks.timings): summed into the shard's timing file
             "options_hash": hashlib.sha256(options.encode()).hexdigest()[:12], "options": options}
 
@@ -293,5 +293,7 @@ def explain_shard(items: list[ExplainItem], params: Params, shard: int) -> dict:
     write_table_atomic(rows_to_table(errors, "errors"), files["errors"])
     seconds = {job: round(sum(r["seconds"] / r["shared_by"] for r in rows if r["job"] == job), 3) for job in jobs}
     write_shard_timing(outputs.out_dir, shard_name(shard), {"explainer_seconds": seconds, "device": device})
-    mark_done(outputs.out_dir, shard_name(shard), {"rows": len(rows), "errors": len(errors), "device": device})
+    # The exact device (cuda:<worker>) depends on which Dask worker took the shard: only the timing file keeps it;
+    # the hashed rows keep its type (cpu / cuda), which a run's outputs share.
+    mark_done(outputs.out_dir, shard_name(shard), {"rows": len(rows), "errors": len(errors)})
     return {"shard": shard, "rows": len(rows), "errors": len(errors), "seconds": float(sum(seconds.values()))}

@@ -187,7 +187,7 @@ EXPLANATIONS_SCHEMA = pa.schema([
     ("empty_score", pa.float32()),
     ("n_forward", pa.int32()),                 # forwards of the explain call (shared by `shared_by` targets)
     ("shared_by", pa.int16()),
-    ("device", pa.string()),
+    ("device", pa.string()),                   # cpu / cuda (which cuda:<i> took the shard: _timings, tasks/timings.py)
     ("seed", pa.int64()),
     ("options_hash", pa.string()),
     ("options", pa.string()),                  # the method's settings as JSON
