@@ -10,8 +10,9 @@ and that, unlike the newer database dump, carries no version-specific MongoDB sc
         metadata.json           {"name", "media_type": "image", "info": {"xai_audit": selection, slices, counts}}
         samples.json            {"samples": [one dict per image: Sample.to_dict() layout]}
         data/                   the images (copied; --media absolute keeps absolute paths to the originals)
-        fields/saliency/        per image: the saliency Heatmap PNG (uint8, range [0, 255]); a media field, so
-                                FiftyOne resolves its relative ``map_path`` against the folder
+        fields/saliency/        per image: the saliency Heatmap PNG (uint8, range [0, 255]); its ``map_path`` is
+                                absolute (the legacy importer joins only ``filepath`` onto the folder, not a
+                                label's media path), so moving the folder breaks the heat maps, not the images
         maps/                   per explained pedestrian: its own saliency grid (float16 .npy, explain's grid)
 
 Per image sample: ``ground_truth`` (Detections: the non-crowd persons of the audited detector's person class,
@@ -318,7 +319,9 @@ class _Writer:
             png = (np.max(np.stack(maps), 0) * 255).round().astype(np.uint8)
             path = Path("fields") / HEATMAP_FIELD / f"{stem}.png"
             Image.fromarray(png).save(self.out / path)
-            sample[HEATMAP_FIELD] = {"_cls": "Heatmap", "map_path": path.as_posix(), "range": [0, 255]}
+            # absolute: FiftyOne's LegacyFiftyOneDatasetImporter makes only ``filepath`` absolute
+            sample[HEATMAP_FIELD] = {"_cls": "Heatmap", "map_path": str((self.out / path).resolve()),
+                                     "range": [0, 255]}
         self.counts.images += 1
         return sample
 

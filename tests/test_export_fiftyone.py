@@ -141,9 +141,12 @@ def test_the_sample_dicts_follow_fiftyones_layout(project, tmp_path):
     samples = json.loads((out / "samples.json").read_text())["samples"]
     s = next(s for s in samples if "saliency" in s)
     assert (out / s["filepath"]).is_file() and s["metadata"] == {"_cls": "ImageMetadata", "width": W, "height": H}
-    heat = np.asarray(Image.open(out / s["saliency"]["map_path"]))
+    # FiftyOne's legacy importer joins only ``filepath`` onto the folder: a label field's map_path must be absolute
+    heat_path = Path(s["saliency"]["map_path"])
+    assert heat_path.is_absolute() and heat_path.is_file()
+    assert heat_path == (out / "fields" / "saliency" / heat_path.name).resolve()
+    heat = np.asarray(Image.open(heat_path))
     assert s["saliency"]["_cls"] == "Heatmap" and heat.shape == (48, 64) and heat.max() == 255
-    assert s["saliency"]["map_path"].startswith("fields/saliency/")      # a media field FiftyOne resolves
     g = next(g for g in s["ground_truth"]["detections"] if "saliency_map" in g)
     assert np.load(out / g["saliency_map"]).shape == (48, 64)
     assert g["_cls"] == "Detection" and g["facing"] in {"front", "back", "left", "right"} and "share_head" in g
