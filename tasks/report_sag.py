@@ -29,7 +29,7 @@ from detection.evaluation import OCCLUSION_BUCKETS, SIZE_BUCKETS  # noqa: E402
 
 SAG_SETS = 5                  # most common minimal sufficient sets in the table
 SAG_SENTENCES = 3             # ... and in words
-SAG_LEVELS = 3                # DAG figure: deletion levels drawn below the largest root
+SAG_LEVELS = 3                # DAG figure: deletion levels drawn below the largest root (down to the smallest root)
 SAG_NODES_PER_LEVEL = 5       # ... and nodes per level (roots always drawn; the rest by score kept)
 _ORDER = {p: i for i, p in enumerate(dict.fromkeys([*BODY_PARTS, *(n for g in PART_GROUPS.values() for n in g),
                                                     "context"]))}
@@ -157,9 +157,9 @@ def sag_sentences(pop: pd.DataFrame, who: str, sets: list[frozenset], threshold:
 def dag_layout(rows: pd.DataFrame, levels: int = SAG_LEVELS,
                per_level: int = SAG_NODES_PER_LEVEL) -> tuple[dict[frozenset, tuple[float, float, float]], list]:
     """Nodes {set: (x, y, share)} and edges [(parent, child, removed, drop_share)] of one target's graph (its ``sag``
-    rows) to draw: the diverse roots and the deletions from them, ``levels`` set sizes below the largest root,
-    at most ``per_level`` nodes per size (roots first, then by share). y = the set's size; x spreads a level over
-    [0, 1]."""
+    rows) to draw: every diverse root and the deletions from them, ``levels`` set sizes below the largest root or
+    down to the smallest root when that is lower (so a small root is never left out), at most ``per_level`` nodes
+    per size besides the roots (roots first, then by share). y = the set's size; x spreads a level over [0, 1]."""
     roots = rows[(rows["element"] == "root") & (rows["diverse"] == True)]  # noqa: E712
     if roots.empty:
         return {}, []
@@ -170,10 +170,12 @@ def dag_layout(rows: pd.DataFrame, levels: int = SAG_LEVELS,
         share.setdefault(frozenset(p), float(s))
         share.setdefault(frozenset(c), float(cs))
     top = max(len(s) for s in root_sets)
+    bottom = max(0, min(top - levels, min(len(s) for s in root_sets)))
     kept: dict[frozenset, tuple[float, float, float]] = {}
-    for size in range(top, max(-1, top - levels - 1), -1):
+    for size in range(top, bottom - 1, -1):
         level = sorted((s for s in share if len(s) == size), key=lambda s: (s not in root_sets, -share[s],
-                                                                            set_label(s)))[:per_level]
+                                                                            set_label(s)))
+        level = level[:max(per_level, sum(s in root_sets for s in level))]
         for i, s in enumerate(level):
             kept[s] = ((i + 0.5) / len(level), float(size), share[s])
     kept_edges = [(frozenset(p), frozenset(c), r, float(d)) for p, c, r, d in

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
+import pandas as pd
 import pyarrow.parquet as pq
 
 from detection.datasets.tables import SCHEMAS, rows_to_table, write_table_atomic
@@ -95,3 +96,21 @@ def test_the_dag_draws_diverse_roots_and_their_deletions(tmp_path):
     assert nodes[frozenset({"head", "torso"})][1] == 2 and nodes[frozenset({"torso"})][1] == 1
     assert sorted((r, round(d, 3)) for _, _, r, d in edges) == [("head", 0.35), ("torso", 0.5)]
     assert dag_layout(rows[rows["element"] == "target"]) == ({}, [])
+
+
+def test_the_dag_keeps_a_small_diverse_root_below_the_deletion_levels():
+    """Roots {head} and {torso, arms, legs} (parts6): the deletions of the large root fill the levels below it, yet
+    the one-part root is drawn too (every diverse root is)."""
+    names = ["head", "torso", "left_arm", "right_arm", "left_leg", "right_leg", "context"]
+    big = (1, 2, 3, 4, 5)
+    chain = [big, (1, 2, 3, 4), (1, 2, 3), (1, 2)]
+    edges = [SagEdge(p, c, (set(p) - set(c)).pop(), 2.0 - 0.1 * k, 1.9 - 0.1 * k)
+             for k, (p, c) in enumerate(zip(chain, chain[1:]))]
+    result = SagResult(2.0, 0.2, 0.9, 0.4, [((0,), 1.9), (big, 1.95)], [0, 1], edges, 30, 20, "complete")
+    rows = pd.DataFrame(result.rows(names, summary=True, image_id="im0", target_id="p1", kind="persons",
+                                    job="sag@parts"))
+    nodes, drawn = dag_layout(rows, levels=3)
+    assert frozenset({"head"}) in nodes and nodes[frozenset({"head"})][1] == 1
+    assert frozenset(names[i] for i in big) in nodes
+    assert {frozenset(names[i] for i in c) for c in chain} <= set(nodes)          # the deletions stay drawn
+    assert len(drawn) == 3
