@@ -41,8 +41,14 @@ SAG_NOTE = ("A <i>minimal sufficient part set</i> keeps ≥ {threshold:.0f} % of
             "so every share is a lower bound. Buckets: pedestrian height (px) and ground-truth occlusion.")
 
 
+NOTHING = "(nothing)"          # the label of the empty set: the score stays when every part is hidden
+
+
 def set_label(parts) -> str:
-    """'head + torso' for a part set, in body order (parts10, groupings, context)."""
+    """'head + torso' for a part set, in body order (parts10, groupings, context); :data:`NOTHING` for the empty set
+    (explainers.sag's one root when hiding every part keeps the threshold)."""
+    if not len(parts):
+        return NOTHING
     return " + ".join(p.replace("_", " ") for p in sorted(parts, key=lambda p: (_ORDER.get(p, len(_ORDER)), p)))
 
 
@@ -112,14 +118,17 @@ def sets_table(pop: pd.DataFrame, sets: list[frozenset]) -> pd.DataFrame:
 
 def smallest_table(pop: pd.DataFrame) -> pd.DataFrame:
     """Share of ``pop`` whose smallest found sufficient set has 1, 2, 3 or ≥ 4 parts (or none was found: budget
-    spent or a flat score), overall and per occlusion bucket."""
+    spent or a flat score), overall and per occlusion bucket; a '0 parts' column first when some target's one root
+    is the empty set (hiding every part keeps the threshold)."""
     groups = [("all", pop)] + [(f"occl. {b}", pop[pop["occlusion_bucket"] == b]) for b in OCCLUSION_BUCKETS
                                if (pop["occlusion_bucket"] == b).any()]
+    zero = bool((pop["smallest"] == 0).any())
     rows = []
     for name, g in groups:
         k = g["smallest"]
-        rows.append({"pedestrians": f"{name} (n={len(g)})", "1 part": _share(k == 1), "2 parts": _share(k == 2),
-                     "3 parts": _share(k == 3), "≥ 4 parts": _share(k >= 4), "none found": _share(k.isna())})
+        rows.append({"pedestrians": f"{name} (n={len(g)})", **({"0 parts": _share(k == 0)} if zero else {}),
+                     "1 part": _share(k == 1), "2 parts": _share(k == 2), "3 parts": _share(k == 3),
+                     "≥ 4 parts": _share(k >= 4), "none found": _share(k.isna())})
     return pd.DataFrame(rows)
 
 
@@ -134,8 +143,9 @@ def sag_sentences(pop: pd.DataFrame, who: str, sets: list[frozenset], threshold:
     occl = [b for b in OCCLUSION_BUCKETS if (pop["occlusion_bucket"] == b).any()]
     for s in sets[:limit]:
         has = pop["roots"].map(lambda roots, s=s: s in roots)
-        text = (f"<b>{html.escape(set_label(s))}</b> alone keeps ≥ {threshold * 100:.0f} % of the score for "
-                f"{has.mean() * 100:.0f} % of {who} ({int(has.sum())} of {len(pop)})")
+        keeps = (f"<b>{html.escape(set_label(s))}</b> alone keeps ≥ {threshold * 100:.0f} % of the score" if s else
+                 f"With every part hidden the score stays ≥ {threshold * 100:.0f} % of the full score")
+        text = f"{keeps} for {has.mean() * 100:.0f} % of {who} ({int(has.sum())} of {len(pop)})"
         if len(occl) > 1:
             text += " — by occlusion: " + ", ".join(
                 f"{b} {has[pop['occlusion_bucket'] == b].mean() * 100:.0f} %" for b in occl)
@@ -203,7 +213,7 @@ def fig_sag_dag(rows: pd.DataFrame, title: str) -> str | None:
                 ha="center", va="center", color="#5b6577",
                 bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8})
     for s, (x, y, share) in nodes.items():
-        label = set_label(s).replace(" + ", "\n") if s else "(nothing)"
+        label = set_label(s).replace(" + ", "\n")
         ax.text(x, y, f"{label}\n{share * 100:.0f} %", fontsize=6.5, ha="center", va="center",
                 color="white" if share < 0.7 else "black",
                 bbox={"boxstyle": "round,pad=0.3", "fc": cmap(float(np.clip(share, 0, 1))), "ec": "#333333",
@@ -290,5 +300,5 @@ def explain_options(inp, job: str) -> dict:
     return defaults
 
 
-__all__ = ["common_sets", "dag_layout", "fig_sag_dag", "population", "render_sag", "sag_sentences", "sag_targets",
-           "set_label", "sets_table", "smallest_table"]
+__all__ = ["NOTHING", "common_sets", "dag_layout", "fig_sag_dag", "population", "render_sag", "sag_sentences",
+           "sag_targets", "set_label", "sets_table", "smallest_table"]

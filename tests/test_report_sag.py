@@ -12,7 +12,16 @@ import pyarrow.parquet as pq
 from detection.datasets.tables import SCHEMAS, rows_to_table, write_table_atomic
 from explainers.sag import SagEdge, SagResult
 from tasks.report import build_report
-from tasks.report_sag import common_sets, dag_layout, population, sag_targets, set_label, sets_table
+from tasks.report_sag import (
+    common_sets,
+    dag_layout,
+    population,
+    sag_sentences,
+    sag_targets,
+    set_label,
+    sets_table,
+    smallest_table,
+)
 from tests.report_fixture import PARTS, report_inputs
 
 HEAD, TORSO, CONTEXT = PARTS.index("head"), PARTS.index("torso"), PARTS.index("context")
@@ -36,8 +45,8 @@ GRAPHS = {
 IMAGES = {"p1": "im0", "p2": "im0", "p3": "im1", "p4": "im1"}
 
 
-def sag_table(tmp_path):
-    rows = [r for t, g in GRAPHS.items() for r in g.rows(PARTS, summary=True, image_id=IMAGES[t], target_id=t,
+def sag_table(tmp_path, graphs: dict[str, SagResult] = GRAPHS):
+    rows = [r for t, g in graphs.items() for r in g.rows(PARTS, summary=True, image_id=IMAGES[t], target_id=t,
                                                          kind="persons", job="sag@parts")]
     path = write_table_atomic(rows_to_table(rows, "sag"), tmp_path / "sag" / "shard-00000.parquet")
     return pq.read_table(path, schema=SCHEMAS["sag"])
@@ -114,3 +123,27 @@ def test_the_dag_keeps_a_small_diverse_root_below_the_deletion_levels():
     assert frozenset(names[i] for i in big) in nodes
     assert {frozenset(names[i] for i in c) for c in chain} <= set(nodes)          # the deletions stay drawn
     assert len(drawn) == 3
+
+
+def test_an_empty_root_is_named_and_counted_as_zero_parts(tmp_path):
+    """explainers.sag makes () the one root when the empty set keeps the threshold (p2 here): it reads '(nothing)',
+    has its own sentence and its own '0 parts' column in the smallest-set table (not 0 % everywhere)."""
+    graphs = {**GRAPHS, "p2": graph([()])}
+    inp = report_inputs(tmp_path)
+    per = sag_targets(sag_table(tmp_path, graphs).to_pandas(), inp.targets, "sag@parts")
+    pop, who = population(per)
+    assert set_label(frozenset()) == "(nothing)"
+    assert per.set_index("target_id").loc["p2", "smallest"] == 0
+    small = smallest_table(pop).set_index("pedestrians")
+    assert small.loc["all (n=3)", "0 parts"] == "33 %" and small.loc["all (n=3)", "2 parts"] == "67 %"
+    assert small.loc["all (n=3)", "none found"] == "0 %"
+    assert "0 parts" not in smallest_table(population(sag_targets(sag_table(tmp_path).to_pandas(), inp.targets,
+                                                                  "sag@parts"))[0])
+    sets = common_sets(pop)
+    assert frozenset() in sets and "(nothing)" in set(sets_table(pop, sets)["part set"])
+    text = " ".join(sag_sentences(pop, who, sets, 0.9))
+    assert "<b></b>" not in text
+    assert "With every part hidden the score stays ≥ 90 % of the full score for 33 % of found pedestrians" in text
+    rows = sag_table(tmp_path, graphs).to_pandas()
+    nodes, _ = dag_layout(rows[rows["target_id"] == "p2"])
+    assert set(nodes) == {frozenset()} and nodes[frozenset()][1] == 0
