@@ -41,7 +41,8 @@ from explainers.perturb import Perturbation, make_perturbation
 
 # SagResult.status: the search and the graph ran to their end; the budget ran out first (the roots found so far are
 # minimal and sufficient, but more may exist, and the graph may be partial); the full score is not above the empty
-# score (nothing to keep: no search)
+# score, or not positive (e.g. a logit below 0: threshold × full would lie above full, so no set could be
+# sufficient) - nothing to keep as a fraction: no search
 COMPLETE, BUDGET, FLAT = "complete", "budget", "flat"
 
 
@@ -244,17 +245,21 @@ def _check_fractions(threshold: float, keep: float) -> None:
 def _graph(memo: _Memo, M: int, importance: np.ndarray, *, threshold: float, keep: float, width: int,
            successors: int, max_roots: int, diverse: int, overlap: int, flat_error: bool) -> SagResult:
     """One target's SAG on ``memo`` (see :func:`structured_attention_graph`). When the memo's limit stops it, the
-    result keeps what was found (status BUDGET); a full score not above the empty one raises ValueError
-    (``flat_error``) or gives an empty result with status FLAT."""
+    result keeps what was found (status BUDGET); a full score not above the empty one, or not positive (fractions of
+    it are then not "keeping" it: for full < 0, threshold × full > full), raises ValueError (``flat_error``) or gives
+    an empty result with status FLAT, without a search."""
     nan = float("nan")
     try:
         full, empty = memo([tuple(range(M)), ()])
     except _Exhausted:
         return SagResult(nan, nan, threshold, keep, [], [], [], memo.n_forward, memo.n_forward, BUDGET)
-    if not full > empty:
-        if flat_error:
+    if not (full > empty and full > 0):
+        if flat_error and not full > empty:
             raise ValueError(f"sag: the full score {full:.4g} is not above the empty score {empty:.4g}: no region "
                              f"set can be told from none")
+        if flat_error:
+            raise ValueError(f"sag: the full score {full:.4g} is not positive: a fraction {threshold} of it is not a "
+                             f"share of it (use a score > 0, e.g. a probability rather than a logit)")
         return SagResult(full, empty, threshold, keep, [], [], [], memo.n_forward, memo.n_forward, FLAT)
     status, roots = COMPLETE, []
     if empty >= threshold * full:              # nothing needs showing: the empty set is the one minimal set
@@ -284,8 +289,9 @@ def structured_attention_graph(game: Callable[[torch.Tensor], torch.Tensor], num
     ``importance`` [M] (higher = more important). Spends 2 + (sets scored) game evaluations (``n_forward``; the
     graph's excluded: ``search_forward``). When the empty set already keeps ``threshold`` of the full score, it is
     the one minimal sufficient set (no search).
-    Raises ValueError for a threshold / keep outside (0, 1], importance of the wrong length, or a full score ≤ the
-    empty score (nothing to keep: every set would be "sufficient")."""
+    Raises ValueError for a threshold / keep outside (0, 1], importance of the wrong length, a full score ≤ the
+    empty score (nothing to keep: every set would be "sufficient") or a full score ≤ 0 (threshold × full would lie
+    above full: no set could be sufficient)."""
     M = int(num_regions)
     values = _importance(importance, M)
     _check_fractions(threshold, keep)
@@ -311,9 +317,11 @@ class Sag(BayesShapley):
     the heuristic and all targets. When the budget runs out, a target's graph keeps the roots and edges found so far
     and says so (``status`` 'budget'). Relevance [T, R] and saliency are the BayesShapley values (efficiency exact),
     so evaluate and the report treat a ``sag`` job like any region method; ``explain`` returns a
-    :class:`SagExplanation` with the graphs. Options as :func:`structured_attention_graph` plus BayesShapley's
-    ``decay``. Raises ValueError for an importance budget below 4, width / successors / max_roots / diverse below 1,
-    overlap below 0 or threshold / keep outside (0, 1]; BudgetError for a budget below BayesShapley's minimum."""
+    :class:`SagExplanation` with the graphs. A target whose full score is not above its empty score, or is ≤ 0
+    (e.g. a negative logit), gets status 'flat' and no search. Options as :func:`structured_attention_graph` plus
+    BayesShapley's ``decay``. Raises ValueError for an importance budget below 4, width / successors / max_roots /
+    diverse below 1, overlap below 0 or threshold / keep outside (0, 1]; BudgetError for a budget below
+    BayesShapley's minimum."""
 
     name = "sag"
     default_budget = 320

@@ -159,7 +159,7 @@ def sag_sentences(pop: pd.DataFrame, who: str, sets: list[frozenset], threshold:
         why = pop.loc[pop["smallest"].isna(), "status"].value_counts().to_dict()
         out.append(f"{missing} of {len(pop)} {who} have no sufficient set found "
                    f"({', '.join(f'{v} {k}' for k, v in sorted(why.items()))}; 'budget': the search ran out of "
-                   f"forwards, 'flat': the score does not change when every part is hidden).")
+                   f"forwards, 'flat': the score does not drop when every part is hidden, or is not positive).")
     return out
 
 

@@ -215,3 +215,25 @@ def test_flat_scores_and_bad_options():
         Sag(scorer, importance_budget=2)
     with pytest.raises(ValueError, match="threshold and keep"):
         Sag(scorer, threshold=1.5)
+
+
+def test_a_non_positive_full_score_is_flat_not_searched():
+    """Logits: v(none) = -3 < v(all) = -0.5 < 0, so 0.9 · v(all) = -0.45 lies above v(all) and no set could be
+    sufficient: the job says 'flat' without a search (a finished search with no root would claim 'complete'); the
+    plain function refuses it."""
+    from explainers.perturb import Constant
+    from explainers.sag import FLAT, Sag
+
+    def logit(S: set) -> float:
+        return -3.0 + 2.5 * len(S) / 3
+
+    scorer = StripeGame(3, logit)
+    exp = Sag(scorer, perturbation=Constant(0.0)).explain(torch.ones(3, 8, 14), scorer.masks, budget=64)
+    graph = exp.graphs[0]
+    assert graph.status == FLAT and graph.roots == [] and graph.edges == []
+    assert graph.full_score == pytest.approx(-0.5) and graph.empty_score == pytest.approx(-3.0)
+    assert graph.search_forward == graph.n_forward <= 2                    # the full and empty scores only
+    game = Counting(logit, 3)
+    with pytest.raises(ValueError, match="not positive"):
+        structured_attention_graph(game, 3, torch.ones(3))
+    assert game.calls == 1                                                 # full and empty, one batch, no search
