@@ -104,8 +104,10 @@ def _curves(counts: _Counts, weights: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 def recall_at(fppi: np.ndarray, recall: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Recall [B, P] of curves ``fppi`` / ``recall`` [B, N] (FPPI non-decreasing along N) at the reference FPPI
-    ``points`` [P]: the curve's last point with FPPI <= the reference, 0 before its first point (Caltech's
-    ``xs1 = [-inf; xs]; ys1 = [0; ys]``, CityPersons' ``searchsorted(fppi, refs, side='right') - 1``)."""
+    ``points`` [P]: the curve's last point with FPPI <= the reference, and recall 0 (miss rate 1) before its first
+    point, as the Caltech toolbox's ``bbGt('compRoc')`` (``xs1 = [-inf; xs]; ys1 = [0; ys]``). CityPersons'
+    ``eval_MR_multisetup.py`` (``searchsorted(fppi, refs, side='right') - 1``) agrees from the first point on but not
+    before it: there its index -1 reads ``recall[-1]``, the curve's final recall; this function follows Caltech."""
     fppi, recall = np.atleast_2d(fppi), np.atleast_2d(recall)
     points = np.asarray(points, float)
     if fppi.shape[1] == 0:
