@@ -20,6 +20,7 @@ import pandas as pd  # noqa: E402
 from detection.body import BODY_PARTS, PART_GROUPS  # noqa: E402
 from detection.datasets.imageio import ImageError, load_rgb  # noqa: E402
 from detection.evaluation import MATCH_IOU, OCCLUSION_BUCKETS, SIZE_BUCKETS  # noqa: E402
+from detection.miss_rate import CURVE_FPPI  # noqa: E402
 from tasks.metric_names import AGREE, METRICS, TOP_PART_MATCH, causal_auc, epg, epg_chance, names, parse_agreement  # noqa: E402
 from tasks.params import EvaluateParams  # noqa: E402
 from tasks.report_sag import render_sag  # noqa: E402
@@ -747,7 +748,9 @@ def fig_mr_fppi(curves: dict, mr2: dict) -> str | None:
     """Log-log miss rate vs false positives per image, one step curve per CityPersons subset (the summary's
     ``mr_fppi``: ``{subset: {"fppi": [...], "miss_rate": [...]}}``), the MR⁻² range [10⁻², 10⁰] shaded and each
     subset's MR⁻² in the legend. None when no subset has a curve. A miss rate of 0 cannot be drawn on a log axis:
-    such points are left out."""
+    such points are left out. Nor can FPPI 0 (a subset with no false positive: its curve is that one point, the
+    miss rate holding at every FPPI): it is drawn at the smallest FPPI the curves are read at
+    (:data:`detection.miss_rate.CURVE_FPPI`), and a curve left with one point gets a marker so it shows."""
     drawn = {k: c for k, c in (curves or {}).items() if c and len(c.get("fppi") or []) > 0}
     if not drawn:
         return None
@@ -755,9 +758,10 @@ def fig_mr_fppi(curves: dict, mr2: dict) -> str | None:
     ax.axvspan(*MR_FPPI_RANGE, color="0.93", zorder=0)
     for name, c in drawn.items():
         x, y = np.asarray(c["fppi"], float), np.asarray(c["miss_rate"], float)
-        keep = (x > 0) & (y > 0)
+        x = np.where(x > 0, x, CURVE_FPPI[0])                   # FPPI 0: no false positive at any threshold
+        keep = y > 0
         value = (mr2 or {}).get(name, {}).get("mr2")
-        ax.step(x[keep], y[keep], where="post", lw=1.6,
+        ax.step(x[keep], y[keep], where="post", lw=1.6, marker="o" if keep.sum() == 1 else None, ms=5,
                 label=f"{name.replace('_', ' ')} (MR⁻² {_num(value, '{:.3f}')})")
     ax.set_xscale("log")
     ax.set_yscale("log")

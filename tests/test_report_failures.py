@@ -102,3 +102,24 @@ def test_without_ground_truth_the_section_says_it_cannot_be_computed(tmp_path):
 def test_an_evaluate_output_without_the_tables_leaves_the_section_out(tmp_path):
     page, _ = build_report(report_inputs(tmp_path), per_row=0)
     assert 'id="failures"' not in page
+
+
+def test_a_curve_with_no_false_positive_still_shows_its_point(monkeypatch):
+    """No false positive in a subset: its curve is the one point FPPI 0 (read_curve), which a log axis cannot place;
+    it is drawn at the smallest plotted FPPI with a marker, not left an empty line with a legend entry."""
+    import numpy as np
+
+    import tasks.report as report
+    from detection.miss_rate import CURVE_FPPI
+
+    figs = []
+    monkeypatch.setattr(report, "_png", lambda fig: figs.append(fig) or "png")
+    curves = {"small": {"fppi": [0.0], "miss_rate": [0.4]},
+              "reasonable": {"fppi": [0.001, 0.01, 0.1], "miss_rate": [0.9, 0.5, 0.3]}}
+    assert report.fig_mr_fppi(curves, {"small": {"mr2": 0.4}}) == "png"
+    lines = {line.get_label().split(" (")[0]: line for line in figs[0].axes[0].get_lines()}
+    small = lines["small"]
+    x, y = np.asarray(small.get_xdata(), float), np.asarray(small.get_ydata(), float)
+    assert len(x) >= 1 and x.min() == CURVE_FPPI[0] and y.tolist() == [0.4] * len(y)
+    assert small.get_marker() not in (None, "None", "", " ") and small.get_visible()
+    assert len(lines["reasonable"].get_xdata()) >= 3                            # a curve keeps its steps
