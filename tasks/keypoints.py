@@ -52,7 +52,7 @@ def train_keypoints(params: Params) -> dict:
         start = time.perf_counter()
         images, boxes, image_index, kps = person_keypoints(DatasetTables.read(params.models.train_data.out_dir))
         training = KeypointTraining(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                                    crop_size=tuple(cfg.crop_size), width=cfg.width)
+                                    crop_size=tuple(cfg.crop_size), width=cfg.width, context=cfg.context)
         model, history = train_keypoint_model(images, boxes, image_index, kps, training, seed=params.seed)
         save_keypoint_model(model, out, training)
         get_run_logger().info("keypoint model loss by epoch: %s", [round(h, 3) for h in history])

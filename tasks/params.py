@@ -131,6 +131,7 @@ class KeypointTrainParams(_Section):
     lr: float = Field(default=3e-3, gt=0)
     crop_size: tuple[int, int] = (64, 32)       # (H, W) of the person crop; heatmaps are half of it
     width: int = Field(default=16, ge=4)
+    context: bool = False                       # global-context term in the network (detection.models.keypoints)
 
 
 class ModelsParams(_Section):

@@ -181,3 +181,23 @@ def test_load_errors_name_the_file(tmp_path):
     torch.save({"format": "something else"}, bad)
     with pytest.raises(WeightsError, match="bad.pt"):
         load_keypoint_model(bad)
+
+
+def test_global_context_is_saved_and_older_files_without_it_still_load(tmp_path):
+    torch.manual_seed(0)
+    crops = torch.randn(2, 3, 64, 32)
+    with_context = TopDownKeypoints(KeypointNet(4, context=True), device="cpu")
+    with torch.no_grad():                     # a non-zero context layer, so that dropping it would change the maps
+        for p in with_context.net.context.parameters():
+            p.add_(0.5)
+    maps = with_context.net(crops)
+    path = save_keypoint_model(with_context, tmp_path / "ctx.pt", KeypointTraining(width=4, context=True))
+    again = load_keypoint_model(path, device="cpu")
+    assert again.net.context is not None
+    assert all(torch.allclose(a, b) for a, b in zip(again.net(crops), maps))
+    # A file written before the option existed (no "context" key) is the plain network.
+    blob = torch.load(path, weights_only=True)
+    blob.pop("context")
+    blob["state_dict"] = {k: v for k, v in blob["state_dict"].items() if not k.startswith("context.")}
+    torch.save(blob, tmp_path / "old.pt")
+    assert load_keypoint_model(tmp_path / "old.pt", device="cpu").net.context is None

@@ -85,9 +85,15 @@ def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 class KeypointNet(nn.Module):
     """A small U-Net: crop [N, 3, H, W] -> joint-type heatmap logits [N, 9, H/2, W/2] (a softmax over positions
     each; a pair's two joints are two peaks of one map), side logits [N, 8, H/2, W/2] ('the joint of this pair at
-    this pixel is the left one') and 'labelled' logits [N, 17] (the keypoint lies in the image; COCO v > 0)."""
+    this pixel is the left one') and 'labelled' logits [N, 17] (the keypoint lies in the image; COCO v > 0).
 
-    def __init__(self, width: int = 16):
+    ``context``: add the crop's global average (1/16 features through a 1x1 conv) to every position of the
+    coarsest level before decoding. Which joint of a pair is the left one depends on where the figure faces, which
+    a pixel's receptive field may not see on large crops (128 x 64: the 1/16 level's 3 x 3 convolutions see about
+    half the person); the global term gives every position the whole crop (as in ParseNet's global context, Liu et
+    al. 2015, https://arxiv.org/abs/1506.04579). Off by default: older weight files have no such layer."""
+
+    def __init__(self, width: int = 16, context: bool = False):
         super().__init__()
         w = width
         self.stem = nn.Sequential(_conv(3, w, 2), _conv(w, w))                  # 1/2
@@ -98,12 +104,15 @@ class KeypointNet(nn.Module):
         self.up2, self.up1, self.up0 = _conv(4 * w, 4 * w), _conv(2 * w, 2 * w), _conv(w, w)
         self.heatmaps = nn.Conv2d(w, NUM_TYPES + NUM_PAIRS, 1)
         self.labelled = nn.Linear(6 * w, NUM_KEYPOINTS)
+        self.context = nn.Sequential(nn.Conv2d(6 * w, 6 * w, 1), nn.ReLU(inplace=True)) if context else None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         f0 = self.stem(x)
         f1 = self.down1(f0)
         f2 = self.down2(f1)
         f3 = self.down3(f2)
+        if self.context is not None:
+            f3 = f3 + self.context(f3.mean((2, 3), keepdim=True))
         y = self.up2(f2 + F.interpolate(self.lat2(f3), size=f2.shape[-2:], mode="nearest"))
         y = self.up1(f1 + F.interpolate(self.lat1(y), size=f1.shape[-2:], mode="nearest"))
         y = self.up0(f0 + F.interpolate(self.lat0(y), size=f0.shape[-2:], mode="nearest"))
@@ -209,6 +218,7 @@ class KeypointTraining:
     crop_scale: float = 1.25
     sigma: float = 1.0             # heatmap Gaussian, heatmap pixels
     box_jitter: float = 0.06       # training boxes shifted/scaled by up to this fraction: detector boxes are not exact
+    context: bool = False          # KeypointNet's global-context term
 
 
 def _gaussians(kp: torch.Tensor, hw: tuple[int, int], sigma: float) -> torch.Tensor:
@@ -243,14 +253,15 @@ def keypoint_loss(types: torch.Tensor, sides: torch.Tensor, labelled_logits: tor
 
 
 def train_keypoint_model(images: torch.Tensor, boxes: torch.Tensor, image_index: torch.Tensor,
-                         keypoints: torch.Tensor, cfg: KeypointTraining = KeypointTraining(),
+                         keypoints: torch.Tensor, cfg: KeypointTraining | None = None,
                          seed: int = 0) -> tuple[TopDownKeypoints, list[float]]:
     """Train on uint8 images [B, 3, H, W] and persons: boxes [N, 4], image_index [N], COCO keypoints [N, 17, 3]
     (v = 0 unlabelled). Returns the model (CPU) and the mean loss of each epoch."""
+    cfg = cfg if cfg is not None else KeypointTraining()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     crop = CropSpec(tuple(cfg.crop_size), cfg.crop_scale)
-    net = KeypointNet(cfg.width)
+    net = KeypointNet(cfg.width, cfg.context)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * math.ceil(len(boxes) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=max(steps, 1), pct_start=0.15)
@@ -295,7 +306,7 @@ def save_keypoint_model(model: TopDownKeypoints, path: str | Path, cfg: Keypoint
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.cpu() for k, v in model.net.state_dict().items()}
     torch.save({"format": "xai-audit-topdown-keypoints", "width": cfg.width, "crop_size": list(cfg.crop_size),
-                "crop_scale": cfg.crop_scale, "state_dict": state}, path)
+                "crop_scale": cfg.crop_scale, "context": model.net.context is not None, "state_dict": state}, path)
     return path
 
 
@@ -309,7 +320,7 @@ def load_keypoint_model(path: str | Path, device: str | torch.device | None = "a
         blob = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(blob, dict) or blob.get("format") != "xai-audit-topdown-keypoints":
             raise ValueError("not a top-down keypoint model file")
-        net = KeypointNet(int(blob["width"]))
+        net = KeypointNet(int(blob["width"]), bool(blob.get("context", False)))
         net.load_state_dict(blob["state_dict"])
         crop = CropSpec(tuple(blob["crop_size"]), float(blob["crop_scale"]))
     except Exception as exc:
