@@ -20,7 +20,7 @@ from explainers.perturb import make_perturbation
 from tasks import stages
 from tasks.audit_slices import where_it_fails
 from tasks.evaluate import SUBSTRATES, agreement_rows, evaluate_shard, shard_items
-from tasks.evaluate_summary import NOTES, summarise, undefined_counts, write_plots
+from tasks.evaluate_summary import NOTES, summarise, undefined_counts, write_mr_fppi, write_plots
 from tasks.params import Params, load_params
 from tasks.shards import collect_staged, fresh_staging, publish, shard_ranges, staged_shard_dir, write_json
 from tasks.timings import record_run
@@ -63,6 +63,7 @@ def evaluate_flow(params: Params) -> dict:
                "pointing_tolerance": cfg.pointing_tolerance, "notes": NOTES, "where_it_fails": where}
     write_json(outputs.metrics, summary)
     write_plots(metrics, explanations, outputs.plots_dir)
+    write_mr_fppi(where, outputs.plots_dir)
     record_run("evaluate", {"wall_seconds": round(time.perf_counter() - started, 2),
                             "shards_seconds": round(shards_done - started, 2),
                             "where_it_fails_seconds": round(failures_done - shards_done, 2)}, outputs.metrics)

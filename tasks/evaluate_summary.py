@@ -76,6 +76,19 @@ def write_plots(metrics: pa.Table, explanations: pa.Table, plots_dir: str | Path
             "part_relevance": plot_part_relevance(explanations, plots)}
 
 
+def write_mr_fppi(where_it_fails: dict, plots_dir: str | Path) -> Path:
+    """plots/mr_fppi.csv (``subset,fppi,miss_rate``, long format): the miss-rate-vs-FPPI curves of the CityPersons
+    subsets as ``where_it_fails["mr_fppi"]`` holds them (tasks.audit_slices; the report draws them log-log). Just
+    the header without ground truth. Returns the CSV's path."""
+    path = Path(plots_dir) / "mr_fppi.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["subset,fppi,miss_rate"]
+    for subset, curve in sorted((where_it_fails.get("mr_fppi") or {}).items()):
+        lines += [f"{subset},{f:.6g},{m:.6g}" for f, m in zip(curve["fppi"], curve["miss_rate"])]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def plot_causal_curves(metrics: pa.Table, plots: Path) -> Path:
     """plots/causal_curves.{png,csv}: per job, the mean target score at each step of the deletion / insertion
     curves (rows ``<mode>_curve_<kk>``), over the fraction of pixels hidden / revealed. Returns the PNG's path."""

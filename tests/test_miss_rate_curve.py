@@ -90,3 +90,13 @@ def test_subset_curves_are_the_restricted_curves_and_compact():
     lists = rates["reasonable"]["curve"].to_lists()
     assert set(lists) == {"fppi", "miss_rate"} and all(isinstance(v, float) for v in lists["fppi"])
     assert lists["fppi"][0] == 0.001
+
+
+def test_the_dvc_plot_csv_holds_every_subset_curve_point_and_only_a_header_without_ground_truth(tmp_path):
+    from tasks.evaluate_summary import write_mr_fppi
+
+    where = {"mr_fppi": {"small": {"fppi": [0.01, 0.1], "miss_rate": [0.5, 0.25]},
+                         "reasonable": {"fppi": [0.001], "miss_rate": [1.0]}}}
+    lines = write_mr_fppi(where, tmp_path).read_text().splitlines()
+    assert lines == ["subset,fppi,miss_rate", "reasonable,0.001,1", "small,0.01,0.5", "small,0.1,0.25"]
+    assert write_mr_fppi({"ground_truth": False}, tmp_path / "none").read_text() == "subset,fppi,miss_rate\n"
