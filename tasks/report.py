@@ -23,6 +23,15 @@ from detection.evaluation import MATCH_IOU, OCCLUSION_BUCKETS, SIZE_BUCKETS  # n
 from detection.miss_rate import CURVE_FPPI  # noqa: E402
 from tasks.metric_names import AGREE, METRICS, TOP_PART_MATCH, causal_auc, epg, epg_chance, names, parse_agreement  # noqa: E402
 from tasks.params import EvaluateParams  # noqa: E402
+from tasks.report_intervals import (  # noqa: E402
+    CONFIDENCE,
+    MIN_UNITS,
+    N_BOOT,
+    SEED,
+    breakdown_intervals,
+    interval_text,
+    share_intervals,
+)
 from tasks.report_sag import render_sag  # noqa: E402
 from tasks.undefined import parse_undefined  # noqa: E402
 
@@ -578,13 +587,15 @@ def render_parts(ctx: ReportContext) -> Rendered | None:
             "<p class='note'>Share = a part's relevance divided by the sum of |relevance| over the "
             "pedestrian's parts (so pedestrians with different scores weigh the same). Context = the box "
             f"minus the body. {sources_note(ctx.inputs)}</p>")
-    breakdowns = [("size", SIZE_BUCKETS, f"by person height ({job})"),
-                  ("occlusion_bucket", OCCLUSION_BUCKETS, f"by occlusion ({job})"),
-                  ("confidence", CONFIDENCE_BUCKETS, f"by detector confidence ({job})")]
+    breakdowns = [("size", SIZE_BUCKETS, f"by person height ({job})", "height"),
+                  ("occlusion_bucket", OCCLUSION_BUCKETS, f"by occlusion ({job})", "occlusion"),
+                  ("confidence", CONFIDENCE_BUCKETS, f"by detector confidence ({job})", "detector confidence")]
     known = shares[shares["job"] == job]
     shown = [b for b in breakdowns if known[b[0]].notna().any()]     # occlusion is unknown without ground truth
-    return Rendered(body + "".join(_img(fig_breakdown(shares, job, col, list(b), title), title)
-                                   for col, b, title in shown))
+    return Rendered(body + "".join(_img(fig_breakdown(shares, job, col, list(b), title), title) +
+                                   breakdown_intervals(known, col, list(b), _parts_present(shares), f"{job}|{col}",
+                                                       name)
+                                   for col, b, title, name in shown))
 
 
 def render_missed(ctx: ReportContext) -> Rendered | None:
@@ -595,6 +606,8 @@ def render_missed(ctx: ReportContext) -> Rendered | None:
     fm["status"] = np.where(fm["found"] == True, "found", "missed")  # noqa: E712
     return Rendered(_img(fig_breakdown(fm, ctx.main_job, "status", ["found", "missed"],
                                        f"found vs missed ({ctx.main_job})"), "found vs missed") +
+                    breakdown_intervals(fm, "status", ["found", "missed"], _parts_present(ctx.shares),
+                                        f"{ctx.main_job}|status", "found / missed") +
                     "<p class='note'>Ground-truth pedestrians are scored by the D-RISE similarity of the detector's "
                     "candidates to their box, so a missed pedestrian's relevance shows what little evidence the "
                     "detector saw and where.</p>")
@@ -721,12 +734,15 @@ def miss_type_table(summary: dict, misses: pd.DataFrame | None, shares: pd.DataF
     sel = shares[(shares["job"] == main_job) & (shares["kind"] == "persons")]
     typed = sel.merge(misses[["image_id", "ann_id", "miss_type"]].rename(columns={"ann_id": "target_id"}),
                       on=["image_id", "target_id"], how="inner")
-    mean = typed.pivot_table(index="miss_type", columns="part", values="share", aggfunc="mean")
-    mean = mean.reindex(columns=[p for p in PART_ORDER if p in mean.columns])
+    parts = [p for p in PART_ORDER if p in set(typed["part"])]
+    cells = share_intervals(typed, "miss_type", list(types["type"]), parts, label=f"{main_job}|miss_type")
+    text = pd.Series([interval_text(r.mean, r.low, r.high) for r in cells.itertuples()],
+                     index=pd.MultiIndex.from_frame(cells[["bucket", "part"]]), dtype=object)
     explained = typed.groupby("miss_type")["target_id"].nunique()
     table["explained"] = types["type"].map(explained).fillna(0).astype(int).values
-    for part in mean.columns:
-        table[part.replace("_", " ")] = types["type"].map(mean[part]).values
+    table["images"] = types["type"].map(typed.groupby("miss_type")["image_id"].nunique()).fillna(0).astype(int).values
+    for part in parts:
+        table[part.replace("_", " ")] = [text.get((t, part), "") for t in types["type"]]
     return table
 
 
@@ -808,8 +824,10 @@ def render_failures(ctx: ReportContext) -> Rendered | None:
         body += ("<h3>Why pedestrians were missed</h3>" + _table(types) +
                  "<p class='note'>From the detector's candidates before NMS. Gains: how much the miss rate drops / "
                  "AP rises / MR⁻² drops if that type were fixed (TIDE's oracle: its persons leave the count). "
-                 "Part columns: mean share of |relevance| of the "
-                 "explained pedestrians of that type.</p>")
+                 "Part columns: mean share of |relevance| of the explained pedestrians of that type "
+                 f"[bootstrap {CONFIDENCE * 100:g} % interval: BCa, {N_BOOT} resamples, seed {SEED}, resampling "
+                 "images (an image's pedestrians together) over the 'explained' pedestrians in 'images' images; "
+                 f"n/a with fewer than {MIN_UNITS} images].</p>")
         md += ["", _markdown_table(types, floatfmt=".2f")]
     if not fps.empty:
         body += ("<h3>What the false positives are</h3>" + _table(fps) +

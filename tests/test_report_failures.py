@@ -88,8 +88,9 @@ def test_miss_types_carry_the_mean_part_share_of_their_explained_pedestrians(tmp
                               & (inp.explanations["job"] == "bayes_shapley@parts")].iloc[0]
     rel = pd.Series(shares["relevance"], index=shares["region_names"])
     head = rel["head"] / rel.abs().sum()
-    assert f"<td>{head:.3f}</td>" in section                           # p3 (the suppressed one): its head share
-    assert "<th>explained</th>" in section
+    # p3 (the suppressed one, alone in its image): its head share, no interval from one image
+    assert f"<td>{round(head, 2) + 0.0:.2f} [n/a, n/a]</td>" in section
+    assert "<th>explained</th><th>images</th>" in section and "resampling images" in section
 
 
 def test_without_ground_truth_the_section_says_it_cannot_be_computed(tmp_path):
