@@ -821,7 +821,8 @@ def render_failures(ctx: ReportContext) -> Rendered | None:
     if curve is not None:
         body += _img(curve, "miss rate vs false positives per image")
     if not types.empty:
-        body += ("<h3>Why pedestrians were missed</h3>" + _table(types) +
+        wide = _table(types).replace("<table>", "<table style='white-space:nowrap'>", 1)   # interval cells: 1 line
+        body += ("<h3>Why pedestrians were missed</h3><div style='overflow-x:auto'>" + wide + "</div>" +
                  "<p class='note'>From the detector's candidates before NMS. Gains: how much the miss rate drops / "
                  "AP rises / MR⁻² drops if that type were fixed (TIDE's oracle: its persons leave the count). "
                  "Part columns: mean share of |relevance| of the explained pedestrians of that type "
