@@ -232,6 +232,23 @@ def _candidates(params: Params, images: list[dict], errors: list[dict]) -> dict[
     return out
 
 
+NO_CANDIDATES = (np.zeros((0, 4)), np.zeros(0))     # (boxes, scores): an image typed from its final detections
+
+
+def candidate_image(annotations: list[dict], detections: list[dict], person_class: str,
+                    candidates: tuple[np.ndarray, np.ndarray] = NO_CANDIDATES) -> tuple[list[dict], CandidateImage]:
+    """One image's persons (annotations of ``person_class``, crowds included) and the
+    :class:`~detection.miss_types.CandidateImage` that types its errors: its person detections (any score), the
+    candidates before NMS when given (boxes [K, 4], scores [K]; none: final detections only) and the other classes'
+    non-crowd boxes (confusions)."""
+    persons = [x for x in annotations if x["category"] == person_class]
+    other = [x["bbox"] for x in annotations if x["category"] != person_class and not x["iscrowd"]]
+    boxes, scores = candidates
+    return persons, CandidateImage(gt_boxes=[x["bbox"] for x in persons], det_boxes=[x["bbox"] for x in detections],
+                                   det_scores=[x["score"] for x in detections], cand_boxes=boxes, cand_scores=scores,
+                                   gt_ignore=[bool(x["iscrowd"]) for x in persons], other_boxes=other)
+
+
 def miss_types(params: Params, images: pa.Table, annotations: pa.Table, detections: pa.Table,
                outcomes: pd.DataFrame, errors: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row per missed pedestrian with its type, the type summary of :func:`detection.miss_types.error_summary`)
@@ -245,19 +262,12 @@ def miss_types(params: Params, images: pa.Table, annotations: pa.Table, detectio
     with_miss = set(outcomes.loc[outcomes["missed"] > 0, "image_id"])
     rows_img = images.select(["image_id", "uri"]).to_pylist()
     cands = _candidates(params, [r for r in rows_img if r["image_id"] in with_miss], errors)
-    none = (np.zeros((0, 4)), np.zeros(0))
     cand_images, types, rows = [], [], []
     for img in rows_img:
         if img["image_id"] in with_miss and img["image_id"] not in cands:
             continue                                                    # unreadable: in errors
-        a = anns.get(img["image_id"], [])
-        persons = [x for x in a if x["category"] == spec.person_class]
-        other = [x["bbox"] for x in a if x["category"] != spec.person_class and not x["iscrowd"]]
-        d = dets.get(img["image_id"], [])
-        boxes, scores = cands.get(img["image_id"], none)
-        ci = CandidateImage(gt_boxes=[x["bbox"] for x in persons], det_boxes=[x["bbox"] for x in d],
-                            det_scores=[x["score"] for x in d], cand_boxes=boxes, cand_scores=scores,
-                            gt_ignore=[bool(x["iscrowd"]) for x in persons], other_boxes=other)
+        i = img["image_id"]
+        persons, ci = candidate_image(anns.get(i, []), dets.get(i, []), spec.person_class, cands.get(i, NO_CANDIDATES))
         t = classify_errors(ci, spec.conf, seen_score=seen)
         cand_images.append(ci)
         types.append(t)

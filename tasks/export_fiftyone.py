@@ -53,13 +53,14 @@ from PIL import Image
 
 from detection.attributes import KEYS
 from detection.evaluation import match
-from detection.miss_types import FP_TYPES, CandidateImage, classify_errors
+from detection.miss_types import FP_TYPES, classify_errors
 from detection.slices import slice_mask
 from tasks import stages
 from tasks.audit_slices import (
     SEEN_SCORE,
     SLICE_CONFIG,
     _by_image,
+    candidate_image,
     default_part_job,
     outcome_table,
     part_shares,
@@ -211,12 +212,8 @@ def _detection_types(inp: _Inputs, params: Params, untyped: set[str]) -> dict[st
     dets = _by_image(d_all.filter(mine).select(["image_id", "det_id", "score", "bbox"]))
     out = {}
     for image_id in inp.images["image_id"].to_pylist():
-        a, d = anns.get(image_id, []), dets.get(image_id, [])
-        persons = [x for x in a if x["category"] == spec.person_class]
-        other = [x["bbox"] for x in a if x["category"] != spec.person_class and not x["iscrowd"]]
-        ci = CandidateImage(gt_boxes=[x["bbox"] for x in persons], det_boxes=[x["bbox"] for x in d],
-                            det_scores=[x["score"] for x in d], cand_boxes=np.zeros((0, 4)), cand_scores=[],
-                            gt_ignore=[bool(x["iscrowd"]) for x in persons], other_boxes=other)
+        d = dets.get(image_id, [])
+        persons, ci = candidate_image(anns.get(image_id, []), d, spec.person_class)
         det_type = classify_errors(ci, spec.conf, seen_score=seen).det_type.copy()
         if image_id in untyped:
             det_type[np.isin(det_type, FP_TYPES)] = UNTYPED
