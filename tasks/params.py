@@ -237,6 +237,14 @@ class ExplainParams(_Section):
     jobs: list[ExplainJob] = []
 
 
+class SanityParams(_Section):
+    """Adebayo et al.'s cascading model-parameter randomisation of every explain job (explainers.sanity)."""
+
+    targets: int = Field(default=2, ge=0)               # first targets (image, target order) per job; 0: off
+    steps: int = Field(default=3, ge=1)                 # cumulative randomisation stages, top layers first
+    max_correlation: float = Field(default=0.5, ge=0, le=1)   # passes: median |rho| at full randomisation <= this
+
+
 class EvaluateParams(_Section):
     out_dir: str = "data/evaluate"
     metrics: str = "metrics/evaluate.json"
@@ -246,6 +254,7 @@ class EvaluateParams(_Section):
     causal: bool = True                                 # deletion / insertion AUC (costs 2 (steps + 1) forwards)
     causal_split: str | None = "val"                    # ... on this split's explanations (null: all)
     pointing_tolerance: float = Field(default=15.0, ge=0)
+    sanity: SanityParams = SanityParams()
 
 
 class ReportParams(_Section):
