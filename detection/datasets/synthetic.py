@@ -6,7 +6,9 @@ to the image) and *visible* (what is left after occlusion by nearer people and o
 size (perspective: far = small, near the horizon), occlusion, truncation at the borders, clothing, textured
 backgrounds, and distractors (cars, bicycles, poles). A scene-level multi-label set (which object kinds are
 visible) feeds the classifier, and an optional spurious cue (a background tint correlated with one label) gives
-an audit something true to find.
+an audit something true to find. An optional *planted* part (off by default) gives one at the body-part level: every
+annotated pedestrian has that part painted in one colour, and unannotated *decoys* (the same figures without it)
+stand among them, so that a detector trained on such scenes must look at the part to tell persons from decoys.
 
 Everything is a pure function of ``(config, seed, index)``: images can be generated in any order, in parallel,
 and always come out bit-identical.
@@ -21,12 +23,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from detection.body import BODY_PARTS, KP, NUM_KEYPOINTS, PART_KEYPOINTS
 from detection.masks import rle_encode
 
 CATEGORIES: tuple[str, ...] = ("person", "bicycle", "car", "pole")
+DECOY = "decoy"                 # planted scenes' unannotated person figures (PlantedPart): never a label or annotation
 _SHIFT = 4                      # cv2 fixed-point bits: sub-pixel accurate shapes
 _SCALE = 1 << _SHIFT
 _MIN_VISIBLE_AREA = 10          # objects with fewer visible pixels get no annotation and no scene label
@@ -55,6 +58,32 @@ class SpuriousCue(BaseModel):
         return self
 
 
+class PlantedPart(BaseModel):
+    """A known reliance at the body-part level (issue 21): every annotated pedestrian has body part ``part`` (one of
+    ``detection.body.BODY_PARTS``) painted in ``colour`` (RGB 0..255) over exactly that part's mask, and *decoys*,
+    person figures drawn by the same :func:`person_shape` but without the plant, stand in the scene unannotated
+    (category ``decoy``: no annotation, no scene label, rendered as background). ``decoys``: the expected number of
+    decoys per pedestrian slot of a scene (each of the ``persons_per_image`` draw's persons brings ``int(decoys)``
+    decoys plus one more with probability ``decoys - int(decoys)``).
+
+    Decoys are drawn from their own random stream (``default_rng([seed, index, 2])``), after the scene's own draws, so
+    a planted scene is its unplanted twin (same background, persons, distractors, noise) with the plant painted and
+    the decoys added in depth order. Raises ValueError naming an unknown part or a colour outside 0..255."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    part: str = "left_lower_leg"
+    colour: tuple[int, int, int] = (255, 0, 255)
+    decoys: float = Field(default=0.5, ge=0.0, le=8.0)
+
+    @model_validator(mode="after")
+    def _known_part(self) -> PlantedPart:
+        if self.part not in BODY_PARTS:
+            raise ValueError(f"planted.part {self.part!r} is not a body part; expected one of {list(BODY_PARTS)}")
+        if any(not 0 <= c <= 255 for c in self.colour):
+            raise ValueError(f"planted.colour {list(self.colour)} must be RGB values in 0..255")
+        return self
+
+
 class SyntheticConfig(BaseModel):
     """How many scenes, how big, and how hard (sizes, crowding, occlusion, truncation)."""
 
@@ -70,6 +99,16 @@ class SyntheticConfig(BaseModel):
     p_truncated: float = Field(default=0.15, ge=0.0, le=1.0)  # per person: placed across an image border
     spurious: SpuriousCue | None = SpuriousCue()
     id_prefix: str = Field(default="syn", pattern=r"^[A-Za-z0-9_-]+$")   # image ids are '<prefix>-000042'
+    planted: PlantedPart | None = None      # a body part painted on every pedestrian, plus unannotated decoys
+
+    @model_serializer(mode="wrap")
+    def _omit_no_plant(self, handler):
+        """Leave ``planted`` out of dumps while it is null, so that configs (manifests, hashes) written before the
+        option existed dump exactly as before."""
+        data = handler(self)
+        if self.planted is None and isinstance(data, dict):
+            data.pop("planted", None)
+        return data
 
     @field_validator("persons_per_image", "distractors_per_image", "person_height")
     @classmethod
@@ -147,6 +186,8 @@ def render_scene(config: SyntheticConfig, seed: int, index: int) -> Scene:
     n_distractors = int(rng.integers(config.distractors_per_image[0], config.distractors_per_image[1] + 1))
     for _ in range(n_distractors):
         shapes.append(_distractor(rng, config, horizon))
+    if config.planted is not None:
+        shapes += _plant(config, seed, index, n_persons, shapes, horizon)
 
     order = sorted(range(len(shapes)), key=lambda i: (shapes[i].depth, i))
     shapes = [shapes[i] for i in order]
@@ -156,7 +197,8 @@ def render_scene(config: SyntheticConfig, seed: int, index: int) -> Scene:
         _paint(shape, obj_index, labels_map, layer)
 
     objects = [_ground_truth(shape, i, labels_map) for i, shape in enumerate(shapes)]
-    present = sorted({o.category for o in objects if o.visible_area >= _MIN_VISIBLE_AREA}, key=CATEGORIES.index)
+    present = sorted({o.category for o in objects if o.visible_area >= _MIN_VISIBLE_AREA and o.category != DECOY},
+                     key=CATEGORIES.index)
 
     spurious = False
     if config.spurious is not None:
@@ -190,6 +232,7 @@ def _measured_attributes(shape: _Shape, obj: SceneObject, index: int, shapes: li
     hidden = amodal & ~visible
     owners = (labels_map[hidden] - 1) // 16                     # hidden pixels all belong to nearer objects
     kinds = np.array([s.category for s in shapes])[owners] if owners.size else np.zeros(0, str)
+    kinds = np.where(kinds == DECOY, "person", kinds)            # a planted scene's decoy hides like a person
     in_image = max(int(amodal.sum()), 1)
     by_person = float((kinds == "person").sum()) / in_image
     by_object = float((kinds != "person").sum()) / in_image
@@ -447,6 +490,29 @@ def person_shape(rng: np.random.Generator, foot_x: float, foot_y: float, h: floa
                   attributes=attributes)
 
 
+def _plant(config: SyntheticConfig, seed: int, index: int, n_persons: int, shapes: list[_Shape],
+           horizon: float) -> list[_Shape]:
+    """Paint ``config.planted.part`` of every person in ``shapes`` (in place) and return the decoys to add: person
+    figures placed like pedestrians (no truncation), category :data:`DECOY`, from the stream
+    ``default_rng([seed, index, 2])`` so the scene's own draws are untouched (:class:`PlantedPart`)."""
+    plant = config.planted
+    slot = BODY_PARTS.index(plant.part)
+    colour = np.asarray(plant.colour, np.float32)
+    for shape in shapes:
+        if shape.category == "person":
+            shape.colours = [colour if s == slot else c for s, c in zip(shape.slots, shape.colours)]
+    rng = np.random.default_rng([seed, index, 2])
+    whole, extra = int(plant.decoys), plant.decoys - int(plant.decoys)
+    n_decoys = n_persons * whole + int((rng.random(n_persons) < extra).sum())
+    untruncated = config.model_copy(update={"p_truncated": 0.0})
+    decoys = []
+    for _ in range(n_decoys):
+        decoy = _place_person(rng, untruncated, horizon)
+        decoy.category = DECOY
+        decoys.append(decoy)
+    return decoys
+
+
 # ---------------------------------------------------------------------------------------------- other objects
 def _layers(size: tuple[int, int], origin: tuple[int, int], category: str, depth: float, height: float,
             parts: list[tuple[callable, np.ndarray]]) -> _Shape:
@@ -636,7 +702,8 @@ def split_for(seed: int, index: int, val_fraction: float) -> str:
 
 def _annotated(scene: Scene, image_id: str) -> list[tuple[str, SceneObject]]:
     """(ann_id, object) of the objects that get an annotation, in the annotations table's order."""
-    kept = [obj for obj in scene.objects if obj.bbox is not None and obj.visible_area >= _MIN_VISIBLE_AREA]
+    kept = [obj for obj in scene.objects
+            if obj.bbox is not None and obj.visible_area >= _MIN_VISIBLE_AREA and obj.category != DECOY]
     return [(f"{image_id}-{i:02d}", obj) for i, obj in enumerate(kept)]
 
 
