@@ -74,7 +74,8 @@ def render_set(config: SyntheticConfig, seed: int, indices: range | list[int], c
                     boxes, ids, lists, list(class_names))
 
 
-def _with_correlation(config: SyntheticConfig, correlation: float) -> SyntheticConfig:
+def with_correlation(config: SyntheticConfig, correlation: float) -> SyntheticConfig:
+    """``config`` with the cue's correlation replaced. Raises ValueError when the config has no cue."""
     if config.spurious is None:
         raise ValueError("pull.synthetic.spurious is null: there is no cue to decorrelate or probe")
     return config.model_copy(update={"spurious": config.spurious.model_copy(update={"correlation": correlation})})
@@ -84,7 +85,7 @@ def decorrelated(config: SyntheticConfig, seed: int, indices: range, class_names
                  correlation: float = 0.5) -> SceneSet:
     """Scenes ``indices`` of the generator with the cue drawn with probability ``correlation`` when its label is
     present and ``1 − correlation`` otherwise (0.5: independent of the label). Raises ValueError without a cue."""
-    return render_set(_with_correlation(config, correlation), seed, indices, class_names, "decorrelated")
+    return render_set(with_correlation(config, correlation), seed, indices, class_names, "decorrelated")
 
 
 def paired_probe(config: SyntheticConfig, seed: int, indices: range, class_names: list[str]
@@ -93,10 +94,10 @@ def paired_probe(config: SyntheticConfig, seed: int, indices: range, class_names
     cue label: the same scenes rendered with and without the tint (module docstring). ids end in ``-cue`` / ``-nocue``.
     Raises ValueError without a cue."""
     label = config.spurious.label if config.spurious is not None else None
-    with_cue = render_set(_with_correlation(config, 0.0), seed, indices, class_names, "probe")
+    with_cue = render_set(with_correlation(config, 0.0), seed, indices, class_names, "probe")
     absent = np.array([label not in lab for lab in with_cue.label_lists])
     with_cue = with_cue.subset(absent)
-    without = render_set(_with_correlation(config, 1.0), seed,
+    without = render_set(with_correlation(config, 1.0), seed,
                          [int(i.rsplit("-", 1)[1]) for i in with_cue.ids], class_names, "probe")
     with_cue.ids = [f"{i}-cue" for i in with_cue.ids]
     without.ids = [f"{i}-nocue" for i in without.ids]
@@ -105,4 +106,4 @@ def paired_probe(config: SyntheticConfig, seed: int, indices: range, class_names
     return with_cue, without
 
 
-__all__ = ["SceneSet", "decorrelated", "paired_probe", "render_set"]
+__all__ = ["SceneSet", "decorrelated", "paired_probe", "render_set", "with_correlation"]

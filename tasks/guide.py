@@ -1,0 +1,290 @@
+"""Tasks of the guide stage: fine-tune the audited scene classifier with model guidance (``explainers.guidance``,
+``detection.models.guided_training``), then measure original vs guided on scenes neither was trained or audited on.
+
+The stage's outputs are declared once, here (:class:`GuideOutputs`), the way ``tasks.stages`` declares the other
+stages' (``tests/test_guide_stage.py`` checks dvc.yaml's guide entry against it). They live here rather than in
+``tasks.stages`` because every stage imports that module: declaring the guide stage there would change every stage's
+code hash. ``GuideOutputs.audit_params`` gives the params of the guided model's re-audit: the same infer / explain /
+evaluate flows, writing under ``data/guide/`` with the guided classifier's own model id (no overwrite, both side by
+side).
+
+Data (``GuideParams``' seeds): the fine-tune reads the training scenes (``models.train_data``, never audited); the
+held-out measures render scenes in memory (``detection.guidance_data``) from seeds the pipeline uses nowhere else:
+the paired spurious-cue probe (``probe``), the decorrelated set (``decorrelated``, cue independent of the label) and
+an in-distribution set of the same generator as the audit (``heldout``, the cue as correlated as in ``pull``).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from detection.datasets.imageio import load_rgb
+from detection.evaluation import multilabel_f1
+from detection.guidance_data import SceneSet, paired_probe, render_set, with_correlation
+from detection.models.classifier import ImageClassifier, resize
+from detection.models.guided_training import GuidanceTraining, guided_finetune
+from detection.models.scene_classifier import load_classifier, save_classifier
+from detection.models.specs import ClassifierSpec, file_sha256
+from detection.slices import mean_interval
+from tasks.infer import spurious_probe
+from tasks.params import Params
+
+MIN_PER_ARM = 200          # the issue's floor for the probe's arms
+
+
+@dataclass(frozen=True)
+class GuideOutputs:
+    """The guide stage's outputs: ``out_dir`` (``data/guide``: the guided model's re-audit, ``infer/``,
+    ``explain/``, ``evaluate/``, their metrics JSON and plots, plus ``training.json`` and ``heldout.parquet``), the
+    guided classifier (``model``: TorchScript + ``.json`` sidecar) and the DVC metrics file."""
+
+    out_dir: Path
+    model: Path
+    metrics: Path
+
+    @property
+    def sidecar(self) -> Path:
+        return self.model.with_suffix(".json")
+
+    @property
+    def training(self) -> Path:
+        return self.out_dir / "training.json"
+
+    @property
+    def heldout(self) -> Path:
+        """One row per (held-out set, model, image, class): the probabilities behind the held-out metrics."""
+        return self.out_dir / "heldout.parquet"
+
+    def sub(self, stage: str) -> Path:
+        return self.out_dir / stage
+
+    def dvc_outs(self) -> list[Path]:
+        return [self.out_dir, self.model, self.sidecar]
+
+    def dvc_metrics(self) -> list[Path]:
+        return [self.metrics]
+
+    def dvc_plots(self) -> list[Path]:
+        return []
+
+    def audit_params(self, params: Params) -> Params:
+        """``params`` for the guided model's re-audit: infer / explain / evaluate write under ``out_dir`` (metrics
+        files and plots too), infer runs the detectors (explain and evaluate read their detections) and the guided
+        classifier under ``guide.model_id`` without the pose model, explain runs only the ``classes`` jobs (or
+        ``guide.audit_jobs``). Pull and parts are the audit's own. Raises ValueError when no job is left."""
+        g = params.guide
+        spec = guided_spec(params)
+        jobs = list(g.audit_jobs) if g.audit_jobs is not None else [j for j in params.explain.jobs
+                                                                     if j.targets == "classes"]
+        if not jobs:
+            raise ValueError("guide: no explain job with targets 'classes' to re-audit the guided classifier "
+                             "(add one to explain.jobs or set guide.audit_jobs)")
+        infer = params.infer.model_copy(update={"out_dir": str(self.sub("infer")),
+                                                "metrics": str(self.out_dir / "infer.json"),
+                                                "pose": None, "classifier": spec})
+        explain = params.explain.model_copy(update={"out_dir": str(self.sub("explain")),
+                                                    "metrics": str(self.out_dir / "explain.json"), "jobs": jobs})
+        evaluate = params.evaluate.model_copy(update={"out_dir": str(self.sub("evaluate")),
+                                                      "metrics": str(self.out_dir / "evaluate.json"),
+                                                      "plots_dir": str(self.out_dir / "plots")})
+        return params.model_copy(update={"infer": infer, "explain": explain, "evaluate": evaluate})
+
+
+def guide(params: Params) -> GuideOutputs:
+    g = params.guide
+    return GuideOutputs(Path(g.out_dir), Path(g.model), Path(g.metrics))
+
+
+def guided_spec(params: Params) -> ClassifierSpec:
+    """The guided classifier as an infer spec: a ``saved`` classifier at ``guide.model`` with ``guide.model_id``.
+    Raises ValueError when the id is the original's."""
+    g = params.guide
+    if params.infer.classifier is not None and g.model_id == params.infer.classifier.id:
+        raise ValueError(f"guide.model_id {g.model_id!r} is infer.classifier's id: the guided model needs its own")
+    return ClassifierSpec(id=g.model_id, kind="saved", weights=g.model)
+
+
+def original_classifier(params: Params) -> ImageClassifier:
+    """The audited classifier (``infer.classifier``) on the CPU. Raises ValueError unless it is a ``saved`` scene
+    classifier (guidance fine-tunes a SceneNet: the weights must be trainable here)."""
+    spec = params.infer.classifier
+    if spec is None or spec.kind != "saved":
+        raise ValueError(f"guide: infer.classifier must be a 'saved' scene classifier (SceneNet, as the demo's) to "
+                         f"fine-tune, got {None if spec is None else spec.kind!r}")
+    return load_classifier(spec.weights, device="cpu")
+
+
+def training_config(params: Params) -> GuidanceTraining:
+    g = params.guide
+    return GuidanceTraining(loss=g.loss, attribution=g.attribution, layer=g.layer, lam=g.lam, fraction=g.fraction,
+                            epochs=g.epochs, batch_size=g.batch_size, lr=g.lr, time_limit_s=g.time_limit_s)
+
+
+def load_training_set(params: Params, class_names: list[str], input_size: tuple[int, int] | None) -> SceneSet:
+    """The training scenes (``models.train_data``'s tables; split ``train`` only) as a :class:`SceneSet`: uint8
+    images at the classifier's input size, labels, cue flags, and every object's class and box (scaled with the
+    image). Raises FileNotFoundError when the train_data stage has not run, ValueError when no image is left."""
+    from tasks import stages
+
+    data = stages.train_data(params).dataset()
+    images = data.images.filter(pc.equal(data.images["split"], "train")).to_pylist()
+    if not images:
+        raise ValueError(f"guide: no 'train' image in {params.models.train_data.out_dir}")
+    index = {c: i for i, c in enumerate(class_names)}
+    by_image: dict[str, list[dict]] = {}
+    for a in data.annotations.select(["image_id", "category", "bbox", "iscrowd"]).to_pylist():
+        if a["category"] in index and not a["iscrowd"]:
+            by_image.setdefault(a["image_id"], []).append(a)
+    tensors, boxes = [], []
+    for img in images:
+        x = torch.from_numpy(np.ascontiguousarray(load_rgb(img["uri"]).transpose(2, 0, 1)))
+        sy = sx = 1.0
+        if input_size is not None and tuple(x.shape[-2:]) != tuple(input_size):
+            sy, sx = input_size[0] / x.shape[1], input_size[1] / x.shape[2]
+            x = resize(x[None].float(), input_size).round().clamp(0, 255).to(torch.uint8)[0]
+        tensors.append(x)
+        anns = by_image.get(img["image_id"], [])
+        b = np.array([a["bbox"] for a in anns], np.float32).reshape(-1, 4) * np.float32([sx, sy, sx, sy])
+        boxes.append((np.array([index[a["category"]] for a in anns], np.int64), b))
+    labels = torch.tensor([[c in (img["labels"] or []) for c in class_names] for img in images], dtype=torch.bool)
+    return SceneSet(torch.stack(tensors), labels, np.array([bool(i["spurious_cue"]) for i in images]), boxes,
+                    [i["image_id"] for i in images], [list(i["labels"] or []) for i in images], list(class_names))
+
+
+def train_guided(params: Params, out: GuideOutputs, progress: bool = True) -> dict:
+    """Fine-tune (or, with ``guide.weights``, copy) the guided classifier to ``out.model``; returns the training
+    record (also written to ``out.training``; its ``seconds`` only in the return value: wall times stay out of the
+    hashed outputs). Raises ValueError / FileNotFoundError naming the key at fault."""
+    g = params.guide
+    out.model.parent.mkdir(parents=True, exist_ok=True)
+    seconds = 0.0
+    if g.weights is not None:
+        src = Path(g.weights)
+        if not src.is_file() or not src.with_suffix(".json").is_file():
+            raise FileNotFoundError(f"guide.weights: {src} (and its .json sidecar) not found")
+        shutil.copyfile(src, out.model)
+        shutil.copyfile(src.with_suffix(".json"), out.sidecar)
+        record = {"source": "copied", "weights": str(src), "sha256": file_sha256(out.model)}
+    else:
+        clf = original_classifier(params)
+        data = load_training_set(params, clf.class_names, clf.input_size)
+        cfg = training_config(params)
+        cfg.progress = progress
+        guided, hist = guided_finetune(clf, data.images, data.labels, data.boxes, cfg, seed=g.seed)
+        save_classifier(guided, out.model)
+        seconds = hist.seconds
+        record = {"source": "trained", "from": params.infer.classifier.weights,
+                  "from_sha256": file_sha256(params.infer.classifier.weights), "sha256": file_sha256(out.model),
+                  "train_images": len(data), "annotated_images": hist.annotated_images,
+                  "config": {k: v for k, v in asdict(cfg).items() if k != "progress"}, "seed": g.seed,
+                  "epochs_run": len(hist.bce), "bce": [round(v, 5) for v in hist.bce],
+                  "loc": [round(v, 5) for v in hist.loc]}
+    out.training.parent.mkdir(parents=True, exist_ok=True)
+    out.training.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return {**record, "seconds": round(seconds, 1)}
+
+
+# ------------------------------------------------------------------------------------------ held-out measures
+def _probs(clf: ImageClassifier, scenes: SceneSet) -> np.ndarray:
+    with torch.inference_mode():
+        return np.concatenate([clf.classify(scenes.images[s:s + 64].float().div_(255)).cpu().numpy()
+                               for s in range(0, len(scenes), 64)]) if len(scenes) else np.zeros((0, 0))
+
+
+def _interval(values: np.ndarray, seed: int) -> dict:
+    lo, hi = mean_interval(np.asarray(values, float), rng=seed)
+    return {"mean": float(np.mean(values)) if len(values) else None, "low": lo, "high": hi, "n": int(len(values))}
+
+
+def probe_measures(clf: ImageClassifier, with_cue: SceneSet, without: SceneSet, label: str, seed: int) -> dict:
+    """The spurious-cue probe (``tasks.infer.spurious_probe``: mean P(label) on scenes without the label, with vs
+    without the cue) over the paired arms, each mean with a bootstrap BCa 95 % interval
+    (``detection.slices.mean_interval``), and the paired difference (cue − no cue, same scenes) with its interval."""
+    c = clf.class_names.index(label)
+    p_cue, p_none = _probs(clf, with_cue)[:, c], _probs(clf, without)[:, c]
+    probs = {i: {label: float(p)} for i, p in zip([*with_cue.ids, *without.ids], [*p_cue, *p_none])}
+    point = spurious_probe([*with_cue.rows(), *without.rows()], probs, label)
+    return {**point, "with_cue": _interval(p_cue, seed), "without_cue": _interval(p_none, seed + 1),
+            "difference": _interval(p_cue - p_none, seed + 2)}
+
+
+def f1_measures(clf: ImageClassifier, scenes: SceneSet) -> dict:
+    """Mean and per-class F1 at 0.5 (``detection.evaluation.multilabel_f1``) on ``scenes``."""
+    f1 = multilabel_f1(_probs(clf, scenes), scenes.labels.numpy())
+    return {"mean_f1": float(f1.mean()), "f1": {c: float(v) for c, v in zip(clf.class_names, f1)},
+            "images": len(scenes)}
+
+
+def heldout_sets(params: Params, class_names: list[str]) -> dict[str, SceneSet | tuple[SceneSet, SceneSet]]:
+    """The held-out scene sets of ``guide`` (module docstring). Raises ValueError for a non-synthetic source or a
+    probe arm under :data:`MIN_PER_ARM` scenes."""
+    if params.pull.source != "synthetic" or params.pull.synthetic.spurious is None:
+        raise ValueError("guide: the held-out probe and decorrelated set need pull.source synthetic with "
+                         "pull.synthetic.spurious set")
+    g, cfg = params.guide, params.pull.synthetic
+    seeds = {params.seed, params.seed + params.models.train_data.seed_offset}
+    used = [s for s in (g.probe.seed, g.decorrelated.seed, g.heldout.seed) if s in seeds]
+    if used:
+        raise ValueError(f"guide: held-out seeds {used} are the audit's or the training scenes' seed {sorted(seeds)}")
+    probe = paired_probe(cfg, g.probe.seed, range(g.probe.n_scenes), class_names)
+    if len(probe[0]) < MIN_PER_ARM:
+        raise ValueError(f"guide.probe.n_scenes {g.probe.n_scenes} gave {len(probe[0])} scenes without "
+                         f"{cfg.spurious.label!r} per arm: at least {MIN_PER_ARM} needed, raise n_scenes")
+    sets: dict = {"probe": probe}
+    for name in ("decorrelated", "heldout"):
+        spec = getattr(g, name)
+        gen = cfg if spec.correlation is None else with_correlation(cfg, spec.correlation)
+        sets[name] = render_set(gen, spec.seed, range(spec.n_images), class_names, name)
+    return sets
+
+
+def heldout_measures(params: Params, models: dict[str, ImageClassifier]) -> tuple[dict, pa.Table]:
+    """For each model (id -> classifier): the cue probe with intervals, F1 in-distribution (``heldout``) and on the
+    decorrelated set, and the cue label's F1 gap (decorrelated − in-distribution). Also the per-image probabilities as
+    a table (set, model_id, image_id, category, score, label)."""
+    first = next(iter(models.values()))
+    sets = heldout_sets(params, first.class_names)
+    label = params.pull.synthetic.spurious.label
+    out, rows = {}, []
+    for model_id, clf in models.items():
+        dec, ind = f1_measures(clf, sets["decorrelated"]), f1_measures(clf, sets["heldout"])
+        out[model_id] = {"probe": probe_measures(clf, *sets["probe"], label, params.guide.seed),
+                         "in_distribution": ind, "decorrelated": dec,
+                         f"{label}_f1_gap": dec["f1"][label] - ind["f1"][label]}
+        for name, scenes in (("probe", sets["probe"][0]), ("probe", sets["probe"][1]),
+                             ("decorrelated", sets["decorrelated"]), ("heldout", sets["heldout"])):
+            p = _probs(clf, scenes)
+            for n, image_id in enumerate(scenes.ids):
+                rows.extend({"set": name, "model_id": model_id, "image_id": image_id, "category": c,
+                             "score": float(p[n, k]), "label": bool(scenes.labels[n, k]),
+                             "spurious_cue": bool(scenes.spurious[n])} for k, c in enumerate(clf.class_names))
+    counts = {"probe_scenes_per_arm": len(sets["probe"][0]), "decorrelated_images": len(sets["decorrelated"]),
+              "heldout_images": len(sets["heldout"])}
+    return {"sets": counts, "models": out}, pa.Table.from_pylist(rows)
+
+
+def rise_epg(metrics: pa.Table, targets: pa.Table, label: str, jobs: list[str]) -> dict:
+    """Mean EPG of the classes jobs' saliency inside the boxes of ``label``'s objects (``epg_box`` of the evaluate
+    stage, images where the label is present), with a bootstrap interval, per job; and the chance level."""
+    t = targets.select(["image_id", "target_id", "category"]).to_pandas()
+    m = metrics.to_pandas()
+    m = m[m["job"].isin(jobs) & m["metric"].isin(["epg_box", "epg_box_chance"])].merge(
+        t, on=["image_id", "target_id"])
+    m = m[m["category"] == label]
+    out = {}
+    for job in jobs:
+        v = m[(m["job"] == job) & (m["metric"] == "epg_box")]["value"].to_numpy(float)
+        chance = m[(m["job"] == job) & (m["metric"] == "epg_box_chance")]["value"].to_numpy(float)
+        out[job] = {**_interval(v[np.isfinite(v)], 0), "chance": float(np.nanmean(chance)) if len(chance) else None}
+    return out
+
+
+__all__ = ["GuideOutputs", "MIN_PER_ARM", "guide", "guided_spec", "heldout_measures", "load_training_set",
+           "original_classifier", "probe_measures", "rise_epg", "train_guided", "training_config"]
