@@ -67,42 +67,68 @@ class SanityRow:
     spearman_abs: float           # absolute maps
 
 
+@dataclass
+class RandomisedCopy:
+    """One stage of the cascade: a copy of the model whose top ``randomised`` of ``layers`` parameterised layers are
+    redrawn (stage 0: the trained model itself, not a copy)."""
+
+    stage: int
+    randomised: int
+    layers: int
+    top_layer: str | None         # the lowest layer randomised so far (None at stage 0)
+    model: object
+
+
+def randomised_copies(model, network_attr: str, *, steps: int = 5, seed: int = 0):
+    """Yield :class:`RandomisedCopy` for stage 0 (``model`` itself) and then ``steps`` cumulative stages, each a
+    fresh deep copy of ``model`` (an adapter whose network is ``getattr(model, network_attr)``) with its top layers
+    randomised (output side first; :func:`randomise_layers`, generator seeded ``seed + stage``). One copy lives at a
+    time. Raises ValueError when the network is not a ``torch.nn.Module`` or has no parameters."""
+    network = getattr(model, network_attr, None)
+    if not isinstance(network, torch.nn.Module):
+        raise ValueError(f"sanity check: {type(model).__name__}.{network_attr} is not a torch.nn.Module "
+                         f"(a black-box model has no parameters to randomise)")
+    layers = parameter_layers(network)
+    if not layers:
+        raise ValueError(f"sanity check: {type(network).__name__} has no parameters to randomise")
+    top_down = layers[::-1]
+    for stage, k in enumerate(cascade(len(layers), steps)):
+        if k == 0:
+            yield RandomisedCopy(stage, 0, len(layers), None, model)
+            continue
+        copy_model = copy.deepcopy(model)
+        randomise_layers(getattr(copy_model, network_attr), top_down[:k], torch.Generator().manual_seed(seed + stage))
+        yield RandomisedCopy(stage, k, len(layers), top_down[k - 1], copy_model)
+
+
 def cascading_randomisation(model, network_attr: str, scorer_for: Callable[[object], object],
                             methods: dict[str, Callable[[object], object]], images: Sequence[torch.Tensor], *,
                             steps: int = 5, seed: int = 0, budget: int | None = None) -> list[dict]:
     """Adebayo's cascading randomisation test.
 
     ``model``: a model adapter (e.g. an ImageClassifier or YoloDetector) whose network is ``getattr(model,
-    network_attr)``; it is deep-copied per stage and the copy's top layers randomised. ``scorer_for(model_copy)``
-    builds the scorer of a copy (the same targets every time, e.g. the trained model's detections as D-RISE
-    references); ``methods``: name -> factory ``(scorer) -> Explainer``; ``images``: [3, H, W] each. Returns one
-    row (:class:`SanityRow` as a dict) per method, stage, image and target: the rank correlations of its saliency
-    with the trained model's (stage 0 compares the trained model with itself: 1). Raises ValueError when the
-    network has no parameters."""
-    network = getattr(model, network_attr)
-    layers = parameter_layers(network)
-    if not layers:
-        raise ValueError(f"sanity check: {type(network).__name__} has no parameters to randomise")
-    top_down = layers[::-1]
+    network_attr)``; it is deep-copied per stage and the copy's top layers randomised (:func:`randomised_copies`).
+    ``scorer_for(model_copy)`` builds the scorer of a copy (the same targets every time, e.g. the trained model's
+    detections as D-RISE references); ``methods``: name -> factory ``(scorer) -> Explainer``; ``images``: [3, H, W]
+    each. Returns one row (:class:`SanityRow` as a dict) per method, stage, image and target: the rank correlations
+    of its saliency with the trained model's (stage 0 compares the trained model with itself: 1). Raises ValueError
+    when the network has no parameters."""
     reference: dict[tuple[str, int], torch.Tensor] = {}
     rows = []
-    for stage, k in enumerate(cascade(len(layers), steps)):
-        copy_model = copy.deepcopy(model)
-        g = torch.Generator().manual_seed(seed + stage)
-        randomise_layers(getattr(copy_model, network_attr), top_down[:k], g)
-        scorer = scorer_for(copy_model)
+    for c in randomised_copies(model, network_attr, steps=steps, seed=seed):
+        scorer = scorer_for(c.model)
         for name, make in methods.items():
             for i, image in enumerate(images):
                 sal = make(scorer).explain(image, budget=budget, seed=seed).saliency
-                if stage == 0:
+                if c.stage == 0:
                     reference[(name, i)] = sal
                 ref = reference[(name, i)]
                 for t in range(sal.shape[0]):
-                    rows.append(asdict(SanityRow(name, stage, k, len(layers), top_down[k - 1] if k else None, i, t,
+                    rows.append(asdict(SanityRow(name, c.stage, c.randomised, c.layers, c.top_layer, i, t,
                                                  rank_correlation(ref[t], sal[t]),
                                                  rank_correlation(ref[t].abs(), sal[t].abs()))))
     return rows
 
 
-__all__ = ["SanityRow", "cascade", "cascading_randomisation", "parameter_layers", "randomise_layers",
-           "rank_correlation"]
+__all__ = ["RandomisedCopy", "SanityRow", "cascade", "cascading_randomisation", "parameter_layers", "randomise_layers",
+           "randomised_copies", "rank_correlation"]

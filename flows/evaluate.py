@@ -21,7 +21,9 @@ from tasks import stages
 from tasks.audit_slices import where_it_fails
 from tasks.evaluate import SUBSTRATES, agreement_rows, evaluate_shard, shard_items
 from tasks.evaluate_summary import NOTES, summarise, undefined_counts, write_mr_fppi, write_plots
+from tasks.explain import shard_items as explain_items
 from tasks.params import Params, load_params
+from tasks.sanity import sanity_check, sanity_summary, sanity_targets
 from tasks.shards import collect_staged, fresh_staging, publish, shard_ranges, staged_shard_dir, write_json
 from tasks.timings import record_run
 from tasks.undefined import NONFINITE_SALIENCY
@@ -42,8 +44,11 @@ def evaluate_flow(params: Params) -> dict:
     staging = fresh_staging(outputs.out_dir)
     futures = [evaluate_shard.submit(items[r.start:r.stop], params, staged_shard_dir(staging, i))
                for i, r in enumerate(shard_ranges(len(items), cfg.shard_size))]
+    sanity = _submit_sanity(params, explanations, data.images, explained.read("targets"))
     tables = collect_staged(staging, progress(futures, "evaluate"), ("metrics", "errors"))
     shards_done = time.perf_counter()
+    checked = sanity.result() if sanity is not None else {"rows": [], "errors": [], "status": {}}
+    sanity_done = time.perf_counter()
     metrics = pa.concat_tables([tables["metrics"], rows_to_table(agreement_rows(explanations), "metrics")])
     pulled = stages.pull(params)
     drawn, computed = (_optional(pulled, name, logger) for name in ("attributes", "computed_attributes"))
@@ -51,8 +56,10 @@ def evaluate_flow(params: Params) -> dict:
                                                      stages.infer(params).read("detections"), explanations, drawn,
                                                      computed, pulled.user_attributes())
     failures_done = time.perf_counter()
-    tables["errors"] = pa.concat_tables([tables["errors"], rows_to_table(failure_errors, "errors")])
-    outputs.write(staging, {"metrics": metrics, "errors": tables["errors"], **failures})
+    tables["errors"] = pa.concat_tables([tables["errors"], rows_to_table(checked["errors"] + failure_errors,
+                                                                         "errors")])
+    outputs.write(staging, {"metrics": metrics, "errors": tables["errors"], **failures,
+                            "sanity": rows_to_table(checked["rows"], "sanity")})
     publish(staging, outputs.out_dir)
     summary = {"explanations": explanations.num_rows, "errors": tables["errors"].num_rows,
                "substrates": {m: make_perturbation(SUBSTRATES[m]).describe() for m in SUBSTRATES}, "steps": cfg.steps,
@@ -60,16 +67,33 @@ def evaluate_flow(params: Params) -> dict:
                "undefined": undefined_counts(metrics),
                "nonfinite_saliency": tables["errors"].filter(
                    pc.equal(tables["errors"]["error_type"], NONFINITE_SALIENCY)).num_rows,
-               "pointing_tolerance": cfg.pointing_tolerance, "notes": NOTES, "where_it_fails": where}
+               "pointing_tolerance": cfg.pointing_tolerance, "notes": NOTES, "where_it_fails": where,
+               "sanity": {"steps": cfg.sanity.steps, "max_correlation": cfg.sanity.max_correlation,
+                          "jobs": sanity_summary(checked["rows"], checked["status"], cfg.sanity.max_correlation)}}
     write_json(outputs.metrics, summary)
     write_plots(metrics, explanations, outputs.plots_dir)
     write_mr_fppi(where, outputs.plots_dir)
     record_run("evaluate", {"wall_seconds": round(time.perf_counter() - started, 2),
                             "shards_seconds": round(shards_done - started, 2),
-                            "where_it_fails_seconds": round(failures_done - shards_done, 2)}, outputs.metrics)
+                            "sanity_wait_seconds": round(sanity_done - shards_done, 2),
+                            "where_it_fails_seconds": round(failures_done - sanity_done, 2)}, outputs.metrics)
     logger.info("evaluate: %d metric rows for %d explanations, %d errors, undefined values %s", metrics.num_rows,
                 explanations.num_rows, tables["errors"].num_rows, summary["undefined"])
     return summary
+
+
+def _submit_sanity(params: Params, explanations: pa.Table, images: pa.Table, targets: pa.Table):
+    """The sanity check (tasks.sanity) of every job on its first ``evaluate.sanity.targets`` targets, as one task
+    running alongside the metric shards; None when off or nothing was explained."""
+    per_job = params.evaluate.sanity.targets
+    chosen = sanity_targets(explanations, params.explain.jobs, per_job) if per_job else {}
+    ids = pa.array(sorted({image_id for keys in chosen.values() for image_id, _ in keys}), pa.string())
+    if len(ids) == 0:
+        return None
+    items = explain_items(images.filter(pc.is_in(images["image_id"], value_set=ids)),
+                          targets.filter(pc.is_in(targets["image_id"], value_set=ids)),
+                          stages.parts(params).read("parts"))
+    return sanity_check.submit(items, chosen, params)
 
 
 def _optional(pulled: stages.PullOutputs, name: str, logger) -> pa.Table | None:

@@ -195,7 +195,7 @@ def _row(item_target: dict, job: ExplainJob, exp, t: int, T: int, names, cfg: Ex
             "options_hash": hashlib.sha256(options.encode()).hexdigest()[:12], "options": options}
 
 
-def _explain_targets(job: ExplainJob, scorer_for, image: torch.Tensor, targets: list[dict], parts_of,
+def explain_targets(job: ExplainJob, scorer_for, image: torch.Tensor, targets: list[dict], parts_of,
                      cfg: ExplainParams, seed: int, device: str, errors: list[dict], uri: str) -> list[dict]:
     """One job over one image's targets of one kind. Pixel methods, and region methods whose regions every target
     shares (superpixels, grid), explain all targets with one set of forwards; body-part games run per target.
@@ -233,7 +233,9 @@ def _explain_targets(job: ExplainJob, scorer_for, image: torch.Tensor, targets: 
     return rows
 
 
-def _parts_lookup(part_rows: list[dict], device: str):
+def parts_lookup(part_rows: list[dict], device: str):
+    """``parts_of(target)``: the target's body-part masks {part: [H, W] bool on ``device``} from its ``parts`` rows
+    ({} when it has none)."""
     by_target: dict[tuple[str, str], dict[str, dict]] = {}
     for p in part_rows:
         by_target.setdefault((p["model_id"], p["det_id"]), {})[p["part"]] = p
@@ -254,7 +256,7 @@ def explain_image(item: ExplainItem, params: Params, device: str, errors: list[d
     image = load_image(img, "explain", device, errors)
     if image is None:
         return []
-    parts_of = _parts_lookup(item["parts"], device)
+    parts_of = parts_lookup(item["parts"], device)
     rows = []
     small = None
     for job in cfg.jobs:
@@ -265,10 +267,10 @@ def explain_image(item: ExplainItem, params: Params, device: str, errors: list[d
             continue
         if job.targets == "classes":
             small = classifier_view(params, device, image) if small is None else small
-            rows += _explain_targets(job, lambda ts: classifier_scorer(params, device, ts), small, targets, None,
+            rows += explain_targets(job, lambda ts: classifier_scorer(params, device, ts), small, targets, None,
                                      cfg, params.seed, device, errors, img["uri"])
         else:
-            rows += _explain_targets(job, lambda ts: detection_scorer(params, device, ts), image, targets,
+            rows += explain_targets(job, lambda ts: detection_scorer(params, device, ts), image, targets,
                                      parts_of, cfg, params.seed, device, errors, img["uri"])
     return rows
 

@@ -55,19 +55,23 @@ def load_image(img: dict, stage: str, device: str, errors: list[dict]) -> torch.
         return None
 
 
-def detection_scorer(params: Params, device: str, targets: list[dict]) -> DRiseScorer:
-    """D-RISE similarity of the audited detector to the targets' boxes (GT persons: a one-hot person vector)."""
+def detection_scorer(params: Params, device: str, targets: list[dict], detector=None) -> DRiseScorer:
+    """D-RISE similarity of the audited detector (or ``detector``, e.g. a randomised copy of it) to the targets'
+    boxes (GT persons: a one-hot person vector)."""
     spec = params.explain_detector()
-    detector = detector_model(spec.model_dump_json(), device, params.explain.chunk_size)
+    if detector is None:
+        detector = detector_model(spec.model_dump_json(), device, params.explain.chunk_size)
     person = F.one_hot(torch.tensor(detector.class_names.index(spec.person_class)), detector.num_classes).tolist()
     probs = [t["class_probs"] if t.get("class_probs") is not None else person for t in targets]
     return DRiseScorer(detector, torch.tensor([t["bbox"] for t in targets]), torch.tensor(probs),
                        chunk_size=params.explain.chunk_size)
 
 
-def classifier_scorer(params: Params, device: str, targets: list[dict]) -> ClassifierScorer:
-    """Probabilities of the targets' classes."""
-    clf = classifier_model(params.infer.classifier.model_dump_json(), device, params.explain.chunk_size)
+def classifier_scorer(params: Params, device: str, targets: list[dict], classifier=None) -> ClassifierScorer:
+    """Probabilities of the targets' classes under the audited classifier (or ``classifier``, e.g. a randomised
+    copy of it)."""
+    clf = classifier if classifier is not None else classifier_model(params.infer.classifier.model_dump_json(),
+                                                                       device, params.explain.chunk_size)
     return ClassifierScorer(clf, [clf.class_names.index(t["category"]) for t in targets],
                             chunk_size=params.explain.chunk_size)
 

@@ -33,6 +33,7 @@ from tasks.report_intervals import (  # noqa: E402
     share_intervals,
 )
 from tasks.report_sag import render_sag  # noqa: E402
+from tasks.report_sanity import render_sanity  # noqa: E402
 from tasks.undefined import parse_undefined  # noqa: E402
 
 # parts10 names, then the coarser groupings' own (parts6 / parts4: left_arm, arms, ...), then the context player
@@ -850,6 +851,8 @@ SECTIONS: tuple[Section, ...] = (
     Section("sag", "Sufficient part sets", render_sag, (("sag", "Sufficient parts"),)),
     Section("agreement", "Explanation quality and method agreement", render_quality,
             (("agreement", "Quality"), ("undefined", "Undefined"))),
+    Section("sanity", "Sanity checks: do the explanations depend on the model?", render_sanity,
+            (("sanity", "Sanity"),)),
     Section("classifier", "Classifier: objects or spurious cue?", render_classifier, (("classifier", "Classifier"),)),
     Section("cost", "Cost", render_cost, (("cost", "Cost"),)),
     Section("gallery", "Gallery", render_gallery, (("gallery", "Gallery"),)),

@@ -133,11 +133,12 @@ class ExplainOutputs(StageOutputs):
 @dataclass(frozen=True)
 class EvaluateOutputs(StageOutputs):
     """The metrics table (one row per explanation and metric), errors, the slices where the detector fails or its
-    relevance shifts (``slices``) and why each ground-truth pedestrian was missed (``misses``); plots for
-    ``dvc plots``."""
+    relevance shifts (``slices``), why each ground-truth pedestrian was missed (``misses``) and every job's sanity
+    check under model randomisation (``sanity``, tasks.sanity); plots for ``dvc plots``."""
 
     plots_dir: Path = Path("plots")
-    TABLES: ClassVar[dict[str, str]] = {n: f"{n}.parquet" for n in ("metrics", "errors", "slices", "misses")}
+    TABLES: ClassVar[dict[str, str]] = {n: f"{n}.parquet" for n in ("metrics", "errors", "slices", "misses",
+                                                                     "sanity")}
     PLOTS: ClassVar[tuple[str, ...]] = ("causal_curves.png", "part_relevance.png", "mr_fppi.csv")
 
     def dvc_plots(self) -> list[Path]:

@@ -17,7 +17,7 @@ import pytest
 import tasks.explain
 from tasks.stages import ExplainOutputs
 from tasks.timings import TIMINGS_DIR, read_shard_timings
-from tests.conftest import tiny_params
+from tests.conftest import TINY_JOBS, tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -120,12 +120,23 @@ def test_a_corrupt_image_lands_in_errors_and_the_rest_completes(project):
     defined = any("deletion_auc" in job for kind in summary["by_kind"].values() for job in kind.values())
     assert curves[0] == "job,fraction,deletion,insertion" and (len(curves) > 5 or not defined)
     assert Path("plots/part_relevance.csv").read_text().startswith("job,part,share")
+    # the sanity check re-explained each job's first two targets on the trained model and 3 randomised stages
+    sanity = pq.read_table("data/evaluate/sanity.parquet").to_pandas()
+    jobs = {j["method"] + ("@parts" if j["regions"] == "parts" else "") for j in TINY_JOBS}
+    assert summary["sanity"]["jobs"].keys() == jobs and set(sanity["job"]) == jobs
+    assert all(e["status"] == "checked" for e in summary["sanity"]["jobs"].values())
+    assert sorted(set(sanity["stage"])) == [0, 1, 2, 3] and (sanity.groupby("job").size() <= 8).all()
+    trained = sanity[sanity["stage"] == 0]
+    assert ((trained["spearman"] == 1) | trained["spearman"].isna()).all()
+    full = sanity[sanity["stage"] == 3]
+    assert (full["randomised"] == full["layers"]).all() and (full["layers"] > 1).all()
 
     report = run_report(params)
     html = Path(report["report"]).read_text()
     parser = _Collect()
     parser.feed(html)
-    assert {"summary", "findings", "parts", "agreement", "classifier", "cost", "gallery", "errors"} <= parser.ids
+    assert {"summary", "findings", "parts", "agreement", "sanity", "classifier", "cost", "gallery",
+            "errors"} <= parser.ids
     assert parser.images and all(src.startswith("data:image/png;base64,") for src in parser.images)
     assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", html)       # nothing fetched from outside
     assert bad["image_id"] in html                                             # the errors section names it

@@ -5,6 +5,7 @@ no AP, and has explanations and body parts for the detections."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from pathlib import Path
 
@@ -117,6 +118,9 @@ def test_folder_of_photos_audited_end_to_end_without_ground_truth(prefect_server
     assert parts and {p["source"] for p in parts} == {"template"}
     assert {e["job"] for e in explanations} == {"bayes_shapley@parts", "occlusion@parts", "drise"}
     assert all(e["image_id"] == "bus.jpg" for e in explanations)
+    sanity = json.loads(Path(loaded.evaluate.metrics).read_text())["sanity"]["jobs"]    # a black box: no layers
+    assert set(sanity) == {"bayes_shapley@parts", "occlusion@parts", "drise"}
+    assert all(e["status"].startswith("not applicable: ") and "black box" in e["status"] for e in sanity.values())
 
     page = Path(loaded.report.out).read_text()
     text = re.sub(r"<style>.*?</style>", "", re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page), flags=re.S)

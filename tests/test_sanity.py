@@ -63,3 +63,41 @@ def test_gradient_maps_decorrelate_and_a_model_blind_map_does_not():
         assert by[(name, 0)]["spearman"] > 1 - 1e-9
         assert by[(name, 3)]["spearman_abs"] < 0.8, (name, [by[(name, s)]["spearman_abs"] for s in range(4)])
     assert all(by[("image_itself", s)]["spearman"] > 1 - 1e-9 for s in range(4))         # fails the check
+
+
+def test_summary_passes_only_decorrelated_jobs_and_names_black_boxes():
+    from tasks.report_sanity import passing_jobs, sanity_table
+    from tasks.sanity import sanity_summary
+
+    def row(job, stage, rho, rho_abs, target="t0"):
+        return {"job": job, "method": job, "model": "detector", "stage": stage, "randomised": 10 * stage,
+                "layers": 20, "top_layer": None, "image_id": "i", "target_id": target, "spearman": rho,
+                "spearman_abs": rho_abs}
+
+    rows = [row("good", 0, 1.0, 1.0), row("good", 2, 0.1, -0.2), row("good", 2, 0.3, 0.2, "t1"),
+            row("blind", 0, 1.0, 1.0), row("blind", 2, 0.95, 0.9),
+            row("half", 0, 1.0, 1.0), row("half", 2, 0.1, 0.8),              # signed low, absolute high: fails
+            row("broken", 0, 1.0, 1.0), row("broken", 2, float("nan"), float("nan"))]
+    status = {j: "checked" for j in ("good", "blind", "half", "broken")} | {"onnx": "not applicable: no autograd"}
+    summary = sanity_summary(rows, status, 0.5)
+    assert summary["good"]["passes"] and summary["good"]["spearman_full"] == 0.2          # median of 0.1, 0.3
+    assert summary["good"]["targets"] == 2 and [s["stage"] for s in summary["good"]["stages"]] == [0, 2]
+    assert not summary["blind"]["passes"] and not summary["half"]["passes"]
+    assert not summary["broken"]["passes"] and summary["broken"]["spearman_full"] is None   # no value: not a pass
+    assert summary["onnx"] == {"status": "not applicable: no autograd"}
+    evaluate = {"sanity": {"steps": 2, "max_correlation": 0.5, "jobs": summary}}
+    assert passing_jobs(evaluate) == {"good"}
+    table = sanity_table(evaluate).set_index("job")
+    assert table.loc["good", "verdict"] == "passes" and table.loc["blind", "verdict"].startswith("does not pass")
+    assert table.loc["onnx", "verdict"].startswith("not applicable")
+
+
+def test_a_map_that_turns_constant_counts_as_uncorrelated():
+    import numpy as np
+
+    from tasks.sanity import _correlations
+
+    trained = np.array([0.1, 0.5, -0.3, 0.9])
+    assert _correlations(trained, np.zeros(4)) == (0.0, 0.0)
+    assert _correlations(trained, trained * 2) == (1.0, 1.0)
+    assert all(np.isnan(v) for v in _correlations(np.ones(4), np.ones(4)))         # nothing ranked: undefined

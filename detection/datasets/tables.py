@@ -228,6 +228,20 @@ METRICS_SCHEMA = pa.schema([                   # evaluate stage: one row per (ta
     ("value", pa.float32()),
 ])
 
+SANITY_SCHEMA = pa.schema([                    # evaluate: cascading randomisation of every job (tasks.sanity)
+    ("job", pa.string()),
+    ("method", pa.string()),
+    ("model", pa.string()),                    # detector | classifier
+    ("stage", pa.int16()),                     # 0: the trained model
+    ("randomised", pa.int16()),                # top parameterised layers randomised
+    ("layers", pa.int16()),                    # parameterised layers of the network
+    ("top_layer", pa.string()),                # the lowest layer randomised so far (null at stage 0)
+    ("image_id", pa.string()),
+    ("target_id", pa.string()),
+    ("spearman", pa.float64()),                # rank correlation with the trained model's map (signed)
+    ("spearman_abs", pa.float64()),            # ... of the absolute maps
+])
+
 SLICES_SCHEMA = pa.schema([                    # evaluate: slices of ground-truth pedestrians (detection.slices)
     ("outcome", pa.string()),                  # missed | share:<part> | share:context (relevance share, `job`)
     ("job", pa.string()),                      # the explain job the shares come from; null for missed
@@ -280,6 +294,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "metrics": METRICS_SCHEMA,
     "slices": SLICES_SCHEMA,
     "misses": MISSES_SCHEMA,
+    "sanity": SANITY_SCHEMA,
 }
 
 

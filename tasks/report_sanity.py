@@ -1,0 +1,76 @@
+"""The report's "Sanity checks" section, from ``metrics/evaluate.json``'s ``sanity`` entry (tasks.sanity): for every
+explain job, Adebayo et al.'s cascading model-parameter randomisation ("Sanity Checks for Saliency Maps", NeurIPS
+2018, https://arxiv.org/abs/1810.03292) on the audited model — the median rank correlation of the job's maps with
+the trained model's as more and more of the model is randomised, and whether the job passes (its maps no longer
+resemble the trained model's once every layer is random: they depend on what the model learned).
+
+A job that does not pass explains something other than the model (an edge detector, its own sampling pattern): its
+maps and body-part relevance should not be read as the model's reasons. Pure functions of the summary;
+:func:`render_sanity` is the section's render function (``tasks.report.SECTIONS``)."""
+from __future__ import annotations
+
+import pandas as pd
+
+SANITY_NOTE = ("Cascading model-parameter randomisation (Adebayo et al. 2018): each job re-explains its first "
+               "{targets} targets on copies of the audited model whose parameterised layers are redrawn at random "
+               "from the output down, in {steps} stages; ρ is Spearman's rank correlation of the map (body-part / "
+               "region relevance for region jobs, the saliency grid for pixel jobs) with the trained model's, median "
+               "over the targets, of the signed and of the absolute values. A job <b>passes</b> when both are at most "
+               "{max_correlation:g} with every layer randomised: its explanations depend on what the model learned. "
+               "A map that turns constant on the random model counts as ρ = 0. Few targets: a coarse check, not a "
+               "measurement (benchmarks/bench_sanity.py measures it on more).")
+
+
+def sanity_table(summary: dict) -> pd.DataFrame:
+    """One row per job: model, layers randomised at each stage with ρ (signed / absolute), verdict. Empty when the
+    summary has no ``sanity`` entry (an evaluate run before the check existed, or ``evaluate.sanity.targets: 0``)."""
+    jobs = summary.get("sanity", {}).get("jobs", {})
+    rows = []
+    for job, entry in jobs.items():
+        if entry.get("status") != "checked" or not entry.get("stages"):
+            rows.append({"job": job, "model": entry.get("model", ""), "targets": 0, "ρ by randomised layers": "",
+                         "ρ all random (signed / abs)": "", "verdict": entry.get("status", "")})
+            continue
+        stages = entry["stages"]
+        path = " → ".join(f"{s['randomised']}/{s['layers']}: {_rho(s['spearman'])}" for s in stages[1:])
+        verdict = "passes" if entry["passes"] else "does not pass: its maps survive randomising the model"
+        rows.append({"job": job, "model": entry["model"], "targets": entry["targets"], "ρ by randomised layers": path,
+                     "ρ all random (signed / abs)": f"{_rho(entry['spearman_full'])} / "
+                                                    f"{_rho(entry['spearman_abs_full'])}",
+                     "verdict": verdict})
+    return pd.DataFrame(rows)
+
+
+def passing_jobs(summary: dict) -> set[str]:
+    """The jobs whose sanity check passed (checked and passed; not-applicable jobs are not among them)."""
+    return {job for job, e in summary.get("sanity", {}).get("jobs", {}).items() if e.get("passes")}
+
+
+def _rho(value) -> str:
+    return "n/a" if value is None else f"{value:+.2f}"
+
+
+def render_sanity(ctx):
+    """The section (``tasks.report.Rendered``), or None when the evaluate summary has no sanity check."""
+    from tasks.report import Rendered, _markdown_table, _plain, _table
+
+    summary = ctx.inputs.evaluate_summary
+    table = sanity_table(summary)
+    if table.empty:
+        return None
+    cfg = summary["sanity"]
+    targets = max([int(t) for t in table["targets"]] + [0])
+    note = SANITY_NOTE.format(targets=targets, steps=cfg.get("steps"), max_correlation=cfg.get("max_correlation"))
+    body = _table(table) + f"<p class='note'>{note}</p>"
+    failing = [j for j in table["job"] if j not in passing_jobs(summary)
+               and summary["sanity"]["jobs"][j].get("status") == "checked"]
+    lines = ["## Sanity checks", "", _markdown_table(table), "", _plain(note)]
+    if failing:
+        warn = (f"Jobs that did not pass: {', '.join(failing)} — read their maps with care: they change little when "
+                f"the model is destroyed.")
+        body = f"<p><b>{warn}</b></p>" + body
+        lines += ["", warn]
+    return Rendered(body, tuple(lines))
+
+
+__all__ = ["SANITY_NOTE", "passing_jobs", "render_sanity", "sanity_table"]
