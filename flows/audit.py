@@ -13,7 +13,7 @@ import flows  # noqa: F401  (environment defaults)
 
 from prefect import flow, get_run_logger
 
-STAGES = ("pull", "models", "infer", "parts", "explain", "evaluate", "report")
+STAGES = ("pull", "models", "infer", "parts", "explain", "evaluate", "guide", "report")
 
 
 def _run_stage(name: str, params_file: str) -> dict:
@@ -37,6 +37,9 @@ def _run_stage(name: str, params_file: str) -> dict:
     if name == "evaluate":
         from flows.evaluate import run_evaluate
         return run_evaluate(params_file)
+    if name == "guide":
+        from flows.guide import run_guide
+        return run_guide(params_file)
     from flows.report import run_report
     return run_report(params_file)
 

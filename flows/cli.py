@@ -69,7 +69,8 @@ def _explain(args: argparse.Namespace) -> int:
 def default_stages(params_file: str) -> list[str]:
     """The stages ``audit`` / ``serve`` run without ``--stage``: all of them, except ``models`` when no model in
     ``infer`` (weights or keypoint model) is a file the models stage writes - models you bring (``kind: callable``,
-    your own .pt) would otherwise wait ~25 CPU minutes for demo models nobody uses."""
+    your own .pt) would otherwise wait ~25 CPU minutes for demo models nobody uses - and ``guide`` where it cannot
+    run (:func:`guide_applies`)."""
     from flows.audit import STAGES
 
     from tasks.keypoints import KEYPOINTS_FILE
@@ -81,7 +82,20 @@ def default_stages(params_file: str) -> list[str]:
     written = {(out / name).resolve() for name in [*MODEL_FILES.values(), KEYPOINTS_FILE]}
     specs = [s for s in (*params.infer.detectors, params.infer.pose, params.infer.classifier) if s is not None]
     used = [Path(f).resolve() for s in specs for f in (s.weights, getattr(s, "keypoints", None)) if f]
-    return list(STAGES) if written & set(used) else [s for s in STAGES if s != "models"]
+    stages = list(STAGES) if written & set(used) else [s for s in STAGES if s != "models"]
+    return stages if guide_applies(params, stages) else [s for s in stages if s != "guide"]
+
+
+def guide_applies(params, stages: list[str]) -> bool:
+    """The guide stage runs by default only where it can: the classifier is the models stage's scene classifier
+    (a SceneNet it can fine-tune, trained on the models stage's training scenes, which are in this run) and the
+    source is the synthetic generator with a spurious cue (its held-out probe and decorrelated set)."""
+    from tasks.models import MODEL_FILES
+
+    clf = params.infer.classifier
+    ours = (Path(params.models.out_dir) / MODEL_FILES["classifier"]).resolve()
+    return ("models" in stages and clf is not None and clf.kind == "saved" and Path(clf.weights).resolve() == ours
+            and params.pull.source == "synthetic" and params.pull.synthetic.spurious is not None)
 
 
 def _stages(args: argparse.Namespace) -> list[str]:
@@ -98,7 +112,7 @@ def _audit(args: argparse.Namespace) -> int:
     from flows.audit import audit_flow
 
     result = audit_flow(args.params, _stages(args))
-    print(json.dumps({k: v for k, v in result.items() if k in ("explain", "evaluate", "report")}, indent=2,
+    print(json.dumps({k: v for k, v in result.items() if k in ("explain", "evaluate", "guide", "report")}, indent=2,
                      sort_keys=True, default=str))
     return 0
 
@@ -154,10 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
     explain.set_defaults(func=_explain)
     command("evaluate", help="metrics of every explanation, DVC metrics and plots").set_defaults(
         func=_stage("evaluate", "run_evaluate"))
+    command("guide", help="fine-tune the classifier with model guidance (energy loss), re-audit it, compare on "
+                          "held-out scenes").set_defaults(func=_stage("guide", "run_guide"))
     command("report", help="the HTML audit report and markdown summary").set_defaults(
         func=_stage("report", "run_report"))
-    stages_help = ("run only these stages (repeatable): pull models infer parts explain evaluate report; default "
-                   "all, without models when no model in infer comes from it")
+    stages_help = ("run only these stages (repeatable): pull models infer parts explain evaluate guide report; "
+                   "default all, without models when no model in infer comes from it, without guide where it "
+                   "cannot run")
     audit = command("audit", help="every stage as one Prefect flow (what `dvc repro` runs, unconditionally)")
     audit.add_argument("--stage", dest="stages", action="append", help=stages_help)
     audit.set_defaults(func=_audit)

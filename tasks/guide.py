@@ -124,7 +124,8 @@ def original_classifier(params: Params) -> ImageClassifier:
 def training_config(params: Params) -> GuidanceTraining:
     g = params.guide
     return GuidanceTraining(loss=g.loss, attribution=g.attribution, layer=g.layer, lam=g.lam, fraction=g.fraction,
-                            epochs=g.epochs, batch_size=g.batch_size, lr=g.lr, time_limit_s=g.time_limit_s)
+                            epochs=g.epochs, batch_size=g.batch_size, lr=g.lr, max_grad_norm=g.max_grad_norm,
+                            time_limit_s=g.time_limit_s)
 
 
 def load_training_set(params: Params, class_names: list[str], input_size: tuple[int, int] | None) -> SceneSet:

@@ -263,6 +263,56 @@ class ReportParams(_Section):
     gallery: int = Field(default=4, ge=0)               # overlays per gallery row (best, worst, most surprising)
 
 
+class HeldoutSet(_Section):
+    """Scenes of the synthetic generator rendered in memory for the guide stage's held-out measures (a seed neither
+    the audit nor the training scenes use)."""
+
+    seed: int
+    n_images: int = Field(default=400, ge=1)
+    correlation: float | None = Field(default=None, ge=0, le=1)   # the cue's; null: pull.synthetic.spurious's
+
+
+class ProbeSet(_Section):
+    """The paired spurious-cue probe: scenes 0 .. n_scenes - 1 of ``seed`` without the cue label, each rendered with
+    and without the cue (detection.guidance_data.paired_probe); at least 200 per arm."""
+
+    seed: int = 9002
+    n_scenes: int = Field(default=800, ge=1)
+
+
+class GuideParams(_Section):
+    """Model guidance (Rao et al. 2023, https://arxiv.org/abs/2303.11932): fine-tune infer.classifier with
+    BCE + lam * L_loc on the training scenes (boxes of a seeded `fraction` of them), re-audit it (infer, the
+    classes explain jobs, evaluate) under `model_id` into `out_dir`, and compare both on held-out scenes."""
+
+    out_dir: str = "data/guide"
+    model: str = "models/classifier_guided.pt"         # TorchScript + .json sidecar (save_classifier)
+    metrics: str = "metrics/guide.json"
+    model_id: str = "demo-scene-guided"                # the re-audit's model id (infer.classifier keeps its own)
+    weights: str | None = None                         # a saved guided classifier to copy instead of training
+    loss: Literal["energy", "l1", "rrr", "ppce"] = "energy"
+    attribution: Literal["ixg", "grad_cam"] = "ixg"
+    layer: str | None = "features.4"                   # null: the input (ixg only)
+    lam: float = Field(default=1.0, ge=0)              # weight of the localisation loss (summed over images)
+    fraction: float = Field(default=0.1, gt=0, le=1)   # training images whose boxes are used
+    epochs: int = Field(default=3, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    lr: float = Field(default=3e-4, gt=0)
+    max_grad_norm: float | None = Field(default=1.0, gt=0)   # gradient clipping (null: none)
+    time_limit_s: float | None = Field(default=None, gt=0)
+    seed: int = 0                                      # box subset, sampled classes, batches
+    audit_jobs: list[ExplainJob] | None = None         # null: explain.jobs with targets 'classes'
+    probe: ProbeSet = ProbeSet()
+    decorrelated: HeldoutSet = HeldoutSet(seed=9001, correlation=0.5)
+    heldout: HeldoutSet = HeldoutSet(seed=9003)
+
+    @model_validator(mode="after")
+    def _layer_for_grad_cam(self) -> GuideParams:
+        if self.attribution == "grad_cam" and self.layer is None:
+            raise ValueError("attribution 'grad_cam' needs a layer (e.g. features.2)")
+        return self
+
+
 class Params(_Section):
     seed: int = 0
     workers: int = Field(default=2, ge=1)       # threads of a stage's Prefect task runner
@@ -273,6 +323,7 @@ class Params(_Section):
     explain: ExplainParams = ExplainParams()
     evaluate: EvaluateParams = EvaluateParams()
     report: ReportParams = ReportParams()
+    guide: GuideParams = GuideParams()
 
     def explain_detector(self) -> DetectorSpec:
         """The detector the explain stage audits (explain.detector, else the first of infer.detectors)."""

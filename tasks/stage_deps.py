@@ -56,6 +56,7 @@ STAGES: dict[str, tuple[Entry, ...]] = {
     "parts": (CLI, Entry("flows.parts")),
     "explain": (CLI, Entry("flows.explain")),
     "evaluate": (CLI, Entry("flows.evaluate")),
+    "guide": (CLI, Entry("flows.guide")),
     "report": (CLI, Entry("flows.report")),
 }
 

@@ -41,6 +41,7 @@ class GuidanceTraining:
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.0
+    max_grad_norm: float | None = None         # clip the gradient norm (double back-propagation can spike)
     time_limit_s: float | None = None          # stop after the epoch that crosses it
     progress: bool = True
 
@@ -159,6 +160,8 @@ def guided_finetune(clf: ImageClassifier, images: torch.Tensor, labels: torch.Te
                     seen += len(keep)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.max_grad_norm)
             opt.step()
             sched.step()
             bces.append(bce.detach())
