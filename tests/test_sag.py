@@ -132,6 +132,102 @@ def test_pruning_drops_the_least_important_region_first():
     assert _prune((0, 1, 2), _Memo(game, 3, 0), 0.9, rank) == (0, 2)
 
 
+def monotone_game(rng: np.random.Generator, M: int):
+    """A random monotone game (adding a region never lowers the score): a logistic of non-negative main effects
+    and pairwise interactions, or an OR of a few ANDs over random region sets plus small non-negative weights."""
+    if rng.random() < 0.5:
+        a, c = rng.exponential(1.0, M), rng.normal(-3.0, 1.0)
+        b = np.triu(rng.exponential(0.3, (M, M)) * (rng.random((M, M)) < 0.3), 1)
+
+        def fn(S: set) -> float:
+            z = np.isin(np.arange(M), list(S)).astype(float)
+            return float(1 / (1 + np.exp(-(c + z @ a + z @ b @ z))))
+    else:
+        ands = [set(rng.choice(M, int(rng.integers(1, 5)), replace=False).tolist()) for _ in range(rng.integers(2, 6))]
+        w, e = rng.uniform(0.5, 1.0, len(ands)), rng.uniform(0.0, 0.05, M)
+
+        def fn(S: set) -> float:
+            return max(wj * (A <= S) for wj, A in zip(w, ands)) + sum(e[i] for i in S)
+    return fn
+
+
+def test_monotone_inference_finds_the_papers_roots_on_monotone_games_with_fewer_forwards():
+    """On a monotone game a superset of a sufficient set is sufficient, so taking it as such without a forward
+    (``infer``, the default) changes nothing the paper's search (every child scored, ``infer=False``) finds: the
+    same roots, in the same order, the same diverse roots and graph, for no more forwards (fewer in total)."""
+    rng = np.random.default_rng(7)
+    spent, paper_spent, games = 0, 0, 0
+    while games < 40:
+        M = int(rng.integers(5, 10))
+        fn = monotone_game(rng, M)
+        table = Counting(fn, M).table()
+        if not (table[-1] > table[0] > 0) or table[0] >= 0.9 * table[-1]:
+            continue
+        importance = torch.from_numpy(rng.normal(size=M))     # any order: the inference must not depend on it
+        new, paper = Counting(fn, M), Counting(fn, M)
+        ours = structured_attention_graph(new, M, importance)
+        theirs = structured_attention_graph(paper, M, importance, infer=False)
+        assert ours.roots == theirs.roots and ours.diverse == theirs.diverse
+        assert [(e.parent, e.child) for e in ours.edges] == [(e.parent, e.child) for e in theirs.edges]
+        assert ours.root_sets() <= exact_minimal_sufficient(table, 0.9)          # monotone: 1-minimal is minimal
+        assert ours.search_forward <= theirs.search_forward
+        assert len(new.seen) == len(set(new.seen)) == ours.n_forward              # each set scored once
+        spent, paper_spent, games = spent + ours.search_forward, paper_spent + theirs.search_forward, games + 1
+    assert spent < 0.9 * paper_spent
+
+
+def test_a_child_containing_a_sufficient_set_is_never_scored():
+    """{0} alone is sufficient: every later child contains it, so no set but the full one that strictly contains
+    {0} is ever scored, and {0} is the root it prunes to."""
+    def fn(S: set) -> float:
+        return 1.0 if 0 in S else 0.1 * len(S)
+    game = Counting(fn, 6)
+    result = structured_attention_graph(game, 6, torch.tensor([1.0, 0.5, 0.4, 0.3, 0.2, 0.1]))
+    assert frozenset({0}) in result.root_sets()
+    assert [s for s in game.seen if 0 in s and len(s) > 1] == [tuple(range(6))]
+
+
+def test_roots_are_sufficient_and_one_minimal_on_a_game_that_is_not_monotone():
+    """Random scores (far from monotone): whatever the inference takes for granted, every root it returns is scored
+    sufficient and none of its single removals is, by the game's table."""
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        M = 7
+        values = rng.random(2 ** M)
+        values[-1] = 1.0
+        values[0] = 0.0
+        game = Counting(lambda S, v=values: float(v[sum(1 << i for i in S)]), M)
+        result = structured_attention_graph(game, M, torch.from_numpy(rng.normal(size=M)))
+        assert result.roots
+        for root, score in result.roots:
+            mask = sum(1 << i for i in root)
+            assert score == pytest.approx(values[mask]) and values[mask] >= 0.9
+            assert all(values[mask & ~(1 << i)] < 0.9 for i in root)
+        assert len(game.seen) == len(set(game.seen)) == result.n_forward
+
+
+def test_the_search_pays_for_no_coalition_the_heuristic_scored():
+    """Sag on a game (``sag_of_game``): every coalition is scored once across the BayesShapley heuristic (empty and
+    full included) and every target's search, and the forwards are counted exactly: the heuristic's plus each
+    graph's ``n_forward`` = the game's rows, within the budget."""
+    from explainers.sag import sag_of_game
+
+    rows: list[tuple[int, ...]] = []
+
+    def game(z: torch.Tensor) -> torch.Tensor:
+        rows.extend(tuple(r.nonzero()[:, 0].tolist()) for r in z)
+        return torch.tensor([[and_or(set(r.nonzero()[:, 0].tolist())), 0.2 + 0.1 * float(r[:3].sum())]
+                             for r in z])
+
+    est, graphs = sag_of_game(game, 7, budget=200, rng=np.random.default_rng(0))
+    assert len(rows) == len(set(rows)) <= 200
+    heuristic = len(rows) - sum(g.n_forward for g in graphs)
+    assert heuristic == 64 and () in rows[:heuristic] and tuple(range(7)) in rows[:heuristic]
+    assert all(g.search_forward <= g.n_forward for g in graphs)
+    assert graphs[0].root_sets() == exact_minimal_sufficient(Counting(and_or, 7).table(), 0.9)
+    assert est.phi.shape == (2, 7)
+
+
 # ----------------------------------------------------------------------------------------------- the explain job
 class StripeGame:
     """An image of ones, hidden with a constant 0 (``perturbation=Constant(0.0)``), over M vertical stripes: the mean
