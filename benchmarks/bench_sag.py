@@ -12,17 +12,25 @@ hidden parts blurred) and the score is the demo detector's D-RISE similarity to 
 * **Measured**: the pipeline's method, :class:`explainers.sag.Sag` with its defaults, called as an explain job
   calls it (``tasks.explain``: ``Sag(scorer, chunk_size=explain.chunk_size).explain(image, parts, budget=None,
   seed=explanation_seed(seed, image_id, target_id, 'sag'))``): BayesShapley on 64 forwards as the heuristic (every
-  binary coalition it scores is remembered), then beam search (width 3, 15 successors, > 10 roots stops it),
-  greedy pruning and the deletion graph, 320 forwards in all.
+  binary coalition it scores is remembered), then beam search (width 3, 15 successors, > 10 roots stops it) with
+  monotone inference (a superset of a set scored sufficient is taken as sufficient without a forward), greedy
+  pruning (removals tried least important first, stopping at the first that keeps the set sufficient) and the
+  deletion graph, 320 forwards in all.
 * Per pedestrian: set recall (exact sets found / exact sets), precision (found sets that are exact / found), the
   forwards beyond the heuristic's (``search_forward``: search + pruning, which the target bounds; ``n_forward``:
   the deletion graph included), the status ('complete' | 'budget' | 'flat'). Summary: median recall and the share
   of pedestrians with recall >= 0.95 and search forwards <= 150, against the target of issue 21 (median recall
-  >= 0.95 with <= 150 forwards beyond the heuristic's, >= 50 found pedestrians). The search stops after more than
-  10 roots (the paper's rule), so recall is also given over pedestrians with <= 10 exact sets.
+  >= 0.95 with <= 150 forwards beyond the heuristic's, >= 50 found pedestrians: found by the detector, those whose
+  score is flat included; the medians are over the others). The search stops after more than 10 roots (the
+  paper's rule), so recall is also given over pedestrians with <= 10 exact sets.
+* Diagnostics, read off the table (no forward; the full / empty scores not counted; the same heuristic values, no
+  heuristic coalitions for free, no budget): ``unbounded_*`` the same search, ``paper_*`` the paper's search
+  (``infer=False``: every child scored), so the two searches' recall can be compared on the same pedestrians.
 
-Nothing here was tuned: Sag's defaults are the paper's / reference code's (``../shared/docs/methods.md``) and the
-pipeline's (importance_budget 64, budget 320). Reported on the ``--split`` chosen (held-out by default).
+Sag's width / successors / threshold / max_roots are the paper's / reference code's (``../shared/docs/methods.md``),
+importance_budget 64 and budget 320 the pipeline's. The search's economy (monotone inference, pruning that stops at
+the first sufficient removal; a surrogate-guided lazy expansion measured and not adopted) was chosen on the ``tune``
+split (pedestrians of the pulled data, seed 0); reported on the ``--split`` chosen (held-out by default).
 ``--max-seconds`` stops starting new pedestrians after that wall time (the results say how many ran); the JSON is
 rewritten after every pedestrian.
 
@@ -87,7 +95,7 @@ def summary(rows: list[dict]) -> dict:
     search = np.array([r["search_forwards"] for r in done])
     small = [r["recall"] for r in done if r["exact_sets"] <= 10]
     med_recall, med_search = float(np.median(recall)), float(np.median(search))
-    return {"pedestrians": len(done), "flat_skipped": len(rows) - len(done),
+    return {"pedestrians": len(done), "found_pedestrians": len(rows), "flat_skipped": len(rows) - len(done),
             "median_recall": med_recall, "mean_recall": float(recall.mean()),
             "share_recall_1": float((recall >= 1).mean()), "share_recall_ge_0.95": float((recall >= 0.95).mean()),
             "share_recall_ge_0.95_and_search_le_150": float(((recall >= 0.95) & (search <= 150)).mean()),
@@ -99,13 +107,18 @@ def summary(rows: list[dict]) -> dict:
             "unbounded_median_recall": float(np.median([r["unbounded_recall"] for r in done])),
             "unbounded_median_search_forwards": float(np.median([r["unbounded_search_forwards"] for r in done])),
             "unbounded_max_search_forwards": int(max(r["unbounded_search_forwards"] for r in done)),
+            "paper_median_recall": float(np.median([r["paper_recall"] for r in done])),
+            "paper_mean_recall": float(np.mean([r["paper_recall"] for r in done])),
+            "paper_share_recall_ge_0.95": float(np.mean([r["paper_recall"] >= 0.95 for r in done])),
+            "paper_median_search_forwards": float(np.median([r["paper_search_forwards"] for r in done])),
             "median_exact_sets": float(np.median([r["exact_sets"] for r in done])),
             "pedestrians_at_most_10_exact": len(small),
             "median_recall_when_at_most_10_exact": float(np.median(small)) if small else float("nan"),
             "target": f"median recall >= {TARGET_RECALL} with median search forwards <= {TARGET_FORWARDS} on >= "
-                      f"{TARGET_PERSONS} found pedestrians",
+                      f"{TARGET_PERSONS} found pedestrians (flat ones counted as found, left out of the medians)",
+            "recall_met": bool(med_recall >= TARGET_RECALL), "forwards_met": bool(med_search <= TARGET_FORWARDS),
             "target_met": bool(med_recall >= TARGET_RECALL and med_search <= TARGET_FORWARDS
-                               and len(done) >= TARGET_PERSONS)}
+                               and len(rows) >= TARGET_PERSONS)}
 
 
 def main() -> None:
@@ -125,7 +138,9 @@ def main() -> None:
     head = {"device": str(device), "cpus": os.cpu_count(), "split": describe_split(args.split),
             "detector_weights_sha256_12": file_digest("models/detector.pt"), "players": "non-empty of " + str(NAMES),
             "method": "explainers.sag.Sag defaults (BayesShapley importance_budget 64, budget 320, width 3, "
-                      "successors 15, max_roots 10, threshold 0.9, blur)", "chunk_size": chunk}
+                      "successors 15, max_roots 10, threshold 0.9, blur; monotone inference)", "chunk_size": chunk,
+            "tuned_on": "tune split (data/pulled, seed 0): the search's economy; width / successors / threshold / "
+                        "max_roots are the paper's"}
     for p in pedestrians(args.split, args.persons, device):
         if args.max_seconds and time.perf_counter() - start > args.max_seconds:
             break
@@ -163,10 +178,15 @@ def main() -> None:
             free_found = free.root_sets()
             row.update({"unbounded_recall": len(free_found & exact) / len(exact),
                         "unbounded_search_forwards": free.search_forward - 2, "unbounded_status": free.status})
+            paper = structured_attention_graph(table_game(table), len(names), exp.relevance[0], infer=False)
+            row.update({"paper_recall": len(paper.root_sets() & exact) / len(exact),
+                        "paper_search_forwards": paper.search_forward - 2,
+                        "paper_found": names_of(paper.root_sets(), names)})
             rows.append(row)
         print(p["det_id"], {k: row.get(k) for k in ("status", "recall", "precision", "exact_sets", "found_sets",
                                                      "search_forwards", "sag_forwards", "unbounded_recall",
-                                                     "unbounded_search_forwards", "table_seconds",
+                                                     "unbounded_search_forwards", "paper_recall",
+                                                     "paper_search_forwards", "table_seconds",
                                                      "sag_seconds")}, flush=True)
         write_results(out, {**head, "summary": summary(rows), "per_target": rows,
                             "seconds": round(time.perf_counter() - start, 1)})
