@@ -121,11 +121,19 @@ def original_classifier(params: Params) -> ImageClassifier:
     return load_classifier(spec.weights, device="cpu")
 
 
-def training_config(params: Params) -> GuidanceTraining:
+def training_config(params: Params, class_names: list[str] | None = None) -> GuidanceTraining:
+    """The fine-tune's recipe from ``guide``; ``guide.classes`` mapped to indices of ``class_names``. Raises
+    ValueError naming a class the classifier does not have."""
     g = params.guide
+    classes = None
+    if g.classes is not None:
+        missing = [c for c in g.classes if c not in (class_names or [])]
+        if missing:
+            raise ValueError(f"guide.classes: {missing} not among the classifier's classes {class_names}")
+        classes = tuple(class_names.index(c) for c in g.classes)
     return GuidanceTraining(loss=g.loss, attribution=g.attribution, layer=g.layer, lam=g.lam, fraction=g.fraction,
-                            epochs=g.epochs, batch_size=g.batch_size, lr=g.lr, max_grad_norm=g.max_grad_norm,
-                            time_limit_s=g.time_limit_s)
+                            classes=classes, epochs=g.epochs, batch_size=g.batch_size, lr=g.lr,
+                            max_grad_norm=g.max_grad_norm, time_limit_s=g.time_limit_s)
 
 
 def load_training_set(params: Params, class_names: list[str], input_size: tuple[int, int] | None) -> SceneSet:
@@ -176,7 +184,7 @@ def train_guided(params: Params, out: GuideOutputs, progress: bool = True) -> di
     else:
         clf = original_classifier(params)
         data = load_training_set(params, clf.class_names, clf.input_size)
-        cfg = training_config(params)
+        cfg = training_config(params, clf.class_names)
         cfg.progress = progress
         guided, hist = guided_finetune(clf, data.images, data.labels, data.boxes, cfg, seed=g.seed)
         save_classifier(guided, out.model)

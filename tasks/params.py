@@ -299,6 +299,7 @@ class GuideParams(_Section):
     batch_size: int = Field(default=32, ge=1)
     lr: float = Field(default=3e-4, gt=0)
     max_grad_norm: float | None = Field(default=1.0, gt=0)   # gradient clipping (null: none)
+    classes: list[str] | None = None                   # guide only these classes (null: all, the paper's setting)
     time_limit_s: float | None = Field(default=None, gt=0)
     seed: int = 0                                      # box subset, sampled classes, batches
     audit_jobs: list[ExplainJob] | None = None         # null: explain.jobs with targets 'classes'

@@ -163,3 +163,7 @@ def test_guided_finetune_runs_on_a_tiny_scene_net_and_keeps_its_input():
         GuidanceTraining(fraction=0.0)
     with pytest.raises(ValueError, match="uint8"):
         guided_finetune(clf, images.float(), labels, boxes, cfg)
+    only_b = GuidanceTraining(fraction=1.0, epochs=1, batch_size=6, layer="features.1", progress=False, classes=(1,))
+    assert guided_finetune(clf, images, labels, boxes, only_b)[1].annotated == [3]      # images with class b only
+    with pytest.raises(ValueError, match="out of range"):
+        guided_finetune(clf, images, labels, boxes, GuidanceTraining(classes=(2,), progress=False))

@@ -56,6 +56,15 @@ def test_guide_params_errors_name_the_key(guide, message):
         parse_params({"guide": guide}, check_files=False)
 
 
+def test_guide_classes_are_mapped_to_the_classifier_and_checked():
+    from tasks.guide import training_config
+
+    params = parse_params({"guide": {"classes": ["bicycle"]}}, check_files=False)
+    assert training_config(params, ["person", "bicycle"]).classes == (1,)
+    with pytest.raises(ValueError, match="guide.classes"):
+        training_config(params, ["person", "car"])
+
+
 def test_heldout_seeds_must_differ_from_the_audit_and_training_seeds():
     params = parse_params({"guide": {"probe": {"seed": 1}}}, check_files=False)
     with pytest.raises(ValueError, match="held-out seeds"):

@@ -42,6 +42,7 @@ class GuidanceTraining:
     lr: float = 1e-3
     weight_decay: float = 0.0
     max_grad_norm: float | None = None         # clip the gradient norm (double back-propagation can spike)
+    classes: tuple[int, ...] | None = None     # guide only these class indices (None: every class, the paper's)
     time_limit_s: float | None = None          # stop after the epoch that crosses it
     progress: bool = True
 
@@ -94,6 +95,18 @@ def annotated_subset(n: int, fraction: float, seed: int) -> np.ndarray:
     return out
 
 
+def _guided_classes(cfg: GuidanceTraining, num_classes: int) -> torch.Tensor:
+    """bool [C]: the classes whose attributions are guided (``cfg.classes``, else all). Raises ValueError for an index
+    out of range."""
+    if cfg.classes is None:
+        return torch.ones(num_classes, dtype=torch.bool)
+    if any(not 0 <= c < num_classes for c in cfg.classes):
+        raise ValueError(f"guided_finetune: classes {cfg.classes} out of range for {num_classes} classes")
+    out = torch.zeros(num_classes, dtype=torch.bool)
+    out[list(cfg.classes)] = True
+    return out
+
+
 def _flip_boxes(boxes: torch.Tensor, width: int) -> torch.Tensor:
     return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1)
 
@@ -123,6 +136,7 @@ def guided_finetune(clf: ImageClassifier, images: torch.Tensor, labels: torch.Te
     box_cls = [torch.as_tensor(c, dtype=torch.long).reshape(-1) for c, _ in boxes]
     box_xyxy = [torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4) for _, b in boxes]
     y_all = labels.float()
+    guided = _guided_classes(cfg, labels.shape[1])
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * -(-N // cfg.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
@@ -138,7 +152,7 @@ def guided_finetune(clf: ImageClassifier, images: torch.Tensor, labels: torch.Te
             flip = torch.rand(len(idx), generator=gen) < 0.5
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
             loss = bce = F.binary_cross_entropy_with_logits(net(x), y_all[idx])
-            chosen = sample_classes(labels[idx], gen)
+            chosen = sample_classes(labels[idx] & guided, gen)
             sub = torch.nonzero(annotated[idx] & (chosen >= 0)).flatten()
             sel_boxes, sel_image = [], []
             for j, b in enumerate(sub.tolist()):
