@@ -124,8 +124,9 @@ def runs(which: str, main: dict, lams: list[float], fractions: list[float]) -> l
     baseline = [{**main, "lam": 0.0}]
     lam = [{**main, "lam": v} for v in lams if v != main["lam"]]
     frac = [{**main, "fraction": v} for v in fractions if v != main["fraction"]]
+    only = [{**main, "lam": 3.0, "classes": [LABEL]}]      # guide only the class the audit flagged
     return {"main": base, "lambda": base + lam, "fraction": base + frac,
-            "all": base + baseline + lam + frac}[which]
+            "all": base + baseline + lam + frac + only}[which]
 
 
 def main() -> None:
@@ -134,7 +135,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--lam", type=float, default=MAIN["lam"])
     ap.add_argument("--fraction", type=float, default=MAIN["fraction"])
-    ap.add_argument("--lams", type=float, nargs="*", default=[1.0, 3.0, 5.0])
+    ap.add_argument("--lams", type=float, nargs="*", default=[1.0, 3.0, 10.0])
     ap.add_argument("--fractions", type=float, nargs="*", default=[0.01, 1.0])
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--layer", default="features.4")
@@ -170,9 +171,10 @@ def main() -> None:
     print("original", json.dumps(results["original"])[:600], flush=True)
     main_run = {"lam": args.lam, "fraction": args.fraction, "epochs": args.epochs}
     for run in runs(args.runs, main_run, args.lams, args.fractions):
+        classes = tuple(names.index(c) for c in run["classes"]) if run.get("classes") else None
         g = GuidanceTraining(lam=run["lam"], fraction=run["fraction"], epochs=run["epochs"], lr=args.lr,
-                             layer=None if args.layer == "none" else args.layer, attribution=args.attribution,
-                             max_grad_norm=args.clip or None, progress=False)
+                             classes=classes, layer=None if args.layer == "none" else args.layer,
+                             attribution=args.attribution, max_grad_norm=args.clip or None, progress=False)
         clf, hist = guided_finetune(original, train.images, train.labels, train.boxes, g, seed=0)
         entry = {**run, "minutes": hist.seconds / 60, "annotated_images": hist.annotated_images,
                  "bce": hist.bce, "loc": hist.loc, **measure(clf, sets, params, args.rise_images, args.tune_only)}
