@@ -15,7 +15,7 @@ demo models' training seed (1) nor the held-out seed (:data:`benchmarks.pedestri
 Reported on: held-out scenes (seed 1000) of each variant, its own detector; the first ``--persons`` *found*
 pedestrians (a ground-truth person >= 60 px tall matched one-to-one at IoU >= 0.5 by a detection scoring >= the
 infer conf: the explain targets' rule) explained by every explain method that applies to pedestrians, as the
-pipeline's explain jobs call them (``tasks.explain._explain_targets``): target = the GT box with a one-hot person
+pipeline's explain jobs call them (``tasks.explain.explain_targets``): target = the GT box with a one-hot person
 vector (D-RISE similarity), players = the pedestrian's non-empty parts10 + context built from its GT keypoints over
 its GT box (the parts stage, source ``gt``), ``seed = explanation_seed(0, image, target, job)``, chunk 16;
 ``bayes_shapley`` (budget 48) and ``occlusion`` (leave-one-part-out) over the parts; ``drise`` (256 masks, grid 8,
@@ -37,6 +37,7 @@ unplanted twin scene's) vs intact, and how many decoys it detects; the control d
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import time
@@ -69,6 +70,13 @@ from explainers.registry import METHODS
 from pedestrians import HELDOUT_SEED, file_digest, start_run
 from tasks.params import load_params
 
+
+@functools.cache
+def params():
+    """params.yaml, read once per run (others may edit it while a long run goes on)."""
+    return load_params(check_files=False)
+
+
 PLANT = PlantedPart(part="left_lower_leg", colour=(255, 0, 255), decoys=1.0)
 VARIANTS = ("planted", "control")
 TRAIN_SEED, VAL_SEED = 2, 3
@@ -82,7 +90,7 @@ def variant_config(variant: str) -> SyntheticConfig:
     """The pipeline's synthetic config (``params.yaml`` ``pull.synthetic``), with :data:`PLANT` for ``planted``."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    base = load_params(check_files=False).pull.synthetic
+    base = params().pull.synthetic
     return SyntheticConfig.model_validate({**base.model_dump(), "planted": PLANT.model_dump() if variant == "planted"
                                            else None})
 
@@ -125,7 +133,7 @@ def train(args) -> dict:
     appended to .work/planted/training.json)."""
     from detection.models.yolo_training import YoloTraining, train_yolo
 
-    spec = load_params(check_files=False).models.detector
+    spec = params().models.detector
     recipe = YoloTraining(epochs=args.epochs, imgsz=spec.imgsz, batch=spec.batch, lr0=spec.lr0, workers=1)
     record = WORK / "training.json"
     out = json.loads(record.read_text()) if args.resume and record.is_file() else {
@@ -156,7 +164,7 @@ def train(args) -> dict:
 def _detector(variant: str, conf: float | None = None, device="cpu"):
     from detection.models.yolo import YoloDetector
 
-    spec = load_params(check_files=False).infer.detectors[0]
+    spec = params().infer.detectors[0]
     return YoloDetector(weights_path(variant), imgsz=spec.imgsz, conf=spec.conf if conf is None else conf,
                         iou=spec.iou, device=device)
 
@@ -166,7 +174,7 @@ def quality(variants) -> dict:
     rule (detections down to score 0.001, COCO 101-point; a detection on a decoy is a false positive, decoys being
     no ground truth), and at infer's conf the share of persons and of decoys >= 60 px, at most half hidden, that
     it finds (one-to-one at IoU >= 0.5)."""
-    conf = load_params(check_files=False).infer.detectors[0].conf
+    conf = params().infer.detectors[0].conf
     out: dict[str, dict[str, dict]] = {}
     for det_variant in variants:
         det = _detector(det_variant, conf=EVAL_CONF)
@@ -208,20 +216,33 @@ JOBS: tuple[dict, ...] = (
     {"method": "grad_cam", "regions": "none"},
     {"method": "igos_pp", "regions": "none", "options": {"setting": "detection"}},
 )
+# Diagnostics (--diagnostics; not pipeline jobs, no verdict): the main job's game solved exactly (all 2^M coalitions,
+# same blur perturbation), and the main job with the mean-colour perturbation instead of blur (occlusion's default)
+DIAGNOSTIC_JOBS: tuple[dict, ...] = (
+    {"method": "exact_shapley", "regions": "parts", "budget": 2048, "label": "exact_shapley@parts (blur)"},
+    {"method": "bayes_shapley", "regions": "parts", "budget": 48, "options": {"perturbation": "mean"},
+     "label": "bayes_shapley@parts (mean)"},
+)
 MAIN_JOB = "bayes_shapley@parts"        # the report's main job: the default body-part estimator
 FINDS_TOP1 = 0.5                        # finds the plant: top-1 rate >= this on the planted variant ...
 CONTROL_FACTOR = 2.0                    # ... and <= this x chance on the control
 TARGET_TOP1 = 0.9                       # issue 21: the main job's top-1 rate on the planted variant
 
 
-def explain_jobs():
-    """The :data:`JOBS` as the pipeline's ``ExplainJob`` (targets ``persons``), options checked and normalised by
-    the explain stage's own check (``tasks.explain_jobs.check_options``)."""
+def explain_jobs(diagnostics: bool = False) -> list[tuple[str, object]]:
+    """(label, job): the :data:`JOBS` (or :data:`DIAGNOSTIC_JOBS`) as the pipeline's ``ExplainJob`` (targets
+    ``persons``), options checked and normalised by the explain stage's own check
+    (``tasks.explain_jobs.check_options``); the label is the job's name unless the entry gives one."""
     from tasks.explain_jobs import check_options
     from tasks.params import ExplainJob
 
-    jobs = [ExplainJob(targets="persons", **j) for j in JOBS]
-    return [j.model_copy(update={"options": check_options(j.method, j.options)}) for j in jobs]
+    out = []
+    for entry in DIAGNOSTIC_JOBS if diagnostics else JOBS:
+        spec = {k: v for k, v in entry.items() if k != "label"}
+        job = ExplainJob(targets="persons", **spec)
+        job = job.model_copy(update={"options": check_options(job.method, job.options)})
+        out.append((entry.get("label", job.name), job))
+    return out
 
 
 def _match_found(boxes: np.ndarray, scores: np.ndarray, gt: np.ndarray, conf: float) -> tuple[np.ndarray, np.ndarray]:
@@ -235,11 +256,11 @@ class Variant:
     size as batch) and its found pedestrians, produced lazily in scene order."""
 
     def __init__(self, name: str, device: torch.device, min_height: float):
-        params = load_params(check_files=False)
+        cfg = params()
         self.name, self.device, self.min_height = name, device, min_height
         self.cfg, self.twin_cfg = variant_config(name), variant_config("control" if name == "planted" else "planted")
-        self.conf, self.min_keypoints = params.infer.detectors[0].conf, params.parts.min_keypoints
-        self.chunk = params.explain.chunk_size
+        self.conf, self.min_keypoints = cfg.infer.detectors[0].conf, cfg.parts.min_keypoints
+        self.chunk = cfg.explain.chunk_size
         self.detector = _detector(name, device=device)
         self.detector.batch_size = self.chunk
         self.person = self.detector.class_names.index("person")
@@ -343,18 +364,19 @@ def _fresh_anchors(detector) -> None:
         head.shape = None
 
 
-def explain_pedestrian(variant: Variant, p: dict, jobs) -> list[dict]:
-    """Every job on one pedestrian, through the explain stage's own per-image function (rows as it writes them)."""
-    import tasks.explain as stage
+def explain_pedestrian(variant: Variant, p: dict, jobs: list[tuple[str, object]]) -> list[dict]:
+    """Every (label, job) on one pedestrian, through the explain stage's own per-image function (rows as it writes
+    them, ``job`` set to the label)."""
+    from tasks.explain import explain_targets as run
 
-    run = getattr(stage, "explain_targets", None) or stage._explain_targets      # noqa: SLF001 (renamed lately)
-    cfg = load_params(check_files=False).explain
+    cfg = params().explain
     rows, errors = [], []
-    for job in jobs:
+    for label, job in jobs:
         if METHODS[job.method].needs_gradients:
             _fresh_anchors(variant.detector)
-        rows += run(job, variant.scorer, p["image"], [p["target"]], lambda t: p["parts"], cfg, 0,
-                    str(variant.device), errors, p["image_id"])
+        new = run(job, variant.scorer, p["image"], [p["target"]], lambda t: p["parts"], cfg, 0,
+                  str(variant.device), errors, p["image_id"])
+        rows += [{**r, "job": label} for r in new]
     for e in errors:
         print("error", variant.name, p["image_id"], e.get("message"), flush=True)
     return rows
@@ -427,7 +449,7 @@ def verdicts(summary: dict) -> dict:
 
 def explain(args, device: torch.device) -> None:
     start = time.perf_counter()
-    jobs = explain_jobs()
+    jobs = explain_jobs(args.diagnostics)
     training = json.loads((WORK / "training.json").read_text()) if (WORK / "training.json").is_file() else {}
     variants = {v: Variant(v, device, args.min_height) for v in args.variants}
     other = variants["control"].detector if "control" in variants else None
@@ -437,7 +459,8 @@ def explain(args, device: torch.device) -> None:
     results = {"plant": PLANT.model_dump(mode="json"), "device": str(device), "cpus": os.cpu_count(),
                "reported_on": f"held-out scenes, render seed {HELDOUT_SEED}, of each variant (never trained on)",
                "tuned_on": "nothing: the explain jobs' defaults as params.yaml / the registry give them",
-               "training": training, "jobs": [j.name for j in jobs], "min_height": args.min_height,
+               "training": training, "jobs": [label for label, _ in jobs],
+               "diagnostics": args.diagnostics, "min_height": args.min_height,
                "rule": {"finds_plant": f"top-1 rate >= {FINDS_TOP1} (planted) and <= {CONTROL_FACTOR} x chance "
                                        f"(control)", "target": f"{MAIN_JOB} top-1 >= {TARGET_TOP1} (planted), "
                                                                f"<= chance (control)"}}
@@ -523,6 +546,8 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=float("inf"),
                         help="stop explaining after this long (both variants keep the same count)")
     parser.add_argument("--out", default="benchmarks/results/planted.json")
+    parser.add_argument("--diagnostics", action="store_true",
+                        help="explain: run DIAGNOSTIC_JOBS instead (exact Shapley; BayesShapley with mean colour)")
     parser.add_argument("--weights-dir", default=str(WEIGHTS), help="explain: <variant>.pt of each detector")
     args = parser.parse_args()
     args.variants = args.variants.split(",")
