@@ -32,7 +32,8 @@ unplanted twin scene's) vs intact, and how many decoys it detects; the control d
 
     python benchmarks/bench_planted.py train [--epochs 10] [--threads 1]
     python benchmarks/bench_planted.py explain [--persons 50] [--variants planted,control] [--threads 1]
-        [--out benchmarks/results/planted.json]
+        [--max-seconds S] [--diagnostics] [--out benchmarks/results/planted.json]
+    python benchmarks/bench_planted.py tables [--out benchmarks/results/planted.json]   # the README's tables
 """
 from __future__ import annotations
 
@@ -532,10 +533,63 @@ def _print(results: dict) -> None:
     print(json.dumps(results["plant_checks"], indent=1))
 
 
+# ---------------------------------------------------------------------------------------------------- tables
+STRONG = 0.5     # "strong reliance": the plant swapped out leaves < this share of the pedestrian's D-RISE score
+
+
+def _interval(t: dict) -> str:
+    return f"{t['mean']:.2f} [{max(t['low'], 0.0) + 0.0:.2f}, {min(t['high'], 1.0):.2f}]"
+
+
+def _top1_by_reliance(results: dict) -> dict[str, dict[str, float]]:
+    """Planted variant, per job: the top-1 rate over pedestrians whose plant swap leaves < STRONG of the score
+    (the detector demonstrably relies on their plant) and over the others."""
+    checks = {c["det_id"]: c["score_swapped"] / max(c["score_intact"], 1e-9) for c in results["per_pedestrian"]
+              if c["variant"] == "planted"}
+    out: dict[str, dict[str, list[float]]] = {}
+    for e in results["explanations"]:
+        ratio = checks.get(f"{e['image_id']}/{e['target_id']}")
+        if ratio is None:
+            continue
+        rel = np.asarray(e["relevance"], float)
+        first = PLANT.part in e["region_names"] and int(np.argmax(rel)) == e["region_names"].index(PLANT.part) \
+            and int((rel == rel.max()).sum()) == 1
+        key = "strong" if ratio < STRONG else "weak"
+        out.setdefault(e["job"], {}).setdefault(key, []).append(float(first))
+    return {job: {k: (float(np.mean(v)), len(v)) for k, v in by.items()} for job, by in out.items()}
+
+
+def tables(args) -> None:
+    """Print the README's tables (markdown) from the saved results: --out and, beside it, its _diagnostics file."""
+    for path in (Path(args.out), Path(args.out).with_name(Path(args.out).stem + "_diagnostics.json")):
+        if not path.is_file():
+            continue
+        r = json.loads(path.read_text())
+        s, v = r["summary"], r["verdicts"]
+        print(f"\n{path} ({r['written']}, {r['seconds']} s, load {r['loadavg_1_5_15_min']}, pedestrians "
+              f"{r['pedestrians']})")
+        print("| job | planted: share | \\|share\\| | **top-1** [95 % CI] | top-1, part a player | control: share | "
+              "**top-1** [95 % CI] | chance | finds the plant | forwards | s / pedestrian |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        for job in r["jobs"]:
+            p, c = s["planted"][job], s.get("control", {}).get(job)
+            ctrl = (f"{c['share']['mean']:.2f} | {_interval(c['top1'])} | {c['chance']:.3f}" if c else "| |")
+            print(f"| {job} | {p['share']['mean']:.2f} | {p['abs_share']['mean']:.2f} | {_interval(p['top1'])} | "
+                  f"{p['part_is_player']['top1']:.2f} ({p['part_is_player']['pedestrians']}) | {ctrl} | "
+                  f"{'yes' if v[job]['finds_plant'] else 'no'} | {p['mean_n_forward']:.0f} | "
+                  f"{p['mean_seconds']:.2f} |")
+        strat = _top1_by_reliance(r)
+        print(f"\ntop-1 rate on the planted variant by reliance (plant swapped out leaves < {STRONG} of the score)")
+        for job, by in strat.items():
+            print(f"  {job:<30}" + "  ".join(f"{k}: {m:.2f} (n={n})" for k, (m, n) in sorted(by.items())))
+        print(json.dumps({k: {kk: vv for kk, vv in x.items() if kk != "weights_sha256_12"}
+                          for k, x in r["plant_checks"].items()}))
+
+
 def main() -> None:
     global WEIGHTS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=["train", "explain"])
+    parser.add_argument("stage", choices=["train", "explain", "tables"])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--continue", dest="resume", action="store_true",
                         help="train: one more round from each variant's own weights (not the demo detector's)")
@@ -552,6 +606,9 @@ def main() -> None:
     args = parser.parse_args()
     args.variants = args.variants.split(",")
     WEIGHTS = Path(args.weights_dir)
+    if args.stage == "tables":
+        tables(args)
+        return
     device = start_run(args.threads)
     if args.stage == "train":
         train(args)
