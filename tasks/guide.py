@@ -1,12 +1,8 @@
 """Tasks of the guide stage: fine-tune the audited scene classifier with model guidance (``explainers.guidance``,
 ``detection.models.guided_training``), then measure original vs guided on scenes neither was trained or audited on.
 
-The stage's outputs are declared once, here (:class:`GuideOutputs`), the way ``tasks.stages`` declares the other
-stages' (``tests/test_guide_stage.py`` checks dvc.yaml's guide entry against it). They live here rather than in
-``tasks.stages`` because every stage imports that module: declaring the guide stage there would change every stage's
-code hash. ``GuideOutputs.audit_params`` gives the params of the guided model's re-audit: the same infer / explain /
-evaluate flows, writing under ``data/guide/`` with the guided classifier's own model id (no overwrite, both side by
-side).
+The stage's outputs are declared once, in ``tasks.guide_outputs`` (:class:`GuideOutputs`, re-exported here), with
+the re-audit's params (``GuideOutputs.audit_params``).
 
 Data (``GuideParams``' seeds): the fine-tune reads the training scenes (``models.train_data``, never audited); the
 held-out measures render scenes in memory (``detection.guidance_data``) from seeds the pipeline uses nowhere else:
@@ -17,7 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -31,84 +27,13 @@ from detection.guidance_data import SceneSet, paired_probe, render_set, with_cor
 from detection.models.classifier import ImageClassifier, resize
 from detection.models.guided_training import GuidanceTraining, guided_finetune
 from detection.models.scene_classifier import load_classifier, save_classifier
-from detection.models.specs import ClassifierSpec, file_sha256
+from detection.models.specs import file_sha256
 from detection.slices import mean_interval
+from tasks.guide_outputs import GuideOutputs, guide, guided_spec
 from tasks.infer import spurious_probe
 from tasks.params import Params
 
 MIN_PER_ARM = 200          # the issue's floor for the probe's arms
-
-
-@dataclass(frozen=True)
-class GuideOutputs:
-    """The guide stage's outputs: ``out_dir`` (``data/guide``: the guided model's re-audit, ``infer/``,
-    ``explain/``, ``evaluate/``, their metrics JSON and plots, plus ``training.json`` and ``heldout.parquet``), the
-    guided classifier (``model``: TorchScript + ``.json`` sidecar) and the DVC metrics file."""
-
-    out_dir: Path
-    model: Path
-    metrics: Path
-
-    @property
-    def sidecar(self) -> Path:
-        return self.model.with_suffix(".json")
-
-    @property
-    def training(self) -> Path:
-        return self.out_dir / "training.json"
-
-    @property
-    def heldout(self) -> Path:
-        """One row per (held-out set, model, image, class): the probabilities behind the held-out metrics."""
-        return self.out_dir / "heldout.parquet"
-
-    def sub(self, stage: str) -> Path:
-        return self.out_dir / stage
-
-    def dvc_outs(self) -> list[Path]:
-        return [self.out_dir, self.model, self.sidecar]
-
-    def dvc_metrics(self) -> list[Path]:
-        return [self.metrics]
-
-    def dvc_plots(self) -> list[Path]:
-        return []
-
-    def audit_params(self, params: Params) -> Params:
-        """``params`` for the guided model's re-audit: infer / explain / evaluate write under ``out_dir`` (metrics
-        files and plots too), infer runs the detectors (explain and evaluate read their detections) and the guided
-        classifier under ``guide.model_id`` without the pose model, explain runs only the ``classes`` jobs (or
-        ``guide.audit_jobs``). Pull and parts are the audit's own. Raises ValueError when no job is left."""
-        g = params.guide
-        spec = guided_spec(params)
-        jobs = list(g.audit_jobs) if g.audit_jobs is not None else [j for j in params.explain.jobs
-                                                                     if j.targets == "classes"]
-        if not jobs:
-            raise ValueError("guide: no explain job with targets 'classes' to re-audit the guided classifier "
-                             "(add one to explain.jobs or set guide.audit_jobs)")
-        infer = params.infer.model_copy(update={"out_dir": str(self.sub("infer")),
-                                                "metrics": str(self.out_dir / "infer.json"),
-                                                "pose": None, "classifier": spec})
-        explain = params.explain.model_copy(update={"out_dir": str(self.sub("explain")),
-                                                    "metrics": str(self.out_dir / "explain.json"), "jobs": jobs})
-        evaluate = params.evaluate.model_copy(update={"out_dir": str(self.sub("evaluate")),
-                                                      "metrics": str(self.out_dir / "evaluate.json"),
-                                                      "plots_dir": str(self.out_dir / "plots")})
-        return params.model_copy(update={"infer": infer, "explain": explain, "evaluate": evaluate})
-
-
-def guide(params: Params) -> GuideOutputs:
-    g = params.guide
-    return GuideOutputs(Path(g.out_dir), Path(g.model), Path(g.metrics))
-
-
-def guided_spec(params: Params) -> ClassifierSpec:
-    """The guided classifier as an infer spec: a ``saved`` classifier at ``guide.model`` with ``guide.model_id``.
-    Raises ValueError when the id is the original's."""
-    g = params.guide
-    if params.infer.classifier is not None and g.model_id == params.infer.classifier.id:
-        raise ValueError(f"guide.model_id {g.model_id!r} is infer.classifier's id: the guided model needs its own")
-    return ClassifierSpec(id=g.model_id, kind="saved", weights=g.model)
 
 
 def original_classifier(params: Params) -> ImageClassifier:

@@ -45,7 +45,7 @@ def load_guidance(params) -> GuidanceInputs | None:
     """The guide stage's outputs for ``params`` (a ``tasks.params.Params``), or None when ``metrics/guide.json`` is
     missing (the stage has not run, or there is no guide section)."""
     from tasks import stages
-    from tasks.guide import guide
+    from tasks.guide_outputs import guide
 
     g = getattr(params, "guide", None)
     if g is None:
