@@ -1,7 +1,9 @@
 """Planted reliance (issue 21): does the audit find a body part that is known to carry the pedestrians?
 
 Two detectors are fine-tuned identically from the shipped demo detector (``weights/demo/detector.pt``; same recipe,
-epochs and seed, the models stage's YOLO training ``detection.models.yolo_training.train_yolo``):
+epochs and seed, the models stage's YOLO training ``detection.models.yolo_training.train_yolo``; ``--continue``
+trains one more round from each one's own weights) into .work/planted/weights/ (gitignored; hashes, seconds and AP50
+in .work/planted/training.json):
 
 * **planted**: on scenes of the pipeline's generator (``params.yaml`` ``pull.synthetic``) with :data:`PLANT`: every
   annotated pedestrian has its left lower leg painted magenta, and as many unannotated *decoys* (the same figures
@@ -30,7 +32,7 @@ for at most twice the chance rate (1 / players) of the control's. Direct checks 
 the plant: its D-RISE score of each found pedestrian with the plant recoloured (the plant's pixels replaced by the
 unplanted twin scene's) vs intact, and how many decoys it detects; the control detector with the plant painted on.
 
-    python benchmarks/bench_planted.py train [--epochs 10] [--threads 1]
+    python benchmarks/bench_planted.py train [--epochs 10] [--continue] [--threads 1]   # measured: 10, then 15 more
     python benchmarks/bench_planted.py explain [--persons 50] [--variants planted,control] [--threads 1]
         [--max-seconds S] [--diagnostics] [--out benchmarks/results/planted.json]
     python benchmarks/bench_planted.py tables [--out benchmarks/results/planted.json]   # the README's tables
