@@ -71,6 +71,19 @@ def classifier_logits(clf, images: torch.Tensor, network: torch.nn.Module | None
     return net(x).float()
 
 
+def _grad_safe_anchors(net: torch.nn.Module) -> None:
+    """Make an ultralytics Detect head rebuild its anchor grid when the cached one is an inference tensor.
+
+    The head caches its anchors and strides per input shape; a grid first built under ``torch.inference_mode`` (the
+    adapter's ``detect`` / ``candidates``, every black-box explainer's forwards) cannot be saved for backward, so the
+    gradient path's forward of the same shape failed with "Inference tensors cannot be saved for backward". Clearing
+    the cached shape rebuilds the grid here, outside inference mode, where it serves both paths."""
+    head = net.model[-1] if hasattr(net, "model") and len(getattr(net, "model", ())) else None
+    anchors = getattr(head, "anchors", None)
+    if isinstance(anchors, torch.Tensor) and anchors.is_inference():
+        head.shape = None
+
+
 def detector_candidates(detector, images: torch.Tensor) -> Candidates:
     """The detector's candidates (as its ``candidates``: YOLO's every anchor before NMS, Faster R-CNN's proposals
     after the box head, other torchvision detectors' final boxes) with the autograd graph. Raises
@@ -80,6 +93,7 @@ def detector_candidates(detector, images: torch.Tensor) -> Candidates:
     kind = type(detector).__name__
     if kind == "YoloDetector":
         x, box = letterbox(images, detector.imgsz, detector.stride)
+        _grad_safe_anchors(detector.model)
         out = detector.model(x)
         out = (out[0] if isinstance(out, (list, tuple)) else out).float().transpose(1, 2)
         boxes, scores, _ = detector._split(out, box)

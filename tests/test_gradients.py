@@ -194,6 +194,23 @@ def test_yolo_d_rise_scores_with_gradients_match_and_every_method_runs():
     assert GradCam(scorer).explain(x).n_forward == 3 * 2 * 3                  # 2 targets x 3 layers
 
 
+def test_gradients_after_a_black_box_forward_of_the_same_shape():
+    """The Detect head caches its anchor grid per input shape; built under inference mode by a black-box forward
+    (detect, D-RISE) it used to break the gradient path's backward of the same shape."""
+    from detection.models.yolo import YoloDetector
+
+    torch.manual_seed(0)
+    yolo = YoloDetector("yolov8n.yaml", nc=2, imgsz=96, conf=0.0, device="cpu", batch_size=4)
+    x = torch.rand(3, 72, 96, generator=torch.Generator().manual_seed(1))
+    scorer = DRiseScorer.for_detections(yolo, yolo.detect(x[None])[0], index=range(1))
+    scorer(x[None])                                         # same shape as the gradient forward below
+    exp = InputXGradient(scorer).explain(x)
+    assert torch.isfinite(exp.saliency).all() and exp.saliency.abs().sum() > 0
+    scorer(x[None])                                         # and the black-box path still runs after it
+    torch.testing.assert_close(scorer.differentiable(x[None].clone().requires_grad_()), scorer(x[None]), atol=1e-5,
+                               rtol=1e-4)
+
+
 def test_grad_cam_on_the_torchscript_demo_classifier_runs_its_eager_copy(tmp_path):
     """A loaded TorchScript module cannot be hooked: the demo SceneNet is rebuilt eagerly with the same weights."""
     from detection.models.scene_classifier import SceneNet, load_classifier, save_classifier
