@@ -53,6 +53,10 @@ UNDEFINED_NOTE = ("A metric that cannot mean anything on an explanation is <i>un
                   "tolerance. The table below counts them.")
 OVERLAY_FLOOR = 0.05          # gallery overlays: saliency below this share of the map's maximum is transparent
 BOX_WHISKERS = 1.5            # box plots: whiskers reach this many IQR past the quartiles
+# Methods that found a known, planted body part in benchmarks/bench_planted.py (benchmarks/README.md, "Planted
+# reliance": top-1 rate >= 0.5 on the planted variant and <= 2x chance on the control; 2026-12-01, demo detector
+# recipe): only these may turn "most relevance on X" into "relies on X", and only when every such job agrees.
+RELIANCE_VALIDATED = frozenset({"occlusion", "integrated_gradients"})
 CUE_RELIANCE = 0.2            # the classifier relies on the spurious cue when it adds this much to P(label)
 CONFIDENCE_BUCKETS = {"< 0.05": (0.0, 0.05), "0.05-0.25": (0.05, 0.25), "0.25-0.5": (0.25, 0.5),
                       "0.5-0.75": (0.5, 0.75), "0.75-1": (0.75, 1.01)}
@@ -321,10 +325,11 @@ def findings(shares: pd.DataFrame, main_job: str | None, inp: ReportInputs) -> l
     body = sel[sel["part"] != "context"]
     if not body.empty:
         mean = body.groupby("part")["share"].mean().sort_values(ascending=False)
-        out.append(f"Across {sel['target_id'].nunique()} pedestrians ({main_job}), the detector's score rests most "
-                   f"on <b>{mean.index[0].replace('_', ' ')}</b> ({mean.iloc[0]:.2f} of |relevance|), then "
+        out.append(f"Across {sel['target_id'].nunique()} pedestrians, {main_job} puts the most relevance on "
+                   f"<b>{mean.index[0].replace('_', ' ')}</b> ({mean.iloc[0]:.2f} of |relevance|), then "
                    f"{mean.index[1].replace('_', ' ')} ({mean.iloc[1]:.2f}); least on "
                    f"{mean.index[-1].replace('_', ' ')} ({mean.iloc[-1]:.2f}).")
+        out.append(reliance_sentence(shares, inp))
         ctx = sel[sel["part"] == "context"]["share"].mean()
         if np.isfinite(ctx):
             out.append(f"The context around the body (box minus body) carries {ctx:.2f} of |relevance| on average.")
@@ -354,6 +359,34 @@ def findings(shares: pd.DataFrame, main_job: str | None, inp: ReportInputs) -> l
         out.append(f"{len(inp.errors)} inputs failed and are listed in the errors section; everything else was "
                    f"explained.")
     return out
+
+
+def reliance_sentence(shares: pd.DataFrame, inp: ReportInputs) -> str:
+    """Whether the audit may say the detector *relies* on a body part: only when every job whose method found a
+    planted part in the planted-reliance benchmark (:data:`RELIANCE_VALIDATED`) and that did not fail this run's
+    sanity check names the same top body part (largest mean share, context excluded)."""
+    from tasks.report_sanity import passing_jobs
+
+    methods = dict(zip(inp.explanations["job"], inp.explanations["method"]))
+    checked = inp.evaluate_summary.get("sanity", {}).get("jobs", {})
+    failed = {j for j, e in checked.items() if e.get("status") == "checked" and not e.get("passes")}
+    ok = passing_jobs(inp.evaluate_summary)
+    jobs = [j for j in dict.fromkeys(shares["job"]) if j and methods.get(j) in RELIANCE_VALIDATED and j not in failed]
+    tops = {}
+    for job in jobs:
+        body = shares[(shares["job"] == job) & (shares["part"] != "context")]
+        if not body.empty:
+            tops[job] = body.groupby("part")["share"].mean().idxmax()
+    if not tops:
+        return ("No reliance claim: none of this run's jobs uses a method that found a planted body part in the "
+                "planted-reliance benchmark (" + ", ".join(sorted(RELIANCE_VALIDATED)) + ").")
+    named = ", ".join(f"{j}{' (sanity ✓)' if j in ok else ''}: {p.replace('_', ' ')}" for j, p in tops.items())
+    if len(set(tops.values())) == 1:
+        part = next(iter(tops.values())).replace("_", " ")
+        return (f"The detector relies most on <b>{part}</b>: the jobs whose methods found a planted part in the "
+                f"planted-reliance benchmark agree ({named}).")
+    return (f"No reliance claim: the jobs whose methods found a planted part in the planted-reliance benchmark "
+            f"disagree on the top body part ({named}).")
 
 
 # ---------------------------------------------------------------------------------------------------- sections

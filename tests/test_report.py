@@ -78,7 +78,7 @@ def test_the_navigation_links_exactly_the_sections_rendered(tmp_path):
     links = re.findall(r'<a href="#(\w+)">', page)
     assert links == ["summary", "findings", "parts", "agreement", "undefined", "classifier", "cost", "gallery"]
     assert all(f'id="{a}"' in page or f"id='{a}'" in page for a in links)
-    assert "(bayes_shapley@parts)" in md                              # the Shapley-family job is the main one
+    assert "pedestrians, bayes_shapley@parts puts" in md              # the Shapley-family job is the main one
     page, _ = build_report(_inputs(), per_row=0)                      # no region job, no classifier, no errors
     assert re.findall(r'<a href="#(\w+)">', page) == ["summary", "findings", "agreement", "undefined", "cost"]
 
@@ -103,3 +103,36 @@ def test_the_main_job_is_the_first_shapley_family_one_even_after_another_region_
     inp.explanations = inp.explanations.iloc[::-1].reset_index(drop=True)   # occlusion@parts comes first now
     ctx = ReportContext.of(inp, per_row=0)
     assert ctx.region_jobs == ["occlusion@parts", "bayes_shapley@parts"] and ctx.main_job == "bayes_shapley@parts"
+
+
+def test_reliance_is_claimed_only_when_the_validated_jobs_agree_and_pass_sanity():
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from tasks.report import reliance_sentence
+
+    def shares(tops: dict[str, str]) -> pd.DataFrame:
+        rows = []
+        for job, top in tops.items():
+            for t in range(3):
+                rows += [{"job": job, "target_id": f"p{t}", "part": part, "share": 0.6 if part == top else 0.2}
+                         for part in ("head", "torso", "context")]
+        return pd.DataFrame(rows)
+
+    methods = {"occlusion@parts": "occlusion", "ig": "integrated_gradients", "bayes_shapley@parts": "bayes_shapley"}
+    explanations = pd.DataFrame({"job": list(methods), "method": list(methods.values())})
+
+    def inp(sanity: dict) -> SimpleNamespace:
+        return SimpleNamespace(explanations=explanations, evaluate_summary={"sanity": {"jobs": sanity}})
+
+    passed = {"status": "checked", "passes": True}
+    agree = shares({"occlusion@parts": "torso", "ig": "torso", "bayes_shapley@parts": "head"})
+    text = reliance_sentence(agree, inp({"occlusion@parts": passed, "ig": passed}))
+    assert text.startswith("The detector relies most on <b>torso</b>") and "bayes_shapley" not in text
+    disagree = shares({"occlusion@parts": "torso", "ig": "head"})
+    assert reliance_sentence(disagree, inp({})).startswith("No reliance claim: the jobs")
+    failing = {"occlusion@parts": passed, "ig": {"status": "checked", "passes": False}}
+    assert "relies most on <b>torso</b>" in reliance_sentence(disagree, inp(failing))   # ig failed sanity: left out
+    only_unvalidated = shares({"bayes_shapley@parts": "head"})
+    assert reliance_sentence(only_unvalidated, inp({})).startswith("No reliance claim: none of")
