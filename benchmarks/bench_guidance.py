@@ -117,7 +117,7 @@ def measure(clf, sets: dict, params, rise_images: int, tune_only: bool) -> dict:
     return out
 
 
-def runs(which: str, main: dict, lams: list[float], fractions: list[float]) -> list[dict]:
+def runs(which: str, main: dict, lams: list[float], fractions: list[float], pairs: list[str] = ()) -> list[dict]:
     """The fine-tunes to run: the main recipe, the unguided fine-tune (λ = 0: what fine-tuning alone does), the λ
     sweep at the main fraction, the fraction sweep at the main λ."""
     base = [main]
@@ -125,13 +125,16 @@ def runs(which: str, main: dict, lams: list[float], fractions: list[float]) -> l
     lam = [{**main, "lam": v} for v in lams if v != main["lam"]]
     frac = [{**main, "fraction": v} for v in fractions if v != main["fraction"]]
     only = [{**main, "lam": 3.0, "classes": [LABEL]}]      # guide only the class the audit flagged
+    if which == "pairs":                                   # exactly these λ:fraction runs
+        return [{**main, "lam": float(p.split(":")[0]), "fraction": float(p.split(":")[1])} for p in pairs]
     return {"main": base, "lambda": base + lam, "fraction": base + frac,
             "all": base + baseline + lam + frac + only}[which]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", default="main", choices=["main", "lambda", "fraction", "all"])
+    ap.add_argument("--runs", default="main", choices=["main", "lambda", "fraction", "all", "pairs"])
+    ap.add_argument("--pairs", nargs="*", default=[], help="with --runs pairs: lam:fraction, e.g. 0.5:1.0")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--lam", type=float, default=MAIN["lam"])
     ap.add_argument("--fraction", type=float, default=MAIN["fraction"])
@@ -170,7 +173,7 @@ def main() -> None:
     results["original"] = measure(original, sets, params, args.rise_images, args.tune_only)
     print("original", json.dumps(results["original"])[:600], flush=True)
     main_run = {"lam": args.lam, "fraction": args.fraction, "epochs": args.epochs}
-    for run in runs(args.runs, main_run, args.lams, args.fractions):
+    for run in runs(args.runs, main_run, args.lams, args.fractions, args.pairs):
         classes = tuple(names.index(c) for c in run["classes"]) if run.get("classes") else None
         g = GuidanceTraining(lam=run["lam"], fraction=run["fraction"], epochs=run["epochs"], lr=args.lr,
                              classes=classes, layer=None if args.layer == "none" else args.layer,
