@@ -152,7 +152,9 @@ def l1_loss(attributions: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 
 
 def rrr_loss(attributions: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Σ (A / max|A|)² over the pixels outside the box per image (Right for the Right Reasons): float ``[B]``."""
+    """Σ (A / max|A|)² over the pixels outside the box per image (Right for the Right Reasons): float ``[B]``. A sum
+    over pixels, as the reference's: its scale grows with the image (thousands at 240 × 320), so its λ is orders of
+    magnitude below the other losses' (λ 1 collapsed the demo classifier)."""
     masks = _check(attributions, masks)
     return (_normalised(attributions, False).square() * (~masks).float()).flatten(1).sum(1)
 
