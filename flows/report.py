@@ -16,6 +16,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from tasks import stages
 from tasks.params import Params, load_params
 from tasks.report import ReportInputs, build_report, cost_table, load_json, quality_table, undefined_table
+from tasks.report_guidance import load_guidance
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
@@ -54,7 +55,7 @@ def load_inputs(params: Params) -> ReportInputs:
         detections=detections.to_pandas(),
         part_sources=parts.group_by(["model_id", "det_id", "source"]).aggregate([]).to_pandas(),
         slices=_optional(evaluated, "slices"), misses=_optional(evaluated, "misses"),
-        sag=_optional(explained, "sag"))
+        sag=_optional(explained, "sag"), guidance=load_guidance(params))
 
 
 def _optional(outputs: stages.StageOutputs, name: str):

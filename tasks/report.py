@@ -23,6 +23,7 @@ from detection.evaluation import MATCH_IOU, OCCLUSION_BUCKETS, SIZE_BUCKETS  # n
 from detection.miss_rate import CURVE_FPPI  # noqa: E402
 from tasks.metric_names import AGREE, METRICS, TOP_PART_MATCH, causal_auc, epg, epg_chance, names, parse_agreement  # noqa: E402
 from tasks.params import EvaluateParams  # noqa: E402
+from tasks.report_guidance import GuidanceInputs, render_guidance  # noqa: E402
 from tasks.report_intervals import (  # noqa: E402
     CONFIDENCE,
     MIN_UNITS,
@@ -92,6 +93,7 @@ class ReportInputs:
     slices: pd.DataFrame | None = None         # evaluate's slices table (tasks.audit_slices); None: not computed
     misses: pd.DataFrame | None = None         # evaluate's misses table (miss type per missed pedestrian)
     sag: pd.DataFrame | None = None            # explain's sag table (structured attention graphs); None: none
+    guidance: GuidanceInputs | None = None     # the guide stage's outputs (tasks.report_guidance); None: no guide run
 
 
 # ---------------------------------------------------------------------------------------------------- figures
@@ -887,6 +889,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("sanity", "Sanity checks: do the explanations depend on the model?", render_sanity,
             (("sanity", "Sanity"),)),
     Section("classifier", "Classifier: objects or spurious cue?", render_classifier, (("classifier", "Classifier"),)),
+    Section("guidance", "Model guidance", render_guidance, (("guidance", "Model guidance"),)),
     Section("cost", "Cost", render_cost, (("cost", "Cost"),)),
     Section("gallery", "Gallery", render_gallery, (("gallery", "Gallery"),)),
     Section("errors", "Errors", render_errors),
