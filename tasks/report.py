@@ -366,7 +366,8 @@ def findings(shares: pd.DataFrame, main_job: str | None, inp: ReportInputs) -> l
 def reliance_sentence(shares: pd.DataFrame, inp: ReportInputs) -> str:
     """Whether the audit may say the detector *relies* on a body part: only when every job whose method found a
     planted part in the planted-reliance benchmark (:data:`RELIANCE_VALIDATED`) and that did not fail this run's
-    sanity check names the same top body part (largest mean share, context excluded)."""
+    sanity check names the same top body part (largest mean share, context excluded); one such job alone is not an
+    agreement."""
     from tasks.report_sanity import passing_jobs
 
     methods = dict(zip(inp.explanations["job"], inp.explanations["method"]))
@@ -383,6 +384,12 @@ def reliance_sentence(shares: pd.DataFrame, inp: ReportInputs) -> str:
         return ("No reliance claim: none of this run's jobs uses a method that found a planted body part in the "
                 "planted-reliance benchmark (" + ", ".join(sorted(RELIANCE_VALIDATED)) + ").")
     named = ", ".join(f"{j}{' (sanity ✓)' if j in ok else ''}: {p.replace('_', ' ')}" for j, p in tops.items())
+    if len(tops) == 1:
+        (job, part), = tops.items()
+        others = ", ".join(sorted(RELIANCE_VALIDATED - {methods[job]}))
+        return (f"No reliance claim yet: {named} is the only job here whose method found a planted part in the "
+                f"planted-reliance benchmark; one method is not an agreement (add a {others} job to confirm "
+                f"{part.replace('_', ' ')}).")
     if len(set(tops.values())) == 1:
         part = next(iter(tops.values())).replace("_", " ")
         return (f"The detector relies most on <b>{part}</b>: the jobs whose methods found a planted part in the "
