@@ -388,7 +388,7 @@ def reliance_sentence(shares: pd.DataFrame, inp: ReportInputs) -> str:
         (job, part), = tops.items()
         others = ", ".join(sorted(RELIANCE_VALIDATED - {methods[job]}))
         return (f"No reliance claim yet: {named} is the only job here whose method found a planted part in the "
-                f"planted-reliance benchmark; one method is not an agreement (add a {others} job to confirm "
+                f"planted-reliance benchmark; one method is not an agreement (add a job of {others} to confirm "
                 f"{part.replace('_', ' ')}).")
     if len(set(tops.values())) == 1:
         part = next(iter(tops.values())).replace("_", " ")
