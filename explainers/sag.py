@@ -149,8 +149,13 @@ def _coalitions(sets: Sequence[tuple[int, ...]], M: int) -> torch.Tensor:
 
 
 def _bitmasks(sets: Sequence[tuple[int, ...]], M: int) -> np.ndarray:
-    """Each set as an int64 bitmask [N] (bit i = region i), for vectorised subset tests (M < 63)."""
-    return (_coalitions(sets, M).numpy().astype(np.int64) << np.arange(M, dtype=np.int64)).sum(1)
+    """Each set as a bitmask [N] (bit i = region i), for vectorised subset tests: int64 for M < 63, else Python
+    integers (an object array: slower, but a region past bit 62 would otherwise shift out and vanish)."""
+    z = _coalitions(sets, M).numpy().astype(bool)
+    if M < 63:
+        return (z.astype(np.int64) << np.arange(M, dtype=np.int64)).sum(1)
+    bits = np.array([1 << i for i in range(M)], dtype=object)
+    return np.array([int(bits[row].sum()) if row.any() else 0 for row in z], dtype=object)
 
 
 class _Memo:
@@ -164,7 +169,7 @@ class _Memo:
         self.game, self.M, self.target, self.limit = game, M, target, limit
         self.scores: dict[tuple[int, ...], np.ndarray] = {} if store is None else store
         self.n_forward = 0
-        self._masks = np.zeros(0, dtype=np.int64)           # bitmasks of the store's sets, in insertion order
+        self._masks = np.zeros(0, dtype=np.int64 if M < 63 else object)   # bitmasks of the store's sets, in order
         self._values = np.zeros(0)                           # this target's score of each
 
     def __call__(self, sets: list[tuple[int, ...]]) -> list[float]:

@@ -333,3 +333,14 @@ def test_a_non_positive_full_score_is_flat_not_searched():
     with pytest.raises(ValueError, match="not positive"):
         structured_attention_graph(game, 3, torch.ones(3))
     assert game.calls == 1                                                 # full and empty, one batch, no search
+
+
+def test_subset_tests_keep_regions_past_bit_62():
+    """Bitmasks of 70 regions: region 65 must not vanish (int64 shifts would drop it and call {65} a subset of all)."""
+    from explainers.sag import _bitmasks, _Memo
+
+    masks = _bitmasks([(65,), (0, 1), (1, 65)], 70)
+    assert masks[0] != 0 and masks[0] & masks[1] == 0 and masks[0] & masks[2] == masks[0]
+    memo = _Memo(lambda z: z[:, 65:66].float(), 70, 0)            # sufficient exactly when region 65 is shown
+    memo([(65,)])
+    assert memo.covered([(0, 1), (1, 65)], 0.9).tolist() == [False, True]
