@@ -55,8 +55,10 @@ UNDEFINED_NOTE = ("A metric that cannot mean anything on an explanation is <i>un
 OVERLAY_FLOOR = 0.05          # gallery overlays: saliency below this share of the map's maximum is transparent
 BOX_WHISKERS = 1.5            # box plots: whiskers reach this many IQR past the quartiles
 # Methods that found a known, planted body part in benchmarks/bench_planted.py (benchmarks/README.md, "Planted
-# reliance": top-1 rate >= 0.5 on the planted variant and <= 2x chance on the control; 2026-12-01, demo detector
-# recipe): only these may turn "most relevance on X" into "relies on X", and only when every such job agrees.
+# reliance": top-1 rate >= 0.5 on the planted variant and <= 2x chance on the control, per pedestrian with context
+# as a player; 2026-12-01, demo detector recipe; over body parts: occlusion@parts, integrated gradients' mass per
+# part): only these may turn "most relevance on X" into "relies on X", when two or more of them agree on the top
+# body part of the mean shares (context excluded: a finding names a body part).
 RELIANCE_VALIDATED = frozenset({"occlusion", "integrated_gradients"})
 CUE_RELIANCE = 0.2            # the classifier relies on the spurious cue when it adds this much to P(label)
 CONFIDENCE_BUCKETS = {"< 0.05": (0.0, 0.05), "0.05-0.25": (0.05, 0.25), "0.25-0.5": (0.25, 0.5),
@@ -366,15 +368,19 @@ def findings(shares: pd.DataFrame, main_job: str | None, inp: ReportInputs) -> l
 def reliance_sentence(shares: pd.DataFrame, inp: ReportInputs) -> str:
     """Whether the audit may say the detector *relies* on a body part: only when every job whose method found a
     planted part in the planted-reliance benchmark (:data:`RELIANCE_VALIDATED`) and that did not fail this run's
-    sanity check names the same top body part (largest mean share, context excluded); one such job alone is not an
-    agreement."""
+    sanity check names the same top body part (largest mean share, context excluded); jobs over superpixels or grid
+    cells do not count, and one method (however many jobs) is not an agreement."""
     from tasks.report_sanity import passing_jobs
 
     methods = dict(zip(inp.explanations["job"], inp.explanations["method"]))
+    regions = dict(zip(inp.explanations["job"], inp.explanations["regions"])) if "regions" in inp.explanations \
+        else {}
     checked = inp.evaluate_summary.get("sanity", {}).get("jobs", {})
     failed = {j for j, e in checked.items() if e.get("status") == "checked" and not e.get("passes")}
     ok = passing_jobs(inp.evaluate_summary)
-    jobs = [j for j in dict.fromkeys(shares["job"]) if j and methods.get(j) in RELIANCE_VALIDATED and j not in failed]
+    # as validated: over body parts (a region job's parts, a pixel job's mass per part), not superpixels / grid cells
+    jobs = [j for j in dict.fromkeys(shares["job"]) if j and methods.get(j) in RELIANCE_VALIDATED and j not in failed
+            and regions.get(j, "parts") in ("parts", "none")]
     tops = {}
     for job in jobs:
         body = shares[(shares["job"] == job) & (shares["part"] != "context")]
@@ -384,11 +390,11 @@ def reliance_sentence(shares: pd.DataFrame, inp: ReportInputs) -> str:
         return ("No reliance claim: none of this run's jobs uses a method that found a planted body part in the "
                 "planted-reliance benchmark (" + ", ".join(sorted(RELIANCE_VALIDATED)) + ").")
     named = ", ".join(f"{j}{' (sanity ✓)' if j in ok else ''}: {p.replace('_', ' ')}" for j, p in tops.items())
-    if len(tops) == 1:
-        (job, part), = tops.items()
+    if len({methods[j] for j in tops}) == 1:                  # one method (in one or more jobs): no agreement
+        job, part = next(iter(tops.items()))
         others = ", ".join(sorted(RELIANCE_VALIDATED - {methods[job]}))
-        return (f"No reliance claim yet: {named} is the only job here whose method found a planted part in the "
-                f"planted-reliance benchmark; one method is not an agreement (add a job of {others} to confirm "
+        return (f"No reliance claim yet: {named} — only one method here found a planted part in the "
+                f"planted-reliance benchmark, and one method is not an agreement (add a job of {others} to confirm "
                 f"{part.replace('_', ' ')}).")
     if len(set(tops.values())) == 1:
         part = next(iter(tops.values())).replace("_", " ")

@@ -100,7 +100,8 @@ def _explained_map(job: ExplainJob, scorer_for, image: torch.Tensor, item: Expla
     method fails on this stage's model)."""
     target = next(t for t in item["targets"] if t["target_id"] == target_id)
     failed: list[dict] = []
-    made = explain_targets(job, scorer_for, image, [target], parts_lookup(item["parts"], device), params.explain,
+    parts_of = None if job.targets == "classes" else parts_lookup(item["parts"], device)   # as explain_image does
+    made = explain_targets(job, scorer_for, image, [target], parts_of, params.explain,
                            params.seed, device, failed, item["image"]["uri"])
     for e in failed:
         errors.append({**e, "stage": "evaluate", "message": f"sanity {stage}: {e['message']}"})

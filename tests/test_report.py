@@ -134,6 +134,15 @@ def test_reliance_is_claimed_only_when_the_validated_jobs_agree_and_pass_sanity(
     assert reliance_sentence(disagree, inp({})).startswith("No reliance claim: the jobs")
     failing = {"occlusion@parts": passed, "ig": {"status": "checked", "passes": False}}
     alone = reliance_sentence(disagree, inp(failing))                  # ig failed sanity: occlusion alone
-    assert alone.startswith("No reliance claim yet: occlusion@parts (sanity ✓): torso is the only job")
+    assert alone.startswith("No reliance claim yet: occlusion@parts (sanity ✓): torso — only one method")
+    explanations.loc[len(explanations)] = {"job": "occlusion@grid", "method": "occlusion"}       # grid cells: ignored
+    grid = pd.concat([shares({"occlusion@parts": "torso", "ig": "torso"}),
+                      shares({"occlusion@grid": "head"}).replace({"head": "r012", "torso": "r001"})])
+    regions = {"occlusion@parts": "parts", "ig": "none", "bayes_shapley@parts": "parts", "occlusion@grid": "grid"}
+    explanations["regions"] = explanations["job"].map(regions)
+    assert reliance_sentence(grid, inp({})).startswith("The detector relies most on <b>torso</b>")
+    two_jobs_one_method = shares({"occlusion@parts": "torso", "occlusion@grid": "torso"})
+    explanations.loc[explanations["job"] == "occlusion@grid", "regions"] = "parts"
+    assert reliance_sentence(two_jobs_one_method, inp({})).startswith("No reliance claim yet")
     only_unvalidated = shares({"bayes_shapley@parts": "head"})
     assert reliance_sentence(only_unvalidated, inp({})).startswith("No reliance claim: none of")
