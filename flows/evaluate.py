@@ -38,13 +38,13 @@ def evaluate_flow(params: Params) -> dict:
     explained = stages.explain(params)
     explanations = explained.read("explanations")
     data = stages.pull(params).dataset()
-    items = shard_items(data.images, data.annotations, explained.read("targets"), explanations,
-                        stages.parts(params).read("parts"))
+    targets, parts = explained.read("targets"), stages.parts(params).read("parts")
+    items = shard_items(data.images, data.annotations, targets, explanations, parts)
     outputs = stages.evaluate(params)
     staging = fresh_staging(outputs.out_dir)
     futures = [evaluate_shard.submit(items[r.start:r.stop], params, staged_shard_dir(staging, i))
                for i, r in enumerate(shard_ranges(len(items), cfg.shard_size))]
-    sanity = _submit_sanity(params, explanations, data.images, explained.read("targets"))
+    sanity = _submit_sanity(params, explanations, data.images, targets, parts)
     tables = collect_staged(staging, progress(futures, "evaluate"), ("metrics", "errors"))
     shards_done = time.perf_counter()
     checked = sanity.result() if sanity is not None else {"rows": [], "errors": [], "status": {}}
@@ -82,7 +82,7 @@ def evaluate_flow(params: Params) -> dict:
     return summary
 
 
-def _submit_sanity(params: Params, explanations: pa.Table, images: pa.Table, targets: pa.Table):
+def _submit_sanity(params: Params, explanations: pa.Table, images: pa.Table, targets: pa.Table, parts: pa.Table):
     """The sanity check (tasks.sanity) of every job on its first ``evaluate.sanity.targets`` targets, as one task
     running alongside the metric shards; None when off or nothing was explained."""
     per_job = params.evaluate.sanity.targets
@@ -91,8 +91,7 @@ def _submit_sanity(params: Params, explanations: pa.Table, images: pa.Table, tar
     if len(ids) == 0:
         return None
     items = explain_items(images.filter(pc.is_in(images["image_id"], value_set=ids)),
-                          targets.filter(pc.is_in(targets["image_id"], value_set=ids)),
-                          stages.parts(params).read("parts"))
+                          targets.filter(pc.is_in(targets["image_id"], value_set=ids)), parts)
     return sanity_check.submit(items, chosen, params)
 
 

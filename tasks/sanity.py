@@ -55,11 +55,10 @@ class SanityRow:
 
 def sanity_targets(explanations: pa.Table, jobs: list[ExplainJob], per_job: int) -> dict[str, list[tuple[str, str]]]:
     """The first ``per_job`` (image_id, target_id) each job explained, sorted: what the check re-explains."""
-    keys = explanations.select(["job", "image_id", "target_id"]).to_pylist()
-    out = {}
-    for job in jobs:
-        out[job.name] = sorted({(k["image_id"], k["target_id"]) for k in keys if k["job"] == job.name})[:per_job]
-    return out
+    by_job: dict[str, set[tuple[str, str]]] = {}
+    for k in explanations.select(["job", "image_id", "target_id"]).to_pylist():
+        by_job.setdefault(k["job"], set()).add((k["image_id"], k["target_id"]))
+    return {job.name: sorted(by_job.get(job.name, ()))[:per_job] for job in jobs}
 
 
 def _map(row: dict, job: ExplainJob) -> np.ndarray:

@@ -40,6 +40,11 @@ _PARTS_OF_KEYPOINT: dict[int, tuple[int, ...]] = {
 }
 
 
+def _is_rgb(colour: Sequence[int]) -> bool:
+    """Every channel in 0..255."""
+    return all(0 <= c <= 255 for c in colour)
+
+
 class SpuriousCue(BaseModel):
     """A background tint that co-occurs with ``label``: P(tint | label) = correlation, P(tint | no label) = 1 - it."""
 
@@ -53,7 +58,7 @@ class SpuriousCue(BaseModel):
     def _known_label(self) -> SpuriousCue:
         if self.label not in CATEGORIES:
             raise ValueError(f"label {self.label!r} is not one of {list(CATEGORIES)}")
-        if any(not 0 <= c <= 255 for c in self.tint):
+        if not _is_rgb(self.tint):
             raise ValueError(f"tint {self.tint} must be RGB values in 0..255")
         return self
 
@@ -79,7 +84,7 @@ class PlantedPart(BaseModel):
     def _known_part(self) -> PlantedPart:
         if self.part not in BODY_PARTS:
             raise ValueError(f"planted.part {self.part!r} is not a body part; expected one of {list(BODY_PARTS)}")
-        if any(not 0 <= c <= 255 for c in self.colour):
+        if not _is_rgb(self.colour):
             raise ValueError(f"planted.colour {list(self.colour)} must be RGB values in 0..255")
         return self
 
