@@ -71,7 +71,7 @@ def load_audit(root: str | Path, label: str | None = None):
         raise CompareError(f"audit {label}: {exc}") from None
     explain, evaluate = _rebased(stages.explain(params), root), _rebased(stages.evaluate(params), root)
     infer, pull = _rebased(stages.infer(params), root), _rebased(stages.pull(params), root)
-    needed = {explain.path("targets"): "the explain stage's targets", explain.out_dir / "explanations":
+    needed = {explain.path("targets"): "the explain stage's targets", _explanations_dir(explain):
               "the explain stage's explanations", infer.metrics: "infer's metrics", evaluate.metrics:
               "evaluate's metrics"}
     missing = [f"{p.relative_to(root) if p.is_relative_to(root) else p} ({what})" for p, what in needed.items()
@@ -79,7 +79,7 @@ def load_audit(root: str | Path, label: str | None = None):
     if missing:
         raise CompareError(f"audit {label}: missing {'; '.join(missing)} - run the pipeline there (dvc repro), or "
                            f"`dvc pull` / `dvc checkout` those outputs")
-    explanations = _read_explanations(explain.out_dir / "explanations")
+    explanations = _read_explanations(explain)
     images = (pq.read_table(pull.path("images"), columns=["image_id", "sha256"]).to_pandas()
               if pull.path("images").is_file() else pd.DataFrame(columns=["image_id", "sha256"]))
     plot = root / params.evaluate.plots_dir / "part_relevance.csv"
@@ -92,15 +92,21 @@ def load_audit(root: str | Path, label: str | None = None):
                  params.infer.classifier.id, part_plot=pd.read_csv(plot) if plot.is_file() else None)
 
 
-def _read_explanations(folder: Path):
-    """The explanations shards (``job=*/shard-*.parquet``), only the columns the comparison reads (no saliency)."""
+def _explanations_dir(explain) -> Path:
+    """The folder of the explain stage's explanation shards (the first part of its declared glob)."""
+    return explain.out_dir / Path(explain.TABLES["explanations"]).parts[0]
+
+
+def _read_explanations(explain):
+    """The explain stage's explanation shards (its declared glob, ``tasks.stages.ExplainOutputs``), only the
+    columns the comparison reads (no saliency)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from detection.datasets.tables import SCHEMAS
 
     schema = pa.schema([SCHEMAS["explanations"].field(c) for c in EXPLANATION_COLUMNS])
-    files = sorted(folder.glob("job=*/shard-*.parquet"))
+    files = sorted(explain.out_dir.glob(explain.TABLES["explanations"]))
     tables = [pq.read_table(f, columns=EXPLANATION_COLUMNS).cast(schema) for f in files]
     return (pa.concat_tables(tables) if tables else schema.empty_table()).to_pandas()
 
@@ -144,7 +150,7 @@ def materialise(repo: str | Path, rev: str, dest: Path) -> Path:
     except ParamsError as exc:
         raise CompareError(f"audit {rev}: {exc}") from None
     explain, evaluate, pull = stages.explain(params), stages.evaluate(params), stages.pull(params)
-    missing = [path for path in (explain.path("targets"), explain.out_dir / "explanations", params.infer.metrics,
+    missing = [path for path in (explain.path("targets"), _explanations_dir(explain), params.infer.metrics,
                                  evaluate.metrics) if not _fetch(fs, Path(path).as_posix(), dest, rev, sha, False)]
     for optional in (pull.path("images"), Path(params.evaluate.plots_dir) / "part_relevance.csv"):
         _fetch(fs, optional.as_posix(), dest, rev, sha, False)

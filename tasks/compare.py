@@ -332,15 +332,27 @@ def _clean(value):
 
 # ---------------------------------------------------------------------------------------------------- metrics files
 def metrics_diff(a: Audit, b: Audit) -> dict:
-    """``dvc metrics diff --all --json``'s ``diff`` for these two audits' metrics files: ``{file: {flattened key:
-    {"old", "new"[, "diff"]}}}`` (DVC's own flattening and diff, :func:`dvc.utils.diff.diff`; lists become their
-    ``str`` as DVC shows them)."""
+    """``dvc metrics diff --all --json`` for these two audits' metrics files: ``{file: {flattened key: {"old",
+    "new"[, "diff"]}}}``. The values DVC reads as metrics (:func:`dvc_metrics`), flattened and diffed by DVC's own
+    code (:func:`dvc.utils.diff.diff`)."""
     from dvc.utils.diff import diff, format_dict
 
     def data(audit: Audit) -> dict:
-        return {path: {"data": format_dict(content)} for path, content in audit.metric_files.items() if content}
+        return {path: {"data": format_dict(dvc_metrics(content))} for path, content in audit.metric_files.items()
+                if content}
 
     return diff(data(a), data(b), with_unchanged=True)
+
+
+def dvc_metrics(tree):
+    """What DVC keeps of a metrics file (``dvc.repo.metrics.show._extract_metrics``, DVC 3): numbers (booleans
+    included) and strings, in nested dicts; lists and nulls are dropped, as are dicts left empty."""
+    if isinstance(tree, (int, float, str)):
+        return tree
+    if not isinstance(tree, dict):
+        return None
+    kept = {key: dvc_metrics(value) for key, value in tree.items()}
+    return {key: value for key, value in kept.items() if value not in (None, {})}
 
 
 def _get(tree: dict, *keys: str):
@@ -416,10 +428,14 @@ def cue_change(a: Audit, b: Audit) -> CueChange:
                          (b.classifier_id, "spurious", f"p_{label}_absent_{arm}") if sb else None, None)
                  for arm in ("with_cue", "without_cue"))
 
-    def reliance(with_, without):
+    def reliance(spurious: dict, with_, without):
+        """The file's own ``reliance`` when it has one (what ``dvc metrics diff`` shows), else with − without."""
+        declared = _number(spurious.get("reliance"))
+        if declared is not None:
+            return declared
         return None if with_ is None or without is None else with_ - without
 
-    return CueChange(label, rows, reliance(rows[0].a, rows[1].a), reliance(rows[0].b, rows[1].b))
+    return CueChange(label, rows, reliance(sa, rows[0].a, rows[1].a), reliance(sb, rows[0].b, rows[1].b))
 
 
 def quality_changes(a: Audit, b: Audit) -> list[MetricChange]:
@@ -603,18 +619,28 @@ def _cell(job: str, breakdown: str, bucket: str, part: str, xa: Units, xb: Units
 
 
 def plot_check(audit: Audit, cells: pd.DataFrame, side: str, tolerance: float = 1e-4) -> list[str]:
-    """Warnings where the run's ``plots/part_relevance.csv`` (what ``dvc plots`` shows, 5 decimals) disagrees with
-    the overall mean shares computed here from its tables (the plots are then from another run)."""
-    plot = audit.part_plot
-    if plot is None or plot.empty:
-        return []
+    """Warnings where what DVC shows of the overall mean shares disagrees with the ones computed here from the
+    audit's explain tables (the outputs are then from different runs): ``plots/part_relevance.csv`` (``dvc plots``,
+    5 decimals) and, when evaluate writes it, ``evaluate.json`` ``part_shares.<job>.<part>`` (``dvc metrics``)."""
     mine = cells[cells["breakdown"] == "all"].set_index(["job", "part"])[f"mean_{side}"].dropna()
-    theirs = plot.set_index(["job", "part"])["share"]
-    both = mine.index.intersection(theirs.index)
-    off = [(k, mine[k], theirs[k]) for k in both if abs(mine[k] - theirs[k]) > tolerance]
-    return [f"{audit.label}: plots/part_relevance.csv disagrees with the explain tables for {len(off)} "
-            f"(job, part) mean shares, e.g. {off[0][0][0]} {off[0][0][1]}: {off[0][2]:.5f} in the plot vs "
-            f"{off[0][1]:.5f} from the tables (the plots are from another run?)"] if off else []
+    sources = []
+    if audit.part_plot is not None and not audit.part_plot.empty:
+        sources.append(("plots/part_relevance.csv", audit.part_plot.set_index(["job", "part"])["share"]))
+    declared = audit.evaluate_summary.get("part_shares")
+    if isinstance(declared, dict) and declared:
+        flat = {(job, part): v for job, parts in declared.items() if isinstance(parts, dict)
+                for part, v in parts.items() if _number(v) is not None}
+        sources.append((f"{audit.evaluate_file} part_shares", pd.Series(flat, dtype=float)))
+    out = []
+    for name, theirs in sources:
+        both = mine.index.intersection(theirs.index)
+        off = [(k, mine[k], theirs[k]) for k in both if abs(mine[k] - theirs[k]) > tolerance]
+        if off:
+            (job, part), value, shown = off[0]
+            out.append(f"{audit.label}: {name} disagrees with the explain tables for {len(off)} (job, part) mean "
+                       f"shares, e.g. {job} {part}: {shown:.5f} there vs {value:.5f} from the tables (outputs of "
+                       f"different runs?)")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------- gates

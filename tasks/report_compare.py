@@ -14,19 +14,20 @@ import pandas as pd  # noqa: E402
 
 from tasks.compare import BREAKDOWNS, GATE_GRAMMAR, Comparison, MetricChange  # noqa: E402
 from tasks.report import CSS, _img, _num, _png, _table  # noqa: E402
-from tasks.report_intervals import interval_text  # noqa: E402
 
 SHIFT_NOTE = ("Share = a part's relevance over the sum of |relevance| of the pedestrian's parts (the report's "
               "body-part share). Shift = mean share in B − mean share in A, with a bootstrap {conf:g} % interval "
               "(BCa, {n_boot} resamples, seed {seed}) resampling images, paired by image id (an image in both audits "
-              "is resampled as one unit; its pedestrians together). Bold: the interval excludes 0. The overall rows "
-              "also give a simultaneous interval (Bonferroni over the {m} overall cells, {sim:.4g} % each), which the "
-              "part_shift gate reads.")
+              "is resampled as one unit; its pedestrians together). Cells: mean share A → B: shift [interval] (n: "
+              "pedestrians in A / B). Bold: the interval excludes 0. The overall rows also give a simultaneous "
+              "interval (Bonferroni over the {m} overall cells, {sim:.4g} % each; ✱: it excludes 0), which the "
+              "part_shift gate reads: with many cells, some 95 % intervals exclude 0 by chance alone.")
 CLASS = "style='color:#b3261e;font-weight:600'"
 
 
 def _signed(value) -> str:
-    return "n/a" if value is None or not np.isfinite(value) else f"{value:+.3f}"
+    """``+0.012``; ``+0.000`` (never ``-0.000``) for what rounds to 0; ``n/a`` for a missing number."""
+    return "n/a" if value is None or not np.isfinite(value) else f"{round(float(value), 3) + 0.0:+.3f}"
 
 
 def _metric_table(rows: list[MetricChange], with_job: bool = False) -> pd.DataFrame:
@@ -84,6 +85,13 @@ def fig_shift(cells: pd.DataFrame, jobs: list[str]) -> str | None:
     return _png(fig)
 
 
+def shift_text(shift, low, high) -> str:
+    """``'-0.050 [-0.051, -0.049]'`` (signed, 3 decimals; ``n/a`` for a missing bound); without ``shift`` only the
+    interval."""
+    interval = f"[{_signed(low)}, {_signed(high)}]"
+    return interval if shift is None else f"{_signed(shift)} {interval}"
+
+
 def shift_table(cells: pd.DataFrame, job: str, breakdown: str) -> pd.DataFrame:
     """part × bucket: 'A → B: shift [low, high]' per cell, for one job and breakdown (HTML-marked significant)."""
     sel = cells[(cells["job"] == job) & (cells["breakdown"] == breakdown)]
@@ -97,9 +105,12 @@ def shift_table(cells: pd.DataFrame, job: str, breakdown: str) -> pd.DataFrame:
                 row[bucket] = ""
                 continue
             r = cell.iloc[0]
-            text = (f"{_num(r['mean_a'], '{:.2f}')} → {_num(r['mean_b'], '{:.2f}')}: "
-                    f"{interval_text(r['shift'], r['low'], r['high'])} (n {r['n_a']}/{r['n_b']})")
-            row[bucket] = f"<b>{text}</b>" if r["significant"] else text
+            text = (f"{_num(r['mean_a'])} → {_num(r['mean_b'])}: {shift_text(r['shift'], r['low'], r['high'])} "
+                    f"(n {r['n_a']}/{r['n_b']})")
+            if breakdown == "all":
+                text += f"; simultaneous {shift_text(None, r['sim_low'], r['sim_high'])}"
+                text += " ✱" if r["sim_significant"] else ""
+            row[bucket] = f"<b>{html.escape(text)}</b>" if r["significant"] else html.escape(text)
         rows.append(row)
     return pd.DataFrame(rows)
 

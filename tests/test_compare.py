@@ -73,9 +73,11 @@ def _metrics_files(cue_with: float, ap50: float) -> tuple[dict, dict]:
     by_job = {job: {"deletion_auc": 0.15, "insertion_auc": 0.45, "pointing_box": 1.0, "epg_body": 0.6,
                     "epg_body_chance": 0.03, "explanations": N_IMAGES * PER_IMAGE} for job in JOBS}
     evaluate = {"by_kind": {"persons": by_job},
-                "sanity": {"jobs": {job: {"status": "checked", "passes": True, "spearman_abs_full": 0.2}
+                "sanity": {"jobs": {job: {"status": "checked", "passes": True, "spearman_abs_full": 0.2,
+                                          "stages": [{"stage": 0, "spearman": 1.0}, {"stage": 1, "spearman": 0.1}]}
                                     for job in JOBS}},
-                "where_it_fails": {"mr2": {"reasonable": {"mr2": 0.08, "low": 0.05, "high": 0.12, "persons": 90}}}}
+                "where_it_fails": {"mr2": {"reasonable": {"mr2": 0.08, "low": 0.05, "high": 0.12, "persons": 90}},
+                                   "mr_fppi": {"reasonable": {"fppi": [0.01, 0.1], "miss_rate": [0.3, 0.1]}}}}
     return infer, evaluate
 
 
@@ -282,14 +284,24 @@ def test_a_gate_that_cannot_be_checked_fails(audits):
     assert c.exit_code == 1 and "cannot check cue reliance" in c.gates[0].reasons[0]
 
 
-def test_stale_plots_are_reported(audits, tmp_path):
+def test_stale_plots_and_metrics_are_reported(audits, tmp_path):
+    """What DVC shows of the mean shares (plots/part_relevance.csv; evaluate.json part_shares where evaluate writes
+    it) must be what the tables give; a mismatch (outputs of different runs) is a warning naming the file."""
     stale = tmp_path / "stale"
     shutil.copytree(audits[1], stale)
     plot = pd.read_csv(stale / "plots/part_relevance.csv")
+    summary = json.loads((stale / "metrics/evaluate.json").read_text())
+    summary["part_shares"] = {job: dict(zip(g["part"], g["share"])) for job, g in plot.groupby("job")}
+    (stale / "metrics/evaluate.json").write_text(json.dumps(summary))
+    assert compare(load_audit(audits[0], "A"), load_audit(stale, "B")).warnings == []
     plot.loc[0, "share"] += 0.01
     plot.to_csv(stale / "plots/part_relevance.csv", index=False)
-    c = compare(load_audit(audits[0], "A"), load_audit(stale, "B"))
-    assert len(c.warnings) == 1 and "plots/part_relevance.csv disagrees" in c.warnings[0]
+    summary["part_shares"][SHIFTED_JOB]["head"] += 0.01
+    (stale / "metrics/evaluate.json").write_text(json.dumps(summary))
+    warnings = compare(load_audit(audits[0], "A"), load_audit(stale, "B")).warnings
+    assert len(warnings) == 2 and "plots/part_relevance.csv disagrees" in warnings[0]
+    assert f"metrics/evaluate.json part_shares disagrees with the explain tables for 1 (job, part) mean shares, e.g. " \
+           f"{SHIFTED_JOB} head" in warnings[1]
 
 
 # ---------------------------------------------------------------------------------------------------- git / dvc
