@@ -15,21 +15,20 @@ from tasks import stages
 from tasks.params import Params, load_params
 from tasks.pull import (
     SHARDS_DIR,
-    attribute_tables,
     check_images_shard,
     fetch_dvc,
     generate_synthetic_shard,
     list_source,
-    merge_shards,
-    relocate_uris,
-    write_outputs,
+    write_streamed,
 )
 from tasks.shards import fresh_staging, publish, shard_ranges, write_json
 
 
 @flow(name="pull", log_prints=True)
 def pull_flow(params: Params) -> dict:
-    """Build the dataset tables in a staging folder, then publish them over ``pull.out_dir`` in one swap."""
+    """Build the dataset tables in a staging folder, then publish them over ``pull.out_dir`` in one swap. Shard tasks
+    write shard folders; the tables are streamed from them shard by shard (``tasks.pull.write_streamed``), so the
+    flow process holds one shard at a time (plus a coco / yolo / folder source's listing)."""
     logger = get_run_logger()
     pull = params.pull
     outputs = stages.pull(params)            # with train_data_params(...): the training scenes' folder
@@ -58,10 +57,7 @@ def pull_flow(params: Params) -> dict:
     for f in futures:
         f.result()
 
-    tables = relocate_uris(merge_shards(staging, listing), staging_uri, out_uri)
-    attributes, user_attributes = attribute_tables(staging, tables, pull, out_uri, staging_uri)
-    stats = write_outputs(tables, staging, pull, params.seed, attributes, user_attributes,
-                          outputs.USER_ATTRIBUTES)
+    stats = write_streamed(staging, pull, params.seed, listing, out_uri, staging_uri, outputs.USER_ATTRIBUTES)
     publish(staging, out)
     write_json(outputs.metrics, stats)
     logger.info("pulled %d images, %d annotations (%d persons), %d errors -> %s", stats["images"],
