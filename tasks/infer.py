@@ -6,10 +6,13 @@ import functools
 import hashlib
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -38,7 +41,7 @@ from detection.models.specs import (
     model_sha256,
 )
 from tasks.params import InferParams
-from tasks.shards import write_shard
+from tasks.shards import RowRange, read_rows, write_shard
 
 EVAL_CONF = 0.001      # detections are stored down to this score so that AP sees the whole PR curve
 
@@ -92,8 +95,12 @@ def _batches(rows: list[dict], batch_size: int, errors: list[dict]):
 
 
 @task(cache_policy=NO_CACHE, retries=1)
-def infer_shard(rows: list[dict], infer: InferParams, run_id: str, hashes: dict[str, str], shard_dir: str) -> str:
-    """Detections of every detector (and the pose model) and the classifier's class probabilities."""
+def infer_shard(rows: RowRange | list[dict], infer: InferParams, run_id: str, hashes: dict[str, str],
+                shard_dir: str) -> str:
+    """Detections of every detector (and the pose model) and the classifier's class probabilities of one shard of
+    images: a :class:`~tasks.shards.RowRange` of the images table (read here: ``image_id, uri``) or its rows."""
+    if isinstance(rows, RowRange):
+        rows = read_rows(rows, ["image_id", "uri"]).to_pylist()
     detections, predictions, errors = [], [], []
     det_specs = [*infer.detectors, *([infer.pose] if infer.pose is not None else [])]
     for batch_rows, x in _batches(rows, infer.batch_size, errors):
@@ -145,41 +152,66 @@ def _clean(value):
     return value
 
 
+@dataclass
+class _ImageRows:
+    """One image's ground truth and detections as arrays: boxes [G, 4] / [D, 4] (xyxy px, float64), crowd flags
+    [G], occlusion [G] (NaN: unknown), scores [D]; keypoints (flat 51 floats, COCO order) per GT and per detection,
+    None where absent."""
+
+    g_boxes: np.ndarray
+    crowd: np.ndarray
+    occl: np.ndarray
+    d_boxes: np.ndarray
+    scores: np.ndarray
+    g_kps: list = field(default_factory=list)
+    d_kps: list = field(default_factory=list)
+
+    @classmethod
+    def from_dicts(cls, g: list[dict], d: list[dict]) -> _ImageRows:
+        return cls(np.array([a["bbox"] for a in g], float).reshape(-1, 4),
+                   np.array([bool(a["iscrowd"]) for a in g], bool),
+                   np.array([np.nan if a["occlusion"] is None else a["occlusion"] for a in g], float),
+                   np.array([x["bbox"] for x in d], float).reshape(-1, 4),
+                   np.array([x["score"] for x in d], float),
+                   [a.get("keypoints") for a in g], [x.get("keypoints") for x in d])
+
+
 def detector_quality(images: list[dict], gt: dict[str, list[dict]], dets: dict[str, list[dict]],
                      conf: float, infer: InferParams, with_pose: bool) -> dict:
     """AP50 / AP (all persons and the reasonable subset), recall by size and occlusion at ``conf``, PCK@0.2 of the
     persons found at ``conf`` against the detection each is matched to (``detection.evaluation.match``: one
     detection, one person - the rule explain's found / missed uses too). ``iscrowd`` annotations are ignore regions
-    (COCO's rule): a detection on a crowd is neither a true nor a false positive, and a crowd is never missed."""
+    (COCO's rule): a detection on a crowd is neither a true nor a false positive, and a crowd is never missed.
+    ``gt`` / ``dets``: annotation / detection rows by image id (rows of the dataset tables)."""
+    per_image = [_ImageRows.from_dicts(gt.get(img["image_id"], []), dets.get(img["image_id"], [])) for img in images]
+    return _detector_quality(per_image, conf, infer, with_pose)
+
+
+def _detector_quality(per_image: list[_ImageRows], conf: float, infer: InferParams, with_pose: bool) -> dict:
+    """:func:`detector_quality` over images given as :class:`_ImageRows`."""
     rs = infer.reasonable
     every, reasonable = [], []
     correct = total = 0
-    for img in images:
-        g, d = gt.get(img["image_id"], []), dets.get(img["image_id"], [])
-        g_boxes = np.array([a["bbox"] for a in g], float).reshape(-1, 4)
-        crowd = np.array([bool(a["iscrowd"]) for a in g], bool)
-        d_boxes = np.array([x["bbox"] for x in d], float).reshape(-1, 4)
-        scores = np.array([x["score"] for x in d], float)
-        heights = g_boxes[:, 3] - g_boxes[:, 1]
-        occl = np.array([np.nan if a["occlusion"] is None else a["occlusion"] for a in g], float)
-        attrs = {"height": heights, "occlusion": occl}
-        every.append(ImageEval(d_boxes, scores, g_boxes, crowd, attrs))
-        hard = crowd | (heights < rs.min_height) | (np.nan_to_num(occl) > rs.max_occlusion)
-        reasonable.append(ImageEval(d_boxes, scores, g_boxes, hard, attrs))
-        if with_pose and len(g) and len(d):          # keypoints of the found persons, vs their matched detection
+    for im in per_image:
+        heights = im.g_boxes[:, 3] - im.g_boxes[:, 1]
+        attrs = {"height": heights, "occlusion": im.occl}
+        every.append(ImageEval(im.d_boxes, im.scores, im.g_boxes, im.crowd, attrs))
+        hard = im.crowd | (heights < rs.min_height) | (np.nan_to_num(im.occl) > rs.max_occlusion)
+        reasonable.append(ImageEval(im.d_boxes, im.scores, im.g_boxes, hard, attrs))
+        if with_pose and len(im.g_boxes) and len(im.d_boxes):   # keypoints of the found persons, vs their match
             matching = match(every[-1])
             for gi in np.flatnonzero(matching.found(conf)):
-                if g[gi]["keypoints"] is None:
+                if im.g_kps[gi] is None:
                     continue
-                kp = np.array(d[matching.gt_det[gi]]["keypoints"], float).reshape(NUM_KEYPOINTS, 3)
-                c, t = pck(kp, np.array(g[gi]["keypoints"]), g_boxes[gi])
+                kp = np.array(im.d_kps[matching.gt_det[gi]], float).reshape(NUM_KEYPOINTS, 3)
+                c, t = pck(kp, np.array(im.g_kps[gi]), im.g_boxes[gi])
                 correct, total = correct + c, total + t
     out = {"ap50": average_precision(every), "ap": coco_ap(every), "ap50_reasonable": average_precision(reasonable),
            "recall_by_size": recall_by(every, "height", SIZE_BUCKETS, min_score=conf),
            "recall_by_occlusion": recall_by(every, "occlusion", OCCLUSION_BUCKETS, min_score=conf),
-           "persons": sum(not a["iscrowd"] for i in images for a in gt.get(i["image_id"], [])),
-           "crowd_regions": sum(bool(a["iscrowd"]) for i in images for a in gt.get(i["image_id"], [])),
-           "images": len(images)}
+           "persons": int(sum(int((~im.crowd).sum()) for im in per_image)),
+           "crowd_regions": int(sum(int(im.crowd.sum()) for im in per_image)),
+           "images": len(per_image)}
     if with_pose:
         out["pck02"] = correct / total if total else float("nan")
         out["pck02_keypoints"] = total
@@ -207,31 +239,156 @@ def spurious_probe(images: list[dict], probs: dict[str, dict[str, float]], label
             "images_with_cue": len(by_cue[True]), "images_without_cue": len(by_cue[False])}
 
 
+def _fixed(column: pa.ChunkedArray, width: int) -> np.ndarray:
+    """A fixed-size list column as a float64 array [n, width]; null rows are NaN."""
+    arr = column.combine_chunks()
+    out = np.full((len(arr), width), np.nan)
+    valid = arr.is_valid().to_numpy(zero_copy_only=False)
+    if valid.any():
+        out[valid] = arr.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
+    return out
+
+
+def _codes(values: pa.ChunkedArray, value_set: pa.Array) -> np.ndarray:
+    """Each value's position in ``value_set`` (int64; -1 where absent)."""
+    return pc.fill_null(pc.index_in(values, value_set=value_set), -1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _group(image_ids: pa.ChunkedArray, ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Rows grouped by image: (row order, start of each image's rows in it [len(ids) + 1]); within an image, rows
+    keep table order; rows of images not in ``ids`` are dropped."""
+    code = _codes(image_ids, ids)
+    keep = np.flatnonzero(code >= 0)
+    order = keep[np.argsort(code[keep], kind="stable")]
+    starts = np.searchsorted(code[order], np.arange(len(ids) + 1))
+    return order, starts
+
+
+def _kps_list(kps: np.ndarray | None, rows: np.ndarray) -> list:
+    if kps is None:
+        return [None] * len(rows)
+    return [None if np.isnan(kps[r, 0]) else kps[r] for r in rows]
+
+
+def _image_rows(ids: pa.Array, annotations: pa.Table, detections: pa.Table, with_kps: bool) -> list[_ImageRows]:
+    """:class:`_ImageRows` of every image of ``ids`` (in that order) from its annotations / detections (rows of
+    one model and category, in table order), built from Arrow columns without per-row Python objects."""
+    g_order, g_start = _group(annotations["image_id"], ids)
+    d_order, d_start = _group(detections["image_id"], ids)
+    g_boxes, d_boxes = _fixed(annotations["bbox"], 4), _fixed(detections["bbox"], 4)
+    crowd = annotations["iscrowd"].to_numpy(zero_copy_only=False).astype(bool)
+    occl = pc.fill_null(annotations["occlusion"].cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False)
+    scores = detections["score"].to_numpy(zero_copy_only=False).astype(float)
+    g_kps = _fixed(annotations["keypoints"], 3 * NUM_KEYPOINTS) if with_kps else None
+    d_kps = _fixed(detections["keypoints"], 3 * NUM_KEYPOINTS) if with_kps else None
+    out = []
+    for i in range(len(ids)):
+        g, d = g_order[g_start[i]:g_start[i + 1]], d_order[d_start[i]:d_start[i + 1]]
+        out.append(_ImageRows(g_boxes[g], crowd[g], occl[g], d_boxes[d], scores[d],
+                              _kps_list(g_kps, g), _kps_list(d_kps, d)))
+    return out
+
+
+def _class_probs(images: pa.Table, predictions: pa.Table) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(classes in the order of the first predicted image's rows, probabilities [N images, C] with NaN where an
+    image has no prediction, and whether each image has any)."""
+    first = predictions["image_id"][0]
+    classes = predictions.filter(pc.equal(predictions["image_id"], first))["category"].to_pylist()
+    ids = images["image_id"].combine_chunks()
+    image = _codes(predictions["image_id"], ids)
+    cls = _codes(predictions["category"], pa.array(classes, pa.string()))
+    score = predictions["score"].to_numpy(zero_copy_only=False).astype(float)
+    sel = (image >= 0) & (cls >= 0)
+    probs = np.full((len(ids), len(classes)), np.nan)
+    probs[image[sel], cls[sel]] = score[sel]
+    has = np.zeros(len(ids), bool)
+    has[image[image >= 0]] = True
+    return classes, probs, has
+
+
 def quality(images: pa.Table, annotations: pa.Table, detections: pa.Table, predictions: pa.Table,
             infer: InferParams, spurious_label: str | None) -> dict:
-    """Quality of every model on the val split and on all images (the demo models never train on these)."""
-    img_rows = images.to_pylist()
-    splits = {"val": [r for r in img_rows if r["split"] == "val"], "all": img_rows}
+    """Quality of every model on the val split and on all images (the demo models never train on these).
+
+    The tables need only these columns: images ``image_id, split`` (+ ``labels, spurious_cue`` with a classifier),
+    annotations ``image_id, category, bbox, iscrowd, occlusion`` (+ ``keypoints`` with a pose model), detections
+    ``model_id, image_id, category, score, bbox`` (+ ``keypoints``), predictions ``image_id, category, score``.
+    Rows are grouped per image with Arrow, so no per-row Python objects are made: the memory is the columns read
+    plus a few arrays per image."""
+    ids = images["image_id"].combine_chunks()
+    val = np.flatnonzero(pc.equal(images["split"], "val").to_numpy(zero_copy_only=False))
     metrics: dict = {}
-    det_rows, ann_rows = detections.to_pylist(), annotations.to_pylist()
     for spec in [*infer.detectors, *([infer.pose] if infer.pose is not None else [])]:
-        gt: dict[str, list[dict]] = {}
-        for a in ann_rows:
-            if a["category"] == spec.person_class:          # crowd regions too: ignore regions of the AP
-                gt.setdefault(a["image_id"], []).append(a)
-        dets: dict[str, list[dict]] = {}
-        for d in det_rows:
-            if d["model_id"] == spec.id and d["category"] == spec.person_class:
-                dets.setdefault(d["image_id"], []).append(d)
-        metrics[spec.id] = {name: detector_quality(rows, gt, dets, spec.conf, infer, spec is infer.pose)
+        with_pose = spec is infer.pose
+        gt = annotations.filter(pc.equal(annotations["category"], spec.person_class))   # crowds: ignore regions
+        dets = detections.filter(pc.and_(pc.equal(detections["model_id"], spec.id),
+                                         pc.equal(detections["category"], spec.person_class)))
+        per_image = _image_rows(ids, gt, dets, with_pose)
+        splits = {"val": [per_image[i] for i in val], "all": per_image}
+        metrics[spec.id] = {name: _detector_quality(rows, spec.conf, infer, with_pose)
                             for name, rows in splits.items() if rows}
     if infer.classifier is not None and predictions.num_rows:
-        probs: dict[str, dict[str, float]] = {}
-        for r in predictions.to_pylist():
-            probs.setdefault(r["image_id"], {})[r["category"]] = r["score"]
-        classes = list(next(iter(probs.values())).keys())
-        metrics[infer.classifier.id] = {name: classifier_quality(rows, probs, classes)
-                                        for name, rows in splits.items() if rows}
+        classes, probs, has = _class_probs(images, predictions)
+        labels = images["labels"].to_pylist()
+        cues = images["spurious_cue"].to_pylist()
+        rows = {name: [i for i in sel if has[i]] for name, sel in (("val", val), ("all", range(len(ids))))
+                if len(sel)}
+        metrics[infer.classifier.id] = {name: _classifier_quality(probs, labels, sel, classes)
+                                        for name, sel in rows.items()}
         if spurious_label is not None and spurious_label in classes:
-            metrics[infer.classifier.id]["spurious"] = spurious_probe(img_rows, probs, spurious_label)
+            metrics[infer.classifier.id]["spurious"] = _spurious_probe(probs, labels, cues, has,
+                                                                        classes.index(spurious_label), spurious_label)
     return _clean(metrics)
+
+
+def _classifier_quality(probs: np.ndarray, labels: list, rows: list[int], classes: list[str]) -> dict:
+    """:func:`classifier_quality` over image rows ``rows`` of the probability matrix."""
+    rows = [i for i in rows if labels[i] is not None]
+    if not rows:
+        return {}
+    truth = np.array([[c in labels[i] for c in classes] for i in rows])
+    f1 = multilabel_f1(probs[rows], truth)
+    return {"mean_f1": float(f1.mean()), "f1": {c: float(v) for c, v in zip(classes, f1)}, "images": len(rows)}
+
+
+def _spurious_probe(probs: np.ndarray, labels: list, cues: list, has: np.ndarray, c: int, label: str) -> dict:
+    """:func:`spurious_probe` over the probability matrix (column ``c`` is ``label``)."""
+    rows = [i for i in range(len(labels)) if cues[i] is not None and has[i] and label not in (labels[i] or [])]
+    by_cue = {cue: [float(probs[i, c]) for i in rows if cues[i] == cue] for cue in (True, False)}
+    return {f"p_{label}_absent_with_cue": float(np.mean(by_cue[True])) if by_cue[True] else float("nan"),
+            f"p_{label}_absent_without_cue": float(np.mean(by_cue[False])) if by_cue[False] else float("nan"),
+            "images_with_cue": len(by_cue[True]), "images_without_cue": len(by_cue[False])}
+
+
+QUALITY_COLUMNS = {
+    "images": ["image_id", "split", "labels", "spurious_cue"],
+    "annotations": ["image_id", "category", "bbox", "iscrowd", "occlusion", "keypoints"],
+    "detections": ["model_id", "image_id", "category", "score", "bbox", "keypoints"],
+    "predictions": ["image_id", "category", "score"],
+}
+"""The columns :func:`quality` reads (:func:`quality_from_files`)."""
+
+
+def _read(path: Path, columns: list[str], categories: list[str] | None) -> pa.Table:
+    """``columns`` of Parquet file ``path``, row group by row group, keeping rows whose ``category`` is in
+    ``categories`` (all when None); file order."""
+    file = pq.ParquetFile(path)
+    keep = None if categories is None else pa.array(categories, pa.string())
+    pieces = []
+    for g in range(file.metadata.num_row_groups):
+        t = file.read_row_group(g, columns=columns)
+        pieces.append(t if keep is None else t.filter(pc.is_in(t["category"], value_set=keep)))
+    return pa.concat_tables(pieces) if pieces else file.schema_arrow.empty_table().select(columns)
+
+
+def quality_from_files(files: dict[str, Path], infer: InferParams, spurious_label: str | None) -> dict:
+    """:func:`quality` reading only :data:`QUALITY_COLUMNS` of the Parquet files ``files`` (keyed as there; the
+    annotations and detections of the models' person classes only); keypoints only with a pose model.
+    ``FileNotFoundError`` names a missing file."""
+    persons = sorted({s.person_class for s in [*infer.detectors, *([infer.pose] if infer.pose is not None else [])]})
+    tables = {}
+    for name, columns in QUALITY_COLUMNS.items():
+        cols = [c for c in columns if c != "keypoints" or infer.pose is not None]
+        tables[name] = _read(files[name], cols, persons if name in ("annotations", "detections") else None)
+    return quality(tables["images"], tables["annotations"], tables["detections"], tables["predictions"], infer,
+                   spurious_label)
