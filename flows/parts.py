@@ -7,43 +7,58 @@ from pathlib import Path
 
 import flows  # noqa: F401  (environment defaults)
 
+import pyarrow as pa
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks import stages
 from tasks.params import Params, load_params
-from tasks.parts import parts_shard, quality_metrics, shard_inputs
-from tasks.shards import MANIFEST, collect_staged, fresh_staging, publish, shard_ranges, staged_shard_dir, write_json
+from tasks.parts import PartIouStats, PartsShard, parts_shard
+from tasks.shards import MANIFEST, fresh_staging, publish, staged_shard_dir, write_json, write_staged
 
 
 @flow(name="parts", log_prints=True)
 def parts_flow(params: Params) -> dict:
-    """Shards of images -> parts / part_iou / errors tables, published in one swap, and ``metrics/parts.json``."""
+    """Shards of images -> parts / part_iou / errors tables, published in one swap, and ``metrics/parts.json``.
+
+    Tasks get :class:`~tasks.parts.PartsShard` descriptions and read their own images' rows; the shards are
+    streamed into the published tables and the metrics accumulated piece by piece (Arrow group_by), so the flow
+    holds one shard at a time."""
     logger = get_run_logger()
     cfg = params.parts
-    data = stages.pull(params).dataset()
-    items = shard_inputs(params, data.images, data.annotations, data.gt_parts,
-                         stages.infer(params).read("detections"))
+    pulled = stages.pull(params)
+    shards = PartsShard.plan(params, pulled.path("images"), pulled.path("annotations"), pulled.path("gt_parts"),
+                             stages.infer(params).path("detections"))
     outputs = stages.parts(params)
     staging = fresh_staging(outputs.out_dir)
-    futures = [parts_shard.submit(items[r.start:r.stop], cfg, staged_shard_dir(staging, i))
-               for i, r in enumerate(shard_ranges(len(items), cfg.shard_size))]
-    tables = collect_staged(staging, [f.result() for f in futures], tuple(outputs.TABLES))
-    outputs.write(staging, tables)
-    parts = tables["parts"]
-    targets = parts.select(["model_id", "det_id", "source"]).group_by(["model_id", "det_id", "source"]).aggregate([])
+    futures = [parts_shard.submit(shard, cfg, staged_shard_dir(staging, i)) for i, shard in enumerate(shards)]
+    targets: dict[str, Counter] = {"model_id": Counter(), "source": Counter()}
+    iou = PartIouStats(params.infer.reasonable.min_height)
+
+    def visit(name: str, table: pa.Table) -> None:
+        if name == "parts":
+            keys = table.select(["model_id", "det_id", "source"]).group_by(["model_id", "det_id", "source"])
+            keys = keys.aggregate([])
+            for column, counter in targets.items():
+                for row in keys.group_by(column).aggregate([([], "count_all")]).to_pylist():
+                    counter[row[column]] += row["count_all"]
+        elif name == "part_iou":
+            iou.add(table)
+
+    counts = write_staged(staging, [f.result() for f in futures],
+                          {name: staging / outputs.TABLES[name] for name in outputs.TABLES}, visit)
     metrics = {
-        "rows": parts.num_rows,
-        "targets": dict(sorted(Counter(targets["model_id"].to_pylist()).items())),
-        "sources": dict(sorted(Counter(targets["source"].to_pylist()).items())),
-        "errors": tables["errors"].num_rows,
+        "rows": counts["parts"],
+        "targets": dict(sorted(targets["model_id"].items())),
+        "sources": dict(sorted(targets["source"].items())),
+        "errors": counts["errors"],
         "grouping": cfg.grouping,
-        "iou": quality_metrics(tables["part_iou"], params.infer.reasonable.min_height),
+        "iou": iou.result(),
     }
     write_json(staging / MANIFEST, {"params": cfg.model_dump(mode="json")})
     publish(staging, outputs.out_dir)
     write_json(outputs.metrics, metrics)
-    logger.info("parts: %d rows for %s targets, %d errors", parts.num_rows, metrics["targets"], metrics["errors"])
+    logger.info("parts: %d rows for %s targets, %d errors", counts["parts"], metrics["targets"], metrics["errors"])
     return metrics
 
 

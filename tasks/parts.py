@@ -2,6 +2,9 @@
 person detections), and the masks' quality against the synthetic ground-truth part masks."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -10,35 +13,82 @@ from prefect.cache_policies import NO_CACHE
 
 from detection.body import BODY_PARTS, PART_GROUPS
 from detection.datasets.records import error_row
+from detection.datasets.tables import SCHEMAS
 from detection.evaluation import SIZE_BUCKETS, iou_matrix
 from detection.masks import rle_decode
 from detection.parts import SOURCES, Keypoints, PartsError, PersonParts, body_parts, mask_iou, paint_disjoint
 from tasks.params import Params, PartsParams
-from tasks.shards import write_shard
+from tasks.shards import RowRange, read_image_rows, read_rows, row_ranges, write_shard
 
 GT_MODEL = "gt"          # model_id of ground-truth persons in the parts table
+
+
+@dataclass(frozen=True)
+class PartsShard:
+    """What a parts task is given instead of rows: a row range of the images table and the files it reads its
+    images' rows from (annotations, gt_parts, detections: Parquet files written in image order, so each read
+    touches few row groups), with the models whose detections get parts (``wanted``, their person class in
+    ``person_class``) and the pose model (``(id, person class)``, or None) whose detections lend keypoints."""
+
+    images: RowRange
+    annotations: str
+    gt_parts: str
+    detections: str
+    person_class: dict[str, str]
+    wanted: tuple[str, ...]
+    pose: tuple[str, str] | None
+
+    @classmethod
+    def plan(cls, params: Params, images: str | Path, annotations: str | Path, gt_parts: str | Path,
+             detections: str | Path) -> list[PartsShard]:
+        """The shards of ``params.parts.shard_size`` images of the images table ``images``, in image order."""
+        person_class = {d.id: d.person_class for d in params.infer.detectors}
+        wanted = tuple(params.parts.detectors or person_class)
+        pose = params.infer.pose
+        return [cls(rows, str(annotations), str(gt_parts), str(detections), person_class, wanted,
+                    (pose.id, pose.person_class) if pose is not None else None)
+                for rows in row_ranges(images, params.parts.shard_size)]
+
+    def items(self) -> list[dict]:
+        """The shard's items (:func:`shard_inputs`), reading only its images' rows."""
+        images = read_rows(self.images, ["image_id", "uri", "height", "width"])
+        ids = images["image_id"].to_pylist()
+        det_columns = [c for c in SCHEMAS["detections"].names if c != "class_probs"]
+        return _items(images, read_image_rows(self.annotations, ids, schema=SCHEMAS["annotations"]),
+                      read_image_rows(self.gt_parts, ids, schema=SCHEMAS["gt_parts"]),
+                      read_image_rows(self.detections, ids, columns=det_columns),
+                      self.person_class, set(self.wanted), self.pose)
 
 
 def shard_inputs(params: Params, images: pa.Table, annotations: pa.Table, gt_parts: pa.Table,
                  detections: pa.Table) -> list[dict]:
     """One item per image, in image order: its size, GT persons (+ their GT part masks), the person detections
     to segment and the pose model's detections to borrow keypoints from."""
+    person_class = {d.id: d.person_class for d in params.infer.detectors}
+    pose = params.infer.pose
+    return _items(images, annotations, gt_parts, detections, person_class,
+                  set(params.parts.detectors or person_class),
+                  (pose.id, pose.person_class) if pose is not None else None)
+
+
+def _items(images: pa.Table, annotations: pa.Table, gt_parts: pa.Table, detections: pa.Table,
+           person_class: dict[str, str], wanted: set[str], pose: tuple[str, str] | None) -> list[dict]:
     items = {r["image_id"]: {"image": r, "persons": [], "detections": [], "pose": [], "gt_parts": []}
              for r in images.select(["image_id", "uri", "height", "width"]).to_pylist()}
     for a in annotations.filter(pc.equal(annotations["category"], "person")).to_pylist():
         if not a["iscrowd"] and a["image_id"] in items:
             items[a["image_id"]]["persons"].append(a)
-    person_class = {d.id: d.person_class for d in params.infer.detectors}
-    wanted = set(params.parts.detectors or person_class)
-    pose = params.infer.pose
     keep = pc.equal(detections["above_conf"], True)
-    for d in detections.filter(keep).drop_columns(["class_probs"]).to_pylist():
+    detections = detections.filter(keep)
+    if "class_probs" in detections.column_names:
+        detections = detections.drop_columns(["class_probs"])
+    for d in detections.to_pylist():
         item = items.get(d["image_id"])
         if item is None:
             continue
         if d["model_id"] in wanted and d["category"] == person_class[d["model_id"]]:
             item["detections"].append(d)
-        elif pose is not None and d["model_id"] == pose.id and d["category"] == pose.person_class:
+        elif pose is not None and d["model_id"] == pose[0] and d["category"] == pose[1]:
             item["pose"].append(d)
     for g in gt_parts.to_pylist():
         if g["image_id"] in items:
@@ -130,8 +180,11 @@ def _quality_rows(item: dict, person: dict, cfg: PartsParams, built: PersonParts
 
 
 @task(cache_policy=NO_CACHE, retries=1)
-def parts_shard(items: list[dict], cfg: PartsParams, shard_dir: str) -> str:
-    """Parts of every GT person and person detection of these images; bad boxes / keypoints go to ``errors``."""
+def parts_shard(items: list[dict] | PartsShard, cfg: PartsParams, shard_dir: str) -> str:
+    """Parts of every GT person and person detection of these images (a :class:`PartsShard`, whose rows are read
+    here, or its items); bad boxes / keypoints go to ``errors``."""
+    if isinstance(items, PartsShard):
+        items = items.items()
     parts, quality, errors = [], [], []
     for item in items:
         image = item["image"]
@@ -150,26 +203,62 @@ def parts_shard(items: list[dict], cfg: PartsParams, shard_dir: str) -> str:
     return write_shard(shard_dir, parts=parts, part_iou=quality, errors=errors)
 
 
+class PartIouStats:
+    """The part masks' quality (:func:`quality_metrics`) accumulated shard by shard from pieces of the part_iou
+    table: per source, counts and float64 sums of IoU (null counts as 0), amodal IoU, per part, per person size and
+    on tall persons. Persons are distinct ``ann_id`` per piece, summed (ids are unique across images' shards)."""
+
+    def __init__(self, min_height: float):
+        self.min_height = min_height
+        self._stats: dict[str, dict] = {}
+
+    def add(self, part_iou: pa.Table) -> None:
+        for source in SOURCES:
+            sel = part_iou.filter(pc.equal(part_iou["source"], source))
+            if not sel.num_rows:
+                continue
+            st = self._stats.setdefault(source, {"persons": 0, "n": 0, "iou": 0.0, "amodal": 0.0, "tall": [0.0, 0],
+                                                 "per_part": {}, "by_size": {}})
+            iou = pc.fill_null(sel["iou"], 0.0).to_numpy().astype(float)
+            height = sel["box_height"].to_numpy().astype(float)
+            st["persons"] += len(pc.unique(sel["ann_id"]))
+            st["n"] += len(iou)
+            st["iou"] += float(iou.sum())
+            st["amodal"] += float(sel["iou_amodal"].to_numpy().astype(float).sum())
+            st["tall"] = [st["tall"][0] + float(iou[height >= self.min_height].sum()),
+                          st["tall"][1] + int((height >= self.min_height).sum())]
+            names = sel["part"].to_numpy(zero_copy_only=False)
+            for part in dict.fromkeys(names.tolist()):
+                s_n = st["per_part"].setdefault(part, [0.0, 0])
+                m = names == part
+                s_n[0], s_n[1] = s_n[0] + float(iou[m].sum()), s_n[1] + int(m.sum())
+            for b, (lo, hi) in SIZE_BUCKETS.items():
+                m = (height >= lo) & (height < hi)
+                if m.any():
+                    s_n = st["by_size"].setdefault(b, [0.0, 0])
+                    s_n[0], s_n[1] = s_n[0] + float(iou[m].sum()), s_n[1] + int(m.sum())
+
+    def result(self) -> dict:
+        """Per source: persons, mean IoU (overall, amodal, tall persons: None when none), per part, per size."""
+        out = {}
+        for source in SOURCES:
+            st = self._stats.get(source)
+            if st is None:
+                continue
+            out[source] = {
+                "persons": st["persons"],
+                "mean_iou": st["iou"] / st["n"],
+                "mean_iou_amodal": st["amodal"] / st["n"],
+                "mean_iou_tall": st["tall"][0] / st["tall"][1] if st["tall"][1] else None,
+                "per_part": {p: v / n for p, (v, n) in st["per_part"].items()},
+                "by_size": {b: st["by_size"][b][0] / st["by_size"][b][1] for b in SIZE_BUCKETS if b in st["by_size"]},
+            }
+        return out
+
+
 def quality_metrics(part_iou: pa.Table, min_height: float) -> dict:
     """Mean IoU per source: overall (over every person x part), per part, per person size, and on persons at least
-    ``min_height`` px tall."""
-    rows = part_iou.to_pylist()
-    out: dict = {}
-    for source in SOURCES:
-        sel = [r for r in rows if r["source"] == source]
-        if not sel:
-            continue
-        iou = np.array([r["iou"] if r["iou"] is not None else 0.0 for r in sel])
-        amodal = np.array([r["iou_amodal"] for r in sel])
-        height = np.array([r["box_height"] for r in sel])
-        names = [r["part"] for r in sel]
-        out[source] = {
-            "persons": len({r["ann_id"] for r in sel}),
-            "mean_iou": float(iou.mean()),
-            "mean_iou_amodal": float(amodal.mean()),
-            "mean_iou_tall": float(iou[height >= min_height].mean()) if (height >= min_height).any() else None,
-            "per_part": {p: float(iou[[n == p for n in names]].mean()) for p in dict.fromkeys(names)},
-            "by_size": {b: float(iou[(height >= lo) & (height < hi)].mean())
-                        for b, (lo, hi) in SIZE_BUCKETS.items() if ((height >= lo) & (height < hi)).any()},
-        }
-    return out
+    ``min_height`` px tall (:class:`PartIouStats` over the whole table)."""
+    stats = PartIouStats(min_height)
+    stats.add(part_iou)
+    return stats.result()
