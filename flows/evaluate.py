@@ -13,43 +13,110 @@ from flows.runner import task_runner
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from prefect import flow, get_run_logger
 
-from detection.datasets.tables import rows_to_table
+from detection.datasets.tables import SCHEMAS, rows_to_table
 from explainers.perturb import make_perturbation
 from tasks import stages
 from tasks.audit_slices import where_it_fails
-from tasks.evaluate import SUBSTRATES, agreement_rows, evaluate_shard, shard_items
+from tasks.evaluate import AGREEMENT_FILE, SUBSTRATES, EvaluateShard, evaluate_bases, evaluate_shard
 from tasks.evaluate_summary import NOTES, summarise, undefined_counts, write_mr_fppi, write_plots
 from tasks.explain import shard_items as explain_items
 from tasks.params import Params, load_params
+from tasks.result_store import cache_dir_of
 from tasks.sanity import sanity_check, sanity_summary, sanity_targets
-from tasks.shards import collect_staged, fresh_staging, publish, shard_ranges, staged_shard_dir, write_json
+from tasks.shards import (
+    collect_staged,
+    fresh_staging,
+    publish,
+    shard_name,
+    shard_ranges,
+    staged_shard_dir,
+    write_json,
+)
 from tasks.timings import record_run
 from tasks.undefined import NONFINITE_SALIENCY
 
 
+def _explanation_files(explained: stages.ExplainOutputs) -> list[str]:
+    """The explain stage's explanation shard files, in the order the whole table is read (path order)."""
+    return sorted(str(f) for f in explained.out_dir.glob(explained.TABLES["explanations"]))
+
+
+def _columns(files: list[str], name: str, columns: list[str]) -> pa.Table:
+    """Only ``columns`` of the sharded table ``name`` made of ``files``, in file order."""
+    tables = [pq.read_table(f, columns=columns, schema=SCHEMAS[name]) for f in files]
+    return pa.concat_tables(tables) if tables else SCHEMAS[name].empty_table().select(columns)
+
+
+def _shards(params: Params, staging, files: list[str], explained_ids: pa.Array) -> list[EvaluateShard]:
+    """One description per shard of the images that have explanations (in image order): its image ids, the explain
+    shard files that hold their rows (explain shard ``k`` covers images ``k * explain.shard_size ...`` of the
+    targets table's images; all files when an image is not found there), the table paths, the store and the key
+    bases."""
+    explained = stages.explain(params)
+    images_path = stages.pull(params).path("images")
+    image_ids = pq.read_table(images_path, columns=["image_id"])["image_id"]
+    order = image_ids.filter(pc.is_in(image_ids, value_set=explained_ids))
+    planned = pc.unique(pq.read_table(explained.path("targets"), columns=["image_id"])["image_id"])
+    by_name: dict[str, list[str]] = {}
+    for f in files:
+        by_name.setdefault(Path(f).stem, []).append(f)
+    paths = {"images": images_path, "annotations": stages.pull(params).path("annotations"),
+             "targets": explained.path("targets"), "parts": stages.parts(params).path("parts")}
+    paths = {k: str(Path(v).resolve()) for k, v in paths.items()}
+    bases, cache_dir = evaluate_bases(params), cache_dir_of(params)
+    out = []
+    for i, r in enumerate(shard_ranges(len(order), params.evaluate.shard_size)):
+        ids = order[r.start:r.stop]
+        position = pc.index_in(ids, value_set=planned)
+        if position.null_count:
+            mine = files
+        else:
+            names = {shard_name(p // params.explain.shard_size) for p in position.to_pylist()}
+            mine = sorted(f for n in names for f in by_name.get(n, []))
+        out.append(EvaluateShard(shard_dir=staged_shard_dir(staging, i), image_ids=ids.to_pylist(),
+                                 explanations=mine, cache_dir=cache_dir, bases=bases, **paths))
+    return out
+
+
+def _agreement(shard_dirs: list[str]) -> pa.Table:
+    """The agreement rows the shards staged (tasks.evaluate.AGREEMENT_FILE), in shard order."""
+    tables = [pq.read_table(Path(d) / AGREEMENT_FILE, schema=SCHEMAS["metrics"]) for d in shard_dirs
+              if (Path(d) / AGREEMENT_FILE).is_file()]
+    return pa.concat_tables(tables) if tables else SCHEMAS["metrics"].empty_table()
+
+
 @flow(name="evaluate", log_prints=True)
 def evaluate_flow(params: Params) -> dict:
-    """Shards of images -> metrics / errors tables (published in one swap), metrics/evaluate.json, plots/*.csv."""
+    """Shards of images -> metrics / errors tables (published in one swap), metrics/evaluate.json, plots/*.csv.
+    Tasks get shard descriptions and read their own rows (tasks.evaluate.EvaluateShard); metric groups whose key is
+    in the result store (``explain.cache_dir``) are reused. The sanity check, the agreement between methods and
+    where the detector fails are recomputed every run (cheap: a fixed few targets; relevance vectors; tables)."""
     logger = get_run_logger()
     cfg = params.evaluate
     started = time.perf_counter()
     explained = stages.explain(params)
-    explanations = explained.read("explanations")
+    files = _explanation_files(explained)
+    # every column but the saliency grids and options: what the flow's summaries, plots and slices read
+    explanations = _columns(files, "explanations", [c for c in SCHEMAS["explanations"].names
+                                                     if c not in ("saliency", "options")])
     data = stages.pull(params).dataset()
     targets, parts = explained.read("targets"), stages.parts(params).read("parts")
-    items = shard_items(data.images, data.annotations, targets, explanations, parts)
     outputs = stages.evaluate(params)
     staging = fresh_staging(outputs.out_dir)
-    futures = [evaluate_shard.submit(items[r.start:r.stop], params, staged_shard_dir(staging, i))
-               for i, r in enumerate(shard_ranges(len(items), cfg.shard_size))]
+    shards = _shards(params, staging, files, pc.unique(explanations["image_id"]))
+    futures = [evaluate_shard.submit(s, params) for s in shards]
     sanity = _submit_sanity(params, explanations, data.images, targets, parts)
-    tables = collect_staged(staging, progress(futures, "evaluate"), ("metrics", "errors"))
+    results = progress(futures, "evaluate")
+    shard_dirs = [r["shard_dir"] for r in results]
+    agreement = _agreement(shard_dirs)
+    tables = collect_staged(staging, shard_dirs, ("metrics", "errors"))
     shards_done = time.perf_counter()
     checked = sanity.result() if sanity is not None else {"rows": [], "errors": [], "status": {}}
     sanity_done = time.perf_counter()
-    metrics = pa.concat_tables([tables["metrics"], rows_to_table(agreement_rows(explanations), "metrics")])
+    metrics = pa.concat_tables([tables["metrics"], agreement])
     pulled = stages.pull(params)
     drawn, computed = (_optional(pulled, name, logger) for name in ("attributes", "computed_attributes"))
     failures, failure_errors, where = where_it_fails(params, data.images, data.annotations,
@@ -76,7 +143,11 @@ def evaluate_flow(params: Params) -> dict:
     record_run("evaluate", {"wall_seconds": round(time.perf_counter() - started, 2),
                             "shards_seconds": round(shards_done - started, 2),
                             "sanity_wait_seconds": round(sanity_done - shards_done, 2),
-                            "where_it_fails_seconds": round(failures_done - sanity_done, 2)}, outputs.metrics)
+                            "where_it_fails_seconds": round(failures_done - sanity_done, 2),
+                            "groups_computed": sum(r["computed"] for r in results),
+                            "groups_reused": sum(r["reused"] for r in results),
+                            "seconds_computed": round(sum(r["seconds_computed"] for r in results), 2),
+                            "seconds_reused": round(sum(r["seconds_reused"] for r in results), 2)}, outputs.metrics)
     logger.info("evaluate: %d metric rows for %d explanations, %d errors, undefined values %s", metrics.num_rows,
                 explanations.num_rows, tables["errors"].num_rows, summary["undefined"])
     return summary

@@ -8,17 +8,23 @@ instead of a value, so it is counted and never averaged; a saliency map with NaN
 ``errors`` row (error_type ``nonfinite_saliency``)."""
 from __future__ import annotations
 
+import functools
+import time
+from pathlib import Path
 from typing import TypedDict
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from detection.datasets.records import error_row
+from detection.datasets.tables import SCHEMAS, rows_to_table, write_table_atomic
 from detection.masks import rle_decode
+from detection.models.specs import model_sha256
 from explainers.metrics import (
     UNDEFINED_REASONS,
     box_masks,
@@ -31,7 +37,7 @@ from explainers.metrics import (
     top_match,
     undefined_reason,
 )
-from tasks.explain import IMAGE_COLUMNS
+from tasks.explain import IMAGE_COLUMNS, image_sha256
 from tasks.metric_names import (
     AGREE,
     SUBSTRATES,
@@ -45,11 +51,14 @@ from tasks.metric_names import (
 )
 from tasks.model_cache import classifier_scorer, classifier_view, detection_scorer, load_image, task_device
 from tasks.params import Params
+from tasks.result_store import Reuse, digest, files_digest, store_for
 from tasks.shards import write_shard
+from tasks.stage_deps import Entry, module_closure, module_file
 from tasks.undefined import NONFINITE_SALIENCY, NONFINITE_VALUE, parse_undefined, undefined_metric
 
-__all__ = ["CONTEXT", "SUBSTRATES", "EvaluateItem", "agreement_rows", "evaluate_image", "evaluate_shard",
-           "parse_undefined", "shard_items", "spearman", "undefined_metric"]
+__all__ = ["AGREEMENT_FILE", "CONTEXT", "SUBSTRATES", "EvaluateItem", "EvaluateShard", "agreement_rows",
+           "evaluate_bases", "evaluate_image", "evaluate_shard", "parse_undefined", "shard_items", "spearman",
+           "undefined_metric"]
 
 CONTEXT = "context"
 
@@ -177,50 +186,208 @@ def _causal(scorer, view: torch.Tensor, saliency: torch.Tensor, steps: int, valu
                 values[i][curve_point(mode, k)] = v
 
 
-def evaluate_image(item: EvaluateItem, params: Params, device: str, errors: list[dict]) -> list[dict]:
-    """Metrics-table rows of every explanation of one image (undefined values as ``undefined:`` rows); an
-    unreadable image, or a saliency map with NaN / inf values, adds an ``errors`` row."""
+def _evaluate_group(job: str, kind: str, exps: list[dict], item: EvaluateItem, image: torch.Tensor, params: Params,
+                    device: str, errors: list[dict]) -> list[dict]:
+    """Metrics-table rows of one job's explanations of one image's targets of one kind (their causal curves are
+    computed in one batch, so the group is the unit of reuse)."""
     cfg = params.evaluate
     img = item["image"]
-    image = load_image(img, "evaluate", device, errors)
-    if image is None:
-        return []
     H, W = image.shape[-2:]
-    targets = item["targets"]
     causal = cfg.causal and (cfg.causal_split is None or img["split"] == cfg.causal_split)
+    ts = [item["targets"][e["target_id"]] for e in exps]
+    view = classifier_view(params, device, image) if kind == "classes" else image
+    size = tuple(view.shape[-2:])
+    saliency = torch.stack([_saliency(e, size) for e in exps])
+    values = [{"n_forward": e["n_forward"] / e["shared_by"]} for e in exps]
+    reasons: list[dict[str, str]] = [{} for _ in exps]
+    _record_nonfinite(exps, job, img, errors)
+    scale = (size[0] / H, size[1] / W)
+    for i, t in enumerate(ts):
+        masks = _target_masks(t, item["parts"].get((t["parts_model"], t["parts_id"]), []), item["gt_boxes"],
+                              size[0], size[1], scale)
+        _localisation(saliency[i:i + 1], masks, cfg.pointing_tolerance, values[i], reasons[i])
+    if causal:
+        scorer = (classifier_scorer(params, device, ts) if kind == "classes" else
+                  detection_scorer(params, device, ts))
+        _causal(scorer, view, saliency, cfg.steps, values, reasons)
     rows = []
-    by_job: dict[tuple[str, str], list[dict]] = {}
-    for e in item["explanations"]:
-        by_job.setdefault((e["job"], e["kind"]), []).append(e)
-    for (job, kind), exps in by_job.items():
-        ts = [targets[e["target_id"]] for e in exps]
-        view = classifier_view(params, device, image) if kind == "classes" else image
-        size = tuple(view.shape[-2:])
-        saliency = torch.stack([_saliency(e, size) for e in exps])
-        values = [{"n_forward": e["n_forward"] / e["shared_by"]} for e in exps]
-        reasons: list[dict[str, str]] = [{} for _ in exps]
-        _record_nonfinite(exps, job, img, errors)
-        scale = (size[0] / H, size[1] / W)
-        for i, t in enumerate(ts):
-            masks = _target_masks(t, item["parts"].get((t["parts_model"], t["parts_id"]), []), item["gt_boxes"],
-                                  size[0], size[1], scale)
-            _localisation(saliency[i:i + 1], masks, cfg.pointing_tolerance, values[i], reasons[i])
-        if causal:
-            scorer = (classifier_scorer(params, device, ts) if kind == "classes" else
-                      detection_scorer(params, device, ts))
-            _causal(scorer, view, saliency, cfg.steps, values, reasons)
-        for e, v, r in zip(exps, values, reasons):
-            rows += _metric_rows(e, v, r)
+    for e, v, r in zip(exps, values, reasons):
+        rows += _metric_rows(e, v, r)
     return rows
 
 
+# ---------------------------------------------------------------------------------------------------- reuse
+@functools.lru_cache(maxsize=1)
+def code_files() -> tuple[Path, ...]:
+    """The source an explanation's metrics depend on: every project module :mod:`tasks.evaluate` imports (the
+    explainers' metrics, the scorers, the models, and through tasks.explain the explain stage's code), sorted."""
+    return tuple(sorted(module_file(m) for m in module_closure((Entry("tasks.evaluate"),))))
+
+
+def evaluate_bases(params: Params) -> dict[str, str]:
+    """Per target kind, the digest of what every metrics row of that kind depends on besides the image and the
+    explanation: the evaluate params that change numbers (``steps``, ``pointing_tolerance``; whether the causal
+    metrics run is part of each group's key), ``explain.chunk_size`` (the scorer's batch), the scoring model (its
+    spec and weights hash) and the code (:func:`code_files`). Raises FileNotFoundError naming a missing file."""
+    cfg = params.evaluate
+    code = files_digest(list(code_files()))
+    out = {}
+    for kind in ("persons", "detections", "classes"):
+        spec = params.infer.classifier if kind == "classes" else params.explain_detector()
+        if spec is None:
+            continue
+        out[kind] = digest({"stage": "evaluate", "steps": cfg.steps, "pointing_tolerance": cfg.pointing_tolerance,
+                            "chunk_size": params.explain.chunk_size, "model": spec.model_dump(mode="json"),
+                            "weights": model_sha256(spec), "code": code})
+    return out
+
+
+def group_key(base: str, device: str, image_sha: str | None, causal: bool, exps: list[dict],
+              item: EvaluateItem, kind: str) -> str | None:
+    """The store key of one (image, job, kind) group of explanations: the kind's base (:func:`evaluate_bases`), the
+    device type, the image's content hash, whether the causal metrics run, every explanation row's content (the
+    saliency grid by its bytes), every target (kind, category, bbox, class_probs, body-part masks' RLE) and, for
+    classes, the image's ground-truth boxes. None when the image cannot be hashed."""
+    if image_sha is None:
+        return None
+    rows = [{k: (np.asarray(v, np.float16) if k == "saliency" else v) for k, v in e.items()} for e in exps]
+    targets = []
+    for e in exps:
+        t = item["targets"][e["target_id"]]
+        parts = item["parts"].get((t.get("parts_model"), t.get("parts_id")), [])
+        targets.append({"kind": t["kind"], "category": t.get("category"), "bbox": t.get("bbox"),
+                        "class_probs": t.get("class_probs"),
+                        "parts": [[p["part"], p["height"], p["width"], np.asarray(p["rle"], np.int64)]
+                                  for p in parts]})
+    return digest({"base": base, "device": torch.device(device).type, "image": image_sha, "causal": causal,
+                   "explanations": rows, "targets": targets,
+                   "gt_boxes": item["gt_boxes"] if kind == "classes" else None})
+
+
+STORE_TABLES = ("metrics", "errors")
+
+
+class EvaluateReuse(Reuse):
+    """The stored metric groups an evaluate shard reuses, and the keys of its groups (:func:`group_key`)."""
+
+    def __init__(self, cache_dir: str | None, bases: dict[str, str], params: Params, device: str):
+        super().__init__(store_for(cache_dir, "evaluate", STORE_TABLES))
+        self.bases, self.params, self.device, self.images = bases, params, device, {}
+
+    def key(self, job: str, kind: str, exps: list[dict], item: EvaluateItem) -> str | None:
+        if self.store is None or kind not in self.bases:
+            return None
+        img = item["image"]
+        if img["image_id"] not in self.images:
+            self.images[img["image_id"]] = image_sha256(img["uri"])
+        cfg = self.params.evaluate
+        causal = cfg.causal and (cfg.causal_split is None or img["split"] == cfg.causal_split)
+        return group_key(self.bases[kind], self.device, self.images[img["image_id"]], causal, exps, item, kind)
+
+    def prefetch_items(self, items: list[EvaluateItem]) -> None:
+        self.prefetch([self.key(job, kind, exps, item) for item in items
+                       for (job, kind), exps in _groups(item).items()])
+
+
+def _groups(item: EvaluateItem) -> dict[tuple[str, str], list[dict]]:
+    """The image's explanations by (job, kind), in first-appearance order."""
+    by_job: dict[tuple[str, str], list[dict]] = {}
+    for e in item["explanations"]:
+        by_job.setdefault((e["job"], e["kind"]), []).append(e)
+    return by_job
+
+
+def evaluate_image(item: EvaluateItem, params: Params, device: str, errors: list[dict],
+                   reuse: EvaluateReuse | None = None) -> list[dict]:
+    """Metrics-table rows of every explanation of one image (undefined values as ``undefined:`` rows); an
+    unreadable image, or a saliency map with NaN / inf values, adds an ``errors`` row. With ``reuse``, a group whose
+    key is stored is taken from the store (the image is loaded only for groups that are not)."""
+    img = item["image"]
+    image, loaded = None, False
+    rows = []
+    for (job, kind), exps in _groups(item).items():
+        key = reuse.key(job, kind, exps, item) if reuse is not None else None
+        entry = reuse.get(key) if reuse is not None else None
+        if entry is not None:
+            rows += entry["metrics"].to_pylist()
+            errors += [{**e, "uri": img["uri"], "image_id": img["image_id"]} for e in entry["errors"].to_pylist()]
+            continue
+        if not loaded:
+            image, loaded = load_image(img, "evaluate", device, errors), True
+        if image is None:
+            return []
+        new_errors: list[dict] = []
+        started = time.perf_counter()
+        new = _evaluate_group(job, kind, exps, item, image, params, device, new_errors)
+        if reuse is not None:
+            reuse.put(key, {"metrics": rows_to_table(new, "metrics"), "errors": rows_to_table(new_errors, "errors")},
+                      time.perf_counter() - started)
+        rows += new
+        errors += new_errors
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------- shards
+class EvaluateShard(TypedDict):
+    """What one evaluate task needs to find its rows: its staged shard folder, its images (ids, in image order),
+    the tables to read their rows from (absolute paths; ``explanations``: the explain shard files that hold them,
+    in path order), the result store (``cache_dir``, None: off) and the kinds' key bases
+    (:func:`evaluate_bases`)."""
+
+    shard_dir: str
+    image_ids: list[str]
+    images: str
+    annotations: str
+    targets: str
+    parts: str
+    explanations: list[str]
+    cache_dir: str | None
+    bases: dict[str, str]
+
+
+def _rows_of(path: str, image_ids: list[str], columns: list[str] | None = None) -> pa.Table:
+    return pq.read_table(path, columns=columns, filters=[("image_id", "in", list(image_ids))])
+
+
+def read_explanations(files: list[str], image_ids: list[str]) -> pa.Table:
+    """The explanations (without ``options``) of ``image_ids`` from the explain shard ``files``, concatenated in
+    the files' order (the order the whole sharded table is read in)."""
+    columns = [c for c in SCHEMAS["explanations"].names if c != "options"]
+    tables = [_rows_of(f, image_ids, columns).cast(SCHEMAS["explanations"].remove(
+        SCHEMAS["explanations"].get_field_index("options"))) for f in files]
+    return pa.concat_tables(tables) if tables else SCHEMAS["explanations"].empty_table().select(columns)
+
+
+def read_items(shard: EvaluateShard) -> tuple[list[EvaluateItem], pa.Table]:
+    """The shard's items (:func:`shard_items`) and its explanations, from its own rows of every table."""
+    ids = shard["image_ids"]
+    explanations = read_explanations(shard["explanations"], ids)
+    items = shard_items(_rows_of(shard["images"], ids, IMAGE_COLUMNS),
+                        _rows_of(shard["annotations"], ids, ["image_id", "category", "bbox", "iscrowd"]),
+                        _rows_of(shard["targets"], ids), explanations, _rows_of(shard["parts"], ids))
+    return items, explanations
+
+
+AGREEMENT_FILE = "agreement.parquet"
+
+
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def evaluate_shard(items: list[EvaluateItem], params: Params, shard_dir: str) -> str:
+def evaluate_shard(shard: EvaluateShard, params: Params) -> dict:
+    """The metrics of shard ``shard`` (its images' explanations) and the agreement between the jobs on its targets
+    (every job of a target is in the target's image, so in this shard), staged in ``shard["shard_dir"]``
+    (``metrics`` / ``errors`` by :func:`tasks.shards.write_shard`, the agreement rows in :data:`AGREEMENT_FILE`,
+    written before the done marker). Stored metric groups are reused. Returns the folder and the counts."""
     device = task_device(params.explain.device)
+    items, explanations = read_items(shard)
+    reuse = EvaluateReuse(shard["cache_dir"], shard["bases"], params, device)
+    reuse.prefetch_items(items)
     rows, errors = [], []
     for item in items:
-        rows += evaluate_image(item, params, device, errors)
-    return write_shard(shard_dir, metrics=rows, errors=errors)
+        rows += evaluate_image(item, params, device, errors, reuse)
+    reuse.flush()
+    agree = agreement_rows(explanations)
+    write_table_atomic(rows_to_table(agree, "metrics"), Path(shard["shard_dir"]) / AGREEMENT_FILE)
+    return {"shard_dir": write_shard(shard["shard_dir"], metrics=rows, errors=errors), **reuse.counts()}
 
 
 # ---------------------------------------------------------------------------------------------------- agreement

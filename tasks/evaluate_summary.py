@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from tasks.metric_names import METRICS, causal_auc, in_table, names, parse_curve_point
 from tasks.undefined import parse_undefined
@@ -25,29 +26,34 @@ NOTES = {
 }
 
 
-def _mean(values: list[float]) -> float | None:
-    return float(np.mean(values)) if values else None
+def _grouped(metrics: pa.Table, keys: list[str]) -> list[dict]:
+    """Mean and count of ``value`` per ``keys`` group (Arrow ``group_by``; NaN values make the mean NaN, as
+    ``np.mean`` would), as small Python rows: one per group, not per metric row."""
+    g = metrics.select([*keys, "value"]).group_by(keys).aggregate(
+        [("value", "mean"), ("value", "count", pc.CountOptions(mode="all"))])
+    return g.select([*keys, "value_mean", "value_count"]).rename_columns([*keys, "mean", "count"]).to_pylist()
 
 
 def summarise(metrics: pa.Table) -> dict:
     """Per kind and job: the mean of each headline metric over the explanations where it is defined, how many
     explanations the job has, and ``undefined``: per metric, how many explanations it was undefined for, by
-    reason. Agreements (``agree:`` / ``top_part_match:``) likewise."""
+    reason. Agreements (``agree:`` / ``top_part_match:``) likewise. Aggregated with Arrow (one Python row per
+    (kind, job, metric), not per metric row)."""
     out: dict = {}
-    groups: dict[tuple[str, str, str], list[float]] = {}
+    groups: dict[tuple[str, str, str], tuple[float, int]] = {}
     undefined: dict[tuple[str, str, str, str], int] = {}
     headline = lambda m: in_table(m, "quality", "cost", "agreement")  # noqa: E731
-    for r in metrics.select(["kind", "job", "metric", "value"]).to_pylist():
+    for r in _grouped(metrics, ["kind", "job", "metric"]):
         parsed = parse_undefined(r["metric"])
         if parsed is not None and headline(parsed[0]):
             key = (r["kind"], r["job"], *parsed)
-            undefined[key] = undefined.get(key, 0) + 1
+            undefined[key] = undefined.get(key, 0) + r["count"]
         elif headline(r["metric"]):
-            groups.setdefault((r["kind"], r["job"], r["metric"]), []).append(r["value"])
-    for (kind, job, metric), values in sorted(groups.items()):
+            groups[(r["kind"], r["job"], r["metric"])] = (r["mean"], r["count"])
+    for (kind, job, metric), (mean, count) in sorted(groups.items()):
         entry = out.setdefault(kind, {}).setdefault(job, {})
-        entry[metric] = round(_mean(values), 4)
-        entry["explanations"] = max(entry.get("explanations", 0), len(values))
+        entry[metric] = round(mean, 4)
+        entry["explanations"] = max(entry.get("explanations", 0), count)
     for (kind, job, metric, reason), n in sorted(undefined.items()):
         entry = out.setdefault(kind, {}).setdefault(job, {})
         entry.setdefault("undefined", {}).setdefault(metric, {})[reason] = n
@@ -57,10 +63,11 @@ def summarise(metrics: pa.Table) -> dict:
 def undefined_counts(metrics: pa.Table) -> dict[str, int]:
     """How many metric values of the whole table are undefined, by reason (every metric, curves excluded)."""
     out: dict[str, int] = {}
-    for name in metrics["metric"].to_pylist():
+    counts = pc.value_counts(metrics["metric"])
+    for name, n in zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()):
         parsed = parse_undefined(name)
         if parsed is not None:
-            out[parsed[1]] = out.get(parsed[1], 0) + 1
+            out[parsed[1]] = out.get(parsed[1], 0) + n
     return dict(sorted(out.items()))
 
 
@@ -94,18 +101,18 @@ def plot_causal_curves(metrics: pa.Table, plots: Path) -> Path:
     curves (rows ``<mode>_curve_<kk>``), over the fraction of pixels hidden / revealed. Returns the PNG's path."""
     import matplotlib.pyplot as plt
 
-    curves: dict[tuple[str, str, int], list[float]] = {}
-    for r in metrics.select(["job", "metric", "value"]).to_pylist():
+    curves: dict[tuple[str, str, int], float] = {}
+    for r in _grouped(metrics, ["job", "metric"]):
         point = parse_curve_point(r["metric"])
         if point is not None:
-            curves.setdefault((r["job"], *point), []).append(r["value"])
+            curves[(r["job"], *point)] = r["mean"]
     steps = max((k[2] for k in curves), default=0) or 1
     jobs = sorted({k[0] for k in curves})
     lines = ["job,fraction,deletion,insertion"]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
     for job in jobs:
-        d = [_mean(curves.get((job, "deletion", s), [])) for s in range(steps + 1)]
-        i = [_mean(curves.get((job, "insertion", s), [])) for s in range(steps + 1)]
+        d = [curves.get((job, "deletion", s)) for s in range(steps + 1)]
+        i = [curves.get((job, "insertion", s)) for s in range(steps + 1)]
         x = [s / steps for s in range(steps + 1)]
         lines += [f"{job},{f:.3f},{'' if a is None else f'{a:.5f}'},{'' if b is None else f'{b:.5f}'}"
                   for f, a, b in zip(x, d, i)]
@@ -122,25 +129,42 @@ def plot_causal_curves(metrics: pa.Table, plots: Path) -> Path:
     return plots / "causal_curves.png"
 
 
+def _part_shares(explanations: pa.Table) -> dict[tuple[str, str], float]:
+    """Per (job, part): the mean over pedestrian explanations of the part's relevance over the sum of |relevance|
+    of the target's parts (a 0 sum counts as 1), with Arrow compute over the flattened relevance lists."""
+    t = explanations.select(["kind", "job", "region_names", "relevance"])
+    t = t.filter(pc.and_(pc.not_equal(t["kind"], "classes"),
+                         pc.and_(pc.is_valid(t["relevance"]),
+                                 pc.greater(pc.fill_null(pc.list_value_length(t["region_names"]), 0), 0))))
+    if t.num_rows == 0:
+        return {}
+    t = t.combine_chunks()
+    relevance = t["relevance"].chunk(0)
+    parent = pc.list_parent_indices(relevance)
+    values = pc.cast(pc.list_flatten(relevance), pa.float64())
+    totals = pa.table({"row": parent, "abs": pc.abs(values)}).group_by("row").aggregate([("abs", "sum")])
+    total = pc.take(totals.sort_by("row")["abs_sum"], pc.index_in(parent, value_set=totals.sort_by("row")["row"]))
+    total = pc.if_else(pc.equal(total, 0.0), 1.0, total)
+    flat = pa.table({"job": pc.take(t["job"], parent), "part": pc.list_flatten(t["region_names"]),
+                     "share": pc.divide(values, total)})
+    g = flat.group_by(["job", "part"]).aggregate([("share", "mean")])
+    return {(j, p): v for j, p, v in zip(g["job"].to_pylist(), g["part"].to_pylist(), g["share_mean"].to_pylist())}
+
+
 def plot_part_relevance(explanations: pa.Table, plots: Path) -> Path:
     """plots/part_relevance.{png,csv}: per job and body part, the mean share of |relevance| (relevance over the
     sum of |relevance| of the target's parts; pedestrians only). Returns the PNG's path."""
     import matplotlib.pyplot as plt
 
-    parts: dict[tuple[str, str], list[float]] = {}
-    for r in explanations.select(["kind", "job", "region_names", "relevance"]).to_pylist():
-        if r["kind"] != "classes" and r["relevance"] is not None and r["region_names"]:
-            total = sum(abs(v) for v in r["relevance"]) or 1.0
-            for name, v in zip(r["region_names"], r["relevance"]):
-                parts.setdefault((r["job"], name), []).append(v / total)
-    lines = ["job,part,share"] + [f"{job},{part},{_mean(v):.5f}" for (job, part), v in sorted(parts.items())]
+    parts = _part_shares(explanations)
+    lines = ["job,part,share"] + [f"{job},{part},{v:.5f}" for (job, part), v in sorted(parts.items())]
     (plots / "part_relevance.csv").write_text("\n".join(lines) + "\n")
     names = list(dict.fromkeys(p for _, p in sorted(parts, key=lambda k: k[1])))
     part_jobs = sorted({j for j, _ in parts})
     fig, ax = plt.subplots(figsize=(9, 3.2))
     width = 0.8 / max(1, len(part_jobs))
     for k, job in enumerate(part_jobs):
-        ax.bar(np.arange(len(names)) + k * width, [_mean(parts.get((job, n), [])) or 0.0 for n in names], width,
+        ax.bar(np.arange(len(names)) + k * width, [parts.get((job, n)) or 0.0 for n in names], width,
                label=job)
     ax.set_xticks(np.arange(len(names)) + width * (len(part_jobs) - 1) / 2, names, rotation=35, ha="right",
                   fontsize=8)

@@ -3,14 +3,17 @@ job. A shard's files are written atomically and marked done last, so a re-run af
 and recomputes only the rest; every explanation is seeded from (seed, image, target, job), never from run order."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import TypedDict
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -19,6 +22,7 @@ from detection.datasets.records import error_row
 from detection.datasets.tables import rows_to_table, write_table_atomic
 from detection.evaluation import MATCH_IOU, ImageEval, match
 from detection.masks import rle_decode
+from detection.models.specs import model_sha256
 from explainers.base import BudgetError
 from explainers.metrics import downsample
 from explainers.regions import grid_regions, superpixels
@@ -27,9 +31,10 @@ from explainers.sag import Sag
 from tasks import stages
 from tasks.model_cache import classifier_scorer, classifier_view, detection_scorer, load_image, task_device
 from tasks.params import ExplainJob, ExplainParams, Params
+from tasks.result_store import Reuse, digest, files_digest, store_for
 from tasks.shards import mark_done, shard_name
 from tasks.stage_deps import ROOT as STAGE_ROOT
-from tasks.stage_deps import stage_code_files
+from tasks.stage_deps import Entry, module_closure, module_file, stage_code_files
 from tasks.timings import write_shard_timing
 
 IMAGE_COLUMNS = ["image_id", "uri", "split", "height", "width"]
@@ -249,53 +254,230 @@ def parts_lookup(part_rows: list[dict], device: str):
     return parts_of
 
 
-def explain_image(item: ExplainItem, params: Params, device: str, errors: list[dict]) -> list[dict]:
-    """Every job of the explain params on one image's targets; bad targets go to ``errors``."""
-    cfg = params.explain
-    img = item["image"]
-    image = load_image(img, "explain", device, errors)
-    if image is None:
-        return []
-    parts_of = parts_lookup(item["parts"], device)
-    rows = []
-    small = None
-    for job in cfg.jobs:
-        if job.split is not None and img["split"] != job.split:
+def image_sha256(uri: str) -> str | None:
+    """SHA-256 of the image file's bytes (what its explanations depend on), or None when it cannot be read (then
+    nothing of it is reused; explaining it records the error)."""
+    try:
+        with open(uri, "rb") as fh:
+            return hashlib.sha256(fh.read()).hexdigest()
+    except OSError:
+        return None
+
+
+def job_groups(item: ExplainItem, params: Params):
+    """The explanation groups of one image, in the order explain computes them: (job, targets) for every job (in
+    params order) whose split the image is in and that has targets of its kind; a group is every such target of the
+    image for a shared-forward job (regions other than ``parts``: one set of forwards explains them all), one
+    target otherwise."""
+    for job in params.explain.jobs:
+        if job.split is not None and item["image"]["split"] != job.split:
             continue
         targets = [t for t in item["targets"] if t["kind"] == job.targets]
-        if not targets:
+        yield from ((job, g) for g in ([targets] if targets and job.regions != "parts" else [[t] for t in targets]))
+
+
+# ---------------------------------------------------------------------------------------------------- reuse
+@functools.lru_cache(maxsize=64)
+def job_code_files(method: str) -> tuple[Path, ...]:
+    """The source a ``method`` job's numbers depend on: the explain stage's code (:func:`code_files`) less the
+    modules of the *other* registered methods that ``method``'s own module does not import, so that editing one
+    explainer invalidates only its jobs' stored rows (shared code, e.g. explainers/base.py or this module,
+    invalidates every job)."""
+    own = {module_file(m) for m in module_closure((Entry(METHODS[method].__module__),))}
+    others = {module_file(cls.__module__) for cls in METHODS.values()} - own
+    return tuple(f for f in code_files() if f not in others)
+
+
+def job_bases(params: Params) -> dict[str, str]:
+    """Per job name, the digest of what every explanation of the job depends on besides its image and targets:
+    the job (ExplainJob dump: method, targets, budget, regions, options ...), the seed, the explain params that
+    change numbers (``saliency_size``, ``chunk_size``: images per forward pass, the batch a model runs), the audited
+    model (its spec and :func:`detection.models.specs.model_sha256` of its weights / code) and the job's code
+    (:func:`job_code_files`). Raises FileNotFoundError naming a missing weights or code file."""
+    cfg = params.explain
+    models = {}
+    out = {}
+    for job in cfg.jobs:
+        spec = params.infer.classifier if job.targets == "classes" else params.explain_detector()
+        if spec.id not in models:
+            models[spec.id] = {"spec": spec.model_dump(mode="json"), "sha256": model_sha256(spec)}
+        out[job.name] = digest({"stage": "explain", "job": job.model_dump(mode="json"), "seed": params.seed,
+                                "saliency_size": list(cfg.saliency_size), "chunk_size": cfg.chunk_size,
+                                "model": models[spec.id], "code": files_digest(list(job_code_files(job.method)))})
+    return out
+
+
+def _target_parts(item: ExplainItem, target: dict) -> list:
+    """The target's body-part rows as explain uses them (tasks.explain.parts_lookup: by part name, table order)."""
+    by_part: dict[str, dict] = {}
+    for p in item["parts"]:
+        if (p["model_id"], p["det_id"]) == (target.get("parts_model"), target.get("parts_id")):
+            by_part[p["part"]] = p
+    return [[n, r["height"], r["width"], np.asarray(r["rle"], np.int64)] for n, r in by_part.items()]
+
+
+def group_key(base: str, device: str, image_sha: str | None, job: ExplainJob, item: ExplainItem,
+              group: list[dict], seed: int) -> str | None:
+    """The store key of one explanation group: the job's base (:func:`job_bases`), the device type, the image's
+    content hash, the seed inputs (seed, image_id, target_id or ``*``) and every target of the group (kind,
+    target_id, category, bbox, class_probs and, for person / detection jobs, its body-part masks' RLE). None when
+    the image cannot be hashed."""
+    if image_sha is None:
+        return None
+    shared = job.regions != "parts"
+    targets = [{"kind": t["kind"], "target_id": t["target_id"], "category": t.get("category"),
+                "bbox": t.get("bbox"), "class_probs": t.get("class_probs"),
+                "parts": None if job.targets == "classes" else _target_parts(item, t)} for t in group]
+    return digest({"base": base, "device": torch.device(device).type, "image": image_sha, "seed": seed,
+                   "image_id": item["image"]["image_id"], "seed_target": "*" if shared else group[0]["target_id"],
+                   "targets": targets})
+
+
+STORE_TABLES = ("explanations", "errors", "sag")
+
+
+def _stored(rows: list[dict], errors: list[dict]) -> tuple[dict[str, pa.Table], float]:
+    """A computed group as a store entry: its explanation rows (transient keys dropped), errors and sag rows, and
+    its explainer seconds (shared forwards counted once)."""
+    graphs = [g for r in rows for g in r.get("sag", ())]
+    plain = [{k: v for k, v in r.items() if k not in ("sag", "seconds")} for r in rows]
+    seconds = sum(r["seconds"] / r["shared_by"] for r in rows)
+    return {"explanations": rows_to_table(plain, "explanations"), "errors": rows_to_table(errors, "errors"),
+            "sag": rows_to_table(graphs, "sag")}, seconds
+
+
+def _restored(entry: dict, img: dict) -> tuple[list[dict], list[dict]]:
+    """A stored group's explanation rows (``seconds`` 0: nothing was computed; the group's sag rows on its first
+    row, flattened in the same order) and its errors rows (naming this image's file)."""
+    rows = [{**r, "seconds": 0.0} for r in entry["explanations"].to_pylist()]
+    graphs = entry["sag"].to_pylist()
+    if rows and graphs:
+        rows[0]["sag"] = graphs
+    errors = [{**e, "uri": img["uri"], "image_id": img["image_id"]} for e in entry["errors"].to_pylist()]
+    return rows, errors
+
+
+class ExplainReuse(Reuse):
+    """The stored groups an explain shard reuses, and the keys of its groups (:func:`group_key`)."""
+
+    def __init__(self, cache_dir: str | None, bases: dict[str, str], params: Params, device: str):
+        super().__init__(store_for(cache_dir, "explain", STORE_TABLES))
+        self.bases, self.params, self.device, self.images = bases, params, device, {}
+
+    def key(self, job: ExplainJob, item: ExplainItem, group: list[dict]) -> str | None:
+        if self.store is None or job.name not in self.bases:
+            return None
+        img = item["image"]
+        if img["image_id"] not in self.images:
+            self.images[img["image_id"]] = image_sha256(img["uri"])
+        return group_key(self.bases[job.name], self.device, self.images[img["image_id"]], job, item, group,
+                         self.params.seed)
+
+    def prefetch_items(self, items: list[ExplainItem]) -> None:
+        self.prefetch([self.key(job, item, g) for item in items for job, g in job_groups(item, self.params)])
+
+
+def explain_image(item: ExplainItem, params: Params, device: str, errors: list[dict],
+                  reuse: ExplainReuse | None = None) -> list[dict]:
+    """Every job of the explain params on one image's targets; bad targets go to ``errors``. With ``reuse``, a
+    group whose key is stored is taken from the store (the image is not even loaded when every group is), the
+    others are computed and recorded for the store."""
+    cfg = params.explain
+    img = item["image"]
+    image = small = parts_of = None
+    loaded = False
+    rows = []
+    groups = list(job_groups(item, params))
+    if not groups:          # nothing to explain here: still report an unreadable image, as every image is checked
+        load_image(img, "explain", device, errors)
+    for job, group in groups:
+        key = reuse.key(job, item, group) if reuse is not None else None
+        entry = reuse.get(key) if reuse is not None else None
+        if entry is not None:
+            new, new_errors = _restored(entry, img)
+            rows += new
+            errors += new_errors
             continue
+        if not loaded:
+            image, loaded = load_image(img, "explain", device, errors), True
+            parts_of = parts_lookup(item["parts"], device)
+        if image is None:
+            return []
+        new_errors: list[dict] = []
+        started = time.perf_counter()
         if job.targets == "classes":
             small = classifier_view(params, device, image) if small is None else small
-            rows += explain_targets(job, lambda ts: classifier_scorer(params, device, ts), small, targets, None,
-                                     cfg, params.seed, device, errors, img["uri"])
+            new = explain_targets(job, lambda ts: classifier_scorer(params, device, ts), small, group, None,
+                                  cfg, params.seed, device, new_errors, img["uri"])
         else:
-            rows += explain_targets(job, lambda ts: detection_scorer(params, device, ts), image, targets,
-                                     parts_of, cfg, params.seed, device, errors, img["uri"])
+            new = explain_targets(job, lambda ts: detection_scorer(params, device, ts), image, group,
+                                  parts_of, cfg, params.seed, device, new_errors, img["uri"])
+        if reuse is not None:
+            tables, seconds = _stored(new, new_errors)
+            reuse.put(key, tables, seconds if new else time.perf_counter() - started)
+        rows += new
+        errors += new_errors
     return rows
 
 
+# ---------------------------------------------------------------------------------------------------- shards
+class ExplainShard(TypedDict):
+    """What one explain task needs to find its rows: its shard index, its images (ids, in image order) and the
+    tables to read their rows from (absolute paths; ``parts`` None when no target has body parts), the result
+    store (``cache_dir``, None: off) and the jobs' key bases (:func:`job_bases`)."""
+
+    shard: int
+    image_ids: list[str]
+    images: str
+    targets: str
+    parts: str | None
+    cache_dir: str | None
+    bases: dict[str, str]
+
+
+def _rows_of(path: str, image_ids: list[str], columns: list[str] | None = None) -> pa.Table:
+    """The rows of a Parquet table whose ``image_id`` is one of ``image_ids``, in file order."""
+    return pq.read_table(path, columns=columns, filters=[("image_id", "in", list(image_ids))])
+
+
+def read_items(shard: ExplainShard) -> list[ExplainItem]:
+    """The shard's items (:func:`shard_items`), from its own rows of the images, targets and parts tables."""
+    ids = shard["image_ids"]
+    targets = _rows_of(shard["targets"], ids)
+    parts = _rows_of(shard["parts"], ids) if shard["parts"] is not None else None
+    return shard_items(_rows_of(shard["images"], ids, IMAGE_COLUMNS), targets, parts)
+
+
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def explain_shard(items: list[ExplainItem], params: Params, shard: int) -> dict:
-    """Explain shard ``shard`` (its items) and write its files under the explain stage's output (one per job, plus
-    errors, plus the ``sag`` table when a sag job runs; ``tasks.stages.ExplainOutputs.shard_files``); the done marker
-    goes last (``tasks.shards``)."""
+def explain_shard(shard: ExplainShard, params: Params) -> dict:
+    """Explain shard ``shard["shard"]`` (its images, read by :func:`read_items`) and write its files under the
+    explain stage's output (one per job, plus errors, plus the ``sag`` table when a sag job runs;
+    ``tasks.stages.ExplainOutputs.shard_files``); the done marker goes last (``tasks.shards``). Groups stored in
+    the result store are reused, the rest computed and stored (before the shard's files). Returns counts and the
+    explainer seconds of what was computed."""
+    index = shard["shard"]
     device = task_device(params.explain.device)
+    items = read_items(shard)
+    reuse = ExplainReuse(shard["cache_dir"], shard["bases"], params, device)
+    reuse.prefetch_items(items)
     rows, errors = [], []
     for item in items:
-        rows += explain_image(item, params, device, errors)
+        rows += explain_image(item, params, device, errors, reuse)
+    reuse.flush()
     graphs = [g for r in rows for g in r.pop("sag", ())]
     jobs = sorted({j.name for j in params.explain.jobs})
     outputs = stages.explain(params)
-    files = outputs.shard_files(shard, jobs)
+    files = outputs.shard_files(index, jobs)
     if any(issubclass(METHODS[j.method], Sag) for j in params.explain.jobs):
         write_table_atomic(rows_to_table(graphs, "sag"), files["sag"])
     for job in jobs:
         write_table_atomic(rows_to_table([r for r in rows if r["job"] == job], "explanations"), files[job])
     write_table_atomic(rows_to_table(errors, "errors"), files["errors"])
     seconds = {job: round(sum(r["seconds"] / r["shared_by"] for r in rows if r["job"] == job), 3) for job in jobs}
-    write_shard_timing(outputs.out_dir, shard_name(shard), {"explainer_seconds": seconds, "device": device})
+    write_shard_timing(outputs.out_dir, shard_name(index), {"explainer_seconds": seconds, "device": device,
+                                                            "groups": reuse.counts()})
     # The exact device (cuda:<worker>) depends on which Dask worker took the shard: only the timing file keeps it;
     # the hashed rows keep its type (cpu / cuda), which a run's outputs share.
-    mark_done(outputs.out_dir, shard_name(shard), {"rows": len(rows), "errors": len(errors)})
-    return {"shard": shard, "rows": len(rows), "errors": len(errors), "seconds": float(sum(seconds.values()))}
+    mark_done(outputs.out_dir, shard_name(index), {"rows": len(rows), "errors": len(errors)})
+    return {"shard": index, "rows": len(rows), "errors": len(errors), "seconds": float(sum(seconds.values())),
+            **reuse.counts()}
