@@ -1,0 +1,547 @@
+"""RExL (Agarwal et al., "Reinforcement Explanation Learning", NeurIPS 2021 XAI4Debugging workshop,
+https://arxiv.org/abs/2111.13406; reference code CVIR/RExL): saliency as a sequential search. An agent deletes (or
+inserts) one cell of a k x k grid per step; the reward is the target's score after the step (negated for deletion),
+gamma = 1, so the return is the deletion / insertion AUC at cell granularity. At inference a deterministic roll-out
+of the trained policy orders the k^2 cells; the order and the score curve it produced give the saliency.
+
+This module is the pure-PyTorch half: the cell game (:class:`CellGame`, N episodes in lockstep, shared with the
+Gymnasium environment of ``tasks.rexl_env``), the state (:func:`observation`), the feature extractors, the plain
+torch policy (:class:`RexlPolicy`, an MLP exported from stable-baselines3 by ``tasks.rexl_train``; no RL library is
+needed here), its checkpoint format and the :class:`Rexl` explainer.
+
+Game (per episode, k = ``grid``, n = k^2 cells, cells = ``grid_regions`` rows x cols of the image):
+  * deletion: the canvas starts as the image; action a replaces cell a by the substrate (the perturbation's
+    baseline); insertion: the canvas starts as the baseline and action a restores cell a of the image.
+  * a cell is taken once: actions already taken are masked (the reference lets re-picks do nothing instead, so an
+    episode may end with cells never taken; masking keeps every episode a full ordering of the n cells).
+  * s_t = the target's score of the canvas after t steps (s_0: start canvas, s_n: the end canvas, i.e. the baseline
+    for deletion, the image for insertion: both the same whatever the order).
+  * reward r_t = sign * (s_{t-1} + s_t) / (2 n), sign = -1 for deletion, +1 for insertion, so with gamma = 1 the
+    return is exactly sign * trapezoid AUC of the curve s_0..s_n over fractions 0, 1/n, .., 1, i.e.
+    ``explainers.metrics.deletion_insertion(..., steps=n)`` of a saliency map that is constant on each cell and
+    ranks the cells in the episode's order (on an image whose sides are multiples of k). The paper's reward
+    sign * s_t / n differs from it by sign * (s_{t-1} - s_t) / (2 n), whose sum over an episode is
+    sign * (s_0 - s_n) / (2 n): the same for every order, so both rewards have the same optimal policies.
+
+State (:func:`observation`): frozen features of the current canvas (insertion: also of the image), standardised by
+fixed per-feature statistics stored with the policy, the taken-cells mask [n], and the conditioning: nothing
+(``none``: per-class / per-image agents), the target class one-hot [C] (``class``: a dataset-wide classifier agent),
+or the target box (``box``: its cover of each cell [n] plus its xyxy / (W, H, W, H) [4], so one agent serves every
+pedestrian of a detector). Features: the audited model's own frozen backbone where it is a PyTorch classifier with a
+``features`` module (``backbone``), else :class:`FixedCNN` (a small convolutional net with seeded random weights).
+
+Saliency (``credit``): ``cumulative`` (the paper's rule) adds each reward change r_t - r_{t-1} (with r_0 = sign *
+s_0) to every cell taken so far, so cell a_i (taken at step i) gets sign * (s_n - s_{i-1}): for deletion the score
+it stood on before its removal above the end score; ``single`` (the reference library class) credits r_t - r_{t-1}
+= sign * (s_t - s_{t-1}) to the cell taken at step t only. The k x k map is upsampled bilinearly (align_corners
+False); it stays in score units (the paper normalises to [0, 1]; rankings are unchanged by it).
+
+Cost of :meth:`Rexl.explain` for T targets (one roll-out each, all in lockstep): n_forward = 2 + T (n - 1) model
+forwards (image and baseline shared by all targets, then one canvas per target and step; the last step's canvas is
+the end canvas), and T (n - 1) feature forwards (+ 1 for the image in insertion mode; the last action is forced),
+reported in ``options['n_feature_forward']`` and :attr:`RexlExplanation.n_feature_forward`. With k = 7 and T = 1:
+50 + 48 = 98 forwards, against 4,000 for RISE.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from explainers.base import Explainer, Explanation, region_means
+from explainers.perturb import Perturbation, make_perturbation
+from explainers.regions import grid_regions
+
+FORMAT = "xai-audit/rexl-policy"
+VERSION = 1
+MODES = ("deletion", "insertion")
+CONDITIONINGS = ("none", "class", "box")
+CREDITS = ("cumulative", "single")
+DEFAULT_GRID = 7
+
+
+# ---------------------------------------------------------------------------------------------- fingerprint
+def _torch_module(scorer) -> nn.Module | None:
+    """The torch module holding the audited model's weights: ``scorer.model`` when it is one, or its ``.model``."""
+    model = getattr(scorer, "model", None)
+    for candidate in (model, getattr(model, "model", None)):
+        if isinstance(candidate, nn.Module):
+            return candidate
+    return None
+
+
+def weights_fingerprint(scorer) -> str:
+    """SHA-256 (hex) of the audited model's weights: of every tensor of its ``state_dict`` (names, dtypes, shapes and
+    bytes, in name order), so it names the weights, not the file they came from (a re-saved file with the same weights
+    has the same fingerprint). A scorer may give its own in ``weights_sha256``. Raises ValueError for a scorer whose
+    model has no torch weights and no ``weights_sha256`` (nothing to tie a policy to)."""
+    given = getattr(scorer, "weights_sha256", None)
+    if given:
+        return str(given)
+    module = _torch_module(scorer)
+    if module is None:
+        raise ValueError(f"rexl: cannot fingerprint the weights of scorer {type(scorer).__name__}: its model is no "
+                         "torch module; give the scorer a weights_sha256 attribute")
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- features
+class FixedCNN(nn.Module):
+    """Features for models that are no PyTorch classifier (detectors, black boxes): the canvas resized (bilinear) to
+    ``size`` x ``size``, three 3x3 stride-2 convolutions (3 -> w -> 2w -> 2w channels, ReLU) with weights drawn
+    from N(0, 2 / fan_in) by a generator seeded with ``seed`` (no bias), average-pooled to ``pool`` x ``pool``:
+    [B, 3, H, W] -> [B, 2 w pool^2]. Deterministic: the same seed gives the same weights on every machine (drawn
+    on the CPU), computed in float64 so that a canvas's features do not depend on how many canvases share its batch
+    (float32 convolutions differ in the last bits between batch sizes). Random convolutional features keep where
+    things are and their colour / texture, which is what a cell-picking policy needs to see; they are not trained."""
+
+    def __init__(self, seed: int = 0, width: int = 16, size: int = 64, pool: int = 4):
+        super().__init__()
+        self.spec = {"kind": "fixed", "seed": int(seed), "width": int(width), "size": int(size), "pool": int(pool)}
+        g = torch.Generator().manual_seed(int(seed))
+        chans = [3, width, 2 * width, 2 * width]
+        self.convs = nn.ModuleList()
+        for cin, cout in zip(chans[:-1], chans[1:]):
+            conv = nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False, dtype=torch.float64)
+            with torch.no_grad():
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=g, dtype=torch.float64)
+                                  * math.sqrt(2.0 / (cin * 9)))
+            conv.weight.requires_grad_(False)
+            self.convs.append(conv)
+        self.size, self.pool = int(size), int(pool)
+        self.dim = chans[-1] * pool * pool
+
+    @torch.inference_mode()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(images.double(), size=(self.size, self.size), mode="bilinear", align_corners=False)
+        for conv in self.convs:
+            x = F.relu(conv(x))
+        return F.adaptive_avg_pool2d(x, self.pool).flatten(1).float()
+
+
+class BackboneFeatures(nn.Module):
+    """The audited classifier's own frozen backbone: ``classifier.preprocess`` (its resize and normalisation), then
+    its ``model.features`` module, average-pooled to ``pool`` x ``pool``: [B, 3, H, W] -> [B, C pool^2]. ``classifier``
+    is the scorer's model (an ``ImageClassifier`` whose network has a ``features`` module, e.g. the demo SceneNet).
+    Raises ValueError when it has none."""
+
+    def __init__(self, classifier, pool: int = 4):
+        super().__init__()
+        net = getattr(classifier, "model", None)
+        features = getattr(net, "features", None) if net is not None else None
+        if not isinstance(features, nn.Module) or not hasattr(classifier, "preprocess"):
+            raise ValueError(f"rexl: features 'backbone' need a classifier whose network has a 'features' module and "
+                             f"a preprocess method, got {type(classifier).__name__}")
+        self.classifier, self.features, self.pool = classifier, features, int(pool)
+        self.spec = {"kind": "backbone", "pool": int(pool), "network": type(net).__name__}
+        self.dim: int | None = None
+
+    @torch.inference_mode()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        out = F.adaptive_avg_pool2d(self.features(self.classifier.preprocess(images)).float(), self.pool).flatten(1)
+        self.dim = out.shape[1]
+        return out
+
+
+def has_backbone(scorer) -> bool:
+    """Whether the scorer's model offers a backbone for :class:`BackboneFeatures`."""
+    model = getattr(scorer, "model", None)
+    return isinstance(getattr(getattr(model, "model", None), "features", None), nn.Module) and \
+        hasattr(model, "preprocess")
+
+
+def make_features(scorer, spec: dict | str = "auto") -> nn.Module:
+    """The feature extractor a policy spec names: ``{'kind': 'backbone', 'pool': p}`` (the scorer's classifier),
+    ``{'kind': 'fixed', ...}`` (:class:`FixedCNN` with those settings), or 'auto' / 'backbone' / 'fixed' (defaults;
+    auto: backbone where the scorer has one). Raises ValueError for an unknown kind or a backbone the scorer lacks."""
+    if isinstance(spec, str):
+        if spec not in ("auto", "backbone", "fixed"):
+            raise ValueError(f"rexl: features must be 'auto', 'backbone' or 'fixed', got {spec!r}")
+        kind = ("backbone" if has_backbone(scorer) else "fixed") if spec == "auto" else spec
+        spec = {"kind": kind}
+    options = {k: v for k, v in spec.items() if k not in ("kind", "network")}
+    if spec.get("kind") == "backbone":
+        return BackboneFeatures(getattr(scorer, "model", None), **options)
+    if spec.get("kind") == "fixed":
+        return FixedCNN(**options).to(torch.device(getattr(scorer, "device", "cpu")))
+    raise ValueError(f"rexl: unknown feature extractor {spec!r}; expected kind 'backbone' or 'fixed'")
+
+
+# ---------------------------------------------------------------------------------------------- state
+def cell_labels(height: int, width: int, grid: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Cell index [H, W] (long, row-major, 0..k^2-1) of every pixel: ``explainers.regions.grid_regions``'s cells."""
+    return grid_regions(height, width, grid, grid, device).float().argmax(0)
+
+
+def box_condition(boxes: torch.Tensor, height: int, width: int, grid: int) -> torch.Tensor:
+    """The ``box`` conditioning of xyxy boxes [N, 4] (pixels) on an H x W image: each cell's share covered by the box
+    [N, k^2] (from the box's pixel mask), then the box / (W, H, W, H) [N, 4] -> [N, k^2 + 4]."""
+    from explainers.metrics import box_masks
+    boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4).cpu()
+    masks = box_masks(boxes, height, width).float()                                   # [N, H, W]
+    cells = grid_regions(height, width, grid, grid).float()                            # [n, H, W]
+    cover = (masks.flatten(1) @ cells.flatten(1).T) / cells.flatten(1).sum(1).clamp_min(1)
+    scale = torch.tensor([width, height, width, height], dtype=torch.float32)
+    return torch.cat([cover, boxes / scale], 1)
+
+
+def condition_dim(conditioning: str, grid: int, num_classes: int | None) -> int:
+    """Length of the conditioning vector. Raises ValueError for an unknown conditioning or ``class`` without
+    ``num_classes``."""
+    if conditioning == "none":
+        return 0
+    if conditioning == "class":
+        if not num_classes:
+            raise ValueError("rexl: conditioning 'class' needs num_classes >= 1")
+        return int(num_classes)
+    if conditioning == "box":
+        return grid * grid + 4
+    raise ValueError(f"rexl: conditioning must be one of {CONDITIONINGS}, got {conditioning!r}")
+
+
+def observation(canvas_features: torch.Tensor, image_features: torch.Tensor | None, taken: torch.Tensor,
+                condition: torch.Tensor, norm: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """The state [N, obs_dim] = [standardised canvas features [N, D], (insertion: standardised image features
+    [N, D]), taken cells [N, k^2] as 0 / 1, conditioning [N, c]]; ``norm`` = (mean [D], std [D]) of the features
+    (None: raw)."""
+    def standard(f: torch.Tensor) -> torch.Tensor:
+        return f if norm is None else (f - norm[0]) / norm[1]
+    parts = [standard(canvas_features.float())]
+    if image_features is not None:
+        parts.append(standard(image_features.float()))
+    parts += [taken.float(), condition.float().to(taken.device)]
+    return torch.cat(parts, 1)
+
+
+class CellGame:
+    """N episodes of the cell game in lockstep (module docstring): images [N, 3, H, W] (one size), their baselines
+    [N, 3, H, W] (the substrate), ``mode`` 'deletion' or 'insertion', ``grid`` k. ``taken`` [N, k^2] bool: the cells
+    deleted / inserted so far; :meth:`canvas` the current canvases. Pure tensor bookkeeping: scoring and features are
+    the caller's (so that the explainer can count forwards and the environment batch them)."""
+
+    def __init__(self, images: torch.Tensor, baselines: torch.Tensor, mode: str, grid: int):
+        if mode not in MODES:
+            raise ValueError(f"rexl: mode must be one of {MODES}, got {mode!r}")
+        if images.ndim != 4 or images.shape != baselines.shape:
+            raise ValueError(f"rexl: images and baselines must both be [N, 3, H, W], got {tuple(images.shape)} and "
+                             f"{tuple(baselines.shape)}")
+        self.images, self.baselines, self.mode, self.grid = images, baselines, mode, int(grid)
+        self.cells = self.grid * self.grid
+        self.labels = cell_labels(images.shape[-2], images.shape[-1], self.grid, images.device).view(-1)
+        self.taken = torch.zeros(images.shape[0], self.cells, dtype=torch.bool, device=images.device)
+        self.steps = 0
+
+    def canvas(self, taken: torch.Tensor | None = None) -> torch.Tensor:
+        """Canvases [N, 3, H, W] for ``taken`` [N, k^2] (default: the current state): deletion shows the baseline on
+        taken cells, insertion shows the image on taken cells (exact copies of either, no blending)."""
+        taken = self.taken if taken is None else taken
+        N, _, H, W = self.images.shape
+        on = taken[:, self.labels].view(N, 1, H, W)
+        first, second = (self.baselines, self.images) if self.mode == "deletion" else (self.images, self.baselines)
+        return torch.where(on, first, second)
+
+    def start(self) -> torch.Tensor:
+        """The start canvases (nothing taken)."""
+        return self.images if self.mode == "deletion" else self.baselines
+
+    def end(self) -> torch.Tensor:
+        """The end canvases (every cell taken)."""
+        return self.baselines if self.mode == "deletion" else self.images
+
+    def take(self, actions: torch.Tensor) -> None:
+        """Take cell ``actions[i]`` [N] in episode i. Raises ValueError for a cell out of range or already taken."""
+        actions = torch.as_tensor(actions, dtype=torch.long, device=self.taken.device).view(-1)
+        if actions.shape[0] != self.taken.shape[0] or bool(((actions < 0) | (actions >= self.cells)).any()):
+            raise ValueError(f"rexl: actions must be {self.taken.shape[0]} cells in [0, {self.cells}), "
+                             f"got {actions.tolist()}")
+        rows = torch.arange(len(actions), device=actions.device)
+        if bool(self.taken[rows, actions].any()):
+            raise ValueError(f"rexl: cells already taken: {actions[self.taken[rows, actions]].tolist()}")
+        self.taken[rows, actions] = True
+        self.steps += 1
+
+    @property
+    def sign(self) -> float:
+        return -1.0 if self.mode == "deletion" else 1.0
+
+    def reward(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        """The step's reward [N]: sign * (s_{t-1} + s_t) / (2 k^2) (module docstring: the return is sign * AUC)."""
+        return self.sign * (before + after) / (2 * self.cells)
+
+
+# ---------------------------------------------------------------------------------------------- policy
+class RexlPolicy(nn.Module):
+    """The policy network: an MLP obs [N, obs_dim] -> action logits [N, k^2] (``hidden`` layers with ``activation``
+    'tanh' or 'relu'), the architecture of stable-baselines3's ``MlpPolicy`` actor (mlp_extractor.policy_net +
+    action_net), into which ``tasks.rexl_train`` copies the trained weights. ``feature_mean`` / ``feature_std`` [D]
+    buffers: the fixed standardisation of the features (:func:`observation`)."""
+
+    def __init__(self, obs_dim: int, actions: int, hidden: tuple[int, ...] = (256, 128), activation: str = "tanh",
+                 feature_dim: int = 0):
+        super().__init__()
+        acts = {"tanh": nn.Tanh, "relu": nn.ReLU}
+        if activation not in acts:
+            raise ValueError(f"rexl: activation must be one of {sorted(acts)}, got {activation!r}")
+        layers: list[nn.Module] = []
+        width = obs_dim
+        for h in hidden:
+            layers += [nn.Linear(width, h), acts[activation]()]
+            width = h
+        layers.append(nn.Linear(width, actions))
+        self.net = nn.Sequential(*layers)
+        self.register_buffer("feature_mean", torch.zeros(feature_dim))
+        self.register_buffer("feature_std", torch.ones(feature_dim))
+        self.obs_dim, self.actions, self.hidden, self.activation = obs_dim, actions, tuple(hidden), activation
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs)
+
+    def act(self, obs: torch.Tensor, taken: torch.Tensor) -> torch.Tensor:
+        """Deterministic actions [N]: the highest logit among the cells not taken (ties: the lowest cell index)."""
+        logits = self.net(obs).masked_fill(taken, -torch.inf)
+        return logits.argmax(1)
+
+
+@dataclass
+class PolicyCheckpoint:
+    """What a policy file holds (``torch.save`` of :meth:`to_dict`, loaded with ``weights_only=True``): the policy
+    weights and what they were trained for: the audited model's weights fingerprint (:func:`weights_fingerprint`),
+    the grid, the mode, the perturbation (name and description), the conditioning (and class count), the feature
+    extractor's spec and dimension, the MLP's shape and a free ``training`` record (regime, steps, seed, images)."""
+
+    model_sha256: str
+    grid: int
+    mode: str
+    perturbation: str
+    conditioning: str
+    features: dict
+    feature_dim: int
+    state_dict: dict
+    num_classes: int | None = None
+    hidden: tuple[int, ...] = (256, 128)
+    activation: str = "tanh"
+    perturbation_describe: str = ""
+    training: dict = field(default_factory=dict)
+
+    @property
+    def obs_dim(self) -> int:
+        n_feat = self.feature_dim * (2 if self.mode == "insertion" else 1)
+        return n_feat + self.grid ** 2 + condition_dim(self.conditioning, self.grid, self.num_classes)
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "version": VERSION, "model_sha256": self.model_sha256, "grid": self.grid,
+                "mode": self.mode, "perturbation": self.perturbation,
+                "perturbation_describe": self.perturbation_describe, "conditioning": self.conditioning,
+                "num_classes": self.num_classes, "features": dict(self.features), "feature_dim": self.feature_dim,
+                "hidden": list(self.hidden), "activation": self.activation, "training": dict(self.training),
+                "state_dict": {k: v.detach().cpu() for k, v in self.state_dict.items()}}
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(self.to_dict(), tmp)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> PolicyCheckpoint:
+        """Read a policy file. Raises FileNotFoundError for a missing file, ValueError naming the file for one that
+        is not a RExL policy of this version or misses a key."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"rexl: policy file not found: {path} (train one with tasks.rexl_train)")
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"rexl: {path} is not a readable policy file ({type(exc).__name__}: {exc})") from None
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT or raw.get("version") != VERSION:
+            got = raw.get("format"), raw.get("version") if isinstance(raw, dict) else type(raw).__name__
+            raise ValueError(f"rexl: {path} is not a {FORMAT} version {VERSION} file (got {got})")
+        keys = [f for f in cls.__dataclass_fields__ if f in raw]
+        missing = [f for f in ("model_sha256", "grid", "mode", "perturbation", "conditioning", "features",
+                               "feature_dim", "state_dict") if f not in raw]
+        if missing:
+            raise ValueError(f"rexl: {path} misses {missing}")
+        ckpt = cls(**{k: raw[k] for k in keys})
+        ckpt.hidden = tuple(ckpt.hidden)
+        return ckpt
+
+    def policy(self, device: torch.device | str = "cpu") -> RexlPolicy:
+        """The policy module with the stored weights, in eval mode."""
+        net = RexlPolicy(self.obs_dim, self.grid ** 2, self.hidden, self.activation, self.feature_dim)
+        net.load_state_dict(self.state_dict)
+        return net.to(device).eval()
+
+
+# ---------------------------------------------------------------------------------------------- explainer
+@dataclass
+class RexlExplanation(Explanation):
+    """An :class:`~explainers.base.Explanation` with the roll-out: ``order`` [T, k^2] (the cells in the order taken),
+    ``curve`` [T, k^2 + 1] (the target's score s_0..s_n along it) and the feature forwards spent."""
+
+    order: torch.Tensor | None = None
+    curve: torch.Tensor | None = None
+    n_feature_forward: int = 0
+
+
+def cell_saliency(order: torch.Tensor, curve: torch.Tensor, sign: float, credit: str = "cumulative") -> torch.Tensor:
+    """Per-cell saliency [T, n] of roll-outs: ``order`` [T, n] cells, ``curve`` [T, n + 1] scores s_0..s_n, reward
+    r_t = sign * s_t. ``cumulative``: cell order[i] (taken at step i + 1) gets sum_{t > i} (r_t - r_{t-1}) =
+    sign * (s_n - s_i); ``single``: it gets r_{i+1} - r_i. Raises ValueError for an unknown credit."""
+    if credit not in CREDITS:
+        raise ValueError(f"rexl: credit must be one of {CREDITS}, got {credit!r}")
+    r = sign * curve.float()
+    delta = r[:, 1:] - r[:, :-1]                                                   # [T, n]: step t = i + 1
+    values = delta.flip(1).cumsum(1).flip(1) if credit == "cumulative" else delta
+    return torch.zeros_like(values).scatter_(1, order.long(), values)
+
+
+class Rexl(Explainer):
+    """RExL (module docstring): a trained policy's deterministic roll-out over a k x k grid, one per target, all
+    targets in lockstep; saliency by cumulative credit (``credit='cumulative'``, the paper's rule) or single-cell
+    credit (``'single'``, the reference library class), bilinearly upsampled.
+
+    ``policy``: a policy file (:class:`PolicyCheckpoint`, written by ``tasks.rexl_train``) or a loaded checkpoint. The
+    guard: the audited model's :func:`weights_fingerprint` must equal the one the policy was trained for, else
+    ValueError naming both. The perturbation defaults to the policy's substrate; another one is a ValueError (the
+    policy learned on that substrate). Conditioning: ``class`` reads the scorer's ``targets`` (class indices, e.g.
+    ``ClassifierScorer``), ``box`` its ``target_boxes`` (``DRiseScorer``): ValueError when the scorer has none.
+
+    Returns saliency [T, H, W] in score units, relevance [T, R] = mean saliency per region when regions are given
+    (they only summarise the map: ``accepts_regions`` False), full_score / empty_score [T], the roll-outs in
+    :class:`RexlExplanation` and ``options['n_feature_forward']``. Spends exactly 2 + T (k^2 - 1) model forwards (the
+    minimum budget; BudgetError below it)."""
+
+    name = "rexl"
+    needs_trained_weights = True
+
+    def __init__(self, scorer, *, policy: str | Path | PolicyCheckpoint, credit: str = "cumulative",
+                 perturbation: str | Perturbation | None = None, **kw):
+        ckpt = policy if isinstance(policy, PolicyCheckpoint) else PolicyCheckpoint.load(policy)
+        if perturbation is not None and make_perturbation(perturbation).describe() != \
+                make_perturbation(ckpt.perturbation).describe():
+            raise ValueError(f"rexl: the policy was trained on perturbation {ckpt.perturbation!r}, got "
+                             f"{make_perturbation(perturbation).describe()!r}")
+        super().__init__(scorer, perturbation=ckpt.perturbation, **kw)
+        if credit not in CREDITS:
+            raise ValueError(f"rexl: credit must be one of {CREDITS}, got {credit!r}")
+        audited = weights_fingerprint(scorer)
+        if audited != ckpt.model_sha256:
+            where = policy if not isinstance(policy, PolicyCheckpoint) else "the policy"
+            raise ValueError(f"rexl: {where} was trained for model weights {ckpt.model_sha256[:12]}, but the audited "
+                             f"model's weights are {audited[:12]}: train a policy for this model")
+        self.ckpt, self.credit = ckpt, credit
+        self.source = None if isinstance(policy, PolicyCheckpoint) else str(policy)
+        self.policy_net = ckpt.policy(self.device)
+        self.features = make_features(scorer, ckpt.features)
+        self.n_feature_forward = 0
+
+    def options(self) -> dict[str, Any]:
+        c = self.ckpt
+        return {**super().options(), "grid": c.grid, "mode": c.mode, "credit": self.credit,
+                "conditioning": c.conditioning, "features": c.features.get("kind"),
+                "policy": self.source, "policy_sha256": policy_digest(c), "model_sha256": c.model_sha256[:12],
+                "regime": c.training.get("regime")}
+
+    def min_budget(self, num_regions, num_targets):
+        n = self.ckpt.grid ** 2
+        return 2 + (num_targets or 1) * (n - 1), f"a roll-out of {n} cells per target, image and baseline shared"
+
+    def explain(self, image, regions=None, *, budget=None, seed=0) -> RexlExplanation:
+        """:meth:`Explainer.explain <explainers.base.Explainer.explain>`, with the roll-outs and the feature forwards
+        (``options['n_feature_forward']``)."""
+        self._order = self._curve = None
+        self.n_feature_forward = 0
+        exp = super().explain(image, regions, budget=budget, seed=seed)
+        exp.options["n_feature_forward"] = self.n_feature_forward
+        return RexlExplanation(**{f: getattr(exp, f) for f in Explanation.__dataclass_fields__},
+                               order=self._order, curve=self._curve, n_feature_forward=self.n_feature_forward)
+
+    def _feature(self, canvases: torch.Tensor) -> torch.Tensor:
+        self.n_feature_forward += canvases.shape[0]
+        out = []
+        for s in range(0, canvases.shape[0], self.chunk_size):
+            out.append(self.features(canvases[s:s + self.chunk_size]))
+        return torch.cat(out)
+
+    def _score_chunks(self, canvases: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.score(canvases[s:s + self.chunk_size])
+                          for s in range(0, canvases.shape[0], self.chunk_size)])
+
+    def condition(self, T: int, size: tuple[int, int]) -> torch.Tensor:
+        """The conditioning [T, c] of the scorer's targets (see the class docstring)."""
+        c = self.ckpt
+        if c.conditioning == "none":
+            return torch.zeros(T, 0, device=self.device)
+        if c.conditioning == "class":
+            targets = getattr(self.scorer, "targets", None)
+            if targets is None:
+                raise ValueError(f"rexl: the policy is class-conditioned; scorer {type(self.scorer).__name__} has no "
+                                 "targets (class indices)")
+            targets = torch.as_tensor(targets).long().view(-1).cpu()
+            if int(targets.max()) >= c.num_classes:
+                raise ValueError(f"rexl: target class {int(targets.max())} >= the policy's {c.num_classes} classes")
+            return F.one_hot(targets, c.num_classes).float().to(self.device)
+        boxes = getattr(self.scorer, "target_boxes", None)
+        if boxes is None:
+            raise ValueError(f"rexl: the policy is box-conditioned; scorer {type(self.scorer).__name__} has no "
+                             "target_boxes")
+        return box_condition(boxes, *size, c.grid).to(self.device)
+
+    def _explain(self, image, regions, budget, generator):
+        c = self.ckpt
+        H, W = image.shape[-2:]
+        baseline = self.perturbation.baseline(image)
+        ends = self.score(torch.stack([image, baseline]))                             # [2, T]
+        T = ends.shape[1]
+        full, empty = ends[0], ends[1]
+        game = CellGame(image.expand(T, -1, -1, -1), baseline.expand(T, -1, -1, -1), c.mode, c.grid)
+        cond = self.condition(T, (H, W))
+        image_feats = self._feature(image[None]).expand(T, -1) if c.mode == "insertion" else None
+        norm = (self.policy_net.feature_mean, self.policy_net.feature_std)
+        n = game.cells
+        rows = torch.arange(T, device=self.device)
+        curve = torch.empty(T, n + 1, device=self.device)
+        curve[:, 0], curve[:, n] = (full, empty) if c.mode == "deletion" else (empty, full)
+        order = torch.empty(T, n, dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            for t in range(n - 1):
+                obs = observation(self._feature(game.canvas()), image_feats, game.taken, cond, norm)
+                actions = self.policy_net.act(obs, game.taken)
+                game.take(actions)
+                order[:, t] = actions
+                curve[:, t + 1] = self._score_chunks(game.canvas())[rows, rows]
+            last = (~game.taken).float().argmax(1)                                    # the one cell left: forced
+            game.take(last)
+            order[:, n - 1] = last
+        cells = cell_saliency(order, curve, game.sign, self.credit)                  # [T, n]
+        grid = cells.view(T, 1, c.grid, c.grid)
+        saliency = F.interpolate(grid, size=(H, W), mode="bilinear", align_corners=False)[:, 0]
+        self._order, self._curve = order.cpu(), curve.float().cpu()
+        relevance = None if regions is None else region_means(saliency, regions)
+        return saliency, relevance, {"full_score": full, "empty_score": empty}
+
+
+def policy_digest(ckpt: PolicyCheckpoint) -> str:
+    """First 12 hex digits of the SHA-256 of a policy's weights (which policy an explanation came from)."""
+    h = hashlib.sha256()
+    for name, t in sorted(ckpt.state_dict.items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+__all__ = ["BackboneFeatures", "CellGame", "FixedCNN", "PolicyCheckpoint", "Rexl", "RexlExplanation", "RexlPolicy",
+           "box_condition", "cell_saliency", "condition_dim", "make_features", "observation", "weights_fingerprint"]

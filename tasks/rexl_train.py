@@ -1,0 +1,243 @@
+"""Training RExL policies (``explainers.rexl``) with stable-baselines3 on the training split.
+
+Learner: **MaskablePPO** (sb3-contrib, stable-baselines3's companion library by the same maintainers). The paper
+used ACER (stable-baselines 2), which stable-baselines3 does not have. Of SB3's on-policy learners for a discrete
+action space, PPO's clipped updates are the usual choice and are more stable than A2C's single gradient step per
+roll-out; the *maskable* variant adds invalid-action masking (a taken cell has probability 0, in training and in the
+explainer's arg-max roll-out alike), so every episode orders all k^2 cells and its return is exactly the AUC. The
+reference env instead lets a re-picked cell do nothing, which wastes steps and leaves cells unranked. Defaults: gamma
+1 (the return is the AUC), GAE lambda 0.95, lr 3e-4, n_steps = k^2 (one episode per env per roll-out), 4 epochs,
+MLP [256, 128] with tanh (the paper's policy MLP; SB3's default activation), entropy 0.01.
+
+Regimes (the paper's three): ``dataset`` (every (training scene, class) pair, class one-hot conditioning: one agent
+for the classifier), ``class`` (every training scene for one class, unconditioned), ``image`` (one image and class:
+an explanation-time optimisation of that image, the expensive baseline; the only regime that sees the image it
+explains, like any perturbation method does).
+
+Data: the classifier's training scenes, rendered by the generator of ``params.yaml``'s ``pull.synthetic`` with seed
+``seed + models.train_data.seed_offset`` (the scenes of ``data/train`` that the demo models were trained on; never
+the audited / val scenes), resized to the classifier's input size.
+
+Reproducible (seeded: torch, NumPy, SB3's own seeding, the env's episode stream), resumable (``checkpoint_dir``:
+SB3's ``last.zip`` with the optimiser state and the step count, written every ``checkpoint_every`` steps; a rerun
+with the same arguments continues from it to ``steps``; the episode stream then restarts from seed + steps done),
+progress bar (SB3's, tqdm / rich). The result is a :class:`~explainers.rexl.PolicyCheckpoint` (the plain torch MLP:
+``Rexl`` needs no RL library).
+
+    python -m tasks.rexl_train --regime dataset --steps 20000 --images 64 --out models/rexl/classifier_deletion.pt
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sb3_contrib import MaskablePPO
+from stable_baselines3.common.callbacks import BaseCallback
+from torch import nn
+
+from explainers.perturb import make_perturbation
+from explainers.rexl import PolicyCheckpoint, condition_dim, make_features, weights_fingerprint
+from tasks.rexl_env import Episode, RexlVecEnv, feature_stats
+
+REGIMES = ("dataset", "class", "image")
+ALGORITHM = "MaskablePPO (sb3-contrib)"
+
+
+class _LastCheckpoint(BaseCallback):
+    """Saves the model to ``dir/last.zip`` (atomically) every ``every`` steps and keeps the mean episode AUC."""
+
+    def __init__(self, directory: Path | None, every: int | None):
+        super().__init__()
+        self.directory, self.every, self.last = directory, every, 0
+        self.aucs: list[float] = []
+
+    def _on_step(self) -> bool:
+        for info in self.locals.get("infos", []):
+            if "auc" in info:
+                self.aucs.append(info["auc"])
+        if self.directory is not None and self.every and self.num_timesteps - self.last >= self.every:
+            self.last = self.num_timesteps
+            save_last(self.model, self.directory)
+        return True
+
+
+def save_last(model, directory: Path) -> Path:
+    """``directory/last.zip``, written to a temporary name first (a crash never leaves half a checkpoint)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / "last.tmp.zip"
+    model.save(tmp)
+    tmp.replace(directory / "last.zip")
+    return directory / "last.zip"
+
+
+def export_policy(model) -> dict[str, torch.Tensor]:
+    """The SB3 actor's weights as :class:`~explainers.rexl.RexlPolicy`'s ``net.*`` state dict: the Linear layers of
+    ``mlp_extractor.policy_net`` then ``action_net``. Raises ValueError when the policy has another shape (a
+    shared feature extractor other than flattening, or non-Linear layers)."""
+    policy = model.policy
+    if type(policy.features_extractor).__name__ != "FlattenExtractor":
+        raise ValueError(f"rexl: cannot export a policy with features extractor "
+                         f"{type(policy.features_extractor).__name__} (expected FlattenExtractor)")
+    linears = [m for m in policy.mlp_extractor.policy_net if isinstance(m, nn.Linear)] + [policy.action_net]
+    out = {}
+    for i, layer in enumerate(linears):
+        out[f"net.{2 * i}.weight"] = layer.weight.detach().cpu().clone()
+        out[f"net.{2 * i}.bias"] = layer.bias.detach().cpu().clone()
+    return out
+
+
+def train_policy(scorer, episodes: Sequence[Episode], *, grid: int = 7, mode: str = "deletion",
+                 perturbation: str = "mean", conditioning: str = "none", num_classes: int | None = None,
+                 features: str | dict = "auto", regime: str = "dataset", steps: int = 20_000, n_envs: int = 16,
+                 seed: int = 0, learning_rate: float = 3e-4, n_steps: int | None = None, batch_size: int = 256,
+                 n_epochs: int = 4, hidden: Sequence[int] = (256, 128), ent_coef: float = 0.01,
+                 checkpoint_dir: str | Path | None = None, checkpoint_every: int | None = None,
+                 progress: bool = False, training: dict | None = None) -> tuple[PolicyCheckpoint, dict]:
+    """Train a policy for ``scorer`` on ``episodes`` (:class:`~tasks.rexl_env.Episode`, conditioning vectors of
+    ``conditioning``'s length) for ``steps`` environment steps (one step = one canvas of one env). Returns the
+    checkpoint and a summary (steps done, seconds, forwards, mean AUC of the first and last 10 % of the episodes).
+
+    Raises ValueError for an unknown regime / mode / conditioning, conditioning vectors of the wrong length, or
+    fewer steps than one roll-out (n_envs * n_steps)."""
+    if regime not in REGIMES:
+        raise ValueError(f"rexl: regime must be one of {REGIMES}, got {regime!r}")
+    want = condition_dim(conditioning, grid, num_classes)
+    bad = [i for i, e in enumerate(episodes) if torch.as_tensor(e.condition).numel() != want]
+    if bad:
+        raise ValueError(f"rexl: episodes {bad[:5]} have conditioning vectors of the wrong length (expected {want} "
+                         f"for conditioning {conditioning!r})")
+    n_steps = int(n_steps or grid * grid)
+    if steps < n_envs * n_steps:
+        raise ValueError(f"rexl: steps {steps} < one roll-out (n_envs {n_envs} x n_steps {n_steps})")
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    start = time.perf_counter()
+    feats = make_features(scorer, features)
+    device = torch.device(getattr(scorer, "device", "cpu"))
+    pool = torch.stack([e.image for e in episodes[:64]]).to(device, torch.float32)
+    sub = make_perturbation(perturbation)
+    norm = feature_stats(feats, pool, torch.stack([sub.baseline(x) for x in pool]))
+    directory = None if checkpoint_dir is None else Path(checkpoint_dir)
+    last = None if directory is None else directory / "last.zip"
+    resumed = last is not None and last.is_file()
+    done_before = 0
+    if resumed:
+        done_before = int(MaskablePPO.load(last, device="cpu").num_timesteps)
+    env = RexlVecEnv(scorer, episodes, n_envs, feats, grid=grid, mode=mode, perturbation=perturbation, norm=norm,
+                     seed=seed + done_before)
+    if resumed:
+        model = MaskablePPO.load(last, env=env, device="cpu")
+    else:
+        model = MaskablePPO("MlpPolicy", env, gamma=1.0, gae_lambda=0.95, learning_rate=learning_rate,
+                            n_steps=n_steps, batch_size=min(batch_size, n_envs * n_steps), n_epochs=n_epochs,
+                            ent_coef=ent_coef, seed=seed, device="cpu", verbose=0,
+                            policy_kwargs={"net_arch": {"pi": list(hidden), "vf": list(hidden)},
+                                           "activation_fn": nn.Tanh})
+    callback = _LastCheckpoint(directory, checkpoint_every)
+    remaining = max(0, steps - int(model.num_timesteps))
+    if remaining:
+        model.learn(total_timesteps=remaining, reset_num_timesteps=not resumed, progress_bar=progress,
+                    callback=callback)
+    if directory is not None:
+        save_last(model, directory)
+    state = export_policy(model)
+    state["feature_mean"], state["feature_std"] = norm[0].cpu(), norm[1].cpu()
+    aucs = callback.aucs
+    tenth = max(1, len(aucs) // 10)
+    summary = {"algorithm": ALGORITHM, "regime": regime, "steps": int(model.num_timesteps), "resumed": resumed,
+               "seconds": round(time.perf_counter() - start, 1), "n_forward": env.batch.n_forward,
+               "n_feature_forward": env.batch.n_feature_forward, "episodes": len(aucs),
+               "auc_first": float(np.mean(aucs[:tenth])) if aucs else None,
+               "auc_last": float(np.mean(aucs[-tenth:])) if aucs else None, "seed": seed, "n_envs": n_envs,
+               "learning_rate": learning_rate, "pool": len(episodes)}
+    ckpt = PolicyCheckpoint(model_sha256=weights_fingerprint(scorer), grid=grid, mode=mode, perturbation=perturbation,
+                            perturbation_describe=sub.describe(), conditioning=conditioning, num_classes=num_classes,
+                            features=dict(feats.spec), feature_dim=int(norm[0].numel()), state_dict=state,
+                            hidden=tuple(hidden), activation="tanh", training={**(training or {}), **summary})
+    return ckpt, summary
+
+
+# ------------------------------------------------------------------------------------------- classifier data
+def training_scenes(n: int, size: tuple[int, int] | None = None, params=None) -> list[torch.Tensor]:
+    """The first ``n`` training scenes (module docstring) as float images [3, H, W] in [0, 1], resized (bilinear)
+    to ``size`` (H, W) where given."""
+    from detection.datasets.imageio import to_batch
+    from detection.datasets.synthetic import render_scene
+    from tasks.params import load_params
+    params = params or load_params(check_files=False)
+    cfg = params.pull.synthetic
+    seed = params.seed + params.models.train_data.seed_offset
+    out = []
+    for index in range(n):
+        img = to_batch([render_scene(cfg, seed, index).image])[0]
+        if size is not None and tuple(img.shape[-2:]) != tuple(size):
+            img = F.interpolate(img[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
+        out.append(img.contiguous())
+    return out
+
+
+def classifier_episodes(images: Sequence[torch.Tensor], num_classes: int, regime: str,
+                        target: int | None = None) -> tuple[list[Episode], str]:
+    """Episodes and conditioning of a regime for a classifier scorer over all ``num_classes`` classes (column =
+    class): ``dataset``: every (image, class), one-hot; ``class``: every image for class ``target``; ``image``: the
+    first image for class ``target``. Raises ValueError for a missing / out-of-range target."""
+    if regime == "dataset":
+        eye = torch.eye(num_classes)
+        return [Episode(img, c, eye[c]) for img in images for c in range(num_classes)], "class"
+    if target is None or not 0 <= target < num_classes:
+        raise ValueError(f"rexl: regime {regime!r} needs a target class in [0, {num_classes}), got {target}")
+    chosen = images if regime == "class" else images[:1]
+    return [Episode(img, target, torch.zeros(0)) for img in chosen], "none"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", default="weights/demo/classifier.pt", help="the audited classifier (TorchScript "
+                                                                                "+ .json sidecar)")
+    parser.add_argument("--regime", choices=REGIMES, default="dataset")
+    parser.add_argument("--target", default=None, help="class name (regimes class / image)")
+    parser.add_argument("--images", type=int, default=64, help="training scenes")
+    parser.add_argument("--image-index", type=int, default=0, help="regime image: which training scene")
+    parser.add_argument("--mode", choices=("deletion", "insertion"), default="deletion")
+    parser.add_argument("--perturbation", default=None, help="default: mean (deletion), blur (insertion)")
+    parser.add_argument("--features", default="auto", choices=("auto", "backbone", "fixed"))
+    parser.add_argument("--grid", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=20_000)
+    parser.add_argument("--n-envs", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", required=True, help="policy file (explainers.rexl.PolicyCheckpoint)")
+    parser.add_argument("--checkpoint-dir", default=None, help="SB3 checkpoints (resumes from last.zip there)")
+    parser.add_argument("--checkpoint-every", type=int, default=10_000)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from detection.models.scene_classifier import load_classifier
+    from detection.scorers import ClassifierScorer
+    clf = load_classifier(args.weights, device="cpu")
+    scorer = ClassifierScorer(clf)
+    target = None if args.target is None else clf.class_names.index(args.target)
+    images = training_scenes(args.images if args.regime != "image" else args.image_index + 1, clf.input_size)
+    if args.regime == "image":
+        images = images[args.image_index:]
+    episodes, conditioning = classifier_episodes(images, clf.num_classes, args.regime, target)
+    perturbation = args.perturbation or ("mean" if args.mode == "deletion" else "blur")
+    ckpt, summary = train_policy(
+        scorer, episodes, grid=args.grid, mode=args.mode, perturbation=perturbation, conditioning=conditioning,
+        num_classes=clf.num_classes if conditioning == "class" else None, features=args.features,
+        regime=args.regime, steps=args.steps, n_envs=args.n_envs, seed=args.seed, learning_rate=args.lr,
+        checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
+        training={"weights": args.weights, "images": len(images), "target": args.target,
+                  "data": "training scenes (pull.synthetic, seed + models.train_data.seed_offset)"})
+    ckpt.save(args.out)
+    print({k: v for k, v in summary.items()}, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""RExL: the environment's return is the deletion / insertion AUC of explainers.metrics, the vectorised env equals a
+loop of single envs, a briefly trained policy finds the one cell a toy scorer sees, the roll-out is deterministic and
+spends exactly its forwards, and a policy trained for other weights is refused."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from explainers.base import BudgetError
+from explainers.metrics import deletion_insertion
+from explainers.rexl import (
+    FixedCNN,
+    PolicyCheckpoint,
+    Rexl,
+    RexlPolicy,
+    box_condition,
+    cell_labels,
+    cell_saliency,
+    weights_fingerprint,
+)
+from tasks.rexl_env import Episode, RexlEnv, RexlVecEnv, feature_stats
+
+GRID, SIZE = 7, 28          # 4-px cells: the metric's pixel fractions fall on cell boundaries
+SMALL = {"kind": "fixed", "size": SIZE, "width": 8, "pool": 2}      # a cheap FixedCNN for the tests
+
+
+def small_features():
+    return FixedCNN(size=SIZE, width=8, pool=2)
+
+
+class ToyNet(nn.Module):
+    """Two scores in (0, 1) from a fixed random linear map of the 7 x 7 average-pooled image."""
+
+    def __init__(self, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.weight = nn.Parameter(torch.randn(2, 3 * 49, generator=g) * 0.3, requires_grad=False)
+
+    def forward(self, x):
+        return torch.sigmoid(nn.functional.adaptive_avg_pool2d(x, 7).flatten(1) @ self.weight.T)
+
+
+class OneCellNet(nn.Module):
+    """Score = mean brightness of one cell of the ``grid`` x ``grid`` grid (the only pixels it sees)."""
+
+    def __init__(self, cell, grid=GRID):
+        super().__init__()
+        mask = (cell_labels(SIZE, SIZE, grid) == cell).float()
+        self.register_buffer("mask", mask / mask.sum())
+
+    def forward(self, x):
+        return (x.mean(1) * self.mask).sum((1, 2))[:, None]
+
+
+class ModelScorer:
+    """A Scorer around a torch module (its weights are what the guard fingerprints); counts the images it scores."""
+
+    device = torch.device("cpu")
+    chunk_size = 64
+
+    def __init__(self, model):
+        self.model = model
+        self.num_targets = model(torch.zeros(1, 3, SIZE, SIZE)).shape[1]
+        self.images = 0
+
+    def __call__(self, images):
+        self.images += images.shape[0]
+        return self.model(images)
+
+
+def image(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(3, SIZE, SIZE, generator=g)
+
+
+def order_map(order):
+    """A saliency map [H, W] constant on each cell that ranks the cells in ``order`` (first = most salient)."""
+    value = torch.empty(GRID * GRID)
+    value[torch.as_tensor(order)] = torch.arange(GRID * GRID, 0, -1).float()
+    return value[cell_labels(SIZE, SIZE, GRID)]
+
+
+def random_policy(scorer, mode="deletion", conditioning="none", seed=0, **kw):
+    feats = small_features()
+    dim = feats.dim
+    torch.manual_seed(seed)
+    ckpt = PolicyCheckpoint(model_sha256=weights_fingerprint(scorer), grid=GRID, mode=mode,
+                            perturbation="mean" if mode == "deletion" else "blur", conditioning=conditioning,
+                            features=feats.spec, feature_dim=dim, state_dict={}, hidden=(32,), **kw)
+    ckpt.state_dict = RexlPolicy(ckpt.obs_dim, GRID * GRID, (32,), feature_dim=dim).state_dict()
+    return ckpt
+
+
+@pytest.mark.parametrize("mode,substrate", [("deletion", "mean"), ("insertion", "blur")])
+def test_env_return_is_the_metric_auc(mode, substrate):
+    scorer = ModelScorer(ToyNet())
+    img = image(1)
+    env = RexlEnv(scorer, [Episode(img, 1, torch.zeros(0))], small_features(), grid=GRID, mode=mode,
+                  perturbation=substrate)
+    env.reset(options={"episode": 0})
+    order = np.random.default_rng(3).permutation(GRID * GRID)
+    total, info = 0.0, {}
+    for a in order:
+        assert env.action_masks()[a]
+        _, reward, terminated, truncated, info = env.step(a)
+        total += reward
+    assert terminated and not truncated
+    sal = order_map(order)[None].expand(2, -1, -1)
+    auc = deletion_insertion(scorer, img, sal, mode=mode, substrate=substrate, steps=GRID * GRID).auc[1]
+    sign = -1 if mode == "deletion" else 1
+    assert total == pytest.approx(sign * float(auc), abs=1e-5)
+    assert info["auc"] == pytest.approx(float(auc), abs=1e-5)
+    assert list(info["order"]) == list(order)
+    with pytest.raises(ValueError, match="already taken"):
+        env.reset(options={"episode": 0})
+        env.step(order[0])
+        env.step(order[0])
+
+
+def test_vector_env_equals_a_loop_of_single_envs():
+    scorer = ModelScorer(ToyNet())
+    pool = [Episode(image(s), s % 2, torch.eye(2)[s % 2]) for s in range(3)]
+    feats = small_features()
+    imgs = torch.stack([e.image for e in pool])
+    norm = feature_stats(feats, imgs, imgs.mean((2, 3), keepdim=True).expand_as(imgs))
+    vec = RexlVecEnv(scorer, pool, 3, feats, grid=GRID, norm=norm, sampling="cycle")
+    orders = np.stack([np.random.default_rng(s).permutation(GRID * GRID) for s in range(3)], 1)   # [49, 3]
+    obs = vec.reset()
+    before = scorer.images
+    vec_obs, vec_rewards = [obs], []
+    for t in range(GRID * GRID):
+        obs, rewards, dones, infos = vec.step(orders[t])
+        vec_rewards.append(rewards)
+        vec_obs.append(np.stack([i["terminal_observation"] for i in infos]) if dones.all() else obs)
+    assert scorer.images - before == 3 * GRID * GRID + 3          # one batched call per step + the next round's start
+    assert dones.all() and (obs.shape == vec_obs[0].shape)
+    for i, episode in enumerate(pool):
+        single = RexlEnv(scorer, pool, feats, grid=GRID, norm=norm)
+        o, _ = single.reset(options={"episode": i})
+        np.testing.assert_allclose(o, vec_obs[0][i], rtol=1e-5, atol=1e-5)
+        for t in range(GRID * GRID):
+            o, r, done, _, info = single.step(orders[t, i])
+            assert r == pytest.approx(float(vec_rewards[t][i]), abs=1e-6)
+            np.testing.assert_allclose(o, vec_obs[t + 1][i], rtol=1e-5, atol=1e-5)
+        assert info["auc"] == pytest.approx(infos[i]["auc"], abs=1e-6)
+        assert episode.column == i % 2
+
+
+def test_rollout_is_deterministic_and_spends_exactly_its_forwards():
+    scorer = ModelScorer(ToyNet())
+    img = image(2)
+    for mode in ("deletion", "insertion"):
+        method = Rexl(scorer, policy=random_policy(scorer, mode))
+        scorer.images = 0
+        a = method.explain(img, seed=0)
+        assert a.n_forward == scorer.images == 2 + 2 * (GRID * GRID - 1)
+        assert a.options["n_feature_forward"] == a.n_feature_forward == 2 * (GRID * GRID - 1) + (mode == "insertion")
+        b = method.explain(img, seed=123)
+        assert torch.equal(a.saliency, b.saliency) and torch.equal(a.order, b.order)
+        assert sorted(a.order[0].tolist()) == list(range(GRID * GRID))           # every cell once
+        assert a.saliency.shape == (2, SIZE, SIZE)
+        start, end = (a.full_score, a.empty_score) if mode == "deletion" else (a.empty_score, a.full_score)
+        assert torch.allclose(a.curve[:, 0], start) and torch.allclose(a.curve[:, -1], end)
+        with pytest.raises(BudgetError, match="at least 98"):
+            method.explain(img, budget=97)
+    regions = torch.arange(SIZE * SIZE).view(SIZE, SIZE) % 3
+    assert method.explain(img, regions).relevance.shape == (2, 3)
+
+
+def test_credit_rules():
+    order = torch.tensor([[2, 0, 1]])
+    curve = torch.tensor([[1.0, 0.4, 0.3, 0.1]])                  # deletion: s_0 .. s_3
+    cumulative = cell_saliency(order, curve, -1.0, "cumulative")
+    single = cell_saliency(order, curve, -1.0, "single")
+    # cell 2 (first) gets s_0 - s_3, cell 0 s_1 - s_3, cell 1 s_2 - s_3; single: each its own drop
+    assert torch.allclose(cumulative, torch.tensor([[0.3, 0.2, 0.9]]))
+    assert torch.allclose(single, torch.tensor([[0.1, 0.2, 0.6]]))
+    with pytest.raises(ValueError, match="credit"):
+        cell_saliency(order, curve, -1.0, "other")
+
+
+def test_guard_refuses_a_policy_for_other_weights(tmp_path):
+    trained_for = ModelScorer(ToyNet(seed=0))
+    audited = ModelScorer(ToyNet(seed=1))
+    path = random_policy(trained_for).save(tmp_path / "policy.pt")
+    Rexl(trained_for, policy=path)                                  # its own model: accepted
+    with pytest.raises(ValueError) as err:
+        Rexl(audited, policy=path)
+    message = str(err.value)
+    assert weights_fingerprint(trained_for)[:12] in message and weights_fingerprint(audited)[:12] in message
+    with pytest.raises(ValueError, match="perturbation"):
+        Rexl(trained_for, policy=path, perturbation="blur")
+    (tmp_path / "junk.pt").write_bytes(b"not a policy")
+    with pytest.raises(ValueError, match="junk.pt"):
+        Rexl(trained_for, policy=tmp_path / "junk.pt")
+
+
+def test_conditioned_policies_read_the_scorers_targets():
+    scorer = ModelScorer(ToyNet())
+    method = Rexl(scorer, policy=random_policy(scorer, conditioning="class", num_classes=2))
+    with pytest.raises(ValueError, match="no targets"):
+        method.explain(image())
+    scorer.targets = torch.tensor([0, 1])
+    assert method.explain(image()).saliency.shape == (2, SIZE, SIZE)
+    cond = box_condition(torch.tensor([[0.0, 0.0, 8.0, 4.0]]), SIZE, SIZE, GRID)
+    assert cond.shape == (1, GRID * GRID + 4)
+    assert cond[0, :3].tolist() == [1.0, 1.0, 0.0] and cond[0, -2:].tolist() == pytest.approx([8 / 28, 4 / 28])
+
+
+def test_exported_policy_matches_sb3(tmp_path):
+    from sb3_contrib import MaskablePPO
+
+    from tasks.rexl_train import export_policy
+    scorer = ModelScorer(ToyNet())
+    vec = RexlVecEnv(scorer, [Episode(image(), 0, torch.zeros(0))], 2, small_features(), grid=GRID)
+    model = MaskablePPO("MlpPolicy", vec, n_steps=GRID * GRID, batch_size=GRID * GRID, seed=0, device="cpu",
+                        policy_kwargs={"net_arch": {"pi": [32, 16], "vf": [32]}, "activation_fn": nn.Tanh})
+    net = RexlPolicy(vec.obs_dim, GRID * GRID, (32, 16), feature_dim=small_features().dim)
+    state = export_policy(model)
+    net.load_state_dict({**state, "feature_mean": net.feature_mean, "feature_std": net.feature_std})
+    obs = torch.as_tensor(vec.reset())
+    with torch.no_grad():
+        expected = model.policy.get_distribution(obs).distribution.logits
+    torch.testing.assert_close(torch.log_softmax(net(obs), 1), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_trained_policy_deletes_the_only_cell_the_scorer_sees(tmp_path):
+    """A 4 x 4 grid keeps the training brief (12 PPO roll-outs of 16 envs x 16 steps, about 10 s on 2 cores)."""
+    from tasks.rexl_train import train_policy
+    grid, cell = 4, 9
+    scorer = ModelScorer(OneCellNet(cell, grid))
+    seen = cell_labels(SIZE, SIZE, grid) == cell
+
+    def scene(seed):                                  # a dark scene, the seen cell bright: deleting it drops the score
+        x = image(seed) * 0.2
+        x[:, seen] = 1.0
+        return x
+    pool = [Episode(scene(s), 0, torch.zeros(0)) for s in range(4)]
+    options = dict(grid=grid, regime="class", steps=16 * 16 * 12, n_envs=16, hidden=(64,), learning_rate=3e-3,
+                   seed=0, features=SMALL,
+                   checkpoint_dir=tmp_path / "ckpt")
+    ckpt, summary = train_policy(scorer, pool, **options)
+    assert summary["auc_last"] < summary["auc_first"] - 0.1
+    exp = Rexl(scorer, policy=ckpt).explain(scene(7))                  # a scene it was not trained on
+    assert int(exp.order[0, 0]) == cell
+    assert bool(seen.flatten()[exp.saliency[0].flatten().argmax()])
+    # resumable: the checkpoint holds the steps done; asking for no more steps trains no further
+    again, summary2 = train_policy(scorer, pool, **options)
+    assert summary2["resumed"] and summary2["steps"] == summary["steps"] and summary2["episodes"] == 0
+    for k, v in ckpt.state_dict.items():
+        assert torch.equal(v, again.state_dict[k]), k
+
+
+def test_fixed_features_are_seeded_and_batch_invariant():
+    a, b, other = FixedCNN(seed=0, size=32), FixedCNN(seed=0, size=32), FixedCNN(seed=1, size=32)
+    x = torch.stack([image(s) for s in range(5)])
+    assert torch.equal(a(x), b(x)) and not torch.equal(a(x), other(x))
+    assert torch.equal(a(x)[2:3], a(x[2:3]))                           # the batch does not change a canvas's features
