@@ -147,7 +147,12 @@ def parse_gates(specs: Sequence[str]) -> list[Gate]:
     return list(gates.values())
 
 
+NUMERIC = frozenset(GATES) - {"sanity"}     # gates that take a number (part_shift: a number or 'ci')
+
+
 def _gate_value(name: str, raw: str, spec: str) -> float | str:
+    """A gate's value: one of its words (case-insensitive), else a finite number >= 0 (a whole one for
+    new_misses). Raises :class:`CompareError` naming the spec and what the name takes."""
     words = WORD_VALUES.get(name, ())
     if raw.lower() in words:
         return raw.lower()
@@ -155,8 +160,8 @@ def _gate_value(name: str, raw: str, spec: str) -> float | str:
         value = float(raw)
     except ValueError:
         value = math.nan
-    takes = " or ".join([*(repr(w) for w in words), "a number >= 0"] if name != "sanity" else [repr(w) for w in words])
-    if name == "sanity" or not math.isfinite(value) or value < 0:
+    takes = " or ".join([*map(repr, words), *(["a number >= 0"] if name in NUMERIC else [])])
+    if name not in NUMERIC or not math.isfinite(value) or value < 0:
         raise CompareError(f"--fail-on {spec!r}: {name} takes {takes}, got {raw!r}")
     if name == "new_misses" and value != int(value):
         raise CompareError(f"--fail-on {spec!r}: new_misses takes a whole number, got {raw!r}")
