@@ -144,7 +144,8 @@ class BackboneFeatures(nn.Module):
             raise ValueError(f"rexl: features 'backbone' need a classifier whose network has a 'features' module and "
                              f"a preprocess method, got {type(classifier).__name__}")
         self.classifier, self.features, self.pool = classifier, features, int(pool)
-        self.spec = {"kind": "backbone", "pool": int(pool), "network": type(net).__name__}
+        self.spec = {"kind": "backbone", "pool": int(pool),
+                     "network": getattr(net, "original_name", type(net).__name__)}    # TorchScript: the class name
         self.dim: int | None = None
 
     @torch.inference_mode()

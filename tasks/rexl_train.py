@@ -195,10 +195,65 @@ def classifier_episodes(images: Sequence[torch.Tensor], num_classes: int, regime
     return [Episode(img, target, torch.zeros(0)) for img in chosen], "none"
 
 
+def detector_episodes(detector, images: Sequence[torch.Tensor], grid: int, min_height: float = 60.0,
+                      person: str = "person") -> tuple[object, list[Episode]]:
+    """The dataset-wide detector regime: every ``person`` detection at least ``min_height`` px tall that the detector
+    finds on the training ``images`` is one episode, box-conditioned (``explainers.rexl.box_condition``); the scorer is
+    one ``DRiseScorer`` over all of them (column = the detection's index), so that a batch of canvases from different
+    scenes is scored in one detector call. Returns (scorer, episodes). Raises ValueError when none is found."""
+    from detection.scorers import DRiseScorer
+    from explainers.rexl import box_condition
+    cls = detector.class_names.index(person) if person in detector.class_names else 0
+    boxes, probs, episodes = [], [], []
+    for img in images:
+        dets = detector.detect(img[None].to(detector.device))[0]
+        class_probs = dets.class_probs if dets.class_probs is not None else \
+            F.one_hot(dets.labels, detector.num_classes).float() * dets.scores[:, None]
+        for d in (dets.labels == cls).nonzero()[:, 0].tolist():
+            box = dets.boxes[d].float().cpu()
+            if float(box[3] - box[1]) < min_height:
+                continue
+            cond = box_condition(box[None], img.shape[-2], img.shape[-1], grid)[0]
+            episodes.append(Episode(img, len(boxes), cond))
+            boxes.append(box)
+            probs.append(class_probs[d].float().cpu())
+    if not episodes:
+        raise ValueError(f"rexl: the detector found no {person!r} of >= {min_height} px on {len(images)} training "
+                         "scenes")
+    return DRiseScorer(detector, torch.stack(boxes), torch.stack(probs), chunk_size=16), episodes
+
+
+def _classifier_setup(args):
+    """(scorer, episodes, conditioning, num_classes) of the classifier regimes."""
+    from detection.models.scene_classifier import load_classifier
+    from detection.scorers import ClassifierScorer
+    clf = load_classifier(args.weights or "weights/demo/classifier.pt", device="cpu")
+    target = None if args.target is None else clf.class_names.index(args.target)
+    images = training_scenes(args.images if args.regime != "image" else args.image_index + 1, clf.input_size)
+    if args.regime == "image":
+        images = images[args.image_index:]
+    episodes, conditioning = classifier_episodes(images, clf.num_classes, args.regime, target)
+    return ClassifierScorer(clf), episodes, conditioning, clf.num_classes if conditioning == "class" else None
+
+
+def _detector_setup(args):
+    """(scorer, episodes, 'box', None) of the dataset-wide detector regime (the demo detector as infer runs it)."""
+    from detection.models.yolo import YoloDetector
+    from tasks.params import load_params
+    if args.regime != "dataset":
+        raise SystemExit("rexl_train: the detector has the dataset regime only (one box-conditioned agent)")
+    spec = load_params(check_files=False).infer.detectors[0]
+    detector = YoloDetector(args.weights or spec.weights, imgsz=spec.imgsz, conf=spec.conf, iou=spec.iou,
+                            device="cpu")
+    scorer, episodes = detector_episodes(detector, training_scenes(args.images), args.grid)
+    return scorer, episodes, "box", None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", default="weights/demo/classifier.pt", help="the audited classifier (TorchScript "
-                                                                                "+ .json sidecar)")
+    parser.add_argument("--model", choices=("classifier", "detector"), default="classifier")
+    parser.add_argument("--weights", default=None, help="the audited model (default: the demo classifier, or the "
+                                                        "detector of params.yaml's infer.detectors[0])")
     parser.add_argument("--regime", choices=REGIMES, default="dataset")
     parser.add_argument("--target", default=None, help="class name (regimes class / image)")
     parser.add_argument("--images", type=int, default=64, help="training scenes")
@@ -218,25 +273,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from detection.models.scene_classifier import load_classifier
-    from detection.scorers import ClassifierScorer
-    clf = load_classifier(args.weights, device="cpu")
-    scorer = ClassifierScorer(clf)
-    target = None if args.target is None else clf.class_names.index(args.target)
-    images = training_scenes(args.images if args.regime != "image" else args.image_index + 1, clf.input_size)
-    if args.regime == "image":
-        images = images[args.image_index:]
-    episodes, conditioning = classifier_episodes(images, clf.num_classes, args.regime, target)
+    setup = _classifier_setup if args.model == "classifier" else _detector_setup
+    scorer, episodes, conditioning, num_classes = setup(args)
     perturbation = args.perturbation or ("mean" if args.mode == "deletion" else "blur")
     ckpt, summary = train_policy(
         scorer, episodes, grid=args.grid, mode=args.mode, perturbation=perturbation, conditioning=conditioning,
-        num_classes=clf.num_classes if conditioning == "class" else None, features=args.features,
-        regime=args.regime, steps=args.steps, n_envs=args.n_envs, seed=args.seed, learning_rate=args.lr,
-        checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
-        training={"weights": args.weights, "images": len(images), "target": args.target,
+        num_classes=num_classes, features=args.features, regime=args.regime, steps=args.steps, n_envs=args.n_envs,
+        seed=args.seed, learning_rate=args.lr, checkpoint_dir=args.checkpoint_dir,
+        checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
+        training={"model": args.model, "weights": args.weights, "images": args.images, "target": args.target,
                   "data": "training scenes (pull.synthetic, seed + models.train_data.seed_offset)"})
     ckpt.save(args.out)
-    print({k: v for k, v in summary.items()}, flush=True)
+    print(summary, flush=True)
 
 
 if __name__ == "__main__":

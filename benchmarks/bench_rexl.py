@@ -1,0 +1,185 @@
+"""RExL vs RISE on the bench_quality protocol: deletion (and insertion) AUC of RISE's causal metrics, 20 steps, with
+the mean-colour and blur substrates (``bench_quality.curve_scores``), medians over targets, on the held-out scenes of
+``pedestrians.py`` (never trained on: the policies learn on the training scenes, ``tasks.rexl_train``).
+
+Classifier (the demo scene classifier, its 4 class probabilities per scene at its input size):
+  * ``rexl`` / ``rexl@single``: the trained policy's roll-out, cumulative (the paper's) / single-cell credit;
+  * ``rise@4000``: RISE (centred, hide = the policy's substrate) with 4,000 masks: the target to match
+    (deletion AUC <= 1.05 x RISE@4000's);
+  * ``rise@same``: RISE with the forwards RExL spent on the image, model + feature forwards (issue 20: "RISE at the
+    same <= 98 forwards"; RExL's n per target is 2 + 48 model + 48 feature forwards at k = 7);
+  * ``greedy``: greedy deletion (insertion) over the same cells: each step takes the cell whose removal drops
+    (whose insertion raises) the target's score most, n (n + 1) / 2 - 1 = 1,224 forwards a target at k = 7: the
+    ceiling of a cell-ordering policy;
+  * ``random``: a random cell order (seeded), credited like RExL: the floor.
+  Also reported: the cell-granularity AUC of each ordering method's own curve (the environment's return).
+
+Detector (``--detector-policy``, a box-conditioned policy for the demo detector): the same against D-RISE@4000 on the
+first ``--persons`` held-out pedestrians (deletion and insertion); skipped without a policy file.
+
+    python benchmarks/bench_rexl.py --policy POLICY.pt [--scenes 4] [--split heldout] [--rise 4000]
+                                    [--detector-policy P.pt --persons 30] [--out ...]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import flows  # noqa: F401  (environment defaults)
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bench_models import write_results
+from bench_quality import curve_scores
+from detection.models.scene_classifier import load_classifier
+from detection.scorers import ClassifierScorer
+from explainers.perturb import make_perturbation
+from explainers.rexl import CellGame, PolicyCheckpoint, Rexl, cell_saliency
+from explainers.rise import DRise, Rise
+from pedestrians import classifier_scenes, describe_split, file_digest, pedestrians, start_run
+
+
+def order_curve(scorer, image, order: list[int], column: int, grid: int, mode: str, substrate) -> torch.Tensor:
+    """The target's scores s_0..s_n [n + 1] along a cell order (one batch of n + 1 canvases)."""
+    n = grid * grid
+    game = CellGame(image[None].expand(n + 1, -1, -1, -1), substrate.baseline(image)[None].expand(n + 1, -1, -1, -1),
+                    mode, grid)
+    taken = torch.zeros(n + 1, n, dtype=torch.bool, device=image.device)
+    for t, cell in enumerate(order):
+        taken[t + 1:, cell] = True
+    with torch.inference_mode():
+        return scorer(game.canvas(taken)).float()[:, column]
+
+
+def greedy_order(scorer, image, column: int, grid: int, mode: str, substrate) -> tuple[list[int], int]:
+    """Greedy cell order for one target and its forwards: each step scores every remaining cell taken next."""
+    base = substrate.baseline(image)[None]
+    n = grid * grid
+    taken = torch.zeros(1, n, dtype=torch.bool, device=image.device)
+    order, forwards = [], 0
+    for _ in range(n - 1):
+        rest = (~taken[0]).nonzero()[:, 0]
+        trial = taken.expand(len(rest), -1).clone()
+        trial[torch.arange(len(rest)), rest] = True
+        game = CellGame(image[None].expand(len(rest), -1, -1, -1), base.expand(len(rest), -1, -1, -1), mode, grid)
+        with torch.inference_mode():
+            s = scorer(game.canvas(trial)).float()[:, column]
+        forwards += len(rest)
+        pick = int(rest[s.argmin() if mode == "deletion" else s.argmax()])
+        order.append(pick)
+        taken[0, pick] = True
+    order.append(int((~taken[0]).nonzero()[0, 0]))
+    return order, forwards
+
+
+def ordered_saliency(orders: list[list[int]], curves: list[torch.Tensor], grid: int, mode: str,
+                     size: tuple[int, int]) -> torch.Tensor:
+    """Cumulative-credit saliency [T, H, W] of given orders and curves (RExL's rule, bilinear upsampling)."""
+    cells = cell_saliency(torch.tensor(orders), torch.stack(curves).cpu(), -1.0 if mode == "deletion" else 1.0)
+    return F.interpolate(cells.view(len(orders), 1, grid, grid), size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def cell_auc(curve: torch.Tensor) -> float:
+    return float(torch.trapezoid(curve.cpu(), dx=1.0 / (len(curve) - 1)))
+
+
+def classifier_rows(cases, ckpt: PolicyCheckpoint, rise_budget: int, seed: int) -> dict:
+    """{method: {curve: median AUC, n_forward (median per image), ...}} over every (scene, class)."""
+    out: dict[str, dict[str, list]] = {}
+    sub = make_perturbation(ckpt.perturbation)
+    rng = np.random.default_rng(seed)
+
+    def add(key, scorer, image, saliency, n_forward, extra=None):
+        row = out.setdefault(key, {"n_forward": [], "cell_auc": []})
+        for curve, auc in curve_scores(scorer, image, saliency).items():
+            row.setdefault(curve, []).extend(auc.tolist())
+        row["n_forward"].append(n_forward)
+        row["cell_auc"].extend(extra or [])
+
+    for scorer, image in cases:
+        T = scorer.num_targets
+        size = tuple(image.shape[-2:])
+        start = time.perf_counter()
+        exp = Rexl(scorer, policy=ckpt).explain(image, seed=0)
+        spent = exp.n_forward + exp.n_feature_forward
+        add("rexl", scorer, image, exp.saliency, spent, [cell_auc(c) for c in exp.curve])
+        single = Rexl(scorer, policy=ckpt, credit="single").explain(image, seed=0)
+        add("rexl@single", scorer, image, single.saliency, spent)
+        out["rexl"].setdefault("seconds", []).append(time.perf_counter() - start)
+        for key, budget in ((f"rise@{rise_budget}", rise_budget), ("rise@same", spent)):
+            r = Rise(scorer, center=True, perturbation=ckpt.perturbation).explain(image, budget=budget, seed=0)
+            add(key, scorer, image, r.saliency, r.n_forward)
+        greedy, rand = [], []
+        forwards = 0
+        for t in range(T):
+            order, f = greedy_order(scorer, image, t, ckpt.grid, ckpt.mode, sub)
+            forwards += f
+            greedy.append((order, order_curve(scorer, image, order, t, ckpt.grid, ckpt.mode, sub)))
+            order = rng.permutation(ckpt.grid ** 2).tolist()
+            rand.append((order, order_curve(scorer, image, order, t, ckpt.grid, ckpt.mode, sub)))
+        for key, runs, cost in (("greedy", greedy, forwards), ("random", rand, T * (ckpt.grid ** 2 + 1))):
+            sal = ordered_saliency([o for o, _ in runs], [c for _, c in runs], ckpt.grid, ckpt.mode, size)
+            add(key, scorer, image, sal, cost, [cell_auc(c) for _, c in runs])
+        print(f"scene done: rexl {spent} forwards, greedy {forwards}", flush=True)
+    return {k: {c: float(np.median(v)) for c, v in row.items() if v} for k, row in out.items()}
+
+
+def detector_rows(persons, ckpt: PolicyCheckpoint, budget: int) -> dict:
+    """RExL (box-conditioned policy) vs D-RISE@budget on pedestrians: median AUCs."""
+    out: dict[str, dict[str, list]] = {}
+    for p in persons:
+        for key, exp in (("rexl", Rexl(p["scorer"], policy=ckpt).explain(p["image"])),
+                         (f"drise@{budget}", DRise(p["scorer"], grid=8, center=True, perturbation=ckpt.perturbation)
+                          .explain(p["image"], budget=budget))):
+            row = out.setdefault(key, {"n_forward": []})
+            for curve, auc in curve_scores(p["scorer"], p["image"], exp.saliency).items():
+                row.setdefault(curve, []).extend(auc.tolist())
+            row["n_forward"].append(exp.n_forward + getattr(exp, "n_feature_forward", 0))
+    return {k: {c: float(np.median(v)) for c, v in row.items()} for k, row in out.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--policy", required=True, help="classifier policy (tasks.rexl_train)")
+    parser.add_argument("--weights", default="weights/demo/classifier.pt")
+    parser.add_argument("--split", choices=["tune", "heldout"], default="heldout")
+    parser.add_argument("--scenes", type=int, default=4)
+    parser.add_argument("--rise", type=int, default=4000, help="the reference RISE / D-RISE budget")
+    parser.add_argument("--detector-policy", default=None)
+    parser.add_argument("--persons", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=None, help="default: benchmarks/results/rexl_<split>.json")
+    args = parser.parse_args()
+    device = start_run(args.threads)
+    start = time.perf_counter()
+    ckpt = PolicyCheckpoint.load(args.policy)
+    clf = load_classifier(args.weights, device=device)
+    cases, ids = [], []
+    for image_id, img in classifier_scenes(args.split, args.scenes):
+        img = img.to(device)
+        if clf.input_size is not None and tuple(clf.input_size) != tuple(img.shape[-2:]):
+            img = F.interpolate(img[None], size=clf.input_size, mode="bilinear", align_corners=False)[0]
+        cases.append((ClassifierScorer(clf), img.contiguous()))
+        ids.append(image_id)
+    results = {"device": str(device), "split": describe_split(args.split), "scenes": ids,
+               "classifier_weights_sha256_12": file_digest(args.weights), "policy": args.policy,
+               "policy_training": ckpt.training, "grid": ckpt.grid, "mode": ckpt.mode,
+               "perturbation": ckpt.perturbation, "steps": 20,
+               "classifier": classifier_rows(cases, ckpt, args.rise, args.seed)}
+    if args.detector_policy:
+        dckpt = PolicyCheckpoint.load(args.detector_policy)
+        persons = pedestrians(args.split, args.persons, device)
+        results["persons"] = [p["det_id"] for p in persons]
+        results["detector"] = detector_rows(persons, dckpt, args.rise)
+    results["seconds"] = round(time.perf_counter() - start, 1)
+    for model in ("classifier", "detector"):
+        for key, row in results.get(model, {}).items():
+            print(f"{model:<10} {key:<12} " + "  ".join(f"{c} {v:.3f}" for c, v in sorted(row.items())), flush=True)
+    write_results(args.out or f"benchmarks/results/rexl_{args.split}.json", results)
+
+
+if __name__ == "__main__":
+    main()
