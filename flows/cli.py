@@ -126,6 +126,29 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from flows.compare import run_compare
+
+    return run_compare(args)
+
+
+def _compare_arguments(compare: argparse.ArgumentParser) -> None:
+    """``compare``'s arguments, here rather than imported from flows.compare: every stage's command builds this
+    parser, and what it imports is that stage's DVC code dependency (tasks.stage_deps). tests/test_compare.py checks
+    that they are ``flows.compare.add_arguments``' own."""
+    compare.add_argument("a", help="audit A (the reference): a run directory, 'workspace', a git revision or a DVC "
+                                   "experiment")
+    compare.add_argument("b", help="audit B (the candidate), likewise")
+    compare.add_argument("--repo", default=".", help="the git + DVC repository revisions are read from (default: .)")
+    compare.add_argument("--html", default="report/compare.html", help="HTML report (default: report/compare.html)")
+    compare.add_argument("--json", dest="json_out", help="write the comparison as JSON here")
+    compare.add_argument("--fail-on", dest="fail_on", action="append", default=[], metavar="NAME=VALUE",
+                         help="a release threshold (repeatable, each NAME once): part_shift=ci|X, cue_reliance_up=X, "
+                              "ap_drop=X, mr2_up=X, quality_drop=X, new_misses=N, sanity=regress|fail; exit 1 when "
+                              "one fails (README: Compare two audits)")
+    compare.add_argument("--seed", type=int, default=None, help="bootstrap seed (default: the report's)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xai-audit", description=__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
@@ -186,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--name", default="xai-audit", help="deployment name")
     serve.add_argument("--port", type=int, default=4200, help="port of the server started here")
     serve.set_defaults(func=_serve)
+    compare = command("compare", help="compare two audits A -> B (run directories, git revisions or DVC "
+                                      "experiments): HTML + JSON; --fail-on thresholds exit 1 (a release gate)")
+    _compare_arguments(compare)
+    compare.set_defaults(func=_compare)
     return parser
 
 

@@ -139,7 +139,8 @@ class EvaluateOutputs(StageOutputs):
     plots_dir: Path = Path("plots")
     TABLES: ClassVar[dict[str, str]] = {n: f"{n}.parquet" for n in ("metrics", "errors", "slices", "misses",
                                                                      "sanity")}
-    PLOTS: ClassVar[tuple[str, ...]] = ("causal_curves.png", "part_relevance.png", "mr_fppi.csv")
+    PLOTS: ClassVar[tuple[str, ...]] = ("causal_curves.png", "part_relevance.png", "part_relevance.csv",
+                                          "mr_fppi.csv")
 
     def dvc_plots(self) -> list[Path]:
         return [self.plots_dir / p for p in self.PLOTS]
