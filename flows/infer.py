@@ -9,7 +9,7 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks import stages
-from tasks.infer import infer_shard, quality_from_files, run_id_for
+from tasks.infer import infer_shard, quality_from_partials, read_quality_partials, run_id_for
 from tasks.params import Params, load_params
 from tasks.shards import MANIFEST, fresh_staging, publish, row_ranges, staged_shard_dir, write_json, write_staged
 
@@ -18,8 +18,9 @@ from tasks.shards import MANIFEST, fresh_staging, publish, row_ranges, staged_sh
 def infer_flow(params: Params) -> dict:
     """Shards of images through every model (each loaded once per process), tables published in one swap.
 
-    Tasks get row ranges of the images table and read their own rows; the shards are streamed into the published
-    tables and the quality metrics read only the columns they need, so the flow never holds a table's rows as
+    Tasks get row ranges of the images table and read their own rows (and their images' annotations, for their
+    share of the detection metrics: ``tasks.infer.shard_quality_partials``); the shards are streamed into the
+    published tables and the metrics combined from the shards' partials, so the flow never holds a table's rows as
     Python objects."""
     logger = get_run_logger()
     infer = params.infer
@@ -27,15 +28,18 @@ def infer_flow(params: Params) -> dict:
     run_id, hashes = run_id_for(infer)
     outputs = stages.infer(params)
     staging = fresh_staging(outputs.out_dir)
-    futures = [infer_shard.submit(rows, infer, run_id, hashes, staged_shard_dir(staging, i))
+    annotations = str(pulled.path("annotations"))
+    futures = [infer_shard.submit(rows, infer, run_id, hashes, staged_shard_dir(staging, i), annotations)
                for i, rows in enumerate(row_ranges(pulled.path("images"), infer.shard_size))]
+    shard_dirs = [f.result() for f in futures]
     files = {name: staging / outputs.TABLES[name] for name in outputs.TABLES}
-    counts = write_staged(staging, [f.result() for f in futures], files)
     spurious = params.pull.synthetic.spurious.label if params.pull.source == "synthetic" and \
         params.pull.synthetic.spurious is not None else None
-    metrics = {"run_id": run_id, **quality_from_files(
-        {"images": pulled.path("images"), "annotations": pulled.path("annotations"),
-         "detections": files["detections"], "predictions": files["predictions"]}, infer, spurious)}
+    partials = read_quality_partials(shard_dirs)              # before the shard folders are removed
+    counts = write_staged(staging, shard_dirs, files)
+    metrics = {"run_id": run_id, **quality_from_partials(partials, {"images": pulled.path("images"),
+                                                                    "predictions": files["predictions"]},
+                                                         infer, spurious)}
     write_json(staging / MANIFEST, {"run_id": run_id, "weights_sha256": hashes,
                                     "params": infer.model_dump(mode="json")})
     publish(staging, outputs.out_dir)

@@ -6,6 +6,7 @@ import functools
 import hashlib
 import json
 import math
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,16 +21,16 @@ from prefect.cache_policies import NO_CACHE
 from detection.body import NUM_KEYPOINTS
 from detection.datasets.imageio import ImageError, load_rgb, to_batch
 from detection.datasets.records import error_row
+from detection.datasets.tables import rows_to_table
 from detection.evaluation import (
+    COCO_IOUS,
+    MATCH_IOU,
     OCCLUSION_BUCKETS,
     SIZE_BUCKETS,
     ImageEval,
-    average_precision,
-    coco_ap,
     match,
     multilabel_f1,
     pck,
-    recall_by,
 )
 from detection.models.keypoints import load_keypoint_model
 from detection.models.specs import (
@@ -41,7 +42,7 @@ from detection.models.specs import (
     model_sha256,
 )
 from tasks.params import InferParams
-from tasks.shards import RowRange, read_rows, write_shard
+from tasks.shards import RowRange, is_done, read_image_rows, read_rows, write_shard
 
 EVAL_CONF = 0.001      # detections are stored down to this score so that AP sees the whole PR curve
 
@@ -96,11 +97,13 @@ def _batches(rows: list[dict], batch_size: int, errors: list[dict]):
 
 @task(cache_policy=NO_CACHE, retries=1)
 def infer_shard(rows: RowRange | list[dict], infer: InferParams, run_id: str, hashes: dict[str, str],
-                shard_dir: str) -> str:
+                shard_dir: str, annotations: str | None = None) -> str:
     """Detections of every detector (and the pose model) and the classifier's class probabilities of one shard of
-    images: a :class:`~tasks.shards.RowRange` of the images table (read here: ``image_id, uri``) or its rows."""
-    if isinstance(rows, RowRange):
-        rows = read_rows(rows, ["image_id", "uri"]).to_pylist()
+    images: a :class:`~tasks.shards.RowRange` of the images table (read here: ``image_id, uri, split``) or its
+    rows. With ``annotations`` (the pulled annotations table) and a row range, the shard's share of the detection
+    metrics (:func:`shard_quality_partials`) is written to :data:`QUALITY_FILE` beside its tables."""
+    images = read_rows(rows, ["image_id", "uri", "split"]) if isinstance(rows, RowRange) else None
+    rows = images.to_pylist() if images is not None else rows
     detections, predictions, errors = [], [], []
     det_specs = [*infer.detectors, *([infer.pose] if infer.pose is not None else [])]
     for batch_rows, x in _batches(rows, infer.batch_size, errors):
@@ -126,6 +129,12 @@ def infer_shard(rows: RowRange | list[dict], infer: InferParams, run_id: str, ha
                 predictions.extend({"run_id": run_id, "model_id": infer.classifier.id,
                                     "weights_sha256": hashes[infer.classifier.id], "image_id": row["image_id"],
                                     "category": c, "score": float(v)} for c, v in zip(clf.class_names, p))
+    if annotations is not None and images is not None:
+        partial = shard_quality_partials(images.select(["image_id", "split"]), annotations, detections, infer)
+        Path(shard_dir).mkdir(parents=True, exist_ok=True)
+        tmp = Path(shard_dir) / f".{QUALITY_FILE}.tmp"
+        tmp.write_bytes(pickle.dumps(partial))
+        tmp.replace(Path(shard_dir) / QUALITY_FILE)
     return write_shard(shard_dir, detections=detections, predictions=predictions, errors=errors)
 
 
@@ -189,32 +198,102 @@ def detector_quality(images: list[dict], gt: dict[str, list[dict]], dets: dict[s
 
 def _detector_quality(per_image: list[_ImageRows], conf: float, infer: InferParams, with_pose: bool) -> dict:
     """:func:`detector_quality` over images given as :class:`_ImageRows`."""
+    return finish_quality([match_partial(per_image, conf, infer, with_pose)], conf, with_pose)
+
+
+def _image_partial(im: _ImageRows, conf: float, infer: InferParams, with_pose: bool) -> dict:
+    """One image's share of the detection metrics: per COCO IoU threshold the scores and true-positive flags of
+    its detections not matched to an ignore region (as ``average_precision`` collects them), the same at 0.5 with
+    the reasonable subset's ignore flags, the found flags / heights / occlusions of its real GT at
+    ``detection.evaluation.MATCH_IOU`` and ``conf`` (``recall_by``), PCK counts and GT counts."""
     rs = infer.reasonable
-    every, reasonable = [], []
-    correct = total = 0
-    for im in per_image:
-        heights = im.g_boxes[:, 3] - im.g_boxes[:, 1]
-        attrs = {"height": heights, "occlusion": im.occl}
-        every.append(ImageEval(im.d_boxes, im.scores, im.g_boxes, im.crowd, attrs))
-        hard = im.crowd | (heights < rs.min_height) | (np.nan_to_num(im.occl) > rs.max_occlusion)
-        reasonable.append(ImageEval(im.d_boxes, im.scores, im.g_boxes, hard, attrs))
-        if with_pose and len(im.g_boxes) and len(im.d_boxes):   # keypoints of the found persons, vs their match
-            matching = match(every[-1])
-            for gi in np.flatnonzero(matching.found(conf)):
-                if im.g_kps[gi] is None:
-                    continue
-                kp = np.array(im.d_kps[matching.gt_det[gi]], float).reshape(NUM_KEYPOINTS, 3)
-                c, t = pck(kp, np.array(im.g_kps[gi]), im.g_boxes[gi])
-                correct, total = correct + c, total + t
-    out = {"ap50": average_precision(every), "ap": coco_ap(every), "ap50_reasonable": average_precision(reasonable),
-           "recall_by_size": recall_by(every, "height", SIZE_BUCKETS, min_score=conf),
-           "recall_by_occlusion": recall_by(every, "occlusion", OCCLUSION_BUCKETS, min_score=conf),
-           "persons": int(sum(int((~im.crowd).sum()) for im in per_image)),
-           "crowd_regions": int(sum(int(im.crowd.sum()) for im in per_image)),
-           "images": len(per_image)}
+    heights = im.g_boxes[:, 3] - im.g_boxes[:, 1]
+    attrs = {"height": heights, "occlusion": im.occl}
+    every = ImageEval(im.d_boxes, im.scores, im.g_boxes, im.crowd, attrs)
+    hard = im.crowd | (heights < rs.min_height) | (np.nan_to_num(im.occl) > rs.max_occlusion)
+    reasonable = ImageEval(im.d_boxes, im.scores, im.g_boxes, hard, attrs)
+    out: dict = {"n_gt": int((~every.gt_ignore).sum()), "n_gt_reasonable": int((~reasonable.gt_ignore).sum()),
+                 "correct": 0, "total": 0, "persons": int((~im.crowd).sum()), "crowd": int(im.crowd.sum()),
+                 "images": 1}
+    for i, thr in enumerate(COCO_IOUS):
+        m = match(every, thr)
+        out[f"scores{i}"], out[f"tps{i}"] = every.det_scores[~m.det_ignored], m.det_tp[~m.det_ignored]
+        if thr == MATCH_IOU:
+            keep = ~every.gt_ignore
+            out["hits"], out["height"], out["occlusion"] = m.found(conf)[keep], heights[keep], im.occl[keep]
+            if with_pose and len(im.g_boxes) and len(im.d_boxes):   # keypoints of the found persons
+                for gi in np.flatnonzero(m.found(conf)):
+                    if im.g_kps[gi] is None:
+                        continue
+                    kp = np.array(im.d_kps[m.gt_det[gi]], float).reshape(NUM_KEYPOINTS, 3)
+                    c, t = pck(kp, np.array(im.g_kps[gi]), im.g_boxes[gi])
+                    out["correct"], out["total"] = out["correct"] + c, out["total"] + t
+    m = match(reasonable, 0.5)
+    out["scores_r"], out["tps_r"] = reasonable.det_scores[~m.det_ignored], m.det_tp[~m.det_ignored]
+    return out
+
+
+def match_partial(per_image: list[_ImageRows], conf: float, infer: InferParams, with_pose: bool) -> dict:
+    """The detection metrics' sufficient statistics of these images (in order): :func:`_image_partial`'s arrays
+    concatenated and its counts summed. Partials of consecutive image sets combine with :func:`combine_partials`
+    and give the metrics with :func:`finish_quality`; numbers only (about 11 bytes per stored detection per
+    IoU threshold), so a flow can hold a whole dataset's."""
+    return combine_partials([_image_partial(im, conf, infer, with_pose) for im in per_image])
+
+
+_EMPTY = {"bool": np.zeros(0, bool), "float": np.zeros(0, float)}
+
+
+def combine_partials(partials: list[dict]) -> dict:
+    """Partials of consecutive image sets -> the partial of their union (arrays concatenated in order)."""
+    keys = [*(f"{k}{i}" for i in range(len(COCO_IOUS)) for k in ("scores", "tps")), "scores_r", "tps_r", "hits",
+            "height", "occlusion"]
+    out = {k: np.concatenate([p[k] for p in partials]) if partials else
+           _EMPTY["bool" if k.startswith(("tps", "hits")) else "float"] for k in keys}
+    for k in ("n_gt", "n_gt_reasonable", "correct", "total", "persons", "crowd", "images"):
+        out[k] = int(sum(p[k] for p in partials))
+    return out
+
+
+def _ap(scores: np.ndarray, tps: np.ndarray, n_gt: int) -> float:
+    """``detection.evaluation.average_precision`` from its collected scores / true-positive flags."""
+    if n_gt == 0:
+        return float("nan")
+    if len(scores) == 0:
+        return 0.0
+    order = np.argsort(-scores, kind="stable")
+    tp_cum = np.cumsum(tps[order])
+    recall = tp_cum / n_gt
+    precision = tp_cum / np.arange(1, len(order) + 1)
+    precision = np.maximum.accumulate(precision[::-1])[::-1]
+    grid = np.linspace(0, 1, 101)
+    idx = np.searchsorted(recall, grid, side="left")
+    return float(np.where(idx < len(precision), precision[np.minimum(idx, len(precision) - 1)], 0.0).mean())
+
+
+def _recall_by(hits: np.ndarray, values: np.ndarray, buckets: dict[str, tuple[float, float]]) -> dict:
+    """``detection.evaluation.recall_by`` from the found flags and attribute values of the real GT."""
+    out = {}
+    for name, (lo, hi) in buckets.items():
+        sel = (values >= lo) & (values < hi)
+        out[name] = float(hits[sel].mean()) if sel.any() else float("nan")
+        out[f"{name}_count"] = int(sel.sum())
+    return out
+
+
+def finish_quality(partials: list[dict], conf: float, with_pose: bool) -> dict:
+    """:func:`detector_quality`'s metrics from the partials of consecutive image sets (:func:`match_partial`)."""
+    p = combine_partials(partials)
+    zero = COCO_IOUS.tolist().index(MATCH_IOU)
+    out = {"ap50": _ap(p[f"scores{zero}"], p[f"tps{zero}"], p["n_gt"]),
+           "ap": float(np.mean([_ap(p[f"scores{i}"], p[f"tps{i}"], p["n_gt"]) for i in range(len(COCO_IOUS))])),
+           "ap50_reasonable": _ap(p["scores_r"], p["tps_r"], p["n_gt_reasonable"]),
+           "recall_by_size": _recall_by(p["hits"], p["height"], SIZE_BUCKETS),
+           "recall_by_occlusion": _recall_by(p["hits"], p["occlusion"], OCCLUSION_BUCKETS),
+           "persons": p["persons"], "crowd_regions": p["crowd"], "images": p["images"]}
     if with_pose:
-        out["pck02"] = correct / total if total else float("nan")
-        out["pck02_keypoints"] = total
+        out["pck02"] = p["correct"] / p["total"] if p["total"] else float("nan")
+        out["pck02_keypoints"] = p["total"]
     return out
 
 
@@ -306,6 +385,60 @@ def _class_probs(images: pa.Table, predictions: pa.Table) -> tuple[list[str], np
     return classes, probs, has
 
 
+def _specs(infer: InferParams) -> list:
+    """The detectors, then the pose model: every model whose detections are measured."""
+    return [*infer.detectors, *([infer.pose] if infer.pose is not None else [])]
+
+
+def detector_partials(images: pa.Table, annotations: pa.Table, detections: pa.Table,
+                      infer: InferParams) -> dict[str, dict[str, dict]]:
+    """Per model id and split (``val``, ``all``): :func:`match_partial` of these images (``images``: ``image_id,
+    split``; annotations / detections: the columns of :data:`QUALITY_COLUMNS`), grouped per image with Arrow."""
+    ids = images["image_id"].combine_chunks()
+    val = np.flatnonzero(pc.equal(images["split"], "val").to_numpy(zero_copy_only=False))
+    out = {}
+    for spec in _specs(infer):
+        with_pose = spec is infer.pose
+        gt = annotations.filter(pc.equal(annotations["category"], spec.person_class))   # crowds: ignore regions
+        dets = detections.filter(pc.and_(pc.equal(detections["model_id"], spec.id),
+                                         pc.equal(detections["category"], spec.person_class)))
+        per_image = _image_rows(ids, gt, dets, with_pose)
+        out[spec.id] = {"val": match_partial([per_image[i] for i in val], spec.conf, infer, with_pose),
+                        "all": match_partial(per_image, spec.conf, infer, with_pose)}
+    return out
+
+
+def detector_metrics(partials: list[dict[str, dict[str, dict]]], infer: InferParams) -> dict:
+    """Every model's detection metrics per split from :func:`detector_partials` of consecutive image sets (the
+    shards, in order); a split without images is left out."""
+    metrics = {}
+    for spec in _specs(infer):
+        metrics[spec.id] = {}
+        for split in ("val", "all"):
+            parts = [p[spec.id][split] for p in partials]
+            if sum(p["images"] for p in parts):
+                metrics[spec.id][split] = finish_quality(parts, spec.conf, spec is infer.pose)
+    return metrics
+
+
+def classifier_metrics(images: pa.Table, predictions: pa.Table, infer: InferParams,
+                       spurious_label: str | None) -> dict:
+    """The classifier's F1 per split and the spurious-cue probe (``images``: ``image_id, split, labels,
+    spurious_cue``; predictions: ``image_id, category, score``); empty without a classifier or predictions."""
+    if infer.classifier is None or not predictions.num_rows:
+        return {}
+    ids = images["image_id"].combine_chunks()
+    val = np.flatnonzero(pc.equal(images["split"], "val").to_numpy(zero_copy_only=False))
+    classes, probs, has = _class_probs(images, predictions)
+    labels = images["labels"].to_pylist()
+    cues = images["spurious_cue"].to_pylist()
+    rows = {name: [i for i in sel if has[i]] for name, sel in (("val", val), ("all", range(len(ids)))) if len(sel)}
+    out = {name: _classifier_quality(probs, labels, sel, classes) for name, sel in rows.items()}
+    if spurious_label is not None and spurious_label in classes:
+        out["spurious"] = _spurious_probe(probs, labels, cues, has, classes.index(spurious_label), spurious_label)
+    return {infer.classifier.id: out}
+
+
 def quality(images: pa.Table, annotations: pa.Table, detections: pa.Table, predictions: pa.Table,
             infer: InferParams, spurious_label: str | None) -> dict:
     """Quality of every model on the val split and on all images (the demo models never train on these).
@@ -313,32 +446,10 @@ def quality(images: pa.Table, annotations: pa.Table, detections: pa.Table, predi
     The tables need only these columns: images ``image_id, split`` (+ ``labels, spurious_cue`` with a classifier),
     annotations ``image_id, category, bbox, iscrowd, occlusion`` (+ ``keypoints`` with a pose model), detections
     ``model_id, image_id, category, score, bbox`` (+ ``keypoints``), predictions ``image_id, category, score``.
-    Rows are grouped per image with Arrow, so no per-row Python objects are made: the memory is the columns read
-    plus a few arrays per image."""
-    ids = images["image_id"].combine_chunks()
-    val = np.flatnonzero(pc.equal(images["split"], "val").to_numpy(zero_copy_only=False))
-    metrics: dict = {}
-    for spec in [*infer.detectors, *([infer.pose] if infer.pose is not None else [])]:
-        with_pose = spec is infer.pose
-        gt = annotations.filter(pc.equal(annotations["category"], spec.person_class))   # crowds: ignore regions
-        dets = detections.filter(pc.and_(pc.equal(detections["model_id"], spec.id),
-                                         pc.equal(detections["category"], spec.person_class)))
-        per_image = _image_rows(ids, gt, dets, with_pose)
-        splits = {"val": [per_image[i] for i in val], "all": per_image}
-        metrics[spec.id] = {name: _detector_quality(rows, spec.conf, infer, with_pose)
-                            for name, rows in splits.items() if rows}
-    if infer.classifier is not None and predictions.num_rows:
-        classes, probs, has = _class_probs(images, predictions)
-        labels = images["labels"].to_pylist()
-        cues = images["spurious_cue"].to_pylist()
-        rows = {name: [i for i in sel if has[i]] for name, sel in (("val", val), ("all", range(len(ids))))
-                if len(sel)}
-        metrics[infer.classifier.id] = {name: _classifier_quality(probs, labels, sel, classes)
-                                        for name, sel in rows.items()}
-        if spurious_label is not None and spurious_label in classes:
-            metrics[infer.classifier.id]["spurious"] = _spurious_probe(probs, labels, cues, has,
-                                                                        classes.index(spurious_label), spurious_label)
-    return _clean(metrics)
+    Rows are grouped per image with Arrow, so no per-row Python objects are made. The infer flow computes the same
+    numbers from per-shard partials (:func:`shard_quality_partials`, :func:`detector_metrics`)."""
+    metrics = detector_metrics([detector_partials(images, annotations, detections, infer)], infer)
+    return _clean({**metrics, **classifier_metrics(images, predictions, infer, spurious_label)})
 
 
 def _classifier_quality(probs: np.ndarray, labels: list, rows: list[int], classes: list[str]) -> dict:
@@ -392,3 +503,41 @@ def quality_from_files(files: dict[str, Path], infer: InferParams, spurious_labe
         tables[name] = _read(files[name], cols, persons if name in ("annotations", "detections") else None)
     return quality(tables["images"], tables["annotations"], tables["detections"], tables["predictions"], infer,
                    spurious_label)
+
+
+QUALITY_FILE = "quality.pkl"
+"""A shard's :func:`detector_partials`, pickled beside its tables by :func:`infer_shard`."""
+
+
+def shard_quality_partials(images: pa.Table, annotations: str | Path, detections: list[dict],
+                           infer: InferParams) -> dict:
+    """:func:`detector_partials` of one shard: its images (``image_id, split``), its images' annotations read from
+    ``annotations`` (the pulled table) and its detection rows."""
+    persons = sorted({s.person_class for s in _specs(infer)})
+    cols = [c for c in QUALITY_COLUMNS["annotations"] if c != "keypoints" or infer.pose is not None]
+    ann = read_image_rows(annotations, images["image_id"].to_pylist(), columns=cols)
+    ann = ann.filter(pc.is_in(ann["category"], value_set=pa.array(persons, pa.string())))
+    return detector_partials(images, ann, rows_to_table(detections, "detections"), infer)
+
+
+def read_quality_partials(shard_dirs: list[str | Path]) -> list[dict]:
+    """The :data:`QUALITY_FILE` partials of the finished shards, in the order given."""
+    out = []
+    for d in map(Path, shard_dirs):
+        if is_done(d.parent, d.name):
+            with open(d / QUALITY_FILE, "rb") as f:
+                out.append(pickle.load(f))
+    return out
+
+
+def quality_from_partials(partials: list[dict], files: dict[str, Path], infer: InferParams,
+                          spurious_label: str | None) -> dict:
+    """:func:`quality` from the shards' partials (detectors; :func:`read_quality_partials`) and the files
+    ``images`` / ``predictions`` (classifier; :data:`QUALITY_COLUMNS` only): the flow's path, equal to
+    :func:`quality_from_files`."""
+    metrics = detector_metrics(partials, infer)
+    if infer.classifier is not None:
+        images = _read(files["images"], QUALITY_COLUMNS["images"], None)
+        predictions = _read(files["predictions"], QUALITY_COLUMNS["predictions"], None)
+        metrics.update(classifier_metrics(images, predictions, infer, spurious_label))
+    return _clean(metrics)

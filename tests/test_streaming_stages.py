@@ -242,3 +242,25 @@ def test_quality_reads_back_through_the_written_files_unchanged(tmp_path):
     from tasks.infer import quality_from_files
 
     assert quality_from_files(files, infer, None) == quality(images, anns, dets, preds, infer, None)
+
+
+def test_detection_metrics_from_shard_partials_equal_detection_evaluation():
+    from detection.evaluation import COCO_IOUS, OCCLUSION_BUCKETS, ImageEval, average_precision, coco_ap, recall_by
+    from tasks.infer import _ImageRows, finish_quality, match_partial
+
+    images, anns, dets, _ = _quality_tables(3)
+    infer = InferParams()
+    per_image, evals = [], []
+    for image_id in images["image_id"].to_pylist():
+        g = [a for a in anns.to_pylist() if a["image_id"] == image_id and a["category"] == "person"]
+        d = [x for x in dets.to_pylist() if x["image_id"] == image_id and x["model_id"] == "det"]
+        per_image.append(_ImageRows.from_dicts(g, d))
+        im = per_image[-1]
+        h = im.g_boxes[:, 3] - im.g_boxes[:, 1]
+        evals.append(ImageEval(im.d_boxes, im.scores, im.g_boxes, im.crowd, {"height": h, "occlusion": im.occl}))
+    chunks = [match_partial(per_image[a:a + 7], 0.25, infer, False) for a in range(0, len(per_image), 7)]
+    got = finish_quality(chunks, 0.25, False)
+    assert got["ap50"] == average_precision(evals) and got["ap"] == coco_ap(evals) and len(COCO_IOUS) == 10
+    want = recall_by(evals, "occlusion", OCCLUSION_BUCKETS, min_score=0.25)
+    assert json.dumps(got["recall_by_occlusion"]) == json.dumps(want)
+    assert got["images"] == 30 and got["persons"] == sum(int((~im.crowd).sum()) for im in per_image)
