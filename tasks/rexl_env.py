@@ -27,7 +27,7 @@ import torch
 from stable_baselines3.common.vec_env import VecEnv
 
 from explainers.perturb import Perturbation, make_perturbation
-from explainers.rexl import CellGame, observation
+from explainers.rexl import BackboneFeatures, CellGame, observation
 
 
 @dataclass
@@ -51,9 +51,32 @@ def feature_stats(features, images: torch.Tensor, baselines: torch.Tensor, chunk
     return mean, std.clamp_min(1e-3 * float(std.mean()) + 1e-12)
 
 
+def fused_pass(scorer, features):
+    """One network pass giving both scores [N, T] and features [N, D] of canvases, for a ``ClassifierScorer`` whose
+    network is ``features`` -> global mean -> ``head`` (the demo SceneNet) with :class:`BackboneFeatures` of that same
+    network: training then runs the backbone once per canvas instead of twice. None for any other scorer / features.
+    :class:`EpisodeBatch` checks it against the scorer on the first canvases and falls back when they differ."""
+    clf = getattr(scorer, "model", None)
+    net = getattr(clf, "model", None)
+    if not isinstance(features, BackboneFeatures) or features.features is not getattr(net, "features", None) or \
+            getattr(net, "head", None) is None or getattr(scorer, "targets", None) is None:
+        return None
+
+    def run(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode():
+            fmap = net.features(clf.preprocess(images)).float()
+            logits = net.head(fmap.mean((2, 3))).float()
+            probs = torch.sigmoid(logits) if clf.multi_label else torch.softmax(logits, -1)
+            pooled = torch.nn.functional.adaptive_avg_pool2d(fmap, features.pool).flatten(1)
+        return probs[:, scorer.targets], pooled
+    return run
+
+
 class EpisodeBatch:
     """N episodes of the cell game with their scores and states: :meth:`start` begins N given episodes, :meth:`step`
-    takes N actions. Counts ``n_forward`` (canvases scored) and ``n_feature_forward`` (canvases featurised)."""
+    takes N actions. Counts ``n_forward`` (canvases scored) and ``n_feature_forward`` (canvases featurised by a
+    separate feature pass: 0 when ``fused``, i.e. features and scores came from one backbone pass, :func:`fused_pass`).
+    """
 
     def __init__(self, scorer, features, *, grid: int, mode: str, perturbation: str | Perturbation,
                  norm: tuple[torch.Tensor, torch.Tensor] | None):
@@ -64,13 +87,28 @@ class EpisodeBatch:
         self.norm = None if norm is None else (norm[0].to(self.device), norm[1].to(self.device))
         self.n_forward = self.n_feature_forward = 0
         self.game: CellGame | None = None
+        self._fused = fused_pass(scorer, features)
+        self.fused: bool | None = None if self._fused is not None else False     # None: not checked yet
+        self._cached: torch.Tensor | None = None        # features of the current canvases from the fused pass
 
     def _score(self, canvases: torch.Tensor) -> torch.Tensor:
-        """Each episode's target score [N] of its canvas, in chunks of the scorer's chunk size."""
+        """Each episode's target score [N] of its canvas, in chunks of the scorer's chunk size (with the fused pass:
+        the canvases' features are kept for :meth:`observe`)."""
         self.n_forward += canvases.shape[0]
+        chunks = [canvases[s:s + self.chunk] for s in range(0, canvases.shape[0], self.chunk)]
+        if self.fused is not False:
+            both = [self._fused(c) for c in chunks]
+            scores, self._cached = torch.cat([b[0] for b in both]), torch.cat([b[1] for b in both])
+            if self.fused is None:                      # first call: the fused pass must give the scorer's scores
+                with torch.inference_mode():
+                    direct = self.scorer(chunks[0]).float()
+                self.fused = bool(torch.allclose(direct, scores[:len(direct)], atol=1e-4, rtol=1e-4))
+                self._cached = self._cached if self.fused else None
+                scores = scores if self.fused else None
+            if scores is not None:
+                return scores.float().gather(1, self.columns[:, None])[:, 0]
         with torch.inference_mode():
-            scores = torch.cat([self.scorer(canvases[s:s + self.chunk]).float()
-                                for s in range(0, canvases.shape[0], self.chunk)])
+            scores = torch.cat([self.scorer(c).float() for c in chunks])
         return scores.gather(1, self.columns[:, None])[:, 0]
 
     def _features(self, canvases: torch.Tensor) -> torch.Tensor:
@@ -80,9 +118,9 @@ class EpisodeBatch:
                                                                                         self.chunk)])
 
     def observe(self) -> torch.Tensor:
-        """The current states [N, obs_dim]."""
-        return observation(self._features(self.game.canvas()), self.image_features, self.game.taken,
-                           self.conditions, self.norm)
+        """The current states [N, obs_dim] (features from the fused pass that scored these canvases, if any)."""
+        feats = self._cached if self._cached is not None else self._features(self.game.canvas())
+        return observation(feats, self.image_features, self.game.taken, self.conditions, self.norm)
 
     def start(self, episodes: Sequence[Episode]) -> torch.Tensor:
         """Begin ``episodes`` (one image size); returns their first states [N, obs_dim]. Raises ValueError for
@@ -99,6 +137,7 @@ class EpisodeBatch:
         self.conditions = torch.stack([torch.as_tensor(e.condition, dtype=torch.float32).view(-1)
                                        for e in episodes]).to(self.device)
         self.image_features = self._features(images) if self.mode == "insertion" else None
+        self._cached = None
         self.prev = self._score(self.game.start())
         self.curve = [self.prev]
         self.returns = torch.zeros(len(episodes), device=self.device)
@@ -106,6 +145,7 @@ class EpisodeBatch:
 
     def step(self, actions) -> tuple[torch.Tensor, bool]:
         """Take ``actions`` [N]; returns (rewards [N], whether the episodes ended)."""
+        self._cached = None
         self.game.take(torch.as_tensor(np.asarray(actions).reshape(-1), dtype=torch.long))
         now = self._score(self.game.canvas())
         reward = self.game.reward(self.prev, now)

@@ -151,7 +151,7 @@ def train_policy(scorer, episodes: Sequence[Episode], *, grid: int = 7, mode: st
     tenth = max(1, len(aucs) // 10)
     summary = {"algorithm": ALGORITHM, "regime": regime, "steps": int(model.num_timesteps), "resumed": resumed,
                "seconds": round(time.perf_counter() - start, 1), "n_forward": env.batch.n_forward,
-               "n_feature_forward": env.batch.n_feature_forward, "episodes": len(aucs),
+               "n_feature_forward": env.batch.n_feature_forward, "fused": env.batch.fused, "episodes": len(aucs),
                "auc_first": float(np.mean(aucs[:tenth])) if aucs else None,
                "auc_last": float(np.mean(aucs[-tenth:])) if aucs else None, "seed": seed, "n_envs": n_envs,
                "learning_rate": learning_rate, "pool": len(episodes)}

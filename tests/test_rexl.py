@@ -265,3 +265,41 @@ def test_fixed_features_are_seeded_and_batch_invariant():
     x = torch.stack([image(s) for s in range(5)])
     assert torch.equal(a(x), b(x)) and not torch.equal(a(x), other(x))
     assert torch.equal(a(x)[2:3], a(x[2:3]))                           # the batch does not change a canvas's features
+
+
+def test_classifier_backbone_features_and_the_fused_pass_agree():
+    """A tiny SceneNet behind ClassifierScorer: features come from its own backbone; the env's fused pass (scores and
+    features from one backbone pass) gives the same states and rewards as separate scorer and feature calls."""
+    from detection.models.classifier import ImageClassifier
+    from detection.models.scene_classifier import SceneNet
+    from detection.scorers import ClassifierScorer
+    from explainers.rexl import BackboneFeatures, make_features
+    torch.manual_seed(0)
+    clf = ImageClassifier(SceneNet(3, width=4).eval(), ["a", "b", "c"], multi_label=True, mean=(0.0, 0.0, 0.0),
+                          std=(1.0, 1.0, 1.0), device="cpu")
+    scorer = ClassifierScorer(clf)
+    feats = make_features(scorer, "auto")
+    assert isinstance(feats, BackboneFeatures) and feats.spec["network"] == "SceneNet"
+    pool = [Episode(image(s), s % 3, torch.eye(3)[s % 3]) for s in range(4)]
+    orders = np.stack([np.random.default_rng(s).permutation(GRID * GRID) for s in range(4)], 1)
+    runs = []
+    for fused in (True, False):
+        env = RexlVecEnv(scorer, pool, 4, feats, grid=GRID, sampling="cycle")
+        if not fused:
+            env.batch._fused, env.batch.fused = None, False
+        obs, rewards = [env.reset()], []
+        for t in range(GRID * GRID):
+            o, r, _, infos = env.step(orders[t])
+            obs.append(o)
+            rewards.append(r)
+        runs.append((np.stack(obs), np.stack(rewards), env.batch.fused, env.batch.n_feature_forward))
+    (obs_f, rew_f, used, nf_f), (obs_s, rew_s, _, nf_s) = runs
+    assert used is True and nf_f == 0 and nf_s > 0
+    np.testing.assert_allclose(obs_f, obs_s, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(rew_f, rew_s, rtol=1e-6, atol=1e-7)
+    # the explainer reads the scorer's class targets for a class-conditioned policy of this classifier
+    ckpt = random_policy(scorer, conditioning="class", num_classes=3)
+    ckpt.features, ckpt.feature_dim = feats.spec, feats(image()[None]).shape[1]
+    ckpt.state_dict = RexlPolicy(ckpt.obs_dim, GRID * GRID, (32,), feature_dim=ckpt.feature_dim).state_dict()
+    exp = Rexl(scorer, policy=ckpt).explain(image())
+    assert exp.saliency.shape == (3, SIZE, SIZE) and exp.options["features"] == "backbone"
