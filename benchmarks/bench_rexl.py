@@ -3,7 +3,8 @@ the mean-colour and blur substrates (``bench_quality.curve_scores``), medians ov
 ``pedestrians.py`` (never trained on: the policies learn on the training scenes, ``tasks.rexl_train``).
 
 Classifier (the demo scene classifier, its 4 class probabilities per scene at its input size):
-  * ``rexl`` / ``rexl@single``: the trained policy's roll-out, cumulative (the paper's) / single-cell credit;
+  * ``rexl`` / ``rexl@single`` / ``rexl@rank``: the trained policy's roll-out, cumulative (the paper's) /
+    single-cell credit / the order itself as the map (``explainers.rexl`` docstring);
   * ``rise@4000``: RISE (centred, hide = the policy's substrate) with 4,000 masks: the target to match
     (deletion AUC <= 1.05 x RISE@4000's);
   * ``rise@same``: RISE with the forwards RExL spent on the image, model + feature forwards (issue 20: "RISE at the
@@ -12,6 +13,9 @@ Classifier (the demo scene classifier, its 4 class probabilities per scene at it
     (whose insertion raises) the target's score most, n (n + 1) / 2 - 1 = 1,224 forwards a target at k = 7: the
     ceiling of a cell-ordering policy;
   * ``random``: a random cell order (seeded), credited like RExL: the floor.
+  Every cell order (rexl, greedy, random) is mapped four ways (``VARIANTS``): cumulative credit, bilinear (the
+  paper's: no suffix), ``@single``, ``@rank`` (the order itself, bilinear) and ``@rank_nearest`` (the order,
+  constant on each cell): the variants cost no forwards beyond the roll-out.
   Also reported: the cell-granularity AUC of each ordering method's own curve (the environment's return).
 
 Detector (``--detector-policy``, a box-conditioned policy for the demo detector): the same against D-RISE@4000 on the
@@ -36,7 +40,7 @@ from bench_quality import curve_scores
 from detection.models.scene_classifier import load_classifier
 from detection.scorers import ClassifierScorer
 from explainers.perturb import make_perturbation
-from explainers.rexl import CellGame, PolicyCheckpoint, Rexl, cell_saliency
+from explainers.rexl import CellGame, PolicyCheckpoint, Rexl, cell_saliency, upsample_cells
 from explainers.rise import DRise, Rise
 from pedestrians import classifier_scenes, describe_split, file_digest, pedestrians, start_run
 
@@ -74,11 +78,17 @@ def greedy_order(scorer, image, column: int, grid: int, mode: str, substrate) ->
     return order, forwards
 
 
+# key suffix -> (credit, upsampling) of the maps made from a cell order; "" is the paper's
+VARIANTS = {"": ("cumulative", "bilinear"), "@single": ("single", "bilinear"), "@rank": ("rank", "bilinear"),
+            "@rank_nearest": ("rank", "nearest")}
+
+
 def ordered_saliency(orders: list[list[int]], curves: list[torch.Tensor], grid: int, mode: str,
-                     size: tuple[int, int]) -> torch.Tensor:
-    """Cumulative-credit saliency [T, H, W] of given orders and curves (RExL's rule, bilinear upsampling)."""
-    cells = cell_saliency(torch.tensor(orders), torch.stack(curves).cpu(), -1.0 if mode == "deletion" else 1.0)
-    return F.interpolate(cells.view(len(orders), 1, grid, grid), size=size, mode="bilinear", align_corners=False)[:, 0]
+                     size: tuple[int, int], credit: str = "cumulative", upsample: str = "bilinear") -> torch.Tensor:
+    """Saliency [T, H, W] of given orders and curves by RExL's credit and upsampling rules."""
+    cells = cell_saliency(torch.tensor(orders), torch.stack(curves).cpu(), -1.0 if mode == "deletion" else 1.0,
+                          credit)
+    return upsample_cells(cells, grid, size, upsample)
 
 
 def cell_auc(curve: torch.Tensor) -> float:
@@ -103,11 +113,12 @@ def classifier_rows(cases, ckpt: PolicyCheckpoint, rise_budget: int, seed: int) 
         size = tuple(image.shape[-2:])
         start = time.perf_counter()
         exp = Rexl(scorer, policy=ckpt).explain(image, seed=0)
+        out.setdefault("rexl", {}).setdefault("seconds", []).append(time.perf_counter() - start)
         spent = exp.n_forward + exp.n_feature_forward
         add("rexl", scorer, image, exp.saliency, spent, [cell_auc(c) for c in exp.curve])
-        single = Rexl(scorer, policy=ckpt, credit="single").explain(image, seed=0)
-        add("rexl@single", scorer, image, single.saliency, spent)
-        out["rexl"].setdefault("seconds", []).append(time.perf_counter() - start)
+        for suffix, (credit, upsample) in list(VARIANTS.items())[1:]:
+            sal = ordered_saliency(exp.order.tolist(), list(exp.curve), ckpt.grid, ckpt.mode, size, credit, upsample)
+            add(f"rexl{suffix}", scorer, image, sal, spent)
         for key, budget in ((f"rise@{rise_budget}", rise_budget), ("rise@same", spent)):
             r = Rise(scorer, center=True, perturbation=ckpt.perturbation).explain(image, budget=budget, seed=0)
             add(key, scorer, image, r.saliency, r.n_forward)
@@ -120,8 +131,10 @@ def classifier_rows(cases, ckpt: PolicyCheckpoint, rise_budget: int, seed: int) 
             order = rng.permutation(ckpt.grid ** 2).tolist()
             rand.append((order, order_curve(scorer, image, order, t, ckpt.grid, ckpt.mode, sub)))
         for key, runs, cost in (("greedy", greedy, forwards), ("random", rand, T * (ckpt.grid ** 2 + 1))):
-            sal = ordered_saliency([o for o, _ in runs], [c for _, c in runs], ckpt.grid, ckpt.mode, size)
-            add(key, scorer, image, sal, cost, [cell_auc(c) for _, c in runs])
+            for suffix, (credit, upsample) in VARIANTS.items():
+                sal = ordered_saliency([o for o, _ in runs], [c for _, c in runs], ckpt.grid, ckpt.mode, size, credit,
+                                       upsample)
+                add(key + suffix, scorer, image, sal, cost, [cell_auc(c) for _, c in runs] if not suffix else None)
         print(f"scene done: rexl {spent} forwards, greedy {forwards}", flush=True)
     return {k: {c: float(np.median(v)) for c, v in row.items() if v} for k, row in out.items()}
 

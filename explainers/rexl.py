@@ -33,8 +33,17 @@ pedestrian of a detector). Features: the audited model's own frozen backbone whe
 Saliency (``credit``): ``cumulative`` (the paper's rule) adds each reward change r_t - r_{t-1} (with r_0 = sign *
 s_0) to every cell taken so far, so cell a_i (taken at step i) gets sign * (s_n - s_{i-1}): for deletion the score
 it stood on before its removal above the end score; ``single`` (the reference library class) credits r_t - r_{t-1}
-= sign * (s_t - s_{t-1}) to the cell taken at step t only. The k x k map is upsampled bilinearly (align_corners
-False); it stays in score units (the paper normalises to [0, 1]; rankings are unchanged by it).
+= sign * (s_t - s_{t-1}) to the cell taken at step t only; ``rank`` (ours) gives cell a_i the value (n - i + 1) / n
+(1 for the first cell taken, 1/n for the last), so that the map ranks the cells exactly in the roll-out's order.
+The two credit rules rank cells by the curve instead, which is the order only while the curve is monotone: for
+deletion, a cell taken while the score sat below the end score s_n gets a negative value and ranks below cells taken
+after it (measured on the demo classifier: the greedy order's deletion AUC is 0.17 with its rank map and 0.71 with
+its cumulative-credit map, bilinear, 20 steps). The k x k map is upsampled bilinearly (align_corners False, the
+paper's) or, with ``upsample='nearest'``, kept constant on each cell (exactly the cells of the game). Bilinear
+blending ranks the centres of many cells above the borders of the first ones, so a pixel-level deletion curve removes
+parts of many cells instead of the whole first cells: on the demo classifier the greedy order's rank map scores
+0.17 nearest and 0.57 bilinear (deletion AUC, mean substrate, 20 steps, one held-out scene's top class). The
+credit maps stay in score units (the paper normalises to [0, 1]; rankings are unchanged by it).
 
 Cost of :meth:`Rexl.explain` for T targets (one roll-out each, all in lockstep): n_forward = 2 + T (n - 1) model
 forwards (image and baseline shared by all targets, then one canvas per target and step; the last step's canvas is
@@ -62,7 +71,8 @@ FORMAT = "xai-audit/rexl-policy"
 VERSION = 1
 MODES = ("deletion", "insertion")
 CONDITIONINGS = ("none", "class", "box")
-CREDITS = ("cumulative", "single")
+CREDITS = ("cumulative", "single", "rank")
+UPSAMPLING = ("bilinear", "nearest")
 DEFAULT_GRID = 7
 
 
@@ -400,19 +410,33 @@ class RexlExplanation(Explanation):
 def cell_saliency(order: torch.Tensor, curve: torch.Tensor, sign: float, credit: str = "cumulative") -> torch.Tensor:
     """Per-cell saliency [T, n] of roll-outs: ``order`` [T, n] cells, ``curve`` [T, n + 1] scores s_0..s_n, reward
     r_t = sign * s_t. ``cumulative``: cell order[i] (taken at step i + 1) gets sum_{t > i} (r_t - r_{t-1}) =
-    sign * (s_n - s_i); ``single``: it gets r_{i+1} - r_i. Raises ValueError for an unknown credit."""
+    sign * (s_n - s_i); ``single``: it gets r_{i+1} - r_i; ``rank``: (n - i) / n. Raises ValueError for an unknown
+    credit."""
     if credit not in CREDITS:
         raise ValueError(f"rexl: credit must be one of {CREDITS}, got {credit!r}")
     r = sign * curve.float()
     delta = r[:, 1:] - r[:, :-1]                                                   # [T, n]: step t = i + 1
-    values = delta.flip(1).cumsum(1).flip(1) if credit == "cumulative" else delta
+    if credit == "rank":
+        n = delta.shape[1]
+        values = (torch.arange(n, 0, -1, dtype=torch.float32, device=delta.device) / n).expand_as(delta)
+    else:
+        values = delta.flip(1).cumsum(1).flip(1) if credit == "cumulative" else delta
     return torch.zeros_like(values).scatter_(1, order.long(), values)
+
+
+def upsample_cells(cells: torch.Tensor, grid: int, size: tuple[int, int], how: str = "bilinear") -> torch.Tensor:
+    """Cell values [T, k^2] -> maps [T, H, W]: bilinear (align_corners False) or constant on each game cell
+    (``nearest``: :func:`cell_labels`' cells exactly)."""
+    if how == "nearest":
+        return cells[:, cell_labels(*size, grid, cells.device)]
+    return F.interpolate(cells.view(-1, 1, grid, grid), size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
 class Rexl(Explainer):
     """RExL (module docstring): a trained policy's deterministic roll-out over a k x k grid, one per target, all
-    targets in lockstep; saliency by cumulative credit (``credit='cumulative'``, the paper's rule) or single-cell
-    credit (``'single'``, the reference library class), bilinearly upsampled.
+    targets in lockstep; saliency by cumulative credit (``credit='cumulative'``, the paper's rule), single-cell
+    credit (``'single'``, the reference library class) or the order itself (``'rank'``), upsampled bilinearly (the
+    paper's) or kept constant on each cell (``upsample='nearest'``; module docstring).
 
     ``policy``: a policy file (:class:`PolicyCheckpoint`, written by ``tasks.rexl_train``) or a loaded checkpoint. The
     guard: the audited model's :func:`weights_fingerprint` must equal the one the policy was trained for, else
@@ -429,7 +453,7 @@ class Rexl(Explainer):
     needs_trained_weights = True
 
     def __init__(self, scorer, *, policy: str | Path | PolicyCheckpoint, credit: str = "cumulative",
-                 perturbation: str | Perturbation | None = None, **kw):
+                 upsample: str = "bilinear", perturbation: str | Perturbation | None = None, **kw):
         ckpt = policy if isinstance(policy, PolicyCheckpoint) else PolicyCheckpoint.load(policy)
         if perturbation is not None and make_perturbation(perturbation).describe() != \
                 make_perturbation(ckpt.perturbation).describe():
@@ -438,6 +462,9 @@ class Rexl(Explainer):
         super().__init__(scorer, perturbation=ckpt.perturbation, **kw)
         if credit not in CREDITS:
             raise ValueError(f"rexl: credit must be one of {CREDITS}, got {credit!r}")
+        if upsample not in UPSAMPLING:
+            raise ValueError(f"rexl: upsample must be one of {UPSAMPLING}, got {upsample!r}")
+        self.upsample = upsample
         audited = weights_fingerprint(scorer)
         if audited != ckpt.model_sha256:
             where = policy if not isinstance(policy, PolicyCheckpoint) else "the policy"
@@ -452,6 +479,7 @@ class Rexl(Explainer):
     def options(self) -> dict[str, Any]:
         c = self.ckpt
         return {**super().options(), "grid": c.grid, "mode": c.mode, "credit": self.credit,
+                "upsample": self.upsample,
                 "conditioning": c.conditioning, "features": c.features.get("kind"),
                 "policy": self.source, "policy_sha256": policy_digest(c), "model_sha256": c.model_sha256[:12],
                 "regime": c.training.get("regime")}
@@ -528,8 +556,7 @@ class Rexl(Explainer):
             game.take(last)
             order[:, n - 1] = last
         cells = cell_saliency(order, curve, game.sign, self.credit)                  # [T, n]
-        grid = cells.view(T, 1, c.grid, c.grid)
-        saliency = F.interpolate(grid, size=(H, W), mode="bilinear", align_corners=False)[:, 0]
+        saliency = upsample_cells(cells, c.grid, (H, W), self.upsample)
         self._order, self._curve = order.cpu(), curve.float().cpu()
         relevance = None if regions is None else region_means(saliency, regions)
         return saliency, relevance, {"full_score": full, "empty_score": empty}
@@ -545,4 +572,5 @@ def policy_digest(ckpt: PolicyCheckpoint) -> str:
 
 
 __all__ = ["BackboneFeatures", "CellGame", "FixedCNN", "PolicyCheckpoint", "Rexl", "RexlExplanation", "RexlPolicy",
-           "box_condition", "cell_saliency", "condition_dim", "make_features", "observation", "weights_fingerprint"]
+           "box_condition", "cell_saliency", "condition_dim", "make_features", "observation", "upsample_cells",
+           "weights_fingerprint"]

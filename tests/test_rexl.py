@@ -174,6 +174,9 @@ def test_rollout_is_deterministic_and_spends_exactly_its_forwards():
             method.explain(img, budget=97)
     regions = torch.arange(SIZE * SIZE).view(SIZE, SIZE) % 3
     assert method.explain(img, regions).relevance.shape == (2, 3)
+    nearest = Rexl(scorer, policy=method.ckpt, upsample="nearest").explain(img)       # constant on each cell
+    cells = cell_labels(SIZE, SIZE, GRID)
+    assert all(len(torch.unique(nearest.saliency[0][cells == c])) == 1 for c in range(GRID * GRID))
 
 
 def test_credit_rules():
@@ -184,6 +187,7 @@ def test_credit_rules():
     # cell 2 (first) gets s_0 - s_3, cell 0 s_1 - s_3, cell 1 s_2 - s_3; single: each its own drop
     assert torch.allclose(cumulative, torch.tensor([[0.3, 0.2, 0.9]]))
     assert torch.allclose(single, torch.tensor([[0.1, 0.2, 0.6]]))
+    assert torch.allclose(cell_saliency(order, curve, -1.0, "rank"), torch.tensor([[2 / 3, 1 / 3, 1.0]]))
     with pytest.raises(ValueError, match="credit"):
         cell_saliency(order, curve, -1.0, "other")
 
