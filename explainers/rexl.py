@@ -440,7 +440,9 @@ class Rexl(Explainer):
 
     ``policy``: a policy file (:class:`PolicyCheckpoint`, written by ``tasks.rexl_train``) or a loaded checkpoint. The
     guard: the audited model's :func:`weights_fingerprint` must equal the one the policy was trained for, else
-    ValueError naming both. The perturbation defaults to the policy's substrate; another one is a ValueError (the
+    ValueError naming both (``check_weights=False`` skips it: only for the model-randomisation sanity check, which
+    feeds the policy of the trained model a randomised copy on purpose; recorded in the options). The perturbation
+    defaults to the policy's substrate; another one is a ValueError (the
     policy learned on that substrate). Conditioning: ``class`` reads the scorer's ``targets`` (class indices, e.g.
     ``ClassifierScorer``), ``box`` its ``target_boxes`` (``DRiseScorer``): ValueError when the scorer has none.
 
@@ -453,7 +455,8 @@ class Rexl(Explainer):
     needs_trained_weights = True
 
     def __init__(self, scorer, *, policy: str | Path | PolicyCheckpoint, credit: str = "cumulative",
-                 upsample: str = "bilinear", perturbation: str | Perturbation | None = None, **kw):
+                 upsample: str = "bilinear", perturbation: str | Perturbation | None = None, check_weights: bool = True,
+                 **kw):
         ckpt = policy if isinstance(policy, PolicyCheckpoint) else PolicyCheckpoint.load(policy)
         if perturbation is not None and make_perturbation(perturbation).describe() != \
                 make_perturbation(ckpt.perturbation).describe():
@@ -465,8 +468,9 @@ class Rexl(Explainer):
         if upsample not in UPSAMPLING:
             raise ValueError(f"rexl: upsample must be one of {UPSAMPLING}, got {upsample!r}")
         self.upsample = upsample
-        audited = weights_fingerprint(scorer)
-        if audited != ckpt.model_sha256:
+        self.check_weights = bool(check_weights)
+        audited = weights_fingerprint(scorer) if self.check_weights else None
+        if self.check_weights and audited != ckpt.model_sha256:
             where = policy if not isinstance(policy, PolicyCheckpoint) else "the policy"
             raise ValueError(f"rexl: {where} was trained for model weights {ckpt.model_sha256[:12]}, but the audited "
                              f"model's weights are {audited[:12]}: train a policy for this model")
@@ -479,7 +483,7 @@ class Rexl(Explainer):
     def options(self) -> dict[str, Any]:
         c = self.ckpt
         return {**super().options(), "grid": c.grid, "mode": c.mode, "credit": self.credit,
-                "upsample": self.upsample,
+                "upsample": self.upsample, "check_weights": self.check_weights,
                 "conditioning": c.conditioning, "features": c.features.get("kind"),
                 "policy": self.source, "policy_sha256": policy_digest(c), "model_sha256": c.model_sha256[:12],
                 "regime": c.training.get("regime")}

@@ -201,6 +201,8 @@ def test_guard_refuses_a_policy_for_other_weights(tmp_path):
         Rexl(audited, policy=path)
     message = str(err.value)
     assert weights_fingerprint(trained_for)[:12] in message and weights_fingerprint(audited)[:12] in message
+    unguarded = Rexl(audited, policy=path, check_weights=False)        # the sanity check's randomised copies
+    assert unguarded.options()["check_weights"] is False
     with pytest.raises(ValueError, match="perturbation"):
         Rexl(trained_for, policy=path, perturbation="blur")
     (tmp_path / "junk.pt").write_bytes(b"not a policy")
