@@ -24,7 +24,7 @@ What is measured, and how:
   1 - forwards / (scorer images per s) / explainer seconds: the share of the method's time not spent in scorer
   forwards at the scorer's measured speed (gradient methods also run backward passes, so theirs includes those).
 
-    python benchmarks/gpu_check.py [--small] [--out PATH] [--scratch .work/gpu_check]
+    python benchmarks/gpu_check.py [--small] [--out PATH] [--scratch .work/gpu_check] [--project DIR] [--split val]
 
 Writes JSON to ``--out``, else ``$OUT/gpu_check.json`` when ``$OUT`` is set, else
 ``benchmarks/results/gpu_check.json``; prints a summary. Raises SystemExit naming the step that failed.
@@ -58,9 +58,13 @@ SIZES = {
 }
 
 
-def jobs(s: dict) -> list[dict]:
+def jobs(s: dict, split: str | None = None) -> list[dict]:
     """The explain jobs measured: body-part games and pixel methods on the detector, RISE on the classifier, one
-    gradient method."""
+    gradient method; ``split``: every job on that split's images only."""
+    return [{**job, "split": split} for job in _jobs(s)] if split else _jobs(s)
+
+
+def _jobs(s: dict) -> list[dict]:
     return [{"method": "bayes_shapley", "targets": "persons", "regions": "parts", "budget": s["shapley_budget"]},
             {"method": "kernel_shap", "targets": "persons", "regions": "parts", "budget": s["shapley_budget"]},
             {"method": "occlusion", "targets": "persons", "regions": "parts"},
@@ -79,10 +83,10 @@ def environment() -> dict:
             if cuda else [], "cpu_count": os.cpu_count(), "host": platform.node()}
 
 
-def write_params(root: Path, s: dict, runner: dict, built: bool = False) -> Path:
+def write_params(root: Path, s: dict, runner: dict, built: bool = False, split: str | None = None) -> Path:
     """params.yaml of the scratch project: the repository's params with the demo weights by absolute path, a small
     synthetic dataset and the measured jobs; ``built``: keep the project's own params.yaml, set only its explain
-    jobs, sizes and runner."""
+    jobs, sizes and runner. ``split``: the jobs explain that split's images only."""
     path = root / "params.yaml"
     if built:
         params = yaml.safe_load(path.read_text())
@@ -93,7 +97,7 @@ def write_params(root: Path, s: dict, runner: dict, built: bool = False) -> Path
         for name in ("pose", "detector"):
             params["models"][name]["arch"] = str(REPO / params["models"][name]["arch"])
         params["pull"]["synthetic"]["n_images"] = s["n_images"]
-    params.setdefault("explain", {}).update(jobs=jobs(s), chunk_size=s["chunk_size"], shard_size=s["shard_size"],
+    params.setdefault("explain", {}).update(jobs=jobs(s, split), chunk_size=s["chunk_size"], shard_size=s["shard_size"],
                                             runner=runner)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
@@ -231,7 +235,7 @@ def _max_diff(a: list[dict], b: list[dict], column: str) -> float | None:
     return max(diffs) if diffs else None
 
 
-def explain_runs(root: Path, s: dict, cuda: bool, built: bool) -> tuple[dict, object]:
+def explain_runs(root: Path, s: dict, cuda: bool, built: bool, split: str | None) -> tuple[dict, object]:
     """The explain stage with one thread, then with Dask (one worker per GPU; CPU: one); returns the runs' record
     and the threads run's params (its outputs are the per-method source)."""
     from flows.explain import run_explain
@@ -241,7 +245,7 @@ def explain_runs(root: Path, s: dict, cuda: bool, built: bool) -> tuple[dict, ob
     runs, rows = {}, {}
     for kind, runner in (("dask", {"kind": "dask", **({} if cuda else {"workers": 1})}),
                          ("threads", {"kind": "threads", "workers": 1})):
-        params_file = write_params(root, s, runner, built)
+        params_file = write_params(root, s, runner, built, split)
         params = load_params(params_file)
         shutil.rmtree(params.explain.out_dir, ignore_errors=True)      # runner is not in the config hash: start over
         started = time.perf_counter()
@@ -328,6 +332,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--scratch", default=str(REPO / ".work/gpu_check"), help="scratch project folder (wiped)")
     parser.add_argument("--project", help="an already built project folder (pull..parts done) to use instead of "
                                           "building one in --scratch (its explain outputs are replaced)")
+    parser.add_argument("--split", help="explain only this split's images (e.g. val), to keep a CPU run short")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     env = environment()
@@ -357,13 +362,14 @@ def main(argv: list[str] | None = None) -> dict:
         amp = amp_check(scorers, s, cuda)
         rates = throughput(scorers, s, cuda)
         steps["amp_and_throughput"] = round(time.perf_counter() - t, 2)
-        runs, params = explain_runs(root, s, cuda, bool(args.project))
+        runs, params = explain_runs(root, s, cuda, bool(args.project), args.split)
         at_chunk = {name: min(t["batches"], key=lambda b: abs(b["batch"] - s["chunk_size"]))["scorer_images_per_s"]
                     for name, t in rates.items()}          # the scorer's speed at the explain stage's chunk size
         methods = per_method(params, at_chunk)
     finally:
         os.chdir(cwd)
-    result = {"mode": mode, "mode_reason": reason, "environment": env, "sizes": s, "steps_seconds": steps,
+    result = {"mode": mode, "mode_reason": reason, "environment": env, "sizes": s, "split": args.split,
+              "steps_seconds": steps,
               "amp": amp, "throughput": rates, "runs": runs, "methods": methods,
               "seconds_total": round(time.perf_counter() - started, 1)}
     out = output_path(args.out)
