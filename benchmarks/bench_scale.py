@@ -30,8 +30,9 @@ of worker processes through prefect-dask (``explain.runner``), whose RSS is then
 - ``flow_rss_peak_mb``: the flow process's peak resident set during the stage (sampled every 20 ms by a thread;
   ``ru_maxrss`` of the whole process is reported too). Target: the largest stage peak at 20k images <= 1.3x the
   one at 1k.
-- ``worker_rss_peak_mb``: the largest resident set of a Dask worker process during the stage (dask runner), or
-  null with threads (the workers are threads of the flow process, counted in its RSS).
+- ``worker_rss_peak_mb``: the largest resident set of a child process other than the Prefect API server during
+  the stage - a Dask worker with the dask runner; null with threads (the workers are threads of the flow process,
+  counted in its RSS).
 """
 from __future__ import annotations
 
@@ -108,9 +109,11 @@ class RssSampler:
         self._thread.start()
 
     def _workers(self):
+        """RSS of the child processes other than the Prefect API server (uvicorn): Dask's worker processes (spawned
+        by multiprocessing, so their command line does not name dask) and multiprocessing's small helpers."""
         for child in self.proc.children(recursive=True):
             try:
-                if any("dask" in part or "distributed" in part for part in child.cmdline()):
+                if not any("uvicorn" in part or "prefect" in part for part in child.cmdline()):
                     yield child.memory_info().rss
             except Exception:  # noqa: BLE001 - a child that exited between listing and reading
                 continue

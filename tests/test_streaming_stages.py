@@ -264,3 +264,33 @@ def test_detection_metrics_from_shard_partials_equal_detection_evaluation():
     want = recall_by(evals, "occlusion", OCCLUSION_BUCKETS, min_score=0.25)
     assert json.dumps(got["recall_by_occlusion"]) == json.dumps(want)
     assert got["images"] == 30 and got["persons"] == sum(int((~im.crowd).sum()) for im in per_image)
+
+
+def test_parts_tasks_read_the_same_items_the_flow_used_to_build(tmp_path):
+    from tasks.params import parse_params
+    from tasks.parts import PartsShard, shard_inputs
+
+    cfg = SyntheticConfig(n_images=9, width=96, height=72, persons_per_image=[0, 3])
+    im, ann, parts, _ = generate_images_with_attributes(cfg, 0, range(9), str(tmp_path / "img"))
+    tables = {"images": rows_to_table(im, "images"), "annotations": rows_to_table(ann, "annotations"),
+              "gt_parts": rows_to_table(parts, "gt_parts")}
+    persons = tables["annotations"].filter(pa.compute.equal(tables["annotations"]["category"], "person")).to_pylist()
+    dets = [{"model_id": m, "image_id": a["image_id"], "det_id": f"{m}{k}", "category": "person", "score": 0.9,
+             "above_conf": k % 3 != 0, "bbox": a["bbox"], "class_probs": [0.9], "keypoints": None}
+            for k, a in enumerate(persons) for m in ("det", "pose", "other")]
+    tables["detections"] = rows_to_table(dets[::-1], "detections")
+    files = {}
+    for name, table in tables.items():
+        with TableWriter(tmp_path / f"{name}.parquet", name, row_group_rows=5) as writer:
+            writer.write(table)
+        files[name] = tmp_path / f"{name}.parquet"
+    params = parse_params({"infer": {"detectors": [{"id": "det", "kind": "yolo", "weights": "x.pt"}],
+                                     "pose": {"id": "pose", "kind": "yolo", "weights": "p.pt"}},
+                           "parts": {"shard_size": 4}}, check_files=False)
+    want = shard_inputs(params, tables["images"], tables["annotations"], tables["gt_parts"], tables["detections"])
+    shards = PartsShard.plan(params, files["images"], files["annotations"], files["gt_parts"], files["detections"])
+    assert [len(s.images) for s in shards] == [4, 4, 1]
+    got = [item for shard in shards for item in shard.items()]
+    assert got == want
+    assert sum(len(i["detections"]) for i in got) and sum(len(i["pose"]) for i in got)
+    assert sum(len(i["gt_parts"]) for i in got) == tables["gt_parts"].num_rows
