@@ -102,11 +102,11 @@ def classifier_rows(cases, ckpt: PolicyCheckpoint, rise_budget: int, seed: int) 
     rng = np.random.default_rng(seed)
 
     def add(key, scorer, image, saliency, n_forward, extra=None):
-        row = out.setdefault(key, {"n_forward": [], "cell_auc": []})
+        row = out.setdefault(key, {})
         for curve, auc in curve_scores(scorer, image, saliency).items():
             row.setdefault(curve, []).extend(auc.tolist())
-        row["n_forward"].append(n_forward)
-        row["cell_auc"].extend(extra or [])
+        row.setdefault("n_forward", []).append(n_forward)
+        row.setdefault("cell_auc", []).extend(extra or [])
 
     for scorer, image in cases:
         T = scorer.num_targets
