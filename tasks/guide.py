@@ -92,6 +92,41 @@ def load_training_set(params: Params, class_names: list[str], input_size: tuple[
                     [i["image_id"] for i in images], [list(i["labels"] or []) for i in images], list(class_names))
 
 
+def check_given_guided(params: Params, src: Path) -> dict | None:
+    """Check ``guide.weights`` before the stage copies it instead of fine-tuning; returns the training record its
+    weights manifest lists (``weights/demo/manifest.json`` for the shipped demo file), or None without a manifest.
+
+    A copied guided model is a learned component: it must be the fine-tune of *this* ``infer.classifier`` with
+    *this* recipe, or the re-audit would report on another model than the params describe. Raises
+    FileNotFoundError (file or sidecar missing), ``tasks.shipped_weights.WeightsMismatchError`` (bytes differ from
+    the manifest) and ValueError when the manifest's record was fine-tuned from other classifier weights (both
+    SHA-256 named) or with another recipe (the differing ``guide`` keys named) -- set ``guide.weights: null`` to
+    fine-tune instead."""
+    from tasks.shipped_weights import manifest_entry, verify_given
+
+    verify_given(src, "guide.weights")
+    if not src.with_suffix(".json").is_file():
+        raise FileNotFoundError(f"params guide.weights: {src.with_suffix('.json')} (the sidecar) not found")
+    record = (manifest_entry(src) or {}).get("training")
+    if record is None:
+        return None
+    original = file_sha256(params.infer.classifier.weights)
+    if record.get("from_sha256") != original:
+        raise ValueError(f"params guide.weights: {src} was fine-tuned from classifier weights with SHA-256 "
+                         f"{str(record.get('from_sha256'))[:12]}…, but infer.classifier "
+                         f"({params.infer.classifier.weights}) has {original[:12]}…: set guide.weights: null to "
+                         f"fine-tune this classifier")
+    clf_classes = json.loads(Path(params.infer.classifier.weights).with_suffix(".json").read_text())["classes"]
+    recipe = {k: v for k, v in asdict(training_config(params, clf_classes)).items() if k != "progress"}
+    trained = {k: (tuple(v) if isinstance(v, list) else v) for k, v in record.get("config", {}).items()}
+    differ = sorted(k for k in recipe if trained.get(k) != recipe[k]) + \
+        (["seed"] if record.get("seed") != params.guide.seed else [])
+    if differ:
+        raise ValueError(f"params guide.weights: {src} was fine-tuned with another recipe ({', '.join(differ)} differ"
+                         f" from params guide): set guide.weights: null to fine-tune with these params")
+    return record
+
+
 def train_guided(params: Params, out: GuideOutputs, progress: bool = True) -> dict:
     """Fine-tune (or, with ``guide.weights``, copy) the guided classifier to ``out.model``; returns the training
     record (also written to ``out.training``; its ``seconds`` only in the return value: wall times stay out of the
@@ -101,11 +136,12 @@ def train_guided(params: Params, out: GuideOutputs, progress: bool = True) -> di
     seconds = 0.0
     if g.weights is not None:
         src = Path(g.weights)
-        if not src.is_file() or not src.with_suffix(".json").is_file():
-            raise FileNotFoundError(f"guide.weights: {src} (and its .json sidecar) not found")
+        shipped = check_given_guided(params, src)
         shutil.copyfile(src, out.model)
         shutil.copyfile(src.with_suffix(".json"), out.sidecar)
         record = {"source": "copied", "weights": str(src), "sha256": file_sha256(out.model)}
+        if shipped is not None:
+            record["trained"] = shipped
     else:
         clf = original_classifier(params)
         data = load_training_set(params, clf.class_names, clf.input_size)
@@ -220,5 +256,5 @@ def rise_epg(metrics: pa.Table, targets: pa.Table, label: str, jobs: list[str]) 
     return out
 
 
-__all__ = ["GuideOutputs", "MIN_PER_ARM", "guide", "guided_spec", "heldout_measures", "load_training_set",
-           "original_classifier", "probe_measures", "rise_epg", "train_guided", "training_config"]
+__all__ = ["GuideOutputs", "MIN_PER_ARM", "check_given_guided", "guide", "guided_spec", "heldout_measures",
+           "load_training_set", "original_classifier", "probe_measures", "rise_epg", "train_guided", "training_config"]

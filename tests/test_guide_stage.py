@@ -106,3 +106,59 @@ def test_scene_set_subset_and_rows():
     sub = s.subset(np.array([False, True, True]))
     assert sub.ids == ["b", "c"] and len(sub) == 2 and sub.rows()[1] == {"image_id": "c", "labels": ["x", "y"],
                                                                           "spurious_cue": True, "split": "val"}
+
+
+def _shipped_guided(folder, params, **record_changes):
+    """A folder like weights/demo holding a 'guided' classifier (the demo classifier's bytes) and a manifest whose
+    training record says it was fine-tuned from ``params``' classifier with ``params``' recipe (then changed)."""
+    import json
+    import shutil
+    from dataclasses import asdict
+
+    from detection.models.specs import file_sha256
+    from tasks.guide import training_config
+    from tasks.shipped_weights import write_manifest
+
+    src = REPO / "weights/demo/classifier.pt"
+    shutil.copyfile(src, folder / "guided.pt")
+    shutil.copyfile(src.with_suffix(".json"), folder / "guided.json")
+    classes = json.loads(src.with_suffix(".json").read_text())["classes"]
+    config = {k: v for k, v in asdict(training_config(params, classes)).items() if k != "progress"}
+    record = {"source": "trained", "from_sha256": file_sha256(params.infer.classifier.weights), "config": config,
+              "seed": params.guide.seed}
+    for key, value in record_changes.items():
+        if key in config:
+            record["config"][key] = value
+        else:
+            record[key] = value
+    (folder / "metrics").mkdir()
+    (folder / "metrics/guided.json").write_text(json.dumps(record))
+    write_manifest(folder)
+    return folder / "guided.pt"
+
+
+def _demo_params():
+    params = load_params(REPO / "params.yaml")
+    clf = params.infer.classifier.model_copy(update={"weights": str(REPO / "weights/demo/classifier.pt")})
+    return params.model_copy(update={"infer": params.infer.model_copy(update={"classifier": clf})})
+
+
+def test_given_guided_weights_must_be_the_fine_tune_of_this_classifier_with_this_recipe(tmp_path):
+    from tasks.guide import check_given_guided
+    from tasks.shipped_weights import WeightsMismatchError
+
+    params = _demo_params()
+    assert check_given_guided(params, _shipped_guided(tmp_path, params))["from_sha256"]
+    other = tmp_path / "other"
+    other.mkdir()
+    with pytest.raises(ValueError, match="fine-tuned from classifier weights with SHA-256 0000"):
+        check_given_guided(params, _shipped_guided(other, params, from_sha256="0" * 64))
+    recipe = tmp_path / "recipe"
+    recipe.mkdir()
+    with pytest.raises(ValueError, match=r"another recipe \(lam differ"):
+        check_given_guided(params, _shipped_guided(recipe, params, lam=params.guide.lam + 1))
+    (recipe / "guided.pt").write_bytes(b"not the shipped file")
+    with pytest.raises(WeightsMismatchError, match="guide.weights"):
+        check_given_guided(params, recipe / "guided.pt")
+    with pytest.raises(FileNotFoundError, match="guide.weights"):
+        check_given_guided(params, tmp_path / "missing.pt")
