@@ -101,7 +101,7 @@ def explain_flow(params: Params) -> dict:
     keep_if_same_config(outputs.out_dir, key)
     write_table_atomic(targets, outputs.path("targets"))
     write_json(outputs.manifest, {"config_hash": key,
-                                  "params": cfg.model_dump(mode="json")})
+                                  "params": cfg.model_dump(mode="json", exclude={"cache_dir"})})
 
     needs_parts = bool(pc.any(pc.is_valid(targets["parts_id"])).as_py())
     shards = _shards(params, targets, needs_parts)

@@ -5,7 +5,14 @@ masks, cost), and the agreement between methods on the same target.
 A metric that is undefined for an explanation (constant or NaN saliency, an empty region, an offset map's EPG,
 constant relevance: see ``explainers.metrics``) is stored as a row ``undefined:<metric>:<reason>`` (value 1.0)
 instead of a value, so it is counted and never averaged; a saliency map with NaN / inf values is also an
-``errors`` row (error_type ``nonfinite_saliency``)."""
+``errors`` row (error_type ``nonfinite_saliency``).
+
+Incremental re-audits: the metric rows of each (image, job, kind) group of explanations (their causal curves run in
+one batch) are keyed by what they depend on (:func:`group_key`: the explanation rows' content, targets, body parts,
+ground-truth boxes for classes, image bytes, model, evaluate params, code) and reused from the result store
+(tasks.result_store). A task gets an :class:`EvaluateShard` (image ids, paths, the explain shard files that hold its
+explanations) and reads its own rows (:func:`read_items`); it also computes the agreement between the jobs of its
+targets (all in its images). The sanity check and where the detector fails are recomputed every run."""
 from __future__ import annotations
 
 import functools

@@ -1,6 +1,13 @@
 """Tasks of the explain stage: which targets each image has, and one shard of images explained by every configured
 job. A shard's files are written atomically and marked done last, so a re-run after a crash skips finished shards
-and recomputes only the rest; every explanation is seeded from (seed, image, target, job), never from run order."""
+and recomputes only the rest; every explanation is seeded from (seed, image, target, job), never from run order.
+
+Incremental re-audits: every explanation *group* (one target of a body-part job; all targets of an image of a
+shared-forward job, ``shared_by``) is keyed by what its rows depend on (:func:`group_key`: image bytes, targets,
+body-part masks, model weights, job, seed, ``saliency_size`` / ``chunk_size``, the job's code) and stored in the
+result store (tasks.result_store); a shard task reuses stored groups and computes only the others, in the same
+order, so its files equal a from-scratch run's. A task gets an :class:`ExplainShard` (image ids and table paths)
+and reads its own rows (:func:`read_items`)."""
 from __future__ import annotations
 
 import functools
@@ -147,7 +154,7 @@ def config_hash(params: Params, input_files: list[str | Path]) -> str:
     """What an explain run's rows depend on: its params, the seed, the audited detector / classifier specs, the
     content of its input tables and weights, and the code that computes them. A different hash means the stored
     shards are stale."""
-    h = hashlib.sha256(json.dumps([params.seed, params.explain.model_dump(mode="json", exclude={"runner"}),
+    h = hashlib.sha256(json.dumps([params.seed, params.explain.model_dump(mode="json", exclude={"runner", "cache_dir"}),
                                    params.explain_detector().model_dump(mode="json"),
                                    None if params.infer.classifier is None else
                                    params.infer.classifier.model_dump(mode="json")], sort_keys=True).encode())
