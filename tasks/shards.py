@@ -248,6 +248,11 @@ def read_rows(rows: RowRange, columns: list[str] | None = None, schema: pa.Schem
     return table.cast(schema) if schema is not None else table
 
 
+READ_BATCH_ROWS = 4096
+"""Rows decoded at a time by :func:`read_image_rows` (a task's memory for reading its rows is about one batch of
+the file plus the rows it keeps)."""
+
+
 def _may_hold(stats, lo: str, hi: str) -> bool:
     """Whether a row group whose ``image_id`` statistics are ``stats`` may hold ids in [lo, hi]."""
     if stats is None or not stats.has_min_max:
@@ -272,9 +277,11 @@ def read_image_rows(path: str | Path, image_ids: list[str], columns: list[str] |
     groups = [g for g in range(meta.num_row_groups)
               if len(want) and _may_hold(meta.row_group(g).column(col).statistics, lo, hi)]
     read_cols = None if columns is None else list(dict.fromkeys([*columns, "image_id"]))
-    if groups:
-        table = file.read_row_groups(groups, columns=read_cols)
-        table = table.filter(pc.is_in(table["image_id"], value_set=want))
+    if groups:                        # batch by batch: one decoded batch in memory, not whole row groups
+        batches = [b.filter(pc.is_in(b.column("image_id"), value_set=want))
+                   for b in file.iter_batches(batch_size=READ_BATCH_ROWS, row_groups=groups, columns=read_cols)]
+        table = pa.Table.from_batches(batches, schema=batches[0].schema) if batches else \
+            file.schema_arrow.empty_table().select(read_cols or file.schema_arrow.names)
     else:
         table = file.schema_arrow.empty_table()
         table = table.select(read_cols) if read_cols else table
