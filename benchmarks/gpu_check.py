@@ -16,10 +16,11 @@ What is measured, and how:
   resized and normalised for the classifier) and of the scorer on [0, 1] images (``scorer``: pre-processing,
   decoding, D-RISE similarity included), per batch size; CUDA synchronised, after warm-up, median of repeats; in a
   worker thread, as the explain tasks run.
-- ``runs``: the explain stage's wall time with ``threads`` (one thread: per-job seconds are not contended) and
-  ``dask`` (a LocalCluster, one single-threaded worker per GPU; CPU: one worker); ``rows_identical`` compares their
-  rows sorted by (job, image, target); on a GPU, float16 and non-deterministic kernels may make them differ by a
-  little, so the largest differences of saliency and relevance are given too.
+- ``runs``: the explain stage's wall time, cold (no stored output, no result store), with ``threads`` (one thread:
+  per-job seconds are not contended) and ``dask`` (a LocalCluster, one single-threaded worker per GPU; CPU: one
+  worker); ``rows_identical`` compares their rows sorted by (job, image, target); float16, non-deterministic kernels
+  and thread-dependent CPU kernels may make them differ by a little, so the largest differences of saliency and
+  relevance are given too, per job (``by_job``).
 - ``methods``: per explain job from the threads run: explanations, explainer seconds (the shards' timings),
   forwards (shared forwards divided among the targets sharing them), explanations / s, and ``net_overhead`` =
   1 - forwards / (scorer images per s) / explainer seconds: the share of the method's time not spent in scorer
@@ -254,6 +255,23 @@ def share_prefect_api() -> str:
     return url
 
 
+def cold(root: Path, params) -> None:
+    """Remove the explain output and the explain result store (``tasks.result_store``, where this version has one) so
+    that a run computes every explanation. Raises SystemExit rather than clear a store outside ``root``."""
+    shutil.rmtree(params.explain.out_dir, ignore_errors=True)
+    try:
+        from tasks.result_store import cache_dir_of
+    except ImportError:                        # no result store: the explain output was all there was to reuse
+        return
+    store = cache_dir_of(params)
+    if store is None:
+        return
+    if not Path(store).resolve().is_relative_to(root.resolve()):
+        raise SystemExit(f"gpu_check: explain.cache_dir {store} is outside the project {root}: not clearing it; "
+                         "use a project whose result store is its own (or null)")
+    shutil.rmtree(Path(store) / "explain", ignore_errors=True)
+
+
 def explain_runs(root: Path, s: dict, cuda: bool, built: bool, split: str | None) -> tuple[dict, object]:
     """The explain stage with one thread, then with Dask (one worker per GPU; CPU: one); returns the runs' record
     and the threads run's params (its outputs are the per-method source)."""
@@ -266,7 +284,7 @@ def explain_runs(root: Path, s: dict, cuda: bool, built: bool, split: str | None
                          ("threads", {"kind": "threads", "workers": 1})):
         params_file = write_params(root, s, runner, built, split)
         params = load_params(params_file)
-        shutil.rmtree(params.explain.out_dir, ignore_errors=True)      # runner is not in the config hash: start over
+        cold(root, params)                     # the runner is not in any key: without this the second run reuses
         started = time.perf_counter()
         result = run_explain(params_file)
         runs[kind] = {"runner": runner, "wall_seconds": round(time.perf_counter() - started, 2),

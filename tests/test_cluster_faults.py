@@ -223,7 +223,9 @@ def test_a_flow_process_killed_mid_run_resumes_computing_only_what_is_missing(pr
     assert resumed["errors"] == 0 and sorted_rows() == reference["rows"]
     computed, kept_seeds = Counter(seeds), {r["seed"] for r in kept}
     missing = Counter(s for s in reference["seeds"] if s not in kept_seeds)
-    # Every explanation the killed run did not finish is computed once, none it finished is computed again: fewer
-    # than from scratch. (A result cache finer than a shard could make it fewer still: then `computed <= missing`.)
+    # None the killed run finished is computed again, none twice, each one computed is one it had not finished:
+    # fewer than from scratch. With done markers alone, `computed == missing`; the result store
+    # (tasks.result_store) can also hold the groups of a shard killed between storing them and its done marker,
+    # which the re-run then reuses, so `<=`.
     assert computed and not kept_seeds & set(computed)
-    assert computed == missing and computed.total() < len(reference["seeds"])
+    assert computed <= missing and computed.total() < len(reference["seeds"])
