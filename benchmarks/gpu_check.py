@@ -57,7 +57,7 @@ SIZES = {
     "gpu": {"n_images": 48, "budget": 256, "shapley_budget": 48, "ig_steps": 32, "chunk_size": 64, "shard_size": 8,
             "batches": [16, 64, 256], "repeats": 20, "amp_images": 256},
     "cpu-small": {"n_images": 4, "budget": 16, "shapley_budget": 8, "ig_steps": 4, "chunk_size": 16, "shard_size": 4,
-                  "batches": [8], "repeats": 3, "amp_images": 16},
+                  "batches": [16], "repeats": 3, "amp_images": 16},
 }
 
 
