@@ -233,6 +233,7 @@ class ExplainParams(_Section):
     saliency_size: tuple[int, int] = (48, 64)           # stored saliency grid (rows, cols), float16
     detector: str | None = None                         # id from infer.detectors; null: the first
     min_height: float = Field(default=30.0, ge=0)       # shorter pedestrians are not explained (parts too small)
+    cache_dir: str | None = ".cache/xai-audit"         # result store of incremental re-audits (tasks.result_store)
     runner: RunnerParams = RunnerParams()
     jobs: list[ExplainJob] = []
 

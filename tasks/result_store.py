@@ -225,9 +225,8 @@ def store_for(cache_dir: str | Path | None, kind: str, tables: tuple[str, ...]) 
 
 
 def cache_dir_of(params) -> str | None:
-    """``explain.cache_dir`` of the params, absolute (workers of a cluster share it), or None (reuse off). Until the
-    params schema declares the key, its default ``.cache/xai-audit`` applies."""
-    value = getattr(params.explain, "cache_dir", DEFAULT_CACHE_DIR)
+    """``explain.cache_dir`` of the params, absolute (workers of a cluster share it), or None (reuse off)."""
+    value = params.explain.cache_dir
     return None if value is None else str(Path(value).resolve())
 
 
