@@ -20,6 +20,10 @@ def task_runner(params: Params, runner: RunnerParams):
         return DaskTaskRunner(address=runner.address)
     n = runner.workers or torch.cuda.device_count() or params.workers
     threads = max(1, (__import__("os").cpu_count() or 1) // n)
+    from prefect.settings import PREFECT_API_URL
+
+    env = {"OMP_NUM_THREADS": str(threads)}
+    if PREFECT_API_URL.value():          # else each worker starts its own temporary Prefect server (its task runs
+        env["PREFECT_API_URL"] = PREFECT_API_URL.value()      # land in another database, ~35 s at its first task)
     return DaskTaskRunner(cluster_kwargs={"n_workers": n, "threads_per_worker": 1, "processes": True,
-                                          "dashboard_address": None,
-                                          "env": {"OMP_NUM_THREADS": str(threads)}})
+                                          "dashboard_address": None, "env": env})
