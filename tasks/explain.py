@@ -295,6 +295,12 @@ def job_code_files(method: str) -> tuple[Path, ...]:
     return tuple(f for f in code_files() if f not in others)
 
 
+def job_base_name(job: ExplainJob) -> str:
+    """A job's entry in :func:`job_bases`: its targets and name (``persons/rise``), unique per params
+    (tasks.params allows one name on several target kinds, e.g. rise on persons and on classes)."""
+    return f"{job.targets}/{job.name}"
+
+
 def job_bases(params: Params) -> dict[str, str]:
     """Per job name, the digest of what every explanation of the job depends on besides its image and targets:
     the job (ExplainJob dump: method, targets, budget, regions, options ...), the seed, the explain params that
@@ -308,7 +314,7 @@ def job_bases(params: Params) -> dict[str, str]:
         spec = params.infer.classifier if job.targets == "classes" else params.explain_detector()
         if spec.id not in models:
             models[spec.id] = {"spec": spec.model_dump(mode="json"), "sha256": model_sha256(spec)}
-        out[job.name] = digest({"stage": "explain", "job": job.model_dump(mode="json"), "seed": params.seed,
+        out[job_base_name(job)] = digest({"stage": "explain", "job": job.model_dump(mode="json"), "seed": params.seed,
                                 "saliency_size": list(cfg.saliency_size), "chunk_size": cfg.chunk_size,
                                 "model": models[spec.id], "code": files_digest(list(job_code_files(job.method)))})
     return out
@@ -372,12 +378,12 @@ class ExplainReuse(Reuse):
         self.bases, self.params, self.device, self.images = bases, params, device, {}
 
     def key(self, job: ExplainJob, item: ExplainItem, group: list[dict]) -> str | None:
-        if self.store is None or job.name not in self.bases:
+        if self.store is None or job_base_name(job) not in self.bases:
             return None
         img = item["image"]
         if img["image_id"] not in self.images:
             self.images[img["image_id"]] = image_sha256(img["uri"])
-        return group_key(self.bases[job.name], self.device, self.images[img["image_id"]], job, item, group,
+        return group_key(self.bases[job_base_name(job)], self.device, self.images[img["image_id"]], job, item, group,
                          self.params.seed)
 
     def prefetch_items(self, items: list[ExplainItem]) -> None:

@@ -222,3 +222,22 @@ def test_keys_change_with_what_they_hash():
     import numpy as np
     assert digest(base) != digest({**base, "rle": np.array([3, 5])})
     assert digest({"x": np.array([1], np.int32)}) != digest({"x": np.array([1], np.int64)})
+
+
+def test_jobs_of_one_name_on_two_target_kinds_get_their_own_key_bases(monkeypatch):
+    """rise on persons and rise on classes share a name: each keeps the base of its own budget and model (found by
+    review: bases keyed by name alone let the last job's settings key the other's groups)."""
+    from tasks.explain import job_base_name, job_bases
+    from tasks.params import parse_params
+
+    monkeypatch.setattr(tasks.explain, "model_sha256", lambda spec: spec.id)
+    monkeypatch.setattr(tasks.explain, "files_digest", lambda files: "code")
+    jobs = [{"method": "rise", "targets": "persons", "regions": "none", "budget": 256},
+            {"method": "rise", "targets": "classes", "regions": "none", "budget": 256}]
+    params = parse_params({"explain": {"jobs": jobs}}, check_files=False)
+    bases = job_bases(params)
+    assert sorted(bases) == sorted(job_base_name(j) for j in params.explain.jobs) and len(bases) == 2
+    jobs[0]["budget"] = 512
+    changed = job_bases(parse_params({"explain": {"jobs": jobs}}, check_files=False))
+    persons, classes = (job_base_name(j) for j in params.explain.jobs)
+    assert changed[persons] != bases[persons] and changed[classes] == bases[classes]
