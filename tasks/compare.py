@@ -682,8 +682,8 @@ def _gate_mr2(c: Comparison, limit: float) -> list[str]:
 
 
 def _gate_quality(c: Comparison, limit: float) -> list[str]:
-    both = [r for r in c.quality if r.better is not None and r.a is not None and r.b is not None]
-    return _worse(both, limit, "quality") if both else ["cannot check quality: no job has quality metrics in both"]
+    rows = [r for r in c.quality if r.better is not None]     # a metric in one audit only: "cannot check"
+    return _worse(rows, limit, "quality") if rows else ["cannot check quality: no job has quality metrics"]
 
 
 def _gate_cue(c: Comparison, limit: float) -> list[str]:
@@ -700,10 +700,15 @@ def _gate_cue(c: Comparison, limit: float) -> list[str]:
 def _gate_parts(c: Comparison, value: float | str) -> list[str]:
     if not c.jobs["both"]:
         return ["cannot check part shift: no job with body-part relevance in both audits"]
-    cells = c.cells[(c.cells["breakdown"] == "all") & (c.cells["sim_significant"] == True)]  # noqa: E712
+    overall = c.cells[c.cells["breakdown"] == "all"]
+    unchecked = [f"cannot check part shift {r.job} {r.part}: "
+                 + ("absent in A" if r.mean_a != r.mean_a else "absent in B" if r.mean_b != r.mean_b else
+                    "too few images for an interval")
+                 for r in overall[overall["sim_low"].isna()].itertuples()]   # a part that vanished must not pass
+    cells = overall[overall["sim_significant"] == True]  # noqa: E712
     if value != "ci":
         cells = cells[cells["shift"].abs() > float(value)]
-    return [f"part shift {r.job} {r.part}: {r.mean_a:.4f} -> {r.mean_b:.4f} ({r.shift:+.4f}, simultaneous "
+    return unchecked + [f"part shift {r.job} {r.part}: {r.mean_a:.4f} -> {r.mean_b:.4f} ({r.shift:+.4f}, simultaneous "
             f"interval [{r.sim_low:+.4f}, {r.sim_high:+.4f}] excludes 0"
             + ("" if value == "ci" else f", |shift| > {float(value):g}") + ")" for r in cells.itertuples()]
 

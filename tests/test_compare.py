@@ -383,3 +383,17 @@ def test_the_cli_sub_command_takes_the_same_arguments():
                 if a.dest not in ("help", "params")}
 
     assert spec(sub.choices["compare"]) == spec(add_arguments(argparse.ArgumentParser()))
+
+
+def test_a_part_without_an_interval_fails_the_part_shift_gate(result):
+    """A part that vanished from B (or has too few images for an interval) cannot be checked: the gate fails
+    rather than passing on a NaN interval (found by review)."""
+    import dataclasses
+
+    cells = result.cells.copy()
+    row = cells.index[(cells["breakdown"] == "all")][0]
+    cells.loc[row, ["mean_b", "sim_low", "sim_high"]] = np.nan
+    cells.loc[row, "sim_significant"] = False
+    gone = dataclasses.replace(result, cells=cells) if dataclasses.is_dataclass(result) else None
+    reasons = check_gates(gone, parse_gates(["part_shift=ci"]))[0].reasons
+    assert any(r.startswith("cannot check part shift") and r.endswith("absent in B") for r in reasons)
