@@ -4,6 +4,7 @@ plots; and where the detector fails (tasks.audit_slices: attribute slices of the
 shares, MR⁻², miss types)."""
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -27,9 +28,12 @@ from tasks.params import Params, load_params
 from tasks.result_store import cache_dir_of
 from tasks.sanity import sanity_check, sanity_summary, sanity_targets
 from tasks.shards import (
-    collect_staged,
+    SHARDS_DIR,
+    TableWriter,
     fresh_staging,
+    iter_shards,
     publish,
+    read_image_rows,
     shard_name,
     shard_ranges,
     staged_shard_dir,
@@ -37,6 +41,13 @@ from tasks.shards import (
 )
 from tasks.timings import record_run
 from tasks.undefined import NONFINITE_SALIENCY
+
+FLOW_COLUMNS = ["image_id", "target_id", "kind", "job", "method", "region_names", "relevance"]
+"""The explanations columns the flow itself reads (sanity targets, shards, where it fails, plots): not the saliency
+grids, options or per-row bookkeeping, so the flow holds a few small columns per explanation."""
+SUMMARY_COLUMNS = ["kind", "job", "metric", "value"]
+"""The metrics columns the summaries and plots aggregate, read back from the written table dictionary-encoded
+(about 20 bytes per metric row)."""
 
 
 def _explanation_files(explained: stages.ExplainOutputs) -> list[str]:
@@ -81,59 +92,72 @@ def _shards(params: Params, staging, files: list[str], explained_ids: pa.Array) 
     return out
 
 
-def _agreement(shard_dirs: list[str]) -> pa.Table:
-    """The agreement rows the shards staged (tasks.evaluate.AGREEMENT_FILE), in shard order."""
-    tables = [pq.read_table(Path(d) / AGREEMENT_FILE, schema=SCHEMAS["metrics"]) for d in shard_dirs
-              if (Path(d) / AGREEMENT_FILE).is_file()]
-    return pa.concat_tables(tables) if tables else SCHEMAS["metrics"].empty_table()
+def _write_metrics(path: Path, shard_dirs: list[str]) -> pa.Table:
+    """Stream the metrics table to ``path``: every finished shard's metric rows, then the agreement rows the shards
+    staged (tasks.evaluate.AGREEMENT_FILE), each in shard order, one shard in memory at a time (the rows and order
+    of concatenating them all). Returns the :data:`SUMMARY_COLUMNS` of the written table, dictionary-encoded."""
+    with TableWriter(path, "metrics") as writer:
+        for table in iter_shards(shard_dirs, "metrics"):
+            writer.write(table)
+        for d in shard_dirs:
+            if (Path(d) / AGREEMENT_FILE).is_file():
+                writer.write(pq.read_table(Path(d) / AGREEMENT_FILE, schema=SCHEMAS["metrics"]))
+    return pq.read_table(path, columns=SUMMARY_COLUMNS, read_dictionary=SUMMARY_COLUMNS[:3])
+
+
+def _write_errors(path: Path, shard_dirs: list[str], extra: list[dict]) -> tuple[int, int]:
+    """Stream the errors table to ``path``: every finished shard's rows in shard order, then ``extra`` (the sanity
+    check's and where-it-fails' rows). Returns (rows, rows of error_type ``nonfinite_saliency``)."""
+    nonfinite = 0
+    with TableWriter(path, "errors") as writer:
+        for table in [*iter_shards(shard_dirs, "errors"), rows_to_table(extra, "errors")]:
+            nonfinite += table.filter(pc.equal(table["error_type"], NONFINITE_SALIENCY)).num_rows
+            writer.write(table)
+    return writer.num_rows, nonfinite
 
 
 @flow(name="evaluate", log_prints=True)
 def evaluate_flow(params: Params) -> dict:
     """Shards of images -> metrics / errors tables (published in one swap), metrics/evaluate.json, plots/*.csv.
     Tasks get shard descriptions and read their own rows (tasks.evaluate.EvaluateShard); metric groups whose key is
-    in the result store (``explain.cache_dir``) are reused. The sanity check, the agreement between methods and
-    where the detector fails are recomputed every run (cheap: a fixed few targets; relevance vectors; tables)."""
+    in the result store (``explain.cache_dir``) are reused. The flow streams the shards' tables to disk one shard at a
+    time and keeps only small columns per explanation / metric row (:data:`FLOW_COLUMNS`, :data:`SUMMARY_COLUMNS`).
+    The sanity check, the agreement between methods and where the detector fails are recomputed every run (cheap: a
+    fixed few targets; relevance vectors; tables)."""
     logger = get_run_logger()
     cfg = params.evaluate
     started = time.perf_counter()
     explained = stages.explain(params)
     files = _explanation_files(explained)
-    # every column but the saliency grids and options: what the flow's summaries, plots and slices read
-    explanations = _columns(files, "explanations", [c for c in SCHEMAS["explanations"].names
-                                                     if c not in ("saliency", "options")])
+    explanations = _columns(files, "explanations", FLOW_COLUMNS)
     data = stages.pull(params).dataset()
-    targets, parts = explained.read("targets"), stages.parts(params).read("parts")
     outputs = stages.evaluate(params)
     staging = fresh_staging(outputs.out_dir)
     shards = _shards(params, staging, files, pc.unique(explanations["image_id"]))
     futures = [evaluate_shard.submit(s, params) for s in shards]
-    sanity = _submit_sanity(params, explanations, data.images, targets, parts)
+    sanity = _submit_sanity(params, explanations, data.images)
     results = progress(futures, "evaluate")
     shard_dirs = [r["shard_dir"] for r in results]
-    agreement = _agreement(shard_dirs)
-    tables = collect_staged(staging, shard_dirs, ("metrics", "errors"))
+    metrics = _write_metrics(staging / outputs.TABLES["metrics"], shard_dirs)
     shards_done = time.perf_counter()
     checked = sanity.result() if sanity is not None else {"rows": [], "errors": [], "status": {}}
     sanity_done = time.perf_counter()
-    metrics = pa.concat_tables([tables["metrics"], agreement])
     pulled = stages.pull(params)
     drawn, computed = (_optional(pulled, name, logger) for name in ("attributes", "computed_attributes"))
     failures, failure_errors, where = where_it_fails(params, data.images, data.annotations,
                                                      stages.infer(params).read("detections"), explanations, drawn,
                                                      computed, pulled.user_attributes())
     failures_done = time.perf_counter()
-    tables["errors"] = pa.concat_tables([tables["errors"], rows_to_table(checked["errors"] + failure_errors,
-                                                                         "errors")])
-    outputs.write(staging, {"metrics": metrics, "errors": tables["errors"], **failures,
-                            "sanity": rows_to_table(checked["rows"], "sanity")})
+    n_errors, nonfinite = _write_errors(staging / outputs.TABLES["errors"], shard_dirs,
+                                        checked["errors"] + failure_errors)
+    shutil.rmtree(staging / SHARDS_DIR, ignore_errors=True)      # absent when there were no items
+    outputs.write(staging, {**failures, "sanity": rows_to_table(checked["rows"], "sanity")})
     publish(staging, outputs.out_dir)
-    summary = {"explanations": explanations.num_rows, "errors": tables["errors"].num_rows,
+    summary = {"explanations": explanations.num_rows, "errors": n_errors,
                "substrates": {m: make_perturbation(SUBSTRATES[m]).describe() for m in SUBSTRATES}, "steps": cfg.steps,
                "causal_split": cfg.causal_split, "by_kind": summarise(metrics),
                "undefined": undefined_counts(metrics),
-               "nonfinite_saliency": tables["errors"].filter(
-                   pc.equal(tables["errors"]["error_type"], NONFINITE_SALIENCY)).num_rows,
+               "nonfinite_saliency": nonfinite,
                "pointing_tolerance": cfg.pointing_tolerance, "notes": NOTES, "where_it_fails": where,
                "sanity": {"steps": cfg.sanity.steps, "max_correlation": cfg.sanity.max_correlation,
                           "jobs": sanity_summary(checked["rows"], checked["status"], cfg.sanity.max_correlation)}}
@@ -149,20 +173,23 @@ def evaluate_flow(params: Params) -> dict:
                             "seconds_computed": round(sum(r["seconds_computed"] for r in results), 2),
                             "seconds_reused": round(sum(r["seconds_reused"] for r in results), 2)}, outputs.metrics)
     logger.info("evaluate: %d metric rows for %d explanations, %d errors, undefined values %s", metrics.num_rows,
-                explanations.num_rows, tables["errors"].num_rows, summary["undefined"])
+                explanations.num_rows, n_errors, summary["undefined"])
     return summary
 
 
-def _submit_sanity(params: Params, explanations: pa.Table, images: pa.Table, targets: pa.Table, parts: pa.Table):
+def _submit_sanity(params: Params, explanations: pa.Table, images: pa.Table):
     """The sanity check (tasks.sanity) of every job on its first ``evaluate.sanity.targets`` targets, as one task
-    running alongside the metric shards; None when off or nothing was explained."""
+    running alongside the metric shards; None when off or nothing was explained. Only the chosen images' rows of
+    the targets and parts tables are read."""
     per_job = params.evaluate.sanity.targets
     chosen = sanity_targets(explanations, params.explain.jobs, per_job) if per_job else {}
     ids = pa.array(sorted({image_id for keys in chosen.values() for image_id, _ in keys}), pa.string())
     if len(ids) == 0:
         return None
-    items = explain_items(images.filter(pc.is_in(images["image_id"], value_set=ids)),
-                          targets.filter(pc.is_in(targets["image_id"], value_set=ids)), parts)
+    wanted = ids.to_pylist()
+    targets = read_image_rows(stages.explain(params).path("targets"), wanted, schema=SCHEMAS["targets"])
+    parts = read_image_rows(stages.parts(params).path("parts"), wanted, schema=SCHEMAS["parts"])
+    items = explain_items(images.filter(pc.is_in(images["image_id"], value_set=ids)), targets, parts)
     return sanity_check.submit(items, chosen, params)
 
 

@@ -209,26 +209,32 @@ def miss_rates(images: pa.Table, annotations: pa.Table, detections: pa.Table, mo
 def _candidates(params: Params, images: list[dict], errors: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """image_id -> (boxes [K, 4], person scores [K]) of the audited detector's candidates before NMS, for ``images``
     (``images`` rows), batched by image size in ``explain.chunk_size`` images; unreadable images get an ``errors``
-    row and no entry."""
+    row and no entry. Memory: one batch of decoded images at a time (a first pass decodes each image once, on the
+    CPU, only to learn whether it loads and its size, so the batches are the same as when every image was held)."""
     spec = params.explain_detector()
     device = task_device(params.explain.device)
-    loaded: dict[tuple[int, int], list[tuple[str, torch.Tensor]]] = {}
+    groups: dict[tuple[int, int], list[dict]] = {}
     for img in images:
-        image = load_image(img, "evaluate", device, errors)
+        image = load_image(img, "evaluate", "cpu", errors)
         if image is not None:
-            loaded.setdefault(tuple(image.shape[-2:]), []).append((img["image_id"], image))
-    if not loaded:
+            groups.setdefault(tuple(image.shape[-2:]), []).append(img)
+        del image
+    if not groups:
         return {}
     detector = detector_model(spec.model_dump_json(), device, params.explain.chunk_size)
     person = detector.class_names.index(spec.person_class)
     out = {}
     chunk = params.explain.chunk_size
-    for group in loaded.values():
+    for group in groups.values():
         for s in range(0, len(group), chunk):
-            ids, batch = zip(*group[s:s + chunk])
+            loaded = [(img["image_id"], load_image(img, "evaluate", device, errors)) for img in group[s:s + chunk]]
+            loaded = [(i, x) for i, x in loaded if x is not None]     # unreadable since the first pass: in errors
+            if not loaded:
+                continue
             with torch.no_grad():
-                cands = detector.candidates(torch.stack(batch))
-            out.update({iid: person_candidates(cands, b, person) for b, iid in enumerate(ids)})
+                cands = detector.candidates(torch.stack([x for _, x in loaded]))
+            out.update({iid: person_candidates(cands, b, person) for b, (iid, _) in enumerate(loaded)})
+            del loaded, cands
     return out
 
 

@@ -97,8 +97,9 @@ class ResultStore:
         self.tables = tuple(tables)
 
     # ------------------------------------------------------------------------------------------------ read
-    def _index(self) -> dict[str, str]:
-        """cache_key -> file name, over every readable file of the folder (files already seen are not re-read)."""
+    def _locate(self, keys: set[str]) -> dict[str, str]:
+        """cache_key -> file name for those of ``keys`` that are stored, from the process's index of every readable
+        file of the folder (files already seen are not re-read; only the answer for ``keys`` is copied out)."""
         with _INDEX_LOCK:
             state = _INDEXES.setdefault(str(self.folder.resolve()), {"files": {}, "where": {}})
             names = sorted(p.name for p in self.folder.glob("*.parquet")) if self.folder.is_dir() else []
@@ -108,16 +109,17 @@ class ResultStore:
                 if name in state["files"]:
                     continue
                 try:
-                    keys = pq.read_table(self.folder / name, columns=[KEY])[KEY].to_pylist()
+                    stored = pq.read_table(self.folder / name, columns=[KEY])[KEY].to_pylist()
                 except Exception as exc:     # noqa: BLE001 - any unreadable file is a miss, never a crash
                     warnings.warn(f"result store: ignoring unreadable file {self.folder / name}: "
                                   f"{type(exc).__name__}: {exc}", CacheWarning, stacklevel=3)
                     state["files"][name] = None
                     continue
                 state["files"][name] = True
-                for k in keys:
+                for k in stored:
                     state["where"].setdefault(k, name)
-            return dict(state["where"])
+            where = state["where"]
+            return {k: where[k] for k in keys if k in where}
 
     def get_many(self, keys: list[str] | set[str]) -> dict[str, dict]:
         """The stored entries among ``keys``: {key: {table name: pa.Table, ..., "seconds": float}}; a key that is
@@ -125,11 +127,9 @@ class ResultStore:
         wanted = set(keys)
         if not wanted:
             return {}
-        where = self._index()
         by_file: dict[str, list[str]] = {}
-        for k in wanted:
-            if k in where:
-                by_file.setdefault(where[k], []).append(k)
+        for k, name in self._locate(wanted).items():
+            by_file.setdefault(name, []).append(k)
         found: dict[str, dict] = {}
         for name, ks in sorted(by_file.items()):
             path = self.folder / name
