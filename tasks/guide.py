@@ -92,6 +92,15 @@ def load_training_set(params: Params, class_names: list[str], input_size: tuple[
                     [i["image_id"] for i in images], [list(i["labels"] or []) for i in images], list(class_names))
 
 
+def training_data_record(params: Params) -> dict:
+    """What the fine-tune's training scenes are made of (``models.train_data`` and the generator, ``pull.synthetic``
+    without its image count, and the seed): stored with a guided model so that a copy can be refused when they
+    change."""
+    generator = params.pull.synthetic.model_dump(mode="json", exclude={"n_images"})
+    return {"seed": params.seed, "n_images": params.models.train_data.n_images,
+            "seed_offset": params.models.train_data.seed_offset, "generator": generator}
+
+
 def check_given_guided(params: Params, src: Path) -> dict | None:
     """Check ``guide.weights`` before the stage copies it instead of fine-tuning; returns the training record its
     weights manifest lists (``weights/demo/manifest.json`` for the shipped demo file), or None without a manifest.
@@ -100,8 +109,8 @@ def check_given_guided(params: Params, src: Path) -> dict | None:
     *this* recipe, or the re-audit would report on another model than the params describe. Raises
     FileNotFoundError (file or sidecar missing), ``tasks.shipped_weights.WeightsMismatchError`` (bytes differ from
     the manifest) and ValueError when the manifest's record was fine-tuned from other classifier weights (both
-    SHA-256 named) or with another recipe (the differing ``guide`` keys named) -- set ``guide.weights: null`` to
-    fine-tune instead."""
+    SHA-256 named), with another recipe (the differing ``guide`` keys named) or on other training scenes -- set
+    ``guide.weights: null`` to fine-tune instead."""
     from tasks.shipped_weights import manifest_entry, verify_given
 
     verify_given(src, "guide.weights")
@@ -120,7 +129,9 @@ def check_given_guided(params: Params, src: Path) -> dict | None:
     recipe = {k: v for k, v in asdict(training_config(params, clf_classes)).items() if k != "progress"}
     trained = {k: (tuple(v) if isinstance(v, list) else v) for k, v in record.get("config", {}).items()}
     differ = sorted(k for k in recipe if trained.get(k) != recipe[k]) + \
-        (["seed"] if record.get("seed") != params.guide.seed else [])
+        (["seed"] if record.get("seed") != params.guide.seed else []) + \
+        (["training scenes (models.train_data, pull.synthetic, seed)"]
+         if record.get("train_data") != training_data_record(params) else [])
     if differ:
         raise ValueError(f"params guide.weights: {src} was fine-tuned with another recipe ({', '.join(differ)} differ"
                          f" from params guide): set guide.weights: null to fine-tune with these params")
@@ -152,7 +163,8 @@ def train_guided(params: Params, out: GuideOutputs, progress: bool = True) -> di
         seconds = hist.seconds
         record = {"source": "trained", "from": params.infer.classifier.weights,
                   "from_sha256": file_sha256(params.infer.classifier.weights), "sha256": file_sha256(out.model),
-                  "train_images": len(data), "annotated_images": hist.annotated_images,
+                  "train_images": len(data), "train_data": training_data_record(params),
+                  "annotated_images": hist.annotated_images,
                   "config": {k: v for k, v in asdict(cfg).items() if k != "progress"}, "seed": g.seed,
                   "epochs_run": len(hist.bce), "bce": [round(v, 5) for v in hist.bce],
                   "loc": [round(v, 5) for v in hist.loc]}

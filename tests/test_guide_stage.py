@@ -116,7 +116,7 @@ def _shipped_guided(folder, params, **record_changes):
     from dataclasses import asdict
 
     from detection.models.specs import file_sha256
-    from tasks.guide import training_config
+    from tasks.guide import training_config, training_data_record
     from tasks.shipped_weights import write_manifest
 
     src = REPO / "weights/demo/classifier.pt"
@@ -125,7 +125,7 @@ def _shipped_guided(folder, params, **record_changes):
     classes = json.loads(src.with_suffix(".json").read_text())["classes"]
     config = {k: v for k, v in asdict(training_config(params, classes)).items() if k != "progress"}
     record = {"source": "trained", "from_sha256": file_sha256(params.infer.classifier.weights), "config": config,
-              "seed": params.guide.seed}
+              "seed": params.guide.seed, "train_data": training_data_record(params)}
     for key, value in record_changes.items():
         if key in config:
             record["config"][key] = value
@@ -157,6 +157,12 @@ def test_given_guided_weights_must_be_the_fine_tune_of_this_classifier_with_this
     recipe.mkdir()
     with pytest.raises(ValueError, match=r"another recipe \(lam differ"):
         check_given_guided(params, _shipped_guided(recipe, params, lam=params.guide.lam + 1))
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    more = params.model_copy(update={"models": params.models.model_copy(update={
+        "train_data": params.models.train_data.model_copy(update={"n_images": 100})})})
+    with pytest.raises(ValueError, match="training scenes"):
+        check_given_guided(more, _shipped_guided(scenes, params))
     (recipe / "guided.pt").write_bytes(b"not the shipped file")
     with pytest.raises(WeightsMismatchError, match="guide.weights"):
         check_given_guided(params, recipe / "guided.pt")
