@@ -125,7 +125,11 @@ def check_given_guided(params: Params, src: Path) -> dict | None:
                          f"{str(record.get('from_sha256'))[:12]}…, but infer.classifier "
                          f"({params.infer.classifier.weights}) has {original[:12]}…: set guide.weights: null to "
                          f"fine-tune this classifier")
-    clf_classes = json.loads(Path(params.infer.classifier.weights).with_suffix(".json").read_text())["classes"]
+    sidecar = Path(params.infer.classifier.weights).with_suffix(".json")
+    if not sidecar.is_file():
+        raise FileNotFoundError(f"params guide.weights: infer.classifier's sidecar {sidecar} not found (guide needs a "
+                                f"'saved' scene classifier)")
+    clf_classes = json.loads(sidecar.read_text())["classes"]
     recipe = {k: v for k, v in asdict(training_config(params, clf_classes)).items() if k != "progress"}
     trained = {k: (tuple(v) if isinstance(v, list) else v) for k, v in record.get("config", {}).items()}
     differ = sorted(k for k in recipe if trained.get(k) != recipe[k]) + \
