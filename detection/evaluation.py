@@ -122,9 +122,14 @@ def average_precision(images: list[ImageEval], iou_thr: float = 0.5) -> float:
         scores.append(img.det_scores[~ignored])
         tps.append(tp[~ignored])
         n_gt += int((~img.gt_ignore).sum())
+    return ap_from_matches(np.concatenate(scores), np.concatenate(tps), n_gt)
+
+
+def ap_from_matches(scores: np.ndarray, tps: np.ndarray, n_gt: int) -> float:
+    """:func:`average_precision` from the matching's result: the scores [D] and true-positive flags [D] of the
+    non-ignored detections and the non-ignored GT count (NaN without GT, 0 without detections)."""
     if n_gt == 0:
         return float("nan")
-    scores, tps = np.concatenate(scores), np.concatenate(tps)
     if len(scores) == 0:
         return 0.0
     order = np.argsort(-scores, kind="stable")
@@ -151,7 +156,11 @@ def recall_by(images: list[ImageEval], attr: str, buckets: dict[str, tuple[float
         keep = ~img.gt_ignore
         hits.append(found(img, min_score, iou_thr)[keep])
         values.append(np.asarray(img.gt_attrs[attr], float)[keep])
-    hits, values = np.concatenate(hits), np.concatenate(values)
+    return recall_from_hits(np.concatenate(hits), np.concatenate(values), buckets)
+
+
+def recall_from_hits(hits: np.ndarray, values: np.ndarray, buckets: dict[str, tuple[float, float]]) -> dict:
+    """:func:`recall_by` from the found flags [G] and attribute values [G] of the non-ignored GT."""
     out = {}
     for name, (lo, hi) in buckets.items():
         sel = (values >= lo) & (values < hi)

@@ -28,9 +28,11 @@ from detection.evaluation import (
     OCCLUSION_BUCKETS,
     SIZE_BUCKETS,
     ImageEval,
+    ap_from_matches,
     match,
     multilabel_f1,
     pck,
+    recall_from_hits,
 )
 from detection.models.keypoints import load_keypoint_model
 from detection.models.specs import (
@@ -255,41 +257,16 @@ def combine_partials(partials: list[dict]) -> dict:
     return out
 
 
-def _ap(scores: np.ndarray, tps: np.ndarray, n_gt: int) -> float:
-    """``detection.evaluation.average_precision`` from its collected scores / true-positive flags."""
-    if n_gt == 0:
-        return float("nan")
-    if len(scores) == 0:
-        return 0.0
-    order = np.argsort(-scores, kind="stable")
-    tp_cum = np.cumsum(tps[order])
-    recall = tp_cum / n_gt
-    precision = tp_cum / np.arange(1, len(order) + 1)
-    precision = np.maximum.accumulate(precision[::-1])[::-1]
-    grid = np.linspace(0, 1, 101)
-    idx = np.searchsorted(recall, grid, side="left")
-    return float(np.where(idx < len(precision), precision[np.minimum(idx, len(precision) - 1)], 0.0).mean())
-
-
-def _recall_by(hits: np.ndarray, values: np.ndarray, buckets: dict[str, tuple[float, float]]) -> dict:
-    """``detection.evaluation.recall_by`` from the found flags and attribute values of the real GT."""
-    out = {}
-    for name, (lo, hi) in buckets.items():
-        sel = (values >= lo) & (values < hi)
-        out[name] = float(hits[sel].mean()) if sel.any() else float("nan")
-        out[f"{name}_count"] = int(sel.sum())
-    return out
-
-
 def finish_quality(partials: list[dict], conf: float, with_pose: bool) -> dict:
     """:func:`detector_quality`'s metrics from the partials of consecutive image sets (:func:`match_partial`)."""
     p = combine_partials(partials)
     zero = COCO_IOUS.tolist().index(MATCH_IOU)
-    out = {"ap50": _ap(p[f"scores{zero}"], p[f"tps{zero}"], p["n_gt"]),
-           "ap": float(np.mean([_ap(p[f"scores{i}"], p[f"tps{i}"], p["n_gt"]) for i in range(len(COCO_IOUS))])),
-           "ap50_reasonable": _ap(p["scores_r"], p["tps_r"], p["n_gt_reasonable"]),
-           "recall_by_size": _recall_by(p["hits"], p["height"], SIZE_BUCKETS),
-           "recall_by_occlusion": _recall_by(p["hits"], p["occlusion"], OCCLUSION_BUCKETS),
+    out = {"ap50": ap_from_matches(p[f"scores{zero}"], p[f"tps{zero}"], p["n_gt"]),
+           "ap": float(np.mean([ap_from_matches(p[f"scores{i}"], p[f"tps{i}"], p["n_gt"])
+                                for i in range(len(COCO_IOUS))])),
+           "ap50_reasonable": ap_from_matches(p["scores_r"], p["tps_r"], p["n_gt_reasonable"]),
+           "recall_by_size": recall_from_hits(p["hits"], p["height"], SIZE_BUCKETS),
+           "recall_by_occlusion": recall_from_hits(p["hits"], p["occlusion"], OCCLUSION_BUCKETS),
            "persons": p["persons"], "crowd_regions": p["crowd"], "images": p["images"]}
     if with_pose:
         out["pck02"] = p["correct"] / p["total"] if p["total"] else float("nan")
