@@ -201,15 +201,16 @@ def run_compare(args: argparse.Namespace) -> int:
     exits 2) for an unknown threshold or a missing audit input."""
     from tasks.compare import SEED, compare, parse_gates
     from tasks.report_compare import compare_page
+    from tasks.shards import write_text_atomic
 
     gates = parse_gates(args.fail_on)                # usage errors before any loading
     with tempfile.TemporaryDirectory(prefix="xai-compare-") as scratch:
         a = resolve(args.a, args.repo, Path(scratch))
         b = resolve(args.b, args.repo, Path(scratch))
     result = compare(a, b, gates, seed=SEED if args.seed is None else args.seed)
-    _write_atomic(args.html, compare_page(result))
+    write_text_atomic(args.html, compare_page(result))
     if args.json_out:
-        _write_atomic(args.json_out, json.dumps(result.to_json(), indent=2, sort_keys=True) + "\n")
+        write_text_atomic(args.json_out, json.dumps(result.to_json(), indent=2, sort_keys=True) + "\n")
     for warning in result.warnings:
         print(f"xai-audit compare: warning: {warning}", file=sys.stderr)
     for g in result.gates:
@@ -220,18 +221,6 @@ def run_compare(args: argparse.Namespace) -> int:
           + (f", {args.json_out}" if args.json_out else "")
           + (f"; {len(result.failed)} of {len(result.gates)} thresholds failed" if result.gates else ""))
     return result.exit_code
-
-
-def _write_atomic(path: str | Path, text: str) -> None:
-    """Write via a temp file + rename (as ``flows.report.write_text_atomic``, without importing Prefect)."""
-    import os
-    import uuid
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

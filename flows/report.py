@@ -2,8 +2,6 @@
 also published as Prefect artifacts (markdown summary + tables) of the run."""
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import flows  # noqa: F401  (environment defaults)
@@ -17,15 +15,7 @@ from tasks import stages
 from tasks.params import Params, load_params
 from tasks.report import ReportInputs, build_report, cost_table, load_json, quality_table, undefined_table
 from tasks.report_guidance import load_guidance
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+from tasks.shards import write_text_atomic
 
 
 def load_inputs(params: Params) -> ReportInputs:

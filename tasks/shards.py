@@ -318,6 +318,16 @@ def read_sharded(out_dir: str | Path, pattern: str, name: str) -> pa.Table:
 
 
 # ---------------------------------------------------------------------------------------------------- JSON
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` via a temp file beside ``path`` and a rename: a reader never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
 def write_json(path: str | Path, data: dict) -> Path:
     """Pretty, key-sorted JSON with a trailing newline (stable diffs for DVC metrics)."""
     path = Path(path)
