@@ -40,6 +40,7 @@ _LAZY = {
     "PermutationShapley": "explainers.shapley",
     "Perturbation": "explainers.perturb",
     "RegionGame": "explainers.game",
+    "Rexl": "explainers.rexl",
     "Rise": "explainers.rise",
     "Scorer": "explainers.base",
     "ScorerError": "explainers.base",
@@ -61,7 +62,7 @@ __all__ = [*sorted(["GradCam", "IGosPP", "InputXGradient", "IntegratedGradients"
                     "cascading_randomisation", "structured_attention_graph", "exact_minimal_sufficient"]),
            "BayesShapley", "Blur", "BudgetError", "Constant", "ContinuousCoalitionShapley", "DRise", "DeCam",
            "ExactShapley", "Explainer", "Explanation", "KernelShap", "Lime", "METHODS", "Mean", "Noise", "Occlusion",
-           "Perturbation", "PermutationShapley", "RegionGame", "Rise", "Scorer", "ScorerError", "bayes_shapley",
+           "Perturbation", "PermutationShapley", "RegionGame", "Rexl", "Rise", "Scorer", "ScorerError", "bayes_shapley",
            "box_masks", "continuous_coalition_shapley", "deletion_insertion", "energy_pointing_game",
            "exact_shapley", "grid_regions", "kernel_shap", "permutation_shapley", "pointing_game", "relative_error",
            "superpixels"]

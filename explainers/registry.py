@@ -16,6 +16,7 @@ from explainers.gradients import GradCam, InputXGradient, IntegratedGradients
 from explainers.igos import IGosPP
 from explainers.lime import Lime
 from explainers.occlusion import Occlusion
+from explainers.rexl import Rexl
 from explainers.rise import DRise, Rise
 from explainers.sag import Sag
 from explainers.shapley import ContinuousCoalitionShapley, ExactShapley, KernelShap, PermutationShapley
@@ -23,7 +24,7 @@ from explainers.shapley import ContinuousCoalitionShapley, ExactShapley, KernelS
 METHODS: dict[str, type[Explainer]] = {
     cls.name: cls for cls in (Occlusion, Rise, DRise, Lime, BayesShapley, KernelShap, ExactShapley,
                               PermutationShapley, ContinuousCoalitionShapley, DeCam, IntegratedGradients,
-                              InputXGradient, GradCam, IGosPP, Sag)}
+                              InputXGradient, GradCam, IGosPP, Sag, Rexl)}
 
 # old method name -> (new name, why): an error naming the new one, never a silent alias
 RENAMED: dict[str, tuple[str, str]] = {

@@ -17,6 +17,7 @@ from explainers.perturb import Constant
 from explainers.registry import RENAMED, method_names, unknown_method, without_detections
 from tasks.explain_jobs import check_jobs
 from tasks.params import ParamsError, parse_params
+from tests.rexl_fixture import policy_file, tiny_policy, with_fingerprint
 
 H = W = 12
 SHAPLEY = {"exact_shapley", "kernel_shap", "bayes_shapley", "permutation_shapley", "continuous_coalition_shapley",
@@ -52,16 +53,25 @@ def ones() -> torch.Tensor:
     return torch.ones(3, H, W)
 
 
+def build(cls, scorer, **kw):
+    """``cls(scorer, **kw)``; a learned explainer (``needs_trained_weights``) gets the tiny trained policy of
+    tests/rexl_fixture.py and the scorer the weights fingerprint that policy was trained for."""
+    if cls.needs_trained_weights:
+        kw["policy"] = tiny_policy()
+        with_fingerprint(scorer)
+    return cls(scorer, **kw)
+
+
 # ----------------------------------------------------------------------------------------------- the declarations
 def test_capabilities_say_what_the_validation_enforced():
     """Before the attributes: PIXEL_METHODS = (rise, drise, decam), every other method needed regions; drise (only)
-    was rejected for classes. The gradient methods (explainers/gradients.py) are white-box pixel maps; nothing is
-    learned yet."""
-    assert set(method_names(needs_regions=True)) == set(METHODS) - {"rise", "drise", "decam"} - GRADIENTS
+    was rejected for classes. The gradient methods (explainers/gradients.py) are white-box pixel maps; RExL is the
+    learned one (a trained policy), a pixel map whose regions only summarise it."""
     assert method_names(needs_detections=True) == ["drise"]
     assert set(method_names(shapley_values=True)) == SHAPLEY
-    assert set(method_names(needs_gradients=True)) == GRADIENTS and method_names(needs_trained_weights=True) == []
-    assert set(method_names(accepts_regions=False)) == {"rise", "drise"} | GRADIENTS
+    assert set(method_names(needs_gradients=True)) == GRADIENTS and method_names(needs_trained_weights=True) == ["rexl"]
+    assert set(method_names(needs_regions=True)) == set(METHODS) - {"rise", "drise", "decam", "rexl"} - GRADIENTS
+    assert set(method_names(accepts_regions=False)) == {"rise", "drise", "rexl"} | GRADIENTS
     for name, cls in METHODS.items():
         assert all(isinstance(getattr(cls, c), bool) for c in CAPABILITIES), name
         assert cls.accepts_regions or not cls.needs_regions, name       # needing regions implies playing on them
@@ -70,11 +80,14 @@ def test_capabilities_say_what_the_validation_enforced():
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_params_validation_reads_the_attributes(name):
+def test_params_validation_reads_the_attributes(name, tmp_path, monkeypatch):
     cls = METHODS[name]
+    monkeypatch.chdir(tmp_path)                  # no audited model here: a learned explainer's file is checked alone
+    options = {"policy": str(policy_file(tmp_path))} if cls.needs_trained_weights else {}
     for targets in ("persons", "classes"):
         for regions in ("none", "superpixels"):
-            data = {"explain": {"jobs": [{"method": name, "targets": targets, "regions": regions}]}}
+            data = {"explain": {"jobs": [{"method": name, "targets": targets, "regions": regions,
+                                          "options": options}]}}
             refused = (cls.needs_regions and regions == "none") or (cls.needs_detections and targets == "classes")
             if refused:
                 with pytest.raises(ParamsError, match=rf"explain\.jobs\[0\]: {name} (needs regions|explains detect)"):
@@ -95,10 +108,10 @@ def test_regions_are_players_or_summaries_as_declared(name):
     """accepts_regions False: relevance is the mean saliency in each region; methods that need regions play on
     default regions without them, the others give pixel maps (relevance None)."""
     cls = METHODS[name]
-    exp = cls(StripeScorer(), perturbation=Constant(0.0)).explain(ones(), stripes(3), budget=40, seed=0)
+    exp = build(cls, StripeScorer(), perturbation=Constant(0.0)).explain(ones(), stripes(3), budget=40, seed=0)
     summary = region_means(exp.saliency, stripes(3).float())
     assert torch.allclose(exp.relevance, summary, atol=1e-5) or cls.accepts_regions, name
-    plain = cls(StripeScorer(), perturbation=Constant(0.0)).default_regions(ones())
+    plain = build(cls, StripeScorer(), perturbation=Constant(0.0)).default_regions(ones())
     assert (plain is not None) == (cls.needs_regions and name != "occlusion"), name    # occlusion: windows
 
 

@@ -19,6 +19,8 @@ from explainers import METHODS, BudgetError, DeCam, DRise, KernelShap, Lime, Ris
 from explainers.base import as_region_masks
 from explainers.perturb import Constant
 from explainers.rise import RiseMasks
+from tests.rexl_fixture import GRID as REXL_GRID
+from tests.rexl_fixture import tiny_policy, with_fingerprint
 
 H = W = 12
 ZERO = Constant(0.0)
@@ -92,7 +94,8 @@ MINIMUM = {"exact_shapley": lambda M, T: 2 ** M, "kernel_shap": lambda M, T: min
            "decam": lambda M, T: 8 * T, "integrated_gradients": lambda M, T: 6 * T,
            "input_x_gradient": lambda M, T: 3 * T, "grad_cam": lambda M, T: 3 * T,
            "igos_pp": lambda M, T: 12 * T,                       # one iteration of one IG step
-           "sag": lambda M, T: min(2 ** M, 4)}                   # its heuristic's (BayesShapley's) minimum
+           "sag": lambda M, T: min(2 ** M, 4),                   # its heuristic's (BayesShapley's) minimum
+           "rexl": lambda M, T: 2 + T * (REXL_GRID ** 2 - 1)}     # one roll-out per target (tests/rexl_fixture.py)
 
 
 def test_minimum_table_covers_every_method():
@@ -100,7 +103,12 @@ def test_minimum_table_covers_every_method():
 
 
 def make(name: str, scorer, **kw):
+    """The method on ``scorer`` with the constant-0 substrate; a learned explainer (``needs_trained_weights``) with
+    the tiny trained policy of tests/rexl_fixture.py (trained on that substrate) for the scorer's weights."""
     kw.setdefault("perturbation", ZERO)
+    if METHODS[name].needs_trained_weights:
+        kw.setdefault("policy", tiny_policy())
+        with_fingerprint(scorer)
     return METHODS[name](scorer, **kw)
 
 
@@ -191,7 +199,7 @@ def test_budgets_below_the_minimum_name_the_method_the_regions_and_the_minimum(n
             make(name, scorer).explain(ones(), stack(M), budget=minimum - 1)
         message = str(err.value)
         assert name in message and f"at least {minimum} forwards" in message, message
-        if name != "decam":                                         # its minimum depends on the targets only
+        if name not in ("decam", "rexl"):                           # their minimum depends on the targets only
             assert f"{M} region" in message, message
     exp = make(name, scorer).explain(ones(), stack(M), budget=minimum)
     assert exp.n_forward <= minimum and torch.isfinite(exp.relevance).all()
