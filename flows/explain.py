@@ -24,19 +24,22 @@ from detection.models.specs import model_files
 from tasks import stages
 from tasks.explain import ExplainShard, build_targets, config_hash, explain_shard, job_bases
 from tasks.explain_jobs import check_jobs
-from tasks.params import Params, load_params
+from tasks.params import FILE_OPTIONS, Params, load_params
 from tasks.result_store import cache_dir_of
 from tasks.shards import is_done, keep_if_same_config, shard_name, shard_ranges, write_json
 from tasks.timings import read_shard_timings, record_run
 
 
 def _input_files(params: Params) -> list[Path]:
-    """The files an explain run's rows depend on (hashed into its config): the tables it reads, the weights."""
+    """The files an explain run's rows depend on (hashed into its config): the tables it reads, the weights, and the
+    files jobs' options name (``tasks.params.FILE_OPTIONS``: a ``rexl`` job's trained policy; their bytes are in
+    each job's result-store key too, through the job's dump)."""
     pulled, inferred = stages.pull(params), stages.infer(params)
     files = [pulled.path("images"), pulled.path("annotations"), inferred.path("detections"),
              inferred.path("predictions"), stages.parts(params).path("parts")]
     models = [params.explain_detector(), *([params.infer.classifier] if params.infer.classifier is not None else [])]
-    return files + [f for spec in models for f in model_files(spec)]
+    options = [Path(job.options[k]) for job in params.explain.jobs for k in FILE_OPTIONS if k in job.options]
+    return files + [f for spec in models for f in model_files(spec)] + list(dict.fromkeys(options))
 
 
 def _forwards(explanations: pa.Table) -> dict[str, float]:

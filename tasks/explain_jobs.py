@@ -13,6 +13,7 @@ import inspect
 import math
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 from explainers.registry import METHODS, unknown_method, without_detections
@@ -123,7 +124,7 @@ def gradient_error(job: ExplainJob, params: Params) -> str | None:
             f"black box; use a method that needs no gradients, or an in-process PyTorch model")
 
 
-def _checked_jobs(cfg: ExplainParams, origin: str) -> list:
+def _checked_jobs(cfg: ExplainParams, origin: str, params: Params | None = None) -> list:
     jobs = []
     for i, job in enumerate(cfg.jobs):
         key = f"{origin}: explain.jobs[{i}]"
@@ -136,12 +137,71 @@ def _checked_jobs(cfg: ExplainParams, origin: str) -> list:
         capability = capability_error(job)
         if capability:
             raise ParamsError(f"{key}: {capability}")
-        try:                                   # a bad option fails here, not in every shard task of the stage
-            METHODS[job.method](None, chunk_size=1, **options)
-        except (TypeError, ValueError, KeyError) as e:
-            raise ParamsError(f"{key}: {job.method} options {options}: {e}") from None
+        if METHODS[job.method].needs_trained_weights:
+            check_trained_file(job, options, key, params)
+        else:
+            try:                               # a bad option fails here, not in every shard task of the stage
+                METHODS[job.method](None, chunk_size=1, **options)
+            except (TypeError, ValueError, KeyError) as e:
+                raise ParamsError(f"{key}: {job.method} options {options}: {e}") from None
         jobs.append(job.model_copy(update={"options": options}))
     return jobs
+
+
+def _job_scorer(job: ExplainJob, params: Params):
+    """A scorer of the model a job explains (the classifier for ``classes``, else the explain stage's detector), on
+    the CPU, with one placeholder target; None when the model's weights file does not exist yet (the models stage
+    writes it later in the same run)."""
+    import torch
+
+    from detection.scorers import ClassifierScorer, DRiseScorer
+    from tasks.model_cache import classifier_model, detector_model
+
+    spec = params.infer.classifier if job.targets == "classes" else params.explain_detector()
+    if spec is None or (spec.weights is not None and not Path(spec.weights).is_file()):
+        return None
+    chunk = params.explain.chunk_size
+    if job.targets == "classes":
+        return ClassifierScorer(classifier_model(spec.model_dump_json(), "cpu", chunk), [0], chunk_size=chunk)
+    detector = detector_model(spec.model_dump_json(), "cpu", chunk)
+    person = detector.class_names.index(spec.person_class) if spec.person_class in detector.class_names else 0
+    probs = torch.nn.functional.one_hot(torch.tensor([person]), detector.num_classes).float()
+    return DRiseScorer(detector, torch.tensor([[0.0, 0.0, 1.0, 1.0]]), probs, chunk_size=chunk)
+
+
+def _written_by_stage(path: Path, params: Params) -> bool:
+    """Whether ``path`` is a policy file the ``models_rexl`` stage writes (``rexl.out_dir``): absent before the
+    stage has run, which is no error when the whole pipeline runs (``make run``, ``xai-audit audit``)."""
+    return any(params.rexl.policy_file(m) == path.resolve() for m in params.rexl.models())
+
+
+def check_trained_file(job: ExplainJob, options: dict[str, Any], key: str, params: Params | None) -> None:
+    """The trained file of a learned explainer's job (``needs_trained_weights``; RExL's ``options.policy``, written
+    by ``tasks.rexl_train`` or the ``models_rexl`` stage): it must be given, exist, be a policy file, and the
+    explainer must accept it for the job's model (RExL's guard: the policy was trained for these model weights).
+    The guard needs the model: it runs when ``params`` are given and the model's weights exist (the explain flow
+    always; before a first ``dvc repro`` only the file is checked). A policy the ``models_rexl`` stage writes may be
+    missing while that stage has not run. Raises :class:`ParamsError` naming the job (``key``), the option and the
+    file."""
+    from explainers.rexl import PolicyCheckpoint
+
+    given = options.get("policy")
+    if not isinstance(given, str) or not given:
+        raise ParamsError(f"{key}.options.policy: {job.method} is a learned explainer: give the policy file trained "
+                          f"for the job's model (models/rexl/<model>_<mode>.pt of the models_rexl stage, or "
+                          f"python -m tasks.rexl_train), got {given!r}")
+    path = Path(given)
+    if not path.is_file():
+        if params is not None and _written_by_stage(path, params):
+            return
+        raise ParamsError(f"{key}.options.policy: file not found (got {given!r})")
+    try:
+        PolicyCheckpoint.load(path)
+        scorer = None if params is None else _job_scorer(job, params)
+        if scorer is not None:
+            METHODS[job.method](scorer, chunk_size=1, **options)
+    except (TypeError, ValueError, KeyError) as e:
+        raise ParamsError(f"{key}.options.policy ({given}): {e}") from None
 
 
 def check_jobs(config: Params | ExplainParams, origin: str = "params.yaml") -> Params | ExplainParams:
@@ -150,15 +210,18 @@ def check_jobs(config: Params | ExplainParams, origin: str = "params.yaml") -> P
     a float is expected, so ``ridge: 1`` and ``ridge: 1.0`` give one config hash). Raises :class:`ParamsError`
     naming ``origin``, the job (``explain.jobs[i]``), the option and the value: an unknown or renamed method, an
     unknown or mistyped option, a method without what its class declares it needs (regions, detections), or
-    options the explainer class rejects."""
+    options the explainer class rejects, or a learned explainer's trained file that is missing, not one, or trained
+    for another model (:func:`check_trained_file`)."""
     if isinstance(config, Params):
         for i, job in enumerate(config.explain.jobs):
             if job.method in METHODS and gradient_error(job, config):
                 raise ParamsError(f"{origin}: explain.jobs[{i}]: {gradient_error(job, config)}")
-        return config.model_copy(update={"explain": check_jobs(config.explain, origin)})
+        return config.model_copy(update={"explain": config.explain.model_copy(
+            update={"jobs": _checked_jobs(config.explain, origin, config)})})
     if not isinstance(config, ExplainParams):
         raise TypeError(f"check_jobs: expected Params or ExplainParams, got {type(config).__name__}")
     return config.model_copy(update={"jobs": _checked_jobs(config, origin)})
 
 
-__all__ = ["OptionError", "capability_error", "check_jobs", "gradient_error", "check_option", "check_options"]
+__all__ = ["OptionError", "capability_error", "check_jobs", "check_trained_file", "gradient_error", "check_option",
+           "check_options"]

@@ -9,10 +9,11 @@ each of these differently, so the stages and ``dvc params diff`` would otherwise
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from detection.datasets.imageio import ImageLimits
 from detection.datasets.synthetic import SyntheticConfig
@@ -186,6 +187,9 @@ class PartsParams(_Section):
     min_keypoints: int = Field(default=3, ge=1, le=17)      # fewer usable keypoints: next source
 
 
+FILE_OPTIONS = ("policy",)      # explain job options that name a file the job's results depend on (rexl's policy)
+
+
 class ExplainJob(_Section):
     """One explainer run on one kind of target: ``persons`` (ground-truth pedestrians, scored by the detector's
     D-RISE similarity to their box, so missed ones are explained too), ``detections`` (the detector's own person
@@ -212,6 +216,29 @@ class ExplainJob(_Section):
     def name(self) -> str:
         """The job's label in tables and the report, e.g. ``bayes_shapley@parts``."""
         return self.method if self.regions == "none" else f"{self.method}@{self.regions}"
+
+    def option_files(self) -> dict[str, str | None]:
+        """SHA-256 (hex) of the file each of the job's :data:`FILE_OPTIONS` names (None for a file that does not
+        exist); {} for a job without such an option."""
+        out = {}
+        for key in FILE_OPTIONS:
+            value = self.options.get(key)
+            if isinstance(value, str):
+                path = Path(value)
+                out[key] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+        return out
+
+    @model_serializer(mode="wrap")
+    def _dump_with_file_digests(self, handler):
+        """A job's dump carries ``option_files_sha256`` (:meth:`option_files`) when its options name files, so that
+        everything keyed by the dump -- the explain stage's config hash, the result store's job base
+        (``tasks.explain.job_bases``) -- changes with the bytes of such a file, not only with its path. Jobs without
+        file options dump exactly their fields."""
+        data = handler(self)
+        files = self.option_files()
+        if files:
+            data["option_files_sha256"] = files
+        return data
 
 
 class RunnerParams(_Section):
@@ -315,6 +342,52 @@ class GuideParams(_Section):
         return self
 
 
+class RexlPolicyParams(_Section):
+    """One RExL policy (``explainers.rexl``) the ``models_rexl`` stage provides for an audited model: trained by
+    ``tasks.rexl_train`` (MaskablePPO, the dataset-wide regime: one agent for every class / pedestrian) on the
+    training scenes, or, with ``weights``, a given policy file that the stage verifies (the guard: trained for this
+    model's weights) and copies."""
+
+    weights: str | None = None                         # a policy file to verify and copy instead of training
+    mode: Literal["deletion", "insertion"] = "deletion"
+    perturbation: Literal["blur", "mean", "constant", "noise"] | None = None   # null: mean (deletion), blur
+    features: Literal["auto", "backbone", "fixed"] | dict[str, int | str] = "auto"   # auto: the classifier's
+    # backbone, else a fixed CNN; or a feature spec, e.g. {kind: backbone, pool: 4, cam: 7} (explainers.rexl)
+    grid: int = Field(default=7, ge=2)                 # k: a k x k grid of cells, k^2 steps per roll-out
+    steps: int = Field(default=20_000, ge=1)           # environment steps (canvases) of training
+    images: int = Field(default=64, ge=1)              # training scenes (models.train_data's generator and seed)
+    n_envs: int = Field(default=16, ge=1)              # episodes advanced in lockstep (one batched forward)
+    lr: float = Field(default=3e-4, gt=0)
+    seed: int = 0
+    checkpoint_every: int = Field(default=10_000, ge=1)   # steps between resumable checkpoints
+    time_limit_s: float | None = Field(default=None, gt=0)   # stop training after this many seconds
+    min_height: float = Field(default=60.0, ge=0)      # detector: training pedestrians at least this tall (px)
+    options: dict[str, bool | int | float | str | list[int]] = {}   # more tasks.rexl_train.train_policy keywords,
+    # e.g. {hidden: [256, 128], n_epochs: 4, ent_coef: 0.01} (checked against its signature by the stage)
+
+
+class RexlParams(_Section):
+    """The ``models_rexl`` stage: a RExL policy per audited model (``classifier``: ``infer.classifier``;
+    ``detector``: the explain stage's detector; null: none) written to ``<out_dir>/<model>_<mode>.pt`` -- the file
+    a ``rexl`` explain job's ``options.policy`` names -- and ``metrics``. Training checkpoints (resume after a crash)
+    go under ``checkpoint_dir``, outside the stage's outputs, one folder per training configuration."""
+
+    out_dir: str = "models/rexl"
+    metrics: str = "metrics/rexl.json"
+    checkpoint_dir: str = ".cache/xai-audit/rexl"
+    classifier: RexlPolicyParams | None = None
+    detector: RexlPolicyParams | None = None
+
+    def models(self) -> dict[str, RexlPolicyParams]:
+        """The configured policies by model (``classifier`` / ``detector``), in that order."""
+        return {m: p for m, p in (("classifier", self.classifier), ("detector", self.detector)) if p is not None}
+
+    def policy_file(self, model: str) -> Path | None:
+        """``<out_dir>/<model>_<mode>.pt`` (absolute) of a configured model's policy; None when ``model`` has none."""
+        spec = self.models().get(model)
+        return None if spec is None else (Path(self.out_dir) / f"{model}_{spec.mode}.pt").resolve()
+
+
 class Params(_Section):
     seed: int = 0
     workers: int = Field(default=2, ge=1)       # threads of a stage's Prefect task runner
@@ -326,6 +399,7 @@ class Params(_Section):
     evaluate: EvaluateParams = EvaluateParams()
     report: ReportParams = ReportParams()
     guide: GuideParams = GuideParams()
+    rexl: RexlParams = RexlParams()
 
     def explain_detector(self) -> DetectorSpec:
         """The detector the explain stage audits (explain.detector, else the first of infer.detectors)."""

@@ -3,7 +3,8 @@
 
 For each job, its first ``evaluate.sanity.targets`` explained targets (in image, target order) are explained again,
 exactly as the explain stage does (``tasks.explain.explain_targets``: same regions, budget, options and seed), on
-copies of the audited model whose top parameterised layers are randomised in ``steps`` cumulative stages. Each map is
+copies of the audited model whose top parameterised layers are randomised in ``steps`` cumulative stages (a learned
+explainer's guard against other model weights is off on the copies: :func:`_unguarded`). Each map is
 compared with the trained model's by Spearman's rank correlation, of the signed and of the absolute values: the
 relevance vector for region jobs (body parts, superpixels, grid cells), the stored saliency grid for pixel jobs.
 A job *passes* when, with every layer randomised, both medians over its targets are at most
@@ -22,6 +23,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from detection.scorers_grad import gradients_unavailable
+from explainers.registry import METHODS
 from explainers.sanity import randomised_copies, rank_correlation
 from tasks.explain import ExplainItem, explain_targets, parts_lookup
 from tasks.model_cache import (
@@ -107,6 +109,16 @@ def _explained_map(job: ExplainJob, scorer_for, image: torch.Tensor, item: Expla
     return _map(made[0], job) if made else None
 
 
+def _unguarded(job: ExplainJob) -> ExplainJob:
+    """The job as run on a randomised copy: a learned explainer (``needs_trained_weights``, RExL) refuses a model
+    whose weights are not the ones its policy was trained for (its guard), and a randomised copy is such a model on
+    purpose, so its guard is switched off there (``check_weights: false``, recorded in the options; the trained
+    model's stage 0 keeps it). Other jobs unchanged."""
+    if not METHODS[job.method].needs_trained_weights:
+        return job
+    return job.model_copy(update={"options": {**job.options, "check_weights": False}})
+
+
 @task(cache_policy=NO_CACHE)
 def sanity_check(items: list[ExplainItem], chosen: dict[str, list[tuple[str, str]]], params: Params) -> dict:
     """Re-explain the ``chosen`` targets of every job on the cascade of randomised models. ``items``: the explain
@@ -133,11 +145,12 @@ def sanity_check(items: list[ExplainItem], chosen: dict[str, list[tuple[str, str
             scorer_for = _scorer_for(params, device, kind, copy.model)
             stage = f"stage {copy.stage} ({copy.randomised}/{copy.layers} layers randomised)"
             for job in jobs:
+                run = _unguarded(job) if copy.stage > 0 else job
                 for image_id, target_id in chosen[job.name]:
                     image = images.get(by_image[image_id], kind == "classifier")
                     if image is None:
                         continue
-                    current = _explained_map(job, scorer_for, image, by_image[image_id], target_id, params, device,
+                    current = _explained_map(run, scorer_for, image, by_image[image_id], target_id, params, device,
                                              errors, stage)
                     if copy.stage == 0 and current is not None:
                         reference[(job.name, image_id, target_id)] = current
