@@ -193,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
         func=_stage("evaluate", "run_evaluate"))
     command("guide", help="fine-tune the classifier with model guidance (energy loss), re-audit it, compare on "
                           "held-out scenes").set_defaults(func=_stage("guide", "run_guide"))
+    command("rexl", help="the RExL policies (a learned explainer) of the audited models: train, or verify and "
+                         "copy the given ones (params rexl)").set_defaults(func=_stage("rexl", "run_rexl"))
     command("report", help="the HTML audit report and markdown summary").set_defaults(
         func=_stage("report", "run_report"))
     stages_help = ("run only these stages (repeatable): pull models infer parts explain evaluate guide report; "

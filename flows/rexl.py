@@ -1,0 +1,45 @@
+"""The ``models_rexl`` stage: a RExL policy (a learned explainer: Agarwal et al., "Reinforcement Explanation
+Learning", https://arxiv.org/abs/2111.13406; ``explainers.rexl``) for each audited model the ``rexl`` params section
+configures, trained on the training scenes or, with ``weights``, a given policy verified (the explainer's guard: the
+policy was trained for these model weights) and copied (``tasks.rexl_stage``). Writes ``rexl.out_dir`` (the policy
+files ``rexl`` explain jobs name) and ``rexl.metrics``; wall times go to ``metrics/timings.json``.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import flows  # noqa: F401  (environment defaults)
+
+from prefect import flow, get_run_logger
+
+from tasks.params import Params, load_params
+from tasks.rexl_stage import provide_policy, write_metrics
+from tasks.timings import record_run
+
+
+@flow(name="rexl", log_prints=True)
+def rexl_flow(params: Params, progress: bool = True) -> dict:
+    """Each configured model's policy (train or verify + copy) -> ``rexl.out_dir`` and ``rexl.metrics``. Raises
+    ValueError / FileNotFoundError naming the ``rexl.<model>`` key at fault."""
+    logger = get_run_logger()
+    started = time.perf_counter()
+    records = {}
+    for model in params.rexl.models():
+        records[model] = provide_policy(params, model, progress)
+        r = records[model]
+        logger.info("rexl: %s policy %s (%s, %s steps, mean training AUC %s -> %s)", model, r["policy"], r["source"],
+                    r["steps"], r["auc_first"], r["auc_last"])
+    if not records:
+        logger.info("rexl: no model configured (params rexl.classifier / rexl.detector are null)")
+    Path(params.rexl.out_dir).mkdir(parents=True, exist_ok=True)     # the stage's output exists even when empty
+    write_metrics(params.rexl.metrics, records)
+    record_run("rexl", {"wall_seconds": round(time.perf_counter() - started, 2)}, params.rexl.metrics)
+    return records
+
+
+def run_rexl(params_file: str | Path = "params.yaml") -> dict:
+    return rexl_flow(load_params(params_file))
+
+
+__all__ = ["rexl_flow", "run_rexl"]

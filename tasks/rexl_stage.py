@@ -1,0 +1,201 @@
+"""Tasks of the ``models_rexl`` stage: a RExL policy (``explainers.rexl``, arXiv 2111.13406) for each audited model
+that ``params.yaml``'s ``rexl`` section configures, written to ``rexl.out_dir`` (``<model>_<mode>.pt``, the file a
+``rexl`` explain job's ``options.policy`` names), and ``rexl.metrics``.
+
+Per model (``classifier``: ``infer.classifier``; ``detector``: the explain stage's detector), either
+
+* ``weights: null``: train with ``tasks.rexl_train.train_policy`` (MaskablePPO, the dataset-wide regime: one
+  class-conditioned agent for the classifier, one box-conditioned agent for every pedestrian of the detector) on the
+  training scenes (``tasks.rexl_train.training_scenes``: the generator of ``pull.synthetic`` with the training seed,
+  never the audited scenes), seeded, resumable from SB3 checkpoints under ``rexl.checkpoint_dir`` (one folder per
+  training configuration, so a changed configuration never resumes another's run); or
+* ``weights: <file>``: verify the given policy file (the shipped-weights manifest beside it, when there is one:
+  ``tasks.shipped_weights.verify_given``; it is a policy of this mode, grid and substrate; and the explainer's guard:
+  it was trained for these model weights) and copy it.
+
+The audited model is built as the explain stage builds it (``tasks.model_cache``), so the weights the policy is
+tied to (``explainers.rexl.weights_fingerprint``) are the ones explain will score with.
+"""
+from __future__ import annotations
+
+import inspect
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from detection.models.specs import file_sha256
+from explainers.rexl import PolicyCheckpoint, Rexl
+from tasks.params import Params, RexlPolicyParams
+from tasks.result_store import digest
+
+MODELS = ("classifier", "detector")
+DATA = "training scenes (pull.synthetic's generator, seed + models.train_data.seed_offset)"
+
+
+def substrate(spec: RexlPolicyParams) -> str:
+    """The policy's perturbation: ``spec.perturbation``, else mean (deletion) / blur (insertion), as
+    ``tasks.rexl_train`` defaults."""
+    return spec.perturbation or ("mean" if spec.mode == "deletion" else "blur")
+
+
+def audited_model(params: Params, model: str):
+    """The audited classifier (``infer.classifier``) or detector (the explain stage's) on the CPU, built as the
+    explain stage builds it. Raises ValueError for a model the params do not have, FileNotFoundError naming a
+    missing weights file."""
+    from tasks.model_cache import classifier_model, detector_model
+
+    spec = params.infer.classifier if model == "classifier" else params.explain_detector()
+    if spec is None:
+        raise ValueError(f"params rexl.{model}: no {model} to train a policy for (infer.classifier is null)")
+    if spec.weights is not None and not Path(spec.weights).is_file():
+        raise FileNotFoundError(f"params rexl.{model}: the audited {model}'s weights {spec.weights} not found (run "
+                                f"the models stage first)")
+    build = classifier_model if model == "classifier" else detector_model
+    return build(spec.model_dump_json(), "cpu", params.explain.chunk_size)
+
+
+def guard_scorer(params: Params, model: str, net=None):
+    """A scorer of the audited model with one placeholder target: what the explainer's guard fingerprints."""
+    from detection.scorers import ClassifierScorer, DRiseScorer
+
+    net = net if net is not None else audited_model(params, model)
+    if model == "classifier":
+        return ClassifierScorer(net, [0])
+    probs = torch.zeros(1, net.num_classes)
+    probs[0, 0] = 1.0
+    return DRiseScorer(net, torch.tensor([[0.0, 0.0, 1.0, 1.0]]), probs)
+
+
+def check_given(params: Params, model: str, src: Path) -> PolicyCheckpoint:
+    """Check a given policy (``rexl.<model>.weights``) before the stage copies it instead of training: the manifest
+    beside it (if any) lists its bytes, it is a RExL policy file of the configured ``mode``, ``grid`` and
+    perturbation, and ``explainers.rexl.Rexl`` accepts it for the audited model's weights. Returns the checkpoint.
+    Raises FileNotFoundError (file missing), ``tasks.shipped_weights.WeightsMismatchError`` (bytes differ from the
+    manifest) and ValueError naming the key and the file: not a policy, another mode / grid / substrate (the keys
+    named), or trained for other model weights (set ``weights: null`` to train one for this model)."""
+    from tasks.shipped_weights import verify_given
+
+    key = f"rexl.{model}.weights"
+    verify_given(src, key)
+    spec = params.rexl.models()[model]
+    try:
+        ckpt = PolicyCheckpoint.load(src)
+    except ValueError as exc:
+        raise ValueError(f"params {key}: {exc}") from None
+    wanted = {"mode": spec.mode, "grid": spec.grid, "perturbation": substrate(spec)}
+    differ = [f"{k} {getattr(ckpt, k)!r} (params {v!r})" for k, v in wanted.items() if getattr(ckpt, k) != v]
+    if differ:
+        raise ValueError(f"params {key}: {src} is a policy of another {', '.join(differ)}: set rexl.{model} to "
+                         f"match it, or weights: null to train one")
+    try:
+        Rexl(guard_scorer(params, model), policy=ckpt)
+    except ValueError as exc:
+        raise ValueError(f"params {key}: {src}: {exc} (or set rexl.{model}.weights: null to train one)") from None
+    return ckpt
+
+
+def training_setup(params: Params, model: str, spec: RexlPolicyParams):
+    """(scorer, episodes, conditioning, num_classes) of the dataset-wide regime for ``model``: the classifier over
+    every class (class one-hot conditioning), or the detector's training pedestrians (box conditioning, at least
+    ``spec.min_height`` px tall)."""
+    from detection.scorers import ClassifierScorer
+    from tasks.rexl_train import classifier_episodes, detector_episodes, training_scenes
+
+    net = audited_model(params, model)
+    if model == "classifier":
+        images = training_scenes(spec.images, net.input_size, params)
+        episodes, conditioning = classifier_episodes(images, net.num_classes, "dataset")
+        return ClassifierScorer(net, range(net.num_classes)), episodes, conditioning, net.num_classes
+    scorer, episodes = detector_episodes(net, training_scenes(spec.images, None, params), spec.grid, spec.min_height,
+                                         params.explain_detector().person_class)
+    return scorer, episodes, "box", None
+
+
+def train_options(model: str, spec: RexlPolicyParams) -> dict:
+    """``spec.options`` checked against ``tasks.rexl_train.train_policy``'s keywords (lists made tuples). Raises
+    ValueError naming ``rexl.<model>.options`` and the unknown keys."""
+    from tasks.rexl_train import train_policy
+
+    fixed = {"grid", "mode", "perturbation", "conditioning", "num_classes", "features", "regime", "steps", "n_envs",
+             "seed", "learning_rate", "checkpoint_dir", "checkpoint_every", "progress", "training", "time_limit_s"}
+    known = set(inspect.signature(train_policy).parameters) - {"scorer", "episodes"} - fixed
+    unknown = sorted(set(spec.options) - known)
+    if unknown:
+        raise ValueError(f"params rexl.{model}.options: unknown {unknown}; train_policy takes {sorted(known)} (the "
+                         f"others are keys of rexl.{model})")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in spec.options.items()}
+
+
+def checkpoint_folder(params: Params, model: str, spec: RexlPolicyParams) -> Path:
+    """``rexl.checkpoint_dir/<model>-<digest>``: the digest of everything the training depends on (the policy
+    params, the audited model's weights file, the training scenes' generator and seed), so that a rerun resumes only
+    its own configuration's checkpoint."""
+    mspec = params.infer.classifier if model == "classifier" else params.explain_detector()
+    weights = file_sha256(mspec.weights) if mspec.weights and Path(mspec.weights).is_file() else None
+    key = digest({"rexl": spec.model_dump(mode="json", exclude={"weights", "checkpoint_every"}),
+                  "model": mspec.model_dump(mode="json"), "weights": weights, "seed": params.seed,
+                  "train_data": params.models.train_data.model_dump(mode="json"),
+                  "generator": params.pull.synthetic.model_dump(mode="json", exclude={"n_images"})})
+    return Path(params.rexl.checkpoint_dir) / f"{model}-{key[:16]}"
+
+
+def train(params: Params, model: str, spec: RexlPolicyParams, progress: bool = True) -> tuple[PolicyCheckpoint, dict]:
+    """Train ``model``'s policy (module docstring); returns the checkpoint and ``train_policy``'s summary."""
+    from tasks.rexl_train import train_policy
+
+    options = train_options(model, spec)
+    scorer, episodes, conditioning, num_classes = training_setup(params, model, spec)
+    return train_policy(scorer, episodes, grid=spec.grid, mode=spec.mode, perturbation=substrate(spec),
+                        conditioning=conditioning, num_classes=num_classes, features=spec.features,
+                        regime="dataset", steps=spec.steps, n_envs=spec.n_envs, seed=spec.seed,
+                        learning_rate=spec.lr, checkpoint_dir=checkpoint_folder(params, model, spec),
+                        checkpoint_every=spec.checkpoint_every, progress=progress, time_limit_s=spec.time_limit_s,
+                        training={"model": model, "images": spec.images, "data": DATA}, **options)
+
+
+def _auc(training: dict) -> dict:
+    """The training record's mean episode AUC of the first and last 10 % of its episodes."""
+    return {"auc_first": training.get("auc_first"), "auc_last": training.get("auc_last")}
+
+
+def provide_policy(params: Params, model: str, progress: bool = True) -> dict:
+    """Train (``weights: null``) or verify and copy (``weights``: a file) ``model``'s policy to
+    :meth:`~tasks.params.RexlParams.policy_file`; returns its metrics record: source, file, SHA-256, grid, mode,
+    perturbation, conditioning, training steps, seconds, episodes, data and mean training AUC (first / last 10 %)."""
+    spec = params.rexl.models()[model]
+    out = params.rexl.policy_file(model)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    if spec.weights is not None:
+        src = Path(spec.weights)
+        ckpt = check_given(params, model, src)
+        shutil.copyfile(src, out)
+        record = {"source": "copied", "weights": str(src)}
+    else:
+        ckpt, _ = train(params, model, spec, progress)
+        ckpt.save(out)
+        record = {"source": "trained"}
+    t = ckpt.training
+    record.update({"policy": str(Path(params.rexl.out_dir) / out.name), "sha256": file_sha256(out),
+                   "grid": ckpt.grid, "mode": ckpt.mode, "perturbation": ckpt.perturbation,
+                   "conditioning": ckpt.conditioning, "features": ckpt.features.get("kind"),
+                   "model_sha256": ckpt.model_sha256[:12], "algorithm": t.get("algorithm"),
+                   "regime": t.get("regime"), "steps": t.get("steps"), "episodes": t.get("episodes"),
+                   "train_seconds": t.get("seconds"), "images": t.get("images"), "data": t.get("data"),
+                   **_auc(t), "stage_seconds": round(time.perf_counter() - started, 1)})
+    return record
+
+
+def write_metrics(path: str | Path, records: dict[str, dict]) -> Path:
+    """``metrics/rexl.json``: one record per model (:func:`provide_policy`)."""
+    from tasks.shards import write_json
+
+    path = Path(path)
+    write_json(path, records)
+    return path
+
+
+__all__ = ["MODELS", "audited_model", "check_given", "checkpoint_folder", "guard_scorer", "provide_policy", "train",
+           "train_options", "training_setup", "write_metrics"]

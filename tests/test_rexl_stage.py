@@ -1,0 +1,215 @@
+"""RExL as a pipeline method: the models_rexl stage trains a policy for the audited classifier (weights null), or
+verifies a given one and copies it, refusing a policy trained for other weights or another mode; an explain job's
+policy is checked by check_jobs (the error names the job and the file); the policy's bytes are part of the job's
+result-store key and of the explain config hash; and, end to end (slow: Prefect flows), a rexl job runs through
+explain and evaluate (sanity check included) like any method, a changed policy recomputing only its own groups.
+
+The audited models are the shipped demo weights (weights/demo); the policies are tiny (2 x 2 grid, a few dozen
+MaskablePPO steps, a fixed-CNN state), trained once per module."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from tasks.explain_jobs import check_jobs
+from tasks.params import ParamsError, parse_params
+from tests.conftest import REPO, tiny_params
+from tests.rexl_fixture import policy_file
+
+DEMO = REPO / "weights/demo"
+INFER = {"detectors": [{"id": "demo-yolo", "kind": "yolo", "weights": str(DEMO / "detector.pt"), "imgsz": 320,
+                        "conf": 0.25, "iou": 0.5}],
+         "pose": None, "classifier": {"id": "demo-scene", "kind": "saved", "weights": str(DEMO / "classifier.pt")}}
+POLICY = {"grid": 2, "steps": 32, "n_envs": 8, "images": 2, "features": "fixed", "checkpoint_every": 16,
+          "options": {"hidden": [16], "batch_size": 16}}
+RISE = {"method": "rise", "targets": "classes", "regions": "none", "budget": 8, "split": "val"}
+
+
+def rexl_job(policy) -> dict:
+    return {"method": "rexl", "targets": "classes", "regions": "none", "split": "val",
+            "options": {"policy": str(policy)}}
+
+
+def params_dict(root: Path, weights=None, jobs=(), **policy) -> dict:
+    return {"pull": {"synthetic": {"n_images": 4}}, "infer": INFER,
+            "explain": {"jobs": list(jobs), "cache_dir": str(root / "store")},
+            "rexl": {"out_dir": str(root / "models/rexl"), "metrics": str(root / "metrics/rexl.json"),
+                     "checkpoint_dir": str(root / "checkpoints"),
+                     "classifier": {**POLICY, **policy, "weights": None if weights is None else str(weights)}}}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The stage's training path on the demo classifier: (folder, metrics record, policy file)."""
+    from tasks.rexl_stage import provide_policy
+
+    root = tmp_path_factory.mktemp("rexl_stage")
+    torch.set_num_threads(1)
+    record = provide_policy(parse_params(params_dict(root), check_files=False), "classifier", progress=False)
+    return root, record, root / "models/rexl/classifier_deletion.pt"
+
+
+# ------------------------------------------------------------------------------------------------ the stage
+def test_the_stage_trains_a_policy_for_the_audited_classifier(trained):
+    root, record, path = trained
+    from explainers.rexl import PolicyCheckpoint
+
+    ckpt = PolicyCheckpoint.load(path)
+    assert record["source"] == "trained" and record["sha256"] and record["steps"] >= 32
+    assert (ckpt.grid, ckpt.mode, ckpt.perturbation, ckpt.conditioning, ckpt.num_classes) == \
+        (2, "deletion", "mean", "class", 4)
+    assert record["auc_first"] is not None and record["episodes"] > 0 and "training scenes" in record["data"]
+    assert (root / "checkpoints").is_dir() and any((root / "checkpoints").glob("classifier-*/last.zip"))
+
+
+def test_the_stage_verifies_and_copies_a_given_policy(trained, tmp_path):
+    from tasks.rexl_stage import provide_policy
+
+    _, first, src = trained
+    record = provide_policy(parse_params(params_dict(tmp_path, weights=src), check_files=False), "classifier")
+    out = tmp_path / "models/rexl/classifier_deletion.pt"
+    assert record["source"] == "copied" and out.read_bytes() == src.read_bytes()
+    assert record["steps"] == first["steps"] and record["auc_last"] == first["auc_last"]   # the policy's own record
+
+
+def test_the_stage_refuses_a_policy_for_other_weights_or_another_mode(trained, tmp_path):
+    from tasks.rexl_stage import provide_policy
+
+    other = policy_file(tmp_path, perturbation="mean")              # trained for a toy scorer's weights
+    params = parse_params(params_dict(tmp_path, weights=other, grid=2), check_files=False)
+    with pytest.raises(ValueError, match=r"params rexl\.classifier\.weights: .*tiny_mean.*trained for model weights"):
+        provide_policy(params, "classifier")
+    params = parse_params(params_dict(tmp_path, weights=trained[2], mode="insertion", perturbation="mean"),
+                          check_files=False)
+    with pytest.raises(ValueError, match=r"rexl\.classifier\.weights: .* another mode 'deletion' \(params "
+                                         r"'insertion'\)"):
+        provide_policy(params, "classifier")
+    assert not (tmp_path / "models/rexl").exists() or not any((tmp_path / "models/rexl").iterdir())
+
+
+def test_unknown_training_options_name_the_key(tmp_path):
+    from tasks.rexl_stage import train_options
+
+    params = parse_params(params_dict(tmp_path, options={"hiden": [8]}), check_files=False)
+    with pytest.raises(ValueError, match=r"rexl\.classifier\.options: unknown \['hiden'\]"):
+        train_options("classifier", params.rexl.classifier)
+
+
+# ------------------------------------------------------------------------------------------------ explain jobs
+def test_a_job_whose_policy_was_trained_for_other_weights_names_the_job_and_the_file(trained, tmp_path):
+    other = policy_file(tmp_path, perturbation="mean")
+    params = parse_params(params_dict(tmp_path, jobs=[RISE, rexl_job(other)]), check_files=False)
+    with pytest.raises(ParamsError, match=rf"explain\.jobs\[1\]\.options\.policy \({other}\): .*trained for model "
+                                          r"weights"):
+        check_jobs(params)
+    check_jobs(parse_params(params_dict(tmp_path, jobs=[rexl_job(trained[2])]), check_files=False))
+    missing = parse_params(params_dict(tmp_path, jobs=[rexl_job(tmp_path / "none.pt")]), check_files=False)
+    with pytest.raises(ParamsError, match=r"explain\.jobs\[0\]\.options\.policy: file not found"):
+        check_jobs(missing)
+    (tmp_path / "text.pt").write_text("not a policy")
+    with pytest.raises(ParamsError, match=r"explain\.jobs\[0\]\.options\.policy \(.*text\.pt\): .*not a readable"):
+        check_jobs(parse_params(params_dict(tmp_path, jobs=[rexl_job(tmp_path / "text.pt")]), check_files=False))
+    with pytest.raises(ParamsError, match=r"explain\.jobs\[0\]\.options\.policy: rexl is a learned explainer"):
+        check_jobs(parse_params(params_dict(tmp_path, jobs=[{**rexl_job(""), "options": {}}]), check_files=False))
+
+
+def test_the_stage_output_may_be_missing_before_the_stage_runs(tmp_path):
+    """A job naming the models_rexl stage's own policy file passes check_jobs before that stage has run (make run,
+    xai-audit audit); any other missing file does not."""
+    stage_file = tmp_path / "models/rexl/classifier_deletion.pt"
+    check_jobs(parse_params(params_dict(tmp_path, jobs=[rexl_job(stage_file)]), check_files=False))
+    with pytest.raises(ParamsError, match="file not found"):
+        check_jobs(parse_params(params_dict(tmp_path, jobs=[rexl_job(tmp_path / "models/rexl/x.pt")]),
+                                check_files=False))
+
+
+def test_the_policy_bytes_are_part_of_the_job_key_and_the_config_hash(trained, tmp_path, monkeypatch):
+    """Same path, other bytes: the rexl job's result-store base and the explain config hash change; the other job's
+    base does not."""
+    from tasks.explain import job_bases
+
+    path = tmp_path / "policy.pt"
+    shutil.copyfile(trained[2], path)
+    params = check_jobs(parse_params(params_dict(tmp_path, jobs=[RISE, rexl_job(path)]), check_files=False))
+    before = job_bases(params)
+    dump = json.dumps(params.explain.model_dump(mode="json"))
+    policy_file(tmp_path, perturbation="mean").replace(path)
+    after = job_bases(params)
+    assert after["classes/rise"] == before["classes/rise"]
+    assert after["classes/rexl"] != before["classes/rexl"]
+    assert json.dumps(params.explain.model_dump(mode="json")) != dump
+    assert "option_files_sha256" not in params.explain.jobs[0].model_dump()        # a job without file options
+
+
+def test_explain_counts_the_policy_among_its_input_files(tmp_path):
+    from flows.explain import _input_files
+
+    path = tmp_path / "p.pt"
+    params = parse_params(params_dict(tmp_path, jobs=[RISE, rexl_job(path), {**rexl_job(path), "targets": "persons"}]),
+                          check_files=False)
+    assert [f for f in _input_files(params) if f == path] == [path]
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+@pytest.mark.slow
+def test_a_rexl_job_runs_through_explain_and_evaluate(trained, in_tmp, prefect_server):
+    """Pull -> infer -> parts (demo weights, 4 images) -> explain (rise + rexl) -> evaluate: rexl rows with its
+    exact forwards, evaluate's metrics and the sanity check (guard off on the randomised copies) for them; a new
+    policy file recomputes the rexl groups only."""
+    from flows.evaluate import run_evaluate
+    from flows.explain import run_explain
+    from flows.infer import run_infer
+    from flows.parts import run_parts
+    from flows.pull import run_pull
+
+    import pyarrow.compute as pc
+
+    from explainers.rexl import PolicyCheckpoint
+    from tasks import stages
+    from tasks.params import load_params
+
+    policy = in_tmp / "policy.pt"
+    shutil.copyfile(trained[2], policy)
+    params_file = tiny_params(in_tmp, pull={"synthetic": {"n_images": 4}}, infer=INFER,
+                              explain={"jobs": [{**RISE, "split": None}, {**rexl_job(policy), "split": None}],
+                                       "cache_dir": str(in_tmp / "store")},
+                              evaluate={"steps": 2, "shard_size": 4, "causal_split": None, "sanity": {"targets": 1}})
+    for run in (run_pull, run_infer, run_parts):
+        run(params_file)
+    first = run_explain(params_file)
+    assert first["errors"] == 0 and first["explanations"]["rexl"] == first["explanations"]["rise"] > 0
+    params = load_params(params_file)
+    rows = stages.explain(params).read("explanations")
+    rexl = rows.filter(pc.equal(rows["job"], "rexl")).to_pylist()
+    for r in rexl:                                                  # 2 + T (k^2 - 1), T = the image's classes
+        assert r["n_forward"] == 2 + r["shared_by"] * 3 and r["method"] == "rexl"
+        assert json.loads(r["options"])["check_weights"] is True and len(r["saliency"]) == 48 * 64
+    result = run_evaluate(params_file)
+    metrics = stages.evaluate(params).read("metrics")
+    mine = metrics.filter(pc.equal(metrics["job"], "rexl"))
+    assert mine.num_rows > 0 and {"deletion_auc", "insertion_auc"} <= set(mine["metric"].to_pylist())
+    sanity = json.loads(Path(params.evaluate.metrics).read_text())["sanity"]["jobs"]["rexl"]
+    assert sanity["status"] == "checked" and len(sanity["stages"]) > 1, result
+    assert sanity["spearman_full"] is not None
+
+    policy_file(in_tmp, perturbation="mean").replace(policy)        # other bytes, same path: the guard refuses them
+    with pytest.raises(ParamsError, match=r"explain\.jobs\[1\]\.options\.policy"):
+        run_explain(params_file)
+    same = PolicyCheckpoint.load(trained[2])                        # the same weights, other bytes (its record)
+    same.training = {**same.training, "note": "re-saved"}
+    same.save(policy)
+    again = run_explain(params_file)
+    images = len({r["image_id"] for r in rexl})                     # one shared-forward group per image and job
+    assert (again["groups_computed"], again["groups_reused"]) == (images, images)
