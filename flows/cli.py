@@ -69,8 +69,8 @@ def _explain(args: argparse.Namespace) -> int:
 def default_stages(params_file: str) -> list[str]:
     """The stages ``audit`` / ``serve`` run without ``--stage``: all of them, except ``models`` when no model in
     ``infer`` (weights or keypoint model) is a file the models stage writes - models you bring (``kind: callable``,
-    your own .pt) would otherwise wait ~25 CPU minutes for demo models nobody uses - and ``guide`` where it cannot
-    run (:func:`guide_applies`)."""
+    your own .pt) would otherwise wait ~25 CPU minutes for demo models nobody uses - ``guide`` where it cannot
+    run (:func:`guide_applies`) and ``rexl`` where no explain job uses its policies (:func:`rexl_applies`)."""
     from flows.audit import STAGES
 
     from tasks.keypoints import KEYPOINTS_FILE
@@ -83,7 +83,16 @@ def default_stages(params_file: str) -> list[str]:
     specs = [s for s in (*params.infer.detectors, params.infer.pose, params.infer.classifier) if s is not None]
     used = [Path(f).resolve() for s in specs for f in (s.weights, getattr(s, "keypoints", None)) if f]
     stages = list(STAGES) if written & set(used) else [s for s in STAGES if s != "models"]
-    return stages if guide_applies(params, stages) else [s for s in stages if s != "guide"]
+    stages = stages if guide_applies(params, stages) else [s for s in stages if s != "guide"]
+    return stages if rexl_applies(params) else [s for s in stages if s != "rexl"]
+
+
+def rexl_applies(params) -> bool:
+    """The RExL policy stage (``rexl``) runs by default only where an explain job reads a policy it writes
+    (``rexl.out_dir``): training one nobody uses costs minutes per model."""
+    written = {params.rexl.policy_file(m) for m in params.rexl.models()}
+    return any(Path(str(job.options["policy"])).resolve() in written for job in params.explain.jobs
+               if "policy" in job.options)
 
 
 def guide_applies(params, stages: list[str]) -> bool:

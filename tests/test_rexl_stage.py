@@ -162,6 +162,17 @@ def test_explain_counts_the_policy_among_its_input_files(tmp_path):
     assert [f for f in _input_files(params) if f == path] == [path]
 
 
+def test_audit_runs_the_stage_by_default_only_where_a_job_reads_its_policy(tmp_path):
+    from flows.cli import build_parser, rexl_applies
+
+    stage_file = tmp_path / "models/rexl/classifier_deletion.pt"
+    assert rexl_applies(parse_params(params_dict(tmp_path, jobs=[rexl_job(stage_file)]), check_files=False))
+    assert not rexl_applies(parse_params(params_dict(tmp_path, jobs=[RISE]), check_files=False))
+    assert not rexl_applies(parse_params(params_dict(tmp_path, jobs=[rexl_job(tmp_path / "mine.pt")]),
+                                         check_files=False))
+    assert build_parser().parse_args(["rexl"]).command == "rexl"
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 @pytest.mark.slow
 def test_a_rexl_job_runs_through_explain_and_evaluate(trained, in_tmp, prefect_server):
