@@ -1,0 +1,348 @@
+"""FastSHAP for a pedestrian's body-part game: an explainer network that outputs the Shapley values of every body
+part (and the context) in one forward of its own, after one detector call for the game's two ends.
+
+The game is the one the audit reports for a pedestrian: players are its part masks in the order of the part grouping
+(``detection.body.PART_GROUPS``: 10 parts, 6 or 4 groups) plus ``context`` (the box minus the body); the rest of the
+image is always shown; a player is hidden by the perturbation (blur by default); the value is the scorer's score
+(for the audited detector: the D-RISE similarity to the pedestrian's detection). Players change per instance (a part
+the keypoints do not place has no pixel): such a player is a dummy of the game, its value is exactly 0, and the
+network's output for it is dropped before the normalisation.
+
+Network (:class:`FastShapNet`): the input is a ``roi_align`` crop of the person (the window around the union of the
+masks, centred, ``scale`` x its height, aspect of ``size``, as the keypoint model crops a person box) with
+channels: the image, the image minus its perturbation baseline (what hiding changes), every player's mask (resampled
+into the crop by the same ``roi_align``) and the in-image indicator. A small convolutional trunk (stride 4) gives a
+feature map; each player is read out by pooling the features under its mask (mean and area-weighted sum), with its
+identity embedding, its area, the crop's global features and the game's two ends v(all), v(none) as scalars; a shared
+MLP maps each player to its raw value.
+
+Additive efficient normalisation (Jethani, Sudarshan, Covert, Lee & Ranganath, "FastSHAP: Real-Time Shapley Value
+Estimation", ICLR 2022, https://arxiv.org/abs/2107.07436; reference code github.com/iancovert/fastshap):
+phi_i = raw_i + (v(all) - v(none) - sum_j raw_j) / n over the n players with a pixel, in training and at explanation
+time, so efficiency holds exactly (to float rounding). v(all) and v(none) are the scorer on the image and on the
+image with every player hidden: 2 model forwards in one call, the only model forwards of an explanation.
+
+Training (``tasks.fastshap_train``): the FastSHAP weighted least-squares objective on coalitions drawn from the
+Shapley kernel, paired, of training-split persons; the weights file (:class:`FastShapCheckpoint`) records the audited
+model's weights fingerprint (``explainers.rexl.weights_fingerprint``), the players, the perturbation, the crop and a
+held-out accuracy record (exact Shapley values by enumeration on held-out training-split persons). The explainer
+refuses a model, a player set, a grouping or a perturbation other than the ones it was trained for.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import roi_align
+
+from detection.body import PART_GROUPS
+from explainers.base import Explainer, Explanation, paint, region_set
+from explainers.game import RegionGame
+from explainers.perturb import Perturbation, make_perturbation
+from explainers.rexl import weights_fingerprint
+
+FORMAT = "xai-audit/fastshap-parts"
+VERSION = 1
+NUM_SCALARS = 5           # v(all), v(none), v(all) - v(none), crop-window height / image height, in-image share
+IMAGE_MEAN, IMAGE_STD = 0.5, 0.25
+
+
+def player_names(grouping: str = "parts10", context: bool = True) -> tuple[str, ...]:
+    """The players of a part game in their column order: the grouping's parts (``PART_GROUPS``), then ``context``.
+    Raises ValueError for an unknown grouping."""
+    if grouping not in PART_GROUPS:
+        raise ValueError(f"fastshap: unknown part grouping {grouping!r}; expected one of {sorted(PART_GROUPS)}")
+    return (*PART_GROUPS[grouping], *(("context",) if context else ()))
+
+
+# ---------------------------------------------------------------------------------------------- crop
+@dataclass(frozen=True)
+class Crop:
+    """The person window: centred on the bounding box of the players' union, ``scale`` x its height (or width /
+    aspect, the larger), resampled to ``size`` (H, W) by ``roi_align`` (aligned, 2 samples per bin)."""
+
+    size: tuple[int, int] = (64, 32)
+    scale: float = 1.25
+
+    def window(self, masks: torch.Tensor) -> torch.Tensor:
+        """Window [4] (xyxy pixel edges) of masks [P, H, W]; raises ValueError when no mask has a pixel."""
+        union = masks.reshape(masks.shape[0], *masks.shape[-2:]).amax(0) > 0
+        ys, xs = union.any(1).nonzero()[:, 0], union.any(0).nonzero()[:, 0]
+        if ys.numel() == 0:
+            raise ValueError("fastshap: no player has a pixel (cannot place the person crop)")
+        x1, x2, y1, y2 = float(xs[0]), float(xs[-1]) + 1, float(ys[0]), float(ys[-1]) + 1
+        aspect = self.size[1] / self.size[0]
+        h = self.scale * max(y2 - y1, (x2 - x1) / aspect, 1.0)
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        return torch.tensor([cx - h * aspect / 2, cy - h / 2, cx + h * aspect / 2, cy + h / 2])
+
+    def __call__(self, planes: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+        """Planes [C, H, W] cropped at ``window`` [4] -> [C, *size] (bilinear, zero outside the image)."""
+        rois = torch.cat([window.new_zeros(1), window]).to(planes)[None]
+        return roi_align(planes[None].float(), rois, self.size, spatial_scale=1.0, sampling_ratio=2,
+                         aligned=True)[0]
+
+
+def person_inputs(image: torch.Tensor, baseline: torch.Tensor, masks: torch.Tensor,
+                  crop: Crop) -> tuple[torch.Tensor, float]:
+    """The network's input [6 + P + 1, *crop.size] for one person: image (normalised), image - baseline (x 1/STD),
+    the P player masks [P, H, W] (empty ones all zero), the in-image indicator; and the window's height over the
+    image height. ``image``, ``baseline``: [3, H, W] in the model's units."""
+    window = crop.window(masks)
+    ones = torch.ones_like(image[:1])
+    planes = torch.cat([(image - IMAGE_MEAN) / IMAGE_STD, (image - baseline) / IMAGE_STD, masks.to(image), ones])
+    return crop(planes, window.to(image.device)), float(window[3] - window[1]) / image.shape[-2]
+
+
+def scalar_inputs(full: torch.Tensor, empty: torch.Tensor, window_height: torch.Tensor,
+                  inside: torch.Tensor) -> torch.Tensor:
+    """Scalars [N, NUM_SCALARS] of N (person, target) rows: v(all), v(none), their gap, window height / image
+    height, the share of the crop inside the image."""
+    return torch.stack([full, empty, full - empty, window_height, inside], 1).float()
+
+
+# ---------------------------------------------------------------------------------------------- network
+class FastShapNet(nn.Module):
+    """inputs [N, 7 + P, h, w], scalars [N, NUM_SCALARS] -> raw player values [N, P] (module docstring)."""
+
+    def __init__(self, players: int, width: int = 32, hidden: int = 128, embed: int = 16):
+        super().__init__()
+        self.players = players
+        w = width
+
+        def conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.ReLU(inplace=True))
+
+        self.trunk = nn.Sequential(conv(7 + players, w), conv(w, w, 2), conv(w, 2 * w), conv(2 * w, 2 * w, 2),
+                                   conv(2 * w, 2 * w))
+        self.identity = nn.Embedding(players, embed)
+        self.head = nn.Sequential(nn.Linear(6 * w + embed + 2 + NUM_SCALARS, hidden), nn.ReLU(inplace=True),
+                                  nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 1))
+
+    def forward(self, x: torch.Tensor, scalars: torch.Tensor) -> torch.Tensor:
+        P = self.players
+        f = self.trunk(x)                                                        # [N, C, h/4, w/4]
+        m = F.adaptive_avg_pool2d(x[:, 6:6 + P], f.shape[-2:])                   # [N, P, h/4, w/4]
+        mass = m.sum((2, 3))                                                     # [N, P]
+        pooled = torch.einsum("nchw,nphw->npc", f, m)                            # [N, P, C]
+        cells = f.shape[-2] * f.shape[-1]
+        mean = pooled / mass.clamp_min(1e-3)[..., None]
+        glob = f.mean((2, 3))[:, None].expand(-1, P, -1)
+        ident = self.identity.weight[None].expand(f.shape[0], -1, -1)
+        area = torch.stack([mass / cells, torch.log1p(mass)], -1)
+        s = scalars[:, None].expand(-1, P, -1)
+        return self.head(torch.cat([mean, pooled / cells, glob, ident, area, s], -1))[..., 0]
+
+
+def normalise(raw: torch.Tensor, present: torch.Tensor, gap: torch.Tensor) -> torch.Tensor:
+    """Additive efficient normalisation: raw [N, P] -> phi [N, P], 0 where not ``present`` [N, P] (bool), and
+    ``gap`` [N] = v(all) - v(none) minus the present players' sum shared equally among them (a row without a present
+    player is all 0)."""
+    raw = raw * present
+    n = present.sum(1, keepdim=True).clamp_min(1)
+    return (raw + (gap[:, None] - raw.sum(1, keepdim=True)) / n) * present
+
+
+# ---------------------------------------------------------------------------------------------- weights file
+@dataclass
+class FastShapCheckpoint:
+    """What a FastShapParts weights file holds (``torch.save`` of :meth:`to_dict`, read with ``weights_only``): the
+    network's weights and shape, what it was trained for (the audited model's weights fingerprint, the grouping and
+    player names, the perturbation's description, the crop), a ``training`` record (data, persons, coalitions,
+    epochs, seconds, seed) and a ``heldout`` accuracy record (exact Shapley values by enumeration on held-out
+    training-split persons: median / p90 relative L2 error, top-part agreement, persons)."""
+
+    model_sha256: str
+    grouping: str
+    players: tuple[str, ...]
+    perturbation: str
+    state_dict: dict
+    crop_size: tuple[int, int] = (64, 32)
+    crop_scale: float = 1.25
+    width: int = 32
+    hidden: int = 128
+    training: dict = field(default_factory=dict)
+    heldout: dict = field(default_factory=dict)
+
+    REQUIRED = ("model_sha256", "grouping", "players", "perturbation", "state_dict")
+
+    @property
+    def crop(self) -> Crop:
+        return Crop(tuple(self.crop_size), self.crop_scale)
+
+    def network(self, device: torch.device | str = "cpu") -> FastShapNet:
+        """The network with the stored weights, in eval mode."""
+        net = FastShapNet(len(self.players), self.width, self.hidden)
+        net.load_state_dict(self.state_dict)
+        return net.to(device).eval()
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "version": VERSION, "model_sha256": self.model_sha256, "grouping": self.grouping,
+                "players": list(self.players), "perturbation": self.perturbation,
+                "crop_size": list(self.crop_size), "crop_scale": self.crop_scale, "width": self.width,
+                "hidden": self.hidden, "training": dict(self.training), "heldout": dict(self.heldout),
+                "state_dict": {k: v.detach().cpu() for k, v in self.state_dict.items()}}
+
+    def digest(self) -> str:
+        """First 12 hex digits of the SHA-256 of the weights (names, shapes, bytes in name order)."""
+        h = hashlib.sha256()
+        for name, t in sorted(self.state_dict.items()):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.hexdigest()[:12]
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically (a temporary name first)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(self.to_dict(), tmp)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> FastShapCheckpoint:
+        """Read a weights file. Raises FileNotFoundError for a missing file, ValueError naming the file for one that
+        is unreadable, of another format or version, or missing a key."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"fastshap: weights file not found: {path} (train one with tasks.fastshap_train)")
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"fastshap: {path} is not a readable weights file ({type(exc).__name__}: {exc})") from None
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT or raw.get("version") != VERSION:
+            got = (raw.get("format"), raw.get("version")) if isinstance(raw, dict) else type(raw).__name__
+            raise ValueError(f"fastshap: {path} is not a {FORMAT} version {VERSION} file (got {got})")
+        missing = [k for k in cls.REQUIRED if k not in raw]
+        if missing:
+            raise ValueError(f"fastshap: {path} misses {missing}")
+        ckpt = cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
+        ckpt.players, ckpt.crop_size = tuple(ckpt.players), tuple(ckpt.crop_size)
+        return ckpt
+
+
+# ---------------------------------------------------------------------------------------------- explainer
+@dataclass
+class FastShapExplanation(Explanation):
+    """An :class:`~explainers.base.Explanation` with the explainer network's forwards (``n_forward`` counts the
+    model's only)."""
+
+    n_explainer_forward: int = 0
+
+
+class FastShapParts(Explainer):
+    """Amortised Shapley values of a pedestrian's body-part game (module docstring): FastSHAP (Jethani et al., ICLR
+    2022, https://arxiv.org/abs/2107.07436) with players that change per instance.
+
+    ``weights``: a weights file written by ``tasks.fastshap_train`` (:class:`FastShapCheckpoint`) or a loaded
+    checkpoint. ``grouping``: the part grouping the caller's regions follow (None: the one trained for). The guard
+    raises ValueError naming both sides when the audited model's weights fingerprint
+    (:func:`~explainers.rexl.weights_fingerprint`), the grouping or the perturbation differ from what the network
+    was trained for (``check_weights=False`` skips the model check: only for sanity checks that feed a randomised
+    model on purpose; recorded in the options).
+
+    ``explain(image, regions)``: regions must be the P = ``len(players)`` player masks [P, H, W] in the trained
+    order (``checkpoint.players``: the grouping's parts, then ``context``); a part without a pixel is allowed (a
+    dummy: relevance exactly 0). Returns relevance [T, P] (score units, sum = full_score - empty_score exactly up to
+    float rounding), saliency [T, H, W] painted from it, full_score / empty_score [T]. Spends exactly 2 model
+    forwards (``n_forward``: the full and the empty coalition, one scorer call) and 1 explainer forward
+    (``n_explainer_forward``, also in ``options``). Raises ValueError for regions of another count or a label map,
+    BudgetError for a budget below 2."""
+
+    name = "fastshap"
+    default_budget = 2
+    needs_regions = True
+    accepts_regions = True
+    needs_trained_weights = True
+    shapley_values = True
+
+    def __init__(self, scorer, *, weights: str | Path | FastShapCheckpoint, grouping: str | None = None,
+                 perturbation: str | Perturbation | None = None, check_weights: bool = True, **kw):
+        ckpt = weights if isinstance(weights, FastShapCheckpoint) else FastShapCheckpoint.load(weights)
+        where = "the network" if isinstance(weights, FastShapCheckpoint) else str(weights)
+        if grouping is not None and grouping != ckpt.grouping:
+            raise ValueError(f"fastshap: {where} was trained on part grouping {ckpt.grouping!r}, got {grouping!r}: "
+                             f"train a network for that grouping")
+        if perturbation is not None and make_perturbation(perturbation).describe() != ckpt.perturbation:
+            raise ValueError(f"fastshap: {where} was trained on perturbation {ckpt.perturbation!r}, got "
+                             f"{make_perturbation(perturbation).describe()!r}")
+        super().__init__(scorer, perturbation=perturbation or _perturbation_of(ckpt.perturbation), **kw)
+        self.check_weights = bool(check_weights)
+        if self.check_weights:
+            audited = weights_fingerprint(scorer)
+            if audited != ckpt.model_sha256:
+                raise ValueError(f"fastshap: {where} was trained for model weights {ckpt.model_sha256[:12]}, but the "
+                                 f"audited model's weights are {audited[:12]}: train a network for this model")
+        self.ckpt = ckpt
+        self.source = None if isinstance(weights, FastShapCheckpoint) else str(weights)
+        self.net = ckpt.network(self.device)
+        self._columns: torch.Tensor | None = None
+        self.n_explainer_forward = 0
+
+    def options(self) -> dict[str, Any]:
+        c = self.ckpt
+        return {**super().options(), "grouping": c.grouping, "players": len(c.players),
+                "check_weights": self.check_weights, "weights": self.source, "weights_sha256": c.digest(),
+                "model_sha256": c.model_sha256[:12]}
+
+    def min_budget(self, num_regions, num_targets):
+        return 2, "the full and the empty coalition (the efficiency normalisation)"
+
+    def explain(self, image, regions=None, *, budget=None, seed=0) -> FastShapExplanation:
+        """:meth:`Explainer.explain <explainers.base.Explainer.explain>` on the P player masks in the trained order
+        (class docstring), with the explainer forwards (``n_explainer_forward``)."""
+        P = len(self.ckpt.players)
+        if regions is None or torch.as_tensor(regions).ndim != 3 or torch.as_tensor(regions).shape[0] != P:
+            got = None if regions is None else tuple(torch.as_tensor(regions).shape)
+            raise ValueError(f"fastshap: regions must be the {P} player masks [{P}, H, W] in the order "
+                             f"{list(self.ckpt.players)} (empty masks for missing parts), got {got}")
+        if image.ndim == 3:
+            self._columns = region_set(regions, image.shape[-2:], self.device).columns
+        self.n_explainer_forward = 0
+        exp = super().explain(image, regions, budget=budget, seed=seed)
+        exp.options["n_explainer_forward"] = self.n_explainer_forward
+        return FastShapExplanation(**{f: getattr(exp, f) for f in Explanation.__dataclass_fields__},
+                                   n_explainer_forward=self.n_explainer_forward)
+
+    def _explain(self, image, regions, budget, generator):
+        P = len(self.ckpt.players)
+        columns = self._columns.to(self.device)
+        game = RegionGame(self.score, image, regions, self.perturbation, self.chunk_size)
+        n = regions.shape[0]
+        ends = game(torch.stack([torch.ones(n), torch.zeros(n)]).to(self.device))   # [2, T]: v(all), v(none)
+        full, empty = ends[0], ends[1]
+        T = ends.shape[1]
+        masks = regions.new_zeros(P, *regions.shape[1:]).index_copy_(0, columns, regions)
+        baseline = self.perturbation.baseline(image)
+        x, height = person_inputs(image, baseline, masks, self.ckpt.crop)
+        inside = float(x[-1].mean())
+        scalars = scalar_inputs(full, empty, torch.full((T,), height, device=self.device),
+                                torch.full((T,), inside, device=self.device))
+        present = torch.zeros(T, P, dtype=torch.bool, device=self.device)
+        present[:, columns] = True
+        with torch.inference_mode():
+            raw = self.net(x[None].expand(T, -1, -1, -1), scalars)
+        self.n_explainer_forward += 1
+        phi = normalise(raw.float(), present, (full - empty).float())[:, columns]
+        return paint(phi, regions), phi, {"full_score": full, "empty_score": empty}
+
+
+def _perturbation_of(description: str) -> Perturbation:
+    """The perturbation a weights file names: a registered name with its defaults whose ``describe()`` matches."""
+    for name in ("blur", "mean", "constant", "noise"):
+        p = make_perturbation(name)
+        if p.describe() == description:
+            return p
+    raise ValueError(f"fastshap: the weights' perturbation {description!r} is no registered perturbation with its "
+                     "defaults; pass it as perturbation=")
+
+
+__all__ = ["FORMAT", "VERSION", "Crop", "FastShapCheckpoint", "FastShapExplanation", "FastShapNet", "FastShapParts",
+           "normalise", "person_inputs", "player_names", "scalar_inputs"]
