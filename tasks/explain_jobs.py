@@ -1,7 +1,8 @@
 """The explainer-aware checks of params.yaml's ``explain.jobs``: the method is a name of
 :data:`explainers.registry.METHODS` (a renamed one names its new name), what the method class declares holds
-(``needs_regions``: regions other than ``none``; ``needs_detections``: targets other than ``classes``), and each
-option is typed against the method class's ``__init__`` (and the class accepts it).
+(``needs_regions``: regions other than ``none``; ``needs_detections``: targets other than ``classes``), each
+option is typed against the method class's ``__init__`` (and the class accepts it), and a learned explainer's
+(``needs_trained_weights``) trained file is there and made for the job's model (:func:`check_trained_file`).
 
 Kept out of :mod:`tasks.params`, which every stage imports, so that only the stages that run explainers depend on
 the explainers' code (tasks/stage_deps.py). The explain flow, the audit flow and ``serve`` call :func:`check_jobs`
@@ -181,8 +182,8 @@ def check_trained_file(job: ExplainJob, options: dict[str, Any], key: str, param
     explainer must accept it for the job's model (RExL's guard: the policy was trained for these model weights).
     The guard needs the model: it runs when ``params`` are given and the model's weights exist (the explain flow
     always; before a first ``dvc repro`` only the file is checked). A policy the ``models_rexl`` stage writes may be
-    missing while that stage has not run. Raises :class:`ParamsError` naming the job (``key``), the option and the
-    file."""
+    missing while that stage has not run. ``check_weights: false`` is refused (the sanity check's switch, not a
+    job's). Raises :class:`ParamsError` naming the job (``key``), the option and the file."""
     from explainers.rexl import PolicyCheckpoint
 
     given = options.get("policy")
@@ -190,6 +191,9 @@ def check_trained_file(job: ExplainJob, options: dict[str, Any], key: str, param
         raise ParamsError(f"{key}.options.policy: {job.method} is a learned explainer: give the policy file trained "
                           f"for the job's model (models/rexl/<model>_<mode>.pt of the models_rexl stage, or "
                           f"python -m tasks.rexl_train), got {given!r}")
+    if options.get("check_weights") is False:
+        raise ParamsError(f"{key}.options.check_weights: false would explain with a policy trained for other weights "
+                          f"without a word; only the sanity check's randomised copies switch the guard off")
     path = Path(given)
     if not path.is_file():
         if params is not None and _written_by_stage(path, params):
