@@ -119,6 +119,17 @@ def test_bootstrap_interval_brackets_the_estimate():
     assert lo < mr < hi and hi - lo < 0.3
 
 
+def test_bootstrap_interval_does_not_depend_on_its_memory_chunks(monkeypatch):
+    """Large datasets compute fewer resamples at a time (flat memory); the interval must be the same numbers."""
+    import detection.miss_rate as mr
+
+    images = _random_images(np.random.default_rng(2), 80)
+    whole = log_average_miss_rate_interval(images, n_boot=250, seed=3)
+    monkeypatch.setattr(mr, "BOOT_CHUNK_ELEMENTS", 700)           # a few resamples per chunk at this size
+    assert mr.boot_chunk(600) == 1 and 1 < mr.boot_chunk(100) < 100
+    assert log_average_miss_rate_interval(images, n_boot=250, seed=3) == whole
+
+
 def test_subset_height_bounds_are_inclusive_as_in_citypersons():
     from detection.evaluation import ImageEval
     from detection.miss_rate import CITYPERSONS_SUBSETS, restrict
