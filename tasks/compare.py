@@ -660,9 +660,12 @@ def _gate_reasons(c: Comparison, g: Gate) -> list[str]:
 
 
 def _worse(rows: Sequence[MetricChange], limit: float, what: str) -> list[str]:
-    missing = [r for r in rows if r.better is not None and (r.a is None or r.b is None)]
+    """The gate's failures: a metric worse by more than ``limit``, a metric with a value in one audit only
+    ("cannot check"), or no metric with a value in both. A metric undefined in both audits (e.g. AP50 reasonable
+    of a dataset without reasonable pedestrians) is not a change and not a failure."""
+    missing = [r for r in rows if r.better is not None and (r.a is None) != (r.b is None)]
     out = [f"cannot check {what} {_where(r)}: not in {'A' if r.a is None else 'B'}" for r in missing]
-    if not rows:
+    if not any(r.a is not None and r.b is not None for r in rows):
         out.append(f"cannot check {what}: no values in either audit")
     return out + [f"{what} {_where(r)}: {r.a:.4f} -> {r.b:.4f} ({r.diff:+.4f}, worse by {r.worse_by:.4f} > {limit:g})"
                   for r in rows if r.worse_by is not None and r.worse_by > limit]
@@ -726,9 +729,14 @@ def _gate_misses(c: Comparison, limit: float) -> list[str]:
 def _gate_sanity(c: Comparison, value: str) -> list[str]:
     if not c.sanity:
         return ["cannot check sanity: no sanity verdicts in either audit (evaluate.json sanity.jobs)"]
+    if value == "regress":               # passed in A, not checked in B (absent, skipped): nothing shows it held
+        unchecked = [f"cannot check sanity {s.job}: passes in A, {s.status_b or 'absent'} in B" for s in c.sanity
+                     if s.passes_a is True and s.status_b != "checked"]
+    else:
+        unchecked = []
     bad = [s for s in c.sanity if (s.regressed if value == "regress" else s.fails_b)]
-    return [f"sanity {s.job}: {'passes' if s.passes_a else s.status_a or 'absent'} in A, does not pass in B "
-            f"(|rho| at full randomisation {s.rho_b})" for s in bad]
+    return unchecked + [f"sanity {s.job}: {'passes' if s.passes_a else s.status_a or 'absent'} in A, does not pass "
+                        f"in B (|rho| at full randomisation {s.rho_b})" for s in bad]
 
 
 _GATE_CHECKS = {"part_shift": _gate_parts, "cue_reliance_up": _gate_cue, "ap_drop": _gate_ap, "mr2_up": _gate_mr2,

@@ -397,3 +397,25 @@ def test_a_part_without_an_interval_fails_the_part_shift_gate(result):
     gone = dataclasses.replace(result, cells=cells) if dataclasses.is_dataclass(result) else None
     reasons = check_gates(gone, parse_gates(["part_shift=ci"]))[0].reasons
     assert any(r.startswith("cannot check part shift") and r.endswith("absent in B") for r in reasons)
+
+
+def test_sanity_and_detector_gates_on_missing_values(result):
+    """A job that passed its sanity check in A and was not checked in B cannot be checked (fails 'regress'); a
+    detector metric undefined in both audits is no change (does not fail ap_drop), one undefined in B is."""
+    import dataclasses
+
+    from tasks.compare import MetricChange, SanityChange
+
+    dropped = dataclasses.replace(result, sanity=[SanityChange("rise", "checked", None, True, None, 0.1, None)])
+    reasons = check_gates(dropped, parse_gates(["sanity=regress"]))[0].reasons
+    assert list(reasons) == ["cannot check sanity rise: passes in A, absent in B"]
+    assert not check_gates(dropped, parse_gates(["sanity=fail"]))[0].failed
+
+    ap = [r for r in result.detector if r.name == "ap50"][0]
+    undefined = dataclasses.replace(ap, name="ap50_reasonable", a=None, b=None)
+    both_nan = dataclasses.replace(result, detector=[*result.detector, undefined])
+    assert not check_gates(both_nan, parse_gates(["ap_drop=0.02"]))[0].failed
+    gone = dataclasses.replace(result, detector=[dataclasses.replace(undefined, a=0.5)])
+    reasons = check_gates(gone, parse_gates(["ap_drop=0.02"]))[0].reasons
+    assert len(reasons) == 2 and reasons[0].startswith("cannot check detector ap50_reasonable")
+    assert isinstance(ap, MetricChange)
