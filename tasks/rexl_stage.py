@@ -7,8 +7,9 @@ Per model (``classifier``: ``infer.classifier``; ``detector``: the explain stage
 * ``weights: null``: train with ``tasks.rexl_train.train_policy`` (MaskablePPO, the dataset-wide regime: one
   class-conditioned agent for the classifier, one box-conditioned agent for every pedestrian of the detector) on the
   training scenes (``tasks.rexl_train.training_scenes``: the generator of ``pull.synthetic`` with the training seed,
-  never the audited scenes), seeded, resumable from SB3 checkpoints under ``rexl.checkpoint_dir`` (one folder per
-  training configuration, so a changed configuration never resumes another's run); or
+  never the audited scenes), seeded, resumable after a crash from SB3 checkpoints under ``rexl.checkpoint_dir`` (one
+  folder per training configuration and code, so a changed one never resumes another's run; removed once the
+  training has finished); or
 * ``weights: <file>``: verify the given policy file (the shipped-weights manifest beside it, when there is one:
   ``tasks.shipped_weights.verify_given``; it is a policy of this mode, grid and substrate; and the explainer's guard:
   it was trained for these model weights) and copy it.
@@ -128,31 +129,46 @@ def train_options(model: str, spec: RexlPolicyParams) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in spec.options.items()}
 
 
+def code_digest() -> str:
+    """SHA-256 of the training code: every project module ``tasks.rexl_stage`` imports (the environment, the
+    learner's setup, the policy format)."""
+    from tasks.result_store import files_digest
+    from tasks.stage_deps import Entry, module_closure, module_file
+
+    return files_digest(sorted(module_file(m) for m in module_closure((Entry("tasks.rexl_stage"),))))
+
+
 def checkpoint_folder(params: Params, model: str, spec: RexlPolicyParams) -> Path:
     """``rexl.checkpoint_dir/<model>-<digest>``: the digest of everything the training depends on (the policy
-    params, the audited model's weights file, the training scenes' generator and seed), so that a rerun resumes only
-    its own configuration's checkpoint."""
+    params, the audited model's weights file, the training scenes' generator and seed, the training code), so that
+    a rerun resumes only its own configuration's checkpoint."""
     mspec = params.infer.classifier if model == "classifier" else params.explain_detector()
     weights = file_sha256(mspec.weights) if mspec.weights and Path(mspec.weights).is_file() else None
     key = digest({"rexl": spec.model_dump(mode="json", exclude={"weights", "checkpoint_every"}),
                   "model": mspec.model_dump(mode="json"), "weights": weights, "seed": params.seed,
                   "train_data": params.models.train_data.model_dump(mode="json"),
-                  "generator": params.pull.synthetic.model_dump(mode="json", exclude={"n_images"})})
+                  "generator": params.pull.synthetic.model_dump(mode="json", exclude={"n_images"}),
+                  "code": code_digest()})
     return Path(params.rexl.checkpoint_dir) / f"{model}-{key[:16]}"
 
 
 def train(params: Params, model: str, spec: RexlPolicyParams, progress: bool = True) -> tuple[PolicyCheckpoint, dict]:
-    """Train ``model``'s policy (module docstring); returns the checkpoint and ``train_policy``'s summary."""
+    """Train ``model``'s policy (module docstring); returns the checkpoint and ``train_policy``'s summary. The
+    checkpoint folder (:func:`checkpoint_folder`) serves a rerun after a crash only: it is removed once training has
+    finished, so a finished training is never "resumed" at zero steps (whose record would have no episodes)."""
     from tasks.rexl_train import train_policy
 
     options = train_options(model, spec)
     scorer, episodes, conditioning, num_classes = training_setup(params, model, spec)
-    return train_policy(scorer, episodes, grid=spec.grid, mode=spec.mode, perturbation=substrate(spec),
-                        conditioning=conditioning, num_classes=num_classes, features=spec.features,
-                        regime="dataset", steps=spec.steps, n_envs=spec.n_envs, seed=spec.seed,
-                        learning_rate=spec.lr, checkpoint_dir=checkpoint_folder(params, model, spec),
-                        checkpoint_every=spec.checkpoint_every, progress=progress, time_limit_s=spec.time_limit_s,
-                        training={"model": model, "images": spec.images, "data": DATA}, **options)
+    folder = checkpoint_folder(params, model, spec)
+    out = train_policy(scorer, episodes, grid=spec.grid, mode=spec.mode, perturbation=substrate(spec),
+                       conditioning=conditioning, num_classes=num_classes, features=spec.features,
+                       regime="dataset", steps=spec.steps, n_envs=spec.n_envs, seed=spec.seed,
+                       learning_rate=spec.lr, checkpoint_dir=folder, checkpoint_every=spec.checkpoint_every,
+                       progress=progress, time_limit_s=spec.time_limit_s,
+                       training={"model": model, "images": spec.images, "data": DATA}, **options)
+    shutil.rmtree(folder, ignore_errors=True)
+    return out
 
 
 def _auc(training: dict) -> dict:
@@ -174,7 +190,11 @@ def provide_policy(params: Params, model: str, progress: bool = True) -> dict:
         shutil.copyfile(src, out)
         record = {"source": "copied", "weights": str(src)}
     else:
-        ckpt, _ = train(params, model, spec, progress)
+        try:
+            ckpt, _ = train(params, model, spec, progress)
+        except ValueError as exc:
+            text = str(exc)
+            raise ValueError(text if text.startswith("params ") else f"params rexl.{model}: {text}") from None
         ckpt.save(out)
         record = {"source": "trained"}
     t = ckpt.training
@@ -197,5 +217,5 @@ def write_metrics(path: str | Path, records: dict[str, dict]) -> Path:
     return path
 
 
-__all__ = ["MODELS", "audited_model", "check_given", "checkpoint_folder", "guard_scorer", "provide_policy", "train",
-           "train_options", "training_setup", "write_metrics"]
+__all__ = ["MODELS", "audited_model", "check_given", "checkpoint_folder", "code_digest", "guard_scorer",
+           "provide_policy", "train", "train_options", "training_setup", "write_metrics"]

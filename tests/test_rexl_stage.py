@@ -8,6 +8,7 @@ The audited models are the shipped demo weights (weights/demo); the policies are
 MaskablePPO steps, a fixed-CNN state), trained once per module."""
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -71,7 +72,36 @@ def test_the_stage_trains_a_policy_for_the_audited_classifier(trained):
     assert (ckpt.grid, ckpt.mode, ckpt.perturbation, ckpt.conditioning, ckpt.num_classes) == \
         (2, "deletion", "mean", "class", 4)
     assert record["auc_first"] is not None and record["episodes"] > 0 and "training scenes" in record["data"]
-    assert (root / "checkpoints").is_dir() and any((root / "checkpoints").glob("classifier-*/last.zip"))
+    assert not any((root / "checkpoints").glob("classifier-*"))     # finished: nothing left to resume
+
+
+def test_a_killed_training_resumes_from_its_own_checkpoint(tmp_path, monkeypatch):
+    """A checkpoint of the same configuration is resumed (its steps are not trained again); one of another
+    configuration is not."""
+    import tasks.rexl_train
+    from tasks.rexl_stage import checkpoint_folder, provide_policy
+
+    params = parse_params(params_dict(tmp_path), check_files=False)
+    calls = []
+    real = tasks.rexl_train.train_policy
+
+    @functools.wraps(real)
+    def crash_after_saving(*args, **kwargs):            # the first run: trained, its checkpoint saved, then killed
+        calls.append(kwargs["checkpoint_dir"])
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tasks.rexl_train, "train_policy", crash_after_saving)
+    with pytest.raises(KeyboardInterrupt):
+        provide_policy(params, "classifier", progress=False)
+    folder = checkpoint_folder(params, "classifier", params.rexl.classifier)
+    assert calls == [folder] and (folder / "last.zip").is_file()
+    other = parse_params(params_dict(tmp_path, seed=1), check_files=False)
+    assert checkpoint_folder(other, "classifier", other.rexl.classifier) != folder
+    monkeypatch.setattr(tasks.rexl_train, "train_policy", real)
+    record = provide_policy(params, "classifier", progress=False)
+    assert record["steps"] == 32 and record["episodes"] == 0        # resumed at 32 of 32 steps: nothing to train
+    assert not folder.exists()
 
 
 def test_the_stage_verifies_and_copies_a_given_policy(trained, tmp_path):
