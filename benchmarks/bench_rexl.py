@@ -12,7 +12,10 @@ Classifier (the demo scene classifier, its 4 class probabilities per scene at it
   * ``greedy``: greedy deletion (insertion) over the same cells: each step takes the cell whose removal drops
     (whose insertion raises) the target's score most, n (n + 1) / 2 - 1 = 1,224 forwards a target at k = 7: the
     ceiling of a cell-ordering policy;
-  * ``random``: a random cell order (seeded), credited like RExL: the floor.
+  * ``random``: a random cell order (seeded), credited like RExL: the floor;
+  * ``classmap`` (policies with class maps, deletion): the no-learning control with the policy's own state, each step
+    the cell of the highest current class map of the target (n - 1 feature forwards + the curve's forwards): what
+    the learned policy has to beat to have learned anything beyond its input.
   Every cell order (rexl, greedy, random) is mapped four ways (``VARIANTS``): cumulative credit, bilinear (the
   paper's: no suffix), ``@single``, ``@rank`` (the order itself, bilinear) and ``@rank_nearest`` (the order,
   constant on each cell): the variants cost no forwards beyond the roll-out.
@@ -40,7 +43,15 @@ from bench_quality import curve_scores
 from detection.models.scene_classifier import load_classifier
 from detection.scorers import ClassifierScorer
 from explainers.perturb import make_perturbation
-from explainers.rexl import CellGame, PolicyCheckpoint, Rexl, cell_saliency, upsample_cells
+from explainers.rexl import (
+    CellGame,
+    PolicyCheckpoint,
+    Rexl,
+    cell_saliency,
+    class_maps,
+    make_features,
+    upsample_cells,
+)
 from explainers.rise import DRise, Rise
 from pedestrians import classifier_scenes, describe_split, file_digest, pedestrians, start_run
 
@@ -78,6 +89,22 @@ def greedy_order(scorer, image, column: int, grid: int, mode: str, substrate) ->
     return order, forwards
 
 
+def class_map_order(feats, image, column: int, maps: int, grid: int, substrate) -> list[int]:
+    """The no-learning control of a policy with class maps (``explainers.rexl.BackboneFeatures`` with cam): deletion,
+    each step takes the cell not yet taken where the target's class map of the current canvas is highest (one feature
+    forward a step, like the policy's roll-out)."""
+    n = grid * grid
+    game = CellGame(image[None], substrate.baseline(image)[None], "deletion", grid)
+    order = []
+    for _ in range(n - 1):
+        with torch.inference_mode():
+            m = feats(game.canvas())[0, -maps * n:].view(maps, n)[column].masked_fill(game.taken[0], -torch.inf)
+        order.append(int(m.argmax()))
+        game.take(torch.tensor([order[-1]]))
+    order.append(int((~game.taken[0]).nonzero()[0, 0]))
+    return order
+
+
 # key suffix -> (credit, upsampling) of the maps made from a cell order; "" is the paper's
 VARIANTS = {"": ("cumulative", "bilinear"), "@single": ("single", "bilinear"), "@rank": ("rank", "bilinear"),
             "@rank_nearest": ("rank", "nearest")}
@@ -112,7 +139,7 @@ def classifier_rows(cases, ckpt: PolicyCheckpoint, rise_budget: int, seed: int) 
         T = scorer.num_targets
         size = tuple(image.shape[-2:])
         start = time.perf_counter()
-        exp = Rexl(scorer, policy=ckpt).explain(image, seed=0)
+        exp = Rexl(scorer, policy=ckpt, credit="cumulative", upsample="bilinear").explain(image, seed=0)
         out.setdefault("rexl", {}).setdefault("seconds", []).append(time.perf_counter() - start)
         spent = exp.n_forward + exp.n_feature_forward
         add("rexl", scorer, image, exp.saliency, spent, [cell_auc(c) for c in exp.curve])
@@ -122,15 +149,23 @@ def classifier_rows(cases, ckpt: PolicyCheckpoint, rise_budget: int, seed: int) 
         for key, budget in ((f"rise@{rise_budget}", rise_budget), ("rise@same", spent)):
             r = Rise(scorer, center=True, perturbation=ckpt.perturbation).explain(image, budget=budget, seed=0)
             add(key, scorer, image, r.saliency, r.n_forward)
-        greedy, rand = [], []
+        greedy, rand, mapped = [], [], []
         forwards = 0
+        maps = class_maps(ckpt.features) if ckpt.mode == "deletion" else 0
+        feats = make_features(scorer, ckpt.features) if maps else None
         for t in range(T):
+            if maps:
+                order = class_map_order(feats, image, t, maps, ckpt.grid, sub)
+                mapped.append((order, order_curve(scorer, image, order, t, ckpt.grid, ckpt.mode, sub)))
             order, f = greedy_order(scorer, image, t, ckpt.grid, ckpt.mode, sub)
             forwards += f
             greedy.append((order, order_curve(scorer, image, order, t, ckpt.grid, ckpt.mode, sub)))
             order = rng.permutation(ckpt.grid ** 2).tolist()
             rand.append((order, order_curve(scorer, image, order, t, ckpt.grid, ckpt.mode, sub)))
-        for key, runs, cost in (("greedy", greedy, forwards), ("random", rand, T * (ckpt.grid ** 2 + 1))):
+        n = ckpt.grid ** 2
+        controls = [("greedy", greedy, forwards), ("random", rand, T * (n + 1))]
+        controls += [("classmap", mapped, 2 + T * 2 * (n - 1))] if mapped else []
+        for key, runs, cost in controls:
             for suffix, (credit, upsample) in VARIANTS.items():
                 sal = ordered_saliency([o for o, _ in runs], [c for _, c in runs], ckpt.grid, ckpt.mode, size, credit,
                                        upsample)
@@ -151,6 +186,22 @@ def detector_rows(persons, ckpt: PolicyCheckpoint, budget: int) -> dict:
                 row.setdefault(curve, []).extend(auc.tolist())
             row["n_forward"].append(exp.n_forward + getattr(exp, "n_feature_forward", 0))
     return {k: {c: float(np.median(v)) for c, v in row.items()} for k, row in out.items()}
+
+
+def target_ratios(results: dict) -> dict:
+    """Issue 20's target per map variant: each method's median deletion AUC (mean substrate, the policy's) over the
+    reference's (RISE@budget / D-RISE@budget), and its forwards per target; ratio <= 1.05 with <= 98 forwards passes."""
+    out = {}
+    for model, ref_prefix in (("classifier", "rise@"), ("detector", "drise@")):
+        rows = results.get(model, {})
+        ref = next((k for k in rows if k.startswith(ref_prefix) and k[len(ref_prefix):].isdigit()), None)
+        if ref is None:
+            continue
+        for key, row in rows.items():
+            if key.startswith(("rexl", "classmap")) and "deletion/mean" in row:
+                out[f"{model}/{key}"] = {"deletion_ratio": round(row["deletion/mean"] / rows[ref]["deletion/mean"], 3),
+                                         "reference": ref}
+    return out
 
 
 def main() -> None:
@@ -187,6 +238,7 @@ def main() -> None:
         persons = pedestrians(args.split, args.persons, device)
         results["persons"] = [p["det_id"] for p in persons]
         results["detector"] = detector_rows(persons, dckpt, args.rise)
+    results["target"] = target_ratios(results)
     results["seconds"] = round(time.perf_counter() - start, 1)
     for model in ("classifier", "detector"):
         for key, row in results.get(model, {}).items():

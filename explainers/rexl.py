@@ -29,6 +29,14 @@ fixed per-feature statistics stored with the policy, the taken-cells mask [n], a
 or the target box (``box``: its cover of each cell [n] plus its xyxy / (W, H, W, H) [4], so one agent serves every
 pedestrian of a detector). Features: the audited model's own frozen backbone where it is a PyTorch classifier with a
 ``features`` module (``backbone``), else :class:`FixedCNN` (a small convolutional net with seeded random weights).
+Class maps (``backbone`` with ``cam`` = k, a network whose head is one Linear layer on the globally pooled features,
+e.g. the demo SceneNet): the features also carry every class's activation map on the k x k grid (the head's class
+weights applied at each position of the canvas's feature map, CAM-style), and the state appends the target class's
+map, standardised over the cells (:func:`observation`). The policy then sees where the evidence for its target lies
+in the *current* canvas without having to learn a class-by-position gate from the one-hot; the maps come from the
+same backbone pass as the features (no extra forward). Measured on a training-split validation subset (16 training
+scenes never in the RL pool, 4 classes, cell-granularity deletion AUC, lower is better): always deleting the cell of
+the highest current map scores 0.47, a random order 0.70, the 15.7k-step policy without maps 0.67.
 
 Saliency (``credit``): ``cumulative`` (the paper's rule) adds each reward change r_t - r_{t-1} (with r_0 = sign *
 s_0) to every cell taken so far, so cell a_i (taken at step i) gets sign * (s_n - s_{i-1}): for deletion the score
@@ -148,23 +156,50 @@ class BackboneFeatures(nn.Module):
     is the scorer's model (an ``ImageClassifier`` whose network has a ``features`` module, e.g. the demo SceneNet).
     Raises ValueError when it has none."""
 
-    def __init__(self, classifier, pool: int = 4):
+    def __init__(self, classifier, pool: int = 4, cam: int = 0, classes: int | None = None):
         super().__init__()
         net = getattr(classifier, "model", None)
         features = getattr(net, "features", None) if net is not None else None
         if not isinstance(features, nn.Module) or not hasattr(classifier, "preprocess"):
             raise ValueError(f"rexl: features 'backbone' need a classifier whose network has a 'features' module and "
                              f"a preprocess method, got {type(classifier).__name__}")
-        self.classifier, self.features, self.pool = classifier, features, int(pool)
+        head = getattr(net, "head", None)
+        if cam and not isinstance(getattr(head, "weight", None), torch.Tensor):
+            raise ValueError("rexl: backbone features with cam > 0 need a network whose 'head' is a Linear layer (the "
+                             f"class maps are its weights applied per position), got {type(net).__name__}")
+        self.classifier, self.features, self.pool, self.cam = classifier, features, int(pool), int(cam)
+        self.head = head if cam else None
         self.spec = {"kind": "backbone", "pool": int(pool),
                      "network": getattr(net, "original_name", type(net).__name__)}    # TorchScript: the class name
+        if cam:
+            self.spec.update(cam=int(cam), classes=int(head.weight.shape[0]))
+            if classes is not None and int(classes) != self.spec["classes"]:
+                raise ValueError(f"rexl: the policy's class maps are for {classes} classes, the network's head has "
+                                 f"{self.spec['classes']}")
         self.dim: int | None = None
+
+    def from_map(self, fmap: torch.Tensor) -> torch.Tensor:
+        """Features [B, D] of the backbone's feature map [B, C', h, w]: its average pool to ``pool`` x ``pool``
+        [B, C' pool^2], then (``cam`` = k > 0) every class's activation map [B, classes k^2]: the head's class
+        weights applied at each position (bias excluded; their mean over positions is the class logit less the
+        bias), average-pooled to the k x k game grid (adaptive pooling: overlapping windows when h, w < k)."""
+        fmap = fmap.float()
+        out = F.adaptive_avg_pool2d(fmap, self.pool).flatten(1)
+        if self.cam:
+            maps = torch.einsum("kc,bchw->bkhw", self.head.weight.float(), fmap)
+            out = torch.cat([out, F.adaptive_avg_pool2d(maps, self.cam).flatten(1)], 1)
+        self.dim = out.shape[1]
+        return out
 
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        out = F.adaptive_avg_pool2d(self.features(self.classifier.preprocess(images)).float(), self.pool).flatten(1)
-        self.dim = out.shape[1]
-        return out
+        return self.from_map(self.features(self.classifier.preprocess(images)))
+
+
+def class_maps(spec: dict) -> int:
+    """How many class activation maps end a feature vector of this feature spec (0: none; see
+    :meth:`BackboneFeatures.from_map`)."""
+    return int(spec.get("classes") or 0) if spec.get("kind") == "backbone" and spec.get("cam") else 0
 
 
 def has_backbone(scorer) -> bool:
@@ -224,16 +259,26 @@ def condition_dim(conditioning: str, grid: int, num_classes: int | None) -> int:
 
 
 def observation(canvas_features: torch.Tensor, image_features: torch.Tensor | None, taken: torch.Tensor,
-                condition: torch.Tensor, norm: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+                condition: torch.Tensor, norm: tuple[torch.Tensor, torch.Tensor] | None,
+                maps: int = 0) -> torch.Tensor:
     """The state [N, obs_dim] = [standardised canvas features [N, D], (insertion: standardised image features
-    [N, D]), taken cells [N, k^2] as 0 / 1, conditioning [N, c]]; ``norm`` = (mean [D], std [D]) of the features
-    (None: raw)."""
+    [N, D]), taken cells [N, k^2] as 0 / 1, conditioning [N, c], (``maps`` = C > 0: the target's class map [N, k^2])];
+    ``norm`` = (mean [D], std [D]) of the features (None: raw). With ``maps`` the canvas features end with C class
+    maps of k^2 cells (:meth:`BackboneFeatures.from_map`) and the conditioning is the class one-hot [N, C]: the
+    target's map (raw, the one-hot's class) is appended standardised over its own cells (zero mean, unit std per
+    row), so that the policy sees where the target's evidence lies on the grid without learning a class gate."""
     def standard(f: torch.Tensor) -> torch.Tensor:
         return f if norm is None else (f - norm[0]) / norm[1]
     parts = [standard(canvas_features.float())]
     if image_features is not None:
         parts.append(standard(image_features.float()))
-    parts += [taken.float(), condition.float().to(taken.device)]
+    condition = condition.float().to(taken.device)
+    parts += [taken.float(), condition]
+    if maps:
+        n = taken.shape[1]
+        raw = canvas_features.float()[:, -maps * n:].reshape(-1, maps, n)
+        target = (condition[:, :maps, None] * raw).sum(1)
+        parts.append((target - target.mean(1, keepdim=True)) / (target.std(1, keepdim=True) + 1e-6))
     return torch.cat(parts, 1)
 
 
@@ -350,7 +395,8 @@ class PolicyCheckpoint:
     @property
     def obs_dim(self) -> int:
         n_feat = self.feature_dim * (2 if self.mode == "insertion" else 1)
-        return n_feat + self.grid ** 2 + condition_dim(self.conditioning, self.grid, self.num_classes)
+        extra = self.grid ** 2 if class_maps(self.features) else 0
+        return n_feat + self.grid ** 2 + condition_dim(self.conditioning, self.grid, self.num_classes) + extra
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "version": VERSION, "model_sha256": self.model_sha256, "grid": self.grid,
@@ -553,7 +599,8 @@ class Rexl(Explainer):
         order = torch.empty(T, n, dtype=torch.long, device=self.device)
         with torch.inference_mode():
             for t in range(n - 1):
-                obs = observation(self._feature(game.canvas()), image_feats, game.taken, cond, norm)
+                obs = observation(self._feature(game.canvas()), image_feats, game.taken, cond, norm,
+                                  class_maps(c.features))
                 actions = self.policy_net.act(obs, game.taken)
                 game.take(actions)
                 order[:, t] = actions

@@ -27,7 +27,7 @@ import torch
 from stable_baselines3.common.vec_env import VecEnv
 
 from explainers.perturb import Perturbation, make_perturbation
-from explainers.rexl import BackboneFeatures, CellGame, observation
+from explainers.rexl import BackboneFeatures, CellGame, class_maps, observation
 
 
 @dataclass
@@ -67,8 +67,7 @@ def fused_pass(scorer, features):
             fmap = net.features(clf.preprocess(images)).float()
             logits = net.head(fmap.mean((2, 3))).float()
             probs = torch.sigmoid(logits) if clf.multi_label else torch.softmax(logits, -1)
-            pooled = torch.nn.functional.adaptive_avg_pool2d(fmap, features.pool).flatten(1)
-        return probs[:, scorer.targets], pooled
+            return probs[:, scorer.targets], features.from_map(fmap)
     return run
 
 
@@ -87,6 +86,7 @@ class EpisodeBatch:
         self.norm = None if norm is None else (norm[0].to(self.device), norm[1].to(self.device))
         self.n_forward = self.n_feature_forward = 0
         self.game: CellGame | None = None
+        self.maps = class_maps(getattr(features, "spec", {}))
         self._fused = fused_pass(scorer, features)
         self.fused: bool | None = None if self._fused is not None else False     # None: not checked yet
         self._cached: torch.Tensor | None = None        # features of the current canvases from the fused pass
@@ -120,7 +120,7 @@ class EpisodeBatch:
     def observe(self) -> torch.Tensor:
         """The current states [N, obs_dim] (features from the fused pass that scored these canvases, if any)."""
         feats = self._cached if self._cached is not None else self._features(self.game.canvas())
-        return observation(feats, self.image_features, self.game.taken, self.conditions, self.norm)
+        return observation(feats, self.image_features, self.game.taken, self.conditions, self.norm, self.maps)
 
     def start(self, episodes: Sequence[Episode]) -> torch.Tensor:
         """Begin ``episodes`` (one image size); returns their first states [N, obs_dim]. Raises ValueError for
@@ -167,19 +167,24 @@ class RexlVecEnv(VecEnv):
     """N episodes of the cell game advanced in lockstep (module docstring). ``episodes``: the pool; each round of N
     episodes takes the next N of a seeded shuffle of the pool (``sampling='random'``) or of the pool in order
     (``'cycle'``). ``features``: a feature module (``explainers.rexl.make_features``); ``norm``: its standardisation
-    (:func:`feature_stats`; None: raw); ``obs_dim`` follows from the first states. Raises ValueError for an empty
-    pool or an unknown sampling."""
+    (:func:`feature_stats`; None: raw); ``obs_dim`` follows from the first states. ``reward_scale``: the rewards
+    handed to the learner are multiplied by it (a learning-rate-free rescaling of the tiny per-step rewards, about
+    score / k^2; ``infos``' ``auc`` and ``episode`` stay unscaled). Raises ValueError for an empty pool, an unknown
+    sampling or a reward_scale <= 0."""
 
     render_mode = None
 
     def __init__(self, scorer, episodes: Sequence[Episode], n_envs: int, features, *, grid: int = 7,
                  mode: str = "deletion", perturbation: str | Perturbation = "mean",
-                 norm: tuple[torch.Tensor, torch.Tensor] | None = None, sampling: str = "random", seed: int = 0):
+                 norm: tuple[torch.Tensor, torch.Tensor] | None = None, sampling: str = "random", seed: int = 0,
+                 reward_scale: float = 1.0):
         if not episodes:
             raise ValueError("rexl env: the episode pool is empty")
         if sampling not in ("random", "cycle"):
             raise ValueError(f"rexl env: sampling must be 'random' or 'cycle', got {sampling!r}")
-        self.pool, self.sampling = list(episodes), sampling
+        if not reward_scale > 0:
+            raise ValueError(f"rexl env: reward_scale must be > 0, got {reward_scale!r}")
+        self.pool, self.sampling, self.reward_scale = list(episodes), sampling, float(reward_scale)
         self.rng = np.random.default_rng(seed)
         self.batch = EpisodeBatch(scorer, features, grid=grid, mode=mode, perturbation=perturbation, norm=norm)
         self._queue: list[int] = []
@@ -218,7 +223,7 @@ class RexlVecEnv(VecEnv):
         self._taken_order.append(actions.copy())
         reward, ended = self.batch.step(actions)
         obs = self.batch.observe().cpu().numpy()
-        rewards = reward.cpu().numpy().astype(np.float32)
+        rewards = (reward * self.reward_scale).cpu().numpy().astype(np.float32)
         infos: list[dict] = [{} for _ in range(self.num_envs)]
         if not ended:
             return obs, rewards, np.zeros(self.num_envs, bool), infos

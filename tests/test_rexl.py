@@ -273,9 +273,11 @@ def test_fixed_features_are_seeded_and_batch_invariant():
     assert torch.equal(a(x)[2:3], a(x[2:3]))                           # the batch does not change a canvas's features
 
 
-def test_classifier_backbone_features_and_the_fused_pass_agree():
-    """A tiny SceneNet behind ClassifierScorer: features come from its own backbone; the env's fused pass (scores and
-    features from one backbone pass) gives the same states and rewards as separate scorer and feature calls."""
+@pytest.mark.parametrize("cam", [False, True])
+def test_classifier_backbone_features_and_the_fused_pass_agree(cam):
+    """A tiny SceneNet behind ClassifierScorer: features come from its own backbone (with cam: and its class maps);
+    the env's fused pass (scores and features from one backbone pass) gives the same states and rewards as separate
+    scorer and feature calls."""
     from detection.models.classifier import ImageClassifier
     from detection.models.scene_classifier import SceneNet
     from detection.scorers import ClassifierScorer
@@ -284,8 +286,9 @@ def test_classifier_backbone_features_and_the_fused_pass_agree():
     clf = ImageClassifier(SceneNet(3, width=4).eval(), ["a", "b", "c"], multi_label=True, mean=(0.0, 0.0, 0.0),
                           std=(1.0, 1.0, 1.0), device="cpu")
     scorer = ClassifierScorer(clf)
-    feats = make_features(scorer, "auto")
+    feats = make_features(scorer, {"kind": "backbone", "pool": 4, "cam": GRID} if cam else "auto")
     assert isinstance(feats, BackboneFeatures) and feats.spec["network"] == "SceneNet"
+    assert feats.spec.get("classes") == (3 if cam else None)
     pool = [Episode(image(s), s % 3, torch.eye(3)[s % 3]) for s in range(4)]
     orders = np.stack([np.random.default_rng(s).permutation(GRID * GRID) for s in range(4)], 1)
     runs = []
@@ -309,3 +312,35 @@ def test_classifier_backbone_features_and_the_fused_pass_agree():
     ckpt.state_dict = RexlPolicy(ckpt.obs_dim, GRID * GRID, (32,), feature_dim=ckpt.feature_dim).state_dict()
     exp = Rexl(scorer, policy=ckpt).explain(image())
     assert exp.saliency.shape == (3, SIZE, SIZE) and exp.options["features"] == "backbone"
+
+
+def test_class_maps_are_the_heads_evidence_per_cell_and_the_state_holds_the_targets():
+    """BackboneFeatures with cam: the class maps of a feature map already on the k x k grid are the head's class
+    weights per position (their mean + bias = the logits); the state appends the target class's map, standardised
+    over its cells, chosen by the one-hot conditioning."""
+    from detection.models.classifier import ImageClassifier
+    from detection.models.scene_classifier import SceneNet
+    from explainers.rexl import BackboneFeatures, class_maps, observation
+    torch.manual_seed(0)
+    net = SceneNet(3, width=4).eval()
+    clf = ImageClassifier(net, ["a", "b", "c"], multi_label=True, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+                          device="cpu")
+    feats = BackboneFeatures(clf, pool=2, cam=GRID)
+    assert class_maps(feats.spec) == 3 and class_maps({"kind": "backbone", "pool": 4}) == 0
+    fmap = torch.randn(2, 32, GRID, GRID)
+    out = feats.from_map(fmap)
+    n = GRID * GRID
+    assert out.shape == (2, 32 * 4 + 3 * n)
+    maps = out[:, -3 * n:].view(2, 3, n)
+    with torch.no_grad():
+        logits = net.head(fmap.mean((2, 3)))
+    torch.testing.assert_close(maps.mean(2) + net.head.bias, logits, rtol=1e-5, atol=1e-5)
+    taken = torch.zeros(2, n, dtype=torch.bool)
+    cond = torch.eye(3)[[2, 0]]
+    obs = observation(out, None, taken, cond, None, maps=3)
+    assert obs.shape == (2, out.shape[1] + n + 3 + n)
+    for row, cls in ((0, 2), (1, 0)):
+        m = maps[row, cls]
+        torch.testing.assert_close(obs[row, -n:], (m - m.mean()) / (m.std() + 1e-6))
+    with pytest.raises(ValueError, match="classes"):
+        BackboneFeatures(clf, cam=GRID, classes=5)
