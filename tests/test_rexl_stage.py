@@ -62,6 +62,21 @@ def trained(tmp_path_factory):
     return root, record, root / "models/rexl/classifier_deletion.pt"
 
 
+@pytest.fixture(scope="module")
+def trained_detector(tmp_path_factory):
+    """The stage's training path on the demo detector (one box-conditioned agent): the policy file."""
+    from tasks.rexl_stage import provide_policy
+
+    root = tmp_path_factory.mktemp("rexl_detector")
+    data = params_dict(root)
+    data["rexl"]["detector"] = {**POLICY, "images": 4, "min_height": 40}
+    del data["rexl"]["classifier"]
+    torch.set_num_threads(1)
+    record = provide_policy(parse_params(data, check_files=False), "detector", progress=False)
+    assert record["conditioning"] == "box" and record["source"] == "trained"
+    return root / "models/rexl/detector_deletion.pt"
+
+
 # ------------------------------------------------------------------------------------------------ the stage
 def test_the_stage_trains_a_policy_for_the_audited_classifier(trained):
     root, record, path = trained
@@ -209,10 +224,12 @@ def test_audit_runs_the_stage_by_default_only_where_a_job_reads_its_policy(tmp_p
 
 # ------------------------------------------------------------------------------------------------ end to end
 @pytest.mark.slow
-def test_a_rexl_job_runs_through_explain_and_evaluate(trained, in_tmp, prefect_server, monkeypatch):
-    """Pull -> infer -> parts (demo weights, 4 images) -> explain (rise + rexl) -> evaluate -> report: rexl rows
-    with its exact forwards, evaluate's metrics, the sanity check (guard off on the randomised copies) and the report
-    for them; a policy for other weights is refused by name; a new policy file recomputes the rexl groups only."""
+def test_a_rexl_job_runs_through_explain_and_evaluate(trained, trained_detector, in_tmp, prefect_server,
+                                                      monkeypatch):
+    """Pull -> infer -> parts (demo weights, 4 images) -> explain (rise + rexl on classes, rexl on pedestrians over
+    grid cells) -> evaluate -> report: rexl rows with their exact forwards, evaluate's metrics, the sanity check
+    (guard off on the randomised copies) and the report for them; a policy for other weights is refused by name; a
+    new policy file recomputes that job's groups only."""
     from flows.evaluate import run_evaluate
     from flows.explain import run_explain
     from flows.infer import run_infer
@@ -229,8 +246,10 @@ def test_a_rexl_job_runs_through_explain_and_evaluate(trained, in_tmp, prefect_s
     policy = in_tmp / "policy.pt"
     shutil.copyfile(trained[2], policy)
     params_file = tiny_params(in_tmp, pull={"synthetic": {"n_images": 4}}, infer=INFER,
-                              explain={"jobs": [{**RISE, "split": None}, {**rexl_job(policy), "split": None}],
-                                       "cache_dir": str(in_tmp / "store")},
+                              explain={"jobs": [{**RISE, "split": None}, {**rexl_job(policy), "split": None},
+                                                {**rexl_job(trained_detector), "split": None, "targets": "persons",
+                                                 "regions": "grid", "n_regions": 4}],
+                                       "cache_dir": str(in_tmp / "store"), "min_height": 20},
                               evaluate={"steps": 2, "shard_size": 4, "causal_split": None, "sanity": {"targets": 1}})
     for run in (run_pull, run_infer, run_parts):
         run(params_file)
@@ -239,16 +258,21 @@ def test_a_rexl_job_runs_through_explain_and_evaluate(trained, in_tmp, prefect_s
     params = load_params(params_file)
     rows = stages.explain(params).read("explanations")
     rexl = rows.filter(pc.equal(rows["job"], "rexl")).to_pylist()
-    for r in rexl:                                                  # 2 + T (k^2 - 1), T = the image's classes
+    persons = rows.filter(pc.equal(rows["job"], "rexl@grid")).to_pylist()
+    assert len(persons) == first["explanations"]["rexl@grid"] > 0
+    for r in rexl + persons:                                        # 2 + T (k^2 - 1), T = the group's targets
         assert r["n_forward"] == 2 + r["shared_by"] * 3 and r["method"] == "rexl"
         assert json.loads(r["options"])["check_weights"] is True and len(r["saliency"]) == 48 * 64
+    assert all(len(r["relevance"]) == len(r["region_names"]) == 4 for r in persons)
     result = run_evaluate(params_file)
     metrics = stages.evaluate(params).read("metrics")
     mine = metrics.filter(pc.equal(metrics["job"], "rexl"))
     assert mine.num_rows > 0 and {"deletion_auc", "insertion_auc"} <= set(mine["metric"].to_pylist())
-    sanity = json.loads(Path(params.evaluate.metrics).read_text())["sanity"]["jobs"]["rexl"]
-    assert sanity["status"] == "checked" and len(sanity["stages"]) > 1, result
-    assert sanity["spearman_full"] is not None
+    assert metrics.filter(pc.equal(metrics["job"], "rexl@grid")).num_rows > 0
+    for job in ("rexl", "rexl@grid"):
+        sanity = json.loads(Path(params.evaluate.metrics).read_text())["sanity"]["jobs"][job]
+        assert sanity["status"] == "checked" and len(sanity["stages"]) > 1, result
+        assert sanity["spearman_full"] is not None, job
     # tasks.report.fig_mr_fppi cannot draw curves whose miss rates are all 0 (log axis, nothing left to draw): the
     # demo detector misses no pedestrian of these 4 scenes; reported to the report's owner, not this test's subject
     monkeypatch.setattr("tasks.report.fig_mr_fppi", lambda *args, **kwargs: None)
@@ -264,4 +288,5 @@ def test_a_rexl_job_runs_through_explain_and_evaluate(trained, in_tmp, prefect_s
     same.save(policy)
     again = run_explain(params_file)
     images = len({r["image_id"] for r in rexl})                     # one shared-forward group per image and job
-    assert (again["groups_computed"], again["groups_reused"]) == (images, images)
+    others = images + len({r["image_id"] for r in persons})         # rise, rexl@grid: unchanged
+    assert (again["groups_computed"], again["groups_reused"]) == (images, others)
