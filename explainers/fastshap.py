@@ -262,6 +262,9 @@ class FastShapParts(Explainer):
     accepts_regions = True
     needs_trained_weights = True
     shapley_values = True
+    # regions are always the P players in the trained order, empty masks included (the explain stage must not drop
+    # empty parts for such a method: the column of a mask names its player)
+    fixed_players = True
 
     def __init__(self, scorer, *, weights: str | Path | FastShapCheckpoint, grouping: str | None = None,
                  perturbation: str | Perturbation | None = None, check_weights: bool = True, **kw):

@@ -75,6 +75,27 @@ def person_sample(person: Person, record: dict, crop: Crop, perturbation: Pertur
                   torch.from_numpy(record["y"]).float(), float(record["full"] - record["empty"]))
 
 
+def mirror_permutation(players: Sequence[str]) -> torch.Tensor | None:
+    """For each player the index of its mirror image (``left_*`` <-> ``right_*``, others fixed); None when every
+    player is its own mirror (nothing to swap, e.g. ``parts4``)."""
+    index = {n: i for i, n in enumerate(players)}
+    swap = {"left_": "right_", "right_": "left_"}
+    perm = [index.get(next((swap[k] + n[len(k):] for k in swap if n.startswith(k)), n), i)
+            for i, n in enumerate(players)]
+    return None if perm == list(range(len(players))) else torch.tensor(perm)
+
+
+def mirrored(sample: Sample, perm: torch.Tensor) -> Sample:
+    """The sample of the horizontally mirrored person: the crop flipped, each player's mask channel, presence and
+    coalition column moved to its mirror player (``perm``); the same game values (an augmentation: it assumes the
+    detector's game is mirror-symmetric)."""
+    P = len(perm)
+    x = sample.x.flip(-1).clone()
+    x[6:6 + P] = x[6:6 + P][perm]
+    return Sample(sample.person_id + "/mirrored", x, sample.scalars, sample.present[perm], sample.Z[:, perm],
+                  sample.y, sample.gap)
+
+
 def _stack(samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
     K = max(s.Z.shape[0] for s in samples)
     P = samples[0].present.shape[0]
@@ -98,14 +119,18 @@ def fastshap_loss(net: FastShapNet, batch: dict[str, torch.Tensor]) -> torch.Ten
 
 def train_network(samples: Sequence[Sample], players: int, *, val: Sequence[Sample] = (), epochs: int = 40,
                   batch_size: int = 32, lr: float = 1e-3, seed: int = 0, width: int = 32, hidden: int = 128,
-                  checkpoint_dir: str | Path | None = None, progress: bool = False) -> tuple[dict, dict]:
-    """Train a :class:`~explainers.fastshap.FastShapNet` on ``samples`` (persons with >= 2 players with a pixel).
+                  checkpoint_dir: str | Path | None = None, progress: bool = False,
+                  mirror: torch.Tensor | None = None) -> tuple[dict, dict]:
+    """Train a :class:`~explainers.fastshap.FastShapNet` on ``samples`` (persons with >= 2 players with a pixel),
+    with their mirror images added where ``mirror`` (:func:`mirror_permutation`) is given.
     Returns (state dict: the best epoch on ``val`` or the last without it, summary: epochs, losses, seconds).
     Resumes from ``checkpoint_dir/last.pt`` when it exists. Raises ValueError without samples."""
     from tqdm import tqdm
     samples = [s for s in samples if len(s.y)]
     if not samples:
         raise ValueError("fastshap: no training person with >= 2 players with a pixel")
+    if mirror is not None:
+        samples = samples + [mirrored(s, mirror) for s in samples]
     torch.manual_seed(seed)
     net = FastShapNet(players, width, hidden)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
@@ -145,7 +170,8 @@ def train_network(samples: Sequence[Sample], players: int, *, val: Sequence[Samp
                         "epoch": epoch + 1, "best": best, "best_state": best_state, "history": history},
                        last.with_suffix(".tmp"))
             last.with_suffix(".tmp").replace(last)
-    summary = {"epochs": epochs, "persons": len(samples), "val_persons": len([s for s in val if len(s.y)]),
+    summary = {"epochs": epochs, "persons": len(samples) // (2 if mirror is not None else 1),
+               "mirror_augmentation": mirror is not None, "val_persons": len([s for s in val if len(s.y)]),
                "best_val_loss": best, "last": history[-1] if history else None,
                "train_seconds": time.perf_counter() - start}
     return best_state if best_state is not None else net.state_dict(), summary
@@ -173,6 +199,8 @@ def exact_check(ckpt: FastShapCheckpoint, persons: Sequence[Person], chunk_size:
         errors.append(float(relative_error(phi[None], exact[None])[0]))
         uniform.append(float(relative_error(flat[None], exact[None])[0]))
         agree.append(int(phi.argmax()) == int(exact.argmax()))
+    if not errors:
+        return {"persons": 0, "model_forwards": 0}
     return {"persons": len(errors), "median_rel_l2": float(np.nanmedian(errors)),
             "p90_rel_l2": float(np.nanquantile(errors, 0.9)), "top_part_agreement": float(np.mean(agree)),
             "uniform_split_median_rel_l2": float(np.nanmedian(uniform)), "model_forwards": forwards,
@@ -212,6 +240,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-dir", default=".work/fastshap/coalitions")
     parser.add_argument("--checkpoint-dir", default=None, help="resumable training state (last.pt)")
     parser.add_argument("--out", required=True, help="weights file (explainers.fastshap.FastShapCheckpoint)")
+    parser.add_argument("--metrics", default=None, help="JSON of the training and held-out records")
+    parser.add_argument("--no-mirror", action="store_true", help="no mirror-image augmentation")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -244,7 +274,8 @@ def main(argv: list[str] | None = None) -> None:
     n_val = max(1, len(samples) // 10)
     state, summary = train_network(samples[:-n_val], len(player_names(args.grouping)), val=samples[-n_val:],
                                    epochs=args.epochs, batch_size=args.batch, lr=args.lr, seed=args.seed,
-                                   checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress)
+                                   checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress,
+                                   mirror=None if args.no_mirror else mirror_permutation(player_names(args.grouping)))
     training = {**summary, "data": "training scenes (pull.synthetic, seed + models.train_data.seed_offset)",
                 "scenes": [train_scenes.start, train_scenes.stop], "pairs": args.pairs, "seed": args.seed,
                 "lr": args.lr, "min_height": args.min_height, "cache_seconds": cache_seconds,
@@ -256,6 +287,10 @@ def main(argv: list[str] | None = None) -> None:
     ckpt.heldout = {**exact_check(ckpt, held), "scenes": [n_scenes - args.heldout_scenes, n_scenes],
                     "seconds": time.perf_counter() - check_start}
     ckpt.save(args.out)
+    if args.metrics:
+        from tasks.shards import write_json
+        write_json(args.metrics, {"weights": args.out, "weights_sha256": ckpt.digest(), "model_sha256": model_sha,
+                                  "grouping": args.grouping, "training": training, "heldout": ckpt.heldout})
     print(f"training: {training}\nheld-out exact check: "
           f"{ {k: v for k, v in ckpt.heldout.items() if k != 'errors'} }\nwritten: {args.out}", flush=True)
 

@@ -15,7 +15,7 @@ from explainers.metrics import relative_error
 from explainers.perturb import make_perturbation
 from explainers.rexl import weights_fingerprint
 from tasks.fastshap_data import CoalitionCache, Person, kernel_pairs, person_coalitions, targets_by_person
-from tasks.fastshap_train import build_checkpoint, exact_check, person_sample, train_network
+from tasks.fastshap_train import build_checkpoint, exact_check, mirror_permutation, person_sample, train_network
 
 GROUPING = "parts4"                      # head, torso, arms, legs + context: 5 players
 P = len(player_names(GROUPING))
@@ -97,6 +97,14 @@ def test_kernel_pairs_are_complementary_and_proper():
     assert sizes.min() >= 1 and sizes.max() <= 6
     with pytest.raises(ValueError, match=">= 2 players"):
         kernel_pairs(1, 3, np.random.default_rng(0))
+
+
+def test_mirror_permutation_swaps_sides():
+    names = player_names("parts10")
+    perm = mirror_permutation(names)
+    assert [names[i] for i in perm][:4] == ["head", "torso", "right_upper_arm", "left_upper_arm"]
+    assert names[int(perm[-1])] == "context" and torch.equal(perm[perm], torch.arange(len(names)))
+    assert mirror_permutation(player_names("parts4")) is None
 
 
 def test_coalitions_only_move_players_with_a_pixel():
