@@ -14,6 +14,7 @@ exact arg-max), explaining ms per pedestrian.
 
     python benchmarks/bench_fastshap.py --enumerate-only --persons 50      (fill the cache)
     python benchmarks/bench_fastshap.py --weights models/explainers/fastshap_parts.pt --persons 50
+    python benchmarks/bench_fastshap.py --weights a.pt,b.pt --persons 50 --cached-only   (only cached pedestrians)
 Writes benchmarks/results/fastshap_<split>.json.
 """
 from __future__ import annotations
@@ -117,19 +118,33 @@ def bayes_rows(tables: list[dict], exacts: list[torch.Tensor]) -> dict:
     return out
 
 
+def uniform_rows(tables: list[dict], exacts: list[torch.Tensor]) -> dict:
+    """The floor to beat: v(all) - v(none) split equally among the players with a pixel (2 forwards)."""
+    errors, agree = [], []
+    for table, exact in zip(tables, exacts):
+        phi = torch.zeros(PLAYERS, dtype=torch.float64)
+        phi[table["present"]] = float(table["values"][-1] - table["values"][0]) / len(table["present"])
+        errors.append(float(relative_error(phi[None], exact[None])[0]))
+        agree.append(top_agrees(phi, exact))
+    return {"uniform_split": summary(errors, agree)}
+
+
 def fastshap_rows(peds: list[dict], exacts: list[torch.Tensor], weights: str) -> dict:
-    from explainers.fastshap import FastShapParts
+    """FastShapParts with the weights file ``weights``, run live as the explain stage runs it."""
+    from explainers.fastshap import FastShapCheckpoint, FastShapParts
+    ckpt = FastShapCheckpoint.load(weights)
     errors, agree, seconds, forwards = [], [], [], []
     for p, exact in zip(peds, exacts):
-        method = FastShapParts(p["scorer"], weights=weights)
-        exp = method.explain(p["image"], p["regions"][12][:PLAYERS])
+        exp = FastShapParts(p["scorer"], weights=ckpt).explain(p["image"], p["regions"][12][:PLAYERS])
         phi = exp.relevance[0].double()
         errors.append(float(relative_error(phi[None], exact[None])[0]))
         agree.append(top_agrees(phi, exact))
         seconds.append(exp.seconds)
-        forwards.append((exp.n_forward, exp.options["n_explainer_forward"]))
-    return {"fastshap": {**summary(errors, agree), "ms_per_pedestrian_median": 1000 * float(np.median(seconds)),
-                         "model_forwards": forwards[0][0], "explainer_forwards": forwards[0][1]},
+        forwards.append((exp.n_forward, exp.n_explainer_forward))
+    return {**summary(errors, agree), "ms_per_pedestrian_median": 1000 * float(np.median(seconds)),
+            "model_forwards": forwards[0][0], "explainer_forwards": forwards[0][1],
+            "training_persons": ckpt.training.get("persons"), "weights": weights,
+            "weights_heldout_check": {k: v for k, v in ckpt.heldout.items() if k != "errors"},
             "per_pedestrian_error": errors}
 
 
@@ -137,9 +152,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--split", default="heldout", choices=("tune", "heldout"))
     parser.add_argument("--persons", type=int, default=50)
-    parser.add_argument("--weights", default="models/explainers/fastshap_parts.pt")
+    parser.add_argument("--weights", default="models/explainers/fastshap_parts.pt",
+                        help="weights file(s), comma-separated (e.g. trained on more and more persons)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--enumerate-only", action="store_true")
+    parser.add_argument("--cached-only", action="store_true",
+                        help="report on the pedestrians whose exact values are cached (no enumeration)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     device = start_run(args.threads)
@@ -148,14 +166,21 @@ def main() -> None:
     peds = pedestrians(args.split, args.persons, device, detector=detector)
     from tasks.params import load_params
     det_weights = load_params(check_files=False).infer.detectors[0].weights
-    tables = enumerate_tables(peds, cache_path(args.split, det_weights))
+    cache = cache_path(args.split, det_weights)
+    if args.cached_only:
+        done = torch.load(cache, weights_only=True) if cache.is_file() else {}
+        peds = [p for p in peds if p["det_id"] in done]
+    tables = enumerate_tables(peds, cache)
     if args.enumerate_only:
         return
     exacts = [exact_phi(t) for t in tables]
     result = {"split": describe_split(args.split), "persons": len(peds), "players": "parts10 + context (11)",
-              "detector": file_digest(det_weights), "weights": args.weights, "weights_digest":
-              file_digest(args.weights), "cpus": os.cpu_count(), "threads": args.threads}
-    rows = {**fastshap_rows(peds, exacts, args.weights), **bayes_rows(tables, exacts)}
+              "detector": file_digest(det_weights), "cpus": os.cpu_count(), "threads": args.threads}
+    rows = {}
+    for weights in args.weights.split(","):
+        rows[f"fastshap:{Path(weights).name}"] = fastshap_rows(peds, exacts, weights)
+    rows.update(bayes_rows(tables, exacts))
+    rows.update(uniform_rows(tables, exacts))
     result.update(rows)
     result["seconds"] = time.perf_counter() - start
     print(f"\n{args.split}: {len(peds)} pedestrians, relative L2 error vs exact Shapley (11 players)")

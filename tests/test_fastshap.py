@@ -21,6 +21,7 @@ GROUPING = "parts4"                      # head, torso, arms, legs + context: 5 
 P = len(player_names(GROUPING))
 SIZE = 48
 PERTURBATION = make_perturbation("mean")
+CROP = Crop((32, 16))                    # the 24 x 12 px persons at about their own scale
 
 
 class LinearScorer:
@@ -72,7 +73,7 @@ def samples_for(persons, scorer, pairs=6, seed=0, tmp_path=None):
     cache = CoalitionCache(tmp_path, {"pairs": pairs, "seed": seed}, block=8)
     cache.build(persons, PERTURBATION, chunk_size=64)
     records = targets_by_person(cache.read(), P)
-    return [person_sample(p, records[p.person_id], Crop(), PERTURBATION) for p in persons]
+    return [person_sample(p, records[p.person_id], CROP, PERTURBATION) for p in persons]
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +86,7 @@ def trained(tmp_path_factory):
     state, summary = train_network(samples[:48], P, val=samples[48:], epochs=20, batch_size=4, lr=3e-3, width=16,
                                    hidden=64, seed=0)
     ckpt = build_checkpoint(weights_fingerprint(SimpleNamespace(model=scorer.model)), GROUPING, PERTURBATION, state,
-                            Crop(), 16, 64, summary)
+                            CROP, 16, 64, summary)
     return scorer, ckpt, summary
 
 
