@@ -55,6 +55,14 @@ parts of many cells instead of the whole first cells (on one held-out scene's to
 map scored 0.17 nearest and 0.57 bilinear). The credit maps stay in score units (the paper normalises to [0, 1];
 rankings are unchanged by it).
 
+Default map: the paper's (``credit='cumulative'``, ``upsample='bilinear'``), kept after measuring. The rank map
+constant on cells wins only for a near-greedy order; a mediocre order is better served by the credit rules, which
+weigh each cell by the score change it was measured to cause. Chosen on training data: the shipped demo policy
+(``weights/demo/rexl_classifier_deletion.pt``) on 8 training-split validation scenes (training scenes 896..903, not in
+its RL pool) x 4 classes, median pixel deletion AUC (mean substrate, 20 steps): cumulative / bilinear 0.676, single
+0.674, rank / bilinear 0.748, rank / nearest 0.774. ``benchmarks/bench_rexl.py`` reports all four on the held-out
+scenes (``benchmarks/README.md``).
+
 Cost of :meth:`Rexl.explain` for T targets (one roll-out each, all in lockstep): n_forward = 2 + T (n - 1) model
 forwards (image and baseline shared by all targets, then one canvas per target and step; the last step's canvas is
 the end canvas), and T (n - 1) feature forwards (+ 1 for the image in insertion mode; the last action is forced),
