@@ -144,6 +144,25 @@ def test_the_stage_refuses_a_policy_for_other_weights_or_another_mode(trained, t
     assert not (tmp_path / "models/rexl").exists() or not any((tmp_path / "models/rexl").iterdir())
 
 
+def test_default_params_ship_the_classifier_policy_and_dvc_tracks_it():
+    """params.yaml's rexl.classifier.weights is a shipped policy that passes the stage's checks for the demo
+    classifier (models/classifier.pt is the models stage's copy of weights/demo/classifier.pt), and the stage's DVC
+    deps list it (a new file re-runs the stage)."""
+    from ruamel.yaml import YAML
+
+    from tasks.params import load_params
+    from tasks.rexl_stage import check_given
+
+    params = load_params(REPO / "params.yaml", check_files=False)
+    weights = params.rexl.classifier.weights
+    stage = YAML(typ="safe").load((REPO / "dvc.yaml").read_text())["stages"]["models_rexl"]
+    assert weights and weights in stage["deps"]
+    demo = params.infer.classifier.model_copy(update={"weights": str(DEMO / "classifier.pt")})
+    params = params.model_copy(update={"infer": params.infer.model_copy(update={"classifier": demo})})
+    ckpt = check_given(params, "classifier", REPO / weights)
+    assert (ckpt.mode, ckpt.grid, ckpt.conditioning) == ("deletion", 7, "class")
+
+
 def test_unknown_training_options_name_the_key(tmp_path):
     from tasks.rexl_stage import train_options
 
