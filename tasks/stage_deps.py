@@ -52,6 +52,7 @@ STAGES: dict[str, tuple[Entry, ...]] = {
     "models_detector": (CLI, Entry("flows.models")),
     "models_classifier": (CLI, Entry("flows.models")),
     "models_keypoints": (CLI, Entry("flows.models"), Entry("flows.keypoints")),   # _models imports flows.models first
+    "models_rexl": (CLI, Entry("flows.rexl")),
     "infer": (CLI, Entry("flows.infer")),
     "parts": (CLI, Entry("flows.parts")),
     "explain": (CLI, Entry("flows.explain")),

@@ -249,5 +249,7 @@ def test_only_stages_that_explain_depend_on_the_explainers():
             assert "explainers/registry.py" in files and "tasks/explain_jobs.py" in files, stage
         elif stage == "evaluate":                   # the metrics; report depends on explain's code only via data
             assert "explainers/metrics.py" in files, stage
+        elif stage == "models_rexl":                # trains / verifies RExL policies: that explainer only
+            assert "explainers/rexl.py" in files and "explainers/registry.py" not in files, stage
         elif stage != "report":
             assert explainer_files == [] and "tasks/explain_jobs.py" not in files, (stage, explainer_files)
