@@ -13,7 +13,7 @@ import flows  # noqa: F401  (environment defaults)
 
 from prefect import flow, get_run_logger
 
-STAGES = ("pull", "models", "infer", "parts", "explain", "evaluate", "guide", "report")
+STAGES = ("pull", "models", "rexl", "infer", "parts", "explain", "evaluate", "guide", "report")
 
 
 def _run_stage(name: str, params_file: str) -> dict:
@@ -25,6 +25,9 @@ def _run_stage(name: str, params_file: str) -> dict:
         from flows.models import MODELS, run_models, run_train_data
         return {"train_data": run_train_data(params_file), "models": run_models(params_file, tuple(MODELS)),
                 "keypoints": run_keypoints(params_file)}
+    if name == "rexl":
+        from flows.rexl import run_rexl
+        return run_rexl(params_file)
     if name == "infer":
         from flows.infer import run_infer
         return run_infer(params_file)

@@ -206,9 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "copy the given ones (params rexl)").set_defaults(func=_stage("rexl", "run_rexl"))
     command("report", help="the HTML audit report and markdown summary").set_defaults(
         func=_stage("report", "run_report"))
-    stages_help = ("run only these stages (repeatable): pull models infer parts explain evaluate guide report; "
-                   "default all, without models when no model in infer comes from it, without guide where it "
-                   "cannot run")
+    stages_help = ("run only these stages (repeatable): pull models rexl infer parts explain evaluate guide "
+                   "report; default all, without models when no model in infer comes from it, without guide where "
+                   "it cannot run, without rexl where no explain job reads a policy it writes")
     audit = command("audit", help="every stage as one Prefect flow (what `dvc repro` runs, unconditionally)")
     audit.add_argument("--stage", dest="stages", action="append", help=stages_help)
     audit.set_defaults(func=_audit)
