@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
 import flows.audit as audit
 from flows.cli import build_parser, default_stages
+
+import yaml
 
 DEMO = Path(__file__).resolve().parents[1] / "weights" / "demo"
 RISE = {"method": "rise", "targets": "classes", "regions": "none", "budget": 8, "split": "val"}
