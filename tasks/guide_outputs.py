@@ -52,15 +52,19 @@ class GuideOutputs:
     def audit_params(self, params: Params) -> Params:
         """``params`` for the guided model's re-audit: infer / explain / evaluate write under ``out_dir`` (metrics
         files and plots too), infer runs the detectors (explain and evaluate read their detections) and the guided
-        classifier under ``guide.model_id`` without the pose model, explain runs only the ``classes`` jobs (or
-        ``guide.audit_jobs``). Pull and parts are the audit's own. Raises ValueError when no job is left."""
+        classifier under ``guide.model_id`` without the pose model, explain runs only the ``classes`` jobs whose
+        options name no trained file (:data:`tasks.params.FILE_OPTIONS`: a RExL policy trained for the original
+        classifier, which its guard refuses for the guided one), or ``guide.audit_jobs``. Pull and parts are the
+        audit's own. Raises ValueError when no job is left."""
         g = params.guide
         spec = guided_spec(params)
         jobs = list(g.audit_jobs) if g.audit_jobs is not None else [j for j in params.explain.jobs
-                                                                     if j.targets == "classes"]
+                                                                     if j.targets == "classes"
+                                                                     and not j.option_files()]
         if not jobs:
-            raise ValueError("guide: no explain job with targets 'classes' to re-audit the guided classifier "
-                             "(add one to explain.jobs or set guide.audit_jobs)")
+            raise ValueError("guide: no explain job with targets 'classes' and no trained-file option (e.g. a "
+                             "policy) to re-audit the guided classifier (add one to explain.jobs or set "
+                             "guide.audit_jobs)")
         infer = params.infer.model_copy(update={"out_dir": str(self.sub("infer")),
                                                 "metrics": str(self.out_dir / "infer.json"),
                                                 "pose": None, "classifier": spec})

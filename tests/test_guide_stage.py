@@ -168,3 +168,25 @@ def test_given_guided_weights_must_be_the_fine_tune_of_this_classifier_with_this
         check_given_guided(params, recipe / "guided.pt")
     with pytest.raises(FileNotFoundError, match="guide.weights"):
         check_given_guided(params, tmp_path / "missing.pt")
+
+
+def test_the_reaudit_leaves_out_jobs_that_read_a_trained_file(tmp_path):
+    """A rexl job's policy was trained for the original classifier (its guard refuses it for the guided one): the
+    default re-audit leaves such jobs out, whether the file exists yet or not; guide.audit_jobs still decides."""
+    from tasks.params import ExplainJob
+
+    params = load_params(REPO / "params.yaml")
+    policy = tmp_path / "classifier_deletion.pt"
+    policy.write_bytes(b"policy")
+    rise = ExplainJob.model_validate({"method": "rise", "targets": "classes", "regions": "none", "budget": 8})
+    rexl = [ExplainJob.model_validate({"method": "rexl", "targets": "classes", "regions": "none",
+                                       "options": {"policy": str(path)}})
+            for path in (policy, tmp_path / "not_trained_yet.pt")]
+    with_rexl = params.model_copy(update={"explain": params.explain.model_copy(update={"jobs": [rise, *rexl]}),
+                                          "guide": params.guide.model_copy(update={"audit_jobs": None})})
+    assert [j.method for j in guide(params).audit_params(with_rexl).explain.jobs] == ["rise"]
+    only_rexl = with_rexl.model_copy(update={"explain": params.explain.model_copy(update={"jobs": rexl})})
+    with pytest.raises(ValueError, match="trained-file option"):
+        guide(params).audit_params(only_rexl)
+    chosen = with_rexl.model_copy(update={"guide": params.guide.model_copy(update={"audit_jobs": rexl[:1]})})
+    assert guide(params).audit_params(chosen).explain.jobs == rexl[:1]
