@@ -812,22 +812,31 @@ def fp_type_table(summary: dict) -> pd.DataFrame:
 def fig_mr_fppi(curves: dict, mr2: dict) -> str | None:
     """Log-log miss rate vs false positives per image, one step curve per CityPersons subset (the summary's
     ``mr_fppi``: ``{subset: {"fppi": [...], "miss_rate": [...]}}``), the MR⁻² range [10⁻², 10⁰] shaded and each
-    subset's MR⁻² in the legend. None when no subset has a curve. A miss rate of 0 cannot be drawn on a log axis:
-    such points are left out. Nor can FPPI 0 (a subset with no false positive: its curve is that one point, the
-    miss rate holding at every FPPI): it is drawn at the smallest FPPI the curves are read at
-    (:data:`detection.miss_rate.CURVE_FPPI`), and a curve left with one point gets a marker so it shows."""
+    subset's MR⁻² in the legend. A miss rate of 0 cannot be drawn on a log axis: such points are left out, and a
+    subset whose miss rate is 0 at every FPPI (no pedestrian missed) gets no curve (its MR⁻² of 0 is in the MR⁻²
+    table). Nor can FPPI 0 (a subset with no false positive: its curve is that one point, the miss rate holding at
+    every FPPI): it is drawn at the smallest FPPI the curves are read at (:data:`detection.miss_rate.CURVE_FPPI`),
+    and a curve left with one point gets a marker so it shows. None (no figure, the report leaves it out) when no
+    subset has a curve left to draw."""
     drawn = {k: c for k, c in (curves or {}).items() if c and len(c.get("fppi") or []) > 0}
     if not drawn:
         return None
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
     ax.axvspan(*MR_FPPI_RANGE, color="0.93", zorder=0)
+    n_drawn = 0
     for name, c in drawn.items():
         x, y = np.asarray(c["fppi"], float), np.asarray(c["miss_rate"], float)
         x = np.where(x > 0, x, CURVE_FPPI[0])                   # FPPI 0: no false positive at any threshold
         keep = y > 0
+        if not keep.any():                                      # miss rate 0 everywhere: nothing on a log axis
+            continue
+        n_drawn += 1
         value = (mr2 or {}).get(name, {}).get("mr2")
         ax.step(x[keep], y[keep], where="post", lw=1.6, marker="o" if keep.sum() == 1 else None, ms=5,
                 label=f"{name.replace('_', ' ')} (MR⁻² {_num(value, '{:.3f}')})")
+    if not n_drawn:
+        plt.close(fig)
+        return None
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("false positives per image")

@@ -124,3 +124,21 @@ def test_a_curve_with_no_false_positive_still_shows_its_point(monkeypatch):
     assert len(x) >= 1 and x.min() == CURVE_FPPI[0] and y.tolist() == [0.4] * len(y)
     assert small.get_marker() not in (None, "None", "", " ") and small.get_visible()
     assert len(lines["reasonable"].get_xdata()) >= 3                            # a curve keeps its steps
+
+
+def test_curves_with_no_pedestrian_missed_are_left_out_not_an_error(tmp_path, monkeypatch):
+    """Miss rate 0 at every FPPI has nothing to draw on a log axis (matplotlib raised "Data cannot be log-scaled"):
+    that subset gets no curve and no legend entry; with nothing left, no figure, and the report goes without it."""
+    import tasks.report as report
+
+    assert report.fig_mr_fppi({"all": {"fppi": [0.1, 1], "miss_rate": [0, 0]}}, {}) is None
+    page, _ = build_report(_inputs(tmp_path, mr_fppi={"all": {"fppi": [0.1, 1], "miss_rate": [0, 0]}}), per_row=0)
+    assert 'alt="miss rate vs false positives per image"' not in page and "<h3>Log-average miss rate" in page
+    figs = []
+    monkeypatch.setattr(report, "_png", lambda fig: figs.append(fig) or "png")
+    curves = {"all": {"fppi": [0.1, 1], "miss_rate": [0, 0]},
+              "reasonable": {"fppi": [0.01, 0.1, 1], "miss_rate": [0.5, 0.3, 0.0]}}
+    assert report.fig_mr_fppi(curves, {}) == "png"
+    labels = [line.get_label().split(" (")[0] for line in figs[0].axes[0].get_lines()]
+    assert labels == ["reasonable"]
+    assert figs[0].axes[0].get_lines()[0].get_ydata().tolist() == [0.5, 0.3]
