@@ -71,9 +71,14 @@ def explain_file(image_path: str, model: str | None = None, method: str = "drise
     """Explain every detection above the model's threshold (or every class of a classifier) and save one overlay
     panel per target. A method that ``needs_detections`` (drise) runs as its classifier counterpart (rise) on a
     classifier. ``regions='parts'``: every pedestrian over its body parts (:func:`explain_parts`). Raises ValueError
-    for an unknown or renamed method, one no classifier can run, or parts asked of a classifier."""
+    for an unknown or renamed method, a learned one (``needs_trained_weights``: its trained file, e.g. RExL's
+    policy, is an explain job's option, checked against the job's model there), one no classifier can run, or parts
+    asked of a classifier; before reading the params, the image or the model."""
     if method not in METHODS:
         raise ValueError(f"--method: {unknown_method(method)}")
+    if METHODS[method].needs_trained_weights:
+        raise ValueError(f"--method {method}: a learned explainer needs its trained weights (a policy file); run it "
+                         f"as an explain job")
     params = load_params(params_file, check_files=False)
     rgb = load_rgb(image_path)
     kind, adapter, spec = _model(model, params, params_file)
