@@ -330,7 +330,7 @@ class GuideParams(_Section):
     classes: list[str] | None = None                   # guide only these classes (null: all, the paper's setting)
     time_limit_s: float | None = Field(default=None, gt=0)
     seed: int = 0                                      # box subset, sampled classes, batches
-    audit_jobs: list[ExplainJob] | None = None         # null: explain.jobs with targets 'classes'
+    audit_jobs: list[ExplainJob] | None = None         # null: explain.jobs with targets 'classes', no FILE_OPTIONS
     probe: ProbeSet = ProbeSet()
     decorrelated: HeldoutSet = HeldoutSet(seed=9001, correlation=0.5)
     heldout: HeldoutSet = HeldoutSet(seed=9003)
