@@ -130,12 +130,12 @@ def evaluate_flow(params: Params) -> dict:
     explained = stages.explain(params)
     files = _explanation_files(explained)
     explanations = _columns(files, "explanations", FLOW_COLUMNS)
-    data = stages.pull(params).dataset()
+    images, annotations = _pulled_tables(stages.pull(params))
     outputs = stages.evaluate(params)
     staging = fresh_staging(outputs.out_dir)
     shards = _shards(params, staging, files, pc.unique(explanations["image_id"]))
     futures = [evaluate_shard.submit(s, params) for s in shards]
-    sanity = _submit_sanity(params, explanations, data.images)
+    sanity = _submit_sanity(params, explanations, images)
     results = progress(futures, "evaluate")
     shard_dirs = [r["shard_dir"] for r in results]
     metrics = _write_metrics(staging / outputs.TABLES["metrics"], shard_dirs)
@@ -144,8 +144,8 @@ def evaluate_flow(params: Params) -> dict:
     sanity_done = time.perf_counter()
     pulled = stages.pull(params)
     drawn, computed = (_optional(pulled, name, logger) for name in ("attributes", "computed_attributes"))
-    failures, failure_errors, where = where_it_fails(params, data.images, data.annotations,
-                                                     stages.infer(params).read("detections"), explanations, drawn,
+    failures, failure_errors, where = where_it_fails(params, images, annotations,
+                                                     _detections(stages.infer(params)), explanations, drawn,
                                                      computed, pulled.user_attributes())
     failures_done = time.perf_counter()
     n_errors, nonfinite = _write_errors(staging / outputs.TABLES["errors"], shard_dirs,
@@ -191,6 +191,23 @@ def _submit_sanity(params: Params, explanations: pa.Table, images: pa.Table):
     parts = read_image_rows(stages.parts(params).path("parts"), wanted, schema=SCHEMAS["parts"])
     items = explain_items(images.filter(pc.is_in(images["image_id"], value_set=ids)), targets, parts)
     return sanity_check.submit(items, chosen, params)
+
+
+ANNOTATION_COLUMNS = [f.name for f in SCHEMAS["annotations"] if f.name != "keypoints"]
+"""The annotations columns the flow reads (where it fails: boxes, categories, occlusion; not the keypoints)."""
+
+
+def _pulled_tables(pulled: stages.PullOutputs) -> tuple[pa.Table, pa.Table]:
+    """The images table and the :data:`ANNOTATION_COLUMNS` of the annotations: not the ground-truth part masks
+    or keypoints, which the flow does not use (at 20k images they are ~100 MB of Arrow)."""
+    return (pq.read_table(pulled.path("images"), schema=SCHEMAS["images"]),
+            pq.read_table(pulled.path("annotations"), columns=ANNOTATION_COLUMNS, schema=SCHEMAS["annotations"]))
+
+
+def _detections(inferred: stages.InferOutputs) -> pa.Table:
+    """Infer's detections without their keypoints (where it fails matches boxes and scores)."""
+    columns = [f.name for f in SCHEMAS["detections"] if f.name != "keypoints"]
+    return pq.read_table(inferred.path("detections"), columns=columns, schema=SCHEMAS["detections"])
 
 
 def _optional(pulled: stages.PullOutputs, name: str, logger) -> pa.Table | None:

@@ -17,12 +17,13 @@ from flows.runner import task_runner
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 from prefect import flow, get_run_logger
 
 from detection.datasets.tables import SCHEMAS, write_table_atomic
 from detection.models.specs import model_files
 from tasks import stages
-from tasks.explain import ExplainShard, build_targets, config_hash, explain_shard, job_bases
+from tasks.explain import ExplainShard, build_targets, config_hash, explain_shard, job_bases, read_targets_inputs
 from tasks.explain_jobs import check_jobs
 from tasks.params import FILE_OPTIONS, Params, load_params
 from tasks.result_store import cache_dir_of
@@ -78,10 +79,12 @@ def _shards(params: Params, targets: pa.Table, needs_parts: bool) -> list[Explai
             for i, r in enumerate(shard_ranges(len(ids), params.explain.shard_size))]
 
 
-def _classes(params: Params, predictions: pa.Table) -> list[str]:
+def _classes(params: Params, inferred: stages.InferOutputs) -> list[str]:
     """The classifier's classes in the order its predictions name them (none without a classifier)."""
     if params.infer.classifier is None:
         return []
+    predictions = pq.read_table(inferred.path("predictions"), columns=["model_id", "category"],
+                                schema=SCHEMAS["predictions"])
     mine = predictions.filter(pc.equal(predictions["model_id"], params.infer.classifier.id))
     return list(dict.fromkeys(mine["category"].to_pylist()))
 
@@ -95,10 +98,11 @@ def explain_flow(params: Params) -> dict:
     logger = get_run_logger()
     cfg = params.explain
     started = time.perf_counter()
-    data = stages.pull(params).dataset()
-    inferred = stages.infer(params)
-    targets = build_targets(params, data.images, data.annotations, inferred.read("detections"),
-                            _classes(params, inferred.read("predictions")))
+    pulled, inferred = stages.pull(params), stages.infer(params)
+    images, annotations, detections = read_targets_inputs(pulled.path("images"), pulled.path("annotations"),
+                                                          inferred.path("detections"))
+    targets = build_targets(params, images, annotations, detections, _classes(params, inferred))
+    del images, annotations, detections
     outputs = stages.explain(params)
     key = config_hash(params, _input_files(params))
     keep_if_same_config(outputs.out_dir, key)

@@ -27,8 +27,9 @@ from tasks.shards import fresh_staging, publish, shard_ranges, write_json
 @flow(name="pull", log_prints=True)
 def pull_flow(params: Params) -> dict:
     """Build the dataset tables in a staging folder, then publish them over ``pull.out_dir`` in one swap. Shard tasks
-    write shard folders; the tables are streamed from them shard by shard (``tasks.pull.write_streamed``), so the
-    flow process holds one shard at a time (plus a coco / yolo / folder source's listing)."""
+    write shard folders; the tables are streamed from them shard by shard, in shard order, as the shards finish
+    (``tasks.pull.write_streamed``), so the flow process holds one shard at a time (plus a coco / yolo / folder
+    source's listing) and writes while later shards still run."""
     logger = get_run_logger()
     pull = params.pull
     outputs = stages.pull(params)            # with train_data_params(...): the training scenes' folder
@@ -54,10 +55,9 @@ def pull_flow(params: Params) -> dict:
         futures = [check_images_shard.submit(listing.images[r.start:r.stop], pull.limits,
                                              str(staging / SHARDS_DIR / f"{r.start:08d}"))
                    for r in shard_ranges(len(listing.images), pull.shard_size)]
-    for f in futures:
-        f.result()
-
-    stats = write_streamed(staging, pull, params.seed, listing, out_uri, staging_uri, outputs.USER_ATTRIBUTES)
+    finished = (f.result() for f in futures)           # in shard order, each written as soon as it is done
+    stats = write_streamed(staging, pull, params.seed, listing, out_uri, staging_uri, outputs.USER_ATTRIBUTES,
+                           shards=finished)
     publish(staging, out)
     write_json(outputs.metrics, stats)
     logger.info("pulled %d images, %d annotations (%d persons), %d errors -> %s", stats["images"],

@@ -26,7 +26,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from detection.datasets.records import error_row
-from detection.datasets.tables import rows_to_table, write_table_atomic
+from detection.datasets.tables import SCHEMAS, rows_to_table, write_table_atomic
 from detection.evaluation import MATCH_IOU, ImageEval, match
 from detection.masks import rle_decode
 from detection.models.specs import model_sha256
@@ -90,18 +90,54 @@ def build_targets(params: Params, images: pa.Table, annotations: pa.Table, detec
     that the missed count is the GT count minus the true positives. A dataset with no ground truth of the person
     class (a folder of photos) leaves a detection's ``found`` / ``label_present`` null (unknown), not False; so does
     a detection on a crowd region (``iscrowd``: an ignore region, as in infer's AP), and crowds are never targets."""
+    spec = params.explain_detector()
+    ground_truth = bool(pc.any(pc.equal(annotations["category"], spec.person_class)).as_py())
+    persons = annotations.filter(pc.equal(annotations["category"], spec.person_class))
+    mine = detections.filter(pc.and_(pc.equal(detections["model_id"], spec.id),
+                                     pc.equal(detections["category"], spec.person_class)))
+    mine = mine.drop_columns([c for c in ("keypoints",) if c in mine.column_names])
+    pieces = []
+    for start in range(0, max(images.num_rows, 1), TARGETS_BATCH):    # one batch of images' rows in Python at a time
+        batch = images.slice(start, TARGETS_BATCH)
+        ids = batch["image_id"]
+        pieces.append(_image_targets(params, batch, persons.filter(pc.is_in(persons["image_id"], value_set=ids)),
+                                     mine.filter(pc.is_in(mine["image_id"], value_set=ids)), classes, ground_truth))
+    return pa.concat_tables(pieces).combine_chunks()
+
+
+TARGETS_COLUMNS = {"images": ["image_id", "split", "labels", "spurious_cue"],
+                   "annotations": ["image_id", "ann_id", "category", "bbox", "iscrowd", "occlusion"],
+                   "detections": ["image_id", "det_id", "model_id", "category", "score", "above_conf", "bbox",
+                                  "class_probs"]}
+"""The columns of the pulled / inferred tables :func:`build_targets` reads (the explain flow reads no others:
+not the keypoints, masks or hashes)."""
+
+
+def read_targets_inputs(images: str | Path, annotations: str | Path, detections: str | Path
+                        ) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """The :data:`TARGETS_COLUMNS` of the images, annotations and detections Parquet files, with their schemas."""
+    return tuple(pq.read_table(path, columns=TARGETS_COLUMNS[name], schema=SCHEMAS[name])
+                 for name, path in (("images", images), ("annotations", annotations), ("detections", detections)))
+
+
+TARGETS_BATCH = 2048
+"""Images whose targets :func:`build_targets` builds together (their annotation and detection rows as Python
+objects): the flow's memory stays flat in the dataset's size."""
+
+
+def _image_targets(params: Params, images: pa.Table, persons: pa.Table, detections: pa.Table, classes: list[str],
+                   ground_truth: bool) -> pa.Table:
+    """:func:`build_targets` for ``images`` given their ``persons`` (annotations of the detector's person class)
+    and ``detections`` (the audited detector's person detections); ``ground_truth``: the dataset has persons."""
     cfg = params.explain
     spec = params.explain_detector()
     kinds = {j.targets for j in cfg.jobs}
-    img_rows = images.to_pylist()
-    all_persons = _person_rows(annotations, spec.person_class)
-    ground_truth = bool(pc.any(pc.equal(annotations["category"], spec.person_class)).as_py())
+    all_persons = _person_rows(persons, spec.person_class)
     dets: dict[str, list[dict]] = {}
-    for d in detections.filter(pc.equal(detections["model_id"], spec.id)).drop_columns(["keypoints"]).to_pylist():
-        if d["category"] == spec.person_class:
-            dets.setdefault(d["image_id"], []).append(d)
+    for d in detections.to_pylist():
+        dets.setdefault(d["image_id"], []).append(d)
     rows = []
-    for img in img_rows:
+    for img in images.to_pylist():
         iid = img["image_id"]
         gt, found_dets = all_persons.get(iid, []), dets.get(iid, [])
         g_boxes = np.array([a["bbox"] for a in gt], float).reshape(-1, 4)

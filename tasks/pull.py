@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -197,7 +198,8 @@ def _relocate(table: pa.Table, old_prefix: str, new_prefix: str) -> pa.Table:
 
 
 def write_streamed(staging: Path, pull: PullParams, seed: int, listing: SourceListing | None, out_uri: str,
-                   staging_uri: str, user_file: str = "user_attributes.parquet") -> dict:
+                   staging_uri: str, user_file: str = "user_attributes.parquet",
+                   shards: Iterable[str | Path] | None = None) -> dict:
     """The published tables of the pull stage from its finished shards, one shard in memory at a time, then the
     shards are removed; returns the summary (:func:`summary`'s counts and ``attribute_rows``), also written with the
     source and params to ``manifest.json``. The tables are the concatenation of the shards in shard order with URIs
@@ -212,27 +214,16 @@ def write_streamed(staging: Path, pull: PullParams, seed: int, listing: SourceLi
     annotations the listing's of the kept images and ``computed_attributes`` are computed here over the published
     tables (the listing is in memory anyway). ``pull.attributes`` (the user's files) joins the written tables in
     memory (an opt-in). Raises :class:`detection.attributes.AttributeTableError` naming a user's file that cannot be
-    joined."""
-    shard_dirs = sorted((staging / SHARDS_DIR).iterdir()) if (staging / SHARDS_DIR).is_dir() else []
+    joined.
+
+    ``shards``: the shard folders in shard order, consumed lazily (the flow passes each shard task's result as it
+    finishes, so the tables are written while later shards still run); default: the finished shards under
+    ``staging``. Every table is written in one pass over the shards."""
+    if shards is None:
+        shards = sorted((staging / SHARDS_DIR).iterdir()) if (staging / SHARDS_DIR).is_dir() else []
     counts = _Counts()
-    kept: list[pa.Array] = []
-    with TableWriter(staging / "images.parquet", "images") as writer:
-        for table in iter_shards(shard_dirs, "images"):
-            table = _relocate(table, staging_uri, out_uri)
-            counts.add("images", table)
-            kept.append(table["image_id"].combine_chunks())
-            writer.write(table)
-    with TableWriter(staging / "errors.parquet", "errors") as writer:
-        pieces = iter_shards(shard_dirs, "errors")
-        if listing is not None:
-            pieces = [rows_to_table(listing.errors, "errors"), *pieces]
-        for table in pieces:
-            table = _relocate(table, staging_uri, out_uri)
-            counts.add("errors", table)
-            writer.write(table)
-    if listing is None:
-        _stream_synthetic(staging, shard_dirs, pull, counts)
-    else:
+    kept = _stream_shards(staging, shards, pull, listing, counts, staging_uri, out_uri)
+    if listing is not None:
         annotations = rows_to_table(listing.annotations, "annotations")
         ids = pa.concat_arrays(kept) if kept else pa.array([], pa.string())
         annotations = annotations.filter(pc.is_in(annotations["image_id"], value_set=ids))
@@ -261,22 +252,38 @@ def write_streamed(staging: Path, pull: PullParams, seed: int, listing: SourceLi
     return stats
 
 
-def _stream_synthetic(staging: Path, shard_dirs: list[Path], pull: PullParams, counts: _Counts) -> None:
-    """Annotations, gt_parts, attributes, computed_attributes and coco.json of the synthetic source, shard by
-    shard (the drawn attributes of annotated images only)."""
-    names = ("annotations", "gt_parts", "attributes", "computed_attributes")
+SYNTHETIC_TABLES = ("annotations", "gt_parts", "attributes", "computed_attributes")
+"""The synthetic source's tables written from its shards besides images and errors (and coco.json)."""
+
+
+def _stream_shards(staging: Path, shards: Iterable[str | Path], pull: PullParams, listing: SourceListing | None,
+                   counts: _Counts, staging_uri: str, out_uri: str) -> list[pa.Array]:
+    """One pass over ``shards`` (in shard order): images and errors (URIs pointed at the published folder; a
+    listing's errors first) and, for the synthetic source, annotations, gt_parts, attributes (of annotated images
+    only), computed_attributes and coco.json, each to its :class:`TableWriter`. Returns the kept images' ids per
+    shard. A failure aborts every writer."""
+    names = ("images", "errors", *(SYNTHETIC_TABLES if listing is None else ()))
     writers = {name: TableWriter(staging / f"{name}.parquet", name) for name in names}
-    coco = CocoStream(staging / "coco.json", list(CATEGORIES)) if pull.source == "synthetic" else None
+    coco = CocoStream(staging / "coco.json", list(CATEGORIES)) if listing is None and pull.source == "synthetic" \
+        else None
+    kept: list[pa.Array] = []
     try:
-        for d in shard_dirs:
-            tables = {name: next(iter(iter_shards([d], name)), SCHEMAS[name].empty_table())
-                      for name in ("images", *names)}
-            drawn = tables["attributes"]
-            tables["attributes"] = drawn.filter(pc.is_in(drawn["image_id"],
-                                                         value_set=tables["annotations"]["image_id"]))
-            counts.add("annotations", tables["annotations"])
-            counts.add("gt_parts", tables["gt_parts"])
+        if listing is not None:
+            errors = _relocate(rows_to_table(listing.errors, "errors"), staging_uri, out_uri)
+            counts.add("errors", errors)
+            writers["errors"].write(errors)
+        for d in shards:
+            tables = {name: next(iter(iter_shards([d], name)), SCHEMAS[name].empty_table()) for name in names}
+            for name in ("images", "errors"):
+                tables[name] = _relocate(tables[name], staging_uri, out_uri)
+            if "attributes" in tables:
+                drawn = tables["attributes"]
+                tables["attributes"] = drawn.filter(pc.is_in(drawn["image_id"],
+                                                             value_set=tables["annotations"]["image_id"]))
+            kept.append(tables["images"]["image_id"].combine_chunks())
             for name in names:
+                if name in ("images", "errors", "annotations", "gt_parts"):
+                    counts.add(name, tables[name])
                 writers[name].write(tables[name])
             if coco is not None:
                 coco.add(tables["images"], tables["annotations"])
@@ -288,6 +295,7 @@ def _stream_synthetic(staging: Path, shard_dirs: list[Path], pull: PullParams, c
         w.close()
     if coco is not None:
         coco.close()
+    return kept
 
 
 def _user_attributes(staging: Path, pull: PullParams) -> pa.Table:
