@@ -6,8 +6,9 @@ the seconds per image (issue 23, part 2: flat memory and cheap orchestration).
     python benchmarks/bench_scale.py 1000 5000 --explain-runner dask
     python benchmarks/bench_scale.py --one 1000 --work /tmp/scale-1000     # one size in this process (internal)
 
-Each size runs in a fresh subprocess (``--one``), so its peak RSS is its own; results go to
-``benchmarks/results/scale.json`` (merged by size with what is there) and are printed.
+Each size runs in a fresh subprocess (``--one``) that starts one Prefect API server, and each stage in a fresh
+process of its own against that server (``--stage``), as ``dvc repro`` runs each stage's command, so a stage's peak
+RSS is its own; results go to ``benchmarks/results/scale.json`` (merged by size with what is there) and are printed.
 
 **Settings.** The generator's settings are the project's ``params.yaml`` ones (``pull.synthetic``), only
 ``n_images`` changes; the shard sizes are params.yaml's too. Models: real YOLO inference over 20k images on a shared
@@ -77,12 +78,15 @@ def cheap_detector(*, device: str = "cpu"):
     return CallableDetector(fn, ["person", "car"])
 
 
-def bench_params(n_images: int) -> dict:
-    """params.yaml of one scale run: the project's params with N images, the cheap detector and one cheap job."""
+def bench_params(n_images: int, image_size: tuple[int, int] | None = None) -> dict:
+    """params.yaml of one scale run: the project's params with N images (of ``image_size`` = (width, height) pixels
+    when given), the cheap detector and one cheap job."""
     import yaml
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["pull"]["synthetic"]["n_images"] = n_images
+    if image_size is not None:
+        params["pull"]["synthetic"]["width"], params["pull"]["synthetic"]["height"] = image_size
     params["infer"]["detectors"] = [{"id": "cheap", "kind": "callable", "entrypoint": "bench_scale:cheap_detector",
                                      "conf": 0.5}]
     params["infer"]["pose"] = None
@@ -166,57 +170,108 @@ def _task_times(flow_name: str, since: float) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------- one size
-def run_one(n_images: int, work: Path, explain_runner: str, stages: tuple[str, ...] = STAGES) -> dict:
+RUNS = {"pull": ("flows.pull", "run_pull"), "infer": ("flows.infer", "run_infer"),
+        "parts": ("flows.parts", "run_parts"), "explain": ("flows.explain", "run_explain"),
+        "evaluate": ("flows.evaluate", "run_evaluate")}
+
+
+def run_stage(stage: str, work: Path) -> dict:
+    """Run one stage's flow in this process (a fresh one, as ``dvc repro`` runs each stage's command) on the
+    params.yaml in ``work``, against the Prefect API in ``PREFECT_API_URL``; returns its wall time and this
+    process's / its workers' peak RSS."""
+    import importlib
+
+    os.chdir(work)
+    module, name = RUNS[stage]
+    run = getattr(importlib.import_module(module), name)
+    sampler = RssSampler()
+    sampler.reset()                                   # the peak of the stage's run, after the imports
+    t0 = time.perf_counter()
+    run("params.yaml")
+    wall = time.perf_counter() - t0
+    flow_peak, worker_peak = sampler.reset()
+    sampler.stop()
+    return {"wall_s": wall, "flow_rss_peak_mb": round(flow_peak, 1),
+            "worker_rss_peak_mb": None if worker_peak is None else round(worker_peak, 1),
+            "ru_maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def _stage_process(stage: str, work: Path, env: dict) -> dict:
+    """``run_stage`` in a fresh Python process (its stdout's ``STAGE`` line); raises SystemExit with the log's tail
+    when it fails."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--stage", stage, "--work", str(work)]
+    log = work / f"{stage}.log"
+    with open(log, "w") as err:
+        done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("STAGE ")]
+    if done.returncode or not lines:
+        sys.stderr.write(log.read_text()[-5000:])
+        raise SystemExit(f"stage {stage} failed (exit {done.returncode}); log: {log}")
+    return json.loads(lines[-1][len("STAGE "):])
+
+
+def run_one(n_images: int, work: Path, explain_runner: str, stages: tuple[str, ...] = STAGES,
+            image_size: tuple[int, int] | None = None) -> dict:
     """Run the five stages (or ``stages``, on the earlier stages' outputs already in ``work``) on ``n_images``
-    images in ``work`` (the project root of the run) and measure them."""
+    images in ``work`` (the project root of the run) and measure them. Each stage runs in its own fresh process, as
+    ``dvc repro`` runs them, against one Prefect API server that this process starts (its task runs give the busy
+    time)."""
     import yaml
 
     work.mkdir(parents=True, exist_ok=True)
     os.chdir(work)
-    params = bench_params(n_images)
+    params = bench_params(n_images, image_size)
     if explain_runner == "dask":
         params["explain"]["runner"] = {"kind": "dask", "workers": 2, "address": None}
     Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
-    from flows.evaluate import run_evaluate
-    from flows.explain import run_explain
-    from flows.infer import run_infer
-    from flows.parts import run_parts
-    from flows.pull import run_pull
-
+    from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
-    runs = {"pull": run_pull, "infer": run_infer, "parts": run_parts, "explain": run_explain,
-            "evaluate": run_evaluate}
-    out = {"n_images": n_images, "explain_runner": explain_runner, "stages": {}, "stages_run": list(stages)}
+    size = [params["pull"]["synthetic"]["width"], params["pull"]["synthetic"]["height"]]
+    out = {"n_images": n_images, "image_size": size, "explain_runner": explain_runner, "stages": {},
+           "stages_run": list(stages),
+           "process": "one fresh process per stage (as dvc repro)"}
     with prefect_test_harness(server_startup_timeout=180):
-        sampler = RssSampler()
-        sampler.reset()
+        env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(),
+               "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT), os.environ.get("PYTHONPATH", "")])}
         for stage in stages:
             started = time.time()
-            t0 = time.perf_counter()
-            runs[stage]("params.yaml")
-            wall = time.perf_counter() - t0
-            flow_peak, worker_peak = sampler.reset()
+            measured = _stage_process(stage, work, env)
+            wall = measured.pop("wall_s")
             times = _task_times(stage, started)
             overhead = wall - times["busy_s"]
             out["stages"][stage] = {"wall_s": round(wall, 2), "s_per_image": round(wall / n_images, 5), **times,
                                     "overhead_s": round(overhead, 2), "overhead_frac": round(overhead / wall, 4),
-                                    "flow_rss_peak_mb": round(flow_peak, 1),
-                                    "worker_rss_peak_mb": None if worker_peak is None else round(worker_peak, 1)}
+                                    **measured}
             print(stage, json.dumps(out["stages"][stage]), flush=True)
-        sampler.stop()
-    st = out["stages"].values()
-    wall = sum(s["wall_s"] for s in st)
-    out["total"] = {"wall_s": round(wall, 2), "s_per_image": round(wall / n_images, 5),
-                    "overhead_s": round(sum(s["overhead_s"] for s in st), 2),
-                    "overhead_frac": round(sum(s["overhead_s"] for s in st) / wall, 4),
-                    "flow_rss_peak_mb": max(s["flow_rss_peak_mb"] for s in st),
-                    "ru_maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    out["total"] = _total(out["stages"], n_images)
     timings = work / "metrics" / "timings.json"
     if timings.is_file():
         out["stage_timings"] = json.loads(timings.read_text())
     return out
+
+
+def _total(stages: dict, n_images: int) -> dict:
+    """The whole pipeline's figures from its stages': summed wall and overhead, the largest peak RSS."""
+    st = stages.values()
+    wall = sum(s["wall_s"] for s in st)
+    overhead = sum(s["overhead_s"] for s in st)
+    return {"wall_s": round(wall, 2), "s_per_image": round(wall / n_images, 5), "overhead_s": round(overhead, 2),
+            "overhead_frac": round(overhead / wall, 4), "flow_rss_peak_mb": max(s["flow_rss_peak_mb"] for s in st),
+            "ru_maxrss_mb": max(s["ru_maxrss_mb"] for s in st)}
+
+
+def _merged(before: dict | None, run: dict) -> dict:
+    """A size's result after ``run``: with ``--stages`` a subset (later stages re-run on the earlier ones' outputs),
+    the stages it ran replace those of the size's earlier result (``stages_run`` lists when each was measured)."""
+    if (before is None or set(run["stages_run"]) == set(STAGES)
+            or [before.get(k) for k in ("n_images", "image_size")] != [run[k] for k in ("n_images", "image_size")]):
+        return run
+    stages = {**before["stages"], **run["stages"]}
+    return {**run, "stages": {s: stages[s] for s in STAGES if s in stages},
+            "stages_run": [*before.get("stages_run", []), *run["stages_run"]],
+            "total": _total(stages, run["n_images"])}
 
 
 def _ratio(results: dict, small: int, large: int) -> dict:
@@ -224,7 +279,8 @@ def _ratio(results: dict, small: int, large: int) -> dict:
     return {"sizes": [small, large],
             "flow_rss_growth": round(b["total"]["flow_rss_peak_mb"] / a["total"]["flow_rss_peak_mb"], 3),
             "flow_rss_growth_per_stage": {s: round(b["stages"][s]["flow_rss_peak_mb"] /
-                                                   a["stages"][s]["flow_rss_peak_mb"], 3) for s in STAGES},
+                                                   a["stages"][s]["flow_rss_peak_mb"], 3)
+                                          for s in STAGES if s in a["stages"] and s in b["stages"]},
             "overhead_frac_large": b["total"]["overhead_frac"]}
 
 
@@ -232,23 +288,32 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sizes", nargs="*", type=int, default=[1000, 5000, 20000])
     parser.add_argument("--one", type=int, help="run one size in this process (used by the parent run)")
+    parser.add_argument("--stage", choices=STAGES, help="run one stage in this process (used by --one)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/xai-audit-scale"),
                         help="scratch folder; size N runs in <work>/n<N>")
     parser.add_argument("--explain-runner", choices=["threads", "dask"], default="threads")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--image-size", type=lambda v: tuple(int(x) for x in v.split("x")), metavar="WxH",
+                        help="the synthetic images' width x height (default: params.yaml's); smaller images make "
+                             "the pixel work cheaper, not the rows, tasks or files the benchmark is about")
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
-                        help="with --one: run only these stages, on the earlier ones' outputs in the work folder")
+                        help="run only these stages, on the earlier ones' outputs in the work folder; their "
+                             "figures replace those of the size's earlier result")
     args = parser.parse_args(argv)
+    if args.stage:
+        print("STAGE " + json.dumps(run_stage(args.stage, args.work)), flush=True)
+        return
     if args.one:
-        print("RESULT " + json.dumps(run_one(args.one, args.work, args.explain_runner, tuple(args.stages))),
-              flush=True)
+        print("RESULT " + json.dumps(run_one(args.one, args.work, args.explain_runner, tuple(args.stages),
+                                             args.image_size)), flush=True)
         return
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     results.setdefault("sizes", {})
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT), os.environ.get("PYTHONPATH", "")])}
     for n in args.sizes:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--one", str(n), "--work", str(args.work / f"n{n}"),
-               "--explain-runner", args.explain_runner]
+               "--explain-runner", args.explain_runner, "--stages", *args.stages,
+               *(["--image-size", "x".join(map(str, args.image_size))] if args.image_size else [])]
         log = args.work / f"n{n}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         print("$", " ".join(cmd), f"2> {log}", flush=True)
@@ -264,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.stderr.write(log.read_text()[-5000:])
             raise SystemExit(f"size {n} failed (exit {proc.returncode}); log: {log}")
         one = json.loads(lines[-1][len("RESULT "):])
-        results["sizes"][str(n)] = one
+        results["sizes"][str(n)] = _merged(results["sizes"].get(str(n)), one)
         print(json.dumps({"n_images": n, **one["total"]}), flush=True)
         sizes = sorted(int(k) for k in results["sizes"])
         if len(sizes) > 1:
