@@ -102,7 +102,14 @@ def _write_metrics(path: Path, shard_dirs: list[str]) -> pa.Table:
         for d in shard_dirs:
             if (Path(d) / AGREEMENT_FILE).is_file():
                 writer.write(pq.read_table(Path(d) / AGREEMENT_FILE, schema=SCHEMAS["metrics"]))
-    return pq.read_table(path, columns=SUMMARY_COLUMNS, read_dictionary=SUMMARY_COLUMNS[:3])
+    return summary_columns(path)
+
+
+def summary_columns(path: str | Path) -> pa.Table:
+    """The :data:`SUMMARY_COLUMNS` of the metrics table at ``path``, dictionary-encoded with one dictionary per column
+    (each row group of a file has its own dictionary; Arrow's group-by cannot combine differing ones, so a table
+    of more than one row group, over 65,536 metric rows, needs them unified)."""
+    return pq.read_table(path, columns=SUMMARY_COLUMNS, read_dictionary=SUMMARY_COLUMNS[:3]).unify_dictionaries()
 
 
 def _write_errors(path: Path, shard_dirs: list[str], extra: list[dict]) -> tuple[int, int]:

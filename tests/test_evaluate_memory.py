@@ -119,3 +119,19 @@ def test_a_store_lookup_returns_only_the_asked_keys(tmp_path):
     wanted = {f"{k:064x}" for k in (3, 7)} | {"f" * 64}
     assert set(store._locate(wanted)) == {f"{k:064x}" for k in (3, 7)}
     assert set(store.get_many(wanted)) == {f"{k:064x}" for k in (3, 7)}
+
+
+def test_summaries_of_a_metrics_file_of_several_row_groups(tmp_path):
+    """Each row group of a Parquet file has its own dictionaries; the flow's dictionary-encoded summary columns must
+    still group (found at 20k images: > 65,536 metric rows) and give what the plain strings give."""
+    from tasks.evaluate_summary import summarise
+
+    n = 600
+    table = pa.table({"kind": ["persons"] * 300 + ["classes"] * 300,
+                      "job": ["rise"] * 250 + ["occlusion@parts"] * 350,
+                      "metric": [["deletion_auc", "insertion_auc", "pointing_game"][i % 3] for i in range(n)],
+                      "value": [float(i % 7) for i in range(n)]})
+    path = tmp_path / "metrics.parquet"
+    pq.write_table(table, path, row_group_size=128)              # 5 row groups whose dictionaries differ
+    assert pq.ParquetFile(path).metadata.num_row_groups == 5
+    assert summarise(flow.summary_columns(path)) == summarise(table)
