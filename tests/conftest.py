@@ -23,6 +23,18 @@ def prefect_server():
 
 
 @pytest.fixture
+def one_torch_thread():
+    """One torch thread (restored after): on a shared 2-core machine two threads spin-wait, several times the CPU.
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
     """Run the test with a fresh temporary folder as the working directory (the 'project root')."""
     monkeypatch.chdir(tmp_path)

@@ -24,13 +24,7 @@ GRID, SIZE = 7, 28          # 4-px cells: the metric's pixel fractions fall on c
 SMALL = {"kind": "fixed", "size": SIZE, "width": 8, "pool": 2}      # a cheap FixedCNN for the tests
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread (restored after): on the shared 2-core machine two threads spin-wait, several times the CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_features():

@@ -43,12 +43,7 @@ def params_dict(root: Path, weights=None, jobs=(), **policy) -> dict:
                      "classifier": {**POLICY, **policy, "weights": None if weights is None else str(weights)}}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
