@@ -99,3 +99,26 @@ def test_a_detection_on_a_crowd_region_is_neither_a_true_nor_a_false_positive():
     targets = build_targets(params, images, annotations, detections, []).to_pylist()
     assert [t["kind"] for t in targets] == ["detections"]               # a crowd region is never a target
     assert (targets[0]["found"], targets[0]["label_present"]) == (None, None)   # as infer's AP: ignored
+
+
+def test_targets_built_in_image_batches_equal_one_batch(monkeypatch):
+    """build_targets works a batch of images at a time (flat flow memory); batches of 1 or 2 images (an image with
+    no persons or detections among them) give the rows, in the order, of one batch of all."""
+    import pyarrow as pa
+
+    import tasks.explain as explain
+
+    params = _params()
+    images, annotations, detections = _tables(params.explain_detector().id)
+    copies = [(t, f"img{i}") for i in range(3) for t in [(images, annotations, detections)]]
+    renamed = [tuple(x.set_column(x.schema.get_field_index("image_id"), "image_id",
+                                  pa.array([name] * x.num_rows, pa.string())) for x in tables)
+               for tables, name in copies]
+    empty = rows_to_table([{"image_id": "bare", "uri": "bare.png", "split": "val", "width": 20, "height": 20,
+                            "labels": None, "spurious_cue": None}], "images")
+    tables = [pa.concat_tables([r[k] for r in renamed] + ([empty] if k == 0 else [])) for k in range(3)]
+    whole = build_targets(params, *tables, [])
+    assert set(whole["image_id"].to_pylist()) == {"img0", "img1", "img2"} and whole.num_rows > 3
+    for batch in (1, 2):
+        monkeypatch.setattr(explain, "TARGETS_BATCH", batch)
+        assert build_targets(params, *tables, []).equals(whole)
