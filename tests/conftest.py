@@ -114,3 +114,40 @@ def project(tiny_project, tmp_path, monkeypatch):
     shutil.copytree(tiny_project, root, ignore=shutil.ignore_patterns(".work"))
     monkeypatch.chdir(root)
     return root
+
+
+@pytest.fixture(scope="session")
+def explained_project(tiny_project, tmp_path_factory):
+    """The tiny project after explain -> evaluate with :func:`tiny_params` (TINY_JOBS), run once for the session:
+    (its folder, explain's result dict). Tests that need those stages done, or the rows of a plain threads run, copy
+    it (``explained``) instead of running them again; the result store (``.cache``) is copied with it."""
+    import shutil
+
+    from flows.evaluate import run_evaluate
+    from flows.explain import run_explain
+
+    root = tmp_path_factory.mktemp("explained_project") / "project"
+    shutil.copytree(tiny_project, root, ignore=shutil.ignore_patterns(".work"))
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        params = tiny_params(root)
+        result = run_explain(params)
+        run_evaluate(params)
+    finally:
+        os.chdir(cwd)
+    return root, result
+
+
+@pytest.fixture
+def explained(explained_project, tmp_path, monkeypatch):
+    """A private copy of the explained tiny project (``explained_project``) as the working directory: (its folder,
+    explain's result dict of the run that made it)."""
+    import copy
+    import shutil
+
+    source, result = explained_project
+    root = tmp_path / "project"
+    shutil.copytree(source, root, ignore=shutil.ignore_patterns(".work"))
+    monkeypatch.chdir(root)
+    return root, copy.deepcopy(result)
