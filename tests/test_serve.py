@@ -8,9 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-from flows.evaluate import run_evaluate
-from flows.explain import run_explain
-
 import pytest
 
 from tests.conftest import VENV_BIN, tiny_params
@@ -24,10 +21,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_a_scheduled_run_fires_and_writes_the_report(project, tmp_path):
+def test_a_scheduled_run_fires_and_writes_the_report(explained, tmp_path):
+    project, _ = explained                      # explain and evaluate done (the session's one run, copied)
     params = tiny_params(project)
-    run_explain(params)
-    run_evaluate(params)
     report = project / "report" / "audit.html"
     assert not report.exists()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
