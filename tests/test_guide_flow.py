@@ -19,19 +19,16 @@ def _digest(folder: str) -> str:
 
 
 @pytest.mark.slow
-def test_guide_fine_tunes_reaudits_side_by_side_and_reports(project):
-    from flows.evaluate import run_evaluate
-    from flows.explain import run_explain
+def test_guide_fine_tunes_reaudits_side_by_side_and_reports(explained):
     from flows.guide import run_guide
 
     from tasks.params import load_params
     from tasks.report_guidance import guidance_section, load_guidance
 
+    project, _ = explained                     # explain and evaluate done (the session's one run, copied)
     params = tiny_params(project, guide={"epochs": 1, "fraction": 0.5, "probe": {"n_scenes": 700},
                                          "decorrelated": {"seed": 9001, "n_images": 16, "correlation": 0.5},
                                          "heldout": {"seed": 9003, "n_images": 16}})
-    run_explain(params)
-    run_evaluate(params)
     before = {d: _digest(d) for d in ("data/infer", "data/explain", "data/evaluate")}
     metrics = run_guide(params)
 
