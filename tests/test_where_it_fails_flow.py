@@ -17,7 +17,8 @@ from tests.conftest import tiny_params
 pytestmark = pytest.mark.slow
 
 
-def test_attributes_slices_misses_and_the_report_section_end_to_end(project):
+def test_attributes_slices_misses_and_the_report_section_end_to_end(explained):
+    project, _ = explained      # a copy of the session's explain -> evaluate: the explain run below reuses its groups
     before = {n: pq.read_table(f"data/pulled/{n}.parquet") for n in ("images", "annotations", "gt_parts")}
     anns = before["annotations"]
     persons = anns.filter(pc.equal(anns["category"], "person")).select(["image_id", "ann_id"]).to_pandas()
