@@ -45,9 +45,9 @@ def sorted_rows(table) -> list[dict]:
     return sorted(rows, key=lambda r: (r["job"], r["image_id"], r["target_id"]))
 
 
-def test_explain_writes_every_job_and_resumes_after_a_crash(project, monkeypatch):
+def test_explain_writes_every_job_and_resumes_after_a_crash(explained, monkeypatch):
+    project, first = explained                  # a copy of the session's threads run: first = run_explain(params)
     params = tiny_params(project)
-    first = run_explain(params)
     full = read_explanations("data/explain")
     targets = pq.read_table("data/explain/targets.parquet")
     persons = targets.filter(pc.equal(targets["kind"], "persons")).num_rows
@@ -163,8 +163,8 @@ class _Collect(HTMLParser):
             self.images.append(attrs.get("src", ""))
 
 
-def test_dask_runner_with_two_workers_gives_the_same_rows_as_threads(project):
-    threads = run_explain(tiny_params(project))
+def test_dask_runner_with_two_workers_gives_the_same_rows_as_threads(explained):
+    project, threads = explained                # a copy of the session's threads run: run_explain(tiny_params(project))
     expected = sorted_rows(read_explanations("data/explain"))
     shutil.rmtree("data/explain")
     dask = run_explain(tiny_params(project, explain={"shard_size": 2, "min_height": 20, "runner": {
@@ -180,22 +180,24 @@ def tasks_jobs():
     return TINY_JOBS
 
 
-def test_cli_audit_chains_the_stages_and_explain_image_writes_an_overlay(project, capsys):
+def test_cli_audit_chains_the_stages_and_explain_image_writes_an_overlay(explained, capsys):
     from flows.cli import main
 
+    # The first run: the session's explain -> evaluate (computed from scratch, in process), then report.
+    project, _ = explained
     params = tiny_params(project)
+    assert main(["--params", str(params), "audit", "--stage", "report"]) == 0
+    capsys.readouterr()
+    first = output_hashes()
+    for out in ("data/explain", "data/evaluate", "report"):
+        shutil.rmtree(out)
+    # The second: the CLI chains all three stages (explain and evaluate reuse the stored groups).
     assert main(["--params", str(params), "audit", "--stage", "explain", "--stage", "evaluate",
                  "--stage", "report"]) == 0
     assert Path("report/audit.html").is_file() and Path("data/evaluate/metrics.parquet").is_file()
     assert json.loads(capsys.readouterr().out)["explain"]["errors"] == 0
-    # Run after run the same bytes (what dvc.lock hashes): wall times live only in _timings / metrics/timings.json.
-    first = output_hashes()
     assert "explain" in json.loads(Path("metrics/timings.json").read_text())
-    for out in ("data/explain", "data/evaluate", "report"):
-        shutil.rmtree(out)
-    assert main(["--params", str(params), "audit", "--stage", "explain", "--stage", "evaluate",
-                 "--stage", "report"]) == 0
-    capsys.readouterr()
+    # Run after run the same bytes (what dvc.lock hashes): wall times live only in _timings / metrics/timings.json.
     assert output_hashes() == first
 
     image = pq.read_table("data/pulled/images.parquet")["uri"][0].as_py()
