@@ -17,6 +17,7 @@ import tasks.explain
 from tasks.result_store import DEFAULT_CACHE_DIR, CacheWarning, ResultStore, digest
 from tasks.timings import TIMINGS_DIR
 from tests.conftest import tiny_params
+from tests.result_store_fixture import entry, write_many
 
 JOBS = [
     {"method": "occlusion", "targets": "persons", "regions": "parts"},
@@ -78,14 +79,19 @@ def test_an_added_image_computes_only_its_groups_and_equals_a_from_scratch_run(p
     from flows.parts import run_parts
     from flows.pull import run_pull
 
-    _run(_params(project, 12))
+    # The dataset's first version: the tiny project's first 6 images (of 12; image i is a function of i), then one
+    # more (index 6: two persons, train split). Each explain / evaluate below runs on half the images of 12 -> 13.
+    first = _params(project, 6)
+    for stage in (run_pull, run_infer, run_parts):
+        stage(first)
+    _run(first)
     old_images = set(pq.read_table("data/pulled/images.parquet")["image_id"].to_pylist())
     old_detections = pq.read_table("data/infer/detections.parquet")
+    assert len(old_images) == 6
 
-    new = _params(project, 13)                        # the next dataset version: one image more
-    run_pull(new)
-    run_infer(new)
-    run_parts(new)
+    new = _params(project, 7)                         # the next dataset version: one image more
+    for stage in (run_pull, run_infer, run_parts):
+        stage(new)
     added = set(pq.read_table("data/pulled/images.parquet")["image_id"].to_pylist()) - old_images
     assert len(added) == 1
     # the old images' detections are unchanged (else their targets, hence keys, change): measured, not assumed
@@ -111,10 +117,15 @@ def test_an_added_image_computes_only_its_groups_and_equals_a_from_scratch_run(p
     assert _output_hashes() == incremental                 # byte for byte, what dvc.lock would hash
 
 
+# Every job on the val split's images only (3 of the 12, 12 persons): the invalidation rules below are per group, the
+# same on 3 images as on 12, at a third of the explain runs' cost.
+VAL_JOBS = [{**job, "split": "val"} for job in JOBS]
+
+
 def test_a_changed_model_job_or_explainer_invalidates_exactly_its_groups(project, monkeypatch, tmp_path):
     from flows.explain import run_explain
 
-    params = _params(project)
+    params = _params(project, jobs=VAL_JOBS)
     run_explain(params)
     total = _timings("explain")["groups_computed"]
     reference = _output_hashes(("explain",))
@@ -153,13 +164,13 @@ def test_a_changed_model_job_or_explainer_invalidates_exactly_its_groups(project
     monkeypatch.setattr(tasks.explain, "model_sha256", real_sha)
 
     # one job's options: only that job's groups recomputed
-    jobs = [dict(j) for j in JOBS]
+    jobs = [dict(j) for j in VAL_JOBS]
     jobs[1] = {**jobs[1], "budget": 24}
     changed = rerun(_params(project, jobs=jobs))
     assert changed["groups_computed"] == _images_of("drise") > 0
 
     # corrupt store files: ignored with a warning, everything recomputed, same rows
-    params = _params(project)                  # the original jobs again (the file was rewritten above)
+    params = _params(project, jobs=VAL_JOBS)   # the original jobs again (the file was rewritten above)
     for f in Path(DEFAULT_CACHE_DIR, "explain").glob("*.parquet"):
         f.write_bytes(b"PAR1 not really")
     with pytest.warns(CacheWarning, match="ignoring unreadable file"):
@@ -169,20 +180,9 @@ def test_a_changed_model_job_or_explainer_invalidates_exactly_its_groups(project
 
 
 # ---------------------------------------------------------------------------------------------------- the store
-def _entry(i: int) -> dict:
-    return {"metrics": pa.table({"value": pa.array([float(i), i + 0.5])}), "errors": pa.table({"x": pa.array([i])}),
-            "seconds": 1.0}
-
-
-def _write_many(root: str, rounds: int) -> None:
-    store = ResultStore(root, "t", ("metrics", "errors"))
-    for _ in range(rounds):
-        store.put_many({digest(i): _entry(i) for i in range(20)})
-
-
 def test_concurrent_writes_of_the_same_keys_are_safe(tmp_path):
-    ctx = multiprocessing.get_context("spawn")
-    workers = [ctx.Process(target=_write_many, args=(str(tmp_path), 15)) for _ in range(3)]
+    ctx = multiprocessing.get_context("spawn")      # the writer lives in a light module: each process imports it
+    workers = [ctx.Process(target=write_many, args=(str(tmp_path), 15)) for _ in range(3)]
     for w in workers:
         w.start()
     store = ResultStore(tmp_path, "t", ("metrics", "errors"))
@@ -202,7 +202,7 @@ def test_concurrent_writes_of_the_same_keys_are_safe(tmp_path):
 
 def test_a_corrupt_store_file_is_a_miss_with_a_warning(tmp_path):
     store = ResultStore(tmp_path, "t", ("metrics", "errors"))
-    good = store.put_many({digest("a"): _entry(1)})
+    good = store.put_many({digest("a"): entry(1)})
     (tmp_path / "t" / "zz-truncated.parquet").write_bytes(good.read_bytes()[:40])
     (tmp_path / "t" / "zz-other.parquet").write_bytes(b"not parquet at all")
     with pytest.warns(CacheWarning) as caught:
