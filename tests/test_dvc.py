@@ -85,9 +85,19 @@ def copy_project(project: Path, tool_env: dict, n_images: int = 12) -> Path:
     return project
 
 
-def test_dvc_repro_pull_runs_once(tmp_path, tool_env):
+def with_prefect_api(env: dict) -> dict:
+    """``env`` with this session's Prefect API (``prefect_server``): the stage's ``xai-audit`` process then uses it
+    instead of starting a temporary server of its own (tens of seconds on the 2-core CI machine)."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    return {**env, "PREFECT_API_URL": url} if url else env
+
+
+def test_dvc_repro_pull_runs_once(tmp_path, tool_env, prefect_server):
     """`dvc repro pull` on a copy of this project: generates the dataset, then a second run does nothing."""
     project = copy_project(tmp_path / "project", tool_env)
+    tool_env = with_prefect_api(tool_env)
 
     run(["dvc", "repro", "pull"], project, tool_env)
     tables = DatasetTables.read(project / "data" / "pulled")
