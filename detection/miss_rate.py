@@ -127,10 +127,21 @@ def log_average_miss_rate(images: Sequence[ImageEval], iou_thr: float = MATCH_IO
     is counted. For a CityPersons subset pass ``[restrict(i, s) for i in images]`` and ``det_height=s.height``
     (or use :func:`subset_miss_rates`)."""
     counts = image_counts(images, iou_thr, det_height)
-    if counts.positives.sum() == 0:
+    return lamr_from_matches(counts.scores, counts.tp, len(images), int(counts.positives.sum()), points)
+
+
+def lamr_from_matches(scores: np.ndarray, tps: np.ndarray, n_images: int, n_gt: int,
+                      points: np.ndarray = FPPI_POINTS) -> float:
+    """:func:`log_average_miss_rate` from the matching's result: the scores [D] and true-positive flags [D] of the
+    counted (non-ignored) detections of ``n_images`` images and the ``n_gt`` persons counted in them (NaN without
+    persons); detections in score order, ties in the given order (stable, as the Caltech / CityPersons code). Lets a
+    caller accumulate the matches image batch by image batch (:class:`detection.miss_types.ErrorTally`)."""
+    if n_gt == 0:
         return float("nan")
-    fppi, recall = _curves(counts, np.ones((1, len(images))))
-    return float(_lamr(fppi, recall, np.asarray(points, float))[0])
+    tp = np.asarray(tps, bool)[np.argsort(-np.asarray(scores, float), kind="mergesort")]
+    fppi = np.cumsum(~tp, dtype=float) / n_images
+    recall = np.cumsum(tp, dtype=float) / n_gt
+    return float(_lamr(fppi[None], recall[None], np.asarray(points, float))[0])
 
 
 def miss_rate_curve(images: Sequence[ImageEval], iou_thr: float = MATCH_IOU,

@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from detection.evaluation import MATCH_IOU, ImageEval, average_precision, iou_matrix, match
-from detection.miss_rate import log_average_miss_rate
+from detection.evaluation import MATCH_IOU, ImageEval, ap_from_matches, iou_matrix, match
+from detection.miss_rate import FPPI_POINTS, lamr_from_matches
 
 MISS_TYPES = ("suppressed", "below_threshold", "mislocalised", "never_seen")
 FP_TYPES = ("duplicate", "localisation", "confusion", "background")
@@ -179,11 +179,78 @@ def fixed_images(images: Sequence[CandidateImage], types: Sequence[ErrorTypes], 
     return out
 
 
-def _fixed_metrics(images: Sequence[CandidateImage], types: Sequence[ErrorTypes], iou_thr: float,
-                   drop_gt: frozenset[str] = frozenset(), fix_det: frozenset[str] = frozenset()) -> tuple[float, float]:
-    """(AP at ``iou_thr``, MR⁻²) after :func:`fixed_images`."""
-    evals = fixed_images(images, types, iou_thr, drop_gt, fix_det)
-    return average_precision(evals, iou_thr), log_average_miss_rate(evals, iou_thr)
+FIXES: tuple[tuple[str, str], ...] = (("none", ""), *(("miss", t) for t in MISS_TYPES),
+                                      *(("false_positive", t) for t in FP_TYPES))
+"""The oracle fixes :func:`error_summary` measures, as (kind, type): none (the data as given), then each type."""
+
+
+class ErrorTally:
+    """:func:`error_summary` accumulated image batch by image batch, so that a dataset's summary needs one batch of
+    :class:`CandidateImage` / :class:`ErrorTypes` in memory at a time.
+
+    :meth:`add` applies every fix of :data:`FIXES` to the batch (:func:`fixed_images`) and keeps only what AP and
+    MR⁻² read: per fix, the counted (non-ignored) detections' scores and true-positive flags and the counted persons;
+    and the count of each type. Memory: ~9 bytes per final detection per fix. :meth:`summary` equals
+    :func:`error_summary` of every image added, in the order added (ties in score keep that order, as there).
+    """
+
+    def __init__(self, iou_thr: float = MATCH_IOU):
+        self.iou_thr = iou_thr
+        self._scores: dict[tuple[str, str], list[np.ndarray]] = {f: [] for f in FIXES}
+        self._tps: dict[tuple[str, str], list[np.ndarray]] = {f: [] for f in FIXES}
+        self._n_gt = dict.fromkeys(FIXES, 0)
+        self._n_images = 0
+        self._gt_counts = dict.fromkeys(("found", *MISS_TYPES), 0)
+        self._det_counts = dict.fromkeys(FP_TYPES, 0)
+
+    def add(self, images: Sequence[CandidateImage], types: Sequence[ErrorTypes]) -> None:
+        """Tally a batch: ``images`` and their :func:`classify_errors` results ``types`` (same length, one
+        ``conf`` for every batch). Raises ValueError when the lengths differ."""
+        if len(images) != len(types):
+            raise ValueError(f"{len(images)} images but {len(types)} error types")
+        for kind, name in FIXES:
+            evals = fixed_images(images, types, self.iou_thr, frozenset({name}) if kind == "miss" else frozenset(),
+                                 frozenset({name}) if kind == "false_positive" else frozenset())
+            scores, tps = [], []
+            for e in evals:
+                m = match(e, self.iou_thr)
+                scores.append(e.det_scores[~m.det_ignored])
+                tps.append(m.det_tp[~m.det_ignored])
+                self._n_gt[kind, name] += int((~e.gt_ignore).sum())
+            if evals:
+                self._scores[kind, name].append(np.concatenate(scores))
+                self._tps[kind, name].append(np.concatenate(tps).astype(bool))
+        self._n_images += len(images)
+        for t in types:
+            for pool, counts in ((t.gt_type, self._gt_counts), (t.det_type, self._det_counts)):
+                names, n = np.unique(pool.astype(str), return_counts=True)
+                for k, c in zip(names, n):
+                    if k in counts:
+                        counts[k] += int(c)
+
+    def _metrics(self, fix: tuple[str, str]) -> tuple[float, float]:
+        """(AP at ``iou_thr``, MR⁻²) of the added images after ``fix``."""
+        scores = np.concatenate(self._scores[fix]) if self._scores[fix] else np.zeros(0)
+        tps = np.concatenate(self._tps[fix]) if self._tps[fix] else np.zeros(0, bool)
+        n_gt = self._n_gt[fix]
+        return (ap_from_matches(scores, tps, n_gt),
+                lamr_from_matches(scores, tps, self._n_images, n_gt, FPPI_POINTS))
+
+    def summary(self) -> pd.DataFrame:
+        """The :func:`error_summary` table of every image added."""
+        n_persons = sum(self._gt_counts.values())
+        n_miss = n_persons - self._gt_counts["found"]
+        n_fp = sum(self._det_counts.values())
+        base_ap, base_mr2 = self._metrics(FIXES[0])
+        rows = []
+        for kind, name in FIXES[1:]:
+            count = self._gt_counts[name] if kind == "miss" else self._det_counts[name]
+            total = n_miss if kind == "miss" else n_fp
+            ap, mr2 = self._metrics((kind, name))
+            rows.append({"kind": kind, "type": name, "count": count, "share": count / total if total else np.nan,
+                         "miss_rate_gain": count / n_persons if kind == "miss" and n_persons else 0.0,
+                         "ap_gain": ap - base_ap, "mr2_gain": base_mr2 - mr2})
+        return pd.DataFrame(rows)
 
 
 def error_summary(images: Sequence[CandidateImage], conf: float, iou_thr: float = MATCH_IOU,
@@ -193,26 +260,12 @@ def error_summary(images: Sequence[CandidateImage], conf: float, iou_thr: float 
     miss rate at ``conf`` drops if they were found; 0 for false positives), ``ap_gain`` (AP at ``iou_thr`` after
     fixing only that type, minus AP) and ``mr2_gain`` (MR⁻² minus MR⁻² after fixing only that type; NaN without
     persons), the fixes being TIDE's oracles (module docstring). ``types``: the :func:`classify_errors` results when
-    already computed."""
+    already computed. For a dataset too large to hold, feed :class:`ErrorTally` batch by batch instead."""
     types = list(types) if types is not None else [classify_errors(i, conf, iou_thr, seen_score=seen_score)
                                                    for i in images]
-    gt = np.concatenate([t.gt_type for t in types]) if types else np.zeros(0, object)
-    det = np.concatenate([t.det_type for t in types]) if types else np.zeros(0, object)
-    n_persons = int(np.isin(gt, ["found", *MISS_TYPES]).sum())
-    n_miss = int(np.isin(gt, MISS_TYPES).sum())
-    n_fp = int(np.isin(det, FP_TYPES).sum())
-    base_ap, base_mr2 = _fixed_metrics(images, types, iou_thr)
-    rows = []
-    for kind, names, pool, total in (("miss", MISS_TYPES, gt, n_miss), ("false_positive", FP_TYPES, det, n_fp)):
-        for name in names:
-            count = int((pool == name).sum())
-            fixed = frozenset({name})
-            ap, mr2 = _fixed_metrics(images, types, iou_thr, fixed if kind == "miss" else frozenset(),
-                                     fixed if kind == "false_positive" else frozenset())
-            rows.append({"kind": kind, "type": name, "count": count, "share": count / total if total else np.nan,
-                         "miss_rate_gain": count / n_persons if kind == "miss" and n_persons else 0.0,
-                         "ap_gain": ap - base_ap, "mr2_gain": base_mr2 - mr2})
-    return pd.DataFrame(rows)
+    tally = ErrorTally(iou_thr)
+    tally.add(list(images), types)
+    return tally.summary()
 
 
 def person_candidates(candidates, index: int, class_index: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -39,7 +39,7 @@ from detection.attributes import KEYS, attribute_frame
 from detection.datasets.tables import rows_to_table
 from detection.evaluation import MATCH_IOU, ImageEval, match
 from detection.miss_rate import CITYPERSONS_SUBSETS, CURVE_FPPI, MissRateCurve, subset_miss_rates
-from detection.miss_types import CandidateImage, classify_errors, error_summary, person_candidates
+from detection.miss_types import CandidateImage, ErrorTally, classify_errors, person_candidates
 from detection.slices import SliceConfig, find_slices, slice_mask
 from tasks.model_cache import detector_model, load_image, task_device
 from tasks.params import Params
@@ -255,36 +255,60 @@ def candidate_image(annotations: list[dict], detections: list[dict], person_clas
                                    gt_ignore=[bool(x["iscrowd"]) for x in persons], other_boxes=other)
 
 
+MISS_TYPES_BATCH = 2048     # images typed at a time: the pre-NMS candidates and per-image objects of one batch
+
+
+def _image_batches(images: pa.Table, tables: dict[str, pa.Table], batch: int):
+    """Yield (the ``images`` rows [s, s + batch), {name: the rows of ``tables[name]`` of those images, in table
+    order}) for s = 0, batch, 2 batch, ...: each table is grouped once by its images' positions (rows of an image not
+    in ``images`` are dropped), so the batches together cost one pass, not one filter of the whole table each."""
+    grouped = {}
+    for name, table in tables.items():
+        pos = pc.fill_null(pc.index_in(table["image_id"], value_set=images["image_id"]), -1).to_numpy().astype(np.int64)
+        order = np.argsort(pos, kind="stable")
+        grouped[name] = (table.take(pa.array(order)), pos[order])
+    for s in range(0, images.num_rows, batch):
+        rows = images.slice(s, batch)
+        yield rows, {name: t.slice(lo, hi - lo) for name, (t, p) in grouped.items()
+                     for lo, hi in [np.searchsorted(p, [s, s + batch])]}
+
+
 def miss_types(params: Params, images: pa.Table, annotations: pa.Table, detections: pa.Table,
                outcomes: pd.DataFrame, errors: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row per missed pedestrian with its type, the type summary of :func:`detection.miss_types.error_summary`)
     at the audited detector's conf. The detector's candidates before NMS are computed once per image with a missed
     pedestrian; other images keep their final detections only (enough to type their false positives). An
-    unreadable image adds an ``errors`` row and is left out (its misses stay untyped)."""
+    unreadable image adds an ``errors`` row and is left out (its misses stay untyped). Images are typed
+    :data:`MISS_TYPES_BATCH` at a time and summarised with :class:`detection.miss_types.ErrorTally`, so memory
+    holds one batch's candidates (thousands per image for a real detector) and per-image objects, not the dataset's."""
     spec = params.explain_detector()
     seen = min(SEEN_SCORE, spec.conf)           # candidates below this are background (never above the threshold)
-    anns = _by_image(annotations.select(["image_id", "ann_id", "category", "bbox", "iscrowd", "occlusion"]))
-    dets = _by_image(_person_detections(detections, spec.id, spec.person_class))
     with_miss = set(outcomes.loc[outcomes["missed"] > 0, "image_id"])
-    rows_img = images.select(["image_id", "uri"]).to_pylist()
-    cands = _candidates(params, [r for r in rows_img if r["image_id"] in with_miss], errors)
-    cand_images, types, rows = [], [], []
-    for img in rows_img:
-        if img["image_id"] in with_miss and img["image_id"] not in cands:
-            continue                                                    # unreadable: in errors
-        i = img["image_id"]
-        persons, ci = candidate_image(anns.get(i, []), dets.get(i, []), spec.person_class, cands.get(i, NO_CANDIDATES))
-        t = classify_errors(ci, spec.conf, seen_score=seen)
-        cand_images.append(ci)
-        types.append(t)
-        for g, x in enumerate(persons):
-            if t.gt_type[g] not in ("found", "ignored"):
-                rows.append({"image_id": img["image_id"], "ann_id": x["ann_id"], "miss_type": t.gt_type[g],
-                             "best_iou": t.gt_best_iou[g], "best_score": t.gt_best_score[g],
-                             "height": x["bbox"][3] - x["bbox"][1], "occlusion": x["occlusion"]})
+    tables = {"anns": annotations.select(["image_id", "ann_id", "category", "bbox", "iscrowd", "occlusion"]),
+              "dets": _person_detections(detections, spec.id, spec.person_class)}
+    tally, rows = ErrorTally(), []
+    for batch, parts in _image_batches(images.select(["image_id", "uri"]), tables, MISS_TYPES_BATCH):
+        anns, dets = _by_image(parts["anns"]), _by_image(parts["dets"])
+        rows_img = batch.to_pylist()
+        cands = _candidates(params, [r for r in rows_img if r["image_id"] in with_miss], errors)
+        cand_images, types = [], []
+        for img in rows_img:
+            i = img["image_id"]
+            if i in with_miss and i not in cands:
+                continue                                                # unreadable: in errors
+            persons, ci = candidate_image(anns.get(i, []), dets.get(i, []), spec.person_class,
+                                          cands.pop(i, NO_CANDIDATES))
+            t = classify_errors(ci, spec.conf, seen_score=seen)
+            cand_images.append(ci)
+            types.append(t)
+            rows.extend({"image_id": i, "ann_id": x["ann_id"], "miss_type": t.gt_type[g], "best_iou": t.gt_best_iou[g],
+                         "best_score": t.gt_best_score[g], "height": x["bbox"][3] - x["bbox"][1],
+                         "occlusion": x["occlusion"]}
+                        for g, x in enumerate(persons) if t.gt_type[g] not in ("found", "ignored"))
+        tally.add(cand_images, types)
     misses = pd.DataFrame(rows, columns=["image_id", "ann_id", "miss_type", "best_iou", "best_score", "height",
                                          "occlusion"])
-    return misses, error_summary(cand_images, spec.conf, seen_score=seen, types=types)
+    return misses, tally.summary()
 
 
 # ---------------------------------------------------------------------------------------------------- the task

@@ -118,3 +118,51 @@ def test_without_ground_truth_the_tables_are_empty_and_the_summary_says_why():
                                                 None, None, None)
     assert tables["slices"].num_rows == 0 and tables["misses"].num_rows == 0 and errors == []
     assert summary["ground_truth"] is False and "cannot be computed" in summary["reason"]
+
+
+def test_miss_types_typed_in_batches_equal_one_batch_and_skip_unreadable_images(monkeypatch):
+    """The miss types (tasks.audit_slices.miss_types) are computed MISS_TYPES_BATCH images at a time with an
+    ErrorTally: batches of 4 images give the same misses table and type summary as one batch of all, images'
+    rows are routed to their own batch, and an image whose candidates could not be computed is left out."""
+    import tasks.audit_slices as audit
+
+    rng = np.random.default_rng(3)
+    anns, dets, images = [], [], []
+    for i in range(23):
+        images.append({"image_id": f"i{i}", "uri": f"i{i}.png"})
+        for k in range(int(rng.integers(0, 4))):
+            box = [40.0 * k, 0.0, 40.0 * k + 20, 60.0]
+            anns.append(_ann(f"i{i}", f"i{i}p{k}", box, occlusion=float(rng.uniform(0, 0.6))))
+            if rng.random() < 0.6:
+                dets.append(_det(f"i{i}", [b + float(rng.normal(0, 3)) for b in box], float(rng.uniform(0, 1)),
+                                 model="demo-yolo"))
+        dets.append(_det(f"i{i}", [200, 0, 220, 60], float(rng.uniform(0, 1)), model="demo-yolo"))
+    anns.append(_ann("i5", "car", [0, 0, 30, 30], category="car"))
+    images_t, anns_t, dets_t = (pa.Table.from_pylist(images), rows_to_table(anns, "annotations"),
+                                rows_to_table(dets, "detections"))
+    rows = person_outcomes(anns_t, dets_t, "demo-yolo", "person", 0.25)
+
+    def candidates(params, imgs, errors):          # a stand-in detector: fixed candidates per image; i7 unreadable
+        out = {}
+        for img in imgs:
+            if img["image_id"] == "i7":
+                errors.append({"image_id": "i7", "error_type": "unreadable"})
+                continue
+            r = np.random.default_rng(int(img["image_id"][1:]))
+            boxes = np.array([[40.0 * k + r.normal(0, 8), 0, 40.0 * k + 20, 60] for k in range(4)])
+            out[img["image_id"]] = (boxes, r.uniform(0, 1, 4))
+        return out
+
+    monkeypatch.setattr(audit, "_candidates", candidates)
+    results = []
+    for batch in (4, 10_000):
+        monkeypatch.setattr(audit, "MISS_TYPES_BATCH", batch)
+        errors = []
+        results.append((*audit.miss_types(Params(), images_t, anns_t, dets_t, rows, errors), errors))
+    (m4, s4, e4), (m1, s1, e1) = results
+    assert len(m1) > 5 and m1["miss_type"].nunique() >= 2
+    pd.testing.assert_frame_equal(m4, m1)
+    pd.testing.assert_frame_equal(s4, s1)
+    assert e4 == e1 == [{"image_id": "i7", "error_type": "unreadable"}]
+    assert "i7" not in set(m1["image_id"]) and "i7" in set(rows.loc[rows["missed"] > 0, "image_id"])
+    assert s1["count"].sum() > 0

@@ -2,6 +2,7 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -191,3 +192,33 @@ def test_background_false_positive_and_its_gain():
     summary = error_summary([img], CONF).set_index("type")
     assert summary.loc["localisation", "ap_gain"] == pytest.approx(0.5 - 1 / 3)   # a is taken: the loc box goes
     assert summary.loc["duplicate", "count"] == 0 and summary.loc["duplicate", "ap_gain"] == 0.0
+
+
+def test_error_tally_fed_in_batches_equals_the_summary_of_all_images():
+    """ErrorTally.add batch by batch (an empty batch included) gives error_summary's table of every image,
+    gains included; mismatched lengths are refused."""
+    from detection.miss_types import ErrorTally
+
+    rng = np.random.default_rng(0)
+
+    def boxes(n):
+        xy = rng.uniform(0, 200, (n, 2))
+        return np.c_[xy, xy + rng.uniform(5, 60, (n, 2))]
+
+    images = []
+    for _ in range(60):
+        g, d = rng.integers(0, 5), rng.integers(0, 7)
+        gt = boxes(g)
+        det = np.r_[gt[:min(g, d)] + rng.normal(0, 4, (min(g, d), 4)), boxes(d - min(g, d))]
+        cand = np.r_[gt + rng.normal(0, 6, gt.shape), boxes(rng.integers(0, 10))]
+        images.append(CandidateImage(gt, det, rng.uniform(0, 1, len(det)).round(1), cand,
+                                     rng.uniform(0, 1, len(cand)), rng.uniform(0, 1, g) < 0.15, boxes(2)))
+    types = [classify_errors(x, CONF) for x in images]
+    whole = error_summary(images, CONF, types=types)
+    tally = ErrorTally()
+    for lo, hi in ((0, 7), (7, 7), (7, 30), (30, 53), (53, 60)):
+        tally.add(images[lo:hi], types[lo:hi])
+    pd.testing.assert_frame_equal(tally.summary(), whole)
+    assert whole["count"].sum() > 20 and whole["ap_gain"].abs().sum() > 0
+    with pytest.raises(ValueError, match="2 images but 1"):
+        tally.add(images[:2], types[:1])
