@@ -195,6 +195,9 @@ def p_value(inside: np.ndarray, outside: np.ndarray) -> float:
     return float(stats.ttest_ind(inside, outside, equal_var=False).pvalue)
 
 
+GRAM_CHUNK_ELEMENTS = 1 << 20       # float64 elements of one chunk of rows in _row_chunked_grams (8 MiB)
+
+
 def _dense_eval(finder, x_encoded: sparse.csr_matrix, errors: np.ndarray, slices: sparse.csr_matrix,
                 level: int) -> np.ndarray | None:
     """SliceLine's ``_eval_slice`` statistics [M, 4] (score, error sum, max error, size) of the candidate slices
@@ -214,18 +217,17 @@ def _dense_eval(finder, x_encoded: sparse.csr_matrix, errors: np.ndarray, slices
     if cache.get("key") is not x_encoded:
         cache.clear()
         cache["key"] = x_encoded
-        cache["rows"] = np.ascontiguousarray(x_encoded.toarray() != 0)             # [N, D] bool
+        cache["rows"] = np.ascontiguousarray(sparse.csr_matrix(x_encoded).astype(bool).toarray())   # [N, D] bool
     rows: np.ndarray = cache["rows"]
     errors = np.asarray(errors, float).reshape(-1)
     values = np.unique(errors[errors > 0])
     if level == 2 and values.size <= 16 and np.array_equal(values, np.round(values)):
-        dense = rows.astype(np.float64)
         a, b = preds[:, 0], preds[:, 1]
-        sizes = (dense.T @ dense)[a, b]
-        sums = (dense.T @ (dense * errors[:, None]))[a, b]
+        grams = _row_chunked_grams(rows, [errors, *((errors == v).astype(float) for v in values)])
+        sizes, sums = grams[0][a, b], grams[1][a, b]
         top = np.zeros(m)
-        for value in values:                                                      # ascending: the largest wins
-            top[(dense.T @ (dense * (errors == value)[:, None]))[a, b] > 0] = value
+        for value, gram in zip(values, grams[2:]):                               # ascending: the largest wins
+            top[gram[a, b] > 0] = value
     else:
         sizes, sums, top = np.zeros(m), np.zeros(m), np.zeros(m)
         chunk = max(1, 2_000_000 // max(1, rows.shape[0]))
@@ -237,6 +239,22 @@ def _dense_eval(finder, x_encoded: sparse.csr_matrix, errors: np.ndarray, slices
             top[s:s + chunk] = weighted.max(0)
     scores = finder._score(sizes, sums, x_encoded.shape[0])
     return np.column_stack([scores, sums, top, sizes])
+
+
+def _row_chunked_grams(rows: np.ndarray, weights: list[np.ndarray]) -> list[np.ndarray]:
+    """[``XᵀX``, then ``Xᵀ diag(w) X`` for each ``w`` in ``weights`` ([N] each)], [D, D] float64, of the 0 / 1
+    matrix ``rows`` [N, D], summed over chunks of :data:`GRAM_CHUNK_ELEMENTS` // D rows: memory O(chunk × D), not
+    O(N × D) float64 (whole-matrix copies made SliceLine's peak memory grow with the number of targets). Integer
+    weights give integer sums, exact in float64 whatever the chunking."""
+    n, d = rows.shape
+    out = [np.zeros((d, d)) for _ in range(len(weights) + 1)]
+    step = max(1, GRAM_CHUNK_ELEMENTS // max(1, d))
+    for s in range(0, n, step):
+        x = rows[s:s + step].astype(np.float64)                                  # [chunk, D]
+        out[0] += x.T @ x
+        for acc, w in zip(out[1:], weights):
+            acc += x.T @ (x * w[s:s + step, None])
+    return out
 
 
 @functools.cache

@@ -77,11 +77,13 @@ def test_a_slices_interval_does_not_depend_on_pruning():
 
 @pytest.mark.parametrize("level", [2, 3])
 @pytest.mark.parametrize("kind", ["binary", "counts", "continuous"])
-def test_dense_statistics_equal_the_packages_per_candidate(level, kind):
+@pytest.mark.parametrize("gram_chunk", [1 << 20, 1000])            # one chunk of rows; chunks of 1000 // D rows
+def test_dense_statistics_equal_the_packages_per_candidate(level, kind, gram_chunk, monkeypatch):
     from scipy import sparse
     from sklearn.preprocessing import OneHotEncoder
     from sliceline.slicefinder import Slicefinder
 
+    import detection.slices
     from detection.slices import _dense_eval
 
     codes, rng = _codes(800, 11)
@@ -96,6 +98,7 @@ def test_dense_statistics_equal_the_packages_per_candidate(level, kind):
                                shape=(300, x.shape[1]))
     finder = Slicefinder(alpha=0.95, verbose=False)
     finder.average_error_ = float(errors.mean())
+    monkeypatch.setattr(detection.slices, "GRAM_CHUNK_ELEMENTS", gram_chunk)
     ours = _dense_eval(finder, x, errors, slices, level)
     theirs = np.asarray(Slicefinder._eval_slice(finder, x, errors, slices, level), float)
     assert ours.shape == theirs.shape == (300, 4)
