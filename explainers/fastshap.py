@@ -24,13 +24,12 @@ image with every player hidden: 2 model forwards in one call, the only model for
 
 Training (``tasks.fastshap_train``): the FastSHAP weighted least-squares objective on coalitions drawn from the
 Shapley kernel, paired, of training-split persons; the weights file (:class:`FastShapCheckpoint`) records the audited
-model's weights fingerprint (``explainers.rexl.weights_fingerprint``), the players, the perturbation, the crop and a
+model's weights fingerprint (``explainers.trained.weights_fingerprint``), the players, the perturbation, the crop and a
 held-out accuracy record (exact Shapley values by enumeration on held-out training-split persons). The explainer
 refuses a model, a player set, a grouping or a perturbation other than the ones it was trained for.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,7 @@ from detection.body import PART_GROUPS
 from explainers.base import Explainer, Explanation, paint, region_set
 from explainers.game import RegionGame
 from explainers.perturb import Perturbation, make_perturbation
-from explainers.rexl import weights_fingerprint
+from explainers.trained import load_checkpoint, save_checkpoint, tensors_sha256, weights_fingerprint
 
 FORMAT = "xai-audit/fastshap-parts"
 VERSION = 1
@@ -189,40 +188,19 @@ class FastShapCheckpoint:
                 "state_dict": {k: v.detach().cpu() for k, v in self.state_dict.items()}}
 
     def digest(self) -> str:
-        """First 12 hex digits of the SHA-256 of the weights (names, shapes, bytes in name order)."""
-        h = hashlib.sha256()
-        for name, t in sorted(self.state_dict.items()):
-            t = t.detach().cpu().contiguous()
-            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        return h.hexdigest()[:12]
+        """First 12 hex digits of :func:`explainers.trained.tensors_sha256` of the weights."""
+        return tensors_sha256(self.state_dict)[:12]
 
     def save(self, path: str | Path) -> Path:
-        """Write atomically (a temporary name first)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.to_dict(), tmp)
-        tmp.replace(path)
-        return path
+        """Write atomically (:func:`explainers.trained.save_checkpoint`)."""
+        return save_checkpoint(self.to_dict(), path)
 
     @classmethod
     def load(cls, path: str | Path) -> FastShapCheckpoint:
         """Read a weights file. Raises FileNotFoundError for a missing file, ValueError naming the file for one that
-        is unreadable, of another format or version, or missing a key."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"fastshap: weights file not found: {path} (train one with tasks.fastshap_train)")
-        try:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"fastshap: {path} is not a readable weights file ({type(exc).__name__}: {exc})") from None
-        if not isinstance(raw, dict) or raw.get("format") != FORMAT or raw.get("version") != VERSION:
-            got = (raw.get("format"), raw.get("version")) if isinstance(raw, dict) else type(raw).__name__
-            raise ValueError(f"fastshap: {path} is not a {FORMAT} version {VERSION} file (got {got})")
-        missing = [k for k in cls.REQUIRED if k not in raw]
-        if missing:
-            raise ValueError(f"fastshap: {path} misses {missing}")
+        is unreadable, of another format or version, or missing a key (:func:`explainers.trained.load_checkpoint`)."""
+        raw = load_checkpoint(path, FORMAT, VERSION, cls.REQUIRED, "fastshap weights",
+                              "train one with tasks.fastshap_train")
         ckpt = cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
         ckpt.players, ckpt.crop_size = tuple(ckpt.players), tuple(ckpt.crop_size)
         return ckpt
@@ -244,7 +222,7 @@ class FastShapParts(Explainer):
     ``weights``: a weights file written by ``tasks.fastshap_train`` (:class:`FastShapCheckpoint`) or a loaded
     checkpoint. ``grouping``: the part grouping the caller's regions follow (None: the one trained for). The guard
     raises ValueError naming both sides when the audited model's weights fingerprint
-    (:func:`~explainers.rexl.weights_fingerprint`), the grouping or the perturbation differ from what the network
+    (:func:`~explainers.trained.weights_fingerprint`), the grouping or the perturbation differ from what the network
     was trained for (``check_weights=False`` skips the model check: only for sanity checks that feed a randomised
     model on purpose; recorded in the options).
 

@@ -71,7 +71,6 @@ reported in ``options['n_feature_forward']`` and :attr:`RexlExplanation.n_featur
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,44 +83,16 @@ from torch import nn
 from explainers.base import Explainer, Explanation, region_means
 from explainers.perturb import Perturbation, make_perturbation
 from explainers.regions import grid_regions
+from explainers.trained import load_checkpoint, save_checkpoint, tensors_sha256, weights_fingerprint
 
 FORMAT = "xai-audit/rexl-policy"
 VERSION = 1
+REQUIRED = ("model_sha256", "grid", "mode", "perturbation", "conditioning", "features", "feature_dim", "state_dict")
 MODES = ("deletion", "insertion")
 CONDITIONINGS = ("none", "class", "box")
 CREDITS = ("cumulative", "single", "rank")
 UPSAMPLING = ("bilinear", "nearest")
 DEFAULT_GRID = 7
-
-
-# ---------------------------------------------------------------------------------------------- fingerprint
-def _torch_module(scorer) -> nn.Module | None:
-    """The torch module holding the audited model's weights: ``scorer.model`` when it is one, or its ``.model``."""
-    model = getattr(scorer, "model", None)
-    for candidate in (model, getattr(model, "model", None)):
-        if isinstance(candidate, nn.Module):
-            return candidate
-    return None
-
-
-def weights_fingerprint(scorer) -> str:
-    """SHA-256 (hex) of the audited model's weights: of every tensor of its ``state_dict`` (names, dtypes, shapes and
-    bytes, in name order), so it names the weights, not the file they came from (a re-saved file with the same weights
-    has the same fingerprint). A scorer may give its own in ``weights_sha256``. Raises ValueError for a scorer whose
-    model has no torch weights and no ``weights_sha256`` (nothing to tie a policy to)."""
-    given = getattr(scorer, "weights_sha256", None)
-    if given:
-        return str(given)
-    module = _torch_module(scorer)
-    if module is None:
-        raise ValueError(f"rexl: cannot fingerprint the weights of scorer {type(scorer).__name__}: its model is no "
-                         "torch module; give the scorer a weights_sha256 attribute")
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------- features
@@ -414,33 +385,21 @@ class PolicyCheckpoint:
                 "hidden": list(self.hidden), "activation": self.activation, "training": dict(self.training),
                 "state_dict": {k: v.detach().cpu() for k, v in self.state_dict.items()}}
 
+    def digest(self) -> str:
+        """First 12 hex digits of :func:`explainers.trained.tensors_sha256` of the policy's weights (which policy an
+        explanation came from)."""
+        return tensors_sha256(self.state_dict)[:12]
+
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.to_dict(), tmp)
-        tmp.replace(path)
-        return path
+        """Write atomically (:func:`explainers.trained.save_checkpoint`)."""
+        return save_checkpoint(self.to_dict(), path)
 
     @classmethod
     def load(cls, path: str | Path) -> PolicyCheckpoint:
         """Read a policy file. Raises FileNotFoundError for a missing file, ValueError naming the file for one that
-        is not a RExL policy of this version or misses a key."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"rexl: policy file not found: {path} (train one with tasks.rexl_train)")
-        try:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"rexl: {path} is not a readable policy file ({type(exc).__name__}: {exc})") from None
-        if not isinstance(raw, dict) or raw.get("format") != FORMAT or raw.get("version") != VERSION:
-            got = raw.get("format"), raw.get("version") if isinstance(raw, dict) else type(raw).__name__
-            raise ValueError(f"rexl: {path} is not a {FORMAT} version {VERSION} file (got {got})")
+        is not a RExL policy of this version or misses a key (:func:`explainers.trained.load_checkpoint`)."""
+        raw = load_checkpoint(path, FORMAT, VERSION, REQUIRED, "rexl policy", "train one with tasks.rexl_train")
         keys = [f for f in cls.__dataclass_fields__ if f in raw]
-        missing = [f for f in ("model_sha256", "grid", "mode", "perturbation", "conditioning", "features",
-                               "feature_dim", "state_dict") if f not in raw]
-        if missing:
-            raise ValueError(f"rexl: {path} misses {missing}")
         ckpt = cls(**{k: raw[k] for k in keys})
         ckpt.hidden = tuple(ckpt.hidden)
         return ckpt
@@ -541,7 +500,7 @@ class Rexl(Explainer):
         return {**super().options(), "grid": c.grid, "mode": c.mode, "credit": self.credit,
                 "upsample": self.upsample, "check_weights": self.check_weights,
                 "conditioning": c.conditioning, "features": c.features.get("kind"),
-                "policy": self.source, "policy_sha256": policy_digest(c), "model_sha256": c.model_sha256[:12],
+                "policy": self.source, "policy_sha256": c.digest(), "model_sha256": c.model_sha256[:12],
                 "regime": c.training.get("regime")}
 
     def min_budget(self, num_regions, num_targets):
@@ -623,15 +582,5 @@ class Rexl(Explainer):
         return saliency, relevance, {"full_score": full, "empty_score": empty}
 
 
-def policy_digest(ckpt: PolicyCheckpoint) -> str:
-    """First 12 hex digits of the SHA-256 of a policy's weights (which policy an explanation came from)."""
-    h = hashlib.sha256()
-    for name, t in sorted(ckpt.state_dict.items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:12]
-
-
 __all__ = ["BackboneFeatures", "CellGame", "FixedCNN", "PolicyCheckpoint", "Rexl", "RexlExplanation", "RexlPolicy",
-           "box_condition", "cell_saliency", "condition_dim", "make_features", "observation", "upsample_cells",
-           "weights_fingerprint"]
+           "box_condition", "cell_saliency", "condition_dim", "make_features", "observation", "upsample_cells"]

@@ -44,8 +44,8 @@ from explainers.fastshap import (
 from explainers.game import RegionGame
 from explainers.metrics import relative_error
 from explainers.perturb import Perturbation, make_perturbation
-from explainers.rexl import weights_fingerprint
 from explainers.shapley import all_coalitions, exact_coefficients
+from explainers.trained import weights_fingerprint
 from tasks.fastshap_data import CoalitionCache, Person, targets_by_person
 
 

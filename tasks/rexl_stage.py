@@ -15,7 +15,7 @@ Per model (``classifier``: ``infer.classifier``; ``detector``: the explain stage
   it was trained for these model weights) and copy it.
 
 The audited model is built as the explain stage builds it (``tasks.model_cache``), so the weights the policy is
-tied to (``explainers.rexl.weights_fingerprint``) are the ones explain will score with.
+tied to (``explainers.trained.weights_fingerprint``) are the ones explain will score with.
 """
 from __future__ import annotations
 

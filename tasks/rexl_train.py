@@ -55,7 +55,8 @@ from stable_baselines3.common.callbacks import BaseCallback
 from torch import nn
 
 from explainers.perturb import make_perturbation
-from explainers.rexl import PolicyCheckpoint, condition_dim, make_features, weights_fingerprint
+from explainers.rexl import PolicyCheckpoint, condition_dim, make_features
+from explainers.trained import weights_fingerprint
 from tasks.rexl_env import Episode, RexlVecEnv, feature_stats
 
 REGIMES = ("dataset", "class", "image")

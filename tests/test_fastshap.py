@@ -13,7 +13,7 @@ from explainers.base import BudgetError
 from explainers.fastshap import Crop, FastShapCheckpoint, FastShapParts, player_names
 from explainers.metrics import relative_error
 from explainers.perturb import make_perturbation
-from explainers.rexl import weights_fingerprint
+from explainers.trained import weights_fingerprint
 from tasks.fastshap_data import CoalitionCache, Person, kernel_pairs, person_coalitions, targets_by_person
 from tasks.fastshap_train import build_checkpoint, exact_check, mirror_permutation, person_sample, train_network
 

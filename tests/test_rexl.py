@@ -16,8 +16,8 @@ from explainers.rexl import (
     box_condition,
     cell_labels,
     cell_saliency,
-    weights_fingerprint,
 )
+from explainers.trained import weights_fingerprint
 from tasks.rexl_env import Episode, RexlEnv, RexlVecEnv, feature_stats
 
 GRID, SIZE = 7, 28          # 4-px cells: the metric's pixel fractions fall on cell boundaries
