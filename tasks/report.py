@@ -178,7 +178,8 @@ def fig_breakdown(shares: pd.DataFrame, job: str, column: str, order: list[str],
         index=parts, columns=order)
     counts = sel.groupby(column)["target_id"].nunique().reindex(order)
     fig, ax = plt.subplots(figsize=(1.4 + 1.25 * len(order), 4.2))
-    vmax = np.nanmax(np.abs(table.values)) if table.size else 1.0
+    finite = np.abs(table.values[np.isfinite(table.values)])
+    vmax = float(finite.max()) if finite.size and finite.max() > 0 else 1.0   # all zero / NaN: a valid colour range
     im = ax.imshow(table.values, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto")
     for (i, j), v in np.ndenumerate(table.values):
         if np.isfinite(v):

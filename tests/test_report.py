@@ -2,6 +2,7 @@
 count with the found / missed rule of infer's recall. Pure functions of the tables: no flow, no model."""
 import numpy as np
 import pandas as pd
+import pytest
 
 from tasks.report import ReportInputs, build_report, quality_table
 
@@ -146,3 +147,17 @@ def test_reliance_is_claimed_only_when_the_validated_jobs_agree_and_pass_sanity(
     assert reliance_sentence(two_jobs_one_method, inp({})).startswith("No reliance claim yet")
     only_unvalidated = shares({"bayes_shapley@parts": "head"})
     assert reliance_sentence(only_unvalidated, inp({})).startswith("No reliance claim: none of")
+
+
+@pytest.mark.parametrize("value", [0.0, float("nan")])
+def test_a_breakdown_of_all_zero_or_undefined_shares_draws_without_warnings(value):
+    """A heat map whose shares are all 0 (nothing relevant) or all undefined still gets a valid colour range."""
+    import warnings
+
+    from tasks.report import fig_breakdown
+
+    shares = pd.DataFrame({"job": "j", "part": ["head", "torso"] * 2, "height": ["small", "small", "large", "large"],
+                           "share": value, "target_id": ["a", "a", "b", "b"]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fig_breakdown(shares, "j", "height", ["small", "large"], "t")
