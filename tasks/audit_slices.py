@@ -210,7 +210,10 @@ def _candidates(params: Params, images: list[dict], errors: list[dict]) -> dict[
     """image_id -> (boxes [K, 4], person scores [K]) of the audited detector's candidates before NMS, for ``images``
     (``images`` rows), batched by image size in ``explain.chunk_size`` images; unreadable images get an ``errors``
     row and no entry. Memory: one batch of decoded images at a time (a first pass decodes each image once, on the
-    CPU, only to learn whether it loads and its size, so the batches are the same as when every image was held)."""
+    CPU, only to learn whether it loads and its size, so the batches are the same as when every image was held).
+    The detector's batches are formed within ``images``: :func:`miss_types` passes one :data:`MISS_TYPES_BATCH` at a
+    time, so for a model whose outputs depend on a batch's make-up in their last bits (as with ``chunk_size``) the
+    scores can differ in those bits from a call with every image."""
     spec = params.explain_detector()
     device = task_device(params.explain.device)
     groups: dict[tuple[int, int], list[dict]] = {}
@@ -297,7 +300,7 @@ def miss_types(params: Params, images: pa.Table, annotations: pa.Table, detectio
             if i in with_miss and i not in cands:
                 continue                                                # unreadable: in errors
             persons, ci = candidate_image(anns.get(i, []), dets.get(i, []), spec.person_class,
-                                          cands.pop(i, NO_CANDIDATES))
+                                          cands.get(i, NO_CANDIDATES))
             t = classify_errors(ci, spec.conf, seen_score=seen)
             cand_images.append(ci)
             types.append(t)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from detection.evaluation import ImageEval, average_precision
+from detection.miss_rate import log_average_miss_rate
 from detection.miss_types import CandidateImage, classify_errors, error_summary, fixed_images, person_candidates
 from detection.models.base import Candidates
 
@@ -220,5 +221,14 @@ def test_error_tally_fed_in_batches_equals_the_summary_of_all_images():
         tally.add(images[lo:hi], types[lo:hi])
     pd.testing.assert_frame_equal(tally.summary(), whole)
     assert whole["count"].sum() > 20 and whole["ap_gain"].abs().sum() > 0
+    # pinned to the reference metrics of the fixed images: AP and MR-2 of fixed_images(...) for every oracle fix
+    base = fixed_images(images, types)
+    base_ap, base_mr2 = average_precision(base), log_average_miss_rate(base)
+    for _, row in whole.iterrows():
+        fixed = frozenset({row["type"]})
+        evals = fixed_images(images, types, drop_gt=fixed if row["kind"] == "miss" else frozenset(),
+                             fix_det=fixed if row["kind"] == "false_positive" else frozenset())
+        assert row["ap_gain"] == average_precision(evals) - base_ap
+        assert row["mr2_gain"] == base_mr2 - log_average_miss_rate(evals)
     with pytest.raises(ValueError, match="2 images but 1"):
         tally.add(images[:2], types[:1])
