@@ -204,11 +204,16 @@ def log_average_miss_rate_interval(images: Sequence[ImageEval], iou_thr: float =
                                    det_height: tuple[float, float] | None = None, n_boot: int = 1000,
                                    confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
     """Percentile-bootstrap interval of MR⁻² resampling images (their persons and detections together)."""
-    counts = image_counts(images, iou_thr, det_height)
-    if counts.positives.sum() == 0 or not len(images):
+    return _counts_interval(image_counts(images, iou_thr, det_height), n_boot, confidence, seed)
+
+
+def _counts_interval(counts: _Counts, n_boot: int = 1000, confidence: float = 0.95,
+                     seed: int = 0) -> tuple[float, float]:
+    """:func:`log_average_miss_rate_interval` from the images' :class:`_Counts`."""
+    n = len(counts.positives)
+    if counts.positives.sum() == 0 or not n:
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
-    n = len(images)
     chunk = boot_chunk(len(counts.scores) + n)
     values = []
     for start in range(0, n_boot, chunk):
@@ -220,24 +225,49 @@ def log_average_miss_rate_interval(images: Sequence[ImageEval], iou_thr: float =
     return float(np.quantile(values, tail)), float(np.quantile(values, 1 - tail))
 
 
+def subset_counts(images: Sequence[ImageEval], subsets: dict[str, Subset] | None = None, scale: float = 1.0,
+                  iou_thr: float = MATCH_IOU) -> dict[str, _Counts]:
+    """Per subset (default :data:`CITYPERSONS_SUBSETS`) the matching's counts of ``images`` restricted to it (what
+    :func:`subset_miss_rates` reads): per counted detection its score, true-positive flag and image; per image its
+    persons. A dataset's images can be counted batch by batch and the batches joined with :func:`join_counts`."""
+    out = {}
+    for name, subset in (subsets or CITYPERSONS_SUBSETS).items():
+        height = (subset.height[0] * scale, subset.height[1] * scale)
+        out[name] = image_counts([restrict(i, subset, scale) for i in images], iou_thr, height)
+    return out
+
+
+def join_counts(batches: Sequence[_Counts]) -> _Counts:
+    """The :class:`_Counts` of consecutive image batches as one (image indices offset by the images before)."""
+    offsets = np.cumsum([0] + [len(c.positives) for c in batches[:-1]])
+    cat = lambda xs, dt: np.concatenate(xs).astype(dt) if len(xs) else np.zeros(0, dt)  # noqa: E731
+    return _Counts(cat([c.scores for c in batches], float), cat([c.tp for c in batches], bool),
+                   cat([c.image + o for c, o in zip(batches, offsets)], int),
+                   cat([c.positives for c in batches], float))
+
+
 def subset_miss_rates(images: Sequence[ImageEval], subsets: dict[str, Subset] | None = None, scale: float = 1.0,
                       iou_thr: float = MATCH_IOU, n_boot: int = 0, seed: int = 0,
                       curve_points: np.ndarray | None = None) -> dict[str, dict]:
     """Per subset (default :data:`CITYPERSONS_SUBSETS`): ``mr2`` (MR⁻²), ``persons`` counted and, with ``n_boot``,
     ``low`` / ``high`` of its bootstrap interval; with ``curve_points`` (e.g. :data:`CURVE_FPPI`) also ``curve``,
     the subset's :class:`MissRateCurve` read there (empty when no person is counted). ``images`` need
-    ``gt_attrs['visibility']``."""
+    ``gt_attrs['visibility']``. For a dataset too large to hold as ImageEval objects, count it batch by batch
+    (:func:`subset_counts`, :func:`join_counts`) and call :func:`counted_miss_rates`."""
+    return counted_miss_rates(subset_counts(images, subsets, scale, iou_thr), n_boot, seed, curve_points)
+
+
+def counted_miss_rates(counts: dict[str, _Counts], n_boot: int = 0, seed: int = 0,
+                       curve_points: np.ndarray | None = None) -> dict[str, dict]:
+    """:func:`subset_miss_rates` from each subset's :class:`_Counts` (:func:`subset_counts`)."""
     out = {}
-    for name, subset in (subsets or CITYPERSONS_SUBSETS).items():
-        sub = [restrict(i, subset, scale) for i in images]
-        height = (subset.height[0] * scale, subset.height[1] * scale)
-        counts = image_counts(sub, iou_thr, height)
-        persons = int(counts.positives.sum())
-        fppi, recall = _curves(counts, np.ones((1, len(sub))))
+    for name, c in counts.items():
+        persons = int(c.positives.sum())
+        fppi, recall = _curves(c, np.ones((1, len(c.positives))))
         row: dict = {"mr2": float(_lamr(fppi, recall, FPPI_POINTS)[0]) if persons else float("nan"),
                      "persons": persons}
         if n_boot:
-            row["low"], row["high"] = log_average_miss_rate_interval(sub, iou_thr, height, n_boot, seed=seed)
+            row["low"], row["high"] = _counts_interval(c, n_boot, seed=seed)
         if curve_points is not None:
             row["curve"] = (read_curve(fppi[0], 1.0 - recall[0], curve_points) if persons
                             else MissRateCurve(np.zeros(0), np.zeros(0)))

@@ -38,7 +38,14 @@ from prefect.cache_policies import NO_CACHE
 from detection.attributes import KEYS, attribute_frame
 from detection.datasets.tables import rows_to_table
 from detection.evaluation import MATCH_IOU, ImageEval, match
-from detection.miss_rate import CITYPERSONS_SUBSETS, CURVE_FPPI, MissRateCurve, subset_miss_rates
+from detection.miss_rate import (
+    CITYPERSONS_SUBSETS,
+    CURVE_FPPI,
+    MissRateCurve,
+    counted_miss_rates,
+    join_counts,
+    subset_counts,
+)
 from detection.miss_types import CandidateImage, ErrorTally, classify_errors, person_candidates
 from detection.slices import SliceConfig, find_slices, slice_mask
 from tasks.model_cache import detector_model, load_image, task_device
@@ -182,25 +189,51 @@ def slice_rows(frame: pd.DataFrame, columns: list[str], job: str | None,
 
 
 # ---------------------------------------------------------------------------------------------------- MR-2
+IMAGE_BATCH = 2048     # images matched / typed at a time (MR-2, miss types): one batch's per-image objects in memory
+
+
+def _image_batches(images: pa.Table, tables: dict[str, pa.Table], batch: int):
+    """Yield (the ``images`` rows [s, s + batch), {name: the rows of ``tables[name]`` of those images, in table
+    order}) for s = 0, batch, 2 batch, ...: each table is grouped once by its images' positions (rows of an image not
+    in ``images`` are dropped), so the batches together cost one pass, not one filter of the whole table each."""
+    grouped = {}
+    for name, table in tables.items():
+        pos = pc.fill_null(pc.index_in(table["image_id"], value_set=images["image_id"]), -1).to_numpy().astype(np.int64)
+        order = np.argsort(pos, kind="stable")
+        grouped[name] = (table.take(pa.array(order)), pos[order])
+    for s in range(0, images.num_rows, batch):
+        rows = images.slice(s, batch)
+        yield rows, {name: t.slice(lo, hi - lo) for name, (t, p) in grouped.items()
+                     for lo, hi in [np.searchsorted(p, [s, s + batch])]}
+
+
 def miss_rates(images: pa.Table, annotations: pa.Table, detections: pa.Table, model_id: str, person_class: str,
                n_boot: int = MR2_BOOT, seed: int = 0) -> dict[str, dict]:
     """MR⁻² with bootstrap intervals on CityPersons' Reasonable, small and heavy-occlusion subsets over every image
     (crowd annotations: ignore regions; visibility = 1 - occlusion, unknown = visible; NaN values as None), each
     with ``curve``: its miss rate vs FPPI read at :data:`detection.miss_rate.CURVE_FPPI`
-    (:class:`detection.miss_rate.MissRateCurve`)."""
-    gt = _by_image(annotations.filter(pc.equal(annotations["category"], person_class))
-                   .select(["image_id", "bbox", "iscrowd", "occlusion"]))
-    dets = _by_image(_person_detections(detections, model_id, person_class))
-    evals = []
-    for image_id in images["image_id"].to_pylist():
-        g, d = gt.get(image_id, []), dets.get(image_id, [])
-        occ = np.array([np.nan if a["occlusion"] is None else a["occlusion"] for a in g], float)
-        evals.append(ImageEval(np.array([x["bbox"] for x in d], float).reshape(-1, 4),
-                               np.array([x["score"] for x in d], float),
-                               np.array([a["bbox"] for a in g], float).reshape(-1, 4),
-                               np.array([bool(a["iscrowd"]) for a in g], bool), {"visibility": 1.0 - occ}))
-    rates = subset_miss_rates(evals, {k: CITYPERSONS_SUBSETS[k] for k in MR2_SUBSETS}, n_boot=n_boot, seed=seed,
-                              curve_points=CURVE_FPPI)
+    (:class:`detection.miss_rate.MissRateCurve`). Images are matched :data:`IMAGE_BATCH` at a time
+    (:func:`detection.miss_rate.subset_counts`), so memory holds one batch's per-image objects and the dataset's
+    per-detection counts (~17 bytes a detection per subset)."""
+    subsets = {k: CITYPERSONS_SUBSETS[k] for k in MR2_SUBSETS}
+    tables = {"gt": annotations.filter(pc.equal(annotations["category"], person_class))
+              .select(["image_id", "bbox", "iscrowd", "occlusion"]),
+              "dets": _person_detections(detections, model_id, person_class)}
+    batches: dict[str, list] = {k: [] for k in subsets}
+    for batch, parts in _image_batches(images.select(["image_id"]), tables, IMAGE_BATCH):
+        gt, dets = _by_image(parts["gt"]), _by_image(parts["dets"])
+        evals = []
+        for image_id in batch["image_id"].to_pylist():
+            g, d = gt.get(image_id, []), dets.get(image_id, [])
+            occ = np.array([np.nan if a["occlusion"] is None else a["occlusion"] for a in g], float)
+            evals.append(ImageEval(np.array([x["bbox"] for x in d], float).reshape(-1, 4),
+                                   np.array([x["score"] for x in d], float),
+                                   np.array([a["bbox"] for a in g], float).reshape(-1, 4),
+                                   np.array([bool(a["iscrowd"]) for a in g], bool), {"visibility": 1.0 - occ}))
+        for k, c in subset_counts(evals, subsets).items():
+            batches[k].append(c)
+    rates = counted_miss_rates({k: join_counts(v) for k, v in batches.items()}, n_boot=n_boot, seed=seed,
+                               curve_points=CURVE_FPPI)
     return {k: {m: None if isinstance(v, float) and not np.isfinite(v) else v for m, v in r.items()}
             for k, r in rates.items()}
 
@@ -211,7 +244,7 @@ def _candidates(params: Params, images: list[dict], errors: list[dict]) -> dict[
     (``images`` rows), batched by image size in ``explain.chunk_size`` images; unreadable images get an ``errors``
     row and no entry. Memory: one batch of decoded images at a time (a first pass decodes each image once, on the
     CPU, only to learn whether it loads and its size, so the batches are the same as when every image was held).
-    The detector's batches are formed within ``images``: :func:`miss_types` passes one :data:`MISS_TYPES_BATCH` at a
+    The detector's batches are formed within ``images``: :func:`miss_types` passes one :data:`IMAGE_BATCH` at a
     time, so for a model whose outputs depend on a batch's make-up in their last bits (as with ``chunk_size``) the
     scores can differ in those bits from a call with every image."""
     spec = params.explain_detector()
@@ -258,31 +291,13 @@ def candidate_image(annotations: list[dict], detections: list[dict], person_clas
                                    gt_ignore=[bool(x["iscrowd"]) for x in persons], other_boxes=other)
 
 
-MISS_TYPES_BATCH = 2048     # images typed at a time: the pre-NMS candidates and per-image objects of one batch
-
-
-def _image_batches(images: pa.Table, tables: dict[str, pa.Table], batch: int):
-    """Yield (the ``images`` rows [s, s + batch), {name: the rows of ``tables[name]`` of those images, in table
-    order}) for s = 0, batch, 2 batch, ...: each table is grouped once by its images' positions (rows of an image not
-    in ``images`` are dropped), so the batches together cost one pass, not one filter of the whole table each."""
-    grouped = {}
-    for name, table in tables.items():
-        pos = pc.fill_null(pc.index_in(table["image_id"], value_set=images["image_id"]), -1).to_numpy().astype(np.int64)
-        order = np.argsort(pos, kind="stable")
-        grouped[name] = (table.take(pa.array(order)), pos[order])
-    for s in range(0, images.num_rows, batch):
-        rows = images.slice(s, batch)
-        yield rows, {name: t.slice(lo, hi - lo) for name, (t, p) in grouped.items()
-                     for lo, hi in [np.searchsorted(p, [s, s + batch])]}
-
-
 def miss_types(params: Params, images: pa.Table, annotations: pa.Table, detections: pa.Table,
                outcomes: pd.DataFrame, errors: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row per missed pedestrian with its type, the type summary of :func:`detection.miss_types.error_summary`)
     at the audited detector's conf. The detector's candidates before NMS are computed once per image with a missed
     pedestrian; other images keep their final detections only (enough to type their false positives). An
     unreadable image adds an ``errors`` row and is left out (its misses stay untyped). Images are typed
-    :data:`MISS_TYPES_BATCH` at a time and summarised with :class:`detection.miss_types.ErrorTally`, so memory
+    :data:`IMAGE_BATCH` at a time and summarised with :class:`detection.miss_types.ErrorTally`, so memory
     holds one batch's candidates (thousands per image for a real detector) and per-image objects, not the dataset's."""
     spec = params.explain_detector()
     seen = min(SEEN_SCORE, spec.conf)           # candidates below this are background (never above the threshold)
@@ -290,7 +305,7 @@ def miss_types(params: Params, images: pa.Table, annotations: pa.Table, detectio
     tables = {"anns": annotations.select(["image_id", "ann_id", "category", "bbox", "iscrowd", "occlusion"]),
               "dets": _person_detections(detections, spec.id, spec.person_class)}
     tally, rows = ErrorTally(), []
-    for batch, parts in _image_batches(images.select(["image_id", "uri"]), tables, MISS_TYPES_BATCH):
+    for batch, parts in _image_batches(images.select(["image_id", "uri"]), tables, IMAGE_BATCH):
         anns, dets = _by_image(parts["anns"]), _by_image(parts["dets"])
         rows_img = batch.to_pylist()
         cands = _candidates(params, [r for r in rows_img if r["image_id"] in with_miss], errors)

@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+import tasks.audit_slices as audit
 from detection.datasets.tables import rows_to_table
 from tasks.audit_slices import (
     MISSED,
@@ -88,7 +89,7 @@ def test_the_outcome_table_joins_drawn_computed_and_user_attributes_and_drops_un
     assert np.isnan(frame[share_column("context")].iloc[0]) and frame[share_column("context")].iloc[1] == 0.4
 
 
-def test_mr2_per_subset_with_an_interval_around_it():
+def test_mr2_per_subset_with_an_interval_around_it(monkeypatch):
     rng = np.random.default_rng(1)
     anns, dets, images = [], [], []
     for i in range(30):
@@ -105,6 +106,12 @@ def test_mr2_per_subset_with_an_interval_around_it():
     assert set(rates) == {"reasonable", "small", "heavy_occlusion"}
     assert rates["small"]["persons"] == rates["reasonable"]["persons"] == 60         # heights 60, 70; not occluded
     assert rates["heavy_occlusion"]["persons"] == 30
+    monkeypatch.setattr(audit, "IMAGE_BATCH", 7)             # matched 7 images at a time: the same numbers
+    batched = miss_rates(pa.Table.from_pylist(images), rows_to_table(anns, "annotations"),
+                         rows_to_table(dets, "detections"), "det", "person", n_boot=100)
+    for k, r in rates.items():
+        assert {m: v for m, v in r.items() if m != "curve"} == {m: v for m, v in batched[k].items() if m != "curve"}
+        assert r["curve"].to_lists() == batched[k]["curve"].to_lists()
     for r in rates.values():
         assert 0 < r["low"] <= r["mr2"] <= r["high"] < 1
         c = r["curve"]                        # miss rate vs FPPI: FPPI up, miss rate down, ending at the last FPPI
@@ -121,11 +128,9 @@ def test_without_ground_truth_the_tables_are_empty_and_the_summary_says_why():
 
 
 def test_miss_types_typed_in_batches_equal_one_batch_and_skip_unreadable_images(monkeypatch):
-    """The miss types (tasks.audit_slices.miss_types) are computed MISS_TYPES_BATCH images at a time with an
+    """The miss types (tasks.audit_slices.miss_types) are computed IMAGE_BATCH images at a time with an
     ErrorTally: batches of 4 images give the same misses table and type summary as one batch of all, images'
     rows are routed to their own batch, and an image whose candidates could not be computed is left out."""
-    import tasks.audit_slices as audit
-
     rng = np.random.default_rng(3)
     anns, dets, images = [], [], []
     for i in range(23):
@@ -156,7 +161,7 @@ def test_miss_types_typed_in_batches_equal_one_batch_and_skip_unreadable_images(
     monkeypatch.setattr(audit, "_candidates", candidates)
     results = []
     for batch in (4, 10_000):
-        monkeypatch.setattr(audit, "MISS_TYPES_BATCH", batch)
+        monkeypatch.setattr(audit, "IMAGE_BATCH", batch)
         errors = []
         results.append((*audit.miss_types(Params(), images_t, anns_t, dets_t, rows, errors), errors))
     (m4, s4, e4), (m1, s1, e1) = results
