@@ -285,12 +285,15 @@ def _sliceline(codes: pd.DataFrame, errors: np.ndarray, config: SliceConfig,
         return []
     finder = (_finder_class() if dense else Slicefinder)(alpha=config.alpha, k=config.top_k, max_l=config.max_level,
                                                          min_sup=config.min_support, verbose=False)
+    # the labels as integer codes in sorted-label order: the one-hot columns come out in the order the package gives
+    # string labels (sorted), so the search is the same, without a [targets x attributes] array of Python objects
+    coded = [pd.factorize(codes[c].astype(str), sort=True) for c in codes.columns]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        finder.fit(codes.to_numpy(object), errors)
+        finder.fit(np.column_stack([k for k, _ in coded]).astype(np.int32), errors)
     found = []
     for row, st in zip(finder.top_slices_, finder.top_slices_statistics_):
-        preds = {col: str(v) for col, v in zip(codes.columns, row) if v is not None}
+        preds = {col: str(labels[int(v)]) for col, (_, labels), v in zip(codes.columns, coded, row) if v is not None}
         if preds:
             found.append((preds, float(st["slice_score"])))
     return found

@@ -211,10 +211,14 @@ def _pulled_tables(pulled: stages.PullOutputs) -> tuple[pa.Table, pa.Table]:
             pq.read_table(pulled.path("annotations"), columns=ANNOTATION_COLUMNS, schema=SCHEMAS["annotations"]))
 
 
+DETECTION_COLUMNS = ["image_id", "model_id", "category", "score", "bbox"]
+"""The detections columns where it fails reads (the audited model's person boxes and scores): not the keypoints,
+ids or weights hashes (at 20k images the latter are most of the table's ~20 MB)."""
+
+
 def _detections(inferred: stages.InferOutputs) -> pa.Table:
-    """Infer's detections without their keypoints (where it fails matches boxes and scores)."""
-    columns = [f.name for f in SCHEMAS["detections"] if f.name != "keypoints"]
-    return pq.read_table(inferred.path("detections"), columns=columns, schema=SCHEMAS["detections"])
+    """Infer's :data:`DETECTION_COLUMNS`."""
+    return pq.read_table(inferred.path("detections"), columns=DETECTION_COLUMNS, schema=SCHEMAS["detections"])
 
 
 def _optional(pulled: stages.PullOutputs, name: str, logger) -> pa.Table | None:
