@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from detection.datasets.synthetic import colour_name, facing_name
@@ -172,8 +173,13 @@ def attribute_frame(annotations: pa.Table | pd.DataFrame, drawn: pa.Table | pd.D
     """One row per non-crowd ``category`` annotation with every attribute known for it: the annotations' own
     ``occlusion`` / ``truncation``, then ``computed`` and ``drawn`` columns (left-joined; the drawn table's
     ``height_px`` etc. keep their names, computed ones are distinct), then each user table in order."""
-    anns = annotations.to_pandas() if isinstance(annotations, pa.Table) else annotations.copy()
-    anns = anns[(anns["category"] == category) & ~anns["iscrowd"].fillna(False).astype(bool)]
+    if isinstance(annotations, pa.Table):      # filtered and narrowed in Arrow: no Python objects for other rows
+        keep = pc.and_(pc.equal(annotations["category"], category), pc.invert(pc.fill_null(annotations["iscrowd"],
+                                                                                          False)))
+        anns = annotations.filter(keep).select([*KEYS, "occlusion", "truncation"]).to_pandas()
+    else:
+        anns = annotations[(annotations["category"] == category)
+                           & ~annotations["iscrowd"].fillna(False).astype(bool)]
     frame = anns[[*KEYS, "occlusion", "truncation"]].astype({k: str for k in KEYS}).reset_index(drop=True)
     for extra in (computed, drawn):
         if extra is None:

@@ -75,6 +75,21 @@ def _by_image(table: pa.Table) -> dict[str, list[dict]]:
     return out
 
 
+def _boxes_by_image(table: pa.Table):
+    """image_id -> (boxes [D, 4], scores [D]) of ``table``'s rows of that image, in table order (empty arrays for an
+    image without rows): one sort and two arrays for the whole table, not a Python dict per row."""
+    ids = table["image_id"].to_numpy(zero_copy_only=False).astype(object)
+    order = np.argsort(ids, kind="stable")
+    ids = ids[order]
+    boxes = np.asarray(table["bbox"].combine_chunks().flatten().to_numpy(zero_copy_only=False), float).reshape(-1, 4)
+    boxes, scores = boxes[order], table["score"].to_numpy(zero_copy_only=False).astype(float)[order]
+
+    def rows(image_id: str) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = np.searchsorted(ids, image_id, "left"), np.searchsorted(ids, image_id, "right")
+        return boxes[lo:hi], scores[lo:hi]
+    return rows
+
+
 def _person_detections(detections: pa.Table, model_id: str, person_class: str) -> pa.Table:
     keep = pc.and_(pc.equal(detections["model_id"], model_id), pc.equal(detections["category"], person_class))
     return detections.filter(keep).select(["image_id", "score", "bbox"])
@@ -87,13 +102,11 @@ def person_outcomes(annotations: pa.Table, detections: pa.Table, model_id: str, 
     ``conf``, the rule of explain's targets and infer's recall) and ``score`` (its matched detection's, 0 if none)."""
     persons = annotations.filter(pc.and_(pc.equal(annotations["category"], person_class),
                                          pc.invert(pc.fill_null(annotations["iscrowd"], False))))
-    dets = _by_image(_person_detections(detections, model_id, person_class))
+    dets = _boxes_by_image(_person_detections(detections, model_id, person_class))
     rows = []
     for image_id, gt in _by_image(persons.select(["image_id", "ann_id", "bbox", "occlusion"])).items():
         g_boxes = np.array([a["bbox"] for a in gt], float).reshape(-1, 4)
-        d = dets.get(image_id, [])
-        m = match(ImageEval(np.array([x["bbox"] for x in d], float).reshape(-1, 4),
-                            np.array([x["score"] for x in d], float), g_boxes), MATCH_IOU)
+        m = match(ImageEval(*dets(image_id), g_boxes), MATCH_IOU)
         found = m.found(conf)
         for gi, a in enumerate(gt):
             rows.append({"image_id": image_id, "ann_id": a["ann_id"], "height": g_boxes[gi, 3] - g_boxes[gi, 1],
