@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from detection.evaluation import MATCH_IOU, ImageEval, ap_from_matches, iou_matrix, match
-from detection.miss_rate import FPPI_POINTS, lamr_from_matches
+from detection.miss_rate import image_counts, join_counts, lamr_from_matches
 
 MISS_TYPES = ("suppressed", "below_threshold", "mislocalised", "never_seen")
 FP_TYPES = ("duplicate", "localisation", "confusion", "background")
@@ -189,17 +189,15 @@ class ErrorTally:
     :class:`CandidateImage` / :class:`ErrorTypes` in memory at a time.
 
     :meth:`add` applies every fix of :data:`FIXES` to the batch (:func:`fixed_images`) and keeps only what AP and
-    MR⁻² read: per fix, the counted (non-ignored) detections' scores and true-positive flags and the counted persons;
-    and the count of each type. Memory: ~9 bytes per final detection per fix. :meth:`summary` equals
-    :func:`error_summary` of every image added, in the order added (ties in score keep that order, as there).
+    MR⁻² read, the batch's :func:`detection.miss_rate.image_counts` (per counted detection its score, true-positive
+    flag and image; per image its persons: ~17 bytes per final detection per fix), and the count of each type.
+    :meth:`summary` equals :func:`error_summary` of every image added, in the order added (ties in score keep that
+    order, as there).
     """
 
     def __init__(self, iou_thr: float = MATCH_IOU):
         self.iou_thr = iou_thr
-        self._scores: dict[tuple[str, str], list[np.ndarray]] = {f: [] for f in FIXES}
-        self._tps: dict[tuple[str, str], list[np.ndarray]] = {f: [] for f in FIXES}
-        self._n_gt = dict.fromkeys(FIXES, 0)
-        self._n_images = 0
+        self._counts: dict[tuple[str, str], list] = {f: [] for f in FIXES}
         self._gt_counts = dict.fromkeys(("found", *MISS_TYPES), 0)
         self._det_counts = dict.fromkeys(FP_TYPES, 0)
 
@@ -211,30 +209,20 @@ class ErrorTally:
         for kind, name in FIXES:
             evals = fixed_images(images, types, self.iou_thr, frozenset({name}) if kind == "miss" else frozenset(),
                                  frozenset({name}) if kind == "false_positive" else frozenset())
-            scores, tps = [], []
-            for e in evals:
-                m = match(e, self.iou_thr)
-                scores.append(e.det_scores[~m.det_ignored])
-                tps.append(m.det_tp[~m.det_ignored])
-                self._n_gt[kind, name] += int((~e.gt_ignore).sum())
-            if evals:
-                self._scores[kind, name].append(np.concatenate(scores))
-                self._tps[kind, name].append(np.concatenate(tps).astype(bool))
-        self._n_images += len(images)
-        for t in types:
-            for pool, counts in ((t.gt_type, self._gt_counts), (t.det_type, self._det_counts)):
-                names, n = np.unique(pool.astype(str), return_counts=True)
+            self._counts[kind, name].append(image_counts(evals, self.iou_thr))
+        for pool, counts in (("gt_type", self._gt_counts), ("det_type", self._det_counts)):
+            if types:
+                names, n = np.unique(np.concatenate([getattr(t, pool) for t in types]).astype(str),
+                                     return_counts=True)
                 for k, c in zip(names, n):
                     if k in counts:
                         counts[k] += int(c)
 
     def _metrics(self, fix: tuple[str, str]) -> tuple[float, float]:
         """(AP at ``iou_thr``, MR⁻²) of the added images after ``fix``."""
-        scores = np.concatenate(self._scores[fix]) if self._scores[fix] else np.zeros(0)
-        tps = np.concatenate(self._tps[fix]) if self._tps[fix] else np.zeros(0, bool)
-        n_gt = self._n_gt[fix]
-        return (ap_from_matches(scores, tps, n_gt),
-                lamr_from_matches(scores, tps, self._n_images, n_gt, FPPI_POINTS))
+        c = join_counts(self._counts[fix])
+        n_gt = int(c.positives.sum())
+        return ap_from_matches(c.scores, c.tp, n_gt), lamr_from_matches(c.scores, c.tp, len(c.positives), n_gt)
 
     def summary(self) -> pd.DataFrame:
         """The :func:`error_summary` table of every image added."""

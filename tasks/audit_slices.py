@@ -234,14 +234,12 @@ def miss_rates(images: pa.Table, annotations: pa.Table, detections: pa.Table, mo
               "dets": _person_detections(detections, model_id, person_class)}
     batches: dict[str, list] = {k: [] for k in subsets}
     for batch, parts in _image_batches(images.select(["image_id"]), tables, IMAGE_BATCH):
-        gt, dets = _by_image(parts["gt"]), _by_image(parts["dets"])
+        gt, dets = _by_image(parts["gt"]), _boxes_by_image(parts["dets"])
         evals = []
         for image_id in batch["image_id"].to_pylist():
-            g, d = gt.get(image_id, []), dets.get(image_id, [])
+            g = gt.get(image_id, [])
             occ = np.array([np.nan if a["occlusion"] is None else a["occlusion"] for a in g], float)
-            evals.append(ImageEval(np.array([x["bbox"] for x in d], float).reshape(-1, 4),
-                                   np.array([x["score"] for x in d], float),
-                                   np.array([a["bbox"] for a in g], float).reshape(-1, 4),
+            evals.append(ImageEval(*dets(image_id), np.array([a["bbox"] for a in g], float).reshape(-1, 4),
                                    np.array([bool(a["iscrowd"]) for a in g], bool), {"visibility": 1.0 - occ}))
         for k, c in subset_counts(evals, subsets).items():
             batches[k].append(c)

@@ -232,3 +232,15 @@ def test_error_tally_fed_in_batches_equals_the_summary_of_all_images():
         assert row["mr2_gain"] == base_mr2 - log_average_miss_rate(evals)
     with pytest.raises(ValueError, match="2 images but 1"):
         tally.add(images[:2], types[:1])
+
+
+def test_error_summary_of_no_images_counts_nothing_and_leaves_the_gains_undefined():
+    """No images (or only empty batches): every type counted 0, its share and gains NaN (no persons, no
+    detections), never a plausible 0 gain."""
+    from detection.miss_types import ErrorTally
+
+    tally = ErrorTally()
+    tally.add([], [])
+    for summary in (tally.summary(), error_summary([], CONF)):
+        assert len(summary) == 8 and (summary["count"] == 0).all()
+        assert summary[["share", "ap_gain", "mr2_gain"]].isna().all().all()
