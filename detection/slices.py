@@ -119,16 +119,25 @@ def _binary(x: np.ndarray) -> bool:
     return bool(((x == 0.0) | (x == 1.0)).all())
 
 
+RESAMPLE_CHUNK_ELEMENTS = 1 << 18   # resampled values gathered at a time in _resampled_means (2 MiB)
+
+
 def _resampled_means(x: np.ndarray, n_boot: int, gen: np.random.Generator) -> np.ndarray:
     """[n_boot] means of ``x`` [N] resampled with replacement. A 0 / 1 sample's resampled mean is Binomial(N, p̂) / N
     (drawn as such: O(n_boot)); otherwise rows are drawn as :func:`scipy.stats.bootstrap` draws them (the same
     ``integers(0, N, (batch, N))`` calls in batches of ``4e6 // N`` resamples), so that for the same generator the
-    means equal scipy's."""
+    means equal scipy's. The draws are kept as int32 (numpy draws the same values for either integer type below
+    2³¹) and averaged :data:`RESAMPLE_CHUNK_ELEMENTS` at a time (each row's mean is the same reduction): ~20 MB at
+    the batch's 4e6 draws instead of 64 MB of int64 indices and gathered values."""
     if _binary(x):
         return gen.binomial(x.size, x.mean(), n_boot) / x.size
-    batch = max(1, 4_000_000 // x.size)
-    return np.concatenate([x[gen.integers(0, x.size, (min(batch, n_boot - s), x.size))].mean(-1)
-                           for s in range(0, n_boot, batch)])
+    batch, rows = max(1, 4_000_000 // x.size), max(1, RESAMPLE_CHUNK_ELEMENTS // x.size)
+    dtype = np.int32 if x.size < 2 ** 31 else np.int64
+    means = []
+    for s in range(0, n_boot, batch):
+        drawn = gen.integers(0, x.size, (min(batch, n_boot - s), x.size), dtype=dtype)       # [batch, N]
+        means += [x[drawn[r:r + rows]].mean(-1) for r in range(0, len(drawn), rows)]
+    return np.concatenate(means)
 
 
 def mean_interval(values: np.ndarray, confidence: float = 0.95, n_boot: int = 2000,
@@ -213,12 +222,7 @@ def _dense_eval(finder, x_encoded: sparse.csr_matrix, errors: np.ndarray, slices
     if m == 0 or (np.diff(slices.indptr) != level).any():
         return None
     preds = slices.indices.reshape(m, level)
-    cache = finder.__dict__.setdefault("_dense_columns", {})
-    if cache.get("key") is not x_encoded:
-        cache.clear()
-        cache["key"] = x_encoded
-        cache["rows"] = np.ascontiguousarray(sparse.csr_matrix(x_encoded).astype(bool).toarray())   # [N, D] bool
-    rows: np.ndarray = cache["rows"]
+    rows = _dense_rows(finder, x_encoded)
     errors = np.asarray(errors, float).reshape(-1)
     values = np.unique(errors[errors > 0])
     if level == 2 and values.size <= 16 and np.array_equal(values, np.round(values)):
@@ -241,6 +245,29 @@ def _dense_eval(finder, x_encoded: sparse.csr_matrix, errors: np.ndarray, slices
     return np.column_stack([scores, sums, top, sizes])
 
 
+def _dense_rows(finder, x_encoded: sparse.spmatrix) -> np.ndarray:
+    """``x_encoded`` [N, D] as a C-ordered bool array, built once per fit (cached on ``finder``)."""
+    cache = finder.__dict__.setdefault("_dense_columns", {})
+    if cache.get("key") is not x_encoded:
+        cache.clear()
+        cache["key"] = x_encoded
+        cache["rows"] = np.ascontiguousarray(sparse.csr_matrix(x_encoded).astype(bool).toarray())   # [N, D] bool
+    return cache["rows"]
+
+
+def _column_max_errors(rows: np.ndarray, errors: np.ndarray) -> np.ndarray:
+    """[D] the largest of ``errors`` [N] (>= 0) over the rows in each column of the 0 / 1 matrix ``rows`` [N, D]
+    (0 for an empty column), over chunks of :data:`GRAM_CHUNK_ELEMENTS` // D rows: what
+    ``x_encoded.T.multiply(errors).max(axis=1)`` returns (the same values: a max, no sums), without its
+    O(nnz) COO copies (~60 MB at 46k targets x 34 attributes)."""
+    n, d = rows.shape
+    top = np.zeros(d)
+    step = max(1, GRAM_CHUNK_ELEMENTS // max(1, d))
+    for s in range(0, n, step):
+        np.maximum(top, (rows[s:s + step] * errors[s:s + step, None]).max(0, initial=0.0), out=top)
+    return top
+
+
 def _row_chunked_grams(rows: np.ndarray, weights: list[np.ndarray]) -> list[np.ndarray]:
     """[``XᵀX``, then ``Xᵀ diag(w) X`` for each ``w`` in ``weights`` ([N] each)], [D, D] float64, of the 0 / 1
     matrix ``rows`` [N, D], summed over chunks of :data:`GRAM_CHUNK_ELEMENTS` // D rows: memory O(chunk × D), not
@@ -259,8 +286,9 @@ def _row_chunked_grams(rows: np.ndarray, weights: list[np.ndarray]) -> list[np.n
 
 @functools.cache
 def _finder_class() -> type:
-    """:class:`sliceline.slicefinder.Slicefinder` with :func:`_dense_eval` as its candidate evaluation (same search,
-    pruning, scores and top-k; tests/test_slices.py checks it returns what the package's own evaluation returns).
+    """:class:`sliceline.slicefinder.Slicefinder` with :func:`_dense_eval` as its candidate evaluation and
+    :func:`_column_max_errors` in its 1-slices (same search, pruning, scores and top-k; tests/test_slices_speedups.py
+    checks both return what the package's own code returns, bit for bit).
     ``threadpoolctl`` (a scikit-learn dependency, so present wherever ``sliceline`` is) keeps the products on one
     BLAS thread."""
     from sliceline.slicefinder import Slicefinder
@@ -271,6 +299,19 @@ def _finder_class() -> type:
             with threadpool_limits(1, user_api="blas"):     # [D, N] @ [N, D] is ms on one thread; OpenBLAS's
                 out = _dense_eval(self, x_encoded, errors, slices, level)   # threads spin on a busy CPU (100x)
             return super()._eval_slice(x_encoded, errors, slices, level) if out is None else out
+
+        def _create_and_score_basic_slices(self, x_encoded, n_col_x_encoded, errors):
+            # the package's 1-slices (sliceline 0.3, Slicefinder._create_and_score_basic_slices) with the max error
+            # per column from _column_max_errors instead of a sparse broadcast multiply (its peak memory)
+            errors = np.asarray(errors, float).reshape(-1)
+            slice_sizes = x_encoded.sum(axis=0).A[0]
+            slice_errors = errors @ x_encoded
+            max_slice_errors = _column_max_errors(_dense_rows(self, x_encoded), errors)
+            valid = (slice_sizes >= self._min_sup_actual) & (slice_errors > 0)
+            attr = np.arange(1, n_col_x_encoded + 1)[valid]
+            sizes, sums, top = slice_sizes[valid], slice_errors[valid], max_slice_errors[valid]
+            scores = self._score(sizes, sums, x_encoded.shape[0])
+            return self._dummify(attr, n_col_x_encoded), np.column_stack((scores, sums, top, sizes))
 
     return _DenseEvalSlicefinder
 

@@ -103,3 +103,30 @@ def test_dense_statistics_equal_the_packages_per_candidate(level, kind, gram_chu
     theirs = np.asarray(Slicefinder._eval_slice(finder, x, errors, slices, level), float)
     assert ours.shape == theirs.shape == (300, 4)
     assert np.array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("kind", ["binary", "counts", "continuous"])
+@pytest.mark.parametrize("gram_chunk", [1 << 20, 1000])
+def test_basic_slices_equal_the_packages(kind, gram_chunk, monkeypatch):
+    """The 1-slices (their predicates and [score, error sum, max error, size] rows) of the dense finder are the
+    package's, bit for bit, whatever the row chunking of the column maxima; a column whose rows all have a zero
+    error keeps max 0."""
+    from sklearn.preprocessing import OneHotEncoder
+    from sliceline.slicefinder import Slicefinder
+
+    import detection.slices
+    from detection.slices import _finder_class
+
+    codes, rng = _codes(700, 13)
+    x = OneHotEncoder(handle_unknown="ignore").fit_transform(codes.to_numpy(object)).tocsr()
+    errors = {"binary": (rng.random(700) < 0.3).astype(float), "counts": rng.poisson(1.5, 700).astype(float),
+              "continuous": rng.gamma(2.0, 0.2, 700)}[kind]
+    errors[codes["facing"].to_numpy() == "left"] = 0.0
+    monkeypatch.setattr(detection.slices, "GRAM_CHUNK_ELEMENTS", gram_chunk)
+    ours, stock = _finder_class()(min_sup=5, verbose=False), Slicefinder(min_sup=5, verbose=False)
+    for finder in (ours, stock):
+        finder._min_sup_actual, finder.average_error_ = 5, float(errors.mean())
+    slices, stats_ = ours._create_and_score_basic_slices(x, x.shape[1], errors)
+    ref_slices, ref_stats = stock._create_and_score_basic_slices(x, x.shape[1], errors)
+    assert (slices != ref_slices).nnz == 0 and slices.shape == ref_slices.shape
+    assert np.array_equal(stats_, ref_stats) and len(stats_) > 10
