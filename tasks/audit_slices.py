@@ -123,24 +123,47 @@ def default_part_job(explanations: pa.Table) -> str | None:
 
     sel = explanations.filter(pc.and_(pc.equal(explanations["kind"], "persons"),
                                       pc.is_valid(explanations["relevance"])))
-    jobs = dict(zip(sel["job"].to_pylist(), sel["method"].to_pylist()))
+    pairs = sel.select(["job", "method"]).group_by(["job", "method"], use_threads=False).aggregate([])
+    jobs = dict(zip(pairs["job"].to_pylist(), pairs["method"].to_pylist()))      # first-seen order, one per pair
     shapley = [j for j, m in jobs.items() if m in METHODS and METHODS[m].shapley_values]
     return shapley[0] if shapley else next(iter(jobs), None)
 
 
 def part_shares(explanations: pa.Table, job: str) -> pd.DataFrame:
-    """Wide table (``image_id, ann_id``, one ``share:<part>`` column per region) of ``job``'s persons: each region's
-    relevance over the sum of |relevance| of the target's regions (the report's share; 0 total -> shares 0)."""
+    """Wide table (``image_id, ann_id``, one ``share:<part>`` column per region, in the order regions first appear)
+    of ``job``'s persons with relevance and region names: each region's relevance over the nansum of |relevance| of
+    the target's regions (the report's share; 0 total -> shares 0; a null value -> NaN; a region a target lacks ->
+    NaN; names pair with values in list order, extra values count in the total only). Vectorised over the
+    flattened lists (no Python object per row: ~1 KB a target as dicts)."""
     sel = explanations.filter(pc.and_(pc.equal(explanations["job"], job), pc.equal(explanations["kind"], "persons")))
-    rows = []
-    for r in sel.select(["image_id", "target_id", "region_names", "relevance"]).to_pylist():
-        if r["relevance"] is None or not r["region_names"]:
-            continue
-        rel = np.array([np.nan if v is None else v for v in r["relevance"]], float)
-        total = np.nansum(np.abs(rel)) or 1.0
-        rows.append({"image_id": r["image_id"], "ann_id": r["target_id"],
-                     **{share_column(n): v / total for n, v in zip(r["region_names"], rel)}})
-    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(KEYS))
+    sel = sel.filter(pc.and_(pc.is_valid(sel["relevance"]),
+                             pc.greater(pc.fill_null(pc.list_value_length(sel["region_names"]), 0), 0)))
+    if sel.num_rows == 0:
+        return pd.DataFrame(columns=list(KEYS))
+    sel = sel.select(["image_id", "target_id", "region_names", "relevance"]).combine_chunks()
+    names, relevance = sel["region_names"].chunk(0), sel["relevance"].chunk(0)
+    # list offsets as numpy (a sliced list array's values start at offsets[0])
+    rel_off = relevance.offsets.to_numpy().astype(np.int64)
+    rel = pc.cast(relevance.values, pa.float64()).to_numpy(zero_copy_only=False)[rel_off[0]:rel_off[-1]]
+    rel_off -= rel_off[0]
+    name_off = names.offsets.to_numpy().astype(np.int64)
+    name_values = names.values.slice(name_off[0], name_off[-1] - name_off[0])
+    name_off -= name_off[0]
+    absolute = np.abs(np.where(np.isnan(rel), 0.0, rel))                # nansum: NaN (and null) counts 0
+    totals = np.zeros(sel.num_rows)
+    filled = np.diff(rel_off) > 0
+    totals[filled] = np.add.reduceat(absolute, rel_off[:-1][filled]) if filled.any() else totals[filled]
+    totals[totals == 0] = 1.0
+    paired = np.minimum(np.diff(rel_off), np.diff(name_off))           # zip(): pairs up to the shorter list
+    row = np.repeat(np.arange(sel.num_rows), paired)
+    within = np.arange(row.size) - np.repeat(np.cumsum(paired) - paired, paired)
+    with np.errstate(invalid="ignore"):                                 # inf / inf: NaN, as per target
+        value = rel[rel_off[row] + within] / totals[row]
+    codes, regions = pd.factorize(name_values.to_numpy(zero_copy_only=False)[name_off[row] + within], sort=False)
+    wide = np.full((sel.num_rows, len(regions)), np.nan)
+    wide[row, codes] = value                                            # a repeated name: its last value
+    return pd.concat([pd.DataFrame({"image_id": sel["image_id"].to_pandas(), "ann_id": sel["target_id"].to_pandas()}),
+                      pd.DataFrame(wide, columns=[share_column(n) for n in regions])], axis=1)
 
 
 def outcome_table(annotations: pa.Table, detections: pa.Table, drawn: pa.Table | None, computed: pa.Table | None,
