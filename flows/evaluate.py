@@ -8,7 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
-import flows  # noqa: F401  (environment defaults)
+from flows import returning_freed_memory  # (importing flows sets the environment defaults)
 from flows.progress import progress
 from flows.runner import task_runner
 
@@ -132,7 +132,6 @@ def evaluate_flow(params: Params) -> dict:
     The sanity check, the agreement between methods and where the detector fails are recomputed every run (cheap: a
     fixed few targets; relevance vectors; tables)."""
     logger = get_run_logger()
-    cfg = params.evaluate
     started = time.perf_counter()
     explained = stages.explain(params)
     files = _explanation_files(explained)
@@ -149,6 +148,27 @@ def evaluate_flow(params: Params) -> dict:
     shards_done = time.perf_counter()
     checked = sanity.result() if sanity is not None else {"rows": [], "errors": [], "status": {}}
     sanity_done = time.perf_counter()
+    with returning_freed_memory():        # tables from here on: no forward passes to keep freed memory for
+        summary, failures_done, n_errors = _finish(params, staging, outputs, shard_dirs, checked, metrics,
+                                                   explanations, images, annotations, logger)
+    record_run("evaluate", {"wall_seconds": round(time.perf_counter() - started, 2),
+                            "shards_seconds": round(shards_done - started, 2),
+                            "sanity_wait_seconds": round(sanity_done - shards_done, 2),
+                            "where_it_fails_seconds": round(failures_done - sanity_done, 2),
+                            "groups_computed": sum(r["computed"] for r in results),
+                            "groups_reused": sum(r["reused"] for r in results),
+                            "seconds_computed": round(sum(r["seconds_computed"] for r in results), 2),
+                            "seconds_reused": round(sum(r["seconds_reused"] for r in results), 2)}, outputs.metrics)
+    logger.info("evaluate: %d metric rows for %d explanations, %d errors, undefined values %s", metrics.num_rows,
+                explanations.num_rows, n_errors, summary["undefined"])
+    return summary
+
+
+def _finish(params: Params, staging: Path, outputs, shard_dirs: list[str], checked: dict, metrics: pa.Table,
+            explanations: pa.Table, images: pa.Table, annotations: pa.Table, logger) -> tuple[dict, float, int]:
+    """After the shards and the sanity check: where it fails, the errors table, publishing the tables, the metrics
+    summary and plots. Returns (summary, when where it fails finished, errors rows)."""
+    cfg = params.evaluate
     pulled = stages.pull(params)
     drawn, computed = (_optional(pulled, name, logger) for name in ("attributes", "computed_attributes"))
     failures, failure_errors, where = where_it_fails(params, images, annotations,
@@ -171,17 +191,7 @@ def evaluate_flow(params: Params) -> dict:
     write_json(outputs.metrics, summary)
     write_plots(metrics, explanations, outputs.plots_dir)
     write_mr_fppi(where, outputs.plots_dir)
-    record_run("evaluate", {"wall_seconds": round(time.perf_counter() - started, 2),
-                            "shards_seconds": round(shards_done - started, 2),
-                            "sanity_wait_seconds": round(sanity_done - shards_done, 2),
-                            "where_it_fails_seconds": round(failures_done - sanity_done, 2),
-                            "groups_computed": sum(r["computed"] for r in results),
-                            "groups_reused": sum(r["reused"] for r in results),
-                            "seconds_computed": round(sum(r["seconds_computed"] for r in results), 2),
-                            "seconds_reused": round(sum(r["seconds_reused"] for r in results), 2)}, outputs.metrics)
-    logger.info("evaluate: %d metric rows for %d explanations, %d errors, undefined values %s", metrics.num_rows,
-                explanations.num_rows, n_errors, summary["undefined"])
-    return summary
+    return summary, failures_done, n_errors
 
 
 def _submit_sanity(params: Params, explanations: pa.Table, images: pa.Table):

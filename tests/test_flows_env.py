@@ -54,3 +54,43 @@ def test_a_malloc_setting_in_the_environment_wins_over_flows():
     plain = faults_per_forward("plain", MALLOC_MMAP_THRESHOLD_="131072")[1]
     tunables, kept = faults_per_forward("flows", MALLOC_MMAP_THRESHOLD_="131072")
     assert tunables == "None" and kept * 2 > plain
+
+
+FREED_RSS = """
+import sys
+import numpy as np
+import flows
+
+def rss_mb():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 // 2 ** 20
+
+def churn():              # 160 MB of 1 MiB blocks (heap blocks under the kept 32 MiB threshold), then freed
+    blocks = [np.ones(1 << 17) for _ in range(160)]
+    del blocks
+
+base = rss_mb()
+churn()
+kept = rss_mb()
+with flows.returning_freed_memory():
+    entered = rss_mb()
+    churn()
+    inside = rss_mb()
+print(base, kept, entered, inside, flows._kept is not None)
+"""
+
+
+@GLIBC_ONLY
+def test_returning_freed_memory_gives_the_kept_heap_back_and_keeps_no_more_inside():
+    environ = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES" and not k.startswith("MALLOC_")}
+    for env in (environ, environ | {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=33554432:"
+                                                      "glibc.malloc.trim_threshold=2147483647"}):   # as inherited
+        out = subprocess.run([sys.executable, "-c", FREED_RSS], cwd=REPO, env=env, capture_output=True, text=True,
+                             check=True).stdout.split()
+        base, kept, entered, inside = map(int, out[:4])
+        assert out[4] == "True"
+        assert kept - base > 120                  # keep_freed_memory: the freed blocks stay resident
+        assert entered - base < 40 and inside - base < 40, out
+    # after the block keep_freed_memory's thresholds are back: freed blocks stay resident again
+    restored = subprocess.run([sys.executable, "-c", FREED_RSS.replace("print(", "churn(); print(rss_mb() - inside, ")],
+                              cwd=REPO, env=environ, capture_output=True, text=True, check=True).stdout.split()
+    assert int(restored[0]) > 120
