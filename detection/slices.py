@@ -264,7 +264,7 @@ def _column_max_errors(rows: np.ndarray, errors: np.ndarray) -> np.ndarray:
     top = np.zeros(d)
     step = max(1, GRAM_CHUNK_ELEMENTS // max(1, d))
     for s in range(0, n, step):
-        np.maximum(top, (rows[s:s + step] * errors[s:s + step, None]).max(0, initial=0.0), out=top)
+        np.maximum(top, np.where(rows[s:s + step], errors[s:s + step, None], 0.0).max(0, initial=0.0), out=top)
     return top
 
 

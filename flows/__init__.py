@@ -39,8 +39,8 @@ def keep_freed_memory() -> bool:
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     inherited = os.environ.get("GLIBC_TUNABLES") == TUNABLES          # glibc applied them at this process's start
-    if not inherited and any(key in os.environ for key in ("GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_",
-                                                           "MALLOC_TRIM_THRESHOLD_")):
+    if any(key in os.environ for key in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")) or (
+            "GLIBC_TUNABLES" in os.environ and not inherited):
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -56,8 +56,9 @@ def keep_freed_memory() -> bool:
 
 @contextlib.contextmanager
 def returning_freed_memory():
-    """A block in which glibc hands freed memory back to the OS as its defaults do (blocks of 128 KiB and more
-    mapped on their own and unmapped when freed; the heap trimmed), entered after returning what the process kept
+    """A block in which glibc hands freed memory back to the OS at its default thresholds (blocks of 128 KiB and
+    more mapped on their own and unmapped when freed, fixed rather than glibc's adaptive threshold; the heap trimmed
+    above 128 KiB), entered after returning what the process kept
     so far (``malloc_trim``, and the unused memory of Arrow's pool). For a flow's table phases (no forward passes),
     whose transient arrays :func:`keep_freed_memory` would otherwise keep resident phase after phase: at 20k images
     evaluate's where-it-fails sections each left ~100-140 MB of freed heap (``benchmarks/README.md``). The settings

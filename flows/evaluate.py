@@ -147,8 +147,8 @@ def evaluate_flow(params: Params) -> dict:
     metrics = _write_metrics(staging / outputs.TABLES["metrics"], shard_dirs)
     shards_done = time.perf_counter()
     checked = sanity.result() if sanity is not None else {"rows": [], "errors": [], "status": {}}
-    sanity_done = time.perf_counter()
     with returning_freed_memory():        # tables from here on: no forward passes to keep freed memory for
+        sanity_done = time.perf_counter()
         summary, failures_done, n_errors = _finish(params, staging, outputs, shard_dirs, checked, metrics,
                                                    explanations, images, annotations, logger)
     record_run("evaluate", {"wall_seconds": round(time.perf_counter() - started, 2),

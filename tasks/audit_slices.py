@@ -123,8 +123,8 @@ def default_part_job(explanations: pa.Table) -> str | None:
 
     sel = explanations.filter(pc.and_(pc.equal(explanations["kind"], "persons"),
                                       pc.is_valid(explanations["relevance"])))
-    pairs = sel.select(["job", "method"]).group_by(["job", "method"], use_threads=False).aggregate([])
-    jobs = dict(zip(pairs["job"].to_pylist(), pairs["method"].to_pylist()))      # first-seen order, one per pair
+    pairs = sel.select(["job", "method"]).group_by("job", use_threads=False).aggregate([("method", "last")])
+    jobs = dict(zip(pairs["job"].to_pylist(), pairs["method_last"].to_pylist()))  # jobs first-seen, last method
     shapley = [j for j, m in jobs.items() if m in METHODS and METHODS[m].shapley_values]
     return shapley[0] if shapley else next(iter(jobs), None)
 
@@ -133,7 +133,8 @@ def part_shares(explanations: pa.Table, job: str) -> pd.DataFrame:
     """Wide table (``image_id, ann_id``, one ``share:<part>`` column per region, in the order regions first appear)
     of ``job``'s persons with relevance and region names: each region's relevance over the nansum of |relevance| of
     the target's regions (the report's share; 0 total -> shares 0; a null value -> NaN; a region a target lacks ->
-    NaN; names pair with values in list order, extra values count in the total only). Vectorised over the
+    NaN; names pair with values in list order, extra values and values of a null name count in the total only; a
+    repeated name keeps its last value). Vectorised over the
     flattened lists (no Python object per row: ~1 KB a target as dicts)."""
     sel = explanations.filter(pc.and_(pc.equal(explanations["job"], job), pc.equal(explanations["kind"], "persons")))
     sel = sel.filter(pc.and_(pc.is_valid(sel["relevance"]),
@@ -160,8 +161,11 @@ def part_shares(explanations: pa.Table, job: str) -> pd.DataFrame:
     with np.errstate(invalid="ignore"):                                 # inf / inf: NaN, as per target
         value = rel[rel_off[row] + within] / totals[row]
     codes, regions = pd.factorize(name_values.to_numpy(zero_copy_only=False)[name_off[row] + within], sort=False)
+    cell = row * max(1, len(regions)) + codes                           # a null name (code -1): no region
+    last = len(cell) - 1 - np.unique(cell[::-1], return_index=True)[1]  # a repeated name: its last value
+    last = last[codes[last] >= 0]
     wide = np.full((sel.num_rows, len(regions)), np.nan)
-    wide[row, codes] = value                                            # a repeated name: its last value
+    wide[row[last], codes[last]] = value[last]
     return pd.concat([pd.DataFrame({"image_id": sel["image_id"].to_pandas(), "ann_id": sel["target_id"].to_pandas()}),
                       pd.DataFrame(wide, columns=[share_column(n) for n in regions])], axis=1)
 

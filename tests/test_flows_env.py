@@ -57,12 +57,12 @@ def test_a_malloc_setting_in_the_environment_wins_over_flows():
 
 
 FREED_RSS = """
-import sys
+import os
 import numpy as np
 import flows
 
 def rss_mb():
-    return int(open("/proc/self/statm").read().split()[1]) * 4096 // 2 ** 20
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 2 ** 20
 
 def churn():              # 160 MB of 1 MiB blocks (heap blocks under the kept 32 MiB threshold), then freed
     blocks = [np.ones(1 << 17) for _ in range(160)]

@@ -1,6 +1,7 @@
 """Where it fails' part shares (tasks.audit_slices.part_shares, vectorised over the flattened relevance lists) equal
 a per-target reference on awkward rows: null and NaN values, infinities, an all-zero target, a target with more
-values than names, a repeated region name, and rows that are skipped (no relevance, no names, another job or kind)."""
+values than names, a repeated region name, a null region name (its value counts in the total only), and rows that
+are skipped (no relevance, no names, another job or kind)."""
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -16,7 +17,7 @@ def _reference(table: pa.Table, job: str) -> pd.DataFrame:
         rel = np.array([np.nan if v is None else v for v in r["relevance"]], float)
         total = np.nansum(np.abs(rel)) or 1.0
         rows.append({"image_id": r["image_id"], "ann_id": r["target_id"],
-                     **{share_column(n): v / total for n, v in zip(r["region_names"], rel)}})
+                     **{share_column(n): v / total for n, v in zip(r["region_names"], rel) if n is not None}})
     return pd.DataFrame(rows)
 
 
@@ -28,6 +29,7 @@ def _table() -> pa.Table:
         ("b", "4", "persons", "shap@parts", "kernel_shap", ["legs", "head", "arms"], [1.0, 2.0, 3.0, 4.0]),
         ("b", "5", "persons", "shap@parts", "kernel_shap", ["head", "head", "torso"], [1.0, 3.0, -4.0]),
         ("c", "6", "persons", "shap@parts", "kernel_shap", ["head", "torso"], [np.inf, 1.0]),
+        ("c", "6b", "persons", "shap@parts", "kernel_shap", ["torso", None, "arms"], [1.0, 5.0, 2.0]),
         ("c", "7", "persons", "shap@parts", "kernel_shap", ["head", "torso"], None),
         ("c", "8", "persons", "shap@parts", "kernel_shap", [], [1.0]),
         ("c", "9", "persons", "shap@parts", "kernel_shap", None, [1.0]),
@@ -47,7 +49,7 @@ def test_part_shares_equal_a_per_target_reference():
     for chunked in (table, pa.concat_tables([table.slice(0, 5), table.slice(5)])):   # sliced list offsets
         got, want = part_shares(chunked, "shap@parts"), _reference(table, "shap@parts")
         assert list(got.columns) == list(want.columns)
-        assert got["ann_id"].tolist() == ["1", "2", "3", "4", "5", "6", "12"]
+        assert got["ann_id"].tolist() == ["1", "2", "3", "4", "5", "6", "6b", "12"]
         pd.testing.assert_frame_equal(got, want, check_exact=True)
 
 
