@@ -136,12 +136,11 @@ def evaluate_flow(params: Params) -> dict:
     explained = stages.explain(params)
     files = _explanation_files(explained)
     explanations = _columns(files, "explanations", FLOW_COLUMNS)
-    images, annotations = _pulled_tables(stages.pull(params))
     outputs = stages.evaluate(params)
     staging = fresh_staging(outputs.out_dir)
     shards = _shards(params, staging, files, pc.unique(explanations["image_id"]))
     futures = [evaluate_shard.submit(s, params) for s in shards]
-    sanity = _submit_sanity(params, explanations, images)
+    sanity = _submit_sanity(params, explanations)
     results = progress(futures, "evaluate")
     shard_dirs = [r["shard_dir"] for r in results]
     metrics = _write_metrics(staging / outputs.TABLES["metrics"], shard_dirs)
@@ -150,7 +149,7 @@ def evaluate_flow(params: Params) -> dict:
     with returning_freed_memory():        # tables from here on: no forward passes to keep freed memory for
         sanity_done = time.perf_counter()
         summary, failures_done, n_errors = _finish(params, staging, outputs, shard_dirs, checked, metrics,
-                                                   explanations, images, annotations, logger)
+                                                   explanations, logger)
     record_run("evaluate", {"wall_seconds": round(time.perf_counter() - started, 2),
                             "shards_seconds": round(shards_done - started, 2),
                             "sanity_wait_seconds": round(sanity_done - shards_done, 2),
@@ -165,11 +164,13 @@ def evaluate_flow(params: Params) -> dict:
 
 
 def _finish(params: Params, staging: Path, outputs, shard_dirs: list[str], checked: dict, metrics: pa.Table,
-            explanations: pa.Table, images: pa.Table, annotations: pa.Table, logger) -> tuple[dict, float, int]:
+            explanations: pa.Table, logger) -> tuple[dict, float, int]:
     """After the shards and the sanity check: where it fails, the errors table, publishing the tables, the metrics
-    summary and plots. Returns (summary, when where it fails finished, errors rows)."""
+    summary and plots. Returns (summary, when where it fails finished, errors rows). The pulled images and
+    annotations are read here, not held through the shards (~50 MB of Arrow at 20k images)."""
     cfg = params.evaluate
     pulled = stages.pull(params)
+    images, annotations = _pulled_tables(pulled)
     drawn, computed = (_optional(pulled, name, logger) for name in ("attributes", "computed_attributes"))
     failures, failure_errors, where = where_it_fails(params, images, annotations,
                                                      _detections(stages.infer(params)), explanations, drawn,
@@ -194,10 +195,10 @@ def _finish(params: Params, staging: Path, outputs, shard_dirs: list[str], check
     return summary, failures_done, n_errors
 
 
-def _submit_sanity(params: Params, explanations: pa.Table, images: pa.Table):
+def _submit_sanity(params: Params, explanations: pa.Table):
     """The sanity check (tasks.sanity) of every job on its first ``evaluate.sanity.targets`` targets, as one task
     running alongside the metric shards; None when off or nothing was explained. Only the chosen images' rows of
-    the targets and parts tables are read."""
+    the images, targets and parts tables are read."""
     per_job = params.evaluate.sanity.targets
     chosen = sanity_targets(explanations, params.explain.jobs, per_job) if per_job else {}
     ids = pa.array(sorted({image_id for keys in chosen.values() for image_id, _ in keys}), pa.string())
@@ -206,7 +207,8 @@ def _submit_sanity(params: Params, explanations: pa.Table, images: pa.Table):
     wanted = ids.to_pylist()
     targets = read_image_rows(stages.explain(params).path("targets"), wanted, schema=SCHEMAS["targets"])
     parts = read_image_rows(stages.parts(params).path("parts"), wanted, schema=SCHEMAS["parts"])
-    items = explain_items(images.filter(pc.is_in(images["image_id"], value_set=ids)), targets, parts)
+    images = read_image_rows(stages.pull(params).path("images"), wanted, schema=SCHEMAS["images"])
+    items = explain_items(images, targets, parts)
     return sanity_check.submit(items, chosen, params)
 
 
