@@ -121,9 +121,9 @@ def default_part_job(explanations: pa.Table) -> str | None:
     (the report's main job, for persons)."""
     from explainers.registry import METHODS
 
-    sel = explanations.filter(pc.and_(pc.equal(explanations["kind"], "persons"),
-                                      pc.is_valid(explanations["relevance"])))
-    pairs = sel.select(["job", "method"]).group_by("job", use_threads=False).aggregate([("method", "last")])
+    sel = explanations.select(["job", "method"]).filter(pc.and_(pc.equal(explanations["kind"], "persons"),
+                                                                pc.is_valid(explanations["relevance"])))
+    pairs = sel.group_by("job", use_threads=False).aggregate([("method", "last")])
     jobs = dict(zip(pairs["job"].to_pylist(), pairs["method_last"].to_pylist()))  # jobs first-seen, last method
     shapley = [j for j, m in jobs.items() if m in METHODS and METHODS[m].shapley_values]
     return shapley[0] if shapley else next(iter(jobs), None)
@@ -136,12 +136,14 @@ def part_shares(explanations: pa.Table, job: str) -> pd.DataFrame:
     NaN; names pair with values in list order, extra values and values of a null name count in the total only; a
     repeated name keeps its last value). Vectorised over the
     flattened lists (no Python object per row: ~1 KB a target as dicts)."""
-    sel = explanations.filter(pc.and_(pc.equal(explanations["job"], job), pc.equal(explanations["kind"], "persons")))
-    sel = sel.filter(pc.and_(pc.is_valid(sel["relevance"]),
-                             pc.greater(pc.fill_null(pc.list_value_length(sel["region_names"]), 0), 0)))
+    e = explanations                   # filter the four columns only (not a copy of every column first)
+    named = pc.greater(pc.fill_null(pc.list_value_length(e["region_names"]), 0), 0)
+    keep = pc.and_(pc.and_(pc.equal(e["job"], job), pc.equal(e["kind"], "persons")),
+                   pc.and_(pc.is_valid(e["relevance"]), named))
+    sel = e.select(["image_id", "target_id", "region_names", "relevance"]).filter(pc.fill_null(keep, False))
     if sel.num_rows == 0:
         return pd.DataFrame(columns=list(KEYS))
-    sel = sel.select(["image_id", "target_id", "region_names", "relevance"]).combine_chunks()
+    sel = sel.combine_chunks()
     names, relevance = sel["region_names"].chunk(0), sel["relevance"].chunk(0)
     # list offsets as numpy (a sliced list array's values start at offsets[0])
     rel_off = relevance.offsets.to_numpy().astype(np.int64)
