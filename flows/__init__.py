@@ -68,12 +68,11 @@ def returning_freed_memory():
     if libc is None:
         yield
         return
+    from tasks.memory import release_freed_memory
+
     libc.mallopt(_M_MMAP_THRESHOLD, GLIBC_DEFAULT_THRESHOLD)
     libc.mallopt(_M_TRIM_THRESHOLD, GLIBC_DEFAULT_THRESHOLD)
-    libc.malloc_trim(0)
-    import sys
-    if "pyarrow" in sys.modules:
-        sys.modules["pyarrow"].default_memory_pool().release_unused()
+    release_freed_memory()
     try:
         yield
     finally:

@@ -48,6 +48,7 @@ from detection.miss_rate import (
 )
 from detection.miss_types import CandidateImage, ErrorTally, classify_errors, person_candidates
 from detection.slices import SliceConfig, find_slices, slice_mask
+from tasks.memory import release_freed_memory
 from tasks.model_cache import detector_model, load_image, task_device
 from tasks.params import Params
 
@@ -389,9 +390,12 @@ def where_it_fails(params: Params, images: pa.Table, annotations: pa.Table, dete
     shares = part_shares(explanations, job) if job else pd.DataFrame(columns=list(KEYS))
     frame, columns = outcome_table(annotations, detections, drawn, computed, user, shares, spec.id,
                                    spec.person_class, spec.conf)
+    release_freed_memory()             # each section's transient arrays handed back before the next one's
     slices = slice_rows(frame, columns, job)
+    release_freed_memory()
     errors: list[dict] = []
     misses, types = miss_types(params, images, annotations, detections, frame, errors)
+    release_freed_memory()
     rates = miss_rates(images, annotations, detections, spec.id, spec.person_class, seed=params.seed)
     mr2 = {k: {m: v for m, v in r.items() if m != "curve"} for k, r in rates.items()}
     curves: dict[str, MissRateCurve] = {k: r["curve"] for k, r in rates.items()}
