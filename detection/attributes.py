@@ -167,6 +167,13 @@ def join_user_attributes(frame: pd.DataFrame, path: str | Path, *, allow_unmatch
     return frame.astype({k: str for k in KEYS}).merge(user, on=list(KEYS), how="left", validate="one_to_one")
 
 
+def non_crowd(annotations: pa.Table, category: str) -> pa.Table:
+    """The rows of ``annotations`` (needs ``category``, ``iscrowd``) of ``category`` that are not crowd regions
+    (a null ``iscrowd`` counts as not crowd), in table order."""
+    return annotations.filter(pc.and_(pc.equal(annotations["category"], category),
+                                      pc.invert(pc.fill_null(annotations["iscrowd"], False))))
+
+
 def attribute_frame(annotations: pa.Table | pd.DataFrame, drawn: pa.Table | pd.DataFrame | None = None,
                     computed: pa.Table | pd.DataFrame | None = None,
                     user_tables: Sequence[str | Path] = (), category: str = "person") -> pd.DataFrame:
@@ -174,9 +181,7 @@ def attribute_frame(annotations: pa.Table | pd.DataFrame, drawn: pa.Table | pd.D
     ``occlusion`` / ``truncation``, then ``computed`` and ``drawn`` columns (left-joined; the drawn table's
     ``height_px`` etc. keep their names, computed ones are distinct), then each user table in order."""
     if isinstance(annotations, pa.Table):      # filtered and narrowed in Arrow: no Python objects for other rows
-        keep = pc.and_(pc.equal(annotations["category"], category), pc.invert(pc.fill_null(annotations["iscrowd"],
-                                                                                          False)))
-        anns = annotations.filter(keep).select([*KEYS, "occlusion", "truncation"]).to_pandas()
+        anns = non_crowd(annotations, category).select([*KEYS, "occlusion", "truncation"]).to_pandas()
     else:
         anns = annotations[(annotations["category"] == category)
                            & ~annotations["iscrowd"].fillna(False).astype(bool)]

@@ -7,7 +7,8 @@ makes glibc keep freed memory for reuse (:func:`keep_freed_memory`): CPU forward
 import contextlib
 import ctypes
 import os
-import platform
+
+from tasks.memory import glibc, release_freed_memory  # stdlib only: nothing imported before the defaults below
 
 for _key, _value in {
     "DO_NOT_TRACK": "1",                                   # Prefect client telemetry off
@@ -36,15 +37,12 @@ def keep_freed_memory() -> bool:
     process runs with these settings (set here, or inherited from a parent that set them). The cost: the process
     keeps its peak heap (:func:`returning_freed_memory` lifts that for a block)."""
     global _kept
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    libc = glibc()
+    if libc is None:
         return False
     inherited = os.environ.get("GLIBC_TUNABLES") == TUNABLES          # glibc applied them at this process's start
     if any(key in os.environ for key in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")) or (
             "GLIBC_TUNABLES" in os.environ and not inherited):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
         return False
     applied = inherited or (bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
                             and bool(libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)))
@@ -68,15 +66,13 @@ def returning_freed_memory():
     if libc is None:
         yield
         return
-    from tasks.memory import release_freed_memory
-
     libc.mallopt(_M_MMAP_THRESHOLD, GLIBC_DEFAULT_THRESHOLD)
     libc.mallopt(_M_TRIM_THRESHOLD, GLIBC_DEFAULT_THRESHOLD)
     release_freed_memory()
     try:
         yield
     finally:
-        libc.malloc_trim(0)
+        release_freed_memory()
         libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
         libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
 

@@ -35,7 +35,7 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from detection.attributes import KEYS, attribute_frame
+from detection.attributes import KEYS, attribute_frame, non_crowd
 from detection.datasets.tables import rows_to_table
 from detection.evaluation import MATCH_IOU, ImageEval, match
 from detection.miss_rate import (
@@ -101,8 +101,7 @@ def person_outcomes(annotations: pa.Table, detections: pa.Table, model_id: str, 
     """One row per non-crowd ground-truth ``person_class`` annotation (annotation order): ``image_id, ann_id,
     height`` (box, px), ``occlusion``, ``missed`` (0 / 1: no one-to-one match at IoU >= MATCH_IOU scoring >=
     ``conf``, the rule of explain's targets and infer's recall) and ``score`` (its matched detection's, 0 if none)."""
-    persons = annotations.filter(pc.and_(pc.equal(annotations["category"], person_class),
-                                         pc.invert(pc.fill_null(annotations["iscrowd"], False))))
+    persons = non_crowd(annotations, person_class)
     dets = _boxes_by_image(_person_detections(detections, model_id, person_class))
     rows = []
     for image_id, gt in _by_image(persons.select(["image_id", "ann_id", "bbox", "occlusion"])).items():

@@ -10,7 +10,8 @@ import sys
 
 
 @functools.cache
-def _libc() -> ctypes.CDLL | None:
+def glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc on Linux (its malloc tunables apply), else None."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
     try:
@@ -22,7 +23,7 @@ def _libc() -> ctypes.CDLL | None:
 def release_freed_memory() -> None:
     """Return the free pages of every malloc arena to the OS (``malloc_trim(0)``: ms, nothing freed that is in use)
     and Arrow's pool's unused memory, where they exist (glibc; pyarrow imported); nothing elsewhere."""
-    libc = _libc()
+    libc = glibc()
     if libc is not None:
         libc.malloc_trim(0)
     if "pyarrow" in sys.modules:
