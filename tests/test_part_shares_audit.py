@@ -64,3 +64,19 @@ def test_default_part_job_prefers_the_first_shapley_job():
     assert default_part_job(later) == "shap@parts"
     assert default_part_job(later.filter(pa.compute.equal(later["job"], "occlusion@parts"))) == "occlusion@parts"
     assert default_part_job(later.filter(pa.compute.equal(later["kind"], "classes"))) is None
+
+
+def _one(names, relevance) -> pa.Table:
+    return pa.table({"image_id": ["a"], "target_id": ["1"], "kind": ["persons"], "job": ["j"], "method": ["m"],
+                     "region_names": pa.array([names], pa.list_(pa.string())),
+                     "relevance": pa.array([relevance], pa.list_(pa.float64()))})
+
+
+def test_part_shares_of_one_target_on_degenerate_lists_equal_the_reference():
+    # no values (keys only), one region, all NaN (NaN shares), only a null name (keys only)
+    for names, relevance in ((["head"], []), (["head"], [2.0]), (["head", "torso"], [np.nan, np.nan]),
+                             ([None], [1.0])):
+        table = _one(names, relevance)
+        got, want = part_shares(table, "j"), _reference(table, "j")
+        assert list(got.columns) == list(want.columns) and len(got) == 1
+        pd.testing.assert_frame_equal(got, want, check_exact=True)
