@@ -51,6 +51,7 @@ from detection.slices import SliceConfig, find_slices, slice_mask
 from tasks.memory import release_freed_memory
 from tasks.model_cache import detector_model, load_image, task_device
 from tasks.params import Params
+from tasks.part_shares import part_shares as compute_part_shares
 
 SEEN_SCORE = 0.05     # candidates scoring below this (or below conf, if lower) are background for the miss types
 CONTEXT = "context"
@@ -131,45 +132,14 @@ def default_part_job(explanations: pa.Table) -> str | None:
 
 def part_shares(explanations: pa.Table, job: str) -> pd.DataFrame:
     """Wide table (``image_id, ann_id``, one ``share:<part>`` column per region, in the order regions first appear)
-    of ``job``'s persons with relevance and region names: each region's relevance over the nansum of |relevance| of
-    the target's regions (the report's share; 0 total -> shares 0; a null value -> NaN; a region a target lacks ->
-    NaN; names pair with values in list order, extra values and values of a null name count in the total only; a
-    repeated name keeps its last value). Vectorised over the
-    flattened lists (no Python object per row: ~1 KB a target as dicts)."""
-    e = explanations                   # filter the four columns only (not a copy of every column first)
-    named = pc.greater(pc.fill_null(pc.list_value_length(e["region_names"]), 0), 0)
-    keep = pc.and_(pc.and_(pc.equal(e["job"], job), pc.equal(e["kind"], "persons")),
-                   pc.and_(pc.is_valid(e["relevance"]), named))
-    sel = e.select(["image_id", "target_id", "region_names", "relevance"]).filter(pc.fill_null(keep, False))
-    if sel.num_rows == 0:
+    of ``job``'s persons with relevance and region names: each region's share of the target's |relevance|
+    (:func:`tasks.part_shares.part_shares`, the report's number; NaN for a region the target lacks)."""
+    shares = compute_part_shares(explanations, job=job, kinds=("persons",))
+    if shares.targets.num_rows == 0:
         return pd.DataFrame(columns=list(KEYS))
-    sel = sel.combine_chunks()
-    names, relevance = sel["region_names"].chunk(0), sel["relevance"].chunk(0)
-    # list offsets as numpy (a sliced list array's values start at offsets[0])
-    rel_off = relevance.offsets.to_numpy().astype(np.int64)
-    rel = pc.cast(relevance.values, pa.float64()).to_numpy(zero_copy_only=False)[rel_off[0]:rel_off[-1]]
-    rel_off -= rel_off[0]
-    name_off = names.offsets.to_numpy().astype(np.int64)
-    name_values = names.values.slice(name_off[0], name_off[-1] - name_off[0])
-    name_off -= name_off[0]
-    absolute = np.abs(np.where(np.isnan(rel), 0.0, rel))                # nansum: NaN (and null) counts 0
-    totals = np.zeros(sel.num_rows)
-    filled = np.diff(rel_off) > 0
-    totals[filled] = np.add.reduceat(absolute, rel_off[:-1][filled]) if filled.any() else totals[filled]
-    totals[totals == 0] = 1.0
-    paired = np.minimum(np.diff(rel_off), np.diff(name_off))           # zip(): pairs up to the shorter list
-    row = np.repeat(np.arange(sel.num_rows), paired)
-    within = np.arange(row.size) - np.repeat(np.cumsum(paired) - paired, paired)
-    with np.errstate(invalid="ignore"):                                 # inf / inf: NaN, as per target
-        value = rel[rel_off[row] + within] / totals[row]
-    codes, regions = pd.factorize(name_values.to_numpy(zero_copy_only=False)[name_off[row] + within], sort=False)
-    cell = row * max(1, len(regions)) + codes                           # a null name (code -1): no region
-    last = len(cell) - 1 - np.unique(cell[::-1], return_index=True)[1]  # a repeated name: its last value
-    last = last[codes[last] >= 0]
-    wide = np.full((sel.num_rows, len(regions)), np.nan)
-    wide[row[last], codes[last]] = value[last]
-    return pd.concat([pd.DataFrame({"image_id": sel["image_id"].to_pandas(), "ann_id": sel["target_id"].to_pandas()}),
-                      pd.DataFrame(wide, columns=[share_column(n) for n in regions])], axis=1)
+    t = shares.targets
+    return pd.concat([pd.DataFrame({"image_id": t["image_id"].to_pandas(), "ann_id": t["target_id"].to_pandas()}),
+                      pd.DataFrame(shares.wide(), columns=[share_column(n) for n in shares.parts])], axis=1)
 
 
 def outcome_table(annotations: pa.Table, detections: pa.Table, drawn: pa.Table | None, computed: pa.Table | None,

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tasks.metric_names import METRICS, causal_auc, in_table, names, parse_curve_point
+from tasks.part_shares import part_shares as compute_part_shares
 from tasks.undefined import parse_undefined
 
 SUMMARY_METRICS = names("quality") + names("cost")
@@ -130,25 +131,13 @@ def plot_causal_curves(metrics: pa.Table, plots: Path) -> Path:
 
 
 def _part_shares(explanations: pa.Table) -> dict[tuple[str, str], float]:
-    """Per (job, part): the mean over pedestrian explanations of the part's relevance over the sum of |relevance|
-    of the target's parts (a 0 sum counts as 1), with Arrow compute over the flattened relevance lists."""
-    t = explanations.select(["kind", "job", "region_names", "relevance"])
-    t = t.filter(pc.and_(pc.not_equal(t["kind"], "classes"),
-                         pc.and_(pc.is_valid(t["relevance"]),
-                                 pc.greater(pc.fill_null(pc.list_value_length(t["region_names"]), 0), 0))))
-    if t.num_rows == 0:
+    """Per (job, part): the mean over targets (every kind but ``classes``) of the part's share of the target's
+    |relevance| (:func:`tasks.part_shares.part_shares`; a NaN share is skipped, a part with none defined is NaN)."""
+    shares = compute_part_shares(explanations)
+    if not len(shares.share):
         return {}
-    t = t.combine_chunks()
-    relevance = t["relevance"].chunk(0)
-    parent = pc.list_parent_indices(relevance)
-    values = pc.cast(pc.list_flatten(relevance), pa.float64())
-    totals = pa.table({"row": parent, "abs": pc.abs(values)}).group_by("row").aggregate([("abs", "sum")])
-    total = pc.take(totals.sort_by("row")["abs_sum"], pc.index_in(parent, value_set=totals.sort_by("row")["row"]))
-    total = pc.if_else(pc.equal(total, 0.0), 1.0, total)
-    flat = pa.table({"job": pc.take(t["job"], parent), "part": pc.list_flatten(t["region_names"]),
-                     "share": pc.divide(values, total)})
-    g = flat.group_by(["job", "part"]).aggregate([("share", "mean")])
-    return {(j, p): v for j, p, v in zip(g["job"].to_pylist(), g["part"].to_pylist(), g["share_mean"].to_pylist())}
+    g = shares.long().groupby(["job", "part"], sort=False)["share"].mean()
+    return {(j, p): float(v) for (j, p), v in g.items()}
 
 
 def plot_part_relevance(explanations: pa.Table, plots: Path) -> Path:

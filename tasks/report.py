@@ -23,6 +23,7 @@ from detection.evaluation import MATCH_IOU, OCCLUSION_BUCKETS, SIZE_BUCKETS  # n
 from detection.miss_rate import CURVE_FPPI  # noqa: E402
 from tasks.metric_names import AGREE, METRICS, TOP_PART_MATCH, causal_auc, epg, epg_chance, names, parse_agreement  # noqa: E402
 from tasks.params import EvaluateParams  # noqa: E402
+from tasks.part_shares import part_shares as compute_part_shares  # noqa: E402
 from tasks.report_guidance import GuidanceInputs, render_guidance  # noqa: E402
 from tasks.report_intervals import (  # noqa: E402
     CONFIDENCE,
@@ -118,16 +119,10 @@ def _bucket(values: pd.Series, buckets: dict[str, tuple[float, float]]) -> pd.Se
 
 
 def part_shares(explanations: pd.DataFrame, targets: pd.DataFrame) -> pd.DataFrame:
-    """Long table (target, job, part, share) with share = relevance / sum |relevance| of the target's parts, joined
-    with the target's attributes and buckets (size, occlusion, detector confidence)."""
-    rows = []
-    for r in explanations.itertuples():
-        if r.kind == "classes" or r.relevance is None or r.region_names is None or not len(r.region_names):
-            continue
-        rel = np.asarray(r.relevance, float)
-        total = np.abs(rel).sum() or 1.0
-        rows += [(r.image_id, r.target_id, r.job, n, v / total) for n, v in zip(r.region_names, rel)]
-    shares = pd.DataFrame(rows, columns=["image_id", "target_id", "job", "part", "share"])
+    """Long table (target, job, part, share), the share of each region in the target's |relevance|
+    (:func:`tasks.part_shares.part_shares`: every target kind but ``classes``), joined with the target's attributes
+    and buckets (size, occlusion, detector confidence)."""
+    shares = compute_part_shares(explanations).long()
     t = targets[["image_id", "target_id", "kind", "height", "occlusion", "found", "score"]]
     shares = shares.merge(t, on=["image_id", "target_id"], how="left")
     shares["size"] = _bucket(shares["height"], SIZE_BUCKETS)
