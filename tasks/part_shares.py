@@ -66,8 +66,11 @@ def _as_table(explanations: pa.Table | pd.DataFrame) -> pa.Table:
 def part_shares(explanations: pa.Table | pd.DataFrame, *, job: str | None = None,
                 kinds: Collection[str] | None = None) -> PartShares:
     """The shares (module docstring) of the explanation rows with relevance and region names, of ``job`` (None: every
-    job) and of target kinds ``kinds`` (None: every kind but ``classes``). ``explanations``: the explain stage's
-    table (Arrow or pandas) with at least :data:`COLUMNS`. Raises KeyError naming a missing column."""
+    job) and of target kinds ``kinds`` (None: every kind but ``classes``; a row with a null kind is skipped).
+    ``explanations``: the explain stage's table (Arrow or pandas) with at least :data:`COLUMNS`. Raises KeyError
+    naming a missing column."""
+    if isinstance(kinds, str):
+        kinds = (kinds,)
     e = _as_table(explanations)
     missing = [c for c in COLUMNS if c not in e.column_names]
     if missing:
@@ -108,9 +111,11 @@ def part_shares(explanations: pa.Table | pd.DataFrame, *, job: str | None = None
     with np.errstate(invalid="ignore"):                                 # inf / inf: NaN, as per target
         value = rel[rel_off[row] + within] / totals[row]
     codes, regions = pd.factorize(name_values.to_numpy(zero_copy_only=False)[name_off[row] + within], sort=False)
-    cell = row * max(1, len(regions)) + codes                           # a null name (code -1): no region
+    named = codes >= 0                                                  # a null name (code -1): no region
+    row, codes, value = row[named], codes[named], value[named]          # (before the cells: row·R − 1 is a cell)
+    cell = row * max(1, len(regions)) + codes
     last = len(cell) - 1 - np.unique(cell[::-1], return_index=True)[1]  # a repeated name: its last value
-    last = np.sort(last[codes[last] >= 0])                              # target order, then list order
+    last = np.sort(last)                                                # target order, then list order
     return PartShares(sel.select(["image_id", "target_id", "job"]), [str(r) for r in regions], row[last],
                       codes[last].astype(np.int64), value[last])
 

@@ -20,6 +20,7 @@ ROWS = [  # image, target, kind, job, names, relevance
     ("b", "4", "persons", "j", ["legs", "head"], [1.0, 2.0, 5.0]),                  # extra value: total only
     ("b", "5", "persons", "j", ["head", "head", "torso"], [1.0, 3.0, -4.0]),        # repeated name: last value
     ("c", "6", "persons", "j", ["torso", None, "arms"], [1.0, 5.0, 2.0]),           # null name: total only
+    ("c", "6b", "persons", "j", [None, "torso"], [1.0, 1.0]),    # its null name must not erase 6's "arms"
     ("c", "7", "detections", "j", ["head"], [2.0]),                                 # another non-class kind
     ("c", "8", "classes", "j", ["head"], [1.0]),                                    # classes: never
     ("c", "9", "persons", "j", ["head"], None),                                     # no relevance: skipped
@@ -90,6 +91,7 @@ def test_job_and_kind_filters_and_empty_inputs():
     only_k = part_shares(_table(), job="k")
     assert only_k.parts == ["head", "torso"] and only_k.share == pytest.approx([0.25, 0.75])
     assert part_shares(_table(), kinds=("classes",)).long()["target_id"].tolist() == ["8"]
+    assert part_shares(_table(), kinds="classes").long()["target_id"].tolist() == ["8"]   # a str is one kind
     empty = part_shares(_table(), job="absent")
     assert empty.targets.num_rows == 0 and empty.long().empty and empty.wide().shape == (0, 0)
     no_regions = _table().to_pandas().assign(region_names=None)
