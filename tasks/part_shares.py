@@ -54,13 +54,20 @@ class PartShares:
         return out
 
 
-def _as_table(explanations: pa.Table | pd.DataFrame) -> pa.Table:
+def _columns(explanations: pa.Table | pd.DataFrame) -> pa.Table:
+    """:data:`COLUMNS` of ``explanations`` as an Arrow table (only these converted or filtered later, not every
+    column). Raises KeyError naming the missing columns."""
+    have = explanations.columns if isinstance(explanations, pd.DataFrame) else explanations.column_names
+    missing = [c for c in COLUMNS if c not in have]
+    if missing:
+        raise KeyError(f"part shares: explanations lack the columns {missing}")
     if isinstance(explanations, pd.DataFrame):
-        missing = [c for c in COLUMNS if c not in explanations.columns]
-        if missing:
-            raise KeyError(f"part shares: explanations lack the columns {missing}")
         return pa.Table.from_pandas(explanations[list(COLUMNS)], preserve_index=False)
-    return explanations
+    return explanations.select(list(COLUMNS))
+
+
+def _is_list(array: pa.ChunkedArray) -> bool:
+    return pa.types.is_list(array.type) or pa.types.is_large_list(array.type)
 
 
 def part_shares(explanations: pa.Table | pd.DataFrame, *, job: str | None = None,
@@ -71,13 +78,8 @@ def part_shares(explanations: pa.Table | pd.DataFrame, *, job: str | None = None
     naming a missing column."""
     if isinstance(kinds, str):
         kinds = (kinds,)
-    e = _as_table(explanations)
-    missing = [c for c in COLUMNS if c not in e.column_names]
-    if missing:
-        raise KeyError(f"part shares: explanations lack the columns {missing}")
-    e = e.select(list(COLUMNS))                 # filter these columns only (not a copy of every column first)
-    if not (pa.types.is_list(e["region_names"].type) or pa.types.is_large_list(e["region_names"].type)) or \
-            not (pa.types.is_list(e["relevance"].type) or pa.types.is_large_list(e["relevance"].type)):
+    e = _columns(explanations)
+    if not (_is_list(e["region_names"]) and _is_list(e["relevance"])):
         return _empty()                         # an all-null column (no row has regions): nothing to share
     keep = pc.and_(pc.is_valid(e["relevance"]), pc.greater(pc.fill_null(pc.list_value_length(e["region_names"]), 0), 0))
     if kinds is None:
