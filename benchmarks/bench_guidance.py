@@ -98,8 +98,7 @@ def recalibrated(clf, train: SceneSet):
     (L-BFGS, features frozen). A bias is not part of any attribution map the guidance trained on (IxG / Grad-CAM of a
     logit ignore it), so this moves only the scores' level: it separates what a fine-tune did to the ranking from
     what it did to calibration."""
-    from detection.models.classifier import ImageClassifier
-    from detection.models.guided_training import scene_net_from
+    from detection.models.guided_training import classifier_like, scene_net_from
 
     net = scene_net_from(clf).eval()
     with torch.no_grad():
@@ -119,10 +118,7 @@ def recalibrated(clf, train: SceneSet):
     opt.step(closure)
     with torch.no_grad():
         net.head.bias.copy_(bias)
-    for q in net.parameters():
-        q.requires_grad_(False)
-    return ImageClassifier(net, clf.class_names, multi_label=True, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
-                           input_size=clf.input_size, device="cpu", antialias=clf.antialias)
+    return classifier_like(net, clf)
 
 
 def rise_epg(clf, scenes: SceneSet, n: int) -> dict:

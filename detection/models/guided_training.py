@@ -188,11 +188,17 @@ def guided_finetune(clf: ImageClassifier, images: torch.Tensor, labels: torch.Te
             break
     bar.close()
     hist.seconds = time.perf_counter() - start
+    return classifier_like(net, clf), hist
+
+
+def classifier_like(net: SceneNet, clf: ImageClassifier) -> ImageClassifier:
+    """``net`` (normalisation folded: [0, 1] images) frozen in eval mode as a CPU classifier with ``clf``'s classes,
+    input size and resize: what a fine-tune of ``clf`` returns."""
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)
     return ImageClassifier(net, clf.class_names, multi_label=True, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
-                           input_size=clf.input_size, device="cpu", antialias=clf.antialias), hist
+                           input_size=clf.input_size, device="cpu", antialias=clf.antialias)
 
 
 def _progress(total: int, enabled: bool):
@@ -201,4 +207,5 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, desc="guide", unit="batch", disable=not enabled, leave=False)
 
 
-__all__ = ["GuidanceHistory", "GuidanceTraining", "annotated_subset", "guided_finetune", "scene_net_from"]
+__all__ = ["GuidanceHistory", "GuidanceTraining", "annotated_subset", "classifier_like", "guided_finetune",
+           "scene_net_from"]
