@@ -13,11 +13,19 @@ greedily, each the one that removes the most total variance given those already 
 2^(M-1) - 1 pairs (or a pool of them for large M). The design is cached per (M, pairs, decay) and the players are
 relabelled by a seeded permutation, so the seed still varies the coalitions. Efficiency, sum phi = v(all) -
 v(none), is an observation of the same process (the pair (all, none)) and holds exactly.
+
+A prior estimate (:class:`ShapleyPrior`, e.g. an amortised explainer's one-forward answer, ``explainers.fastshap``)
+enters as one more observation: phi_i + noise, the noise's variance set by the estimate's *measured* relative L2
+error (``relative_error``, stored with a trained explainer's weights), in the units of the process's amplitude
+(its maximum-likelihood value given the pairs). A poor estimate with an honest error gets little weight, so the
+result stays close to plain BayesShapley; an accurate one replaces pairs the budget could not buy.
 """
 from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -131,21 +139,86 @@ def pair_design(M: int, n_pairs: int, decay: float = DEFAULT_DECAY) -> np.ndarra
     return Z[chosen].astype(np.float32)
 
 
-def posterior_shapley(Zp: np.ndarray, D: torch.Tensor, d_all: torch.Tensor, decay: float) -> torch.Tensor:
+@dataclass(frozen=True)
+class ShapleyPrior:
+    """An estimate of the Shapley values from elsewhere and how wrong such estimates were measured to be.
+
+    ``mean``: [T, M] (score units, one row per target, players in the game's order); ``relative_error``: its
+    typical relative L2 error against exact values, > 0 (e.g. the median of a held-out check). Raises ValueError
+    for a non-finite mean or a relative error that is not a positive finite number."""
+
+    mean: torch.Tensor
+    relative_error: float
+
+    def __post_init__(self):
+        if not (math.isfinite(self.relative_error) and self.relative_error > 0):
+            raise ValueError(f"ShapleyPrior: relative_error must be a positive finite number, got "
+                             f"{self.relative_error}")
+        if self.mean.ndim != 2 or not bool(torch.isfinite(self.mean).all()):
+            raise ValueError(f"ShapleyPrior: mean must be a finite [T, M] tensor, got shape {tuple(self.mean.shape)}")
+
+
+def shapley_prior_covariance(M: int, decay: float) -> torch.Tensor:
+    """Prior covariance of the M Shapley values [M, M]: Cov(phi_i, phi_j) = sum over odd orders k of the order's
+    variance / k^2 times the number of k-subsets holding both (C(M - 1, k - 1) on the diagonal, C(M - 2, k - 2)
+    off it)."""
+    v = _order_variances(M, decay)
+    diag = sum(v[k] / k ** 2 * math.comb(M - 1, k - 1) for k in range(1, M + 1))
+    off = sum(v[k] / k ** 2 * math.comb(M - 2, k - 2) for k in range(2, M + 1))
+    return torch.full((M, M), off, dtype=torch.float64) + (diag - off) * torch.eye(M, dtype=torch.float64)
+
+
+def posterior_shapley(Zp: np.ndarray, D: torch.Tensor, d_all: torch.Tensor, decay: float,
+                      prior: ShapleyPrior | None = None) -> torch.Tensor:
     """Posterior mean of phi [T, M] given pair differences D [n, T] at coalitions Zp [n, M] and d(all) = v(all) -
-    v(none) [T]; efficiency is restored exactly (the solve leaves it only to rounding)."""
+    v(none) [T]; with ``prior``, also given its mean [T, M] as a noisy observation of phi (module docstring).
+    Efficiency is restored exactly (the solve leaves it only to rounding). Raises ValueError for a prior of another
+    shape."""
     M = Zp.shape[1]
     s = torch.cat([torch.from_numpy(2.0 * Zp - 1.0).double(), torch.ones(1, M, dtype=torch.float64)])
     Y = torch.cat([D.double(), d_all.double()[None]])                                # [n + 1, T]
     K = pair_covariance(s, s, decay)
-    phi = (shapley_covariance(s, decay).T @ symmetric_pinv_solve(K, Y, rcond=1e-12)).T   # [T, M]
+    C = shapley_covariance(s, decay)                                                 # Cov(d, phi) [n + 1, M]
+    weights = symmetric_pinv_solve(K, Y, rcond=1e-12)                                # [n + 1, T]
+    phi = (C.T @ weights).T                                                          # [T, M]
+    if prior is not None:
+        phi = _with_prior(K, C, Y, weights, phi, prior, decay)
     return phi + (d_all.double() - phi.sum(1))[:, None] / M
 
 
+def _with_prior(K: torch.Tensor, C: torch.Tensor, Y: torch.Tensor, weights: torch.Tensor, plain: torch.Tensor,
+                prior: ShapleyPrior, decay: float) -> torch.Tensor:
+    """Posterior mean of phi [T, M] given the pairs and the prior's mean as phi + noise (module docstring)."""
+    T, M = plain.shape
+    mean = prior.mean.double().cpu()
+    if mean.shape != (T, M):
+        raise ValueError(f"ShapleyPrior: mean has shape {tuple(mean.shape)}, the game's Shapley values are "
+                         f"[targets, players] = [{T}, {M}]")
+    n = K.shape[0]
+    amplitude = (Y * weights).sum(0) / n                                             # [T] ML scale of the process
+    scale = torch.where((mean ** 2).sum(1) > 0, (mean ** 2).sum(1), (plain ** 2).sum(1))
+    noise = prior.relative_error ** 2 * scale / M / amplitude.clamp_min(1e-300)      # [T] in prior units
+    informative = (amplitude > 0) & (scale > 0)
+    J = torch.zeros(T, n + M, n + M, dtype=torch.float64)
+    J[:, :n, :n], J[:, :n, n:], J[:, n:, :n] = K, C, C.T
+    J[:, n:, n:] = shapley_prior_covariance(M, decay) + noise[:, None, None] * torch.eye(M, dtype=torch.float64)
+    evals, evecs = torch.linalg.eigh(J)
+    keep = evals.abs() > 1e-12 * evals.abs().amax(1, keepdim=True)
+    inverse = torch.where(keep, 1.0 / torch.where(keep, evals, torch.ones_like(evals)), torch.zeros_like(evals))
+    observed = torch.cat([Y.T, mean], 1)                                             # [T, n + M]
+    solved = evecs @ (inverse * (evecs.transpose(1, 2) @ observed[..., None])[..., 0])[..., None]
+    cross = torch.cat([C, shapley_prior_covariance(M, decay)])                       # Cov([d; prior], phi)
+    fused = (cross.T @ solved[..., 0].T).T
+    return torch.where(informative[:, None], fused, plain)
+
+
 def bayes_shapley(game: Game, M: int, budget: int, rng: np.random.Generator, device="cpu",
-                  decay: float = DEFAULT_DECAY) -> ShapleyEstimate:
+                  decay: float = DEFAULT_DECAY,
+                  prior: Callable[[torch.Tensor, torch.Tensor], ShapleyPrior] | None = None) -> ShapleyEstimate:
     """Shapley values from (budget - 2) // 2 designed complementary pairs plus the empty and full coalitions;
-    exact enumeration when the budget covers all 2^M coalitions. Raises BudgetError below min(2^M, 4) forwards."""
+    exact enumeration when the budget covers all 2^M coalitions (``prior`` unused). ``prior(empty, full)`` (both
+    [T]) returns a :class:`ShapleyPrior` fused with the pairs (module docstring); its mean is shifted equally per
+    player to sum to full - empty first. Raises BudgetError below min(2^M, 4) forwards."""
     decay = check_decay(decay)
     if budget >= 2 ** M:
         return exact_shapley(game, M, device)
@@ -155,7 +228,12 @@ def bayes_shapley(game: Game, M: int, budget: int, rng: np.random.Generator, dev
     empty, full = _ends(game, M, device)
     Zp = pair_design(M, (budget - 2) // 2, decay)[:, rng.permutation(M)]
     Y = _evaluate(game, np.stack([Zp, 1 - Zp], 1).reshape(-1, M), device)            # S, complement, S, ...
-    phi = posterior_shapley(Zp, Y[0::2] - Y[1::2], full - empty, decay)
+    belief = None
+    if prior is not None:
+        belief = prior(empty, full)
+        mean = belief.mean.double().cpu()
+        belief = ShapleyPrior(mean + (full - empty - mean.sum(1))[:, None] / M, belief.relative_error)
+    phi = posterior_shapley(Zp, Y[0::2] - Y[1::2], full - empty, decay, belief)
     return ShapleyEstimate(phi, empty, full, 2 + 2 * len(Zp))
 
 

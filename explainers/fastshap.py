@@ -27,9 +27,14 @@ Shapley kernel, paired, of training-split persons; the weights file (:class:`Fas
 model's weights fingerprint (``explainers.trained.weights_fingerprint``), the players, the perturbation, the crop and a
 held-out accuracy record (exact Shapley values by enumeration on held-out training-split persons). The explainer
 refuses a model, a player set, a grouping or a perturbation other than the ones it was trained for.
+
+:class:`FastShapBayesShapley` spends a budget on top: BayesShapley's designed pairs with the network's estimate as a
+prior (``explainers.bayesian_shapley.ShapleyPrior``), weighted by the weights file's held-out error, so a poor
+network costs little and a good one replaces pairs.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +45,8 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from detection.body import PART_GROUPS
-from explainers.base import Explainer, Explanation, paint, region_set
+from explainers.base import Explainer, Explanation, numpy_rng, paint, region_set
+from explainers.bayesian_shapley import DEFAULT_DECAY, ShapleyPrior, bayes_shapley, check_decay
 from explainers.game import RegionGame
 from explainers.perturb import Perturbation, make_perturbation
 from explainers.trained import load_checkpoint, save_checkpoint, tensors_sha256, weights_fingerprint
@@ -293,13 +299,21 @@ class FastShapParts(Explainer):
                                    n_explainer_forward=self.n_explainer_forward)
 
     def _explain(self, image, regions, budget, generator):
-        P = len(self.ckpt.players)
-        columns = self._columns.to(self.device)
         game = RegionGame(self.score, image, regions, self.perturbation, self.chunk_size)
         n = regions.shape[0]
         ends = game(torch.stack([torch.ones(n), torch.zeros(n)]).to(self.device))   # [2, T]: v(all), v(none)
         full, empty = ends[0], ends[1]
-        T = ends.shape[1]
+        phi = self.amortised(image, regions, full, empty)
+        return paint(phi, regions), phi, {"full_score": full, "empty_score": empty}
+
+    def amortised(self, image: torch.Tensor, regions: torch.Tensor, full: torch.Tensor,
+                  empty: torch.Tensor) -> torch.Tensor:
+        """The network's efficient estimate [T, n] of the n non-empty ``regions`` [n, H, W] (the players with a
+        pixel, in trained order), given the game's ends ``full`` = v(all), ``empty`` = v(none) [T]: one explainer
+        forward, no model forward."""
+        P = len(self.ckpt.players)
+        columns = self._columns.to(self.device)
+        T = full.shape[0]
         masks = regions.new_zeros(P, *regions.shape[1:]).index_copy_(0, columns, regions)
         baseline = self.perturbation.baseline(image)
         x, height = person_inputs(image, baseline, masks, self.ckpt.crop)
@@ -311,8 +325,53 @@ class FastShapParts(Explainer):
         with torch.inference_mode():
             raw = self.net(x[None].expand(T, -1, -1, -1), scalars)
         self.n_explainer_forward += 1
-        phi = normalise(raw.float(), present, (full - empty).float())[:, columns]
-        return paint(phi, regions), phi, {"full_score": full, "empty_score": empty}
+        return normalise(raw.float(), present, (full - empty).float())[:, columns]
+
+
+class FastShapBayesShapley(FastShapParts):
+    """BayesShapley (:mod:`explainers.bayesian_shapley`) with :class:`FastShapParts`' one-forward estimate as its
+    prior: the estimate is one more, noisy observation of the Shapley values, weighted by the relative error the
+    weights file's own held-out check measured (``heldout["median_rel_l2"]``), so a poor network gets little weight
+    and the result stays close to plain BayesShapley at the same model forwards (benchmarks/README.md, "Learned
+    explainers"). The FastSHAP network: Jethani et al., ICLR 2022, https://arxiv.org/abs/2107.07436.
+
+    Weights, guard and regions as :class:`FastShapParts`; ``decay`` as BayesShapley's. Returns relevance [T, P]
+    (score units, efficiency exact), saliency, full / empty scores [T]. Spends 2 + 2 floor((budget - 2) / 2) model
+    forwards (2^n when that covers every coalition of the n players with a pixel: then exact, no network) and 1
+    explainer forward. Raises ValueError for weights without a held-out check (nothing to weight the network by) or
+    a decay outside (0, 1), BudgetError for a budget below min(2^n, 4)."""
+
+    name = "fastshap_bayes"
+    default_budget = 16
+
+    def __init__(self, scorer, *, weights: str | Path | FastShapCheckpoint, decay: float = DEFAULT_DECAY, **kw):
+        super().__init__(scorer, weights=weights, **kw)
+        error = self.ckpt.heldout.get("median_rel_l2")
+        if not isinstance(error, (int, float)) or not math.isfinite(error) or error <= 0:
+            raise ValueError(f"fastshap_bayes: {self.source or 'the network'} has no held-out check "
+                             f"(heldout.median_rel_l2 = {error!r}), so its estimate cannot be weighted: train it "
+                             f"with tasks.fastshap_train (--heldout-persons > 0)")
+        self.prior_error = float(error)
+        self.decay = check_decay(decay)
+
+    def options(self) -> dict[str, Any]:
+        return {**super().options(), "decay": self.decay, "prior_relative_error": self.prior_error}
+
+    def min_budget(self, num_regions, num_targets):
+        if 2 ** num_regions <= 4:
+            return 2 ** num_regions, f"all 2^{num_regions} coalitions"
+        return 4, "the empty and full coalitions and one complementary pair"
+
+    def _explain(self, image, regions, budget, generator):
+        game = RegionGame(self.score, image, regions, self.perturbation, self.chunk_size)
+
+        def prior(empty: torch.Tensor, full: torch.Tensor) -> ShapleyPrior:
+            full, empty = full.to(self.device), empty.to(self.device)
+            return ShapleyPrior(self.amortised(image, regions, full, empty).cpu(), self.prior_error)
+
+        est = bayes_shapley(game, regions.shape[0], budget, numpy_rng(generator), self.device, self.decay, prior)
+        phi = est.phi.float().to(self.device)
+        return paint(phi, regions), phi, {"full_score": est.full, "empty_score": est.empty}
 
 
 def _perturbation_of(description: str) -> Perturbation:
@@ -325,5 +384,6 @@ def _perturbation_of(description: str) -> Perturbation:
                      "defaults; pass it as perturbation=")
 
 
-__all__ = ["FORMAT", "VERSION", "Crop", "FastShapCheckpoint", "FastShapExplanation", "FastShapNet", "FastShapParts",
+__all__ = ["FORMAT", "VERSION", "Crop", "FastShapBayesShapley", "FastShapCheckpoint", "FastShapExplanation",
+           "FastShapNet", "FastShapParts",
            "normalise", "person_inputs", "player_names", "scalar_inputs"]

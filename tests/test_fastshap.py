@@ -2,6 +2,7 @@
 persons scored by an additive black box: learning, efficiency, the guard, the coalition cache's resume."""
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
@@ -9,8 +10,10 @@ import pytest
 import torch
 from torch import nn
 
+from explainers import bayes_shapley
 from explainers.base import BudgetError
-from explainers.fastshap import Crop, FastShapCheckpoint, FastShapParts, player_names
+from explainers.fastshap import Crop, FastShapBayesShapley, FastShapCheckpoint, FastShapParts, player_names
+from explainers.game import RegionGame
 from explainers.metrics import relative_error
 from explainers.perturb import make_perturbation
 from explainers.trained import weights_fingerprint
@@ -201,3 +204,27 @@ def test_cache_resume_gives_identical_rows(tmp_path):
     assert resumed.read().equals(once.read())
     with pytest.raises(ValueError, match="pairs: 4 != 5"):
         CoalitionCache(tmp_path / "once", {"pairs": 5, "seed": 3}, block=3).build(persons, PERTURBATION)
+
+
+def test_bayes_with_the_network_as_prior(trained):
+    """The hybrid refuses weights without a held-out check; with one it keeps efficiency, spends the budget's model
+    forwards and one explainer forward, and at 4 forwards beats plain BayesShapley on unseen persons."""
+    scorer, ckpt, _ = trained
+    with pytest.raises(ValueError, match="no held-out check"):
+        FastShapBayesShapley(scorer, weights=dataclasses.replace(ckpt, heldout={}))
+    checked = dataclasses.replace(ckpt, heldout=exact_check(ckpt, [make_person(k, scorer) for k in (300, 301, 302)]))
+    method = FastShapBayesShapley(scorer, weights=checked)
+    hybrid, plain = [], []
+    for k in range(100, 116):
+        person = make_person(k, scorer, drop=False)
+        exp = method.explain(person.image, person.masks, budget=4)
+        exact = additive_shapley(person, scorer)[None].double()
+        hybrid.append(float(relative_error(exp.relevance.double(), exact)[0]))
+        game = RegionGame(scorer, person.image, person.masks.float(), PERTURBATION, 64)
+        est = bayes_shapley(game, P, 4, np.random.default_rng(0))
+        plain.append(float(relative_error(est.phi.double(), exact)[0]))
+    gap = float(exp.full_score[0] - exp.empty_score[0])
+    assert abs(float(exp.relevance.sum()) - gap) < 1e-5 * max(1.0, abs(gap))
+    assert exp.n_forward == 4 and exp.n_explainer_forward == 1 and exp.method == "fastshap_bayes"
+    assert exp.options["prior_relative_error"] == checked.heldout["median_rel_l2"]
+    assert np.median(hybrid) < 0.7 * np.median(plain), (hybrid, plain)
