@@ -241,7 +241,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint-dir", default=None, help="resumable training state (last.pt)")
     parser.add_argument("--out", required=True, help="weights file (explainers.fastshap.FastShapCheckpoint)")
     parser.add_argument("--metrics", default=None, help="JSON of the training and held-out records")
-    parser.add_argument("--no-mirror", action="store_true", help="no mirror-image augmentation")
+    parser.add_argument("--mirror", action="store_true",
+                        help="add mirror images of the training persons with the same game values: only for a model "
+                             "whose game is mirror-symmetric (the demo detector's is not: the exact values of a "
+                             "mirrored pedestrian differ by a median 1.13x their norm, benchmarks/README.md)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -275,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     state, summary = train_network(samples[:-n_val], len(player_names(args.grouping)), val=samples[-n_val:],
                                    epochs=args.epochs, batch_size=args.batch, lr=args.lr, seed=args.seed,
                                    checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress,
-                                   mirror=None if args.no_mirror else mirror_permutation(player_names(args.grouping)))
+                                   mirror=mirror_permutation(player_names(args.grouping)) if args.mirror else None)
     training = {**summary, "data": "training scenes (pull.synthetic, seed + models.train_data.seed_offset)",
                 "scenes": [train_scenes.start, train_scenes.stop], "pairs": args.pairs, "seed": args.seed,
                 "lr": args.lr, "min_height": args.min_height, "cache_seconds": cache_seconds,
