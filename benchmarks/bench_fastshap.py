@@ -190,6 +190,21 @@ def uniform_rows(tables: list[dict], exacts: list[torch.Tensor]) -> dict:
     return {"uniform_split": summary(errors, agree)}
 
 
+def profile_rows(tables: list[dict], exacts: list[torch.Tensor]) -> dict:
+    """What an amortised explainer that ignores its input can reach: each pedestrian gets the mean share of every
+    part over the *other* pedestrians (leave one out), restricted to its players with a pixel, times its gap."""
+    shares = torch.stack([e / e.sum() for e in exacts])
+    errors, agree = [], []
+    for k, (table, exact) in enumerate(zip(tables, exacts)):
+        profile = torch.cat([shares[:k], shares[k + 1:]]).mean(0)
+        phi = torch.zeros(PLAYERS, dtype=torch.float64)
+        present = table["present"]
+        phi[present] = profile[present] / profile[present].sum() * exact.sum()
+        errors.append(float(relative_error(phi[None], exact[None])[0]))
+        agree.append(top_agrees(phi, exact))
+    return {"population_profile": summary(errors, agree)}
+
+
 def fastshap_rows(peds: list[dict], exacts: list[torch.Tensor], weights: str) -> dict:
     """FastShapParts with the weights file ``weights``, run live as the explain stage runs it."""
     from explainers.fastshap import FastShapCheckpoint, FastShapParts
@@ -276,6 +291,7 @@ def main() -> None:
     rows.update(bayes_rows(tables, exacts))
     rows.update(hybrid_rows(peds, tables, exacts, args.weights.split(",")[0]))
     rows.update(uniform_rows(tables, exacts))
+    rows.update(profile_rows(tables, exacts))
     if args.stability:
         stable = cache.with_name(cache.stem + "_stability.pt")
         n = args.stability
