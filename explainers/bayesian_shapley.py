@@ -16,9 +16,10 @@ v(none), is an observation of the same process (the pair (all, none)) and holds 
 
 A prior estimate (:class:`ShapleyPrior`, e.g. an amortised explainer's one-forward answer, ``explainers.fastshap``)
 enters as one more observation: phi_i + noise, the noise's variance set by the estimate's *measured* relative L2
-error (``relative_error``, stored with a trained explainer's weights), in the units of the process's amplitude
-(its maximum-likelihood value given the pairs). A poor estimate with an honest error gets little weight, so the
-result stays close to plain BayesShapley; an accurate one replaces pairs the budget could not buy.
+error (``relative_error``, stored with a trained explainer's weights) times the larger of the prior's and the pairs'
+own squared norm, in the units of the process's amplitude (its maximum-likelihood value given the pairs). A poor
+estimate with an honest error gets little weight, so the result stays close to plain BayesShapley; an accurate one
+replaces pairs the budget could not buy.
 """
 from __future__ import annotations
 
@@ -196,7 +197,9 @@ def _with_prior(K: torch.Tensor, C: torch.Tensor, Y: torch.Tensor, weights: torc
                          f"[targets, players] = [{T}, {M}]")
     n = K.shape[0]
     amplitude = (Y * weights).sum(0) / n                                             # [T] ML scale of the process
-    scale = torch.where((mean ** 2).sum(1) > 0, (mean ** 2).sum(1), (plain ** 2).sum(1))
+    # the error is relative to the exact values' norm: estimated by the larger of the prior's and the pairs' own
+    # estimate, so a prior shrunk towards zero (or the even split) is not trusted more for being small
+    scale = torch.maximum((mean ** 2).sum(1), (plain ** 2).sum(1))
     noise = prior.relative_error ** 2 * scale / M / amplitude.clamp_min(1e-300)      # [T] in prior units
     informative = (amplitude > 0) & (scale > 0)
     J = torch.zeros(T, n + M, n + M, dtype=torch.float64)
@@ -232,6 +235,9 @@ def bayes_shapley(game: Game, M: int, budget: int, rng: np.random.Generator, dev
     if prior is not None:
         belief = prior(empty, full)
         mean = belief.mean.double().cpu()
+        if mean.shape != (len(full), M):
+            raise ValueError(f"ShapleyPrior: mean has shape {tuple(mean.shape)}, the game's Shapley values are "
+                             f"[targets, players] = [{len(full)}, {M}]")
         belief = ShapleyPrior(mean + (full - empty - mean.sum(1))[:, None] / M, belief.relative_error)
     phi = posterior_shapley(Zp, Y[0::2] - Y[1::2], full - empty, decay, belief)
     return ShapleyEstimate(phi, empty, full, 2 + 2 * len(Zp))

@@ -303,14 +303,14 @@ class FastShapParts(Explainer):
         n = regions.shape[0]
         ends = game(torch.stack([torch.ones(n), torch.zeros(n)]).to(self.device))   # [2, T]: v(all), v(none)
         full, empty = ends[0], ends[1]
-        phi = self.amortised(image, regions, full, empty)
+        phi = self._amortised(image, regions, full, empty)
         return paint(phi, regions), phi, {"full_score": full, "empty_score": empty}
 
-    def amortised(self, image: torch.Tensor, regions: torch.Tensor, full: torch.Tensor,
-                  empty: torch.Tensor) -> torch.Tensor:
+    def _amortised(self, image: torch.Tensor, regions: torch.Tensor, full: torch.Tensor,
+                   empty: torch.Tensor) -> torch.Tensor:
         """The network's efficient estimate [T, n] of the n non-empty ``regions`` [n, H, W] (the players with a
-        pixel, in trained order), given the game's ends ``full`` = v(all), ``empty`` = v(none) [T]: one explainer
-        forward, no model forward."""
+        pixel, in trained order; their columns set by :meth:`explain`), given the game's ends ``full`` = v(all),
+        ``empty`` = v(none) [T]: one explainer forward, no model forward."""
         P = len(self.ckpt.players)
         columns = self._columns.to(self.device)
         T = full.shape[0]
@@ -331,14 +331,15 @@ class FastShapParts(Explainer):
 class FastShapBayesShapley(FastShapParts):
     """BayesShapley (:mod:`explainers.bayesian_shapley`) with :class:`FastShapParts`' one-forward estimate as its
     prior: the estimate is one more, noisy observation of the Shapley values, weighted by the relative error the
-    weights file's own held-out check measured (``heldout["median_rel_l2"]``), so a poor network gets little weight
+    weights file's own held-out check measured (``heldout["median_rel_l2"]``; the median, a choice: heavy-tailed
+    errors make the typical squared error larger), so a poor network gets little weight
     and the result stays close to plain BayesShapley at the same model forwards (benchmarks/README.md, "Learned
     explainers"). The FastSHAP network: Jethani et al., ICLR 2022, https://arxiv.org/abs/2107.07436.
 
     Weights, guard and regions as :class:`FastShapParts`; ``decay`` as BayesShapley's. Returns relevance [T, P]
-    (score units, efficiency exact), saliency, full / empty scores [T]. Spends 2 + 2 floor((budget - 2) / 2) model
-    forwards (2^n when that covers every coalition of the n players with a pixel: then exact, no network) and 1
-    explainer forward. Raises ValueError for weights without a held-out check (nothing to weight the network by) or
+    (score units, efficiency exact), saliency, full / empty scores [T]. Spends at most 2 + 2 floor((budget - 2) / 2)
+    model forwards (2^n when that covers every coalition of the n players with a pixel: then exact, no network) and
+    1 explainer forward. Raises ValueError for weights without a held-out check (nothing to weight the network by) or
     a decay outside (0, 1), BudgetError for a budget below min(2^n, 4)."""
 
     name = "fastshap_bayes"
@@ -347,7 +348,7 @@ class FastShapBayesShapley(FastShapParts):
     def __init__(self, scorer, *, weights: str | Path | FastShapCheckpoint, decay: float = DEFAULT_DECAY, **kw):
         super().__init__(scorer, weights=weights, **kw)
         error = self.ckpt.heldout.get("median_rel_l2")
-        if not isinstance(error, (int, float)) or not math.isfinite(error) or error <= 0:
+        if isinstance(error, bool) or not isinstance(error, (int, float)) or not math.isfinite(error) or error <= 0:
             raise ValueError(f"fastshap_bayes: {self.source or 'the network'} has no held-out check "
                              f"(heldout.median_rel_l2 = {error!r}), so its estimate cannot be weighted: train it "
                              f"with tasks.fastshap_train (--heldout-persons > 0)")
@@ -367,7 +368,7 @@ class FastShapBayesShapley(FastShapParts):
 
         def prior(empty: torch.Tensor, full: torch.Tensor) -> ShapleyPrior:
             full, empty = full.to(self.device), empty.to(self.device)
-            return ShapleyPrior(self.amortised(image, regions, full, empty).cpu(), self.prior_error)
+            return ShapleyPrior(self._amortised(image, regions, full, empty).cpu(), self.prior_error)
 
         est = bayes_shapley(game, regions.shape[0], budget, numpy_rng(generator), self.device, self.decay, prior)
         phi = est.phi.float().to(self.device)

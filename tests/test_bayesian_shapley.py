@@ -14,7 +14,7 @@ from explainers.bayesian_shapley import (
     shapley_covariance,
     shapley_prior_covariance,
 )
-from tests.games import CLOSED_FORM, M, interacting
+from tests.games import CLOSED_FORM, A, B, M, interacting
 
 
 def test_bayes_covariances_equal_sums_over_the_odd_fourier_terms():
@@ -81,16 +81,42 @@ def test_an_accurate_prior_replaces_pairs_and_a_poor_one_costs_little():
     assert trusting.mean() > 1.25 * plain[8].mean()         # the error it is told matters
 
 
-def test_prior_keeps_efficiency_and_is_checked():
+def test_a_prior_shrunk_towards_zero_is_not_trusted_for_being_small():
+    """The stated error is relative to the exact values: a prior at a tenth of them (error 0.9, stated) must not be
+    trusted more because its own norm is small. Weighting by the prior's own norm cost 5x plain's error at 32
+    forwards here; by the larger of its and the pairs' estimate's norm ~1.5x (a bias the noise model, which takes
+    the prior's error as independent of the values, cannot see) and nothing at 16."""
+    centred = A - A.mean()
+
+    def game(z):
+        z = z.double()
+        return (z @ centred + ((z @ B) * z).sum(1))[:, None]
+    exact = centred + 0.5 * (B + B.T).sum(1)
+
+    def errors(budget, prior):
+        return np.mean([relative_error(bayes_shapley(game, M, budget, np.random.default_rng(s), prior=prior).phi[0],
+                                       exact).item() for s in range(5)])
+    shrunk = lambda e, f: ShapleyPrior(0.1 * exact[None], 0.9)          # noqa: E731
+    assert errors(16, shrunk) <= 1.1 * errors(16, None)
+    assert errors(32, shrunk) <= 2.0 * errors(32, None)
+
+
+def test_prior_is_checked_and_unused_by_enumeration():
     def prior(empty, full):
-        return ShapleyPrior(torch.ones(1, M), 0.5)          # sums to M, not to full - empty: shifted first
-    est = bayes_shapley(interacting, M, 12, np.random.default_rng(0), prior=prior)
-    assert float(est.phi.sum()) == pytest.approx(float(est.full[0] - est.empty[0]), abs=1e-9)
+        return ShapleyPrior(torch.ones(1, M), 0.5)
     exact = bayes_shapley(interacting, M, 2 ** M, np.random.default_rng(0), prior=prior)    # enumeration: unused
     assert torch.allclose(exact.phi[0], CLOSED_FORM, atol=1e-6)
     with pytest.raises(ValueError, match=r"\[targets, players\] = \[1, 10\]"):
         bayes_shapley(interacting, M, 12, np.random.default_rng(0),
                       prior=lambda e, f: ShapleyPrior(torch.ones(1, M - 1), 0.5))
+
+    def two_targets(z):
+        return torch.cat([interacting(z), -interacting(z)], 1)
+    with pytest.raises(ValueError, match=r"\[targets, players\] = \[2, 10\]"):          # never broadcast
+        bayes_shapley(two_targets, M, 12, np.random.default_rng(0), prior=prior)
+    both = bayes_shapley(two_targets, M, 12, np.random.default_rng(0),
+                         prior=lambda e, f: ShapleyPrior(torch.stack([CLOSED_FORM, -CLOSED_FORM]), 1e-3))
+    assert torch.allclose(both.phi, torch.stack([CLOSED_FORM, -CLOSED_FORM]), atol=1e-2)
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="relative_error"):
             ShapleyPrior(torch.ones(1, M), bad)

@@ -228,3 +228,8 @@ def test_bayes_with_the_network_as_prior(trained):
     assert exp.n_forward == 4 and exp.n_explainer_forward == 1 and exp.method == "fastshap_bayes"
     assert exp.options["prior_relative_error"] == checked.heldout["median_rel_l2"]
     assert np.median(hybrid) < 0.7 * np.median(plain), (hybrid, plain)
+    exact_path = method.explain(person.image, person.masks, budget=2 ** P)       # enumeration: the network unused
+    assert exact_path.n_forward == 2 ** P and exact_path.n_explainer_forward == 0
+    assert torch.allclose(exact_path.relevance.double(), additive_shapley(person, scorer)[None].double(), atol=1e-5)
+    with pytest.raises(ValueError, match="no held-out check"):
+        FastShapBayesShapley(scorer, weights=dataclasses.replace(ckpt, heldout={"median_rel_l2": True}))
