@@ -20,7 +20,7 @@ Writes benchmarks/results/fastshap_<split>.json.
 
 ``--stability N``: the exact values of the first N pedestrians again after a change no explainer could be asked to
 see -- the image, masks and detection box shifted ``SHIFT`` px right (the left edge repeated), and the mirror image
-(left / right players swapped back) -- as the relative L2 difference to the unchanged exact values: how far from the
+(each player's mask mirrored with it) -- as the relative L2 difference to the unchanged exact values: how far from the
 exact values an estimator that reads the image can expect to be unless it replicates the detector.
 """
 from __future__ import annotations
@@ -113,16 +113,13 @@ def changed(p: dict, change: str, detector) -> tuple[torch.Tensor, torch.Tensor,
 def stability_rows(peds: list[dict], tables: list[dict], exacts: list[torch.Tensor], detector, cache: Path) -> dict:
     """Relative L2 difference between the exact values after a shift / mirror (``changed``) and the unchanged exact
     values, per pedestrian (cached in ``cache``, resumed pedestrian by pedestrian)."""
-    from explainers.fastshap import player_names
-    from tasks.fastshap_train import mirror_permutation
-    perm = mirror_permutation(player_names("parts10"))
     done = torch.load(cache, weights_only=True) if cache.is_file() else {}
     blur = make_perturbation("blur")
     out = {}
     for change in ("shift", "mirror"):
         diffs, full_moves = [], []
         for p, table, exact in zip(peds, tables, exacts):
-            key = f"{change}:{p['det_id']}"
+            key = f"{change}:{SHIFT if change == 'shift' else ''}:{p['det_id']}"
             if key not in done:
                 image, regions, scorer = changed(p, change, detector)
                 present = [i for i in range(PLAYERS) if bool(regions[i].any())]
@@ -131,7 +128,8 @@ def stability_rows(peds: list[dict], tables: list[dict], exacts: list[torch.Tens
                     values = game(torch.from_numpy(all_coalitions(len(present))).to(image.device))[:, 0].double()
                 phi = torch.zeros(PLAYERS, dtype=torch.float64)
                 phi[present] = exact_coefficients(len(present)).T @ values.cpu()
-                done[key] = {"phi": phi[perm] if change == "mirror" else phi, "full": float(values[-1])}
+                # mask i flipped is player i's mirror region: a mirror-symmetric game gives it player i's value
+                done[key] = {"phi": phi, "full": float(values[-1])}
                 tmp = cache.with_suffix(".tmp")
                 torch.save(done, tmp)
                 tmp.replace(cache)
@@ -224,6 +222,28 @@ def fastshap_rows(peds: list[dict], exacts: list[torch.Tensor], weights: str) ->
             "per_pedestrian_error": errors}
 
 
+def uniform_prior_rows(tables: list[dict], exacts: list[torch.Tensor], error: float) -> dict:
+    """The control for :func:`hybrid_rows`: BayesShapley with the even split as its prior, stated as wrong as the
+    network's own held-out check (``error``), same budgets and seeds: what a prior without any learning gives."""
+    from explainers.bayesian_shapley import ShapleyPrior
+    out = {}
+    for budget in BAYES_BUDGETS:
+        errors, agree = [], []
+        for table, exact in zip(tables, exacts):
+            present = table["present"]
+            even = torch.full((1, len(present)), float(exact.sum()) / len(present), dtype=torch.float64)
+            for seed in range(BAYES_SEEDS):
+                est = bayes_shapley(TableGame(table["values"][:, None]), len(present), budget,
+                                    np.random.default_rng(seed),
+                                    prior=lambda e, f, even=even: ShapleyPrior(even, error))
+                phi = torch.zeros(PLAYERS, dtype=torch.float64)
+                phi[present] = est.phi[0]
+                errors.append(float(relative_error(phi[None], exact[None])[0]))
+                agree.append(top_agrees(phi, exact))
+        out[f"bayes_shapley+even_split@{budget}"] = {**summary(errors, agree), "prior_relative_error": error}
+    return out
+
+
 def hybrid_rows(peds: list[dict], tables: list[dict], exacts: list[torch.Tensor], weights: str) -> dict:
     """BayesShapley with the FastShapParts estimate as its prior (``ShapleyPrior``, relative error = the weights
     file's own held-out median, never one measured on these pedestrians), at the budgets of ``bayes_rows`` and the
@@ -252,7 +272,7 @@ def hybrid_rows(peds: list[dict], tables: list[dict], exacts: list[torch.Tensor]
                 agree.append(top_agrees(phi, exact))
         out[f"bayes_shapley+fastshap@{budget}"] = {**summary(errors, agree), "prior_relative_error": error,
                                                    "weights": weights}
-    return out
+    return {**out, **uniform_prior_rows(tables, exacts, error)}
 
 
 def main() -> None:

@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mirror", action="store_true",
                         help="add mirror images of the training persons with the same game values: only for a model "
                              "whose game is mirror-symmetric (the demo detector's is not: the exact values of a "
-                             "mirrored pedestrian differ by a median 1.13x their norm, benchmarks/README.md)")
+                             "mirrored pedestrian differ by a median 1.03x their norm, benchmarks/README.md)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
