@@ -160,20 +160,27 @@ def summary(errors: list[float], agree: list[bool]) -> dict:
             "top_part_agreement": float(np.mean(agree)), "n": int(len(e))}
 
 
-def bayes_rows(tables: list[dict], exacts: list[torch.Tensor]) -> dict:
+def bayes_rows(tables: list[dict], exacts: list[torch.Tensor], label: str = "bayes_shapley",
+               means: list[torch.Tensor] | None = None, error: float | None = None) -> dict:
+    """BayesShapley at every budget of ``BAYES_BUDGETS``, ``BAYES_SEEDS`` seeds each, on the cached tables; with
+    ``means`` (one [1, n] per table, its players with a pixel) as its prior (``ShapleyPrior``), stated ``error``
+    wrong."""
+    from explainers.bayesian_shapley import ShapleyPrior
     out = {}
     for budget in BAYES_BUDGETS:
         errors, agree = [], []
-        for table, exact in zip(tables, exacts):
+        for k, (table, exact) in enumerate(zip(tables, exacts)):
             present = table["present"]
+            prior = None if means is None else (lambda e, f, mean=means[k]: ShapleyPrior(mean, error))
             for seed in range(BAYES_SEEDS):
                 est = bayes_shapley(TableGame(table["values"][:, None]), len(present), budget,
-                                    np.random.default_rng(seed))
+                                    np.random.default_rng(seed), prior=prior)
                 phi = torch.zeros(PLAYERS, dtype=torch.float64)
                 phi[present] = est.phi[0]
                 errors.append(float(relative_error(phi[None], exact[None])[0]))
                 agree.append(top_agrees(phi, exact))
-        out[f"bayes_shapley@{budget}"] = summary(errors, agree)
+        row = summary(errors, agree)
+        out[f"{label}@{budget}"] = row if means is None else {**row, "prior_relative_error": error}
     return out
 
 
@@ -222,33 +229,11 @@ def fastshap_rows(peds: list[dict], exacts: list[torch.Tensor], weights: str) ->
             "per_pedestrian_error": errors}
 
 
-def uniform_prior_rows(tables: list[dict], exacts: list[torch.Tensor], error: float) -> dict:
-    """The control for :func:`hybrid_rows`: BayesShapley with the even split as its prior, stated as wrong as the
-    network's own held-out check (``error``), same budgets and seeds: what a prior without any learning gives."""
-    from explainers.bayesian_shapley import ShapleyPrior
-    out = {}
-    for budget in BAYES_BUDGETS:
-        errors, agree = [], []
-        for table, exact in zip(tables, exacts):
-            present = table["present"]
-            even = torch.full((1, len(present)), float(exact.sum()) / len(present), dtype=torch.float64)
-            for seed in range(BAYES_SEEDS):
-                est = bayes_shapley(TableGame(table["values"][:, None]), len(present), budget,
-                                    np.random.default_rng(seed),
-                                    prior=lambda e, f, even=even: ShapleyPrior(even, error))
-                phi = torch.zeros(PLAYERS, dtype=torch.float64)
-                phi[present] = est.phi[0]
-                errors.append(float(relative_error(phi[None], exact[None])[0]))
-                agree.append(top_agrees(phi, exact))
-        out[f"bayes_shapley+even_split@{budget}"] = {**summary(errors, agree), "prior_relative_error": error}
-    return out
-
-
 def hybrid_rows(peds: list[dict], tables: list[dict], exacts: list[torch.Tensor], weights: str) -> dict:
     """BayesShapley with the FastShapParts estimate as its prior (``ShapleyPrior``, relative error = the weights
     file's own held-out median, never one measured on these pedestrians), at the budgets of ``bayes_rows`` and the
-    same seeds, on the cached tables. The estimate costs 1 explainer forward and no model forward of its own."""
-    from explainers.bayesian_shapley import ShapleyPrior
+    same seeds, on the cached tables. The estimate costs 1 explainer forward and no model forward of its own. With
+    the control: the even split as the prior, stated as wrong (what a prior without any learning gives)."""
     from explainers.fastshap import FastShapCheckpoint, FastShapParts
     ckpt = FastShapCheckpoint.load(weights)
     error = ckpt.heldout.get("median_rel_l2")
@@ -256,23 +241,12 @@ def hybrid_rows(peds: list[dict], tables: list[dict], exacts: list[torch.Tensor]
         return {}
     estimates = [FastShapParts(p["scorer"], weights=ckpt).explain(p["image"], p["regions"][12][:PLAYERS]).relevance
                  for p in peds]
-    out = {}
-    for budget in BAYES_BUDGETS:
-        errors, agree = [], []
-        for table, exact, estimate in zip(tables, exacts, estimates):
-            present = table["present"]
-            mean = estimate[:, present].double()
-            for seed in range(BAYES_SEEDS):
-                est = bayes_shapley(TableGame(table["values"][:, None]), len(present), budget,
-                                    np.random.default_rng(seed),
-                                    prior=lambda e, f, mean=mean: ShapleyPrior(mean, error))
-                phi = torch.zeros(PLAYERS, dtype=torch.float64)
-                phi[present] = est.phi[0]
-                errors.append(float(relative_error(phi[None], exact[None])[0]))
-                agree.append(top_agrees(phi, exact))
-        out[f"bayes_shapley+fastshap@{budget}"] = {**summary(errors, agree), "prior_relative_error": error,
-                                                   "weights": weights}
-    return {**out, **uniform_prior_rows(tables, exacts, error)}
+    learned = bayes_rows(tables, exacts, "bayes_shapley+fastshap", [e[:, t["present"]].double()
+                                                                    for e, t in zip(estimates, tables)], error)
+    even = [torch.full((1, len(t["present"])), float(x.sum()) / len(t["present"]), dtype=torch.float64)
+            for t, x in zip(tables, exacts)]
+    return {**{k: {**v, "weights": weights} for k, v in learned.items()},
+            **bayes_rows(tables, exacts, "bayes_shapley+even_split", even, error)}
 
 
 def main() -> None:
