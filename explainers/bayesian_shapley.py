@@ -18,8 +18,10 @@ A prior estimate (:class:`ShapleyPrior`, e.g. an amortised explainer's one-forwa
 enters as one more observation: phi_i + noise, the noise's variance set by the estimate's *measured* relative L2
 error (``relative_error``, stored with a trained explainer's weights) times the larger of the prior's and the pairs'
 own squared norm, in the units of the process's amplitude (its maximum-likelihood value given the pairs). A poor
-estimate with an honest error gets little weight, so the result stays close to plain BayesShapley; an accurate one
-replaces pairs the budget could not buy.
+estimate whose error is independent of the values, stated honestly, gets little weight, so the result stays close to
+plain BayesShapley; an accurate one replaces pairs the budget could not buy. An error that follows the values (a
+prior shrunk towards zero or the even split) is not what the noise model assumes: such a prior, stated honestly,
+can still cost up to ~1.5x plain's error once the pairs alone are accurate (tests/test_bayesian_shapley.py).
 """
 from __future__ import annotations
 
