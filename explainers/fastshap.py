@@ -30,7 +30,7 @@ refuses a model, a player set, a grouping or a perturbation other than the ones 
 
 :class:`FastShapBayesShapley` spends a budget on top: BayesShapley's designed pairs with the network's estimate as a
 prior (``explainers.bayesian_shapley.ShapleyPrior``), weighted by the weights file's held-out error, so a poor
-network costs little and a good one replaces pairs.
+network costs little (measured, not guaranteed) and a good one replaces pairs.
 """
 from __future__ import annotations
 
@@ -332,9 +332,10 @@ class FastShapBayesShapley(FastShapParts):
     """BayesShapley (:mod:`explainers.bayesian_shapley`) with :class:`FastShapParts`' one-forward estimate as its
     prior: the estimate is one more, noisy observation of the Shapley values, weighted by the relative error the
     weights file's own held-out check measured (``heldout["median_rel_l2"]``; the median, a choice: heavy-tailed
-    errors make the typical squared error larger), so a poor network gets little weight
-    and the result stays close to plain BayesShapley at the same model forwards (benchmarks/README.md, "Learned
-    explainers"). The FastSHAP network: Jethani et al., ICLR 2022, https://arxiv.org/abs/2107.07436.
+    errors make the typical squared error larger), so a poor network whose errors do not follow the values gets little
+    weight and the result stays close to plain BayesShapley at the same model forwards (measured on held-out
+    pedestrians, not guaranteed: benchmarks/README.md, "Learned explainers I"). The FastSHAP network: Jethani et al.,
+    ICLR 2022, https://arxiv.org/abs/2107.07436.
 
     Weights, guard and regions as :class:`FastShapParts`; ``decay`` as BayesShapley's. Returns relevance [T, P]
     (score units, efficiency exact), saliency, full / empty scores [T]. Spends at most 2 + 2 floor((budget - 2) / 2)
