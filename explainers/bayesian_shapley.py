@@ -204,15 +204,16 @@ def _with_prior(K: torch.Tensor, C: torch.Tensor, Y: torch.Tensor, weights: torc
     scale = torch.maximum((mean ** 2).sum(1), (plain ** 2).sum(1))
     noise = prior.relative_error ** 2 * scale / M / amplitude.clamp_min(1e-300)      # [T] in prior units
     informative = (amplitude > 0) & (scale > 0)
+    phi_cov = shapley_prior_covariance(M, decay)
     J = torch.zeros(T, n + M, n + M, dtype=torch.float64)
     J[:, :n, :n], J[:, :n, n:], J[:, n:, :n] = K, C, C.T
-    J[:, n:, n:] = shapley_prior_covariance(M, decay) + noise[:, None, None] * torch.eye(M, dtype=torch.float64)
+    J[:, n:, n:] = phi_cov + noise[:, None, None] * torch.eye(M, dtype=torch.float64)
     evals, evecs = torch.linalg.eigh(J)
     keep = evals.abs() > 1e-12 * evals.abs().amax(1, keepdim=True)
     inverse = torch.where(keep, 1.0 / torch.where(keep, evals, torch.ones_like(evals)), torch.zeros_like(evals))
     observed = torch.cat([Y.T, mean], 1)                                             # [T, n + M]
     solved = evecs @ (inverse * (evecs.transpose(1, 2) @ observed[..., None])[..., 0])[..., None]
-    cross = torch.cat([C, shapley_prior_covariance(M, decay)])                       # Cov([d; prior], phi)
+    cross = torch.cat([C, phi_cov])                                                  # Cov([d; prior], phi)
     fused = (cross.T @ solved[..., 0].T).T
     return torch.where(informative[:, None], fused, plain)
 

@@ -46,7 +46,7 @@ from torchvision.ops import roi_align
 
 from detection.body import PART_GROUPS
 from explainers.base import Explainer, Explanation, numpy_rng, paint, region_set
-from explainers.bayesian_shapley import DEFAULT_DECAY, ShapleyPrior, bayes_shapley, check_decay
+from explainers.bayesian_shapley import DEFAULT_DECAY, BayesShapley, ShapleyPrior, bayes_shapley, check_decay
 from explainers.game import RegionGame
 from explainers.perturb import Perturbation, make_perturbation
 from explainers.trained import load_checkpoint, save_checkpoint, tensors_sha256, weights_fingerprint
@@ -359,10 +359,7 @@ class FastShapBayesShapley(FastShapParts):
     def options(self) -> dict[str, Any]:
         return {**super().options(), "decay": self.decay, "prior_relative_error": self.prior_error}
 
-    def min_budget(self, num_regions, num_targets):
-        if 2 ** num_regions <= 4:
-            return 2 ** num_regions, f"all 2^{num_regions} coalitions"
-        return 4, "the empty and full coalitions and one complementary pair"
+    min_budget = BayesShapley.min_budget          # the same designed pairs: the same minimum
 
     def _explain(self, image, regions, budget, generator):
         game = RegionGame(self.score, image, regions, self.perturbation, self.chunk_size)
