@@ -42,6 +42,7 @@ from explainers.game import RegionGame
 from explainers.metrics import relative_error
 from explainers.perturb import make_perturbation
 from explainers.shapley import all_coalitions, exact_coefficients
+from explainers.trained import save_checkpoint
 from pedestrians import describe_split, file_digest, load_detector, pedestrians, start_run
 
 RESULTS = Path("benchmarks/results")
@@ -67,26 +68,27 @@ def cache_path(split: str, detector_weights: str) -> Path:
     return RESULTS / f"fastshap_games_{split}_{file_digest(detector_weights)}.pt"
 
 
+def enumerate_game(scorer, image: torch.Tensor, regions: torch.Tensor, chunk: int = 64) -> dict:
+    """``present`` [n] player indices (of the 11 ``regions``) with a pixel, ``values`` [2^n] float64 (the game on
+    every coalition of those players, blur hiding a player)."""
+    present = [i for i in range(PLAYERS) if bool(regions[i].any())]
+    game = RegionGame(scorer, image, regions[present].float(), make_perturbation("blur"), chunk)
+    with torch.inference_mode():
+        values = game(torch.from_numpy(all_coalitions(len(present))).to(image.device))[:, 0].double()
+    return {"present": torch.tensor(present), "values": values.cpu()}
+
+
 def enumerate_tables(peds: list[dict], cache: Path, chunk: int = 64) -> list[dict]:
-    """Per pedestrian: ``present`` [n] player indices (of the 11) with a pixel, ``values`` [2^n] float64 (the game
-    on every coalition of those players). Cached in ``cache`` (resumed pedestrian by pedestrian)."""
+    """Per pedestrian its :func:`enumerate_game` table, cached in ``cache`` (resumed pedestrian by pedestrian)."""
     done = torch.load(cache, weights_only=True) if cache.is_file() else {}
-    blur = make_perturbation("blur")
     for k, p in enumerate(peds):
         if p["det_id"] in done:
             continue
-        regions = p["regions"][12][:PLAYERS].float()
-        present = [i for i in range(PLAYERS) if bool(regions[i].any())]
-        game = RegionGame(p["scorer"], p["image"], regions[present], blur, chunk)
         start = time.perf_counter()
-        with torch.inference_mode():
-            values = game(torch.from_numpy(all_coalitions(len(present))).to(p["image"].device))[:, 0].double()
-        done[p["det_id"]] = {"present": torch.tensor(present), "values": values.cpu()}
-        tmp = cache.with_suffix(".tmp")
-        torch.save(done, tmp)
-        tmp.replace(cache)
-        print(f"  {k + 1}/{len(peds)} {p['det_id']}: 2^{len(present)} in {time.perf_counter() - start:.0f} s",
-              flush=True)
+        done[p["det_id"]] = enumerate_game(p["scorer"], p["image"], p["regions"][12][:PLAYERS], chunk)
+        save_checkpoint(done, cache)
+        print(f"  {k + 1}/{len(peds)} {p['det_id']}: 2^{len(done[p['det_id']]['present'])} in "
+              f"{time.perf_counter() - start:.0f} s", flush=True)
     return [done[p["det_id"]] for p in peds]
 
 
@@ -114,7 +116,6 @@ def stability_rows(peds: list[dict], tables: list[dict], exacts: list[torch.Tens
     """Relative L2 difference between the exact values after a shift / mirror (``changed``) and the unchanged exact
     values, per pedestrian (cached in ``cache``, resumed pedestrian by pedestrian)."""
     done = torch.load(cache, weights_only=True) if cache.is_file() else {}
-    blur = make_perturbation("blur")
     out = {}
     for change in ("shift", "mirror"):
         diffs, full_moves = [], []
@@ -122,17 +123,10 @@ def stability_rows(peds: list[dict], tables: list[dict], exacts: list[torch.Tens
             key = f"{change}:{SHIFT if change == 'shift' else ''}:{p['det_id']}"
             if key not in done:
                 image, regions, scorer = changed(p, change, detector)
-                present = [i for i in range(PLAYERS) if bool(regions[i].any())]
-                game = RegionGame(scorer, image, regions[present].float(), blur, 64)
-                with torch.inference_mode():
-                    values = game(torch.from_numpy(all_coalitions(len(present))).to(image.device))[:, 0].double()
-                phi = torch.zeros(PLAYERS, dtype=torch.float64)
-                phi[present] = exact_coefficients(len(present)).T @ values.cpu()
+                table_changed = enumerate_game(scorer, image, regions)
                 # mask i flipped is player i's mirror region: a mirror-symmetric game gives it player i's value
-                done[key] = {"phi": phi, "full": float(values[-1])}
-                tmp = cache.with_suffix(".tmp")
-                torch.save(done, tmp)
-                tmp.replace(cache)
+                done[key] = {"phi": exact_phi(table_changed), "full": float(table_changed["values"][-1])}
+                save_checkpoint(done, cache)
             diffs.append(float(relative_error(done[key]["phi"][None], exact[None])[0]))
             full_moves.append(done[key]["full"] - float(table["values"][-1]))
         out[f"stability:{change}"] = {"median": float(np.median(diffs)), "p90": float(np.quantile(diffs, 0.9)),
