@@ -122,3 +122,22 @@ def test_prior_is_checked_and_unused_by_enumeration():
             ShapleyPrior(torch.ones(1, M), bad)
     with pytest.raises(ValueError, match="finite"):
         ShapleyPrior(torch.full((1, M), float("nan")), 0.5)
+
+
+def test_prior_on_awkward_games():
+    """A constant game (no signal: the amplitude is 0) gives plain's answer, finite; with 1 or 2 players the budget
+    covers every coalition and the prior is never asked for."""
+    def constant(z):
+        return torch.full((z.shape[0], 1), 0.7, dtype=torch.float64)
+    prior = lambda e, f: ShapleyPrior(torch.ones(1, M), 0.5)              # noqa: E731
+    flat = bayes_shapley(constant, M, 12, np.random.default_rng(0), prior=prior)
+    assert torch.equal(flat.phi, bayes_shapley(constant, M, 12, np.random.default_rng(0)).phi)
+    assert bool(torch.isfinite(flat.phi).all()) and float(flat.phi.abs().max()) == 0.0
+
+    def never(e, f):
+        raise AssertionError("the prior of an enumerated game was asked for")
+    for players in (1, 2):
+        weights = torch.arange(1.0, players + 1, dtype=torch.float64)
+        est = bayes_shapley(lambda z, w=weights: (z.double() @ w)[:, None], players, 4, np.random.default_rng(0),
+                            prior=never)
+        assert torch.allclose(est.phi[0], weights) and est.n_forward == 2 ** players

@@ -233,3 +233,9 @@ def test_bayes_with_the_network_as_prior(trained):
     assert torch.allclose(exact_path.relevance.double(), additive_shapley(person, scorer)[None].double(), atol=1e-5)
     with pytest.raises(ValueError, match="no held-out check"):
         FastShapBayesShapley(scorer, weights=dataclasses.replace(ckpt, heldout={"median_rel_l2": True}))
+    alone = make_person(9, scorer, drop=False)
+    alone.masks[1:] = False                                  # one player with a pixel: v(all) - v(none) is its value
+    one = method.explain(alone.image, alone.masks, budget=4)
+    assert one.n_forward == 2 and one.n_explainer_forward == 0
+    assert float(one.relevance[0, 0]) == pytest.approx(float(one.full_score[0] - one.empty_score[0]), abs=1e-6)
+    assert float(one.relevance[0, 1:].abs().sum()) == 0.0
