@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -81,8 +82,21 @@ class Explainer:
     accepts_regions: bool = False
     needs_detections: bool = False        # the scorer must be a detection (D-RISE) scorer: no ``classes`` targets
     needs_gradients: bool = False         # white-box: backpropagates through the model (none yet)
-    needs_trained_weights: bool = False   # a learned explainer (none yet)
+    needs_trained_weights: bool = False   # a learned explainer: a trained file, named by ``trained_file_option``
     shapley_values: bool = False          # relevance estimates Shapley values: efficiency holds (sum = full - empty)
+    # a learned explainer's option naming its trained file (RExL: ``policy``; FastSHAP: ``weights``), and where such a
+    # file comes from (the hint of the error when it is missing)
+    trained_file_option: str | None = None
+    trained_file_hint: str = ""
+    # regions are always the players the trained file names (``players``, in its order; a body part without a pixel
+    # is an empty mask, not dropped): such a method plays ``parts`` regions only, and ``self.players`` names them
+    fixed_players: bool = False
+
+    @classmethod
+    def load_trained(cls, path: str | Path) -> Any:
+        """A learned explainer's trained file, read and validated (its format, version and keys), without a model.
+        Raises FileNotFoundError, ValueError naming the file; TypeError for a method that is not learned."""
+        raise TypeError(f"{cls.name} is not a learned explainer (needs_trained_weights is False)")
 
     def __init__(self, scorer, *, perturbation: str | Perturbation = "blur", chunk_size: int | None = None):
         self.scorer = scorer

@@ -34,6 +34,7 @@ network costs little (measured, not guaranteed) and a good one replaces pairs.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,8 @@ FORMAT = "xai-audit/fastshap-parts"
 VERSION = 1
 NUM_SCALARS = 5           # v(all), v(none), v(all) - v(none), crop-window height / image height, in-image share
 IMAGE_MEAN, IMAGE_STD = 0.5, 0.25
+# the weights file's held-out check that every explanation's options carry (the report shows it beside the job)
+HELDOUT_KEYS = ("persons", "median_rel_l2", "p90_rel_l2", "top_part_agreement", "uniform_split_median_rel_l2")
 
 
 def player_names(grouping: str = "parts10", context: bool = True) -> tuple[str, ...]:
@@ -246,13 +249,26 @@ class FastShapParts(Explainer):
     accepts_regions = True
     needs_trained_weights = True
     shapley_values = True
+    trained_file_option = "weights"
+    trained_file_hint = ("models/fastshap/detector_parts.pt of the models_fastshap stage, or python -m "
+                         "tasks.fastshap_train")
     # regions are always the P players in the trained order, empty masks included (the explain stage must not drop
     # empty parts for such a method: the column of a mask names its player)
     fixed_players = True
 
+    @classmethod
+    def load_trained(cls, path: str | Path) -> FastShapCheckpoint:
+        """The weights file (:meth:`FastShapCheckpoint.load`: FileNotFoundError, ValueError naming the file)."""
+        return FastShapCheckpoint.load(path)
+
+    @property
+    def players(self) -> tuple[str, ...]:
+        """The player names in the trained order: the columns of the regions ``explain`` takes."""
+        return tuple(self.ckpt.players)
+
     def __init__(self, scorer, *, weights: str | Path | FastShapCheckpoint, grouping: str | None = None,
                  perturbation: str | Perturbation | None = None, check_weights: bool = True, **kw):
-        ckpt = weights if isinstance(weights, FastShapCheckpoint) else FastShapCheckpoint.load(weights)
+        ckpt = weights if isinstance(weights, FastShapCheckpoint) else _load_once(weights)
         where = "the network" if isinstance(weights, FastShapCheckpoint) else str(weights)
         if grouping is not None and grouping != ckpt.grouping:
             raise ValueError(f"fastshap: {where} was trained on part grouping {ckpt.grouping!r}, got {grouping!r}: "
@@ -277,7 +293,8 @@ class FastShapParts(Explainer):
         c = self.ckpt
         return {**super().options(), "grouping": c.grouping, "players": len(c.players),
                 "check_weights": self.check_weights, "weights": self.source, "weights_sha256": c.digest(),
-                "model_sha256": c.model_sha256[:12]}
+                "model_sha256": c.model_sha256[:12],
+                "heldout": {k: c.heldout[k] for k in HELDOUT_KEYS if k in c.heldout}}
 
     def min_budget(self, num_regions, num_targets):
         return 2, "the full and the empty coalition (the efficiency normalisation)"
@@ -371,6 +388,22 @@ class FastShapBayesShapley(FastShapParts):
         est = bayes_shapley(game, regions.shape[0], budget, numpy_rng(generator), self.device, self.decay, prior)
         phi = est.phi.float().to(self.device)
         return paint(phi, regions), phi, {"full_score": est.full, "empty_score": est.empty}
+
+
+def _load_once(path: str | Path) -> FastShapCheckpoint:
+    """:meth:`FastShapCheckpoint.load`, once per file version in a process (the explain stage builds the explainer
+    per pedestrian): keyed by the resolved path, its size and modification time, so a rewritten file is read
+    again. The checkpoint is shared: callers do not mutate it."""
+    path = Path(path)
+    if not path.is_file():
+        return FastShapCheckpoint.load(path)                   # its FileNotFoundError
+    stat = path.stat()
+    return _load_version(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_version(path: str, size: int, mtime_ns: int) -> FastShapCheckpoint:
+    return FastShapCheckpoint.load(path)
 
 
 def _perturbation_of(description: str) -> Perturbation:

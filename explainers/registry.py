@@ -12,6 +12,7 @@ from __future__ import annotations
 from explainers.base import Explainer
 from explainers.bayesian_shapley import BayesShapley
 from explainers.decam import DeCam
+from explainers.fastshap import FastShapBayesShapley, FastShapParts
 from explainers.gradients import GradCam, InputXGradient, IntegratedGradients
 from explainers.igos import IGosPP
 from explainers.lime import Lime
@@ -24,7 +25,8 @@ from explainers.shapley import ContinuousCoalitionShapley, ExactShapley, KernelS
 METHODS: dict[str, type[Explainer]] = {
     cls.name: cls for cls in (Occlusion, Rise, DRise, Lime, BayesShapley, KernelShap, ExactShapley,
                               PermutationShapley, ContinuousCoalitionShapley, DeCam, IntegratedGradients,
-                              InputXGradient, GradCam, IGosPP, Sag, Rexl)}
+                              InputXGradient, GradCam, IGosPP, Sag, Rexl, FastShapParts,
+                              FastShapBayesShapley)}
 
 # old method name -> (new name, why): an error naming the new one, never a silent alias
 RENAMED: dict[str, tuple[str, str]] = {

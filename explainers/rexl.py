@@ -468,6 +468,13 @@ class Rexl(Explainer):
 
     name = "rexl"
     needs_trained_weights = True
+    trained_file_option = "policy"
+    trained_file_hint = "models/rexl/<model>_<mode>.pt of the models_rexl stage, or python -m tasks.rexl_train"
+
+    @classmethod
+    def load_trained(cls, path: str | Path) -> PolicyCheckpoint:
+        """The policy file (:meth:`PolicyCheckpoint.load`: FileNotFoundError, ValueError naming the file)."""
+        return PolicyCheckpoint.load(path)
 
     def __init__(self, scorer, *, policy: str | Path | PolicyCheckpoint, credit: str = "cumulative",
                  upsample: str = "bilinear", perturbation: str | Perturbation | None = None, check_weights: bool = True,

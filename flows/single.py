@@ -77,8 +77,9 @@ def explain_file(image_path: str, model: str | None = None, method: str = "drise
     if method not in METHODS:
         raise ValueError(f"--method: {unknown_method(method)}")
     if METHODS[method].needs_trained_weights:
-        raise ValueError(f"--method {method}: a learned explainer needs its trained weights (a policy file); run it "
-                         f"as an explain job")
+        cls = METHODS[method]
+        raise ValueError(f"--method {method}: a learned explainer needs its trained file (option "
+                         f"{cls.trained_file_option!r}: {cls.trained_file_hint}); run it as an explain job")
     params = load_params(params_file, check_files=False)
     rgb = load_rgb(image_path)
     kind, adapter, spec = _model(model, params, params_file)

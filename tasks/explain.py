@@ -221,6 +221,30 @@ def _regions(job: ExplainJob, image: torch.Tensor, parts: dict[str, torch.Tensor
     return [f"r{i:03d}" for i in range(masks.shape[0])], masks
 
 
+def _player_regions(players: tuple[str, ...], image: torch.Tensor, parts: dict[str, torch.Tensor]):
+    """(players, masks [P, H, W]) of a method that plays the players its trained file names (``fixed_players``):
+    the target's body-part masks in that order, an empty mask for a part without a pixel; masks None when no part
+    has one. Raises ValueError naming the parts that are no players (the parts stage's grouping is not the trained
+    one)."""
+    unknown = sorted(set(parts) - set(players))
+    if unknown:
+        raise ValueError(f"body parts {unknown} are no players of the trained file ({list(players)}): its grouping "
+                         f"is not parts.grouping")
+    empty = torch.zeros(image.shape[-2:], dtype=torch.bool, device=image.device)
+    masks = torch.stack([parts[n].to(image.device) if n in parts else empty for n in players])
+    return list(players), masks if bool(masks.any()) else None
+
+
+def _drop_empty_players(rows: list[dict], masks: torch.Tensor) -> None:
+    """Keep, in each row, the region names and relevance of the players with a pixel (a part without one is a
+    dummy player: relevance exactly 0), so a fixed-player job's rows list the parts every parts job lists."""
+    keep = masks.flatten(1).any(1).nonzero()[:, 0].tolist()
+    for row in rows:
+        row["region_names"] = [row["region_names"][i] for i in keep]
+        if row["relevance"] is not None:
+            row["relevance"] = [row["relevance"][i] for i in keep]
+
+
 def saliency_mass(saliency: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """Sum of a saliency map [H, W] over each region [R, H, W] -> [R]: like a Shapley value, a part's total
     contribution (a larger part can carry more), so pixel and region methods compare on the same footing."""
@@ -256,11 +280,14 @@ def explain_targets(job: ExplainJob, scorer_for, image: torch.Tensor, targets: l
         first = group[0]
         s = explanation_seed(seed, first["image_id"], "*" if shared else first["target_id"], job.name)
         try:
-            names, masks = (None, None) if job.regions == "none" else _regions(
-                job, image, None if shared else parts_of(first))
+            method = METHODS[job.method](scorer_for(group), chunk_size=cfg.chunk_size, **job.options)
+            if method.fixed_players:
+                names, masks = _player_regions(method.players, image, parts_of(first))
+            else:
+                names, masks = (None, None) if job.regions == "none" else _regions(
+                    job, image, None if shared else parts_of(first))
             if job.regions != "none" and masks is None:
                 raise ValueError("no non-empty body part")
-            method = METHODS[job.method](scorer_for(group), chunk_size=cfg.chunk_size, **job.options)
             exp = method.explain(image, masks, budget=job.budget, seed=s)
         except (ValueError, BudgetError) as exc:
             which = "all targets" if shared else first["target_id"]
@@ -268,6 +295,8 @@ def explain_targets(job: ExplainJob, scorer_for, image: torch.Tensor, targets: l
                                     first["image_id"]))
             continue
         new = [_row(t, job, exp, i, len(group), names, cfg, s, device) for i, t in enumerate(group)]
+        if method.fixed_players:                 # rows list the players with a pixel, as for every parts job
+            _drop_empty_players(new, masks)
         for t, row, graph in zip(group, new, getattr(exp, "graphs", None) or []):   # a sag job: its graphs
             row["sag"] = graph.rows(names, summary=True, image_id=t["image_id"], target_id=t["target_id"],
                                     kind=t["kind"], job=job.name)

@@ -103,6 +103,9 @@ def capability_error(job: ExplainJob) -> str | None:
     """What the job's method class declares and the job does not give, or None: ``needs_regions`` with regions
     ``none``, ``needs_detections`` with targets ``classes``."""
     cls = METHODS[job.method]
+    if cls.fixed_players and job.regions != "parts":
+        return (f"{job.method} plays the body parts its trained file names: regions must be 'parts', got "
+                f"{job.regions!r}")
     if cls.needs_regions and job.regions == "none":
         return f"{job.method} needs regions (parts, superpixels or grid), got 'none'"
     if cls.needs_detections and job.targets == "classes":
@@ -171,41 +174,59 @@ def _job_scorer(job: ExplainJob, params: Params):
 
 
 def _written_by_stage(path: Path, params: Params) -> bool:
-    """Whether ``path`` is a policy file the ``models_rexl`` stage writes (``rexl.out_dir``): absent before the
-    stage has run, which is no error when the whole pipeline runs (``make run``, ``xai-audit audit``)."""
-    return any(params.rexl.policy_file(m) == path.resolve() for m in params.rexl.models())
+    """Whether ``path`` is a trained file a pipeline stage writes (``models_rexl``: ``rexl.out_dir``;
+    ``models_fastshap``: ``fastshap.out_dir``): absent before that stage has run, which is no error when the whole
+    pipeline runs (``make run``, ``xai-audit audit``)."""
+    written = {params.rexl.policy_file(m) for m in params.rexl.models()} | {params.fastshap.weights_file()}
+    return path.resolve() in written - {None}
+
+
+def _players_error(cls, path: Path, params: Params) -> str | None:
+    """For a method that plays the players its trained file names (``fixed_players``): why they are not the
+    body-part players the parts stage writes (``parts.grouping``, ``parts.context``), or None."""
+    from detection.body import PART_GROUPS
+
+    ckpt = cls.load_trained(path)
+    wanted = (*PART_GROUPS[params.parts.grouping], *(("context",) if params.parts.context else ()))
+    if tuple(ckpt.players) == wanted:
+        return None
+    return (f"trained for the players {list(ckpt.players)}, but parts.grouping {params.parts.grouping!r} with "
+            f"parts.context {params.parts.context} gives {list(wanted)}: train one for this grouping")
 
 
 def check_trained_file(job: ExplainJob, options: dict[str, Any], key: str, params: Params | None) -> None:
-    """The trained file of a learned explainer's job (``needs_trained_weights``; RExL's ``options.policy``, written
-    by ``tasks.rexl_train`` or the ``models_rexl`` stage): it must be given, exist, be a policy file, and the
-    explainer must accept it for the job's model (RExL's guard: the policy was trained for these model weights).
-    The guard needs the model: it runs when ``params`` are given and the model's weights exist (the explain flow
-    always; before a first ``dvc repro`` only the file is checked). A policy the ``models_rexl`` stage writes may be
+    """The trained file of a learned explainer's job (``needs_trained_weights``; the option its class names in
+    ``trained_file_option``: RExL's ``policy``, FastSHAP's ``weights``): it must be given, exist, be such a file
+    (``load_trained``), be for the body-part players the parts stage writes (``fixed_players``), and the explainer
+    must accept it for the job's model (its guard: trained for these model weights). The guard needs the model: it
+    runs when ``params`` are given and the model's weights exist (the explain flow always; before a first ``dvc
+    repro`` only the file is checked). A file a models stage writes (``models_rexl``, ``models_fastshap``) may be
     missing while that stage has not run. ``check_weights: false`` is refused (the sanity check's switch, not a
     job's). Raises :class:`ParamsError` naming the job (``key``), the option and the file."""
-    from explainers.rexl import PolicyCheckpoint
-
-    given = options.get("policy")
+    cls = METHODS[job.method]
+    option = cls.trained_file_option
+    given = options.get(option)
     if not isinstance(given, str) or not given:
-        raise ParamsError(f"{key}.options.policy: {job.method} is a learned explainer: give the policy file trained "
-                          f"for the job's model (models/rexl/<model>_<mode>.pt of the models_rexl stage, or "
-                          f"python -m tasks.rexl_train), got {given!r}")
+        raise ParamsError(f"{key}.options.{option}: {job.method} is a learned explainer: give the file trained for "
+                          f"the job's model ({cls.trained_file_hint}), got {given!r}")
     if options.get("check_weights") is False:
-        raise ParamsError(f"{key}.options.check_weights: false would explain with a policy trained for other weights "
+        raise ParamsError(f"{key}.options.check_weights: false would explain with a file trained for other weights "
                           f"without a word; only the sanity check's randomised copies switch the guard off")
     path = Path(given)
     if not path.is_file():
         if params is not None and _written_by_stage(path, params):
             return
-        raise ParamsError(f"{key}.options.policy: file not found (got {given!r})")
+        raise ParamsError(f"{key}.options.{option}: file not found (got {given!r})")
     try:
-        PolicyCheckpoint.load(path)
+        cls.load_trained(path)
+        players = None if params is None or not cls.fixed_players else _players_error(cls, path, params)
+        if players:
+            raise ValueError(players)
         scorer = None if params is None else _job_scorer(job, params)
         if scorer is not None:
-            METHODS[job.method](scorer, chunk_size=1, **options)
+            cls(scorer, chunk_size=1, **options)
     except (TypeError, ValueError, KeyError) as e:
-        raise ParamsError(f"{key}.options.policy ({given}): {e}") from None
+        raise ParamsError(f"{key}.options.{option} ({given}): {e}") from None
 
 
 def check_jobs(config: Params | ExplainParams, origin: str = "params.yaml") -> Params | ExplainParams:

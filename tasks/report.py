@@ -100,6 +100,12 @@ class ReportInputs:
 
 
 # ---------------------------------------------------------------------------------------------------- figures
+LEARNED_NOTE = ("A learned explainer is as good as its network: these are the accuracy checks stored with its trained "
+                "file, its estimates against exact Shapley values (every coalition enumerated) on persons of held-out "
+                "training-split scenes, never the audited images. The even split (the score gap shared equally among "
+                "the parts) is the floor a network must beat.")
+
+
 def _png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
@@ -295,11 +301,34 @@ def detection_counts(targets: pd.DataFrame) -> tuple[int, int]:
 def cost_table(explanations: pd.DataFrame) -> pd.DataFrame:
     """Model forward passes per job (shared ones divided among the targets sharing them): the cost that the inputs
     decide. Wall times vary run to run, so they stay out of the report (``metrics/timings.json``, tasks.timings)."""
-    e = explanations.assign(fw=explanations["n_forward"] / explanations["shared_by"])
+    options = [json.loads(o) if isinstance(o, str) else {} for o in explanations["options"]] \
+        if "options" in explanations else [{}] * len(explanations)
+    e = explanations.assign(fw=explanations["n_forward"] / explanations["shared_by"],
+                            efw=[o.get("n_explainer_forward", 0) for o in options])
     g = e.groupby(["kind", "job"])
     return pd.DataFrame({"explanations": g.size(), "forwards / explanation": g["fw"].mean(),
-                         "total forwards": g["fw"].sum(),
+                         "explainer forwards / explanation": g["efw"].mean(), "total forwards": g["fw"].sum(),
                          "device": g["device"].agg(lambda d: ", ".join(sorted(set(d))))}).reset_index()
+
+
+def learned_table(explanations: pd.DataFrame) -> pd.DataFrame:
+    """Per kind and job of a learned explainer whose trained file carries a held-out check (``options['heldout']``:
+    FastSHAP's exact Shapley values by enumeration on held-out training-split persons): the trained file's digest
+    and that check (persons, median / p90 relative L2 error, top-part agreement, the even split's median error).
+    Empty when no job has one."""
+    cols = ["kind", "job", "trained file", "held-out persons", "median rel. L2 error", "p90 rel. L2 error",
+            "top-part agreement", "even split's median error"]
+    if "options" not in explanations:
+        return pd.DataFrame(columns=cols)
+    rows = {}
+    for kind, job, text in zip(explanations["kind"], explanations["job"], explanations["options"]):
+        o = json.loads(text) if isinstance(text, str) else {}
+        h = o.get("heldout")
+        if h and (kind, job) not in rows:
+            rows[(kind, job)] = [kind, job, o.get("weights_sha256") or o.get("policy_sha256"), h.get("persons"),
+                                 h.get("median_rel_l2"), h.get("p90_rel_l2"), h.get("top_part_agreement"),
+                                 h.get("uniform_split_median_rel_l2")]
+    return pd.DataFrame(list(rows.values()), columns=cols)
 
 
 def agreement_table(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -696,8 +725,13 @@ def render_classifier(ctx: ReportContext) -> Rendered | None:
 
 
 def render_cost(ctx: ReportContext) -> Rendered:
-    cost = cost_table(ctx.inputs.explanations)
-    return Rendered(_table(cost), ("## Cost", "", cost.to_string(index=False)))
+    cost, learned = cost_table(ctx.inputs.explanations), learned_table(ctx.inputs.explanations)
+    if learned.empty:
+        return Rendered(_table(cost), ("## Cost", "", cost.to_string(index=False)))
+    return Rendered(_table(cost) + f"<h3 id='learned'>Learned explainers' held-out check</h3><p class='note'>"
+                    f"{LEARNED_NOTE}</p>" + _table(learned),
+                    ("## Cost", "", cost.to_string(index=False), "", "## Learned explainers' held-out check", "",
+                     _plain(LEARNED_NOTE), "", _markdown_table(learned, floatfmt=".3f")))
 
 
 def render_gallery(ctx: ReportContext) -> Rendered | None:

@@ -17,14 +17,15 @@ from explainers.perturb import Constant
 from explainers.registry import RENAMED, method_names, unknown_method, without_detections
 from tasks.explain_jobs import check_jobs
 from tasks.params import ParamsError, parse_params
-from tests.rexl_fixture import policy_file, tiny_policy, with_fingerprint
+from tests.learned_fixture import fastshap_file, learned_kwargs
+from tests.rexl_fixture import policy_file
 
 H = W = 12
 SHAPLEY = {"exact_shapley", "kernel_shap", "bayes_shapley", "permutation_shapley", "continuous_coalition_shapley",
-           "sag"}                                         # SAG's relevance: its heuristic's BayesShapley values
+           "sag", "fastshap", "fastshap_bayes"}           # SAG's relevance: its heuristic's BayesShapley values
 GRADIENTS = {"integrated_gradients", "input_x_gradient", "grad_cam", "igos_pp"}
 CAPABILITIES = ("needs_regions", "accepts_regions", "needs_detections", "needs_gradients", "needs_trained_weights",
-                "shapley_values")
+                "shapley_values", "fixed_players")
 
 
 def stripes(M: int) -> torch.Tensor:
@@ -53,13 +54,11 @@ def ones() -> torch.Tensor:
     return torch.ones(3, H, W)
 
 
-def build(cls, scorer, **kw):
-    """``cls(scorer, **kw)``; a learned explainer (``needs_trained_weights``) gets the tiny trained policy of
-    tests/rexl_fixture.py and the scorer the weights fingerprint that policy was trained for."""
-    if cls.needs_trained_weights:
-        kw["policy"] = tiny_policy()
-        with_fingerprint(scorer)
-    return cls(scorer, **kw)
+def build(cls, scorer, players: int | None = None, **kw):
+    """``cls(scorer, **kw)``; a learned explainer (``needs_trained_weights``) gets a trained file of
+    tests/learned_fixture.py (``players``: the regions' count for a fixed-player one) and the scorer the weights
+    fingerprint that file was trained for."""
+    return cls(scorer, **learned_kwargs(cls, scorer, players, kw.get("perturbation", "constant")), **kw)
 
 
 # ----------------------------------------------------------------------------------------------- the declarations
@@ -69,7 +68,11 @@ def test_capabilities_say_what_the_validation_enforced():
     learned one (a trained policy), a pixel map whose regions only summarise it."""
     assert method_names(needs_detections=True) == ["drise"]
     assert set(method_names(shapley_values=True)) == SHAPLEY
-    assert set(method_names(needs_gradients=True)) == GRADIENTS and method_names(needs_trained_weights=True) == ["rexl"]
+    assert set(method_names(needs_gradients=True)) == GRADIENTS
+    assert method_names(needs_trained_weights=True) == ["rexl", "fastshap", "fastshap_bayes"]
+    assert method_names(fixed_players=True) == ["fastshap", "fastshap_bayes"]       # FastSHAP's trained players
+    for name in method_names(needs_trained_weights=True):
+        assert METHODS[name].trained_file_option in ("policy", "weights") and METHODS[name].trained_file_hint
     assert set(method_names(needs_regions=True)) == set(METHODS) - {"rise", "drise", "decam", "rexl"} - GRADIENTS
     assert set(method_names(accepts_regions=False)) == {"rise", "drise", "rexl"} | GRADIENTS
     for name, cls in METHODS.items():
@@ -83,14 +86,17 @@ def test_capabilities_say_what_the_validation_enforced():
 def test_params_validation_reads_the_attributes(name, tmp_path, monkeypatch):
     cls = METHODS[name]
     monkeypatch.chdir(tmp_path)                  # no audited model here: a learned explainer's file is checked alone
-    options = {"policy": str(policy_file(tmp_path))} if cls.needs_trained_weights else {}
+    files = {"policy": lambda: policy_file(tmp_path), "weights": lambda: fastshap_file(tmp_path, 11)}
+    options = {cls.trained_file_option: str(files[cls.trained_file_option]())} if cls.needs_trained_weights else {}
     for targets in ("persons", "classes"):
         for regions in ("none", "superpixels"):
             data = {"explain": {"jobs": [{"method": name, "targets": targets, "regions": regions,
                                           "options": options}]}}
-            refused = (cls.needs_regions and regions == "none") or (cls.needs_detections and targets == "classes")
+            refused = (cls.needs_regions and regions == "none") or (cls.needs_detections and targets == "classes") \
+                or cls.fixed_players
             if refused:
-                with pytest.raises(ParamsError, match=rf"explain\.jobs\[0\]: {name} (needs regions|explains detect)"):
+                with pytest.raises(ParamsError, match=rf"explain\.jobs\[0\]: {name} (needs regions|explains detect|"
+                                                      rf"plays the body parts its trained file names)"):
                     check_jobs(parse_params(data))
             else:
                 check_jobs(parse_params(data))
@@ -99,7 +105,8 @@ def test_params_validation_reads_the_attributes(name, tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", sorted(SHAPLEY))
 def test_shapley_values_are_efficient(name):
     budget = 16 if name == "exact_shapley" else 12                     # 4 players: below 2^4, an estimate
-    exp = METHODS[name](StripeScorer(4), perturbation=Constant(0.0)).explain(ones(), stripes(4), budget=budget)
+    exp = build(METHODS[name], StripeScorer(4), 4, perturbation=Constant(0.0)).explain(ones(), stripes(4),
+                                                                                        budget=budget)
     torch.testing.assert_close(exp.relevance.sum(1), exp.full_score - exp.empty_score, atol=1e-5, rtol=0)
 
 
@@ -108,11 +115,12 @@ def test_regions_are_players_or_summaries_as_declared(name):
     """accepts_regions False: relevance is the mean saliency in each region; methods that need regions play on
     default regions without them, the others give pixel maps (relevance None)."""
     cls = METHODS[name]
-    exp = build(cls, StripeScorer(), perturbation=Constant(0.0)).explain(ones(), stripes(3), budget=40, seed=0)
+    exp = build(cls, StripeScorer(), 3, perturbation=Constant(0.0)).explain(ones(), stripes(3), budget=40, seed=0)
     summary = region_means(exp.saliency, stripes(3).float())
     assert torch.allclose(exp.relevance, summary, atol=1e-5) or cls.accepts_regions, name
-    plain = build(cls, StripeScorer(), perturbation=Constant(0.0)).default_regions(ones())
-    assert (plain is not None) == (cls.needs_regions and name != "occlusion"), name    # occlusion: windows
+    plain = build(cls, StripeScorer(), 3, perturbation=Constant(0.0)).default_regions(ones())
+    # occlusion: windows; a fixed-player method: only the players it was trained on, no default
+    assert (plain is not None) == (cls.needs_regions and name != "occlusion" and not cls.fixed_players), name
 
 
 def test_a_new_method_is_its_class_and_one_registry_line(monkeypatch):

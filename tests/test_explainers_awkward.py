@@ -19,8 +19,8 @@ from explainers import METHODS, BudgetError, DeCam, DRise, KernelShap, Lime, Ris
 from explainers.base import as_region_masks
 from explainers.perturb import Constant
 from explainers.rise import RiseMasks
+from tests.learned_fixture import learned_kwargs
 from tests.rexl_fixture import GRID as REXL_GRID
-from tests.rexl_fixture import tiny_policy, with_fingerprint
 
 H = W = 12
 ZERO = Constant(0.0)
@@ -86,7 +86,7 @@ def ones(h=H, w=W):
 
 
 SHAPLEY = ("exact_shapley", "kernel_shap", "bayes_shapley", "permutation_shapley", "continuous_coalition_shapley",
-           "sag")                                         # SAG's relevance: its heuristic's BayesShapley values
+           "sag", "fastshap", "fastshap_bayes")           # SAG's relevance: its heuristic's BayesShapley values
 MINIMUM = {"exact_shapley": lambda M, T: 2 ** M, "kernel_shap": lambda M, T: min(2 ** M, 3),
            "bayes_shapley": lambda M, T: min(2 ** M, 4), "permutation_shapley": lambda M, T: 2 * M,
            "continuous_coalition_shapley": lambda M, T: 2 if M == 1 else 3, "lime": lambda M, T: 2,
@@ -95,7 +95,9 @@ MINIMUM = {"exact_shapley": lambda M, T: 2 ** M, "kernel_shap": lambda M, T: min
            "input_x_gradient": lambda M, T: 3 * T, "grad_cam": lambda M, T: 3 * T,
            "igos_pp": lambda M, T: 12 * T,                       # one iteration of one IG step
            "sag": lambda M, T: min(2 ** M, 4),                   # its heuristic's (BayesShapley's) minimum
-           "rexl": lambda M, T: 2 + T * (REXL_GRID ** 2 - 1)}     # one roll-out per target (tests/rexl_fixture.py)
+           "rexl": lambda M, T: 2 + T * (REXL_GRID ** 2 - 1),     # one roll-out per target (tests/rexl_fixture.py)
+           "fastshap": lambda M, T: 2,                           # v(all), v(none): the network explains the rest
+           "fastshap_bayes": lambda M, T: min(2 ** M, 4)}        # BayesShapley's designed pairs on top
 
 
 def test_minimum_table_covers_every_method():
@@ -103,13 +105,27 @@ def test_minimum_table_covers_every_method():
 
 
 def make(name: str, scorer, **kw):
-    """The method on ``scorer`` with the constant-0 substrate; a learned explainer (``needs_trained_weights``) with
-    the tiny trained policy of tests/rexl_fixture.py (trained on that substrate) for the scorer's weights."""
+    """The method on ``scorer`` with the constant-0 substrate; a learned explainer (``needs_trained_weights``) with a
+    trained file of tests/learned_fixture.py for the scorer's weights (RExL: the tiny trained policy; a fixed-player
+    method, FastSHAP: a network for the regions' count, built when ``explain`` sees them)."""
     kw.setdefault("perturbation", ZERO)
-    if METHODS[name].needs_trained_weights:
-        kw.setdefault("policy", tiny_policy())
-        with_fingerprint(scorer)
-    return METHODS[name](scorer, **kw)
+    cls = METHODS[name]
+    if cls.fixed_players and "weights" not in kw:
+        return _ForRegions(cls, scorer, kw)
+    return cls(scorer, **{**learned_kwargs(cls, scorer, perturbation=kw["perturbation"]), **kw})
+
+
+class _ForRegions:
+    """A fixed-player method whose trained file is chosen by the regions ``explain`` is given (one network output per
+    player); no regions: the method itself refuses them."""
+
+    def __init__(self, cls, scorer, kw):
+        self.cls, self.scorer, self.kw = cls, scorer, kw
+
+    def explain(self, image, regions=None, **kw):
+        players = 1 if regions is None or torch.as_tensor(regions).ndim != 3 else torch.as_tensor(regions).shape[0]
+        files = learned_kwargs(self.cls, self.scorer, players, self.kw["perturbation"])
+        return self.cls(self.scorer, **files, **self.kw).explain(image, regions, **kw)
 
 
 # ----------------------------------------------------------------------------------------------- 1. few players
@@ -126,7 +142,8 @@ def test_shapley_estimators_give_the_exact_values_of_one_two_and_three_players(n
     torch.testing.assert_close(exp.relevance.sum(1), exp.full_score - exp.empty_score, atol=1e-5, rtol=0)
     torch.testing.assert_close(exp.full_score - exp.empty_score, truth.sum(1), atol=1e-5, rtol=0)
     exact_targets = {"permutation_shapley": 3 if M <= 2 else 2,
-                     "continuous_coalition_shapley": 3 if M == 1 else 1}.get(name, 3)
+                     "continuous_coalition_shapley": 3 if M == 1 else 1,
+                     "fastshap": 3 if M == 1 else 0}.get(name, 3)   # its (untrained) network: efficiency only
     torch.testing.assert_close(exp.relevance[:exact_targets], truth[:exact_targets], atol=1e-5, rtol=0)
     assert exp.n_forward <= 48
     if M == 1:
@@ -238,11 +255,19 @@ def test_regions_without_a_pixel_are_dummies_not_players(name, form):
         gappy = gappy.bool() if form == "bool stack" else gappy
         dense = dense.bool() if form == "bool stack" else dense
     R = int(gappy.max()) + 1 if form == "label map" else gappy.shape[0]
+    if METHODS[name].fixed_players and form == "label map":       # its trained players are masks in trained order
+        with pytest.raises(ValueError, match="regions must be the 1 player masks"):
+            make(name, GameScorer(stack(3))).explain(ones(), gappy, budget=48, seed=4)
+        return
     a = make(name, GameScorer(stack(3))).explain(ones(), gappy, budget=48, seed=4)
     b = make(name, GameScorer(stack(3))).explain(ones(), dense, budget=48, seed=4)
     assert a.relevance.shape == (3, R)
     phantom = [r for r in range(R) if r not in real]
     assert torch.equal(a.relevance[:, phantom], torch.zeros(3, len(phantom)))
+    if name == "fastshap":          # a network for 5 players is not the one for 3: efficiency, not equal numbers
+        torch.testing.assert_close(a.relevance.sum(1), b.relevance.sum(1), atol=1e-5, rtol=0)
+        assert a.n_forward == b.n_forward == 2
+        return
     torch.testing.assert_close(a.relevance[:, real], b.relevance, atol=1e-6, rtol=0)
     torch.testing.assert_close(a.saliency, b.saliency, atol=1e-6, rtol=0)
     assert a.n_forward == b.n_forward
@@ -291,6 +316,10 @@ def test_a_scorer_without_targets_gives_an_explanation_of_no_targets(name, regio
     """D-RISE on an image with no detection raised 'cannot reshape tensor of 0 elements'; DE-CAM divided by zero."""
     masks = None if regions is None else stack(3)
     for scorer in (_empty_detector_scorer(), GameScorer(stack(3), fn=lambda z: z[:, :0], num_targets=0)):
+        if METHODS[name].fixed_players and masks is None:          # no default regions: its trained players only
+            with pytest.raises(ValueError, match="regions must be the"):
+                make(name, scorer).explain(ones(), masks, budget=48, seed=0)
+            continue
         exp = make(name, scorer).explain(ones(), masks, budget=48, seed=0)
         assert exp.saliency.shape == (0, H, W) and exp.n_forward == 0 and exp.method == name
         if masks is not None:
@@ -387,8 +416,12 @@ def test_tiny_images(name, size):
     region = torch.ones(1, h, w, dtype=torch.bool)
     scorer = GameScorer(region)
     budget = max(48, MINIMUM[name](1, 3))
-    whole = make(name, scorer).explain(image, budget=None if name == "exact_shapley" else budget, seed=0)
-    assert whole.saliency.shape == (3, h, w) and torch.isfinite(whole.saliency).all()
+    if METHODS[name].fixed_players:                                 # no default regions: its trained players only
+        with pytest.raises(ValueError, match="regions must be the"):
+            make(name, scorer).explain(image, budget=budget, seed=0)
+    else:
+        whole = make(name, scorer).explain(image, budget=None if name == "exact_shapley" else budget, seed=0)
+        assert whole.saliency.shape == (3, h, w) and torch.isfinite(whole.saliency).all()
     one = make(name, scorer).explain(image, region, budget=budget, seed=0)
     assert one.relevance.shape == (3, 1) and torch.isfinite(one.relevance).all()
     if name in SHAPLEY or name == "occlusion":
@@ -414,6 +447,10 @@ def test_superpixels_of_a_constant_image_are_the_players(name):
     weights = torch.linspace(-1, 1, segments.shape[0], dtype=torch.float64)
     scorer = GameScorer(segments, fn=lambda z: (z.double() @ weights)[:, None], num_targets=1)
     budget = 2 ** segments.shape[0] if name == "exact_shapley" else 48
+    if METHODS[name].fixed_players:                                 # no default regions: its trained players only
+        with pytest.raises(ValueError, match="regions must be the"):
+            make(name, scorer).explain(image, budget=budget, seed=0)
+        return
     exp = make(name, scorer, n_segments=4).explain(image, budget=budget, seed=0)
     assert exp.relevance.shape == (1, segments.shape[0])
     if name in SHAPLEY:

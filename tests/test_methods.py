@@ -21,8 +21,8 @@ from explainers import (
     pointing_game,
 )
 from tests.image_models import QuadrantModel, stick_figure, textured_image
+from tests.learned_fixture import learned_kwargs
 from tests.rexl_fixture import GRID as REXL_GRID
-from tests.rexl_fixture import tiny_policy, with_fingerprint
 
 
 @pytest.mark.parametrize("method", [Rise(QuadrantModel(), perturbation="constant"),
@@ -98,9 +98,7 @@ def test_budget_is_honoured_determinism_and_shared_targets(name):
     regions = grid_regions(32, 32, 2, 3)                  # 6 regions
     budget = 64 if name == "exact_shapley" else 50
     kw = {"n_segments": 6} if name in ("lime",) else {}
-    if cls.needs_trained_weights:                          # a tiny policy trained for this model's fingerprint
-        kw["policy"] = tiny_policy()
-        with_fingerprint(model)
+    kw.update(learned_kwargs(cls, model, players=6))      # a learned one: a trained file for this model's fingerprint
     method = cls(model, **kw)
     a = method.explain(image, regions, budget=budget, seed=1)
     b = method.explain(image, regions, budget=budget, seed=1)
@@ -110,7 +108,8 @@ def test_budget_is_honoured_determinism_and_shared_targets(name):
                    # white-box: forward + backward = 3 forward-equivalents per image and target
                    "integrated_gradients": 3 * 2 * (50 // 6), "input_x_gradient": 3 * 2, "grad_cam": 3 * 2,
                    "igos_pp": 3 * 4 * 2 * 2,      # one iteration of 4 terms x 2 IG steps (what 50 buys) x 2 targets
-                   "rexl": 2 + 2 * (REXL_GRID ** 2 - 1)}   # v(start), v(end) and a forward per step and target
+                   "rexl": 2 + 2 * (REXL_GRID ** 2 - 1),   # v(start), v(end) and a forward per step and target
+                   "fastshap": 2}                          # v(all), v(none): the network explains the rest
     assert a.n_forward == exact_spend.get(name, budget)   # both targets from the same forwards
     # the others are exact on this additive game
     if name in ("rise", "drise", "lime", "continuous_coalition_shapley", "decam"):

@@ -10,8 +10,8 @@ from explainers.registry import METHODS
 LEARNED = sorted(name for name, cls in METHODS.items() if cls.needs_trained_weights)
 
 
-def test_rexl_is_among_the_learned_methods():
-    assert "rexl" in LEARNED
+def test_rexl_and_fastshap_are_among_the_learned_methods():
+    assert {"rexl", "fastshap", "fastshap_bayes"} <= set(LEARNED)
 
 
 @pytest.mark.parametrize("method", LEARNED)
@@ -20,13 +20,15 @@ def test_a_learned_method_is_refused_before_the_params_image_or_model_are_read(m
     with pytest.raises(ValueError) as err:
         explain_file(str(missing / "image.png"), model="demo-scene", method=method,
                      params_file=str(missing / "params.yaml"))
-    assert str(err.value) == (f"--method {method}: a learned explainer needs its trained weights (a policy file); "
-                              f"run it as an explain job")
+    cls = METHODS[method]
+    assert str(err.value) == (f"--method {method}: a learned explainer needs its trained file (option "
+                              f"{cls.trained_file_option!r}: {cls.trained_file_hint}); run it as an explain job")
+    assert cls.trained_file_option in ("policy", "weights") and cls.trained_file_hint
 
 
 def test_the_cli_says_so_and_exits_2(tmp_path, capsys):
     assert main(["explain", str(tmp_path / "image.png"), "--method", "rexl", "--params",
                  str(tmp_path / "params.yaml")]) == 2
     err = capsys.readouterr().err
-    assert "xai-audit explain: error: --method rexl: a learned explainer needs its trained weights" in err
+    assert "xai-audit explain: error: --method rexl: a learned explainer needs its trained file (option 'policy'" in err
     assert "Traceback" not in err
