@@ -17,7 +17,11 @@ Held-out check: exact Shapley values by enumerating all 2^n coalitions (n <= 11 
 ``--heldout-persons`` persons of the held-out training scenes, against the trained explainer run as the explain stage
 runs it; median / p90 relative L2 error and top-part agreement are stored in the weights file (``heldout``).
 
-    python -m tasks.fastshap_train --scenes 960 --pairs 16 --epochs 60 --out models/explainers/fastshap_parts.pt
+The pipeline's ``models_fastshap`` stage (``tasks.fastshap_stage``, ``xai-audit fastshap``) runs the same training
+(:func:`train_weights`) with ``params.yaml``'s ``fastshap.detector`` (whose defaults reproduce the shipped
+``weights/demo/fastshap_parts.pt``); by hand:
+
+    python -m tasks.fastshap_train --persons 400 --heldout-persons 6 --out models/explainers/fastshap_parts.pt
 """
 from __future__ import annotations
 
@@ -221,6 +225,97 @@ def samples_of(persons: Sequence[Person], cache: CoalitionCache, crop: Crop,
     return [person_sample(p, records[p.person_id], crop, perturbation) for p in persons]
 
 
+@dataclass(frozen=True)
+class TrainConfig:
+    """What :func:`train_weights` trains: the CLI's flags, the ``models_fastshap`` stage's ``fastshap.detector``
+    params (``tasks.params.FastShapNetParams``) with ``parts.grouping``. ``scenes`` None: ``models.train_data``'s
+    ``n_images``; training scenes are 0 .. scenes - heldout_scenes - 1, the rest held out for the exact check."""
+
+    grouping: str = "parts10"
+    scenes: int | None = None
+    heldout_scenes: int = 60
+    persons: int | None = None
+    heldout_persons: int = 8
+    min_height: float = 60.0
+    pairs: int = 16
+    epochs: int = 60
+    batch: int = 16
+    lr: float = 1e-3
+    seed: int = 0
+    perturbation: str = "blur"
+    mirror: bool = False
+    width: int = 32
+    hidden: int = 128
+
+    def scene_ranges(self, params) -> tuple[range, range]:
+        """(training scenes, held-out scenes) as index ranges. Raises ValueError when no training scene is left."""
+        n_scenes = self.scenes or params.models.train_data.n_images
+        if self.heldout_scenes >= n_scenes:
+            raise ValueError(f"fastshap: {self.heldout_scenes} held-out scenes leave none of {n_scenes} to train on")
+        return range(0, n_scenes - self.heldout_scenes), range(n_scenes - self.heldout_scenes, n_scenes)
+
+
+DATA = "training scenes (pull.synthetic, seed + models.train_data.seed_offset)"
+
+
+def cache_spec(model_sha256: str, config: TrainConfig, perturbation: Perturbation) -> dict:
+    """What the coalition cache's values depend on (``tasks.fastshap_data.CoalitionCache``'s manifest)."""
+    return {"model_sha256": model_sha256, "grouping": config.grouping, "perturbation": perturbation.describe(),
+            "pairs": config.pairs, "seed": config.seed, "min_height": config.min_height,
+            "data": "training scenes (pull.synthetic, seed + seed_offset)"}
+
+
+def train_weights(detector, config: TrainConfig, params, cache_dir: str | Path,
+                  checkpoint_dir: str | Path | None = None, progress: bool = False) -> tuple[FastShapCheckpoint, dict]:
+    """Train FastShapParts for ``detector`` (a ``detection.models`` detector: ``detect``, ``class_names``, its
+    torch weights fingerprinted by :func:`~explainers.trained.weights_fingerprint`) on the training persons of
+    ``config`` (module docstring): coalitions evaluated into the Parquet cache ``cache_dir`` (resumed: cached persons
+    are not evaluated again), the network trained seeded and resumable from ``checkpoint_dir/last.pt``, then the
+    held-out exact check on ``config.heldout_persons`` persons (stored in the checkpoint's ``heldout``).
+    ``params``: the validated params (training scenes' generator and seed, ``parts.match_iou`` /
+    ``min_keypoints``). Returns (checkpoint, metrics record: weights_sha256, model_sha256, grouping, training,
+    heldout). Raises ValueError (unknown perturbation, no training scene, a cache of another setting, no training
+    person)."""
+    from tasks.fastshap_data import training_persons
+
+    train_scenes, held_scenes = config.scene_ranges(params)
+    perturbation, crop = make_perturbation(config.perturbation), Crop()
+    players = player_names(config.grouping)
+    start = time.perf_counter()
+
+    def persons():
+        return _limit(training_persons(detector, train_scenes, config.grouping, config.min_height, params),
+                      config.persons)
+
+    model_sha = weights_fingerprint(SimpleNamespace(model=detector))
+    cache = CoalitionCache(cache_dir, cache_spec(model_sha, config, perturbation))
+    cache.build(persons(), perturbation, progress=progress)
+    cache_seconds = time.perf_counter() - start
+    records = targets_by_person(cache.read(), len(players))
+    samples = [person_sample(p, records[p.person_id], crop, perturbation) for p in persons()]
+    if not samples:
+        raise ValueError(f"fastshap: no training person (at least {config.min_height} px tall, matched) in training "
+                         f"scenes {train_scenes.start}..{train_scenes.stop - 1}")
+    n_val = max(1, len(samples) // 10)
+    state, summary = train_network(samples[:-n_val], len(players), val=samples[-n_val:], epochs=config.epochs,
+                                   batch_size=config.batch, lr=config.lr, seed=config.seed, width=config.width,
+                                   hidden=config.hidden, checkpoint_dir=checkpoint_dir, progress=progress,
+                                   mirror=mirror_permutation(players) if config.mirror else None)
+    training = {**summary, "data": DATA, "scenes": [train_scenes.start, train_scenes.stop], "pairs": config.pairs,
+                "seed": config.seed, "lr": config.lr, "batch": config.batch, "max_persons": config.persons,
+                "min_height": config.min_height, "cache_seconds": cache_seconds,
+                "model_forwards": sum(2 + len(s.y) for s in samples)}
+    ckpt = build_checkpoint(model_sha, config.grouping, perturbation, state, crop, config.width, config.hidden,
+                            training)
+    held = list(_limit(training_persons(detector, held_scenes, config.grouping, config.min_height, params),
+                       config.heldout_persons))
+    check_start = time.perf_counter()
+    ckpt.heldout = {**exact_check(ckpt, held), "scenes": [held_scenes.start, held_scenes.stop],
+                    "seconds": time.perf_counter() - check_start}
+    return ckpt, {"weights_sha256": ckpt.digest(), "model_sha256": model_sha, "grouping": config.grouping,
+                  "training": training, "heldout": ckpt.heldout}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default=None, help="the audited detector (default: infer.detectors[0])")
@@ -249,52 +344,25 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from detection.models.yolo import YoloDetector
-    from tasks.fastshap_data import training_persons
     from tasks.params import load_params
     params = load_params(check_files=False)
     spec = params.infer.detectors[0]
     detector = YoloDetector(args.weights or spec.weights, imgsz=spec.imgsz, conf=spec.conf, iou=spec.iou,
                             device="cpu")
-    n_scenes = args.scenes or params.models.train_data.n_images
-    train_scenes = range(0, n_scenes - args.heldout_scenes)
-    perturbation, crop = make_perturbation(args.perturbation), Crop()
-    start = time.perf_counter()
-
-    def persons():
-        return _limit(training_persons(detector, train_scenes, args.grouping, args.min_height, params), args.persons)
-
-    model_sha = weights_fingerprint(SimpleNamespace(model=detector))
-    cache = CoalitionCache(args.cache_dir, {"model_sha256": model_sha, "grouping": args.grouping,
-                                            "perturbation": perturbation.describe(), "pairs": args.pairs,
-                                            "seed": args.seed, "min_height": args.min_height,
-                                            "data": "training scenes (pull.synthetic, seed + seed_offset)"})
-    cache.build(persons(), perturbation, progress=not args.no_progress)
-    cache_seconds = time.perf_counter() - start
-    records = targets_by_person(cache.read(), len(player_names(args.grouping)))
-    samples = [person_sample(p, records[p.person_id], crop, perturbation) for p in persons()]
-    if not samples:
-        raise SystemExit("fastshap_train: no training person found")
-    n_val = max(1, len(samples) // 10)
-    state, summary = train_network(samples[:-n_val], len(player_names(args.grouping)), val=samples[-n_val:],
-                                   epochs=args.epochs, batch_size=args.batch, lr=args.lr, seed=args.seed,
-                                   checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress,
-                                   mirror=mirror_permutation(player_names(args.grouping)) if args.mirror else None)
-    training = {**summary, "data": "training scenes (pull.synthetic, seed + models.train_data.seed_offset)",
-                "scenes": [train_scenes.start, train_scenes.stop], "pairs": args.pairs, "seed": args.seed,
-                "lr": args.lr, "min_height": args.min_height, "cache_seconds": cache_seconds,
-                "model_forwards": sum(2 + len(s.y) for s in samples)}
-    ckpt = build_checkpoint(model_sha, args.grouping, perturbation, state, crop, 32, 128, training)
-    held = list(_limit(training_persons(detector, range(n_scenes - args.heldout_scenes, n_scenes), args.grouping,
-                                        args.min_height, params), args.heldout_persons))
-    check_start = time.perf_counter()
-    ckpt.heldout = {**exact_check(ckpt, held), "scenes": [n_scenes - args.heldout_scenes, n_scenes],
-                    "seconds": time.perf_counter() - check_start}
+    config = TrainConfig(grouping=args.grouping, scenes=args.scenes, heldout_scenes=args.heldout_scenes,
+                         persons=args.persons, heldout_persons=args.heldout_persons, min_height=args.min_height,
+                         pairs=args.pairs, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
+                         perturbation=args.perturbation, mirror=args.mirror)
+    try:
+        ckpt, record = train_weights(detector, config, params, args.cache_dir, args.checkpoint_dir,
+                                     progress=not args.no_progress)
+    except ValueError as exc:
+        raise SystemExit(f"fastshap_train: {exc}") from None
     ckpt.save(args.out)
     if args.metrics:
         from tasks.shards import write_json
-        write_json(args.metrics, {"weights": args.out, "weights_sha256": ckpt.digest(), "model_sha256": model_sha,
-                                  "grouping": args.grouping, "training": training, "heldout": ckpt.heldout})
-    print(f"training: {training}\nheld-out exact check: "
+        write_json(args.metrics, {"weights": args.out, **record})
+    print(f"training: {record['training']}\nheld-out exact check: "
           f"{ {k: v for k, v in ckpt.heldout.items() if k != 'errors'} }\nwritten: {args.out}", flush=True)
 
 
