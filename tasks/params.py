@@ -388,6 +388,53 @@ class RexlParams(_Section):
         return None if spec is None else (Path(self.out_dir) / f"{model}_{spec.mode}.pt").resolve()
 
 
+class FastShapNetParams(_Section):
+    """The FastShapParts network (``explainers.fastshap``, FastSHAP: Jethani et al. 2022, arXiv 2107.07436) of the
+    explain stage's detector's body-part game that the ``models_fastshap`` stage provides: trained by
+    ``tasks.fastshap_train`` on the training scenes' pedestrians (``parts.grouping``'s parts plus the context, the
+    game blur-hiding players), or, with ``weights``, a given weights file that the stage verifies (the guard: trained
+    for this detector's weights, this grouping and perturbation) and copies. The defaults are the shipped file's
+    (``weights/demo/fastshap_parts.pt``) training configuration."""
+
+    weights: str | None = None                         # a weights file to verify and copy instead of training
+    scenes: int | None = Field(default=None, ge=2)     # training scenes 0 .. scenes - 1 (models.train_data's generator
+    # and seed), the last heldout_scenes of them held out; null: models.train_data.n_images
+    heldout_scenes: int = Field(default=60, ge=1)      # the held-out exact check's scenes (never trained on)
+    persons: int | None = Field(default=400, ge=2)     # at most this many training persons (null: every one)
+    heldout_persons: int = Field(default=6, ge=0)      # persons of the exact check (2^n forwards each; 0: no check)
+    min_height: float = Field(default=60.0, ge=0)      # training pedestrians at least this tall (px)
+    pairs: int = Field(default=16, ge=1)               # Shapley-kernel coalition pairs per person (cached)
+    epochs: int = Field(default=60, ge=1)
+    batch: int = Field(default=16, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    seed: int = 0                                      # coalitions, initialisation, epoch shuffles
+    perturbation: Literal["blur", "mean", "constant", "noise"] = "blur"   # how a player is hidden (the game's)
+    mirror: bool = False                               # add mirror images (only for a mirror-symmetric game)
+
+    @model_validator(mode="after")
+    def _heldout_inside(self) -> FastShapNetParams:
+        if self.scenes is not None and self.heldout_scenes >= self.scenes:
+            raise ValueError(f"heldout_scenes ({self.heldout_scenes}) must be fewer than scenes ({self.scenes})")
+        return self
+
+
+class FastShapParams(_Section):
+    """The ``models_fastshap`` stage: the FastShapParts network of the explain stage's detector (``detector``; null:
+    none) written to ``<out_dir>/detector_parts.pt`` -- the file a ``fastshap`` / ``fastshap_bayes`` explain job's
+    ``options.weights`` names -- and ``metrics``. The players are ``parts.grouping``'s parts plus the context (the
+    grouping is that key's, not a second one here). The coalition cache and the resumable training state go under
+    ``cache_dir``, outside the stage's outputs, one folder per configuration."""
+
+    out_dir: str = "models/fastshap"
+    metrics: str = "metrics/fastshap.json"
+    cache_dir: str = ".cache/xai-audit/fastshap"
+    detector: FastShapNetParams | None = None
+
+    def weights_file(self) -> Path | None:
+        """``<out_dir>/detector_parts.pt`` (absolute) when ``detector`` is configured, else None."""
+        return None if self.detector is None else (Path(self.out_dir) / "detector_parts.pt").resolve()
+
+
 class Params(_Section):
     seed: int = 0
     workers: int = Field(default=2, ge=1)       # threads of a stage's Prefect task runner
@@ -400,6 +447,7 @@ class Params(_Section):
     report: ReportParams = ReportParams()
     guide: GuideParams = GuideParams()
     rexl: RexlParams = RexlParams()
+    fastshap: FastShapParams = FastShapParams()
 
     def explain_detector(self) -> DetectorSpec:
         """The detector the explain stage audits (explain.detector, else the first of infer.detectors)."""
