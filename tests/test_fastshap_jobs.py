@@ -1,0 +1,136 @@
+"""FastSHAP (``explainers.fastshap``) as explain jobs: ``fastshap@parts`` / ``fastshap_bayes@parts`` are checked
+against the parts stage's players and their trained file before any work (tasks.explain_jobs), play a pedestrian's
+parts in the trained order with missing parts as dummies (tasks.explain.explain_targets), and the report shows the
+trained file's held-out check and the explainer forwards beside the model forwards (tasks.report)."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from explainers.fastshap import player_names
+from tasks.explain import explain_targets
+from tasks.explain_jobs import check_jobs
+from tasks.params import ExplainJob, ExplainParams, ParamsError, parse_params
+from tasks.report import cost_table, learned_table
+from tests.learned_fixture import HELDOUT, tiny_fastshap
+from tests.rexl_fixture import SHA
+
+PARTS10 = player_names("parts10")
+H, W = 40, 24
+
+
+def parts10_file(folder, perturbation: str = "blur"):
+    """A parts10 + context network (untrained, seeded) saved under ``folder``, for scorers fingerprinted SHA."""
+    ckpt = tiny_fastshap(len(PARTS10), perturbation)
+    ckpt = type(ckpt)(**{**ckpt.__dict__, "grouping": "parts10", "players": PARTS10})
+    return ckpt.save(folder / "parts10.pt")
+
+
+class BodyScorer:
+    """Score = mean brightness of the image's middle column band (one target), fingerprinted SHA."""
+
+    device = torch.device("cpu")
+    chunk_size = 8
+    num_targets = 1
+    weights_sha256 = SHA
+
+    def __call__(self, images):
+        return images[:, :, :, 8:16].mean((1, 2, 3))[:, None]
+
+
+def body(names) -> dict[str, torch.Tensor]:
+    """Disjoint horizontal bands, one per part name (a part left out has no pixel)."""
+    out = {}
+    for k, name in enumerate(names):
+        m = torch.zeros(H, W, dtype=torch.bool)
+        m[3 * k:3 * k + 3, 4:20] = True
+        out[name] = m
+    return out
+
+
+def run(job: ExplainJob, parts: dict[str, torch.Tensor]):
+    errors: list[dict] = []
+    image = torch.rand(3, H, W, generator=torch.Generator().manual_seed(0))
+    target = {"image_id": "img", "target_id": "p1", "kind": "persons", "parts_model": "gt", "parts_id": "a1"}
+    rows = explain_targets(job, lambda group: BodyScorer(), image, [target], lambda t: parts, ExplainParams(),
+                           0, "cpu", errors, "img.png")
+    return rows, errors
+
+
+@pytest.mark.parametrize("method, budget", [("fastshap", None), ("fastshap_bayes", 8)])
+def test_a_fixed_player_job_lists_the_parts_with_a_pixel_in_trained_order(method, budget, tmp_path):
+    weights = parts10_file(tmp_path)
+    job = ExplainJob(method=method, targets="persons", regions="parts", budget=budget,
+                     options={"weights": str(weights)})
+    missing = {"left_lower_arm", "right_lower_leg"}                     # parts the keypoints did not place
+    present = [n for n in PARTS10 if n not in missing]
+    rows, errors = run(job, body(reversed(present)))                     # the parts table's order is not the players'
+    assert errors == [] and len(rows) == 1
+    row = rows[0]
+    assert row["region_names"] == present and len(row["relevance"]) == len(present)
+    assert sum(row["relevance"]) == pytest.approx(row["full_score"] - row["empty_score"], abs=1e-5)
+    options = json.loads(row["options"])
+    assert options["heldout"]["median_rel_l2"] == HELDOUT["median_rel_l2"] and options["n_explainer_forward"] == 1
+
+
+def test_parts_of_another_grouping_and_a_pedestrian_without_parts_are_errors_rows(tmp_path):
+    job = ExplainJob(method="fastshap", targets="persons", regions="parts", options={"weights": str(parts10_file(
+        tmp_path))})
+    rows, errors = run(job, body(player_names("parts4")))
+    assert rows == [] and "body parts ['arms', 'legs'] are no players of the trained file" in errors[0]["message"]
+    rows, errors = run(job, {})
+    assert rows == [] and "no non-empty body part" in errors[0]["message"]
+
+
+def _params(job: dict, **parts):
+    return parse_params({"explain": {"jobs": [job]}, "parts": parts}, check_files=False)
+
+
+def test_params_check_the_trained_file_option_and_the_players(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)                     # no audited model here: the guard waits for the explain flow
+    weights = str(parts10_file(tmp_path))
+    ok = {"method": "fastshap", "targets": "persons", "regions": "parts", "options": {"weights": weights}}
+    assert check_jobs(_params(ok)).explain.jobs[0].options["weights"] == weights
+    with pytest.raises(ParamsError, match=r"explain\.jobs\[0\]\.options\.weights: fastshap is a learned explainer: "
+                                          r"give the file trained for the job's model \(models/fastshap/"):
+        check_jobs(_params({**ok, "options": {}}))
+    with pytest.raises(ParamsError, match=r"options\.weights: file not found \(got 'nowhere\.pt'\)"):
+        check_jobs(_params({**ok, "options": {"weights": "nowhere.pt"}}))
+    with pytest.raises(ParamsError, match=r"trained for the players \['head', .* but parts\.grouping 'parts4' with "
+                                          r"parts\.context True gives \['head', 'torso', 'arms', 'legs', 'context'\]"):
+        check_jobs(_params(ok, grouping="parts4"))
+    with pytest.raises(ParamsError, match="parts.context False gives"):
+        check_jobs(_params(ok, context=False))
+    with pytest.raises(ParamsError, match="fastshap_bayes plays the body parts its trained file names: regions must "
+                                          "be 'parts', got 'grid'"):
+        check_jobs(_params({**ok, "method": "fastshap_bayes", "regions": "grid"}))
+    with pytest.raises(ParamsError, match="check_weights: false would explain with a file trained for other weights"):
+        check_jobs(_params({**ok, "options": {"weights": weights, "check_weights": False}}))
+
+
+def test_the_file_a_models_stage_writes_may_be_missing_before_it_ran(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = parse_params({"fastshap": {"detector": {"weights": None}}}, check_files=False)
+    written = params.fastshap.weights_file()
+    job = {"method": "fastshap", "targets": "persons", "regions": "parts", "options": {"weights": str(written)}}
+    check_jobs(parse_params({"fastshap": {"detector": {"weights": None}}, "explain": {"jobs": [job]}},
+                            check_files=False))
+
+
+def test_the_report_shows_explainer_forwards_and_the_held_out_check():
+    base = {"kind": "persons", "n_forward": 2, "shared_by": 1, "device": "cpu"}
+    rows = [{**base, "job": "fastshap@parts", "options": json.dumps({"n_explainer_forward": 1, "heldout": HELDOUT,
+                                                                     "weights_sha256": "abc"})},
+            {**base, "job": "bayes_shapley@parts", "n_forward": 48, "options": json.dumps({"budget": 48})}]
+    explanations = pd.DataFrame(rows * 2)
+    cost = cost_table(explanations).set_index("job")
+    assert cost.loc["fastshap@parts", "explainer forwards / explanation"] == 1
+    assert cost.loc["bayes_shapley@parts", "explainer forwards / explanation"] == 0
+    assert cost.loc["bayes_shapley@parts", "forwards / explanation"] == 48
+    learned = learned_table(explanations)
+    assert learned["job"].tolist() == ["fastshap@parts"]
+    assert learned.iloc[0]["median rel. L2 error"] == HELDOUT["median_rel_l2"]
+    assert learned.iloc[0]["held-out persons"] == HELDOUT["persons"] and learned.iloc[0]["trained file"] == "abc"
