@@ -13,7 +13,7 @@ import flows  # noqa: F401  (environment defaults)
 
 from prefect import flow, get_run_logger
 
-STAGES = ("pull", "models", "rexl", "infer", "parts", "explain", "evaluate", "guide", "report")
+STAGES = ("pull", "models", "rexl", "fastshap", "infer", "parts", "explain", "evaluate", "guide", "report")
 
 
 def _run_stage(name: str, params_file: str) -> dict:
@@ -28,6 +28,9 @@ def _run_stage(name: str, params_file: str) -> dict:
     if name == "rexl":
         from flows.rexl import run_rexl
         return run_rexl(params_file)
+    if name == "fastshap":
+        from flows.fastshap import run_fastshap
+        return run_fastshap(params_file)
     if name == "infer":
         from flows.infer import run_infer
         return run_infer(params_file)

@@ -70,7 +70,8 @@ def default_stages(params_file: str) -> list[str]:
     """The stages ``audit`` / ``serve`` run without ``--stage``: all of them, except ``models`` when no model in
     ``infer`` (weights or keypoint model) is a file the models stage writes - models you bring (``kind: callable``,
     your own .pt) would otherwise wait ~25 CPU minutes for demo models nobody uses - ``guide`` where it cannot
-    run (:func:`guide_applies`) and ``rexl`` where no explain job uses its policies (:func:`rexl_applies`)."""
+    run (:func:`guide_applies`), ``rexl`` where no explain job uses its policies (:func:`rexl_applies`) and
+    ``fastshap`` where no explain job uses its weights file (:func:`fastshap_applies`)."""
     from flows.audit import STAGES
 
     from tasks.keypoints import KEYPOINTS_FILE
@@ -84,7 +85,8 @@ def default_stages(params_file: str) -> list[str]:
     used = [Path(f).resolve() for s in specs for f in (s.weights, getattr(s, "keypoints", None)) if f]
     stages = list(STAGES) if written & set(used) else [s for s in STAGES if s != "models"]
     stages = stages if guide_applies(params, stages) else [s for s in stages if s != "guide"]
-    return stages if rexl_applies(params) else [s for s in stages if s != "rexl"]
+    stages = stages if rexl_applies(params) else [s for s in stages if s != "rexl"]
+    return stages if fastshap_applies(params) else [s for s in stages if s != "fastshap"]
 
 
 def rexl_applies(params) -> bool:
@@ -93,6 +95,15 @@ def rexl_applies(params) -> bool:
     written = {params.rexl.policy_file(m) for m in params.rexl.models()}
     return any(Path(str(job.options["policy"])).resolve() in written for job in params.explain.jobs
                if "policy" in job.options)
+
+
+def fastshap_applies(params) -> bool:
+    """The FastShapParts weights stage (``fastshap``) runs by default only where an explain job's
+    ``options.weights`` names the file it writes (:meth:`~tasks.params.FastShapParams.weights_file`): training a
+    network nobody uses costs CPU minutes."""
+    written = params.fastshap.weights_file()
+    return written is not None and any(Path(str(job.options["weights"])).resolve() == written
+                                       for job in params.explain.jobs if "weights" in job.options)
 
 
 def guide_applies(params, stages: list[str]) -> bool:
@@ -204,11 +215,15 @@ def build_parser() -> argparse.ArgumentParser:
                           "held-out scenes").set_defaults(func=_stage("guide", "run_guide"))
     command("rexl", help="the RExL policies (a learned explainer) of the audited models: train, or verify and "
                          "copy the given ones (params rexl)").set_defaults(func=_stage("rexl", "run_rexl"))
+    command("fastshap", help="the FastShapParts network (a learned explainer of the body-part game) of the explain "
+                             "detector: train, or verify and copy the given one (params fastshap)").set_defaults(
+        func=_stage("fastshap", "run_fastshap"))
     command("report", help="the HTML audit report and markdown summary").set_defaults(
         func=_stage("report", "run_report"))
-    stages_help = ("run only these stages (repeatable): pull models rexl infer parts explain evaluate guide "
-                   "report; default all, without models when no model in infer comes from it, without guide where "
-                   "it cannot run, without rexl where no explain job reads a policy it writes")
+    stages_help = ("run only these stages (repeatable): pull models rexl fastshap infer parts explain evaluate "
+                   "guide report; default all, without models when no model in infer comes from it, without guide "
+                   "where it cannot run, without rexl where no explain job reads a policy it writes, without "
+                   "fastshap where no explain job reads the weights it writes")
     audit = command("audit", help="every stage as one Prefect flow (what `dvc repro` runs, unconditionally)")
     audit.add_argument("--stage", dest="stages", action="append", help=stages_help)
     audit.set_defaults(func=_audit)

@@ -55,4 +55,5 @@ def test_the_stage_option_help_names_rexl():
     assert parser.parse_args(["audit", "--stage", "rexl"]).stages == ["rexl"]
     audit_parser = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith("audit"))
     help_text = next(a.help for a in audit_parser._actions if a.dest == "stages")
-    assert "models rexl infer" in help_text and "without rexl" in help_text
+    assert "models rexl fastshap infer" in help_text and "without rexl" in help_text
+    assert "without fastshap" in help_text

@@ -1,0 +1,213 @@
+"""Tasks of the ``models_fastshap`` stage: the FastShapParts network (``explainers.fastshap``; FastSHAP, Jethani et
+al. 2022, https://arxiv.org/abs/2107.07436) of the explain stage's detector's body-part game that ``params.yaml``'s
+``fastshap.detector`` configures, written to ``fastshap.out_dir/detector_parts.pt`` (the file a ``fastshap`` /
+``fastshap_bayes`` explain job's ``options.weights`` names: ``tasks.params.FastShapParams.weights_file``), and
+``fastshap.metrics``. The players are ``parts.grouping``'s parts plus the context (``parts.context``).
+
+Either
+
+* ``weights: null``: train with ``tasks.fastshap_train.train_weights`` on the training scenes' pedestrians (the
+  generator of ``pull.synthetic`` with the training seed, never the audited scenes; the last ``heldout_scenes`` of
+  them held out for the exact check stored in the file), seeded; the coalition cache (Parquet, resumable) and the
+  training state (``last.pt``, resumable after a crash) live under ``fastshap.cache_dir``, one folder per
+  configuration and code (:func:`cache_folders`), so a changed one never resumes another's; the training state is
+  removed once the training has finished, the coalition cache is kept (a rerun with other epochs / lr reuses it); or
+* ``weights: <file>``: verify the given weights file (the shipped-weights manifest beside it, when there is one:
+  ``tasks.shipped_weights.verify_given``; its players are this grouping's and context's, its perturbation this one;
+  and the explainer's guard: it was trained for these detector weights) and copy it.
+
+The audited detector is built as the explain stage builds it (``tasks.model_cache``), so the weights the network is
+tied to (``explainers.trained.weights_fingerprint``) are the ones explain will score with.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from detection.models.specs import file_sha256
+from explainers.fastshap import FastShapCheckpoint, FastShapParts, player_names
+from explainers.perturb import make_perturbation
+from tasks.fastshap_train import TrainConfig, train_weights
+from tasks.params import FastShapNetParams, Params
+from tasks.result_store import digest
+
+KEY = "fastshap.detector.weights"
+
+
+def audited_detector(params: Params):
+    """The explain stage's detector (``explain.detector``, else the first of ``infer.detectors``) on the CPU, built as
+    the explain stage builds it. Raises FileNotFoundError naming a missing weights file."""
+    from tasks.model_cache import detector_model
+
+    spec = params.explain_detector()
+    if spec.weights is not None and not Path(spec.weights).is_file():
+        raise FileNotFoundError(f"params fastshap.detector: the audited detector's weights {spec.weights} not found "
+                                f"(run the models stage first)")
+    return detector_model(spec.model_dump_json(), "cpu", params.explain.chunk_size)
+
+
+def guard_scorer(params: Params, net=None):
+    """A D-RISE scorer of the audited detector with one placeholder target: what the explainer's guard
+    fingerprints."""
+    from detection.scorers import DRiseScorer
+
+    net = net if net is not None else audited_detector(params)
+    probs = torch.zeros(1, net.num_classes)
+    probs[0, 0] = 1.0
+    return DRiseScorer(net, torch.tensor([[0.0, 0.0, 1.0, 1.0]]), probs)
+
+
+def perturbation_of(spec: FastShapNetParams) -> str:
+    """``explainers.perturb``'s description of ``spec.perturbation``. Raises ValueError naming
+    ``fastshap.detector.perturbation``."""
+    try:
+        return make_perturbation(spec.perturbation).describe()
+    except (ValueError, KeyError) as exc:
+        raise ValueError(f"params fastshap.detector.perturbation: {exc} (got {spec.perturbation!r})") from None
+
+
+def check_given(params: Params, src: str | Path) -> FastShapCheckpoint:
+    """Check a given weights file (``fastshap.detector.weights``) before the stage copies it instead of training:
+    the manifest beside it (if any) lists its bytes, it is a FastShapParts weights file whose players are
+    :func:`~explainers.fastshap.player_names` of ``parts.grouping`` / ``parts.context`` and whose perturbation is
+    ``fastshap.detector.perturbation``'s, and :class:`~explainers.fastshap.FastShapParts` accepts it for the audited
+    detector's weights. Returns the checkpoint. Raises FileNotFoundError (file missing),
+    ``tasks.shipped_weights.WeightsMismatchError`` (bytes differ from the manifest) and ValueError naming the key and
+    the file: not a weights file, other players (``parts.grouping`` named), another perturbation, or trained for
+    other detector weights (set ``weights: null`` to train one for this detector)."""
+    from tasks.shipped_weights import verify_given
+
+    src = Path(src)
+    verify_given(src, KEY)
+    try:
+        ckpt = FastShapCheckpoint.load(src)
+    except ValueError as exc:
+        raise ValueError(f"params {KEY}: {exc}") from None
+    wanted = player_names(params.parts.grouping, params.parts.context)
+    if tuple(ckpt.players) != wanted:
+        raise ValueError(f"params {KEY}: {src} was trained for grouping {ckpt.grouping!r} with players "
+                         f"{list(ckpt.players)}, but parts.grouping {params.parts.grouping!r} (parts.context "
+                         f"{params.parts.context}) gives {list(wanted)}: set parts.grouping to match it, or "
+                         f"fastshap.detector.weights: null to train one")
+    perturbation = perturbation_of(params.fastshap.detector)
+    if ckpt.perturbation != perturbation:
+        raise ValueError(f"params {KEY}: {src} was trained with perturbation {ckpt.perturbation!r}, but "
+                         f"fastshap.detector.perturbation gives {perturbation!r}: set it to match, or weights: null "
+                         f"to train one")
+    try:
+        FastShapParts(guard_scorer(params), weights=ckpt, grouping=params.parts.grouping)
+    except ValueError as exc:
+        raise ValueError(f"params {KEY}: {src}: {exc} (or set fastshap.detector.weights: null to train one)") from None
+    return ckpt
+
+
+def train_config(params: Params, spec: FastShapNetParams) -> TrainConfig:
+    """``tasks.fastshap_train.TrainConfig`` of ``spec`` with ``parts.grouping``. Raises ValueError naming
+    ``parts.context`` when it is false (training builds the players with the context)."""
+    if not params.parts.context:
+        raise ValueError("params parts.context: false, but FastShapParts training builds every pedestrian's players "
+                         "with the context (tasks.fastshap_data): set parts.context: true, or give "
+                         "fastshap.detector.weights")
+    given = spec.model_dump(exclude={"weights"})
+    return TrainConfig(grouping=params.parts.grouping,
+                       **{f.name: given[f.name] for f in fields(TrainConfig) if f.name in given})
+
+
+def code_digest(module: str = "tasks.fastshap_stage") -> str:
+    """SHA-256 of the project modules ``module`` imports (its closure: the game, the data, the network, the
+    training)."""
+    from tasks.result_store import files_digest
+    from tasks.stage_deps import Entry, module_closure, module_file
+
+    return files_digest(sorted(module_file(m) for m in module_closure((Entry(module),))))
+
+
+def cache_folders(params: Params, spec: FastShapNetParams) -> tuple[Path, Path]:
+    """(coalition cache, training state) folders under ``fastshap.cache_dir``:
+    ``coalitions-<digest>`` of everything the game values depend on (the audited detector's spec and weights file,
+    the grouping, perturbation, pairs, seed and min_height, the training scenes' generator and seed, the parts
+    matching, the data code; not the scene / person counts: persons come in scene order, so a cache of fewer is a
+    prefix that a larger run completes) and ``train-<digest>`` of everything training depends on (that, all of
+    ``spec``, the training code), so that a rerun resumes only its own configuration."""
+    mspec = params.explain_detector()
+    weights = file_sha256(mspec.weights) if mspec.weights and Path(mspec.weights).is_file() else None
+    data = {"model": mspec.model_dump(mode="json"), "weights": weights, "seed": params.seed,
+            "grouping": params.parts.grouping, "context": params.parts.context,
+            "match_iou": params.parts.match_iou, "min_keypoints": params.parts.min_keypoints,
+            "train_data": params.models.train_data.model_dump(mode="json", exclude={"n_images"}),
+            "generator": params.pull.synthetic.model_dump(mode="json", exclude={"n_images"}),
+            **spec.model_dump(mode="json", include={"perturbation", "pairs", "seed", "min_height"}),
+            "code": code_digest("tasks.fastshap_data")}
+    train = {**data, "spec": spec.model_dump(mode="json", exclude={"weights"}),
+             "n_images": params.models.train_data.n_images, "code": code_digest()}
+    root = Path(params.fastshap.cache_dir)
+    return root / f"coalitions-{digest(data)[:16]}", root / f"train-{digest(train)[:16]}"
+
+
+def train(params: Params, spec: FastShapNetParams, progress: bool = True) -> tuple[FastShapCheckpoint, dict]:
+    """Train the network (module docstring); returns ``train_weights``' checkpoint and record. The training state
+    folder serves a rerun after a crash only: it is removed once training has finished (the coalition cache is
+    kept)."""
+    config = train_config(params, spec)
+    perturbation_of(spec)
+    coalitions, state = cache_folders(params, spec)
+    out = train_weights(audited_detector(params), config, params, coalitions, state, progress=progress)
+    shutil.rmtree(state, ignore_errors=True)
+    return out
+
+
+def provide_weights(params: Params, progress: bool = True) -> dict:
+    """Train (``weights: null``) or verify and copy (``weights``: a file) the detector's FastShapParts weights to
+    :meth:`~tasks.params.FastShapParams.weights_file`; returns its metrics record: source, file, SHA-256, grouping,
+    players, perturbation, the detector weights fingerprint (12 hex), the network's weights digest, training persons,
+    seconds and model forwards, and the held-out exact check (median / p90 relative L2 error, top-part agreement,
+    persons), all from the file's own records (a copied file's metrics are the same bytes every run; the stage's
+    wall time goes to ``metrics/timings.json``). Raises ValueError when ``fastshap.detector`` is null, and the errors
+    of :func:`check_given` / ``tasks.fastshap_train.train_weights`` naming the ``fastshap`` key."""
+    spec = params.fastshap.detector
+    if spec is None:
+        raise ValueError("params fastshap.detector: null (no FastShapParts network to provide)")
+    out = params.fastshap.weights_file()
+    if spec.weights is not None:
+        src = Path(spec.weights)
+        ckpt = check_given(params, src)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, out)
+        record = {"source": "copied", "weights": str(src)}
+    else:
+        try:
+            ckpt, _ = train(params, spec, progress)
+        except ValueError as exc:
+            text = str(exc)
+            raise ValueError(text if text.startswith("params ") else f"params fastshap.detector: {text}") from None
+        ckpt.save(out)
+        record = {"source": "trained"}
+    t, h = ckpt.training, ckpt.heldout
+    record.update({"file": str(Path(params.fastshap.out_dir) / out.name), "sha256": file_sha256(out),
+                   "grouping": ckpt.grouping, "players": list(ckpt.players), "perturbation": ckpt.perturbation,
+                   "model_sha256": ckpt.model_sha256[:12], "weights_sha256_12": ckpt.digest(),
+                   "train_persons": t.get("persons"), "val_persons": t.get("val_persons"),
+                   "train_scenes": t.get("scenes"), "epochs": t.get("epochs"), "best_val_loss": t.get("best_val_loss"),
+                   "train_seconds": t.get("train_seconds"), "cache_seconds": t.get("cache_seconds"),
+                   "train_model_forwards": t.get("model_forwards"), "heldout_persons": h.get("persons"),
+                   "heldout_median_rel_l2": h.get("median_rel_l2"), "heldout_p90_rel_l2": h.get("p90_rel_l2"),
+                   "heldout_top_part_agreement": h.get("top_part_agreement"),
+                   "heldout_uniform_split_median_rel_l2": h.get("uniform_split_median_rel_l2"),
+                   "heldout_scenes": h.get("scenes")})
+    return record
+
+
+def write_metrics(path: str | Path, records: dict[str, dict]) -> Path:
+    """``metrics/fastshap.json``: one record per model (``detector``: :func:`provide_weights`)."""
+    from tasks.shards import write_json
+
+    path = Path(path)
+    write_json(path, records)
+    return path
+
+
+__all__ = ["KEY", "audited_detector", "cache_folders", "check_given", "code_digest", "guard_scorer",
+           "perturbation_of", "provide_weights", "train", "train_config", "write_metrics"]
