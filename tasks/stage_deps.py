@@ -53,6 +53,7 @@ STAGES: dict[str, tuple[Entry, ...]] = {
     "models_classifier": (CLI, Entry("flows.models")),
     "models_keypoints": (CLI, Entry("flows.models"), Entry("flows.keypoints")),   # _models imports flows.models first
     "models_rexl": (CLI, Entry("flows.rexl")),
+    "models_fastshap": (CLI, Entry("flows.fastshap")),
     "infer": (CLI, Entry("flows.infer")),
     "parts": (CLI, Entry("flows.parts")),
     "explain": (CLI, Entry("flows.explain")),

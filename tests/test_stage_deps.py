@@ -251,5 +251,8 @@ def test_only_stages_that_explain_depend_on_the_explainers():
             assert "explainers/metrics.py" in files, stage
         elif stage == "models_rexl":                # trains / verifies RExL policies: that explainer only
             assert "explainers/rexl.py" in files and "explainers/registry.py" not in files, stage
+        elif stage == "models_fastshap":            # trains / verifies the FastShapParts network: that explainer
+            assert "explainers/fastshap.py" in files and "explainers/registry.py" not in files, stage
+            assert "tasks/explain_jobs.py" not in files, stage
         elif stage != "report":
             assert explainer_files == [] and "tasks/explain_jobs.py" not in files, (stage, explainer_files)
