@@ -187,7 +187,8 @@ class PartsParams(_Section):
     min_keypoints: int = Field(default=3, ge=1, le=17)      # fewer usable keypoints: next source
 
 
-FILE_OPTIONS = ("policy",)      # explain job options that name a file the job's results depend on (rexl's policy)
+FILE_OPTIONS = ("policy", "weights")   # explain job options naming a file the results depend on (rexl's policy,
+                                      # fastshap's weights)
 
 
 class ExplainJob(_Section):
