@@ -22,6 +22,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -116,12 +117,14 @@ def person_rows(person: Person, pairs: int, seed: int, perturbation: Perturbatio
 class CoalitionCache:
     """Parquet blocks of game values under ``directory`` (module docstring). ``spec``: what the values were computed
     for (model fingerprint, players, perturbation, pairs, seed, persons' source); a directory holding another spec is
-    refused (ValueError naming the differing keys) rather than mixed."""
+    refused (ValueError naming the differing keys) rather than mixed. ``key``: the items' attribute (and the rows'
+    column) naming an item (a person's ``person_id``; a scene's ``scene_id`` for ``tasks.fastshap_grid_train``)."""
 
-    def __init__(self, directory: str | Path, spec: dict, block: int = 32):
+    def __init__(self, directory: str | Path, spec: dict, block: int = 32, key: str = "person_id"):
         self.directory = Path(directory)
         self.spec = {**spec, "block": int(block)}
         self.block = int(block)
+        self.key = key
 
     def _check_manifest(self) -> None:
         path = self.directory / "manifest.json"
@@ -139,14 +142,18 @@ class CoalitionCache:
     def block_path(self, b: int) -> Path:
         return self.directory / f"block-{b:05d}.parquet"
 
-    def build(self, persons: Iterable[Person], perturbation: Perturbation, chunk_size: int = 34,
-              limit: int | None = None, progress: bool = False) -> int:
-        """Evaluate the coalitions of ``persons`` (at most ``limit``), block by block; persons already in a block on
-        disk are not evaluated again (a partial last block is completed, its rows kept first). Returns the number
-        of persons iterated."""
+    def build(self, persons: Iterable, perturbation: Perturbation, chunk_size: int = 34,
+              limit: int | None = None, progress: bool = False, rows_of: Callable[[Any], dict] | None = None) -> int:
+        """Evaluate the coalitions of ``persons`` (at most ``limit``), block by block; items already in a block on
+        disk are not evaluated again (a partial last block is completed, its rows kept first). ``rows_of``: an
+        item's rows (columns -> lists, ``key`` among them); default :func:`person_rows` of a :class:`Person` with the
+        spec's pairs and seed. Returns the number of items iterated."""
         from tqdm import tqdm
         self._check_manifest()
         pairs, seed = int(self.spec["pairs"]), int(self.spec["seed"])
+        if rows_of is None:
+            def rows_of(person: Person) -> dict:
+                return person_rows(person, pairs, seed, perturbation, chunk_size)
         current, existing, rows = None, None, {}
         count = 0
         bar = tqdm(total=limit, desc="coalitions", unit="person", disable=not progress)
@@ -156,9 +163,9 @@ class CoalitionCache:
                 self._flush(current, existing, rows)
                 path = self.block_path(b)
                 current, existing, rows = b, pq.read_table(path) if path.is_file() else None, {}
-                done = set() if existing is None else set(existing.column("person_id").to_pylist())
-            if person.person_id not in done:
-                for key, values in person_rows(person, pairs, seed, perturbation, chunk_size).items():
+                done = set() if existing is None else set(existing.column(self.key).to_pylist())
+            if getattr(person, self.key) not in done:
+                for key, values in rows_of(person).items():
                     rows.setdefault(key, []).extend(values)
             bar.update(1)
         self._flush(current, existing, rows)

@@ -1,0 +1,307 @@
+"""FastSHAP on a fixed grid of cells: an explainer network that outputs the Shapley values of every cell of a
+``rows x cols`` grid for every class of a classifier in one forward of its own, after one classifier call for the
+game's two ends -- a saliency map without sampling.
+
+The game is the region game of the grid (``explainers.game.RegionGame`` over ``explainers.regions.grid_regions``):
+a cell is hidden by the perturbation (the image's mean colour by default: the deletion substrate of the causal
+metrics), the value of a coalition is the classifier's probability of each class (``detection.scorers.
+ClassifierScorer``), black box: forwards only, so it works for any classifier adapter (TorchScript, ONNX, a callable).
+
+Network (:class:`FastShapGridNet`): the image and the image minus its perturbation baseline (what hiding changes),
+resized to ``net_size`` (8 x the grid by default: one trunk cell per grid cell), through a small convolutional trunk
+(stride 8), pooled onto the grid; per class, the pooled
+features with the class's one-hot and the game's two ends v(all), v(none) and their gap as extra channels go through
+1 x 1 convolutions to a raw value per cell.
+
+Additive efficient normalisation (Jethani, Sudarshan, Covert, Lee & Ranganath, "FastSHAP: Real-Time Shapley Value
+Estimation", ICLR 2022, https://arxiv.org/abs/2107.07436; reference code github.com/iancovert/fastshap):
+phi_c = raw_c + (v_c(all) - v_c(none) - sum_j raw_j) / n over the n cells, so the map's cells sum to the class's
+score gap exactly (to float rounding). Trained by ``tasks.fastshap_grid_train`` (the FastSHAP weighted least squares
+on Shapley-kernel coalitions, paired, of training-split scenes, cached as Parquet); the weights file
+(:class:`FastShapGridCheckpoint`) records the classifier's weights fingerprint, the grid, the image size, the
+perturbation and a held-out check, and the explainer refuses anything else.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from explainers.base import Explainer, Explanation, paint
+from explainers.game import RegionGame
+from explainers.perturb import Perturbation, make_perturbation
+from explainers.regions import grid_regions
+from explainers.trained import load_checkpoint, save_checkpoint, tensors_sha256, weights_fingerprint
+
+FORMAT = "xai-audit/fastshap-grid"
+VERSION = 1
+NUM_SCALARS = 3           # per class: v(all), v(none), v(all) - v(none)
+# the held-out check every explanation's options carry (the report shows it beside the job)
+HELDOUT_KEYS = ("scenes", "targets", "deletion_auc_median", "insertion_auc_median", "rise_deletion_auc_median",
+                "rise_budget", "coalition_r2")
+
+
+class _Residual(nn.Module):
+    """x + conv(relu(conv(x))) (3 x 3, same width): context from neighbouring cells, the identity kept."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(width, width, 3, 1, 1), nn.ReLU(inplace=True),
+                                  nn.Conv2d(width, width, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class FastShapGridNet(nn.Module):
+    """image features [N, 6, h, w] (image, image - baseline; h, w multiples of the grid), scalars [N, C,
+    NUM_SCALARS] -> raw cell values [N, C, rows, cols] (module docstring): one token per cell (a patch embedding: a
+    convolution whose kernel and stride are the cell, as ViT Shapley's patches), residual 3 x 3 blocks between
+    neighbouring cells, and a per-class 1 x 1 head."""
+
+    def __init__(self, classes: int, grid: tuple[int, int] = (12, 16), width: int = 32, hidden: int = 64,
+                 cell: tuple[int, int] = (8, 8), blocks: int = 2):
+        super().__init__()
+        self.classes, self.grid = classes, tuple(grid)
+        self.embed = nn.Conv2d(6, width, tuple(cell), tuple(cell))
+        self.mix = nn.Sequential(*[_Residual(width) for _ in range(blocks)])
+        self.head = nn.Sequential(nn.Conv2d(width + classes + NUM_SCALARS, hidden, 1), nn.ReLU(inplace=True),
+                                  nn.Conv2d(hidden, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, 1, 1))
+
+    def forward(self, x: torch.Tensor, scalars: torch.Tensor) -> torch.Tensor:
+        N, C = x.shape[0], self.classes
+        f = self.mix(F.adaptive_avg_pool2d(self.embed(x), self.grid))              # [N, F, rows, cols]
+        rows, cols = self.grid
+        f = f[:, None].expand(-1, C, -1, -1, -1)
+        onehot = torch.eye(C, device=x.device, dtype=x.dtype)[None, :, :, None, None].expand(N, -1, -1, rows, cols)
+        s = scalars[..., None, None].expand(-1, -1, -1, rows, cols)
+        z = torch.cat([f, onehot, s], 2).reshape(N * C, -1, rows, cols)
+        return self.head(z).reshape(N, C, rows, cols)
+
+
+def network_inputs(images: torch.Tensor, baselines: torch.Tensor, net_size: tuple[int, int]) -> torch.Tensor:
+    """[N, 6, h, w]: the images [N, 3, H, W] and images - baselines, resized (bilinear) to ``net_size`` (h, w)."""
+    x = torch.cat([images, images - baselines], 1).float()
+    if tuple(x.shape[-2:]) != tuple(net_size):
+        x = F.interpolate(x, size=tuple(net_size), mode="bilinear", align_corners=False)
+    return (x - 0.5) / 0.25
+
+
+def grid_scalars(full: torch.Tensor, empty: torch.Tensor) -> torch.Tensor:
+    """[N, C, NUM_SCALARS] of the game's ends ``full`` = v(all), ``empty`` = v(none) [N, C]."""
+    return torch.stack([full, empty, full - empty], -1).float()
+
+
+def normalise(raw: torch.Tensor, gap: torch.Tensor) -> torch.Tensor:
+    """Additive efficient normalisation over the cells: raw [N, C, n] + (gap [N, C] - sum raw) / n."""
+    return raw + (gap - raw.sum(-1))[..., None] / raw.shape[-1]
+
+
+@dataclass
+class FastShapGridCheckpoint:
+    """What a FastShapGrid weights file holds (``torch.save`` of :meth:`to_dict`, read with ``weights_only``): the
+    network's weights and shape, what it was trained for (the classifier's weights fingerprint, its class count,
+    the image size (H, W) the game is played at, the grid (rows, cols), the perturbation's description), a
+    ``training`` record and a ``heldout`` record (deletion / insertion AUC on held-out training-split scenes beside
+    RISE's at a stated budget, and the share of held-out coalition values the estimate explains)."""
+
+    model_sha256: str
+    classes: int
+    image_size: tuple[int, int]
+    grid: tuple[int, int]
+    perturbation: str
+    state_dict: dict
+    net_size: tuple[int, int] = (96, 128)
+    width: int = 32
+    hidden: int = 64
+    value_scale: float = 1.0          # the network's raw output x this = score units (its training targets' RMS)
+    training: dict = field(default_factory=dict)
+    heldout: dict = field(default_factory=dict)
+
+    REQUIRED = ("model_sha256", "classes", "image_size", "grid", "perturbation", "state_dict")
+
+    @property
+    def cell(self) -> tuple[int, int]:
+        """The network's patch (pixels of ``net_size`` per grid cell)."""
+        return self.net_size[0] // self.grid[0], self.net_size[1] // self.grid[1]
+
+    def network(self, device: torch.device | str = "cpu") -> FastShapGridNet:
+        """The network with the stored weights, in eval mode."""
+        net = FastShapGridNet(self.classes, self.grid, self.width, self.hidden, self.cell)
+        net.load_state_dict(self.state_dict)
+        return net.to(device).eval()
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "version": VERSION, "model_sha256": self.model_sha256, "classes": self.classes,
+                "image_size": list(self.image_size), "grid": list(self.grid), "perturbation": self.perturbation,
+                "net_size": list(self.net_size), "width": self.width, "hidden": self.hidden,
+                "value_scale": self.value_scale,
+                "training": dict(self.training), "heldout": dict(self.heldout),
+                "state_dict": {k: v.detach().cpu() for k, v in self.state_dict.items()}}
+
+    def digest(self) -> str:
+        """First 12 hex digits of :func:`explainers.trained.tensors_sha256` of the weights."""
+        return tensors_sha256(self.state_dict)[:12]
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically (:func:`explainers.trained.save_checkpoint`)."""
+        return save_checkpoint(self.to_dict(), path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> FastShapGridCheckpoint:
+        """Read a weights file. Raises FileNotFoundError for a missing file, ValueError naming the file for one that
+        is unreadable, of another format or version, or missing a key (:func:`explainers.trained.load_checkpoint`)."""
+        raw = load_checkpoint(path, FORMAT, VERSION, cls.REQUIRED, "fastshap_grid weights",
+                              "train one with tasks.fastshap_grid_train")
+        ckpt = cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
+        ckpt.image_size, ckpt.grid, ckpt.net_size = tuple(ckpt.image_size), tuple(ckpt.grid), tuple(ckpt.net_size)
+        return ckpt
+
+
+@dataclass
+class FastShapGridExplanation(Explanation):
+    """An :class:`~explainers.base.Explanation` with the explainer network's forwards (``n_forward`` counts the
+    model's only)."""
+
+    n_explainer_forward: int = 0
+
+
+class FastShapGrid(Explainer):
+    """Amortised Shapley values of a classifier's grid-cell game (module docstring): FastSHAP (Jethani et al., ICLR
+    2022, https://arxiv.org/abs/2107.07436) giving a saliency map in one explainer forward.
+
+    ``weights``: a weights file written by ``tasks.fastshap_grid_train`` (:class:`FastShapGridCheckpoint`) or a loaded
+    checkpoint. The guard raises ValueError naming both sides when the classifier's weights fingerprint
+    (:func:`~explainers.trained.weights_fingerprint`), its class count or the perturbation differ from what the network
+    was trained for (``check_weights=False`` skips the fingerprint: only for the sanity check's randomised copies;
+    recorded in the options). The scorer must say which classes it scores (``targets``: class indices, as
+    :class:`~detection.scorers.ClassifierScorer`), else ValueError.
+
+    ``explain(image)``: image [3, H, W] of the trained ``image_size`` (ValueError otherwise: the game is played at the
+    classifier's input size). Returns saliency [T, H, W] (score units per pixel: each cell's Shapley value spread
+    evenly over its pixels, so a cell's pixels sum to its value and all pixels to v(all) - v(none)), relevance [T, R]
+    = the mean saliency per region when regions are given (they only summarise the map), full_score / empty_score [T].
+    Spends exactly 2 model forwards (the full and the empty coalition, one scorer call) and 1 explainer forward
+    (``n_explainer_forward``, also in ``options``); BudgetError below 2."""
+
+    name = "fastshap_grid"
+    default_budget = 2
+    needs_trained_weights = True
+    trained_file_option = "weights"
+    trained_file_hint = "python -m tasks.fastshap_grid_train (a network per classifier)"
+
+    @classmethod
+    def load_trained(cls, path: str | Path) -> FastShapGridCheckpoint:
+        """The weights file (:meth:`FastShapGridCheckpoint.load`: FileNotFoundError, ValueError naming the file)."""
+        return FastShapGridCheckpoint.load(path)
+
+    def __init__(self, scorer, *, weights: str | Path | FastShapGridCheckpoint,
+                 perturbation: str | Perturbation | None = None, check_weights: bool = True, **kw):
+        ckpt = weights if isinstance(weights, FastShapGridCheckpoint) else _load_once(weights)
+        where = "the network" if isinstance(weights, FastShapGridCheckpoint) else str(weights)
+        if perturbation is not None and make_perturbation(perturbation).describe() != ckpt.perturbation:
+            raise ValueError(f"fastshap_grid: {where} was trained on perturbation {ckpt.perturbation!r}, got "
+                             f"{make_perturbation(perturbation).describe()!r}")
+        super().__init__(scorer, perturbation=perturbation or _perturbation_of(ckpt.perturbation), **kw)
+        self.check_weights = bool(check_weights)
+        if scorer is not None:
+            if self.check_weights:
+                audited = weights_fingerprint(scorer)
+                if audited != ckpt.model_sha256:
+                    raise ValueError(f"fastshap_grid: {where} was trained for model weights {ckpt.model_sha256[:12]}, "
+                                     f"but the audited model's weights are {audited[:12]}: train a network for this "
+                                     f"model")
+            targets = getattr(scorer, "targets", None)
+            if targets is None:
+                raise ValueError(f"fastshap_grid explains classifier classes: scorer {type(scorer).__name__} has no "
+                                 f"'targets' (class indices; use detection.scorers.ClassifierScorer)")
+            classes = getattr(getattr(scorer, "model", None), "num_classes", None)
+            if classes is not None and classes != ckpt.classes:
+                raise ValueError(f"fastshap_grid: {where} was trained for {ckpt.classes} classes, the classifier has "
+                                 f"{classes}")
+        self.ckpt, self.source = ckpt, None if isinstance(weights, FastShapGridCheckpoint) else str(weights)
+        self.net = ckpt.network(self.device)
+        self.n_explainer_forward = 0
+
+    def options(self) -> dict[str, Any]:
+        c = self.ckpt
+        return {**super().options(), "grid": list(c.grid), "check_weights": self.check_weights,
+                "weights": self.source, "weights_sha256": c.digest(), "model_sha256": c.model_sha256[:12],
+                "heldout": {k: c.heldout[k] for k in HELDOUT_KEYS if k in c.heldout}}
+
+    def min_budget(self, num_regions, num_targets):
+        return 2, "the full and the empty coalition (the efficiency normalisation)"
+
+    def explain(self, image, regions=None, *, budget=None, seed=0) -> FastShapGridExplanation:
+        """:meth:`Explainer.explain <explainers.base.Explainer.explain>` with the explainer forwards
+        (``n_explainer_forward``); image of the trained size (class docstring)."""
+        if torch.is_tensor(image) and image.ndim == 3 and tuple(image.shape[-2:]) != tuple(self.ckpt.image_size):
+            raise ValueError(f"fastshap_grid: the network was trained on images of {tuple(self.ckpt.image_size)} "
+                             f"(H, W), got {tuple(image.shape[-2:])}: give the classifier's input size")
+        self.n_explainer_forward = 0
+        exp = super().explain(image, regions, budget=budget, seed=seed)
+        exp.options["n_explainer_forward"] = self.n_explainer_forward
+        return FastShapGridExplanation(**{f: getattr(exp, f) for f in Explanation.__dataclass_fields__},
+                                       n_explainer_forward=self.n_explainer_forward)
+
+    def _explain(self, image, regions, budget, generator):
+        H, W = image.shape[-2:]
+        rows, cols = self.ckpt.grid
+        cells = grid_regions(H, W, rows, cols, self.device)
+        game = RegionGame(self.score, image, cells, self.perturbation, self.chunk_size)
+        n = rows * cols
+        ends = game(torch.stack([torch.ones(n), torch.zeros(n)]).to(self.device))   # [2, T]: v(all), v(none)
+        full, empty = ends[0], ends[1]
+        phi = self.cell_values(image, full, empty)                                 # [T, n]
+        area = cells.reshape(n, -1).sum(1).clamp_min(1).to(phi)
+        return paint(phi / area, cells.to(phi)), None, {"full_score": full, "empty_score": empty}
+
+    def cell_values(self, image: torch.Tensor, full: torch.Tensor, empty: torch.Tensor) -> torch.Tensor:
+        """The network's efficient cell values [T, rows * cols] (row-major) of the scorer's target classes, given the
+        game's ends ``full`` = v(all), ``empty`` = v(none) [T]: one explainer forward, no model forward. The head
+        reads each class's row from the shared features, the class's one-hot and that class's own ends only, so the
+        classes that are no target (their ends unknown without scoring them) get zeros and are dropped."""
+        targets = torch.as_tensor(self.scorer.targets, device=self.device).long()
+        C = self.ckpt.classes
+        f_all = torch.zeros(C, device=self.device).index_copy(0, targets, full.float())
+        f_none = torch.zeros(C, device=self.device).index_copy(0, targets, empty.float())
+        x = network_inputs(image[None], self.perturbation.baseline(image)[None], self.ckpt.net_size)
+        with torch.inference_mode():
+            raw = self.net(x, grid_scalars(f_all[None], f_none[None]))[0]       # [C, rows, cols]
+        self.n_explainer_forward += 1
+        raw = raw.reshape(C, -1)[targets] * self.ckpt.value_scale
+        return normalise(raw[None], (full - empty).float()[None])[0]
+
+
+def _load_once(path: str | Path) -> FastShapGridCheckpoint:
+    """:meth:`FastShapGridCheckpoint.load`, once per file version in a process (keyed by resolved path, size and
+    modification time). The checkpoint is shared: callers do not mutate it."""
+    path = Path(path)
+    if not path.is_file():
+        return FastShapGridCheckpoint.load(path)                   # its FileNotFoundError
+    stat = path.stat()
+    return _load_version(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_version(path: str, size: int, mtime_ns: int) -> FastShapGridCheckpoint:
+    return FastShapGridCheckpoint.load(path)
+
+
+def _perturbation_of(description: str) -> Perturbation:
+    """The perturbation a weights file names: a registered name with its defaults whose ``describe()`` matches."""
+    for name in ("mean", "blur", "constant", "noise"):
+        p = make_perturbation(name)
+        if p.describe() == description:
+            return p
+    raise ValueError(f"fastshap_grid: the weights' perturbation {description!r} is no registered perturbation with "
+                     "its defaults; pass it as perturbation=")
+
+
+__all__ = ["FORMAT", "VERSION", "FastShapGrid", "FastShapGridCheckpoint", "FastShapGridExplanation",
+           "FastShapGridNet", "grid_scalars", "network_inputs", "normalise"]

@@ -1,0 +1,300 @@
+"""Training FastShapGrid (``explainers.fastshap_grid``) for the audited classifier on the training split.
+
+Data: the first ``--scenes`` training scenes (``models.train_data``: the generator of ``pull.synthetic`` with seed
+``seed + seed_offset``, never the audited scenes) at the classifier's input size; the last ``--heldout-scenes`` of
+them are held out from training for the check below, and the last tenth of the rest validates (the best epoch is
+kept). Per scene, ``--pairs`` Shapley-kernel coalitions of the ``rows x cols`` cells and their complements, plus the
+empty and the full coalition (a generator seeded by (seed, scene): a scene's coalitions do not depend on the others
+or on a resume), evaluated by the grid's region game for every class (black box: forwards only) in batched chunks and
+cached as Parquet under ``--cache-dir`` (``tasks.fastshap_data.CoalitionCache``: blocks written atomically, a rerun
+computes only what is missing; epochs reuse it).
+
+Objective (FastSHAP, Jethani et al. 2022, https://arxiv.org/abs/2107.07436; reference code iancovert/fastshap): the
+mean over scenes x, classes c and their sampled coalitions S of (v_c(S) - v_c(none) - S . phi_c(x))^2, phi
+additively efficiency-normalised inside training; drawing S from the Shapley kernel makes the plain mean the
+kernel-weighted least squares whose optimum is the Shapley values. Adam, seeded, resumable (``--checkpoint-dir``).
+
+Held-out check (stored in the weights file): on the held-out scenes, every class: deletion / insertion AUC (the
+causal metrics of ``explainers.metrics.deletion_insertion``, mean-colour deletion, blur insertion, ``--steps``) of the
+network's map beside RISE's (``--rise`` masks, the same protocol), and the share of the held-out coalition values
+v(S) - v(none) the estimate explains (R^2).
+
+    python -m tasks.fastshap_grid_train --scenes 960 --pairs 32 --epochs 30 --out models/explainers/fastshap_grid.pt
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from explainers.fastshap_grid import (
+    FastShapGrid,
+    FastShapGridCheckpoint,
+    FastShapGridNet,
+    grid_scalars,
+    network_inputs,
+    normalise,
+)
+from explainers.game import RegionGame
+from explainers.perturb import Perturbation, make_perturbation
+from explainers.regions import grid_regions
+from explainers.trained import weights_fingerprint
+from tasks.fastshap_data import CoalitionCache, kernel_pairs
+
+DATA = "training scenes (pull.synthetic's generator, seed + models.train_data.seed_offset)"
+
+
+@dataclass
+class Scene:
+    """One training scene: ``image`` [3, H, W] at the classifier's input size; ``scene_id`` its cache key."""
+
+    index: int
+    image: torch.Tensor
+
+    @property
+    def scene_id(self) -> str:
+        return f"{self.index:06d}"
+
+
+def scene_coalitions(index: int, cells: int, pairs: int, seed: int) -> tuple[list[str], np.ndarray]:
+    """(kinds, coalitions [2 + 2 pairs, cells] 0/1): empty, full, then ``pairs`` kernel pairs (seeded by
+    (seed, index))."""
+    rng = np.random.default_rng([seed, index])
+    Z = np.concatenate([np.zeros((1, cells)), np.ones((1, cells)), kernel_pairs(cells, pairs, rng)])
+    return ["empty", "full"] + ["pair"] * (len(Z) - 2), Z.astype(np.float32)
+
+
+def scene_rows(scene: Scene, scorer, grid: tuple[int, int], pairs: int, seed: int, perturbation: Perturbation,
+               chunk_size: int) -> dict:
+    """The cache rows of one scene: kind, coalition (``np.packbits`` of the 0/1 cells, row-major), values [C]."""
+    H, W = scene.image.shape[-2:]
+    cells = grid_regions(H, W, *grid)
+    kinds, Z = scene_coalitions(scene.index, cells.shape[0], pairs, seed)
+    game = RegionGame(scorer, scene.image, cells, perturbation, chunk_size)
+    with torch.inference_mode():
+        values = game(torch.from_numpy(Z)).double().cpu().numpy()
+    K = len(Z)
+    return {"scene_id": [scene.scene_id] * K, "kind": kinds,
+            "coalition": [np.packbits(z.astype(np.uint8)).tobytes() for z in Z], "values": values.tolist()}
+
+
+def scene_targets(table: pa.Table, cells: int) -> dict[str, dict]:
+    """Per scene id: ``full`` / ``empty`` [C], ``Z`` [K, cells] float32 and ``y`` [K, C] = v(S) - v(none)."""
+    d = table.to_pydict()
+    out: dict[str, dict] = {}
+    for sid, kind, code, values in zip(d["scene_id"], d["kind"], d["coalition"], d["values"]):
+        rec = out.setdefault(sid, {"codes": [], "values": []})
+        if kind in ("full", "empty"):
+            rec[kind] = np.asarray(values, np.float64)
+        else:
+            rec["codes"].append(np.unpackbits(np.frombuffer(code, np.uint8))[:cells])
+            rec["values"].append(values)
+    for rec in out.values():
+        rec["Z"] = np.asarray(rec.pop("codes"), np.float32).reshape(-1, cells)
+        rec["y"] = np.asarray(rec.pop("values"), np.float64).reshape(len(rec["Z"]), -1) - rec["empty"]
+    return out
+
+
+def stacked(scenes: Sequence[Scene], targets: dict[str, dict], perturbation: Perturbation,
+            net_size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """Training tensors of ``scenes``: x [N, 6, h, w], full / empty [N, C], Z [N, K, n], y [N, K, C]."""
+    recs = [targets[s.scene_id] for s in scenes]
+    images = torch.stack([s.image for s in scenes])
+    baselines = torch.stack([perturbation.baseline(s.image) for s in scenes])
+    return {"x": network_inputs(images, baselines, net_size),
+            "full": torch.tensor(np.stack([r["full"] for r in recs])).float(),
+            "empty": torch.tensor(np.stack([r["empty"] for r in recs])).float(),
+            "Z": torch.tensor(np.stack([r["Z"] for r in recs])),
+            "y": torch.tensor(np.stack([r["y"] for r in recs])).float()}
+
+
+def predict(net: FastShapGridNet, batch: dict[str, torch.Tensor], scale: float = 1.0) -> torch.Tensor:
+    """Efficient cell values phi [N, C, n] of a batch (score units: the raw output x ``scale``)."""
+    raw = net(batch["x"], grid_scalars(batch["full"], batch["empty"])).flatten(2) * scale
+    return normalise(raw, batch["full"] - batch["empty"])
+
+
+def fastshap_loss(net: FastShapGridNet, batch: dict[str, torch.Tensor], scale: float = 1.0) -> torch.Tensor:
+    """The FastSHAP objective of a batch in units of ``scale``: mean of ((y - Z phi) / scale)^2 over scenes,
+    coalitions and classes (dividing by the targets' RMS keeps Adam's steps at the values' scale: a network whose
+    targets are 100x smaller than its initial outputs learned 3x worse in the same steps)."""
+    phi = predict(net, batch, scale)
+    return (((torch.einsum("nkp,ncp->nkc", batch["Z"], phi) - batch["y"]) / scale) ** 2).mean()
+
+
+def value_scale(data: dict[str, torch.Tensor]) -> float:
+    """The training targets' root mean square (v(S) - v(none) over scenes, coalitions, classes); 1 when all 0."""
+    rms = float(data["y"].pow(2).mean().sqrt())
+    return rms if rms > 0 else 1.0
+
+
+def _take(data: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {k: v[idx] for k, v in data.items()}
+
+
+def train_network(train: dict[str, torch.Tensor], val: dict[str, torch.Tensor], classes: int,
+                  grid: tuple[int, int], *, epochs: int = 30, batch_size: int = 16, lr: float = 1e-3, seed: int = 0,
+                  width: int = 32, hidden: int = 64, checkpoint_dir: str | Path | None = None,
+                  progress: bool = True) -> tuple[dict, dict]:
+    """Adam on :func:`fastshap_loss` in units of :func:`value_scale` of ``train``; returns (the best validation epoch's
+    state_dict, summary with ``value_scale``). Seeded; with
+    ``checkpoint_dir`` the state after every epoch (``last.pt``: network, optimiser, epoch, best) lets a killed run
+    resume to the same result."""
+    from tqdm import tqdm
+
+    torch.manual_seed(seed)
+    scale = value_scale(train)
+    cell = (train["x"].shape[-2] // grid[0], train["x"].shape[-1] // grid[1])
+    net = FastShapGridNet(classes, grid, width, hidden, cell)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    state = {"epoch": 0, "best": float("inf"), "best_state": None, "history": []}
+    last = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
+    if last is not None and last.is_file():
+        saved = torch.load(last, weights_only=True)
+        net.load_state_dict(saved["net"])
+        opt.load_state_dict(saved["opt"])
+        sched.load_state_dict(saved["sched"])
+        state = saved["state"]
+    N = train["x"].shape[0]
+    start = time.perf_counter()
+    for epoch in tqdm(range(state["epoch"], epochs), desc="fastshap_grid", disable=not progress):
+        net.train()
+        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        order = torch.randperm(N, generator=g)
+        total = 0.0
+        for s in range(0, N, batch_size):
+            loss = fastshap_loss(net, _take(train, order[s:s + batch_size]), scale)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(order[s:s + batch_size])
+        sched.step()
+        net.eval()
+        with torch.no_grad():
+            v = float(fastshap_loss(net, val, scale)) if val["x"].shape[0] else total / N
+        state["history"].append({"epoch": epoch + 1, "train": total / N, "val": v})
+        if v < state["best"]:
+            state["best"] = v
+            state["best_state"] = {k: t.detach().clone() for k, t in net.state_dict().items()}
+        state["epoch"] = epoch + 1
+        if last is not None:
+            last.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                        "state": state}, last.with_suffix(".tmp"))
+            last.with_suffix(".tmp").replace(last)
+    summary = {"epochs": epochs, "value_scale": scale, "best_val_loss": state["best"], "history": state["history"],
+               "train_seconds": time.perf_counter() - start}
+    return state["best_state"], summary
+
+
+def heldout_check(ckpt: FastShapGridCheckpoint, scorer_for, scenes: Sequence[Scene], held: dict[str, torch.Tensor],
+                  rise_budget: int, steps: int) -> dict:
+    """The stored accuracy record (module docstring): medians over held-out (scene, class) targets."""
+    from explainers.metrics import deletion_insertion
+    from explainers.rise import Rise
+
+    net = ckpt.network()
+    with torch.no_grad():
+        phi = predict(net, held, ckpt.value_scale)
+        pred = torch.einsum("nkp,ncp->nkc", held["Z"], phi)
+    resid = ((pred - held["y"]) ** 2).sum()
+    r2 = float(1 - resid / ((held["y"] - held["y"].mean((0, 1), keepdim=True)) ** 2).sum())
+    out = {"deletion": [], "insertion": [], "rise_deletion": [], "rise_insertion": []}
+    for scene in scenes:
+        scorer = scorer_for()
+        maps = {"": FastShapGrid(scorer, weights=ckpt).explain(scene.image).saliency,
+                "rise_": Rise(scorer, perturbation=ckpt.perturbation.split("(")[0]).explain(
+                    scene.image, budget=rise_budget, seed=0).saliency}
+        for prefix, sal in maps.items():
+            for mode in ("deletion", "insertion"):
+                curve = deletion_insertion(scorer, scene.image, sal, mode=mode, steps=steps)
+                out[prefix + mode] += curve.auc.tolist()
+    med = {k: float(np.nanmedian(v)) for k, v in out.items()}
+    return {"scenes": len(scenes), "targets": len(out["deletion"]), "deletion_auc_median": med["deletion"],
+            "insertion_auc_median": med["insertion"], "rise_deletion_auc_median": med["rise_deletion"],
+            "rise_insertion_auc_median": med["rise_insertion"], "rise_budget": rise_budget, "steps": steps,
+            "coalition_r2": r2}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", default=None, help="the audited classifier (default: infer.classifier)")
+    parser.add_argument("--grid", type=int, nargs=2, default=(12, 16), metavar=("ROWS", "COLS"))
+    parser.add_argument("--scenes", type=int, default=None, help="training scenes (default models.train_data)")
+    parser.add_argument("--heldout-scenes", type=int, default=40, help="last scenes kept for the held-out check")
+    parser.add_argument("--pairs", type=int, default=32, help="kernel coalition pairs per scene")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--perturbation", default="mean")
+    parser.add_argument("--rise", type=int, default=250, help="RISE masks of the held-out comparison")
+    parser.add_argument("--steps", type=int, default=20, help="deletion / insertion steps of the held-out check")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cache-dir", default=".work/fastshap_grid/coalitions")
+    parser.add_argument("--checkpoint-dir", default=None, help="resumable training state (last.pt)")
+    parser.add_argument("--out", required=True, help="weights file (explainers.fastshap_grid.FastShapGridCheckpoint)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from detection.scorers import ClassifierScorer
+    from tasks.model_cache import classifier_model
+    from tasks.params import load_params
+    from tasks.rexl_train import training_scenes
+
+    params = load_params(check_files=False)
+    spec = params.infer.classifier
+    if args.weights:
+        spec = spec.model_copy(update={"weights": args.weights})
+    model = classifier_model(spec.model_dump_json(), "cpu", 16)
+    classes, grid = model.num_classes, tuple(args.grid)
+    perturbation = make_perturbation(args.perturbation)
+    n = args.scenes or params.models.train_data.n_images
+    images = training_scenes(n, model.input_size, params)
+    scenes = [Scene(i, img) for i, img in enumerate(images)]
+    H, W = images[0].shape[-2:]
+    model_sha = weights_fingerprint(ClassifierScorer(model))
+    cache = CoalitionCache(args.cache_dir, {"model_sha256": model_sha, "grid": list(grid), "image_size": [H, W],
+                                            "perturbation": perturbation.describe(), "pairs": args.pairs,
+                                            "seed": args.seed, "data": DATA}, key="scene_id")
+    start = time.perf_counter()
+    scorer = ClassifierScorer(model, chunk_size=16)
+    cache.build(scenes, perturbation, progress=not args.no_progress,
+                rows_of=lambda s: scene_rows(s, scorer, grid, args.pairs, args.seed, perturbation, 16))
+    cache_seconds = time.perf_counter() - start
+    targets = scene_targets(cache.read(), grid[0] * grid[1])
+    n_train = n - args.heldout_scenes
+    n_val = max(1, n_train // 10)
+    net_size = (8 * grid[0], 8 * grid[1])          # the trunk's stride 8 lands exactly on the grid
+    train = stacked(scenes[:n_train - n_val], targets, perturbation, net_size)
+    val = stacked(scenes[n_train - n_val:n_train], targets, perturbation, net_size)
+    state, summary = train_network(train, val, classes, grid, epochs=args.epochs, batch_size=args.batch, lr=args.lr,
+                                   seed=args.seed, width=args.width, checkpoint_dir=args.checkpoint_dir,
+                                   progress=not args.no_progress)
+    training = {**summary, "data": DATA, "scenes": [0, n_train], "val_scenes": [n_train - n_val, n_train],
+                "pairs": args.pairs, "seed": args.seed, "lr": args.lr, "batch": args.batch,
+                "cache_seconds": cache_seconds, "model_forwards": n_train * (2 + 2 * args.pairs)}
+    ckpt = FastShapGridCheckpoint(model_sha, classes, (H, W), grid, perturbation.describe(), state,
+                                  net_size=net_size, width=args.width, value_scale=summary["value_scale"],
+                                  training=training)
+    held_scenes = scenes[n_train:]
+    check_start = time.perf_counter()
+    held = stacked(held_scenes, targets, perturbation, net_size)
+    ckpt.heldout = {**heldout_check(ckpt, lambda: ClassifierScorer(model, chunk_size=16), held_scenes, held,
+                                    args.rise, args.steps),
+                    "scene_range": [n_train, n], "seconds": time.perf_counter() - check_start}
+    ckpt.save(args.out)
+    print(f"training: { {k: v for k, v in training.items() if k != 'history'} }\nheld-out check: {ckpt.heldout}\n"
+          f"written: {args.out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""FastShapGrid (explainers.fastshap_grid) and its training (tasks.fastshap_grid_train): a network trained a few
+seconds on an additive grid game learns its Shapley values (exact: each cell's share of the linear score), the map is
+exactly efficient, the guard refuses another model / size / class count / a scorer without classes, and the
+coalition cache resumes to identical rows."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from explainers.fastshap_grid import FastShapGrid, FastShapGridCheckpoint
+from explainers.perturb import make_perturbation
+from explainers.regions import grid_regions
+from tasks.fastshap_data import CoalitionCache
+from tasks.fastshap_grid_train import Scene, scene_rows, scene_targets, stacked, train_network
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+H, W, GRID = 24, 32, (3, 4)
+MEAN = make_perturbation("mean")
+
+
+class ChannelScorer:
+    """An additive game: class c's score is the mean of colour channel c (c = 0, 1, 2), so hiding a cell with the
+    image's mean colour changes it by that cell's share: phi_cell,c = sum over the cell of (x_c - mean x_c) / (H W)."""
+
+    device = torch.device("cpu")
+    chunk_size = 64
+    weights_sha256 = "additive-channel-game"
+
+    def __init__(self, targets=(0, 1, 2)):
+        self.targets = torch.tensor(list(targets))
+        self.num_targets = len(self.targets)
+
+    def __call__(self, images):
+        return images.mean((2, 3))[:, self.targets]
+
+
+def exact(image: torch.Tensor) -> torch.Tensor:
+    """Exact Shapley values [3, cells] of ChannelScorer's game."""
+    cells = grid_regions(H, W, *GRID).float().reshape(-1, H * W)
+    centred = (image - image.mean((1, 2), keepdim=True)).reshape(3, -1)
+    return centred @ cells.T / (H * W)
+
+
+def scenes(n: int, offset: int = 0) -> list[Scene]:
+    g = torch.Generator().manual_seed(offset)
+    out = []
+    for i in range(n):          # blobs of colour: cells differ, so the values are not an even split
+        img = torch.rand(3, 1, 1, generator=g) * 0.2 + 0.4 + torch.zeros(3, H, W)
+        for _ in range(3):
+            r, c = torch.randint(0, H - 8, (1,), generator=g), torch.randint(0, W - 8, (1,), generator=g)
+            img[:, r:r + 8, c:c + 8] = torch.rand(3, 1, 1, generator=g)
+        out.append(Scene(offset + i, img))
+    return out
+
+
+def cached(tmp_path, items, pairs=24) -> dict:
+    cache = CoalitionCache(tmp_path / "cache", {"game": "channels", "pairs": pairs, "seed": 0}, key="scene_id",
+                           block=8)
+    cache.build(items, MEAN, rows_of=lambda s: scene_rows(s, ChannelScorer(), GRID, pairs, 0, MEAN, 64))
+    return scene_targets(cache.read(), GRID[0] * GRID[1])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A network trained ~3 s on 96 scenes (one torch thread: a module fixture runs before one_torch_thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(tmp_path_factory.mktemp("grid"))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(folder):
+    train_scenes, val_scenes = scenes(96), scenes(16, offset=1000)
+    targets = cached(folder, train_scenes + val_scenes)
+    net_size = (8 * GRID[0], 8 * GRID[1])
+    state, summary = train_network(stacked(train_scenes, targets, MEAN, net_size),
+                                   stacked(val_scenes, targets, MEAN, net_size), 3, GRID, epochs=60, batch_size=16,
+                                   lr=3e-3, width=8, hidden=16, progress=False)
+    return FastShapGridCheckpoint("additive-channel-game", 3, (H, W), GRID, MEAN.describe(), state,
+                                  net_size=net_size, width=8, hidden=16, value_scale=summary["value_scale"],
+                                  training=summary)
+
+
+def _rel(a, b):
+    return float(torch.linalg.norm(a - b) / torch.linalg.norm(b))
+
+
+def test_a_network_trained_seconds_on_an_additive_game_learns_its_values(trained):
+    errors, even = [], []
+    for scene in scenes(12, offset=5000):                                  # never trained or validated on
+        exp = FastShapGrid(ChannelScorer(), weights=trained).explain(scene.image)
+        cells = grid_regions(H, W, *GRID).reshape(-1, H * W).float()
+        phi = exp.saliency.reshape(3, -1) @ cells.T                          # a cell's pixels sum to its value
+        truth = exact(scene.image)
+        errors.append(_rel(phi, truth))
+        even.append(_rel(truth.sum(1, keepdim=True).expand_as(truth) / truth.shape[1], truth))
+    assert np.median(errors) < 0.35, errors
+    assert np.median(errors) < 0.5 * np.median(even), (errors, even)
+
+
+def test_the_map_is_exactly_efficient_and_costs_two_forwards_and_one_network_forward(trained):
+    image = scenes(1, offset=77)[0].image
+    exp = FastShapGrid(ChannelScorer(targets=(2, 0)), weights=trained).explain(image)
+    torch.testing.assert_close(exp.saliency.sum((1, 2)), exp.full_score - exp.empty_score, atol=1e-5, rtol=0)
+    assert exp.n_forward == 2 and exp.n_explainer_forward == 1 and exp.saliency.shape == (2, H, W)
+    both = FastShapGrid(ChannelScorer(), weights=trained).explain(image)       # a class's map ignores the others
+    torch.testing.assert_close(exp.saliency[0], both.saliency[2], atol=1e-6, rtol=0)
+
+
+def test_the_guard_refuses_another_model_size_class_count_and_a_scorer_without_classes(trained):
+    other = ChannelScorer()
+    other.weights_sha256 = "another-model"
+    with pytest.raises(ValueError, match="trained for model weights additive-cha.*are another-mode"):
+        FastShapGrid(other, weights=trained)
+    with pytest.raises(ValueError, match=r"trained on images of \(24, 32\) \(H, W\), got \(24, 33\)"):
+        FastShapGrid(ChannelScorer(), weights=trained).explain(torch.rand(3, H, W + 1))
+    with pytest.raises(ValueError, match="trained on perturbation 'mean', got 'blur"):
+        FastShapGrid(ChannelScorer(), weights=trained, perturbation="blur")
+    no_classes = ChannelScorer()
+    del no_classes.targets
+    with pytest.raises(ValueError, match="has no 'targets'"):
+        FastShapGrid(no_classes, weights=trained)
+    FastShapGrid(other, weights=trained, check_weights=False)           # the sanity check's randomised copies
+
+
+def test_the_coalition_cache_resumes_to_identical_rows(tmp_path):
+    items = scenes(12)
+    whole = CoalitionCache(tmp_path / "whole", {"pairs": 4, "seed": 0}, key="scene_id", block=5)
+    whole.build(items, MEAN, rows_of=lambda s: scene_rows(s, ChannelScorer(), GRID, 4, 0, MEAN, 64))
+    part = CoalitionCache(tmp_path / "part", {"pairs": 4, "seed": 0}, key="scene_id", block=5)
+    part.build(items[:7], MEAN, rows_of=lambda s: scene_rows(s, ChannelScorer(), GRID, 4, 0, MEAN, 64))
+    calls = []
+    part.build(items, MEAN, rows_of=lambda s: calls.append(s.index) or scene_rows(s, ChannelScorer(), GRID, 4, 0,
+                                                                                   MEAN, 64))
+    assert calls == list(range(7, 12))                                  # only the missing scenes are evaluated
+    assert part.read().equals(whole.read())
+    assert [pq.read_table(f).num_rows for f in sorted((tmp_path / "part").glob("block-*.parquet"))] == [50, 50, 20]
+    with pytest.raises(ValueError, match="built for another setting .*pairs: 4 != 5"):
+        CoalitionCache(tmp_path / "part", {"pairs": 5, "seed": 0}, key="scene_id", block=5).build(
+            items, MEAN, rows_of=lambda s: scene_rows(s, ChannelScorer(), GRID, 5, 0, MEAN, 64))
