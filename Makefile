@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 run: $(STAMP)
 	$(BIN)/python -m tasks.stage_deps --check   # dvc.yaml lists every module each stage imports
-	$(BIN)/python -c "from tasks.params import load_params; from tasks.explain_jobs import check_jobs; check_jobs(load_params())"   # explain jobs' methods / options, before any training
+	$(BIN)/python -c "from tasks.params import load_params; from tasks.explain_jobs import check_jobs; check_jobs(load_params(), before_stages=True)"   # explain jobs' methods / options, before any training
 	$(BIN)/dvc repro
 
 test: $(STAMP)

@@ -176,6 +176,7 @@ class FastShapCheckpoint:
     hidden: int = 128
     training: dict = field(default_factory=dict)
     heldout: dict = field(default_factory=dict)
+    _networks: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     REQUIRED = ("model_sha256", "grouping", "players", "perturbation", "state_dict")
 
@@ -188,6 +189,14 @@ class FastShapCheckpoint:
         net = FastShapNet(len(self.players), self.width, self.hidden)
         net.load_state_dict(self.state_dict)
         return net.to(device).eval()
+
+    def shared_network(self, device: torch.device | str = "cpu") -> FastShapNet:
+        """:meth:`network`, built once per device and checkpoint object (explainers built per pedestrian share it;
+        inference only, never trained)."""
+        key = str(torch.device(device))
+        if key not in self._networks:
+            self._networks[key] = self.network(device)
+        return self._networks[key]
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "version": VERSION, "model_sha256": self.model_sha256, "grouping": self.grouping,
@@ -212,6 +221,12 @@ class FastShapCheckpoint:
                               "train one with tasks.fastshap_train")
         ckpt = cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
         ckpt.players, ckpt.crop_size = tuple(ckpt.players), tuple(ckpt.crop_size)
+        try:                                   # the weights fit a network of its players, width and hidden size
+            ckpt.network()
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise ValueError(f"fastshap weights: {path}: the weights do not fit a network of its "
+                             f"{len(ckpt.players)} players, width {ckpt.width}, hidden {ckpt.hidden}: "
+                             f"{str(exc).splitlines()[0]}") from None
         return ckpt
 
 
@@ -252,8 +267,8 @@ class FastShapParts(Explainer):
     trained_file_option = "weights"
     trained_file_hint = ("models/fastshap/detector_parts.pt of the models_fastshap stage, or python -m "
                          "tasks.fastshap_train")
-    # regions are always the P players in the trained order, empty masks included (the explain stage must not drop
-    # empty parts for such a method: the column of a mask names its player)
+    # regions are always the P players in the trained order, empty masks included (the column of a mask names its
+    # player: the explain stage builds them so, and lists only the players with a pixel in its rows)
     fixed_players = True
 
     @classmethod
@@ -285,7 +300,7 @@ class FastShapParts(Explainer):
                                  f"audited model's weights are {audited[:12]}: train a network for this model")
         self.ckpt = ckpt
         self.source = None if isinstance(weights, FastShapCheckpoint) else str(weights)
-        self.net = ckpt.network(self.device)
+        self.net = ckpt.shared_network(self.device)
         self._columns: torch.Tensor | None = None
         self.n_explainer_forward = 0
 
@@ -393,16 +408,16 @@ class FastShapBayesShapley(FastShapParts):
 def _load_once(path: str | Path) -> FastShapCheckpoint:
     """:meth:`FastShapCheckpoint.load`, once per file version in a process (the explain stage builds the explainer
     per pedestrian): keyed by the resolved path, its size and modification time, so a rewritten file is read
-    again. The checkpoint is shared: callers do not mutate it."""
+    again (size, modification and change times, inode). The checkpoint is shared: callers do not mutate it."""
     path = Path(path)
     if not path.is_file():
         return FastShapCheckpoint.load(path)                   # its FileNotFoundError
     stat = path.stat()
-    return _load_version(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    return _load_version(str(path.resolve()), (stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns))
 
 
 @functools.lru_cache(maxsize=8)
-def _load_version(path: str, size: int, mtime_ns: int) -> FastShapCheckpoint:
+def _load_version(path: str, version: tuple) -> FastShapCheckpoint:
     return FastShapCheckpoint.load(path)
 
 

@@ -280,16 +280,16 @@ class FastShapGrid(Explainer):
 
 def _load_once(path: str | Path) -> FastShapGridCheckpoint:
     """:meth:`FastShapGridCheckpoint.load`, once per file version in a process (keyed by resolved path, size and
-    modification time). The checkpoint is shared: callers do not mutate it."""
+    modification / change time and inode). The checkpoint is shared: callers do not mutate it."""
     path = Path(path)
     if not path.is_file():
         return FastShapGridCheckpoint.load(path)                   # its FileNotFoundError
     stat = path.stat()
-    return _load_version(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    return _load_version(str(path.resolve()), (stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns))
 
 
 @functools.lru_cache(maxsize=8)
-def _load_version(path: str, size: int, mtime_ns: int) -> FastShapGridCheckpoint:
+def _load_version(path: str, version: tuple) -> FastShapGridCheckpoint:
     return FastShapGridCheckpoint.load(path)
 
 

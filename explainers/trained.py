@@ -9,11 +9,14 @@ the weights, not the file they came from: SHA-256 over every tensor's name, dtyp
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
+
+_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # module -> (tensors' version, digest)
 
 
 def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
@@ -48,7 +51,17 @@ def weights_fingerprint(scorer) -> str:
     if module is None:
         raise ValueError(f"cannot fingerprint the weights of scorer {type(scorer).__name__}: its model is no torch "
                          "module; give the scorer a weights_sha256 attribute")
-    return tensors_sha256(module.state_dict())
+    state = module.state_dict()
+    # hashing a detector's weights costs ~20 ms, paid by every explainer built per pedestrian: reuse the digest while
+    # every tensor is the same storage at the same autograd version (an in-place change -- an optimiser step,
+    # load_state_dict, copy_ -- bumps it; a randomised copy is another module)
+    version = tuple((k, t.data_ptr(), t._version, tuple(t.shape), t.dtype) for k, t in state.items())
+    cached = _FINGERPRINTS.get(module)
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    digest = tensors_sha256(state)
+    _FINGERPRINTS[module] = (version, digest)
+    return digest
 
 
 def save_checkpoint(payload: dict, path: str | Path) -> Path:

@@ -59,7 +59,8 @@ def audit_flow(params_file: str = "params.yaml", stages: list[str] | None = None
     from tasks.params import ParamsError, load_params
 
     logger = get_run_logger()
-    check_jobs(load_params(params_file), params_file)   # fail early, naming the key / job option at fault
+    # fail early, naming the key / job option at fault (files the models stages rewrite are checked by explain)
+    check_jobs(load_params(params_file), params_file, before_stages=True)
     chosen = list(stages or STAGES)
     unknown = [s for s in chosen if s not in STAGES]
     if unknown:
@@ -123,7 +124,7 @@ def serve(params_file: str, cron: str | None, interval: float | None, stages: li
     from tasks.params import load_params
 
     # a bad params.yaml (a key, an explain job's method or option) fails now, not at the first scheduled run
-    check_jobs(load_params(params_file, check_files=False), params_file)
+    check_jobs(load_params(params_file, check_files=False), params_file, before_stages=True)
 
     def _interrupt(*_):
         raise KeyboardInterrupt

@@ -128,7 +128,7 @@ def gradient_error(job: ExplainJob, params: Params) -> str | None:
             f"black box; use a method that needs no gradients, or an in-process PyTorch model")
 
 
-def _checked_jobs(cfg: ExplainParams, origin: str, params: Params | None = None) -> list:
+def _checked_jobs(cfg: ExplainParams, origin: str, params: Params | None = None, before_stages: bool = False) -> list:
     jobs = []
     for i, job in enumerate(cfg.jobs):
         key = f"{origin}: explain.jobs[{i}]"
@@ -142,7 +142,7 @@ def _checked_jobs(cfg: ExplainParams, origin: str, params: Params | None = None)
         if capability:
             raise ParamsError(f"{key}: {capability}")
         if METHODS[job.method].needs_trained_weights:
-            check_trained_file(job, options, key, params)
+            check_trained_file(job, options, key, params, before_stages)
         else:
             try:                               # a bad option fails here, not in every shard task of the stage
                 METHODS[job.method](None, chunk_size=1, **options)
@@ -181,12 +181,11 @@ def _written_by_stage(path: Path, params: Params) -> bool:
     return path.resolve() in written - {None}
 
 
-def _players_error(cls, path: Path, params: Params) -> str | None:
+def _players_error(ckpt, params: Params) -> str | None:
     """For a method that plays the players its trained file names (``fixed_players``): why they are not the
     body-part players the parts stage writes (``parts.grouping``, ``parts.context``), or None."""
     from detection.body import PART_GROUPS
 
-    ckpt = cls.load_trained(path)
     wanted = (*PART_GROUPS[params.parts.grouping], *(("context",) if params.parts.context else ()))
     if tuple(ckpt.players) == wanted:
         return None
@@ -194,15 +193,31 @@ def _players_error(cls, path: Path, params: Params) -> str | None:
             f"parts.context {params.parts.context} gives {list(wanted)}: train one for this grouping")
 
 
-def check_trained_file(job: ExplainJob, options: dict[str, Any], key: str, params: Params | None) -> None:
+def _game_error(ckpt, job: ExplainJob, params: Params) -> str | None:
+    """Why a trained file's recorded detector game settings (``training['detector']``: imgsz, conf, iou, kind ...,
+    :func:`tasks.fastshap_data.detector_game`) are not the explain detector's, or None (also for a file that records
+    none, or a classes job)."""
+    from tasks.fastshap_data import game_difference
+
+    if job.targets == "classes":
+        return None
+    return game_difference(getattr(ckpt, "training", {}).get("detector"), params.explain_detector())
+
+
+def check_trained_file(job: ExplainJob, options: dict[str, Any], key: str, params: Params | None,
+                       before_stages: bool = False) -> None:
     """The trained file of a learned explainer's job (``needs_trained_weights``; the option its class names in
     ``trained_file_option``: RExL's ``policy``, FastSHAP's ``weights``): it must be given, exist, be such a file
     (``load_trained``), be for the body-part players the parts stage writes (``fixed_players``), and the explainer
     must accept it for the job's model (its guard: trained for these model weights). The guard needs the model: it
     runs when ``params`` are given and the model's weights exist (the explain flow always; before a first ``dvc
     repro`` only the file is checked). A file a models stage writes (``models_rexl``, ``models_fastshap``) may be
-    missing while that stage has not run. ``check_weights: false`` is refused (the sanity check's switch, not a
-    job's). Raises :class:`ParamsError` naming the job (``key``), the option and the file."""
+    missing while that stage has not run, and with ``before_stages`` (a check before the pipeline runs: ``make run``,
+    ``xai-audit audit`` / ``serve``) an existing one is not checked either: that stage rewrites it for the params
+    first (the explain flow checks it fully). A fixed-player method's file must also be for the detector's game
+    settings (:func:`tasks.fastshap_data.detector_game`) when it records them. ``check_weights: false`` is refused
+    (the sanity check's switch, not a job's). Raises :class:`ParamsError` naming the job (``key``), the option and
+    the file."""
     cls = METHODS[job.method]
     option = cls.trained_file_option
     given = options.get(option)
@@ -213,13 +228,15 @@ def check_trained_file(job: ExplainJob, options: dict[str, Any], key: str, param
         raise ParamsError(f"{key}.options.check_weights: false would explain with a file trained for other weights "
                           f"without a word; only the sanity check's randomised copies switch the guard off")
     path = Path(given)
+    pending = params is not None and _written_by_stage(path, params)
+    if pending and (before_stages or not path.is_file()):
+        return
     if not path.is_file():
-        if params is not None and _written_by_stage(path, params):
-            return
         raise ParamsError(f"{key}.options.{option}: file not found (got {given!r})")
     try:
-        cls.load_trained(path)
-        players = None if params is None or not cls.fixed_players else _players_error(cls, path, params)
+        ckpt = cls.load_trained(path)
+        players = None if params is None or not cls.fixed_players else (
+            _players_error(ckpt, params) or _game_error(ckpt, job, params))
         if players:
             raise ValueError(players)
         scorer = None if params is None else _job_scorer(job, params)
@@ -229,7 +246,8 @@ def check_trained_file(job: ExplainJob, options: dict[str, Any], key: str, param
         raise ParamsError(f"{key}.options.{option} ({given}): {e}") from None
 
 
-def check_jobs(config: Params | ExplainParams, origin: str = "params.yaml") -> Params | ExplainParams:
+def check_jobs(config: Params | ExplainParams, origin: str = "params.yaml",
+               before_stages: bool = False) -> Params | ExplainParams:
     """Check every job of ``explain.jobs`` against the explainers (``config``: the whole params or their
     ``explain`` section) and return ``config`` with each job's options normalised (an int made a float where only
     a float is expected, so ``ridge: 1`` and ``ridge: 1.0`` give one config hash). Raises :class:`ParamsError`
@@ -242,7 +260,7 @@ def check_jobs(config: Params | ExplainParams, origin: str = "params.yaml") -> P
             if job.method in METHODS and gradient_error(job, config):
                 raise ParamsError(f"{origin}: explain.jobs[{i}]: {gradient_error(job, config)}")
         return config.model_copy(update={"explain": config.explain.model_copy(
-            update={"jobs": _checked_jobs(config.explain, origin, config)})})
+            update={"jobs": _checked_jobs(config.explain, origin, config, before_stages)})})
     if not isinstance(config, ExplainParams):
         raise TypeError(f"check_jobs: expected Params or ExplainParams, got {type(config).__name__}")
     return config.model_copy(update={"jobs": _checked_jobs(config, origin)})

@@ -36,6 +36,28 @@ from explainers.shapley import _paired_draws, kernel_size_mass
 KINDS = ("empty", "full", "pair")
 
 
+def detector_game(spec) -> dict:
+    """The settings of a detector spec (``detection.models.specs.DetectorSpec``) that define its pedestrians' game
+    beside its weights: kind, input size, thresholds, person class, architecture / decoding (not its id, weights
+    path or keypoint model). A FastShapParts file records them (``training['detector']``) and the explain checks
+    compare them (a network trained on one game explains another badly without a word otherwise)."""
+    return spec.model_dump(mode="json", exclude={"id", "weights", "keypoints"})
+
+
+def game_difference(trained: dict | None, spec) -> str | None:
+    """Why a file trained on a detector game with settings ``trained`` (:func:`detector_game`; None: not recorded)
+    does not fit the detector ``spec``, naming each differing setting on both sides; None when they agree."""
+    if trained is None:
+        return None
+    now = detector_game(spec)
+    differ = sorted(k for k in set(trained) | set(now) if trained.get(k) != now.get(k))
+    if not differ:
+        return None
+    return (f"trained on the game of a detector with {', '.join(f'{k}={trained.get(k)!r}' for k in differ)}, but "
+            f"infer.detectors {spec.id!r} has {', '.join(f'{k}={now.get(k)!r}' for k in differ)}: train one for "
+            f"these settings")
+
+
 @dataclass
 class Person:
     """One player set and its game: ``masks`` [P, H, W] bool in the players' order (empty for a missing part),

@@ -30,6 +30,7 @@ import torch
 from detection.models.specs import file_sha256
 from explainers.fastshap import FastShapCheckpoint, FastShapParts, player_names
 from explainers.perturb import make_perturbation
+from tasks.fastshap_data import detector_game, game_difference
 from tasks.fastshap_train import TrainConfig, train_weights
 from tasks.params import FastShapNetParams, Params
 from tasks.result_store import digest
@@ -97,6 +98,9 @@ def check_given(params: Params, src: str | Path) -> FastShapCheckpoint:
         raise ValueError(f"params {KEY}: {src} was trained with perturbation {ckpt.perturbation!r}, but "
                          f"fastshap.detector.perturbation gives {perturbation!r}: set it to match, or weights: null "
                          f"to train one")
+    game = game_difference(ckpt.training.get("detector"), params.explain_detector())
+    if game:
+        raise ValueError(f"params {KEY}: {src} was {game} (or set fastshap.detector.weights: null)")
     try:
         FastShapParts(guard_scorer(params), weights=ckpt, grouping=params.parts.grouping)
     except ValueError as exc:
@@ -154,7 +158,8 @@ def train(params: Params, spec: FastShapNetParams, progress: bool = True) -> tup
     config = train_config(params, spec)
     perturbation_of(spec)
     coalitions, state = cache_folders(params, spec)
-    out = train_weights(audited_detector(params), config, params, coalitions, state, progress=progress)
+    out = train_weights(audited_detector(params), config, params, coalitions, state, progress=progress,
+                        game=detector_game(params.explain_detector()))
     shutil.rmtree(state, ignore_errors=True)
     return out
 
@@ -175,7 +180,9 @@ def provide_weights(params: Params, progress: bool = True) -> dict:
         src = Path(spec.weights)
         ckpt = check_given(params, src)
         out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, out)
+        tmp = out.with_name(out.name + ".tmp")          # a reader never sees half a file
+        shutil.copyfile(src, tmp)
+        tmp.replace(out)
         record = {"source": "copied", "weights": str(src)}
     else:
         try:

@@ -266,14 +266,17 @@ def cache_spec(model_sha256: str, config: TrainConfig, perturbation: Perturbatio
 
 
 def train_weights(detector, config: TrainConfig, params, cache_dir: str | Path,
-                  checkpoint_dir: str | Path | None = None, progress: bool = False) -> tuple[FastShapCheckpoint, dict]:
+                  checkpoint_dir: str | Path | None = None, progress: bool = False,
+                  game: dict | None = None) -> tuple[FastShapCheckpoint, dict]:
     """Train FastShapParts for ``detector`` (a ``detection.models`` detector: ``detect``, ``class_names``, its
     torch weights fingerprinted by :func:`~explainers.trained.weights_fingerprint`) on the training persons of
     ``config`` (module docstring): coalitions evaluated into the Parquet cache ``cache_dir`` (resumed: cached persons
     are not evaluated again), the network trained seeded and resumable from ``checkpoint_dir/last.pt``, then the
     held-out exact check on ``config.heldout_persons`` persons (stored in the checkpoint's ``heldout``).
     ``params``: the validated params (training scenes' generator and seed, ``parts.match_iou`` /
-    ``min_keypoints``). Returns (checkpoint, metrics record: weights_sha256, model_sha256, grouping, training,
+    ``min_keypoints``). ``game``: the detector's game settings (``tasks.fastshap_data.detector_game``), recorded as
+    ``training['detector']`` so the explain checks refuse the file for another input size or thresholds. Returns
+    (checkpoint, metrics record: weights_sha256, model_sha256, grouping, training,
     heldout). Raises ValueError (unknown perturbation, no training scene, a cache of another setting, no training
     person)."""
     from tasks.fastshap_data import training_persons
@@ -304,7 +307,8 @@ def train_weights(detector, config: TrainConfig, params, cache_dir: str | Path,
     training = {**summary, "data": DATA, "scenes": [train_scenes.start, train_scenes.stop], "pairs": config.pairs,
                 "seed": config.seed, "lr": config.lr, "batch": config.batch, "max_persons": config.persons,
                 "min_height": config.min_height, "cache_seconds": cache_seconds,
-                "model_forwards": sum(2 + len(s.y) for s in samples)}
+                "model_forwards": sum(2 + len(s.y) for s in samples),
+                **({"detector": game} if game is not None else {})}
     ckpt = build_checkpoint(model_sha, config.grouping, perturbation, state, crop, config.width, config.hidden,
                             training)
     held = list(_limit(training_persons(detector, held_scenes, config.grouping, config.min_height, params),
@@ -344,6 +348,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from detection.models.yolo import YoloDetector
+    from tasks.fastshap_data import detector_game
     from tasks.params import load_params
     params = load_params(check_files=False)
     spec = params.infer.detectors[0]
@@ -355,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
                          perturbation=args.perturbation, mirror=args.mirror)
     try:
         ckpt, record = train_weights(detector, config, params, args.cache_dir, args.checkpoint_dir,
-                                     progress=not args.no_progress)
+                                     progress=not args.no_progress, game=detector_game(spec))
     except ValueError as exc:
         raise SystemExit(f"fastshap_train: {exc}") from None
     ckpt.save(args.out)

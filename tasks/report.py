@@ -101,9 +101,10 @@ class ReportInputs:
 
 # ---------------------------------------------------------------------------------------------------- figures
 LEARNED_NOTE = ("A learned explainer is as good as its network: these are the accuracy checks stored with its trained "
-                "file, its estimates against exact Shapley values (every coalition enumerated) on persons of held-out "
-                "training-split scenes, never the audited images. The even split (the score gap shared equally among "
-                "the parts) is the floor a network must beat.")
+                "file, its estimates against exact Shapley values (every coalition enumerated) on the detector's "
+                "detections of persons in held-out training-split scenes, never the audited images; they say how it "
+                "does on such targets (detections), not on ground-truth boxes the detector missed. The even split "
+                "(the score gap shared equally among the parts) is the floor a network must beat.")
 
 
 def _png(fig) -> str:
@@ -299,12 +300,14 @@ def detection_counts(targets: pd.DataFrame) -> tuple[int, int]:
 
 
 def cost_table(explanations: pd.DataFrame) -> pd.DataFrame:
-    """Model forward passes per job (shared ones divided among the targets sharing them): the cost that the inputs
-    decide. Wall times vary run to run, so they stay out of the report (``metrics/timings.json``, tasks.timings)."""
+    """Model forward passes per job (shared ones divided among the targets sharing them), and the forwards of a
+    learned explainer's own network (FastSHAP's explainer, RExL's feature network; 0 for sampling methods): the
+    cost that the inputs decide. Wall times vary run to run, so they stay out of the report
+    (``metrics/timings.json``, tasks.timings)."""
     options = [json.loads(o) if isinstance(o, str) else {} for o in explanations["options"]] \
         if "options" in explanations else [{}] * len(explanations)
     e = explanations.assign(fw=explanations["n_forward"] / explanations["shared_by"],
-                            efw=[o.get("n_explainer_forward", 0) for o in options])
+                            efw=[o.get("n_explainer_forward", o.get("n_feature_forward", 0)) for o in options])
     g = e.groupby(["kind", "job"])
     return pd.DataFrame({"explanations": g.size(), "forwards / explanation": g["fw"].mean(),
                          "explainer forwards / explanation": g["efw"].mean(), "total forwards": g["fw"].sum(),

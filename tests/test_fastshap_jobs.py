@@ -4,6 +4,7 @@ parts in the trained order with missing parts as dummies (tasks.explain.explain_
 trained file's held-out check and the explainer forwards beside the model forwards (tasks.report)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pandas as pd
@@ -25,7 +26,7 @@ H, W = 40, 24
 def parts10_file(folder, perturbation: str = "blur"):
     """A parts10 + context network (untrained, seeded) saved under ``folder``, for scorers fingerprinted SHA."""
     ckpt = tiny_fastshap(len(PARTS10), perturbation)
-    ckpt = type(ckpt)(**{**ckpt.__dict__, "grouping": "parts10", "players": PARTS10})
+    ckpt = dataclasses.replace(ckpt, grouping="parts10", players=PARTS10)
     return ckpt.save(folder / "parts10.pt")
 
 
@@ -134,3 +135,64 @@ def test_the_report_shows_explainer_forwards_and_the_held_out_check():
     assert learned["job"].tolist() == ["fastshap@parts"]
     assert learned.iloc[0]["median rel. L2 error"] == HELDOUT["median_rel_l2"]
     assert learned.iloc[0]["held-out persons"] == HELDOUT["persons"] and learned.iloc[0]["trained file"] == "abc"
+
+
+def test_before_the_stages_run_the_file_they_rewrite_is_not_judged(tmp_path, monkeypatch):
+    """A stale models/fastshap/detector_parts.pt (parts10) with parts.grouping changed to parts6 and weights: null:
+    the models_fastshap stage retrains it first, so the check before the pipeline lets it pass; the explain flow's
+    check (after the stage) refuses a file that still does not fit."""
+    monkeypatch.chdir(tmp_path)
+    data = {"fastshap": {"detector": {"weights": None}}, "parts": {"grouping": "parts6"}}
+    written = parse_params(data, check_files=False).fastshap.weights_file()
+    stale = parts10_file(tmp_path)
+    written.parent.mkdir(parents=True)
+    stale.replace(written)
+    job = {"method": "fastshap", "targets": "persons", "regions": "parts", "options": {"weights": str(written)}}
+    params = parse_params({**data, "explain": {"jobs": [job]}}, check_files=False)
+    check_jobs(params, before_stages=True)
+    with pytest.raises(ParamsError, match="trained for the players"):
+        check_jobs(params)
+
+
+def test_a_file_trained_on_other_detector_settings_is_refused(tmp_path, monkeypatch):
+    from tasks.fastshap_data import detector_game
+
+    monkeypatch.chdir(tmp_path)
+    base = parse_params({}, check_files=False)
+    ckpt = tiny_fastshap(len(PARTS10), "blur")
+    game = detector_game(base.explain_detector())
+    ckpt = dataclasses.replace(ckpt, grouping="parts10", players=PARTS10, training={"detector": game})
+    weights = str(ckpt.save(tmp_path / "game.pt"))
+    job = {"method": "fastshap", "targets": "persons", "regions": "parts", "options": {"weights": weights}}
+    check_jobs(parse_params({"explain": {"jobs": [job]}}, check_files=False))
+    detectors = [{**base.infer.detectors[0].model_dump(), "imgsz": 640}]
+    with pytest.raises(ParamsError, match=r"trained on the game of a detector with imgsz=320, but infer\.detectors "
+                                          r"'demo-yolo' has imgsz=640"):
+        check_jobs(parse_params({"explain": {"jobs": [job]}, "infer": {"detectors": detectors}}, check_files=False))
+
+
+def test_weights_that_do_not_fit_their_network_are_refused_naming_the_file(tmp_path):
+    from explainers.fastshap import FastShapCheckpoint
+
+    small = tiny_fastshap(5, "blur")
+    bad = dataclasses.replace(tiny_fastshap(len(PARTS10), "blur"), players=PARTS10, state_dict=small.state_dict)
+    path = bad.save(tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match=rf"fastshap weights: {path}: the weights do not fit a network of its 11 "
+                                         r"players"):
+        FastShapCheckpoint.load(path)
+
+
+def test_the_fingerprint_is_reused_only_while_the_weights_are_unchanged():
+    from explainers.trained import tensors_sha256, weights_fingerprint
+
+    class Scorer:
+        model = torch.nn.Linear(3, 2)
+
+    scorer = Scorer()
+    first = weights_fingerprint(scorer)
+    assert weights_fingerprint(scorer) == first == tensors_sha256(scorer.model.state_dict())
+    with torch.no_grad():
+        scorer.model.weight.add_(1.0)                  # an in-place change (an optimiser step)
+    assert weights_fingerprint(scorer) == tensors_sha256(scorer.model.state_dict()) != first
+    scorer.model.load_state_dict({k: torch.zeros_like(v) for k, v in scorer.model.state_dict().items()})
+    assert weights_fingerprint(scorer) == tensors_sha256(scorer.model.state_dict())
