@@ -34,7 +34,6 @@ network costs little (measured, not guaranteed) and a good one replaces pairs.
 """
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +49,7 @@ from explainers.base import Explainer, Explanation, numpy_rng, paint, region_set
 from explainers.bayesian_shapley import DEFAULT_DECAY, BayesShapley, ShapleyPrior, bayes_shapley, check_decay
 from explainers.game import RegionGame
 from explainers.perturb import Perturbation, make_perturbation
-from explainers.trained import load_checkpoint, save_checkpoint, tensors_sha256, weights_fingerprint
+from explainers.trained import NetworkCheckpoint, load_once, weights_fingerprint
 
 FORMAT = "xai-audit/fastshap-parts"
 VERSION = 1
@@ -158,12 +157,12 @@ def normalise(raw: torch.Tensor, present: torch.Tensor, gap: torch.Tensor) -> to
 
 # ---------------------------------------------------------------------------------------------- weights file
 @dataclass
-class FastShapCheckpoint:
-    """What a FastShapParts weights file holds (``torch.save`` of :meth:`to_dict`, read with ``weights_only``): the
-    network's weights and shape, what it was trained for (the audited model's weights fingerprint, the grouping and
-    player names, the perturbation's description, the crop), a ``training`` record (data, persons, coalitions,
-    epochs, seconds, seed) and a ``heldout`` accuracy record (exact Shapley values by enumeration on held-out
-    training-split persons: median / p90 relative L2 error, top-part agreement, persons)."""
+class FastShapCheckpoint(NetworkCheckpoint):
+    """What a FastShapParts weights file holds (:class:`~explainers.trained.NetworkCheckpoint`): the network's
+    weights and shape, what it was trained for (the audited model's weights fingerprint, the grouping and player
+    names, the perturbation's description, the crop), a ``training`` record (data, persons, coalitions, epochs,
+    seconds, seed, the detector's game settings) and a ``heldout`` accuracy record (exact Shapley values by
+    enumeration on held-out training-split persons: median / p90 relative L2 error, top-part agreement, persons)."""
 
     model_sha256: str
     grouping: str
@@ -178,7 +177,9 @@ class FastShapCheckpoint:
     heldout: dict = field(default_factory=dict)
     _networks: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
+    FORMAT, VERSION, WHAT, HOW_TO_TRAIN = FORMAT, VERSION, "fastshap weights", "train one with tasks.fastshap_train"
     REQUIRED = ("model_sha256", "grouping", "players", "perturbation", "state_dict")
+    TUPLES = ("players", "crop_size")
 
     @property
     def crop(self) -> Crop:
@@ -189,45 +190,6 @@ class FastShapCheckpoint:
         net = FastShapNet(len(self.players), self.width, self.hidden)
         net.load_state_dict(self.state_dict)
         return net.to(device).eval()
-
-    def shared_network(self, device: torch.device | str = "cpu") -> FastShapNet:
-        """:meth:`network`, built once per device and checkpoint object (explainers built per pedestrian share it;
-        inference only, never trained)."""
-        key = str(torch.device(device))
-        if key not in self._networks:
-            self._networks[key] = self.network(device)
-        return self._networks[key]
-
-    def to_dict(self) -> dict:
-        return {"format": FORMAT, "version": VERSION, "model_sha256": self.model_sha256, "grouping": self.grouping,
-                "players": list(self.players), "perturbation": self.perturbation,
-                "crop_size": list(self.crop_size), "crop_scale": self.crop_scale, "width": self.width,
-                "hidden": self.hidden, "training": dict(self.training), "heldout": dict(self.heldout),
-                "state_dict": {k: v.detach().cpu() for k, v in self.state_dict.items()}}
-
-    def digest(self) -> str:
-        """First 12 hex digits of :func:`explainers.trained.tensors_sha256` of the weights."""
-        return tensors_sha256(self.state_dict)[:12]
-
-    def save(self, path: str | Path) -> Path:
-        """Write atomically (:func:`explainers.trained.save_checkpoint`)."""
-        return save_checkpoint(self.to_dict(), path)
-
-    @classmethod
-    def load(cls, path: str | Path) -> FastShapCheckpoint:
-        """Read a weights file. Raises FileNotFoundError for a missing file, ValueError naming the file for one that
-        is unreadable, of another format or version, or missing a key (:func:`explainers.trained.load_checkpoint`)."""
-        raw = load_checkpoint(path, FORMAT, VERSION, cls.REQUIRED, "fastshap weights",
-                              "train one with tasks.fastshap_train")
-        ckpt = cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
-        ckpt.players, ckpt.crop_size = tuple(ckpt.players), tuple(ckpt.crop_size)
-        try:                                   # the weights fit a network of its players, width and hidden size
-            ckpt.network()
-        except (RuntimeError, ValueError, TypeError) as exc:
-            raise ValueError(f"fastshap weights: {path}: the weights do not fit a network of its "
-                             f"{len(ckpt.players)} players, width {ckpt.width}, hidden {ckpt.hidden}: "
-                             f"{str(exc).splitlines()[0]}") from None
-        return ckpt
 
 
 # ---------------------------------------------------------------------------------------------- explainer
@@ -283,7 +245,7 @@ class FastShapParts(Explainer):
 
     def __init__(self, scorer, *, weights: str | Path | FastShapCheckpoint, grouping: str | None = None,
                  perturbation: str | Perturbation | None = None, check_weights: bool = True, **kw):
-        ckpt = weights if isinstance(weights, FastShapCheckpoint) else _load_once(weights)
+        ckpt = weights if isinstance(weights, FastShapCheckpoint) else load_once(FastShapCheckpoint, weights)
         where = "the network" if isinstance(weights, FastShapCheckpoint) else str(weights)
         if grouping is not None and grouping != ckpt.grouping:
             raise ValueError(f"fastshap: {where} was trained on part grouping {ckpt.grouping!r}, got {grouping!r}: "
@@ -403,22 +365,6 @@ class FastShapBayesShapley(FastShapParts):
         est = bayes_shapley(game, regions.shape[0], budget, numpy_rng(generator), self.device, self.decay, prior)
         phi = est.phi.float().to(self.device)
         return paint(phi, regions), phi, {"full_score": est.full, "empty_score": est.empty}
-
-
-def _load_once(path: str | Path) -> FastShapCheckpoint:
-    """:meth:`FastShapCheckpoint.load`, once per file version in a process (the explain stage builds the explainer
-    per pedestrian): keyed by the resolved path, its size and modification time, so a rewritten file is read
-    again (size, modification and change times, inode). The checkpoint is shared: callers do not mutate it."""
-    path = Path(path)
-    if not path.is_file():
-        return FastShapCheckpoint.load(path)                   # its FileNotFoundError
-    stat = path.stat()
-    return _load_version(str(path.resolve()), (stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns))
-
-
-@functools.lru_cache(maxsize=8)
-def _load_version(path: str, version: tuple) -> FastShapCheckpoint:
-    return FastShapCheckpoint.load(path)
 
 
 def _perturbation_of(description: str) -> Perturbation:

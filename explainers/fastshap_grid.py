@@ -23,7 +23,6 @@ perturbation and a held-out check, and the explainer refuses anything else.
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from explainers.base import Explainer, Explanation, paint
 from explainers.game import RegionGame
 from explainers.perturb import Perturbation, make_perturbation
 from explainers.regions import grid_regions
-from explainers.trained import load_checkpoint, save_checkpoint, tensors_sha256, weights_fingerprint
+from explainers.trained import NetworkCheckpoint, load_once, weights_fingerprint
 
 FORMAT = "xai-audit/fastshap-grid"
 VERSION = 1
@@ -103,12 +102,12 @@ def normalise(raw: torch.Tensor, gap: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class FastShapGridCheckpoint:
-    """What a FastShapGrid weights file holds (``torch.save`` of :meth:`to_dict`, read with ``weights_only``): the
-    network's weights and shape, what it was trained for (the classifier's weights fingerprint, its class count,
-    the image size (H, W) the game is played at, the grid (rows, cols), the perturbation's description), a
-    ``training`` record and a ``heldout`` record (deletion / insertion AUC on held-out training-split scenes beside
-    RISE's at a stated budget, and the share of held-out coalition values the estimate explains)."""
+class FastShapGridCheckpoint(NetworkCheckpoint):
+    """What a FastShapGrid weights file holds (:class:`~explainers.trained.NetworkCheckpoint`): the network's weights
+    and shape, what it was trained for (the classifier's weights fingerprint, its class count, the image size (H, W)
+    the game is played at, the grid (rows, cols), the perturbation's description), a ``training`` record and a
+    ``heldout`` record (deletion / insertion AUC on held-out training-split scenes beside RISE's at a stated budget,
+    and the share of held-out coalition values the estimate explains)."""
 
     model_sha256: str
     classes: int
@@ -122,8 +121,12 @@ class FastShapGridCheckpoint:
     value_scale: float = 1.0          # the network's raw output x this = score units (its training targets' RMS)
     training: dict = field(default_factory=dict)
     heldout: dict = field(default_factory=dict)
+    _networks: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
+    FORMAT, VERSION = FORMAT, VERSION
+    WHAT, HOW_TO_TRAIN = "fastshap_grid weights", "train one with tasks.fastshap_grid_train"
     REQUIRED = ("model_sha256", "classes", "image_size", "grid", "perturbation", "state_dict")
+    TUPLES = ("image_size", "grid", "net_size")
 
     @property
     def cell(self) -> tuple[int, int]:
@@ -135,32 +138,6 @@ class FastShapGridCheckpoint:
         net = FastShapGridNet(self.classes, self.grid, self.width, self.hidden, self.cell)
         net.load_state_dict(self.state_dict)
         return net.to(device).eval()
-
-    def to_dict(self) -> dict:
-        return {"format": FORMAT, "version": VERSION, "model_sha256": self.model_sha256, "classes": self.classes,
-                "image_size": list(self.image_size), "grid": list(self.grid), "perturbation": self.perturbation,
-                "net_size": list(self.net_size), "width": self.width, "hidden": self.hidden,
-                "value_scale": self.value_scale,
-                "training": dict(self.training), "heldout": dict(self.heldout),
-                "state_dict": {k: v.detach().cpu() for k, v in self.state_dict.items()}}
-
-    def digest(self) -> str:
-        """First 12 hex digits of :func:`explainers.trained.tensors_sha256` of the weights."""
-        return tensors_sha256(self.state_dict)[:12]
-
-    def save(self, path: str | Path) -> Path:
-        """Write atomically (:func:`explainers.trained.save_checkpoint`)."""
-        return save_checkpoint(self.to_dict(), path)
-
-    @classmethod
-    def load(cls, path: str | Path) -> FastShapGridCheckpoint:
-        """Read a weights file. Raises FileNotFoundError for a missing file, ValueError naming the file for one that
-        is unreadable, of another format or version, or missing a key (:func:`explainers.trained.load_checkpoint`)."""
-        raw = load_checkpoint(path, FORMAT, VERSION, cls.REQUIRED, "fastshap_grid weights",
-                              "train one with tasks.fastshap_grid_train")
-        ckpt = cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
-        ckpt.image_size, ckpt.grid, ckpt.net_size = tuple(ckpt.image_size), tuple(ckpt.grid), tuple(ckpt.net_size)
-        return ckpt
 
 
 @dataclass
@@ -202,7 +179,7 @@ class FastShapGrid(Explainer):
 
     def __init__(self, scorer, *, weights: str | Path | FastShapGridCheckpoint,
                  perturbation: str | Perturbation | None = None, check_weights: bool = True, **kw):
-        ckpt = weights if isinstance(weights, FastShapGridCheckpoint) else _load_once(weights)
+        ckpt = weights if isinstance(weights, FastShapGridCheckpoint) else load_once(FastShapGridCheckpoint, weights)
         where = "the network" if isinstance(weights, FastShapGridCheckpoint) else str(weights)
         if perturbation is not None and make_perturbation(perturbation).describe() != ckpt.perturbation:
             raise ValueError(f"fastshap_grid: {where} was trained on perturbation {ckpt.perturbation!r}, got "
@@ -225,7 +202,7 @@ class FastShapGrid(Explainer):
                 raise ValueError(f"fastshap_grid: {where} was trained for {ckpt.classes} classes, the classifier has "
                                  f"{classes}")
         self.ckpt, self.source = ckpt, None if isinstance(weights, FastShapGridCheckpoint) else str(weights)
-        self.net = ckpt.network(self.device)
+        self.net = ckpt.shared_network(self.device)
         self.n_explainer_forward = 0
 
     def options(self) -> dict[str, Any]:
@@ -276,21 +253,6 @@ class FastShapGrid(Explainer):
         self.n_explainer_forward += 1
         raw = raw.reshape(C, -1)[targets] * self.ckpt.value_scale
         return normalise(raw[None], (full - empty).float()[None])[0]
-
-
-def _load_once(path: str | Path) -> FastShapGridCheckpoint:
-    """:meth:`FastShapGridCheckpoint.load`, once per file version in a process (keyed by resolved path, size and
-    modification / change time and inode). The checkpoint is shared: callers do not mutate it."""
-    path = Path(path)
-    if not path.is_file():
-        return FastShapGridCheckpoint.load(path)                   # its FileNotFoundError
-    stat = path.stat()
-    return _load_version(str(path.resolve()), (stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns))
-
-
-@functools.lru_cache(maxsize=8)
-def _load_version(path: str, version: tuple) -> FastShapGridCheckpoint:
-    return FastShapGridCheckpoint.load(path)
 
 
 def _perturbation_of(description: str) -> Perturbation:

@@ -8,6 +8,8 @@ the weights, not the file they came from: SHA-256 over every tensor's name, dtyp
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import weakref
 from collections.abc import Mapping, Sequence
@@ -96,3 +98,77 @@ def load_checkpoint(path: str | Path, file_format: str, version: int, required: 
     if missing:
         raise ValueError(f"{what}: {path} misses {missing}")
     return raw
+
+
+class NetworkCheckpoint:
+    """Mixin of a learned explainer's weights-file dataclass (FastSHAP's networks): saved as ``torch.save`` of
+    :meth:`to_dict` (its init fields; tuples as lists), read back checked with ``weights_only``. The subclass declares
+    ``FORMAT``, ``VERSION``, ``REQUIRED`` (keys a file must have), ``WHAT`` (its name in errors), ``HOW_TO_TRAIN``,
+    ``TUPLES`` (fields read back as tuples), has a ``state_dict`` field and a ``network(device)`` method, and a
+    ``_networks: dict`` field (``init=False``) for :meth:`shared_network`."""
+
+    FORMAT: str
+    VERSION: int
+    REQUIRED: tuple[str, ...]
+    WHAT: str
+    HOW_TO_TRAIN: str
+    TUPLES: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        out = {"format": self.FORMAT, "version": self.VERSION}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not f.init:
+                continue
+            if f.name == "state_dict":
+                value = {k: v.detach().cpu() for k, v in value.items()}
+            out[f.name] = list(value) if isinstance(value, tuple) else dict(value) if isinstance(value, dict) else value
+        return out
+
+    def digest(self) -> str:
+        """First 12 hex digits of :func:`tensors_sha256` of the weights."""
+        return tensors_sha256(self.state_dict)[:12]
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically (:func:`save_checkpoint`)."""
+        return save_checkpoint(self.to_dict(), path)
+
+    def shared_network(self, device: torch.device | str = "cpu") -> nn.Module:
+        """``network(device)``, built once per device and checkpoint object (explainers built per target share it;
+        inference only, never trained)."""
+        key = str(torch.device(device))
+        if key not in self._networks:
+            self._networks[key] = self.network(device)
+        return self._networks[key]
+
+    @classmethod
+    def load(cls, path: str | Path):
+        """Read a weights file. Raises FileNotFoundError for a missing file, ValueError naming the file for one that
+        is unreadable, of another format or version, missing a key (:func:`load_checkpoint`), or whose weights do
+        not fit the network its fields describe."""
+        raw = load_checkpoint(path, cls.FORMAT, cls.VERSION, cls.REQUIRED, cls.WHAT, cls.HOW_TO_TRAIN)
+        ckpt = cls(**{f.name: raw[f.name] for f in dataclasses.fields(cls) if f.init and f.name in raw})
+        for name in cls.TUPLES:
+            setattr(ckpt, name, tuple(getattr(ckpt, name)))
+        try:                                   # the weights fit a network of the shape its fields give
+            ckpt.network()
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise ValueError(f"{cls.WHAT}: {path}: the weights do not fit its network "
+                             f"({str(exc).splitlines()[0]})") from None
+        return ckpt
+
+
+def load_once(cls, path: str | Path):
+    """``cls.load(path)``, once per file version in a process (a learned explainer is built per target): keyed by
+    the class, the resolved path, its size, modification and change times and inode, so a rewritten file is read
+    again. The checkpoint is shared: callers do not mutate it."""
+    path = Path(path)
+    if not path.is_file():
+        return cls.load(path)                                  # its FileNotFoundError
+    stat = path.stat()
+    return _load_version(cls, str(path.resolve()), (stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns))
+
+
+@functools.lru_cache(maxsize=16)
+def _load_version(cls, path: str, version: tuple):
+    return cls.load(path)

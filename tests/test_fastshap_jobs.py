@@ -177,8 +177,7 @@ def test_weights_that_do_not_fit_their_network_are_refused_naming_the_file(tmp_p
     small = tiny_fastshap(5, "blur")
     bad = dataclasses.replace(tiny_fastshap(len(PARTS10), "blur"), players=PARTS10, state_dict=small.state_dict)
     path = bad.save(tmp_path / "bad.pt")
-    with pytest.raises(ValueError, match=rf"fastshap weights: {path}: the weights do not fit a network of its 11 "
-                                         r"players"):
+    with pytest.raises(ValueError, match=rf"fastshap weights: {path}: the weights do not fit its network \(Error"):
         FastShapCheckpoint.load(path)
 
 
