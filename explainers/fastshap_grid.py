@@ -8,10 +8,10 @@ metrics), the value of a coalition is the classifier's probability of each class
 ClassifierScorer``), black box: forwards only, so it works for any classifier adapter (TorchScript, ONNX, a callable).
 
 Network (:class:`FastShapGridNet`): the image and the image minus its perturbation baseline (what hiding changes),
-resized to ``net_size`` (8 x the grid by default: one trunk cell per grid cell), through a small convolutional trunk
-(stride 8), pooled onto the grid; per class, the pooled
-features with the class's one-hot and the game's two ends v(all), v(none) and their gap as extra channels go through
-1 x 1 convolutions to a raw value per cell.
+resized to ``net_size`` (8 x the grid by default), cut into one token per grid cell by a patch embedding (a
+convolution whose kernel and stride are the cell), mixed with neighbouring cells by residual 3 x 3 blocks; per class,
+the cell features with the class's one-hot and the game's two ends v(all), v(none) and their gap as extra channels
+go through 1 x 1 convolutions to a raw value per cell.
 
 Additive efficient normalisation (Jethani, Sudarshan, Covert, Lee & Ranganath, "FastSHAP: Real-Time Shapley Value
 Estimation", ICLR 2022, https://arxiv.org/abs/2107.07436; reference code github.com/iancovert/fastshap):
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from explainers.base import Explainer, Explanation, paint
+from explainers.base import Explainer, Explanation, paint, region_means
 from explainers.game import RegionGame
 from explainers.perturb import Perturbation, make_perturbation
 from explainers.regions import grid_regions
@@ -201,6 +201,10 @@ class FastShapGrid(Explainer):
             if classes is not None and classes != ckpt.classes:
                 raise ValueError(f"fastshap_grid: {where} was trained for {ckpt.classes} classes, the classifier has "
                                  f"{classes}")
+            wanted = torch.as_tensor(targets).long().reshape(-1)
+            if bool(((wanted < -ckpt.classes) | (wanted >= ckpt.classes)).any()):
+                raise ValueError(f"fastshap_grid: {where} explains classes 0..{ckpt.classes - 1}, the scorer asks for "
+                                 f"{wanted.tolist()}")
         self.ckpt, self.source = ckpt, None if isinstance(weights, FastShapGridCheckpoint) else str(weights)
         self.net = ckpt.shared_network(self.device)
         self.n_explainer_forward = 0
@@ -236,15 +240,17 @@ class FastShapGrid(Explainer):
         full, empty = ends[0], ends[1]
         phi = self.cell_values(image, full, empty)                                 # [T, n]
         area = cells.reshape(n, -1).sum(1).clamp_min(1).to(phi)
-        return paint(phi / area, cells.to(phi)), None, {"full_score": full, "empty_score": empty}
+        saliency = paint(phi / area, cells.to(phi))
+        relevance = None if regions is None else region_means(saliency, regions.to(saliency))
+        return saliency, relevance, {"full_score": full, "empty_score": empty}
 
     def cell_values(self, image: torch.Tensor, full: torch.Tensor, empty: torch.Tensor) -> torch.Tensor:
         """The network's efficient cell values [T, rows * cols] (row-major) of the scorer's target classes, given the
         game's ends ``full`` = v(all), ``empty`` = v(none) [T]: one explainer forward, no model forward. The head
         reads each class's row from the shared features, the class's one-hot and that class's own ends only, so the
         classes that are no target (their ends unknown without scoring them) get zeros and are dropped."""
-        targets = torch.as_tensor(self.scorer.targets, device=self.device).long()
         C = self.ckpt.classes
+        targets = torch.as_tensor(self.scorer.targets, device=self.device).long() % C     # -1: the last class
         f_all = torch.zeros(C, device=self.device).index_copy(0, targets, full.float())
         f_none = torch.zeros(C, device=self.device).index_copy(0, targets, empty.float())
         x = network_inputs(image[None], self.perturbation.baseline(image)[None], self.ckpt.net_size)

@@ -56,7 +56,8 @@ def weights_fingerprint(scorer) -> str:
     state = module.state_dict()
     # hashing a detector's weights costs ~20 ms, paid by every explainer built per pedestrian: reuse the digest while
     # every tensor is the same storage at the same autograd version (an in-place change -- an optimiser step,
-    # load_state_dict, copy_ -- bumps it; a randomised copy is another module)
+    # load_state_dict, copy_ -- bumps it; a randomised copy is another module). Not seen: writes through a tensor's
+    # ``.data`` (PyTorch does not count them), so code that edits weights that way must not expect a new fingerprint.
     version = tuple((k, t.data_ptr(), t._version, tuple(t.shape), t.dtype) for k, t in state.items())
     cached = _FINGERPRINTS.get(module)
     if cached is not None and cached[0] == version:
@@ -148,9 +149,9 @@ class NetworkCheckpoint:
         not fit the network its fields describe."""
         raw = load_checkpoint(path, cls.FORMAT, cls.VERSION, cls.REQUIRED, cls.WHAT, cls.HOW_TO_TRAIN)
         ckpt = cls(**{f.name: raw[f.name] for f in dataclasses.fields(cls) if f.init and f.name in raw})
-        for name in cls.TUPLES:
-            setattr(ckpt, name, tuple(getattr(ckpt, name)))
-        try:                                   # the weights fit a network of the shape its fields give
+        try:                                   # list fields as tuples; the weights fit the network its fields give
+            for name in cls.TUPLES:
+                setattr(ckpt, name, tuple(getattr(ckpt, name)))
             ckpt.network()
         except (RuntimeError, ValueError, TypeError) as exc:
             raise ValueError(f"{cls.WHAT}: {path}: the weights do not fit its network "

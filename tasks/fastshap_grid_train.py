@@ -141,11 +141,13 @@ def _take(data: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.T
 def train_network(train: dict[str, torch.Tensor], val: dict[str, torch.Tensor], classes: int,
                   grid: tuple[int, int], *, epochs: int = 30, batch_size: int = 16, lr: float = 1e-3, seed: int = 0,
                   width: int = 32, hidden: int = 64, checkpoint_dir: str | Path | None = None,
-                  progress: bool = True) -> tuple[dict, dict]:
+                  progress: bool = True, spec: dict | None = None) -> tuple[dict, dict]:
     """Adam on :func:`fastshap_loss` in units of :func:`value_scale` of ``train``; returns (the best validation epoch's
     state_dict, summary with ``value_scale``). Seeded; with
     ``checkpoint_dir`` the state after every epoch (``last.pt``: network, optimiser, epoch, best) lets a killed run
-    resume to the same result."""
+    resume to the same result; it records what it trains (``spec``: the data's cache spec and ranges, with the
+    network's shape, the optimiser's settings and the targets' scale) and a ``last.pt`` of another one is refused
+    (ValueError naming the folder and the differing keys), never resumed."""
     from tqdm import tqdm
 
     torch.manual_seed(seed)
@@ -156,8 +158,15 @@ def train_network(train: dict[str, torch.Tensor], val: dict[str, torch.Tensor], 
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     state = {"epoch": 0, "best": float("inf"), "best_state": None, "history": []}
     last = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
+    what = {**(spec or {}), "classes": classes, "grid": list(grid), "epochs": epochs, "batch_size": batch_size,
+            "lr": lr, "seed": seed, "width": width, "hidden": hidden, "value_scale": scale, "cell": list(cell),
+            "train": int(train["x"].shape[0]), "val": int(val["x"].shape[0])}
     if last is not None and last.is_file():
         saved = torch.load(last, weights_only=True)
+        differ = sorted(k for k in set(what) | set(saved.get("spec", {})) if what.get(k) != saved["spec"].get(k))
+        if differ:
+            raise ValueError(f"fastshap_grid: {last} holds a training of another setting ({', '.join(differ)}): "
+                             f"use another --checkpoint-dir or delete it")
         net.load_state_dict(saved["net"])
         opt.load_state_dict(saved["opt"])
         sched.load_state_dict(saved["sched"])
@@ -187,7 +196,7 @@ def train_network(train: dict[str, torch.Tensor], val: dict[str, torch.Tensor], 
         if last is not None:
             last.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                        "state": state}, last.with_suffix(".tmp"))
+                        "state": state, "spec": what}, last.with_suffix(".tmp"))
             last.with_suffix(".tmp").replace(last)
     summary = {"epochs": epochs, "value_scale": scale, "best_val_loss": state["best"], "history": state["history"],
                "train_seconds": time.perf_counter() - start}
@@ -210,7 +219,7 @@ def heldout_check(ckpt: FastShapGridCheckpoint, scorer_for, scenes: Sequence[Sce
     for scene in scenes:
         scorer = scorer_for()
         maps = {"": FastShapGrid(scorer, weights=ckpt).explain(scene.image).saliency,
-                "rise_": Rise(scorer, perturbation=ckpt.perturbation.split("(")[0]).explain(
+                "rise_": Rise(scorer, center=True, perturbation=ckpt.perturbation.split("(")[0]).explain(
                     scene.image, budget=rise_budget, seed=0).saliency}
         for prefix, sal in maps.items():
             for mode in ("deletion", "insertion"):
@@ -219,7 +228,8 @@ def heldout_check(ckpt: FastShapGridCheckpoint, scorer_for, scenes: Sequence[Sce
     med = {k: float(np.nanmedian(v)) for k, v in out.items()}
     return {"scenes": len(scenes), "targets": len(out["deletion"]), "deletion_auc_median": med["deletion"],
             "insertion_auc_median": med["insertion"], "rise_deletion_auc_median": med["rise_deletion"],
-            "rise_insertion_auc_median": med["rise_insertion"], "rise_budget": rise_budget, "steps": steps,
+            "rise_insertion_auc_median": med["rise_insertion"], "rise_budget": rise_budget, "rise_center": True,
+            "steps": steps,
             "coalition_r2": r2}
 
 
@@ -258,30 +268,38 @@ def main(argv: list[str] | None = None) -> None:
     classes, grid = model.num_classes, tuple(args.grid)
     perturbation = make_perturbation(args.perturbation)
     n = args.scenes or params.models.train_data.n_images
+    n_train = n - args.heldout_scenes
+    n_val = max(1, n_train // 10)
+    if args.heldout_scenes < 1 or n_train - n_val < 1:
+        raise SystemExit(f"fastshap_grid_train: --scenes {n} with --heldout-scenes {args.heldout_scenes} leaves "
+                         f"{n_train - n_val} training scenes (a tenth of the rest validates; need >= 1 held out and "
+                         f">= 1 to train)")
     images = training_scenes(n, model.input_size, params)
     scenes = [Scene(i, img) for i, img in enumerate(images)]
     H, W = images[0].shape[-2:]
     model_sha = weights_fingerprint(ClassifierScorer(model))
+    from tasks.result_store import digest
+    data_spec = {"data_seed": params.seed + params.models.train_data.seed_offset,
+                 "generator": digest(params.pull.synthetic.model_dump(mode="json"))[:16]}
     cache = CoalitionCache(args.cache_dir, {"model_sha256": model_sha, "grid": list(grid), "image_size": [H, W],
                                             "perturbation": perturbation.describe(), "pairs": args.pairs,
-                                            "seed": args.seed, "data": DATA}, key="scene_id")
+                                            "seed": args.seed, "data": DATA, **data_spec}, key="scene_id")
     start = time.perf_counter()
     scorer = ClassifierScorer(model, chunk_size=16)
     cache.build(scenes, perturbation, progress=not args.no_progress,
                 rows_of=lambda s: scene_rows(s, scorer, grid, args.pairs, args.seed, perturbation, 16))
     cache_seconds = time.perf_counter() - start
     targets = scene_targets(cache.read(), grid[0] * grid[1])
-    n_train = n - args.heldout_scenes
-    n_val = max(1, n_train // 10)
-    net_size = (8 * grid[0], 8 * grid[1])          # the trunk's stride 8 lands exactly on the grid
+    net_size = (8 * grid[0], 8 * grid[1])          # an 8 x 8 patch per grid cell
     train = stacked(scenes[:n_train - n_val], targets, perturbation, net_size)
     val = stacked(scenes[n_train - n_val:n_train], targets, perturbation, net_size)
     state, summary = train_network(train, val, classes, grid, epochs=args.epochs, batch_size=args.batch, lr=args.lr,
                                    seed=args.seed, width=args.width, checkpoint_dir=args.checkpoint_dir,
-                                   progress=not args.no_progress)
-    training = {**summary, "data": DATA, "scenes": [0, n_train], "val_scenes": [n_train - n_val, n_train],
-                "pairs": args.pairs, "seed": args.seed, "lr": args.lr, "batch": args.batch,
-                "cache_seconds": cache_seconds, "model_forwards": n_train * (2 + 2 * args.pairs)}
+                                   progress=not args.no_progress,
+                                   spec={**cache.spec, "model_sha256": model_sha, "train_scenes": n_train - n_val})
+    training = {**summary, "data": DATA, **data_spec, "scenes": [0, n_train - n_val],
+                "val_scenes": [n_train - n_val, n_train], "pairs": args.pairs, "seed": args.seed, "lr": args.lr,
+                "batch": args.batch, "cache_seconds": cache_seconds, "model_forwards": n * (2 + 2 * args.pairs)}
     ckpt = FastShapGridCheckpoint(model_sha, classes, (H, W), grid, perturbation.describe(), state,
                                   net_size=net_size, width=args.width, value_scale=summary["value_scale"],
                                   training=training)

@@ -127,6 +127,57 @@ def test_the_guard_refuses_another_model_size_class_count_and_a_scorer_without_c
         FastShapGrid(no_classes, weights=trained)
     FastShapGrid(other, weights=trained, check_weights=False)           # the sanity check's randomised copies
 
+    class FourClasses(ChannelScorer):
+        model = type("Net", (), {"num_classes": 4})()
+
+    with pytest.raises(ValueError, match="trained for 3 classes, the classifier has 4"):
+        FastShapGrid(FourClasses(), weights=trained)
+    with pytest.raises(ValueError, match=r"explains classes 0\.\.2, the scorer asks for \[0, 3\]"):
+        FastShapGrid(ChannelScorer(targets=(0, 3)), weights=trained)
+
+
+def test_regions_summarise_the_map(trained):
+    """Regions only summarise the map (relevance = the mean saliency in each), and class -1 is the last class."""
+    from explainers.base import region_means
+
+    image = scenes(1, offset=78)[0].image
+    quads = grid_regions(H, W, 2, 2)
+    exp = FastShapGrid(ChannelScorer(targets=(-1,)), weights=trained).explain(image, quads)
+    torch.testing.assert_close(exp.relevance, region_means(exp.saliency, quads.float()), atol=1e-6, rtol=0)
+    last = FastShapGrid(ChannelScorer(targets=(2,)), weights=trained).explain(image)
+    torch.testing.assert_close(exp.saliency, last.saliency, atol=1e-6, rtol=0)
+
+
+def test_training_resumes_to_the_same_network_and_refuses_another_setting(tmp_path, monkeypatch):
+    """A run killed in its second epoch resumes from last.pt (epoch 1) to the uninterrupted run's weights, bit for
+    bit; a last.pt of another setting (other data, 10x the targets' scale) is refused, never resumed."""
+    import tasks.fastshap_grid_train as module
+
+    items = scenes(24)
+    targets = cached(tmp_path, items, pairs=6)
+    net_size = (8 * GRID[0], 8 * GRID[1])
+    train, val = stacked(items[:20], targets, MEAN, net_size), stacked(items[20:], targets, MEAN, net_size)
+    kw = {"epochs": 3, "batch_size": 8, "width": 4, "hidden": 8, "progress": False, "spec": {"data": "a"}}
+    whole, _ = train_network(train, val, 3, GRID, **kw)
+    real, calls = module.fastshap_loss, []
+
+    def killed(*args):
+        calls.append(1)
+        if len(calls) == 5:                        # 3 training batches + 1 validation per epoch: epoch 2 starts
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(module, "fastshap_loss", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_network(train, val, 3, GRID, checkpoint_dir=tmp_path / "run", **kw)
+    monkeypatch.setattr(module, "fastshap_loss", real)
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["state"]["epoch"] == 1
+    resumed, _ = train_network(train, val, 3, GRID, checkpoint_dir=tmp_path / "run", **kw)
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    with pytest.raises(ValueError, match=r"holds a training of another setting \(data, value_scale\)"):
+        scaled = {**train, "y": train["y"] * 10}
+        train_network(scaled, val, 3, GRID, checkpoint_dir=tmp_path / "run", **{**kw, "spec": {"data": "b"}})
+
 
 def test_the_coalition_cache_resumes_to_identical_rows(tmp_path):
     items = scenes(12)
