@@ -1,0 +1,114 @@
+"""FastShapGrid (a learned saliency map: ``explainers.fastshap_grid``) vs RISE on the bench_quality protocol:
+deletion / insertion AUC of RISE's causal metrics (20 steps, mean-colour and blur substrates:
+``bench_quality.curve_scores``), medians over every (scene, class) target of the held-out scenes of
+``pedestrians.py`` (seed 1000: never trained or tuned on; the network learns on the training scenes and picks its
+epoch on a training-split validation tenth, ``tasks.fastshap_grid_train``).
+
+Methods, all on the demo scene classifier's class probabilities at its input size:
+  * ``fastshap_grid``: the trained network, 2 classifier forwards + 1 explainer forward per scene (every class);
+  * ``fastshap_grid@untrained``: the same architecture with its initial weights (seeded) and the same efficiency
+    normalisation: what the architecture and the game's ends give without learning (the floor);
+  * ``rise@N``: RISE (centred masks, the network's perturbation as hide) with N masks, shared by the classes:
+    ``--rise 250 4000`` (issue 19's milestones: deletion <= RISE@250's, then <= RISE@4000's).
+Also the explainer's wall time per scene (forwards included) beside RISE@250's, as a ratio measured in this run.
+
+    python benchmarks/bench_fastshap_grid.py --weights .work/fastshap_grid/grid.pt [--scenes 16] [--rise 250 4000]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import flows  # noqa: F401  (environment defaults)
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bench_models import write_results
+from bench_quality import curve_scores
+from detection.models.scene_classifier import load_classifier
+from detection.scorers import ClassifierScorer
+from explainers.fastshap_grid import FastShapGrid, FastShapGridCheckpoint, FastShapGridNet
+from explainers.rise import Rise
+from pedestrians import classifier_scenes, describe_split, file_digest, start_run
+
+
+def untrained(ckpt: FastShapGridCheckpoint, seed: int = 0) -> FastShapGridCheckpoint:
+    """``ckpt`` with the network's initial weights (seeded): the no-learning control."""
+    torch.manual_seed(seed)
+    net = FastShapGridNet(ckpt.classes, ckpt.grid, ckpt.width, ckpt.hidden, ckpt.cell)
+    return FastShapGridCheckpoint(ckpt.model_sha256, ckpt.classes, ckpt.image_size, ckpt.grid, ckpt.perturbation,
+                                  net.state_dict(), ckpt.net_size, ckpt.width, ckpt.hidden, ckpt.value_scale)
+
+
+def rows(cases, ckpt: FastShapGridCheckpoint, budgets: list[int]) -> dict:
+    """{method: {curve: median AUC, 'n_forward': median per scene, 'seconds': median per scene}}."""
+    out: dict[str, dict[str, list]] = {}
+    hide = ckpt.perturbation.split("(")[0]
+    floor = untrained(ckpt)
+
+    def add(key, scorer, image, saliency, n_forward, seconds):
+        row = out.setdefault(key, {})
+        for curve, auc in curve_scores(scorer, image, saliency).items():
+            row.setdefault(curve, []).extend(auc.tolist())
+        row.setdefault("n_forward", []).append(n_forward)
+        row.setdefault("seconds", []).append(seconds)
+
+    for scorer, image in cases:
+        for key, weights in (("fastshap_grid", ckpt), ("fastshap_grid@untrained", floor)):
+            start = time.perf_counter()
+            exp = FastShapGrid(scorer, weights=weights).explain(image)
+            add(key, scorer, image, exp.saliency, exp.n_forward, time.perf_counter() - start)
+        for budget in budgets:
+            start = time.perf_counter()
+            r = Rise(scorer, center=True, perturbation=hide).explain(image, budget=budget, seed=0)
+            add(f"rise@{budget}", scorer, image, r.saliency, r.n_forward, time.perf_counter() - start)
+        print("scene done", flush=True)
+    return {k: {c: float(np.median(v)) for c, v in row.items()} | {"mean_" + c: float(np.mean(v))
+                                                                    for c, v in row.items() if "/" in c}
+            for k, row in out.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", required=True, help="FastShapGrid weights (tasks.fastshap_grid_train)")
+    parser.add_argument("--classifier", default="weights/demo/classifier.pt")
+    parser.add_argument("--scenes", type=int, default=16)
+    parser.add_argument("--split", default="heldout")
+    parser.add_argument("--rise", type=int, nargs="+", default=[250, 4000])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default="benchmarks/results/fastshap_grid.json")
+    args = parser.parse_args(argv)
+    device = start_run(args.threads)
+    started = time.perf_counter()
+    ckpt = FastShapGridCheckpoint.load(args.weights)
+    clf = load_classifier(args.classifier, device=device)
+    cases = []
+    for _, img in classifier_scenes(args.split, args.scenes):
+        img = img.to(device)
+        if clf.input_size is not None and tuple(clf.input_size) != tuple(img.shape[-2:]):
+            img = F.interpolate(img[None], size=clf.input_size, mode="bilinear", align_corners=False)[0]
+        cases.append((ClassifierScorer(clf), img.contiguous()))
+    results = rows(cases, ckpt, args.rise)
+    fast, rise = results["fastshap_grid"], results.get(f"rise@{min(args.rise)}")
+    summary = {"deletion_vs_rise": {f"rise@{b}": fast["deletion/mean"] / results[f"rise@{b}"]["deletion/mean"]
+                                    for b in args.rise},
+               "insertion_vs_rise": {f"rise@{b}": fast["insertion/blur"] / results[f"rise@{b}"]["insertion/blur"]
+                                     for b in args.rise},
+               "time_vs_rise_min": fast["seconds"] / rise["seconds"] if rise else None}
+    out = {"split": describe_split(args.split), "scenes": len(cases), "targets_per_scene": cases[0][0].num_targets,
+           "weights": args.weights, "weights_sha256_12": file_digest(args.weights),
+           "classifier_sha256_12": file_digest(args.classifier), "grid": list(ckpt.grid),
+           "training": {k: v for k, v in ckpt.training.items() if k != "history"}, "heldout": ckpt.heldout,
+           "results": results, "summary": summary, "seconds": time.perf_counter() - started}
+    write_results(args.out, out)
+    for key, row in results.items():
+        print(f"{key:26s} deletion/mean {row['deletion/mean']:.3f}  insertion/blur {row['insertion/blur']:.3f}  "
+              f"deletion/blur {row['deletion/blur']:.3f}  insertion/mean {row['insertion/mean']:.3f}  "
+              f"forwards {row['n_forward']:.0f}  {row['seconds'] * 1000:.0f} ms")
+    print(summary)
+
+
+if __name__ == "__main__":
+    main()
