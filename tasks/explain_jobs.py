@@ -183,10 +183,11 @@ def _written_by_stage(path: Path, params: Params) -> bool:
 
 def _players_error(ckpt, params: Params) -> str | None:
     """For a method that plays the players its trained file names (``fixed_players``): why they are not the
-    body-part players the parts stage writes (``parts.grouping``, ``parts.context``), or None."""
-    from detection.body import PART_GROUPS
+    body-part players the parts stage writes (``parts.grouping``, ``parts.context``:
+    :func:`explainers.fastshap.player_names`, as the models_fastshap stage's ``check_given``), or None."""
+    from explainers.fastshap import player_names
 
-    wanted = (*PART_GROUPS[params.parts.grouping], *(("context",) if params.parts.context else ()))
+    wanted = player_names(params.parts.grouping, params.parts.context)
     if tuple(ckpt.players) == wanted:
         return None
     return (f"trained for the players {list(ckpt.players)}, but parts.grouping {params.parts.grouping!r} with "
