@@ -263,13 +263,14 @@ class FastShapParts(Explainer):
         self.ckpt = ckpt
         self.source = None if isinstance(weights, FastShapCheckpoint) else str(weights)
         self.net = ckpt.shared_network(self.device)
+        self.weights_sha256 = ckpt.digest()            # of the weights self.net was built from (cached)
         self._columns: torch.Tensor | None = None
         self.n_explainer_forward = 0
 
     def options(self) -> dict[str, Any]:
         c = self.ckpt
         return {**super().options(), "grouping": c.grouping, "players": len(c.players),
-                "check_weights": self.check_weights, "weights": self.source, "weights_sha256": c.digest(),
+                "check_weights": self.check_weights, "weights": self.source, "weights_sha256": self.weights_sha256,
                 "model_sha256": c.model_sha256[:12],
                 "heldout": {k: c.heldout[k] for k in HELDOUT_KEYS if k in c.heldout}}
 

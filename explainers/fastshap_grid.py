@@ -207,12 +207,13 @@ class FastShapGrid(Explainer):
                                  f"{wanted.tolist()}")
         self.ckpt, self.source = ckpt, None if isinstance(weights, FastShapGridCheckpoint) else str(weights)
         self.net = ckpt.shared_network(self.device)
+        self.weights_sha256 = ckpt.digest()            # of the weights self.net was built from (cached)
         self.n_explainer_forward = 0
 
     def options(self) -> dict[str, Any]:
         c = self.ckpt
         return {**super().options(), "grid": list(c.grid), "check_weights": self.check_weights,
-                "weights": self.source, "weights_sha256": c.digest(), "model_sha256": c.model_sha256[:12],
+                "weights": self.source, "weights_sha256": self.weights_sha256, "model_sha256": c.model_sha256[:12],
                 "heldout": {k: c.heldout[k] for k in HELDOUT_KEYS if k in c.heldout}}
 
     def min_budget(self, num_regions, num_targets):

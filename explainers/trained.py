@@ -106,7 +106,14 @@ class NetworkCheckpoint:
     :meth:`to_dict` (its init fields; tuples as lists), read back checked with ``weights_only``. The subclass declares
     ``FORMAT``, ``VERSION``, ``REQUIRED`` (keys a file must have), ``WHAT`` (its name in errors), ``HOW_TO_TRAIN``,
     ``TUPLES`` (fields read back as tuples), has a ``state_dict`` field and a ``network(device)`` method, and a
-    ``_networks: dict`` field (``init=False``) for :meth:`shared_network`."""
+    ``_networks: dict`` field (``init=False``) for :meth:`shared_network`.
+
+    :meth:`digest` and :meth:`shared_network` are cached (an explainer built per pedestrian asks for both) and the
+    caches follow the weights: they hold while ``state_dict`` holds the same tensor objects under the same names
+    (same storage, shape, dtype) at the same autograd version, so replacing ``state_dict`` by other tensors, putting
+    another tensor in it, removing one or changing one in place (``copy_``, ``add_``, an indexed assignment under
+    ``no_grad``) is seen. Not seen: writes through a tensor's ``.data`` (PyTorch does not count them), as for
+    :func:`weights_fingerprint`. The caches are not pickled (a copy hashes again)."""
 
     FORMAT: str
     VERSION: int
@@ -126,21 +133,51 @@ class NetworkCheckpoint:
             out[f.name] = list(value) if isinstance(value, tuple) else dict(value) if isinstance(value, dict) else value
         return out
 
+    def _weights_key(self) -> tuple:
+        """What the caches of :meth:`digest` and :meth:`shared_network` are valid for (class docstring): per tensor
+        of ``state_dict``, in its order: name, object id, storage pointer, autograd version, shape and dtype. Reads
+        no tensor's values (microseconds)."""
+        return tuple((k, id(t), t.data_ptr(), t._version, tuple(t.shape), t.dtype) for k, t in self.state_dict.items())
+
+    def _cached(self, slot: str, key: tuple):
+        """The value cached in ``slot`` for weights ``key``, or None. An entry keeps weak references to the tensors
+        it was made for and is valid only while they all live (an id is unique only among live objects)."""
+        entry = self.__dict__.get("_weights_cache", {}).get(slot)
+        if entry is None or entry[0] != key or any(ref() is None for ref in entry[1]):
+            return None
+        return entry[2]
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_weights_cache"}      # weak references: no pickle
+
+    def _cache(self, slot: str, key: tuple, value):
+        refs = tuple(weakref.ref(t) for t in self.state_dict.values())
+        self.__dict__.setdefault("_weights_cache", {})[slot] = (key, refs, value)
+        return value
+
     def digest(self) -> str:
-        """First 12 hex digits of :func:`tensors_sha256` of the weights."""
-        return tensors_sha256(self.state_dict)[:12]
+        """First 12 hex digits of :func:`tensors_sha256` of the weights; hashed once per state of the weights (the
+        class docstring says what counts as a change)."""
+        key = self._weights_key()
+        cached = self._cached("digest", key)
+        return cached if cached is not None else self._cache("digest", key, tensors_sha256(self.state_dict)[:12])
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (:func:`save_checkpoint`)."""
         return save_checkpoint(self.to_dict(), path)
 
     def shared_network(self, device: torch.device | str = "cpu") -> nn.Module:
-        """``network(device)``, built once per device and checkpoint object (explainers built per target share it;
-        inference only, never trained)."""
-        key = str(torch.device(device))
-        if key not in self._networks:
-            self._networks[key] = self.network(device)
-        return self._networks[key]
+        """``network(device)``, built once per device, checkpoint object and state of its weights (explainers built
+        per target share it; inference only, never trained; changed weights give a new network, class
+        docstring)."""
+        key = self._weights_key()
+        if self._cached("networks", key) is None:
+            self._networks.clear()
+            self._cache("networks", key, True)
+        device_key = str(torch.device(device))
+        if device_key not in self._networks:
+            self._networks[device_key] = self.network(device)
+        return self._networks[device_key]
 
     @classmethod
     def load(cls, path: str | Path):
