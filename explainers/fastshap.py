@@ -49,7 +49,7 @@ from explainers.base import Explainer, Explanation, numpy_rng, paint, region_set
 from explainers.bayesian_shapley import DEFAULT_DECAY, BayesShapley, ShapleyPrior, bayes_shapley, check_decay
 from explainers.game import RegionGame
 from explainers.perturb import Perturbation, make_perturbation
-from explainers.trained import NetworkCheckpoint, load_once, weights_fingerprint
+from explainers.trained import CountsExplainerForwards, NetworkCheckpoint, load_once, weights_fingerprint
 
 FORMAT = "xai-audit/fastshap-parts"
 VERSION = 1
@@ -201,7 +201,7 @@ class FastShapExplanation(Explanation):
     n_explainer_forward: int = 0
 
 
-class FastShapParts(Explainer):
+class FastShapParts(CountsExplainerForwards, Explainer):
     """Amortised Shapley values of a pedestrian's body-part game (module docstring): FastSHAP (Jethani et al., ICLR
     2022, https://arxiv.org/abs/2107.07436) with players that change per instance.
 
@@ -229,6 +229,7 @@ class FastShapParts(Explainer):
     trained_file_option = "weights"
     trained_file_hint = ("models/fastshap/detector_parts.pt of the models_fastshap stage, or python -m "
                          "tasks.fastshap_train")
+    EXPLANATION = FastShapExplanation
     # regions are always the P players in the trained order, empty masks included (the column of a mask names its
     # player: the explain stage builds them so, and lists only the players with a pixel in its rows)
     fixed_players = True
@@ -279,7 +280,8 @@ class FastShapParts(Explainer):
 
     def explain(self, image, regions=None, *, budget=None, seed=0) -> FastShapExplanation:
         """:meth:`Explainer.explain <explainers.base.Explainer.explain>` on the P player masks in the trained order
-        (class docstring), with the explainer forwards (``n_explainer_forward``)."""
+        (class docstring), with the explainer forwards (``n_explainer_forward``:
+        :class:`~explainers.trained.CountsExplainerForwards`)."""
         P = len(self.ckpt.players)
         if regions is None or torch.as_tensor(regions).ndim != 3 or torch.as_tensor(regions).shape[0] != P:
             got = None if regions is None else tuple(torch.as_tensor(regions).shape)
@@ -287,11 +289,7 @@ class FastShapParts(Explainer):
                              f"{list(self.ckpt.players)} (empty masks for missing parts), got {got}")
         if image.ndim == 3:
             self._columns = region_set(regions, image.shape[-2:], self.device).columns
-        self.n_explainer_forward = 0
-        exp = super().explain(image, regions, budget=budget, seed=seed)
-        exp.options["n_explainer_forward"] = self.n_explainer_forward
-        return FastShapExplanation(**{f: getattr(exp, f) for f in Explanation.__dataclass_fields__},
-                                   n_explainer_forward=self.n_explainer_forward)
+        return super().explain(image, regions, budget=budget, seed=seed)      # CountsExplainerForwards.explain
 
     def _explain(self, image, regions, budget, generator):
         game = RegionGame(self.score, image, regions, self.perturbation, self.chunk_size)

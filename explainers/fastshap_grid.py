@@ -35,7 +35,7 @@ from explainers.base import Explainer, Explanation, paint, region_means
 from explainers.game import RegionGame
 from explainers.perturb import Perturbation, make_perturbation
 from explainers.regions import grid_regions
-from explainers.trained import NetworkCheckpoint, load_once, weights_fingerprint
+from explainers.trained import CountsExplainerForwards, NetworkCheckpoint, load_once, weights_fingerprint
 
 FORMAT = "xai-audit/fastshap-grid"
 VERSION = 1
@@ -148,7 +148,7 @@ class FastShapGridExplanation(Explanation):
     n_explainer_forward: int = 0
 
 
-class FastShapGrid(Explainer):
+class FastShapGrid(CountsExplainerForwards, Explainer):
     """Amortised Shapley values of a classifier's grid-cell game (module docstring): FastSHAP (Jethani et al., ICLR
     2022, https://arxiv.org/abs/2107.07436) giving a saliency map in one explainer forward.
 
@@ -171,6 +171,7 @@ class FastShapGrid(Explainer):
     needs_trained_weights = True
     trained_file_option = "weights"
     trained_file_hint = "python -m tasks.fastshap_grid_train (a network per classifier)"
+    EXPLANATION = FastShapGridExplanation
 
     @classmethod
     def load_trained(cls, path: str | Path) -> FastShapGridCheckpoint:
@@ -221,15 +222,12 @@ class FastShapGrid(Explainer):
 
     def explain(self, image, regions=None, *, budget=None, seed=0) -> FastShapGridExplanation:
         """:meth:`Explainer.explain <explainers.base.Explainer.explain>` with the explainer forwards
-        (``n_explainer_forward``); image of the trained size (class docstring)."""
+        (``n_explainer_forward``: :class:`~explainers.trained.CountsExplainerForwards`); image of the trained size
+        (class docstring)."""
         if torch.is_tensor(image) and image.ndim == 3 and tuple(image.shape[-2:]) != tuple(self.ckpt.image_size):
             raise ValueError(f"fastshap_grid: the network was trained on images of {tuple(self.ckpt.image_size)} "
                              f"(H, W), got {tuple(image.shape[-2:])}: give the classifier's input size")
-        self.n_explainer_forward = 0
-        exp = super().explain(image, regions, budget=budget, seed=seed)
-        exp.options["n_explainer_forward"] = self.n_explainer_forward
-        return FastShapGridExplanation(**{f: getattr(exp, f) for f in Explanation.__dataclass_fields__},
-                                       n_explainer_forward=self.n_explainer_forward)
+        return super().explain(image, regions, budget=budget, seed=seed)      # CountsExplainerForwards.explain
 
     def _explain(self, image, regions, budget, generator):
         H, W = image.shape[-2:]

@@ -4,7 +4,9 @@ model they were trained for, and their checkpoint files' atomic save and checked
 A learned explainer must refuse a model it was not trained for, so its file records :func:`weights_fingerprint` of
 the audited model at training time and the explainer compares it with the model it is given. The fingerprint names
 the weights, not the file they came from: SHA-256 over every tensor's name, dtype, shape and bytes in name order
-(:func:`tensors_sha256`), so a re-saved file with the same weights has the same fingerprint. Pure PyTorch.
+(:func:`tensors_sha256`), so a re-saved file with the same weights has the same fingerprint. Also the checkpoint
+mixin of the learned explainers' weights files (:class:`NetworkCheckpoint`) and the ``explain`` of an explainer that
+counts its own network's forwards (:class:`CountsExplainerForwards`). Pure PyTorch.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from explainers.base import Explanation
 
 _FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # module -> (tensors' version, digest)
 
@@ -194,6 +198,26 @@ class NetworkCheckpoint:
             raise ValueError(f"{cls.WHAT}: {path}: the weights do not fit its network "
                              f"({str(exc).splitlines()[0]})") from None
         return ckpt
+
+
+class CountsExplainerForwards:
+    """Mixin of a learned explainer whose own network runs beside the model (FastSHAP's), listed before
+    :class:`~explainers.base.Explainer` in its bases: :meth:`explain` counts the network's forwards. The explainer
+    adds 1 to ``n_explainer_forward`` per forward of its network and names its ``EXPLANATION`` class: an
+    :class:`~explainers.base.Explanation` dataclass subclass with an ``n_explainer_forward: int`` field."""
+
+    EXPLANATION: type[Explanation]
+    n_explainer_forward: int = 0
+
+    def explain(self, image, regions=None, *, budget=None, seed=0):
+        """:meth:`Explainer.explain <explainers.base.Explainer.explain>` (same arguments, shapes and errors) as an
+        ``EXPLANATION`` with the explainer network's forwards of this call in ``n_explainer_forward`` and in
+        ``options["n_explainer_forward"]`` (``n_forward`` counts the model's only)."""
+        self.n_explainer_forward = 0
+        exp = super().explain(image, regions, budget=budget, seed=seed)
+        exp.options["n_explainer_forward"] = self.n_explainer_forward
+        return self.EXPLANATION(**{f: getattr(exp, f) for f in Explanation.__dataclass_fields__},
+                                n_explainer_forward=self.n_explainer_forward)
 
 
 def load_once(cls, path: str | Path):

@@ -110,7 +110,7 @@ def test_a_checkpoints_digest_is_hashed_once_and_follows_its_weights(monkeypatch
 
 
 def test_an_explainer_reports_the_digest_of_its_network_and_hashes_nothing_per_explanation(monkeypatch):
-    from explainers.fastshap import FastShapParts
+    from explainers.fastshap import FastShapExplanation, FastShapParts
 
     class MeanScorer:
         device, num_targets, chunk_size = torch.device("cpu"), 1, 8
@@ -124,7 +124,9 @@ def test_an_explainer_reports_the_digest_of_its_network_and_hashes_nothing_per_e
     for i in range(5):
         regions[i, 4 * i:4 * i + 4, 8:16] = True
     calls = counting_hash(monkeypatch)
-    first = before.explain(image, regions).options
+    exp = before.explain(image, regions)
+    assert type(exp) is FastShapExplanation and exp.n_explainer_forward == 1 and exp.n_forward == 2
+    first = exp.options
     assert first["weights_sha256"] == tensors_sha256(ckpt.state_dict)[:12]
     assert before.explain(image, regions, seed=1).options["weights_sha256"] == first["weights_sha256"]
     assert calls == [] and first["n_explainer_forward"] == 1      # the digest was hashed when the explainer was built
