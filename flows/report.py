@@ -66,7 +66,7 @@ def report_flow(params: Params) -> dict:
     create_markdown_artifact(key="xai-audit-summary", markdown=summary, description="xai-audit summary")
     for key, table in (("xai-audit-quality", quality_table(inputs.metrics)),
                        ("xai-audit-undefined", undefined_table(inputs.metrics)),
-                       ("xai-audit-cost", cost_table(inputs.explanations))):
+                       ("xai-audit-cost", cost_table(inputs.explanations, inputs.explanation_options()))):
         create_table_artifact(key=key, table=table.round(4).astype(object).where(table.notna(), None)
                               .to_dict(orient="records"), description=key)
     logger.info("report: %s (%.0f kB)", html_path, html_path.stat().st_size / 1024)

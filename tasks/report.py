@@ -98,6 +98,15 @@ class ReportInputs:
     sag: pd.DataFrame | None = None            # explain's sag table (structured attention graphs); None: none
     guidance: GuidanceInputs | None = None     # the guide stage's outputs (tasks.report_guidance); None: no guide run
 
+    def explanation_options(self) -> list[dict]:
+        """:func:`explanation_options` of ``explanations``, parsed once per report (the cost and learned tables
+        and the flow's cost artifact share them); parsed again only when ``explanations`` is another frame."""
+        cached = self.__dict__.get("_explanation_options")
+        if cached is None or cached[0] is not self.explanations:
+            cached = self.__dict__["_explanation_options"] = (self.explanations,
+                                                              explanation_options(self.explanations))
+        return cached[1]
+
 
 # ---------------------------------------------------------------------------------------------------- figures
 LEARNED_NOTE = ("A learned explainer is as good as its network: these are the accuracy checks stored with its trained "
@@ -299,13 +308,33 @@ def detection_counts(targets: pd.DataFrame) -> tuple[int, int]:
     return len(persons), int((persons["found"] == False).sum())  # noqa: E712
 
 
-def cost_table(explanations: pd.DataFrame) -> pd.DataFrame:
+def explanation_options(explanations: pd.DataFrame) -> list[dict]:
+    """Every explanation row's options (its ``options`` column of JSON text) as dicts, one per row in row order:
+    ``{}`` for a row whose options are no string (missing) and for every row of a table without the column. Raises
+    ValueError (json.JSONDecodeError) for text that is no JSON."""
+    if "options" not in explanations:
+        return [{} for _ in range(len(explanations))]
+    return [json.loads(o) if isinstance(o, str) else {} for o in explanations["options"]]
+
+
+def _checked_options(explanations: pd.DataFrame, options: list[dict] | None) -> list[dict]:
+    """``options`` (:func:`explanation_options` already parsed by the caller) or, when None, parsed now. Raises
+    ValueError when their count is not the table's rows."""
+    if options is None:
+        return explanation_options(explanations)
+    if len(options) != len(explanations):
+        raise ValueError(f"report: {len(options)} parsed options for {len(explanations)} explanation rows")
+    return options
+
+
+def cost_table(explanations: pd.DataFrame, options: list[dict] | None = None) -> pd.DataFrame:
     """Model forward passes per job (shared ones divided among the targets sharing them), and the forwards of a
     learned explainer's own network (FastSHAP's explainer, RExL's feature network; 0 for sampling methods): the
     cost that the inputs decide. Wall times vary run to run, so they stay out of the report
-    (``metrics/timings.json``, tasks.timings)."""
-    options = [json.loads(o) if isinstance(o, str) else {} for o in explanations["options"]] \
-        if "options" in explanations else [{}] * len(explanations)
+    (``metrics/timings.json``, tasks.timings). ``options``: the rows' parsed options
+    (:func:`explanation_options`, e.g. ``ReportInputs.explanation_options()``; None: parsed here); ValueError when
+    their count is not the rows'."""
+    options = _checked_options(explanations, options)
     e = explanations.assign(fw=explanations["n_forward"] / explanations["shared_by"],
                             efw=[o.get("n_explainer_forward", o.get("n_feature_forward", 0)) for o in options])
     g = e.groupby(["kind", "job"])
@@ -314,18 +343,17 @@ def cost_table(explanations: pd.DataFrame) -> pd.DataFrame:
                          "device": g["device"].agg(lambda d: ", ".join(sorted(set(d))))}).reset_index()
 
 
-def learned_table(explanations: pd.DataFrame) -> pd.DataFrame:
+def learned_table(explanations: pd.DataFrame, options: list[dict] | None = None) -> pd.DataFrame:
     """Per kind and job of a learned explainer whose trained file carries a held-out check (``options['heldout']``:
     FastSHAP's exact Shapley values by enumeration on held-out training-split persons): the trained file's digest
     and that check (persons, median / p90 relative L2 error, top-part agreement, the even split's median error).
-    Empty when no job has one."""
+    Empty when no job has one. ``options`` as :func:`cost_table`'s."""
     cols = ["kind", "job", "trained file", "held-out persons", "median rel. L2 error", "p90 rel. L2 error",
             "top-part agreement", "even split's median error"]
     if "options" not in explanations:
         return pd.DataFrame(columns=cols)
     rows = {}
-    for kind, job, text in zip(explanations["kind"], explanations["job"], explanations["options"]):
-        o = json.loads(text) if isinstance(text, str) else {}
+    for kind, job, o in zip(explanations["kind"], explanations["job"], _checked_options(explanations, options)):
         h = o.get("heldout")
         if h and (kind, job) not in rows:
             rows[(kind, job)] = [kind, job, o.get("weights_sha256") or o.get("policy_sha256"), h.get("persons"),
@@ -728,7 +756,9 @@ def render_classifier(ctx: ReportContext) -> Rendered | None:
 
 
 def render_cost(ctx: ReportContext) -> Rendered:
-    cost, learned = cost_table(ctx.inputs.explanations), learned_table(ctx.inputs.explanations)
+    inp = ctx.inputs
+    cost = cost_table(inp.explanations, inp.explanation_options())
+    learned = learned_table(inp.explanations, inp.explanation_options())
     if learned.empty:
         return Rendered(_table(cost), ("## Cost", "", cost.to_string(index=False)))
     return Rendered(_table(cost) + f"<h3 id='learned'>Learned explainers' held-out check</h3><p class='note'>"

@@ -137,6 +137,36 @@ def test_the_report_shows_explainer_forwards_and_the_held_out_check():
     assert learned.iloc[0]["held-out persons"] == HELDOUT["persons"] and learned.iloc[0]["trained file"] == "abc"
 
 
+def test_a_report_parses_each_rows_options_once(tmp_path, monkeypatch):
+    """The cost and learned tables of a report share one parse of the explanations' options (one json.loads per
+    row, not one per table); given options must be one per row."""
+    from tasks.report import build_report
+    from tests.report_fixture import report_inputs
+
+    inputs = report_inputs(tmp_path)
+    e = inputs.explanations
+    learned_row = {"n_explainer_forward": 1, "heldout": HELDOUT, "weights_sha256": "abc"}
+    texts = [json.dumps({**(learned_row if job.startswith("bayes_shapley") else {"budget": 1}), "row": i})
+             for i, job in enumerate(e["job"])]
+    inputs = dataclasses.replace(inputs, explanations=e.assign(options=texts))
+    parsed, loads = [], json.loads
+    monkeypatch.setattr(json, "loads", lambda text, *a, **kw: (parsed.append(text) if text in texts else None,
+                                                                loads(text, *a, **kw))[1])
+    _, md = build_report(inputs, per_row=0)
+    assert sorted(parsed) == sorted(texts) and "held-out check" in md
+    options = inputs.explanation_options()
+    assert len(parsed) == len(texts) and [o["row"] for o in options] == list(range(len(texts)))
+    explanations = inputs.explanations
+    assert cost_table(explanations, options).equals(cost_table(explanations))
+    assert learned_table(explanations, options).equals(learned_table(explanations))
+    learned = learned_table(explanations, options)
+    assert len(learned) >= 1 and learned["trained file"].tolist() == ["abc"] * len(learned)
+    with pytest.raises(ValueError, match="report: 1 parsed options for .* explanation rows"):
+        cost_table(explanations, options[:1])
+    inputs.explanations = explanations.iloc[:2]                 # another frame: parsed again
+    assert [o["row"] for o in inputs.explanation_options()] == [0, 1]
+
+
 def test_before_the_stages_run_the_file_they_rewrite_is_not_judged(tmp_path, monkeypatch):
     """A stale models/fastshap/detector_parts.pt (parts10) with parts.grouping changed to parts6 and weights: null:
     the models_fastshap stage retrains it first, so the check before the pipeline lets it pass; the explain flow's
