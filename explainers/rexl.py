@@ -38,6 +38,14 @@ same backbone pass as the features (no extra forward). Measured on a training-sp
 scenes never in the RL pool, 4 classes, cell-granularity deletion AUC, lower is better): always deleting the cell of
 the highest current map scores 0.47, a random order 0.70, the 15.7k-step policy without maps 0.67.
 
+Cell policies (``arch='cells'``, :class:`CellPolicy` on :class:`CellFeatures`; classifiers, deletion, class
+conditioning): the state is per cell (:func:`cell_state`: earlier blocks of the classifier's own network and its class
+maps pooled to the grid, the taken mask, the class one-hot and the target's current probability) and one network
+shared by all cells scores each. The demo classifier's last feature map (4 x 5) is coarser than the 7 x 7 grid, so
+features pooled from it cannot say which of two neighbouring cells holds the evidence; the earlier blocks can.
+Trained by imitating a one-step look-ahead teacher (``tasks.rexl_imitation``, DAgger) rather than by PPO;
+``benchmarks/bench_rexl_state.py`` measures it.
+
 Saliency (``credit``): ``cumulative`` (the paper's rule) adds each reward change r_t - r_{t-1} (with r_0 = sign *
 s_0) to every cell taken so far, so cell a_i (taken at step i) gets sign * (s_n - s_{i-1}): for deletion the score
 it stood on before its removal above the end score; ``single`` (the reference library class) credits r_t - r_{t-1}
@@ -92,6 +100,7 @@ MODES = ("deletion", "insertion")
 CONDITIONINGS = ("none", "class", "box")
 CREDITS = ("cumulative", "single", "rank")
 UPSAMPLING = ("bilinear", "nearest")
+ARCHS = ("mlp", "cells")
 DEFAULT_GRID = 7
 
 
@@ -175,6 +184,79 @@ class BackboneFeatures(nn.Module):
         return self.from_map(self.features(self.classifier.preprocess(images)))
 
 
+class CellFeatures(nn.Module):
+    """Per-cell features of the audited classifier's own network for a *cell policy* (:class:`CellPolicy`): the
+    outputs of the ``features`` blocks listed in ``blocks`` (indices of its children, e.g. 2 and 3 of the demo
+    SceneNet: 64 ch at 1/16 and 128 ch at 1/32 of the input) and every class's activation map of the last block (the
+    head's class weights per position, as :class:`BackboneFeatures` with ``cam``), each average-pooled to the k x k
+    game grid, then the class probabilities of the same pass (sigmoid for a multi-label classifier, else softmax):
+    [B, 3, H, W] -> [B, F k^2 + C], F = sum of the blocks' channels + C (channel-major per cell). The earlier blocks
+    are what locates evidence finer than the last map (4 x 5 on the demo classifier's 240 x 320 input, coarser than a
+    7 x 7 grid). Raises ValueError for a classifier without ``features`` / a Linear ``head`` or a block index out of
+    range."""
+
+    def __init__(self, classifier, blocks: tuple[int, ...] | list[int] = (2, 3), grid: int = DEFAULT_GRID,
+                 classes: int | None = None):
+        super().__init__()
+        net = getattr(classifier, "model", None)
+        features = getattr(net, "features", None) if net is not None else None
+        head = getattr(net, "head", None)
+        if not isinstance(features, nn.Module) or not isinstance(getattr(head, "weight", None), torch.Tensor) or \
+                not hasattr(classifier, "preprocess"):
+            raise ValueError(f"rexl: features 'cells' need a classifier whose network has a 'features' module and a "
+                             f"Linear 'head', got {type(classifier).__name__}")
+        self.blocks_list = [m for _, m in features.named_children()]
+        bad = [b for b in blocks if not 0 <= int(b) < len(self.blocks_list) - 1]
+        if bad or not blocks:
+            raise ValueError(f"rexl: features 'cells' blocks must be indices in [0, {len(self.blocks_list) - 1}) of "
+                             f"the network's {len(self.blocks_list)} feature blocks (the last gives the class maps), "
+                             f"got {list(blocks)}")
+        n_classes = int(head.weight.shape[0])
+        if classes is not None and int(classes) != n_classes:
+            raise ValueError(f"rexl: the policy's cell features are for {classes} classes, the network's head has "
+                             f"{n_classes}")
+        self.classifier, self.head, self.grid = classifier, head, int(grid)
+        self.blocks = tuple(int(b) for b in blocks)
+        self.multi_label = bool(getattr(classifier, "multi_label", False))
+        self.spec = {"kind": "cells", "blocks": list(self.blocks), "grid": self.grid, "classes": n_classes,
+                     "network": getattr(net, "original_name", type(net).__name__)}
+
+    @torch.inference_mode()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.classifier.preprocess(images)
+        kept = []
+        for i, block in enumerate(self.blocks_list):
+            x = block(x)
+            if i in self.blocks:
+                kept.append(F.adaptive_avg_pool2d(x.float(), self.grid))
+        x = x.float()
+        logits = self.head(x.mean((2, 3))).float()
+        probs = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, -1)
+        maps = torch.einsum("kc,bchw->bkhw", self.head.weight.float(), x)
+        kept.append(F.adaptive_avg_pool2d(maps, self.grid))
+        return torch.cat([torch.cat(kept, 1).flatten(1), probs], 1)
+
+
+def cell_state(features: torch.Tensor, taken: torch.Tensor, condition: torch.Tensor, classes: int,
+               grid: int) -> torch.Tensor:
+    """The state of a cell policy [N, S, k^2], S = F + C + 4 channels per cell, from :class:`CellFeatures`' output
+    [N, F k^2 + C] of the current canvases, the taken cells [N, k^2] and the class one-hot [N, C]: the F feature
+    channels (the last C of them the class maps), the target's class map, taken (0 / 1), the share of taken cells
+    among the 3 x 3 neighbourhood, the one-hot, and the target's current probability (the last two constant over the
+    cells). Raw (the policy standardises it)."""
+    N, n = taken.shape
+    feats = features.float()
+    channels = (feats.shape[1] - classes) // n
+    cells = feats[:, :channels * n].view(N, channels, n)
+    probs = feats[:, channels * n:]
+    onehot = condition.float().to(feats.device)
+    target_map = (onehot[:, :, None] * cells[:, channels - classes:]).sum(1, keepdim=True)
+    t = taken.float()[:, None]
+    near = F.conv2d(t.view(N, 1, grid, grid), torch.ones(1, 1, 3, 3, device=t.device), padding=1).view(N, 1, n) / 9
+    score = (onehot * probs).sum(1)[:, None, None].expand(N, 1, n)
+    return torch.cat([cells, target_map, t, near, onehot[:, :, None].expand(N, classes, n), score], 1)
+
+
 def class_maps(spec: dict) -> int:
     """How many class activation maps end a feature vector of this feature spec (0: none; see
     :meth:`BackboneFeatures.from_map`)."""
@@ -190,7 +272,8 @@ def has_backbone(scorer) -> bool:
 
 def make_features(scorer, spec: dict | str = "auto") -> nn.Module:
     """The feature extractor a policy spec names: ``{'kind': 'backbone', 'pool': p}`` (the scorer's classifier),
-    ``{'kind': 'fixed', ...}`` (:class:`FixedCNN` with those settings), or 'auto' / 'backbone' / 'fixed' (defaults;
+    ``{'kind': 'fixed', ...}`` (:class:`FixedCNN` with those settings), ``{'kind': 'cells', 'blocks': [...], ...}``
+    (:class:`CellFeatures`, for a cell policy), or 'auto' / 'backbone' / 'fixed' (defaults;
     auto: backbone where the scorer has one). Raises ValueError for an unknown kind or a backbone the scorer lacks."""
     if isinstance(spec, str):
         if spec not in ("auto", "backbone", "fixed"):
@@ -202,7 +285,9 @@ def make_features(scorer, spec: dict | str = "auto") -> nn.Module:
         return BackboneFeatures(getattr(scorer, "model", None), **options)
     if spec.get("kind") == "fixed":
         return FixedCNN(**options).to(torch.device(getattr(scorer, "device", "cpu")))
-    raise ValueError(f"rexl: unknown feature extractor {spec!r}; expected kind 'backbone' or 'fixed'")
+    if spec.get("kind") == "cells":
+        return CellFeatures(getattr(scorer, "model", None), **options)
+    raise ValueError(f"rexl: unknown feature extractor {spec!r}; expected kind 'backbone', 'fixed' or 'cells'")
 
 
 # ---------------------------------------------------------------------------------------------- state
@@ -344,10 +429,48 @@ class RexlPolicy(nn.Module):
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.net(obs)
 
+    def state(self, canvas_features: torch.Tensor, image_features: torch.Tensor | None, taken: torch.Tensor,
+              condition: torch.Tensor, maps: int = 0) -> torch.Tensor:
+        """The observation [N, obs_dim] this policy reads (:func:`observation` with its feature standardisation)."""
+        return observation(canvas_features, image_features, taken, condition, (self.feature_mean, self.feature_std),
+                           maps)
+
     def act(self, obs: torch.Tensor, taken: torch.Tensor) -> torch.Tensor:
         """Deterministic actions [N]: the highest logit among the cells not taken (ties: the lowest cell index)."""
         logits = self.net(obs).masked_fill(taken, -torch.inf)
         return logits.argmax(1)
+
+
+class CellPolicy(nn.Module):
+    """A *cell policy*: one network shared by every cell scores that cell from its own state (:func:`cell_state`,
+    S channels per cell, standardised by the fixed per-channel ``state_mean`` / ``state_std`` [S] buffers) and its
+    3 x 3 neighbourhood: 1 x 1 conv S -> ``width``, ReLU, 3 x 3 conv, ReLU, 1 x 1 conv -> one logit per cell:
+    obs [N, S k^2] (channel-major) -> logits [N, k^2]. Weight sharing makes "this cell looks like evidence" one rule
+    for all cells instead of one per cell (the MLP's), which a few thousand training states can fit. Trained by
+    ``tasks.rexl_imitation`` (a one-step look-ahead teacher, DAgger)."""
+
+    def __init__(self, channels: int, grid: int, width: int = 64, classes: int = 0):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(channels, width, 1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1),
+                                 nn.ReLU(), nn.Conv2d(width, 1, 1))
+        self.register_buffer("state_mean", torch.zeros(channels))
+        self.register_buffer("state_std", torch.ones(channels))
+        self.channels, self.grid, self.width, self.classes = int(channels), int(grid), int(width), int(classes)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        N, k = obs.shape[0], self.grid
+        s = obs.view(N, self.channels, k, k)
+        s = (s - self.state_mean.view(1, -1, 1, 1)) / self.state_std.view(1, -1, 1, 1)
+        return self.net(s).view(N, k * k)
+
+    def state(self, canvas_features: torch.Tensor, image_features: torch.Tensor | None, taken: torch.Tensor,
+              condition: torch.Tensor, maps: int = 0) -> torch.Tensor:
+        """The observation [N, S k^2]: :func:`cell_state` flattened (``image_features`` / ``maps`` unused)."""
+        return cell_state(canvas_features, taken, condition, self.classes, self.grid).flatten(1)
+
+    def act(self, obs: torch.Tensor, taken: torch.Tensor) -> torch.Tensor:
+        """Deterministic actions [N]: the highest logit among the cells not taken (ties: the lowest cell index)."""
+        return self.forward(obs).masked_fill(taken, -torch.inf).argmax(1)
 
 
 @dataclass
@@ -370,9 +493,27 @@ class PolicyCheckpoint:
     activation: str = "tanh"
     perturbation_describe: str = ""
     training: dict = field(default_factory=dict)
+    arch: str = "mlp"              # 'mlp' (RexlPolicy, stable-baselines3's actor) | 'cells' (CellPolicy)
+    width: int = 64                # CellPolicy's width
+
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise ValueError(f"rexl: policy arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.arch == "cells" and (self.features.get("kind") != "cells" or self.conditioning != "class"
+                                     or self.mode != "deletion"):
+            raise ValueError("rexl: a cell policy needs features of kind 'cells', class conditioning and deletion "
+                             f"mode, got {self.features.get('kind')!r}, {self.conditioning!r}, {self.mode!r}")
+
+    @property
+    def cell_channels(self) -> int:
+        """S of :func:`cell_state` (cell policies)."""
+        n = self.grid ** 2
+        return (self.feature_dim - int(self.num_classes)) // n + int(self.num_classes) + 4
 
     @property
     def obs_dim(self) -> int:
+        if self.arch == "cells":
+            return self.cell_channels * self.grid ** 2
         n_feat = self.feature_dim * (2 if self.mode == "insertion" else 1)
         extra = self.grid ** 2 if class_maps(self.features) else 0
         return n_feat + self.grid ** 2 + condition_dim(self.conditioning, self.grid, self.num_classes) + extra
@@ -383,6 +524,7 @@ class PolicyCheckpoint:
                 "perturbation_describe": self.perturbation_describe, "conditioning": self.conditioning,
                 "num_classes": self.num_classes, "features": dict(self.features), "feature_dim": self.feature_dim,
                 "hidden": list(self.hidden), "activation": self.activation, "training": dict(self.training),
+                "arch": self.arch, "width": self.width,
                 "state_dict": {k: v.detach().cpu() for k, v in self.state_dict.items()}}
 
     def digest(self) -> str:
@@ -404,9 +546,13 @@ class PolicyCheckpoint:
         ckpt.hidden = tuple(ckpt.hidden)
         return ckpt
 
-    def policy(self, device: torch.device | str = "cpu") -> RexlPolicy:
-        """The policy module with the stored weights, in eval mode."""
-        net = RexlPolicy(self.obs_dim, self.grid ** 2, self.hidden, self.activation, self.feature_dim)
+    def policy(self, device: torch.device | str = "cpu") -> RexlPolicy | CellPolicy:
+        """The policy module with the stored weights, in eval mode (:class:`RexlPolicy` or, arch 'cells',
+        :class:`CellPolicy`)."""
+        if self.arch == "cells":
+            net = CellPolicy(self.cell_channels, self.grid, self.width, int(self.num_classes))
+        else:
+            net = RexlPolicy(self.obs_dim, self.grid ** 2, self.hidden, self.activation, self.feature_dim)
         net.load_state_dict(self.state_dict)
         return net.to(device).eval()
 
@@ -565,7 +711,6 @@ class Rexl(Explainer):
         game = CellGame(image.expand(T, -1, -1, -1), baseline.expand(T, -1, -1, -1), c.mode, c.grid)
         cond = self.condition(T, (H, W))
         image_feats = self._feature(image[None]).expand(T, -1) if c.mode == "insertion" else None
-        norm = (self.policy_net.feature_mean, self.policy_net.feature_std)
         n = game.cells
         rows = torch.arange(T, device=self.device)
         curve = torch.empty(T, n + 1, device=self.device)
@@ -573,8 +718,8 @@ class Rexl(Explainer):
         order = torch.empty(T, n, dtype=torch.long, device=self.device)
         with torch.inference_mode():
             for t in range(n - 1):
-                obs = observation(self._feature(game.canvas()), image_feats, game.taken, cond, norm,
-                                  class_maps(c.features))
+                obs = self.policy_net.state(self._feature(game.canvas()), image_feats, game.taken, cond,
+                                            class_maps(c.features))
                 actions = self.policy_net.act(obs, game.taken)
                 game.take(actions)
                 order[:, t] = actions
@@ -589,5 +734,6 @@ class Rexl(Explainer):
         return saliency, relevance, {"full_score": full, "empty_score": empty}
 
 
-__all__ = ["BackboneFeatures", "CellGame", "FixedCNN", "PolicyCheckpoint", "Rexl", "RexlExplanation", "RexlPolicy",
-           "box_condition", "cell_saliency", "condition_dim", "make_features", "observation", "upsample_cells"]
+__all__ = ["BackboneFeatures", "CellFeatures", "CellGame", "CellPolicy", "FixedCNN", "PolicyCheckpoint", "Rexl",
+           "RexlExplanation", "RexlPolicy", "box_condition", "cell_saliency", "cell_state", "condition_dim",
+           "make_features", "observation", "upsample_cells"]
