@@ -69,7 +69,10 @@ weigh each cell by the score change it was measured to cause. Chosen on training
 (``weights/demo/rexl_classifier_deletion.pt``) on 8 training-split validation scenes (training scenes 896..903, not in
 its RL pool) x 4 classes, median pixel deletion AUC (mean substrate, 20 steps): cumulative / bilinear 0.676, single
 0.674, rank / bilinear 0.748, rank / nearest 0.774. ``benchmarks/bench_rexl.py`` reports all four on the held-out
-scenes (``benchmarks/README.md``).
+scenes (``benchmarks/README.md``). A cell policy's order is near-greedy, and there the rank map constant on cells
+wins: its default is rank / nearest (``DEFAULT_MAP``), chosen the same way (the cell policy trained by
+``tasks.rexl_imitation`` with its defaults, training scenes 896..911 x 4 classes, never in its teacher's scenes
+0..47: rank / nearest 0.242, rank / bilinear 0.343, cumulative / bilinear 0.438, single 0.734).
 
 Cost of :meth:`Rexl.explain` for T targets (one roll-out each, all in lockstep): n_forward = 2 + T (n - 1) model
 forwards (image and baseline shared by all targets, then one canvas per target and step; the last step's canvas is
@@ -101,6 +104,9 @@ CONDITIONINGS = ("none", "class", "box")
 CREDITS = ("cumulative", "single", "rank")
 UPSAMPLING = ("bilinear", "nearest")
 ARCHS = ("mlp", "cells")
+# the map of a roll-out when the job names none, by policy arch: the paper's for the MLP (PPO) policies; the order
+# itself, constant on cells, for cell policies (chosen on training scenes 896..911: module docstring)
+DEFAULT_MAP = {"mlp": ("cumulative", "bilinear"), "cells": ("rank", "nearest")}
 DEFAULT_GRID = 7
 
 
@@ -597,7 +603,8 @@ class Rexl(Explainer):
     """RExL (module docstring): a trained policy's deterministic roll-out over a k x k grid, one per target, all
     targets in lockstep; saliency by cumulative credit (``credit='cumulative'``, the paper's rule), single-cell
     credit (``'single'``, the reference library class) or the order itself (``'rank'``), upsampled bilinearly (the
-    paper's) or kept constant on each cell (``upsample='nearest'``; module docstring).
+    paper's) or kept constant on each cell (``upsample='nearest'``; module docstring). Defaults (None): the paper's
+    map for an MLP policy, rank / nearest for a cell policy (``DEFAULT_MAP``).
 
     ``policy``: a policy file (:class:`PolicyCheckpoint`, written by ``tasks.rexl_train``) or a loaded checkpoint. The
     guard: the audited model's :func:`weights_fingerprint` must equal the one the policy was trained for, else
@@ -622,15 +629,16 @@ class Rexl(Explainer):
         """The policy file (:meth:`PolicyCheckpoint.load`: FileNotFoundError, ValueError naming the file)."""
         return PolicyCheckpoint.load(path)
 
-    def __init__(self, scorer, *, policy: str | Path | PolicyCheckpoint, credit: str = "cumulative",
-                 upsample: str = "bilinear", perturbation: str | Perturbation | None = None, check_weights: bool = True,
-                 **kw):
+    def __init__(self, scorer, *, policy: str | Path | PolicyCheckpoint, credit: str | None = None,
+                 upsample: str | None = None, perturbation: str | Perturbation | None = None,
+                 check_weights: bool = True, **kw):
         ckpt = policy if isinstance(policy, PolicyCheckpoint) else PolicyCheckpoint.load(policy)
         if perturbation is not None and make_perturbation(perturbation).describe() != \
                 make_perturbation(ckpt.perturbation).describe():
             raise ValueError(f"rexl: the policy was trained on perturbation {ckpt.perturbation!r}, got "
                              f"{make_perturbation(perturbation).describe()!r}")
         super().__init__(scorer, perturbation=ckpt.perturbation, **kw)
+        credit, upsample = (credit or DEFAULT_MAP[ckpt.arch][0]), (upsample or DEFAULT_MAP[ckpt.arch][1])
         if credit not in CREDITS:
             raise ValueError(f"rexl: credit must be one of {CREDITS}, got {credit!r}")
         if upsample not in UPSAMPLING:

@@ -22,7 +22,10 @@ on, never the audited / val / held-out scenes). Seeded (torch generator, the net
 (``checkpoint_dir``: each finished round's teacher rows and policy are saved, a rerun with the same settings skips
 them), progress bar per round. Cost (exact, in ``training``): forwards of roll-outs plus look-ahead canvases.
 
-    python -m tasks.rexl_imitation --images 48 --rounds 2 --out models/rexl/classifier_deletion_cells.pt
+The shipped demo policy (``weights/demo/rexl_classifier_deletion_cells.pt``) is these defaults with ``--rounds 3``
+(3 rounds over 2 chosen on training scenes 896..911; its manifest entry has the command and the numbers).
+
+    python -m tasks.rexl_imitation --images 48 --rounds 3 --out models/rexl/classifier_deletion_cells.pt
 """
 from __future__ import annotations
 

@@ -92,11 +92,11 @@ def test_imitation_learns_the_only_cell_the_classifier_sees_and_resumes(tmp_path
     path = ckpt.save(tmp_path / "cells.pt")
     loaded = PolicyCheckpoint.load(path)
     assert loaded.arch == "cells" and loaded.features["kind"] == "cells"
-    exp = Rexl(scorer, policy=path, credit="rank", upsample="nearest").explain(scene(9))    # an unseen scene
+    exp = Rexl(scorer, policy=path).explain(scene(9))          # an unseen scene; the default map: rank / nearest
     n = GRID * GRID
-    assert int(exp.order[0, 0]) == CELL
+    assert int(exp.order[0, 0]) == CELL and exp.options["credit"] == "rank" and exp.options["upsample"] == "nearest"
     assert exp.n_forward == 2 + (n - 1) and exp.n_feature_forward == n - 1
-    again = Rexl(scorer, policy=loaded, credit="rank", upsample="nearest").explain(scene(9))
+    again = Rexl(scorer, policy=loaded).explain(scene(9))
     assert torch.equal(exp.order, again.order) and torch.equal(exp.saliency, again.saliency)
     resumed, summary2 = train_look_ahead(scorer, images, **options)         # both rounds restored, nothing retrained
     assert summary2["rounds"] == summary["rounds"]
