@@ -199,7 +199,8 @@ class CellFeatures(nn.Module):
     [B, 3, H, W] -> [B, F k^2 + C], F = sum of the blocks' channels + C (channel-major per cell). The earlier blocks
     are what locates evidence finer than the last map (4 x 5 on the demo classifier's 240 x 320 input, coarser than a
     7 x 7 grid). Raises ValueError for a classifier without ``features`` / a Linear ``head`` or a block index out of
-    range."""
+    range. The network must compute its logits as ``head(global mean of features(x))`` (as the demo SceneNet does):
+    the probabilities are computed that way here."""
 
     def __init__(self, classifier, blocks: tuple[int, ...] | list[int] = (2, 3), grid: int = DEFAULT_GRID,
                  classes: int | None = None):
@@ -247,9 +248,9 @@ def cell_state(features: torch.Tensor, taken: torch.Tensor, condition: torch.Ten
                grid: int) -> torch.Tensor:
     """The state of a cell policy [N, S, k^2], S = F + C + 4 channels per cell, from :class:`CellFeatures`' output
     [N, F k^2 + C] of the current canvases, the taken cells [N, k^2] and the class one-hot [N, C]: the F feature
-    channels (the last C of them the class maps), the target's class map, taken (0 / 1), the share of taken cells
-    among the 3 x 3 neighbourhood, the one-hot, and the target's current probability (the last two constant over the
-    cells). Raw (the policy standardises it)."""
+    channels (the last C of them the class maps), the target's class map, taken (0 / 1), the taken cells of the
+    3 x 3 neighbourhood (the cell itself included, off-grid ones as not taken) / 9, the one-hot, and the target's
+    current probability (the last two constant over the cells). Raw (the policy standardises it)."""
     N, n = taken.shape
     feats = features.float()
     channels = (feats.shape[1] - classes) // n
@@ -292,7 +293,10 @@ def make_features(scorer, spec: dict | str = "auto") -> nn.Module:
     if spec.get("kind") == "fixed":
         return FixedCNN(**options).to(torch.device(getattr(scorer, "device", "cpu")))
     if spec.get("kind") == "cells":
-        return CellFeatures(getattr(scorer, "model", None), **options)
+        if getattr(scorer, "model", None) is None:
+            raise ValueError(f"rexl: features 'cells' need a classifier scorer (its .model), got "
+                             f"{type(scorer).__name__}")
+        return CellFeatures(scorer.model, **options)
     raise ValueError(f"rexl: unknown feature extractor {spec!r}; expected kind 'backbone', 'fixed' or 'cells'")
 
 
@@ -509,6 +513,13 @@ class PolicyCheckpoint:
                                      or self.mode != "deletion"):
             raise ValueError("rexl: a cell policy needs features of kind 'cells', class conditioning and deletion "
                              f"mode, got {self.features.get('kind')!r}, {self.conditioning!r}, {self.mode!r}")
+        if self.arch == "cells":
+            n, C = self.grid ** 2, self.num_classes
+            if not isinstance(C, int) or C < 1 or self.features.get("classes") != C or \
+                    self.features.get("grid") != self.grid or (self.feature_dim - C) % n:
+                raise ValueError(f"rexl: a cell policy's num_classes ({C!r}), its features' classes / grid "
+                                 f"({self.features.get('classes')!r} / {self.features.get('grid')!r}), the grid "
+                                 f"({self.grid}) and feature_dim ({self.feature_dim} = F k^2 + classes) disagree")
 
     @property
     def cell_channels(self) -> int:
@@ -545,10 +556,15 @@ class PolicyCheckpoint:
     @classmethod
     def load(cls, path: str | Path) -> PolicyCheckpoint:
         """Read a policy file. Raises FileNotFoundError for a missing file, ValueError naming the file for one that
-        is not a RExL policy of this version or misses a key (:func:`explainers.trained.load_checkpoint`)."""
-        raw = load_checkpoint(path, FORMAT, VERSION, REQUIRED, "rexl policy", "train one with tasks.rexl_train")
+        is not a RExL policy of this version, misses a key (:func:`explainers.trained.load_checkpoint`) or holds
+        settings that disagree (``__post_init__``)."""
+        raw = load_checkpoint(path, FORMAT, VERSION, REQUIRED, "rexl policy",
+                              "train one with tasks.rexl_train or tasks.rexl_imitation")
         keys = [f for f in cls.__dataclass_fields__ if f in raw]
-        ckpt = cls(**{k: raw[k] for k in keys})
+        try:
+            ckpt = cls(**{k: raw[k] for k in keys})
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
         ckpt.hidden = tuple(ckpt.hidden)
         return ckpt
 
@@ -606,7 +622,8 @@ class Rexl(Explainer):
     paper's) or kept constant on each cell (``upsample='nearest'``; module docstring). Defaults (None): the paper's
     map for an MLP policy, rank / nearest for a cell policy (``DEFAULT_MAP``).
 
-    ``policy``: a policy file (:class:`PolicyCheckpoint`, written by ``tasks.rexl_train``) or a loaded checkpoint. The
+    ``policy``: a policy file (:class:`PolicyCheckpoint`, written by ``tasks.rexl_train`` or, cell policies,
+    ``tasks.rexl_imitation``) or a loaded checkpoint. The
     guard: the audited model's :func:`weights_fingerprint` must equal the one the policy was trained for, else
     ValueError naming both (``check_weights=False`` skips it: only for the model-randomisation sanity check, which
     feeds the policy of the trained model a randomised copy on purpose; recorded in the options). The perturbation

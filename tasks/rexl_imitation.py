@@ -19,8 +19,9 @@ much better each cell is, not only which one is best. Adam, lr 1e-3, weight deca
 
 Data: the classifier's training scenes (``tasks.rexl_train.training_scenes``: the stream the demo models were trained
 on, never the audited / val / held-out scenes). Seeded (torch generator, the network's initialisation), resumable
-(``checkpoint_dir``: each finished round's teacher rows and policy are saved, a rerun with the same settings skips
-them), progress bar per round. Cost (exact, in ``training``): forwards of roll-outs plus look-ahead canvases.
+(``checkpoint_dir``: each finished round's teacher rows and policy are saved, a rerun with the same settings, the
+same images, the same code of this module and ``explainers.rexl`` and the same thread count skips them),
+progress bar per round. Cost (exact, in ``training``): forwards of roll-outs plus look-ahead canvases.
 
 The shipped demo policy (``weights/demo/rexl_classifier_deletion_cells.pt``) is these defaults with ``--rounds 3``
 (3 rounds over 2 chosen on training scenes 896..911; its manifest entry has the command and the numbers).
@@ -38,9 +39,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from explainers import rexl
 from explainers.perturb import make_perturbation
 from explainers.rexl import CellFeatures, CellGame, CellPolicy, PolicyCheckpoint, cell_state
-from explainers.trained import weights_fingerprint
+from explainers.trained import tensors_sha256, weights_fingerprint
+from tasks.result_store import files_digest
 
 ALGORITHM = "DAgger (one-step look-ahead teacher), cell policy"
 
@@ -169,6 +172,8 @@ def train_look_ahead(scorer, images: Sequence[torch.Tensor], *, grid: int = 7, b
     settings = {"grid": grid, "blocks": list(blocks), "perturbation": perturbation, "per": per, "eps": eps,
                 "tau": tau, "epochs": epochs, "width": width, "seed": seed, "images": len(images),
                 "model_sha256": weights_fingerprint(scorer)}
+    resume_key = {**settings, "images_sha256": tensors_sha256({str(i): x for i, x in enumerate(images)}),
+                  "code": files_digest([Path(__file__), Path(rexl.__file__)]), "threads": torch.get_num_threads()}
     directory = None if checkpoint_dir is None else Path(checkpoint_dir)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -176,9 +181,8 @@ def train_look_ahead(scorer, images: Sequence[torch.Tensor], *, grid: int = 7, b
     pick = class_map_rule(classes, eps)
     for r in range(rounds):
         saved = None if directory is None else directory / f"round{r + 1}.pt"
-        if saved is not None and saved.is_file() and torch.load(saved, weights_only=True)["settings"] == \
-                json.loads(json.dumps(settings)):
-            blob = torch.load(saved, weights_only=True)
+        blob = torch.load(saved, weights_only=True) if saved is not None and saved.is_file() else None
+        if blob is not None and blob.get("key") == json.loads(json.dumps(resume_key)):
             data, log = blob["data"], blob["log"]
             policy = CellPolicy(data[0].shape[1], grid, width, classes)
             policy.load_state_dict(blob["policy"])
@@ -201,7 +205,7 @@ def train_look_ahead(scorer, images: Sequence[torch.Tensor], *, grid: int = 7, b
         pick = policy_rule(policy)
         if saved is not None:
             directory.mkdir(parents=True, exist_ok=True)
-            torch.save({"settings": settings, "data": data, "log": log, "policy": policy.state_dict(),
+            torch.save({"key": resume_key, "data": data, "log": log, "policy": policy.state_dict(),
                         "generator": generator.get_state()}, saved.with_suffix(".tmp"))
             saved.with_suffix(".tmp").replace(saved)
     summary = {"algorithm": ALGORITHM, "regime": "dataset", "rounds": log, "n_forward": teacher.n_forward,

@@ -102,5 +102,15 @@ def test_imitation_learns_the_only_cell_the_classifier_sees_and_resumes(tmp_path
     assert summary2["rounds"] == summary["rounds"]
     for k, v in ckpt.state_dict.items():
         assert torch.equal(v, resumed.state_dict[k]), k
+    # killed after round 1: a rerun trains round 2 on top of the saved round 1 and gets the same weights
+    (tmp_path / "ck" / "round2.pt").unlink()
+    partial, summary3 = train_look_ahead(scorer, images, **options)
+    assert summary3["n_forward"] == summary["n_forward"]
+    for k, v in ckpt.state_dict.items():
+        assert torch.equal(v, partial.state_dict[k]), k
+    # other images (same count) never resume these rounds
+    other, summary4 = train_look_ahead(scorer, [scene(s + 20) for s in range(4)], **options)
+    assert summary4["seconds_this_run"] > 0 and any(not torch.equal(v, other.state_dict[k])
+                                                    for k, v in ckpt.state_dict.items())
     with pytest.raises(ValueError, match="trained for model weights"):      # the guard: another classifier's weights
         Rexl(ClassifierScorer(classifier(cell=2)), policy=path)
