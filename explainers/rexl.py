@@ -94,7 +94,7 @@ from torch import nn
 from explainers.base import Explainer, Explanation, region_means
 from explainers.perturb import Perturbation, make_perturbation
 from explainers.regions import grid_regions
-from explainers.trained import load_checkpoint, save_checkpoint, tensors_sha256, weights_fingerprint
+from explainers.trained import NetworkCheckpoint, load_once, weights_fingerprint
 
 FORMAT = "xai-audit/rexl-policy"
 VERSION = 1
@@ -484,11 +484,13 @@ class CellPolicy(nn.Module):
 
 
 @dataclass
-class PolicyCheckpoint:
-    """What a policy file holds (``torch.save`` of :meth:`to_dict`, loaded with ``weights_only=True``): the policy
-    weights and what they were trained for: the audited model's weights fingerprint (:func:`weights_fingerprint`),
-    the grid, the mode, the perturbation (name and description), the conditioning (and class count), the feature
-    extractor's spec and dimension, the MLP's shape and a free ``training`` record (regime, steps, seed, images)."""
+class PolicyCheckpoint(NetworkCheckpoint):
+    """What a policy file holds (:class:`~explainers.trained.NetworkCheckpoint`: ``torch.save`` of its fields,
+    loaded with ``weights_only=True``, refused naming the file when the weights do not fit the policy network or the
+    settings disagree): the policy weights and what they were trained for: the audited model's weights fingerprint
+    (:func:`weights_fingerprint`), the grid, the mode, the perturbation (name and description), the conditioning (and
+    class count), the feature extractor's spec and dimension, the network's arch and shape and a free ``training``
+    record (regime, steps, seed, images)."""
 
     model_sha256: str
     grid: int
@@ -505,6 +507,10 @@ class PolicyCheckpoint:
     training: dict = field(default_factory=dict)
     arch: str = "mlp"              # 'mlp' (RexlPolicy, stable-baselines3's actor) | 'cells' (CellPolicy)
     width: int = 64                # CellPolicy's width
+    _networks: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    FORMAT, VERSION, REQUIRED, TUPLES = FORMAT, VERSION, REQUIRED, ("hidden",)
+    WHAT, HOW_TO_TRAIN = "rexl policy", "train one with tasks.rexl_train or tasks.rexl_imitation"
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -535,39 +541,6 @@ class PolicyCheckpoint:
         extra = self.grid ** 2 if class_maps(self.features) else 0
         return n_feat + self.grid ** 2 + condition_dim(self.conditioning, self.grid, self.num_classes) + extra
 
-    def to_dict(self) -> dict:
-        return {"format": FORMAT, "version": VERSION, "model_sha256": self.model_sha256, "grid": self.grid,
-                "mode": self.mode, "perturbation": self.perturbation,
-                "perturbation_describe": self.perturbation_describe, "conditioning": self.conditioning,
-                "num_classes": self.num_classes, "features": dict(self.features), "feature_dim": self.feature_dim,
-                "hidden": list(self.hidden), "activation": self.activation, "training": dict(self.training),
-                "arch": self.arch, "width": self.width,
-                "state_dict": {k: v.detach().cpu() for k, v in self.state_dict.items()}}
-
-    def digest(self) -> str:
-        """First 12 hex digits of :func:`explainers.trained.tensors_sha256` of the policy's weights (which policy an
-        explanation came from)."""
-        return tensors_sha256(self.state_dict)[:12]
-
-    def save(self, path: str | Path) -> Path:
-        """Write atomically (:func:`explainers.trained.save_checkpoint`)."""
-        return save_checkpoint(self.to_dict(), path)
-
-    @classmethod
-    def load(cls, path: str | Path) -> PolicyCheckpoint:
-        """Read a policy file. Raises FileNotFoundError for a missing file, ValueError naming the file for one that
-        is not a RExL policy of this version, misses a key (:func:`explainers.trained.load_checkpoint`) or holds
-        settings that disagree (``__post_init__``)."""
-        raw = load_checkpoint(path, FORMAT, VERSION, REQUIRED, "rexl policy",
-                              "train one with tasks.rexl_train or tasks.rexl_imitation")
-        keys = [f for f in cls.__dataclass_fields__ if f in raw]
-        try:
-            ckpt = cls(**{k: raw[k] for k in keys})
-        except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from None
-        ckpt.hidden = tuple(ckpt.hidden)
-        return ckpt
-
     def policy(self, device: torch.device | str = "cpu") -> RexlPolicy | CellPolicy:
         """The policy module with the stored weights, in eval mode (:class:`RexlPolicy` or, arch 'cells',
         :class:`CellPolicy`)."""
@@ -577,6 +550,8 @@ class PolicyCheckpoint:
             net = RexlPolicy(self.obs_dim, self.grid ** 2, self.hidden, self.activation, self.feature_dim)
         net.load_state_dict(self.state_dict)
         return net.to(device).eval()
+
+    network = policy                  # NetworkCheckpoint's name for it (load checks the weights fit; shared_network)
 
 
 # ---------------------------------------------------------------------------------------------- explainer
@@ -649,7 +624,7 @@ class Rexl(Explainer):
     def __init__(self, scorer, *, policy: str | Path | PolicyCheckpoint, credit: str | None = None,
                  upsample: str | None = None, perturbation: str | Perturbation | None = None,
                  check_weights: bool = True, **kw):
-        ckpt = policy if isinstance(policy, PolicyCheckpoint) else PolicyCheckpoint.load(policy)
+        ckpt = policy if isinstance(policy, PolicyCheckpoint) else load_once(PolicyCheckpoint, policy)
         if perturbation is not None and make_perturbation(perturbation).describe() != \
                 make_perturbation(ckpt.perturbation).describe():
             raise ValueError(f"rexl: the policy was trained on perturbation {ckpt.perturbation!r}, got "
@@ -669,7 +644,7 @@ class Rexl(Explainer):
                              f"model's weights are {audited[:12]}: train a policy for this model")
         self.ckpt, self.credit = ckpt, credit
         self.source = None if isinstance(policy, PolicyCheckpoint) else str(policy)
-        self.policy_net = ckpt.policy(self.device)
+        self.policy_net = ckpt.shared_network(self.device)
         self.features = make_features(scorer, ckpt.features)
         self.n_feature_forward = 0
 

@@ -106,8 +106,9 @@ def load_checkpoint(path: str | Path, file_format: str, version: int, required: 
 
 
 class NetworkCheckpoint:
-    """Mixin of a learned explainer's weights-file dataclass (FastSHAP's networks): saved as ``torch.save`` of
-    :meth:`to_dict` (its init fields; tuples as lists), read back checked with ``weights_only``. The subclass declares
+    """Mixin of a learned explainer's weights-file dataclass (FastSHAP's networks, RExL's policies): saved as
+    ``torch.save`` of :meth:`to_dict` (its init fields; tuples as lists), read back checked with ``weights_only``.
+    The subclass declares
     ``FORMAT``, ``VERSION``, ``REQUIRED`` (keys a file must have), ``WHAT`` (its name in errors), ``HOW_TO_TRAIN``,
     ``TUPLES`` (fields read back as tuples), has a ``state_dict`` field and a ``network(device)`` method, and a
     ``_networks: dict`` field (``init=False``) for :meth:`shared_network`.
@@ -186,10 +187,14 @@ class NetworkCheckpoint:
     @classmethod
     def load(cls, path: str | Path):
         """Read a weights file. Raises FileNotFoundError for a missing file, ValueError naming the file for one that
-        is unreadable, of another format or version, missing a key (:func:`load_checkpoint`), or whose weights do
-        not fit the network its fields describe."""
+        is unreadable, of another format or version, missing a key (:func:`load_checkpoint`), whose settings the
+        subclass refuses (a ValueError of its constructor) or whose weights do not fit the network its fields
+        describe."""
         raw = load_checkpoint(path, cls.FORMAT, cls.VERSION, cls.REQUIRED, cls.WHAT, cls.HOW_TO_TRAIN)
-        ckpt = cls(**{f.name: raw[f.name] for f in dataclasses.fields(cls) if f.init and f.name in raw})
+        try:                                   # a subclass's own checks of its settings (__post_init__)
+            ckpt = cls(**{f.name: raw[f.name] for f in dataclasses.fields(cls) if f.init and f.name in raw})
+        except ValueError as exc:
+            raise ValueError(f"{cls.WHAT}: {path}: {exc}") from None
         try:                                   # list fields as tuples; the weights fit the network its fields give
             for name in cls.TUPLES:
                 setattr(ckpt, name, tuple(getattr(ckpt, name)))

@@ -114,3 +114,11 @@ def test_imitation_learns_the_only_cell_the_classifier_sees_and_resumes(tmp_path
                                                     for k, v in ckpt.state_dict.items())
     with pytest.raises(ValueError, match="trained for model weights"):      # the guard: another classifier's weights
         Rexl(ClassifierScorer(classifier(cell=2)), policy=path)
+    # a file whose settings disagree, or whose weights do not fit its network, is refused naming the file
+    raw = torch.load(path, weights_only=True)
+    torch.save({**raw, "num_classes": 2}, tmp_path / "classes.pt")
+    with pytest.raises(ValueError, match=r"rexl policy: .*classes\.pt: .*disagree"):
+        PolicyCheckpoint.load(tmp_path / "classes.pt")
+    torch.save({**raw, "width": 32}, tmp_path / "width.pt")
+    with pytest.raises(ValueError, match=r"rexl policy: .*width\.pt: the weights do not fit its network"):
+        PolicyCheckpoint.load(tmp_path / "width.pt")
