@@ -76,9 +76,14 @@ wins: its default is rank / nearest (``DEFAULT_MAP``), chosen the same way (the 
 
 Cost of :meth:`Rexl.explain` for T targets (one roll-out each, all in lockstep): n_forward = 2 + T (n - 1) model
 forwards (image and baseline shared by all targets, then one canvas per target and step; the last step's canvas is
-the end canvas), and T (n - 1) feature forwards (+ 1 for the image in insertion mode; the last action is forced),
-reported in ``options['n_feature_forward']`` and :attr:`RexlExplanation.n_feature_forward`. With k = 7 and T = 1:
-50 + 48 = 98 forwards, against 4,000 for RISE.
+the end canvas), and feature forwards reported in ``options['n_feature_forward']`` and
+:attr:`RexlExplanation.n_feature_forward`: 1 for the first canvas (the same for every target) + T (n - 2) (the last
+action is forced) + 1 for the image in insertion mode. With k = 7 and T = 1: 50 + 48 = 98 forwards, against 4,000
+for RISE. Where one pass of the classifier gives both its scores and the policy's features (:func:`fused_pass`: the
+demo classifier with ``BackboneFeatures`` or ``CellFeatures``; checked against the scorer on the first canvas of
+each roll-out until it agrees once, else never used), a step's canvases are scored and featurised by that one pass:
+the feature forwards drop to 1 (+ 1 in insertion mode), 2 + T (n - 1) + 1 in all (49.75 per target for the demo
+classifier's 4 classes, k = 7).
 """
 from __future__ import annotations
 
@@ -301,6 +306,37 @@ def make_features(scorer, spec: dict | str = "auto") -> nn.Module:
 
 
 # ---------------------------------------------------------------------------------------------- state
+def fused_pass(scorer, features):
+    """One network pass giving both scores [N, T] and features [N, D] of canvases, for a ``ClassifierScorer`` whose
+    network is ``features`` -> global mean -> ``head`` (the demo SceneNet) with :class:`BackboneFeatures` of that same
+    network, or with :class:`CellFeatures` of its classifier (whose output ends with the class probabilities):
+    training then runs the backbone once per canvas instead of twice. None for any other scorer / features.
+    Its users (``Rexl``, ``tasks.rexl_env.EpisodeBatch``) check it against the scorer on the first canvases and fall
+    back to separate passes when they differ."""
+    clf = getattr(scorer, "model", None)
+    if isinstance(features, CellFeatures):
+        if features.classifier is not clf or getattr(scorer, "targets", None) is None:
+            return None
+        classes = int(features.spec["classes"])
+
+        def run_cells(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            feats = features(images)                   # CellFeatures end with the class probabilities of the pass
+            return feats[:, -classes:][:, scorer.targets], feats
+        return run_cells
+    net = getattr(clf, "model", None)
+    if not isinstance(features, BackboneFeatures) or features.features is not getattr(net, "features", None) or \
+            getattr(net, "head", None) is None or getattr(scorer, "targets", None) is None:
+        return None
+
+    def run(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode():
+            fmap = net.features(clf.preprocess(images)).float()
+            logits = net.head(fmap.mean((2, 3))).float()
+            probs = torch.sigmoid(logits) if clf.multi_label else torch.softmax(logits, -1)
+            return probs[:, scorer.targets], features.from_map(fmap)
+    return run
+
+
 def cell_labels(height: int, width: int, grid: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """Cell index [H, W] (long, row-major, 0..k^2-1) of every pixel: ``explainers.regions.grid_regions``'s cells."""
     return grid_regions(height, width, grid, grid, device).float().argmax(0)
@@ -609,7 +645,8 @@ class Rexl(Explainer):
     Returns saliency [T, H, W] in score units, relevance [T, R] = mean saliency per region when regions are given
     (they only summarise the map: ``accepts_regions`` False), full_score / empty_score [T], the roll-outs in
     :class:`RexlExplanation` and ``options['n_feature_forward']``. Spends exactly 2 + T (k^2 - 1) model forwards (the
-    minimum budget; BudgetError below it)."""
+    minimum budget; BudgetError below it) and the feature forwards of the module docstring (one pass gives both where
+    :func:`fused_pass` applies)."""
 
     name = "rexl"
     needs_trained_weights = True
@@ -647,6 +684,8 @@ class Rexl(Explainer):
         self.policy_net = ckpt.shared_network(self.device)
         self.features = make_features(scorer, ckpt.features)
         self.n_feature_forward = 0
+        self._fused = fused_pass(scorer, self.features)
+        self.fused: bool | None = None if self._fused is not None else False     # None: not checked yet
 
     def options(self) -> dict[str, Any]:
         c = self.ckpt
@@ -680,6 +719,25 @@ class Rexl(Explainer):
     def _score_chunks(self, canvases: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.score(canvases[s:s + self.chunk_size])
                           for s in range(0, canvases.shape[0], self.chunk_size)])
+
+    def _fused_chunks(self, canvases: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores [B, T] and features [B, D] of canvases from one model pass each (:func:`fused_pass`): counted as
+        model forwards."""
+        self._forwards += canvases.shape[0]
+        both = [self._fused(canvases[s:s + self.chunk_size]) for s in range(0, canvases.shape[0], self.chunk_size)]
+        return torch.cat([b[0] for b in both]).float(), torch.cat([b[1] for b in both])
+
+    def _first_features(self, canvas: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """Features [1, D] of the roll-outs' common first canvas [1, 3, H, W] (a feature forward). With a fused pass
+        not yet checked, it is this pass: its scores must equal the scorer's ``scores`` [T] of that canvas, else the
+        roll-outs score and featurise canvases in separate passes from now on."""
+        if self.fused is False:
+            return self._feature(canvas)
+        self.n_feature_forward += 1
+        fused_scores, feats = self._fused(canvas)
+        if self.fused is None:
+            self.fused = bool(torch.allclose(fused_scores[0].float(), scores.float(), atol=1e-4, rtol=1e-4))
+        return feats
 
     def condition(self, T: int, size: tuple[int, int]) -> torch.Tensor:
         """The conditioning [T, c] of the scorer's targets (see the class docstring)."""
@@ -717,13 +775,19 @@ class Rexl(Explainer):
         curve[:, 0], curve[:, n] = (full, empty) if c.mode == "deletion" else (empty, full)
         order = torch.empty(T, n, dtype=torch.long, device=self.device)
         with torch.inference_mode():
+            feats = self._first_features(game.canvas()[:1], curve[:, 0]).expand(T, -1)   # one canvas for every target
             for t in range(n - 1):
-                obs = self.policy_net.state(self._feature(game.canvas()), image_feats, game.taken, cond,
-                                            class_maps(c.features))
+                obs = self.policy_net.state(feats, image_feats, game.taken, cond, class_maps(c.features))
                 actions = self.policy_net.act(obs, game.taken)
                 game.take(actions)
                 order[:, t] = actions
-                curve[:, t + 1] = self._score_chunks(game.canvas())[rows, rows]
+                canvases = game.canvas()
+                if self.fused:                        # scores and the next state's features from one pass
+                    scores, feats = self._fused_chunks(canvases)
+                else:
+                    scores = self._score_chunks(canvases)
+                    feats = self._feature(canvases) if t < n - 2 else feats
+                curve[:, t + 1] = scores[rows, rows]
             last = (~game.taken).float().argmax(1)                                    # the one cell left: forced
             game.take(last)
             order[:, n - 1] = last

@@ -27,7 +27,7 @@ import torch
 from stable_baselines3.common.vec_env import VecEnv
 
 from explainers.perturb import Perturbation, make_perturbation
-from explainers.rexl import BackboneFeatures, CellGame, class_maps, observation
+from explainers.rexl import CellFeatures, CellGame, cell_state, class_maps, fused_pass, observation
 
 
 @dataclass
@@ -51,26 +51,6 @@ def feature_stats(features, images: torch.Tensor, baselines: torch.Tensor, chunk
     return mean, std.clamp_min(1e-3 * float(std.mean()) + 1e-12)
 
 
-def fused_pass(scorer, features):
-    """One network pass giving both scores [N, T] and features [N, D] of canvases, for a ``ClassifierScorer`` whose
-    network is ``features`` -> global mean -> ``head`` (the demo SceneNet) with :class:`BackboneFeatures` of that same
-    network: training then runs the backbone once per canvas instead of twice. None for any other scorer / features.
-    :class:`EpisodeBatch` checks it against the scorer on the first canvases and falls back when they differ."""
-    clf = getattr(scorer, "model", None)
-    net = getattr(clf, "model", None)
-    if not isinstance(features, BackboneFeatures) or features.features is not getattr(net, "features", None) or \
-            getattr(net, "head", None) is None or getattr(scorer, "targets", None) is None:
-        return None
-
-    def run(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.inference_mode():
-            fmap = net.features(clf.preprocess(images)).float()
-            logits = net.head(fmap.mean((2, 3))).float()
-            probs = torch.sigmoid(logits) if clf.multi_label else torch.softmax(logits, -1)
-            return probs[:, scorer.targets], features.from_map(fmap)
-    return run
-
-
 class EpisodeBatch:
     """N episodes of the cell game with their scores and states: :meth:`start` begins N given episodes, :meth:`step`
     takes N actions. Counts ``n_forward`` (canvases scored) and ``n_feature_forward`` (canvases featurised by a
@@ -87,6 +67,7 @@ class EpisodeBatch:
         self.n_forward = self.n_feature_forward = 0
         self.game: CellGame | None = None
         self.maps = class_maps(getattr(features, "spec", {}))
+        self.cells = isinstance(features, CellFeatures)       # a cell policy's state (explainers.rexl.cell_state)
         self._fused = fused_pass(scorer, features)
         self.fused: bool | None = None if self._fused is not None else False     # None: not checked yet
         self._cached: torch.Tensor | None = None        # features of the current canvases from the fused pass
@@ -118,8 +99,13 @@ class EpisodeBatch:
                                                                                         self.chunk)])
 
     def observe(self) -> torch.Tensor:
-        """The current states [N, obs_dim] (features from the fused pass that scored these canvases, if any)."""
+        """The current states [N, obs_dim] (features from the fused pass that scored these canvases, if any):
+        :func:`~explainers.rexl.observation`, or for :class:`CellFeatures` the flattened, raw
+        :func:`~explainers.rexl.cell_state` (conditions: the class one-hots) that a ``CellPolicy`` reads."""
         feats = self._cached if self._cached is not None else self._features(self.game.canvas())
+        if self.cells:
+            return cell_state(feats, self.game.taken, self.conditions, int(self.features.spec["classes"]),
+                              self.grid).flatten(1)
         return observation(feats, self.image_features, self.game.taken, self.conditions, self.norm, self.maps)
 
     def start(self, episodes: Sequence[Episode]) -> torch.Tensor:

@@ -157,7 +157,8 @@ def test_rollout_is_deterministic_and_spends_exactly_its_forwards():
         scorer.images = 0
         a = method.explain(img, seed=0)
         assert a.n_forward == scorer.images == 2 + 2 * (GRID * GRID - 1)
-        assert a.options["n_feature_forward"] == a.n_feature_forward == 2 * (GRID * GRID - 1) + (mode == "insertion")
+        features = 1 + 2 * (GRID * GRID - 2) + (mode == "insertion")     # first canvas, T (n - 2), the image
+        assert a.options["n_feature_forward"] == a.n_feature_forward == features
         b = method.explain(img, seed=123)
         assert torch.equal(a.saliency, b.saliency) and torch.equal(a.order, b.order)
         assert sorted(a.order[0].tolist()) == list(range(GRID * GRID))           # every cell once
@@ -304,8 +305,28 @@ def test_classifier_backbone_features_and_the_fused_pass_agree(cam):
     ckpt = random_policy(scorer, conditioning="class", num_classes=3)
     ckpt.features, ckpt.feature_dim = feats.spec, feats(image()[None]).shape[1]
     ckpt.state_dict = RexlPolicy(ckpt.obs_dim, GRID * GRID, (32,), feature_dim=ckpt.feature_dim).state_dict()
-    exp = Rexl(scorer, policy=ckpt).explain(image())
+    method = Rexl(scorer, policy=ckpt)
+    exp = method.explain(image())
     assert exp.saliency.shape == (3, SIZE, SIZE) and exp.options["features"] == "backbone"
+    assert method.fused is True and exp.n_feature_forward == 1        # scores and features from one pass
+    separate = Rexl(scorer, policy=ckpt)
+    separate.fused = False
+    apart = separate.explain(image())
+    assert apart.n_forward == exp.n_forward and apart.n_feature_forward == 1 + 3 * (GRID * GRID - 2)
+    assert torch.equal(exp.order, apart.order)
+    torch.testing.assert_close(exp.curve, apart.curve)
+
+    class Tempered(SceneNet):          # logits not head(mean(features)) (a temperature): the fused pass is wrong
+        def forward(self, x):
+            return 2 * self.head(self.features(x).mean((2, 3)))
+    other = Tempered(3, width=4).eval()
+    other.load_state_dict(clf.model.state_dict())
+    tempered = ClassifierScorer(ImageClassifier(other, ["a", "b", "c"], multi_label=True, mean=(0.0, 0.0, 0.0),
+                                                  std=(1.0, 1.0, 1.0), device="cpu"))
+    checked = Rexl(tempered, policy=ckpt, check_weights=False)
+    got = checked.explain(image())
+    assert checked.fused is False and got.n_feature_forward == 1 + 3 * (GRID * GRID - 2)
+    torch.testing.assert_close(got.curve[:, 0], tempered(image()[None])[0])   # the scorer's, not the fused pass'
 
 
 def test_class_maps_are_the_heads_evidence_per_cell_and_the_state_holds_the_targets():

@@ -95,9 +95,16 @@ def test_imitation_learns_the_only_cell_the_classifier_sees_and_resumes(tmp_path
     exp = Rexl(scorer, policy=path).explain(scene(9))          # an unseen scene; the default map: rank / nearest
     n = GRID * GRID
     assert int(exp.order[0, 0]) == CELL and exp.options["credit"] == "rank" and exp.options["upsample"] == "nearest"
-    assert exp.n_forward == 2 + (n - 1) and exp.n_feature_forward == n - 1
+    # one pass of the classifier gives the scores and the cell features: one feature forward (the first canvas)
+    assert exp.n_forward == 2 + (n - 1) and exp.n_feature_forward == 1
     again = Rexl(scorer, policy=loaded).explain(scene(9))
     assert torch.equal(exp.order, again.order) and torch.equal(exp.saliency, again.saliency)
+    separate = Rexl(scorer, policy=loaded)
+    separate.fused = False                                 # what a classifier without the fused pass gets
+    apart = separate.explain(scene(9))
+    assert apart.n_forward == exp.n_forward and apart.n_feature_forward == 1 + (n - 2)
+    assert torch.equal(exp.order, apart.order)
+    torch.testing.assert_close(exp.curve, apart.curve) and torch.testing.assert_close(exp.saliency, apart.saliency)
     resumed, summary2 = train_look_ahead(scorer, images, **options)         # both rounds restored, nothing retrained
     assert summary2["rounds"] == summary["rounds"]
     for k, v in ckpt.state_dict.items():
