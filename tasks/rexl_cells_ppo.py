@@ -1,0 +1,274 @@
+"""Training a RExL *cell policy* (``explainers.rexl.CellPolicy``) with stable-baselines3: MaskablePPO whose actor is
+the cell policy itself.
+
+Learner: **MaskablePPO** (sb3-contrib), as ``tasks.rexl_train``, on the same vectorised environment
+(``tasks.rexl_env.RexlVecEnv``: every step scores N canvases in one batched pass of the classifier, whose
+``CellFeatures`` give the state and the class probabilities at once). What differs is the policy network: an SB3
+``MaskableActorCriticPolicy`` (:class:`CellActorCriticPolicy`) whose actor logits are a
+:class:`~explainers.rexl.CellPolicy` (one weight-shared scorer per cell, ``action_net`` is the identity) and whose
+critic reads the same per-cell state through its own small convolution, mean- and max-pooled over the cells. The
+exported actor is what ``explainers.rexl.Rexl`` rolls out, with no RL library.
+
+Two starts:
+
+* ``init=None``: PPO from scratch (PyTorch's default initialisation; the state standardisation is measured on the
+  states of a seeded random roll-out of the first pool episodes).
+* ``init=<cell PolicyCheckpoint>`` (the DAgger policy of ``tasks.rexl_imitation``, trained on the same training
+  scenes): PPO *fine-tunes* it (behaviour cloning then PPO, as e.g. AlphaStar and most RL-from-demonstration recipes
+  do). The critic is fitted alone first (``warmup_steps`` with the actor frozen: PPO's advantages from an untrained
+  critic would push a good actor anywhere), then both train. The checkpoint must be for the same classifier
+  (weights fingerprint), grid, perturbation and feature blocks: ValueError otherwise.
+
+Reward: the environment's, sign * (s_{t-1} + s_t) / (2 k^2) (gamma 1: the return is the cell-granularity deletion
+AUC, negated), times ``reward_scale`` for the learner. Data: the classifier's training scenes only
+(``tasks.rexl_train.training_scenes``), every (scene, class) pair, class one-hot conditioning (the dataset-wide
+regime). Seeded, resumable (``checkpoint_dir/last.zip``, SB3's, every ``checkpoint_every`` steps), progress bar,
+``time_limit_s`` stops a run at a wall-time budget.
+
+    python -m tasks.rexl_cells_ppo --init weights/demo/rexl_classifier_deletion_cells.pt --steps 40000 \\
+        --out models/rexl/classifier_deletion_cells_ppo.pt
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from sb3_contrib import MaskablePPO
+from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+from torch import nn
+
+from explainers.perturb import make_perturbation
+from explainers.rexl import CellFeatures, CellPolicy, PolicyCheckpoint
+from explainers.trained import weights_fingerprint
+from tasks.rexl_env import Episode, EpisodeBatch, RexlVecEnv
+from tasks.rexl_train import _LastCheckpoint, classifier_episodes, save_last
+
+ALGORITHM = "MaskablePPO (sb3-contrib), cell-policy actor"
+
+
+class CellActorCritic(nn.Module):
+    """SB3's ``mlp_extractor`` for a cell policy: ``forward_actor`` obs [N, S k^2] -> the :class:`CellPolicy` logits
+    [N, k^2] (latent_dim_pi = k^2; the policy's ``action_net`` is the identity), ``forward_critic`` -> [N, 2 w]: the
+    standardised state through 1 x 1 conv S -> w, ReLU, 3 x 3 conv, ReLU, then the mean and the max over cells."""
+
+    def __init__(self, channels: int, grid: int, width: int, classes: int, value_width: int = 32):
+        super().__init__()
+        self.actor = CellPolicy(channels, grid, width, classes)
+        self.critic = nn.Sequential(nn.Conv2d(channels, value_width, 1), nn.ReLU(),
+                                    nn.Conv2d(value_width, value_width, 3, padding=1), nn.ReLU())
+        self.latent_dim_pi, self.latent_dim_vf = grid * grid, 2 * value_width
+
+    def forward_actor(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.actor(obs)
+
+    def forward_critic(self, obs: torch.Tensor) -> torch.Tensor:
+        a = self.actor
+        s = obs.view(obs.shape[0], a.channels, a.grid, a.grid)
+        s = (s - a.state_mean.view(1, -1, 1, 1)) / a.state_std.view(1, -1, 1, 1)
+        h = self.critic(s)
+        return torch.cat([h.mean((2, 3)), h.amax((2, 3))], 1)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.forward_actor(obs), self.forward_critic(obs)
+
+
+class CellActorCriticPolicy(MaskableActorCriticPolicy):
+    """MaskablePPO's policy with a :class:`CellActorCritic` extractor (``cell_kwargs``: channels, grid, width,
+    classes, value_width) and the identity as ``action_net``; no orthogonal initialisation."""
+
+    def __init__(self, *args, cell_kwargs: dict, **kwargs):
+        self.cell_kwargs = dict(cell_kwargs)
+        kwargs["ortho_init"] = False
+        super().__init__(*args, **kwargs)
+
+    def _build_mlp_extractor(self) -> None:
+        self.mlp_extractor = CellActorCritic(**self.cell_kwargs)
+
+    def _build(self, lr_schedule) -> None:
+        super()._build(lr_schedule)
+        self.action_net = nn.Identity()                  # the actor's logits are the cell policy's own
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    def _get_constructor_parameters(self) -> dict:
+        return {**super()._get_constructor_parameters(), "cell_kwargs": self.cell_kwargs}
+
+
+def random_state_stats(batch: EpisodeBatch, episodes: Sequence[Episode], seed: int) -> tuple[torch.Tensor, ...]:
+    """Per-channel mean and std [S] (std floored at 1e-3) of the cell states along a seeded random roll-out of
+    ``episodes``: the fixed standardisation of a policy trained from scratch."""
+    g = torch.Generator().manual_seed(seed)
+    states = [batch.start(episodes)]
+    for _ in range(batch.game.cells - 1):
+        free = (~batch.game.taken).float()
+        batch.step(torch.multinomial(free, 1, generator=g)[:, 0].numpy())
+        states.append(batch.observe())
+    s = torch.cat(states)
+    channels = s.shape[1] // batch.game.cells
+    s = s.view(len(s), channels, batch.game.cells)
+    return s.mean((0, 2)), s.std((0, 2)).clamp_min(1e-3)
+
+
+def rollout_auc(batch: EpisodeBatch, episodes: Sequence[Episode], policy: CellPolicy) -> torch.Tensor:
+    """The cell-granularity deletion AUC [N] of ``policy``'s deterministic roll-out of each episode (the env's
+    return, sign-corrected): the selection score of a training run."""
+    obs = batch.start(episodes)
+    for _ in range(batch.game.cells):
+        with torch.no_grad():
+            actions = policy.act(obs, batch.game.taken)
+        batch.step(actions.cpu().numpy())
+        obs = batch.observe()
+    return batch.game.sign * batch.returns
+
+
+def check_init(init: PolicyCheckpoint, fingerprint: str, grid: int, perturbation: str, blocks: Sequence[int]) -> None:
+    """Raises ValueError naming what differs when ``init`` is not a cell policy for this classifier and game."""
+    wrong = {k: (got, want) for k, got, want in (
+        ("arch", init.arch, "cells"), ("model_sha256", init.model_sha256, fingerprint), ("grid", init.grid, grid),
+        ("perturbation", init.perturbation, perturbation),
+        ("blocks", list(init.features.get("blocks", [])), list(blocks))) if got != want}
+    if wrong:
+        raise ValueError("rexl ppo: the initial policy does not fit this training run: " +
+                         ", ".join(f"{k} {g!r} (here {w!r})" for k, (g, w) in wrong.items()))
+
+
+def train_cells_ppo(scorer, images: Sequence[torch.Tensor], *, init: PolicyCheckpoint | None = None,
+                    grid: int = 7, blocks: Sequence[int] = (2, 3), perturbation: str = "mean", steps: int = 40_000,
+                    n_envs: int = 32, n_steps: int | None = None, learning_rate: float = 1e-4,
+                    batch_size: int = 256, n_epochs: int = 4, clip_range: float = 0.1, ent_coef: float = 0.0,
+                    gae_lambda: float = 0.95, reward_scale: float = 10.0, width: int = 64, value_width: int = 32,
+                    warmup_steps: int | None = None, seed: int = 0, checkpoint_dir: str | Path | None = None,
+                    checkpoint_every: int | None = 10_000, time_limit_s: float | None = None,
+                    progress: bool = False, training: dict | None = None) -> tuple[PolicyCheckpoint, dict]:
+    """A cell policy for ``scorer``'s classifier (a ``ClassifierScorer`` over its classes) trained by MaskablePPO on
+    every (image, class) of ``images`` [3, H, W] (training scenes, one size) for ``steps`` environment steps (one
+    step = one canvas of one env). ``init``: a cell policy to fine-tune (module docstring); ``warmup_steps``: steps
+    with the actor frozen (default: 4 roll-outs when fine-tuning, 0 from scratch). Returns the checkpoint (arch
+    'cells', deletion, class conditioning) and a summary. Raises ValueError for an ``init`` that does not fit, or
+    fewer steps than one roll-out."""
+    n_steps = int(n_steps or grid * grid)
+    if steps < n_envs * n_steps:
+        raise ValueError(f"rexl ppo: steps {steps} < one roll-out (n_envs {n_envs} x n_steps {n_steps})")
+    fingerprint = weights_fingerprint(scorer)
+    if init is not None:
+        check_init(init, fingerprint, grid, perturbation, blocks)
+        width = int(init.width)
+    warmup = int((4 * n_envs * n_steps if init is not None else 0) if warmup_steps is None else warmup_steps)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    start = time.perf_counter()
+    features = CellFeatures(scorer.model, blocks, grid)
+    classes = int(features.spec["classes"])
+    episodes, _ = classifier_episodes(images, classes, "dataset")
+    directory = None if checkpoint_dir is None else Path(checkpoint_dir)
+    last = None if directory is None else directory / "last.zip"
+    resumed = last is not None and last.is_file()
+    done_before = int(MaskablePPO.load(last, device="cpu").num_timesteps) if resumed else 0
+    env = RexlVecEnv(scorer, episodes, n_envs, features, grid=grid, mode="deletion", perturbation=perturbation,
+                     seed=seed + done_before, reward_scale=reward_scale)
+    channels = env.obs_dim // (grid * grid)
+    if resumed:
+        model = MaskablePPO.load(last, env=env, device="cpu")
+    else:
+        model = MaskablePPO(CellActorCriticPolicy, env, gamma=1.0, gae_lambda=gae_lambda,
+                            learning_rate=learning_rate, n_steps=n_steps, batch_size=min(batch_size, n_envs * n_steps),
+                            n_epochs=n_epochs, clip_range=clip_range, ent_coef=ent_coef, seed=seed, device="cpu",
+                            verbose=0, policy_kwargs={"cell_kwargs": {"channels": channels, "grid": grid,
+                                                                      "width": width, "classes": classes,
+                                                                      "value_width": value_width}})
+        actor = model.policy.mlp_extractor.actor
+        if init is not None:
+            actor.load_state_dict(init.state_dict)
+        else:
+            probe = EpisodeBatch(scorer, features, grid=grid, mode="deletion", perturbation=perturbation, norm=None)
+            mean, std = random_state_stats(probe, episodes[:n_envs], seed)
+            actor.state_mean.copy_(mean)
+            actor.state_std.copy_(std)
+    actor = model.policy.mlp_extractor.actor
+    callback = _LastCheckpoint(directory, checkpoint_every, time_limit_s, start)
+    for phase_end, frozen in ((warmup, True), (steps, False)):
+        remaining = max(0, phase_end - int(model.num_timesteps))
+        if not remaining or callback.stopped:
+            continue
+        for p in actor.parameters():
+            p.requires_grad_(not frozen)      # frozen: no gradient, so Adam leaves the actor's weights alone
+        model.learn(total_timesteps=remaining, reset_num_timesteps=False, progress_bar=progress, callback=callback)
+    for p in actor.parameters():
+        p.requires_grad_(True)
+    if directory is not None:
+        save_last(model, directory)
+    aucs = callback.aucs
+    tenth = max(1, len(aucs) // 10)
+    summary = {"algorithm": ALGORITHM, "regime": "dataset", "init": None if init is None else init.digest(),
+               "init_training_seconds": None if init is None else init.training.get("seconds"),
+               "init_training_steps": None if init is None else init.training.get("steps"),
+               "steps": int(model.num_timesteps), "warmup_steps": warmup, "resumed": resumed,
+               "seconds": round(time.perf_counter() - start, 1), "stopped_by_time_limit": callback.stopped,
+               "time_limit_s": time_limit_s, "n_forward": env.batch.n_forward,
+               "n_feature_forward": env.batch.n_feature_forward, "fused": env.batch.fused, "episodes": len(aucs),
+               "auc_first": float(np.mean(aucs[:tenth])) if aucs else None,
+               "auc_last": float(np.mean(aucs[-tenth:])) if aucs else None, "seed": seed, "n_envs": n_envs,
+               "n_steps": n_steps, "learning_rate": learning_rate, "batch_size": batch_size, "n_epochs": n_epochs,
+               "clip_range": clip_range, "ent_coef": ent_coef, "gae_lambda": gae_lambda, "reward_scale": reward_scale,
+               "width": width, "value_width": value_width, "blocks": list(blocks), "images": len(images),
+               "threads": torch.get_num_threads()}
+    sub = make_perturbation(perturbation)
+    feature_dim = (channels - classes - 4) * grid * grid + classes
+    ckpt = PolicyCheckpoint(model_sha256=fingerprint, grid=grid, mode="deletion", perturbation=perturbation,
+                            perturbation_describe=sub.describe(), conditioning="class", num_classes=classes,
+                            features=dict(features.spec), feature_dim=feature_dim,
+                            state_dict={k: v.detach().cpu().clone() for k, v in actor.state_dict().items()},
+                            hidden=(), activation="relu", arch="cells", width=width,
+                            training={**(training or {}), **summary})
+    return ckpt, summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", default=None, help="the classifier (default: the demo classifier)")
+    parser.add_argument("--init", default=None, help="a cell policy file to fine-tune (default: from scratch)")
+    parser.add_argument("--images", type=int, default=48, help="training scenes (x every class)")
+    parser.add_argument("--grid", type=int, default=7)
+    parser.add_argument("--blocks", default="2,3", help="feature blocks pooled to the grid (comma-separated)")
+    parser.add_argument("--steps", type=int, default=40_000)
+    parser.add_argument("--warmup-steps", type=int, default=None)
+    parser.add_argument("--n-envs", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--n-epochs", type=int, default=4)
+    parser.add_argument("--clip-range", type=float, default=0.1)
+    parser.add_argument("--ent-coef", type=float, default=0.0)
+    parser.add_argument("--gae-lambda", type=float, default=0.95)
+    parser.add_argument("--reward-scale", type=float, default=10.0)
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds (budget)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--checkpoint-dir", default=None, help="SB3 checkpoints (resumes from last.zip there)")
+    parser.add_argument("--checkpoint-every", type=int, default=10_000)
+    parser.add_argument("--out", required=True, help="policy file (explainers.rexl.PolicyCheckpoint, arch cells)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from detection.models.scene_classifier import load_classifier
+    from detection.scorers import ClassifierScorer
+    from tasks.rexl_train import training_scenes
+    clf = load_classifier(args.weights or "weights/demo/classifier.pt", device="cpu")
+    ckpt, summary = train_cells_ppo(
+        ClassifierScorer(clf), training_scenes(args.images, clf.input_size),
+        init=None if args.init is None else PolicyCheckpoint.load(args.init), grid=args.grid,
+        blocks=[int(b) for b in args.blocks.split(",")], steps=args.steps, warmup_steps=args.warmup_steps,
+        n_envs=args.n_envs, learning_rate=args.lr, n_epochs=args.n_epochs, clip_range=args.clip_range,
+        ent_coef=args.ent_coef, gae_lambda=args.gae_lambda, reward_scale=args.reward_scale, width=args.width,
+        seed=args.seed, checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
+        time_limit_s=args.time_limit, progress=not args.no_progress,
+        training={"model": "classifier", "weights": args.weights, "images": args.images, "init_file": args.init,
+                  "data": "training scenes (pull.synthetic, seed + models.train_data.seed_offset)"})
+    ckpt.save(args.out)
+    print(summary, flush=True)
+
+
+if __name__ == "__main__":
+    main()
