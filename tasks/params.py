@@ -352,8 +352,9 @@ class RexlPolicyParams(_Section):
     weights: str | None = None                         # a policy file to verify and copy instead of training
     mode: Literal["deletion", "insertion"] = "deletion"
     perturbation: Literal["blur", "mean", "constant", "noise"] | None = None   # null: mean (deletion), blur
-    features: Literal["auto", "backbone", "fixed"] | dict[str, int | str] = "auto"   # auto: the classifier's
-    # backbone, else a fixed CNN; or a feature spec, e.g. {kind: backbone, pool: 4, cam: 7} (explainers.rexl)
+    features: Literal["auto", "backbone", "fixed"] | dict[str, int | str | list[int]] = "auto"   # auto: the
+    # classifier's backbone, else a fixed CNN; or a feature spec, e.g. {kind: backbone, pool: 4, cam: 7}
+    # (explainers.rexl); {kind: cells, blocks: [2, 3]}: a cell policy (classifier, deletion; tasks.rexl_cells_ppo)
     grid: int = Field(default=7, ge=2)                 # k: a k x k grid of cells, k^2 steps per roll-out
     steps: int = Field(default=20_000, ge=1)           # environment steps (canvases) of training
     images: int = Field(default=64, ge=1)              # training scenes (models.train_data's generator and seed)
@@ -363,8 +364,9 @@ class RexlPolicyParams(_Section):
     checkpoint_every: int = Field(default=10_000, ge=1)   # steps between resumable checkpoints
     time_limit_s: float | None = Field(default=None, gt=0)   # stop training after this many seconds
     min_height: float = Field(default=60.0, ge=0)      # detector: training pedestrians at least this tall (px)
-    options: dict[str, bool | int | float | str | list[int]] = {}   # more tasks.rexl_train.train_policy keywords,
-    # e.g. {hidden: [256, 128], n_epochs: 4, ent_coef: 0.01} (checked against its signature by the stage)
+    options: dict[str, bool | int | float | str | list[int]] = {}   # more tasks.rexl_train.train_policy keywords
+    # (tasks.rexl_cells_ppo.train_cells_ppo's for a cell policy), e.g. {hidden: [256, 128], n_epochs: 4} (checked
+    # against its signature by the stage)
 
 
 class RexlParams(_Section):

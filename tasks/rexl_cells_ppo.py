@@ -140,18 +140,23 @@ def train_cells_ppo(scorer, images: Sequence[torch.Tensor], *, init: PolicyCheck
                     n_envs: int = 32, n_steps: int | None = None, learning_rate: float = 1e-4,
                     batch_size: int = 256, n_epochs: int = 4, clip_range: float = 0.1, ent_coef: float = 0.0,
                     gae_lambda: float = 0.95, reward_scale: float = 10.0, width: int = 64, value_width: int = 32,
-                    warmup_steps: int | None = None, seed: int = 0, checkpoint_dir: str | Path | None = None,
-                    checkpoint_every: int | None = 10_000, time_limit_s: float | None = None,
-                    progress: bool = False, training: dict | None = None) -> tuple[PolicyCheckpoint, dict]:
+                    warmup_steps: int | None = None, init_sharpen: float = 1.0, seed: int = 0,
+                    checkpoint_dir: str | Path | None = None, checkpoint_every: int | None = 10_000,
+                    time_limit_s: float | None = None, progress: bool = False,
+                    training: dict | None = None) -> tuple[PolicyCheckpoint, dict]:
     """A cell policy for ``scorer``'s classifier (a ``ClassifierScorer`` over its classes) trained by MaskablePPO on
     every (image, class) of ``images`` [3, H, W] (training scenes, one size) for ``steps`` environment steps (one
-    step = one canvas of one env). ``init``: a cell policy to fine-tune (module docstring); ``warmup_steps``: steps
-    with the actor frozen (default: 4 roll-outs when fine-tuning, 0 from scratch). Returns the checkpoint (arch
-    'cells', deletion, class conditioning) and a summary. Raises ValueError for an ``init`` that does not fit, or
-    fewer steps than one roll-out."""
+    step = one canvas of one env; rounded down to whole roll-outs of n_envs x n_steps). ``init``: a cell policy to
+    fine-tune (module docstring); ``warmup_steps``: steps with the actor frozen (default: 4 roll-outs when
+    fine-tuning, 0 from scratch); ``init_sharpen``: the initial policy's logits are multiplied by it (the same
+    arg-max; PPO then samples close to the deterministic roll-out that ships instead of from the imitation target's
+    soft distribution). Returns the checkpoint (arch 'cells', deletion, class conditioning) and a summary. Raises
+    ValueError for an ``init`` that does not fit, or fewer steps than one roll-out."""
     n_steps = int(n_steps or grid * grid)
-    if steps < n_envs * n_steps:
+    rollout = n_envs * n_steps
+    if steps < rollout:
         raise ValueError(f"rexl ppo: steps {steps} < one roll-out (n_envs {n_envs} x n_steps {n_steps})")
+    steps = steps // rollout * rollout            # whole roll-outs, never more than asked (SB3 would round up)
     fingerprint = weights_fingerprint(scorer)
     if init is not None:
         check_init(init, fingerprint, grid, perturbation, blocks)
@@ -182,6 +187,9 @@ def train_cells_ppo(scorer, images: Sequence[torch.Tensor], *, init: PolicyCheck
         actor = model.policy.mlp_extractor.actor
         if init is not None:
             actor.load_state_dict(init.state_dict)
+            with torch.no_grad():                 # sharpen: the same arg-max, a sampled policy close to it
+                actor.net[-1].weight.mul_(init_sharpen)
+                actor.net[-1].bias.mul_(init_sharpen)
         else:
             probe = EpisodeBatch(scorer, features, grid=grid, mode="deletion", perturbation=perturbation, norm=None)
             mean, std = random_state_stats(probe, episodes[:n_envs], seed)
@@ -205,7 +213,8 @@ def train_cells_ppo(scorer, images: Sequence[torch.Tensor], *, init: PolicyCheck
     summary = {"algorithm": ALGORITHM, "regime": "dataset", "init": None if init is None else init.digest(),
                "init_training_seconds": None if init is None else init.training.get("seconds"),
                "init_training_steps": None if init is None else init.training.get("steps"),
-               "steps": int(model.num_timesteps), "warmup_steps": warmup, "resumed": resumed,
+               "steps": int(model.num_timesteps), "warmup_steps": warmup, "init_sharpen": init_sharpen,
+               "resumed": resumed,
                "seconds": round(time.perf_counter() - start, 1), "stopped_by_time_limit": callback.stopped,
                "time_limit_s": time_limit_s, "n_forward": env.batch.n_forward,
                "n_feature_forward": env.batch.n_feature_forward, "fused": env.batch.fused, "episodes": len(aucs),
@@ -235,7 +244,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--blocks", default="2,3", help="feature blocks pooled to the grid (comma-separated)")
     parser.add_argument("--steps", type=int, default=40_000)
     parser.add_argument("--warmup-steps", type=int, default=None)
+    parser.add_argument("--init-sharpen", type=float, default=1.0, help="the initial policy's logits x this")
     parser.add_argument("--n-envs", type=int, default=32)
+    parser.add_argument("--n-steps", type=int, default=None, help="roll-out length per env (default k^2)")
+    parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--n-epochs", type=int, default=4)
     parser.add_argument("--clip-range", type=float, default=0.1)
@@ -260,7 +272,9 @@ def main(argv: list[str] | None = None) -> None:
         ClassifierScorer(clf), training_scenes(args.images, clf.input_size),
         init=None if args.init is None else PolicyCheckpoint.load(args.init), grid=args.grid,
         blocks=[int(b) for b in args.blocks.split(",")], steps=args.steps, warmup_steps=args.warmup_steps,
-        n_envs=args.n_envs, learning_rate=args.lr, n_epochs=args.n_epochs, clip_range=args.clip_range,
+        init_sharpen=args.init_sharpen,
+        n_envs=args.n_envs, n_steps=args.n_steps, batch_size=args.batch_size, learning_rate=args.lr,
+        n_epochs=args.n_epochs, clip_range=args.clip_range,
         ent_coef=args.ent_coef, gae_lambda=args.gae_lambda, reward_scale=args.reward_scale, width=args.width,
         seed=args.seed, checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
         time_limit_s=args.time_limit, progress=not args.no_progress,

@@ -5,11 +5,13 @@ that ``params.yaml``'s ``rexl`` section configures, written to ``rexl.out_dir`` 
 Per model (``classifier``: ``infer.classifier``; ``detector``: the explain stage's detector), either
 
 * ``weights: null``: train with ``tasks.rexl_train.train_policy`` (MaskablePPO, the dataset-wide regime: one
-  class-conditioned agent for the classifier, one box-conditioned agent for every pedestrian of the detector) on the
-  training scenes (``tasks.rexl_train.training_scenes``: the generator of ``pull.synthetic`` with the training seed,
-  never the audited scenes), seeded, resumable after a crash from SB3 checkpoints under ``rexl.checkpoint_dir`` (one
-  folder per training configuration and code, so a changed one never resumes another's run; removed once the
-  training has finished); or
+  class-conditioned agent for the classifier, one box-conditioned agent for every pedestrian of the detector) or,
+  where ``features`` is ``{kind: cells, blocks: [...]}`` (a classifier's deletion policy), with
+  ``tasks.rexl_cells_ppo.train_cells_ppo`` (MaskablePPO whose actor is a ``CellPolicy``), on the training scenes
+  (``tasks.rexl_train.training_scenes``: the generator of ``pull.synthetic`` with the training seed, never the
+  audited scenes), seeded, resumable after a crash from SB3 checkpoints under ``rexl.checkpoint_dir`` (one folder
+  per training configuration and code, so a changed one never resumes another's run; removed once the training has
+  finished); or
 * ``weights: <file>``: verify the given policy file (the shipped-weights manifest beside it, when there is one:
   ``tasks.shipped_weights.verify_given``; it is a policy of this mode, grid and substrate; and the explainer's guard:
   it was trained for these model weights) and copy it.
@@ -113,18 +115,44 @@ def training_setup(params: Params, model: str, spec: RexlPolicyParams):
     return scorer, episodes, "box", None
 
 
-def train_options(model: str, spec: RexlPolicyParams) -> dict:
-    """``spec.options`` checked against ``tasks.rexl_train.train_policy``'s keywords (lists made tuples). Raises
-    ValueError naming ``rexl.<model>.options`` and the unknown keys."""
-    from tasks.rexl_train import train_policy
+FIXED = {"grid", "mode", "perturbation", "conditioning", "num_classes", "features", "regime", "steps", "n_envs", "seed",
+         "learning_rate", "checkpoint_dir", "checkpoint_every", "progress", "training", "time_limit_s", "blocks",
+         "init"}           # keywords the stage sets from rexl.<model>'s own keys (or never: init, a fine-tune's start)
 
-    fixed = {"grid", "mode", "perturbation", "conditioning", "num_classes", "features", "regime", "steps", "n_envs",
-             "seed", "learning_rate", "checkpoint_dir", "checkpoint_every", "progress", "training", "time_limit_s"}
-    known = set(inspect.signature(train_policy).parameters) - {"scorer", "episodes"} - fixed
+
+def is_cells(spec: RexlPolicyParams) -> bool:
+    """Whether ``spec`` asks for a cell policy (``features: {kind: cells, ...}``: ``tasks.rexl_cells_ppo``)."""
+    return isinstance(spec.features, dict) and spec.features.get("kind") == "cells"
+
+
+def cell_blocks(model: str, spec: RexlPolicyParams) -> tuple[int, ...]:
+    """The feature blocks of a cell policy's ``features`` (default 2, 3). Raises ValueError naming
+    ``rexl.<model>.features`` for another model than the classifier, insertion mode, or keys other than kind and
+    blocks."""
+    where = f"params rexl.{model}.features"
+    if model != "classifier" or spec.mode != "deletion":
+        raise ValueError(f"{where}: kind 'cells' is a classifier's deletion policy, not the {model}'s {spec.mode}")
+    extra = sorted(set(spec.features) - {"kind", "blocks"})
+    if extra:
+        raise ValueError(f"{where}: unknown keys {extra} for kind 'cells' (it takes blocks: feature block indices)")
+    blocks = spec.features.get("blocks", [2, 3])
+    return tuple(int(b) for b in (blocks if isinstance(blocks, list) else [blocks]))
+
+
+def train_options(model: str, spec: RexlPolicyParams) -> dict:
+    """``spec.options`` checked against the trainer's keywords (``tasks.rexl_train.train_policy``, or for a cell
+    policy ``tasks.rexl_cells_ppo.train_cells_ppo``; lists made tuples). Raises ValueError naming
+    ``rexl.<model>.options`` and the unknown keys."""
+    if is_cells(spec):
+        from tasks.rexl_cells_ppo import train_cells_ppo as trainer
+    else:
+        from tasks.rexl_train import train_policy as trainer
+
+    known = set(inspect.signature(trainer).parameters) - {"scorer", "episodes", "images"} - FIXED
     unknown = sorted(set(spec.options) - known)
     if unknown:
-        raise ValueError(f"params rexl.{model}.options: unknown {unknown}; train_policy takes {sorted(known)} (the "
-                         f"others are keys of rexl.{model})")
+        raise ValueError(f"params rexl.{model}.options: unknown {unknown}; {trainer.__name__} takes {sorted(known)} "
+                         f"(the others are keys of rexl.{model})")
     return {k: tuple(v) if isinstance(v, list) else v for k, v in spec.options.items()}
 
 
@@ -158,8 +186,12 @@ def train(params: Params, model: str, spec: RexlPolicyParams, progress: bool = T
     from tasks.rexl_train import train_policy
 
     options = train_options(model, spec)
-    scorer, episodes, conditioning, num_classes = training_setup(params, model, spec)
     folder = checkpoint_folder(params, model, spec)
+    if is_cells(spec):
+        out = train_cells(params, model, spec, folder, options, progress)
+        shutil.rmtree(folder, ignore_errors=True)
+        return out
+    scorer, episodes, conditioning, num_classes = training_setup(params, model, spec)
     out = train_policy(scorer, episodes, grid=spec.grid, mode=spec.mode, perturbation=substrate(spec),
                        conditioning=conditioning, num_classes=num_classes, features=spec.features,
                        regime="dataset", steps=spec.steps, n_envs=spec.n_envs, seed=spec.seed,
@@ -168,6 +200,24 @@ def train(params: Params, model: str, spec: RexlPolicyParams, progress: bool = T
                        training={"model": model, "images": spec.images, "data": DATA}, **options)
     shutil.rmtree(folder, ignore_errors=True)
     return out
+
+
+def train_cells(params: Params, model: str, spec: RexlPolicyParams, folder: Path, options: dict,
+                progress: bool) -> tuple[PolicyCheckpoint, dict]:
+    """A cell policy for the audited classifier by ``tasks.rexl_cells_ppo.train_cells_ppo`` from scratch on its
+    training scenes (every class, the dataset-wide regime)."""
+    from detection.scorers import ClassifierScorer
+    from tasks.rexl_cells_ppo import train_cells_ppo
+    from tasks.rexl_train import training_scenes
+
+    blocks = cell_blocks(model, spec)
+    net = audited_model(params, model)
+    images = training_scenes(spec.images, net.input_size, params)
+    return train_cells_ppo(ClassifierScorer(net, range(net.num_classes)), images, grid=spec.grid, blocks=blocks,
+                           perturbation=substrate(spec), steps=spec.steps, n_envs=spec.n_envs, seed=spec.seed,
+                           learning_rate=spec.lr, checkpoint_dir=folder, checkpoint_every=spec.checkpoint_every,
+                           progress=progress, time_limit_s=spec.time_limit_s,
+                           training={"model": model, "images": spec.images, "data": DATA}, **options)
 
 
 def _auc(training: dict) -> dict:
@@ -217,5 +267,5 @@ def write_metrics(path: str | Path, records: dict[str, dict]) -> Path:
     return path
 
 
-__all__ = ["MODELS", "audited_model", "check_given", "checkpoint_folder", "code_digest", "guard_scorer",
-           "provide_policy", "train", "train_options", "training_setup", "write_metrics"]
+__all__ = ["MODELS", "audited_model", "cell_blocks", "check_given", "checkpoint_folder", "code_digest", "guard_scorer",
+           "is_cells", "provide_policy", "train", "train_cells", "train_options", "training_setup", "write_metrics"]

@@ -300,3 +300,28 @@ def test_a_rexl_job_runs_through_explain_and_evaluate(trained, trained_detector,
     images = len({r["image_id"] for r in rexl})                     # one shared-forward group per image and job
     others = images + len({r["image_id"] for r in persons})         # rise, rexl@grid: unchanged
     assert (again["groups_computed"], again["groups_reused"]) == (images, others)
+
+
+def test_the_stage_trains_a_cell_policy_with_ppo(tmp_path):
+    """features {kind: cells}: the stage trains a CellPolicy by MaskablePPO (tasks.rexl_cells_ppo) for the demo
+    classifier, which the explainer accepts; a cell policy for the detector, or unknown keys, are refused naming the
+    key."""
+    from explainers.rexl import PolicyCheckpoint, Rexl
+    from tasks.rexl_stage import cell_blocks, guard_scorer, provide_policy
+
+    cells = {"features": {"kind": "cells", "blocks": [2, 3]}, "options": {"width": 8, "value_width": 8}}
+    params = parse_params(params_dict(tmp_path, **cells), check_files=False)
+    record = provide_policy(params, "classifier", progress=False)
+    assert record["features"] == "cells" and record["steps"] == 32 and record["algorithm"].startswith("MaskablePPO")
+    ckpt = PolicyCheckpoint.load(tmp_path / "models/rexl/classifier_deletion.pt")
+    assert ckpt.arch == "cells" and ckpt.width == 8 and ckpt.features["blocks"] == [2, 3]
+    Rexl(guard_scorer(params, "classifier"), policy=ckpt)               # trained for the audited weights
+    with pytest.raises(ValueError, match=r"rexl\.classifier\.features: unknown keys \['pool'\]"):
+        cell_blocks("classifier", parse_params(params_dict(tmp_path, features={"kind": "cells", "pool": 2}),
+                                               check_files=False).rexl.classifier)
+    with pytest.raises(ValueError, match=r"rexl\.detector\.features: kind 'cells' is a classifier's"):
+        cell_blocks("detector", params.rexl.classifier)
+    with pytest.raises(ValueError, match=r"rexl\.classifier\.options: unknown \['hidden'\]; train_cells_ppo"):
+        from tasks.rexl_stage import train_options
+        train_options("classifier", parse_params(params_dict(tmp_path, **{**cells, "options": {"hidden": [8]}}),
+                                                 check_files=False).rexl.classifier)
