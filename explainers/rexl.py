@@ -43,8 +43,9 @@ conditioning): the state is per cell (:func:`cell_state`: earlier blocks of the 
 maps pooled to the grid, the taken mask, the class one-hot and the target's current probability) and one network
 shared by all cells scores each. The demo classifier's last feature map (4 x 5) is coarser than the 7 x 7 grid, so
 features pooled from it cannot say which of two neighbouring cells holds the evidence; the earlier blocks can.
-Trained by imitating a one-step look-ahead teacher (``tasks.rexl_imitation``, DAgger) rather than by PPO;
-``benchmarks/bench_rexl_state.py`` measures it.
+Trained by imitating a one-step look-ahead teacher (``tasks.rexl_imitation``, DAgger) or by stable-baselines3's
+MaskablePPO with the cell policy as its actor (``tasks.rexl_cells_ppo``); ``benchmarks/bench_rexl_state.py`` and
+``benchmarks/bench_rexl_ppo.py`` measure them.
 
 Saliency (``credit``): ``cumulative`` (the paper's rule) adds each reward change r_t - r_{t-1} (with r_0 = sign *
 s_0) to every cell taken so far, so cell a_i (taken at step i) gets sign * (s_n - s_{i-1}): for deletion the score
@@ -493,7 +494,7 @@ class CellPolicy(nn.Module):
     3 x 3 neighbourhood: 1 x 1 conv S -> ``width``, ReLU, 3 x 3 conv, ReLU, 1 x 1 conv -> one logit per cell:
     obs [N, S k^2] (channel-major) -> logits [N, k^2]. Weight sharing makes "this cell looks like evidence" one rule
     for all cells instead of one per cell (the MLP's), which a few thousand training states can fit. Trained by
-    ``tasks.rexl_imitation`` (a one-step look-ahead teacher, DAgger)."""
+    ``tasks.rexl_imitation`` (a one-step look-ahead teacher, DAgger) or ``tasks.rexl_cells_ppo`` (MaskablePPO)."""
 
     def __init__(self, channels: int, grid: int, width: int = 64, classes: int = 0):
         super().__init__()
@@ -546,7 +547,7 @@ class PolicyCheckpoint(NetworkCheckpoint):
     _networks: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     FORMAT, VERSION, REQUIRED, TUPLES = FORMAT, VERSION, REQUIRED, ("hidden",)
-    WHAT, HOW_TO_TRAIN = "rexl policy", "train one with tasks.rexl_train or tasks.rexl_imitation"
+    WHAT, HOW_TO_TRAIN = "rexl policy", "train one with tasks.rexl_train, tasks.rexl_cells_ppo or tasks.rexl_imitation"
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -634,7 +635,7 @@ class Rexl(Explainer):
     map for an MLP policy, rank / nearest for a cell policy (``DEFAULT_MAP``).
 
     ``policy``: a policy file (:class:`PolicyCheckpoint`, written by ``tasks.rexl_train`` or, cell policies,
-    ``tasks.rexl_imitation``) or a loaded checkpoint. The
+    ``tasks.rexl_cells_ppo`` / ``tasks.rexl_imitation``) or a loaded checkpoint. The
     guard: the audited model's :func:`weights_fingerprint` must equal the one the policy was trained for, else
     ValueError naming both (``check_weights=False`` skips it: only for the model-randomisation sanity check, which
     feeds the policy of the trained model a randomised copy on purpose; recorded in the options). The perturbation

@@ -1,13 +1,15 @@
 """Training a RExL *cell policy* (``explainers.rexl.CellPolicy``) by imitating a one-step look-ahead teacher (DAgger).
 
-Why not PPO here: the shipped MLP policy (``tasks.rexl_train``, MaskablePPO) learns little beyond its state in the
-issue's 20-minute budget (held-out cell deletion AUC 0.53 against 0.49 for the no-learning class-map rule and 0.12
-for the greedy search). ``benchmarks/bench_rexl_state.py`` showed that the state was the limit, not only the
-learner: the demo classifier's last feature map is 4 x 5, coarser than the 7 x 7 game grid. A cell policy reads
+Why imitation as well as PPO: the shipped MLP policy (``tasks.rexl_train``, MaskablePPO) learns little beyond its
+state in the issue's 20-minute budget (held-out cell deletion AUC 0.53 against 0.49 for the no-learning class-map
+rule and 0.12 for the greedy search). ``benchmarks/bench_rexl_state.py`` showed that the state was the limit, not
+only the learner: the demo classifier's last feature map is 4 x 5, coarser than the 7 x 7 game grid. A cell policy reads
 earlier blocks of the classifier pooled to the grid (``explainers.rexl.CellFeatures``) with one weight-shared
 network per cell. Its teacher is the cheapest strong signal the game offers: at a state, delete each free cell next
 in turn and score it (one forward per free cell), and learn to put the cell that drops the target's log-odds most
-first.
+first. The same cell policy trained by MaskablePPO from the reward alone (``tasks.rexl_cells_ppo``, 2 x 10^5 steps)
+orders cells better than the MLP but worse than this teacher's student (``benchmarks/bench_rexl_ppo.py``), and PPO
+fine-tuning the student does not improve it: the numbers are in ``benchmarks/README.md``, "RExL".
 
 Algorithm (DAgger, Ross et al., AISTATS 2011, https://arxiv.org/abs/1011.0686): round 1 rolls out the class-map rule
 (the target's class map of the current canvas, highest first; with probability ``eps`` a random cell) on every
