@@ -83,7 +83,7 @@ action is forced) + 1 for the image in insertion mode. With k = 7 and T = 1: 50 
 for RISE. Where one pass of the classifier gives both its scores and the policy's features (:func:`fused_pass`: the
 demo classifier with ``BackboneFeatures`` or ``CellFeatures``; checked against the scorer on the first canvas of
 each roll-out until it agrees once, else never used), a step's canvases are scored and featurised by that one pass:
-the feature forwards drop to 1 (+ 1 in insertion mode), 2 + T (n - 1) + 1 in all (49.75 per target for the demo
+the feature forwards drop to 1 (+ 1 in insertion mode), 2 + T (n - 1) + 1 in all (48.75 per target for the demo
 classifier's 4 classes, k = 7).
 """
 from __future__ import annotations
