@@ -25,15 +25,16 @@ AUC, negated), times ``reward_scale`` for the learner. Data: the classifier's tr
 regime). Seeded, resumable (``checkpoint_dir/last.zip``, SB3's, every ``checkpoint_every`` steps), progress bar,
 ``time_limit_s`` stops a run at a wall-time budget.
 
-Recipe (``params.yaml``'s ``rexl.classifier`` with ``weights: null``; it retrains the shipped
-``weights/demo/rexl_classifier_deletion_cells_ppo.pt``): from scratch, 256 training scenes x 4 classes, 2 x 10^5
-steps, 32 envs x 49 steps per roll-out, lr 3e-4, 4 epochs of batches of 256, clip 0.2, GAE lambda 0.95, no entropy
-bonus, rewards x 10. Chosen among three 2 x 10^5-step runs and three fine-tunes on training scenes 896..911 x 4
-classes (never trained on; mean / median cell deletion AUC of the deterministic roll-out, lower is better): this
-recipe 0.395 / 0.248; lr 1e-3 with 10 epochs 0.488 / 0.439; lr 1e-3, 16-step roll-outs, GAE lambda 0.5, 10 epochs
-0.386 / 0.274; the DAgger policy 0.321 / 0.203, and PPO fine-tuning it 0.323 / 0.192 (lr 1e-4, clip 0.1, 40k
-steps), 0.342 / 0.220 (lr 3e-4, 10 epochs, 50k of 80k steps), 0.327 / 0.196 (logits x 5 first, 60k steps): no
-gain worth its cost. ``benchmarks/bench_rexl_ppo.py`` scores policy files that way.
+Recipe (``params.yaml``'s ``rexl.classifier`` with ``weights: null``; the shipped
+``weights/demo/rexl_classifier_deletion_cells_ppo.pt`` is what it trained, 199,136 steps in 503 s): from scratch,
+256 training scenes x 4 classes, 2 x 10^5 steps, 32 envs x 49 steps per roll-out, lr 3e-4, 4 epochs of batches of
+256, clip 0.2, GAE lambda 0.95, no entropy bonus, rewards x 10. Chosen among three 2 x 10^5-step runs and three
+fine-tunes on training scenes 896..911 x 4 classes (never trained on; mean / median cell deletion AUC of the
+deterministic roll-out, lower is better): this recipe 0.395 / 0.248; lr 1e-3 with 10 epochs 0.488 / 0.439; lr 1e-3,
+16-step roll-outs, GAE lambda 0.5, 10 epochs 0.386 / 0.274; the DAgger policy 0.321 / 0.203, and PPO fine-tuning it
+0.323 / 0.192 (lr 1e-4, clip 0.1, 40k steps), 0.342 / 0.220 (lr 3e-4, 10 epochs, 50k of 80k steps), 0.327 / 0.196
+(logits x 5 first, 60k steps): no gain worth its cost. ``benchmarks/bench_rexl_ppo.py`` scores policy files that
+way.
 
     python -m tasks.rexl_cells_ppo --images 256 --steps 200000 --lr 3e-4 --clip-range 0.2 --out F.pt
     python -m tasks.rexl_cells_ppo --init weights/demo/rexl_classifier_deletion_cells.pt --init-sharpen 5 \\

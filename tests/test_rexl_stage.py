@@ -156,6 +156,13 @@ def test_default_params_ship_the_classifier_policy_and_dvc_tracks_it():
     params = params.model_copy(update={"infer": params.infer.model_copy(update={"classifier": demo})})
     ckpt = check_given(params, "classifier", REPO / weights)
     assert (ckpt.mode, ckpt.grid, ckpt.conditioning) == ("deletion", 7, "class")
+    # weights: null trains the cell policy by MaskablePPO: its recipe is valid, and the policy it retrains is shipped
+    from tasks.rexl_stage import cell_blocks, is_cells, train_options
+    spec = params.rexl.classifier
+    assert is_cells(spec) and cell_blocks("classifier", spec) == (2, 3) and train_options("classifier", spec)
+    ppo = check_given(params, "classifier", DEMO / "rexl_classifier_deletion_cells_ppo.pt")
+    assert ppo.arch == "cells" and ppo.training["steps"] <= 200_000 and ppo.training["algorithm"].startswith("Mask")
+    assert ppo.training["steps"] == spec.steps // (spec.n_envs * spec.grid ** 2) * spec.n_envs * spec.grid ** 2
 
 
 def test_unknown_training_options_name_the_key(tmp_path):
