@@ -150,6 +150,20 @@ class FixedCNN(nn.Module):
         return F.adaptive_avg_pool2d(x, self.pool).flatten(1).float()
 
 
+def head_class_maps(head: nn.Module, fmap: torch.Tensor, grid: int) -> torch.Tensor:
+    """Every class's activation map [B, classes, k, k] of a feature map [B, C', h, w] under a Linear ``head``: the
+    head's class weights applied at each position (bias excluded; their mean over positions is the class logit less
+    the bias), average-pooled to the k x k game grid (adaptive pooling: overlapping windows when h, w < k)."""
+    maps = torch.einsum("kc,bchw->bkhw", head.weight.float(), fmap.float())
+    return F.adaptive_avg_pool2d(maps, grid)
+
+
+def class_probabilities(logits: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    """Probabilities [B, C] of a classifier's logits, as ``detection.scorers.ClassifierScorer`` computes them:
+    sigmoid for a multi-label classifier, else softmax."""
+    return torch.sigmoid(logits) if multi_label else torch.softmax(logits, -1)
+
+
 class BackboneFeatures(nn.Module):
     """The audited classifier's own frozen backbone: ``classifier.preprocess`` (its resize and normalisation), then
     its ``model.features`` module, average-pooled to ``pool`` x ``pool``: [B, 3, H, W] -> [B, C pool^2]. ``classifier``
@@ -182,12 +196,11 @@ class BackboneFeatures(nn.Module):
         """Features [B, D] of the backbone's feature map [B, C', h, w]: its average pool to ``pool`` x ``pool``
         [B, C' pool^2], then (``cam`` = k > 0) every class's activation map [B, classes k^2]: the head's class
         weights applied at each position (bias excluded; their mean over positions is the class logit less the
-        bias), average-pooled to the k x k game grid (adaptive pooling: overlapping windows when h, w < k)."""
+        bias), average-pooled to the k x k game grid (:func:`head_class_maps`)."""
         fmap = fmap.float()
         out = F.adaptive_avg_pool2d(fmap, self.pool).flatten(1)
         if self.cam:
-            maps = torch.einsum("kc,bchw->bkhw", self.head.weight.float(), fmap)
-            out = torch.cat([out, F.adaptive_avg_pool2d(maps, self.cam).flatten(1)], 1)
+            out = torch.cat([out, head_class_maps(self.head, fmap, self.cam).flatten(1)], 1)
         self.dim = out.shape[1]
         return out
 
@@ -244,9 +257,8 @@ class CellFeatures(nn.Module):
                 kept.append(F.adaptive_avg_pool2d(x.float(), self.grid))
         x = x.float()
         logits = self.head(x.mean((2, 3))).float()
-        probs = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, -1)
-        maps = torch.einsum("kc,bchw->bkhw", self.head.weight.float(), x)
-        kept.append(F.adaptive_avg_pool2d(maps, self.grid))
+        probs = class_probabilities(logits, self.multi_label)
+        kept.append(head_class_maps(self.head, x, self.grid))
         return torch.cat([torch.cat(kept, 1).flatten(1), probs], 1)
 
 
@@ -333,7 +345,7 @@ def fused_pass(scorer, features):
         with torch.inference_mode():
             fmap = net.features(clf.preprocess(images)).float()
             logits = net.head(fmap.mean((2, 3))).float()
-            probs = torch.sigmoid(logits) if clf.multi_label else torch.softmax(logits, -1)
+            probs = class_probabilities(logits, clf.multi_label)
             return probs[:, scorer.targets], features.from_map(fmap)
     return run
 
