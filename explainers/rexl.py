@@ -81,8 +81,9 @@ the end canvas), and feature forwards reported in ``options['n_feature_forward']
 :attr:`RexlExplanation.n_feature_forward`: 1 for the first canvas (the same for every target) + T (n - 2) (the last
 action is forced) + 1 for the image in insertion mode. With k = 7 and T = 1: 50 + 48 = 98 forwards, against 4,000
 for RISE. Where one pass of the classifier gives both its scores and the policy's features (:func:`fused_pass`: the
-demo classifier with ``BackboneFeatures`` or ``CellFeatures``; checked against the scorer on the first canvas of
-each roll-out until it agrees once, else never used), a step's canvases are scored and featurised by that one pass:
+demo classifier with ``BackboneFeatures`` or ``CellFeatures``: the classifier's logits must be ``head`` of the mean
+of its ``features``, checked once on random input, and the pass's scores of each explanation's first canvas must
+be the scorer's, else separate passes from then on), a step's canvases are scored and featurised by that one pass:
 the feature forwards drop to 1 (+ 1 in insertion mode), 2 + T (n - 1) + 1 in all (48.75 per target for the demo
 classifier's 4 classes, k = 7).
 """
@@ -319,16 +320,40 @@ def make_features(scorer, spec: dict | str = "auto") -> nn.Module:
 
 
 # ---------------------------------------------------------------------------------------------- state
+def computes_head_of_mean(classifier, size: tuple[int, int] = (64, 64), seed: int = 0) -> bool:
+    """Whether ``classifier.logits`` (an ``ImageClassifier``) equals its network's ``head(global mean of
+    features(preprocess(x)))`` within 1e-4 on a seeded random batch [2, 3, H, W] (H, W: its ``input_size``, else
+    ``size``): the condition under which one pass gives both its scores and features (:func:`fused_pass`). Two
+    forwards of setup, outside any explanation's count; False for a classifier without ``features`` / ``head``."""
+    net = getattr(classifier, "model", None)
+    features, head = getattr(net, "features", None), getattr(net, "head", None)
+    if not isinstance(features, nn.Module) or not isinstance(head, nn.Module) or \
+            not hasattr(classifier, "preprocess") or not hasattr(classifier, "logits"):
+        return False
+    H, W = tuple(getattr(classifier, "input_size", None) or size)
+    x = torch.rand(2, 3, H, W, generator=torch.Generator().manual_seed(seed))
+    x = x.to(getattr(classifier, "device", "cpu"))
+    with torch.inference_mode():
+        own = classifier.logits(x).float()
+        mean = head(features(classifier.preprocess(x)).float().mean((2, 3))).float()
+    return own.shape == mean.shape and bool(torch.allclose(own, mean, atol=1e-4, rtol=1e-4))
+
+
 def fused_pass(scorer, features):
     """One network pass giving both scores [N, T] and features [N, D] of canvases, for a ``ClassifierScorer`` whose
     network is ``features`` -> global mean -> ``head`` (the demo SceneNet) with :class:`BackboneFeatures` of that same
     network, or with :class:`CellFeatures` of its classifier (whose output ends with the class probabilities):
-    training then runs the backbone once per canvas instead of twice. None for any other scorer / features.
-    Its users (``Rexl``, ``tasks.rexl_env.EpisodeBatch``) check it against the scorer on the first canvases and fall
-    back to separate passes when they differ."""
+    training then runs the backbone once per canvas instead of twice. None for any other scorer / features, and
+    None when the classifier's own logits of a seeded random batch differ from ``head(mean(features))`` by more
+    than 1e-4 (:func:`computes_head_of_mean`: another pooling, a temperature, float16 autocast). Its users
+    (``Rexl``, ``tasks.rexl_env.EpisodeBatch``) also check its scores against the scorer's on the first canvases
+    (``Rexl``: of every explanation) and fall back to separate passes when they differ."""
     clf = getattr(scorer, "model", None)
+    net = getattr(clf, "model", None)
+    if getattr(scorer, "targets", None) is None or not computes_head_of_mean(clf):
+        return None
     if isinstance(features, CellFeatures):
-        if features.classifier is not clf or getattr(scorer, "targets", None) is None:
+        if features.classifier is not clf:
             return None
         classes = int(features.spec["classes"])
 
@@ -336,9 +361,7 @@ def fused_pass(scorer, features):
             feats = features(images)                   # CellFeatures end with the class probabilities of the pass
             return feats[:, -classes:][:, scorer.targets], feats
         return run_cells
-    net = getattr(clf, "model", None)
-    if not isinstance(features, BackboneFeatures) or features.features is not getattr(net, "features", None) or \
-            getattr(net, "head", None) is None or getattr(scorer, "targets", None) is None:
+    if not isinstance(features, BackboneFeatures) or features.features is not getattr(net, "features", None):
         return None
 
     def run(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -741,15 +764,15 @@ class Rexl(Explainer):
         return torch.cat([b[0] for b in both]).float(), torch.cat([b[1] for b in both])
 
     def _first_features(self, canvas: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        """Features [1, D] of the roll-outs' common first canvas [1, 3, H, W] (a feature forward). With a fused pass
-        not yet checked, it is this pass: its scores must equal the scorer's ``scores`` [T] of that canvas, else the
-        roll-outs score and featurise canvases in separate passes from now on."""
+        """Features [1, D] of the roll-outs' common first canvas [1, 3, H, W] (a feature forward). With a fused pass,
+        it is this pass, and a check of it on every explanation: its scores must equal the scorer's ``scores`` [T]
+        of that canvas (1e-4), else this and every later roll-out score and featurise canvases in separate passes
+        (``fused`` False)."""
         if self.fused is False:
             return self._feature(canvas)
         self.n_feature_forward += 1
         fused_scores, feats = self._fused(canvas)
-        if self.fused is None:
-            self.fused = bool(torch.allclose(fused_scores[0].float(), scores.float(), atol=1e-4, rtol=1e-4))
+        self.fused = bool(torch.allclose(fused_scores[0].float(), scores.float(), atol=1e-4, rtol=1e-4))
         return feats
 
     def condition(self, T: int, size: tuple[int, int]) -> torch.Tensor:

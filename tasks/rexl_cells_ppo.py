@@ -22,19 +22,21 @@ Two starts:
 Reward: the environment's, sign * (s_{t-1} + s_t) / (2 k^2) (gamma 1: the return is the cell-granularity deletion
 AUC, negated), times ``reward_scale`` for the learner. Data: the classifier's training scenes only
 (``tasks.rexl_train.training_scenes``), every (scene, class) pair, class one-hot conditioning (the dataset-wide
-regime). Seeded, resumable (``checkpoint_dir/last.zip``, SB3's, every ``checkpoint_every`` steps), progress bar,
-``time_limit_s`` stops a run at a wall-time budget.
+regime). Seeded, resumable (``checkpoint_dir/last.zip``, SB3's, at the first roll-out boundary after every
+``checkpoint_every`` steps; a resumed run is repeatable but not identical to an uninterrupted one: SB3 reseeds torch
+and the episode stream restarts from seed + steps done), progress bar, ``time_limit_s`` stops a run at a wall-time
+budget. The summary's ``n_forward`` counts the environment's canvases (not the few of the standardisation probe).
 
 Recipe (``params.yaml``'s ``rexl.classifier`` with ``weights: null``; the shipped
 ``weights/demo/rexl_classifier_deletion_cells_ppo.pt`` is what it trained, 199,136 steps in 503 s): from scratch,
 256 training scenes x 4 classes, 2 x 10^5 steps, 32 envs x 49 steps per roll-out, lr 3e-4, 4 epochs of batches of
 256, clip 0.2, GAE lambda 0.95, no entropy bonus, rewards x 10. Chosen among three 2 x 10^5-step runs and three
 fine-tunes on training scenes 896..911 x 4 classes (never trained on; mean / median cell deletion AUC of the
-deterministic roll-out, lower is better): this recipe 0.395 / 0.248; lr 1e-3 with 10 epochs 0.488 / 0.439; lr 1e-3,
-16-step roll-outs, GAE lambda 0.5, 10 epochs 0.386 / 0.274; the DAgger policy 0.321 / 0.203, and PPO fine-tuning it
-0.323 / 0.192 (lr 1e-4, clip 0.1, 40k steps), 0.342 / 0.220 (lr 3e-4, 10 epochs, 50k of 80k steps), 0.327 / 0.196
-(logits x 5 first, 60k steps): no gain worth its cost. ``benchmarks/bench_rexl_ppo.py`` scores policy files that
-way.
+deterministic roll-out, lower is better): this recipe 0.395 / 0.248 (200,704 steps; the shipped file, 199,136 steps:
+0.394 / 0.249); lr 1e-3 with 10 epochs 0.488 / 0.439; lr 1e-3, 16-step roll-outs, GAE lambda 0.5, 10 epochs
+0.386 / 0.274; the DAgger policy 0.321 / 0.203, and PPO fine-tuning it 0.323 / 0.192 (lr 1e-4, clip 0.1, 40k
+steps), 0.342 / 0.220 (lr 3e-4, 10 epochs, 50k of 80k steps), 0.327 / 0.196 (logits x 5 first, 60k steps): no gain
+worth its cost. ``benchmarks/bench_rexl_ppo.py`` scores policy files that way.
 
     python -m tasks.rexl_cells_ppo --images 256 --steps 200000 --lr 3e-4 --clip-range 0.2 --out F.pt
     python -m tasks.rexl_cells_ppo --init weights/demo/rexl_classifier_deletion_cells.pt --init-sharpen 5 \\
@@ -163,7 +165,8 @@ def train_cells_ppo(scorer, images: Sequence[torch.Tensor], *, init: PolicyCheck
     fine-tuning, 0 from scratch); ``init_sharpen``: the initial policy's logits are multiplied by it (the same
     arg-max; PPO then samples close to the deterministic roll-out that ships instead of from the imitation target's
     soft distribution). Returns the checkpoint (arch 'cells', deletion, class conditioning) and a summary. Raises
-    ValueError for an ``init`` that does not fit, or fewer steps than one roll-out."""
+    ValueError for an ``init`` that does not fit, fewer steps than one roll-out, or a fine-tune's warm-up as long as
+    its steps."""
     n_steps = int(n_steps or grid * grid)
     rollout = n_envs * n_steps
     if steps < rollout:
@@ -173,7 +176,10 @@ def train_cells_ppo(scorer, images: Sequence[torch.Tensor], *, init: PolicyCheck
     if init is not None:
         check_init(init, fingerprint, grid, perturbation, blocks)
         width = int(init.width)
-    warmup = int((4 * n_envs * n_steps if init is not None else 0) if warmup_steps is None else warmup_steps)
+    warmup = int((4 * rollout if init is not None else 0) if warmup_steps is None else warmup_steps)
+    if init is not None and warmup >= steps:
+        raise ValueError(f"rexl ppo: a fine-tune's warm-up ({warmup} steps, the actor frozen) must be shorter than "
+                         f"its {steps} steps (whole roll-outs of {rollout}), or the actor never trains")
     torch.manual_seed(seed)
     np.random.seed(seed)
     start = time.perf_counter()

@@ -117,7 +117,8 @@ def training_setup(params: Params, model: str, spec: RexlPolicyParams):
 
 FIXED = {"grid", "mode", "perturbation", "conditioning", "num_classes", "features", "regime", "steps", "n_envs", "seed",
          "learning_rate", "checkpoint_dir", "checkpoint_every", "progress", "training", "time_limit_s", "blocks",
-         "init"}           # keywords the stage sets from rexl.<model>'s own keys (or never: init, a fine-tune's start)
+         "init", "warmup_steps", "init_sharpen"}   # keywords the stage sets from rexl.<model>'s own keys, or never
+# (it trains from scratch: init, a fine-tune's start, and its warm-up / sharpening do not apply)
 
 
 def is_cells(spec: RexlPolicyParams) -> bool:
@@ -136,7 +137,11 @@ def cell_blocks(model: str, spec: RexlPolicyParams) -> tuple[int, ...]:
     if extra:
         raise ValueError(f"{where}: unknown keys {extra} for kind 'cells' (it takes blocks: feature block indices)")
     blocks = spec.features.get("blocks", [2, 3])
-    return tuple(int(b) for b in (blocks if isinstance(blocks, list) else [blocks]))
+    blocks = blocks if isinstance(blocks, list) else [blocks]
+    if not blocks or not all(isinstance(b, int) and not isinstance(b, bool) for b in blocks):
+        raise ValueError(f"{where}: blocks must be a list of feature block indices (integers), got "
+                         f"{spec.features.get('blocks')!r}")
+    return tuple(blocks)
 
 
 def train_options(model: str, spec: RexlPolicyParams) -> dict:

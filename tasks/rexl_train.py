@@ -65,8 +65,10 @@ ALGORITHM = "MaskablePPO (sb3-contrib)"
 
 
 class _LastCheckpoint(BaseCallback):
-    """Saves the model to ``dir/last.zip`` (atomically) every ``every`` steps, keeps the episode AUCs and stops
-    training (SB3: ``_on_step`` returns False) once ``time_limit_s`` seconds have passed since ``start``."""
+    """Saves the model to ``dir/last.zip`` (atomically) once ``every`` steps have passed, at the start of a roll-out
+    (SB3 collects a roll-out, then trains on it: a save in between would count steps the model never trained on,
+    and a resumed run would skip them), keeps the episode AUCs and stops training (SB3: ``_on_step`` returns False)
+    once ``time_limit_s`` seconds have passed since ``start``."""
 
     def __init__(self, directory: Path | None, every: int | None, time_limit_s: float | None = None,
                  start: float | None = None):
@@ -76,13 +78,18 @@ class _LastCheckpoint(BaseCallback):
         self.aucs: list[float] = []
         self.stopped = False
 
+    def _on_training_start(self) -> None:
+        self.last = self.num_timesteps              # a resumed run counts from where it resumed
+
+    def _on_rollout_start(self) -> None:
+        if self.directory is not None and self.every and self.num_timesteps - self.last >= self.every:
+            self.last = self.num_timesteps
+            save_last(self.model, self.directory)
+
     def _on_step(self) -> bool:
         for info in self.locals.get("infos", []):
             if "auc" in info:
                 self.aucs.append(info["auc"])
-        if self.directory is not None and self.every and self.num_timesteps - self.last >= self.every:
-            self.last = self.num_timesteps
-            save_last(self.model, self.directory)
         if self.time_limit_s is not None and time.perf_counter() - self.start > self.time_limit_s:
             self.stopped = True             # SB3 stops learn() when a callback returns False
             return False

@@ -324,9 +324,15 @@ def test_classifier_backbone_features_and_the_fused_pass_agree(cam):
     tempered = ClassifierScorer(ImageClassifier(other, ["a", "b", "c"], multi_label=True, mean=(0.0, 0.0, 0.0),
                                                   std=(1.0, 1.0, 1.0), device="cpu"))
     checked = Rexl(tempered, policy=ckpt, check_weights=False)
+    assert checked._fused is None                 # its logits are not head(mean(features)): refused at setup
     got = checked.explain(image())
     assert checked.fused is False and got.n_feature_forward == 1 + 3 * (GRID * GRID - 2)
     torch.testing.assert_close(got.curve[:, 0], tempered(image()[None])[0])   # the scorer's, not the fused pass'
+    with torch.no_grad():                         # near-zero logits: probabilities agree on some canvases, not all
+        other.head.bias.zero_()
+        other.head.weight.mul_(300)
+    near_zero = Rexl(tempered, policy=ckpt, check_weights=False)
+    assert near_zero._fused is None
 
 
 def test_class_maps_are_the_heads_evidence_per_cell_and_the_state_holds_the_targets():

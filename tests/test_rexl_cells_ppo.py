@@ -79,21 +79,37 @@ def test_ppo_learns_the_only_cell_the_classifier_sees_and_resumes(tmp_path):
     assert summary2["resumed"] is True and summary2["steps"] == 22 * 8 * N and summary2["episodes"] == 2 * 8
 
 
-def test_fine_tune_freezes_the_actor_during_warmup_and_refuses_another_start(tmp_path):
-    from tasks.rexl_cells_ppo import train_cells_ppo
+def test_fine_tune_freezes_the_actor_during_warmup_and_refuses_another_start(tmp_path, monkeypatch):
+    import tasks.rexl_cells_ppo as ppo
     from tasks.rexl_imitation import train_look_ahead
     clf = classifier()
     scorer = ClassifierScorer(clf)
     images = [scene(s) for s in range(4)]
     init, _ = train_look_ahead(scorer, images, grid=GRID, blocks=(0, 1), rounds=1, per=3, epochs=20, width=8)
-    warm, summary = train_cells_ppo(scorer, images, init=init, grid=GRID, blocks=(0, 1), n_envs=8,
-                                    steps=2 * 8 * N, warmup_steps=2 * 8 * N, width=99)
+    phases = []                                  # per learn() call: the actor's weights before / after, steps after
+    real_learn = ppo.MaskablePPO.learn
+
+    def recording_learn(model, *args, **kwargs):
+        actor = model.policy.mlp_extractor.actor
+        before = {k: v.clone() for k, v in actor.state_dict().items()}
+        out = real_learn(model, *args, **kwargs)
+        phases.append((before, {k: v.clone() for k, v in actor.state_dict().items()}, model.num_timesteps))
+        return out
+
+    monkeypatch.setattr(ppo.MaskablePPO, "learn", recording_learn)
+    tuned, summary = ppo.train_cells_ppo(scorer, images, init=init, grid=GRID, blocks=(0, 1), n_envs=8,
+                                         steps=3 * 8 * N, warmup_steps=2 * 8 * N, learning_rate=1e-2, width=99)
     assert summary["init"] == init.digest() and summary["width"] == 8      # the width is the initial policy's
+    (warm_before, warm_after, warm_steps), (_, _, end_steps) = phases
+    assert warm_steps == 2 * 8 * N and end_steps == 3 * 8 * N
+    for k, v in warm_before.items():
+        assert torch.equal(v, warm_after[k]), k                            # the warm-up left the actor alone
     for k, v in init.state_dict.items():
-        assert torch.equal(v, warm.state_dict[k]), k                       # the actor did not move
-    tuned, _ = train_cells_ppo(scorer, images, init=init, grid=GRID, blocks=(0, 1), n_envs=8, steps=3 * 8 * N,
-                               warmup_steps=2 * 8 * N, learning_rate=1e-2)
-    assert any(not torch.equal(v, tuned.state_dict[k]) for k, v in init.state_dict.items())
+        assert torch.equal(v, warm_before[k]), k                           # it started from the initial policy
+    assert any(not torch.equal(v, tuned.state_dict[k]) for k, v in init.state_dict.items())   # then it trained
+    with pytest.raises(ValueError, match="warm-up"):                       # a warm-up as long as the run
+        ppo.train_cells_ppo(scorer, images, init=init, grid=GRID, blocks=(0, 1), n_envs=8, steps=2 * 8 * N)
+    train_cells_ppo = ppo.train_cells_ppo
     with pytest.raises(ValueError, match="model_sha256"):                  # trained for another classifier
         train_cells_ppo(ClassifierScorer(classifier(cell=2)), images, init=init, grid=GRID, blocks=(0, 1),
                         n_envs=8, steps=8 * N)
@@ -101,3 +117,31 @@ def test_fine_tune_freezes_the_actor_during_warmup_and_refuses_another_start(tmp
         train_cells_ppo(scorer, images, init=init, grid=GRID, blocks=(0,), n_envs=8, steps=8 * N)
     with pytest.raises(ValueError, match="one roll-out"):
         train_cells_ppo(scorer, images, grid=GRID, blocks=(0, 1), n_envs=8, steps=10)
+
+
+def test_a_killed_run_resumes_at_a_roll_out_boundary_and_stops_at_its_steps(tmp_path, monkeypatch):
+    """Checkpoints are taken between roll-outs (never with steps the model has not trained on), so a run killed after
+    one resumes to exactly the steps asked for, whatever checkpoint_every is."""
+    import tasks.rexl_train
+    from tasks.rexl_cells_ppo import train_cells_ppo
+    clf = classifier()
+    scorer = ClassifierScorer(clf)
+    images = [scene(s) for s in range(4)]
+    rollout = 8 * N
+    options = dict(grid=GRID, blocks=(0, 1), n_envs=8, width=8, value_width=8, seed=0,
+                   checkpoint_dir=tmp_path / "ck", checkpoint_every=rollout + 5)
+    real_save = tasks.rexl_train.save_last
+
+    def save_then_die(model, directory):
+        real_save(model, directory)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tasks.rexl_train, "save_last", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_cells_ppo(scorer, images, steps=4 * rollout, **options)
+    from sb3_contrib import MaskablePPO
+    saved = MaskablePPO.load(tmp_path / "ck" / "last.zip", device="cpu").num_timesteps
+    assert saved == 2 * rollout                                  # the first roll-out boundary after rollout + 5 steps
+    monkeypatch.setattr(tasks.rexl_train, "save_last", real_save)
+    _, summary = train_cells_ppo(scorer, images, steps=4 * rollout + 7, **options)   # rounded down to 4 roll-outs
+    assert summary["resumed"] is True and summary["steps"] == 4 * rollout

@@ -326,9 +326,12 @@ def test_the_stage_trains_a_cell_policy_with_ppo(tmp_path):
     with pytest.raises(ValueError, match=r"rexl\.classifier\.features: unknown keys \['pool'\]"):
         cell_blocks("classifier", parse_params(params_dict(tmp_path, features={"kind": "cells", "pool": 2}),
                                                check_files=False).rexl.classifier)
+    with pytest.raises(ValueError, match=r"rexl\.classifier\.features: blocks must be a list"):
+        cell_blocks("classifier", parse_params(params_dict(tmp_path, features={"kind": "cells", "blocks": "2,3"}),
+                                               check_files=False).rexl.classifier)
     with pytest.raises(ValueError, match=r"rexl\.detector\.features: kind 'cells' is a classifier's"):
         cell_blocks("detector", params.rexl.classifier)
-    with pytest.raises(ValueError, match=r"rexl\.classifier\.options: unknown \['hidden'\]; train_cells_ppo"):
+    with pytest.raises(ValueError, match=r"rexl\.classifier\.options: unknown \['hidden', 'init_sharpen'\]"):
         from tasks.rexl_stage import train_options
-        train_options("classifier", parse_params(params_dict(tmp_path, **{**cells, "options": {"hidden": [8]}}),
-                                                 check_files=False).rexl.classifier)
+        train_options("classifier", parse_params(params_dict(tmp_path, **{**cells, "options": {
+            "hidden": [8], "init_sharpen": 2.0}}), check_files=False).rexl.classifier)   # MLP / fine-tune keys
