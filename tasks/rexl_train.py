@@ -33,8 +33,9 @@ Data: the classifier's training scenes, rendered by the generator of ``params.ya
 the audited / val scenes), resized to the classifier's input size.
 
 Reproducible (seeded: torch, NumPy, SB3's own seeding, the env's episode stream), resumable (``checkpoint_dir``:
-SB3's ``last.zip`` with the optimiser state and the step count, written every ``checkpoint_every`` steps; a rerun
-with the same arguments continues from it to ``steps``; the episode stream then restarts from seed + steps done),
+SB3's ``last.zip`` with the optimiser state and the step count, written between roll-outs every
+``checkpoint_every`` steps; a rerun with the same arguments continues from it to ``steps``; the episode stream then
+restarts from seed + steps done),
 progress bar (SB3's, tqdm / rich). The result is a :class:`~explainers.rexl.PolicyCheckpoint` (the plain torch MLP:
 ``Rexl`` needs no RL library).
 
