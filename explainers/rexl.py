@@ -599,6 +599,19 @@ class PolicyCheckpoint(NetworkCheckpoint):
                                  f"({self.features.get('classes')!r} / {self.features.get('grid')!r}), the grid "
                                  f"({self.grid}) and feature_dim ({self.feature_dim} = F k^2 + classes) disagree")
 
+    @classmethod
+    def for_cell_policy(cls, policy: CellPolicy, features: CellFeatures, *, model_sha256: str, perturbation: str,
+                        training: dict) -> PolicyCheckpoint:
+        """The checkpoint of a trained :class:`CellPolicy` on ``features`` (deletion, class conditioning, its
+        weights copied to the CPU), whoever trained it (``tasks.rexl_imitation``, ``tasks.rexl_cells_ppo``)."""
+        classes, n = int(features.spec["classes"]), policy.grid ** 2
+        return cls(model_sha256=model_sha256, grid=policy.grid, mode="deletion", perturbation=perturbation,
+                   perturbation_describe=make_perturbation(perturbation).describe(), conditioning="class",
+                   num_classes=classes, features=dict(features.spec),
+                   feature_dim=(policy.channels - classes - 4) * n + classes,
+                   state_dict={k: v.detach().cpu().clone() for k, v in policy.state_dict().items()}, hidden=(),
+                   activation="relu", arch="cells", width=policy.width, training=dict(training))
+
     @property
     def cell_channels(self) -> int:
         """S of :func:`cell_state` (cell policies)."""

@@ -55,7 +55,6 @@ from sb3_contrib import MaskablePPO
 from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 from torch import nn
 
-from explainers.perturb import make_perturbation
 from explainers.rexl import CellFeatures, CellPolicy, PolicyCheckpoint
 from explainers.trained import weights_fingerprint
 from tasks.rexl_env import Episode, EpisodeBatch, RexlVecEnv
@@ -242,14 +241,8 @@ def train_cells_ppo(scorer, images: Sequence[torch.Tensor], *, init: PolicyCheck
                "clip_range": clip_range, "ent_coef": ent_coef, "gae_lambda": gae_lambda, "reward_scale": reward_scale,
                "width": width, "value_width": value_width, "blocks": list(blocks), "images": len(images),
                "threads": torch.get_num_threads()}
-    sub = make_perturbation(perturbation)
-    feature_dim = (channels - classes - 4) * grid * grid + classes
-    ckpt = PolicyCheckpoint(model_sha256=fingerprint, grid=grid, mode="deletion", perturbation=perturbation,
-                            perturbation_describe=sub.describe(), conditioning="class", num_classes=classes,
-                            features=dict(features.spec), feature_dim=feature_dim,
-                            state_dict={k: v.detach().cpu().clone() for k, v in actor.state_dict().items()},
-                            hidden=(), activation="relu", arch="cells", width=width,
-                            training={**(training or {}), **summary})
+    ckpt = PolicyCheckpoint.for_cell_policy(actor, features, model_sha256=fingerprint, perturbation=perturbation,
+                                            training={**(training or {}), **summary})
     return ckpt, summary
 
 

@@ -216,14 +216,8 @@ def train_look_ahead(scorer, images: Sequence[torch.Tensor], *, grid: int = 7, b
                "seconds_this_run": round(time.perf_counter() - start, 1), **{k: v for k, v in settings.items()
                                                                     if k != "model_sha256"},
                "threads": torch.get_num_threads()}
-    sub = make_perturbation(perturbation)
-    dim = int(data[0].shape[1] - classes - 4) * grid * grid + classes
-    ckpt = PolicyCheckpoint(model_sha256=settings["model_sha256"], grid=grid, mode="deletion",
-                            perturbation=perturbation, perturbation_describe=sub.describe(), conditioning="class",
-                            num_classes=classes, features=dict(features.spec), feature_dim=dim,
-                            state_dict={k: v.detach().cpu().clone() for k, v in policy.state_dict().items()},
-                            hidden=(), activation="relu", arch="cells", width=width,
-                            training={**(training or {}), **summary})
+    ckpt = PolicyCheckpoint.for_cell_policy(policy, features, model_sha256=settings["model_sha256"],
+                                            perturbation=perturbation, training={**(training or {}), **summary})
     return ckpt, summary
 
 
