@@ -27,7 +27,7 @@ regime). Seeded, resumable (``checkpoint_dir/last.zip``, SB3's, at the first rol
 and the episode stream restarts from seed + steps done), progress bar, ``time_limit_s`` stops a run at a wall-time
 budget. The summary's ``n_forward`` counts the environment's canvases (not the few of the standardisation probe).
 
-Recipe (``params.yaml``'s ``rexl.classifier`` with ``weights: null``; the shipped
+Recipe (this module's defaults and ``params.yaml``'s ``rexl.classifier`` with ``weights: null``; the shipped
 ``weights/demo/rexl_classifier_deletion_cells_ppo.pt`` is what it trained, 199,136 steps in 503 s): from scratch,
 256 training scenes x 4 classes, 2 x 10^5 steps, 32 envs x 49 steps per roll-out, lr 3e-4, 4 epochs of batches of
 256, clip 0.2, GAE lambda 0.95, no entropy bonus, rewards x 10. Chosen among three 2 x 10^5-step runs and three
@@ -38,9 +38,9 @@ deterministic roll-out, lower is better): this recipe 0.395 / 0.248 (200,704 ste
 steps), 0.342 / 0.220 (lr 3e-4, 10 epochs, 50k of 80k steps), 0.327 / 0.196 (logits x 5 first, 60k steps): no gain
 worth its cost. ``benchmarks/bench_rexl_ppo.py`` scores policy files that way.
 
-    python -m tasks.rexl_cells_ppo --images 256 --steps 200000 --lr 3e-4 --clip-range 0.2 --out F.pt
+    python -m tasks.rexl_cells_ppo --out F.pt         # the recipe (its defaults)
     python -m tasks.rexl_cells_ppo --init weights/demo/rexl_classifier_deletion_cells.pt --init-sharpen 5 \\
-        --images 256 --steps 60000 --out F.pt
+        --steps 60000 --lr 1e-4 --clip-range 0.1 --out F.pt       # a fine-tune of the DAgger policy
 """
 from __future__ import annotations
 
@@ -149,9 +149,9 @@ def check_init(init: PolicyCheckpoint, fingerprint: str, grid: int, perturbation
 
 
 def train_cells_ppo(scorer, images: Sequence[torch.Tensor], *, init: PolicyCheckpoint | None = None,
-                    grid: int = 7, blocks: Sequence[int] = (2, 3), perturbation: str = "mean", steps: int = 40_000,
-                    n_envs: int = 32, n_steps: int | None = None, learning_rate: float = 1e-4,
-                    batch_size: int = 256, n_epochs: int = 4, clip_range: float = 0.1, ent_coef: float = 0.0,
+                    grid: int = 7, blocks: Sequence[int] = (2, 3), perturbation: str = "mean", steps: int = 200_000,
+                    n_envs: int = 32, n_steps: int | None = None, learning_rate: float = 3e-4,
+                    batch_size: int = 256, n_epochs: int = 4, clip_range: float = 0.2, ent_coef: float = 0.0,
                     gae_lambda: float = 0.95, reward_scale: float = 10.0, width: int = 64, value_width: int = 32,
                     warmup_steps: int | None = None, init_sharpen: float = 1.0, seed: int = 0,
                     checkpoint_dir: str | Path | None = None, checkpoint_every: int | None = 10_000,
@@ -250,18 +250,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default=None, help="the classifier (default: the demo classifier)")
     parser.add_argument("--init", default=None, help="a cell policy file to fine-tune (default: from scratch)")
-    parser.add_argument("--images", type=int, default=48, help="training scenes (x every class)")
+    parser.add_argument("--images", type=int, default=256, help="training scenes (x every class)")
     parser.add_argument("--grid", type=int, default=7)
     parser.add_argument("--blocks", default="2,3", help="feature blocks pooled to the grid (comma-separated)")
-    parser.add_argument("--steps", type=int, default=40_000)
+    parser.add_argument("--steps", type=int, default=200_000)
     parser.add_argument("--warmup-steps", type=int, default=None)
     parser.add_argument("--init-sharpen", type=float, default=1.0, help="the initial policy's logits x this")
     parser.add_argument("--n-envs", type=int, default=32)
     parser.add_argument("--n-steps", type=int, default=None, help="roll-out length per env (default k^2)")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--n-epochs", type=int, default=4)
-    parser.add_argument("--clip-range", type=float, default=0.1)
+    parser.add_argument("--clip-range", type=float, default=0.2)
     parser.add_argument("--ent-coef", type=float, default=0.0)
     parser.add_argument("--gae-lambda", type=float, default=0.95)
     parser.add_argument("--reward-scale", type=float, default=10.0)
