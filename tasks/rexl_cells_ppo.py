@@ -248,7 +248,9 @@ def train_cells_ppo(scorer, images: Sequence[torch.Tensor], *, init: PolicyCheck
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", default=None, help="the classifier (default: the demo classifier)")
+    parser.add_argument("--weights", default=None, help="the classifier: a file detection.models.scene_classifier."
+                                                        "load_classifier reads (TorchScript, its <name>.json beside "
+                                                        "it); default: weights/demo/classifier.pt")
     parser.add_argument("--init", default=None, help="a cell policy file to fine-tune (default: from scratch)")
     parser.add_argument("--images", type=int, default=256, help="training scenes (x every class)")
     parser.add_argument("--grid", type=int, default=7)

@@ -223,7 +223,9 @@ def train_look_ahead(scorer, images: Sequence[torch.Tensor], *, grid: int = 7, b
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", default=None, help="the classifier (default: the demo classifier)")
+    parser.add_argument("--weights", default=None, help="the classifier: a file detection.models.scene_classifier."
+                                                        "load_classifier reads (TorchScript, its <name>.json beside "
+                                                        "it); default: weights/demo/classifier.pt")
     parser.add_argument("--images", type=int, default=48, help="training scenes (x every class)")
     parser.add_argument("--grid", type=int, default=7)
     parser.add_argument("--blocks", default="2,3", help="feature blocks pooled to the grid (comma-separated)")
