@@ -58,7 +58,13 @@ from torch import nn
 from explainers.rexl import CellFeatures, CellPolicy, PolicyCheckpoint
 from explainers.trained import weights_fingerprint
 from tasks.rexl_env import Episode, EpisodeBatch, RexlVecEnv
-from tasks.rexl_train import _LastCheckpoint, classifier_episodes, save_last
+from tasks.rexl_train import (
+    _LastCheckpoint,
+    add_cell_policy_arguments,
+    cell_policy_setup,
+    classifier_episodes,
+    save_last,
+)
 
 ALGORITHM = "MaskablePPO (sb3-contrib), cell-policy actor"
 
@@ -248,13 +254,8 @@ def train_cells_ppo(scorer, images: Sequence[torch.Tensor], *, init: PolicyCheck
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", default=None, help="the classifier: a file detection.models.scene_classifier."
-                                                        "load_classifier reads (TorchScript, its <name>.json beside "
-                                                        "it); default: weights/demo/classifier.pt")
+    add_cell_policy_arguments(parser, images=256)
     parser.add_argument("--init", default=None, help="a cell policy file to fine-tune (default: from scratch)")
-    parser.add_argument("--images", type=int, default=256, help="training scenes (x every class)")
-    parser.add_argument("--grid", type=int, default=7)
-    parser.add_argument("--blocks", default="2,3", help="feature blocks pooled to the grid (comma-separated)")
     parser.add_argument("--steps", type=int, default=200_000)
     parser.add_argument("--warmup-steps", type=int, default=None)
     parser.add_argument("--init-sharpen", type=float, default=1.0, help="the initial policy's logits x this")
@@ -269,30 +270,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reward-scale", type=float, default=10.0)
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds (budget)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--checkpoint-dir", default=None, help="SB3 checkpoints (resumes from last.zip there)")
     parser.add_argument("--checkpoint-every", type=int, default=10_000)
-    parser.add_argument("--out", required=True, help="policy file (explainers.rexl.PolicyCheckpoint, arch cells)")
-    parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    from detection.models.scene_classifier import load_classifier
-    from detection.scorers import ClassifierScorer
-    from tasks.rexl_train import training_scenes
-    clf = load_classifier(args.weights or "weights/demo/classifier.pt", device="cpu")
+    scorer, images, blocks, training = cell_policy_setup(args)
     ckpt, summary = train_cells_ppo(
-        ClassifierScorer(clf), training_scenes(args.images, clf.input_size),
-        init=None if args.init is None else PolicyCheckpoint.load(args.init), grid=args.grid,
-        blocks=[int(b) for b in args.blocks.split(",")], steps=args.steps, warmup_steps=args.warmup_steps,
+        scorer, images, init=None if args.init is None else PolicyCheckpoint.load(args.init), grid=args.grid,
+        blocks=blocks, steps=args.steps, warmup_steps=args.warmup_steps,
         init_sharpen=args.init_sharpen,
         n_envs=args.n_envs, n_steps=args.n_steps, batch_size=args.batch_size, learning_rate=args.lr,
         n_epochs=args.n_epochs, clip_range=args.clip_range,
         ent_coef=args.ent_coef, gae_lambda=args.gae_lambda, reward_scale=args.reward_scale, width=args.width,
         seed=args.seed, checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
         time_limit_s=args.time_limit, progress=not args.no_progress,
-        training={"model": "classifier", "weights": args.weights, "images": args.images, "init_file": args.init,
-                  "data": "training scenes (pull.synthetic, seed + models.train_data.seed_offset)"})
+        training={**training, "init_file": args.init})
     ckpt.save(args.out)
     print(summary, flush=True)
 

@@ -222,37 +222,23 @@ def train_look_ahead(scorer, images: Sequence[torch.Tensor], *, grid: int = 7, b
 
 
 def main(argv: list[str] | None = None) -> None:
+    from tasks.rexl_train import add_cell_policy_arguments, cell_policy_setup
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", default=None, help="the classifier: a file detection.models.scene_classifier."
-                                                        "load_classifier reads (TorchScript, its <name>.json beside "
-                                                        "it); default: weights/demo/classifier.pt")
-    parser.add_argument("--images", type=int, default=48, help="training scenes (x every class)")
-    parser.add_argument("--grid", type=int, default=7)
-    parser.add_argument("--blocks", default="2,3", help="feature blocks pooled to the grid (comma-separated)")
+    add_cell_policy_arguments(parser, images=48)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--per", type=int, default=6, help="teacher steps per roll-out")
     parser.add_argument("--eps", type=float, default=0.3, help="round 1: random-cell probability")
     parser.add_argument("--tau", type=float, default=0.3, help="teacher softmax temperature (log-odds)")
     parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--checkpoint-dir", default=None, help="finished rounds (a rerun resumes after them)")
-    parser.add_argument("--out", required=True, help="policy file (explainers.rexl.PolicyCheckpoint, arch cells)")
-    parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    from detection.models.scene_classifier import load_classifier
-    from detection.scorers import ClassifierScorer
-    from tasks.rexl_train import training_scenes
-    clf = load_classifier(args.weights or "weights/demo/classifier.pt", device="cpu")
-    images = training_scenes(args.images, clf.input_size)
+    scorer, images, blocks, training = cell_policy_setup(args)
     ckpt, summary = train_look_ahead(
-        ClassifierScorer(clf), images, grid=args.grid, blocks=[int(b) for b in args.blocks.split(",")],
+        scorer, images, grid=args.grid, blocks=blocks,
         rounds=args.rounds, per=args.per, eps=args.eps, tau=args.tau, epochs=args.epochs, width=args.width,
         seed=args.seed, checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress,
-        training={"model": "classifier", "weights": args.weights, "images": args.images,
-                  "data": "training scenes (pull.synthetic, seed + models.train_data.seed_offset)"})
+        training=training)
     ckpt.save(args.out)
     print(summary, flush=True)
 

@@ -266,6 +266,38 @@ def detector_episodes(detector, images: Sequence[torch.Tensor], grid: int, min_h
     return DRiseScorer(detector, torch.stack(boxes), torch.stack(probs), chunk_size=16), episodes
 
 
+TRAINING_DATA = "training scenes (pull.synthetic, seed + models.train_data.seed_offset)"
+
+
+def add_cell_policy_arguments(parser: argparse.ArgumentParser, images: int) -> None:
+    """The options the cell-policy trainers' CLIs share (``tasks.rexl_cells_ppo``, ``tasks.rexl_imitation``): the
+    classifier, its training scenes (default ``images``), the grid, the feature blocks, seed, threads, the output
+    file and the progress bar (read back by :func:`cell_policy_setup`)."""
+    parser.add_argument("--weights", default=None, help="the classifier: a file detection.models.scene_classifier."
+                                                        "load_classifier reads (TorchScript, its <name>.json beside "
+                                                        "it); default: weights/demo/classifier.pt")
+    parser.add_argument("--images", type=int, default=images, help="training scenes (x every class)")
+    parser.add_argument("--grid", type=int, default=7)
+    parser.add_argument("--blocks", default="2,3", help="feature blocks pooled to the grid (comma-separated)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", required=True, help="policy file (explainers.rexl.PolicyCheckpoint, arch cells)")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def cell_policy_setup(args: argparse.Namespace) -> tuple[object, list[torch.Tensor], list[int], dict]:
+    """The options of :func:`add_cell_policy_arguments` put to work: sets the torch threads, loads the classifier
+    (CPU) and renders its training scenes; returns (a ``ClassifierScorer`` over its classes, the images, the
+    blocks, the common ``training`` record)."""
+    from detection.models.scene_classifier import load_classifier
+    from detection.scorers import ClassifierScorer
+    torch.set_num_threads(args.threads)
+    clf = load_classifier(args.weights or "weights/demo/classifier.pt", device="cpu")
+    blocks = [int(b) for b in args.blocks.split(",")]
+    training = {"model": "classifier", "weights": args.weights, "images": args.images, "data": TRAINING_DATA}
+    return ClassifierScorer(clf), training_scenes(args.images, clf.input_size), blocks, training
+
+
 def _classifier_setup(args):
     """(scorer, episodes, conditioning, num_classes) of the classifier regimes."""
     from detection.models.scene_classifier import load_classifier
@@ -351,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
         reward_scale=args.reward_scale, time_limit_s=args.time_limit,
         checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
         training={"model": args.model, "weights": args.weights, "images": args.images, "target": args.target,
-                  "data": "training scenes (pull.synthetic, seed + models.train_data.seed_offset)"})
+                  "data": TRAINING_DATA})
     ckpt.save(args.out)
     print(summary, flush=True)
 
