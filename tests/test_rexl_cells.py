@@ -105,6 +105,11 @@ def test_imitation_learns_the_only_cell_the_classifier_sees_and_resumes(tmp_path
     assert apart.n_forward == exp.n_forward and apart.n_feature_forward == 1 + (n - 2)
     assert torch.equal(exp.order, apart.order)
     torch.testing.assert_close(exp.curve, apart.curve) and torch.testing.assert_close(exp.saliency, apart.saliency)
+    odd = torch.nn.functional.interpolate(scene(9)[None], size=(67, 71), mode="bilinear")[0]   # sides not k-multiples
+    fused_odd, apart_odd = Rexl(scorer, policy=loaded).explain(odd), separate.explain(odd)
+    assert fused_odd.saliency.shape == (1, 67, 71) and fused_odd.n_feature_forward == 1
+    assert torch.equal(fused_odd.order, apart_odd.order)
+    torch.testing.assert_close(fused_odd.curve, apart_odd.curve)
     resumed, summary2 = train_look_ahead(scorer, images, **options)         # both rounds restored, nothing retrained
     assert summary2["rounds"] == summary["rounds"]
     for k, v in ckpt.state_dict.items():
