@@ -38,9 +38,9 @@ from bench_rexl import greedy_order, order_curve, ordered_saliency
 from detection.models.scene_classifier import load_classifier
 from detection.scorers import ClassifierScorer
 from explainers.perturb import make_perturbation
-from explainers.rexl import CellFeatures, CellGame, Rexl, cell_state
+from explainers.rexl import CellFeatures, CellGame, Rexl
 from pedestrians import classifier_scenes, describe_split, file_digest, start_run
-from tasks.rexl_imitation import Teacher, class_map_rule, train_look_ahead
+from tasks.rexl_imitation import Teacher, guide_rule, rollout, train_look_ahead
 from tasks.rexl_train import training_scenes
 
 GRID = 7
@@ -51,17 +51,8 @@ def class_map_order(clf, image, sub) -> tuple[list[list[int]], list[torch.Tensor
     """The no-learning control on the cell state: every class's roll-out of the class-map rule (its target's class map
     of the current canvas, highest first): orders [C][n] and probability curves C x [n + 1]."""
     teacher = Teacher(CellFeatures(clf, (2, 3), GRID), GRID, "mean")
-    game, onehot, cols = teacher.start([image])
-    pick, g = class_map_rule(teacher.classes, 0.0), torch.Generator().manual_seed(0)
-    feats = teacher.run(game.canvas())
-    curve, order = [feats[:, -teacher.classes:].gather(1, cols[:, None])[:, 0]], []
-    for _ in range(N_CELLS):
-        a = pick(cell_state(feats, game.taken, onehot, teacher.classes, GRID), game.taken, g)
-        game.take(a)
-        order.append(a)
-        feats = teacher.run(game.canvas())
-        curve.append(feats[:, -teacher.classes:].gather(1, cols[:, None])[:, 0])
-    return torch.stack(order, 1).tolist(), list(torch.stack(curve, 1))
+    order, curve = rollout(teacher, [image], guide_rule(teacher.guide, 0.0))
+    return order.tolist(), list(curve)
 
 
 def occlusion_order(scorer, image, sub) -> list[list[int]]:

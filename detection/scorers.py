@@ -95,11 +95,17 @@ class ClassifierScorer(_ChunkedScorer):
         return cam_layers(self.model, height, width, layer, classifier=True)
 
 
-def drise_similarity(target_boxes: torch.Tensor, target_probs: torch.Tensor, cand: Candidates) -> torch.Tensor:
-    """D-RISE: ``max_k IoU(box_t, box_k) · objectness_k · cos(p_t, p_k)`` for every image and target -> [B, T]."""
+def drise_similarities(target_boxes: torch.Tensor, target_probs: torch.Tensor, cand: Candidates) -> torch.Tensor:
+    """D-RISE's similarity of every target to every candidate, ``IoU(box_t, box_k) · objectness_k · cos(p_t, p_k)``
+    (0 for an invalid candidate) -> [B, T, K]."""
     iou = box_iou(target_boxes.unsqueeze(0), cand.boxes)                          # [B, T, K]
     cos = torch.einsum("tc,bkc->btk", F.normalize(target_probs, dim=-1), F.normalize(cand.class_probs, dim=-1))
-    sim = iou * cos * (cand.objectness * cand.valid).unsqueeze(1)
+    return iou * cos * (cand.objectness * cand.valid).unsqueeze(1)
+
+
+def drise_similarity(target_boxes: torch.Tensor, target_probs: torch.Tensor, cand: Candidates) -> torch.Tensor:
+    """D-RISE: ``max_k IoU(box_t, box_k) · objectness_k · cos(p_t, p_k)`` for every image and target -> [B, T]."""
+    sim = drise_similarities(target_boxes, target_probs, cand)
     return sim.amax(-1) if sim.shape[-1] else sim.new_zeros(sim.shape[:2])
 
 
@@ -128,6 +134,10 @@ class DRiseScorer(_ChunkedScorer):
 
     def _score_chunk(self, images: torch.Tensor) -> torch.Tensor:
         return drise_similarity(self.target_boxes, self.target_probs, self.model.candidates(images))
+
+    def similarities(self, cand: Candidates) -> torch.Tensor:
+        """Every target's D-RISE similarity to every candidate [B, T, K] (its max over K is the score)."""
+        return drise_similarities(self.target_boxes, self.target_probs, cand)
 
     # the differentiable path (white-box explainers; detection.scorers_grad): same scores, autograd graph kept
     def gradients_unavailable(self) -> str | None:

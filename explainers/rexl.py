@@ -45,7 +45,12 @@ shared by all cells scores each. The demo classifier's last feature map (4 x 5) 
 features pooled from it cannot say which of two neighbouring cells holds the evidence; the earlier blocks can.
 Trained by imitating a one-step look-ahead teacher (``tasks.rexl_imitation``, DAgger) or by stable-baselines3's
 MaskablePPO with the cell policy as its actor (``tasks.rexl_cells_ppo``); ``benchmarks/bench_rexl_state.py`` and
-``benchmarks/bench_rexl_ppo.py`` measure them.
+``benchmarks/bench_rexl_ppo.py`` measure them. A detector's cell policy (box conditioning, deletion; features
+``detector_cells``: ``explainers.rexl_detector``) reads the detection head's input maps pooled to the grid, the
+target's support map (the best D-RISE similarity of the anchors centred in each cell) and the target box's cover of
+each cell, all from the pass that scores the canvas; one policy serves every pedestrian. Trained by
+``tasks.rexl_imitation.train_look_ahead_boxes``; ``benchmarks/bench_rexl_detector.py`` measures it against
+D-RISE@4000.
 
 Saliency (``credit``): ``cumulative`` (the paper's rule) adds each reward change r_t - r_{t-1} (with r_0 = sign *
 s_0) to every cell taken so far, so cell a_i (taken at step i) gets sign * (s_n - s_{i-1}): for deletion the score
@@ -101,6 +106,9 @@ from torch import nn
 from explainers.base import Explainer, Explanation, region_means
 from explainers.perturb import Perturbation, make_perturbation
 from explainers.regions import grid_regions
+from explainers.rexl_detector import KIND as KIND_DETECTOR_CELLS
+from explainers.rexl_detector import STATE_EXTRA as DETECTOR_STATE_EXTRA
+from explainers.rexl_detector import DetectorCellFeatures, box_cell_state
 from explainers.trained import NetworkCheckpoint, load_once, weights_fingerprint
 
 FORMAT = "xai-audit/rexl-policy"
@@ -299,7 +307,9 @@ def has_backbone(scorer) -> bool:
 def make_features(scorer, spec: dict | str = "auto") -> nn.Module:
     """The feature extractor a policy spec names: ``{'kind': 'backbone', 'pool': p}`` (the scorer's classifier),
     ``{'kind': 'fixed', ...}`` (:class:`FixedCNN` with those settings), ``{'kind': 'cells', 'blocks': [...], ...}``
-    (:class:`CellFeatures`, for a cell policy), or 'auto' / 'backbone' / 'fixed' (defaults;
+    (:class:`CellFeatures`, for a classifier's cell policy), ``{'kind': 'detector_cells', 'layers': [...], ...}``
+    (``explainers.rexl_detector.DetectorCellFeatures``, for a detector's cell policy: the scorer is its
+    ``DRiseScorer``), or 'auto' / 'backbone' / 'fixed' (defaults;
     auto: backbone where the scorer has one). Raises ValueError for an unknown kind or a backbone the scorer lacks."""
     if isinstance(spec, str):
         if spec not in ("auto", "backbone", "fixed"):
@@ -311,12 +321,15 @@ def make_features(scorer, spec: dict | str = "auto") -> nn.Module:
         return BackboneFeatures(getattr(scorer, "model", None), **options)
     if spec.get("kind") == "fixed":
         return FixedCNN(**options).to(torch.device(getattr(scorer, "device", "cpu")))
+    if spec.get("kind") == KIND_DETECTOR_CELLS:
+        return DetectorCellFeatures(scorer, **{k: v for k, v in options.items() if k != "channels"})
     if spec.get("kind") == "cells":
         if getattr(scorer, "model", None) is None:
             raise ValueError(f"rexl: features 'cells' need a classifier scorer (its .model), got "
                              f"{type(scorer).__name__}")
         return CellFeatures(scorer.model, **options)
-    raise ValueError(f"rexl: unknown feature extractor {spec!r}; expected kind 'backbone', 'fixed' or 'cells'")
+    raise ValueError(f"rexl: unknown feature extractor {spec!r}; expected kind 'backbone', 'fixed', 'cells' or "
+                     f"{KIND_DETECTOR_CELLS!r}")
 
 
 # ---------------------------------------------------------------------------------------------- state
@@ -340,14 +353,18 @@ def computes_head_of_mean(classifier, size: tuple[int, int] = (64, 64), seed: in
 
 
 def fused_pass(scorer, features):
-    """One network pass giving both scores [N, T] and features [N, D] of canvases, for a ``ClassifierScorer`` whose
+    """One network pass giving both scores [N, T] and features [N, D] of canvases (a function of the canvases and a
+    target column per row, which only a detector's features read), for a ``ClassifierScorer`` whose
     network is ``features`` -> global mean -> ``head`` (the demo SceneNet) with :class:`BackboneFeatures` of that same
-    network, or with :class:`CellFeatures` of its classifier (whose output ends with the class probabilities):
+    network, or with :class:`CellFeatures` of its classifier (whose output ends with the class probabilities), or
+    for a detector's ``DRiseScorer`` with its ``DetectorCellFeatures`` (whose pass is the scorer's own):
     training then runs the backbone once per canvas instead of twice. None for any other scorer / features, and
     None when the classifier's own logits of a seeded random batch differ from ``head(mean(features))`` by more
     than 1e-4 (:func:`computes_head_of_mean`: another pooling, a temperature, float16 autocast). Its users
     (``Rexl``, ``tasks.rexl_env.EpisodeBatch``) also check its scores against the scorer's on the first canvases
     (``Rexl``: of every explanation) and fall back to separate passes when they differ."""
+    if isinstance(features, DetectorCellFeatures):
+        return features.run if features.scorer is scorer else None
     clf = getattr(scorer, "model", None)
     net = getattr(clf, "model", None)
     if getattr(scorer, "targets", None) is None or not computes_head_of_mean(clf):
@@ -357,14 +374,14 @@ def fused_pass(scorer, features):
             return None
         classes = int(features.spec["classes"])
 
-        def run_cells(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def run_cells(images: torch.Tensor, targets=None) -> tuple[torch.Tensor, torch.Tensor]:
             feats = features(images)                   # CellFeatures end with the class probabilities of the pass
             return feats[:, -classes:][:, scorer.targets], feats
         return run_cells
     if not isinstance(features, BackboneFeatures) or features.features is not getattr(net, "features", None):
         return None
 
-    def run(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def run(images: torch.Tensor, targets=None) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.inference_mode():
             fmap = net.features(clf.preprocess(images)).float()
             logits = net.head(fmap.mean((2, 3))).float()
@@ -526,18 +543,20 @@ class RexlPolicy(nn.Module):
 class CellPolicy(nn.Module):
     """A *cell policy*: one network shared by every cell scores that cell from its own state (:func:`cell_state`,
     S channels per cell, standardised by the fixed per-channel ``state_mean`` / ``state_std`` [S] buffers) and its
-    3 x 3 neighbourhood: 1 x 1 conv S -> ``width``, ReLU, 3 x 3 conv, ReLU, 1 x 1 conv -> one logit per cell:
+    3 x 3 neighbourhood (a detector's, ``boxes``: ``explainers.rexl_detector.box_cell_state``, box conditioning):
+    1 x 1 conv S -> ``width``, ReLU, 3 x 3 conv, ReLU, 1 x 1 conv -> one logit per cell:
     obs [N, S k^2] (channel-major) -> logits [N, k^2]. Weight sharing makes "this cell looks like evidence" one rule
     for all cells instead of one per cell (the MLP's), which a few thousand training states can fit. Trained by
     ``tasks.rexl_imitation`` (a one-step look-ahead teacher, DAgger) or ``tasks.rexl_cells_ppo`` (MaskablePPO)."""
 
-    def __init__(self, channels: int, grid: int, width: int = 64, classes: int = 0):
+    def __init__(self, channels: int, grid: int, width: int = 64, classes: int = 0, boxes: bool = False):
         super().__init__()
         self.net = nn.Sequential(nn.Conv2d(channels, width, 1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1),
                                  nn.ReLU(), nn.Conv2d(width, 1, 1))
         self.register_buffer("state_mean", torch.zeros(channels))
         self.register_buffer("state_std", torch.ones(channels))
         self.channels, self.grid, self.width, self.classes = int(channels), int(grid), int(width), int(classes)
+        self.boxes = bool(boxes)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         N, k = obs.shape[0], self.grid
@@ -547,7 +566,10 @@ class CellPolicy(nn.Module):
 
     def state(self, canvas_features: torch.Tensor, image_features: torch.Tensor | None, taken: torch.Tensor,
               condition: torch.Tensor, maps: int = 0) -> torch.Tensor:
-        """The observation [N, S k^2]: :func:`cell_state` flattened (``image_features`` / ``maps`` unused)."""
+        """The observation [N, S k^2]: :func:`cell_state` (a detector's policy, ``boxes``:
+        ``explainers.rexl_detector.box_cell_state``) flattened (``image_features`` / ``maps`` unused)."""
+        if self.boxes:
+            return box_cell_state(canvas_features, taken, condition, self.grid).flatten(1)
         return cell_state(canvas_features, taken, condition, self.classes, self.grid).flatten(1)
 
     def act(self, obs: torch.Tensor, taken: torch.Tensor) -> torch.Tensor:
@@ -587,11 +609,20 @@ class PolicyCheckpoint(NetworkCheckpoint):
     def __post_init__(self):
         if self.arch not in ARCHS:
             raise ValueError(f"rexl: policy arch must be one of {ARCHS}, got {self.arch!r}")
-        if self.arch == "cells" and (self.features.get("kind") != "cells" or self.conditioning != "class"
+        kind = self.features.get("kind")
+        if self.arch == "cells" and ((kind, self.conditioning) not in (("cells", "class"), (KIND_DETECTOR_CELLS, "box"))
                                      or self.mode != "deletion"):
-            raise ValueError("rexl: a cell policy needs features of kind 'cells', class conditioning and deletion "
-                             f"mode, got {self.features.get('kind')!r}, {self.conditioning!r}, {self.mode!r}")
-        if self.arch == "cells":
+            raise ValueError("rexl: a cell policy needs features of kind 'cells' with class conditioning or "
+                             f"{KIND_DETECTOR_CELLS!r} with box conditioning, and deletion mode, got {kind!r}, "
+                             f"{self.conditioning!r}, {self.mode!r}")
+        if self.arch == "cells" and kind == KIND_DETECTOR_CELLS:
+            n = self.grid ** 2
+            if self.features.get("grid") != self.grid or \
+                    self.feature_dim != int(self.features.get("channels", -1)) * n + n + 1:
+                raise ValueError(f"rexl: a detector cell policy's grid ({self.grid}), its features' grid / channels "
+                                 f"({self.features.get('grid')!r} / {self.features.get('channels')!r}) and "
+                                 f"feature_dim ({self.feature_dim} = channels k^2 + k^2 + 1) disagree")
+        elif self.arch == "cells":
             n, C = self.grid ** 2, self.num_classes
             if not isinstance(C, int) or C < 1 or self.features.get("classes") != C or \
                     self.features.get("grid") != self.grid or (self.feature_dim - C) % n:
@@ -600,22 +631,26 @@ class PolicyCheckpoint(NetworkCheckpoint):
                                  f"({self.grid}) and feature_dim ({self.feature_dim} = F k^2 + classes) disagree")
 
     @classmethod
-    def for_cell_policy(cls, policy: CellPolicy, features: CellFeatures, *, model_sha256: str, perturbation: str,
-                        training: dict) -> PolicyCheckpoint:
-        """The checkpoint of a trained :class:`CellPolicy` on ``features`` (deletion, class conditioning, its
-        weights copied to the CPU), whoever trained it (``tasks.rexl_imitation``, ``tasks.rexl_cells_ppo``)."""
-        classes, n = int(features.spec["classes"]), policy.grid ** 2
+    def for_cell_policy(cls, policy: CellPolicy, features: CellFeatures | DetectorCellFeatures, *, model_sha256: str,
+                        perturbation: str, training: dict) -> PolicyCheckpoint:
+        """The checkpoint of a trained :class:`CellPolicy` on ``features`` (deletion; class conditioning, or box
+        conditioning for a detector's ``DetectorCellFeatures``; its weights copied to the CPU), whoever trained it
+        (``tasks.rexl_imitation``, ``tasks.rexl_cells_ppo``)."""
+        boxes = isinstance(features, DetectorCellFeatures)
+        classes, n = (None if boxes else int(features.spec["classes"])), policy.grid ** 2
         return cls(model_sha256=model_sha256, grid=policy.grid, mode="deletion", perturbation=perturbation,
-                   perturbation_describe=make_perturbation(perturbation).describe(), conditioning="class",
-                   num_classes=classes, features=dict(features.spec),
-                   feature_dim=(policy.channels - classes - 4) * n + classes,
+                   perturbation_describe=make_perturbation(perturbation).describe(),
+                   conditioning="box" if boxes else "class", num_classes=classes, features=dict(features.spec),
+                   feature_dim=features.dim if boxes else (policy.channels - classes - 4) * n + classes,
                    state_dict={k: v.detach().cpu().clone() for k, v in policy.state_dict().items()}, hidden=(),
                    activation="relu", arch="cells", width=policy.width, training=dict(training))
 
     @property
     def cell_channels(self) -> int:
-        """S of :func:`cell_state` (cell policies)."""
+        """S of :func:`cell_state` (cell policies; a detector's: of ``box_cell_state``)."""
         n = self.grid ** 2
+        if self.features.get("kind") == KIND_DETECTOR_CELLS:
+            return (self.feature_dim - 1) // n - 1 + DETECTOR_STATE_EXTRA
         return (self.feature_dim - int(self.num_classes)) // n + int(self.num_classes) + 4
 
     @property
@@ -630,7 +665,8 @@ class PolicyCheckpoint(NetworkCheckpoint):
         """The policy module with the stored weights, in eval mode (:class:`RexlPolicy` or, arch 'cells',
         :class:`CellPolicy`)."""
         if self.arch == "cells":
-            net = CellPolicy(self.cell_channels, self.grid, self.width, int(self.num_classes))
+            boxes = self.features.get("kind") == KIND_DETECTOR_CELLS
+            net = CellPolicy(self.cell_channels, self.grid, self.width, 0 if boxes else int(self.num_classes), boxes)
         else:
             net = RexlPolicy(self.obs_dim, self.grid ** 2, self.hidden, self.activation, self.feature_dim)
         net.load_state_dict(self.state_dict)
@@ -758,33 +794,40 @@ class Rexl(Explainer):
         return RexlExplanation(**{f: getattr(exp, f) for f in Explanation.__dataclass_fields__},
                                order=self._order, curve=self._curve, n_feature_forward=self.n_feature_forward)
 
-    def _feature(self, canvases: torch.Tensor) -> torch.Tensor:
+    def _feature(self, canvases: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Features [M, D] of canvases [B, 3, H, W] whose row i is for target ``targets[i]`` [M] (B = M, or B = 1 for
+        M targets: a detector's features are per target, a classifier's the canvas's [1, D])."""
         self.n_feature_forward += canvases.shape[0]
-        out = []
-        for s in range(0, canvases.shape[0], self.chunk_size):
-            out.append(self.features(canvases[s:s + self.chunk_size]))
-        return torch.cat(out)
+        if isinstance(self.features, DetectorCellFeatures):
+            if canvases.shape[0] == 1:
+                return self.features.run(canvases, targets)[1]
+            return torch.cat([self.features.run(canvases[s:s + self.chunk_size], targets[s:s + self.chunk_size])[1]
+                              for s in range(0, canvases.shape[0], self.chunk_size)])
+        return torch.cat([self.features(canvases[s:s + self.chunk_size])
+                          for s in range(0, canvases.shape[0], self.chunk_size)])
 
     def _score_chunks(self, canvases: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.score(canvases[s:s + self.chunk_size])
                           for s in range(0, canvases.shape[0], self.chunk_size)])
 
-    def _fused_chunks(self, canvases: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scores [B, T] and features [B, D] of canvases from one model pass each (:func:`fused_pass`): counted as
-        model forwards."""
+    def _fused_chunks(self, canvases: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores [B, T] and features [B, D] of canvases (row i for target ``targets[i]``) from one model pass each
+        (:func:`fused_pass`): counted as model forwards."""
         self._forwards += canvases.shape[0]
-        both = [self._fused(canvases[s:s + self.chunk_size]) for s in range(0, canvases.shape[0], self.chunk_size)]
+        both = [self._fused(canvases[s:s + self.chunk_size], targets[s:s + self.chunk_size])
+                for s in range(0, canvases.shape[0], self.chunk_size)]
         return torch.cat([b[0] for b in both]).float(), torch.cat([b[1] for b in both])
 
     def _first_features(self, canvas: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        """Features [1, D] of the roll-outs' common first canvas [1, 3, H, W] (a feature forward). With a fused pass,
-        it is this pass, and a check of it on every explanation: its scores must equal the scorer's ``scores`` [T]
-        of that canvas (1e-4), else this and every later roll-out score and featurise canvases in separate passes
-        (``fused`` False)."""
+        """Features [1 or T, D] of the roll-outs' common first canvas [1, 3, H, W] (a feature forward; a detector's
+        for each of the T targets). With a fused pass, it is this pass, and a check of it on every explanation: its
+        scores must equal the scorer's ``scores`` [T] of that canvas (1e-4), else this and every later roll-out score
+        and featurise canvases in separate passes (``fused`` False)."""
+        targets = torch.arange(scores.shape[0], device=canvas.device)
         if self.fused is False:
-            return self._feature(canvas)
+            return self._feature(canvas, targets)
         self.n_feature_forward += 1
-        fused_scores, feats = self._fused(canvas)
+        fused_scores, feats = self._fused(canvas, targets)
         self.fused = bool(torch.allclose(fused_scores[0].float(), scores.float(), atol=1e-4, rtol=1e-4))
         return feats
 
@@ -817,7 +860,8 @@ class Rexl(Explainer):
         full, empty = ends[0], ends[1]
         game = CellGame(image.expand(T, -1, -1, -1), baseline.expand(T, -1, -1, -1), c.mode, c.grid)
         cond = self.condition(T, (H, W))
-        image_feats = self._feature(image[None]).expand(T, -1) if c.mode == "insertion" else None
+        image_feats = self._feature(image[None], torch.zeros(1, dtype=torch.long)).expand(T, -1) \
+            if c.mode == "insertion" else None
         n = game.cells
         rows = torch.arange(T, device=self.device)
         curve = torch.empty(T, n + 1, device=self.device)
@@ -832,10 +876,10 @@ class Rexl(Explainer):
                 order[:, t] = actions
                 canvases = game.canvas()
                 if self.fused:                        # scores and the next state's features from one pass
-                    scores, feats = self._fused_chunks(canvases)
+                    scores, feats = self._fused_chunks(canvases, rows)
                 else:
                     scores = self._score_chunks(canvases)
-                    feats = self._feature(canvases) if t < n - 2 else feats
+                    feats = self._feature(canvases, rows) if t < n - 2 else feats
                 curve[:, t + 1] = scores[rows, rows]
             last = (~game.taken).float().argmax(1)                                    # the one cell left: forced
             game.take(last)

@@ -41,9 +41,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from explainers import rexl
+from explainers import rexl, rexl_detector
 from explainers.perturb import make_perturbation
 from explainers.rexl import CellFeatures, CellGame, CellPolicy, PolicyCheckpoint, cell_state
+from explainers.rexl_detector import STATE_EXTRA, box_cell_state
 from explainers.trained import tensors_sha256, weights_fingerprint
 from tasks.result_store import files_digest
 
@@ -57,18 +58,27 @@ def log_odds(p: torch.Tensor) -> torch.Tensor:
 
 class Teacher:
     """The cell game of N (image, class) targets with the classifier's :class:`~explainers.rexl.CellFeatures`: one
-    pass gives a canvas's features and its class probabilities; counts forwards."""
+    pass gives a canvas's features and its class probabilities; counts forwards. ``guide``: the state channel of
+    the target's class map (round 1's rule)."""
 
     def __init__(self, features: CellFeatures, grid: int, perturbation: str, chunk: int = 64):
         self.features, self.grid, self.chunk = features, int(grid), int(chunk)
         self.classes = int(features.spec["classes"])
         self.substrate = make_perturbation(perturbation)
         self.n_forward = 0
+        self.guide = -(self.classes + 4)                            # cell_state's target-map channel
 
-    def run(self, canvases: torch.Tensor) -> torch.Tensor:
-        """Features [B, F k^2 + C] (the probabilities last)."""
+    def run(self, canvases: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """Features [B, F k^2 + C] (the probabilities last; ``cols``, the rows' targets, are in the state)."""
         self.n_forward += canvases.shape[0]
         return torch.cat([self.features(canvases[s:s + self.chunk]) for s in range(0, len(canvases), self.chunk)])
+
+    def score(self, feats: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """The rows' target scores [B] in :meth:`run`'s features."""
+        return feats[:, -self.classes:].gather(1, cols[:, None])[:, 0]
+
+    def state(self, feats: torch.Tensor, taken: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        return cell_state(feats, taken, condition, self.classes, self.grid)
 
     def start(self, images: Sequence[torch.Tensor]) -> tuple[CellGame, torch.Tensor, torch.Tensor]:
         """Every (image, class) target: the game [N = len(images) C], the class one-hots [N, C], the columns [N]."""
@@ -80,7 +90,7 @@ class Teacher:
     def drops(self, game: CellGame, feats: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """The teacher [N, k^2]: the target's log-odds drop when each free cell is deleted next (NaN: taken)."""
         n = game.cells
-        current = log_odds(feats[:, -self.classes:].gather(1, cols[:, None])[:, 0])
+        current = log_odds(self.score(feats, cols))
         out = torch.full((len(cols), n), float("nan"))
         H, W = game.images.shape[-2:]
         for i in range(len(cols)):
@@ -89,15 +99,49 @@ class Teacher:
             trial[torch.arange(len(free)), free] = True
             canvases = torch.where(trial[:, game.labels].view(len(free), 1, H, W), game.baselines[i:i + 1],
                                    game.images[i:i + 1])
-            probs = self.run(canvases)[:, -self.classes:][:, cols[i]]
-            out[i, free] = current[i] - log_odds(probs)
+            mine = cols[i:i + 1].expand(len(free))
+            out[i, free] = current[i] - log_odds(self.score(self.run(canvases, mine), mine))
         return out
 
 
-def class_map_rule(classes: int, eps: float):
-    """Round 1's behaviour: the target's class map of the current canvas, highest first; a random cell w.p. eps."""
+class BoxTeacher(Teacher):
+    """The cell game of a detector's training pedestrians (box-conditioned, one column each of the features'
+    ``DRiseScorer``) with its :class:`~explainers.rexl_detector.DetectorCellFeatures`: one detector pass gives a
+    canvas's features, its target's support map and D-RISE score. ``guide``: the support map's state channel."""
+
+    def __init__(self, features, episodes: Sequence, grid: int, perturbation: str, chunk: int = 16):
+        self.features, self.grid, self.chunk = features, int(grid), int(chunk)
+        self.episodes = list(episodes)
+        self.classes = 0
+        self.substrate = make_perturbation(perturbation)
+        self.n_forward = 0
+        self.guide = -STATE_EXTRA
+
+    def run(self, canvases: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """Features [B, F k^2 + k^2 + 1] of row i's target ``cols[i]`` (its D-RISE score last)."""
+        self.n_forward += canvases.shape[0]
+        return torch.cat([self.features.run(canvases[s:s + self.chunk], cols[s:s + self.chunk])[1]
+                          for s in range(0, len(canvases), self.chunk)])
+
+    def score(self, feats: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        return feats[:, -1]
+
+    def state(self, feats: torch.Tensor, taken: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        return box_cell_state(feats, taken, condition, self.grid)
+
+    def start(self, episodes: Sequence) -> tuple[CellGame, torch.Tensor, torch.Tensor]:
+        """Every pedestrian (``tasks.rexl_train.Episode``: image, column, box conditioning): the game [N], the
+        conditioning [N, k^2 + 4], the columns [N]."""
+        x = torch.stack([e.image for e in episodes]).float()
+        game = CellGame(x, torch.stack([self.substrate.baseline(i) for i in x]), "deletion", self.grid)
+        return game, torch.stack([e.condition for e in episodes]).float(), torch.tensor([e.column for e in episodes])
+
+
+def guide_rule(channel: int, eps: float):
+    """Round 1's behaviour: the state's ``channel`` (the target's class map of the current canvas, or a detector
+    target's support map), highest first; a random cell w.p. eps."""
     def pick(state: torch.Tensor, taken: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        target_map = state[:, -(classes + 4)]                       # cell_state's target-map channel
+        target_map = state[:, channel]
         explore = torch.rand(len(state), 1, generator=generator) < eps
         values = torch.where(explore, torch.rand(target_map.shape, generator=generator), target_map)
         return values.masked_fill(taken, -torch.inf).argmax(1)
@@ -115,21 +159,21 @@ def collect(teacher: Teacher, images: Sequence[torch.Tensor], pick, per: int, ge
             progress: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Teacher rows along ``pick``'s roll-outs: states [M, S, k^2] (raw), drops [M, k^2], taken [M, k^2] at ``per``
     random steps (the same steps for every target)."""
-    game, onehot, cols = teacher.start(images)
+    game, condition, cols = teacher.start(images)
     n = game.cells
     at = set(torch.randperm(n - 1, generator=generator)[:per].tolist())
-    feats = teacher.run(game.canvas())
+    feats = teacher.run(game.canvas(), cols)
     rows = []
     steps = range(n)
     if progress:
         from tqdm import tqdm
         steps = tqdm(steps, desc="rexl imitation: roll-out steps", leave=False)
     for t in steps:
-        state = cell_state(feats, game.taken, onehot, teacher.classes, teacher.grid)
+        state = teacher.state(feats, game.taken, condition)
         if t in at:
             rows.append((state, teacher.drops(game, feats, cols), game.taken.clone()))
         game.take(pick(state, game.taken, generator))
-        feats = teacher.run(game.canvas())
+        feats = teacher.run(game.canvas(), cols)
     return tuple(torch.cat([r[i] for r in rows]) for i in range(3))
 
 
@@ -156,6 +200,23 @@ def fit(policy: CellPolicy, data, tau: float, epochs: int, generator: torch.Gene
     return loss_sum / max(1, len(obs))
 
 
+def rollout(teacher: Teacher, data: Sequence, pick, generator: torch.Generator | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``pick``'s roll-outs of every target of ``data`` (:meth:`Teacher.start`'s): cell orders [N, k^2] and the
+    targets' scores along them [N, k^2 + 1] (k^2 + 1 passes of N canvases)."""
+    generator = generator or torch.Generator().manual_seed(0)
+    game, condition, cols = teacher.start(data)
+    feats = teacher.run(game.canvas(), cols)
+    curve, order = [teacher.score(feats, cols)], []
+    for _ in range(game.cells):
+        actions = pick(teacher.state(feats, game.taken, condition), game.taken, generator)
+        game.take(actions)
+        order.append(actions)
+        feats = teacher.run(game.canvas(), cols)
+        curve.append(teacher.score(feats, cols))
+    return torch.stack(order, 1), torch.stack(curve, 1)
+
+
 def train_look_ahead(scorer, images: Sequence[torch.Tensor], *, grid: int = 7, blocks: Sequence[int] = (2, 3),
                      perturbation: str = "mean", rounds: int = 2, per: int = 6, eps: float = 0.3, tau: float = 0.3,
                      epochs: int = 150, width: int = 64, seed: int = 0, checkpoint_dir: str | Path | None = None,
@@ -164,50 +225,89 @@ def train_look_ahead(scorer, images: Sequence[torch.Tensor], *, grid: int = 7, b
     (training scenes, one size): ``rounds`` of DAgger (module docstring). Returns the checkpoint (deletion, class
     conditioning, features ``cells``) and a summary. Raises ValueError for rounds / per / epochs < 1, tau <= 0 or
     no images."""
-    if rounds < 1 or per < 1 or epochs < 1 or not tau > 0 or not images:
-        raise ValueError(f"rexl imitation: need rounds, per, epochs >= 1, tau > 0 and images; got rounds {rounds}, "
-                         f"per {per}, epochs {epochs}, tau {tau}, {len(images)} images")
-    start = time.perf_counter()
+    if not images:
+        raise ValueError("rexl imitation: no training images")
     features = CellFeatures(getattr(scorer, "model", None), blocks, grid)
     teacher = Teacher(features, grid, perturbation)
-    classes = teacher.classes
-    settings = {"grid": grid, "blocks": list(blocks), "perturbation": perturbation, "per": per, "eps": eps,
-                "tau": tau, "epochs": epochs, "width": width, "seed": seed, "images": len(images),
+    settings = {"grid": grid, "blocks": list(blocks), "perturbation": perturbation, "images": len(images)}
+    return _dagger(teacher, images, scorer, settings, tensors_sha256({str(i): x for i, x in enumerate(images)}),
+                   rounds=rounds, per=per, eps=eps, tau=tau, epochs=epochs, width=width, seed=seed,
+                   checkpoint_dir=checkpoint_dir, progress=progress, training=training)
+
+
+def train_look_ahead_boxes(detector, images: Sequence[torch.Tensor], *, grid: int = 7,
+                           layers: Sequence[int] = (0, 1), min_height: float = 60.0, person: str = "person",
+                           perturbation: str = "mean",
+                           rounds: int = 3, per: int = 2, eps: float = 0.3, tau: float = 0.3, epochs: int = 150,
+                           width: int = 64, seed: int = 0, checkpoint_dir: str | Path | None = None,
+                           progress: bool = False, training: dict | None = None) -> tuple[PolicyCheckpoint, dict]:
+    """A box-conditioned cell policy for a detector (a ``detection.models.yolo.YoloDetector``): its ``person``
+    detections >= ``min_height`` px on the training ``images`` (``tasks.rexl_train.detector_episodes``) are the
+    targets, each deleted cell by cell with the D-RISE score of its detection (the teacher's drop: its log-odds),
+    the state ``explainers.rexl_detector.box_cell_state`` of the head's input maps ``layers``. ``rounds`` of DAgger
+    (module docstring; round 1 follows the target's support map). Returns the checkpoint (deletion, box
+    conditioning, features ``detector_cells``) and a summary. Raises ValueError as :func:`train_look_ahead` and when
+    the detector finds no pedestrian."""
+    from explainers.rexl_detector import DetectorCellFeatures
+    from tasks.rexl_train import detector_episodes
+    if not images:
+        raise ValueError("rexl imitation: no training images")
+    scorer, episodes = detector_episodes(detector, images, grid, min_height, person)
+    features = DetectorCellFeatures(scorer, layers, grid)
+    teacher = BoxTeacher(features, episodes, grid, perturbation)
+    settings = {"grid": grid, "layers": list(layers), "min_height": min_height, "perturbation": perturbation,
+                "images": len(images), "pedestrians": len(episodes)}
+    return _dagger(teacher, episodes, scorer, settings, tensors_sha256({str(i): x for i, x in enumerate(images)}),
+                   rounds=rounds, per=per, eps=eps, tau=tau, epochs=epochs, width=width, seed=seed,
+                   checkpoint_dir=checkpoint_dir, progress=progress, training=training)
+
+
+def _dagger(teacher: Teacher, data: Sequence, scorer, settings: dict, images_sha256: str, *, rounds: int, per: int,
+            eps: float, tau: float, epochs: int, width: int, seed: int, checkpoint_dir, progress: bool,
+            training: dict | None) -> tuple[PolicyCheckpoint, dict]:
+    """DAgger rounds (module docstring) of ``teacher`` on ``data`` (its :meth:`Teacher.start` input)."""
+    if rounds < 1 or per < 1 or epochs < 1 or not tau > 0:
+        raise ValueError(f"rexl imitation: need rounds, per, epochs >= 1 and tau > 0; got rounds {rounds}, "
+                         f"per {per}, epochs {epochs}, tau {tau}")
+    start = time.perf_counter()
+    grid, classes, boxes = teacher.grid, teacher.classes, isinstance(teacher, BoxTeacher)
+    settings = {**settings, "per": per, "eps": eps, "tau": tau, "epochs": epochs, "width": width, "seed": seed,
                 "model_sha256": weights_fingerprint(scorer)}
-    resume_key = {**settings, "images_sha256": tensors_sha256({str(i): x for i, x in enumerate(images)}),
-                  "code": files_digest([Path(__file__), Path(rexl.__file__)]), "threads": torch.get_num_threads()}
+    resume_key = {**settings, "images_sha256": images_sha256,
+                  "code": files_digest([Path(__file__), Path(rexl.__file__), Path(rexl_detector.__file__)]),
+                  "threads": torch.get_num_threads()}
     directory = None if checkpoint_dir is None else Path(checkpoint_dir)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    data, policy, log = None, None, []
-    pick = class_map_rule(classes, eps)
+    data_rows, policy, log = None, None, []
+    pick = guide_rule(teacher.guide, eps)
     for r in range(rounds):
         saved = None if directory is None else directory / f"round{r + 1}.pt"
         blob = torch.load(saved, weights_only=True) if saved is not None and saved.is_file() else None
         if blob is not None and blob.get("key") == json.loads(json.dumps(resume_key)):
-            data, log = blob["data"], blob["log"]
-            policy = CellPolicy(data[0].shape[1], grid, width, classes)
+            data_rows, log = blob["data"], blob["log"]
+            policy = CellPolicy(data_rows[0].shape[1], grid, width, classes, boxes)
             policy.load_state_dict(blob["policy"])
             generator.set_state(blob["generator"])
             teacher.n_forward = blob["log"][-1]["forwards_total"]
             pick = policy_rule(policy.eval())
             continue
         t0 = time.perf_counter()
-        new = collect(teacher, images, pick, per, generator, progress)
-        data = new if data is None else tuple(torch.cat([a, b]) for a, b in zip(data, new))
-        policy = CellPolicy(data[0].shape[1], grid, width, classes)
+        new = collect(teacher, data, pick, per, generator, progress)
+        data_rows = new if data_rows is None else tuple(torch.cat([a, b]) for a, b in zip(data_rows, new))
+        policy = CellPolicy(data_rows[0].shape[1], grid, width, classes, boxes)
         with torch.no_grad():
-            policy.state_mean.copy_(data[0].mean((0, 2)))
-            policy.state_std.copy_(data[0].std((0, 2)).clamp_min(1e-3))
-        loss = fit(policy, data, tau, epochs, generator)
-        log.append({"round": r + 1, "teacher_states": int(len(data[0])), "loss": round(loss, 4),
+            policy.state_mean.copy_(data_rows[0].mean((0, 2)))
+            policy.state_std.copy_(data_rows[0].std((0, 2)).clamp_min(1e-3))
+        loss = fit(policy, data_rows, tau, epochs, generator)
+        log.append({"round": r + 1, "teacher_states": int(len(data_rows[0])), "loss": round(loss, 4),
                     "seconds": round(time.perf_counter() - t0, 1), "forwards_total": teacher.n_forward})
         if progress:
             print(f"rexl imitation: {log[-1]}", flush=True)
         pick = policy_rule(policy)
         if saved is not None:
             directory.mkdir(parents=True, exist_ok=True)
-            torch.save({"key": resume_key, "data": data, "log": log, "policy": policy.state_dict(),
+            torch.save({"key": resume_key, "data": data_rows, "log": log, "policy": policy.state_dict(),
                         "generator": generator.get_state()}, saved.with_suffix(".tmp"))
             saved.with_suffix(".tmp").replace(saved)
     summary = {"algorithm": ALGORITHM, "regime": "dataset", "rounds": log, "n_forward": teacher.n_forward,
@@ -216,29 +316,59 @@ def train_look_ahead(scorer, images: Sequence[torch.Tensor], *, grid: int = 7, b
                "seconds_this_run": round(time.perf_counter() - start, 1), **{k: v for k, v in settings.items()
                                                                     if k != "model_sha256"},
                "threads": torch.get_num_threads()}
-    ckpt = PolicyCheckpoint.for_cell_policy(policy, features, model_sha256=settings["model_sha256"],
-                                            perturbation=perturbation, training={**(training or {}), **summary})
+    ckpt = PolicyCheckpoint.for_cell_policy(policy, teacher.features, model_sha256=settings["model_sha256"],
+                                            perturbation=settings["perturbation"],
+                                            training={**(training or {}), **summary})
     return ckpt, summary
+
+
+def detector_setup(args: argparse.Namespace):
+    """The detector of a ``--model detector`` run (``--weights``, else params.yaml's ``infer.detectors[0]`` as infer
+    runs it, CPU) and its training scenes."""
+    from detection.models.yolo import YoloDetector
+    from tasks.params import load_params
+    from tasks.rexl_train import TRAINING_DATA, training_scenes
+    spec = load_params(check_files=False).infer.detectors[0]
+    detector = YoloDetector(args.weights or spec.weights, imgsz=spec.imgsz, conf=spec.conf, iou=spec.iou,
+                            device="cpu")
+    training = {"model": "detector", "weights": args.weights or spec.weights, "images": args.images,
+                "data": TRAINING_DATA}
+    return detector, training_scenes(args.images), training
+
+
+# per model: (images, rounds, teacher steps per roll-out) when the command line names none
+DEFAULTS = {"classifier": (48, 2, 6), "detector": (64, 3, 2)}
 
 
 def main(argv: list[str] | None = None) -> None:
     from tasks.rexl_train import add_cell_policy_arguments, cell_policy_setup
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_cell_policy_arguments(parser, images=48)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--per", type=int, default=6, help="teacher steps per roll-out")
+    add_cell_policy_arguments(parser, images=None)
+    parser.add_argument("--model", choices=tuple(DEFAULTS), default="classifier",
+                        help="detector: a box-conditioned policy for params.yaml's infer.detectors[0] (or --weights)")
+    parser.add_argument("--layers", default="0,1", help="detector: the head's input maps pooled to the grid")
+    parser.add_argument("--min-height", type=float, default=60.0, help="detector: smallest pedestrian (px)")
+    parser.add_argument("--rounds", type=int, default=None, help="default: 2 (classifier), 3 (detector)")
+    parser.add_argument("--per", type=int, default=None, help="teacher steps per roll-out (default: 6 / 2)")
     parser.add_argument("--eps", type=float, default=0.3, help="round 1: random-cell probability")
     parser.add_argument("--tau", type=float, default=0.3, help="teacher softmax temperature (log-odds)")
     parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--checkpoint-dir", default=None, help="finished rounds (a rerun resumes after them)")
     args = parser.parse_args(argv)
-    scorer, images, blocks, training = cell_policy_setup(args)
-    ckpt, summary = train_look_ahead(
-        scorer, images, grid=args.grid, blocks=blocks,
-        rounds=args.rounds, per=args.per, eps=args.eps, tau=args.tau, epochs=args.epochs, width=args.width,
-        seed=args.seed, checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress,
-        training=training)
+    images_default, rounds_default, per_default = DEFAULTS[args.model]
+    args.images = images_default if args.images is None else args.images
+    common = dict(grid=args.grid, rounds=args.rounds or rounds_default, per=args.per or per_default, eps=args.eps,
+                  tau=args.tau, epochs=args.epochs, width=args.width, seed=args.seed,
+                  checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress)
+    if args.model == "detector":
+        torch.set_num_threads(args.threads)
+        detector, images, training = detector_setup(args)
+        ckpt, summary = train_look_ahead_boxes(detector, images, layers=[int(x) for x in args.layers.split(",")],
+                                               min_height=args.min_height, training=training, **common)
+    else:
+        scorer, images, blocks, training = cell_policy_setup(args)
+        ckpt, summary = train_look_ahead(scorer, images, blocks=blocks, training=training, **common)
     ckpt.save(args.out)
     print(summary, flush=True)
 

@@ -29,6 +29,7 @@ import torch
 
 from detection.models.specs import file_sha256
 from explainers.rexl import PolicyCheckpoint, Rexl
+from explainers.rexl_detector import KIND as KIND_DETECTOR_CELLS
 from tasks.params import Params, RexlPolicyParams
 from tasks.result_store import digest
 
@@ -117,13 +118,43 @@ def training_setup(params: Params, model: str, spec: RexlPolicyParams):
 
 FIXED = {"grid", "mode", "perturbation", "conditioning", "num_classes", "features", "regime", "steps", "n_envs", "seed",
          "learning_rate", "checkpoint_dir", "checkpoint_every", "progress", "training", "time_limit_s", "blocks",
-         "init", "warmup_steps", "init_sharpen"}   # keywords the stage sets from rexl.<model>'s own keys, or never
+         "init", "warmup_steps", "init_sharpen", "layers", "min_height", "person", "detector"}
+# keywords the stage sets from rexl.<model>'s own keys, or never
 # (it trains from scratch: init, a fine-tune's start, and its warm-up / sharpening do not apply)
 
 
 def is_cells(spec: RexlPolicyParams) -> bool:
     """Whether ``spec`` asks for a cell policy (``features: {kind: cells, ...}``: ``tasks.rexl_cells_ppo``)."""
     return isinstance(spec.features, dict) and spec.features.get("kind") == "cells"
+
+
+def is_detector_cells(spec: RexlPolicyParams) -> bool:
+    """Whether ``spec`` asks for a detector's box-conditioned cell policy (``features: {kind: detector_cells, ...}``:
+    ``tasks.rexl_imitation.train_look_ahead_boxes``)."""
+    return isinstance(spec.features, dict) and spec.features.get("kind") == KIND_DETECTOR_CELLS
+
+
+def _int_list(where: str, name: str, value, default: list[int]) -> tuple[int, ...]:
+    value = default if value is None else value
+    value = value if isinstance(value, list) else [value]
+    if not value or not all(isinstance(b, int) and not isinstance(b, bool) for b in value):
+        raise ValueError(f"{where}: {name} must be a list of integers, got {value!r}")
+    return tuple(value)
+
+
+def detector_layers(model: str, spec: RexlPolicyParams) -> tuple[int, ...]:
+    """The head input maps of a detector cell policy's ``features`` (default 0, 1). Raises ValueError naming
+    ``rexl.<model>.features`` for another model than the detector, insertion mode, or keys other than kind and
+    layers."""
+    where = f"params rexl.{model}.features"
+    if model != "detector" or spec.mode != "deletion":
+        raise ValueError(f"{where}: kind {KIND_DETECTOR_CELLS!r} is a detector's deletion policy, not the {model}'s "
+                         f"{spec.mode}")
+    extra = sorted(set(spec.features) - {"kind", "layers"})
+    if extra:
+        raise ValueError(f"{where}: unknown keys {extra} for kind {KIND_DETECTOR_CELLS!r} (it takes layers: the "
+                         "detection head's input maps, 0 the finest)")
+    return _int_list(where, "layers", spec.features.get("layers"), [0, 1])
 
 
 def cell_blocks(model: str, spec: RexlPolicyParams) -> tuple[int, ...]:
@@ -136,12 +167,7 @@ def cell_blocks(model: str, spec: RexlPolicyParams) -> tuple[int, ...]:
     extra = sorted(set(spec.features) - {"kind", "blocks"})
     if extra:
         raise ValueError(f"{where}: unknown keys {extra} for kind 'cells' (it takes blocks: feature block indices)")
-    blocks = spec.features.get("blocks", [2, 3])
-    blocks = blocks if isinstance(blocks, list) else [blocks]
-    if not blocks or not all(isinstance(b, int) and not isinstance(b, bool) for b in blocks):
-        raise ValueError(f"{where}: blocks must be a list of feature block indices (integers), got "
-                         f"{spec.features.get('blocks')!r}")
-    return tuple(blocks)
+    return _int_list(where, "blocks", spec.features.get("blocks"), [2, 3])
 
 
 def train_options(model: str, spec: RexlPolicyParams) -> dict:
@@ -150,6 +176,8 @@ def train_options(model: str, spec: RexlPolicyParams) -> dict:
     ``rexl.<model>.options`` and the unknown keys."""
     if is_cells(spec):
         from tasks.rexl_cells_ppo import train_cells_ppo as trainer
+    elif is_detector_cells(spec):
+        from tasks.rexl_imitation import train_look_ahead_boxes as trainer
     else:
         from tasks.rexl_train import train_policy as trainer
 
@@ -192,8 +220,9 @@ def train(params: Params, model: str, spec: RexlPolicyParams, progress: bool = T
 
     options = train_options(model, spec)
     folder = checkpoint_folder(params, model, spec)
-    if is_cells(spec):
-        out = train_cells(params, model, spec, folder, options, progress)
+    if is_cells(spec) or is_detector_cells(spec):
+        trainer = train_cells if is_cells(spec) else train_detector_cells
+        out = trainer(params, model, spec, folder, options, progress)
         shutil.rmtree(folder, ignore_errors=True)
         return out
     scorer, episodes, conditioning, num_classes = training_setup(params, model, spec)
@@ -223,6 +252,23 @@ def train_cells(params: Params, model: str, spec: RexlPolicyParams, folder: Path
                            learning_rate=spec.lr, checkpoint_dir=folder, checkpoint_every=spec.checkpoint_every,
                            progress=progress, time_limit_s=spec.time_limit_s,
                            training={"model": model, "images": spec.images, "data": DATA}, **options)
+
+
+def train_detector_cells(params: Params, model: str, spec: RexlPolicyParams, folder: Path, options: dict,
+                         progress: bool) -> tuple[PolicyCheckpoint, dict]:
+    """A box-conditioned cell policy for the explain stage's detector by
+    ``tasks.rexl_imitation.train_look_ahead_boxes`` (DAgger on a one-step look-ahead teacher) on its pedestrians of
+    the training scenes (at least ``min_height`` px tall)."""
+    from tasks.rexl_imitation import train_look_ahead_boxes
+    from tasks.rexl_train import training_scenes
+
+    layers = detector_layers(model, spec)
+    net = audited_model(params, model)
+    return train_look_ahead_boxes(net, training_scenes(spec.images, None, params), grid=spec.grid, layers=layers,
+                                  min_height=spec.min_height, person=params.explain_detector().person_class,
+                                  perturbation=substrate(spec), seed=spec.seed, checkpoint_dir=folder,
+                                  progress=progress, training={"model": model, "images": spec.images, "data": DATA},
+                                  **options)
 
 
 def _auc(training: dict) -> dict:
@@ -273,4 +319,5 @@ def write_metrics(path: str | Path, records: dict[str, dict]) -> Path:
 
 
 __all__ = ["MODELS", "audited_model", "cell_blocks", "check_given", "checkpoint_folder", "code_digest", "guard_scorer",
-           "is_cells", "provide_policy", "train", "train_cells", "train_options", "training_setup", "write_metrics"]
+           "detector_layers", "is_cells", "is_detector_cells", "provide_policy", "train", "train_cells",
+           "train_detector_cells", "train_options", "training_setup", "write_metrics"]

@@ -57,19 +57,33 @@ def trained(tmp_path_factory):
     return root, record, root / "models/rexl/classifier_deletion.pt"
 
 
+DETECTOR_CELLS = {"grid": 2, "images": 4, "min_height": 40, "features": {"kind": "detector_cells", "layers": [0]},
+                  "options": {"rounds": 1, "per": 1, "epochs": 5, "width": 8}}
+
+
 @pytest.fixture(scope="module")
 def trained_detector(tmp_path_factory):
-    """The stage's training path on the demo detector (one box-conditioned agent): the policy file."""
+    """The stage's training paths on the demo detector (one box-conditioned agent for every pedestrian): the MLP
+    policy by MaskablePPO, and the cell policy by imitation (tasks.rexl_imitation.train_look_ahead_boxes), whose
+    file is returned."""
+    from explainers.rexl import PolicyCheckpoint
     from tasks.rexl_stage import provide_policy
 
-    root = tmp_path_factory.mktemp("rexl_detector")
-    data = params_dict(root)
-    data["rexl"]["detector"] = {**POLICY, "images": 4, "min_height": 40}
-    del data["rexl"]["classifier"]
     torch.set_num_threads(1)
-    record = provide_policy(parse_params(data, check_files=False), "detector", progress=False)
-    assert record["conditioning"] == "box" and record["source"] == "trained"
-    return root / "models/rexl/detector_deletion.pt"
+    out = {}
+    for name, spec in (("mlp", {**POLICY, "images": 4, "min_height": 40}), ("cells", DETECTOR_CELLS)):
+        root = tmp_path_factory.mktemp(f"rexl_detector_{name}")
+        data = params_dict(root)
+        data["rexl"]["detector"] = spec
+        del data["rexl"]["classifier"]
+        record = provide_policy(parse_params(data, check_files=False), "detector", progress=False)
+        assert record["conditioning"] == "box" and record["source"] == "trained"
+        out[name] = (record, root / "models/rexl/detector_deletion.pt")
+    assert out["mlp"][0]["features"] == "fixed" and out["cells"][0]["features"] == "detector_cells"
+    ckpt = PolicyCheckpoint.load(out["cells"][1])
+    assert ckpt.arch == "cells" and ckpt.width == 8 and ckpt.features["layers"] == [0]
+    assert ckpt.training["algorithm"].startswith("DAgger") and ckpt.training["pedestrians"] >= 1
+    return out["cells"][1]
 
 
 # ------------------------------------------------------------------------------------------------ the stage
@@ -331,6 +345,13 @@ def test_the_stage_trains_a_cell_policy_with_ppo(tmp_path):
                                                check_files=False).rexl.classifier)
     with pytest.raises(ValueError, match=r"rexl\.detector\.features: kind 'cells' is a classifier's"):
         cell_blocks("detector", params.rexl.classifier)
+    from tasks.rexl_stage import detector_layers
+    with pytest.raises(ValueError, match=r"rexl\.classifier\.features: kind 'detector_cells' is a detector's"):
+        detector_layers("classifier", params.rexl.classifier)
+    boxes = parse_params(params_dict(tmp_path, features={"kind": "detector_cells", "layers": [0], "pool": 2}),
+                         check_files=False).rexl.classifier
+    with pytest.raises(ValueError, match=r"rexl\.detector\.features: unknown keys \['pool'\]"):
+        detector_layers("detector", boxes)
     with pytest.raises(ValueError, match=r"rexl\.classifier\.options: unknown \['hidden', 'init_sharpen'\]"):
         from tasks.rexl_stage import train_options
         train_options("classifier", parse_params(params_dict(tmp_path, **{**cells, "options": {

@@ -87,10 +87,46 @@ class YoloDetector:
 
     def candidates(self, images: torch.Tensor) -> Candidates:
         """All anchors' boxes and class scores, before NMS. YOLOv8 has no objectness: it is the max class score."""
-        out, box = self.raw(images)
+        return self._candidates(*self.raw(images))
+
+    def _candidates(self, out: torch.Tensor, box: Letterbox) -> Candidates:
         boxes, scores, _ = self._split(out, box)
         valid = torch.ones(scores.shape[:2], dtype=torch.bool, device=scores.device)
         return Candidates(boxes=boxes, objectness=scores.amax(-1), class_probs=scores, valid=valid)
+
+    def candidates_and_maps(self, images: torch.Tensor) -> tuple[Candidates, list[torch.Tensor], Letterbox]:
+        """:meth:`candidates` of ``images`` [B, 3, H, W] and, from the same pass, the feature maps the detection head
+        reads (the neck's outputs, finest first: [B, C_l, h_l, w_l] float32 in model-input layout, e.g. strides 8, 16,
+        32), with the letterbox that maps model-input pixels to the images'. The anchors of candidate ``a`` run over
+        the levels in that order, row-major within a level (:meth:`anchor_points`)."""
+        head = self.model.model[-1]
+        captured: list[list[torch.Tensor]] = []
+        handle = head.register_forward_pre_hook(lambda module, args: captured.append(list(args[0])))
+        try:
+            out, box = self.raw(images)
+        finally:
+            handle.remove()
+        return self._candidates(out, box), [m.float() for m in captured[-1]], box
+
+    @property
+    def head_channels(self) -> list[int]:
+        """Channels of the feature maps the detection head reads, finest first (:meth:`candidates_and_maps`)."""
+        head = self.model.model[-1]
+        return [int(branch[0].conv.in_channels) for branch in head.cv2]
+
+    @staticmethod
+    def anchor_points(maps: list[torch.Tensor], box: Letterbox) -> torch.Tensor:
+        """Centres [A, 2] (x, y, original-image pixels) of the anchors of :meth:`candidates_and_maps`' maps: level by
+        level, row-major, cell centres (ultralytics' ``make_anchors`` offset 0.5) scaled by the level's stride."""
+        H, W = box.size
+        points = []
+        for m in maps:
+            h, w = m.shape[-2:]
+            ys = (torch.arange(h, device=m.device, dtype=torch.float32) + 0.5) * (H / h)
+            xs = (torch.arange(w, device=m.device, dtype=torch.float32) + 0.5) * (W / w)
+            gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+            points.append(torch.stack([gx.reshape(-1), gy.reshape(-1)], 1))
+        return box.points_to_original(torch.cat(points))
 
     def detect(self, images: torch.Tensor) -> list[Detections]:
         """Final detections per image (NMS), with each kept box's full class-score vector and keypoints."""

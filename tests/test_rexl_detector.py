@@ -1,0 +1,144 @@
+"""RExL for detectors (explainers.rexl_detector, tasks.rexl_imitation.train_look_ahead_boxes): the per-cell state of a
+detector's pass holds what it says (the pooled head inputs, the target's support map, its D-RISE score equal to the
+scorer's), and a box-conditioned policy imitating the look-ahead teacher deletes first the only cell a toy detector
+sees, with exactly its forwards, on an unseen scene; the guard refuses another detector's weights."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detection.models.base import Candidates, Detections
+from detection.models.letterbox import Letterbox
+from detection.scorers import DRiseScorer
+from explainers.rexl import PolicyCheckpoint, Rexl, cell_labels
+from explainers.rexl_detector import STATE_EXTRA, DetectorCellFeatures, box_cell_state
+
+GRID, SIZE, CELL, STRIDE = 4, 64, 5, 8
+BOX = [16.0, 16.0, 48.0, 48.0]
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+class OneCellDetector:
+    """A detector adapter with the interface DetectorCellFeatures reads: the head's one input map is the image
+    average-pooled by 8 (3 channels, one anchor per position, centres at (j + 0.5) 8); every anchor predicts ``BOX``,
+    and its objectness is the brightness of its position when it lies in grid cell ``cell``, else 0: the D-RISE
+    score of ``BOX`` sees that cell only."""
+
+    class_names = ["person"]
+    num_classes = 1
+    batch_size = 32
+    amp = False
+    device = torch.device("cpu")
+
+    def __init__(self, cell=CELL):
+        self.model = nn.Module()
+        self.model.register_buffer("cell", torch.tensor(float(cell)))          # the weights the guard hashes
+        self.mask = (cell_labels(SIZE // STRIDE, SIZE // STRIDE, GRID) == cell).float().view(-1)
+
+    head_channels = [3]
+
+    def candidates_and_maps(self, images):
+        B, _, H, W = images.shape
+        fmap = F.avg_pool2d(images.float(), STRIDE)                              # [B, 3, 8, 8]
+        bright = fmap.mean(1).flatten(1)                                         # [B, 64]
+        objectness = torch.sigmoid(40 * (bright - 0.5)) * self.mask
+        K = objectness.shape[1]
+        cand = Candidates(boxes=torch.tensor(BOX).expand(B, K, 4), objectness=objectness,
+                          class_probs=objectness[..., None], valid=torch.ones(B, K, dtype=torch.bool))
+        return cand, [fmap], Letterbox(1.0, 0, 0, (H, W), (H, W), (H, W))
+
+    def candidates(self, images):
+        return self.candidates_and_maps(images)[0]
+
+    @staticmethod
+    def anchor_points(maps, box):
+        h, w = maps[0].shape[-2:]
+        ys, xs = torch.meshgrid((torch.arange(h) + 0.5) * STRIDE, (torch.arange(w) + 0.5) * STRIDE, indexing="ij")
+        return torch.stack([xs.reshape(-1), ys.reshape(-1)], 1)
+
+    def detect(self, images):
+        score = self.candidates(images).objectness.amax(1)
+        return [Detections(boxes=torch.tensor([BOX]), scores=s[None], labels=torch.zeros(1, dtype=torch.long),
+                           class_probs=s[None, None]) for s in score]
+
+
+def scene(seed, cell=CELL):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(3, SIZE, SIZE, generator=g) * 0.2
+    x[:, cell_labels(SIZE, SIZE, GRID) == cell] = 1.0
+    return x
+
+
+def scorer_of(detector, image):
+    det = detector.detect(image[None])[0]
+    return DRiseScorer(detector, det.boxes, det.class_probs)
+
+
+def test_detector_cell_features_and_state_hold_what_they_say():
+    det = OneCellDetector()
+    scorer = scorer_of(det, scene(0))
+    feats = DetectorCellFeatures(scorer, layers=[0], grid=GRID)
+    x = torch.stack([scene(0), scene(1) * 0.5])
+    scores, out = feats.run(x, torch.zeros(2, dtype=torch.long))
+    n = GRID * GRID
+    assert out.shape == (2, 3 * n + n + 1) and feats.dim == out.shape[1]
+    torch.testing.assert_close(scores, scorer(x))                             # the scorer's own D-RISE scores
+    torch.testing.assert_close(out[:, -1], scores[:, 0])                      # the row's target score, last
+    torch.testing.assert_close(out[:, :3 * n], F.adaptive_avg_pool2d(x, GRID).flatten(1))   # pooled head input
+    support = feats.support(out)
+    assert support.argmax(1).tolist() == [CELL, CELL] and float(support[:, [c for c in range(n) if c != CELL]].max()) == 0
+    torch.testing.assert_close(support.amax(1), scores[:, 0])                 # the score is the support's max
+    one, many = feats.run(x[:1], torch.zeros(3, dtype=torch.long))            # one canvas for several targets
+    assert one.shape == (1, 1) and many.shape == (3, feats.dim)
+    taken = torch.zeros(2, n, dtype=torch.bool)
+    taken[0, [0, 1]] = True
+    from explainers.rexl import box_condition
+    cond = box_condition(torch.tensor([BOX, BOX]), SIZE, SIZE, GRID)
+    state = box_cell_state(out, taken, cond, GRID)
+    assert state.shape == (2, 3 + STATE_EXTRA, n)
+    torch.testing.assert_close(state[:, 3], support)                                         # the support map
+    torch.testing.assert_close(state[:, 5], cond[:, :n])                                     # the box's cover
+    assert state[0, 6].tolist() == taken[0].float().tolist()
+    assert float(state[0, 7, 4]) == pytest.approx(2 / 9)
+    torch.testing.assert_close(state[:, -1, 0], scores[:, 0])
+    with pytest.raises(ValueError, match="layers"):
+        DetectorCellFeatures(scorer, layers=[1], grid=GRID)
+    with pytest.raises(ValueError, match="D-RISE scorer|detector adapter"):
+        DetectorCellFeatures(object(), layers=[0], grid=GRID)
+
+
+def test_imitation_learns_the_only_cell_the_detector_sees(tmp_path):
+    from tasks.rexl_imitation import train_look_ahead_boxes
+    det = OneCellDetector()
+    images = [scene(s) for s in range(4)]
+    ckpt, summary = train_look_ahead_boxes(det, images, grid=GRID, layers=[0], min_height=10, rounds=2, per=3,
+                                           epochs=40, seed=0)
+    assert summary["pedestrians"] == 4 and [r["round"] for r in summary["rounds"]] == [1, 2]
+    path = ckpt.save(tmp_path / "boxes.pt")
+    loaded = PolicyCheckpoint.load(path)
+    assert loaded.conditioning == "box" and loaded.features["kind"] == "detector_cells"
+    unseen = scene(9)
+    scorer = scorer_of(det, unseen)
+    exp = Rexl(scorer, policy=path).explain(unseen)
+    n = GRID * GRID
+    assert int(exp.order[0, 0]) == CELL
+    assert sorted(exp.order[0].tolist()) == list(range(n))
+    assert exp.n_forward == 2 + (n - 1) and exp.n_feature_forward == 1       # one detector pass a step
+    again = Rexl(scorer, policy=loaded).explain(unseen)
+    assert torch.equal(exp.order, again.order) and torch.equal(exp.saliency, again.saliency)
+    separate = Rexl(scorer, policy=loaded)
+    separate.fused = False                               # scores and features in separate passes: the same roll-out
+    apart = separate.explain(unseen)
+    assert apart.n_forward == exp.n_forward and apart.n_feature_forward == 1 + (n - 2)
+    assert torch.equal(exp.order, apart.order)
+    torch.testing.assert_close(exp.curve, apart.curve)
+    two = DRiseScorer(det, torch.tensor([BOX, BOX]), torch.ones(2, 1))       # two targets in lockstep
+    both = Rexl(two, policy=loaded).explain(unseen)
+    assert both.n_forward == 2 + 2 * (n - 1) and both.n_feature_forward == 1 and both.saliency.shape == (2, SIZE, SIZE)
+    with pytest.raises(ValueError, match="trained for model weights"):      # the guard: another detector's weights
+        Rexl(scorer_of(OneCellDetector(cell=2), unseen), policy=path)
+    raw = torch.load(path, weights_only=True)
+    torch.save({**raw, "feature_dim": raw["feature_dim"] + n}, tmp_path / "dim.pt")
+    with pytest.raises(ValueError, match=r"rexl policy: .*dim\.pt: .*disagree"):
+        PolicyCheckpoint.load(tmp_path / "dim.pt")
