@@ -78,7 +78,10 @@ its RL pool) x 4 classes, median pixel deletion AUC (mean substrate, 20 steps): 
 scenes (``benchmarks/README.md``). A cell policy's order is near-greedy, and there the rank map constant on cells
 wins: its default is rank / nearest (``DEFAULT_MAP``), chosen the same way (the cell policy trained by
 ``tasks.rexl_imitation`` with its defaults, training scenes 896..911 x 4 classes, never in its teacher's scenes
-0..47: rank / nearest 0.242, rank / bilinear 0.343, cumulative / bilinear 0.438, single 0.734).
+0..47: rank / nearest 0.242, rank / bilinear 0.343, cumulative / bilinear 0.438, single 0.734). A detector's cell
+policy is read with the paper's map again (``DEFAULT_MAP``): chosen on the demo detector's person detections on
+training scenes 896 onwards (30 pedestrians, never in its teacher's scenes; ``benchmarks/bench_rexl_detector.py
+--split select``): median pixel deletion AUC cumulative / bilinear 0.027, rank / nearest 0.030.
 
 Cost of :meth:`Rexl.explain` for T targets (one roll-out each, all in lockstep): n_forward = 2 + T (n - 1) model
 forwards (image and baseline shared by all targets, then one canvas per target and step; the last step's canvas is
@@ -119,9 +122,12 @@ CONDITIONINGS = ("none", "class", "box")
 CREDITS = ("cumulative", "single", "rank")
 UPSAMPLING = ("bilinear", "nearest")
 ARCHS = ("mlp", "cells")
-# the map of a roll-out when the job names none, by policy arch: the paper's for the MLP (PPO) policies; the order
-# itself, constant on cells, for cell policies (chosen on training scenes 896..911: module docstring)
-DEFAULT_MAP = {"mlp": ("cumulative", "bilinear"), "cells": ("rank", "nearest")}
+# the map of a roll-out when the job names none, by policy arch and conditioning: the paper's for the MLP (PPO)
+# policies; the order itself, constant on cells, for a classifier's cell policies; the paper's for a detector's
+# (each chosen on training-split data: module docstring)
+DEFAULT_MAP = {("mlp", "none"): ("cumulative", "bilinear"), ("mlp", "class"): ("cumulative", "bilinear"),
+               ("mlp", "box"): ("cumulative", "bilinear"), ("cells", "class"): ("rank", "nearest"),
+               ("cells", "box"): ("cumulative", "bilinear")}
 DEFAULT_GRID = 7
 
 
@@ -716,7 +722,8 @@ class Rexl(Explainer):
     targets in lockstep; saliency by cumulative credit (``credit='cumulative'``, the paper's rule), single-cell
     credit (``'single'``, the reference library class) or the order itself (``'rank'``), upsampled bilinearly (the
     paper's) or kept constant on each cell (``upsample='nearest'``; module docstring). Defaults (None): the paper's
-    map for an MLP policy, rank / nearest for a cell policy (``DEFAULT_MAP``).
+    map for an MLP policy and a detector's cell policy, rank / nearest for a classifier's cell policy
+    (``DEFAULT_MAP``).
 
     ``policy``: a policy file (:class:`PolicyCheckpoint`, written by ``tasks.rexl_train`` or, cell policies,
     ``tasks.rexl_cells_ppo`` / ``tasks.rexl_imitation``) or a loaded checkpoint. The
@@ -752,7 +759,8 @@ class Rexl(Explainer):
             raise ValueError(f"rexl: the policy was trained on perturbation {ckpt.perturbation!r}, got "
                              f"{make_perturbation(perturbation).describe()!r}")
         super().__init__(scorer, perturbation=ckpt.perturbation, **kw)
-        credit, upsample = (credit or DEFAULT_MAP[ckpt.arch][0]), (upsample or DEFAULT_MAP[ckpt.arch][1])
+        default = DEFAULT_MAP[ckpt.arch, ckpt.conditioning]
+        credit, upsample = (credit or default[0]), (upsample or default[1])
         if credit not in CREDITS:
             raise ValueError(f"rexl: credit must be one of {CREDITS}, got {credit!r}")
         if upsample not in UPSAMPLING:

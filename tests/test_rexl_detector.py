@@ -123,6 +123,7 @@ def test_imitation_learns_the_only_cell_the_detector_sees(tmp_path):
     exp = Rexl(scorer, policy=path).explain(unseen)
     n = GRID * GRID
     assert int(exp.order[0, 0]) == CELL
+    assert (exp.options["credit"], exp.options["upsample"]) == ("cumulative", "bilinear")   # a detector's default map
     assert sorted(exp.order[0].tolist()) == list(range(n))
     assert exp.n_forward == 2 + (n - 1) and exp.n_feature_forward == 1       # one detector pass a step
     again = Rexl(scorer, policy=loaded).explain(unseen)

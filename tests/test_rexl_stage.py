@@ -179,6 +179,29 @@ def test_default_params_ship_the_classifier_policy_and_dvc_tracks_it():
     assert ppo.training["steps"] == spec.steps // (spec.n_envs * spec.grid ** 2) * spec.n_envs * spec.grid ** 2
 
 
+def test_default_params_ship_the_detector_policy_and_dvc_tracks_it():
+    """params.yaml's rexl.detector.weights is a shipped box-conditioned cell policy that passes the stage's checks for
+    the demo detector (models/detector.pt is the models stage's copy of weights/demo/detector.pt), DVC's deps list
+    it, and its null recipe is a valid imitation recipe within the issue's budget."""
+    from ruamel.yaml import YAML
+
+    from tasks.params import load_params
+    from tasks.rexl_stage import check_given, detector_layers, is_detector_cells, train_options
+
+    params = load_params(REPO / "params.yaml", check_files=False)
+    spec = params.rexl.detector
+    stage = YAML(typ="safe").load((REPO / "dvc.yaml").read_text())["stages"]["models_rexl"]
+    assert spec.weights and spec.weights in stage["deps"]
+    detectors = [d.model_copy(update={"weights": str(DEMO / "detector.pt")}) if d.id == params.explain_detector().id
+                 else d for d in params.infer.detectors]
+    params = params.model_copy(update={"infer": params.infer.model_copy(update={"detectors": detectors})})
+    ckpt = check_given(params, "detector", REPO / spec.weights)
+    assert (ckpt.mode, ckpt.grid, ckpt.conditioning, ckpt.arch) == ("deletion", 7, "box", "cells")
+    assert ckpt.features["layers"] == list(detector_layers("detector", spec)) and is_detector_cells(spec)
+    assert train_options("detector", spec) and ckpt.training["steps"] <= 200_000
+    assert ckpt.training["seconds"] <= 20 * 60
+
+
 def test_unknown_training_options_name_the_key(tmp_path):
     from tasks.rexl_stage import train_options
 
