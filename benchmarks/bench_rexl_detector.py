@@ -110,13 +110,14 @@ def reference(persons, budget: int, substrate: str, cache: Path) -> dict:
     return out
 
 
-def support_order(scorer, image, grid: int, substrate: str) -> list[int]:
+def support_order(scorer, image, grid: int, substrate: str) -> tuple[list[int], torch.Tensor]:
     """The no-learning control: each step deletes the cell of the target's highest support map of the current
-    canvas (``tasks.rexl_imitation``'s round-1 rule without exploration: n passes)."""
+    canvas (``tasks.rexl_imitation``'s round-1 rule without exploration): the order and its score curve, from the
+    same k^2 + 1 detector passes (each gives a canvas's score and support map)."""
     teacher = BoxTeacher(DetectorCellFeatures(scorer, [0], grid), [], grid, substrate)
     cond = box_condition(scorer.target_boxes[:1].cpu(), *image.shape[-2:], grid)[0]
-    order, _ = rollout(teacher, [Episode(image, 0, cond)], guide_rule(teacher.guide, 0.0))
-    return order[0].tolist()
+    order, curve = rollout(teacher, [Episode(image, 0, cond)], guide_rule(teacher.guide, 0.0))
+    return order[0].tolist(), curve[0]
 
 
 def add(rows: dict, key: str, aucs: dict, n_forward: float, cell_auc: float | None = None) -> None:
@@ -155,14 +156,16 @@ def control_rows(rows: dict, persons: list[dict], grid: int, substrate: str, gre
     for i, p in enumerate(persons):
         exp = DRise(p["scorer"], grid=8, center=True, perturbation=substrate).explain(p["image"], budget=n + 1, seed=0)
         add(rows, f"drise@{n + 1}", curve_scores(p["scorer"], p["image"], exp.saliency), exp.n_forward)
-        orders = [("random", rng.permutation(n).tolist(), n + 1),
-                  ("support", support_order(p["scorer"], p["image"], grid, substrate), 2 * n)]
+        random_order = rng.permutation(n).tolist()
+        orders = [("random", random_order, order_curve(p["scorer"], p["image"], random_order, 0, grid, "deletion",
+                                                        sub), n + 1),
+                  ("support", *support_order(p["scorer"], p["image"], grid, substrate), n + 1)]
         if i < greedy:
             order, fw = greedy_order(p["scorer"], p["image"], 0, grid, "deletion", sub)
-            orders.append(("greedy", order, fw))
-        for key, order, fw in orders:
-            add_order(rows, key, p, order, order_curve(p["scorer"], p["image"], order, 0, grid, "deletion", sub),
-                      grid, fw)
+            orders.append(("greedy", order, order_curve(p["scorer"], p["image"], order, 0, grid, "deletion", sub),
+                           fw))
+        for key, order, curve, fw in orders:
+            add_order(rows, key, p, order, curve, grid, fw)
 
 
 def paired(rows: dict, reference: str, curve: str, seed: int = 0, draws: int = 2000) -> dict:

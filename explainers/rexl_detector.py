@@ -35,6 +35,10 @@ def needs(scorer) -> str | None:
     missing = [m for m in ("candidates_and_maps", "head_channels", "anchor_points") if not hasattr(detector, m)]
     if missing:
         return f"a detector adapter with {', '.join(missing)} (a PyTorch YOLO, detection.models.yolo.YoloDetector)"
+    try:
+        _ = detector.head_channels
+    except (TypeError, ValueError) as exc:
+        return f"a detection head with one candidate per anchor ({exc})"
     if not hasattr(scorer, "similarities") or getattr(scorer, "target_boxes", None) is None:
         return "a D-RISE scorer (detection.scorers.DRiseScorer: similarities and target_boxes)"
     return None
@@ -81,8 +85,9 @@ class DetectorCellFeatures(nn.Module):
         return self._anchor_cells[key]
 
     def _pool(self, fmap: torch.Tensor, box) -> torch.Tensor:
-        """A head input map [B, C, h, w] cropped to the image (the letterbox's padding left out), then average-pooled
-        to the grid (adaptive: overlapping windows where the crop is smaller than k) -> [B, C, k^2]."""
+        """A head input map [B, C, h, w] cropped to the map cells that overlap the image (padding narrower than the
+        map's stride stays in the border cells: 8 px of padding at stride 16 on the demo's 240 x 320 scenes), then
+        average-pooled to the grid (adaptive: overlapping windows where the crop is smaller than k) -> [B, C, k^2]."""
         h, w = fmap.shape[-2:]
         Hin, Win = box.size
         y0 = int(box.pad_y * h // Hin)
@@ -108,6 +113,10 @@ class DetectorCellFeatures(nn.Module):
             torch.arange(M, device=images.device)
         own = sim[rows, targets]                                                         # [M, A]
         cells = self._cells_of_anchors(maps, box, *images.shape[-2:]).to(own.device)
+        if cells.shape[0] != own.shape[-1]:
+            raise ValueError(f"rexl: the detector gave {own.shape[-1]} candidates for {cells.shape[0]} anchors of its "
+                             "head's maps: features 'detector_cells' need one candidate per anchor (no end-to-end "
+                             "head)")
         support = own.new_zeros(M, self.n + 1).scatter_reduce(1, cells.expand(M, -1), own, "amax")[:, :self.n]
         feats = torch.cat([pooled[rows].flatten(1), support, scores[rows, targets][:, None]], 1)
         return scores, feats

@@ -252,6 +252,7 @@ def train_look_ahead_boxes(detector, images: Sequence[torch.Tensor], *, grid: in
     from tasks.rexl_train import detector_episodes
     if not images:
         raise ValueError("rexl imitation: no training images")
+    check_recipe(rounds, per, epochs, tau)                      # before the detector runs over every image
     scorer, episodes = detector_episodes(detector, images, grid, min_height, person)
     features = DetectorCellFeatures(scorer, layers, grid)
     teacher = BoxTeacher(features, episodes, grid, perturbation)
@@ -262,13 +263,18 @@ def train_look_ahead_boxes(detector, images: Sequence[torch.Tensor], *, grid: in
                    checkpoint_dir=checkpoint_dir, progress=progress, training=training)
 
 
+def check_recipe(rounds: int, per: int, epochs: int, tau: float) -> None:
+    """Raises ValueError unless rounds, per, epochs >= 1 and tau > 0."""
+    if rounds < 1 or per < 1 or epochs < 1 or not tau > 0:
+        raise ValueError(f"rexl imitation: need rounds, per, epochs >= 1 and tau > 0; got rounds {rounds}, "
+                         f"per {per}, epochs {epochs}, tau {tau}")
+
+
 def _dagger(teacher: Teacher, data: Sequence, scorer, settings: dict, images_sha256: str, *, rounds: int, per: int,
             eps: float, tau: float, epochs: int, width: int, seed: int, checkpoint_dir, progress: bool,
             training: dict | None) -> tuple[PolicyCheckpoint, dict]:
     """DAgger rounds (module docstring) of ``teacher`` on ``data`` (its :meth:`Teacher.start` input)."""
-    if rounds < 1 or per < 1 or epochs < 1 or not tau > 0:
-        raise ValueError(f"rexl imitation: need rounds, per, epochs >= 1 and tau > 0; got rounds {rounds}, "
-                         f"per {per}, epochs {epochs}, tau {tau}")
+    check_recipe(rounds, per, epochs, tau)
     start = time.perf_counter()
     grid, classes, boxes = teacher.grid, teacher.classes, isinstance(teacher, BoxTeacher)
     settings = {**settings, "per": per, "eps": eps, "tau": tau, "epochs": epochs, "width": width, "seed": seed,
@@ -324,7 +330,7 @@ def _dagger(teacher: Teacher, data: Sequence, scorer, settings: dict, images_sha
 
 def detector_setup(args: argparse.Namespace):
     """The detector of a ``--model detector`` run (``--weights``, else params.yaml's ``infer.detectors[0]`` as infer
-    runs it, CPU) and its training scenes."""
+    runs it, CPU), its training scenes, its person class name and the training record."""
     from detection.models.yolo import YoloDetector
     from tasks.params import load_params
     from tasks.rexl_train import TRAINING_DATA, training_scenes
@@ -333,7 +339,7 @@ def detector_setup(args: argparse.Namespace):
                             device="cpu")
     training = {"model": "detector", "weights": args.weights or spec.weights, "images": args.images,
                 "data": TRAINING_DATA}
-    return detector, training_scenes(args.images), training
+    return detector, training_scenes(args.images), spec.person_class, training
 
 
 # per model: (images, rounds, teacher steps per roll-out) when the command line names none
@@ -345,7 +351,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_cell_policy_arguments(parser, images=None)
     parser.add_argument("--model", choices=tuple(DEFAULTS), default="classifier",
-                        help="detector: a box-conditioned policy for params.yaml's infer.detectors[0] (or --weights)")
+                        help="detector: a box-conditioned policy for params.yaml's infer.detectors[0] (--weights: "
+                             "another YOLO .pt; --blocks is the classifier's, --layers the detector's)")
     parser.add_argument("--layers", default="0,1", help="detector: the head's input maps pooled to the grid")
     parser.add_argument("--min-height", type=float, default=60.0, help="detector: smallest pedestrian (px)")
     parser.add_argument("--rounds", type=int, default=None, help="default: 2 (classifier), 3 (detector)")
@@ -358,14 +365,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     images_default, rounds_default, per_default = DEFAULTS[args.model]
     args.images = images_default if args.images is None else args.images
-    common = dict(grid=args.grid, rounds=args.rounds or rounds_default, per=args.per or per_default, eps=args.eps,
+    rounds = rounds_default if args.rounds is None else args.rounds
+    per = per_default if args.per is None else args.per
+    common = dict(grid=args.grid, rounds=rounds, per=per, eps=args.eps,
                   tau=args.tau, epochs=args.epochs, width=args.width, seed=args.seed,
                   checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress)
     if args.model == "detector":
         torch.set_num_threads(args.threads)
-        detector, images, training = detector_setup(args)
+        detector, images, person, training = detector_setup(args)
         ckpt, summary = train_look_ahead_boxes(detector, images, layers=[int(x) for x in args.layers.split(",")],
-                                               min_height=args.min_height, training=training, **common)
+                                               min_height=args.min_height, person=person, training=training,
+                                               **common)
     else:
         scorer, images, blocks, training = cell_policy_setup(args)
         ckpt, summary = train_look_ahead(scorer, images, blocks=blocks, training=training, **common)

@@ -87,7 +87,8 @@ def test_detector_cell_features_and_state_hold_what_they_say():
     torch.testing.assert_close(out[:, -1], scores[:, 0])                      # the row's target score, last
     torch.testing.assert_close(out[:, :3 * n], F.adaptive_avg_pool2d(x, GRID).flatten(1))   # pooled head input
     support = feats.support(out)
-    assert support.argmax(1).tolist() == [CELL, CELL] and float(support[:, [c for c in range(n) if c != CELL]].max()) == 0
+    others = [c for c in range(n) if c != CELL]
+    assert support.argmax(1).tolist() == [CELL, CELL] and float(support[:, others].max()) == 0
     torch.testing.assert_close(support.amax(1), scores[:, 0])                 # the score is the support's max
     one, many = feats.run(x[:1], torch.zeros(3, dtype=torch.long))            # one canvas for several targets
     assert one.shape == (1, 1) and many.shape == (3, feats.dim)
@@ -134,9 +135,19 @@ def test_imitation_learns_the_only_cell_the_detector_sees(tmp_path):
     assert apart.n_forward == exp.n_forward and apart.n_feature_forward == 1 + (n - 2)
     assert torch.equal(exp.order, apart.order)
     torch.testing.assert_close(exp.curve, apart.curve)
-    two = DRiseScorer(det, torch.tensor([BOX, BOX]), torch.ones(2, 1))       # two targets in lockstep
+    other = [BOX[0] + 8, BOX[1], BOX[2] + 8, BOX[3]]                         # a second, different target
+    two = DRiseScorer(det, torch.tensor([BOX, other]), torch.ones(2, 1))     # both in lockstep
     both = Rexl(two, policy=loaded).explain(unseen)
     assert both.n_forward == 2 + 2 * (n - 1) and both.n_feature_forward == 1 and both.saliency.shape == (2, SIZE, SIZE)
+    for t, box in enumerate((BOX, other)):                                   # = each target explained alone
+        alone = Rexl(DRiseScorer(det, torch.tensor([box]), torch.ones(1, 1)), policy=loaded).explain(unseen)
+        assert torch.equal(both.order[t], alone.order[0])
+        torch.testing.assert_close(both.curve[t], alone.curve[0])
+    assert not torch.allclose(both.curve[0], both.curve[1])                 # the rows are different targets'
+    with pytest.raises(ValueError, match="arch 'cells'"):                    # detector cell features need a cell policy
+        PolicyCheckpoint(**{k: getattr(loaded, k) for k in ("model_sha256", "grid", "mode", "perturbation",
+                                                           "conditioning", "features", "feature_dim", "state_dict")},
+                         arch="mlp")
     with pytest.raises(ValueError, match="trained for model weights"):      # the guard: another detector's weights
         Rexl(scorer_of(OneCellDetector(cell=2), unseen), policy=path)
     raw = torch.load(path, weights_only=True)

@@ -110,8 +110,11 @@ class YoloDetector:
 
     @property
     def head_channels(self) -> list[int]:
-        """Channels of the feature maps the detection head reads, finest first (:meth:`candidates_and_maps`)."""
+        """Channels of the feature maps the detection head reads, finest first (:meth:`candidates_and_maps`). Raises
+        ValueError for an end-to-end head (its candidates are a top-k, not one per anchor) or a fused one."""
         head = self.model.model[-1]
+        if getattr(head, "end2end", False) or getattr(head, "cv2", None) is None:
+            raise ValueError(f"{self.weights}: the detection head is end-to-end or fused (no per-anchor candidates)")
         return [int(branch[0].conv.in_channels) for branch in head.cv2]
 
     @staticmethod
