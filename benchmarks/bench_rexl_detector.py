@@ -114,7 +114,7 @@ def support_order(scorer, image, grid: int, substrate: str) -> tuple[list[int], 
     """The no-learning control: each step deletes the cell of the target's highest support map of the current
     canvas (``tasks.rexl_imitation``'s round-1 rule without exploration): the order and its score curve, from the
     same k^2 + 1 detector passes (each gives a canvas's score and support map)."""
-    teacher = BoxTeacher(DetectorCellFeatures(scorer, [0], grid), [], grid, substrate)
+    teacher = BoxTeacher(DetectorCellFeatures(scorer, [0], grid), grid, substrate)
     cond = box_condition(scorer.target_boxes[:1].cpu(), *image.shape[-2:], grid)[0]
     order, curve = rollout(teacher, [Episode(image, 0, cond)], guide_rule(teacher.guide, 0.0))
     return order[0].tolist(), curve[0]

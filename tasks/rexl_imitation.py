@@ -29,6 +29,14 @@ The shipped demo policy (``weights/demo/rexl_classifier_deletion_cells.pt``) is 
 (3 rounds over 2 chosen on training scenes 896..911; its manifest entry has the command and the numbers).
 
     python -m tasks.rexl_imitation --images 48 --rounds 3 --out models/rexl/classifier_deletion_cells.pt
+
+Detectors (``--model detector``, :func:`train_look_ahead_boxes`): the same DAgger loop with a box-conditioned cell
+policy (``explainers.rexl_detector``) whose targets are the detector's person detections on the training scenes;
+the teacher's drop is in the log-odds of the detection's D-RISE score, round 1 follows the target's support map. The
+shipped demo policy (``weights/demo/rexl_detector_deletion_cells.pt``) is its defaults (192 scenes, 3 rounds, 2
+teacher steps per roll-out, layers 0, 1):
+
+    python -m tasks.rexl_imitation --model detector --out models/rexl/detector_deletion_cells.pt
 """
 from __future__ import annotations
 
@@ -109,9 +117,8 @@ class BoxTeacher(Teacher):
     ``DRiseScorer``) with its :class:`~explainers.rexl_detector.DetectorCellFeatures`: one detector pass gives a
     canvas's features, its target's support map and D-RISE score. ``guide``: the support map's state channel."""
 
-    def __init__(self, features, episodes: Sequence, grid: int, perturbation: str, chunk: int = 16):
+    def __init__(self, features, grid: int, perturbation: str, chunk: int = 16):
         self.features, self.grid, self.chunk = features, int(grid), int(chunk)
-        self.episodes = list(episodes)
         self.classes = 0
         self.substrate = make_perturbation(perturbation)
         self.n_forward = 0
@@ -255,7 +262,7 @@ def train_look_ahead_boxes(detector, images: Sequence[torch.Tensor], *, grid: in
     check_recipe(rounds, per, epochs, tau)                      # before the detector runs over every image
     scorer, episodes = detector_episodes(detector, images, grid, min_height, person)
     features = DetectorCellFeatures(scorer, layers, grid)
-    teacher = BoxTeacher(features, episodes, grid, perturbation)
+    teacher = BoxTeacher(features, grid, perturbation)
     settings = {"grid": grid, "layers": list(layers), "min_height": min_height, "perturbation": perturbation,
                 "images": len(images), "pedestrians": len(episodes)}
     return _dagger(teacher, episodes, scorer, settings, tensors_sha256({str(i): x for i, x in enumerate(images)}),
@@ -343,7 +350,7 @@ def detector_setup(args: argparse.Namespace):
 
 
 # per model: (images, rounds, teacher steps per roll-out) when the command line names none
-DEFAULTS = {"classifier": (48, 2, 6), "detector": (64, 3, 2)}
+DEFAULTS = {"classifier": (48, 2, 6), "detector": (192, 3, 2)}     # the detector's: the shipped recipe
 
 
 def main(argv: list[str] | None = None) -> None:
