@@ -154,3 +154,31 @@ def test_imitation_learns_the_only_cell_the_detector_sees(tmp_path):
     torch.save({**raw, "feature_dim": raw["feature_dim"] + n}, tmp_path / "dim.pt")
     with pytest.raises(ValueError, match=r"rexl policy: .*dim\.pt: .*disagree"):
         PolicyCheckpoint.load(tmp_path / "dim.pt")
+
+
+def test_yolo_head_inputs_come_from_the_scoring_pass_and_threads_do_not_mix():
+    """The demo YOLO: candidates_and_maps gives exactly candidates()'s candidates, one anchor per candidate, maps of
+    the head's channels; two threads sharing the detector each get their own image's maps (no hook on the shared
+    network), and a deep copy (the sanity check's randomised copies) works alike."""
+    import copy
+    from concurrent.futures import ThreadPoolExecutor
+
+    from detection.models.yolo import YoloDetector
+    from tests.conftest import REPO
+
+    det = YoloDetector(REPO / "weights/demo/detector.pt", imgsz=320, device="cpu")
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(1, 3, 240, 320, generator=g) for _ in range(2)]
+    cand, maps, box = det.candidates_and_maps(images[0])
+    plain = det.candidates(images[0])
+    assert torch.equal(cand.boxes, plain.boxes) and torch.equal(cand.class_probs, plain.class_probs)
+    assert [m.shape[1] for m in maps] == det.head_channels
+    assert det.anchor_points(maps, box).shape[0] == cand.boxes.shape[1]
+    alone = [det.candidates_and_maps(x)[1] for x in images]
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(3):
+            both = list(pool.map(lambda x: det.candidates_and_maps(x)[1], images * 2))
+            for got, want in zip(both, alone * 2):
+                assert all(torch.equal(a, b) for a, b in zip(got, want))
+    twin = copy.deepcopy(det)
+    assert all(torch.equal(a, b) for a, b in zip(twin.candidates_and_maps(images[1])[1], alone[1]))

@@ -61,14 +61,20 @@ class YoloDetector:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    @torch.inference_mode()
     def raw(self, images: torch.Tensor) -> tuple[torch.Tensor, Letterbox]:
         """Network output for one batch: ``[B, A, 4 + C (+ 3K)]`` (xyxy in input pixels, scores, keypoints)."""
-        x, box = letterbox(images.to(self.device, non_blocking=True).float(), self.imgsz, self.stride)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-            out = self.model(x)
-        out = (out[0] if isinstance(out, (list, tuple)) else out).float().transpose(1, 2)
+        out, box, _ = self._raw(images)
         return out, box
+
+    @torch.inference_mode()
+    def _raw(self, images: torch.Tensor, keep_maps: bool = False
+             ) -> tuple[torch.Tensor, Letterbox, list[torch.Tensor]]:
+        x, box = letterbox(images.to(self.device, non_blocking=True).float(), self.imgsz, self.stride)
+        maps: list[torch.Tensor] = []
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            out, maps = self._forward_keeping_head_inputs(x) if keep_maps else (self.model(x), maps)
+        out = (out[0] if isinstance(out, (list, tuple)) else out).float().transpose(1, 2)
+        return out, box, maps
 
     def _split(self, out: torch.Tensor, box: Letterbox) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Raw output ``[B, A, 4 + C (+ K*D)]`` -> boxes ``[B, A, 4]`` (xyxy, original pixels), class scores
@@ -99,14 +105,22 @@ class YoloDetector:
         reads (the neck's outputs, finest first: [B, C_l, h_l, w_l] float32 in model-input layout, e.g. strides 8, 16,
         32), with the letterbox that maps model-input pixels to the images'. The anchors of candidate ``a`` run over
         the levels in that order, row-major within a level (:meth:`anchor_points`)."""
-        head = self.model.model[-1]
-        captured: list[list[torch.Tensor]] = []
-        handle = head.register_forward_pre_hook(lambda module, args: captured.append(list(args[0])))
-        try:
-            out, box = self.raw(images)
-        finally:
-            handle.remove()
-        return self._candidates(out, box), [m.float() for m in captured[-1]], box
+        out, box, maps = self._raw(images, keep_maps=True)
+        return self._candidates(out, box), [m.float() for m in maps], box
+
+    def _forward_keeping_head_inputs(self, x: torch.Tensor) -> tuple[object, list[torch.Tensor]]:
+        """``self.model(x)`` layer by layer as ultralytics' ``DetectionModel._predict_once`` runs it (each layer reads
+        the outputs its ``f`` names), keeping the detection head's inputs. No hook on the shared network: explainer
+        threads that share this detector (and deep copies of it) never see one another's maps."""
+        net, saved, maps = self.model, [], []
+        for layer in net.model:
+            if layer.f != -1:
+                x = saved[layer.f] if isinstance(layer.f, int) else [x if j == -1 else saved[j] for j in layer.f]
+            if layer is net.model[-1]:
+                maps = list(x)
+            x = layer(x)
+            saved.append(x if layer.i in net.save else None)
+        return x, maps
 
     @property
     def head_channels(self) -> list[int]:
