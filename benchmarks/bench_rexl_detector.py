@@ -150,12 +150,15 @@ def policy_rows(rows: dict, persons: list[dict], path: str, substrate: str) -> N
                   exp.n_forward + exp.n_feature_forward)
 
 
-def control_rows(rows: dict, persons: list[dict], grid: int, substrate: str, greedy: int) -> None:
+def control_rows(rows: dict, persons: list[dict], grid: int, substrate: str, greedy: int, budget: int) -> None:
+    """The controls (module docstring); D-RISE at RExL's cost only where it is not the reference's ``budget``."""
     n, sub = grid * grid, make_perturbation(substrate)
     rng = np.random.default_rng(0)
     for i, p in enumerate(persons):
-        exp = DRise(p["scorer"], grid=8, center=True, perturbation=substrate).explain(p["image"], budget=n + 1, seed=0)
-        add(rows, f"drise@{n + 1}", curve_scores(p["scorer"], p["image"], exp.saliency), exp.n_forward)
+        if budget != n + 1:
+            exp = DRise(p["scorer"], grid=8, center=True, perturbation=substrate).explain(p["image"], budget=n + 1,
+                                                                                          seed=0)
+            add(rows, f"drise@{n + 1}", curve_scores(p["scorer"], p["image"], exp.saliency), exp.n_forward)
         random_order = rng.permutation(n).tolist()
         orders = [("random", random_order, order_curve(p["scorer"], p["image"], random_order, 0, grid, "deletion",
                                                         sub), n + 1),
@@ -221,7 +224,7 @@ def main() -> None:
         print(f"{path}: done ({time.perf_counter() - start:.0f} s)", flush=True)
     if not args.no_controls:
         grid = PolicyCheckpoint.load(args.policy[0]).grid if args.policy else 7
-        control_rows(rows, persons, grid, args.substrate, args.greedy)
+        control_rows(rows, persons, grid, args.substrate, args.greedy, args.budget)
     table = {k: {c: float(np.median(v)) for c, v in row.items()} for k, row in rows.items()}
     ref_del = table[f"drise@{args.budget}"]["deletion/mean"]
     ref_ins = table[f"drise@{args.budget}"]["insertion/mean"]
