@@ -123,12 +123,11 @@ CONDITIONINGS = ("none", "class", "box")
 CREDITS = ("cumulative", "single", "rank")
 UPSAMPLING = ("bilinear", "nearest")
 ARCHS = ("mlp", "cells")
-# the map of a roll-out when the job names none, by policy arch and conditioning: the paper's for the MLP (PPO)
-# policies; the order itself, constant on cells, for a classifier's cell policies; the paper's for a detector's
-# (each chosen on training-split data: module docstring)
-DEFAULT_MAP = {("mlp", "none"): ("cumulative", "bilinear"), ("mlp", "class"): ("cumulative", "bilinear"),
-               ("mlp", "box"): ("cumulative", "bilinear"), ("cells", "class"): ("rank", "nearest"),
-               ("cells", "box"): ("cumulative", "bilinear")}
+# the map of a roll-out when the job names none: the paper's (MLP policies, a detector's cell policy), except the
+# order itself, constant on cells, for a classifier's cell policy (each chosen on training-split data: module
+# docstring); by (arch, conditioning)
+PAPER_MAP = ("cumulative", "bilinear")
+DEFAULT_MAP = {("cells", "class"): ("rank", "nearest")}
 DEFAULT_GRID = 7
 
 
@@ -763,7 +762,7 @@ class Rexl(Explainer):
             raise ValueError(f"rexl: the policy was trained on perturbation {ckpt.perturbation!r}, got "
                              f"{make_perturbation(perturbation).describe()!r}")
         super().__init__(scorer, perturbation=ckpt.perturbation, **kw)
-        default = DEFAULT_MAP[ckpt.arch, ckpt.conditioning]
+        default = DEFAULT_MAP.get((ckpt.arch, ckpt.conditioning), PAPER_MAP)
         credit, upsample = (credit or default[0]), (upsample or default[1])
         if credit not in CREDITS:
             raise ValueError(f"rexl: credit must be one of {CREDITS}, got {credit!r}")

@@ -121,10 +121,6 @@ class DetectorCellFeatures(nn.Module):
         feats = torch.cat([pooled[rows].flatten(1), support, scores[rows, targets][:, None]], 1)
         return scores, feats
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Features of ``images`` [B, 3, H, W] for the scorer's first target (:meth:`run`)."""
-        return self.run(images, torch.zeros(images.shape[0], dtype=torch.long))[1]
-
     def support(self, feats: torch.Tensor) -> torch.Tensor:
         """The support maps [N, k^2] of :meth:`run`'s features."""
         return feats[:, self.channels * self.n:self.channels * self.n + self.n]

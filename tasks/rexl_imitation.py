@@ -338,12 +338,8 @@ def _dagger(teacher: Teacher, data: Sequence, scorer, settings: dict, images_sha
 def detector_setup(args: argparse.Namespace):
     """The detector of a ``--model detector`` run (``--weights``, else params.yaml's ``infer.detectors[0]`` as infer
     runs it, CPU), its training scenes, its person class name and the training record."""
-    from detection.models.yolo import YoloDetector
-    from tasks.params import load_params
-    from tasks.rexl_train import TRAINING_DATA, training_scenes
-    spec = load_params(check_files=False).infer.detectors[0]
-    detector = YoloDetector(args.weights or spec.weights, imgsz=spec.imgsz, conf=spec.conf, iou=spec.iou,
-                            device="cpu")
+    from tasks.rexl_train import TRAINING_DATA, params_detector, training_scenes
+    detector, spec = params_detector(args.weights)
     training = {"model": "detector", "weights": args.weights or spec.weights, "images": args.images,
                 "data": TRAINING_DATA}
     return detector, training_scenes(args.images), spec.person_class, training

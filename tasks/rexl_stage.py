@@ -123,15 +123,24 @@ FIXED = {"grid", "mode", "perturbation", "conditioning", "num_classes", "feature
 # (it trains from scratch: init, a fine-tune's start, and its warm-up / sharpening do not apply)
 
 
+# a cell policy's feature kind -> (the model it serves, the key of its indices, their default, what they index)
+CELL_KINDS = {"cells": ("classifier", "blocks", [2, 3], "feature block indices"),
+              KIND_DETECTOR_CELLS: ("detector", "layers", [0, 1], "the detection head's input maps, 0 the finest")}
+
+
+def _kind(spec: RexlPolicyParams) -> str | None:
+    return spec.features.get("kind") if isinstance(spec.features, dict) else None
+
+
 def is_cells(spec: RexlPolicyParams) -> bool:
     """Whether ``spec`` asks for a cell policy (``features: {kind: cells, ...}``: ``tasks.rexl_cells_ppo``)."""
-    return isinstance(spec.features, dict) and spec.features.get("kind") == "cells"
+    return _kind(spec) == "cells"
 
 
 def is_detector_cells(spec: RexlPolicyParams) -> bool:
     """Whether ``spec`` asks for a detector's box-conditioned cell policy (``features: {kind: detector_cells, ...}``:
     ``tasks.rexl_imitation.train_look_ahead_boxes``)."""
-    return isinstance(spec.features, dict) and spec.features.get("kind") == KIND_DETECTOR_CELLS
+    return _kind(spec) == KIND_DETECTOR_CELLS
 
 
 def _int_list(where: str, name: str, value, default: list[int]) -> tuple[int, ...]:
@@ -142,32 +151,29 @@ def _int_list(where: str, name: str, value, default: list[int]) -> tuple[int, ..
     return tuple(value)
 
 
-def detector_layers(model: str, spec: RexlPolicyParams) -> tuple[int, ...]:
-    """The head input maps of a detector cell policy's ``features`` (default 0, 1). Raises ValueError naming
-    ``rexl.<model>.features`` for another model than the detector, insertion mode, or keys other than kind and
-    layers."""
+def cell_indices(model: str, spec: RexlPolicyParams, kind: str) -> tuple[int, ...]:
+    """The indices of a cell policy's ``features`` of ``kind`` (``CELL_KINDS``: a classifier's feature blocks,
+    default 2, 3; a detector's head input maps, default 0, 1). Raises ValueError naming ``rexl.<model>.features``
+    for a model the kind does not serve, insertion mode, keys other than kind and the indices', or indices that are
+    not a list of integers."""
+    owner, key, default, what = CELL_KINDS[kind]
     where = f"params rexl.{model}.features"
-    if model != "detector" or spec.mode != "deletion":
-        raise ValueError(f"{where}: kind {KIND_DETECTOR_CELLS!r} is a detector's deletion policy, not the {model}'s "
-                         f"{spec.mode}")
-    extra = sorted(set(spec.features) - {"kind", "layers"})
+    if model != owner or spec.mode != "deletion":
+        raise ValueError(f"{where}: kind {kind!r} is a {owner}'s deletion policy, not the {model}'s {spec.mode}")
+    extra = sorted(set(spec.features) - {"kind", key})
     if extra:
-        raise ValueError(f"{where}: unknown keys {extra} for kind {KIND_DETECTOR_CELLS!r} (it takes layers: the "
-                         "detection head's input maps, 0 the finest)")
-    return _int_list(where, "layers", spec.features.get("layers"), [0, 1])
+        raise ValueError(f"{where}: unknown keys {extra} for kind {kind!r} (it takes {key}: {what})")
+    return _int_list(where, key, spec.features.get(key), default)
+
+
+def detector_layers(model: str, spec: RexlPolicyParams) -> tuple[int, ...]:
+    """The head input maps of a detector cell policy's ``features`` (:func:`cell_indices`)."""
+    return cell_indices(model, spec, KIND_DETECTOR_CELLS)
 
 
 def cell_blocks(model: str, spec: RexlPolicyParams) -> tuple[int, ...]:
-    """The feature blocks of a cell policy's ``features`` (default 2, 3). Raises ValueError naming
-    ``rexl.<model>.features`` for another model than the classifier, insertion mode, or keys other than kind and
-    blocks."""
-    where = f"params rexl.{model}.features"
-    if model != "classifier" or spec.mode != "deletion":
-        raise ValueError(f"{where}: kind 'cells' is a classifier's deletion policy, not the {model}'s {spec.mode}")
-    extra = sorted(set(spec.features) - {"kind", "blocks"})
-    if extra:
-        raise ValueError(f"{where}: unknown keys {extra} for kind 'cells' (it takes blocks: feature block indices)")
-    return _int_list(where, "blocks", spec.features.get("blocks"), [2, 3])
+    """The feature blocks of a classifier cell policy's ``features`` (:func:`cell_indices`)."""
+    return cell_indices(model, spec, "cells")
 
 
 def train_options(model: str, spec: RexlPolicyParams) -> dict:
@@ -318,6 +324,7 @@ def write_metrics(path: str | Path, records: dict[str, dict]) -> Path:
     return path
 
 
-__all__ = ["MODELS", "audited_model", "cell_blocks", "check_given", "checkpoint_folder", "code_digest", "guard_scorer",
-           "detector_layers", "is_cells", "is_detector_cells", "provide_policy", "train", "train_cells",
-           "train_detector_cells", "train_options", "training_setup", "write_metrics"]
+__all__ = ["CELL_KINDS", "MODELS", "audited_model", "cell_blocks", "cell_indices", "check_given",
+           "checkpoint_folder", "code_digest", "guard_scorer", "detector_layers", "is_cells", "is_detector_cells",
+           "provide_policy", "train", "train_cells", "train_detector_cells", "train_options", "training_setup",
+           "write_metrics"]

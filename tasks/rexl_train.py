@@ -311,16 +311,24 @@ def _classifier_setup(args):
     return ClassifierScorer(clf), episodes, conditioning, clf.num_classes if conditioning == "class" else None
 
 
-def _detector_setup(args):
-    """(scorer, episodes, 'box', None) of the dataset-wide detector regime (the demo detector as infer runs it)."""
+def params_detector(weights: str | None = None):
+    """The detector of params.yaml's ``infer.detectors[0]`` as infer runs it (imgsz, conf, NMS IoU; CPU), with other
+    ``weights`` where given, and its spec (``person_class``, ``weights``): what the trainers' ``--model detector``
+    CLIs train for."""
     from detection.models.yolo import YoloDetector
     from tasks.params import load_params
+    spec = load_params(check_files=False).infer.detectors[0]
+    detector = YoloDetector(weights or spec.weights, imgsz=spec.imgsz, conf=spec.conf, iou=spec.iou, device="cpu")
+    return detector, spec
+
+
+def _detector_setup(args):
+    """(scorer, episodes, 'box', None) of the dataset-wide detector regime (the demo detector as infer runs it)."""
     if args.regime != "dataset":
         raise SystemExit("rexl_train: the detector has the dataset regime only (one box-conditioned agent)")
-    spec = load_params(check_files=False).infer.detectors[0]
-    detector = YoloDetector(args.weights or spec.weights, imgsz=spec.imgsz, conf=spec.conf, iou=spec.iou,
-                            device="cpu")
-    scorer, episodes = detector_episodes(detector, training_scenes(args.images), args.grid)
+    detector, spec = params_detector(args.weights)
+    scorer, episodes = detector_episodes(detector, training_scenes(args.images), args.grid,
+                                         person=spec.person_class)
     return scorer, episodes, "box", None
 
 
