@@ -182,3 +182,29 @@ def test_yolo_head_inputs_come_from_the_scoring_pass_and_threads_do_not_mix():
                 assert all(torch.equal(a, b) for a, b in zip(got, want))
     twin = copy.deepcopy(det)
     assert all(torch.equal(a, b) for a, b in zip(twin.candidates_and_maps(images[1])[1], alone[1]))
+
+
+def test_the_shipped_detector_policy_on_an_odd_sized_portrait_image():
+    """The shipped policy with the demo YOLO on a 237 x 181 image (letterboxed with padding that is no multiple of
+    the strides, sides no multiple of the grid): one detector pass a step, the same roll-out as separate passes, a
+    map of the image's size; and a policy that reads another channel count is refused naming the file."""
+    from detection.models.yolo import YoloDetector
+    from tests.conftest import REPO
+
+    det = YoloDetector(REPO / "weights/demo/detector.pt", imgsz=320, device="cpu")
+    image = torch.rand(3, 237, 181, generator=torch.Generator().manual_seed(1))
+    scorer = DRiseScorer(det, torch.tensor([[40.0, 30.0, 140.0, 220.0]]), torch.ones(1, 1))
+    policy = REPO / "weights/demo/rexl_detector_deletion_cells.pt"
+    fused = Rexl(scorer, policy=policy).explain(image)
+    n = 49
+    assert fused.n_forward == 2 + (n - 1) and fused.n_feature_forward == 1 and fused.saliency.shape == (1, 237, 181)
+    assert sorted(fused.order[0].tolist()) == list(range(n)) and torch.isfinite(fused.saliency).all()
+    separate = Rexl(scorer, policy=policy)
+    separate.fused = False
+    apart = separate.explain(image)
+    assert torch.equal(fused.order, apart.order)
+    torch.testing.assert_close(fused.curve, apart.curve)
+    ckpt = PolicyCheckpoint.load(policy)
+    ckpt.features = {**ckpt.features, "layers": [1]}        # says 96 channels; this detector's map 1 has 64
+    with pytest.raises(ValueError, match="reads 96 channels .* have 64"):
+        Rexl(scorer, policy=ckpt)
