@@ -296,19 +296,19 @@ class FastShapParts(CountsExplainerForwards, Explainer):
         n = regions.shape[0]
         ends = game(torch.stack([torch.ones(n), torch.zeros(n)]).to(self.device))   # [2, T]: v(all), v(none)
         full, empty = ends[0], ends[1]
-        phi = self._amortised(image, regions, full, empty)
+        phi = self._amortised(image, regions, full, empty, game.composite.baseline[0])
         return paint(phi, regions), phi, {"full_score": full, "empty_score": empty}
 
     def _amortised(self, image: torch.Tensor, regions: torch.Tensor, full: torch.Tensor,
-                   empty: torch.Tensor) -> torch.Tensor:
+                   empty: torch.Tensor, baseline: torch.Tensor) -> torch.Tensor:
         """The network's efficient estimate [T, n] of the n non-empty ``regions`` [n, H, W] (the players with a
         pixel, in trained order; their columns set by :meth:`explain`), given the game's ends ``full`` = v(all),
-        ``empty`` = v(none) [T]: one explainer forward, no model forward."""
+        ``empty`` = v(none) [T] and the perturbation's ``baseline`` [3, H, W] of ``image`` (the game's own, computed
+        once): one explainer forward, no model forward."""
         P = len(self.ckpt.players)
         columns = self._columns.to(self.device)
         T = full.shape[0]
         masks = regions.new_zeros(P, *regions.shape[1:]).index_copy_(0, columns, regions)
-        baseline = self.perturbation.baseline(image)
         x, height = person_inputs(image, baseline, masks, self.ckpt.crop)
         inside = float(x[-1].mean())
         scalars = scalar_inputs(full, empty, torch.full((T,), height, device=self.device),
@@ -359,7 +359,8 @@ class FastShapBayesShapley(FastShapParts):
 
         def prior(empty: torch.Tensor, full: torch.Tensor) -> ShapleyPrior:
             full, empty = full.to(self.device), empty.to(self.device)
-            return ShapleyPrior(self._amortised(image, regions, full, empty).cpu(), self.prior_error)
+            return ShapleyPrior(self._amortised(image, regions, full, empty, game.composite.baseline[0]).cpu(),
+                                self.prior_error)
 
         est = bayes_shapley(game, regions.shape[0], budget, numpy_rng(generator), self.device, self.decay, prior)
         phi = est.phi.float().to(self.device)
