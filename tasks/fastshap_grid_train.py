@@ -47,6 +47,7 @@ from explainers.regions import grid_regions
 from explainers.trained import weights_fingerprint
 from tasks.fastshap_data import CoalitionCache, kernel_pairs
 
+# in the coalition cache's key: its wording stays (tasks.params.TRAINING_DATA's meaning), or caches would be orphaned
 DATA = "training scenes (pull.synthetic's generator, seed + models.train_data.seed_offset)"
 
 

@@ -51,6 +51,7 @@ from explainers.perturb import Perturbation, make_perturbation
 from explainers.shapley import all_coalitions, exact_coefficients
 from explainers.trained import weights_fingerprint
 from tasks.fastshap_data import CoalitionCache, Person, targets_by_person
+from tasks.params import TRAINING_DATA
 
 
 @dataclass
@@ -255,7 +256,6 @@ class TrainConfig:
         return range(0, n_scenes - self.heldout_scenes), range(n_scenes - self.heldout_scenes, n_scenes)
 
 
-DATA = "training scenes (pull.synthetic, seed + models.train_data.seed_offset)"
 
 
 def cache_spec(model_sha256: str, config: TrainConfig, perturbation: Perturbation) -> dict:
@@ -304,9 +304,9 @@ def train_weights(detector, config: TrainConfig, params, cache_dir: str | Path,
                                    batch_size=config.batch, lr=config.lr, seed=config.seed, width=config.width,
                                    hidden=config.hidden, checkpoint_dir=checkpoint_dir, progress=progress,
                                    mirror=mirror_permutation(players) if config.mirror else None)
-    training = {**summary, "data": DATA, "scenes": [train_scenes.start, train_scenes.stop], "pairs": config.pairs,
-                "seed": config.seed, "lr": config.lr, "batch": config.batch, "max_persons": config.persons,
-                "min_height": config.min_height, "cache_seconds": cache_seconds,
+    training = {**summary, "data": TRAINING_DATA, "scenes": [train_scenes.start, train_scenes.stop],
+                "pairs": config.pairs, "seed": config.seed, "lr": config.lr, "batch": config.batch,
+                "max_persons": config.persons, "min_height": config.min_height, "cache_seconds": cache_seconds,
                 "model_forwards": sum(2 + len(s.y) for s in samples),
                 **({"detector": game} if game is not None else {})}
     ckpt = build_checkpoint(model_sha, config.grouping, perturbation, state, crop, config.width, config.hidden,

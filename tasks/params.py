@@ -96,6 +96,10 @@ class TrainDataParams(_Section):
     metrics: str = "metrics/train_data.json"
 
 
+# what a learned component's training record says it trained on (the scenes of TrainDataParams' generator)
+TRAINING_DATA = "training scenes (pull.synthetic, seed + models.train_data.seed_offset)"
+
+
 class YoloTrainParams(_Section):
     weights: str | None = None                  # a local .pt to use instead of training
     arch: str = "detection/configs/yolo-pose-tiny.yaml"

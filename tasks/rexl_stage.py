@@ -30,11 +30,10 @@ import torch
 from detection.models.specs import file_sha256
 from explainers.rexl import PolicyCheckpoint, Rexl
 from explainers.rexl_detector import KIND as KIND_DETECTOR_CELLS
-from tasks.params import Params, RexlPolicyParams
+from tasks.params import TRAINING_DATA, Params, RexlPolicyParams
 from tasks.result_store import digest
 
 MODELS = ("classifier", "detector")
-DATA = "training scenes (pull.synthetic's generator, seed + models.train_data.seed_offset)"
 
 
 def substrate(spec: RexlPolicyParams) -> str:
@@ -237,7 +236,7 @@ def train(params: Params, model: str, spec: RexlPolicyParams, progress: bool = T
                        regime="dataset", steps=spec.steps, n_envs=spec.n_envs, seed=spec.seed,
                        learning_rate=spec.lr, checkpoint_dir=folder, checkpoint_every=spec.checkpoint_every,
                        progress=progress, time_limit_s=spec.time_limit_s,
-                       training={"model": model, "images": spec.images, "data": DATA}, **options)
+                       training={"model": model, "images": spec.images, "data": TRAINING_DATA}, **options)
     shutil.rmtree(folder, ignore_errors=True)
     return out
 
@@ -257,7 +256,7 @@ def train_cells(params: Params, model: str, spec: RexlPolicyParams, folder: Path
                            perturbation=substrate(spec), steps=spec.steps, n_envs=spec.n_envs, seed=spec.seed,
                            learning_rate=spec.lr, checkpoint_dir=folder, checkpoint_every=spec.checkpoint_every,
                            progress=progress, time_limit_s=spec.time_limit_s,
-                           training={"model": model, "images": spec.images, "data": DATA}, **options)
+                           training={"model": model, "images": spec.images, "data": TRAINING_DATA}, **options)
 
 
 def train_detector_cells(params: Params, model: str, spec: RexlPolicyParams, folder: Path, options: dict,
@@ -273,8 +272,8 @@ def train_detector_cells(params: Params, model: str, spec: RexlPolicyParams, fol
     return train_look_ahead_boxes(net, training_scenes(spec.images, None, params), grid=spec.grid, layers=layers,
                                   min_height=spec.min_height, person=params.explain_detector().person_class,
                                   perturbation=substrate(spec), seed=spec.seed, checkpoint_dir=folder,
-                                  progress=progress, training={"model": model, "images": spec.images, "data": DATA},
-                                  **options)
+                                  progress=progress,
+                                  training={"model": model, "images": spec.images, "data": TRAINING_DATA}, **options)
 
 
 def _auc(training: dict) -> dict:

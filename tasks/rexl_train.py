@@ -58,6 +58,7 @@ from torch import nn
 from explainers.perturb import make_perturbation
 from explainers.rexl import PolicyCheckpoint, condition_dim, make_features
 from explainers.trained import weights_fingerprint
+from tasks.params import TRAINING_DATA
 from tasks.rexl_env import Episode, RexlVecEnv, feature_stats
 
 REGIMES = ("dataset", "class", "image")
@@ -266,7 +267,6 @@ def detector_episodes(detector, images: Sequence[torch.Tensor], grid: int, min_h
     return DRiseScorer(detector, torch.stack(boxes), torch.stack(probs), chunk_size=16), episodes
 
 
-TRAINING_DATA = "training scenes (pull.synthetic, seed + models.train_data.seed_offset)"
 
 
 def add_cell_policy_arguments(parser: argparse.ArgumentParser, images: int) -> None:
