@@ -13,11 +13,14 @@ fine-tuning the student does not improve it: the numbers are in ``benchmarks/REA
 
 Algorithm (DAgger, Ross et al., AISTATS 2011, https://arxiv.org/abs/1011.0686): round 1 rolls out the class-map rule
 (the target's class map of the current canvas, highest first; with probability ``eps`` a random cell) on every
-(training scene, class); at ``per`` random steps of each roll-out the teacher scores every free cell. Each later round
-rolls out the policy trained so far (its own mistakes' states) and adds the teacher's answers there; the policy is
-retrained on everything collected. Loss: cross-entropy of the policy's softmax over the free cells to
-softmax(drop / ``tau``) (the teacher's drops in log-odds, ``tau`` in the same units): a soft target that says how
-much better each cell is, not only which one is best. Adam, lr 1e-3, weight decay 1e-4, batches of 128.
+(training scene, class); at ``per`` random steps of each roll-out the teacher scores every free cell. Each later
+round rolls out the policy trained so far (its own mistakes' states) and adds the teacher's answers there; the
+policy is retrained on everything collected. ``early`` draws the teacher's steps from the first ``early`` steps of
+each roll-out only (the roll-outs then stop after the last of them): the deletion AUC of a pixel map is mostly
+decided by its first few cells, and a late state, after the target's score has already fallen, teaches little. Loss:
+cross-entropy of the policy's softmax over the free cells to softmax(drop / ``tau``) (the teacher's drops in
+log-odds, ``tau`` in the same units): a soft target that says how much better each cell is, not only which one is
+best. Adam, lr 1e-3, weight decay 1e-4, batches of 128.
 
 Data: the classifier's training scenes (``tasks.rexl_train.training_scenes``: the stream the demo models were trained
 on, never the audited / val / held-out scenes). Seeded (torch generator, the network's initialisation), resumable
@@ -163,12 +166,14 @@ def policy_rule(policy: CellPolicy):
 
 
 def collect(teacher: Teacher, images: Sequence[torch.Tensor], pick, per: int, generator: torch.Generator,
-            progress: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            progress: bool = False, early: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Teacher rows along ``pick``'s roll-outs: states [M, S, k^2] (raw), drops [M, k^2], taken [M, k^2] at ``per``
-    random steps (the same steps for every target)."""
+    random steps (the same steps for every target) of the first k^2 - 1, or of the first ``early`` (then the
+    roll-outs stop after the last of them: the steps after it would give no row)."""
     game, condition, cols = teacher.start(images)
     n = game.cells
-    at = set(torch.randperm(n - 1, generator=generator)[:per].tolist())
+    first = n - 1 if early is None else min(int(early), n - 1)
+    at = set(torch.randperm(first, generator=generator)[:per].tolist())
     feats = teacher.run(game.canvas(), cols)
     rows = []
     steps = range(n)
@@ -179,6 +184,8 @@ def collect(teacher: Teacher, images: Sequence[torch.Tensor], pick, per: int, ge
         state = teacher.state(feats, game.taken, condition)
         if t in at:
             rows.append((state, teacher.drops(game, feats, cols), game.taken.clone()))
+        if early is not None and t == max(at):
+            break
         game.take(pick(state, game.taken, generator))
         feats = teacher.run(game.canvas(), cols)
     return tuple(torch.cat([r[i] for r in rows]) for i in range(3))
@@ -226,8 +233,9 @@ def rollout(teacher: Teacher, data: Sequence, pick, generator: torch.Generator |
 
 def train_look_ahead(scorer, images: Sequence[torch.Tensor], *, grid: int = 7, blocks: Sequence[int] = (2, 3),
                      perturbation: str = "mean", rounds: int = 2, per: int = 6, eps: float = 0.3, tau: float = 0.3,
-                     epochs: int = 150, width: int = 64, seed: int = 0, checkpoint_dir: str | Path | None = None,
-                     progress: bool = False, training: dict | None = None) -> tuple[PolicyCheckpoint, dict]:
+                     epochs: int = 150, width: int = 64, early: int | None = None, seed: int = 0,
+                     checkpoint_dir: str | Path | None = None, progress: bool = False,
+                     training: dict | None = None) -> tuple[PolicyCheckpoint, dict]:
     """A cell policy for ``scorer``'s classifier (a ``ClassifierScorer`` over its classes) on ``images`` [3, H, W]
     (training scenes, one size): ``rounds`` of DAgger (module docstring). Returns the checkpoint (deletion, class
     conditioning, features ``cells``) and a summary. Raises ValueError for rounds / per / epochs < 1, tau <= 0 or
@@ -239,14 +247,15 @@ def train_look_ahead(scorer, images: Sequence[torch.Tensor], *, grid: int = 7, b
     settings = {"grid": grid, "blocks": list(blocks), "perturbation": perturbation, "images": len(images)}
     return _dagger(teacher, images, scorer, settings, tensors_sha256({str(i): x for i, x in enumerate(images)}),
                    rounds=rounds, per=per, eps=eps, tau=tau, epochs=epochs, width=width, seed=seed,
-                   checkpoint_dir=checkpoint_dir, progress=progress, training=training)
+                   checkpoint_dir=checkpoint_dir, progress=progress, training=training, early=early)
 
 
 def train_look_ahead_boxes(detector, images: Sequence[torch.Tensor], *, grid: int = 7,
                            layers: Sequence[int] = (0, 1), min_height: float = 60.0, person: str = "person",
                            perturbation: str = "mean",
                            rounds: int = 3, per: int = 2, eps: float = 0.3, tau: float = 0.3, epochs: int = 150,
-                           width: int = 64, seed: int = 0, checkpoint_dir: str | Path | None = None,
+                           width: int = 64, early: int | None = None, seed: int = 0,
+                           checkpoint_dir: str | Path | None = None,
                            progress: bool = False, training: dict | None = None) -> tuple[PolicyCheckpoint, dict]:
     """A box-conditioned cell policy for a detector (a ``detection.models.yolo.YoloDetector``): its ``person``
     detections >= ``min_height`` px on the training ``images`` (``tasks.rexl_train.detector_episodes``) are the
@@ -259,7 +268,7 @@ def train_look_ahead_boxes(detector, images: Sequence[torch.Tensor], *, grid: in
     from tasks.rexl_train import detector_episodes
     if not images:
         raise ValueError("rexl imitation: no training images")
-    check_recipe(rounds, per, epochs, tau)                      # before the detector runs over every image
+    check_recipe(rounds, per, epochs, tau, early)               # before the detector runs over every image
     scorer, episodes = detector_episodes(detector, images, grid, min_height, person)
     features = DetectorCellFeatures(scorer, layers, grid)
     teacher = BoxTeacher(features, grid, perturbation)
@@ -267,25 +276,25 @@ def train_look_ahead_boxes(detector, images: Sequence[torch.Tensor], *, grid: in
                 "images": len(images), "pedestrians": len(episodes)}
     return _dagger(teacher, episodes, scorer, settings, tensors_sha256({str(i): x for i, x in enumerate(images)}),
                    rounds=rounds, per=per, eps=eps, tau=tau, epochs=epochs, width=width, seed=seed,
-                   checkpoint_dir=checkpoint_dir, progress=progress, training=training)
+                   checkpoint_dir=checkpoint_dir, progress=progress, training=training, early=early)
 
 
-def check_recipe(rounds: int, per: int, epochs: int, tau: float) -> None:
-    """Raises ValueError unless rounds, per, epochs >= 1 and tau > 0."""
-    if rounds < 1 or per < 1 or epochs < 1 or not tau > 0:
-        raise ValueError(f"rexl imitation: need rounds, per, epochs >= 1 and tau > 0; got rounds {rounds}, "
-                         f"per {per}, epochs {epochs}, tau {tau}")
+def check_recipe(rounds: int, per: int, epochs: int, tau: float, early: int | None = None) -> None:
+    """Raises ValueError unless rounds, per, epochs >= 1, tau > 0 and early is None or >= 1."""
+    if rounds < 1 or per < 1 or epochs < 1 or not tau > 0 or (early is not None and early < 1):
+        raise ValueError(f"rexl imitation: need rounds, per, epochs >= 1, tau > 0 and early >= 1 (or null); got "
+                         f"rounds {rounds}, per {per}, epochs {epochs}, tau {tau}, early {early}")
 
 
 def _dagger(teacher: Teacher, data: Sequence, scorer, settings: dict, images_sha256: str, *, rounds: int, per: int,
             eps: float, tau: float, epochs: int, width: int, seed: int, checkpoint_dir, progress: bool,
-            training: dict | None) -> tuple[PolicyCheckpoint, dict]:
+            training: dict | None, early: int | None = None) -> tuple[PolicyCheckpoint, dict]:
     """DAgger rounds (module docstring) of ``teacher`` on ``data`` (its :meth:`Teacher.start` input)."""
-    check_recipe(rounds, per, epochs, tau)
+    check_recipe(rounds, per, epochs, tau, early)
     start = time.perf_counter()
     grid, classes, boxes = teacher.grid, teacher.classes, isinstance(teacher, BoxTeacher)
     settings = {**settings, "per": per, "eps": eps, "tau": tau, "epochs": epochs, "width": width, "seed": seed,
-                "model_sha256": weights_fingerprint(scorer)}
+                **({} if early is None else {"early": int(early)}), "model_sha256": weights_fingerprint(scorer)}
     resume_key = {**settings, "images_sha256": images_sha256,
                   "code": files_digest([Path(__file__), Path(rexl.__file__), Path(rexl_detector.__file__)]),
                   "threads": torch.get_num_threads()}
@@ -306,7 +315,7 @@ def _dagger(teacher: Teacher, data: Sequence, scorer, settings: dict, images_sha
             pick = policy_rule(policy.eval())
             continue
         t0 = time.perf_counter()
-        new = collect(teacher, data, pick, per, generator, progress)
+        new = collect(teacher, data, pick, per, generator, progress, early)
         data_rows = new if data_rows is None else tuple(torch.cat([a, b]) for a, b in zip(data_rows, new))
         policy = CellPolicy(data_rows[0].shape[1], grid, width, classes, boxes)
         with torch.no_grad():
@@ -338,7 +347,8 @@ def _dagger(teacher: Teacher, data: Sequence, scorer, settings: dict, images_sha
 def detector_setup(args: argparse.Namespace):
     """The detector of a ``--model detector`` run (``--weights``, else params.yaml's ``infer.detectors[0]`` as infer
     runs it, CPU), its training scenes, its person class name and the training record."""
-    from tasks.rexl_train import TRAINING_DATA, params_detector, training_scenes
+    from tasks.params import TRAINING_DATA
+    from tasks.rexl_train import params_detector, training_scenes
     detector, spec = params_detector(args.weights)
     training = {"model": "detector", "weights": args.weights or spec.weights, "images": args.images,
                 "data": TRAINING_DATA}
@@ -364,13 +374,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tau", type=float, default=0.3, help="teacher softmax temperature (log-odds)")
     parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--early", type=int, default=None,
+                        help="teacher steps from the first EARLY steps of each roll-out (default: all)")
     parser.add_argument("--checkpoint-dir", default=None, help="finished rounds (a rerun resumes after them)")
     args = parser.parse_args(argv)
     images_default, rounds_default, per_default = DEFAULTS[args.model]
     args.images = images_default if args.images is None else args.images
     rounds = rounds_default if args.rounds is None else args.rounds
     per = per_default if args.per is None else args.per
-    common = dict(grid=args.grid, rounds=rounds, per=per, eps=args.eps,
+    common = dict(grid=args.grid, rounds=rounds, per=per, eps=args.eps, early=args.early,
                   tau=args.tau, epochs=args.epochs, width=args.width, seed=args.seed,
                   checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress)
     if args.model == "detector":

@@ -81,6 +81,22 @@ def test_cell_features_and_state_hold_what_they_say():
                          features={"kind": "backbone"}, feature_dim=1, state_dict={}, num_classes=1, arch="cells")
 
 
+def test_early_teacher_steps_come_from_the_first_steps_and_the_roll_outs_stop_after_them():
+    from tasks.rexl_imitation import Teacher, check_recipe, collect, guide_rule
+    n, images = GRID * GRID, [scene(s) for s in range(3)]
+    for early in (None, 3):
+        teacher = Teacher(CellFeatures(classifier(), (0, 1), GRID), GRID, "mean")
+        states, drops, taken = collect(teacher, images, guide_rule(teacher.guide, 0.3), per=2,
+                                       generator=torch.Generator().manual_seed(0), early=early)
+        at = sorted(set(taken.sum(1).tolist()))             # the teacher's steps: cells taken before each row
+        assert len(at) == 2 and len(states) == 2 * len(images) and torch.equal(drops.isnan(), taken)
+        passes = n + 1 if early is None else at[-1] + 1     # roll-out passes of the 3 canvases
+        assert early is None or at[-1] < early
+        assert teacher.n_forward == len(images) * (passes + sum(n - t for t in at))
+    with pytest.raises(ValueError, match="early >= 1"):
+        check_recipe(1, 1, 1, 0.3, early=0)
+
+
 def test_imitation_learns_the_only_cell_the_classifier_sees_and_resumes(tmp_path):
     from tasks.rexl_imitation import train_look_ahead
     clf = classifier()
