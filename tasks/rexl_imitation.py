@@ -36,8 +36,8 @@ The shipped demo policy (``weights/demo/rexl_classifier_deletion_cells.pt``) is 
 Detectors (``--model detector``, :func:`train_look_ahead_boxes`): the same DAgger loop with a box-conditioned cell
 policy (``explainers.rexl_detector``) whose targets are the detector's person detections on the training scenes;
 the teacher's drop is in the log-odds of the detection's D-RISE score, round 1 follows the target's support map. The
-shipped demo policy (``weights/demo/rexl_detector_deletion_cells.pt``) is its defaults (192 scenes, 3 rounds, 2
-teacher steps per roll-out, layers 0, 1):
+shipped demo policy (``weights/demo/rexl_detector_deletion_cells.pt``) is its defaults (144 scenes, a 9 x 9 grid, 3
+rounds, 2 teacher steps per roll-out from its first 8 steps, layers 0, 1; ``--threads 2`` as it was trained):
 
     python -m tasks.rexl_imitation --model detector --out models/rexl/detector_deletion_cells.pt
 """
@@ -355,8 +355,9 @@ def detector_setup(args: argparse.Namespace):
     return detector, training_scenes(args.images), spec.person_class, training
 
 
-# per model: (images, rounds, teacher steps per roll-out) when the command line names none
-DEFAULTS = {"classifier": (48, 2, 6), "detector": (192, 3, 2)}     # the detector's: the shipped recipe
+# per model, what the command line leaves out (the detector's: its shipped policy's recipe; early None: all steps)
+DEFAULTS = {"classifier": {"images": 48, "grid": 7, "rounds": 2, "per": 6, "early": None},
+            "detector": {"images": 144, "grid": 9, "rounds": 3, "per": 2, "early": 8}}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -370,19 +371,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--min-height", type=float, default=60.0, help="detector: smallest pedestrian (px)")
     parser.add_argument("--rounds", type=int, default=None, help="default: 2 (classifier), 3 (detector)")
     parser.add_argument("--per", type=int, default=None, help="teacher steps per roll-out (default: 6 / 2)")
+    parser.set_defaults(grid=None)                                  # the grid, too: 7 (classifier), 9 (detector)
     parser.add_argument("--eps", type=float, default=0.3, help="round 1: random-cell probability")
     parser.add_argument("--tau", type=float, default=0.3, help="teacher softmax temperature (log-odds)")
     parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--early", type=int, default=None,
-                        help="teacher steps from the first EARLY steps of each roll-out (default: all)")
+                        help="teacher steps from the first EARLY steps of each roll-out (0: all; default: all for "
+                             "the classifier, 8 for the detector)")
     parser.add_argument("--checkpoint-dir", default=None, help="finished rounds (a rerun resumes after them)")
     args = parser.parse_args(argv)
-    images_default, rounds_default, per_default = DEFAULTS[args.model]
-    args.images = images_default if args.images is None else args.images
-    rounds = rounds_default if args.rounds is None else args.rounds
-    per = per_default if args.per is None else args.per
-    common = dict(grid=args.grid, rounds=rounds, per=per, eps=args.eps, early=args.early,
+    for key, value in DEFAULTS[args.model].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.early = args.early or None                                 # 0: every step
+    common = dict(grid=args.grid, rounds=args.rounds, per=args.per, eps=args.eps, early=args.early,
                   tau=args.tau, epochs=args.epochs, width=args.width, seed=args.seed,
                   checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress)
     if args.model == "detector":

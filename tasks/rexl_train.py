@@ -268,7 +268,6 @@ def detector_episodes(detector, images: Sequence[torch.Tensor], grid: int, min_h
 
 
 
-
 def add_cell_policy_arguments(parser: argparse.ArgumentParser, images: int) -> None:
     """The options the cell-policy trainers' CLIs share (``tasks.rexl_cells_ppo``, ``tasks.rexl_imitation``): the
     classifier, its training scenes (default ``images``), the grid, the feature blocks, seed, threads, the output

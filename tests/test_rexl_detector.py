@@ -196,7 +196,7 @@ def test_the_shipped_detector_policy_on_an_odd_sized_portrait_image():
     scorer = DRiseScorer(det, torch.tensor([[40.0, 30.0, 140.0, 220.0]]), torch.ones(1, 1))
     policy = REPO / "weights/demo/rexl_detector_deletion_cells.pt"
     fused = Rexl(scorer, policy=policy).explain(image)
-    n = 49
+    n = PolicyCheckpoint.load(policy).grid ** 2
     assert fused.n_forward == 2 + (n - 1) and fused.n_feature_forward == 1 and fused.saliency.shape == (1, 237, 181)
     assert sorted(fused.order[0].tolist()) == list(range(n)) and torch.isfinite(fused.saliency).all()
     separate = Rexl(scorer, policy=policy)

@@ -196,7 +196,12 @@ def test_default_params_ship_the_detector_policy_and_dvc_tracks_it():
                  else d for d in params.infer.detectors]
     params = params.model_copy(update={"infer": params.infer.model_copy(update={"detectors": detectors})})
     ckpt = check_given(params, "detector", REPO / spec.weights)
-    assert (ckpt.mode, ckpt.grid, ckpt.conditioning, ckpt.arch) == ("deletion", 7, "box", "cells")
+    assert (ckpt.mode, ckpt.grid, ckpt.conditioning, ckpt.arch) == ("deletion", spec.grid, "box", "cells")
+    assert ckpt.training["early"] == spec.options["early"] and ckpt.training["images"] == spec.images
+    from tasks.rexl_imitation import DEFAULTS
+    cli = DEFAULTS["detector"]                                # the trainer's CLI defaults: the same recipe
+    assert (cli["images"], cli["grid"]) == (spec.images, spec.grid)
+    assert all(cli[k] == spec.options[k] for k in ("rounds", "per", "early"))
     assert ckpt.features["layers"] == list(detector_layers("detector", spec)) and is_detector_cells(spec)
     assert train_options("detector", spec) and ckpt.training["steps"] <= 200_000
     assert ckpt.training["seconds"] <= 20 * 60
