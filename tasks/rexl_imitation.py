@@ -36,8 +36,8 @@ The shipped demo policy (``weights/demo/rexl_classifier_deletion_cells.pt``) is 
 Detectors (``--model detector``, :func:`train_look_ahead_boxes`): the same DAgger loop with a box-conditioned cell
 policy (``explainers.rexl_detector``) whose targets are the detector's person detections on the training scenes;
 the teacher's drop is in the log-odds of the detection's D-RISE score, round 1 follows the target's support map. The
-shipped demo policy (``weights/demo/rexl_detector_deletion_cells.pt``) is its defaults (144 scenes, a 9 x 9 grid, 3
-rounds, 2 teacher steps per roll-out from its first 8 steps, layers 0, 1; ``--threads 2`` as it was trained):
+shipped demo policy (``weights/demo/rexl_detector_deletion_cells.pt``) is its defaults (192 scenes, a 7 x 7 grid, 3
+rounds, 2 teacher steps per roll-out from its first 8 steps, layers 0, 1, 1 thread):
 
     python -m tasks.rexl_imitation --model detector --out models/rexl/detector_deletion_cells.pt
 """
@@ -280,10 +280,11 @@ def train_look_ahead_boxes(detector, images: Sequence[torch.Tensor], *, grid: in
 
 
 def check_recipe(rounds: int, per: int, epochs: int, tau: float, early: int | None = None) -> None:
-    """Raises ValueError unless rounds, per, epochs >= 1, tau > 0 and early is None or >= 1."""
-    if rounds < 1 or per < 1 or epochs < 1 or not tau > 0 or (early is not None and early < 1):
-        raise ValueError(f"rexl imitation: need rounds, per, epochs >= 1, tau > 0 and early >= 1 (or null); got "
-                         f"rounds {rounds}, per {per}, epochs {epochs}, tau {tau}, early {early}")
+    """Raises ValueError unless rounds, per, epochs >= 1, tau > 0 and early is None / 0 (every step) or >= per (the
+    teacher's steps per roll-out come from the first ``early``)."""
+    if rounds < 1 or per < 1 or epochs < 1 or not tau > 0 or (early and early < per) or (early or 0) < 0:
+        raise ValueError(f"rexl imitation: need rounds, per, epochs >= 1, tau > 0 and early 0 / null (every step) or "
+                         f">= per; got rounds {rounds}, per {per}, epochs {epochs}, tau {tau}, early {early}")
 
 
 def _dagger(teacher: Teacher, data: Sequence, scorer, settings: dict, images_sha256: str, *, rounds: int, per: int,
@@ -291,6 +292,7 @@ def _dagger(teacher: Teacher, data: Sequence, scorer, settings: dict, images_sha
             training: dict | None, early: int | None = None) -> tuple[PolicyCheckpoint, dict]:
     """DAgger rounds (module docstring) of ``teacher`` on ``data`` (its :meth:`Teacher.start` input)."""
     check_recipe(rounds, per, epochs, tau, early)
+    early = early or None                                       # 0: every step
     start = time.perf_counter()
     grid, classes, boxes = teacher.grid, teacher.classes, isinstance(teacher, BoxTeacher)
     settings = {**settings, "per": per, "eps": eps, "tau": tau, "epochs": epochs, "width": width, "seed": seed,
@@ -356,8 +358,8 @@ def detector_setup(args: argparse.Namespace):
 
 
 # per model, what the command line leaves out (the detector's: its shipped policy's recipe; early None: all steps)
-DEFAULTS = {"classifier": {"images": 48, "grid": 7, "rounds": 2, "per": 6, "early": None},
-            "detector": {"images": 144, "grid": 9, "rounds": 3, "per": 2, "early": 8}}
+DEFAULTS = {"classifier": {"images": 48, "rounds": 2, "per": 6, "early": None},
+            "detector": {"images": 192, "rounds": 3, "per": 2, "early": 8}}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -371,20 +373,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--min-height", type=float, default=60.0, help="detector: smallest pedestrian (px)")
     parser.add_argument("--rounds", type=int, default=None, help="default: 2 (classifier), 3 (detector)")
     parser.add_argument("--per", type=int, default=None, help="teacher steps per roll-out (default: 6 / 2)")
-    parser.set_defaults(grid=None)                                  # the grid, too: 7 (classifier), 9 (detector)
     parser.add_argument("--eps", type=float, default=0.3, help="round 1: random-cell probability")
     parser.add_argument("--tau", type=float, default=0.3, help="teacher softmax temperature (log-odds)")
     parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--early", type=int, default=None,
-                        help="teacher steps from the first EARLY steps of each roll-out (0: all; default: all for "
-                             "the classifier, 8 for the detector)")
+                        help="teacher steps from the first EARLY (>= --per) steps of each roll-out (0: any step; "
+                             "default: any for the classifier, 8 for the detector)")
     parser.add_argument("--checkpoint-dir", default=None, help="finished rounds (a rerun resumes after them)")
     args = parser.parse_args(argv)
     for key, value in DEFAULTS[args.model].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    args.early = args.early or None                                 # 0: every step
     common = dict(grid=args.grid, rounds=args.rounds, per=args.per, eps=args.eps, early=args.early,
                   tau=args.tau, epochs=args.epochs, width=args.width, seed=args.seed,
                   checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress)

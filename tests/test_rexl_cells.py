@@ -93,8 +93,10 @@ def test_early_teacher_steps_come_from_the_first_steps_and_the_roll_outs_stop_af
         passes = n + 1 if early is None else at[-1] + 1     # roll-out passes of the 3 canvases
         assert early is None or at[-1] < early
         assert teacher.n_forward == len(images) * (passes + sum(n - t for t in at))
-    with pytest.raises(ValueError, match="early >= 1"):
-        check_recipe(1, 1, 1, 0.3, early=0)
+    check_recipe(1, 2, 1, 0.3, early=0)                         # 0: every step
+    for early in (1, -1):                                       # fewer steps than per, or negative
+        with pytest.raises(ValueError, match="early 0 / null"):
+            check_recipe(1, 2, 1, 0.3, early=early)
 
 
 def test_imitation_learns_the_only_cell_the_classifier_sees_and_resumes(tmp_path):
