@@ -13,11 +13,12 @@ Methods (one row each; the policies' substrate):
   * ``drise@4000``: D-RISE (grid 8, centred, hide = the substrate), the reference to match; run once per scene for
     all its pedestrians (the same masks serve every target) and cached in ``benchmarks/results/`` by split, persons,
     budget, substrate and the detector's weights;
-  * ``drise@50``: D-RISE with RExL's forwards per pedestrian;
+  * ``drise@<k^2 + 1>`` (``drise@50`` at k = 7): D-RISE with RExL's forwards per pedestrian;
   * ``support``: the no-learning control with the policy's own state: each step deletes the cell where the target's
     support map (the best D-RISE similarity of the anchors centred in each cell) is highest;
   * ``random``: a random cell order (seeded): the floor;
-  * ``greedy`` (``--greedy N``: the first N pedestrians, 1,224 forwards each): the ceiling of a cell order.
+  * ``greedy`` (``--greedy N``: the first N pedestrians, k^2 (k^2 - 1) / 2 forwards each: 1,224 at k = 7): the
+    ceiling of a cell order.
 Orders are mapped as a detector cell policy's default (the paper's rule: cumulative credit, bilinear) and, with
 ``@rank_nearest``, as the order itself constant on cells (a classifier cell policy's default).
 

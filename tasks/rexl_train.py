@@ -267,7 +267,6 @@ def detector_episodes(detector, images: Sequence[torch.Tensor], grid: int, min_h
     return DRiseScorer(detector, torch.stack(boxes), torch.stack(probs), chunk_size=16), episodes
 
 
-
 def add_cell_policy_arguments(parser: argparse.ArgumentParser, images: int) -> None:
     """The options the cell-policy trainers' CLIs share (``tasks.rexl_cells_ppo``, ``tasks.rexl_imitation``): the
     classifier, its training scenes (default ``images``), the grid, the feature blocks, seed, threads, the output
