@@ -256,8 +256,6 @@ class TrainConfig:
         return range(0, n_scenes - self.heldout_scenes), range(n_scenes - self.heldout_scenes, n_scenes)
 
 
-
-
 def cache_spec(model_sha256: str, config: TrainConfig, perturbation: Perturbation) -> dict:
     """What the coalition cache's values depend on (``tasks.fastshap_data.CoalitionCache``'s manifest)."""
     return {"model_sha256": model_sha256, "grouping": config.grouping, "perturbation": perturbation.describe(),
