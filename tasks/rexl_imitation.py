@@ -172,7 +172,7 @@ def collect(teacher: Teacher, images: Sequence[torch.Tensor], pick, per: int, ge
     roll-outs stop after the last of them: the steps after it would give no row)."""
     game, condition, cols = teacher.start(images)
     n = game.cells
-    first = n - 1 if early is None else min(int(early), n - 1)
+    first = n - 1 if early is None else int(early)
     at = set(torch.randperm(first, generator=generator)[:per].tolist())
     feats = teacher.run(game.canvas(), cols)
     rows = []
@@ -268,7 +268,7 @@ def train_look_ahead_boxes(detector, images: Sequence[torch.Tensor], *, grid: in
     from tasks.rexl_train import detector_episodes
     if not images:
         raise ValueError("rexl imitation: no training images")
-    check_recipe(rounds, per, epochs, tau, early)               # before the detector runs over every image
+    check_recipe(rounds, per, epochs, tau, early, grid)         # before the detector runs over every image
     scorer, episodes = detector_episodes(detector, images, grid, min_height, person)
     features = DetectorCellFeatures(scorer, layers, grid)
     teacher = BoxTeacher(features, grid, perturbation)
@@ -279,19 +279,21 @@ def train_look_ahead_boxes(detector, images: Sequence[torch.Tensor], *, grid: in
                    checkpoint_dir=checkpoint_dir, progress=progress, training=training, early=early)
 
 
-def check_recipe(rounds: int, per: int, epochs: int, tau: float, early: int | None = None) -> None:
-    """Raises ValueError unless rounds, per, epochs >= 1, tau > 0 and early is None / 0 (every step) or >= per (the
-    teacher's steps per roll-out come from the first ``early``)."""
-    if rounds < 1 or per < 1 or epochs < 1 or not tau > 0 or (early and early < per) or (early or 0) < 0:
+def check_recipe(rounds: int, per: int, epochs: int, tau: float, early: int | None = None, grid: int = 7) -> None:
+    """Raises ValueError unless rounds, per, epochs >= 1, tau > 0 and early is None / 0 (every step) or in [per,
+    grid^2 - 1] (the teacher's steps per roll-out come from the first ``early`` of the grid^2 - 1 with a choice)."""
+    if (rounds < 1 or per < 1 or epochs < 1 or not tau > 0 or (early or 0) < 0
+            or (early and not per <= early <= grid * grid - 1)):
         raise ValueError(f"rexl imitation: need rounds, per, epochs >= 1, tau > 0 and early 0 / null (every step) or "
-                         f">= per; got rounds {rounds}, per {per}, epochs {epochs}, tau {tau}, early {early}")
+                         f"from per to grid^2 - 1 = {grid * grid - 1}; got rounds {rounds}, per {per}, epochs "
+                         f"{epochs}, tau {tau}, early {early}")
 
 
 def _dagger(teacher: Teacher, data: Sequence, scorer, settings: dict, images_sha256: str, *, rounds: int, per: int,
             eps: float, tau: float, epochs: int, width: int, seed: int, checkpoint_dir, progress: bool,
             training: dict | None, early: int | None = None) -> tuple[PolicyCheckpoint, dict]:
     """DAgger rounds (module docstring) of ``teacher`` on ``data`` (its :meth:`Teacher.start` input)."""
-    check_recipe(rounds, per, epochs, tau, early)
+    check_recipe(rounds, per, epochs, tau, early, teacher.grid)
     early = early or None                                       # 0: every step
     start = time.perf_counter()
     grid, classes, boxes = teacher.grid, teacher.classes, isinstance(teacher, BoxTeacher)

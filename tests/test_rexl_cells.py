@@ -94,9 +94,10 @@ def test_early_teacher_steps_come_from_the_first_steps_and_the_roll_outs_stop_af
         assert early is None or at[-1] < early
         assert teacher.n_forward == len(images) * (passes + sum(n - t for t in at))
     check_recipe(1, 2, 1, 0.3, early=0)                         # 0: every step
-    for early in (1, -1):                                       # fewer steps than per, or negative
+    check_recipe(1, 2, 1, 0.3, early=48, grid=7)                # every step with a choice
+    for early in (1, -1, 49):                                   # fewer steps than per, negative, more than there are
         with pytest.raises(ValueError, match="early 0 / null"):
-            check_recipe(1, 2, 1, 0.3, early=early)
+            check_recipe(1, 2, 1, 0.3, early=early, grid=7)
 
 
 def test_imitation_learns_the_only_cell_the_classifier_sees_and_resumes(tmp_path):
