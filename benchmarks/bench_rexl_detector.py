@@ -217,7 +217,7 @@ def main() -> None:
         if args.split == "heldout" else select_persons(detector, args.persons)
     split = f"{args.split}{args.persons}" + (f"_skip{args.skip}" if args.skip else "")
     digest = file_digest(detector.weights)
-    cache = Path(f"benchmarks/results/cache/drise{args.budget}_{args.substrate}_{args.split}{args.persons}_"
+    cache = Path(f"benchmarks/results/cache/drise{args.budget}_{args.substrate}_{split}_"
                  f"{digest}.pt")
     ref = reference(persons, args.budget, args.substrate, cache)
     if args.reference_only:

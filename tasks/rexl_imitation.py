@@ -36,10 +36,11 @@ The shipped demo policy (``weights/demo/rexl_classifier_deletion_cells.pt``) is 
 Detectors (``--model detector``, :func:`train_look_ahead_boxes`): the same DAgger loop with a box-conditioned cell
 policy (``explainers.rexl_detector``) whose targets are the detector's person detections on the training scenes;
 the teacher's drop is in the log-odds of the detection's D-RISE score, round 1 follows the target's support map. The
-shipped demo policy (``weights/demo/rexl_detector_deletion_cells.pt``) is its defaults (192 scenes, a 7 x 7 grid, 3
-rounds, 2 teacher steps per roll-out from its first 8 steps, layers 0, 1, 1 thread):
+shipped demo policy (``weights/demo/rexl_detector_deletion_cells.pt``) is its defaults (192 scenes, a 9 x 9 grid, 3
+rounds, 2 teacher steps per roll-out from its first 8 steps, layers 0, 1) with 2 threads (the weights do not depend on
+the thread count; the time does):
 
-    python -m tasks.rexl_imitation --model detector --out models/rexl/detector_deletion_cells.pt
+    python -m tasks.rexl_imitation --model detector --threads 2 --out models/rexl/detector_deletion_cells.pt
 """
 from __future__ import annotations
 
@@ -360,14 +361,14 @@ def detector_setup(args: argparse.Namespace):
 
 
 # per model, what the command line leaves out (the detector's: its shipped policy's recipe; early None: all steps)
-DEFAULTS = {"classifier": {"images": 48, "rounds": 2, "per": 6, "early": None},
-            "detector": {"images": 192, "rounds": 3, "per": 2, "early": 8}}
+DEFAULTS = {"classifier": {"images": 48, "grid": 7, "rounds": 2, "per": 6, "early": None},
+            "detector": {"images": 192, "grid": 9, "rounds": 3, "per": 2, "early": 8}}
 
 
 def main(argv: list[str] | None = None) -> None:
     from tasks.rexl_train import add_cell_policy_arguments, cell_policy_setup
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_cell_policy_arguments(parser, images=None)
+    add_cell_policy_arguments(parser, images=None, grid=None)
     parser.add_argument("--model", choices=tuple(DEFAULTS), default="classifier",
                         help="detector: a box-conditioned policy for params.yaml's infer.detectors[0] (--weights: "
                              "another YOLO .pt; --blocks is the classifier's, --layers the detector's)")

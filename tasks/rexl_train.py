@@ -267,15 +267,16 @@ def detector_episodes(detector, images: Sequence[torch.Tensor], grid: int, min_h
     return DRiseScorer(detector, torch.stack(boxes), torch.stack(probs), chunk_size=16), episodes
 
 
-def add_cell_policy_arguments(parser: argparse.ArgumentParser, images: int) -> None:
+def add_cell_policy_arguments(parser: argparse.ArgumentParser, images: int | None, grid: int | None = 7) -> None:
     """The options the cell-policy trainers' CLIs share (``tasks.rexl_cells_ppo``, ``tasks.rexl_imitation``): the
-    classifier, its training scenes (default ``images``), the grid, the feature blocks, seed, threads, the output
-    file and the progress bar (read back by :func:`cell_policy_setup`)."""
+    classifier, its training scenes (default ``images``), the grid (default ``grid``; None: the caller fills it in),
+    the feature blocks, seed, threads, the output file and the progress bar (read back by
+    :func:`cell_policy_setup`)."""
     parser.add_argument("--weights", default=None, help="the classifier: a file detection.models.scene_classifier."
                                                         "load_classifier reads (TorchScript, its <name>.json beside "
                                                         "it); default: weights/demo/classifier.pt")
     parser.add_argument("--images", type=int, default=images, help="training scenes (x every class)")
-    parser.add_argument("--grid", type=int, default=7)
+    parser.add_argument("--grid", type=int, default=grid, help=f"k x k cells (default: {grid or 'per model'})")
     parser.add_argument("--blocks", default="2,3", help="feature blocks pooled to the grid (comma-separated)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
