@@ -10,7 +10,8 @@ Splits (``--split``):
 
 Methods (one row each; the policies' substrate):
   * ``rexl`` (one per ``--policy`` file): the box-conditioned cell policy's roll-out (``explainers.rexl.Rexl``: 2 + 48
-    model forwards and 1 feature forward per pedestrian at k = 7);
+    model forwards and 1 feature forward per pedestrian at k = 7, 2 + 80 at k = 9; an insertion policy's map is
+    read from its insertion game and spends 1 more feature forward, on the image);
   * ``drise@4000``: D-RISE (grid 8, centred, hide = the substrate), the reference to match; run once per scene for
     all its pedestrians (the same masks serve every target) and cached in ``benchmarks/results/`` by split, persons,
     budget, substrate and the detector's weights;
@@ -132,12 +133,12 @@ def add(rows: dict, key: str, aucs: dict, n_forward: float, cell_auc: float | No
 
 
 def add_order(rows: dict, key: str, p: dict, order: list[int], curve: torch.Tensor, grid: int,
-              n_forward: float) -> None:
-    """The rows of one cell order (deletion) and its score curve [k^2 + 1]: each map of ``MAPS`` graded by
-    ``curve_scores``; the order's own cell-granularity AUC on the default map's row."""
+              n_forward: float, mode: str = "deletion") -> None:
+    """The rows of one cell order (``mode``: the game it was taken in) and its score curve [k^2 + 1]: each map of
+    ``MAPS`` graded by ``curve_scores``; the order's own cell-granularity AUC on the default map's row."""
     n = grid * grid
     for suffix, (credit, upsample) in MAPS.items():
-        sal = ordered_saliency([order], [curve], grid, "deletion", tuple(p["image"].shape[-2:]), credit, upsample)
+        sal = ordered_saliency([order], [curve], grid, mode, tuple(p["image"].shape[-2:]), credit, upsample)
         add(rows, key + suffix, curve_scores(p["scorer"], p["image"], sal), n_forward,
             None if suffix else float(((curve[1:] + curve[:-1]) / (2 * n)).sum()))
 
@@ -149,7 +150,7 @@ def policy_rows(rows: dict, persons: list[dict], path: str, substrate: str) -> N
     for p in persons:
         exp = Rexl(p["scorer"], policy=ckpt).explain(p["image"])
         add_order(rows, f"rexl:{Path(path).stem}", p, exp.order[0].tolist(), exp.curve[0], ckpt.grid,
-                  exp.n_forward + exp.n_feature_forward)
+                  exp.n_forward + exp.n_feature_forward, ckpt.mode)
 
 
 def control_rows(rows: dict, persons: list[dict], grid: int, substrate: str, greedy: int, budget: int) -> None:

@@ -573,9 +573,10 @@ class CellPolicy(nn.Module):
     def state(self, canvas_features: torch.Tensor, image_features: torch.Tensor | None, taken: torch.Tensor,
               condition: torch.Tensor, maps: int = 0) -> torch.Tensor:
         """The observation [N, S k^2]: :func:`cell_state` (a detector's policy, ``boxes``:
-        ``explainers.rexl_detector.box_cell_state``) flattened (``image_features`` / ``maps`` unused)."""
+        ``explainers.rexl_detector.box_cell_state``, with ``image_features`` in insertion mode) flattened
+        (``maps`` unused; a classifier's cell policy is deletion-only and ignores ``image_features``)."""
         if self.boxes:
-            return box_cell_state(canvas_features, taken, condition, self.grid).flatten(1)
+            return box_cell_state(canvas_features, taken, condition, self.grid, image_features).flatten(1)
         return cell_state(canvas_features, taken, condition, self.classes, self.grid).flatten(1)
 
     def act(self, obs: torch.Tensor, taken: torch.Tensor) -> torch.Tensor:
@@ -617,10 +618,10 @@ class PolicyCheckpoint(NetworkCheckpoint):
             raise ValueError(f"rexl: policy arch must be one of {ARCHS}, got {self.arch!r}")
         kind = self.features.get("kind")
         if self.arch == "cells" and ((kind, self.conditioning) not in (("cells", "class"), (KIND_DETECTOR_CELLS, "box"))
-                                     or self.mode != "deletion"):
-            raise ValueError("rexl: a cell policy needs features of kind 'cells' with class conditioning or "
-                             f"{KIND_DETECTOR_CELLS!r} with box conditioning, and deletion mode, got {kind!r}, "
-                             f"{self.conditioning!r}, {self.mode!r}")
+                                     or (self.mode != "deletion" and kind != KIND_DETECTOR_CELLS)):
+            raise ValueError("rexl: a cell policy needs features of kind 'cells' with class conditioning (deletion "
+                             f"mode) or {KIND_DETECTOR_CELLS!r} with box conditioning (deletion or insertion), got "
+                             f"{kind!r}, {self.conditioning!r}, {self.mode!r}")
         if kind == KIND_DETECTOR_CELLS and self.arch != "cells":
             raise ValueError(f"rexl: features {KIND_DETECTOR_CELLS!r} are a cell policy's (arch 'cells'), got arch "
                              f"{self.arch!r}")
@@ -641,13 +642,13 @@ class PolicyCheckpoint(NetworkCheckpoint):
 
     @classmethod
     def for_cell_policy(cls, policy: CellPolicy, features: CellFeatures | DetectorCellFeatures, *, model_sha256: str,
-                        perturbation: str, training: dict) -> PolicyCheckpoint:
-        """The checkpoint of a trained :class:`CellPolicy` on ``features`` (deletion; class conditioning, or box
-        conditioning for a detector's ``DetectorCellFeatures``; its weights copied to the CPU), whoever trained it
-        (``tasks.rexl_imitation``, ``tasks.rexl_cells_ppo``)."""
+                        perturbation: str, training: dict, mode: str = "deletion") -> PolicyCheckpoint:
+        """The checkpoint of a trained :class:`CellPolicy` on ``features`` (class conditioning, deletion; or box
+        conditioning for a detector's ``DetectorCellFeatures``, deletion or insertion ``mode``; its weights copied to
+        the CPU), whoever trained it (``tasks.rexl_imitation``, ``tasks.rexl_cells_ppo``)."""
         boxes = isinstance(features, DetectorCellFeatures)
         classes, n = (None if boxes else int(features.spec["classes"])), policy.grid ** 2
-        return cls(model_sha256=model_sha256, grid=policy.grid, mode="deletion", perturbation=perturbation,
+        return cls(model_sha256=model_sha256, grid=policy.grid, mode=mode, perturbation=perturbation,
                    perturbation_describe=make_perturbation(perturbation).describe(),
                    conditioning="box" if boxes else "class", num_classes=classes, features=dict(features.spec),
                    feature_dim=features.dim if boxes else (policy.channels - classes - 4) * n + classes,
@@ -658,8 +659,9 @@ class PolicyCheckpoint(NetworkCheckpoint):
     def cell_channels(self) -> int:
         """S of :func:`cell_state` (cell policies; a detector's: of ``box_cell_state``)."""
         n = self.grid ** 2
-        if self.features.get("kind") == KIND_DETECTOR_CELLS:
-            return (self.feature_dim - 1) // n - 1 + DETECTOR_STATE_EXTRA
+        if self.features.get("kind") == KIND_DETECTOR_CELLS:      # insertion: + the image's F + 1 channels
+            pooled = (self.feature_dim - 1) // n - 1
+            return pooled + DETECTOR_STATE_EXTRA + (pooled + 1 if self.mode == "insertion" else 0)
         return (self.feature_dim - int(self.num_classes)) // n + int(self.num_classes) + 4
 
     @property
@@ -878,10 +880,13 @@ class Rexl(Explainer):
         full, empty = ends[0], ends[1]
         game = CellGame(image.expand(T, -1, -1, -1), baseline.expand(T, -1, -1, -1), c.mode, c.grid)
         cond = self.condition(T, (H, W))
-        image_feats = self._feature(image[None], torch.zeros(1, dtype=torch.long)).expand(T, -1) \
-            if c.mode == "insertion" else None
         n = game.cells
         rows = torch.arange(T, device=self.device)
+        image_feats = None
+        if c.mode == "insertion":                # the image's features: a detector's per target, a classifier's one row
+            per_target = isinstance(self.features, DetectorCellFeatures)
+            image_feats = self._feature(image[None], rows if per_target else torch.zeros(1, dtype=torch.long))
+            image_feats = image_feats if per_target else image_feats.expand(T, -1)
         curve = torch.empty(T, n + 1, device=self.device)
         curve[:, 0], curve[:, n] = (full, empty) if c.mode == "deletion" else (empty, full)
         order = torch.empty(T, n, dtype=torch.long, device=self.device)

@@ -126,13 +126,16 @@ class DetectorCellFeatures(nn.Module):
         return feats[:, self.channels * self.n:self.channels * self.n + self.n]
 
 
-def box_cell_state(features: torch.Tensor, taken: torch.Tensor, condition: torch.Tensor, grid: int) -> torch.Tensor:
+def box_cell_state(features: torch.Tensor, taken: torch.Tensor, condition: torch.Tensor, grid: int,
+                   image_features: torch.Tensor | None = None) -> torch.Tensor:
     """The state of a box-conditioned cell policy [N, F + 6, k^2] from :class:`DetectorCellFeatures`' features
-    [N, F k^2 + k^2 + 1], the taken cells [N, k^2] and the ``box`` conditioning [N, k^2 + 4]
+    [N, F k^2 + k^2 + 1] of the current canvas, the taken cells [N, k^2] and the ``box`` conditioning [N, k^2 + 4]
     (``explainers.rexl.box_condition``): the F pooled channels, the target's support map, its log (floored at
     ``SUPPORT_FLOOR``: the support spans orders of magnitude, 1e-10 off the pedestrian to ~1 at its anchor), the
     box's cover of each cell, taken (0 / 1), the taken cells of the 3 x 3 neighbourhood / 9 and the target's
-    current score. Raw (the policy standardises it)."""
+    current score. Insertion mode (``image_features``: the same features of the whole image [N, F k^2 + k^2 + 1],
+    since its canvas starts as the substrate and shows little): F + 1 more channels [N, 2 F + 7, k^2], the image's
+    pooled channels and its log support map, last. Raw (the policy standardises it)."""
     N, n = taken.shape
     feats = features.float()
     channels = (feats.shape[1] - 1) // n                          # F + 1: the pooled channels and the support map
@@ -142,7 +145,11 @@ def box_cell_state(features: torch.Tensor, taken: torch.Tensor, condition: torch
     t = taken.float()[:, None]
     near = F.conv2d(t.view(N, 1, grid, grid), torch.ones(1, 1, 3, 3, device=t.device), padding=1).view(N, 1, n) / 9
     score = feats[:, -1][:, None, None].expand(N, 1, n)
-    return torch.cat([cells, log_support, cover, t, near, score], 1)
+    parts = [cells, log_support, cover, t, near, score]
+    if image_features is not None:
+        image = image_features.float().to(feats.device)[:, :channels * n].view(N, channels, n)
+        parts += [image[:, :-1], torch.log(image[:, -1:].clamp_min(SUPPORT_FLOOR))]
+    return torch.cat(parts, 1)
 
 
 __all__ = ["DetectorCellFeatures", "KIND", "STATE_EXTRA", "box_cell_state", "needs"]

@@ -41,6 +41,10 @@ rounds, 2 teacher steps per roll-out from its first 8 steps, layers 0, 1) with 2
 the thread count; the time does):
 
     python -m tasks.rexl_imitation --model detector --threads 2 --out models/rexl/detector_deletion_cells.pt
+
+``--mode insertion`` (detectors): the canvas starts as the substrate and each step restores a cell; the teacher's
+gain is the rise of the detection's log-odds, the state also reads the whole image's maps and support map (one more
+detector pass per pedestrian), and round 1 follows the image's support map. No insertion policy is shipped yet.
 """
 from __future__ import annotations
 
@@ -100,33 +104,39 @@ class Teacher:
         return game, F.one_hot(cols, self.classes).float(), cols
 
     def drops(self, game: CellGame, feats: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        """The teacher [N, k^2]: the target's log-odds drop when each free cell is deleted next (NaN: taken)."""
+        """The teacher [N, k^2]: the gain in the game's reward when each free cell is taken next (NaN: taken):
+        deletion, the drop in the target's log-odds; insertion, its rise."""
         n = game.cells
         current = log_odds(self.score(feats, cols))
         out = torch.full((len(cols), n), float("nan"))
         H, W = game.images.shape[-2:]
+        shown, hidden = (game.images, game.baselines) if game.mode == "deletion" else (game.baselines, game.images)
         for i in range(len(cols)):
             free = (~game.taken[i]).nonzero()[:, 0]
             trial = game.taken[i][None].repeat(len(free), 1)
             trial[torch.arange(len(free)), free] = True
-            canvases = torch.where(trial[:, game.labels].view(len(free), 1, H, W), game.baselines[i:i + 1],
-                                   game.images[i:i + 1])
+            canvases = torch.where(trial[:, game.labels].view(len(free), 1, H, W), hidden[i:i + 1], shown[i:i + 1])
             mine = cols[i:i + 1].expand(len(free))
-            out[i, free] = current[i] - log_odds(self.score(self.run(canvases, mine), mine))
+            out[i, free] = game.sign * (log_odds(self.score(self.run(canvases, mine), mine)) - current[i])
         return out
 
 
 class BoxTeacher(Teacher):
     """The cell game of a detector's training pedestrians (box-conditioned, one column each of the features'
     ``DRiseScorer``) with its :class:`~explainers.rexl_detector.DetectorCellFeatures`: one detector pass gives a
-    canvas's features, its target's support map and D-RISE score. ``guide``: the support map's state channel."""
+    canvas's features, its target's support map and D-RISE score. ``mode``: deletion, or insertion (the state also
+    reads the whole image's features: one more pass per target at :meth:`start`). ``guide``: the state channel of
+    the support map (deletion: the current canvas's; insertion: the image's, as its log)."""
 
-    def __init__(self, features, grid: int, perturbation: str, chunk: int = 16):
-        self.features, self.grid, self.chunk = features, int(grid), int(chunk)
+    def __init__(self, features, grid: int, perturbation: str, chunk: int = 16, mode: str = "deletion"):
+        if mode not in rexl.MODES:
+            raise ValueError(f"rexl imitation: mode must be one of {rexl.MODES}, got {mode!r}")
+        self.features, self.grid, self.chunk, self.mode = features, int(grid), int(chunk), mode
         self.classes = 0
         self.substrate = make_perturbation(perturbation)
         self.n_forward = 0
-        self.guide = -STATE_EXTRA
+        self.guide = -STATE_EXTRA if mode == "deletion" else -1
+        self.image_features: torch.Tensor | None = None
 
     def run(self, canvases: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Features [B, F k^2 + k^2 + 1] of row i's target ``cols[i]`` (its D-RISE score last)."""
@@ -138,14 +148,16 @@ class BoxTeacher(Teacher):
         return feats[:, -1]
 
     def state(self, feats: torch.Tensor, taken: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        return box_cell_state(feats, taken, condition, self.grid)
+        return box_cell_state(feats, taken, condition, self.grid, self.image_features)
 
     def start(self, episodes: Sequence) -> tuple[CellGame, torch.Tensor, torch.Tensor]:
         """Every pedestrian (``tasks.rexl_train.Episode``: image, column, box conditioning): the game [N], the
-        conditioning [N, k^2 + 4], the columns [N]."""
+        conditioning [N, k^2 + 4], the columns [N] (insertion: and the images' features, N passes)."""
         x = torch.stack([e.image for e in episodes]).float()
-        game = CellGame(x, torch.stack([self.substrate.baseline(i) for i in x]), "deletion", self.grid)
-        return game, torch.stack([e.condition for e in episodes]).float(), torch.tensor([e.column for e in episodes])
+        cols = torch.tensor([e.column for e in episodes])
+        game = CellGame(x, torch.stack([self.substrate.baseline(i) for i in x]), self.mode, self.grid)
+        self.image_features = self.run(x, cols) if self.mode == "insertion" else None
+        return game, torch.stack([e.condition for e in episodes]).float(), cols
 
 
 def guide_rule(channel: int, eps: float):
@@ -253,28 +265,32 @@ def train_look_ahead(scorer, images: Sequence[torch.Tensor], *, grid: int = 7, b
 
 def train_look_ahead_boxes(detector, images: Sequence[torch.Tensor], *, grid: int = 7,
                            layers: Sequence[int] = (0, 1), min_height: float = 60.0, person: str = "person",
-                           perturbation: str = "mean",
+                           perturbation: str = "mean", mode: str = "deletion",
                            rounds: int = 3, per: int = 2, eps: float = 0.3, tau: float = 0.3, epochs: int = 150,
                            width: int = 64, early: int | None = None, seed: int = 0,
                            checkpoint_dir: str | Path | None = None,
                            progress: bool = False, training: dict | None = None) -> tuple[PolicyCheckpoint, dict]:
     """A box-conditioned cell policy for a detector (a ``detection.models.yolo.YoloDetector``): its ``person``
     detections >= ``min_height`` px on the training ``images`` (``tasks.rexl_train.detector_episodes``) are the
-    targets, each deleted cell by cell with the D-RISE score of its detection (the teacher's drop: its log-odds),
-    the state ``explainers.rexl_detector.box_cell_state`` of the head's input maps ``layers``. ``rounds`` of DAgger
-    (module docstring; round 1 follows the target's support map). Returns the checkpoint (deletion, box
-    conditioning, features ``detector_cells``) and a summary. Raises ValueError as :func:`train_look_ahead` and when
+    targets, each deleted (``mode`` 'insertion': restored from the substrate) cell by cell with the D-RISE score of
+    its detection (the teacher's gain: the drop, or the rise, of its log-odds), the state
+    ``explainers.rexl_detector.box_cell_state`` of the head's input maps ``layers`` (insertion: also the image's).
+    ``rounds`` of DAgger (module docstring; round 1 follows the target's support map: deletion, the current
+    canvas's; insertion, the image's). Returns the checkpoint (``mode``, box conditioning, features
+    ``detector_cells``) and a summary. Raises ValueError as :func:`train_look_ahead`, for an unknown mode and when
     the detector finds no pedestrian."""
     from explainers.rexl_detector import DetectorCellFeatures
     from tasks.rexl_train import detector_episodes
     if not images:
         raise ValueError("rexl imitation: no training images")
     check_recipe(rounds, per, epochs, tau, early, grid)         # before the detector runs over every image
+    if mode not in rexl.MODES:
+        raise ValueError(f"rexl imitation: mode must be one of {rexl.MODES}, got {mode!r}")
     scorer, episodes = detector_episodes(detector, images, grid, min_height, person)
     features = DetectorCellFeatures(scorer, layers, grid)
-    teacher = BoxTeacher(features, grid, perturbation)
+    teacher = BoxTeacher(features, grid, perturbation, mode=mode)
     settings = {"grid": grid, "layers": list(layers), "min_height": min_height, "perturbation": perturbation,
-                "images": len(images), "pedestrians": len(episodes)}
+                "images": len(images), "pedestrians": len(episodes), **({} if mode == "deletion" else {"mode": mode})}
     return _dagger(teacher, episodes, scorer, settings, tensors_sha256({str(i): x for i, x in enumerate(images)}),
                    rounds=rounds, per=per, eps=eps, tau=tau, epochs=epochs, width=width, seed=seed,
                    checkpoint_dir=checkpoint_dir, progress=progress, training=training, early=early)
@@ -345,7 +361,8 @@ def _dagger(teacher: Teacher, data: Sequence, scorer, settings: dict, images_sha
                "threads": torch.get_num_threads()}
     ckpt = PolicyCheckpoint.for_cell_policy(policy, teacher.features, model_sha256=settings["model_sha256"],
                                             perturbation=settings["perturbation"],
-                                            training={**(training or {}), **summary})
+                                            training={**(training or {}), **summary},
+                                            mode=getattr(teacher, "mode", "deletion"))
     return ckpt, summary
 
 
@@ -374,6 +391,9 @@ def main(argv: list[str] | None = None) -> None:
                              "another YOLO .pt; --blocks is the classifier's, --layers the detector's)")
     parser.add_argument("--layers", default="0,1", help="detector: the head's input maps pooled to the grid")
     parser.add_argument("--min-height", type=float, default=60.0, help="detector: smallest pedestrian (px)")
+    parser.add_argument("--mode", choices=rexl.MODES, default="deletion",
+                        help="detector: insertion trains a policy that restores the pedestrian from the substrate")
+    parser.add_argument("--perturbation", default="mean", help="the substrate (explainers.perturb)")
     parser.add_argument("--rounds", type=int, default=None, help="default: 2 (classifier), 3 (detector)")
     parser.add_argument("--per", type=int, default=None, help="teacher steps per roll-out (default: 6 / 2)")
     parser.add_argument("--eps", type=float, default=0.3, help="round 1: random-cell probability")
@@ -391,13 +411,17 @@ def main(argv: list[str] | None = None) -> None:
     common = dict(grid=args.grid, rounds=args.rounds, per=args.per, eps=args.eps, early=args.early,
                   tau=args.tau, epochs=args.epochs, width=args.width, seed=args.seed,
                   checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress)
+    common["perturbation"] = args.perturbation
     if args.model == "detector":
         torch.set_num_threads(args.threads)
         detector, images, person, training = detector_setup(args)
         ckpt, summary = train_look_ahead_boxes(detector, images, layers=[int(x) for x in args.layers.split(",")],
                                                min_height=args.min_height, person=person, training=training,
-                                               **common)
+                                               mode=args.mode, **common)
     else:
+        if args.mode != "deletion":
+            parser.error("--mode insertion: cell policies of a classifier are deletion-only (use --model detector, "
+                         "or tasks.rexl_train's MLP policy)")
         scorer, images, blocks, training = cell_policy_setup(args)
         ckpt, summary = train_look_ahead(scorer, images, blocks=blocks, training=training, **common)
     ckpt.save(args.out)

@@ -153,12 +153,14 @@ def _int_list(where: str, name: str, value, default: list[int]) -> tuple[int, ..
 def cell_indices(model: str, spec: RexlPolicyParams, kind: str) -> tuple[int, ...]:
     """The indices of a cell policy's ``features`` of ``kind`` (``CELL_KINDS``: a classifier's feature blocks,
     default 2, 3; a detector's head input maps, default 0, 1). Raises ValueError naming ``rexl.<model>.features``
-    for a model the kind does not serve, insertion mode, keys other than kind and the indices', or indices that are
-    not a list of integers."""
+    for a model the kind does not serve, insertion mode for a classifier's (its cell policies are deletion-only),
+    keys other than kind and the indices', or indices that are not a list of integers."""
     owner, key, default, what = CELL_KINDS[kind]
     where = f"params rexl.{model}.features"
-    if model != owner or spec.mode != "deletion":
-        raise ValueError(f"{where}: kind {kind!r} is a {owner}'s deletion policy, not the {model}'s {spec.mode}")
+    modes = ("deletion", "insertion") if kind == KIND_DETECTOR_CELLS else ("deletion",)
+    if model != owner or spec.mode not in modes:
+        raise ValueError(f"{where}: kind {kind!r} is a {owner}'s {' or '.join(modes)} policy, not the {model}'s "
+                         f"{spec.mode}")
     extra = sorted(set(spec.features) - {"kind", key})
     if extra:
         raise ValueError(f"{where}: unknown keys {extra} for kind {kind!r} (it takes {key}: {what})")
@@ -271,7 +273,7 @@ def train_detector_cells(params: Params, model: str, spec: RexlPolicyParams, fol
     net = audited_model(params, model)
     return train_look_ahead_boxes(net, training_scenes(spec.images, None, params), grid=spec.grid, layers=layers,
                                   min_height=spec.min_height, person=params.explain_detector().person_class,
-                                  perturbation=substrate(spec), seed=spec.seed, checkpoint_dir=folder,
+                                  perturbation=substrate(spec), mode=spec.mode, seed=spec.seed, checkpoint_dir=folder,
                                   progress=progress,
                                   training={"model": model, "images": spec.images, "data": TRAINING_DATA}, **options)
 

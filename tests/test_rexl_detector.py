@@ -208,3 +208,51 @@ def test_the_shipped_detector_policy_on_an_odd_sized_portrait_image():
     ckpt.features = {**ckpt.features, "layers": [1]}        # says 96 channels; this detector's map 1 has 64
     with pytest.raises(ValueError, match="reads 96 channels .* have 64"):
         Rexl(scorer, policy=ckpt)
+
+
+def test_an_insertion_policy_restores_first_the_only_cell_the_detector_sees(tmp_path):
+    """Insertion mode: the canvas starts as the substrate, the teacher's gain is the rise of the target's log-odds,
+    and the state also reads the image (its pooled maps and log support map, last): the trained policy restores the
+    one cell the toy detector sees first, on an unseen scene, with 2 + (n - 1) model forwards and 2 feature passes
+    (the image's and the first canvas's); its curve runs from the substrate's score to the image's."""
+    from explainers.rexl_detector import box_cell_state
+    from tasks.rexl_imitation import BoxTeacher, train_look_ahead_boxes
+    from tasks.rexl_train import detector_episodes
+
+    det = OneCellDetector()
+    n = GRID * GRID
+    scorer, episodes = detector_episodes(det, [scene(0)], GRID, 10, "person")
+    teacher = BoxTeacher(DetectorCellFeatures(scorer, [0], GRID), GRID, "mean", mode="insertion")
+    game, cond, cols = teacher.start(episodes)
+    assert teacher.n_forward == 1 and game.mode == "insertion"               # the image's pass
+    feats = teacher.run(game.canvas(), cols)
+    gains = teacher.drops(game, feats, cols)[0]
+    assert int(gains.argmax()) == CELL and float(gains[CELL]) > 5 and float(gains.abs().sort().values[-2]) < 1e-3
+    state = teacher.state(feats, game.taken, cond)
+    assert state.shape == (1, 2 * 3 + STATE_EXTRA + 1, n)
+    torch.testing.assert_close(state[0, -1], torch.log(teacher.features.support(teacher.image_features)[0]
+                                                       .clamp_min(1e-6)))
+    torch.testing.assert_close(box_cell_state(feats, game.taken, cond, GRID), state[:, :3 + STATE_EXTRA])
+    with pytest.raises(ValueError, match="mode must be one of"):
+        BoxTeacher(teacher.features, GRID, "mean", mode="deleting")
+
+    images = [scene(s) for s in range(4)]
+    ckpt, summary = train_look_ahead_boxes(det, images, grid=GRID, layers=[0], min_height=10, mode="insertion",
+                                           rounds=2, per=3, epochs=40, seed=0)
+    assert summary["mode"] == "insertion"
+    path = ckpt.save(tmp_path / "insert.pt")
+    loaded = PolicyCheckpoint.load(path)
+    assert loaded.mode == "insertion" and loaded.cell_channels == 2 * 3 + STATE_EXTRA + 1
+    unseen = scene(9)
+    scorer = scorer_of(det, unseen)
+    exp = Rexl(scorer, policy=path).explain(unseen)
+    assert int(exp.order[0, 0]) == CELL and sorted(exp.order[0].tolist()) == list(range(n))
+    assert exp.n_forward == 2 + (n - 1) and exp.n_feature_forward == 2
+    torch.testing.assert_close(exp.curve[0, [0, n]], torch.stack([exp.empty_score[0], exp.full_score[0]]))
+    assert float(exp.curve[0, 1]) > 0.9 * float(exp.full_score[0])          # one cell restores the detection
+    assert int(exp.saliency[0].flatten().argmax()) in cell_labels(SIZE, SIZE, GRID).flatten().eq(CELL).nonzero()
+    separate = Rexl(scorer, policy=loaded)
+    separate.fused = False
+    apart = separate.explain(unseen)
+    assert torch.equal(exp.order, apart.order) and apart.n_feature_forward == 2 + (n - 2)
+    torch.testing.assert_close(exp.curve, apart.curve)

@@ -380,6 +380,14 @@ def test_the_stage_trains_a_cell_policy_with_ppo(tmp_path):
                          check_files=False).rexl.classifier
     with pytest.raises(ValueError, match=r"rexl\.detector\.features: unknown keys \['pool'\]"):
         detector_layers("detector", boxes)
+    inserting = {"mode": "insertion", "perturbation": "mean"}                 # a detector's policy may insert
+    insertion = parse_params(params_dict(tmp_path, features={"kind": "detector_cells"}, **inserting),
+                             check_files=False).rexl.classifier
+    assert detector_layers("detector", insertion) == (0, 1)
+    with pytest.raises(ValueError, match=r"rexl\.classifier\.features: kind 'cells' is a classifier's deletion "
+                                         r"policy, not the classifier's insertion"):
+        cell_blocks("classifier", parse_params(params_dict(tmp_path, **cells, **inserting),
+                                               check_files=False).rexl.classifier)
     with pytest.raises(ValueError, match=r"rexl\.classifier\.options: unknown \['hidden', 'init_sharpen'\]"):
         from tasks.rexl_stage import train_options
         train_options("classifier", parse_params(params_dict(tmp_path, **{**cells, "options": {
