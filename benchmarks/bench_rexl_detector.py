@@ -48,6 +48,7 @@ from explainers.rexl import PolicyCheckpoint, Rexl, box_condition
 from explainers.rexl_detector import DetectorCellFeatures
 from explainers.rise import DRise
 from pedestrians import describe_split, file_digest, load_detector, pedestrians, start_run
+from tasks.params import load_params
 from tasks.rexl_imitation import BoxTeacher, guide_rule, rollout
 from tasks.rexl_train import Episode
 
@@ -230,7 +231,8 @@ def main() -> None:
         policy_rows(rows, persons, path, args.substrate)
         print(f"{path}: done ({time.perf_counter() - start:.0f} s)", flush=True)
     if not args.no_controls:
-        grid = PolicyCheckpoint.load(args.policy[0]).grid if args.policy else 7
+        grid = PolicyCheckpoint.load(args.policy[0]).grid if args.policy else \
+            load_params(check_files=False).rexl.detector.grid
         control_rows(rows, persons, grid, args.substrate, args.greedy, args.budget)
     table = {k: {c: float(np.median(v)) for c, v in row.items()} for k, row in rows.items()}
     ref_del = table[f"drise@{args.budget}"]["deletion/mean"]

@@ -45,10 +45,11 @@ shared by all cells scores each. The demo classifier's last feature map (4 x 5) 
 features pooled from it cannot say which of two neighbouring cells holds the evidence; the earlier blocks can.
 Trained by imitating a one-step look-ahead teacher (``tasks.rexl_imitation``, DAgger) or by stable-baselines3's
 MaskablePPO with the cell policy as its actor (``tasks.rexl_cells_ppo``); ``benchmarks/bench_rexl_state.py`` and
-``benchmarks/bench_rexl_ppo.py`` measure them. A detector's cell policy (box conditioning, deletion; features
-``detector_cells``: ``explainers.rexl_detector``) reads the detection head's input maps pooled to the grid, the
-target's support map (the best D-RISE similarity of the anchors centred in each cell) and the target box's cover of
-each cell, all from the pass that scores the canvas; one policy serves every pedestrian. Trained by
+``benchmarks/bench_rexl_ppo.py`` measure them. A detector's cell policy (box conditioning, deletion or insertion;
+features ``detector_cells``: ``explainers.rexl_detector``) reads the detection head's input maps pooled to the grid,
+the target's support map (the best D-RISE similarity of the anchors centred in each cell) and the target box's cover
+of each cell, all from the pass that scores the canvas (insertion: also from one pass of the image); one policy
+serves every pedestrian. Trained by
 ``tasks.rexl_imitation.train_look_ahead_boxes``; ``benchmarks/bench_rexl_detector.py`` measures it against
 D-RISE@4000.
 
@@ -82,7 +83,7 @@ wins: its default is rank / nearest (``DEFAULT_MAP``), chosen the same way (the 
 policy is read with the paper's map again (``DEFAULT_MAP``): chosen on the demo detector's person detections on
 training scenes 896 onwards (30 pedestrians, never in its teacher's scenes; ``benchmarks/bench_rexl_detector.py
 --split select``): median pixel deletion AUC cumulative / bilinear 0.027, rank / nearest 0.030 for the policy of
-64 training scenes, 0.022 / 0.027 for the shipped one of 192.
+64 training scenes, 0.022 / 0.027 for the 7 x 7 policy of 192 (shipped until the 9 x 9 one).
 
 Cost of :meth:`Rexl.explain` for T targets (one roll-out each, all in lockstep): n_forward = 2 + T (n - 1) model
 forwards (image and baseline shared by all targets, then one canvas per target and step; the last step's canvas is
@@ -616,6 +617,8 @@ class PolicyCheckpoint(NetworkCheckpoint):
     def __post_init__(self):
         if self.arch not in ARCHS:
             raise ValueError(f"rexl: policy arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"rexl: policy mode must be one of {MODES}, got {self.mode!r}")
         kind = self.features.get("kind")
         if self.arch == "cells" and ((kind, self.conditioning) not in (("cells", "class"), (KIND_DETECTOR_CELLS, "box"))
                                      or (self.mode != "deletion" and kind != KIND_DETECTOR_CELLS)):

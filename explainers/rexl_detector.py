@@ -1,6 +1,7 @@
 """RExL cell policies for a detector: one box-conditioned policy serves every pedestrian (``explainers.rexl``).
 
-A detector's cell policy reads, per cell of the k x k game grid of the *current* canvas (:func:`box_cell_state`):
+A detector's cell policy reads, per cell of the k x k game grid of the *current* canvas (:func:`box_cell_state`;
+an insertion policy also the image's pooled maps and support map, since its canvas starts as the substrate):
 
 * the feature maps the detection head reads (the neck's outputs; ``layers`` picks them, 0 = the finest, stride 8),
   cropped to the image (no letterbox padding) and average-pooled to the grid: what is where, at the detector's own
@@ -27,6 +28,7 @@ from torch import nn
 KIND = "detector_cells"
 SUPPORT_FLOOR = 1e-6
 STATE_EXTRA = 6          # state channels beyond the F pooled ones (box_cell_state); the support map is at -STATE_EXTRA
+# (of a deletion state; an insertion state appends the image's F + 1 channels after them)
 
 
 def needs(scorer) -> str | None:

@@ -37,14 +37,14 @@ Detectors (``--model detector``, :func:`train_look_ahead_boxes`): the same DAgge
 policy (``explainers.rexl_detector``) whose targets are the detector's person detections on the training scenes;
 the teacher's drop is in the log-odds of the detection's D-RISE score, round 1 follows the target's support map. The
 shipped demo policy (``weights/demo/rexl_detector_deletion_cells.pt``) is its defaults (192 scenes, a 9 x 9 grid, 3
-rounds, 2 teacher steps per roll-out from its first 8 steps, layers 0, 1) with 2 threads (the weights do not depend on
-the thread count; the time does):
+rounds, 2 teacher steps per roll-out from its first 8 steps, layers 0, 1) with 2 threads:
 
     python -m tasks.rexl_imitation --model detector --threads 2 --out models/rexl/detector_deletion_cells.pt
 
 ``--mode insertion`` (detectors): the canvas starts as the substrate and each step restores a cell; the teacher's
 gain is the rise of the detection's log-odds, the state also reads the whole image's maps and support map (one more
-detector pass per pedestrian), and round 1 follows the image's support map. No insertion policy is shipped yet.
+detector pass per pedestrian and roll-out), round 1 follows the image's support map, and the substrate defaults to
+blur (as the stage's). No insertion policy is shipped yet.
 """
 from __future__ import annotations
 
@@ -393,7 +393,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--min-height", type=float, default=60.0, help="detector: smallest pedestrian (px)")
     parser.add_argument("--mode", choices=rexl.MODES, default="deletion",
                         help="detector: insertion trains a policy that restores the pedestrian from the substrate")
-    parser.add_argument("--perturbation", default="mean", help="the substrate (explainers.perturb)")
+    parser.add_argument("--perturbation", default=None,
+                        help="the substrate (explainers.perturb; default: mean for deletion, blur for insertion)")
     parser.add_argument("--rounds", type=int, default=None, help="default: 2 (classifier), 3 (detector)")
     parser.add_argument("--per", type=int, default=None, help="teacher steps per roll-out (default: 6 / 2)")
     parser.add_argument("--eps", type=float, default=0.3, help="round 1: random-cell probability")
@@ -411,7 +412,7 @@ def main(argv: list[str] | None = None) -> None:
     common = dict(grid=args.grid, rounds=args.rounds, per=args.per, eps=args.eps, early=args.early,
                   tau=args.tau, epochs=args.epochs, width=args.width, seed=args.seed,
                   checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress)
-    common["perturbation"] = args.perturbation
+    common["perturbation"] = args.perturbation or ("mean" if args.mode == "deletion" else "blur")
     if args.model == "detector":
         torch.set_num_threads(args.threads)
         detector, images, person, training = detector_setup(args)

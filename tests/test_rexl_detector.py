@@ -233,8 +233,10 @@ def test_an_insertion_policy_restores_first_the_only_cell_the_detector_sees(tmp_
     torch.testing.assert_close(state[0, -1], torch.log(teacher.features.support(teacher.image_features)[0]
                                                        .clamp_min(1e-6)))
     torch.testing.assert_close(box_cell_state(feats, game.taken, cond, GRID), state[:, :3 + STATE_EXTRA])
+    torch.testing.assert_close(state[0, 3 + STATE_EXTRA:-1], teacher.image_features[0, :3 * n].view(3, n))  # its maps
     with pytest.raises(ValueError, match="mode must be one of"):
         BoxTeacher(teacher.features, GRID, "mean", mode="deleting")
+    assert float(teacher.image_features[0, -1]) > 0.9 and float(feats[0, -1]) < 1e-3      # the image vs the substrate
 
     images = [scene(s) for s in range(4)]
     ckpt, summary = train_look_ahead_boxes(det, images, grid=GRID, layers=[0], min_height=10, mode="insertion",
@@ -243,6 +245,10 @@ def test_an_insertion_policy_restores_first_the_only_cell_the_detector_sees(tmp_
     path = ckpt.save(tmp_path / "insert.pt")
     loaded = PolicyCheckpoint.load(path)
     assert loaded.mode == "insertion" and loaded.cell_channels == 2 * 3 + STATE_EXTRA + 1
+    with pytest.raises(ValueError, match="mode must be one of"):
+        PolicyCheckpoint(**{**{k: getattr(loaded, k) for k in ("model_sha256", "grid", "perturbation", "conditioning",
+                                                               "features", "feature_dim", "state_dict")},
+                            "mode": "Insertion"}, arch="cells")
     unseen = scene(9)
     scorer = scorer_of(det, unseen)
     exp = Rexl(scorer, policy=path).explain(unseen)
