@@ -67,6 +67,12 @@ from tasks.result_store import files_digest
 ALGORITHM = "DAgger (one-step look-ahead teacher), cell policy"
 
 
+def check_mode(mode: str) -> None:
+    """Raises ValueError unless ``mode`` is one of ``explainers.rexl.MODES``."""
+    if mode not in rexl.MODES:
+        raise ValueError(f"rexl imitation: mode must be one of {rexl.MODES}, got {mode!r}")
+
+
 def log_odds(p: torch.Tensor) -> torch.Tensor:
     p = p.clamp(1e-6, 1 - 1e-6)
     return torch.log(p) - torch.log1p(-p)
@@ -129,8 +135,7 @@ class BoxTeacher(Teacher):
     the support map (deletion: the current canvas's; insertion: the image's, as its log)."""
 
     def __init__(self, features, grid: int, perturbation: str, chunk: int = 16, mode: str = "deletion"):
-        if mode not in rexl.MODES:
-            raise ValueError(f"rexl imitation: mode must be one of {rexl.MODES}, got {mode!r}")
+        check_mode(mode)
         self.features, self.grid, self.chunk, self.mode = features, int(grid), int(chunk), mode
         self.classes = 0
         self.substrate = make_perturbation(perturbation)
@@ -284,8 +289,7 @@ def train_look_ahead_boxes(detector, images: Sequence[torch.Tensor], *, grid: in
     if not images:
         raise ValueError("rexl imitation: no training images")
     check_recipe(rounds, per, epochs, tau, early, grid)         # before the detector runs over every image
-    if mode not in rexl.MODES:
-        raise ValueError(f"rexl imitation: mode must be one of {rexl.MODES}, got {mode!r}")
+    check_mode(mode)                                            # before the detector runs too
     scorer, episodes = detector_episodes(detector, images, grid, min_height, person)
     features = DetectorCellFeatures(scorer, layers, grid)
     teacher = BoxTeacher(features, grid, perturbation, mode=mode)
