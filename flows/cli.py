@@ -92,7 +92,7 @@ def default_stages(params_file: str) -> list[str]:
 def rexl_applies(params) -> bool:
     """The RExL policy stage (``rexl``) runs by default only where an explain job reads a policy it writes
     (``rexl.out_dir``): training one nobody uses costs minutes per model."""
-    written = {params.rexl.policy_file(m) for m in params.rexl.models()}
+    written = {params.rexl.policy_file(n) for n in params.rexl.policies()}
     return any(Path(str(job.options["policy"])).resolve() in written for job in params.explain.jobs
                if "policy" in job.options)
 

@@ -20,15 +20,15 @@ from tasks.timings import record_run
 
 @flow(name="rexl", log_prints=True)
 def rexl_flow(params: Params, progress: bool = True) -> dict:
-    """Each configured model's policy (train or verify + copy) -> ``rexl.out_dir`` and ``rexl.metrics``. Raises
+    """Each configured policy (train or verify + copy) -> ``rexl.out_dir`` and ``rexl.metrics``. Raises
     ValueError / FileNotFoundError naming the ``rexl.<model>`` key at fault."""
     logger = get_run_logger()
     started = time.perf_counter()
     records = {}
-    for model in params.rexl.models():
-        records[model] = provide_policy(params, model, progress)
-        r = records[model]
-        logger.info("rexl: %s policy %s (%s, %s steps, mean training AUC %s -> %s)", model, r["policy"], r["source"],
+    for name in params.rexl.policies():
+        records[name] = provide_policy(params, name, progress)
+        r = records[name]
+        logger.info("rexl: %s policy %s (%s, %s steps, mean training AUC %s -> %s)", name, r["policy"], r["source"],
                     r["steps"], r["auc_first"], r["auc_last"])
     if not records:
         logger.info("rexl: no model configured (params rexl.classifier / rexl.detector are null)")

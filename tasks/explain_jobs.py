@@ -177,7 +177,7 @@ def _written_by_stage(path: Path, params: Params) -> bool:
     """Whether ``path`` is a trained file a pipeline stage writes (``models_rexl``: ``rexl.out_dir``;
     ``models_fastshap``: ``fastshap.out_dir``): absent before that stage has run, which is no error when the whole
     pipeline runs (``make run``, ``xai-audit audit``)."""
-    written = {params.rexl.policy_file(m) for m in params.rexl.models()} | {params.fastshap.weights_file()}
+    written = {params.rexl.policy_file(n) for n in params.rexl.policies()} | {params.fastshap.weights_file()}
     return path.resolve() in written - {None}
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
@@ -373,26 +373,67 @@ class RexlPolicyParams(_Section):
     # against its signature by the stage)
 
 
+class RexlPolicy(NamedTuple):
+    """One configured RExL policy: ``name`` (``<model>_<mode>``, its file's stem), ``model`` (``classifier`` /
+    ``detector``), ``key`` (its params key, e.g. ``rexl.detector`` or ``rexl.detector[1]``) and ``spec``."""
+
+    name: str
+    model: str
+    key: str
+    spec: RexlPolicyParams
+
+
 class RexlParams(_Section):
-    """The ``models_rexl`` stage: a RExL policy per audited model (``classifier``: ``infer.classifier``;
-    ``detector``: the explain stage's detector; null: none) written to ``<out_dir>/<model>_<mode>.pt`` -- the file
-    a ``rexl`` explain job's ``options.policy`` names -- and ``metrics``. Training checkpoints (resume after a crash)
-    go under ``checkpoint_dir``, outside the stage's outputs, one folder per training configuration."""
+    """The ``models_rexl`` stage: RExL policies per audited model (``classifier``: ``infer.classifier``;
+    ``detector``: the explain stage's detector; null: none), each written to ``<out_dir>/<model>_<mode>.pt`` -- the
+    file a ``rexl`` explain job's ``options.policy`` names -- and ``metrics``. A model takes one policy, or a list of
+    policies of distinct modes (a deletion and an insertion policy: RExL trains one agent per game). Training
+    checkpoints (resume after a crash) go under ``checkpoint_dir``, outside the stage's outputs, one folder per
+    training configuration."""
 
     out_dir: str = "models/rexl"
     metrics: str = "metrics/rexl.json"
     checkpoint_dir: str = ".cache/xai-audit/rexl"
-    classifier: RexlPolicyParams | None = None
-    detector: RexlPolicyParams | None = None
+    classifier: RexlPolicyParams | list[RexlPolicyParams] | None = None
+    detector: RexlPolicyParams | list[RexlPolicyParams] | None = None
 
-    def models(self) -> dict[str, RexlPolicyParams]:
-        """The configured policies by model (``classifier`` / ``detector``), in that order."""
-        return {m: p for m, p in (("classifier", self.classifier), ("detector", self.detector)) if p is not None}
+    @model_validator(mode="after")
+    def _one_policy_per_mode(self) -> RexlParams:
+        for model in ("classifier", "detector"):
+            specs = getattr(self, model)
+            if isinstance(specs, list):
+                if not specs:
+                    raise ValueError(f"rexl.{model}: an empty list (null: no policy)")
+                modes = [s.mode for s in specs]
+                twice = sorted({m for m in modes if modes.count(m) > 1})
+                if twice:
+                    raise ValueError(f"rexl.{model}: more than one policy of mode {twice} (each writes "
+                                     f"{model}_<mode>.pt)")
+        return self
 
-    def policy_file(self, model: str) -> Path | None:
-        """``<out_dir>/<model>_<mode>.pt`` (absolute) of a configured model's policy; None when ``model`` has none."""
-        spec = self.models().get(model)
-        return None if spec is None else (Path(self.out_dir) / f"{model}_{spec.mode}.pt").resolve()
+    def policies(self) -> dict[str, RexlPolicy]:
+        """The configured policies by name (``<model>_<mode>``): the classifier's, then the detector's, in the
+        order given."""
+        out = {}
+        for model in ("classifier", "detector"):
+            specs = getattr(self, model)
+            if specs is None:
+                continue
+            listed = isinstance(specs, list)
+            for i, spec in enumerate(specs if listed else [specs]):
+                name = f"{model}_{spec.mode}"
+                out[name] = RexlPolicy(name, model, f"rexl.{model}[{i}]" if listed else f"rexl.{model}", spec)
+        return out
+
+    def policy(self, model: str, mode: str = "deletion") -> RexlPolicyParams | None:
+        """The spec of ``model``'s ``mode`` policy, or None when it has none."""
+        found = self.policies().get(f"{model}_{mode}")
+        return None if found is None else found.spec
+
+    def policy_file(self, name: str) -> Path | None:
+        """``<out_dir>/<name>.pt`` (absolute) of a configured policy (``name``: ``<model>_<mode>``, a key of
+        :meth:`policies`); None when there is none of that name."""
+        return (Path(self.out_dir) / f"{name}.pt").resolve() if name in self.policies() else None
 
 
 class FastShapNetParams(_Section):

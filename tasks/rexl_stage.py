@@ -30,7 +30,7 @@ import torch
 from detection.models.specs import file_sha256
 from explainers.rexl import PolicyCheckpoint, Rexl
 from explainers.rexl_detector import KIND as KIND_DETECTOR_CELLS
-from tasks.params import TRAINING_DATA, Params, RexlPolicyParams
+from tasks.params import TRAINING_DATA, Params, RexlPolicy, RexlPolicyParams
 from tasks.result_store import digest
 
 MODELS = ("classifier", "detector")
@@ -70,8 +70,8 @@ def guard_scorer(params: Params, model: str, net=None):
     return DRiseScorer(net, torch.tensor([[0.0, 0.0, 1.0, 1.0]]), probs)
 
 
-def check_given(params: Params, model: str, src: Path) -> PolicyCheckpoint:
-    """Check a given policy (``rexl.<model>.weights``) before the stage copies it instead of training: the manifest
+def check_given(params: Params, policy: RexlPolicy, src: Path) -> PolicyCheckpoint:
+    """Check a given policy (``<policy.key>.weights``) before the stage copies it instead of training: the manifest
     beside it (if any) lists its bytes, it is a RExL policy file of the configured ``mode``, ``grid`` and
     perturbation, and ``explainers.rexl.Rexl`` accepts it for the audited model's weights. Returns the checkpoint.
     Raises FileNotFoundError (file missing), ``tasks.shipped_weights.WeightsMismatchError`` (bytes differ from the
@@ -79,9 +79,8 @@ def check_given(params: Params, model: str, src: Path) -> PolicyCheckpoint:
     named), or trained for other model weights (set ``weights: null`` to train one for this model)."""
     from tasks.shipped_weights import verify_given
 
-    key = f"rexl.{model}.weights"
+    model, spec, key = policy.model, policy.spec, f"{policy.key}.weights"
     verify_given(src, key)
-    spec = params.rexl.models()[model]
     try:
         ckpt = PolicyCheckpoint.load(src)
     except ValueError as exc:
@@ -89,12 +88,12 @@ def check_given(params: Params, model: str, src: Path) -> PolicyCheckpoint:
     wanted = {"mode": spec.mode, "grid": spec.grid, "perturbation": substrate(spec)}
     differ = [f"{k} {getattr(ckpt, k)!r} (params {v!r})" for k, v in wanted.items() if getattr(ckpt, k) != v]
     if differ:
-        raise ValueError(f"params {key}: {src} is a policy of another {', '.join(differ)}: set rexl.{model} to "
+        raise ValueError(f"params {key}: {src} is a policy of another {', '.join(differ)}: set {policy.key} to "
                          f"match it, or weights: null to train one")
     try:
         Rexl(guard_scorer(params, model), policy=ckpt)
     except ValueError as exc:
-        raise ValueError(f"params {key}: {src}: {exc} (or set rexl.{model}.weights: null to train one)") from None
+        raise ValueError(f"params {key}: {src}: {exc} (or set {key}: null to train one)") from None
     return ckpt
 
 
@@ -283,26 +282,28 @@ def _auc(training: dict) -> dict:
     return {"auc_first": training.get("auc_first"), "auc_last": training.get("auc_last")}
 
 
-def provide_policy(params: Params, model: str, progress: bool = True) -> dict:
-    """Train (``weights: null``) or verify and copy (``weights``: a file) ``model``'s policy to
+def provide_policy(params: Params, name: str, progress: bool = True) -> dict:
+    """Train (``weights: null``) or verify and copy (``weights``: a file) the policy ``name`` (a key of
+    :meth:`~tasks.params.RexlParams.policies`, ``<model>_<mode>``) to
     :meth:`~tasks.params.RexlParams.policy_file`; returns its metrics record: source, file, SHA-256, grid, mode,
     perturbation, conditioning, training steps, seconds, episodes, data and mean training AUC (first / last 10 %),
     all from the policy's own training record (a copied policy's metrics are the same bytes every run; the stage's
     wall time goes to ``metrics/timings.json``)."""
-    spec = params.rexl.models()[model]
-    out = params.rexl.policy_file(model)
+    policy = params.rexl.policies()[name]
+    model, spec = policy.model, policy.spec
+    out = params.rexl.policy_file(name)
     out.parent.mkdir(parents=True, exist_ok=True)
     if spec.weights is not None:
         src = Path(spec.weights)
-        ckpt = check_given(params, model, src)
+        ckpt = check_given(params, policy, src)
         shutil.copyfile(src, out)
         record = {"source": "copied", "weights": str(src)}
     else:
         try:
             ckpt, _ = train(params, model, spec, progress)
         except ValueError as exc:
-            text = str(exc)
-            raise ValueError(text if text.startswith("params ") else f"params rexl.{model}: {text}") from None
+            text = str(exc).replace(f"params rexl.{model}", f"params {policy.key}")   # a list's item named
+            raise ValueError(text if text.startswith("params ") else f"params {policy.key}: {text}") from None
         ckpt.save(out)
         record = {"source": "trained"}
     t = ckpt.training
@@ -317,7 +318,7 @@ def provide_policy(params: Params, model: str, progress: bool = True) -> dict:
 
 
 def write_metrics(path: str | Path, records: dict[str, dict]) -> Path:
-    """``metrics/rexl.json``: one record per model (:func:`provide_policy`)."""
+    """``metrics/rexl.json``: one record per policy, by name (:func:`provide_policy`)."""
     from tasks.shards import write_json
 
     path = Path(path)

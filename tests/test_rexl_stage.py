@@ -53,7 +53,7 @@ def trained(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("rexl_stage")
     torch.set_num_threads(1)
-    record = provide_policy(parse_params(params_dict(root), check_files=False), "classifier", progress=False)
+    record = provide_policy(parse_params(params_dict(root), check_files=False), "classifier_deletion", progress=False)
     return root, record, root / "models/rexl/classifier_deletion.pt"
 
 
@@ -76,7 +76,7 @@ def trained_detector(tmp_path_factory):
         data = params_dict(root)
         data["rexl"]["detector"] = spec
         del data["rexl"]["classifier"]
-        record = provide_policy(parse_params(data, check_files=False), "detector", progress=False)
+        record = provide_policy(parse_params(data, check_files=False), "detector_deletion", progress=False)
         assert record["conditioning"] == "box" and record["source"] == "trained"
         out[name] = (record, root / "models/rexl/detector_deletion.pt")
     assert out["mlp"][0]["features"] == "fixed" and out["cells"][0]["features"] == "detector_cells"
@@ -87,6 +87,37 @@ def trained_detector(tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------------------------ the stage
+def test_a_model_takes_one_policy_per_mode(tmp_path):
+    """rexl.detector as a list: a deletion and an insertion policy, each trained to <model>_<mode>.pt, errors naming
+    the list's item; two policies of one mode (the same file) or an empty list are refused."""
+    from explainers.rexl import PolicyCheckpoint
+    from tasks.rexl_stage import provide_policy
+
+    data = params_dict(tmp_path)
+    del data["rexl"]["classifier"]
+    data["rexl"]["detector"] = [DETECTOR_CELLS, {**DETECTOR_CELLS, "mode": "insertion"}]
+    params = parse_params(data, check_files=False)
+    policies = params.rexl.policies()
+    assert list(policies) == ["detector_deletion", "detector_insertion"]
+    assert [p.key for p in policies.values()] == ["rexl.detector[0]", "rexl.detector[1]"]
+    assert params.rexl.policy("detector", "insertion").mode == "insertion" and params.rexl.policy("classifier") is None
+    assert params.rexl.policy_file("detector_insertion") == (tmp_path / "models/rexl/detector_insertion.pt").resolve()
+    assert params.rexl.policy_file("classifier_deletion") is None
+    record = provide_policy(params, "detector_insertion", progress=False)
+    ckpt = PolicyCheckpoint.load(tmp_path / "models/rexl/detector_insertion.pt")
+    assert (record["mode"], ckpt.mode, ckpt.perturbation) == ("insertion", "insertion", "blur")   # insertion's default
+    assert not (tmp_path / "models/rexl/detector_deletion.pt").exists()      # each policy writes its own file only
+    data["rexl"]["detector"][1] = {**DETECTOR_CELLS, "mode": "insertion", "options": {"bogus": 1}}
+    with pytest.raises(ValueError, match=r"params rexl\.detector\[1\]\.options: unknown \['bogus'\]"):
+        provide_policy(parse_params(data, check_files=False), "detector_insertion", progress=False)
+    data["rexl"]["detector"] = [DETECTOR_CELLS, DETECTOR_CELLS]
+    with pytest.raises(ParamsError, match=r"rexl\.detector: more than one policy of mode \['deletion'\]"):
+        parse_params(data, check_files=False)
+    data["rexl"]["detector"] = []
+    with pytest.raises(ParamsError, match=r"rexl\.detector: an empty list"):
+        parse_params(data, check_files=False)
+
+
 def test_the_stage_trains_a_policy_for_the_audited_classifier(trained):
     root, record, path = trained
     from explainers.rexl import PolicyCheckpoint
@@ -117,13 +148,13 @@ def test_a_killed_training_resumes_from_its_own_checkpoint(tmp_path, monkeypatch
 
     monkeypatch.setattr(tasks.rexl_train, "train_policy", crash_after_saving)
     with pytest.raises(KeyboardInterrupt):
-        provide_policy(params, "classifier", progress=False)
+        provide_policy(params, "classifier_deletion", progress=False)
     folder = checkpoint_folder(params, "classifier", params.rexl.classifier)
     assert calls == [folder] and (folder / "last.zip").is_file()
     other = parse_params(params_dict(tmp_path, seed=1), check_files=False)
     assert checkpoint_folder(other, "classifier", other.rexl.classifier) != folder
     monkeypatch.setattr(tasks.rexl_train, "train_policy", real)
-    record = provide_policy(params, "classifier", progress=False)
+    record = provide_policy(params, "classifier_deletion", progress=False)
     assert record["steps"] == 32 and record["episodes"] == 0        # resumed at 32 of 32 steps: nothing to train
     assert not folder.exists()
 
@@ -132,7 +163,7 @@ def test_the_stage_verifies_and_copies_a_given_policy(trained, tmp_path):
     from tasks.rexl_stage import provide_policy
 
     _, first, src = trained
-    record = provide_policy(parse_params(params_dict(tmp_path, weights=src), check_files=False), "classifier")
+    record = provide_policy(parse_params(params_dict(tmp_path, weights=src), check_files=False), "classifier_deletion")
     out = tmp_path / "models/rexl/classifier_deletion.pt"
     assert record["source"] == "copied" and out.read_bytes() == src.read_bytes()
     assert record["steps"] == first["steps"] and record["auc_last"] == first["auc_last"]   # the policy's own record
@@ -144,12 +175,12 @@ def test_the_stage_refuses_a_policy_for_other_weights_or_another_mode(trained, t
     other = policy_file(tmp_path, perturbation="mean")              # trained for a toy scorer's weights
     params = parse_params(params_dict(tmp_path, weights=other, grid=2), check_files=False)
     with pytest.raises(ValueError, match=r"params rexl\.classifier\.weights: .*tiny_mean.*trained for model weights"):
-        provide_policy(params, "classifier")
+        provide_policy(params, "classifier_deletion")
     params = parse_params(params_dict(tmp_path, weights=trained[2], mode="insertion", perturbation="mean"),
                           check_files=False)
     with pytest.raises(ValueError, match=r"rexl\.classifier\.weights: .* another mode 'deletion' \(params "
                                          r"'insertion'\)"):
-        provide_policy(params, "classifier")
+        provide_policy(params, "classifier_insertion")
     assert not (tmp_path / "models/rexl").exists() or not any((tmp_path / "models/rexl").iterdir())
 
 
@@ -163,18 +194,19 @@ def test_default_params_ship_the_classifier_policy_and_dvc_tracks_it():
     from tasks.rexl_stage import check_given
 
     params = load_params(REPO / "params.yaml", check_files=False)
-    weights = params.rexl.classifier.weights
+    weights = params.rexl.policy("classifier").weights
     stage = YAML(typ="safe").load((REPO / "dvc.yaml").read_text())["stages"]["models_rexl"]
     assert weights and weights in stage["deps"]
     demo = params.infer.classifier.model_copy(update={"weights": str(DEMO / "classifier.pt")})
     params = params.model_copy(update={"infer": params.infer.model_copy(update={"classifier": demo})})
-    ckpt = check_given(params, "classifier", REPO / weights)
+    ckpt = check_given(params, params.rexl.policies()["classifier_deletion"], REPO / weights)
     assert (ckpt.mode, ckpt.grid, ckpt.conditioning) == ("deletion", 7, "class")
     # weights: null trains the cell policy by MaskablePPO: its recipe is valid, and the policy it retrains is shipped
     from tasks.rexl_stage import cell_blocks, is_cells, train_options
-    spec = params.rexl.classifier
+    spec = params.rexl.policy("classifier")
     assert is_cells(spec) and cell_blocks("classifier", spec) == (2, 3) and train_options("classifier", spec)
-    ppo = check_given(params, "classifier", DEMO / "rexl_classifier_deletion_cells_ppo.pt")
+    ppo = check_given(params, params.rexl.policies()["classifier_deletion"],
+                      DEMO / "rexl_classifier_deletion_cells_ppo.pt")
     assert ppo.arch == "cells" and ppo.training["steps"] <= 200_000 and ppo.training["algorithm"].startswith("Mask")
     assert ppo.training["steps"] == spec.steps // (spec.n_envs * spec.grid ** 2) * spec.n_envs * spec.grid ** 2
 
@@ -189,13 +221,13 @@ def test_default_params_ship_the_detector_policy_and_dvc_tracks_it():
     from tasks.rexl_stage import check_given, detector_layers, is_detector_cells, train_options
 
     params = load_params(REPO / "params.yaml", check_files=False)
-    spec = params.rexl.detector
+    spec = params.rexl.policy("detector", "deletion")
     stage = YAML(typ="safe").load((REPO / "dvc.yaml").read_text())["stages"]["models_rexl"]
     assert spec.weights and spec.weights in stage["deps"]
     detectors = [d.model_copy(update={"weights": str(DEMO / "detector.pt")}) if d.id == params.explain_detector().id
                  else d for d in params.infer.detectors]
     params = params.model_copy(update={"infer": params.infer.model_copy(update={"detectors": detectors})})
-    ckpt = check_given(params, "detector", REPO / spec.weights)
+    ckpt = check_given(params, params.rexl.policies()["detector_deletion"], REPO / spec.weights)
     assert (ckpt.mode, ckpt.grid, ckpt.conditioning, ckpt.arch) == ("deletion", spec.grid, "box", "cells")
     assert ckpt.training["early"] == spec.options["early"] and ckpt.training["images"] == spec.images
     from tasks.rexl_imitation import DEFAULTS
@@ -360,7 +392,7 @@ def test_the_stage_trains_a_cell_policy_with_ppo(tmp_path):
 
     cells = {"features": {"kind": "cells", "blocks": [2, 3]}, "options": {"width": 8, "value_width": 8}}
     params = parse_params(params_dict(tmp_path, **cells), check_files=False)
-    record = provide_policy(params, "classifier", progress=False)
+    record = provide_policy(params, "classifier_deletion", progress=False)
     assert record["features"] == "cells" and record["steps"] == 32 and record["algorithm"].startswith("MaskablePPO")
     ckpt = PolicyCheckpoint.load(tmp_path / "models/rexl/classifier_deletion.pt")
     assert ckpt.arch == "cells" and ckpt.width == 8 and ckpt.features["blocks"] == [2, 3]
