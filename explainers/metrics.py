@@ -85,6 +85,14 @@ def _ranked_masks(saliency: torch.Tensor, fractions: torch.Tensor) -> torch.Tens
     return (rank[:, None, :] < cut[None, :, None]).view(T, -1, H, W)
 
 
+def default_substrate(mode: str) -> str:
+    """The substrate RISE's causal metrics use by default for ``mode`` (Petsiuk et al. 2018,
+    https://arxiv.org/abs/1806.07421): the mean colour for deletion, a blur for insertion (a perturbation name of
+    ``explainers.perturb``). The one place the project states this rule: the metrics here and the RExL policies,
+    which are trained for a game of one mode and its substrate."""
+    return "mean" if mode == "deletion" else "blur"
+
+
 def deletion_insertion(scorer, image: torch.Tensor, saliency: torch.Tensor, *, mode: str = "deletion",
                        substrate: str | Perturbation | None = None, steps: int = 50,
                        chunk_size: int | None = None) -> CurveResult:
@@ -98,7 +106,7 @@ def deletion_insertion(scorer, image: torch.Tensor, saliency: torch.Tensor, *, m
     others cost (steps + 1) forwards each, in fixed-size chunks. Raises ValueError on a bad mode or shape."""
     if mode not in ("deletion", "insertion"):
         raise ValueError(f"mode must be 'deletion' or 'insertion', got {mode!r}")
-    sub = make_perturbation(substrate or ("mean" if mode == "deletion" else "blur"))
+    sub = make_perturbation(substrate or default_substrate(mode))
     device = torch.device(getattr(scorer, "device", "cpu"))
     image, saliency = image.to(device, torch.float32), saliency.to(device, torch.float32)
     reason = undefined_reason(saliency, metric="causal")

@@ -58,6 +58,7 @@ import torch
 import torch.nn.functional as F
 
 from explainers import rexl, rexl_detector
+from explainers.metrics import default_substrate
 from explainers.perturb import make_perturbation
 from explainers.rexl import CellFeatures, CellGame, CellPolicy, PolicyCheckpoint, cell_state
 from explainers.rexl_detector import STATE_EXTRA, box_cell_state
@@ -416,7 +417,7 @@ def main(argv: list[str] | None = None) -> None:
     common = dict(grid=args.grid, rounds=args.rounds, per=args.per, eps=args.eps, early=args.early,
                   tau=args.tau, epochs=args.epochs, width=args.width, seed=args.seed,
                   checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress)
-    common["perturbation"] = args.perturbation or ("mean" if args.mode == "deletion" else "blur")
+    common["perturbation"] = args.perturbation or default_substrate(args.mode)
     if args.model == "detector":
         torch.set_num_threads(args.threads)
         detector, images, person, training = detector_setup(args)

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from detection.models.specs import file_sha256
+from explainers.metrics import default_substrate
 from explainers.rexl import PolicyCheckpoint, Rexl
 from explainers.rexl_detector import KIND as KIND_DETECTOR_CELLS
 from tasks.params import TRAINING_DATA, Params, RexlPolicy, RexlPolicyParams
@@ -39,7 +40,7 @@ MODELS = ("classifier", "detector")
 def substrate(spec: RexlPolicyParams) -> str:
     """The policy's perturbation: ``spec.perturbation``, else mean (deletion) / blur (insertion), as
     ``tasks.rexl_train`` defaults."""
-    return spec.perturbation or ("mean" if spec.mode == "deletion" else "blur")
+    return spec.perturbation or default_substrate(spec.mode)
 
 
 def audited_model(params: Params, model: str):

@@ -55,6 +55,7 @@ from sb3_contrib import MaskablePPO
 from stable_baselines3.common.callbacks import BaseCallback
 from torch import nn
 
+from explainers.metrics import default_substrate
 from explainers.perturb import make_perturbation
 from explainers.rexl import PolicyCheckpoint, condition_dim, make_features
 from explainers.trained import weights_fingerprint
@@ -374,7 +375,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     setup = _classifier_setup if args.model == "classifier" else _detector_setup
     scorer, episodes, conditioning, num_classes = setup(args)
-    perturbation = args.perturbation or ("mean" if args.mode == "deletion" else "blur")
+    perturbation = args.perturbation or default_substrate(args.mode)
     features = args.features
     if args.cam or args.pool != 4:
         if args.model != "classifier" or args.features == "fixed":
