@@ -210,6 +210,8 @@ class ExplainJob(_Section):
     n_regions: int = Field(default=16, ge=2)            # superpixels / grid cells (rows x cols ~ n_regions)
     split: str | None = None                            # only images of this split; null: every image
     options: dict[str, bool | int | float | str] = {}   # method options, e.g. {grid: 8, p: 0.5, center: true}
+    label: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]+$")   # the job's name in place of the
+    # method's, for two jobs of one method on the same targets and regions (e.g. a RExL deletion and insertion policy)
 
     @model_validator(mode="after")
     def _consistent(self) -> ExplainJob:
@@ -219,8 +221,10 @@ class ExplainJob(_Section):
 
     @property
     def name(self) -> str:
-        """The job's label in tables and the report, e.g. ``bayes_shapley@parts``."""
-        return self.method if self.regions == "none" else f"{self.method}@{self.regions}"
+        """The job's label in tables and the report, e.g. ``bayes_shapley@parts``: its ``label`` (else its method),
+        then ``@<regions>`` unless the regions are ``none``."""
+        head = self.label or self.method
+        return head if self.regions == "none" else f"{head}@{self.regions}"
 
     def option_files(self) -> dict[str, str | None]:
         """SHA-256 (hex) of the file each of the job's :data:`FILE_OPTIONS` names (None for a file that does not
@@ -528,7 +532,8 @@ def parse_params(data: dict, origin: str = "params.yaml", check_files: bool = Tr
     seen = set()
     for i, job in enumerate(params.explain.jobs):
         if (job.targets, job.name) in seen:
-            raise ParamsError(f"{origin}: explain.jobs[{i}]: a second {job.name!r} job on {job.targets!r}")
+            raise ParamsError(f"{origin}: explain.jobs[{i}]: a second {job.name!r} job on {job.targets!r} (give one "
+                              f"a label, e.g. label: {job.method}_2)")
         seen.add((job.targets, job.name))
         if job.targets == "classes" and params.infer.classifier is None:
             raise ParamsError(f"{origin}: explain.jobs[{i}]: targets 'classes' needs infer.classifier")

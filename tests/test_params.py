@@ -190,3 +190,18 @@ def test_explain_flow_checks_jobs_before_any_shard(tmp_path):
                                           r"'center': expected a bool"):
         run_explain(path)
     assert not (tmp_path / "explain").exists()
+
+
+def test_two_jobs_of_one_name_on_the_same_targets_are_refused_unless_labelled():
+    """Two jobs whose targets and name agree would write one table and one result-store key: refused naming both;
+    a label gives the second its own name (and a RISE job of another budget likewise)."""
+    rise = {"method": "rise", "targets": "classes", "regions": "none", "budget": 64}
+    with pytest.raises(ParamsError, match=r"explain\.jobs\[1\]: a second 'rise' job on 'classes' \(give one a label"):
+        parse_params({"explain": {"jobs": [rise, {**rise, "budget": 512}]}})
+    jobs = parse_params({"explain": {"jobs": [rise, {**rise, "budget": 512, "label": "rise_512"},
+                                              {**rise, "targets": "persons", "regions": "parts"},
+                                              {**rise, "targets": "persons", "regions": "parts", "label": "x.y"}]}}
+                        ).explain.jobs
+    assert [j.name for j in jobs] == ["rise", "rise_512", "rise@parts", "x.y@parts"]
+    with pytest.raises(ParamsError, match=r"label"):
+        parse_params({"explain": {"jobs": [{**rise, "label": "two words"}]}})
