@@ -195,6 +195,14 @@ FILE_OPTIONS = ("policy", "weights")   # explain job options naming a file the r
                                       # fastshap's weights)
 
 
+def job_name(job: dict) -> str:
+    """The name of an explain job given as a dict (its params, or a dump of :class:`ExplainJob` as the report reads
+    it): its ``label`` (else its ``method``), then ``@<regions>`` unless the regions are ``none``."""
+    head = job.get("label") or job["method"]
+    regions = job.get("regions", "parts")
+    return head if regions == "none" else f"{head}@{regions}"
+
+
 class ExplainJob(_Section):
     """One explainer run on one kind of target: ``persons`` (ground-truth pedestrians, scored by the detector's
     D-RISE similarity to their box, so missed ones are explained too), ``detections`` (the detector's own person
@@ -223,8 +231,7 @@ class ExplainJob(_Section):
     def name(self) -> str:
         """The job's label in tables and the report, e.g. ``bayes_shapley@parts``: its ``label`` (else its method),
         then ``@<regions>`` unless the regions are ``none``."""
-        head = self.label or self.method
-        return head if self.regions == "none" else f"{head}@{self.regions}"
+        return job_name({"label": self.label, "method": self.method, "regions": self.regions})
 
     def option_files(self) -> dict[str, str | None]:
         """SHA-256 (hex) of the file each of the job's :data:`FILE_OPTIONS` names (None for a file that does not

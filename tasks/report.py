@@ -22,7 +22,7 @@ from detection.datasets.imageio import ImageError, load_rgb  # noqa: E402
 from detection.evaluation import MATCH_IOU, OCCLUSION_BUCKETS, SIZE_BUCKETS  # noqa: E402
 from detection.miss_rate import CURVE_FPPI  # noqa: E402
 from tasks.metric_names import AGREE, METRICS, TOP_PART_MATCH, causal_auc, epg, epg_chance, names, parse_agreement  # noqa: E402
-from tasks.params import EvaluateParams  # noqa: E402
+from tasks.params import EvaluateParams, job_name  # noqa: E402
 from tasks.part_shares import part_shares as compute_part_shares  # noqa: E402
 from tasks.report_guidance import GuidanceInputs, render_guidance  # noqa: E402
 from tasks.report_intervals import (  # noqa: E402
@@ -581,7 +581,7 @@ def dataset_table(inp: ReportInputs) -> pd.DataFrame:
 
 def jobs_table(explain_params: dict) -> pd.DataFrame:
     """The explain jobs as configured: name, targets, budget, regions (with their count), images, options."""
-    return pd.DataFrame([{"job": j["method"] if j["regions"] == "none" else f"{j['method']}@{j['regions']}",
+    return pd.DataFrame([{"job": job_name(j),
                           "targets": j["targets"], "budget": "default" if j["budget"] is None else str(j["budget"]),
                           "regions": j["regions"] + (f" ({j['n_regions']})" if j["regions"] in ("superpixels", "grid")
                                                      else ""),

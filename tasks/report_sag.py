@@ -26,6 +26,7 @@ import pandas as pd  # noqa: E402
 
 from detection.body import BODY_PARTS, PART_GROUPS  # noqa: E402
 from detection.evaluation import OCCLUSION_BUCKETS, SIZE_BUCKETS  # noqa: E402
+from tasks.params import job_name  # noqa: E402
 
 SAG_SETS = 5                  # most common minimal sufficient sets in the table
 SAG_SENTENCES = 3             # ... and in words
@@ -294,8 +295,7 @@ def explain_options(inp, job: str) -> dict:
     """The sag job's search options (width, successors, max_roots) from the explain params, defaults where unset."""
     defaults = {"width": 3, "successors": 15, "max_roots": 10}
     for j in inp.explain_params.get("jobs", []):
-        name = j["method"] if j.get("regions") == "none" else f"{j['method']}@{j.get('regions', 'parts')}"
-        if name == job:
+        if job_name(j) == job:
             return {k: (j.get("options") or {}).get(k, v) for k, v in defaults.items()}
     return defaults
 
