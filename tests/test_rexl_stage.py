@@ -211,31 +211,35 @@ def test_default_params_ship_the_classifier_policy_and_dvc_tracks_it():
     assert ppo.training["steps"] == spec.steps // (spec.n_envs * spec.grid ** 2) * spec.n_envs * spec.grid ** 2
 
 
-def test_default_params_ship_the_detector_policy_and_dvc_tracks_it():
-    """params.yaml's rexl.detector.weights is a shipped box-conditioned cell policy that passes the stage's checks for
-    the demo detector (models/detector.pt is the models stage's copy of weights/demo/detector.pt), DVC's deps list
-    it, and its null recipe is a valid imitation recipe within the issue's budget."""
+def test_default_params_ship_the_detector_policies_and_dvc_tracks_them():
+    """params.yaml's rexl.detector lists a deletion and an insertion policy, each a shipped box-conditioned cell policy
+    that passes the stage's checks for the demo detector (models/detector.pt is the models stage's copy of
+    weights/demo/detector.pt), DVC's deps list both, a job reads each, and their recipe is one valid imitation recipe
+    within the issue's budget (the trainer's CLI defaults, the same recipe)."""
     from ruamel.yaml import YAML
 
     from tasks.params import load_params
+    from tasks.rexl_imitation import DEFAULTS
     from tasks.rexl_stage import check_given, detector_layers, is_detector_cells, train_options
 
     params = load_params(REPO / "params.yaml", check_files=False)
-    spec = params.rexl.policy("detector", "deletion")
     stage = YAML(typ="safe").load((REPO / "dvc.yaml").read_text())["stages"]["models_rexl"]
-    assert spec.weights and spec.weights in stage["deps"]
     detectors = [d.model_copy(update={"weights": str(DEMO / "detector.pt")}) if d.id == params.explain_detector().id
                  else d for d in params.infer.detectors]
     params = params.model_copy(update={"infer": params.infer.model_copy(update={"detectors": detectors})})
-    ckpt = check_given(params, params.rexl.policies()["detector_deletion"], REPO / spec.weights)
-    assert (ckpt.mode, ckpt.grid, ckpt.conditioning, ckpt.arch) == ("deletion", spec.grid, "box", "cells")
-    assert ckpt.training["early"] == spec.options["early"] and ckpt.training["images"] == spec.images
-    from tasks.rexl_imitation import DEFAULTS
-    cli = DEFAULTS["detector"]                                # the trainer's CLI defaults: the same recipe
-    assert cli["images"] == spec.images and cli["grid"] == spec.grid
-    assert all(cli[k] == spec.options[k] for k in ("rounds", "per", "early"))
-    assert ckpt.features["layers"] == list(detector_layers("detector", spec)) and is_detector_cells(spec)
-    assert train_options("detector", spec) and ckpt.training["steps"] <= 200_000     # the issue's step budget
+    read = {str(j.options.get("policy")) for j in params.explain.jobs if j.targets == "detections"}
+    for mode, perturbation in (("deletion", "mean"), ("insertion", "mean")):
+        spec = params.rexl.policy("detector", mode)
+        assert spec.weights and spec.weights in stage["deps"] and f"models/rexl/detector_{mode}.pt" in read
+        ckpt = check_given(params, params.rexl.policies()[f"detector_{mode}"], REPO / spec.weights)
+        assert (ckpt.mode, ckpt.grid, ckpt.conditioning, ckpt.arch, ckpt.perturbation) == \
+            (mode, spec.grid, "box", "cells", perturbation)
+        assert ckpt.training["early"] == spec.options["early"] and ckpt.training["images"] == spec.images
+        cli = DEFAULTS["detector"]
+        assert cli["images"] == spec.images and cli["grid"] == spec.grid
+        assert all(cli[k] == spec.options[k] for k in ("rounds", "per", "early"))
+        assert ckpt.features["layers"] == list(detector_layers("detector", spec)) and is_detector_cells(spec)
+        assert train_options("detector", spec) and ckpt.training["steps"] <= 200_000     # the issue's step budget
     # (its time budget is the CPU's: benchmarks/README.md records the training's seconds on the day, with the ratio)
 
 
