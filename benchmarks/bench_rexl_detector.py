@@ -232,7 +232,7 @@ def main() -> None:
         print(f"{path}: done ({time.perf_counter() - start:.0f} s)", flush=True)
     if not args.no_controls:
         grid = PolicyCheckpoint.load(args.policy[0]).grid if args.policy else \
-            load_params(check_files=False).rexl.policy("detector").grid
+            next(e.spec for e in load_params(check_files=False).rexl.policies().values() if e.model == "detector").grid
         control_rows(rows, persons, grid, args.substrate, args.greedy, args.budget)
     table = {k: {c: float(np.median(v)) for c, v in row.items()} for k, row in rows.items()}
     ref_del = table[f"drise@{args.budget}"]["deletion/mean"]

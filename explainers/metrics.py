@@ -88,8 +88,9 @@ def _ranked_masks(saliency: torch.Tensor, fractions: torch.Tensor) -> torch.Tens
 def default_substrate(mode: str) -> str:
     """The substrate RISE's causal metrics use by default for ``mode`` (Petsiuk et al. 2018,
     https://arxiv.org/abs/1806.07421): the mean colour for deletion, a blur for insertion (a perturbation name of
-    ``explainers.perturb``). The one place the project states this rule: the metrics here and the RExL policies,
-    which are trained for a game of one mode and its substrate."""
+    ``explainers.perturb``). The metrics here and the RExL policies (trained for a game of one mode and its
+    substrate) read it; ``tasks.metric_names.SUBSTRATES`` names the same pairs for the stored metric columns without
+    importing torch (a test keeps the two equal)."""
     return "mean" if mode == "deletion" else "blur"
 
 

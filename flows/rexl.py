@@ -1,8 +1,9 @@
-"""The ``models_rexl`` stage: a RExL policy (a learned explainer: Agarwal et al., "Reinforcement Explanation
-Learning", https://arxiv.org/abs/2111.13406; ``explainers.rexl``) for each audited model the ``rexl`` params section
-configures, trained on the training scenes or, with ``weights``, a given policy verified (the explainer's guard: the
-policy was trained for these model weights) and copied (``tasks.rexl_stage``). Writes ``rexl.out_dir`` (the policy
-files ``rexl`` explain jobs name) and ``rexl.metrics``; wall times go to ``metrics/timings.json``.
+"""The ``models_rexl`` stage: RExL policies (a learned explainer: Agarwal et al., "Reinforcement Explanation
+Learning", https://arxiv.org/abs/2111.13406; ``explainers.rexl``), one per game (deletion, insertion) that the ``rexl``
+params section configures for each audited model, trained on the training scenes or, with ``weights``, a given policy
+verified (the explainer's guard: the policy was trained for these model weights) and copied (``tasks.rexl_stage``).
+Writes ``rexl.out_dir`` (the policy files ``rexl`` explain jobs name) and ``rexl.metrics``; wall times go to
+``metrics/timings.json``.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from tasks.timings import record_run
 @flow(name="rexl", log_prints=True)
 def rexl_flow(params: Params, progress: bool = True) -> dict:
     """Each configured policy (train or verify + copy) -> ``rexl.out_dir`` and ``rexl.metrics``. Raises
-    ValueError / FileNotFoundError naming the ``rexl.<model>`` key at fault."""
+    ValueError / FileNotFoundError naming the ``rexl.<model>`` (or ``rexl.<model>[i]``) key at fault."""
     logger = get_run_logger()
     started = time.perf_counter()
     records = {}

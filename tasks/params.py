@@ -11,9 +11,18 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from detection.datasets.imageio import ImageLimits
 from detection.datasets.synthetic import SyntheticConfig
@@ -229,8 +238,8 @@ class ExplainJob(_Section):
 
     @property
     def name(self) -> str:
-        """The job's label in tables and the report, e.g. ``bayes_shapley@parts``: its ``label`` (else its method),
-        then ``@<regions>`` unless the regions are ``none``."""
+        """The job's name in tables, result stores and the report, e.g. ``bayes_shapley@parts``: its ``label`` (else
+        its method), then ``@<regions>`` unless the regions are ``none``."""
         return job_name({"label": self.label, "method": self.method, "regions": self.regions})
 
     def option_files(self) -> dict[str, str | None]:
@@ -249,8 +258,10 @@ class ExplainJob(_Section):
         """A job's dump carries ``option_files_sha256`` (:meth:`option_files`) when its options name files, so that
         everything keyed by the dump -- the explain stage's config hash, the result store's job base
         (``tasks.explain.job_bases``) -- changes with the bytes of such a file, not only with its path. Jobs without
-        file options dump exactly their fields."""
+        file options dump exactly their fields (``label`` only where one is set)."""
         data = handler(self)
+        if data.get("label", "") is None:         # unlabelled jobs dump as before labels existed (same stored keys)
+            del data["label"]
         files = self.option_files()
         if files:
             data["option_files_sha256"] = files
@@ -384,7 +395,15 @@ class RexlPolicyParams(_Section):
     # against its signature by the stage)
 
 
-class RexlPolicy(NamedTuple):
+# rexl.<model>: one policy, or a list of them; the tag is chosen by the value's type, so a mistake is reported once,
+# against the form given (the tags are left out of error keys: :func:`_format_error`)
+_UNION_TAGS = ("one policy", "policy list")
+RexlPolicies = Annotated[Annotated[RexlPolicyParams, Tag(_UNION_TAGS[0])]
+                         | Annotated[list[RexlPolicyParams], Tag(_UNION_TAGS[1])],
+                         Discriminator(lambda v: _UNION_TAGS[1] if isinstance(v, list) else _UNION_TAGS[0])]
+
+
+class RexlPolicyEntry(NamedTuple):
     """One configured RExL policy: ``name`` (``<model>_<mode>``, its file's stem), ``model`` (``classifier`` /
     ``detector``), ``key`` (its params key, e.g. ``rexl.detector`` or ``rexl.detector[1]``) and ``spec``."""
 
@@ -405,8 +424,8 @@ class RexlParams(_Section):
     out_dir: str = "models/rexl"
     metrics: str = "metrics/rexl.json"
     checkpoint_dir: str = ".cache/xai-audit/rexl"
-    classifier: RexlPolicyParams | list[RexlPolicyParams] | None = None
-    detector: RexlPolicyParams | list[RexlPolicyParams] | None = None
+    classifier: RexlPolicies | None = None
+    detector: RexlPolicies | None = None
 
     @model_validator(mode="after")
     def _one_policy_per_mode(self) -> RexlParams:
@@ -422,7 +441,7 @@ class RexlParams(_Section):
                                      f"{model}_<mode>.pt)")
         return self
 
-    def policies(self) -> dict[str, RexlPolicy]:
+    def policies(self) -> dict[str, RexlPolicyEntry]:
         """The configured policies by name (``<model>_<mode>``): the classifier's, then the detector's, in the
         order given."""
         out = {}
@@ -433,7 +452,7 @@ class RexlParams(_Section):
             listed = isinstance(specs, list)
             for i, spec in enumerate(specs if listed else [specs]):
                 name = f"{model}_{spec.mode}"
-                out[name] = RexlPolicy(name, model, f"rexl.{model}[{i}]" if listed else f"rexl.{model}", spec)
+                out[name] = RexlPolicyEntry(name, model, f"rexl.{model}[{i}]" if listed else f"rexl.{model}", spec)
         return out
 
     def policy(self, model: str, mode: str = "deletion") -> RexlPolicyParams | None:
@@ -515,11 +534,34 @@ class Params(_Section):
 
 
 def _format_error(err: dict) -> str:
-    key = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in err["loc"]).replace(".[", "[")
+    loc = [p for p in err["loc"] if p not in _UNION_TAGS]
+    key = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in loc).replace(".[", "[")
     msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
     if err["type"] == "missing":
         return f"{key}: {msg}"
     return f"{key or '(top level)'}: {msg} (got {err['input']!r})"
+
+
+RESERVED_JOB_NAMES = ("errors", "sag")   # a stage's other tables, stored beside the jobs' (tasks.stages)
+
+
+def check_job_names(jobs: list[ExplainJob], where: str) -> None:
+    """Raises :class:`ParamsError` naming ``where[i]`` when a job's name (:attr:`ExplainJob.name`) is a stage's
+    reserved table name, names a job of another method, or repeats on the same targets: one name is one method, and
+    one (targets, name) is one table and one result-store key."""
+    methods: dict[str, str] = {}
+    seen: set[tuple[str, str]] = set()
+    for i, job in enumerate(jobs):
+        hint = "another label" if job.label else f"a label, e.g. label: {job.method}_2"
+        if job.name in RESERVED_JOB_NAMES:
+            raise ParamsError(f"{where}[{i}]: the name {job.name!r} is a stage's own table ({RESERVED_JOB_NAMES}); "
+                              f"give the job another label")
+        if methods.setdefault(job.name, job.method) != job.method:
+            raise ParamsError(f"{where}[{i}]: the name {job.name!r} is already a {methods[job.name]} job's; give the "
+                              f"{job.method} job {hint}")
+        if (job.targets, job.name) in seen:
+            raise ParamsError(f"{where}[{i}]: a second {job.name!r} job on {job.targets!r} (give one {hint})")
+        seen.add((job.targets, job.name))
 
 
 def parse_params(data: dict, origin: str = "params.yaml", check_files: bool = True) -> Params:
@@ -536,12 +578,10 @@ def parse_params(data: dict, origin: str = "params.yaml", check_files: bool = Tr
     if params.explain.detector is not None and params.explain.detector not in known:
         raise ParamsError(f"{origin}: explain.detector: not an id of infer.detectors {known} "
                           f"(got {params.explain.detector!r})")
-    seen = set()
+    check_job_names(params.explain.jobs, f"{origin}: explain.jobs")
+    if params.guide.audit_jobs is not None:
+        check_job_names(params.guide.audit_jobs, f"{origin}: guide.audit_jobs")
     for i, job in enumerate(params.explain.jobs):
-        if (job.targets, job.name) in seen:
-            raise ParamsError(f"{origin}: explain.jobs[{i}]: a second {job.name!r} job on {job.targets!r} (give one "
-                              f"a label, e.g. label: {job.method}_2)")
-        seen.add((job.targets, job.name))
         if job.targets == "classes" and params.infer.classifier is None:
             raise ParamsError(f"{origin}: explain.jobs[{i}]: targets 'classes' needs infer.classifier")
     if check_files:

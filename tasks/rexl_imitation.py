@@ -44,7 +44,11 @@ rounds, 2 teacher steps per roll-out from its first 8 steps, layers 0, 1) with 2
 ``--mode insertion`` (detectors): the canvas starts as the substrate and each step restores a cell; the teacher's
 gain is the rise of the detection's log-odds, the state also reads the whole image's maps and support map (one more
 detector pass per pedestrian and roll-out), round 1 follows the image's support map, and the substrate defaults to
-blur (as the stage's). No insertion policy is shipped yet.
+blur (as the stage's). The shipped insertion policy (``weights/demo/rexl_detector_insertion_cells.pt``) is the
+detector defaults on the mean substrate (the benchmark's one substrate for every method):
+
+    python -m tasks.rexl_imitation --model detector --mode insertion --perturbation mean --threads 2 \
+        --out models/rexl/detector_insertion_cells.pt
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tasks of the ``models_rexl`` stage: a RExL policy (``explainers.rexl``, arXiv 2111.13406) for each audited model
+"""Tasks of the ``models_rexl`` stage: RExL policies (``explainers.rexl``, arXiv 2111.13406) for each audited model
 that ``params.yaml``'s ``rexl`` section configures, written to ``rexl.out_dir`` (``<model>_<mode>.pt``, the file a
 ``rexl`` explain job's ``options.policy`` names), and ``rexl.metrics``.
 
@@ -31,7 +31,7 @@ from detection.models.specs import file_sha256
 from explainers.metrics import default_substrate
 from explainers.rexl import PolicyCheckpoint, Rexl
 from explainers.rexl_detector import KIND as KIND_DETECTOR_CELLS
-from tasks.params import TRAINING_DATA, Params, RexlPolicy, RexlPolicyParams
+from tasks.params import TRAINING_DATA, Params, RexlPolicyEntry, RexlPolicyParams
 from tasks.result_store import digest
 
 MODELS = ("classifier", "detector")
@@ -71,7 +71,7 @@ def guard_scorer(params: Params, model: str, net=None):
     return DRiseScorer(net, torch.tensor([[0.0, 0.0, 1.0, 1.0]]), probs)
 
 
-def check_given(params: Params, policy: RexlPolicy, src: Path) -> PolicyCheckpoint:
+def check_given(params: Params, policy: RexlPolicyEntry, src: Path) -> PolicyCheckpoint:
     """Check a given policy (``<policy.key>.weights``) before the stage copies it instead of training: the manifest
     beside it (if any) lists its bytes, it is a RExL policy file of the configured ``mode``, ``grid`` and
     perturbation, and ``explainers.rexl.Rexl`` accepts it for the audited model's weights. Returns the checkpoint.
@@ -192,7 +192,7 @@ def train_options(model: str, spec: RexlPolicyParams) -> dict:
     unknown = sorted(set(spec.options) - known)
     if unknown:
         raise ValueError(f"params rexl.{model}.options: unknown {unknown}; {trainer.__name__} takes {sorted(known)} "
-                         f"(the others are keys of rexl.{model})")
+                         f"(the others are keys of the policy's own params)")
     return {k: tuple(v) if isinstance(v, list) else v for k, v in spec.options.items()}
 
 

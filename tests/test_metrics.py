@@ -239,3 +239,11 @@ def test_pointing_game_and_energy_pointing_game_by_hand():
 def test_relative_error_is_zero_on_a_match_and_one_for_an_all_zero_estimate():
     assert relative_error(torch.tensor([[1.0, 2.0]]), torch.tensor([[1.0, 2.0]]))[0] == 0
     assert math.isclose(relative_error(torch.tensor([[0.0, 0.0]]), torch.tensor([[3.0, 4.0]]))[0].item(), 1.0)
+
+
+def test_the_stored_metric_columns_name_the_metrics_default_substrates():
+    """tasks.metric_names.SUBSTRATES (torch-free, for column names) states the same rule as default_substrate."""
+    from explainers.metrics import default_substrate
+    from tasks.metric_names import SUBSTRATES
+
+    assert SUBSTRATES == {mode: default_substrate(mode) for mode in ("deletion", "insertion")}

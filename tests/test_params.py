@@ -205,3 +205,29 @@ def test_two_jobs_of_one_name_on_the_same_targets_are_refused_unless_labelled():
     assert [j.name for j in jobs] == ["rise", "rise_512", "rise@parts", "x.y@parts"]
     with pytest.raises(ParamsError, match=r"label"):
         parse_params({"explain": {"jobs": [{**rise, "label": "two words"}]}})
+
+
+def test_a_job_name_is_one_method_and_never_a_stage_table():
+    """A label may not give a job another method's name (one name, one method: the report reads the method by name)
+    nor a stage's own table name (errors, sag: the explanations would be overwritten); guide.audit_jobs is checked
+    the same way; an unlabelled job dumps without a label key (stored results keep their keys)."""
+    rise = {"method": "rise", "targets": "classes", "regions": "none"}
+    with pytest.raises(ParamsError, match=r"explain\.jobs\[1\]: the name 'x' is already a rise job's; give the drise "
+                                          r"job another label"):
+        parse_params({"explain": {"jobs": [{**rise, "label": "x"},
+                                           {"method": "drise", "targets": "persons", "regions": "none",
+                                            "label": "x"}]}})
+    with pytest.raises(ParamsError, match=r"explain\.jobs\[0\]: the name 'errors' is a stage's own table"):
+        parse_params({"explain": {"jobs": [{**rise, "label": "errors"}]}})
+    with pytest.raises(ParamsError, match=r"guide\.audit_jobs\[1\]: a second 'rise' job on 'classes'"):
+        parse_params({"guide": {"audit_jobs": [rise, rise]}})
+    jobs = parse_params({"explain": {"jobs": [rise, {**rise, "label": "r2"}]}}).explain.jobs
+    assert "label" not in jobs[0].model_dump() and jobs[1].model_dump()["label"] == "r2"
+
+
+def test_rexl_policy_errors_name_the_form_given():
+    """rexl.<model> is one policy or a list: an error names the key once, in the form given (no union branches)."""
+    with pytest.raises(ParamsError, match=r"^params\.yaml: rexl\.detector\.bogus: unknown key \(got 1\)$"):
+        parse_params({"rexl": {"detector": {"bogus": 1}}})
+    with pytest.raises(ParamsError, match=r"^params\.yaml: rexl\.detector\[0\]\.grid: Input should be greater"):
+        parse_params({"rexl": {"detector": [{"grid": 1}]}})

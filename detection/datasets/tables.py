@@ -175,7 +175,7 @@ EXPLANATIONS_SCHEMA = pa.schema([
     ("image_id", pa.string()),
     ("target_id", pa.string()),
     ("kind", pa.string()),
-    ("job", pa.string()),                      # method@regions, as named in params (explain.jobs)
+    ("job", pa.string()),                      # the job's name: label or method, @regions (explain.jobs)
     ("method", pa.string()),
     ("regions", pa.string()),                  # parts | superpixels | grid | none
     ("saliency", pa.list_(pa.float16())),      # row-major grid of explain.saliency_size, area-averaged
