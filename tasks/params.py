@@ -546,14 +546,14 @@ RESERVED_JOB_NAMES = ("errors", "sag")   # a stage's other tables, stored beside
 
 
 def check_job_names(jobs: list[ExplainJob], where: str) -> None:
-    """Raises :class:`ParamsError` naming ``where[i]`` when a job's name (:attr:`ExplainJob.name`) is a stage's
-    reserved table name, names a job of another method, or repeats on the same targets: one name is one method, and
-    one (targets, name) is one table and one result-store key."""
+    """Raises :class:`ParamsError` naming ``where[i]`` when a labelled job's name (:attr:`ExplainJob.name`) is a
+    stage's reserved table name, when a job's name names a job of another method, or when it repeats on the same
+    targets: one name is one method, and one (targets, name) is one table and one result-store key."""
     methods: dict[str, str] = {}
     seen: set[tuple[str, str]] = set()
     for i, job in enumerate(jobs):
         hint = "another label" if job.label else f"a label, e.g. label: {job.method}_2"
-        if job.name in RESERVED_JOB_NAMES:
+        if job.label and job.name in RESERVED_JOB_NAMES:     # (a method's own name is the explainers' check)
             raise ParamsError(f"{where}[{i}]: the name {job.name!r} is a stage's own table ({RESERVED_JOB_NAMES}); "
                               f"give the job another label")
         if methods.setdefault(job.name, job.method) != job.method:
