@@ -43,27 +43,33 @@ def substrate(spec: RexlPolicyParams) -> str:
     return spec.perturbation or default_substrate(spec.mode)
 
 
-def audited_model(params: Params, model: str):
+def _key(model: str, key: str | None) -> str:
+    """The params key errors name: the policy's own (``rexl.detector[1]`` in a list), else ``rexl.<model>``."""
+    return key or f"rexl.{model}"
+
+
+def audited_model(params: Params, model: str, key: str | None = None):
     """The audited classifier (``infer.classifier``) or detector (the explain stage's) on the CPU, built as the
     explain stage builds it. Raises ValueError for a model the params do not have, FileNotFoundError naming a
-    missing weights file."""
+    missing weights file (both name ``key``, the policy's params key; default ``rexl.<model>``)."""
     from tasks.model_cache import classifier_model, detector_model
 
     spec = params.infer.classifier if model == "classifier" else params.explain_detector()
     if spec is None:
-        raise ValueError(f"params rexl.{model}: no {model} to train a policy for (infer.classifier is null)")
+        raise ValueError(f"params {_key(model, key)}: no {model} to train a policy for (infer.classifier is null)")
     if spec.weights is not None and not Path(spec.weights).is_file():
-        raise FileNotFoundError(f"params rexl.{model}: the audited {model}'s weights {spec.weights} not found (run "
+        raise FileNotFoundError(f"params {_key(model, key)}: the audited {model}'s weights {spec.weights} not found (run "
                                 f"the models stage first)")
     build = classifier_model if model == "classifier" else detector_model
     return build(spec.model_dump_json(), "cpu", params.explain.chunk_size)
 
 
-def guard_scorer(params: Params, model: str, net=None):
-    """A scorer of the audited model with one placeholder target: what the explainer's guard fingerprints."""
+def guard_scorer(params: Params, model: str, net=None, key: str | None = None):
+    """A scorer of the audited model with one placeholder target: what the explainer's guard fingerprints (errors
+    building the model name ``key``, as :func:`audited_model`'s)."""
     from detection.scorers import ClassifierScorer, DRiseScorer
 
-    net = net if net is not None else audited_model(params, model)
+    net = net if net is not None else audited_model(params, model, key)
     if model == "classifier":
         return ClassifierScorer(net, [0])
     probs = torch.zeros(1, net.num_classes)
@@ -92,20 +98,20 @@ def check_given(params: Params, policy: RexlPolicyEntry, src: Path) -> PolicyChe
         raise ValueError(f"params {key}: {src} is a policy of another {', '.join(differ)}: set {policy.key} to "
                          f"match it, or weights: null to train one")
     try:
-        Rexl(guard_scorer(params, model), policy=ckpt)
+        Rexl(guard_scorer(params, model, key=policy.key), policy=ckpt)
     except ValueError as exc:
         raise ValueError(f"params {key}: {src}: {exc} (or set {key}: null to train one)") from None
     return ckpt
 
 
-def training_setup(params: Params, model: str, spec: RexlPolicyParams):
+def training_setup(params: Params, model: str, spec: RexlPolicyParams, key: str | None = None):
     """(scorer, episodes, conditioning, num_classes) of the dataset-wide regime for ``model``: the classifier over
     every class (class one-hot conditioning), or the detector's training pedestrians (box conditioning, at least
     ``spec.min_height`` px tall)."""
     from detection.scorers import ClassifierScorer
     from tasks.rexl_train import classifier_episodes, detector_episodes, training_scenes
 
-    net = audited_model(params, model)
+    net = audited_model(params, model, key)
     if model == "classifier":
         images = training_scenes(spec.images, net.input_size, params)
         episodes, conditioning = classifier_episodes(images, net.num_classes, "dataset")
@@ -150,13 +156,13 @@ def _int_list(where: str, name: str, value, default: list[int]) -> tuple[int, ..
     return tuple(value)
 
 
-def cell_indices(model: str, spec: RexlPolicyParams, kind: str) -> tuple[int, ...]:
+def cell_indices(model: str, spec: RexlPolicyParams, kind: str, key: str | None = None) -> tuple[int, ...]:
     """The indices of a cell policy's ``features`` of ``kind`` (``CELL_KINDS``: a classifier's feature blocks,
-    default 2, 3; a detector's head input maps, default 0, 1). Raises ValueError naming ``rexl.<model>.features``
+    default 2, 3; a detector's head input maps, default 0, 1). Raises ValueError naming ``<key>.features``
     for a model the kind does not serve, insertion mode for a classifier's (its cell policies are deletion-only),
     keys other than kind and the indices', or indices that are not a list of integers."""
     owner, key, default, what = CELL_KINDS[kind]
-    where = f"params rexl.{model}.features"
+    where = f"params {_key(model, key)}.features"
     modes = ("deletion", "insertion") if kind == KIND_DETECTOR_CELLS else ("deletion",)
     if model != owner or spec.mode not in modes:
         raise ValueError(f"{where}: kind {kind!r} is a {owner}'s {' or '.join(modes)} policy, not the {model}'s "
@@ -167,20 +173,20 @@ def cell_indices(model: str, spec: RexlPolicyParams, kind: str) -> tuple[int, ..
     return _int_list(where, key, spec.features.get(key), default)
 
 
-def detector_layers(model: str, spec: RexlPolicyParams) -> tuple[int, ...]:
+def detector_layers(model: str, spec: RexlPolicyParams, key: str | None = None) -> tuple[int, ...]:
     """The head input maps of a detector cell policy's ``features`` (:func:`cell_indices`)."""
-    return cell_indices(model, spec, KIND_DETECTOR_CELLS)
+    return cell_indices(model, spec, KIND_DETECTOR_CELLS, key)
 
 
-def cell_blocks(model: str, spec: RexlPolicyParams) -> tuple[int, ...]:
+def cell_blocks(model: str, spec: RexlPolicyParams, key: str | None = None) -> tuple[int, ...]:
     """The feature blocks of a classifier cell policy's ``features`` (:func:`cell_indices`)."""
-    return cell_indices(model, spec, "cells")
+    return cell_indices(model, spec, "cells", key)
 
 
-def train_options(model: str, spec: RexlPolicyParams) -> dict:
+def train_options(model: str, spec: RexlPolicyParams, key: str | None = None) -> dict:
     """``spec.options`` checked against the trainer's keywords (``tasks.rexl_train.train_policy``, or for a cell
     policy ``tasks.rexl_cells_ppo.train_cells_ppo``; lists made tuples). Raises ValueError naming
-    ``rexl.<model>.options`` and the unknown keys."""
+    ``<key>.options`` (``key``: the policy's params key, default ``rexl.<model>``) and the unknown keys."""
     if is_cells(spec):
         from tasks.rexl_cells_ppo import train_cells_ppo as trainer
     elif is_detector_cells(spec):
@@ -191,7 +197,7 @@ def train_options(model: str, spec: RexlPolicyParams) -> dict:
     known = set(inspect.signature(trainer).parameters) - {"scorer", "episodes", "images"} - FIXED
     unknown = sorted(set(spec.options) - known)
     if unknown:
-        raise ValueError(f"params rexl.{model}.options: unknown {unknown}; {trainer.__name__} takes {sorted(known)} "
+        raise ValueError(f"params {_key(model, key)}.options: unknown {unknown}; {trainer.__name__} takes {sorted(known)} "
                          f"(the others are keys of the policy's own params)")
     return {k: tuple(v) if isinstance(v, list) else v for k, v in spec.options.items()}
 
@@ -219,20 +225,22 @@ def checkpoint_folder(params: Params, model: str, spec: RexlPolicyParams) -> Pat
     return Path(params.rexl.checkpoint_dir) / f"{model}-{key[:16]}"
 
 
-def train(params: Params, model: str, spec: RexlPolicyParams, progress: bool = True) -> tuple[PolicyCheckpoint, dict]:
-    """Train ``model``'s policy (module docstring); returns the checkpoint and ``train_policy``'s summary. The
+def train(params: Params, model: str, spec: RexlPolicyParams, progress: bool = True,
+          key: str | None = None) -> tuple[PolicyCheckpoint, dict]:
+    """Train ``model``'s policy (module docstring); returns the checkpoint and ``train_policy``'s summary; errors in
+    the params name ``key`` (the policy's params key, default ``rexl.<model>``). The
     checkpoint folder (:func:`checkpoint_folder`) serves a rerun after a crash only: it is removed once training has
     finished, so a finished training is never "resumed" at zero steps (whose record would have no episodes)."""
     from tasks.rexl_train import train_policy
 
-    options = train_options(model, spec)
+    options = train_options(model, spec, key)
     folder = checkpoint_folder(params, model, spec)
     if is_cells(spec) or is_detector_cells(spec):
         trainer = train_cells if is_cells(spec) else train_detector_cells
-        out = trainer(params, model, spec, folder, options, progress)
+        out = trainer(params, model, spec, folder, options, progress, key)
         shutil.rmtree(folder, ignore_errors=True)
         return out
-    scorer, episodes, conditioning, num_classes = training_setup(params, model, spec)
+    scorer, episodes, conditioning, num_classes = training_setup(params, model, spec, key)
     out = train_policy(scorer, episodes, grid=spec.grid, mode=spec.mode, perturbation=substrate(spec),
                        conditioning=conditioning, num_classes=num_classes, features=spec.features,
                        regime="dataset", steps=spec.steps, n_envs=spec.n_envs, seed=spec.seed,
@@ -244,15 +252,15 @@ def train(params: Params, model: str, spec: RexlPolicyParams, progress: bool = T
 
 
 def train_cells(params: Params, model: str, spec: RexlPolicyParams, folder: Path, options: dict,
-                progress: bool) -> tuple[PolicyCheckpoint, dict]:
+                progress: bool, key: str | None = None) -> tuple[PolicyCheckpoint, dict]:
     """A cell policy for the audited classifier by ``tasks.rexl_cells_ppo.train_cells_ppo`` from scratch on its
     training scenes (every class, the dataset-wide regime)."""
     from detection.scorers import ClassifierScorer
     from tasks.rexl_cells_ppo import train_cells_ppo
     from tasks.rexl_train import training_scenes
 
-    blocks = cell_blocks(model, spec)
-    net = audited_model(params, model)
+    blocks = cell_blocks(model, spec, key)
+    net = audited_model(params, model, key)
     images = training_scenes(spec.images, net.input_size, params)
     return train_cells_ppo(ClassifierScorer(net, range(net.num_classes)), images, grid=spec.grid, blocks=blocks,
                            perturbation=substrate(spec), steps=spec.steps, n_envs=spec.n_envs, seed=spec.seed,
@@ -262,15 +270,15 @@ def train_cells(params: Params, model: str, spec: RexlPolicyParams, folder: Path
 
 
 def train_detector_cells(params: Params, model: str, spec: RexlPolicyParams, folder: Path, options: dict,
-                         progress: bool) -> tuple[PolicyCheckpoint, dict]:
+                         progress: bool, key: str | None = None) -> tuple[PolicyCheckpoint, dict]:
     """A box-conditioned cell policy for the explain stage's detector by
     ``tasks.rexl_imitation.train_look_ahead_boxes`` (DAgger on a one-step look-ahead teacher) on its pedestrians of
     the training scenes (at least ``min_height`` px tall)."""
     from tasks.rexl_imitation import train_look_ahead_boxes
     from tasks.rexl_train import training_scenes
 
-    layers = detector_layers(model, spec)
-    net = audited_model(params, model)
+    layers = detector_layers(model, spec, key)
+    net = audited_model(params, model, key)
     return train_look_ahead_boxes(net, training_scenes(spec.images, None, params), grid=spec.grid, layers=layers,
                                   min_height=spec.min_height, person=params.explain_detector().person_class,
                                   perturbation=substrate(spec), mode=spec.mode, seed=spec.seed, checkpoint_dir=folder,
@@ -301,9 +309,9 @@ def provide_policy(params: Params, name: str, progress: bool = True) -> dict:
         record = {"source": "copied", "weights": str(src)}
     else:
         try:
-            ckpt, _ = train(params, model, spec, progress)
+            ckpt, _ = train(params, model, spec, progress, policy.key)
         except ValueError as exc:
-            text = str(exc).replace(f"params rexl.{model}", f"params {policy.key}")   # a list's item named
+            text = str(exc)
             raise ValueError(text if text.startswith("params ") else f"params {policy.key}: {text}") from None
         ckpt.save(out)
         record = {"source": "trained"}

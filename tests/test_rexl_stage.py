@@ -110,6 +110,10 @@ def test_a_model_takes_one_policy_per_mode(tmp_path):
     data["rexl"]["detector"][1] = {**DETECTOR_CELLS, "mode": "insertion", "options": {"bogus": 1}}
     with pytest.raises(ValueError, match=r"params rexl\.detector\[1\]\.options: unknown \['bogus'\]"):
         provide_policy(parse_params(data, check_files=False), "detector_insertion", progress=False)
+    data["rexl"]["detector"][1] = {**DETECTOR_CELLS, "mode": "insertion",
+                                   "features": {"kind": "detector_cells", "layers": [0], "pool": 2}}
+    with pytest.raises(ValueError, match=r"^params rexl\.detector\[1\]\.features: unknown keys \['pool'\]"):
+        provide_policy(parse_params(data, check_files=False), "detector_insertion", progress=False)
     data["rexl"]["detector"] = [DETECTOR_CELLS, DETECTOR_CELLS]
     with pytest.raises(ParamsError, match=r"rexl\.detector: more than one policy of mode \['deletion'\]"):
         parse_params(data, check_files=False)
