@@ -91,6 +91,10 @@ class Explainer:
     # regions are always the players the trained file names (``players``, in its order; a body part without a pixel
     # is an empty mask, not dropped): such a method plays ``parts`` regions only, and ``self.players`` names them
     fixed_players: bool = False
+    # ``explain`` also takes regions [T, R, H, W]: one set of R players per target (each pedestrian's own body parts),
+    # so one call explains every target of an image and shares the forwards they have in common (the unperturbed
+    # image); a method that plays each target's game separately leaves it False
+    per_target_regions: bool = False
 
     @classmethod
     def load_trained(cls, path: str | Path) -> Any:
@@ -151,7 +155,10 @@ class Explainer:
         (labels 0..R-1 with R = max label + 1; negative labels are pixels outside every region). Regions without a
         pixel (a label id that does not occur, an all-zero mask) are not players: the method runs on the others,
         spends nothing on them, and their column of ``relevance`` [T, R] is exactly 0, so column r is always region
-        (label) r. Without regions, region games use their ``default_regions`` (superpixels).
+        (label) r. Without regions, region games use their ``default_regions`` (superpixels). A method with
+        ``per_target_regions`` also takes a stack [T, R, H, W]: target t plays on its own masks ``regions[t]`` (a mask
+        without a pixel is a dummy player of that target: relevance exactly 0); T must be the scorer's targets, and
+        ``budget`` and ``min_budget`` count forwards per target (the call spends at most budget x T).
 
         A scorer with ``num_targets == 0`` (e.g. a detector that found nothing on the image) gives an Explanation of
         no targets: saliency [0, H, W], relevance [0, R] (None for pixel methods), no forwards.
@@ -171,15 +178,18 @@ class Explainer:
         if budget is not None and budget < 1:
             raise BudgetError(f"{self.name}: budget must be a positive number of forward passes, got {budget}")
         regions = self.default_regions(image) if regions is None else regions
-        players = None if regions is None else region_set(regions, image.shape[-2:], self.device)
         T = getattr(self.scorer, "num_targets", None)
+        if regions is not None and torch.as_tensor(regions).ndim == 4:
+            players = self._target_region_set(regions, image.shape[-2:], T)
+        else:
+            players = None if regions is None else region_set(regions, image.shape[-2:], self.device)
         options = {**self.options(), "budget": budget, "seed": int(seed)}
         if T == 0:
             H, W = image.shape[-2:]
             return Explanation(saliency=torch.zeros(0, H, W), relevance=None if players is None else
                                torch.zeros(0, players.count), n_forward=0, seconds=0.0, method=self.name,
                                options=options)
-        M = None if players is None else players.masks.shape[0]
+        M = None if players is None else players.num_players
         minimum, spent_on = self.min_budget(M, T)
         if budget is not None and budget < minimum:
             what = self.name if M is None else f"{self.name} with {M} region{'s' if M != 1 else ''}"
@@ -192,8 +202,10 @@ class Explainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start
-        if budget is not None and self._forwards > budget:        # a bug in a method, never a user error
-            raise AssertionError(f"{self.name} spent {self._forwards} forwards, budget {budget}")
+        limit = budget * players.masks.shape[0] if budget is not None and players is not None and \
+            players.masks.ndim == 4 else budget                    # per-target regions: a budget per target
+        if limit is not None and self._forwards > limit:          # a bug in a method, never a user error
+            raise AssertionError(f"{self.name} spent {self._forwards} forwards, budget {limit}")
         self._check_outputs(saliency, relevance, extras, image, players)
         if relevance is not None and players is not None:
             relevance = players.scatter(relevance)
@@ -210,13 +222,25 @@ class Explainer:
         wrong = []
         if tuple(saliency.shape) != (T, H, W):
             wrong.append(f"saliency {tuple(saliency.shape)}, expected {(T, H, W)}")
-        n = None if players is None else players.masks.shape[0]
+        n = None if players is None else players.num_players
         if (relevance is None) != (n is None) or (n is not None and tuple(relevance.shape) != (T, n)):
             got = None if relevance is None else tuple(relevance.shape)
             wrong.append(f"relevance {got}, expected {None if n is None else (T, n)}")
         wrong += [f"{k} {tuple(v.shape)}, expected {(T,)}" for k, v in extras.items() if tuple(v.shape) != (T,)]
         if wrong:
             raise AssertionError(f"{self.name} returned " + "; ".join(wrong))
+
+    def _target_region_set(self, regions: torch.Tensor, size: tuple[int, int], T: int | None) -> RegionSet:
+        """Per-target regions [T, R, H, W] as players (:func:`target_region_set`); ValueError when the method
+        does not take them or T is not the scorer's number of targets."""
+        if not self.per_target_regions:
+            raise ValueError(f"{self.name}: regions {tuple(torch.as_tensor(regions).shape)} give each target its own "
+                             "players, which this method does not take: give one stack [R, H, W] for all targets")
+        players = target_region_set(regions, size, self.device)
+        if T is not None and players.masks.shape[0] != T:
+            raise ValueError(f"{self.name}: regions [T, R, H, W] hold {players.masks.shape[0]} targets' players, "
+                             f"the scorer has {T} targets")
+        return players
 
     def _explain(self, image, regions, budget, generator):
         raise NotImplementedError
@@ -231,13 +255,18 @@ def numpy_rng(generator: torch.Generator) -> np.random.Generator:
 class RegionSet:
     """The regions given to ``explain``: the non-empty ones are the players."""
 
-    masks: torch.Tensor        # [n, H, W] float: the players, each with some pixel > 0
+    masks: torch.Tensor        # [n, H, W] float: the players, each with some pixel > 0 (per target: [T, R, H, W])
     columns: torch.Tensor      # [n] long: each player's column in relevance [T, R] (its label id or stack index)
     count: int                 # R: the label map's max label + 1, or the stack's length
 
+    @property
+    def num_players(self) -> int:
+        """n: the players' count (per-target regions: R, each target's own masks)."""
+        return self.masks.shape[-3]
+
     def scatter(self, relevance: torch.Tensor) -> torch.Tensor:
         """The players' relevance [T, n] in the R columns [T, R]; regions without a pixel get exactly 0."""
-        if self.masks.shape[0] == self.count:
+        if self.num_players == self.count:
             return relevance
         out = relevance.new_zeros(relevance.shape[0], self.count)
         return out.index_copy_(1, self.columns.to(relevance.device), relevance)
@@ -277,6 +306,27 @@ def region_set(regions: torch.Tensor, size: tuple[int, int], device: torch.devic
     return RegionSet(masks if columns.numel() == R else masks[columns], columns, R)
 
 
+def target_region_set(regions: torch.Tensor, size: tuple[int, int], device: torch.device | str = "cpu") -> RegionSet:
+    """Per-target regions [T, R, H, W] (bool, or float weights >= 0) as players: every one of the R columns is
+    kept (a mask without a pixel is that target's dummy player), masks [T, R, H, W] float. Raises ValueError for
+    the wrong shape, negative or non-finite weights, no region, or a target none of whose masks has a pixel
+    (naming the targets)."""
+    regions = torch.as_tensor(regions, device=device)
+    if regions.ndim != 4 or tuple(regions.shape[-2:]) != tuple(size) or regions.shape[1] == 0:
+        raise ValueError(f"per-target regions must be [T, R, H, W] masks with R >= 1 matching the image "
+                         f"{tuple(size)}, got {tuple(regions.shape)}")
+    masks = regions.float()
+    if regions.dtype.is_floating_point and not bool((torch.isfinite(masks) & (masks >= 0)).all()):
+        raise ValueError("regions: mask weights must be finite and >= 0, got "
+                         f"min {float(masks.nan_to_num(0).min()):.3g} and {int((~torch.isfinite(masks)).sum())} "
+                         "non-finite values")
+    blank = (masks.flatten(1).amax(1) <= 0).nonzero()[:, 0].tolist()
+    if blank:
+        raise ValueError(f"regions: target(s) {blank} have no region with a pixel: nothing to attribute")
+    R = regions.shape[1]
+    return RegionSet(masks, torch.arange(R, device=masks.device), R)
+
+
 def as_region_masks(regions: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Regions as a float stack [R, H, W] with one mask per column of relevance (empty ones included): accepts a
     boolean/float stack or an integer label map [H, W] (see :func:`region_set`)."""
@@ -286,7 +336,11 @@ def as_region_masks(regions: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
 
 
 def paint(relevance: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
-    """Region relevance [T, R] onto pixels -> [T, H, W] with one matrix product."""
+    """Region relevance [T, R] onto pixels -> [T, H, W] with one matrix product (per-target regions
+    [T, R, H, W]: one batched product, target t painted with its own masks)."""
+    if regions.ndim == 4:
+        T, R, H, W = regions.shape
+        return torch.bmm(relevance.to(regions).unsqueeze(1), regions.reshape(T, R, H * W)).reshape(T, H, W)
     R, H, W = regions.shape
     return (relevance @ regions.reshape(R, H * W)).reshape(-1, H, W)
 

@@ -48,7 +48,7 @@ from detection.body import PART_GROUPS
 from explainers.base import Explainer, Explanation, numpy_rng, paint, region_set
 from explainers.bayesian_shapley import DEFAULT_DECAY, BayesShapley, ShapleyPrior, bayes_shapley, check_decay
 from explainers.game import RegionGame
-from explainers.perturb import Perturbation, make_perturbation
+from explainers.perturb import Compositor, Perturbation, make_perturbation
 from explainers.trained import CountsExplainerForwards, NetworkCheckpoint, load_once, weights_fingerprint
 
 FORMAT = "xai-audit/fastshap-parts"
@@ -217,8 +217,13 @@ class FastShapParts(CountsExplainerForwards, Explainer):
     dummy: relevance exactly 0). Returns relevance [T, P] (score units, sum = full_score - empty_score exactly up to
     float rounding), saliency [T, H, W] painted from it, full_score / empty_score [T]. Spends exactly 2 model
     forwards (``n_forward``: the full and the empty coalition, one scorer call) and 1 explainer forward
-    (``n_explainer_forward``, also in ``options``). Raises ValueError for regions of another count or a label map,
-    BudgetError for a budget below 2."""
+    (``n_explainer_forward``, also in ``options``).
+
+    ``per_target_regions``: regions may also be [T, P, H, W], each target's (pedestrian's) own player masks, so one
+    call explains every person of an image: 1 + T model forwards in one scorer call (the unperturbed image, shared,
+    and each target's empty coalition; its score of target t is read) and 1 explainer forward of T crops, the same
+    values as T calls of [P, H, W] up to float rounding of the batch. Raises ValueError for regions of another count
+    or a label map, BudgetError for a budget below 2 (per target, as with per-target regions every budget is)."""
 
     name = "fastshap"
     default_budget = 2
@@ -233,6 +238,7 @@ class FastShapParts(CountsExplainerForwards, Explainer):
     # regions are always the P players in the trained order, empty masks included (the column of a mask names its
     # player: the explain stage builds them so, and lists only the players with a pixel in its rows)
     fixed_players = True
+    per_target_regions = True
 
     @classmethod
     def load_trained(cls, path: str | Path) -> FastShapCheckpoint:
@@ -283,15 +289,19 @@ class FastShapParts(CountsExplainerForwards, Explainer):
         (class docstring), with the explainer forwards (``n_explainer_forward``:
         :class:`~explainers.trained.CountsExplainerForwards`)."""
         P = len(self.ckpt.players)
-        if regions is None or torch.as_tensor(regions).ndim != 3 or torch.as_tensor(regions).shape[0] != P:
-            got = None if regions is None else tuple(torch.as_tensor(regions).shape)
-            raise ValueError(f"fastshap: regions must be the {P} player masks [{P}, H, W] in the order "
-                             f"{list(self.ckpt.players)} (empty masks for missing parts), got {got}")
-        if image.ndim == 3:
+        shape = None if regions is None else tuple(torch.as_tensor(regions).shape)
+        per_target = self.per_target_regions and shape is not None and len(shape) == 4
+        if shape is None or len(shape) != 3 + per_target or shape[-3] != P:
+            each = " or one stack per target [T, P, H, W]" if self.per_target_regions else ""
+            raise ValueError(f"{self.name}: regions must be the {P} player masks [{P}, H, W]{each} in the order "
+                             f"{list(self.ckpt.players)} (empty masks for missing parts), got {shape}")
+        if image.ndim == 3 and not per_target:
             self._columns = region_set(regions, image.shape[-2:], self.device).columns
         return super().explain(image, regions, budget=budget, seed=seed)      # CountsExplainerForwards.explain
 
     def _explain(self, image, regions, budget, generator):
+        if regions.ndim == 4:
+            return self._explain_each(image, regions)
         game = RegionGame(self.score, image, regions, self.perturbation, self.chunk_size)
         n = regions.shape[0]
         ends = game(torch.stack([torch.ones(n), torch.zeros(n)]).to(self.device))   # [2, T]: v(all), v(none)
@@ -299,24 +309,43 @@ class FastShapParts(CountsExplainerForwards, Explainer):
         phi = self._amortised(image, regions, full, empty, game.composite.baseline[0])
         return paint(phi, regions), phi, {"full_score": full, "empty_score": empty}
 
+    def _explain_each(self, image: torch.Tensor, regions: torch.Tensor):
+        """Per-target regions [T, P, H, W]: the unperturbed image and each target's empty coalition (its players
+        hidden as :class:`~explainers.game.RegionGame` hides them: shown = 1 - their clamped coverage) in chunks of
+        ``chunk_size``; target t's empty score is row 1 + t's column t."""
+        T = regions.shape[0]
+        composite = Compositor(image, self.perturbation.baseline(image))
+        shown = (1 - regions.sum(1)).clamp(0, 1)                                       # [T, H, W]
+        batch = torch.cat([torch.ones_like(shown[:1]), shown])
+        scores = torch.cat([self.score(composite(batch[s:s + self.chunk_size]))
+                            for s in range(0, T + 1, self.chunk_size)])                  # [1 + T, T]
+        full, empty = scores[0], scores[1:].diagonal()
+        phi = self._amortised(image, regions, full, empty, composite.baseline[0])
+        return paint(phi, regions), phi, {"full_score": full, "empty_score": empty}
+
     def _amortised(self, image: torch.Tensor, regions: torch.Tensor, full: torch.Tensor,
                    empty: torch.Tensor, baseline: torch.Tensor) -> torch.Tensor:
-        """The network's efficient estimate [T, n] of the n non-empty ``regions`` [n, H, W] (the players with a
-        pixel, in trained order; their columns set by :meth:`explain`), given the game's ends ``full`` = v(all),
-        ``empty`` = v(none) [T] and the perturbation's ``baseline`` [3, H, W] of ``image`` (the game's own, computed
-        once): one explainer forward, no model forward."""
+        """The network's efficient estimate [T, n] given the game's ends ``full`` = v(all), ``empty`` = v(none) [T]
+        and the perturbation's ``baseline`` [3, H, W] of ``image`` (the game's own, computed once): one explainer
+        forward, no model forward. ``regions``: the n non-empty players [n, H, W] (in trained order; their columns
+        set by :meth:`explain`) shared by the T targets, or each target's P player masks [T, P, H, W] (n = P;
+        dummies get 0)."""
         P = len(self.ckpt.players)
-        columns = self._columns.to(self.device)
         T = full.shape[0]
-        masks = regions.new_zeros(P, *regions.shape[1:]).index_copy_(0, columns, regions)
-        x, height = person_inputs(image, baseline, masks, self.ckpt.crop)
-        inside = float(x[-1].mean())
-        scalars = scalar_inputs(full, empty, torch.full((T,), height, device=self.device),
-                                torch.full((T,), inside, device=self.device))
-        present = torch.zeros(T, P, dtype=torch.bool, device=self.device)
-        present[:, columns] = True
+        if regions.ndim == 4:
+            masks, columns = regions, torch.arange(P, device=self.device)
+            present = masks.flatten(2).amax(2) > 0                                          # [T, P]
+        else:
+            columns = self._columns.to(self.device)
+            masks = regions.new_zeros(P, *regions.shape[1:]).index_copy_(0, columns, regions)[None]
+            present = torch.zeros(T, P, dtype=torch.bool, device=self.device)
+            present[:, columns] = True
+        inputs = [person_inputs(image, baseline, m, self.ckpt.crop) for m in masks]     # one crop per person
+        x = torch.stack([i[0] for i in inputs]).expand(T, -1, -1, -1)
+        height = torch.tensor([i[1] for i in inputs], device=self.device).expand(T)
+        scalars = scalar_inputs(full, empty, height, x[:, -1].mean((1, 2)))
         with torch.inference_mode():
-            raw = self.net(x[None].expand(T, -1, -1, -1), scalars)
+            raw = self.net(x, scalars)
         self.n_explainer_forward += 1
         return normalise(raw.float(), present, (full - empty).float())[:, columns]
 
@@ -338,6 +367,7 @@ class FastShapBayesShapley(FastShapParts):
 
     name = "fastshap_bayes"
     default_budget = 16
+    per_target_regions = False          # each target's own designed pairs: one game per call
 
     def __init__(self, scorer, *, weights: str | Path | FastShapCheckpoint, decay: float = DEFAULT_DECAY, **kw):
         super().__init__(scorer, weights=weights, **kw)

@@ -267,27 +267,72 @@ def _row(item_target: dict, job: ExplainJob, exp, t: int, T: int, names, cfg: Ex
             "options_hash": hashlib.sha256(options.encode()).hexdigest()[:12], "options": options}
 
 
+def shares_forwards(job: ExplainJob) -> bool:
+    """Whether one explain call covers every target of an image (one set of forwards, one seed and one store
+    entry for them all): pixel methods, regions every target shares (superpixels, grid), and body-part games of a
+    method that takes each target's own players in one call (``per_target_regions``). Other body-part games run
+    per target."""
+    return job.regions != "parts" or METHODS[job.method].per_target_regions
+
+
+def _each_targets_players(job: ExplainJob, players: tuple[str, ...], image: torch.Tensor, targets: list[dict],
+                          parts_of, errors: list[dict], uri: str) -> tuple[list[dict], torch.Tensor | None]:
+    """(targets, masks [T, P, H, W]) of a per-target-regions job: every target's player masks
+    (:func:`_player_regions`); a target without a body part becomes an ``errors`` row and is left out. Raises
+    ValueError for parts that are no players (the whole job's fault)."""
+    kept, stack = [], []
+    for t in targets:
+        _, masks = _player_regions(players, image, parts_of(t))
+        if masks is None:
+            errors.append(error_row("explain", uri, "ValueError", f"{job.name} {t['target_id']}: no non-empty "
+                                    "body part", t["image_id"]))
+            continue
+        kept.append(t)
+        stack.append(masks)
+    return kept, torch.stack(stack) if stack else None
+
+
+def _method_and_regions(job: ExplainJob, scorer_for, image: torch.Tensor, group: list[dict], parts_of,
+                        cfg: ExplainParams, errors: list[dict], uri: str):
+    """(method, targets, region names, masks) of one group: the job's method on the group's scorer and its
+    players (None for pixel jobs; [T, P, H, W] for a per-target-regions job, whose targets without a body part
+    become ``errors`` rows and leave the group, possibly empty). Raises ValueError when the group has no usable
+    region."""
+    method = METHODS[job.method](scorer_for(group), chunk_size=cfg.chunk_size, **job.options)
+    if job.regions == "parts" and method.per_target_regions:
+        kept, masks = _each_targets_players(job, method.players, image, group, parts_of, errors, uri)
+        if kept and len(kept) < len(group):        # the scorer's targets are the explained ones
+            method = METHODS[job.method](scorer_for(kept), chunk_size=cfg.chunk_size, **job.options)
+        return method, kept, list(method.players), masks
+    if method.fixed_players:
+        names, masks = _player_regions(method.players, image, parts_of(group[0]))
+    else:
+        names, masks = (None, None) if job.regions == "none" else _regions(
+            job, image, None if shares_forwards(job) else parts_of(group[0]))
+    if job.regions != "none" and masks is None:
+        raise ValueError("no non-empty body part")
+    return method, group, names, masks
+
+
 def explain_targets(job: ExplainJob, scorer_for, image: torch.Tensor, targets: list[dict], parts_of,
                      cfg: ExplainParams, seed: int, device: str, errors: list[dict], uri: str) -> list[dict]:
-    """One job over one image's targets of one kind. Pixel methods, and region methods whose regions every target
-    shares (superpixels, grid), explain all targets with one set of forwards; body-part games run per target.
+    """One job over one image's targets of one kind. Pixel methods, region methods whose regions every target
+    shares (superpixels, grid) and methods that take each target's body parts in one call explain all targets with
+    one set of forwards (:func:`shares_forwards`); other body-part games run per target.
     A target the method cannot explain (no usable region, budget too small) becomes an ``errors`` row. A ``sag`` job's
     rows carry its graph's ``sag`` table rows under the transient key ``sag`` (not a column, like ``seconds``)."""
-    shared = job.regions != "parts"
+    shared = shares_forwards(job)
+    each = job.regions == "parts" and shared           # one call, each target its own players [T, P, H, W]
     groups = [targets] if shared else [[t] for t in targets]
     rows = []
     for group in groups:
         first = group[0]
         s = explanation_seed(seed, first["image_id"], "*" if shared else first["target_id"], job.name)
         try:
-            method = METHODS[job.method](scorer_for(group), chunk_size=cfg.chunk_size, **job.options)
-            if method.fixed_players:
-                names, masks = _player_regions(method.players, image, parts_of(first))
-            else:
-                names, masks = (None, None) if job.regions == "none" else _regions(
-                    job, image, None if shared else parts_of(first))
-            if job.regions != "none" and masks is None:
-                raise ValueError("no non-empty body part")
+            method, group, names, masks = _method_and_regions(job, scorer_for, image, group, parts_of, cfg, errors,
+                                                              uri)
+            if not group:
+                continue
             exp = method.explain(image, masks, budget=job.budget, seed=s)
         except (ValueError, BudgetError) as exc:
             which = "all targets" if shared else first["target_id"]
@@ -296,7 +341,8 @@ def explain_targets(job: ExplainJob, scorer_for, image: torch.Tensor, targets: l
             continue
         new = [_row(t, job, exp, i, len(group), names, cfg, s, device) for i, t in enumerate(group)]
         if method.fixed_players:                 # rows list the players with a pixel, as for every parts job
-            _drop_empty_players(new, masks)
+            for i, row in enumerate(new):
+                _drop_empty_players([row], masks[i] if each else masks)
         for t, row, graph in zip(group, new, getattr(exp, "graphs", None) or []):   # a sag job: its graphs
             row["sag"] = graph.rows(names, summary=True, image_id=t["image_id"], target_id=t["target_id"],
                                     kind=t["kind"], job=job.name)
@@ -339,13 +385,13 @@ def image_sha256(uri: str) -> str | None:
 def job_groups(item: ExplainItem, params: Params):
     """The explanation groups of one image, in the order explain computes them: (job, targets) for every job (in
     params order) whose split the image is in and that has targets of its kind; a group is every such target of the
-    image for a shared-forward job (regions other than ``parts``: one set of forwards explains them all), one
-    target otherwise."""
+    image for a shared-forward job (:func:`shares_forwards`: one set of forwards explains them all), one target
+    otherwise."""
     for job in params.explain.jobs:
         if job.split is not None and item["image"]["split"] != job.split:
             continue
         targets = [t for t in item["targets"] if t["kind"] == job.targets]
-        yield from ((job, g) for g in ([targets] if targets and job.regions != "parts" else [[t] for t in targets]))
+        yield from ((job, g) for g in ([targets] if targets and shares_forwards(job) else [[t] for t in targets]))
 
 
 # ---------------------------------------------------------------------------------------------------- reuse
@@ -402,7 +448,7 @@ def group_key(base: str, device: str, image_sha: str | None, job: ExplainJob, it
     the image cannot be hashed."""
     if image_sha is None:
         return None
-    shared = job.regions != "parts"
+    shared = shares_forwards(job)
     targets = [{"kind": t["kind"], "target_id": t["target_id"], "category": t.get("category"),
                 "bbox": t.get("bbox"), "class_probs": t.get("class_probs"),
                 "parts": None if job.targets == "classes" else _target_parts(item, t)} for t in group]

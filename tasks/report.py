@@ -328,15 +328,16 @@ def _checked_options(explanations: pd.DataFrame, options: list[dict] | None) -> 
 
 
 def cost_table(explanations: pd.DataFrame, options: list[dict] | None = None) -> pd.DataFrame:
-    """Model forward passes per job (shared ones divided among the targets sharing them), and the forwards of a
-    learned explainer's own network (FastSHAP's explainer, RExL's feature network; 0 for sampling methods): the
+    """Model forward passes per job, and the forwards of a learned explainer's own network (FastSHAP's explainer,
+    RExL's feature network; 0 for sampling methods), both with shared ones divided among the targets sharing them: the
     cost that the inputs decide. Wall times vary run to run, so they stay out of the report
     (``metrics/timings.json``, tasks.timings). ``options``: the rows' parsed options
     (:func:`explanation_options`, e.g. ``ReportInputs.explanation_options()``; None: parsed here); ValueError when
     their count is not the rows'."""
     options = _checked_options(explanations, options)
+    efw = [o.get("n_explainer_forward", o.get("n_feature_forward", 0)) for o in options]
     e = explanations.assign(fw=explanations["n_forward"] / explanations["shared_by"],
-                            efw=[o.get("n_explainer_forward", o.get("n_feature_forward", 0)) for o in options])
+                            efw=efw / explanations["shared_by"].to_numpy())
     g = e.groupby(["kind", "job"])
     return pd.DataFrame({"explanations": g.size(), "forwards / explanation": g["fw"].mean(),
                          "explainer forwards / explanation": g["efw"].mean(), "total forwards": g["fw"].sum(),

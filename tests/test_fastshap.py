@@ -239,3 +239,65 @@ def test_bayes_with_the_network_as_prior(trained):
     assert one.n_forward == 2 and one.n_explainer_forward == 0
     assert float(one.relevance[0, 0]) == pytest.approx(float(one.full_score[0] - one.empty_score[0]), abs=1e-6)
     assert float(one.relevance[0, 1:].abs().sum()) == 0.0
+
+
+class RepeatScorer(LinearScorer):
+    """The additive black box scored for ``targets`` targets at once (the same model, so the same fingerprint)."""
+
+    def __init__(self, targets: int):
+        super().__init__()
+        self.num_targets = targets
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return super().__call__(images).expand(-1, self.num_targets)
+
+
+def two_persons(scorer: LinearScorer):
+    """One image holding persons 11 and 12 (12 pasted over 11 where its masks are) and their masks [2, P, H, W];
+    person 12 lacks a part."""
+    a, b = make_person(11, scorer, drop=False), make_person(12, scorer, drop=False)
+    b.masks[1] = False
+    image = a.image.clone()
+    pasted = b.masks.any(0)
+    image[:, pasted] = b.image[:, pasted]
+    a.masks &= ~pasted
+    return image, torch.stack([a.masks, b.masks])
+
+
+def test_per_target_regions_explain_every_person_in_one_call(trained):
+    """Each person's own players [T, P, H, W] in one call: the values of one call per person (up to float
+    rounding), 1 + T model forwards (the image, shared, and each person's empty coalition), 1 explainer forward."""
+    scorer, ckpt, _ = trained
+    image, masks = two_persons(scorer)
+    both = FastShapParts(RepeatScorer(2), weights=ckpt).explain(image, masks)
+    assert both.n_forward == 3 and both.n_explainer_forward == 1
+    assert both.relevance.shape == (2, P) and both.saliency.shape == (2, SIZE, SIZE)
+    assert both.relevance[1, 1] == 0                                         # person 12's missing part: a dummy
+    for t in range(2):
+        one = FastShapParts(scorer, weights=ckpt).explain(image, masks[t])
+        assert torch.allclose(both.relevance[t], one.relevance[0], atol=1e-5)
+        assert torch.allclose(both.saliency[t], one.saliency[0], atol=1e-5)
+        assert float(both.empty_score[t]) == pytest.approx(float(one.empty_score[0]), abs=1e-6)
+        assert float(both.full_score[t]) == pytest.approx(float(one.full_score[0]), abs=1e-6)
+    assert float(both.empty_score[0]) != pytest.approx(float(both.empty_score[1]), abs=1e-6)   # each its own game
+    with pytest.raises(BudgetError):
+        FastShapParts(RepeatScorer(2), weights=ckpt).explain(image, masks, budget=1)
+
+
+def test_per_target_regions_are_checked(trained):
+    scorer, ckpt, _ = trained
+    image, masks = two_persons(scorer)
+    with pytest.raises(ValueError, match="hold 2 targets' players, the scorer has 3 targets"):
+        FastShapParts(RepeatScorer(3), weights=ckpt).explain(image, masks)
+    blank = masks.clone()
+    blank[1] = False
+    with pytest.raises(ValueError, match=r"target\(s\) \[1\] have no region with a pixel"):
+        FastShapParts(RepeatScorer(2), weights=ckpt).explain(image, blank)
+    with pytest.raises(ValueError, match=r"or one stack per target \[T, P, H, W\]"):
+        FastShapParts(RepeatScorer(2), weights=ckpt).explain(image, masks[:, :3])
+    checked = dataclasses.replace(ckpt, heldout={"median_rel_l2": 0.5})
+    with pytest.raises(ValueError, match=rf"the {P} player masks \[{P}, H, W\] in the order"):   # one game per call
+        FastShapBayesShapley(RepeatScorer(2), weights=checked).explain(image, masks, budget=8)
+    from explainers.occlusion import Occlusion
+    with pytest.raises(ValueError, match="which this method does not take"):
+        Occlusion(RepeatScorer(2), perturbation=PERTURBATION).explain(image, masks)

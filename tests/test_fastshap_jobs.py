@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -225,3 +226,40 @@ def test_the_fingerprint_is_reused_only_while_the_weights_are_unchanged():
     assert weights_fingerprint(scorer) == tensors_sha256(scorer.model.state_dict()) != first
     scorer.model.load_state_dict({k: torch.zeros_like(v) for k, v in scorer.model.state_dict().items()})
     assert weights_fingerprint(scorer) == tensors_sha256(scorer.model.state_dict())
+
+
+class BodyScorers(BodyScorer):
+    """BodyScorer for ``targets`` targets (the same score for each)."""
+
+    def __init__(self, targets: int):
+        self.num_targets = targets
+
+    def __call__(self, images):
+        return super().__call__(images).expand(-1, self.num_targets)
+
+
+def test_a_fastshap_job_explains_an_images_pedestrians_in_one_call(tmp_path):
+    """One group per image (tasks.explain.job_groups): the pedestrians with parts share the unperturbed image's
+    forward (n_forward 1 + T, shared_by T), each plays its own parts; one without parts is an errors row."""
+    from tasks.explain import job_groups, shares_forwards
+
+    job = ExplainJob(method="fastshap", targets="persons", regions="parts", options={"weights": str(parts10_file(
+        tmp_path))})
+    assert shares_forwards(job) and not shares_forwards(job.model_copy(update={"method": "bayes_shapley"}))
+    people = {"p1": body(PARTS10[:4]), "p2": {}, "p3": body(PARTS10[2:9])}
+    targets = [{"image_id": "img", "target_id": t, "kind": "persons", "parts_model": "gt", "parts_id": t}
+               for t in people]
+    item = {"image": {"image_id": "img", "split": "val"}, "targets": targets, "parts": []}
+    assert [len(g) for _, g in job_groups(item, SimpleNamespace(explain=SimpleNamespace(jobs=[job])))] == [3]
+    built = []
+    errors: list[dict] = []
+    image = torch.rand(3, H, W, generator=torch.Generator().manual_seed(0))
+    rows = explain_targets(job, lambda group: built.append(len(group)) or BodyScorers(len(group)), image, targets,
+                           lambda t: people[t["target_id"]], ExplainParams(), 0, "cpu", errors, "img.png")
+    assert [r["target_id"] for r in rows] == ["p1", "p3"] and built[-1] == 2
+    assert [e["message"] for e in errors] == ["fastshap@parts p2: no non-empty body part"]
+    assert all(r["n_forward"] == 3 and r["shared_by"] == 2 for r in rows)
+    assert rows[0]["region_names"] == list(PARTS10[:4]) and rows[1]["region_names"] == list(PARTS10[2:9])
+    for r in rows:
+        assert sum(r["relevance"]) == pytest.approx(r["full_score"] - r["empty_score"], abs=1e-5)
+    assert rows[0]["empty_score"] != pytest.approx(rows[1]["empty_score"], abs=1e-6)
