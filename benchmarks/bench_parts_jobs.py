@@ -31,7 +31,9 @@ from tasks.params import ExplainJob, load_params
 
 def jobs(params) -> dict[str, tuple[ExplainJob, bool]]:
     """The compared jobs on the explain stage's detections: name -> (job, one explain call per pedestrian)."""
-    fastshap = next(j for j in params.explain.jobs if j.method == "fastshap")
+    fastshap = next((j for j in params.explain.jobs if j.method == "fastshap"), None)
+    if fastshap is None:
+        raise SystemExit("bench_parts_jobs: params.yaml has no fastshap job (explain.jobs): nothing to compare")
     base = {"targets": "detections", "regions": "parts", "split": None}
     return {"fastshap (stage: one call per image)": (fastshap.model_copy(update=base), False),
             "fastshap, one call per pedestrian": (fastshap.model_copy(update=base), True),
@@ -94,6 +96,9 @@ def main() -> None:
             n, s = run_job(job, one_by_one, params, image, dets, parts_of, item["image"]["uri"])
             counts[name] += n
             seconds[name].append(s)
+    if not per_image_targets:
+        raise SystemExit(f"bench_parts_jobs: none of the first {args.images} images with detections has one with "
+                         "body parts")
     ref_name = "bayes_shapley@48 (stage)"
     ref = sum(seconds[ref_name]) / max(counts[ref_name], 1)
     results = {"images": len(per_image_targets), "pedestrians": sum(per_image_targets),

@@ -158,13 +158,15 @@ class Explainer:
         (label) r. Without regions, region games use their ``default_regions`` (superpixels). A method with
         ``per_target_regions`` also takes a stack [T, R, H, W]: target t plays on its own masks ``regions[t]`` (a mask
         without a pixel is a dummy player of that target: relevance exactly 0); T must be the scorer's targets, and
-        ``budget`` and ``min_budget`` count forwards per target (the call spends at most budget x T).
+        ``budget`` and ``min_budget`` (asked for one target) count forwards per target (the call spends at most
+        budget x T).
 
         A scorer with ``num_targets == 0`` (e.g. a detector that found nothing on the image) gives an Explanation of
         no targets: saliency [0, H, W], relevance [0, R] (None for pixel methods), no forwards.
 
         Returns saliency [T, H, W] and relevance [T, R] (None for a pixel method without regions), in the scorer's
-        units, with the forwards spent (``n_forward`` <= budget) and the seconds they took.
+        units, with the forwards spent (``n_forward`` <= budget; <= budget x T with per-target regions) and the
+        seconds they took.
 
         Raises ValueError for an image that is not [3, H, W] with H, W >= 1, regions of the wrong shape, with
         negative or non-finite weights, or with no pixel at all; BudgetError (a ValueError) for a budget below
@@ -190,7 +192,8 @@ class Explainer:
                                torch.zeros(0, players.count), n_forward=0, seconds=0.0, method=self.name,
                                options=options)
         M = None if players is None else players.num_players
-        minimum, spent_on = self.min_budget(M, T)
+        each = players is not None and players.masks.ndim == 4          # per-target regions: budgets per target
+        minimum, spent_on = self.min_budget(M, 1 if each else T)
         if budget is not None and budget < minimum:
             what = self.name if M is None else f"{self.name} with {M} region{'s' if M != 1 else ''}"
             raise BudgetError(f"{what} needs at least {minimum} forwards ({spent_on}), got budget {budget}")
@@ -202,8 +205,7 @@ class Explainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start
-        limit = budget * players.masks.shape[0] if budget is not None and players is not None and \
-            players.masks.ndim == 4 else budget                    # per-target regions: a budget per target
+        limit = budget * players.masks.shape[0] if budget is not None and each else budget
         if limit is not None and self._forwards > limit:          # a bug in a method, never a user error
             raise AssertionError(f"{self.name} spent {self._forwards} forwards, budget {limit}")
         self._check_outputs(saliency, relevance, extras, image, players)

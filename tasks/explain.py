@@ -3,11 +3,11 @@ job. A shard's files are written atomically and marked done last, so a re-run af
 and recomputes only the rest; every explanation is seeded from (seed, image, target, job), never from run order.
 
 Incremental re-audits: every explanation *group* (one target of a body-part job; all targets of an image of a
-shared-forward job, ``shared_by``) is keyed by what its rows depend on (:func:`group_key`: image bytes, targets,
-body-part masks, model weights, job, seed, ``saliency_size`` / ``chunk_size``, the job's code) and stored in the
-result store (tasks.result_store); a shard task reuses stored groups and computes only the others, in the same
-order, so its files equal a from-scratch run's. A task gets an :class:`ExplainShard` (image ids and table paths)
-and reads its own rows (:func:`read_items`)."""
+shared-forward job, ``shared_by``: :func:`shares_forwards`) is keyed by what its rows depend on (:func:`group_key`:
+image bytes, targets, body-part masks, model weights, job, seed, ``saliency_size`` / ``chunk_size``, the job's code)
+and stored in the result store (tasks.result_store); a shard task reuses stored groups and computes only the others,
+in the same order, so its files equal a from-scratch run's. A task gets an :class:`ExplainShard` (image ids and table
+paths) and reads its own rows (:func:`read_items`)."""
 from __future__ import annotations
 
 import functools

@@ -58,8 +58,8 @@ def audited_model(params: Params, model: str, key: str | None = None):
     if spec is None:
         raise ValueError(f"params {_key(model, key)}: no {model} to train a policy for (infer.classifier is null)")
     if spec.weights is not None and not Path(spec.weights).is_file():
-        raise FileNotFoundError(f"params {_key(model, key)}: the audited {model}'s weights {spec.weights} not found (run "
-                                f"the models stage first)")
+        raise FileNotFoundError(f"params {_key(model, key)}: the audited {model}'s weights {spec.weights} not found "
+                                f"(run the models stage first)")
     build = classifier_model if model == "classifier" else detector_model
     return build(spec.model_dump_json(), "cpu", params.explain.chunk_size)
 
@@ -97,8 +97,9 @@ def check_given(params: Params, policy: RexlPolicyEntry, src: Path) -> PolicyChe
     if differ:
         raise ValueError(f"params {key}: {src} is a policy of another {', '.join(differ)}: set {policy.key} to "
                          f"match it, or weights: null to train one")
+    scorer = guard_scorer(params, model, key=policy.key)      # its errors name the key themselves
     try:
-        Rexl(guard_scorer(params, model, key=policy.key), policy=ckpt)
+        Rexl(scorer, policy=ckpt)
     except ValueError as exc:
         raise ValueError(f"params {key}: {src}: {exc} (or set {key}: null to train one)") from None
     return ckpt
@@ -161,16 +162,16 @@ def cell_indices(model: str, spec: RexlPolicyParams, kind: str, key: str | None 
     default 2, 3; a detector's head input maps, default 0, 1). Raises ValueError naming ``<key>.features``
     for a model the kind does not serve, insertion mode for a classifier's (its cell policies are deletion-only),
     keys other than kind and the indices', or indices that are not a list of integers."""
-    owner, key, default, what = CELL_KINDS[kind]
+    owner, name, default, what = CELL_KINDS[kind]
     where = f"params {_key(model, key)}.features"
     modes = ("deletion", "insertion") if kind == KIND_DETECTOR_CELLS else ("deletion",)
     if model != owner or spec.mode not in modes:
         raise ValueError(f"{where}: kind {kind!r} is a {owner}'s {' or '.join(modes)} policy, not the {model}'s "
                          f"{spec.mode}")
-    extra = sorted(set(spec.features) - {"kind", key})
+    extra = sorted(set(spec.features) - {"kind", name})
     if extra:
-        raise ValueError(f"{where}: unknown keys {extra} for kind {kind!r} (it takes {key}: {what})")
-    return _int_list(where, key, spec.features.get(key), default)
+        raise ValueError(f"{where}: unknown keys {extra} for kind {kind!r} (it takes {name}: {what})")
+    return _int_list(where, name, spec.features.get(name), default)
 
 
 def detector_layers(model: str, spec: RexlPolicyParams, key: str | None = None) -> tuple[int, ...]:
@@ -197,8 +198,8 @@ def train_options(model: str, spec: RexlPolicyParams, key: str | None = None) ->
     known = set(inspect.signature(trainer).parameters) - {"scorer", "episodes", "images"} - FIXED
     unknown = sorted(set(spec.options) - known)
     if unknown:
-        raise ValueError(f"params {_key(model, key)}.options: unknown {unknown}; {trainer.__name__} takes {sorted(known)} "
-                         f"(the others are keys of the policy's own params)")
+        raise ValueError(f"params {_key(model, key)}.options: unknown {unknown}; {trainer.__name__} takes "
+                         f"{sorted(known)} (the others are keys of the policy's own params)")
     return {k: tuple(v) if isinstance(v, list) else v for k, v in spec.options.items()}
 
 

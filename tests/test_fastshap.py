@@ -242,14 +242,27 @@ def test_bayes_with_the_network_as_prior(trained):
 
 
 class RepeatScorer(LinearScorer):
-    """The additive black box scored for ``targets`` targets at once (the same model, so the same fingerprint)."""
+    """The additive black box scored for ``targets`` targets at once (the same model, so the same fingerprint),
+    target t's score scaled by ``scales[t]`` (so a mixed-up column shows)."""
 
-    def __init__(self, targets: int):
+    def __init__(self, targets: int, scales=(1.0, -2.0, 3.0), chunk_size: int = 64):
         super().__init__()
-        self.num_targets = targets
+        self.num_targets, self.chunk_size = targets, chunk_size
+        self.scales = torch.tensor(scales[:targets])
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return super().__call__(images).expand(-1, self.num_targets)
+        return super().__call__(images) * self.scales
+
+
+class ScaledScorer(LinearScorer):
+    """One target: the additive black box x ``scale`` (the same model)."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.scale = scale
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return super().__call__(images) * self.scale
 
 
 def two_persons(scorer: LinearScorer):
@@ -269,17 +282,19 @@ def test_per_target_regions_explain_every_person_in_one_call(trained):
     rounding), 1 + T model forwards (the image, shared, and each person's empty coalition), 1 explainer forward."""
     scorer, ckpt, _ = trained
     image, masks = two_persons(scorer)
-    both = FastShapParts(RepeatScorer(2), weights=ckpt).explain(image, masks)
-    assert both.n_forward == 3 and both.n_explainer_forward == 1
-    assert both.relevance.shape == (2, P) and both.saliency.shape == (2, SIZE, SIZE)
-    assert both.relevance[1, 1] == 0                                         # person 12's missing part: a dummy
-    for t in range(2):
-        one = FastShapParts(scorer, weights=ckpt).explain(image, masks[t])
-        assert torch.allclose(both.relevance[t], one.relevance[0], atol=1e-5)
-        assert torch.allclose(both.saliency[t], one.saliency[0], atol=1e-5)
-        assert float(both.empty_score[t]) == pytest.approx(float(one.empty_score[0]), abs=1e-6)
-        assert float(both.full_score[t]) == pytest.approx(float(one.full_score[0]), abs=1e-6)
-    assert float(both.empty_score[0]) != pytest.approx(float(both.empty_score[1]), abs=1e-6)   # each its own game
+    singles = [FastShapParts(ScaledScorer(s), weights=ckpt).explain(image, masks[t])
+               for t, s in enumerate((1.0, -2.0))]
+    for chunk in (64, 1):                                     # one scorer call, and one image a call
+        both = FastShapParts(RepeatScorer(2, chunk_size=chunk), weights=ckpt).explain(image, masks)
+        assert both.n_forward == 3 and both.n_explainer_forward == 1
+        assert both.relevance.shape == (2, P) and both.saliency.shape == (2, SIZE, SIZE)
+        assert both.relevance[1, 1] == 0                                     # person 12's missing part: a dummy
+        for t, one in enumerate(singles):
+            assert torch.allclose(both.relevance[t], one.relevance[0], atol=1e-5)
+            assert torch.allclose(both.saliency[t], one.saliency[0], atol=1e-5)
+            assert float(both.empty_score[t]) == pytest.approx(float(one.empty_score[0]), abs=1e-6)
+            assert float(both.full_score[t]) == pytest.approx(float(one.full_score[0]), abs=1e-6)
+    assert float(singles[0].empty_score[0]) != pytest.approx(float(-0.5 * singles[1].empty_score[0]), abs=1e-6)
     with pytest.raises(BudgetError):
         FastShapParts(RepeatScorer(2), weights=ckpt).explain(image, masks, budget=1)
 

@@ -130,6 +130,10 @@ def test_the_report_shows_explainer_forwards_and_the_held_out_check():
     explanations = pd.DataFrame(rows * 2)
     cost = cost_table(explanations).set_index("job")
     assert cost.loc["fastshap@parts", "explainer forwards / explanation"] == 1
+    shared = pd.DataFrame([{**rows[0], "n_forward": 4, "shared_by": 3}] * 3)      # one call for 3 pedestrians
+    per_image = cost_table(shared).set_index("job")
+    assert per_image.loc["fastshap@parts", "explainer forwards / explanation"] == pytest.approx(1 / 3)
+    assert per_image.loc["fastshap@parts", "forwards / explanation"] == pytest.approx(4 / 3)
     assert cost.loc["bayes_shapley@parts", "explainer forwards / explanation"] == 0
     assert cost.loc["bayes_shapley@parts", "forwards / explanation"] == 48
     learned = learned_table(explanations)
@@ -229,13 +233,14 @@ def test_the_fingerprint_is_reused_only_while_the_weights_are_unchanged():
 
 
 class BodyScorers(BodyScorer):
-    """BodyScorer for ``targets`` targets (the same score for each)."""
+    """BodyScorer for the targets ``ids``, target p<k>'s score scaled by k (so a mixed-up column shows)."""
 
-    def __init__(self, targets: int):
-        self.num_targets = targets
+    def __init__(self, ids: list[str]):
+        self.num_targets = len(ids)
+        self.scales = torch.tensor([float(i[1:]) for i in ids])
 
     def __call__(self, images):
-        return super().__call__(images).expand(-1, self.num_targets)
+        return super().__call__(images) * self.scales
 
 
 def test_a_fastshap_job_explains_an_images_pedestrians_in_one_call(tmp_path):
@@ -254,12 +259,20 @@ def test_a_fastshap_job_explains_an_images_pedestrians_in_one_call(tmp_path):
     built = []
     errors: list[dict] = []
     image = torch.rand(3, H, W, generator=torch.Generator().manual_seed(0))
-    rows = explain_targets(job, lambda group: built.append(len(group)) or BodyScorers(len(group)), image, targets,
-                           lambda t: people[t["target_id"]], ExplainParams(), 0, "cpu", errors, "img.png")
+    rows = explain_targets(job, lambda group: built.append(len(group)) or BodyScorers([t["target_id"] for t in group]),
+                           image, targets, lambda t: people[t["target_id"]], ExplainParams(), 0, "cpu", errors,
+                           "img.png")
     assert [r["target_id"] for r in rows] == ["p1", "p3"] and built[-1] == 2
     assert [e["message"] for e in errors] == ["fastshap@parts p2: no non-empty body part"]
     assert all(r["n_forward"] == 3 and r["shared_by"] == 2 for r in rows)
     assert rows[0]["region_names"] == list(PARTS10[:4]) and rows[1]["region_names"] == list(PARTS10[2:9])
     for r in rows:
         assert sum(r["relevance"]) == pytest.approx(r["full_score"] - r["empty_score"], abs=1e-5)
-    assert rows[0]["empty_score"] != pytest.approx(rows[1]["empty_score"], abs=1e-6)
+    for r in rows:                       # each row is its own pedestrian's game: one explain call of that target
+        alone = explain_targets(job, lambda group: BodyScorers([g["target_id"] for g in group]), image,
+                                [t for t in targets if t["target_id"] == r["target_id"]],
+                                lambda t: people[t["target_id"]], ExplainParams(), 0, "cpu", [], "img.png")[0]
+        assert alone["n_forward"] == 2 and alone["region_names"] == r["region_names"]
+        assert (alone["full_score"], alone["empty_score"]) == pytest.approx((r["full_score"], r["empty_score"]),
+                                                                            abs=1e-6)
+        assert alone["relevance"] == pytest.approx(r["relevance"], abs=1e-5)
