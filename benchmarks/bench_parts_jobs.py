@@ -1,7 +1,8 @@
-"""Cost of a pedestrian's body-part explanation in the explain stage: the learned ``fastshap`` job (one call per
-pedestrian, and one call per image with each pedestrian's own players, ``per_target_regions``) against the
-sampling ``bayes_shapley`` job at its default 48 forwards, on the same detections of the same images, interleaved
-image by image in one run (the CPU's speed drifts between days: only the ratios within a run compare).
+"""Cost of a pedestrian's body-part explanation in the explain stage: the learned ``fastshap`` and ``rexl`` parts jobs
+of params.yaml (one call per pedestrian, and one call per image with each pedestrian's own regions,
+``per_target_regions``) against the sampling ``bayes_shapley`` job at its default 48 forwards, on the same
+detections of the same images, interleaved image by image in one run (the CPU's speed drifts between days: only
+the ratios within a run compare).
 
 Timed per image: what ``tasks.explain.explain_targets`` does for the job (building the method on the image's
 scorer, the players' masks, ``explain``), not the image decoding or the masks' RLE decoding that every job shares.
@@ -24,20 +25,25 @@ import torch
 from bench_models import write_results
 from explainers.registry import METHODS
 from tasks import stages
-from tasks.explain import ExplainShard, _player_regions, explain_targets, parts_lookup, read_items
+from tasks.explain import ExplainShard, _player_regions, _regions, explain_targets, parts_lookup, read_items
 from tasks.model_cache import detection_scorer, load_image
 from tasks.params import ExplainJob, load_params
 
 
 def jobs(params) -> dict[str, tuple[ExplainJob, bool]]:
-    """The compared jobs on the explain stage's detections: name -> (job, one explain call per pedestrian)."""
-    fastshap = next((j for j in params.explain.jobs if j.method == "fastshap"), None)
-    if fastshap is None:
-        raise SystemExit("bench_parts_jobs: params.yaml has no fastshap job (explain.jobs): nothing to compare")
+    """The compared jobs on the explain stage's detections: name -> (job, one explain call per pedestrian): the
+    params' ``fastshap`` and ``rexl`` parts jobs as the stage runs them and one call per pedestrian, and
+    ``bayes_shapley`` at 48 forwards (the reference)."""
     base = {"targets": "detections", "regions": "parts", "split": None}
-    return {"fastshap (stage: one call per image)": (fastshap.model_copy(update=base), False),
-            "fastshap, one call per pedestrian": (fastshap.model_copy(update=base), True),
-            "bayes_shapley@48 (stage)": (ExplainJob(method="bayes_shapley", budget=48, **base), False)}
+    out = {}
+    for job in params.explain.jobs:
+        if job.method in ("fastshap", "rexl") and job.regions == "parts":
+            job = job.model_copy(update=base)
+            out[f"{job.name} (stage: one call per image)"] = (job, False)
+            out[f"{job.name}, one call per pedestrian"] = (job, True)
+    if not out:
+        raise SystemExit("bench_parts_jobs: params.yaml has no fastshap or rexl parts job (explain.jobs)")
+    return {**out, "bayes_shapley@48 (stage)": (ExplainJob(method="bayes_shapley", budget=48, **base), False)}
 
 
 def run_job(job: ExplainJob, one_by_one: bool, params, image, targets, parts_of, uri: str) -> tuple[int, float]:
@@ -54,7 +60,8 @@ def run_job(job: ExplainJob, one_by_one: bool, params, image, targets, parts_of,
         for t in targets:
             method = METHODS[job.method](detection_scorer(params, "cpu", [t]), chunk_size=params.explain.chunk_size,
                                          **job.options)
-            _, masks = _player_regions(method.players, image, parts_of(t))
+            _, masks = (_player_regions(method.players, image, parts_of(t)) if method.fixed_players
+                        else _regions(job, image, parts_of(t)))
             if masks is not None:
                 method.explain(image, masks, budget=job.budget, seed=0)
                 n += 1
@@ -111,7 +118,7 @@ def main() -> None:
         results["jobs"][name] = {"explanations": counts[name], "seconds": round(sum(seconds[name]), 3),
                                  "ms_per_pedestrian": round(1000 * per, 2),
                                  "bayes_shapley@48 / this": round(ref / per, 2)}
-        print(f"  {name:36s} {1000 * per:8.1f} ms / pedestrian   bayes_shapley@48 / this: {ref / per:6.1f}x")
+        print(f"  {name:56s} {1000 * per:8.1f} ms / pedestrian   bayes_shapley@48 / this: {ref / per:6.1f}x")
     write_results(args.out, results)
 
 

@@ -348,7 +348,13 @@ def paint(relevance: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
 
 
 def region_means(saliency: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
-    """Mean saliency inside each region: [T, H, W] x [R, H, W] -> [T, R] (0 for empty regions)."""
+    """Mean saliency inside each region: [T, H, W] x [R, H, W] -> [T, R] (0 for empty regions); per-target regions
+    [T, R, H, W]: target t's map over its own regions."""
+    if regions.ndim == 4:
+        T, R = regions.shape[:2]
+        flat = regions.reshape(T, R, -1).to(saliency)
+        sums = torch.bmm(flat, saliency.reshape(T, -1, 1))[..., 0]
+        return sums / flat.sum(2).clamp_min(1)
     R = regions.shape[0]
     flat = regions.reshape(R, -1)
     return (saliency.reshape(saliency.shape[0], -1) @ flat.T) / flat.sum(1).clamp_min(1)

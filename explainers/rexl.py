@@ -743,12 +743,14 @@ class Rexl(Explainer):
     ``ClassifierScorer``), ``box`` its ``target_boxes`` (``DRiseScorer``): ValueError when the scorer has none.
 
     Returns saliency [T, H, W] in score units, relevance [T, R] = mean saliency per region when regions are given
-    (they only summarise the map: ``accepts_regions`` False), full_score / empty_score [T], the roll-outs in
-    :class:`RexlExplanation` and ``options['n_feature_forward']``. Spends exactly 2 + T (k^2 - 1) model forwards (the
-    minimum budget; BudgetError below it) and the feature forwards of the module docstring (one pass gives both where
-    :func:`fused_pass` applies)."""
+    (they only summarise the map: ``accepts_regions`` False; per-target regions [T, R, H, W], each pedestrian's own
+    parts: target t's map over its own), full_score / empty_score [T], the roll-outs in :class:`RexlExplanation` and
+    ``options['n_feature_forward']``. Spends exactly 2 + T (k^2 - 1) model forwards (the minimum budget; BudgetError
+    below it; per-target regions: k^2 + 1 a target) and the feature forwards of the module docstring (one pass gives
+    both where :func:`fused_pass` applies). The T roll-outs advance together, one batched model call a step."""
 
     name = "rexl"
+    per_target_regions = True          # regions only summarise each target's map: any regions per target will do
     needs_trained_weights = True
     trained_file_option = "policy"
     trained_file_hint = "models/rexl/<model>_<mode>.pt of the models_rexl stage, or python -m tasks.rexl_train"

@@ -275,35 +275,59 @@ def shares_forwards(job: ExplainJob) -> bool:
     return job.regions != "parts" or METHODS[job.method].per_target_regions
 
 
-def _each_targets_players(job: ExplainJob, players: tuple[str, ...], image: torch.Tensor, targets: list[dict],
-                          parts_of, errors: list[dict], uri: str) -> tuple[list[dict], torch.Tensor | None]:
-    """(targets, masks [T, P, H, W]) of a per-target-regions job: every target's player masks
-    (:func:`_player_regions`); a target without a body part becomes an ``errors`` row and is left out. Raises
-    ValueError for parts that are no players (the whole job's fault)."""
-    kept, stack = [], []
+def _each_targets_regions(job: ExplainJob, players: tuple[str, ...] | None, image: torch.Tensor,
+                          targets: list[dict], parts_of, errors: list[dict],
+                          uri: str) -> tuple[list[dict], list[str], torch.Tensor | None, list[list[str]]]:
+    """(targets, names, masks [T, R, H, W], each target's own parts) of a per-target-regions job: the R regions are
+    the trained ``players`` of a fixed-player method (:func:`_player_regions`), else every body part with a pixel in
+    some target (first seen first), each target's masks in that order (empty where it has no such part); a target's
+    own parts are its parts with a pixel in its own order (what a one-target call would list). A target without a
+    body part becomes an ``errors`` row and is left out. Raises ValueError for parts that are no players (the whole
+    job's fault)."""
+    kept, own, found = [], [], []
     for t in targets:
-        _, masks = _player_regions(players, image, parts_of(t))
-        if masks is None:
+        parts = parts_of(t)
+        if players is not None:
+            _player_regions(players, image, parts)                   # its ValueError: parts that are no players
+        mine = [n for n in (players if players is not None else parts) if n in parts and bool(parts[n].any())]
+        if not mine:
             errors.append(error_row("explain", uri, "ValueError", f"{job.name} {t['target_id']}: no non-empty "
                                     "body part", t["image_id"]))
             continue
         kept.append(t)
-        stack.append(masks)
-    return kept, torch.stack(stack) if stack else None
+        own.append(mine)
+        found.append(parts)
+    names = list(players) if players is not None else list(dict.fromkeys(n for mine in own for n in mine))
+    if not kept:
+        return kept, names, None, own
+    empty = torch.zeros(image.shape[-2:], dtype=torch.bool, device=image.device)
+    masks = torch.stack([torch.stack([parts[n].to(image.device) if n in mine else empty for n in names])
+                         for parts, mine in zip(found, own)])
+    return kept, names, masks, own
+
+
+def _own_regions(row: dict, names: list[str], own: list[str]) -> None:
+    """A per-target-regions row lists its target's own parts (``own``, in its order) and their relevance, as a
+    one-target call would, out of the call's common ``names``."""
+    index = [names.index(n) for n in own]
+    row["region_names"] = list(own)
+    if row["relevance"] is not None:
+        row["relevance"] = [row["relevance"][i] for i in index]
 
 
 def _method_and_regions(job: ExplainJob, scorer_for, image: torch.Tensor, group: list[dict], parts_of,
                         cfg: ExplainParams, errors: list[dict], uri: str):
     """(method, targets, region names, masks) of one group: the job's method on the group's scorer and its
-    players (None for pixel jobs; [T, P, H, W] for a per-target-regions job, whose targets without a body part
-    become ``errors`` rows and leave the group, possibly empty). Raises ValueError when the group has no usable
-    region."""
+    players (None for pixel jobs). A per-target-regions job's masks are [T, R, H, W] and its names a pair (the R
+    common names, each target's own parts: :func:`_each_targets_regions`); its targets without a body part become
+    ``errors`` rows and leave the group, possibly empty. Raises ValueError when the group has no usable region."""
     method = METHODS[job.method](scorer_for(group), chunk_size=cfg.chunk_size, **job.options)
     if job.regions == "parts" and method.per_target_regions:
-        kept, masks = _each_targets_players(job, method.players, image, group, parts_of, errors, uri)
+        players = tuple(method.players) if method.fixed_players else None
+        kept, names, masks, own = _each_targets_regions(job, players, image, group, parts_of, errors, uri)
         if kept and len(kept) < len(group):        # the scorer's targets are the explained ones
             method = METHODS[job.method](scorer_for(kept), chunk_size=cfg.chunk_size, **job.options)
-        return method, kept, list(method.players), masks
+        return method, kept, (names, own), masks
     if method.fixed_players:
         names, masks = _player_regions(method.players, image, parts_of(group[0]))
     else:
@@ -339,10 +363,15 @@ def explain_targets(job: ExplainJob, scorer_for, image: torch.Tensor, targets: l
             errors.append(error_row("explain", uri, type(exc).__name__, f"{job.name} {which}: {exc}",
                                     first["image_id"]))
             continue
+        own = None
+        if each:
+            names, own = names
         new = [_row(t, job, exp, i, len(group), names, cfg, s, device) for i, t in enumerate(group)]
-        if method.fixed_players:                 # rows list the players with a pixel, as for every parts job
-            for i, row in enumerate(new):
-                _drop_empty_players([row], masks[i] if each else masks)
+        if each:                                 # each row lists its own target's parts, as a one-target call would
+            for row, mine in zip(new, own):
+                _own_regions(row, names, mine)
+        elif method.fixed_players:               # rows list the players with a pixel, as for every parts job
+            _drop_empty_players(new, masks)
         for t, row, graph in zip(group, new, getattr(exp, "graphs", None) or []):   # a sag job: its graphs
             row["sag"] = graph.rows(names, summary=True, image_id=t["image_id"], target_id=t["target_id"],
                                     kind=t["kind"], job=job.name)

@@ -262,3 +262,31 @@ def test_an_insertion_policy_restores_first_the_only_cell_the_detector_sees(tmp_
     apart = separate.explain(unseen)
     assert torch.equal(exp.order, apart.order) and apart.n_feature_forward == 2 + (n - 2)
     torch.testing.assert_close(exp.curve, apart.curve)
+
+
+def test_one_call_explains_each_pedestrian_over_its_own_parts():
+    """Per-target regions [T, R, H, W] (each pedestrian's own parts): the T roll-outs advance together, one batched
+    detector call a step (2 + T (k^2 - 1) forwards: the image and the baseline shared), each target's order and map
+    those of its own call, and its relevance the mean of its own map over its own parts."""
+    from detection.models.yolo import YoloDetector
+    from tests.conftest import REPO
+
+    det = YoloDetector(REPO / "weights/demo/detector.pt", imgsz=320, device="cpu")
+    image = torch.rand(3, 240, 320, generator=torch.Generator().manual_seed(2))
+    boxes = torch.tensor([[40.0, 30.0, 120.0, 220.0], [180.0, 60.0, 260.0, 230.0]])
+    policy = REPO / "weights/demo/rexl_detector_deletion_cells.pt"
+    n = PolicyCheckpoint.load(policy).grid ** 2
+    masks = torch.zeros(2, 3, 240, 320, dtype=torch.bool)
+    masks[0, 0, 30:90, 40:120], masks[0, 1, 90:220, 40:120] = True, True          # target 0: two parts
+    masks[1, 2, 60:230, 180:260] = True                                          # target 1: one (others empty)
+    both = Rexl(DRiseScorer(det, boxes, torch.ones(2, 1)), policy=policy).explain(image, masks)
+    assert both.n_forward == 2 + 2 * (n - 1) and both.relevance.shape == (2, 3)
+    for t in range(2):
+        one = Rexl(DRiseScorer(det, boxes[t:t + 1], torch.ones(1, 1)), policy=policy).explain(image, masks[t])
+        assert torch.equal(both.order[t], one.order[0])
+        torch.testing.assert_close(both.saliency[t], one.saliency[0], atol=1e-5, rtol=1e-4)
+        mine = masks[t].flatten(1).any(1)
+        torch.testing.assert_close(both.relevance[t][mine], one.relevance[0][mine], atol=1e-5, rtol=1e-4)
+        expected = (both.saliency[t] * masks[t].float()).flatten(1).sum(1) / masks[t].flatten(1).sum(1).clamp_min(1)
+        torch.testing.assert_close(both.relevance[t], expected, atol=1e-5, rtol=1e-4)
+    assert both.relevance[1, 0] == 0 and both.relevance[1, 1] == 0
