@@ -48,8 +48,8 @@ def jobs(params) -> dict[str, tuple[ExplainJob, bool]]:
 
 def run_job(job: ExplainJob, one_by_one: bool, params, image, targets, parts_of, uri: str) -> tuple[int, float]:
     """(explanations, seconds) of one job on one image's detections: as the explain stage runs it
-    (``tasks.explain.explain_targets``), or one explain call per pedestrian (how the stage ran ``fastshap`` before
-    it took per-target regions)."""
+    (``tasks.explain.explain_targets``), or one explain call per pedestrian (how the stage ran these jobs before
+    their methods took per-target regions)."""
     errors: list[dict] = []
     start = time.perf_counter()
     if not one_by_one:

@@ -310,19 +310,20 @@ def region_set(regions: torch.Tensor, size: tuple[int, int], device: torch.devic
 
 def target_region_set(regions: torch.Tensor, size: tuple[int, int], device: torch.device | str = "cpu") -> RegionSet:
     """Per-target regions [T, R, H, W] (bool, or float weights >= 0) as players: every one of the R columns is
-    kept (a mask without a pixel is that target's dummy player), masks [T, R, H, W] float. Raises ValueError for
-    the wrong shape, negative or non-finite weights, no region, or a target none of whose masks has a pixel
-    (naming the targets)."""
+    kept (a mask without a pixel is that target's dummy player), masks [T, R, H, W] as given (bool stays bool: a
+    method converts one target's masks at a time, so memory does not grow T-fold in float; other dtypes become
+    float). Raises ValueError for the wrong shape, negative or non-finite weights, no region, or a target none of
+    whose masks has a pixel (naming the targets)."""
     regions = torch.as_tensor(regions, device=device)
     if regions.ndim != 4 or tuple(regions.shape[-2:]) != tuple(size) or regions.shape[1] == 0:
         raise ValueError(f"per-target regions must be [T, R, H, W] masks with R >= 1 matching the image "
                          f"{tuple(size)}, got {tuple(regions.shape)}")
-    masks = regions.float()
+    masks = regions if regions.dtype == torch.bool else regions.float()
     if regions.dtype.is_floating_point and not bool((torch.isfinite(masks) & (masks >= 0)).all()):
         raise ValueError("regions: mask weights must be finite and >= 0, got "
                          f"min {float(masks.nan_to_num(0).min()):.3g} and {int((~torch.isfinite(masks)).sum())} "
                          "non-finite values")
-    blank = (masks.flatten(1).amax(1) <= 0).nonzero()[:, 0].tolist()
+    blank = (~(masks.flatten(1) > 0).any(1)).nonzero()[:, 0].tolist()
     if blank:
         raise ValueError(f"regions: target(s) {blank} have no region with a pixel: nothing to attribute")
     R = regions.shape[1]
@@ -340,9 +341,10 @@ def as_region_masks(regions: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
 def paint(relevance: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
     """Region relevance [T, R] onto pixels -> [T, H, W] with one matrix product (per-target regions
     [T, R, H, W]: one batched product, target t painted with its own masks)."""
-    if regions.ndim == 4:
+    if regions.ndim == 4:                    # one target at a time: bool masks are made float per target only
         T, R, H, W = regions.shape
-        return torch.bmm(relevance.to(regions).unsqueeze(1), regions.reshape(T, R, H * W)).reshape(T, H, W)
+        return torch.stack([(relevance[t].float() @ regions[t].reshape(R, H * W).float()).reshape(H, W)
+                            for t in range(T)]) if T else relevance.new_zeros(0, H, W).float()
     R, H, W = regions.shape
     return (relevance @ regions.reshape(R, H * W)).reshape(-1, H, W)
 
@@ -350,11 +352,13 @@ def paint(relevance: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
 def region_means(saliency: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
     """Mean saliency inside each region: [T, H, W] x [R, H, W] -> [T, R] (0 for empty regions); per-target regions
     [T, R, H, W]: target t's map over its own regions."""
-    if regions.ndim == 4:
+    if regions.ndim == 4:                    # one target at a time: bool masks are made float per target only
         T, R = regions.shape[:2]
-        flat = regions.reshape(T, R, -1).to(saliency)
-        sums = torch.bmm(flat, saliency.reshape(T, -1, 1))[..., 0]
-        return sums / flat.sum(2).clamp_min(1)
+        out = []
+        for t in range(T):
+            flat = regions[t].reshape(R, -1).to(saliency)
+            out.append((flat @ saliency[t].reshape(-1)) / flat.sum(1).clamp_min(1))
+        return torch.stack(out) if out else saliency.new_zeros(0, R)
     R = regions.shape[0]
     flat = regions.reshape(R, -1)
     return (saliency.reshape(saliency.shape[0], -1) @ flat.T) / flat.sum(1).clamp_min(1)

@@ -315,7 +315,7 @@ class FastShapParts(CountsExplainerForwards, Explainer):
         ``chunk_size``; target t's empty score is row 1 + t's column t."""
         T = regions.shape[0]
         composite = Compositor(image, self.perturbation.baseline(image))
-        shown = (1 - regions.sum(1)).clamp(0, 1)                                       # [T, H, W]
+        shown = torch.stack([(1 - m.to(image).sum(0)).clamp(0, 1) for m in regions])   # [T, H, W]
         batch = torch.cat([torch.ones_like(shown[:1]), shown])
         scores = torch.cat([self.score(composite(batch[s:s + self.chunk_size]))
                             for s in range(0, T + 1, self.chunk_size)])                  # [1 + T, T]
@@ -334,7 +334,7 @@ class FastShapParts(CountsExplainerForwards, Explainer):
         T = full.shape[0]
         if regions.ndim == 4:
             masks, columns = regions, torch.arange(P, device=self.device)
-            present = masks.flatten(2).amax(2) > 0                                          # [T, P]
+            present = (masks.flatten(2) > 0).any(2)                                         # [T, P]
         else:
             columns = self._columns.to(self.device)
             masks = regions.new_zeros(P, *regions.shape[1:]).index_copy_(0, columns, regions)[None]

@@ -747,7 +747,8 @@ class Rexl(Explainer):
     parts: target t's map over its own), full_score / empty_score [T], the roll-outs in :class:`RexlExplanation` and
     ``options['n_feature_forward']``. Spends exactly 2 + T (k^2 - 1) model forwards (the minimum budget; BudgetError
     below it; per-target regions: k^2 + 1 a target) and the feature forwards of the module docstring (one pass gives
-    both where :func:`fused_pass` applies). The T roll-outs advance together, one batched model call a step."""
+    both where :func:`fused_pass` applies). The T roll-outs advance together, one batched model call a step (each
+    the roll-out of a one-target call up to float rounding of the batch, which could flip a tie between cells)."""
 
     name = "rexl"
     per_target_regions = True          # regions only summarise each target's map: any regions per target will do

@@ -2,12 +2,12 @@
 job. A shard's files are written atomically and marked done last, so a re-run after a crash skips finished shards
 and recomputes only the rest; every explanation is seeded from (seed, image, target, job), never from run order.
 
-Incremental re-audits: every explanation *group* (one target of a body-part job; all targets of an image of a
-shared-forward job, ``shared_by``: :func:`shares_forwards`) is keyed by what its rows depend on (:func:`group_key`:
-image bytes, targets, body-part masks, model weights, job, seed, ``saliency_size`` / ``chunk_size``, the job's code)
-and stored in the result store (tasks.result_store); a shard task reuses stored groups and computes only the others,
-in the same order, so its files equal a from-scratch run's. A task gets an :class:`ExplainShard` (image ids and table
-paths) and reads its own rows (:func:`read_items`)."""
+Incremental re-audits: every explanation *group* (one target of a body-part job whose method plays one target per
+call; all targets of an image of a shared-forward job, ``shared_by``: :func:`shares_forwards`) is keyed by what its
+rows depend on (:func:`group_key`: image bytes, targets, body-part masks, model weights, job, seed,
+``saliency_size`` / ``chunk_size``, the job's code) and stored in the result store (tasks.result_store); a shard task
+reuses stored groups and computes only the others, in the same order, so its files equal a from-scratch run's. A
+task gets an :class:`ExplainShard` (image ids and table paths) and reads its own rows (:func:`read_items`)."""
 from __future__ import annotations
 
 import functools
@@ -346,7 +346,7 @@ def explain_targets(job: ExplainJob, scorer_for, image: torch.Tensor, targets: l
     A target the method cannot explain (no usable region, budget too small) becomes an ``errors`` row. A ``sag`` job's
     rows carry its graph's ``sag`` table rows under the transient key ``sag`` (not a column, like ``seconds``)."""
     shared = shares_forwards(job)
-    each = job.regions == "parts" and shared           # one call, each target its own players [T, P, H, W]
+    each = job.regions == "parts" and shared           # one call, each target its own regions [T, R, H, W]
     groups = [targets] if shared else [[t] for t in targets]
     rows = []
     for group in groups:

@@ -25,7 +25,7 @@ SHAPLEY = {"exact_shapley", "kernel_shap", "bayes_shapley", "permutation_shapley
            "sag", "fastshap", "fastshap_bayes"}           # SAG's relevance: its heuristic's BayesShapley values
 GRADIENTS = {"integrated_gradients", "input_x_gradient", "grad_cam", "igos_pp"}
 CAPABILITIES = ("needs_regions", "accepts_regions", "needs_detections", "needs_gradients", "needs_trained_weights",
-                "shapley_values", "fixed_players")
+                "shapley_values", "fixed_players", "per_target_regions")
 
 
 def stripes(M: int) -> torch.Tensor:
@@ -71,6 +71,7 @@ def test_capabilities_say_what_the_validation_enforced():
     assert set(method_names(needs_gradients=True)) == GRADIENTS
     assert method_names(needs_trained_weights=True) == ["rexl", "fastshap", "fastshap_bayes"]
     assert method_names(fixed_players=True) == ["fastshap", "fastshap_bayes"]       # FastSHAP's trained players
+    assert method_names(per_target_regions=True) == ["rexl", "fastshap"]           # each target's own regions
     for name in method_names(needs_trained_weights=True):
         assert METHODS[name].trained_file_option in ("policy", "weights") and METHODS[name].trained_file_hint
     assert set(method_names(needs_regions=True)) == set(METHODS) - {"rise", "drise", "decam", "rexl"} - GRADIENTS
@@ -213,3 +214,53 @@ def test_a_method_returning_the_wrong_shapes_is_a_bug():
         Flat(StripeScorer()).explain(ones())
     with pytest.raises(AssertionError, match=r"relevance None, expected \(2, 3\)"):
         Flat(StripeScorer()).explain(ones(), stripes(3))
+
+
+class OneTarget:
+    """Target ``t`` of a scorer, alone (its fingerprint kept)."""
+
+    def __init__(self, scorer, t: int):
+        self.scorer, self.t = scorer, t
+        self.device, self.chunk_size, self.num_targets = scorer.device, scorer.chunk_size, 1
+        self.weights_sha256 = getattr(scorer, "weights_sha256", None)
+
+    def __call__(self, images):
+        return self.scorer(images)[:, self.t:self.t + 1]
+
+
+@pytest.mark.parametrize("name", method_names(per_target_regions=True))
+def test_per_target_regions_give_each_target_its_own_call(name):
+    """Every method that takes regions [T, R, H, W]: target t's row is its one-target call on its own regions
+    (a region without a pixel of that target: relevance 0), within the budget per target."""
+    cls = METHODS[name]
+    regions = torch.stack([stripes(3), stripes(3)])
+    regions[1, 1] = False                                           # target 1 lacks the middle stripe
+    scorer = StripeScorer()
+    both = build(cls, scorer, 3, perturbation=Constant(0.0)).explain(ones() * 0.5, regions, budget=40, seed=0)
+    assert both.relevance.shape == (2, 3) and both.saliency.shape == (2, H, W) and both.n_forward <= 2 * 40
+    assert both.relevance[1, 1] == 0
+    for t in range(2):
+        one = build(cls, OneTarget(scorer, t), 3, perturbation=Constant(0.0)).explain(ones() * 0.5, regions[t],
+                                                                                      budget=40, seed=0)
+        torch.testing.assert_close(both.relevance[t], one.relevance[0], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(both.saliency[t], one.saliency[0], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="hold 2 targets' players, the scorer has 3 targets"):
+        build(cls, StripeScorer3(), 3, perturbation=Constant(0.0)).explain(ones(), regions, budget=40)
+
+
+class StripeScorer3(StripeScorer):
+    """StripeScorer with a third target (the first stripe alone)."""
+
+    num_targets = 3
+
+    def __call__(self, images):
+        z = images[:, 0].reshape(images.shape[0], -1) @ self.weights
+        return torch.cat([super().__call__(images), z[:, :1]], 1)
+
+
+@pytest.mark.parametrize("name", sorted(set(METHODS) - set(method_names(per_target_regions=True))))
+def test_methods_without_per_target_regions_refuse_them(name):
+    cls = METHODS[name]
+    regions = torch.stack([stripes(3), stripes(3)])
+    with pytest.raises(ValueError, match=r"which this method does not take|the 3 player masks \[3, H, W\] in"):
+        build(cls, StripeScorer(), 3, perturbation=Constant(0.0)).explain(ones(), regions, budget=40)
