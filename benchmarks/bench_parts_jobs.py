@@ -8,7 +8,8 @@ Timed per image: what ``tasks.explain.explain_targets`` does for the job (buildi
 scorer, the players' masks, ``explain``), not the image decoding or the masks' RLE decoding that every job shares.
 Needs the pipeline's data (``dvc repro explain`` wrote the targets table) and the models stage's files.
 
-    python benchmarks/bench_parts_jobs.py [--images 60] [--threads 1] [--out benchmarks/results/parts_jobs.json]
+    python benchmarks/bench_parts_jobs.py [--images 60] [--threads 1] [--methods fastshap rexl]
+                                          [--out benchmarks/results/parts_jobs.json]
 """
 from __future__ import annotations
 
@@ -30,19 +31,19 @@ from tasks.model_cache import detection_scorer, load_image
 from tasks.params import ExplainJob, load_params
 
 
-def jobs(params) -> dict[str, tuple[ExplainJob, bool]]:
+def jobs(params, methods: tuple[str, ...] = ("fastshap", "rexl")) -> dict[str, tuple[ExplainJob, bool]]:
     """The compared jobs on the explain stage's detections: name -> (job, one explain call per pedestrian): the
     params' ``fastshap`` and ``rexl`` parts jobs as the stage runs them and one call per pedestrian, and
     ``bayes_shapley`` at 48 forwards (the reference)."""
     base = {"targets": "detections", "regions": "parts", "split": None}
     out = {}
     for job in params.explain.jobs:
-        if job.method in ("fastshap", "rexl") and job.regions == "parts":
+        if job.method in methods and job.regions == "parts":
             job = job.model_copy(update=base)
             out[f"{job.name} (stage: one call per image)"] = (job, False)
             out[f"{job.name}, one call per pedestrian"] = (job, True)
     if not out:
-        raise SystemExit("bench_parts_jobs: params.yaml has no fastshap or rexl parts job (explain.jobs)")
+        raise SystemExit(f"bench_parts_jobs: params.yaml has no parts job of {list(methods)} (explain.jobs)")
     return {**out, "bayes_shapley@48 (stage)": (ExplainJob(method="bayes_shapley", budget=48, **base), False)}
 
 
@@ -72,6 +73,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=60, help="the first N images with detections that have parts")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--methods", nargs="+", default=["fastshap", "rexl"], choices=["fastshap", "rexl"],
+                    help="the learned methods whose parts jobs are compared (rexl's take minutes)")
     ap.add_argument("--out", default="benchmarks/results/parts_jobs.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -82,7 +85,7 @@ def main() -> None:
     items = read_items(ExplainShard(shard=0, image_ids=ids[:args.images], images=str(stages.pull(params).path(
         "images")), targets=str(explain_out.path("targets")), parts=str(stages.parts(params).path("parts")),
         cache_dir=None, bases={}))
-    compared = jobs(params)
+    compared = jobs(params, tuple(args.methods))
     seconds = {name: [] for name in compared}
     counts = dict.fromkeys(compared, 0)
     per_image_targets = []
