@@ -221,15 +221,21 @@ def _regions(job: ExplainJob, image: torch.Tensor, parts: dict[str, torch.Tensor
     return [f"r{i:03d}" for i in range(masks.shape[0])], masks
 
 
+def _check_players(players: tuple[str, ...], parts: dict[str, torch.Tensor]) -> None:
+    """Raises ValueError naming the body parts that are no ``players`` of a trained file (the parts stage's
+    grouping is not the trained one)."""
+    unknown = sorted(set(parts) - set(players))
+    if unknown:
+        raise ValueError(f"body parts {unknown} are no players of the trained file ({list(players)}): its grouping "
+                         f"is not parts.grouping")
+
+
 def _player_regions(players: tuple[str, ...], image: torch.Tensor, parts: dict[str, torch.Tensor]):
     """(players, masks [P, H, W]) of a method that plays the players its trained file names (``fixed_players``):
     the target's body-part masks in that order, an empty mask for a part without a pixel; masks None when no part
     has one. Raises ValueError naming the parts that are no players (the parts stage's grouping is not the trained
     one)."""
-    unknown = sorted(set(parts) - set(players))
-    if unknown:
-        raise ValueError(f"body parts {unknown} are no players of the trained file ({list(players)}): its grouping "
-                         f"is not parts.grouping")
+    _check_players(players, parts)
     empty = torch.zeros(image.shape[-2:], dtype=torch.bool, device=image.device)
     masks = torch.stack([parts[n].to(image.device) if n in parts else empty for n in players])
     return list(players), masks if bool(masks.any()) else None
@@ -240,9 +246,8 @@ def _drop_empty_players(rows: list[dict], masks: torch.Tensor) -> None:
     dummy player: relevance exactly 0), so a fixed-player job's rows list the parts every parts job lists."""
     keep = masks.flatten(1).any(1).nonzero()[:, 0].tolist()
     for row in rows:
-        row["region_names"] = [row["region_names"][i] for i in keep]
-        if row["relevance"] is not None:
-            row["relevance"] = [row["relevance"][i] for i in keep]
+        names = row["region_names"]
+        _own_regions(row, names, [names[i] for i in keep])
 
 
 def saliency_mass(saliency: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -279,7 +284,7 @@ def _each_targets_regions(job: ExplainJob, players: tuple[str, ...] | None, imag
                           targets: list[dict], parts_of, errors: list[dict],
                           uri: str) -> tuple[list[dict], list[str], torch.Tensor | None, list[list[str]]]:
     """(targets, names, masks [T, R, H, W], each target's own parts) of a per-target-regions job: the R regions are
-    the trained ``players`` of a fixed-player method (:func:`_player_regions`), else every body part with a pixel in
+    the trained ``players`` of a fixed-player method (:func:`_check_players`), else every body part with a pixel in
     some target (first seen first), each target's masks in that order (empty where it has no such part); a target's
     own parts are its parts with a pixel in its own order (what a one-target call would list). A target without a
     body part becomes an ``errors`` row and is left out. Raises ValueError for parts that are no players (the whole
@@ -288,7 +293,7 @@ def _each_targets_regions(job: ExplainJob, players: tuple[str, ...] | None, imag
     for t in targets:
         parts = parts_of(t)
         if players is not None:
-            _player_regions(players, image, parts)                   # its ValueError: parts that are no players
+            _check_players(players, parts)
         mine = [n for n in (players if players is not None else parts) if n in parts and bool(parts[n].any())]
         if not mine:
             errors.append(error_row("explain", uri, "ValueError", f"{job.name} {t['target_id']}: no non-empty "

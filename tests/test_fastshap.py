@@ -316,3 +316,24 @@ def test_per_target_regions_are_checked(trained):
     from explainers.occlusion import Occlusion
     with pytest.raises(ValueError, match="which this method does not take"):
         Occlusion(RepeatScorer(2), perturbation=PERTURBATION).explain(image, masks)
+
+
+def test_per_target_regions_awkward_cases(trained):
+    """No target: empty results, no forward. One player of a target with a pixel: its relevance is the whole gap
+    (efficiency), the others exactly 0. An odd-sized image (47 x 33, persons cut by its edges) still gives each
+    target its one-target call."""
+    scorer, ckpt, _ = trained
+    image, masks = two_persons(scorer)
+    none = FastShapParts(RepeatScorer(0), weights=ckpt).explain(image, masks[:0])
+    assert none.relevance.shape == (0, P) and none.saliency.shape == (0, SIZE, SIZE) and none.n_forward == 0
+    alone = masks.clone()
+    alone[0, 1:] = False                                          # target 0: one player with a pixel
+    exp = FastShapParts(RepeatScorer(2), weights=ckpt).explain(image, alone)
+    assert (exp.relevance[0, 1:] == 0).all()
+    assert float(exp.relevance[0, 0]) == pytest.approx(float(exp.full_score[0] - exp.empty_score[0]), abs=1e-6)
+    odd_image, odd = image[:, 1:48, 7:40].contiguous(), masks[:, :, 1:48, 7:40].contiguous()
+    both = FastShapParts(RepeatScorer(2), weights=ckpt).explain(odd_image, odd)
+    assert both.saliency.shape == (2, 47, 33)
+    for t, s in enumerate((1.0, -2.0)):
+        one = FastShapParts(ScaledScorer(s), weights=ckpt).explain(odd_image, odd[t])
+        assert torch.allclose(both.relevance[t], one.relevance[0], atol=1e-5)
