@@ -323,7 +323,7 @@ def target_region_set(regions: torch.Tensor, size: tuple[int, int], device: torc
         raise ValueError("regions: mask weights must be finite and >= 0, got "
                          f"min {float(masks.nan_to_num(0).min()):.3g} and {int((~torch.isfinite(masks)).sum())} "
                          "non-finite values")
-    blank = (~(masks.flatten(1) > 0).any(1)).nonzero()[:, 0].tolist()
+    blank = (~has_pixel(masks.flatten(2), (1, 2))).nonzero()[:, 0].tolist()
     if blank:
         raise ValueError(f"regions: target(s) {blank} have no region with a pixel: nothing to attribute")
     R = regions.shape[1]
@@ -338,13 +338,44 @@ def as_region_masks(regions: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
     return out.index_copy_(0, players.columns, players.masks)
 
 
-def paint(relevance: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+def has_pixel(masks: torch.Tensor, dim: int | tuple[int, ...]) -> torch.Tensor:
+    """Whether ``masks`` (bool, or float weights) have a pixel > 0 along ``dim`` -> bool tensor. Bool masks are read
+    as bytes (``amax``: on the CPU ~25x faster than ``Tensor.any``, which dominated the per-image set-up of
+    one-forward explainers)."""
+    if masks.numel() == 0:
+        return (masks > 0).any(dim)                      # amax cannot reduce an empty dimension
+    return (masks.view(torch.uint8) if masks.dtype == torch.bool else masks).amax(dim) > 0
+
+
+def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """Bounding boxes [..., 4] as (y1, y2, x1, x2) (rows y1..y2 - 1, columns x1..x2 - 1, long) of the union of each
+    stack of masks [..., R, H, W] (its pixels > 0; bool masks read as they are); a stack without a pixel gets
+    (0, 0, 0, 0). One pass over the masks, no loop: per-target work (painting, crops, empty coalitions) then touches
+    only each target's box, not the whole image."""
+    union = has_pixel(masks, -3)                                                  # [..., H, W]
+
+    def span(inside: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n, has = inside.shape[-1], inside.any(-1)
+        first = inside.to(torch.uint8).argmax(-1)
+        end = n - inside.flip(-1).to(torch.uint8).argmax(-1)
+        return torch.where(has, first, 0), torch.where(has, end, 0)
+
+    (y1, y2), (x1, x2) = span(has_pixel(union, -1)), span(has_pixel(union, -2))
+    return torch.stack([y1, y2, x1, x2], -1)
+
+
+def paint(relevance: torch.Tensor, regions: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
     """Region relevance [T, R] onto pixels -> [T, H, W] with one matrix product (per-target regions
-    [T, R, H, W]: one batched product, target t painted with its own masks)."""
+    [T, R, H, W]: target t painted with its own masks, inside their bounding box ``boxes[t]`` (:func:`mask_boxes`,
+    computed when not given); 0 outside it, where no mask has a pixel)."""
     if regions.ndim == 4:                    # one target at a time: bool masks are made float per target only
         T, R, H, W = regions.shape
-        return torch.stack([(relevance[t].float() @ regions[t].reshape(R, H * W).float()).reshape(H, W)
-                            for t in range(T)]) if T else relevance.new_zeros(0, H, W).float()
+        out = torch.zeros(T, H, W, dtype=relevance.dtype if relevance.is_floating_point() else torch.float32,
+                          device=relevance.device)
+        for t, (y1, y2, x1, x2) in enumerate((mask_boxes(regions) if boxes is None else boxes).tolist()):
+            box = regions[t, :, y1:y2, x1:x2]
+            out[t, y1:y2, x1:x2] = (relevance[t].to(out) @ box.reshape(R, -1).to(out)).reshape(y2 - y1, x2 - x1)
+        return out
     R, H, W = regions.shape
     return (relevance @ regions.reshape(R, H * W)).reshape(-1, H, W)
 
@@ -352,12 +383,12 @@ def paint(relevance: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
 def region_means(saliency: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
     """Mean saliency inside each region: [T, H, W] x [R, H, W] -> [T, R] (0 for empty regions); per-target regions
     [T, R, H, W]: target t's map over its own regions."""
-    if regions.ndim == 4:                    # one target at a time: bool masks are made float per target only
+    if regions.ndim == 4:                    # one target at a time, inside its masks' bounding box (mask_boxes)
         T, R = regions.shape[:2]
         out = []
-        for t in range(T):
-            flat = regions[t].reshape(R, -1).to(saliency)
-            out.append((flat @ saliency[t].reshape(-1)) / flat.sum(1).clamp_min(1))
+        for t, (y1, y2, x1, x2) in enumerate(mask_boxes(regions).tolist()):
+            flat = regions[t, :, y1:y2, x1:x2].reshape(R, -1).to(saliency)
+            out.append((flat @ saliency[t, y1:y2, x1:x2].reshape(-1)) / flat.sum(1).clamp_min(1))
         return torch.stack(out) if out else saliency.new_zeros(0, R)
     R = regions.shape[0]
     flat = regions.reshape(R, -1)

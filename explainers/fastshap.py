@@ -45,7 +45,7 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from detection.body import PART_GROUPS
-from explainers.base import Explainer, Explanation, numpy_rng, paint, region_set
+from explainers.base import Explainer, Explanation, has_pixel, mask_boxes, numpy_rng, paint, region_set
 from explainers.bayesian_shapley import DEFAULT_DECAY, BayesShapley, ShapleyPrior, bayes_shapley, check_decay
 from explainers.game import RegionGame
 from explainers.perturb import Compositor, Perturbation, make_perturbation
@@ -68,6 +68,10 @@ def player_names(grouping: str = "parts10", context: bool = True) -> tuple[str, 
 
 
 # ---------------------------------------------------------------------------------------------- crop
+MARGIN = 2   # pixels of the image kept around a person's masks when they are cropped (so roi_align's bilinear samples
+#              at the box's edge read the zeros beyond it, as they would in the whole image)
+
+
 @dataclass(frozen=True)
 class Crop:
     """The person window: centred on the bounding box of the players' union, ``scale`` x its height (or width /
@@ -78,32 +82,58 @@ class Crop:
 
     def window(self, masks: torch.Tensor) -> torch.Tensor:
         """Window [4] (xyxy pixel edges) of masks [P, H, W]; raises ValueError when no mask has a pixel."""
-        union = masks.reshape(masks.shape[0], *masks.shape[-2:]).amax(0) > 0
-        ys, xs = union.any(1).nonzero()[:, 0], union.any(0).nonzero()[:, 0]
-        if ys.numel() == 0:
+        return self.windows(mask_boxes(masks.reshape(-1, *masks.shape[-2:])[None]))[0]
+
+    def windows(self, boxes: torch.Tensor) -> torch.Tensor:
+        """Windows [N, 4] (xyxy pixel edges, float32) of N persons' mask bounding boxes [N, 4] as (y1, y2, x1, x2)
+        (:func:`~explainers.base.mask_boxes`); raises ValueError when a box is empty (no mask has a pixel)."""
+        b = boxes.double()
+        y1, y2, x1, x2 = b.unbind(-1)
+        if bool(((y2 <= y1) | (x2 <= x1)).any()):
             raise ValueError("fastshap: no player has a pixel (cannot place the person crop)")
-        x1, x2, y1, y2 = float(xs[0]), float(xs[-1]) + 1, float(ys[0]), float(ys[-1]) + 1
         aspect = self.size[1] / self.size[0]
-        h = self.scale * max(y2 - y1, (x2 - x1) / aspect, 1.0)
+        h = self.scale * torch.maximum(torch.maximum(y2 - y1, (x2 - x1) / aspect), torch.ones_like(y1))
         cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-        return torch.tensor([cx - h * aspect / 2, cy - h / 2, cx + h * aspect / 2, cy + h / 2])
+        return torch.stack([cx - h * aspect / 2, cy - h / 2, cx + h * aspect / 2, cy + h / 2], -1).float()
 
     def __call__(self, planes: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
-        """Planes [C, H, W] cropped at ``window`` [4] -> [C, *size] (bilinear, zero outside the image)."""
-        rois = torch.cat([window.new_zeros(1), window]).to(planes)[None]
-        return roi_align(planes[None].float(), rois, self.size, spatial_scale=1.0, sampling_ratio=2,
-                         aligned=True)[0]
+        """Planes [C, H, W] cropped at ``window`` [4] -> [C, *size] (bilinear, zero outside the image); planes
+        [1, C, H, W] at windows [N, 4] -> [N, C, *size] (one ``roi_align`` for the N windows)."""
+        if planes.ndim == 3:
+            return self(planes[None], window[None])[0]
+        rois = torch.cat([window.new_zeros(window.shape[0], 1), window], 1).to(planes.device, torch.float32)
+        return roi_align(planes.float(), rois, self.size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+
+
+def persons_inputs(image: torch.Tensor, baseline: torch.Tensor, masks: torch.Tensor, crop: Crop,
+                   boxes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The network's inputs [N, 6 + P + 1, *crop.size] for N persons of one image: image (normalised), image -
+    baseline (x 1/STD), the P player masks (each person's [P, H, W] of ``masks`` [N, P, H, W], bool or float; empty
+    ones all zero), the in-image indicator; and each window's height over the image height [N]. ``image``,
+    ``baseline``: [3, H, W] in the model's units; ``boxes``: the persons' mask bounding boxes [N, 4]
+    (:func:`~explainers.base.mask_boxes`, computed when not given). The image planes are cropped for all persons
+    in one ``roi_align``; each person's masks only inside their box (plus ``MARGIN`` px), so nothing is converted
+    or resampled at the image's full size per person. Raises ValueError when a person has no pixel."""
+    N, P, H, W = masks.shape
+    boxes = mask_boxes(masks) if boxes is None else boxes
+    windows = crop.windows(boxes)                                                     # [N, 4], float32
+    planes = torch.cat([(image - IMAGE_MEAN) / IMAGE_STD, (image - baseline) / IMAGE_STD, torch.ones_like(image[:1])])
+    shared = crop(planes[None], windows.to(image.device))                            # [N, 7, h, w]
+    own = []
+    for n, (y1, y2, x1, x2) in enumerate(boxes.tolist()):
+        y1, x1, y2, x2 = max(0, y1 - MARGIN), max(0, x1 - MARGIN), min(H, y2 + MARGIN), min(W, x2 + MARGIN)
+        shift = torch.tensor([x1, y1, x1, y1], dtype=windows.dtype, device=windows.device)
+        own.append(crop(masks[n, :, y1:y2, x1:x2].to(image)[None], (windows[n] - shift)[None].to(image.device)))
+    x = torch.cat([shared[:, :6], torch.cat(own), shared[:, 6:]], 1)
+    return x, (windows[:, 3] - windows[:, 1]).double() / H
 
 
 def person_inputs(image: torch.Tensor, baseline: torch.Tensor, masks: torch.Tensor,
                   crop: Crop) -> tuple[torch.Tensor, float]:
-    """The network's input [6 + P + 1, *crop.size] for one person: image (normalised), image - baseline (x 1/STD),
-    the P player masks [P, H, W] (empty ones all zero), the in-image indicator; and the window's height over the
-    image height. ``image``, ``baseline``: [3, H, W] in the model's units."""
-    window = crop.window(masks)
-    ones = torch.ones_like(image[:1])
-    planes = torch.cat([(image - IMAGE_MEAN) / IMAGE_STD, (image - baseline) / IMAGE_STD, masks.to(image), ones])
-    return crop(planes, window.to(image.device)), float(window[3] - window[1]) / image.shape[-2]
+    """The network's input [6 + P + 1, *crop.size] for one person (:func:`persons_inputs` of masks [P, H, W]) and
+    the window's height over the image height."""
+    x, height = persons_inputs(image, baseline, masks[None], crop)
+    return x[0], float(height[0])
 
 
 def scalar_inputs(full: torch.Tensor, empty: torch.Tensor, window_height: torch.Tensor,
@@ -311,39 +341,44 @@ class FastShapParts(CountsExplainerForwards, Explainer):
 
     def _explain_each(self, image: torch.Tensor, regions: torch.Tensor):
         """Per-target regions [T, P, H, W]: the unperturbed image and each target's empty coalition (its players
-        hidden as :class:`~explainers.game.RegionGame` hides them: shown = 1 - their clamped coverage) in chunks of
-        ``chunk_size``; target t's empty score is row 1 + t's column t."""
-        T = regions.shape[0]
+        hidden as :class:`~explainers.game.RegionGame` hides them: shown = 1 - their clamped coverage, computed
+        inside the target's mask box) in chunks of ``chunk_size``; target t's empty score is row 1 + t's column
+        t."""
+        T, _, H, W = regions.shape
+        boxes = mask_boxes(regions)                                                       # [T, 4]: one pass
         composite = Compositor(image, self.perturbation.baseline(image))
-        shown = torch.stack([(1 - m.to(image).sum(0)).clamp(0, 1) for m in regions])   # [T, H, W]
-        batch = torch.cat([torch.ones_like(shown[:1]), shown])
+        batch = torch.ones(1 + T, H, W, dtype=image.dtype, device=image.device)
+        for t, (y1, y2, x1, x2) in enumerate(boxes.tolist()):
+            batch[1 + t, y1:y2, x1:x2] = (1 - regions[t, :, y1:y2, x1:x2].to(image).sum(0)).clamp(0, 1)
         scores = torch.cat([self.score(composite(batch[s:s + self.chunk_size]))
                             for s in range(0, T + 1, self.chunk_size)])                  # [1 + T, T]
         full, empty = scores[0], scores[1:].diagonal()
-        phi = self._amortised(image, regions, full, empty, composite.baseline[0])
-        return paint(phi, regions), phi, {"full_score": full, "empty_score": empty}
+        phi = self._amortised(image, regions, full, empty, composite.baseline[0], boxes)
+        return paint(phi, regions, boxes), phi, {"full_score": full, "empty_score": empty}
 
     def _amortised(self, image: torch.Tensor, regions: torch.Tensor, full: torch.Tensor,
-                   empty: torch.Tensor, baseline: torch.Tensor) -> torch.Tensor:
+                   empty: torch.Tensor, baseline: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
         """The network's efficient estimate [T, n] given the game's ends ``full`` = v(all), ``empty`` = v(none) [T]
         and the perturbation's ``baseline`` [3, H, W] of ``image`` (the game's own, computed once): one explainer
         forward, no model forward. ``regions``: the n non-empty players [n, H, W] (in trained order; their columns
         set by :meth:`explain`) shared by the T targets, or each target's P player masks [T, P, H, W] (n = P;
-        dummies get 0)."""
+        dummies get 0) with their bounding boxes ``boxes`` [T, 4] (:func:`~explainers.base.mask_boxes`, computed
+        when not given)."""
         P = len(self.ckpt.players)
         T = full.shape[0]
         if regions.ndim == 4:
             masks, columns = regions, torch.arange(P, device=self.device)
-            present = (masks.flatten(2) > 0).any(2)                                         # [T, P]
+            boxes = mask_boxes(regions) if boxes is None else boxes
+            present = torch.stack([has_pixel(regions[t, :, y1:y2, x1:x2], (1, 2))
+                                   for t, (y1, y2, x1, x2) in enumerate(boxes.tolist())])    # [T, P]
         else:
             columns = self._columns.to(self.device)
             masks = regions.new_zeros(P, *regions.shape[1:]).index_copy_(0, columns, regions)[None]
             present = torch.zeros(T, P, dtype=torch.bool, device=self.device)
             present[:, columns] = True
-        inputs = [person_inputs(image, baseline, m, self.ckpt.crop) for m in masks]     # one crop per person
-        x = torch.stack([i[0] for i in inputs]).expand(T, -1, -1, -1)
-        height = torch.tensor([i[1] for i in inputs], device=self.device).expand(T)
-        scalars = scalar_inputs(full, empty, height, x[:, -1].mean((1, 2)))
+        x, height = persons_inputs(image, baseline, masks, self.ckpt.crop, boxes)   # one crop per person
+        x = x.expand(T, -1, -1, -1)
+        scalars = scalar_inputs(full, empty, height.to(self.device).expand(T), x[:, -1].mean((1, 2)))
         with torch.inference_mode():
             raw = self.net(x, scalars)
         self.n_explainer_forward += 1
@@ -409,4 +444,4 @@ def _perturbation_of(description: str) -> Perturbation:
 
 __all__ = ["FORMAT", "VERSION", "Crop", "FastShapBayesShapley", "FastShapCheckpoint", "FastShapExplanation",
            "FastShapNet", "FastShapParts",
-           "normalise", "person_inputs", "player_names", "scalar_inputs"]
+           "normalise", "person_inputs", "persons_inputs", "player_names", "scalar_inputs"]

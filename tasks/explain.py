@@ -30,7 +30,7 @@ from detection.datasets.tables import SCHEMAS, rows_to_table, write_table_atomic
 from detection.evaluation import MATCH_IOU, ImageEval, match
 from detection.masks import rle_decode
 from detection.models.specs import model_sha256
-from explainers.base import BudgetError
+from explainers.base import BudgetError, has_pixel
 from explainers.metrics import downsample
 from explainers.regions import grid_regions, superpixels
 from explainers.registry import METHODS
@@ -211,7 +211,7 @@ def _regions(job: ExplainJob, image: torch.Tensor, parts: dict[str, torch.Tensor
     """(names, masks [R, H, W]) for a job: the target's non-empty body parts, superpixels or grid cells."""
     H, W = image.shape[-2:]
     if job.regions == "parts":
-        names = [n for n, m in parts.items() if m.any()]
+        names = [n for n, m in parts.items() if bool(has_pixel(m, (0, 1)))]
         return names, torch.stack([parts[n] for n in names]).to(image.device) if names else None
     if job.regions == "superpixels":
         masks = superpixels(image, job.n_regions).to(image.device)
@@ -238,13 +238,13 @@ def _player_regions(players: tuple[str, ...], image: torch.Tensor, parts: dict[s
     _check_players(players, parts)
     empty = torch.zeros(image.shape[-2:], dtype=torch.bool, device=image.device)
     masks = torch.stack([parts[n].to(image.device) if n in parts else empty for n in players])
-    return list(players), masks if bool(masks.any()) else None
+    return list(players), masks if bool(has_pixel(masks, (0, 1, 2))) else None
 
 
 def _drop_empty_players(rows: list[dict], masks: torch.Tensor) -> None:
     """Keep, in each row, the region names and relevance of the players with a pixel (a part without one is a
     dummy player: relevance exactly 0), so a fixed-player job's rows list the parts every parts job lists."""
-    keep = masks.flatten(1).any(1).nonzero()[:, 0].tolist()
+    keep = has_pixel(masks.flatten(1), 1).nonzero()[:, 0].tolist()
     for row in rows:
         names = row["region_names"]
         _own_regions(row, names, [names[i] for i in keep])
@@ -294,7 +294,8 @@ def _each_targets_regions(job: ExplainJob, players: tuple[str, ...] | None, imag
         parts = parts_of(t)
         if players is not None:
             _check_players(players, parts)
-        mine = [n for n in (players if players is not None else parts) if n in parts and bool(parts[n].any())]
+        mine = [n for n in (players if players is not None else parts)
+                if n in parts and bool(has_pixel(parts[n], (0, 1)))]
         if not mine:
             errors.append(error_row("explain", uri, "ValueError", f"{job.name} {t['target_id']}: no non-empty "
                                     "body part", t["image_id"]))
@@ -305,9 +306,10 @@ def _each_targets_regions(job: ExplainJob, players: tuple[str, ...] | None, imag
     names = list(players) if players is not None else list(dict.fromkeys(n for mine in own for n in mine))
     if not kept:
         return kept, names, None, own
-    empty = torch.zeros(image.shape[-2:], dtype=torch.bool, device=image.device)
-    masks = torch.stack([torch.stack([parts[n].to(image.device) if n in mine else empty for n in names])
-                         for parts, mine in zip(found, own)])
+    masks = torch.zeros(len(kept), len(names), *image.shape[-2:], dtype=torch.bool, device=image.device)
+    for t, (parts, mine) in enumerate(zip(found, own)):
+        for n in mine:
+            masks[t, names.index(n)] = parts[n]
     return kept, names, masks, own
 
 

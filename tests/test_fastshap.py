@@ -12,7 +12,16 @@ from torch import nn
 
 from explainers import bayes_shapley
 from explainers.base import BudgetError
-from explainers.fastshap import Crop, FastShapBayesShapley, FastShapCheckpoint, FastShapParts, player_names
+from explainers.fastshap import (
+    IMAGE_MEAN,
+    IMAGE_STD,
+    Crop,
+    FastShapBayesShapley,
+    FastShapCheckpoint,
+    FastShapParts,
+    persons_inputs,
+    player_names,
+)
 from explainers.game import RegionGame
 from explainers.metrics import relative_error
 from explainers.perturb import make_perturbation
@@ -337,3 +346,30 @@ def test_per_target_regions_awkward_cases(trained):
     for t, s in enumerate((1.0, -2.0)):
         one = FastShapParts(ScaledScorer(s), weights=ckpt).explain(odd_image, odd[t])
         assert torch.allclose(both.relevance[t], one.relevance[0], atol=1e-5)
+
+
+def test_person_crops_equal_the_full_image_crops():
+    """The network's inputs cropped inside each person's mask box (one roi_align for the image planes, the masks
+    cut to their box plus a margin) equal the crop of full-size planes per person, as training built them, also
+    for persons cut by the image's edges and float mask weights."""
+    g = torch.Generator().manual_seed(3)
+    H, W = 37, 29
+    image, baseline = torch.rand(3, H, W, generator=g), torch.rand(3, H, W, generator=g)
+    masks = torch.zeros(3, P, H, W)
+    masks[0, :2, 5:20, 8:14] = 1.0
+    masks[0, 3, 20:30, 9:12] = 0.4
+    masks[1, 0, 0:6, 0:4] = 1.0                                  # at the top-left corner
+    masks[1, 4, 30:37, 20:29] = 0.7                              # to the bottom-right corner
+    masks[2, 2, 17, 11] = 1.0                                    # one pixel
+    x, height = persons_inputs(image, baseline, masks, CROP)
+    for n in range(3):
+        window = CROP.window(masks[n])
+        planes = torch.cat([(image - IMAGE_MEAN) / IMAGE_STD, (image - baseline) / IMAGE_STD, masks[n],
+                            torch.ones_like(image[:1])])
+        torch.testing.assert_close(x[n], CROP(planes, window), atol=1e-5, rtol=0)
+        assert float(height[n]) == pytest.approx(float(window[3] - window[1]) / H)
+    bools, _ = persons_inputs(image, baseline, masks > 0, CROP)
+    torch.testing.assert_close(bools[:, 6:6 + P], persons_inputs(image, baseline, (masks > 0).float(), CROP)[0][
+        :, 6:6 + P])
+    with pytest.raises(ValueError, match="no player has a pixel"):
+        persons_inputs(image, baseline, torch.zeros(1, P, H, W), CROP)

@@ -41,6 +41,23 @@ def test_yolo_from_yaml(cfg, pose):
         assert dets[0].keypoints.shape[1:] == (17, 3)
 
 
+def test_yolo_channels_last_gives_the_same_outputs():
+    """Channels-last weights (the CPU default: faster convolutions) change neither the outputs beyond float
+    rounding nor the weights' values."""
+    torch.manual_seed(0)
+    plain = YoloDetector("yolov8n.yaml", nc=2, imgsz=160, conf=0.0, device="cpu", channels_last=False)
+    fast = YoloDetector("yolov8n.yaml", nc=2, imgsz=160, conf=0.0, device="cpu")
+    fast.model.load_state_dict(plain.model.state_dict())
+    weight = next(p for p in fast.model.parameters() if p.ndim == 4)
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    assert not next(p for p in plain.model.parameters() if p.ndim == 4).is_contiguous(
+        memory_format=torch.channels_last)
+    images = torch.rand(3, 3, 120, 160)
+    a, b = plain.candidates(images), fast.candidates(images)
+    torch.testing.assert_close(b.class_probs, a.class_probs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(b.boxes, a.boxes, atol=1e-3, rtol=1e-5)
+
+
 def test_yolo_weight_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         YoloDetector(tmp_path / "missing.pt")
