@@ -339,19 +339,21 @@ def as_region_masks(regions: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
 
 
 def has_pixel(masks: torch.Tensor, dim: int | tuple[int, ...]) -> torch.Tensor:
-    """Whether ``masks`` (bool, or float weights) have a pixel > 0 along ``dim`` -> bool tensor. Bool masks are read
-    as bytes (``amax``: on the CPU ~25x faster than ``Tensor.any``, which dominated the per-image set-up of
-    one-forward explainers)."""
-    if masks.numel() == 0:
+    """Whether ``masks`` (bool, integer, or float weights) have a pixel > 0 along ``dim`` -> bool tensor. Bool masks
+    are read as bytes (``amax``: on the CPU ~25x faster than ``Tensor.any``, which dominated the per-image set-up of
+    one-forward explainers); float masks as ``(masks > 0).any(dim)`` (a NaN weight is no pixel and hides none)."""
+    if masks.numel() == 0 or masks.dtype.is_floating_point:
         return (masks > 0).any(dim)                      # amax cannot reduce an empty dimension
     return (masks.view(torch.uint8) if masks.dtype == torch.bool else masks).amax(dim) > 0
 
 
 def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
     """Bounding boxes [..., 4] as (y1, y2, x1, x2) (rows y1..y2 - 1, columns x1..x2 - 1, long) of the union of each
-    stack of masks [..., R, H, W] (its pixels > 0; bool masks read as they are); a stack without a pixel gets
-    (0, 0, 0, 0). One pass over the masks, no loop: per-target work (painting, crops, empty coalitions) then touches
-    only each target's box, not the whole image."""
+    stack of masks [..., R, H, W] (its pixels > 0, :func:`has_pixel`); a stack without a pixel (or an image with no
+    row or column) gets (0, 0, 0, 0). One pass over the masks, no loop: per-target work (painting, crops, empty
+    coalitions) then touches only each target's box, not the whole image."""
+    if masks.shape[-1] == 0 or masks.shape[-2] == 0:
+        return torch.zeros(*masks.shape[:-3], 4, dtype=torch.long, device=masks.device)
     union = has_pixel(masks, -3)                                                  # [..., H, W]
 
     def span(inside: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -366,15 +368,14 @@ def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
 
 def paint(relevance: torch.Tensor, regions: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
     """Region relevance [T, R] onto pixels -> [T, H, W] with one matrix product (per-target regions
-    [T, R, H, W]: target t painted with its own masks, inside their bounding box ``boxes[t]`` (:func:`mask_boxes`,
-    computed when not given); 0 outside it, where no mask has a pixel)."""
+    [T, R, H, W]: float32 maps, target t painted with its own masks inside their bounding box ``boxes[t]``
+    (:func:`mask_boxes`, computed when not given); 0 outside it, where no mask has a pixel)."""
     if regions.ndim == 4:                    # one target at a time: bool masks are made float per target only
         T, R, H, W = regions.shape
-        out = torch.zeros(T, H, W, dtype=relevance.dtype if relevance.is_floating_point() else torch.float32,
-                          device=relevance.device)
+        out = torch.zeros(T, H, W, device=relevance.device)
         for t, (y1, y2, x1, x2) in enumerate((mask_boxes(regions) if boxes is None else boxes).tolist()):
-            box = regions[t, :, y1:y2, x1:x2]
-            out[t, y1:y2, x1:x2] = (relevance[t].to(out) @ box.reshape(R, -1).to(out)).reshape(y2 - y1, x2 - x1)
+            box = regions[t, :, y1:y2, x1:x2].reshape(R, (y2 - y1) * (x2 - x1))
+            out[t, y1:y2, x1:x2] = (relevance[t].float() @ box.float()).reshape(y2 - y1, x2 - x1)
         return out
     R, H, W = regions.shape
     return (relevance @ regions.reshape(R, H * W)).reshape(-1, H, W)
@@ -387,7 +388,7 @@ def region_means(saliency: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
         T, R = regions.shape[:2]
         out = []
         for t, (y1, y2, x1, x2) in enumerate(mask_boxes(regions).tolist()):
-            flat = regions[t, :, y1:y2, x1:x2].reshape(R, -1).to(saliency)
+            flat = regions[t, :, y1:y2, x1:x2].reshape(R, (y2 - y1) * (x2 - x1)).to(saliency)
             out.append((flat @ saliency[t, y1:y2, x1:x2].reshape(-1)) / flat.sum(1).clamp_min(1))
         return torch.stack(out) if out else saliency.new_zeros(0, R)
     R = regions.shape[0]

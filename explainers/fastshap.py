@@ -89,8 +89,9 @@ class Crop:
         (:func:`~explainers.base.mask_boxes`); raises ValueError when a box is empty (no mask has a pixel)."""
         b = boxes.double()
         y1, y2, x1, x2 = b.unbind(-1)
-        if bool(((y2 <= y1) | (x2 <= x1)).any()):
-            raise ValueError("fastshap: no player has a pixel (cannot place the person crop)")
+        empty = ((y2 <= y1) | (x2 <= x1)).nonzero()[:, 0].tolist()
+        if empty:
+            raise ValueError(f"fastshap: no player of person(s) {empty} has a pixel (cannot place the person crop)")
         aspect = self.size[1] / self.size[0]
         h = self.scale * torch.maximum(torch.maximum(y2 - y1, (x2 - x1) / aspect), torch.ones_like(y1))
         cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
@@ -113,8 +114,13 @@ def persons_inputs(image: torch.Tensor, baseline: torch.Tensor, masks: torch.Ten
     ``baseline``: [3, H, W] in the model's units; ``boxes``: the persons' mask bounding boxes [N, 4]
     (:func:`~explainers.base.mask_boxes`, computed when not given). The image planes are cropped for all persons
     in one ``roi_align``; each person's masks only inside their box (plus ``MARGIN`` px), so nothing is converted
-    or resampled at the image's full size per person. Raises ValueError when a person has no pixel."""
+    or resampled at the image's full size per person; with the default :class:`Crop` the values are those of
+    cropping full-size planes bit for bit (its windows' edges fall on 1/8 px), with other crop shapes within float32
+    rounding of the sample coordinates (~5e-5 on 1080 x 1920 images). N = 0 gives empty results. Raises ValueError
+    naming the persons without a pixel."""
     N, P, H, W = masks.shape
+    if N == 0:
+        return masks.new_zeros(0, 7 + P, *crop.size, dtype=torch.float32), torch.zeros(0, dtype=torch.float64)
     boxes = mask_boxes(masks) if boxes is None else boxes
     windows = crop.windows(boxes)                                                     # [N, 4], float32
     planes = torch.cat([(image - IMAGE_MEAN) / IMAGE_STD, (image - baseline) / IMAGE_STD, torch.ones_like(image[:1])])

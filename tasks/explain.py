@@ -307,9 +307,12 @@ def _each_targets_regions(job: ExplainJob, players: tuple[str, ...] | None, imag
     if not kept:
         return kept, names, None, own
     masks = torch.zeros(len(kept), len(names), *image.shape[-2:], dtype=torch.bool, device=image.device)
-    for t, (parts, mine) in enumerate(zip(found, own)):
+    for t, (target, parts, mine) in enumerate(zip(kept, found, own)):
         for n in mine:
-            masks[t, names.index(n)] = parts[n]
+            if tuple(parts[n].shape) != tuple(image.shape[-2:]):
+                raise ValueError(f"{target['target_id']}: body part {n!r} mask {tuple(parts[n].shape)} does not "
+                                 f"match the image {tuple(image.shape[-2:])}")
+            masks[t, names.index(n)] = parts[n] > 0 if parts[n].dtype != torch.bool else parts[n]
     return kept, names, masks, own
 
 

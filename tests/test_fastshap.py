@@ -371,5 +371,7 @@ def test_person_crops_equal_the_full_image_crops():
     bools, _ = persons_inputs(image, baseline, masks > 0, CROP)
     torch.testing.assert_close(bools[:, 6:6 + P], persons_inputs(image, baseline, (masks > 0).float(), CROP)[0][
         :, 6:6 + P])
-    with pytest.raises(ValueError, match="no player has a pixel"):
-        persons_inputs(image, baseline, torch.zeros(1, P, H, W), CROP)
+    with pytest.raises(ValueError, match=r"no player of person\(s\) \[1\] has a pixel"):
+        persons_inputs(image, baseline, masks[:2] * torch.tensor([1.0, 0.0])[:, None, None, None], CROP)
+    none, heights = persons_inputs(image, baseline, masks[:0], CROP)
+    assert none.shape == (0, 7 + P, *CROP.size) and heights.shape == (0,)

@@ -85,6 +85,11 @@ def test_parts_of_another_grouping_and_a_pedestrian_without_parts_are_errors_row
     assert rows == [] and "body parts ['arms', 'legs'] are no players of the trained file" in errors[0]["message"]
     rows, errors = run(job, {})
     assert rows == [] and "no non-empty body part" in errors[0]["message"]
+    wrong = body(PARTS10[:3])
+    wrong["head"] = torch.ones(H, 1, dtype=torch.bool)                  # would broadcast into [H, W] silently
+    rows, errors = run(job, wrong)
+    assert rows == [] and "p1: body part 'head' mask (40, 1) does not match the image (40, 24)" in errors[0][
+        "message"]
 
 
 def _params(job: dict, **parts):

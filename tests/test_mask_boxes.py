@@ -52,3 +52,17 @@ def test_per_target_paint_and_means_match_the_full_image(dtype):
     flat = masks.reshape(T, R, -1).float()
     means = torch.einsum("trp,tp->tr", flat, saliency.reshape(T, -1)) / flat.sum(2).clamp_min(1)
     torch.testing.assert_close(region_means(saliency, masks), means, atol=1e-5, rtol=0)
+
+
+def test_edge_cases_of_the_helpers():
+    """No region, no row, a NaN weight (no pixel, as ``(m > 0).any`` says), integer masks."""
+    nan = torch.zeros(1, 2, 3, 4)
+    nan[0, 0, 1, 1], nan[0, 1, 1, 1] = float("nan"), 1.0
+    assert has_pixel(nan, (1, 2, 3)).tolist() == [True] and has_pixel(nan[:, :1], (1, 2, 3)).tolist() == [False]
+    assert mask_boxes(nan).tolist() == [[1, 2, 1, 2]]
+    assert has_pixel(torch.tensor([[0, 3], [0, 0]]), 1).tolist() == [True, False]
+    assert mask_boxes(torch.zeros(2, 3, 0, 5, dtype=torch.bool)).tolist() == [[0, 0, 0, 0]] * 2
+    no_region = torch.zeros(2, 0, 4, 5, dtype=torch.bool)
+    assert paint(torch.zeros(2, 0), no_region).shape == (2, 4, 5)
+    assert region_means(torch.zeros(2, 4, 5), no_region).shape == (2, 0)
+    assert paint(torch.ones(1, 1, dtype=torch.float64), torch.ones(1, 1, 2, 2)).dtype == torch.float32

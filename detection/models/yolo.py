@@ -28,8 +28,9 @@ class YoloDetector:
     ``weights``: a local ``.pt`` checkpoint, or a ``*.yaml`` architecture (random init; a bare name such as
     ``yolov8n.yaml`` resolves to ultralytics' bundled configs). ``nc`` overrides the class count of a yaml.
     ``channels_last`` (default: on the CPU) stores the weights channels-last, so oneDNN runs the convolutions in
-    NHWC: 1.3-1.4x faster forwards on the CPU at batch 3 and 16 for the demo detector (benchmarks/README.md, "One
-    call per image"), the same outputs up to float rounding (class scores within 10^-6); the weights' values and
+    NHWC: 1.04-1.19x the scorer's images per second on the CPU at batch 1, 3 and 16 for the demo detector, 1 or 2
+    threads (``benchmarks/bench_channels_last.py``; benchmarks/README.md, "Each pedestrian inside its own box, and
+    channels-last YOLO"), the same outputs up to float rounding (D-RISE scores within 3e-7); the weights' values and
     their fingerprint do not change.
     """
 
