@@ -368,15 +368,13 @@ class FastShapParts(CountsExplainerForwards, Explainer):
         and the perturbation's ``baseline`` [3, H, W] of ``image`` (the game's own, computed once): one explainer
         forward, no model forward. ``regions``: the n non-empty players [n, H, W] (in trained order; their columns
         set by :meth:`explain`) shared by the T targets, or each target's P player masks [T, P, H, W] (n = P;
-        dummies get 0) with their bounding boxes ``boxes`` [T, 4] (:func:`~explainers.base.mask_boxes`, computed
-        when not given)."""
+        dummies get 0) with their bounding boxes ``boxes`` [T, 4] for the crops
+        (:func:`~explainers.base.mask_boxes`, computed when not given)."""
         P = len(self.ckpt.players)
         T = full.shape[0]
         if regions.ndim == 4:
             masks, columns = regions, torch.arange(P, device=self.device)
-            boxes = mask_boxes(regions) if boxes is None else boxes
-            present = torch.stack([has_pixel(regions[t, :, y1:y2, x1:x2], (1, 2))
-                                   for t, (y1, y2, x1, x2) in enumerate(boxes.tolist())])    # [T, P]
+            present = has_pixel(regions.flatten(2), 2)                                      # [T, P]
         else:
             columns = self._columns.to(self.device)
             masks = regions.new_zeros(P, *regions.shape[1:]).index_copy_(0, columns, regions)[None]
