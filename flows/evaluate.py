@@ -129,8 +129,9 @@ def evaluate_flow(params: Params) -> dict:
     Tasks get shard descriptions and read their own rows (tasks.evaluate.EvaluateShard); metric groups whose key is
     in the result store (``explain.cache_dir``) are reused. The flow streams the shards' tables to disk one shard at a
     time and keeps only small columns per explanation / metric row (:data:`FLOW_COLUMNS`, :data:`SUMMARY_COLUMNS`).
-    The sanity check, the agreement between methods and where the detector fails are recomputed every run (cheap: a
-    fixed few targets; relevance vectors; tables)."""
+    The sanity check's rows are reused per (job, target) from the same store (tasks.sanity.sanity_key); the
+    agreement between methods and where the detector fails are recomputed every run (cheap: relevance vectors;
+    tables)."""
     logger = get_run_logger()
     started = time.perf_counter()
     explained = stages.explain(params)
@@ -145,7 +146,8 @@ def evaluate_flow(params: Params) -> dict:
     shard_dirs = [r["shard_dir"] for r in results]
     metrics = _write_metrics(staging / outputs.TABLES["metrics"], shard_dirs)
     shards_done = time.perf_counter()
-    checked = sanity.result() if sanity is not None else {"rows": [], "errors": [], "status": {}}
+    checked = sanity.result() if sanity is not None else {"rows": [], "errors": [], "status": {}, "reused": 0,
+                                                          "computed": 0}
     with returning_freed_memory():        # tables from here on: no forward passes to keep freed memory for
         sanity_done = time.perf_counter()
         summary, failures_done, n_errors = _finish(params, staging, outputs, shard_dirs, checked, metrics,
@@ -153,6 +155,7 @@ def evaluate_flow(params: Params) -> dict:
     record_run("evaluate", {"wall_seconds": round(time.perf_counter() - started, 2),
                             "shards_seconds": round(shards_done - started, 2),
                             "sanity_wait_seconds": round(sanity_done - shards_done, 2),
+                            "sanity_targets_computed": checked["computed"], "sanity_targets_reused": checked["reused"],
                             "where_it_fails_seconds": round(failures_done - sanity_done, 2),
                             "groups_computed": sum(r["computed"] for r in results),
                             "groups_reused": sum(r["reused"] for r in results),

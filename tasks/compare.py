@@ -230,7 +230,8 @@ def _relies(reliance: float | None) -> bool | None:
 @dataclass(frozen=True)
 class SanityChange:
     """A job's sanity verdict in A and B (``evaluate.json`` ``sanity.jobs``): status (checked / ...), passes,
-    the median |rank correlation| at full randomisation."""
+    the median |rank correlation| at full randomisation, and whether B's verdict is settled by its bootstrap
+    interval (``tasks.sanity.verdict_settled``; None for an audit that predates the intervals)."""
 
     job: str
     status_a: str | None
@@ -239,6 +240,8 @@ class SanityChange:
     passes_b: bool | None
     rho_a: float | None
     rho_b: float | None
+    settled_b: bool | None = None
+    interval_b: list[float] | None = None      # B's interval of the median |rho| at full randomisation
 
     @property
     def regressed(self) -> bool:
@@ -467,7 +470,8 @@ def sanity_changes(a: Audit, b: Audit) -> list[SanityChange]:
     for job in dict.fromkeys([*ja, *jb]):
         ea, eb = ja.get(job) or {}, jb.get(job) or {}
         out.append(SanityChange(job, ea.get("status"), eb.get("status"), ea.get("passes"), eb.get("passes"),
-                                _number(ea.get("spearman_abs_full")), _number(eb.get("spearman_abs_full"))))
+                                _number(ea.get("spearman_abs_full")), _number(eb.get("spearman_abs_full")),
+                                eb.get("settled"), eb.get("spearman_abs_full_interval")))
     return out
 
 
@@ -736,7 +740,16 @@ def _gate_sanity(c: Comparison, value: str) -> list[str]:
         unchecked = []
     bad = [s for s in c.sanity if (s.regressed if value == "regress" else s.fails_b)]
     return unchecked + [f"sanity {s.job}: {'passes' if s.passes_a else s.status_a or 'absent'} in A, does not pass "
-                        f"in B (|rho| at full randomisation {s.rho_b})" for s in bad]
+                        f"in B (|rho| at full randomisation {s.rho_b}{_unsettled(s)})" for s in bad]
+
+
+def _unsettled(s: SanityChange) -> str:
+    """Why B's failing verdict is not settled (tasks.sanity.verdict_settled), or ''."""
+    if s.settled_b is not False:
+        return ""
+    if s.interval_b is None:
+        return "; unsettled: no interval (fewer than 2 targets with a correlation)"
+    return "; unsettled: its interval crosses the limit"
 
 
 _GATE_CHECKS = {"part_shift": _gate_parts, "cue_reliance_up": _gate_cue, "ap_drop": _gate_ap, "mr2_up": _gate_mr2,

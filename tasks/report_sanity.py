@@ -17,8 +17,9 @@ SANITY_NOTE = ("Cascading model-parameter randomisation (Adebayo et al. 2018): e
                "region relevance for region jobs, the saliency grid for pixel jobs) with the trained model's, median "
                "over the targets, of the signed and of the absolute values. A job <b>passes</b> when both are at most "
                "{max_correlation:g} with every layer randomised: its explanations depend on what the model learned. "
-               "A map that turns constant on the random model counts as ρ = 0. Few targets: a coarse check, not a "
-               "measurement (benchmarks/bench_sanity.py measures it on more).")
+               "A map that turns constant on the random model counts as ρ = 0. A verdict is <i>unsettled</i> when the "
+               "95 % bootstrap interval of a median (over the targets) crosses the limit: more targets, or float "
+               "rounding of the model, could flip it (benchmarks/bench_sanity.py measures the check on more).")
 
 
 def sanity_table(summary: dict) -> pd.DataFrame:
@@ -33,7 +34,12 @@ def sanity_table(summary: dict) -> pd.DataFrame:
             continue
         stages = entry["stages"]
         path = " → ".join(f"{s['randomised']}/{s['layers']}: {_rho(s['spearman'])}" for s in stages[1:])
-        verdict = "passes" if entry["passes"] else "does not pass: its maps survive randomising the model"
+        verdict = ("passes" if entry["passes"] else
+                   "does not pass: no correlation (every map failed or was constant on the trained model)"
+                   if entry.get("spearman_full") is None or entry.get("spearman_abs_full") is None else
+                   "does not pass: its maps survive randomising the model")
+        if entry.get("settled") is False:
+            verdict += f" (unsettled: {_interval(entry)})"
         rows.append({"job": job, "model": entry["model"], "targets": entry["targets"], "ρ by randomised layers": path,
                      "ρ all random (signed / abs)": f"{_rho(entry['spearman_full'])} / "
                                                     f"{_rho(entry['spearman_abs_full'])}",
@@ -44,6 +50,15 @@ def sanity_table(summary: dict) -> pd.DataFrame:
 def passing_jobs(summary: dict) -> set[str]:
     """The jobs whose sanity check passed (checked and passed; not-applicable jobs are not among them)."""
     return {job for job, e in summary.get("sanity", {}).get("jobs", {}).items() if e.get("passes")}
+
+
+def _interval(entry: dict) -> str:
+    """The medians' 95 % intervals at full randomisation, or why there are none."""
+    signed, absolute = entry.get("spearman_full_interval"), entry.get("spearman_abs_full_interval")
+    if signed is None or absolute is None:
+        return "fewer than 2 targets with a correlation, no interval"
+    return (f"95 % interval of the median {signed[0]:+.2f}…{signed[1]:+.2f} / {absolute[0]:+.2f}…{absolute[1]:+.2f} "
+            f"crosses the limit")
 
 
 def _rho(value) -> str:

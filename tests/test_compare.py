@@ -414,6 +414,14 @@ def test_sanity_and_detector_gates_on_missing_values(result):
     reasons = check_gates(dropped, parse_gates(["sanity=regress"]))[0].reasons
     assert list(reasons) == ["cannot check sanity rise: passes in A, absent in B"]
     assert not check_gates(dropped, parse_gates(["sanity=fail"]))[0].failed
+    flipped = dataclasses.replace(result, sanity=[SanityChange("rise", "checked", "checked", True, False, 0.1, 0.52,
+                                                               False, [0.3, 0.7])])
+    reasons = check_gates(flipped, parse_gates(["sanity=regress"]))[0].reasons   # still a failure, said unsettled
+    assert list(reasons) == ["sanity rise: passes in A, does not pass in B (|rho| at full randomisation 0.52; "
+                             "unsettled: its interval crosses the limit)"]
+    one = dataclasses.replace(flipped, sanity=[dataclasses.replace(flipped.sanity[0], interval_b=None)])
+    assert check_gates(one, parse_gates(["sanity=fail"]))[0].reasons[0].endswith(
+        "unsettled: no interval (fewer than 2 targets with a correlation))")
 
     ap = [r for r in result.detector if r.name == "ap50"][0]
     undefined = dataclasses.replace(ap, name="ap50_reasonable", a=None, b=None)

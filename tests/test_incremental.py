@@ -107,6 +107,8 @@ def test_an_added_image_computes_only_its_groups_and_equals_a_from_scratch_run(p
     assert explain["groups_reused"] == _groups_of(old_images | added) - expected
     metrics = pq.read_table("data/evaluate/metrics.parquet")
     assert 0 < evaluate["groups_computed"] < evaluate["groups_reused"]
+    # the sanity check's chosen targets (each job's first, sorted) are the old images': their rows are reused
+    assert evaluate["sanity_targets_reused"] == len(JOBS) and evaluate["sanity_targets_computed"] == 0
     assert set(metrics["image_id"].to_pylist()) >= added
     incremental = _output_hashes()
 
@@ -114,6 +116,7 @@ def test_an_added_image_computes_only_its_groups_and_equals_a_from_scratch_run(p
         shutil.rmtree(out)
     _run(new)
     assert _timings("explain")["groups_reused"] == 0
+    assert _timings("evaluate")["sanity_targets_computed"] == len(JOBS)
     assert _output_hashes() == incremental                 # byte for byte, what dvc.lock would hash
 
 

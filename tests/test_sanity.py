@@ -88,7 +88,9 @@ def test_summary_passes_only_decorrelated_jobs_and_names_black_boxes():
     evaluate = {"sanity": {"steps": 2, "max_correlation": 0.5, "jobs": summary}}
     assert passing_jobs(evaluate) == {"good"}
     table = sanity_table(evaluate).set_index("job")
-    assert table.loc["good", "verdict"] == "passes" and table.loc["blind", "verdict"].startswith("does not pass")
+    assert table.loc["good", "verdict"] == "passes" and table.loc["blind", "verdict"].startswith(
+        "does not pass: its maps survive")
+    assert table.loc["broken", "verdict"].startswith("does not pass: no correlation")
     assert table.loc["onnx", "verdict"].startswith("not applicable")
 
 
@@ -101,3 +103,101 @@ def test_a_map_that_turns_constant_counts_as_uncorrelated():
     assert _correlations(trained, np.zeros(4)) == (0.0, 0.0)
     assert _correlations(trained, trained * 2) == (1.0, 1.0)
     assert all(np.isnan(v) for v in _correlations(np.ones(4), np.ones(4)))         # nothing ranked: undefined
+
+
+def test_verdicts_come_with_the_medians_interval_and_say_when_it_leaves_them_unsettled():
+    """The medians at full randomisation carry a seeded bootstrap interval; a verdict is settled only when the
+    intervals put it on one side of the limit (two targets either side of it, as the demo run's did, are not)."""
+    import numpy as np
+
+    from tasks.report_sanity import sanity_table
+    from tasks.sanity import median_interval, sanity_summary, verdict_settled
+
+    def rows(job, values):
+        out = [{"job": job, "method": job, "model": "detector", "stage": 0, "randomised": 0, "layers": 20,
+                "top_layer": None, "image_id": "i", "target_id": f"t{i}", "spearman": 1.0, "spearman_abs": 1.0}
+               for i in range(len(values))]
+        return out + [{**r, "stage": 3, "randomised": 20, "spearman": v, "spearman_abs": abs(v)}
+                      for r, v in zip(out, values)]
+
+    rng = np.random.default_rng(0)
+    clear_pass = list(rng.uniform(-0.2, 0.2, 12))
+    clear_fail = list(rng.uniform(0.8, 0.95, 12))
+    straddle = [0.36, 0.62]                                   # median 0.49: passes, by a hair
+    all_rows = rows("pass", clear_pass) + rows("fail", clear_fail) + rows("straddle", straddle)
+    status = {j: "checked" for j in ("pass", "fail", "straddle")}
+    summary = sanity_summary(all_rows, status, 0.5)
+    assert summary["pass"]["passes"] and summary["pass"]["settled"]
+    assert not summary["fail"]["passes"] and summary["fail"]["settled"]
+    assert summary["straddle"]["passes"] and not summary["straddle"]["settled"]
+    low, high = summary["fail"]["spearman_abs_full_interval"]
+    assert low <= summary["fail"]["spearman_abs_full"] <= high and 0.8 <= low < high <= 0.95
+    assert summary["straddle"]["spearman_full_interval"] == [0.36, 0.62]     # resampling 2 values: their range
+    assert median_interval(clear_pass, "k") == median_interval(clear_pass, "k")           # seeded: same bytes
+    assert median_interval([0.3, float("nan")], "k") is None                              # one finite value
+    assert not verdict_settled([None, [0.0, 0.1]], 0.5)
+    assert verdict_settled([[0.1, 0.2], [0.6, 0.9]], 0.5) and not verdict_settled([[0.1, 0.2], [0.4, 0.9]], 0.5)
+    table = sanity_table({"sanity": {"steps": 3, "max_correlation": 0.5, "jobs": summary}}).set_index("job")
+    assert table.loc["pass", "verdict"] == "passes" and "unsettled" not in table.loc["fail", "verdict"]
+    assert table.loc["straddle", "verdict"].startswith("passes (unsettled: 95 % interval")
+
+
+def test_sanity_rows_are_stored_per_job_and_target_and_replayed_with_their_errors(tmp_path, monkeypatch):
+    """A second run reuses every (job, target)'s rows and replays the errors its re-explanations recorded (a
+    target that fails the same way every run does not rebuild the cascade); the rows come in job, target, stage
+    order either way; a changed image, target or job option gives another key."""
+    import numpy as np
+    import pandas as pd
+
+    import tasks.sanity as sanity
+    from tasks.params import ExplainJob, Params
+
+    class Detector:                                   # an adapter whose network has parameters to randomise
+        def __init__(self):
+            self.model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+
+    calls = []
+
+    def explained_map(job, scorer_for, image, item, target_id, params, device, errors, stage):
+        calls.append((job.name, target_id, stage))
+        if target_id == "t1":                         # this target fails at every stage, every run
+            errors.append({"stage": "evaluate", "uri": item["image"]["uri"], "image_id": "i0",
+                           "error": "ValueError", "message": f"sanity {stage}: no non-empty body part"})
+            return None
+        return np.arange(4.0) if stage.startswith("stage 0") else np.array([3.0, 1.0, 2.0, 0.0])
+
+    monkeypatch.setattr(sanity, "detector_model", lambda *a: Detector())
+    monkeypatch.setattr(sanity, "sanity_bases", lambda params: {"detector": "base"})
+    monkeypatch.setattr(sanity, "image_sha256", lambda uri: "image-bytes")
+    monkeypatch.setattr(sanity, "load_image", lambda *a: torch.zeros(3, 4, 4))
+    monkeypatch.setattr(sanity, "_scorer_for", lambda *a: None)
+    monkeypatch.setattr(sanity, "_explained_map", explained_map)
+    jobs = [{"method": "occlusion", "targets": "persons", "regions": "parts"}]
+    params = Params(explain={"cache_dir": str(tmp_path / "store"), "jobs": jobs}, evaluate={"sanity": {"steps": 2}})
+    targets = [{"target_id": t, "kind": "persons", "category": "person", "bbox": [0, 0, 2, 2], "class_probs": None,
+                "parts_model": None, "parts_id": None, "image_id": "i0"} for t in ("t0", "t1")]
+    items = [{"image": {"image_id": "i0", "uri": str(tmp_path / "i0.png"), "split": "val"}, "targets": targets,
+              "parts": []}]
+    chosen = {"occlusion@parts": [("i0", "t0"), ("i0", "t1")]}
+
+    first = sanity.sanity_check.fn(items, chosen, params)
+    assert (first["computed"], first["reused"]) == (2, 0) and len(calls) == 6 and len(first["errors"]) == 3
+    assert [(r["target_id"], r["stage"]) for r in first["rows"]] == [("t0", 0), ("t0", 1), ("t0", 2), ("t1", 0),
+                                                                      ("t1", 1), ("t1", 2)]
+    calls.clear()
+    second = sanity.sanity_check.fn(items, chosen, params)
+    assert (second["computed"], second["reused"], calls) == (0, 2, [])            # no copy built, nothing explained
+    assert pd.DataFrame(second["rows"]).equals(pd.DataFrame(first["rows"]))                  # NaN == NaN here
+    assert [e["message"] for e in second["errors"]] == [e["message"] for e in first["errors"]]
+    assert {e["uri"] for e in second["errors"]} == {items[0]["image"]["uri"]}
+
+    job = ExplainJob(**jobs[0])
+    key = sanity.sanity_key("base", "cpu", job, "image-bytes", items[0], "t0")
+    moved = {**items[0], "targets": [{**targets[0], "bbox": [0, 0, 2, 3]}, targets[1]]}
+    assert key == sanity.sanity_key("base", "cpu", job, "image-bytes", items[0], "t0")
+    assert len({key, sanity.sanity_key("other-base", "cpu", job, "image-bytes", items[0], "t0"),
+                sanity.sanity_key("base", "cpu", job, "other-bytes", items[0], "t0"),
+                sanity.sanity_key("base", "cpu", job, "image-bytes", moved, "t0"),
+                sanity.sanity_key("base", "cpu", ExplainJob(**jobs[0], budget=8), "image-bytes", items[0], "t0"),
+                sanity.sanity_key("base", "cuda", job, "image-bytes", items[0], "t0")}) == 6
+    assert sanity.sanity_key("base", "cpu", job, None, items[0], "t0") is None      # unreadable image: not stored
