@@ -11,6 +11,8 @@ Methods, all on the demo scene classifier's class probabilities at its input siz
   * ``rise@N``: RISE (centred masks, the network's perturbation as hide) with N masks, shared by the classes:
     ``--rise 250 4000`` (issue 19's milestones: deletion <= RISE@250's, then <= RISE@4000's).
 Also the explainer's wall time per scene (forwards included) beside RISE@250's, as a ratio measured in this run.
+Several weights files (comma-separated, e.g. a pixels-only network and one that reads the classifier's features)
+are compared on the same scenes, each with its own untrained control.
 
     python benchmarks/bench_fastshap_grid.py --weights .work/fastshap_grid/grid.pt [--scenes 16] [--rise 250 4000]
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import flows  # noqa: F401  (environment defaults)
 
@@ -37,16 +40,27 @@ from pedestrians import classifier_scenes, describe_split, file_digest, start_ru
 def untrained(ckpt: FastShapGridCheckpoint, seed: int = 0) -> FastShapGridCheckpoint:
     """``ckpt`` with the network's initial weights (seeded): the no-learning control."""
     torch.manual_seed(seed)
-    net = FastShapGridNet(ckpt.classes, ckpt.grid, ckpt.width, ckpt.hidden, ckpt.cell)
+    net = FastShapGridNet(ckpt.classes, ckpt.grid, ckpt.width, ckpt.hidden, ckpt.cell, features=ckpt.feature_channels)
+    state = net.state_dict()
+    for name in ("feature_mean", "feature_std"):        # data statistics, not learned: the trained network's
+        if name in state:
+            state[name] = ckpt.state_dict[name].clone()
     return FastShapGridCheckpoint(ckpt.model_sha256, ckpt.classes, ckpt.image_size, ckpt.grid, ckpt.perturbation,
-                                  net.state_dict(), ckpt.net_size, ckpt.width, ckpt.hidden, ckpt.value_scale)
+                                  state, ckpt.net_size, ckpt.width, ckpt.hidden, ckpt.value_scale,
+                                  feature_blocks=ckpt.feature_blocks, feature_channels=ckpt.feature_channels)
 
 
-def rows(cases, ckpt: FastShapGridCheckpoint, budgets: list[int]) -> dict:
-    """{method: {curve: median AUC, 'n_forward': median per scene, 'seconds': median per scene}}."""
+def rows(cases, networks: dict[str, FastShapGridCheckpoint], budgets: list[int]) -> dict:
+    """{method: {curve: median AUC, 'n_forward': median per scene, 'seconds': median per scene}}; ``networks``:
+    {key: weights}, each with its untrained control (``key@untrained``), all on one perturbation."""
     out: dict[str, dict[str, list]] = {}
-    hide = ckpt.perturbation.split("(")[0]
-    floor = untrained(ckpt)
+    hides = {c.perturbation for c in networks.values()}
+    if len(hides) != 1:
+        raise SystemExit(f"bench_fastshap_grid: the networks hide with different perturbations {sorted(hides)}")
+    hide = hides.pop().split("(")[0]
+    explainers = {}
+    for key, ckpt in networks.items():
+        explainers[key], explainers[key + "@untrained"] = ckpt, untrained(ckpt)
 
     def add(key, scorer, image, saliency, n_forward, seconds):
         row = out.setdefault(key, {})
@@ -56,7 +70,7 @@ def rows(cases, ckpt: FastShapGridCheckpoint, budgets: list[int]) -> dict:
         row.setdefault("seconds", []).append(seconds)
 
     for scorer, image in cases:
-        for key, weights in (("fastshap_grid", ckpt), ("fastshap_grid@untrained", floor)):
+        for key, weights in explainers.items():
             start = time.perf_counter()
             exp = FastShapGrid(scorer, weights=weights).explain(image)
             add(key, scorer, image, exp.saliency, exp.n_forward, time.perf_counter() - start)
@@ -72,7 +86,9 @@ def rows(cases, ckpt: FastShapGridCheckpoint, budgets: list[int]) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", required=True, help="FastShapGrid weights (tasks.fastshap_grid_train)")
+    parser.add_argument("--weights", required=True, help="FastShapGrid weights (tasks.fastshap_grid_train); "
+                                                              "several, comma-separated, are compared on the same "
+                                                              "scenes (keyed fastshap_grid:<file stem>)")
     parser.add_argument("--classifier", default="weights/demo/classifier.pt")
     parser.add_argument("--scenes", type=int, default=16)
     parser.add_argument("--split", default="heldout")
@@ -82,7 +98,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     device = start_run(args.threads)
     started = time.perf_counter()
-    ckpt = FastShapGridCheckpoint.load(args.weights)
+    files = args.weights.split(",")
+    keys = ["fastshap_grid"] if len(files) == 1 else [f"fastshap_grid:{Path(f).stem}" for f in files]
+    if len(set(keys)) != len(keys):
+        raise SystemExit(f"bench_fastshap_grid: --weights files must have distinct names (stems), got {files}")
+    networks = {key: FastShapGridCheckpoint.load(f) for key, f in zip(keys, files)}
     clf = load_classifier(args.classifier, device=device)
     cases = []
     for _, img in classifier_scenes(args.split, args.scenes):
@@ -90,17 +110,22 @@ def main(argv: list[str] | None = None) -> None:
         if clf.input_size is not None and tuple(clf.input_size) != tuple(img.shape[-2:]):
             img = F.interpolate(img[None], size=clf.input_size, mode="bilinear", align_corners=False)[0]
         cases.append((ClassifierScorer(clf), img.contiguous()))
-    results = rows(cases, ckpt, args.rise)
-    fast, rise = results["fastshap_grid"], results.get(f"rise@{min(args.rise)}")
-    summary = {"deletion_vs_rise": {f"rise@{b}": fast["deletion/mean"] / results[f"rise@{b}"]["deletion/mean"]
-                                    for b in args.rise},
-               "insertion_vs_rise": {f"rise@{b}": fast["insertion/blur"] / results[f"rise@{b}"]["insertion/blur"]
-                                     for b in args.rise},
-               "time_vs_rise_min": fast["seconds"] / rise["seconds"] if rise else None}
+    results = rows(cases, networks, args.rise)
+    rise = results.get(f"rise@{min(args.rise)}")
+    summary = {key: {"deletion_vs_rise": {f"rise@{b}": results[key]["deletion/mean"] /
+                                          results[f"rise@{b}"]["deletion/mean"] for b in args.rise},
+                     "insertion_vs_rise": {f"rise@{b}": results[key]["insertion/blur"] /
+                                           results[f"rise@{b}"]["insertion/blur"] for b in args.rise},
+                     "time_vs_rise_min": results[key]["seconds"] / rise["seconds"] if rise else None}
+               for key in networks}
+    summary = summary["fastshap_grid"] if len(files) == 1 else summary
+    described = {key: {"weights": f, "weights_sha256_12": file_digest(f), "grid": list(c.grid),
+                       "feature_blocks": list(c.feature_blocks),
+                       "training": {k: v for k, v in c.training.items() if k != "history"}, "heldout": c.heldout}
+                 for key, f, c in zip(keys, files, networks.values())}
     out = {"split": describe_split(args.split), "scenes": len(cases), "targets_per_scene": cases[0][0].num_targets,
-           "weights": args.weights, "weights_sha256_12": file_digest(args.weights),
-           "classifier_sha256_12": file_digest(args.classifier), "grid": list(ckpt.grid),
-           "training": {k: v for k, v in ckpt.training.items() if k != "history"}, "heldout": ckpt.heldout,
+           "classifier_sha256_12": file_digest(args.classifier),
+           **(described["fastshap_grid"] if len(files) == 1 else {"networks": described}),
            "results": results, "summary": summary, "seconds": time.perf_counter() - started}
     write_results(args.out, out)
     for key, row in results.items():

@@ -13,6 +13,13 @@ convolution whose kernel and stride are the cell), mixed with neighbouring cells
 the cell features with the class's one-hot and the game's two ends v(all), v(none) and their gap as extra channels
 go through 1 x 1 convolutions to a raw value per cell.
 
+With ``features`` (the weights file's ``feature_blocks``), the network also reads the audited classifier's own
+per-cell features of the image (:class:`GridCellFeatures`: its feature blocks' outputs and every class's activation
+map, pooled to the grid: what ViT Shapley gets by fine-tuning the model itself as the explainer's backbone, Covert,
+Kim & Lee, ICLR 2023, https://arxiv.org/abs/2206.05282), standardised by training-set statistics stored with the
+weights and fused with the cell tokens by a 1 x 1 convolution. One more classifier pass (``n_feature_forward``);
+the classifier must be a PyTorch network with ``features`` blocks and a Linear ``head`` (the demo SceneNet).
+
 Additive efficient normalisation (Jethani, Sudarshan, Covert, Lee & Ranganath, "FastSHAP: Real-Time Shapley Value
 Estimation", ICLR 2022, https://arxiv.org/abs/2107.07436; reference code github.com/iancovert/fastshap):
 phi_c = raw_c + (v_c(all) - v_c(none) - sum_j raw_j) / n over the n cells, so the map's cells sum to the class's
@@ -35,6 +42,7 @@ from explainers.base import Explainer, Explanation, paint, region_means
 from explainers.game import RegionGame
 from explainers.perturb import Perturbation, make_perturbation
 from explainers.regions import grid_regions
+from explainers.rexl import CellFeatures
 from explainers.trained import CountsExplainerForwards, NetworkCheckpoint, load_once, weights_fingerprint
 
 FORMAT = "xai-audit/fastshap-grid"
@@ -59,28 +67,69 @@ class _Residual(nn.Module):
 
 class FastShapGridNet(nn.Module):
     """image features [N, 6, h, w] (image, image - baseline; h, w multiples of the grid), scalars [N, C,
-    NUM_SCALARS] -> raw cell values [N, C, rows, cols] (module docstring): one token per cell (a patch embedding: a
-    convolution whose kernel and stride are the cell, as ViT Shapley's patches), residual 3 x 3 blocks between
-    neighbouring cells, and a per-class 1 x 1 head."""
+    NUM_SCALARS] (and with ``features`` > 0 the classifier's per-cell features [N, features, rows, cols]:
+    :class:`GridCellFeatures`) -> raw cell values [N, C, rows, cols] (module docstring): one token per cell (a patch
+    embedding: a convolution whose kernel and stride are the cell, as ViT Shapley's patches), fused with the
+    standardised classifier features when given, residual 3 x 3 blocks between neighbouring cells, and a per-class
+    1 x 1 head. Raises ValueError when ``features`` > 0 and the features are missing or of another shape."""
 
     def __init__(self, classes: int, grid: tuple[int, int] = (12, 16), width: int = 32, hidden: int = 64,
-                 cell: tuple[int, int] = (8, 8), blocks: int = 2):
+                 cell: tuple[int, int] = (8, 8), blocks: int = 2, features: int = 0):
         super().__init__()
-        self.classes, self.grid = classes, tuple(grid)
+        self.classes, self.grid, self.features = classes, tuple(grid), int(features)
         self.embed = nn.Conv2d(6, width, tuple(cell), tuple(cell))
+        if self.features:            # the classifier's per-cell features, standardised by training-set statistics
+            self.register_buffer("feature_mean", torch.zeros(self.features))
+            self.register_buffer("feature_std", torch.ones(self.features))
+            self.fuse = nn.Sequential(nn.Conv2d(width + self.features, width, 1), nn.ReLU(inplace=True))
         self.mix = nn.Sequential(*[_Residual(width) for _ in range(blocks)])
         self.head = nn.Sequential(nn.Conv2d(width + classes + NUM_SCALARS, hidden, 1), nn.ReLU(inplace=True),
                                   nn.Conv2d(hidden, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, 1, 1))
 
-    def forward(self, x: torch.Tensor, scalars: torch.Tensor) -> torch.Tensor:
+    def standardise_features(self, features: torch.Tensor) -> None:
+        """Set the stored feature statistics from training features [N, features, rows, cols] (per channel)."""
+        with torch.no_grad():
+            self.feature_mean.copy_(features.mean((0, 2, 3)))
+            self.feature_std.copy_(features.std((0, 2, 3)).clamp_min(1e-6))
+
+    def forward(self, x: torch.Tensor, scalars: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         N, C = x.shape[0], self.classes
-        f = self.mix(F.adaptive_avg_pool2d(self.embed(x), self.grid))              # [N, F, rows, cols]
+        f = F.adaptive_avg_pool2d(self.embed(x), self.grid)                        # [N, width, rows, cols]
+        if self.features:
+            if features is None or tuple(features.shape) != (N, self.features, *self.grid):
+                raise ValueError(f"fastshap_grid: the network reads the classifier's features "
+                                 f"[{N}, {self.features}, {self.grid[0]}, {self.grid[1]}], got "
+                                 f"{None if features is None else tuple(features.shape)}")
+            z = (features.float() - self.feature_mean[:, None, None]) / self.feature_std[:, None, None]
+            f = self.fuse(torch.cat([f, z], 1))
+        f = self.mix(f)                                                             # [N, width, rows, cols]
         rows, cols = self.grid
         f = f[:, None].expand(-1, C, -1, -1, -1)
         onehot = torch.eye(C, device=x.device, dtype=x.dtype)[None, :, :, None, None].expand(N, -1, -1, rows, cols)
         s = scalars[..., None, None].expand(-1, -1, -1, rows, cols)
         z = torch.cat([f, onehot, s], 2).reshape(N * C, -1, rows, cols)
         return self.head(z).reshape(N, C, rows, cols)
+
+
+class GridCellFeatures(CellFeatures):
+    """The audited classifier's own per-cell features on a ``rows x cols`` grid (:class:`~explainers.rexl.
+    CellFeatures`, whose grid is square, on a rectangular one): the outputs of its ``features`` blocks listed in
+    ``blocks`` and every class's activation map, average-pooled to the grid. :meth:`cells`: images [B, 3, H, W] ->
+    [B, F, rows, cols] (F = the blocks' channels + classes), one classifier pass. Raises ValueError for a classifier
+    without ``features`` blocks and a Linear ``head`` or a block index out of range."""
+
+    def __init__(self, classifier, grid: tuple[int, int], blocks: tuple[int, ...] | list[int] = (2, 3)):
+        try:
+            super().__init__(classifier, blocks, grid=1)
+        except ValueError as exc:
+            raise ValueError(f"fastshap_grid (classifier features): {str(exc).removeprefix('rexl: ')}") from None
+        self.grid = tuple(int(g) for g in grid)                  # adaptive pooling takes (rows, cols)
+        self.spec["grid"] = list(self.grid)
+        self.classes = int(self.spec["classes"])
+
+    def cells(self, images: torch.Tensor) -> torch.Tensor:
+        out = self(images)[:, :-self.classes]                    # the probabilities of the same pass dropped
+        return out.reshape(images.shape[0], -1, *self.grid)
 
 
 def network_inputs(images: torch.Tensor, baselines: torch.Tensor, net_size: tuple[int, int]) -> torch.Tensor:
@@ -119,6 +168,8 @@ class FastShapGridCheckpoint(NetworkCheckpoint):
     width: int = 32
     hidden: int = 64
     value_scale: float = 1.0          # the network's raw output x this = score units (its training targets' RMS)
+    feature_blocks: tuple[int, ...] = ()   # the classifier's feature blocks the network reads (): pixels only
+    feature_channels: int = 0              # their channels + the class maps (GridCellFeatures); 0: pixels only
     training: dict = field(default_factory=dict)
     heldout: dict = field(default_factory=dict)
     _networks: dict = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -126,7 +177,12 @@ class FastShapGridCheckpoint(NetworkCheckpoint):
     FORMAT, VERSION = FORMAT, VERSION
     WHAT, HOW_TO_TRAIN = "fastshap_grid weights", "train one with tasks.fastshap_grid_train"
     REQUIRED = ("model_sha256", "classes", "image_size", "grid", "perturbation", "state_dict")
-    TUPLES = ("image_size", "grid", "net_size")
+    TUPLES = ("image_size", "grid", "net_size", "feature_blocks")
+
+    def __post_init__(self):
+        if bool(self.feature_blocks) != (int(self.feature_channels) > 0):
+            raise ValueError(f"feature_blocks {list(self.feature_blocks)} and feature_channels {self.feature_channels} "
+                             f"disagree: a network reads the classifier's features with both set, or neither")
 
     @property
     def cell(self) -> tuple[int, int]:
@@ -135,7 +191,8 @@ class FastShapGridCheckpoint(NetworkCheckpoint):
 
     def network(self, device: torch.device | str = "cpu") -> FastShapGridNet:
         """The network with the stored weights, in eval mode."""
-        net = FastShapGridNet(self.classes, self.grid, self.width, self.hidden, self.cell)
+        net = FastShapGridNet(self.classes, self.grid, self.width, self.hidden, self.cell,
+                              features=self.feature_channels)
         net.load_state_dict(self.state_dict)
         return net.to(device).eval()
 
@@ -164,7 +221,9 @@ class FastShapGrid(CountsExplainerForwards, Explainer):
     evenly over its pixels, so a cell's pixels sum to its value and all pixels to v(all) - v(none)), relevance [T, R]
     = the mean saliency per region when regions are given (they only summarise the map), full_score / empty_score [T].
     Spends exactly 2 model forwards (the full and the empty coalition, one scorer call) and 1 explainer forward
-    (``n_explainer_forward``, also in ``options``); BudgetError below 2."""
+    (``n_explainer_forward``, also in ``options``), and for a network that reads the classifier's features
+    (``feature_blocks``) 1 classifier pass of the image for them (``options['n_feature_forward']``: ValueError at
+    construction for a classifier without ``features`` blocks and a Linear ``head``); BudgetError below 2."""
 
     name = "fastshap_grid"
     default_budget = 2
@@ -206,10 +265,14 @@ class FastShapGrid(CountsExplainerForwards, Explainer):
             if bool(((wanted < -ckpt.classes) | (wanted >= ckpt.classes)).any()):
                 raise ValueError(f"fastshap_grid: {where} explains classes 0..{ckpt.classes - 1}, the scorer asks for "
                                  f"{wanted.tolist()}")
+        self.features = None
+        if ckpt.feature_channels:
+            self.features = GridCellFeatures(getattr(scorer, "model", None), ckpt.grid, ckpt.feature_blocks)
         self.ckpt, self.source = ckpt, None if isinstance(weights, FastShapGridCheckpoint) else str(weights)
         self.net = ckpt.shared_network(self.device)
         self.weights_sha256 = ckpt.digest()            # of the weights self.net was built from (cached)
         self.n_explainer_forward = 0
+        self.n_feature_forward = 0
 
     def options(self) -> dict[str, Any]:
         c = self.ckpt
@@ -227,7 +290,10 @@ class FastShapGrid(CountsExplainerForwards, Explainer):
         if torch.is_tensor(image) and image.ndim == 3 and tuple(image.shape[-2:]) != tuple(self.ckpt.image_size):
             raise ValueError(f"fastshap_grid: the network was trained on images of {tuple(self.ckpt.image_size)} "
                              f"(H, W), got {tuple(image.shape[-2:])}: give the classifier's input size")
-        return super().explain(image, regions, budget=budget, seed=seed)      # CountsExplainerForwards.explain
+        self.n_feature_forward = 0
+        exp = super().explain(image, regions, budget=budget, seed=seed)       # CountsExplainerForwards.explain
+        exp.options["n_feature_forward"] = self.n_feature_forward
+        return exp
 
     def _explain(self, image, regions, budget, generator):
         H, W = image.shape[-2:]
@@ -253,8 +319,12 @@ class FastShapGrid(CountsExplainerForwards, Explainer):
         f_all = torch.zeros(C, device=self.device).index_copy(0, targets, full.float())
         f_none = torch.zeros(C, device=self.device).index_copy(0, targets, empty.float())
         x = network_inputs(image[None], self.perturbation.baseline(image)[None], self.ckpt.net_size)
+        features = None
+        if self.features is not None:
+            features = self.features.cells(image[None].to(self.device))         # one classifier pass
+            self.n_feature_forward += 1
         with torch.inference_mode():
-            raw = self.net(x, grid_scalars(f_all[None], f_none[None]))[0]       # [C, rows, cols]
+            raw = self.net(x, grid_scalars(f_all[None], f_none[None]), features)[0]       # [C, rows, cols]
         self.n_explainer_forward += 1
         raw = raw.reshape(C, -1)[targets] * self.ckpt.value_scale
         return normalise(raw[None], (full - empty).float()[None])[0]
@@ -271,4 +341,4 @@ def _perturbation_of(description: str) -> Perturbation:
 
 
 __all__ = ["FORMAT", "VERSION", "FastShapGrid", "FastShapGridCheckpoint", "FastShapGridExplanation",
-           "FastShapGridNet", "grid_scalars", "network_inputs", "normalise"]
+           "FastShapGridNet", "GridCellFeatures", "grid_scalars", "network_inputs", "normalise"]

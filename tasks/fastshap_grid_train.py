@@ -13,6 +13,9 @@ Objective (FastSHAP, Jethani et al. 2022, https://arxiv.org/abs/2107.07436; refe
 mean over scenes x, classes c and their sampled coalitions S of (v_c(S) - v_c(none) - S . phi_c(x))^2, phi
 additively efficiency-normalised inside training; drawing S from the Shapley kernel makes the plain mean the
 kernel-weighted least squares whose optimum is the Shapley values. Adam, seeded, resumable (``--checkpoint-dir``).
+``--features 2 3``: the network also reads the classifier's own per-cell features of blocks 2 and 3 and its class
+maps (``explainers.fastshap_grid.GridCellFeatures``: one classifier pass per scene, standardised by the training
+scenes' per-channel mean and deviation, stored in the weights); the coalition cache is the same with or without.
 
 Held-out check (stored in the weights file): on the held-out scenes, every class: deletion / insertion AUC (the
 causal metrics of ``explainers.metrics.deletion_insertion``, mean-colour deletion, blur insertion, ``--steps``) of the
@@ -37,6 +40,7 @@ from explainers.fastshap_grid import (
     FastShapGrid,
     FastShapGridCheckpoint,
     FastShapGridNet,
+    GridCellFeatures,
     grid_scalars,
     network_inputs,
     normalise,
@@ -103,21 +107,32 @@ def scene_targets(table: pa.Table, cells: int) -> dict[str, dict]:
 
 
 def stacked(scenes: Sequence[Scene], targets: dict[str, dict], perturbation: Perturbation,
-            net_size: tuple[int, int]) -> dict[str, torch.Tensor]:
-    """Training tensors of ``scenes``: x [N, 6, h, w], full / empty [N, C], Z [N, K, n], y [N, K, C]."""
+            net_size: tuple[int, int], features: GridCellFeatures | None = None,
+            chunk: int = 32) -> dict[str, torch.Tensor]:
+    """Training tensors of ``scenes``: x [N, 6, h, w], full / empty [N, C], Z [N, K, n], y [N, K, C], and with
+    ``features`` the classifier's per-cell features [N, F, rows, cols] (one pass per scene). Full-size images are
+    stacked ``chunk`` scenes at a time (3,840 scenes at once took over 20 GB)."""
     recs = [targets[s.scene_id] for s in scenes]
-    images = torch.stack([s.image for s in scenes])
-    baselines = torch.stack([perturbation.baseline(s.image) for s in scenes])
-    return {"x": network_inputs(images, baselines, net_size),
-            "full": torch.tensor(np.stack([r["full"] for r in recs])).float(),
-            "empty": torch.tensor(np.stack([r["empty"] for r in recs])).float(),
-            "Z": torch.tensor(np.stack([r["Z"] for r in recs])),
-            "y": torch.tensor(np.stack([r["y"] for r in recs])).float()}
+    x, feats = [], []
+    for i in range(0, len(scenes), chunk):
+        images = torch.stack([s.image for s in scenes[i:i + chunk]])
+        baselines = torch.stack([perturbation.baseline(s.image) for s in scenes[i:i + chunk]])
+        x.append(network_inputs(images, baselines, net_size))
+        if features is not None:
+            feats.append(features.cells(images))
+    out = {"x": torch.cat(x),
+           "full": torch.tensor(np.stack([r["full"] for r in recs])).float(),
+           "empty": torch.tensor(np.stack([r["empty"] for r in recs])).float(),
+           "Z": torch.tensor(np.stack([r["Z"] for r in recs])),
+           "y": torch.tensor(np.stack([r["y"] for r in recs])).float()}
+    if features is not None:
+        out["features"] = torch.cat(feats)
+    return out
 
 
 def predict(net: FastShapGridNet, batch: dict[str, torch.Tensor], scale: float = 1.0) -> torch.Tensor:
     """Efficient cell values phi [N, C, n] of a batch (score units: the raw output x ``scale``)."""
-    raw = net(batch["x"], grid_scalars(batch["full"], batch["empty"])).flatten(2) * scale
+    raw = net(batch["x"], grid_scalars(batch["full"], batch["empty"]), batch.get("features")).flatten(2) * scale
     return normalise(raw, batch["full"] - batch["empty"])
 
 
@@ -154,13 +169,17 @@ def train_network(train: dict[str, torch.Tensor], val: dict[str, torch.Tensor], 
     torch.manual_seed(seed)
     scale = value_scale(train)
     cell = (train["x"].shape[-2] // grid[0], train["x"].shape[-1] // grid[1])
-    net = FastShapGridNet(classes, grid, width, hidden, cell)
+    features = int(train["features"].shape[1]) if "features" in train else 0
+    net = FastShapGridNet(classes, grid, width, hidden, cell, features=features)
+    if features:
+        net.standardise_features(train["features"])
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     state = {"epoch": 0, "best": float("inf"), "best_state": None, "history": []}
     last = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
     what = {**(spec or {}), "classes": classes, "grid": list(grid), "epochs": epochs, "batch_size": batch_size,
             "lr": lr, "seed": seed, "width": width, "hidden": hidden, "value_scale": scale, "cell": list(cell),
+            "features": features,
             "train": int(train["x"].shape[0]), "val": int(val["x"].shape[0])}
     if last is not None and last.is_file():
         saved = torch.load(last, weights_only=True)
@@ -247,6 +266,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--perturbation", default="mean")
+    parser.add_argument("--features", type=int, nargs="*", default=[], metavar="BLOCK",
+                        help="the classifier's feature blocks the network reads, e.g. 2 3 (explainers.fastshap_grid."
+                             "GridCellFeatures; default: none, pixels only)")
     parser.add_argument("--rise", type=int, default=250, help="RISE masks of the held-out comparison")
     parser.add_argument("--steps", type=int, default=20, help="deletion / insertion steps of the held-out check")
     parser.add_argument("--threads", type=int, default=1)
@@ -292,21 +314,25 @@ def main(argv: list[str] | None = None) -> None:
     cache_seconds = time.perf_counter() - start
     targets = scene_targets(cache.read(), grid[0] * grid[1])
     net_size = (8 * grid[0], 8 * grid[1])          # an 8 x 8 patch per grid cell
-    train = stacked(scenes[:n_train - n_val], targets, perturbation, net_size)
-    val = stacked(scenes[n_train - n_val:n_train], targets, perturbation, net_size)
+    features = GridCellFeatures(model, grid, args.features) if args.features else None
+    train = stacked(scenes[:n_train - n_val], targets, perturbation, net_size, features)
+    val = stacked(scenes[n_train - n_val:n_train], targets, perturbation, net_size, features)
     state, summary = train_network(train, val, classes, grid, epochs=args.epochs, batch_size=args.batch, lr=args.lr,
                                    seed=args.seed, width=args.width, checkpoint_dir=args.checkpoint_dir,
                                    progress=not args.no_progress,
                                    spec={**cache.spec, "model_sha256": model_sha, "train_scenes": n_train - n_val})
     training = {**summary, "data": DATA, **data_spec, "scenes": [0, n_train - n_val],
                 "val_scenes": [n_train - n_val, n_train], "pairs": args.pairs, "seed": args.seed, "lr": args.lr,
-                "batch": args.batch, "cache_seconds": cache_seconds, "model_forwards": n * (2 + 2 * args.pairs)}
+                "batch": args.batch, "cache_seconds": cache_seconds, "model_forwards": n * (2 + 2 * args.pairs),
+                "feature_forwards": n if features is not None else 0}
     ckpt = FastShapGridCheckpoint(model_sha, classes, (H, W), grid, perturbation.describe(), state,
                                   net_size=net_size, width=args.width, value_scale=summary["value_scale"],
+                                  feature_blocks=tuple(args.features),
+                                  feature_channels=0 if features is None else int(train["features"].shape[1]),
                                   training=training)
     held_scenes = scenes[n_train:]
     check_start = time.perf_counter()
-    held = stacked(held_scenes, targets, perturbation, net_size)
+    held = stacked(held_scenes, targets, perturbation, net_size, features)
     ckpt.heldout = {**heldout_check(ckpt, lambda: ClassifierScorer(model, chunk_size=16), held_scenes, held,
                                     args.rise, args.steps),
                     "scene_range": [n_train, n], "seconds": time.perf_counter() - check_start}

@@ -12,6 +12,7 @@ import torch
 from explainers.fastshap_grid import FastShapGrid, FastShapGridCheckpoint
 from explainers.perturb import make_perturbation
 from explainers.regions import grid_regions
+from explainers.trained import weights_fingerprint
 from tasks.fastshap_data import CoalitionCache
 from tasks.fastshap_grid_train import Scene, scene_rows, scene_targets, stacked, train_network
 
@@ -194,3 +195,66 @@ def test_the_coalition_cache_resumes_to_identical_rows(tmp_path):
     with pytest.raises(ValueError, match="built for another setting .*pairs: 4 != 5"):
         CoalitionCache(tmp_path / "part", {"pairs": 5, "seed": 0}, key="scene_id", block=5).build(
             items, MEAN, rows_of=lambda s: scene_rows(s, ChannelScorer(), GRID, 5, 0, MEAN, 64))
+
+
+def _scene_classifier(seed: int = 0):
+    """A small SceneNet (feature blocks, Linear head) on 64 x 64 images: blocks 2 and 3 give 16 + 32 channels."""
+    from detection.models.classifier import ImageClassifier
+    from detection.models.scene_classifier import SceneNet
+
+    torch.manual_seed(seed)
+    net = SceneNet(3, width=4).eval()
+    with torch.no_grad():
+        net.head.weight.mul_(300)                  # scores that move when cells are hidden (not ~1e-7 of a fresh net)
+    return ImageClassifier(net, ["a", "b", "c"], multi_label=True, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+                           device="cpu")
+
+
+def test_a_network_reading_the_classifiers_features_trains_explains_efficiently_and_refuses_a_plain_model(tmp_path):
+    """With feature_blocks the network reads the classifier's per-cell features (blocks' outputs and class maps,
+    pooled to the grid): standardised by the training scenes' statistics, one classifier pass per explanation
+    (n_feature_forward), exactly efficient maps equal to the trained network's on those features; a classifier
+    without feature blocks and a missing feature input are refused by name."""
+    from detection.scorers import ClassifierScorer
+    from explainers.fastshap_grid import FastShapGridNet, GridCellFeatures
+    from explainers.rexl import head_class_maps
+    from tasks.fastshap_grid_train import predict
+
+    clf, grid, size = _scene_classifier(), (4, 4), (64, 64)
+    feats = GridCellFeatures(clf, grid, (2, 3))
+    g = torch.Generator().manual_seed(0)
+    items = [Scene(i, torch.rand(3, *size, generator=g)) for i in range(20)]
+    cells = feats.cells(torch.stack([s.image for s in items[:2]]))
+    assert cells.shape == (2, 16 + 32 + 3, *grid)
+    last = clf.model.features(clf.preprocess(items[0].image[None]))              # the class maps are the last 3
+    torch.testing.assert_close(cells[:1, -3:], head_class_maps(clf.model.head, last, grid), atol=1e-5, rtol=0)
+
+    scorer = ClassifierScorer(clf)
+    cache = CoalitionCache(tmp_path / "cache", {"game": "scenenet", "pairs": 4, "seed": 0}, key="scene_id", block=8)
+    cache.build(items, MEAN, rows_of=lambda s: scene_rows(s, scorer, grid, 4, 0, MEAN, 64))
+    targets = scene_targets(cache.read(), 16)
+    net_size = (8 * grid[0], 8 * grid[1])
+    train = stacked(items[:16], targets, MEAN, net_size, feats)
+    val = stacked(items[16:], targets, MEAN, net_size, feats)
+    assert train["features"].shape == (16, 51, *grid)
+    state, summary = train_network(train, val, 3, grid, epochs=2, batch_size=8, width=4, hidden=8, progress=False)
+    torch.testing.assert_close(state["feature_mean"], train["features"].mean((0, 2, 3)))
+    ckpt = FastShapGridCheckpoint(weights_fingerprint(scorer), 3, size, grid, MEAN.describe(), state,
+                                  net_size=net_size, width=4, hidden=8, value_scale=summary["value_scale"],
+                                  feature_blocks=(2, 3), feature_channels=51)
+    ckpt.save(tmp_path / "grid.pt")
+    loaded = FastShapGridCheckpoint.load(tmp_path / "grid.pt")
+    assert loaded.feature_blocks == (2, 3) and loaded.feature_channels == 51
+    exp = FastShapGrid(scorer, weights=loaded).explain(items[17].image)
+    torch.testing.assert_close(exp.saliency.sum((1, 2)), exp.full_score - exp.empty_score, atol=1e-5, rtol=0)
+    assert exp.n_forward == 2 and exp.n_explainer_forward == 1 and exp.options["n_feature_forward"] == 1
+    with torch.no_grad():                                # the explainer's values are the trained network's
+        phi = predict(loaded.network(), stacked(items[17:18], targets, MEAN, net_size, feats), loaded.value_scale)
+    assert float((exp.full_score - exp.empty_score).abs().min()) > 1e-6          # not a flat game
+    assert _rel(exp.saliency.reshape(3, 4, 16, 4, 16).sum((2, 4)).reshape(3, -1), phi[0]) < 1e-3
+    with pytest.raises(ValueError, match=r"^fastshap_grid \(classifier features\): features 'cells' need .*'features'"):
+        FastShapGrid(ChannelScorer(), weights=loaded, check_weights=False)
+    with pytest.raises(ValueError, match=r"feature_blocks \[2, 3\] and feature_channels 0 disagree"):
+        FastShapGridCheckpoint(ckpt.model_sha256, 3, size, grid, MEAN.describe(), state, feature_blocks=(2, 3))
+    with pytest.raises(ValueError, match=r"reads the classifier's features \[1, 51, 4, 4\], got None"):
+        FastShapGridNet(3, grid, 4, 8, (8, 8), features=51)(torch.zeros(1, 6, 32, 32), torch.zeros(1, 3, 3))
