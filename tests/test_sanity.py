@@ -191,6 +191,7 @@ def test_sanity_rows_are_stored_per_job_and_target_and_replayed_with_their_error
     assert [e["message"] for e in second["errors"]] == [e["message"] for e in first["errors"]]
     assert {e["uri"] for e in second["errors"]} == {items[0]["image"]["uri"]}
 
+
     job = ExplainJob(**jobs[0])
     key = sanity.sanity_key("base", "cpu", job, "image-bytes", items[0], "t0")
     moved = {**items[0], "targets": [{**targets[0], "bbox": [0, 0, 2, 3]}, targets[1]]}
@@ -201,3 +202,10 @@ def test_sanity_rows_are_stored_per_job_and_target_and_replayed_with_their_error
                 sanity.sanity_key("base", "cpu", ExplainJob(**jobs[0], budget=8), "image-bytes", items[0], "t0"),
                 sanity.sanity_key("base", "cuda", job, "image-bytes", items[0], "t0")}) == 6
     assert sanity.sanity_key("base", "cpu", job, None, items[0], "t0") is None      # unreadable image: not stored
+
+    targets.insert(0, {**targets[0], "target_id": "t00"})            # a new target sorting first: only it computed
+    calls.clear()
+    mixed = sanity.sanity_check.fn(items, {"occlusion@parts": [("i0", "t00"), ("i0", "t0"), ("i0", "t1")]}, params)
+    assert (mixed["computed"], mixed["reused"]) == (1, 2) and {c[1] for c in calls} == {"t00"}
+    assert [(r["target_id"], r["stage"]) for r in mixed["rows"]] == [(t, s) for t in ("t00", "t0", "t1")
+                                                                      for s in range(3)]
