@@ -135,6 +135,7 @@ def test_verdicts_come_with_the_medians_interval_and_say_when_it_leaves_them_uns
     assert summary["straddle"]["spearman_full_interval"] == [0.36, 0.62]     # resampling 2 values: their range
     assert median_interval(clear_pass, "k") == median_interval(clear_pass, "k")           # seeded: same bytes
     assert median_interval([0.3, float("nan")], "k") is None                              # one finite value
+    assert median_interval([], "k") is None and median_interval([0.3] * 12, "k") == [0.3, 0.3]   # empty, constant
     assert not verdict_settled([None, [0.0, 0.1]], 0.5)
     assert verdict_settled([[0.1, 0.2], [0.6, 0.9]], 0.5) and not verdict_settled([[0.1, 0.2], [0.4, 0.9]], 0.5)
     table = sanity_table({"sanity": {"steps": 3, "max_correlation": 0.5, "jobs": summary}}).set_index("job")
