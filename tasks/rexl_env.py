@@ -155,17 +155,23 @@ class RexlVecEnv(VecEnv):
     (``'cycle'``). ``features``: a feature module (``explainers.rexl.make_features``); ``norm``: its standardisation
     (:func:`feature_stats`; None: raw); ``obs_dim`` follows from the first states. ``reward_scale``: the rewards
     handed to the learner are multiplied by it (a learning-rate-free rescaling of the tiny per-step rewards, about
-    score / k^2; ``infos``' ``auc`` and ``episode`` stay unscaled). Raises ValueError for an empty pool, an unknown
-    sampling or a reward_scale <= 0."""
+    score / k^2; ``infos``' ``auc`` and ``episode`` stay unscaled). ``horizon``: episodes end after this many steps
+    (default k^2, the whole game); shorter, the return is the area under the first ``horizon`` steps of the score
+    curve only (the end is terminal, not bootstrapped): the part of the curve where a pixel-level deletion AUC is
+    decided, with more episodes per step budget. Raises ValueError for an empty pool, an unknown sampling, a
+    reward_scale <= 0 or a horizon outside [1, k^2]."""
 
     render_mode = None
 
     def __init__(self, scorer, episodes: Sequence[Episode], n_envs: int, features, *, grid: int = 7,
                  mode: str = "deletion", perturbation: str | Perturbation = "mean",
                  norm: tuple[torch.Tensor, torch.Tensor] | None = None, sampling: str = "random", seed: int = 0,
-                 reward_scale: float = 1.0):
+                 reward_scale: float = 1.0, horizon: int | None = None):
         if not episodes:
             raise ValueError("rexl env: the episode pool is empty")
+        self.horizon = int(grid) ** 2 if horizon is None else int(horizon)
+        if not 1 <= self.horizon <= int(grid) ** 2:
+            raise ValueError(f"rexl env: horizon must be in [1, {int(grid) ** 2}] (grid {grid}), got {horizon!r}")
         if sampling not in ("random", "cycle"):
             raise ValueError(f"rexl env: sampling must be 'random' or 'cycle', got {sampling!r}")
         if not reward_scale > 0:
@@ -208,6 +214,7 @@ class RexlVecEnv(VecEnv):
         actions = self._actions
         self._taken_order.append(actions.copy())
         reward, ended = self.batch.step(actions)
+        ended = ended or self.batch.game.steps == self.horizon
         obs = self.batch.observe().cpu().numpy()
         rewards = (reward * self.reward_scale).cpu().numpy().astype(np.float32)
         infos: list[dict] = [{} for _ in range(self.num_envs)]
@@ -219,7 +226,7 @@ class RexlVecEnv(VecEnv):
         for i, info in enumerate(infos):
             info.update(terminal_observation=obs[i], auc=float(sign * self.batch.returns[i]), order=order[i],
                         curve=curve[i], episode_index=self.current[i],
-                        episode={"r": float(self.batch.returns[i]), "l": self.batch.game.cells})
+                        episode={"r": float(self.batch.returns[i]), "l": self.batch.game.steps})
         obs = self.reset()
         return obs, rewards, np.ones(self.num_envs, bool), infos
 

@@ -149,6 +149,30 @@ def test_vector_env_equals_a_loop_of_single_envs():
         assert episode.column == i % 2
 
 
+def test_a_shorter_horizon_ends_episodes_early_with_the_curves_first_area():
+    scorer = ModelScorer(ToyNet())
+    pool = [Episode(image(s), s % 2, torch.zeros(0)) for s in range(2)]
+    feats = small_features()
+    orders = np.stack([np.random.default_rng(s).permutation(GRID * GRID) for s in range(2)], 1)
+    full = RexlVecEnv(scorer, pool, 2, feats, grid=GRID, sampling="cycle")
+    short = RexlVecEnv(scorer, pool, 2, feats, grid=GRID, sampling="cycle", horizon=5)
+    full.reset(), short.reset()
+    total = np.zeros(2)
+    for t in range(5):
+        _, r_full, d_full, _ = full.step(orders[t])
+        _, r_short, d_short, infos = short.step(orders[t])
+        np.testing.assert_allclose(r_short, r_full, atol=1e-7)
+        total += r_full
+        assert not d_full.any() and d_short.all() == (t == 4) and d_short.any() == (t == 4)
+    assert [i["episode"]["l"] for i in infos] == [5, 5]
+    np.testing.assert_allclose([-i["auc"] for i in infos], total, atol=1e-6)   # deletion: return = -area
+    assert [list(i["order"]) for i in infos] == [list(orders[:5, 0]), list(orders[:5, 1])]
+    assert not short.batch.game.taken.any()                   # the next round started afresh
+    for bad in (0, GRID * GRID + 1):
+        with pytest.raises(ValueError, match="horizon"):
+            RexlVecEnv(scorer, pool, 2, feats, grid=GRID, horizon=bad)
+
+
 def test_rollout_is_deterministic_and_spends_exactly_its_forwards():
     scorer = ModelScorer(ToyNet())
     img = image(2)
