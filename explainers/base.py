@@ -81,6 +81,7 @@ class Explainer:
     # False: regions only summarise its pixel map (relevance = the mean saliency in each). needs_regions implies it
     accepts_regions: bool = False
     needs_detections: bool = False        # the scorer must be a detection (D-RISE) scorer: no ``classes`` targets
+    needs_classes: bool = False           # the scorer must be a classifier's (its ``targets``): ``classes`` only
     needs_gradients: bool = False         # white-box: backpropagates through the model (none yet)
     needs_trained_weights: bool = False   # a learned explainer: a trained file, named by ``trained_file_option``
     shapley_values: bool = False          # relevance estimates Shapley values: efficiency holds (sum = full - empty)

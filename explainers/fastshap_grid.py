@@ -227,6 +227,7 @@ class FastShapGrid(CountsExplainerForwards, Explainer):
 
     name = "fastshap_grid"
     default_budget = 2
+    needs_classes = True
     needs_trained_weights = True
     trained_file_option = "weights"
     trained_file_hint = "python -m tasks.fastshap_grid_train (a network per classifier)"

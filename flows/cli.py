@@ -98,12 +98,12 @@ def rexl_applies(params) -> bool:
 
 
 def fastshap_applies(params) -> bool:
-    """The FastShapParts weights stage (``fastshap``) runs by default only where an explain job's
-    ``options.weights`` names the file it writes (:meth:`~tasks.params.FastShapParams.weights_file`): training a
-    network nobody uses costs CPU minutes."""
-    written = params.fastshap.weights_file()
-    return written is not None and any(Path(str(job.options["weights"])).resolve() == written
-                                       for job in params.explain.jobs if "weights" in job.options)
+    """The FastSHAP weights stage (``fastshap``) runs by default only where an explain job's ``options.weights``
+    names a file it writes (:meth:`~tasks.params.FastShapParams.written_files`): training a network nobody uses
+    costs CPU minutes."""
+    written = set(params.fastshap.written_files())
+    return any(Path(str(job.options["weights"])).resolve() in written
+               for job in params.explain.jobs if "weights" in job.options)
 
 
 def guide_applies(params, stages: list[str]) -> bool:

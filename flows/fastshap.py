@@ -1,9 +1,11 @@
 """The ``models_fastshap`` stage: the FastShapParts network (a learned explainer of a pedestrian's body-part Shapley
 game: FastSHAP, Jethani et al. 2022, https://arxiv.org/abs/2107.07436; ``explainers.fastshap``) of the explain
-stage's detector that the ``fastshap`` params section configures, trained on the training scenes or, with
-``weights``, a given file verified (the explainer's guard: trained for these detector weights, this grouping and
-perturbation) and copied (``tasks.fastshap_stage``). Writes ``fastshap.out_dir`` (the weights file ``fastshap`` /
-``fastshap_bayes`` explain jobs name) and ``fastshap.metrics``; wall times go to ``metrics/timings.json``.
+stage's detector and the FastShapGrid network (a saliency map of a classifier's grid-cell game in one forward;
+``explainers.fastshap_grid``) of the audited classifier that the ``fastshap`` params section configures, each
+trained on the training scenes or, with ``weights``, a given file verified (the explainer's guard: trained for these
+model weights, this game) and copied (``tasks.fastshap_stage``). Writes ``fastshap.out_dir`` (the weights files
+``fastshap`` / ``fastshap_bayes`` / ``fastshap_grid`` explain jobs name) and ``fastshap.metrics``; wall times go to
+``metrics/timings.json``.
 """
 from __future__ import annotations
 
@@ -14,15 +16,16 @@ import flows  # noqa: F401  (environment defaults)
 
 from prefect import flow, get_run_logger
 
-from tasks.fastshap_stage import provide_weights, write_metrics
+from tasks.fastshap_stage import provide_grid_weights, provide_weights, write_metrics
 from tasks.params import Params, load_params
 from tasks.timings import record_run
 
 
 @flow(name="fastshap", log_prints=True)
 def fastshap_flow(params: Params, progress: bool = True) -> dict:
-    """The detector's FastShapParts weights (train or verify + copy) -> ``fastshap.out_dir`` and
-    ``fastshap.metrics``. Raises ValueError / FileNotFoundError naming the ``fastshap`` key at fault."""
+    """The detector's FastShapParts and the classifier's FastShapGrid weights (train or verify + copy) ->
+    ``fastshap.out_dir`` and ``fastshap.metrics``. Raises ValueError / FileNotFoundError naming the ``fastshap`` key
+    at fault."""
     logger = get_run_logger()
     started = time.perf_counter()
     records = {}
@@ -31,8 +34,13 @@ def fastshap_flow(params: Params, progress: bool = True) -> dict:
         logger.info("fastshap: detector weights %s (%s, %s training persons, held-out median rel. L2 error %s on %s "
                     "persons)", r["file"], r["source"], r["train_persons"], r["heldout_median_rel_l2"],
                     r["heldout_persons"])
-    else:
-        logger.info("fastshap: no network configured (params fastshap.detector is null)")
+    if params.fastshap.classifier is not None:
+        r = records["classifier"] = provide_grid_weights(params, progress)
+        logger.info("fastshap: classifier weights %s (%s, %s x %s cells, held-out deletion AUC median %s, RISE@%s's "
+                    "%s)", r["file"], r["source"], *r["grid"], r["heldout_deletion_auc_median"],
+                    r["heldout_rise_budget"], r["heldout_rise_deletion_auc_median"])
+    if not records:
+        logger.info("fastshap: no network configured (params fastshap.detector and fastshap.classifier are null)")
     Path(params.fastshap.out_dir).mkdir(parents=True, exist_ok=True)     # the stage's output exists even when empty
     write_metrics(params.fastshap.metrics, records)
     record_run("fastshap", {"wall_seconds": round(time.perf_counter() - started, 2)}, params.fastshap.metrics)

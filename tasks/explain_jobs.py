@@ -101,7 +101,7 @@ def check_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
 
 def capability_error(job: ExplainJob) -> str | None:
     """What the job's method class declares and the job does not give, or None: ``needs_regions`` with regions
-    ``none``, ``needs_detections`` with targets ``classes``."""
+    ``none``, ``needs_detections`` with targets ``classes``, ``needs_classes`` with other targets."""
     cls = METHODS[job.method]
     if cls.fixed_players and job.regions != "parts":
         return (f"{job.method} plays the body parts its trained file names: regions must be 'parts', got "
@@ -112,6 +112,8 @@ def capability_error(job: ExplainJob) -> str | None:
         instead = without_detections(job.method)
         return f"{job.method} explains detections: " + (f"use {instead} for classes" if instead else
                                                          "targets 'classes' have none")
+    if cls.needs_classes and job.targets != "classes":
+        return f"{job.method} explains classifier classes: targets must be 'classes', got {job.targets!r}"
     return None
 
 
@@ -177,8 +179,8 @@ def _written_by_stage(path: Path, params: Params) -> bool:
     """Whether ``path`` is a trained file a pipeline stage writes (``models_rexl``: ``rexl.out_dir``;
     ``models_fastshap``: ``fastshap.out_dir``): absent before that stage has run, which is no error when the whole
     pipeline runs (``make run``, ``xai-audit audit``)."""
-    written = {params.rexl.policy_file(n) for n in params.rexl.policies()} | {params.fastshap.weights_file()}
-    return path.resolve() in written - {None}
+    written = {params.rexl.policy_file(n) for n in params.rexl.policies()} | set(params.fastshap.written_files())
+    return path.resolve() in written
 
 
 def _players_error(ckpt, params: Params) -> str | None:

@@ -253,6 +253,89 @@ def heldout_check(ckpt: FastShapGridCheckpoint, scorer_for, scenes: Sequence[Sce
             "coalition_r2": r2}
 
 
+@dataclass
+class GridTrainConfig:
+    """What :func:`train_grid_weights` trains (the CLI's options; ``tasks.params.FastShapGridNetParams`` for the
+    ``models_fastshap`` stage): ``scenes`` training scenes (None: ``models.train_data.n_images``), the last
+    ``heldout_scenes`` of them held out for the stored check, a tenth of the rest validating."""
+
+    grid: tuple[int, int] = (12, 16)
+    scenes: int | None = None
+    heldout_scenes: int = 40
+    pairs: int = 32
+    epochs: int = 30
+    batch: int = 16
+    lr: float = 1e-3
+    width: int = 32
+    seed: int = 0
+    perturbation: str = "mean"
+    features: tuple[int, ...] = ()
+    rise: int = 250
+    steps: int = 20
+
+
+def train_grid_weights(model, config: GridTrainConfig, params, cache_dir: str | Path,
+                       checkpoint_dir: str | Path | None = None, progress: bool = True) -> FastShapGridCheckpoint:
+    """A FastShapGrid network for the classifier ``model`` (a ``detection.models.classifier`` model: ``num_classes``,
+    ``input_size``) trained as the module docstring says on the training scenes ``params`` (``tasks.params.Params``)
+    define, with the held-out check stored in it. The coalition cache under ``cache_dir`` (reused, completed),
+    the training state under ``checkpoint_dir`` (resumed). Raises ValueError when the scene counts leave no training
+    or held-out scene, and for a ``checkpoint_dir`` of another training."""
+    from detection.scorers import ClassifierScorer
+    from tasks.result_store import digest
+    from tasks.rexl_train import training_scenes
+
+    classes, grid = model.num_classes, tuple(int(g) for g in config.grid)
+    perturbation = make_perturbation(config.perturbation)
+    n = config.scenes or params.models.train_data.n_images
+    n_train = n - config.heldout_scenes
+    n_val = max(1, n_train // 10)
+    if config.heldout_scenes < 1 or n_train - n_val < 1:
+        raise ValueError(f"fastshap_grid: scenes {n} with heldout_scenes {config.heldout_scenes} leaves "
+                         f"{n_train - n_val} training scenes (a tenth of the rest validates; need >= 1 held out and "
+                         f">= 1 to train)")
+    images = training_scenes(n, model.input_size, params)
+    scenes = [Scene(i, img) for i, img in enumerate(images)]
+    H, W = images[0].shape[-2:]
+    model_sha = weights_fingerprint(ClassifierScorer(model))
+    data_spec = {"data_seed": params.seed + params.models.train_data.seed_offset,
+                 "generator": digest(params.pull.synthetic.model_dump(mode="json"))[:16]}
+    cache = CoalitionCache(cache_dir, {"model_sha256": model_sha, "grid": list(grid), "image_size": [H, W],
+                                       "perturbation": perturbation.describe(), "pairs": config.pairs,
+                                       "seed": config.seed, "data": DATA, **data_spec}, key="scene_id")
+    start = time.perf_counter()
+    scorer = ClassifierScorer(model, chunk_size=16)
+    cache.build(scenes, perturbation, progress=progress,
+                rows_of=lambda s: scene_rows(s, scorer, grid, config.pairs, config.seed, perturbation, 16))
+    cache_seconds = time.perf_counter() - start
+    targets = scene_targets(cache.read(), grid[0] * grid[1])
+    net_size = (8 * grid[0], 8 * grid[1])          # an 8 x 8 patch per grid cell
+    blocks = tuple(int(b) for b in config.features)
+    features = GridCellFeatures(model, grid, blocks) if blocks else None
+    train = stacked(scenes[:n_train - n_val], targets, perturbation, net_size, features)
+    val = stacked(scenes[n_train - n_val:n_train], targets, perturbation, net_size, features)
+    state, summary = train_network(train, val, classes, grid, epochs=config.epochs, batch_size=config.batch,
+                                   lr=config.lr, seed=config.seed, width=config.width, checkpoint_dir=checkpoint_dir,
+                                   progress=progress,
+                                   spec={**cache.spec, "model_sha256": model_sha, "train_scenes": n_train - n_val})
+    training = {**summary, "data": DATA, **data_spec, "scenes": [0, n_train - n_val],
+                "val_scenes": [n_train - n_val, n_train], "pairs": config.pairs, "seed": config.seed,
+                "lr": config.lr, "batch": config.batch, "cache_seconds": cache_seconds,
+                "model_forwards": n * (2 + 2 * config.pairs), "feature_forwards": n if features is not None else 0}
+    ckpt = FastShapGridCheckpoint(model_sha, classes, (H, W), grid, perturbation.describe(), state,
+                                  net_size=net_size, width=config.width, value_scale=summary["value_scale"],
+                                  feature_blocks=blocks,
+                                  feature_channels=0 if features is None else int(train["features"].shape[1]),
+                                  training=training)
+    held_scenes = scenes[n_train:]
+    check_start = time.perf_counter()
+    held = stacked(held_scenes, targets, perturbation, net_size, features)
+    ckpt.heldout = {**heldout_check(ckpt, lambda: ClassifierScorer(model, chunk_size=16), held_scenes, held,
+                                    config.rise, config.steps),
+                    "scene_range": [n_train, n], "seconds": time.perf_counter() - check_start}
+    return ckpt
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default=None, help="the audited classifier (default: infer.classifier)")
@@ -278,67 +361,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from detection.scorers import ClassifierScorer
     from tasks.model_cache import classifier_model
     from tasks.params import load_params
-    from tasks.rexl_train import training_scenes
 
     params = load_params(check_files=False)
     spec = params.infer.classifier
     if args.weights:
         spec = spec.model_copy(update={"weights": args.weights})
     model = classifier_model(spec.model_dump_json(), "cpu", 16)
-    classes, grid = model.num_classes, tuple(args.grid)
-    perturbation = make_perturbation(args.perturbation)
-    n = args.scenes or params.models.train_data.n_images
-    n_train = n - args.heldout_scenes
-    n_val = max(1, n_train // 10)
-    if args.heldout_scenes < 1 or n_train - n_val < 1:
-        raise SystemExit(f"fastshap_grid_train: --scenes {n} with --heldout-scenes {args.heldout_scenes} leaves "
-                         f"{n_train - n_val} training scenes (a tenth of the rest validates; need >= 1 held out and "
-                         f">= 1 to train)")
-    images = training_scenes(n, model.input_size, params)
-    scenes = [Scene(i, img) for i, img in enumerate(images)]
-    H, W = images[0].shape[-2:]
-    model_sha = weights_fingerprint(ClassifierScorer(model))
-    from tasks.result_store import digest
-    data_spec = {"data_seed": params.seed + params.models.train_data.seed_offset,
-                 "generator": digest(params.pull.synthetic.model_dump(mode="json"))[:16]}
-    cache = CoalitionCache(args.cache_dir, {"model_sha256": model_sha, "grid": list(grid), "image_size": [H, W],
-                                            "perturbation": perturbation.describe(), "pairs": args.pairs,
-                                            "seed": args.seed, "data": DATA, **data_spec}, key="scene_id")
-    start = time.perf_counter()
-    scorer = ClassifierScorer(model, chunk_size=16)
-    cache.build(scenes, perturbation, progress=not args.no_progress,
-                rows_of=lambda s: scene_rows(s, scorer, grid, args.pairs, args.seed, perturbation, 16))
-    cache_seconds = time.perf_counter() - start
-    targets = scene_targets(cache.read(), grid[0] * grid[1])
-    net_size = (8 * grid[0], 8 * grid[1])          # an 8 x 8 patch per grid cell
-    features = GridCellFeatures(model, grid, args.features) if args.features else None
-    train = stacked(scenes[:n_train - n_val], targets, perturbation, net_size, features)
-    val = stacked(scenes[n_train - n_val:n_train], targets, perturbation, net_size, features)
-    state, summary = train_network(train, val, classes, grid, epochs=args.epochs, batch_size=args.batch, lr=args.lr,
-                                   seed=args.seed, width=args.width, checkpoint_dir=args.checkpoint_dir,
-                                   progress=not args.no_progress,
-                                   spec={**cache.spec, "model_sha256": model_sha, "train_scenes": n_train - n_val})
-    training = {**summary, "data": DATA, **data_spec, "scenes": [0, n_train - n_val],
-                "val_scenes": [n_train - n_val, n_train], "pairs": args.pairs, "seed": args.seed, "lr": args.lr,
-                "batch": args.batch, "cache_seconds": cache_seconds, "model_forwards": n * (2 + 2 * args.pairs),
-                "feature_forwards": n if features is not None else 0}
-    ckpt = FastShapGridCheckpoint(model_sha, classes, (H, W), grid, perturbation.describe(), state,
-                                  net_size=net_size, width=args.width, value_scale=summary["value_scale"],
-                                  feature_blocks=tuple(args.features),
-                                  feature_channels=0 if features is None else int(train["features"].shape[1]),
-                                  training=training)
-    held_scenes = scenes[n_train:]
-    check_start = time.perf_counter()
-    held = stacked(held_scenes, targets, perturbation, net_size, features)
-    ckpt.heldout = {**heldout_check(ckpt, lambda: ClassifierScorer(model, chunk_size=16), held_scenes, held,
-                                    args.rise, args.steps),
-                    "scene_range": [n_train, n], "seconds": time.perf_counter() - check_start}
+    config = GridTrainConfig(grid=tuple(args.grid), scenes=args.scenes, heldout_scenes=args.heldout_scenes,
+                             pairs=args.pairs, epochs=args.epochs, batch=args.batch, lr=args.lr, width=args.width,
+                             seed=args.seed, perturbation=args.perturbation, features=tuple(args.features),
+                             rise=args.rise, steps=args.steps)
+    try:
+        ckpt = train_grid_weights(model, config, params, args.cache_dir, args.checkpoint_dir,
+                                  progress=not args.no_progress)
+    except ValueError as exc:
+        raise SystemExit(f"fastshap_grid_train: {exc}") from None
     ckpt.save(args.out)
-    print(f"training: { {k: v for k, v in training.items() if k != 'history'} }\nheld-out check: {ckpt.heldout}\n"
-          f"written: {args.out}", flush=True)
+    training = {k: v for k, v in ckpt.training.items() if k != "history"}
+    print(f"training: {training}\nheld-out check: {ckpt.heldout}\nwritten: {args.out}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,12 @@
 """Tasks of the ``models_fastshap`` stage: the FastShapParts network (``explainers.fastshap``; FastSHAP, Jethani et
 al. 2022, https://arxiv.org/abs/2107.07436) of the explain stage's detector's body-part game that ``params.yaml``'s
 ``fastshap.detector`` configures, written to ``fastshap.out_dir/detector_parts.pt`` (the file a ``fastshap`` /
-``fastshap_bayes`` explain job's ``options.weights`` names: ``tasks.params.FastShapParams.weights_file``), and
-``fastshap.metrics``. The players are ``parts.grouping``'s parts plus the context (``parts.context``).
+``fastshap_bayes`` explain job's ``options.weights`` names: ``tasks.params.FastShapParams.weights_file``), the
+FastShapGrid network (``explainers.fastshap_grid``) of the audited classifier's grid-cell game that
+``fastshap.classifier`` configures, written to ``fastshap.out_dir/classifier_grid.pt`` (a ``fastshap_grid`` job's:
+``grid_weights_file``), and ``fastshap.metrics``. The players of the parts game are ``parts.grouping``'s parts plus
+the context (``parts.context``); those of the grid game the cells of ``fastshap.classifier.grid``. The classifier's
+network is trained (:func:`provide_grid_weights`) or verified and copied as the detector's is (below).
 
 Either
 
@@ -208,7 +212,8 @@ def provide_weights(params: Params, progress: bool = True) -> dict:
 
 
 def write_metrics(path: str | Path, records: dict[str, dict]) -> Path:
-    """``metrics/fastshap.json``: one record per model (``detector``: :func:`provide_weights`)."""
+    """``metrics/fastshap.json``: one record per model (``detector``: :func:`provide_weights`, ``classifier``:
+    :func:`provide_grid_weights`)."""
     from tasks.shards import write_json
 
     path = Path(path)
@@ -216,5 +221,140 @@ def write_metrics(path: str | Path, records: dict[str, dict]) -> Path:
     return path
 
 
-__all__ = ["KEY", "audited_detector", "cache_folders", "check_given", "code_digest", "guard_scorer",
+# ------------------------------------------------------------------------------------------- the classifier's grid
+GRID_KEY = "fastshap.classifier.weights"
+
+
+def audited_classifier(params: Params):
+    """The audited classifier (``infer.classifier``) on the CPU, built as the explain stage builds it. Raises
+    ValueError when there is none and FileNotFoundError naming a missing weights file."""
+    from tasks.model_cache import classifier_model
+
+    spec = params.infer.classifier
+    if spec is None:
+        raise ValueError("params fastshap.classifier: infer.classifier is null (no classifier to explain)")
+    if spec.weights is not None and not Path(spec.weights).is_file():
+        raise FileNotFoundError(f"params fastshap.classifier: the audited classifier's weights {spec.weights} not "
+                                f"found (run the models stage first)")
+    return classifier_model(spec.model_dump_json(), "cpu", params.explain.chunk_size)
+
+
+def check_given_grid(params: Params, src: str | Path):
+    """Check a given FastShapGrid weights file (``fastshap.classifier.weights``) before the stage copies it: the
+    manifest beside it (if any) lists its bytes, it is a FastShapGrid weights file of ``fastshap.classifier``'s grid,
+    perturbation and feature blocks, and :class:`~explainers.fastshap_grid.FastShapGrid`'s guard accepts it for the
+    audited classifier (its weights fingerprint and class count). Returns the checkpoint. Raises FileNotFoundError,
+    ``tasks.shipped_weights.WeightsMismatchError`` and ValueError naming the key and the file."""
+    from detection.scorers import ClassifierScorer
+    from explainers.fastshap_grid import FastShapGrid, FastShapGridCheckpoint
+    from tasks.shipped_weights import verify_given
+
+    src = Path(src)
+    spec = params.fastshap.classifier
+    verify_given(src, GRID_KEY)
+    try:
+        ckpt = FastShapGridCheckpoint.load(src)
+    except ValueError as exc:
+        raise ValueError(f"params {GRID_KEY}: {exc}") from None
+    try:
+        perturbation = make_perturbation(spec.perturbation).describe()
+    except (ValueError, KeyError) as exc:
+        raise ValueError(f"params fastshap.classifier.perturbation: {exc} (got {spec.perturbation!r})") from None
+    wrong = {k: (got, want) for k, got, want in (
+        ("grid", list(ckpt.grid), list(spec.grid)), ("perturbation", ckpt.perturbation, perturbation),
+        ("features", list(ckpt.feature_blocks), list(spec.features))) if got != want}
+    if wrong:
+        raise ValueError(f"params {GRID_KEY}: {src} was trained with " +
+                         ", ".join(f"{k} {g!r} (fastshap.classifier.{k}: {w!r})" for k, (g, w) in wrong.items()) +
+                         ": set them to match, or weights: null to train one")
+    model = audited_classifier(params)
+    try:
+        FastShapGrid(ClassifierScorer(model), weights=ckpt)
+    except ValueError as exc:
+        raise ValueError(f"params {GRID_KEY}: {src}: {exc} (or set fastshap.classifier.weights: null to train "
+                         f"one)") from None
+    return ckpt
+
+
+def grid_cache_folders(params: Params) -> tuple[Path, Path]:
+    """(coalition cache, training state) folders of the classifier's network under ``fastshap.cache_dir``:
+    ``grid-coalitions-<digest>`` of what the game values depend on (the classifier's spec and weights file, the
+    grid, perturbation, pairs and seed, the training scenes' generator and seed, the training code; not the scene
+    count: a scene's coalitions do not depend on the others, the cache is keyed per scene) and
+    ``grid-train-<digest>`` of that and every setting, so a rerun resumes only its own configuration."""
+    spec, cspec = params.fastshap.classifier, params.infer.classifier
+    weights = file_sha256(cspec.weights) if cspec.weights and Path(cspec.weights).is_file() else None
+    data = {"model": cspec.model_dump(mode="json"), "weights": weights, "seed": params.seed,
+            "train_data": params.models.train_data.model_dump(mode="json", exclude={"n_images"}),
+            "generator": params.pull.synthetic.model_dump(mode="json", exclude={"n_images"}),
+            **spec.model_dump(mode="json", include={"grid", "perturbation", "pairs", "seed"}),
+            "code": code_digest("tasks.fastshap_grid_train")}
+    train = {**data, "spec": spec.model_dump(mode="json", exclude={"weights"}),
+             "n_images": params.models.train_data.n_images}
+    root = Path(params.fastshap.cache_dir)
+    return root / f"grid-coalitions-{digest(data)[:16]}", root / f"grid-train-{digest(train)[:16]}"
+
+
+def train_grid(params: Params, progress: bool = True):
+    """Train the classifier's network (``tasks.fastshap_grid_train.train_grid_weights`` with
+    ``fastshap.classifier``); the training state folder is removed once it has finished (the cache is kept)."""
+    from tasks.fastshap_grid_train import GridTrainConfig, train_grid_weights
+
+    spec = params.fastshap.classifier
+    config = GridTrainConfig(grid=tuple(spec.grid), scenes=spec.scenes, heldout_scenes=spec.heldout_scenes,
+                             pairs=spec.pairs, epochs=spec.epochs, batch=spec.batch, lr=spec.lr, width=spec.width,
+                             seed=spec.seed, perturbation=spec.perturbation, features=tuple(spec.features),
+                             rise=spec.rise, steps=spec.steps)
+    coalitions, state = grid_cache_folders(params)
+    ckpt = train_grid_weights(audited_classifier(params), config, params, coalitions, state, progress=progress)
+    shutil.rmtree(state, ignore_errors=True)
+    return ckpt
+
+
+def provide_grid_weights(params: Params, progress: bool = True) -> dict:
+    """Train (``weights: null``) or verify and copy (``weights``: a file) the classifier's FastShapGrid weights to
+    :meth:`~tasks.params.FastShapParams.grid_weights_file`; returns its metrics record from the file's own records:
+    source, file, SHA-256, grid, perturbation, feature blocks, the classifier weights fingerprint (12 hex), the
+    network's weights digest, training scenes, seconds and model forwards, and the held-out check (median deletion /
+    insertion AUC of the network's maps and of RISE's at its budget, the coalition R^2, scenes). Raises ValueError
+    when ``fastshap.classifier`` is null, and the errors of :func:`check_given_grid` / the training naming the key."""
+    spec = params.fastshap.classifier
+    if spec is None:
+        raise ValueError("params fastshap.classifier: null (no FastShapGrid network to provide)")
+    out = params.fastshap.grid_weights_file()
+    if spec.weights is not None:
+        src = Path(spec.weights)
+        ckpt = check_given_grid(params, src)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.copyfile(src, tmp)
+        tmp.replace(out)
+        record = {"source": "copied", "weights": str(src)}
+    else:
+        try:
+            ckpt = train_grid(params, progress)
+        except ValueError as exc:
+            text = str(exc)
+            raise ValueError(text if text.startswith("params ") else f"params fastshap.classifier: {text}") from None
+        ckpt.save(out)
+        record = {"source": "trained"}
+    t, h = ckpt.training, ckpt.heldout
+    record.update({"file": str(Path(params.fastshap.out_dir) / out.name), "sha256": file_sha256(out),
+                   "grid": list(ckpt.grid), "perturbation": ckpt.perturbation,
+                   "features": list(ckpt.feature_blocks), "model_sha256": ckpt.model_sha256[:12],
+                   "weights_sha256_12": ckpt.digest(), "train_scenes": t.get("scenes"),
+                   "val_scenes": t.get("val_scenes"), "epochs": t.get("epochs"),
+                   "best_val_loss": t.get("best_val_loss"), "train_seconds": t.get("train_seconds"),
+                   "cache_seconds": t.get("cache_seconds"), "train_model_forwards": t.get("model_forwards"),
+                   "heldout_scenes": h.get("scene_range"), "heldout_targets": h.get("targets"),
+                   "heldout_deletion_auc_median": h.get("deletion_auc_median"),
+                   "heldout_insertion_auc_median": h.get("insertion_auc_median"),
+                   "heldout_rise_deletion_auc_median": h.get("rise_deletion_auc_median"),
+                   "heldout_rise_insertion_auc_median": h.get("rise_insertion_auc_median"),
+                   "heldout_rise_budget": h.get("rise_budget"), "heldout_coalition_r2": h.get("coalition_r2")})
+    return record
+
+
+__all__ = ["GRID_KEY", "KEY", "audited_classifier", "audited_detector", "check_given_grid", "grid_cache_folders",
+           "provide_grid_weights", "train_grid", "cache_folders", "check_given", "code_digest", "guard_scorer",
            "perturbation_of", "provide_weights", "train", "train_config", "write_metrics"]

@@ -496,21 +496,65 @@ class FastShapNetParams(_Section):
         return self
 
 
+class FastShapGridNetParams(_Section):
+    """The FastShapGrid network (``explainers.fastshap_grid``: FastSHAP, Jethani et al. 2022, arXiv 2107.07436, on a
+    grid of cells) of the audited classifier (``infer.classifier``) that the ``models_fastshap`` stage provides:
+    trained by ``tasks.fastshap_grid_train.train_grid_weights`` on the training scenes (every class), or, with
+    ``weights``, a given weights file that the stage verifies (manifest, grid / perturbation / feature blocks, the
+    guard: trained for this classifier's weights) and copies. The defaults are the shipped file's
+    (``weights/demo/fastshap_grid_classifier.pt``) training configuration."""
+
+    weights: str | None = None                         # a weights file to verify and copy instead of training
+    scenes: int | None = Field(default=3840, ge=3)     # training scenes 0 .. scenes - 1 (models.train_data's generator
+    # and seed; null: models.train_data.n_images), the last heldout_scenes of them held out
+    heldout_scenes: int = Field(default=40, ge=1)      # the stored held-out check's scenes (never trained on)
+    grid: tuple[int, int] = (6, 8)                     # rows x cols cells (the players)
+    pairs: int = Field(default=32, ge=1)               # Shapley-kernel coalition pairs per scene (cached)
+    epochs: int = Field(default=40, ge=1)
+    batch: int = Field(default=16, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    width: int = Field(default=32, ge=1)
+    seed: int = 0                                      # coalitions, initialisation, epoch shuffles
+    perturbation: Literal["mean", "blur", "constant", "noise"] = "mean"   # how a cell is hidden
+    features: list[int] = [2, 3]                       # the classifier's feature blocks the network reads ([]: pixels)
+    rise: int = Field(default=250, ge=1)               # RISE masks of the held-out check's comparison
+    steps: int = Field(default=20, ge=1)               # deletion / insertion steps of the held-out check
+
+    @model_validator(mode="after")
+    def _heldout_inside(self) -> FastShapGridNetParams:
+        if self.scenes is not None and self.heldout_scenes >= self.scenes:
+            raise ValueError(f"heldout_scenes ({self.heldout_scenes}) must be fewer than scenes ({self.scenes})")
+        if min(self.grid) < 1:
+            raise ValueError(f"grid must be >= 1 cell each way, got {list(self.grid)}")
+        return self
+
+
 class FastShapParams(_Section):
     """The ``models_fastshap`` stage: the FastShapParts network of the explain stage's detector (``detector``; null:
     none) written to ``<out_dir>/detector_parts.pt`` -- the file a ``fastshap`` / ``fastshap_bayes`` explain job's
-    ``options.weights`` names -- and ``metrics``. The players are ``parts.grouping``'s parts plus the context (the
-    grouping is that key's, not a second one here). The coalition cache and the resumable training state go under
-    ``cache_dir``, outside the stage's outputs, one folder per configuration."""
+    ``options.weights`` names -- and the FastShapGrid network of the audited classifier (``classifier``; null: none)
+    written to ``<out_dir>/classifier_grid.pt`` -- a ``fastshap_grid`` job's -- and ``metrics``. The body-part
+    players are ``parts.grouping``'s parts plus the context (the grouping is that key's, not a second one here). The
+    coalition caches and the resumable training states go under ``cache_dir``, outside the stage's outputs, one
+    folder per configuration."""
 
     out_dir: str = "models/fastshap"
     metrics: str = "metrics/fastshap.json"
     cache_dir: str = ".cache/xai-audit/fastshap"
     detector: FastShapNetParams | None = None
+    classifier: FastShapGridNetParams | None = None
 
     def weights_file(self) -> Path | None:
         """``<out_dir>/detector_parts.pt`` (absolute) when ``detector`` is configured, else None."""
         return None if self.detector is None else (Path(self.out_dir) / "detector_parts.pt").resolve()
+
+    def grid_weights_file(self) -> Path | None:
+        """``<out_dir>/classifier_grid.pt`` (absolute) when ``classifier`` is configured, else None."""
+        return None if self.classifier is None else (Path(self.out_dir) / "classifier_grid.pt").resolve()
+
+    def written_files(self) -> list[Path]:
+        """Every weights file the stage writes (absolute)."""
+        return [f for f in (self.weights_file(), self.grid_weights_file()) if f is not None]
 
 
 class Params(_Section):

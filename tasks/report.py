@@ -109,6 +109,10 @@ class ReportInputs:
 
 
 # ---------------------------------------------------------------------------------------------------- figures
+LEARNED_GRID_NOTE = ("A learned saliency explainer's check stored with its trained file: on held-out training-split "
+                     "scenes (never the audited images), every class, the median deletion AUC (mean colour) and "
+                     "insertion AUC (blur) of its maps beside RISE's with the stated number of masks on the same "
+                     "targets, and the share of held-out coalition values its estimate explains (R²).")
 LEARNED_NOTE = ("A learned explainer is as good as its network: these are the accuracy checks stored with its trained "
                 "file, its estimates against exact Shapley values (every coalition enumerated) on the detector's "
                 "detections of persons in held-out training-split scenes, never the audited images; they say how it "
@@ -328,14 +332,14 @@ def _checked_options(explanations: pd.DataFrame, options: list[dict] | None) -> 
 
 
 def cost_table(explanations: pd.DataFrame, options: list[dict] | None = None) -> pd.DataFrame:
-    """Model forward passes per job, and the forwards of a learned explainer's own network (FastSHAP's explainer,
-    RExL's feature network; 0 for sampling methods), both with shared ones divided among the targets sharing them: the
-    cost that the inputs decide. Wall times vary run to run, so they stay out of the report
-    (``metrics/timings.json``, tasks.timings). ``options``: the rows' parsed options
+    """Model forward passes per job, and the forwards of a learned explainer's own network and of the feature passes
+    it reads (FastSHAP's explainer; RExL's and FastShapGrid's feature passes, added; 0 for sampling methods), both
+    with shared ones divided among the targets sharing them: the cost that the inputs decide. Wall times vary run to
+    run, so they stay out of the report (``metrics/timings.json``, tasks.timings). ``options``: the rows' parsed options
     (:func:`explanation_options`, e.g. ``ReportInputs.explanation_options()``; None: parsed here); ValueError when
     their count is not the rows'."""
     options = _checked_options(explanations, options)
-    efw = [o.get("n_explainer_forward", o.get("n_feature_forward", 0)) for o in options]
+    efw = [o.get("n_explainer_forward", 0) + o.get("n_feature_forward", 0) for o in options]
     e = explanations.assign(fw=explanations["n_forward"] / explanations["shared_by"],
                             efw=efw / explanations["shared_by"].to_numpy())
     g = e.groupby(["kind", "job"])
@@ -356,10 +360,29 @@ def learned_table(explanations: pd.DataFrame, options: list[dict] | None = None)
     rows = {}
     for kind, job, o in zip(explanations["kind"], explanations["job"], _checked_options(explanations, options)):
         h = o.get("heldout")
-        if h and (kind, job) not in rows:
+        if h and "median_rel_l2" in h and (kind, job) not in rows:
             rows[(kind, job)] = [kind, job, o.get("weights_sha256") or o.get("policy_sha256"), h.get("persons"),
                                  h.get("median_rel_l2"), h.get("p90_rel_l2"), h.get("top_part_agreement"),
                                  h.get("uniform_split_median_rel_l2")]
+    return pd.DataFrame(list(rows.values()), columns=cols)
+
+
+def learned_grid_table(explanations: pd.DataFrame, options: list[dict] | None = None) -> pd.DataFrame:
+    """Per kind and job of a learned saliency explainer whose trained file carries a causal held-out check
+    (``options['heldout']`` with ``deletion_auc_median``: FastShapGrid's): the trained file's digest, the held-out
+    targets (training-split scenes x classes), the median deletion and insertion AUC of its maps beside RISE's at
+    the check's budget on the same targets, and the held-out coalition values' R^2. Empty when no job has one."""
+    cols = ["kind", "job", "trained file", "held-out targets", "deletion AUC ↓", "RISE deletion AUC",
+            "insertion AUC ↑", "RISE insertion AUC", "RISE masks", "coalition R²"]
+    if "options" not in explanations:
+        return pd.DataFrame(columns=cols)
+    rows = {}
+    for kind, job, o in zip(explanations["kind"], explanations["job"], _checked_options(explanations, options)):
+        h = o.get("heldout")
+        if h and "deletion_auc_median" in h and (kind, job) not in rows:
+            rows[(kind, job)] = [kind, job, o.get("weights_sha256"), h.get("targets"), h.get("deletion_auc_median"),
+                                 h.get("rise_deletion_auc_median"), h.get("insertion_auc_median"),
+                                 h.get("rise_insertion_auc_median"), h.get("rise_budget"), h.get("coalition_r2")]
     return pd.DataFrame(list(rows.values()), columns=cols)
 
 
@@ -759,13 +782,17 @@ def render_classifier(ctx: ReportContext) -> Rendered | None:
 def render_cost(ctx: ReportContext) -> Rendered:
     inp = ctx.inputs
     cost = cost_table(inp.explanations, inp.explanation_options())
-    learned = learned_table(inp.explanations, inp.explanation_options())
-    if learned.empty:
-        return Rendered(_table(cost), ("## Cost", "", cost.to_string(index=False)))
-    return Rendered(_table(cost) + f"<h3 id='learned'>Learned explainers' held-out check</h3><p class='note'>"
-                    f"{LEARNED_NOTE}</p>" + _table(learned),
-                    ("## Cost", "", cost.to_string(index=False), "", "## Learned explainers' held-out check", "",
-                     _plain(LEARNED_NOTE), "", _markdown_table(learned, floatfmt=".3f")))
+    html, text = _table(cost), ["## Cost", "", cost.to_string(index=False)]
+    checks = [(learned_table(inp.explanations, inp.explanation_options()), LEARNED_NOTE),
+              (learned_grid_table(inp.explanations, inp.explanation_options()), LEARNED_GRID_NOTE)]
+    checks = [(table, note) for table, note in checks if not table.empty]
+    if checks:
+        html += "<h3 id='learned'>Learned explainers' held-out check</h3>"
+        text += ["", "## Learned explainers' held-out check"]
+    for table, note in checks:
+        html += f"<p class='note'>{note}</p>" + _table(table)
+        text += ["", _plain(note), "", _markdown_table(table, floatfmt=".3f")]
+    return Rendered(html, tuple(text))
 
 
 def render_gallery(ctx: ReportContext) -> Rendered | None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from explainers.fastshap import FastShapCheckpoint, FastShapNet
+from explainers.fastshap_grid import FastShapGridCheckpoint, FastShapGridNet
 from explainers.perturb import Perturbation, make_perturbation
 from tests.rexl_fixture import SHA, tiny_policy, with_fingerprint
 
@@ -38,16 +39,44 @@ def fastshap_file(folder: Path, players: int, perturbation: str = "constant", sh
     return tiny_fastshap(players, perturbation, sha).save(Path(folder) / f"fastshap_{players}_{sha[:12]}.pt")
 
 
+GRID_HELDOUT = {"scenes": 2, "targets": 4, "deletion_auc_median": 0.3, "insertion_auc_median": 0.9,
+                "rise_deletion_auc_median": 0.35, "rise_insertion_auc_median": 0.9, "rise_budget": 250,
+                "coalition_r2": 0.5}
+
+
+@functools.lru_cache(maxsize=32)
+def tiny_fastshap_grid(classes: int, image_size: tuple[int, int], perturbation: str = "constant",
+                       sha: str = SHA) -> FastShapGridCheckpoint:
+    """A FastShapGrid weights file (seeded random network, width 4, a 2 x 2 grid) for ``classes`` classes of images
+    ``image_size`` (H, W), perturbation ``perturbation``, scorers whose fingerprint is ``sha``. Shared: not to be
+    mutated."""
+    torch.manual_seed(0)
+    net = FastShapGridNet(classes, (2, 2), width=4, hidden=8, cell=(4, 4))
+    described = perturbation if "(" in perturbation else make_perturbation(perturbation).describe()
+    return FastShapGridCheckpoint(sha, classes, tuple(image_size), (2, 2), described, net.state_dict(),
+                                  net_size=(8, 8), width=4, hidden=8,
+                                  training={"fixture": "tests/learned_fixture.py"}, heldout=dict(GRID_HELDOUT))
+
+
 def learned_kwargs(cls, scorer, players: int | None = None,
-                   perturbation: str | Perturbation = "constant") -> dict:
+                   perturbation: str | Perturbation = "constant", image_size: tuple[int, int] | None = None) -> dict:
     """The trained-file keyword of ``cls`` ({} for a method that is not learned); gives ``scorer`` the fingerprint
-    the file is for. ``players``: the test's region count (FastSHAP's network has one output per player)."""
+    the file is for. ``players``: the test's region count (FastSHAP's network has one output per player);
+    ``image_size``: the test's image (H, W) (FastShapGrid's network plays at one size; a scorer without
+    ``targets`` is given all its targets as its classes)."""
     if not cls.needs_trained_weights:
         return {}
     with_fingerprint(scorer)
     name = perturbation.describe() if isinstance(perturbation, Perturbation) else perturbation
     if cls.trained_file_option == "policy":
         return {"policy": tiny_policy(name if isinstance(perturbation, str) else "constant")}
+    if cls.needs_classes:
+        if image_size is None:
+            raise ValueError(f"{cls.name} plays at one image size: give the test's image_size")
+        if getattr(scorer, "targets", None) is None:
+            scorer.targets = list(range(int(scorer.num_targets)))
+        classes = max(1, int(scorer.num_targets))
+        return {"weights": tiny_fastshap_grid(classes, tuple(int(s) for s in image_size), name)}
     if players is None:
         raise ValueError(f"{cls.name} plays a fixed number of players: give the test's region count")
     return {"weights": tiny_fastshap(players, name)}

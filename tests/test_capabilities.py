@@ -17,15 +17,15 @@ from explainers.perturb import Constant
 from explainers.registry import RENAMED, method_names, unknown_method, without_detections
 from tasks.explain_jobs import check_jobs
 from tasks.params import ParamsError, parse_params
-from tests.learned_fixture import fastshap_file, learned_kwargs
+from tests.learned_fixture import fastshap_file, learned_kwargs, tiny_fastshap_grid
 from tests.rexl_fixture import policy_file
 
 H = W = 12
 SHAPLEY = {"exact_shapley", "kernel_shap", "bayes_shapley", "permutation_shapley", "continuous_coalition_shapley",
            "sag", "fastshap", "fastshap_bayes"}           # SAG's relevance: its heuristic's BayesShapley values
 GRADIENTS = {"integrated_gradients", "input_x_gradient", "grad_cam", "igos_pp"}
-CAPABILITIES = ("needs_regions", "accepts_regions", "needs_detections", "needs_gradients", "needs_trained_weights",
-                "shapley_values", "fixed_players", "per_target_regions")
+CAPABILITIES = ("needs_regions", "accepts_regions", "needs_detections", "needs_classes", "needs_gradients",
+                "needs_trained_weights", "shapley_values", "fixed_players", "per_target_regions")
 
 
 def stripes(M: int) -> torch.Tensor:
@@ -58,7 +58,7 @@ def build(cls, scorer, players: int | None = None, **kw):
     """``cls(scorer, **kw)``; a learned explainer (``needs_trained_weights``) gets a trained file of
     tests/learned_fixture.py (``players``: the regions' count for a fixed-player one) and the scorer the weights
     fingerprint that file was trained for."""
-    return cls(scorer, **learned_kwargs(cls, scorer, players, kw.get("perturbation", "constant")), **kw)
+    return cls(scorer, **learned_kwargs(cls, scorer, players, kw.get("perturbation", "constant"), (H, W)), **kw)
 
 
 # ----------------------------------------------------------------------------------------------- the declarations
@@ -69,13 +69,15 @@ def test_capabilities_say_what_the_validation_enforced():
     assert method_names(needs_detections=True) == ["drise"]
     assert set(method_names(shapley_values=True)) == SHAPLEY
     assert set(method_names(needs_gradients=True)) == GRADIENTS
-    assert method_names(needs_trained_weights=True) == ["rexl", "fastshap", "fastshap_bayes"]
+    assert method_names(needs_trained_weights=True) == ["rexl", "fastshap", "fastshap_bayes", "fastshap_grid"]
+    assert method_names(needs_classes=True) == ["fastshap_grid"]           # a classifier's classes only
     assert method_names(fixed_players=True) == ["fastshap", "fastshap_bayes"]       # FastSHAP's trained players
     assert method_names(per_target_regions=True) == ["rexl", "fastshap"]           # each target's own regions
     for name in method_names(needs_trained_weights=True):
         assert METHODS[name].trained_file_option in ("policy", "weights") and METHODS[name].trained_file_hint
-    assert set(method_names(needs_regions=True)) == set(METHODS) - {"rise", "drise", "decam", "rexl"} - GRADIENTS
-    assert set(method_names(accepts_regions=False)) == {"rise", "drise", "rexl"} | GRADIENTS
+    pixel_maps = {"rise", "drise", "rexl", "fastshap_grid"}               # regions only summarise their maps
+    assert set(method_names(needs_regions=True)) == set(METHODS) - pixel_maps - {"decam"} - GRADIENTS
+    assert set(method_names(accepts_regions=False)) == pixel_maps | GRADIENTS
     for name, cls in METHODS.items():
         assert all(isinstance(getattr(cls, c), bool) for c in CAPABILITIES), name
         assert cls.accepts_regions or not cls.needs_regions, name       # needing regions implies playing on them
@@ -87,17 +89,20 @@ def test_capabilities_say_what_the_validation_enforced():
 def test_params_validation_reads_the_attributes(name, tmp_path, monkeypatch):
     cls = METHODS[name]
     monkeypatch.chdir(tmp_path)                  # no audited model here: a learned explainer's file is checked alone
-    files = {"policy": lambda: policy_file(tmp_path), "weights": lambda: fastshap_file(tmp_path, 11)}
+    files = {"policy": lambda: policy_file(tmp_path),
+             "weights": lambda: (tiny_fastshap_grid(4, (H, W)).save(tmp_path / "grid.pt") if cls.needs_classes else
+                                 fastshap_file(tmp_path, 11))}
     options = {cls.trained_file_option: str(files[cls.trained_file_option]())} if cls.needs_trained_weights else {}
     for targets in ("persons", "classes"):
         for regions in ("none", "superpixels"):
             data = {"explain": {"jobs": [{"method": name, "targets": targets, "regions": regions,
                                           "options": options}]}}
             refused = (cls.needs_regions and regions == "none") or (cls.needs_detections and targets == "classes") \
-                or cls.fixed_players
+                or cls.fixed_players or (cls.needs_classes and targets != "classes")
             if refused:
                 with pytest.raises(ParamsError, match=rf"explain\.jobs\[0\]: {name} (needs regions|explains detect|"
-                                                      rf"plays the body parts its trained file names)"):
+                                                      rf"plays the body parts its trained file names|"
+                                                      rf"explains classifier classes)"):
                     check_jobs(parse_params(data))
             else:
                 check_jobs(parse_params(data))

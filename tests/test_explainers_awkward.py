@@ -97,7 +97,8 @@ MINIMUM = {"exact_shapley": lambda M, T: 2 ** M, "kernel_shap": lambda M, T: min
            "sag": lambda M, T: min(2 ** M, 4),                   # its heuristic's (BayesShapley's) minimum
            "rexl": lambda M, T: 2 + T * (REXL_GRID ** 2 - 1),     # one roll-out per target (tests/rexl_fixture.py)
            "fastshap": lambda M, T: 2,                           # v(all), v(none): the network explains the rest
-           "fastshap_bayes": lambda M, T: min(2 ** M, 4)}        # BayesShapley's designed pairs on top
+           "fastshap_bayes": lambda M, T: min(2 ** M, 4),        # BayesShapley's designed pairs on top
+           "fastshap_grid": lambda M, T: 2}
 
 
 def test_minimum_table_covers_every_method():
@@ -112,7 +113,22 @@ def make(name: str, scorer, **kw):
     cls = METHODS[name]
     if cls.fixed_players and "weights" not in kw:
         return _ForRegions(cls, scorer, kw)
+    if cls.needs_classes and "weights" not in kw:
+        return _ForImage(cls, scorer, kw)
     return cls(scorer, **{**learned_kwargs(cls, scorer, perturbation=kw["perturbation"]), **kw})
+
+
+class _ForImage:
+    """A method whose trained file plays at one image size (FastShapGrid): the file is chosen by the image
+    ``explain`` is given."""
+
+    def __init__(self, cls, scorer, kw):
+        self.cls, self.scorer, self.kw = cls, scorer, kw
+
+    def explain(self, image, regions=None, **kw):
+        size = tuple(torch.as_tensor(image).shape[-2:])
+        files = learned_kwargs(self.cls, self.scorer, perturbation=self.kw["perturbation"], image_size=size)
+        return self.cls(self.scorer, **files, **self.kw).explain(image, regions, **kw)
 
 
 class _ForRegions:

@@ -98,7 +98,7 @@ def test_budget_is_honoured_determinism_and_shared_targets(name):
     regions = grid_regions(32, 32, 2, 3)                  # 6 regions
     budget = 64 if name == "exact_shapley" else 50
     kw = {"n_segments": 6} if name in ("lime",) else {}
-    kw.update(learned_kwargs(cls, model, players=6))      # a learned one: a trained file for this model's fingerprint
+    kw.update(learned_kwargs(cls, model, players=6, image_size=(32, 32)))   # a learned one: a file for this model
     method = cls(model, **kw)
     a = method.explain(image, regions, budget=budget, seed=1)
     b = method.explain(image, regions, budget=budget, seed=1)
@@ -109,7 +109,7 @@ def test_budget_is_honoured_determinism_and_shared_targets(name):
                    "integrated_gradients": 3 * 2 * (50 // 6), "input_x_gradient": 3 * 2, "grad_cam": 3 * 2,
                    "igos_pp": 3 * 4 * 2 * 2,      # one iteration of 4 terms x 2 IG steps (what 50 buys) x 2 targets
                    "rexl": 2 + 2 * (REXL_GRID ** 2 - 1),   # v(start), v(end) and a forward per step and target
-                   "fastshap": 2}                          # v(all), v(none): the network explains the rest
+                   "fastshap": 2, "fastshap_grid": 2}      # v(all), v(none): the network explains the rest
     assert a.n_forward == exact_spend.get(name, budget)   # both targets from the same forwards
     # the others are exact on this additive game
     if name in ("rise", "drise", "lime", "continuous_coalition_shapley", "decam"):

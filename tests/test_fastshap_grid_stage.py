@@ -1,0 +1,128 @@
+"""The models_fastshap stage's classifier network (tasks.fastshap_stage, FastShapGrid): the shipped file is verified
+and copied for the demo classifier, a file of another grid, perturbation or feature blocks, or trained for other
+classifier weights, is refused naming the key; with weights null the stage trains on the training scenes (tiny
+here: 6 scenes, 2 coalition pairs, 1 epoch); `audit` runs the stage for a fastshap_grid job reading its file; the
+report shows the file's held-out check and counts the feature pass with the explainer forwards."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from explainers.fastshap_grid import FastShapGrid, FastShapGridCheckpoint
+from tasks.params import parse_params
+from tests.conftest import REPO
+
+DEMO = REPO / "weights/demo"
+SHIPPED = DEMO / "fastshap_grid_classifier.pt"
+TINY = {"scenes": 6, "heldout_scenes": 2, "pairs": 2, "epochs": 1, "rise": 8, "steps": 2}
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def params_of(root: Path, weights=SHIPPED, classifier=DEMO / "classifier.pt", jobs=(), **net):
+    infer = {"detectors": [{"id": "demo-yolo", "kind": "yolo", "weights": str(DEMO / "detector.pt"), "imgsz": 320,
+                            "conf": 0.25, "iou": 0.5}], "pose": None,
+             "classifier": {"id": "demo-scene", "kind": "saved", "weights": str(classifier)}}
+    spec = {**net, "weights": None if weights is None else str(weights)}
+    return parse_params({"infer": infer, "explain": {"jobs": list(jobs), "cache_dir": str(root / "store")},
+                         "fastshap": {"out_dir": str(root / "models/fastshap"),
+                                      "metrics": str(root / "metrics/fastshap.json"),
+                                      "cache_dir": str(root / "cache"), "classifier": spec}}, check_files=False)
+
+
+def test_the_stage_verifies_and_copies_the_shipped_network(tmp_path):
+    from detection.models.specs import file_sha256
+    from tasks.fastshap_stage import provide_grid_weights
+
+    params = params_of(tmp_path)
+    record = provide_grid_weights(params, progress=False)
+    out = params.fastshap.grid_weights_file()
+    ckpt = FastShapGridCheckpoint.load(SHIPPED)
+    assert out == (tmp_path / "models/fastshap/classifier_grid.pt").resolve()
+    assert file_sha256(out) == file_sha256(SHIPPED) == record["sha256"] and record["source"] == "copied"
+    assert record["grid"] == [6, 8] and record["features"] == [2, 3] and record["perturbation"] == ckpt.perturbation
+    assert record["heldout_deletion_auc_median"] == ckpt.heldout["deletion_auc_median"]
+    assert record["heldout_rise_budget"] == 250 and record["train_scenes"] == [0, 3420]
+
+
+@pytest.mark.parametrize("setting,named", [({"grid": [12, 16]}, "grid"), ({"features": []}, "features"),
+                                          ({"perturbation": "blur"}, "perturbation")])
+def test_a_network_of_another_game_is_refused_naming_the_setting(tmp_path, setting, named):
+    from tasks.fastshap_stage import provide_grid_weights
+
+    with pytest.raises(ValueError, match=rf"fastshap\.classifier\.weights: .*fastshap\.classifier\.{named}"):
+        provide_grid_weights(params_of(tmp_path, **setting), progress=False)
+    assert not (tmp_path / "models/fastshap/classifier_grid.pt").exists()
+
+
+def test_a_network_for_other_classifier_weights_is_refused(tmp_path):
+    from tasks.fastshap_stage import provide_grid_weights
+
+    with pytest.raises(ValueError, match=r"fastshap\.classifier\.weights: .*trained for model weights"):
+        provide_grid_weights(params_of(tmp_path, classifier=DEMO / "classifier_guided.pt"), progress=False)
+
+
+def test_the_stage_trains_a_network_for_the_audited_classifier(tmp_path):
+    from tasks.fastshap_stage import grid_cache_folders, provide_grid_weights
+
+    params = params_of(tmp_path, weights=None, **TINY)
+    record = provide_grid_weights(params, progress=False)
+    ckpt = FastShapGridCheckpoint.load(params.fastshap.grid_weights_file())
+    assert record["source"] == "trained" and record["weights_sha256_12"] == ckpt.digest()
+    assert ckpt.training["scenes"] == [0, 3] and ckpt.heldout["scene_range"] == [4, 6]
+    assert record["heldout_targets"] == 2 * 4 and record["train_model_forwards"] == 6 * (2 + 2 * 2)
+    coalitions, state = grid_cache_folders(params)
+    assert any(coalitions.glob("*.parquet")) or any(coalitions.rglob("*.parquet"))
+    assert not state.exists()                                  # finished: nothing left to resume
+    from detection.scorers import ClassifierScorer
+    from tasks.fastshap_stage import audited_classifier
+
+    model = audited_classifier(params)
+    image = torch.rand(3, *model.input_size)
+    exp = FastShapGrid(ClassifierScorer(model), weights=ckpt).explain(image)
+    assert exp.saliency.shape == (4, *model.input_size) and exp.n_forward == 2
+    torch.testing.assert_close(exp.saliency.sum((1, 2)), exp.full_score - exp.empty_score, rtol=1e-4, atol=1e-5)
+
+
+def test_default_params_ship_the_network_and_a_job_reads_it(tmp_path):
+    from flows.cli import fastshap_applies
+
+    from ruamel.yaml import YAML
+
+    from tasks.params import load_params
+
+    params = load_params(REPO / "params.yaml", check_files=False)
+    stage = YAML(typ="safe").load((REPO / "dvc.yaml").read_text())["stages"]["models_fastshap"]
+    assert params.fastshap.classifier.weights == str(SHIPPED.relative_to(REPO)) in stage["deps"]
+    assert "infer.classifier" in stage["params"] and "models/classifier.pt" in stage["deps"]
+    jobs = [j for j in params.explain.jobs if j.method == "fastshap_grid"]
+    assert jobs and all(j.targets == "classes" for j in jobs)
+    assert Path(jobs[0].options["weights"]).resolve() == params.fastshap.grid_weights_file()
+    assert fastshap_applies(params)
+    only_grid = params.model_copy(update={"fastshap": params.fastshap.model_copy(update={"detector": None}),
+                                          "explain": params.explain.model_copy(update={"jobs": jobs})})
+    assert fastshap_applies(only_grid)                         # the grid job alone makes the stage run
+    none = only_grid.model_copy(update={"fastshap": only_grid.fastshap.model_copy(update={"classifier": None})})
+    assert not fastshap_applies(none)
+
+
+def test_the_report_shows_the_grid_check_and_counts_the_feature_pass():
+    import json
+
+    from tasks.report import cost_table, learned_grid_table, learned_table
+
+    heldout = {"scenes": 40, "targets": 160, "deletion_auc_median": 0.24, "insertion_auc_median": 0.99,
+               "rise_deletion_auc_median": 0.32, "rise_insertion_auc_median": 0.99, "rise_budget": 250,
+               "coalition_r2": 0.55}
+    options = {"weights_sha256": "abc123", "heldout": heldout, "n_explainer_forward": 1, "n_feature_forward": 1}
+    rows = pd.DataFrame({"kind": ["classifier"] * 2, "job": ["fastshap_grid"] * 2, "n_forward": [2, 2],
+                         "shared_by": [4, 4], "device": ["cpu"] * 2, "options": [json.dumps(options)] * 2})
+    grid = learned_grid_table(rows)
+    assert len(grid) == 1 and grid.iloc[0]["deletion AUC ↓"] == 0.24 and grid.iloc[0]["RISE masks"] == 250
+    assert learned_table(rows).empty                           # the body-part table's check is another kind
+    cost = cost_table(rows)
+    assert cost.iloc[0]["explainer forwards / explanation"] == pytest.approx(0.5)   # (1 + 1) / 4 classes
+    assert cost.iloc[0]["forwards / explanation"] == pytest.approx(0.5)
