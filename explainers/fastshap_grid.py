@@ -50,7 +50,7 @@ VERSION = 1
 NUM_SCALARS = 3           # per class: v(all), v(none), v(all) - v(none)
 # the held-out check every explanation's options carry (the report shows it beside the job)
 HELDOUT_KEYS = ("scenes", "targets", "deletion_auc_median", "insertion_auc_median", "rise_deletion_auc_median",
-                "rise_budget", "coalition_r2")
+                "rise_insertion_auc_median", "rise_budget", "coalition_r2")
 
 
 class _Residual(nn.Module):
@@ -211,10 +211,12 @@ class FastShapGrid(CountsExplainerForwards, Explainer):
 
     ``weights``: a weights file written by ``tasks.fastshap_grid_train`` (:class:`FastShapGridCheckpoint`) or a loaded
     checkpoint. The guard raises ValueError naming both sides when the classifier's weights fingerprint
-    (:func:`~explainers.trained.weights_fingerprint`), its class count or the perturbation differ from what the network
-    was trained for (``check_weights=False`` skips the fingerprint: only for the sanity check's randomised copies;
-    recorded in the options). The scorer must say which classes it scores (``targets``: class indices, as
-    :class:`~detection.scorers.ClassifierScorer`), else ValueError.
+    (:func:`~explainers.trained.weights_fingerprint`; ``check_weights=False`` skips it: only for the sanity check's
+    randomised copies, recorded in the options), its class count, its input size (a classifier model's ``input_size``,
+    when the scorer has a ``model`` that states one: the size the network plays the game at; a classifier of any size
+    is explained only on images of that size, :meth:`explain` refuses others) or the
+    perturbation differ from what the network was trained for. The scorer must say which classes it scores (``targets``:
+    class indices, as :class:`~detection.scorers.ClassifierScorer`), else ValueError.
 
     ``explain(image)``: image [3, H, W] of the trained ``image_size`` (ValueError otherwise: the game is played at the
     classifier's input size). Returns saliency [T, H, W] (score units per pixel: each cell's Shapley value spread
@@ -258,6 +260,10 @@ class FastShapGrid(CountsExplainerForwards, Explainer):
             if targets is None:
                 raise ValueError(f"fastshap_grid explains classifier classes: scorer {type(scorer).__name__} has no "
                                  f"'targets' (class indices; use detection.scorers.ClassifierScorer)")
+            size = getattr(getattr(scorer, "model", None), "input_size", None)
+            if size is not None and tuple(size) != tuple(ckpt.image_size):
+                raise ValueError(f"fastshap_grid: {where} plays the game at {tuple(ckpt.image_size)} (H, W), the "
+                                 f"classifier takes {tuple(size)}: train a network at its input size")
             classes = getattr(getattr(scorer, "model", None), "num_classes", None)
             if classes is not None and classes != ckpt.classes:
                 raise ValueError(f"fastshap_grid: {where} was trained for {ckpt.classes} classes, the classifier has "

@@ -101,9 +101,9 @@ def fastshap_applies(params) -> bool:
     """The FastSHAP weights stage (``fastshap``) runs by default only where an explain job's ``options.weights``
     names a file it writes (:meth:`~tasks.params.FastShapParams.written_files`): training a network nobody uses
     costs CPU minutes."""
-    written = set(params.fastshap.written_files())
-    return any(Path(str(job.options["weights"])).resolve() in written
-               for job in params.explain.jobs if "weights" in job.options)
+    from tasks.params import weights_read_by_jobs
+
+    return bool(set(params.fastshap.written_files()) & weights_read_by_jobs(params))
 
 
 def guide_applies(params, stages: list[str]) -> bool:
@@ -215,8 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "held-out scenes").set_defaults(func=_stage("guide", "run_guide"))
     command("rexl", help="the RExL policies (a learned explainer) of the audited models: train, or verify and "
                          "copy the given ones (params rexl)").set_defaults(func=_stage("rexl", "run_rexl"))
-    command("fastshap", help="the FastShapParts network (a learned explainer of the body-part game) of the explain "
-                             "detector: train, or verify and copy the given one (params fastshap)").set_defaults(
+    command("fastshap", help="the FastSHAP networks (learned explainers) of the explain detector's body-part game "
+                             "and of the classifier's grid-cell game: train, or verify and copy the given ones "
+                             "(params fastshap)").set_defaults(
         func=_stage("fastshap", "run_fastshap"))
     command("report", help="the HTML audit report and markdown summary").set_defaults(
         func=_stage("report", "run_report"))

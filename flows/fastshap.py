@@ -17,30 +17,37 @@ import flows  # noqa: F401  (environment defaults)
 from prefect import flow, get_run_logger
 
 from tasks.fastshap_stage import provide_grid_weights, provide_weights, write_metrics
-from tasks.params import Params, load_params
+from tasks.params import Params, load_params, weights_read_by_jobs
 from tasks.timings import record_run
 
 
 @flow(name="fastshap", log_prints=True)
 def fastshap_flow(params: Params, progress: bool = True) -> dict:
     """The detector's FastShapParts and the classifier's FastShapGrid weights (train or verify + copy) ->
-    ``fastshap.out_dir`` and ``fastshap.metrics``. Raises ValueError / FileNotFoundError naming the ``fastshap`` key
-    at fault."""
+    ``fastshap.out_dir`` and ``fastshap.metrics``, each only where an explain job's ``options.weights`` names its file
+    (``tasks.params.weights_read_by_jobs``; a configured network no job reads is skipped with a log line: its checks
+    would refuse a model nobody explains with it). Raises ValueError / FileNotFoundError naming the ``fastshap`` key at
+    fault."""
     logger = get_run_logger()
     started = time.perf_counter()
     records = {}
-    if params.fastshap.detector is not None:
+    read = weights_read_by_jobs(params)
+    for name, file in (("detector", params.fastshap.weights_file()),
+                       ("classifier", params.fastshap.grid_weights_file())):
+        if file is not None and file not in read:
+            logger.info("fastshap: params fastshap.%s is configured but no explain job reads %s: skipped", name, file)
+    if params.fastshap.detector is not None and params.fastshap.weights_file() in read:
         r = records["detector"] = provide_weights(params, progress)
         logger.info("fastshap: detector weights %s (%s, %s training persons, held-out median rel. L2 error %s on %s "
                     "persons)", r["file"], r["source"], r["train_persons"], r["heldout_median_rel_l2"],
                     r["heldout_persons"])
-    if params.fastshap.classifier is not None:
+    if params.fastshap.classifier is not None and params.fastshap.grid_weights_file() in read:
         r = records["classifier"] = provide_grid_weights(params, progress)
         logger.info("fastshap: classifier weights %s (%s, %s x %s cells, held-out deletion AUC median %s, RISE@%s's "
                     "%s)", r["file"], r["source"], *r["grid"], r["heldout_deletion_auc_median"],
                     r["heldout_rise_budget"], r["heldout_rise_deletion_auc_median"])
     if not records:
-        logger.info("fastshap: no network configured (params fastshap.detector and fastshap.classifier are null)")
+        logger.info("fastshap: no network provided (none configured, or none an explain job reads)")
     Path(params.fastshap.out_dir).mkdir(parents=True, exist_ok=True)     # the stage's output exists even when empty
     write_metrics(params.fastshap.metrics, records)
     record_run("fastshap", {"wall_seconds": round(time.perf_counter() - started, 2)}, params.fastshap.metrics)

@@ -299,7 +299,7 @@ def train_grid_weights(model, config: GridTrainConfig, params, cache_dir: str | 
     H, W = images[0].shape[-2:]
     model_sha = weights_fingerprint(ClassifierScorer(model))
     data_spec = {"data_seed": params.seed + params.models.train_data.seed_offset,
-                 "generator": digest(params.pull.synthetic.model_dump(mode="json"))[:16]}
+                 "generator": digest(params.pull.synthetic.model_dump(mode="json", exclude={"n_images"}))[:16]}
     cache = CoalitionCache(cache_dir, {"model_sha256": model_sha, "grid": list(grid), "image_size": [H, W],
                                        "perturbation": perturbation.describe(), "pairs": config.pairs,
                                        "seed": config.seed, "data": DATA, **data_spec}, key="scene_id")

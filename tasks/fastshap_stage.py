@@ -168,6 +168,14 @@ def train(params: Params, spec: FastShapNetParams, progress: bool = True) -> tup
     return out
 
 
+def copy_atomic(src: Path, out: Path) -> None:
+    """Copy ``src`` to ``out`` through a temporary file beside it: a reader never sees half a file."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    tmp.replace(out)
+
+
 def provide_weights(params: Params, progress: bool = True) -> dict:
     """Train (``weights: null``) or verify and copy (``weights``: a file) the detector's FastShapParts weights to
     :meth:`~tasks.params.FastShapParams.weights_file`; returns its metrics record: source, file, SHA-256, grouping,
@@ -183,10 +191,7 @@ def provide_weights(params: Params, progress: bool = True) -> dict:
     if spec.weights is not None:
         src = Path(spec.weights)
         ckpt = check_given(params, src)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")          # a reader never sees half a file
-        shutil.copyfile(src, tmp)
-        tmp.replace(out)
+        copy_atomic(src, out)
         record = {"source": "copied", "weights": str(src)}
     else:
         try:
@@ -278,12 +283,14 @@ def check_given_grid(params: Params, src: str | Path):
 
 def grid_cache_folders(params: Params) -> tuple[Path, Path]:
     """(coalition cache, training state) folders of the classifier's network under ``fastshap.cache_dir``:
-    ``grid-coalitions-<digest>`` of what the game values depend on (the classifier's spec and weights file, the
-    grid, perturbation, pairs and seed, the training scenes' generator and seed, the training code; not the scene
-    count: a scene's coalitions do not depend on the others, the cache is keyed per scene) and
-    ``grid-train-<digest>`` of that and every setting, so a rerun resumes only its own configuration."""
+    ``grid-coalitions-<digest>`` of what the game values depend on (the classifier's spec, weights file and its
+    ``.json`` sidecar (input size, normalisation), the grid, perturbation, pairs and seed, the training scenes'
+    generator and seed, the training code; not the scene count: a scene's coalitions do not depend on the others, the
+    cache is keyed per scene) and ``grid-train-<digest>`` of that and every setting, so a rerun resumes only its own
+    configuration."""
     spec, cspec = params.fastshap.classifier, params.infer.classifier
-    weights = file_sha256(cspec.weights) if cspec.weights and Path(cspec.weights).is_file() else None
+    files = [Path(cspec.weights), Path(cspec.weights).with_suffix(".json")] if cspec.weights else []
+    weights = [file_sha256(f) if f.is_file() else None for f in files]       # the weights and their sidecar
     data = {"model": cspec.model_dump(mode="json"), "weights": weights, "seed": params.seed,
             "train_data": params.models.train_data.model_dump(mode="json", exclude={"n_images"}),
             "generator": params.pull.synthetic.model_dump(mode="json", exclude={"n_images"}),
@@ -325,10 +332,7 @@ def provide_grid_weights(params: Params, progress: bool = True) -> dict:
     if spec.weights is not None:
         src = Path(spec.weights)
         ckpt = check_given_grid(params, src)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.copyfile(src, tmp)
-        tmp.replace(out)
+        copy_atomic(src, out)
         record = {"source": "copied", "weights": str(src)}
     else:
         try:
@@ -355,6 +359,7 @@ def provide_grid_weights(params: Params, progress: bool = True) -> dict:
     return record
 
 
-__all__ = ["GRID_KEY", "KEY", "audited_classifier", "audited_detector", "check_given_grid", "grid_cache_folders",
+__all__ = ["GRID_KEY", "KEY", "audited_classifier", "audited_detector", "check_given_grid", "copy_atomic",
+           "grid_cache_folders",
            "provide_grid_weights", "train_grid", "cache_folders", "check_given", "code_digest", "guard_scorer",
            "perturbation_of", "provide_weights", "train", "train_config", "write_metrics"]

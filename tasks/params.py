@@ -522,8 +522,9 @@ class FastShapGridNetParams(_Section):
 
     @model_validator(mode="after")
     def _heldout_inside(self) -> FastShapGridNetParams:
-        if self.scenes is not None and self.heldout_scenes >= self.scenes:
-            raise ValueError(f"heldout_scenes ({self.heldout_scenes}) must be fewer than scenes ({self.scenes})")
+        if self.scenes is not None and self.heldout_scenes > self.scenes - 2:
+            raise ValueError(f"heldout_scenes ({self.heldout_scenes}) must leave at least 2 of scenes "
+                             f"({self.scenes}): one to train on, one to validate")
         if min(self.grid) < 1:
             raise ValueError(f"grid must be >= 1 cell each way, got {list(self.grid)}")
         return self
@@ -575,6 +576,11 @@ class Params(_Section):
         """The detector the explain stage audits (explain.detector, else the first of infer.detectors)."""
         wanted = self.explain.detector or self.infer.detectors[0].id
         return next(d for d in self.infer.detectors if d.id == wanted)
+
+
+def weights_read_by_jobs(params: Params) -> set[Path]:
+    """The files (absolute) that the explain jobs' ``options.weights`` name (a learned explainer's network)."""
+    return {Path(str(job.options["weights"])).resolve() for job in params.explain.jobs if "weights" in job.options}
 
 
 def _format_error(err: dict) -> str:

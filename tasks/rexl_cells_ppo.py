@@ -173,8 +173,10 @@ def train_cells_ppo(scorer, images: Sequence[torch.Tensor], *, init: PolicyCheck
     soft distribution). Returns the checkpoint (arch 'cells', deletion, class conditioning) and a summary. Raises
     ValueError for an ``init`` that does not fit, fewer steps than one roll-out, or a fine-tune's warm-up as long as
     its steps. ``horizon``: the environment's episodes end after this many steps (``RexlVecEnv``; default k^2, the
-    whole game); the roll-out length ``n_steps`` defaults to it."""
-    horizon = int(horizon or grid * grid)
+    whole game; the summary's ``auc_first`` / ``auc_last`` are then areas of the first ``horizon`` cells); the
+    roll-out length ``n_steps`` defaults to it. A resumed run keeps the horizon it is given (not checked against the
+    saved model's)."""
+    horizon = grid * grid if horizon is None else int(horizon)
     n_steps = int(n_steps or horizon)
     rollout = n_envs * n_steps
     if steps < rollout:

@@ -126,10 +126,10 @@ def _explained_map(job: ExplainJob, scorer_for, image: torch.Tensor, item: Expla
 
 
 def _unguarded(job: ExplainJob) -> ExplainJob:
-    """The job as run on a randomised copy: a learned explainer (``needs_trained_weights``, RExL) refuses a model
-    whose weights are not the ones its policy was trained for (its guard), and a randomised copy is such a model on
-    purpose, so its guard is switched off there (``check_weights: false``, recorded in the options; the trained
-    model's stage 0 keeps it). Other jobs unchanged."""
+    """The job as run on a randomised copy: a learned explainer (``needs_trained_weights``: RExL, FastSHAP) refuses
+    a model whose weights are not the ones its policy or network was trained for (its guard), and a randomised copy
+    is such a model on purpose, so its guard is switched off there (``check_weights: false``, recorded in the
+    options; the trained model's stage 0 keeps it). Other jobs unchanged."""
     if not METHODS[job.method].needs_trained_weights:
         return job
     return job.model_copy(update={"options": {**job.options, "check_weights": False}})

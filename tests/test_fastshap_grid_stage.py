@@ -85,6 +85,10 @@ def test_the_stage_trains_a_network_for_the_audited_classifier(tmp_path):
     exp = FastShapGrid(ClassifierScorer(model), weights=ckpt).explain(image)
     assert exp.saliency.shape == (4, *model.input_size) and exp.n_forward == 2
     torch.testing.assert_close(exp.saliency.sum((1, 2)), exp.full_score - exp.empty_score, rtol=1e-4, atol=1e-5)
+    # a larger audited dataset (pull.synthetic.n_images) reuses the same cache: the same network, no refusal
+    synthetic = params.pull.synthetic.model_copy(update={"n_images": params.pull.synthetic.n_images + 10})
+    bigger = params.model_copy(update={"pull": params.pull.model_copy(update={"synthetic": synthetic})})
+    assert provide_grid_weights(bigger, progress=False)["weights_sha256_12"] == record["weights_sha256_12"]
 
 
 def test_default_params_ship_the_network_and_a_job_reads_it(tmp_path):
@@ -126,3 +130,79 @@ def test_the_report_shows_the_grid_check_and_counts_the_feature_pass():
     cost = cost_table(rows)
     assert cost.iloc[0]["explainer forwards / explanation"] == pytest.approx(0.5)   # (1 + 1) / 4 classes
     assert cost.iloc[0]["forwards / explanation"] == pytest.approx(0.5)
+
+
+# ----------------------------------------------------------------------------------------------- review's points
+class ClassScorer:
+    """Three classes: class c's score is the mean of colour channel c; a classifier ``model`` of ``input_size``."""
+
+    device = torch.device("cpu")
+    chunk_size = 64
+    weights_sha256 = "grid-job-test"
+
+    def __init__(self, input_size=(8, 12)):
+        from types import SimpleNamespace
+
+        self.targets = torch.arange(3)
+        self.num_targets = 3
+        self.model = SimpleNamespace(input_size=input_size, num_classes=3)
+
+    def __call__(self, images):
+        return images.mean((2, 3))[:, self.targets]
+
+
+def test_a_classes_job_runs_through_the_explain_path_and_the_report_reads_its_check(tmp_path):
+    """tasks.explain.explain_targets: one call for the image's classes (2 model forwards shared by 3, 1 explainer
+    forward), efficient maps, and the rows' options carry every key of the stored check the report shows; an image of
+    another size is an errors row, not a crash."""
+    from tasks.explain import explain_targets
+    from tasks.params import ExplainJob, ExplainParams
+    from tasks.report import cost_table, learned_grid_table
+    from tests.learned_fixture import GRID_HELDOUT, tiny_fastshap_grid
+
+    path = tiny_fastshap_grid(3, (8, 12), "mean", "grid-job-test").save(tmp_path / "grid.pt")
+    job = ExplainJob(method="fastshap_grid", targets="classes", regions="none", options={"weights": str(path)})
+    targets = [{"image_id": "img", "target_id": f"c{c}", "kind": "classes", "category": c} for c in range(3)]
+    image = torch.rand(3, 8, 12, generator=torch.Generator().manual_seed(0))
+    errors: list[dict] = []
+    rows = explain_targets(job, lambda group: ClassScorer(), image, targets, lambda t: {}, ExplainParams(), 0,
+                           "cpu", errors, "img.png")
+    assert not errors and [r["target_id"] for r in rows] == ["c0", "c1", "c2"]
+    assert all(r["n_forward"] == 2 and r["shared_by"] == 3 for r in rows)
+    frame = pd.DataFrame(rows).assign(kind="classes", job=job.name, device="cpu")
+    grid = learned_grid_table(frame)
+    assert grid.iloc[0]["RISE insertion AUC"] == GRID_HELDOUT["rise_insertion_auc_median"]
+    assert grid.iloc[0]["held-out targets"] == GRID_HELDOUT["targets"]
+    assert cost_table(frame).iloc[0]["explainer forwards / explanation"] == pytest.approx(1 / 3)
+    rows = explain_targets(job, lambda group: ClassScorer(), torch.rand(3, 16, 12), targets, lambda t: {},
+                           ExplainParams(), 0, "cpu", errors, "big.png")
+    assert rows == [] and len(errors) == 1 and "(8, 12)" in errors[0]["message"]
+
+
+def test_the_guard_refuses_a_classifier_of_another_input_size():
+    """Before any work; a classifier of any size (input_size None) is explained on images of the network's size only
+    (an image of another size: the errors row above)."""
+    from tests.learned_fixture import tiny_fastshap_grid
+
+    ckpt = tiny_fastshap_grid(3, (8, 12), "mean", "grid-job-test")
+    with pytest.raises(ValueError, match=r"plays the game at \(8, 12\).*takes \(16, 24\)"):
+        FastShapGrid(ClassScorer((16, 24)), weights=ckpt)
+    assert FastShapGrid(ClassScorer(None), weights=ckpt).explain(torch.rand(3, 8, 12)).saliency.shape == (3, 8, 12)
+
+
+def test_settings_that_leave_no_scene_to_train_are_refused_by_the_params():
+    with pytest.raises(ValueError, match="heldout_scenes"):
+        params_of(Path("."), weights=None, scenes=3, heldout_scenes=2)
+    params_of(Path("."), weights=None, scenes=4, heldout_scenes=2)
+
+
+def test_the_audited_dataset_size_does_not_move_the_coalition_cache(tmp_path):
+    from tasks.fastshap_stage import grid_cache_folders
+
+    base = params_of(tmp_path, weights=None, **TINY)
+    bigger = base.model_copy(update={"pull": base.pull.model_copy(update={"synthetic": base.pull.synthetic.model_copy(
+        update={"n_images": base.pull.synthetic.n_images + 10})})})
+    assert grid_cache_folders(bigger)[0] == grid_cache_folders(base)[0]
+    other = base.model_copy(update={"fastshap": base.fastshap.model_copy(update={
+        "classifier": base.fastshap.classifier.model_copy(update={"pairs": 3})})})
+    assert grid_cache_folders(other)[0] != grid_cache_folders(base)[0]
