@@ -176,6 +176,34 @@ def copy_atomic(src: Path, out: Path) -> None:
     tmp.replace(out)
 
 
+def _provide(params: Params, section: str, what: str, out: Path | None, check, train_network) -> tuple[object, dict]:
+    """The part of :func:`provide_weights` / :func:`provide_grid_weights` they share: ``fastshap.<section>``'s
+    given file checked (``check(params, src)``) and copied to ``out``, or a network trained (``train_network()``)
+    and saved there; returns (the checkpoint, its record: source, the given file, the written file, SHA-256, the
+    perturbation, the model weights fingerprint (12 hex), the network's weights digest). Raises ValueError naming
+    the section when it is null or training fails."""
+    spec = getattr(params.fastshap, section)
+    if spec is None or out is None:
+        raise ValueError(f"params fastshap.{section}: null (no {what} network to provide)")
+    if spec.weights is not None:
+        src = Path(spec.weights)
+        ckpt = check(params, src)
+        copy_atomic(src, out)
+        record = {"source": "copied", "weights": str(src)}
+    else:
+        try:
+            ckpt = train_network()
+        except ValueError as exc:
+            text = str(exc)
+            raise ValueError(text if text.startswith("params ") else f"params fastshap.{section}: {text}") from None
+        ckpt.save(out)
+        record = {"source": "trained"}
+    record.update({"file": str(Path(params.fastshap.out_dir) / out.name), "sha256": file_sha256(out),
+                   "perturbation": ckpt.perturbation, "model_sha256": ckpt.model_sha256[:12],
+                   "weights_sha256_12": ckpt.digest()})
+    return ckpt, record
+
+
 def provide_weights(params: Params, progress: bool = True) -> dict:
     """Train (``weights: null``) or verify and copy (``weights``: a file) the detector's FastShapParts weights to
     :meth:`~tasks.params.FastShapParams.weights_file`; returns its metrics record: source, file, SHA-256, grouping,
@@ -184,28 +212,11 @@ def provide_weights(params: Params, progress: bool = True) -> dict:
     persons), all from the file's own records (a copied file's metrics are the same bytes every run; the stage's
     wall time goes to ``metrics/timings.json``). Raises ValueError when ``fastshap.detector`` is null, and the errors
     of :func:`check_given` / ``tasks.fastshap_train.train_weights`` naming the ``fastshap`` key."""
-    spec = params.fastshap.detector
-    if spec is None:
-        raise ValueError("params fastshap.detector: null (no FastShapParts network to provide)")
-    out = params.fastshap.weights_file()
-    if spec.weights is not None:
-        src = Path(spec.weights)
-        ckpt = check_given(params, src)
-        copy_atomic(src, out)
-        record = {"source": "copied", "weights": str(src)}
-    else:
-        try:
-            ckpt, _ = train(params, spec, progress)
-        except ValueError as exc:
-            text = str(exc)
-            raise ValueError(text if text.startswith("params ") else f"params fastshap.detector: {text}") from None
-        ckpt.save(out)
-        record = {"source": "trained"}
+    ckpt, record = _provide(params, "detector", "FastShapParts", params.fastshap.weights_file(), check_given,
+                            lambda: train(params, params.fastshap.detector, progress)[0])
     t, h = ckpt.training, ckpt.heldout
-    record.update({"file": str(Path(params.fastshap.out_dir) / out.name), "sha256": file_sha256(out),
-                   "grouping": ckpt.grouping, "players": list(ckpt.players), "perturbation": ckpt.perturbation,
-                   "model_sha256": ckpt.model_sha256[:12], "weights_sha256_12": ckpt.digest(),
-                   "train_persons": t.get("persons"), "val_persons": t.get("val_persons"),
+    record.update({"grouping": ckpt.grouping, "players": list(ckpt.players), "train_persons": t.get("persons"),
+                   "val_persons": t.get("val_persons"),
                    "train_scenes": t.get("scenes"), "epochs": t.get("epochs"), "best_val_loss": t.get("best_val_loss"),
                    "train_seconds": t.get("train_seconds"), "cache_seconds": t.get("cache_seconds"),
                    "train_model_forwards": t.get("model_forwards"), "heldout_persons": h.get("persons"),
@@ -325,28 +336,10 @@ def provide_grid_weights(params: Params, progress: bool = True) -> dict:
     network's weights digest, training scenes, seconds and model forwards, and the held-out check (median deletion /
     insertion AUC of the network's maps and of RISE's at its budget, the coalition R^2, scenes). Raises ValueError
     when ``fastshap.classifier`` is null, and the errors of :func:`check_given_grid` / the training naming the key."""
-    spec = params.fastshap.classifier
-    if spec is None:
-        raise ValueError("params fastshap.classifier: null (no FastShapGrid network to provide)")
-    out = params.fastshap.grid_weights_file()
-    if spec.weights is not None:
-        src = Path(spec.weights)
-        ckpt = check_given_grid(params, src)
-        copy_atomic(src, out)
-        record = {"source": "copied", "weights": str(src)}
-    else:
-        try:
-            ckpt = train_grid(params, progress)
-        except ValueError as exc:
-            text = str(exc)
-            raise ValueError(text if text.startswith("params ") else f"params fastshap.classifier: {text}") from None
-        ckpt.save(out)
-        record = {"source": "trained"}
+    ckpt, record = _provide(params, "classifier", "FastShapGrid", params.fastshap.grid_weights_file(),
+                            check_given_grid, lambda: train_grid(params, progress))
     t, h = ckpt.training, ckpt.heldout
-    record.update({"file": str(Path(params.fastshap.out_dir) / out.name), "sha256": file_sha256(out),
-                   "grid": list(ckpt.grid), "perturbation": ckpt.perturbation,
-                   "features": list(ckpt.feature_blocks), "model_sha256": ckpt.model_sha256[:12],
-                   "weights_sha256_12": ckpt.digest(), "train_scenes": t.get("scenes"),
+    record.update({"grid": list(ckpt.grid), "features": list(ckpt.feature_blocks), "train_scenes": t.get("scenes"),
                    "val_scenes": t.get("val_scenes"), "epochs": t.get("epochs"),
                    "best_val_loss": t.get("best_val_loss"), "train_seconds": t.get("train_seconds"),
                    "cache_seconds": t.get("cache_seconds"), "train_model_forwards": t.get("model_forwards"),

@@ -355,15 +355,22 @@ def learned_table(explanations: pd.DataFrame, options: list[dict] | None = None)
     Empty when no job has one. ``options`` as :func:`cost_table`'s."""
     cols = ["kind", "job", "trained file", "held-out persons", "median rel. L2 error", "p90 rel. L2 error",
             "top-part agreement", "even split's median error"]
+    keys = ("persons", "median_rel_l2", "p90_rel_l2", "top_part_agreement", "uniform_split_median_rel_l2")
+    return _heldout_table(explanations, options, cols, "median_rel_l2", keys)
+
+
+def _heldout_table(explanations: pd.DataFrame, options: list[dict] | None, cols: list[str], marker: str,
+                   keys: tuple[str, ...]) -> pd.DataFrame:
+    """One row per kind and job whose rows' ``options['heldout']`` has ``marker``: kind, job, the trained file's
+    digest, then the check's ``keys`` (``cols`` names them all)."""
     if "options" not in explanations:
         return pd.DataFrame(columns=cols)
     rows = {}
     for kind, job, o in zip(explanations["kind"], explanations["job"], _checked_options(explanations, options)):
         h = o.get("heldout")
-        if h and "median_rel_l2" in h and (kind, job) not in rows:
-            rows[(kind, job)] = [kind, job, o.get("weights_sha256") or o.get("policy_sha256"), h.get("persons"),
-                                 h.get("median_rel_l2"), h.get("p90_rel_l2"), h.get("top_part_agreement"),
-                                 h.get("uniform_split_median_rel_l2")]
+        if h and marker in h and (kind, job) not in rows:
+            rows[(kind, job)] = [kind, job, o.get("weights_sha256") or o.get("policy_sha256"),
+                                 *(h.get(k) for k in keys)]
     return pd.DataFrame(list(rows.values()), columns=cols)
 
 
@@ -374,16 +381,9 @@ def learned_grid_table(explanations: pd.DataFrame, options: list[dict] | None = 
     the check's budget on the same targets, and the held-out coalition values' R^2. Empty when no job has one."""
     cols = ["kind", "job", "trained file", "held-out targets", "deletion AUC ↓", "RISE deletion AUC",
             "insertion AUC ↑", "RISE insertion AUC", "RISE masks", "coalition R²"]
-    if "options" not in explanations:
-        return pd.DataFrame(columns=cols)
-    rows = {}
-    for kind, job, o in zip(explanations["kind"], explanations["job"], _checked_options(explanations, options)):
-        h = o.get("heldout")
-        if h and "deletion_auc_median" in h and (kind, job) not in rows:
-            rows[(kind, job)] = [kind, job, o.get("weights_sha256"), h.get("targets"), h.get("deletion_auc_median"),
-                                 h.get("rise_deletion_auc_median"), h.get("insertion_auc_median"),
-                                 h.get("rise_insertion_auc_median"), h.get("rise_budget"), h.get("coalition_r2")]
-    return pd.DataFrame(list(rows.values()), columns=cols)
+    keys = ("targets", "deletion_auc_median", "rise_deletion_auc_median", "insertion_auc_median",
+            "rise_insertion_auc_median", "rise_budget", "coalition_r2")
+    return _heldout_table(explanations, options, cols, "deletion_auc_median", keys)
 
 
 def agreement_table(metrics: pd.DataFrame) -> pd.DataFrame:
