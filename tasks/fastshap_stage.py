@@ -259,8 +259,8 @@ def check_given_grid(params: Params, src: str | Path):
     """Check a given FastShapGrid weights file (``fastshap.classifier.weights``) before the stage copies it: the
     manifest beside it (if any) lists its bytes, it is a FastShapGrid weights file of ``fastshap.classifier``'s grid,
     perturbation and feature blocks, and :class:`~explainers.fastshap_grid.FastShapGrid`'s guard accepts it for the
-    audited classifier (its weights fingerprint and class count). Returns the checkpoint. Raises FileNotFoundError,
-    ``tasks.shipped_weights.WeightsMismatchError`` and ValueError naming the key and the file."""
+    audited classifier (its weights fingerprint, class count and input size). Returns the checkpoint. Raises
+    FileNotFoundError, ``tasks.shipped_weights.WeightsMismatchError`` and ValueError naming the key and the file."""
     from detection.scorers import ClassifierScorer
     from explainers.fastshap_grid import FastShapGrid, FastShapGridCheckpoint
     from tasks.shipped_weights import verify_given
