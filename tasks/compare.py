@@ -48,6 +48,7 @@ from detection.slices import mean_interval
 from tasks.metric_names import METRICS, names
 from tasks.report import CUE_RELIANCE, PART_ORDER, part_shares
 from tasks.report_intervals import CONFIDENCE, MIN_UNITS, N_BOOT, SEED, cell_seed, linearised
+from tasks.report_sanity import NO_INTERVAL
 
 BREAKDOWNS: dict[str, tuple[str, dict]] = {   # breakdown -> (column of tasks.report.part_shares, its buckets)
     "all": ("all", {"all": None}),
@@ -748,7 +749,7 @@ def _unsettled(s: SanityChange) -> str:
     if s.settled_b is not False:
         return ""
     if s.interval_b is None:
-        return "; unsettled: no interval (fewer than 2 targets with a correlation)"
+        return f"; unsettled: {NO_INTERVAL}"
     return "; unsettled: its interval crosses the limit"
 
 

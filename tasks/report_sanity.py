@@ -52,11 +52,14 @@ def passing_jobs(summary: dict) -> set[str]:
     return {job for job, e in summary.get("sanity", {}).get("jobs", {}).items() if e.get("passes")}
 
 
+NO_INTERVAL = "no interval (fewer than 2 targets with a correlation)"     # the report's and the gate's words
+
+
 def _interval(entry: dict) -> str:
     """The medians' 95 % intervals at full randomisation, or why there are none."""
     signed, absolute = entry.get("spearman_full_interval"), entry.get("spearman_abs_full_interval")
     if signed is None or absolute is None:
-        return "fewer than 2 targets with a correlation, no interval"
+        return NO_INTERVAL
     return (f"95 % interval of the median {signed[0]:+.2f}…{signed[1]:+.2f} / {absolute[0]:+.2f}…{absolute[1]:+.2f} "
             f"crosses the limit")
 
