@@ -319,10 +319,7 @@ def train_grid(params: Params, progress: bool = True):
     from tasks.fastshap_grid_train import GridTrainConfig, train_grid_weights
 
     spec = params.fastshap.classifier
-    config = GridTrainConfig(grid=tuple(spec.grid), scenes=spec.scenes, heldout_scenes=spec.heldout_scenes,
-                             pairs=spec.pairs, epochs=spec.epochs, batch=spec.batch, lr=spec.lr, width=spec.width,
-                             seed=spec.seed, perturbation=spec.perturbation, features=tuple(spec.features),
-                             rise=spec.rise, steps=spec.steps)
+    config = GridTrainConfig(**{f.name: getattr(spec, f.name) for f in fields(GridTrainConfig)})
     coalitions, state = grid_cache_folders(params)
     ckpt = train_grid_weights(audited_classifier(params), config, params, coalitions, state, progress=progress)
     shutil.rmtree(state, ignore_errors=True)
