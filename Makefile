@@ -28,7 +28,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .   # lint and complexity bound: [tool.ruff] in pyproject.toml
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile   # two worker processes (the 2-core CI), one test file per worker at a time
 
 # The benchmarks in the order benchmarks/README.md reports them; shapley tunes the peers' configurations on the tuning
 # split before the held-out run; pipeline needs the pipeline's data (make run first). Numbers: benchmarks/results/.

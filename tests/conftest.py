@@ -5,9 +5,15 @@ import os
 import sys
 from pathlib import Path
 
-import flows  # noqa: F401  (offline / no-telemetry defaults before Prefect is imported)
+# pytest-xdist (`make test` runs `-n 2`): each worker process gets its share of the cores for torch's (and OpenMP's)
+# intra-op threads, set before torch is first imported; more threads than cores spin-wait on a shared 2-core machine.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS",
+                          str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
-import pytest
+import flows  # noqa: E402, F401  (offline / no-telemetry defaults before Prefect is imported)
+
+import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = str(Path(sys.executable).parent)
