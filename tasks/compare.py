@@ -45,9 +45,10 @@ import pandas as pd
 
 from detection.evaluation import OCCLUSION_BUCKETS, SIZE_BUCKETS
 from detection.slices import mean_interval
+from tasks.bootstrap import CONFIDENCE, N_BOOT, SEED, cell_seed
 from tasks.metric_names import METRICS, names
 from tasks.report import CUE_RELIANCE, PART_ORDER, part_shares
-from tasks.report_intervals import CONFIDENCE, MIN_UNITS, N_BOOT, SEED, cell_seed, linearised
+from tasks.report_intervals import MIN_UNITS, linearised
 from tasks.report_sanity import NO_INTERVAL
 
 BREAKDOWNS: dict[str, tuple[str, dict]] = {   # breakdown -> (column of tasks.report.part_shares, its buckets)

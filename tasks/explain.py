@@ -479,6 +479,14 @@ def _target_parts(item: ExplainItem, target: dict) -> list:
     return [[n, r["height"], r["width"], np.asarray(r["rle"], np.int64)] for n, r in by_part.items()]
 
 
+def target_key(job: ExplainJob, item: ExplainItem, target: dict) -> dict:
+    """What a store key records of one target (:func:`group_key`, ``tasks.sanity.sanity_key``): kind, target_id,
+    category, bbox, class_probs and, for person / detection jobs, its body-part masks' RLE."""
+    return {"kind": target["kind"], "target_id": target["target_id"], "category": target.get("category"),
+            "bbox": target.get("bbox"), "class_probs": target.get("class_probs"),
+            "parts": None if job.targets == "classes" else _target_parts(item, target)}
+
+
 def group_key(base: str, device: str, image_sha: str | None, job: ExplainJob, item: ExplainItem,
               group: list[dict], seed: int) -> str | None:
     """The store key of one explanation group: the job's base (:func:`job_bases`), the device type, the image's
@@ -488,12 +496,9 @@ def group_key(base: str, device: str, image_sha: str | None, job: ExplainJob, it
     if image_sha is None:
         return None
     shared = shares_forwards(job)
-    targets = [{"kind": t["kind"], "target_id": t["target_id"], "category": t.get("category"),
-                "bbox": t.get("bbox"), "class_probs": t.get("class_probs"),
-                "parts": None if job.targets == "classes" else _target_parts(item, t)} for t in group]
     return digest({"base": base, "device": torch.device(device).type, "image": image_sha, "seed": seed,
                    "image_id": item["image"]["image_id"], "seed_target": "*" if shared else group[0]["target_id"],
-                   "targets": targets})
+                   "targets": [target_key(job, item, t) for t in group]})
 
 
 STORE_TABLES = ("explanations", "errors", "sag")

@@ -21,19 +21,12 @@ from detection.body import BODY_PARTS, PART_GROUPS  # noqa: E402
 from detection.datasets.imageio import ImageError, load_rgb  # noqa: E402
 from detection.evaluation import MATCH_IOU, OCCLUSION_BUCKETS, SIZE_BUCKETS  # noqa: E402
 from detection.miss_rate import CURVE_FPPI  # noqa: E402
+from tasks.bootstrap import CONFIDENCE, N_BOOT, SEED  # noqa: E402
 from tasks.metric_names import AGREE, METRICS, TOP_PART_MATCH, causal_auc, epg, epg_chance, names, parse_agreement  # noqa: E402
 from tasks.params import EvaluateParams, job_name  # noqa: E402
 from tasks.part_shares import part_shares as compute_part_shares  # noqa: E402
 from tasks.report_guidance import GuidanceInputs, render_guidance  # noqa: E402
-from tasks.report_intervals import (  # noqa: E402
-    CONFIDENCE,
-    MIN_UNITS,
-    N_BOOT,
-    SEED,
-    breakdown_intervals,
-    interval_text,
-    share_intervals,
-)
+from tasks.report_intervals import MIN_UNITS, breakdown_intervals, interval_text, share_intervals  # noqa: E402
 from tasks.report_sag import render_sag  # noqa: E402
 from tasks.report_sanity import render_sanity  # noqa: E402
 from tasks.undefined import parse_undefined  # noqa: E402
@@ -348,42 +341,47 @@ def cost_table(explanations: pd.DataFrame, options: list[dict] | None = None) ->
                          "device": g["device"].agg(lambda d: ", ".join(sorted(set(d))))}).reset_index()
 
 
+# The column each key of a learned explainer's held-out check is shown under. A table's columns follow the order the
+# trained file's check stores its keys in (explainers.fastshap.HELDOUT_KEYS, explainers.fastshap_grid.HELDOUT_KEYS);
+# a key not named here ("scenes") is not shown.
+HELDOUT_COLUMNS = {"persons": "held-out persons", "median_rel_l2": "median rel. L2 error",
+                   "p90_rel_l2": "p90 rel. L2 error", "top_part_agreement": "top-part agreement",
+                   "uniform_split_median_rel_l2": "even split's median error", "targets": "held-out targets",
+                   "deletion_auc_median": "deletion AUC ↓", "rise_deletion_auc_median": "RISE deletion AUC",
+                   "insertion_auc_median": "insertion AUC ↑", "rise_insertion_auc_median": "RISE insertion AUC",
+                   "rise_budget": "RISE masks", "coalition_r2": "coalition R²"}
+
+
 def learned_table(explanations: pd.DataFrame, options: list[dict] | None = None) -> pd.DataFrame:
     """Per kind and job of a learned explainer whose trained file carries a held-out check (``options['heldout']``:
     FastSHAP's exact Shapley values by enumeration on held-out training-split persons): the trained file's digest
     and that check (persons, median / p90 relative L2 error, top-part agreement, the even split's median error).
     Empty when no job has one. ``options`` as :func:`cost_table`'s."""
-    cols = ["kind", "job", "trained file", "held-out persons", "median rel. L2 error", "p90 rel. L2 error",
-            "top-part agreement", "even split's median error"]
-    keys = ("persons", "median_rel_l2", "p90_rel_l2", "top_part_agreement", "uniform_split_median_rel_l2")
-    return _heldout_table(explanations, options, cols, "median_rel_l2", keys)
-
-
-def _heldout_table(explanations: pd.DataFrame, options: list[dict] | None, cols: list[str], marker: str,
-                   keys: tuple[str, ...]) -> pd.DataFrame:
-    """One row per kind and job whose rows' ``options['heldout']`` has ``marker``: kind, job, the trained file's
-    digest, then the check's ``keys`` (``cols`` names them all)."""
-    if "options" not in explanations:
-        return pd.DataFrame(columns=cols)
-    rows = {}
-    for kind, job, o in zip(explanations["kind"], explanations["job"], _checked_options(explanations, options)):
-        h = o.get("heldout")
-        if h and marker in h and (kind, job) not in rows:
-            rows[(kind, job)] = [kind, job, o.get("weights_sha256") or o.get("policy_sha256"),
-                                 *(h.get(k) for k in keys)]
-    return pd.DataFrame(list(rows.values()), columns=cols)
+    return _heldout_table(explanations, options, "median_rel_l2")
 
 
 def learned_grid_table(explanations: pd.DataFrame, options: list[dict] | None = None) -> pd.DataFrame:
     """Per kind and job of a learned saliency explainer whose trained file carries a causal held-out check
     (``options['heldout']`` with ``deletion_auc_median``: FastShapGrid's): the trained file's digest, the held-out
-    targets (training-split scenes x classes), the median deletion and insertion AUC of its maps beside RISE's at
-    the check's budget on the same targets, and the held-out coalition values' R^2. Empty when no job has one."""
-    cols = ["kind", "job", "trained file", "held-out targets", "deletion AUC ↓", "RISE deletion AUC",
-            "insertion AUC ↑", "RISE insertion AUC", "RISE masks", "coalition R²"]
-    keys = ("targets", "deletion_auc_median", "rise_deletion_auc_median", "insertion_auc_median",
-            "rise_insertion_auc_median", "rise_budget", "coalition_r2")
-    return _heldout_table(explanations, options, cols, "deletion_auc_median", keys)
+    targets (training-split scenes x classes), the median deletion and insertion AUC of its maps each beside RISE's
+    at the check's budget on the same targets, and the held-out coalition values' R^2. Empty when no job has one."""
+    return _heldout_table(explanations, options, "deletion_auc_median")
+
+
+def _heldout_table(explanations: pd.DataFrame, options: list[dict] | None, marker: str) -> pd.DataFrame:
+    """One row per kind and job whose rows' ``options['heldout']`` has ``marker``: kind, job, the trained file's
+    digest, then the check's values under their :data:`HELDOUT_COLUMNS` names, in the check's order."""
+    base = ["kind", "job", "trained file"]
+    if "options" not in explanations:
+        return pd.DataFrame(columns=base)
+    rows = {}
+    for kind, job, o in zip(explanations["kind"], explanations["job"], _checked_options(explanations, options)):
+        h = o.get("heldout")
+        if h and marker in h and (kind, job) not in rows:
+            rows[(kind, job)] = {"kind": kind, "job": job, "trained file": o.get("weights_sha256") or
+                                 o.get("policy_sha256"),
+                                 **{HELDOUT_COLUMNS[k]: v for k, v in h.items() if k in HELDOUT_COLUMNS}}
+    return pd.DataFrame(list(rows.values())) if rows else pd.DataFrame(columns=base)
 
 
 def agreement_table(metrics: pd.DataFrame) -> pd.DataFrame:

@@ -21,25 +21,16 @@ their order, nor on the process (no hash randomisation).
 from __future__ import annotations
 
 import html
-import zlib
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
 from detection.slices import mean_interval
+from tasks.bootstrap import CONFIDENCE, N_BOOT, SEED, cell_seed
 
-CONFIDENCE = 0.95
-N_BOOT = 2000
-SEED = 0              # the report's bootstraps are seeded from this constant: same bytes run after run
 MIN_UNITS = 2         # fewer resampled units (images, or pedestrians) than this: no interval (n/a)
 COLUMNS = ["part", "bucket", "mean", "low", "high", "n", "images"]
-
-
-def cell_seed(seed: int, *key: str) -> np.random.SeedSequence:
-    """The random stream of one cell: ``SeedSequence([seed, crc32('|'.join(key))])`` (crc32: the same in every
-    process, unlike ``hash``)."""
-    return np.random.SeedSequence([int(seed), zlib.crc32("|".join(map(str, key)).encode())])
 
 
 def linearised(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import time
-import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,7 +34,8 @@ from detection.models.specs import model_sha256
 from detection.scorers_grad import gradients_unavailable
 from explainers.registry import METHODS
 from explainers.sanity import randomised_copies, rank_correlation
-from tasks.explain import ExplainItem, _target_parts, explain_targets, image_sha256, parts_lookup
+from tasks.bootstrap import CONFIDENCE, N_BOOT, SEED, cell_seed
+from tasks.explain import ExplainItem, explain_targets, image_sha256, parts_lookup, target_key
 from tasks.model_cache import (
     classifier_model,
     classifier_scorer,
@@ -49,8 +49,6 @@ from tasks.params import ExplainJob, Params
 from tasks.result_store import Reuse, cache_dir_of, digest, files_digest, store_for
 from tasks.stage_deps import Entry, module_closure, module_file
 
-CONFIDENCE = 0.95         # of the bootstrap interval of each median at full randomisation
-N_BOOT = 2000
 STORE_TABLES = ("sanity", "errors")
 
 
@@ -168,10 +166,7 @@ def sanity_key(base: str, device: str, job: ExplainJob, image_sha: str | None, i
     hashed (always computed)."""
     if image_sha is None:
         return None
-    t = next(t for t in item["targets"] if t["target_id"] == target_id)
-    target = {"kind": t["kind"], "target_id": target_id, "category": t.get("category"), "bbox": t.get("bbox"),
-              "class_probs": t.get("class_probs"),
-              "parts": None if job.targets == "classes" else _target_parts(item, t)}
+    target = target_key(job, item, next(t for t in item["targets"] if t["target_id"] == target_id))
     job_digest = job_digest or digest(job.model_dump(mode="json"))
     return digest({"base": base, "device": torch.device(device).type, "job": job_digest,
                    "image": image_sha, "image_id": item["image"]["image_id"], "target": target})
@@ -331,11 +326,11 @@ def median_interval(values: list[float], key: str, confidence: float = CONFIDENC
                     n_boot: int = N_BOOT) -> list[float] | None:
     """[low, high]: the percentile-bootstrap ``confidence`` interval of the median of the finite ``values`` (the
     targets' rank correlations; Efron & Tibshirani, *An Introduction to the Bootstrap*, 1993, ch. 13), from the
-    stream ``SeedSequence([0, crc32(key)])`` (same bytes every run); None for fewer than 2 finite values."""
+    stream ``tasks.bootstrap.cell_seed(SEED, key)`` (same bytes every run); None for fewer than 2 finite values."""
     finite = np.asarray([v for v in values if np.isfinite(v)], np.float64)
     if finite.size < 2:
         return None
-    rng = np.random.default_rng(np.random.SeedSequence([0, zlib.crc32(key.encode())]))
+    rng = np.random.default_rng(cell_seed(SEED, key))
     medians = np.median(finite[rng.integers(0, finite.size, (n_boot, finite.size))], axis=1)
     low, high = np.quantile(medians, [(1 - confidence) / 2, (1 + confidence) / 2])
     return [round(float(low), 4), round(float(high), 4)]
@@ -357,5 +352,5 @@ def _median(values: list[float]) -> float | None:
     return round(float(np.median(finite)), 4) if finite else None
 
 
-__all__ = ["CONFIDENCE", "SanityRow", "median_interval", "sanity_check", "sanity_summary", "sanity_targets",
+__all__ = ["SanityRow", "median_interval", "sanity_check", "sanity_summary", "sanity_targets",
            "verdict_settled"]

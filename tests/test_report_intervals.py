@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 
 from detection.slices import mean_interval
+from tasks.bootstrap import cell_seed
 from tasks.report import build_report
-from tasks.report_intervals import cell_seed, interval_text, linearised, share_intervals
+from tasks.report_intervals import interval_text, linearised, share_intervals
 from tests.report_fixture import report_inputs
 
 
