@@ -53,7 +53,7 @@ HELDOUT_KEYS = ("scenes", "targets", "deletion_auc_median", "rise_deletion_auc_m
                 "rise_insertion_auc_median", "rise_budget", "coalition_r2")
 
 
-class _Residual(nn.Module):
+class ResidualBlock(nn.Module):
     """x + conv(relu(conv(x))) (3 x 3, same width): context from neighbouring cells, the identity kept."""
 
     def __init__(self, width: int):
@@ -82,7 +82,7 @@ class FastShapGridNet(nn.Module):
             self.register_buffer("feature_mean", torch.zeros(self.features))
             self.register_buffer("feature_std", torch.ones(self.features))
             self.fuse = nn.Sequential(nn.Conv2d(width + self.features, width, 1), nn.ReLU(inplace=True))
-        self.mix = nn.Sequential(*[_Residual(width) for _ in range(blocks)])
+        self.mix = nn.Sequential(*[ResidualBlock(width) for _ in range(blocks)])
         self.head = nn.Sequential(nn.Conv2d(width + classes + NUM_SCALARS, hidden, 1), nn.ReLU(inplace=True),
                                   nn.Conv2d(hidden, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, 1, 1))
 
@@ -247,7 +247,7 @@ class FastShapGrid(CountsExplainerForwards, Explainer):
         if perturbation is not None and make_perturbation(perturbation).describe() != ckpt.perturbation:
             raise ValueError(f"fastshap_grid: {where} was trained on perturbation {ckpt.perturbation!r}, got "
                              f"{make_perturbation(perturbation).describe()!r}")
-        super().__init__(scorer, perturbation=perturbation or _perturbation_of(ckpt.perturbation), **kw)
+        super().__init__(scorer, perturbation=perturbation or perturbation_of(ckpt.perturbation), **kw)
         self.check_weights = bool(check_weights)
         if scorer is not None:
             if self.check_weights:
@@ -337,15 +337,17 @@ class FastShapGrid(CountsExplainerForwards, Explainer):
         return normalise(raw[None], (full - empty).float()[None])[0]
 
 
-def _perturbation_of(description: str) -> Perturbation:
-    """The perturbation a weights file names: a registered name with its defaults whose ``describe()`` matches."""
+def perturbation_of(description: str, who: str = "fastshap_grid") -> Perturbation:
+    """The perturbation a weights file names: a registered name with its defaults whose ``describe()`` matches.
+    Raises ValueError (naming ``who``, the method) for any other."""
     for name in ("mean", "blur", "constant", "noise"):
         p = make_perturbation(name)
         if p.describe() == description:
             return p
-    raise ValueError(f"fastshap_grid: the weights' perturbation {description!r} is no registered perturbation with "
-                     "its defaults; pass it as perturbation=")
+    raise ValueError(f"{who}: the weights' perturbation {description!r} is no registered perturbation with its "
+                     "defaults; pass it as perturbation=")
 
 
 __all__ = ["FORMAT", "VERSION", "FastShapGrid", "FastShapGridCheckpoint", "FastShapGridExplanation",
-           "FastShapGridNet", "GridCellFeatures", "grid_scalars", "network_inputs", "normalise"]
+           "FastShapGridNet", "GridCellFeatures", "ResidualBlock", "grid_scalars", "network_inputs", "normalise",
+           "perturbation_of"]

@@ -158,14 +158,8 @@ def train_network(train: dict[str, torch.Tensor], val: dict[str, torch.Tensor], 
                   grid: tuple[int, int], *, epochs: int = 30, batch_size: int = 16, lr: float = 1e-3, seed: int = 0,
                   width: int = 32, hidden: int = 64, checkpoint_dir: str | Path | None = None,
                   progress: bool = True, spec: dict | None = None) -> tuple[dict, dict]:
-    """Adam on :func:`fastshap_loss` in units of :func:`value_scale` of ``train``; returns (the best validation epoch's
-    state_dict, summary with ``value_scale``). Seeded; with
-    ``checkpoint_dir`` the state after every epoch (``last.pt``: network, optimiser, epoch, best) lets a killed run
-    resume to the same result; it records what it trains (``spec``: the data's cache spec and ranges, with the
-    network's shape, the optimiser's settings and the targets' scale) and a ``last.pt`` of another one is refused
-    (ValueError naming the folder and the differing keys), never resumed."""
-    from tqdm import tqdm
-
+    """A :class:`FastShapGridNet` fitted by :func:`fit` on :func:`fastshap_loss`; returns (the best validation
+    epoch's state_dict, summary with ``value_scale``). Seeded; ``checkpoint_dir`` / ``spec`` as :func:`fit`'s."""
     torch.manual_seed(seed)
     scale = value_scale(train)
     cell = (train["x"].shape[-2] // grid[0], train["x"].shape[-1] // grid[1])
@@ -173,33 +167,50 @@ def train_network(train: dict[str, torch.Tensor], val: dict[str, torch.Tensor], 
     net = FastShapGridNet(classes, grid, width, hidden, cell, features=features)
     if features:
         net.standardise_features(train["features"])
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
-    state = {"epoch": 0, "best": float("inf"), "best_state": None, "history": []}
-    last = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
     what = {**(spec or {}), "classes": classes, "grid": list(grid), "epochs": epochs, "batch_size": batch_size,
             "lr": lr, "seed": seed, "width": width, "hidden": hidden, "value_scale": scale, "cell": list(cell),
             "features": features,
             "train": int(train["x"].shape[0]), "val": int(val["x"].shape[0])}
+    return fit(net, fastshap_loss, train, val, scale, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+               checkpoint_dir=checkpoint_dir, progress=progress, spec=what, name="fastshap_grid")
+
+
+def fit(net: torch.nn.Module, loss_fn, train: dict[str, torch.Tensor], val: dict[str, torch.Tensor], scale: float, *,
+        epochs: int, batch_size: int, lr: float, seed: int, checkpoint_dir: str | Path | None, progress: bool,
+        spec: dict, name: str) -> tuple[dict, dict]:
+    """Adam with a cosine schedule on ``loss_fn(net, batch, scale)`` over minibatches of the rows of ``train`` (a
+    dict of tensors with one row per item; the order reshuffled per epoch, seeded by ``seed`` and the epoch);
+    returns (the best validation epoch's state_dict, summary with ``value_scale`` = ``scale``). With
+    ``checkpoint_dir`` the state after every epoch (``last.pt``: network, optimiser, epoch, best) lets a killed run
+    resume to the same result; it records what it trains (``spec``: the data's cache spec and ranges, the network's
+    shape, the optimiser's settings and the targets' scale) and a ``last.pt`` of another one is refused (ValueError
+    naming ``name``, the folder and the differing keys), never resumed."""
+    from tqdm import tqdm
+
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    state = {"epoch": 0, "best": float("inf"), "best_state": None, "history": []}
+    last = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
     if last is not None and last.is_file():
         saved = torch.load(last, weights_only=True)
-        differ = sorted(k for k in set(what) | set(saved.get("spec", {})) if what.get(k) != saved["spec"].get(k))
+        differ = sorted(k for k in set(spec) | set(saved.get("spec", {})) if spec.get(k) != saved["spec"].get(k))
         if differ:
-            raise ValueError(f"fastshap_grid: {last} holds a training of another setting ({', '.join(differ)}): "
+            raise ValueError(f"{name}: {last} holds a training of another setting ({', '.join(differ)}): "
                              f"use another --checkpoint-dir or delete it")
         net.load_state_dict(saved["net"])
         opt.load_state_dict(saved["opt"])
         sched.load_state_dict(saved["sched"])
         state = saved["state"]
-    N = train["x"].shape[0]
+    N = next(iter(train.values())).shape[0]
+    has_val = next(iter(val.values())).shape[0] > 0
     start = time.perf_counter()
-    for epoch in tqdm(range(state["epoch"], epochs), desc="fastshap_grid", disable=not progress):
+    for epoch in tqdm(range(state["epoch"], epochs), desc=name, disable=not progress):
         net.train()
         g = torch.Generator().manual_seed(seed * 100_003 + epoch)
         order = torch.randperm(N, generator=g)
         total = 0.0
         for s in range(0, N, batch_size):
-            loss = fastshap_loss(net, _take(train, order[s:s + batch_size]), scale)
+            loss = loss_fn(net, _take(train, order[s:s + batch_size]), scale)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -207,7 +218,7 @@ def train_network(train: dict[str, torch.Tensor], val: dict[str, torch.Tensor], 
         sched.step()
         net.eval()
         with torch.no_grad():
-            v = float(fastshap_loss(net, val, scale)) if val["x"].shape[0] else total / N
+            v = float(loss_fn(net, val, scale)) if has_val else total / N
         state["history"].append({"epoch": epoch + 1, "train": total / N, "val": v})
         if v < state["best"]:
             state["best"] = v
@@ -216,7 +227,7 @@ def train_network(train: dict[str, torch.Tensor], val: dict[str, torch.Tensor], 
         if last is not None:
             last.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                        "state": state, "spec": what}, last.with_suffix(".tmp"))
+                        "state": state, "spec": spec}, last.with_suffix(".tmp"))
             last.with_suffix(".tmp").replace(last)
     summary = {"epochs": epochs, "value_scale": scale, "best_val_loss": state["best"], "history": state["history"],
                "train_seconds": time.perf_counter() - start}
