@@ -12,6 +12,8 @@ Methods (one row each; the policies' substrate):
   * ``rexl`` (one per ``--policy`` file): the box-conditioned cell policy's roll-out (``explainers.rexl.Rexl``: 2 + 48
     model forwards and 1 feature forward per pedestrian at k = 7, 2 + 80 at k = 9; an insertion policy's map is
     read from its insertion game and spends 1 more feature forward, on the image);
+  * ``fastshap_grid_detector`` (one per ``--fastshap`` file): FastSHAP's amortised cell values of the detection
+    (``explainers.fastshap_grid_detector``: 2 model forwards and 1 explainer forward per pedestrian);
   * ``drise@4000``: D-RISE (grid 8, centred, hide = the substrate), the reference to match; run once per scene for
     all its pedestrians (the same masks serve every target) and cached in ``benchmarks/results/`` by split, persons,
     budget, substrate and the detector's weights;
@@ -24,8 +26,8 @@ Methods (one row each; the policies' substrate):
 Orders are mapped as a detector cell policy's default (the paper's rule: cumulative credit, bilinear) and, with
 ``@rank_nearest``, as the order itself constant on cells (a classifier cell policy's default).
 
-    python benchmarks/bench_rexl_detector.py --policy P.pt [--policy Q.pt] [--split heldout] [--persons 30]
-                                             [--skip 0] [--greedy 0] [--out ...]
+    python benchmarks/bench_rexl_detector.py --policy P.pt [--policy Q.pt] [--fastshap F.pt] [--split heldout]
+                                             [--persons 30] [--skip 0] [--greedy 0] [--out ...]
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ from bench_models import write_results
 from bench_quality import curve_scores
 from bench_rexl import greedy_order, order_curve, ordered_saliency
 from detection.scorers import DRiseScorer
+from explainers.fastshap_grid_detector import FastShapGridDetector, FastShapGridDetectorCheckpoint
 from explainers.perturb import make_perturbation
 from explainers.rexl import PolicyCheckpoint, Rexl, box_condition
 from explainers.rexl_detector import DetectorCellFeatures
@@ -154,6 +157,21 @@ def policy_rows(rows: dict, persons: list[dict], path: str, substrate: str) -> N
                   exp.n_forward + exp.n_feature_forward, ckpt.mode)
 
 
+def fastshap_rows(rows: dict, persons: list[dict], path: str, substrate: str) -> None:
+    """FastShapGridDetector's maps (one explainer forward and 2 model forwards a pedestrian), graded like the
+    others; the explainer's milliseconds a pedestrian in the row's ``ms``."""
+    ckpt = FastShapGridDetectorCheckpoint.load(path)
+    if ckpt.perturbation != make_perturbation(substrate).describe():
+        raise SystemExit(f"{path}: trained on substrate {ckpt.perturbation!r}, the benchmark runs {substrate!r}")
+    key = f"fastshap_grid_detector:{Path(path).stem}"
+    for p in persons:
+        t0 = time.perf_counter()
+        exp = FastShapGridDetector(p["scorer"], weights=ckpt).explain(p["image"])
+        ms = 1000 * (time.perf_counter() - t0)
+        add(rows, key, curve_scores(p["scorer"], p["image"], exp.saliency), exp.n_forward)
+        rows[key].setdefault("ms", []).append(ms)
+
+
 def control_rows(rows: dict, persons: list[dict], grid: int, substrate: str, greedy: int, budget: int) -> None:
     """The controls (module docstring); D-RISE at RExL's cost only where it is not the reference's ``budget``."""
     n, sub = grid * grid, make_perturbation(substrate)
@@ -199,6 +217,8 @@ def paired(rows: dict, reference: str, curve: str, seed: int = 0, draws: int = 2
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policy", action="append", default=[], help="box-conditioned cell policy (repeatable)")
+    parser.add_argument("--fastshap", action="append", default=[],
+                        help="FastShapGridDetector weights (tasks.fastshap_grid_detector_train; repeatable)")
     parser.add_argument("--split", choices=("heldout", "select"), default="heldout")
     parser.add_argument("--persons", type=int, default=30)
     parser.add_argument("--skip", type=int, default=0, help="heldout: start after this many pedestrians")
@@ -230,6 +250,9 @@ def main() -> None:
     for path in args.policy:
         policy_rows(rows, persons, path, args.substrate)
         print(f"{path}: done ({time.perf_counter() - start:.0f} s)", flush=True)
+    for path in args.fastshap:
+        fastshap_rows(rows, persons, path, args.substrate)
+        print(f"{path}: done ({time.perf_counter() - start:.0f} s)", flush=True)
     if not args.no_controls:
         grid = PolicyCheckpoint.load(args.policy[0]).grid if args.policy else \
             next(e.spec for e in load_params(check_files=False).rexl.policies().values() if e.model == "detector").grid
@@ -244,7 +267,7 @@ def main() -> None:
                f"pedestrians" if args.skip else "") if args.split == "heldout" else
                f"select: detections >= 60 px on training scenes {SELECT_FIRST_SCENE}..", "persons":
                [p["det_id"] for p in persons], "detector_weights_sha256_12": digest, "policies": args.policy,
-               "substrate": args.substrate, "steps": 20, "rows": table,
+               "fastshap": args.fastshap, "substrate": args.substrate, "steps": 20, "rows": table,
                "paired": {c: paired(rows, f"drise@{args.budget}", c) for c in ("deletion/mean", "insertion/mean")},
                "per_pedestrian": rows,
                "seconds": round(time.perf_counter() - start, 1)}

@@ -1,0 +1,299 @@
+"""Training FastShapGridDetector (``explainers.fastshap_grid_detector``) for the audited detector on the training split.
+
+Data: the first ``--images`` training scenes (``models.train_data``'s generator, never the audited scenes; the
+``rexl`` detector policies' scenes); the last ``--heldout`` of them are held out from training for the check below,
+and the last tenth of the rest validates (the best epoch is kept). Targets: every ``person`` detection at least
+``--min-height`` px tall (``tasks.rexl_train.detector_episodes``: one D-RISE scorer over all of them). Per scene,
+``--pairs`` Shapley-kernel coalitions of the k x k cells and their complements, plus the empty and the full
+coalition (a generator seeded by (seed, scene)), evaluated by the grid's region game for all the scene's pedestrians
+at once (black box: forwards only), batched, and cached as Parquet under ``--cache-dir``
+(``tasks.fastshap_data.CoalitionCache``: blocks written atomically, a rerun computes only what is missing).
+
+Objective (FastSHAP, Jethani et al. 2022, https://arxiv.org/abs/2107.07436): the mean over pedestrians and their
+sampled coalitions S of (v(S) - v(none) - S . phi)^2 in units of the targets' RMS, phi additively
+efficiency-normalised inside training; drawing S from the Shapley kernel makes the plain mean the kernel-weighted
+least squares whose optimum is the Shapley values. Adam, seeded, resumable (``--checkpoint-dir``:
+``tasks.fastshap_grid_train.fit``).
+
+Held-out check (stored in the weights file): on the held-out scenes' pedestrians, the deletion / insertion AUC
+(``explainers.metrics.deletion_insertion``, ``--steps``, the game's substrate) of the network's map beside D-RISE's
+(``--drise`` masks, grid 8, centred: the same protocol), and the share of the held-out coalition values
+v(S) - v(none) the estimate explains (R^2).
+
+    python -m tasks.fastshap_grid_detector_train --images 192 --heldout 16 --out models/fastshap/detector_grid.pt
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from explainers.fastshap_grid import normalise
+from explainers.fastshap_grid_detector import (
+    STATE_EXTRA,
+    FastShapGridDetector,
+    FastShapGridDetectorCheckpoint,
+    FastShapGridDetectorNet,
+    detector_state,
+)
+from explainers.game import RegionGame
+from explainers.perturb import make_perturbation
+from explainers.rexl import cell_labels
+from explainers.rexl_detector import DetectorCellFeatures
+from explainers.trained import weights_fingerprint
+from tasks.fastshap_data import CoalitionCache
+from tasks.fastshap_grid_train import DATA, fit, scene_coalitions, value_scale
+
+
+@dataclass
+class DetectorScene:
+    """One training scene: ``image`` [3, H, W], the columns ``targets`` of its pedestrians in the shared D-RISE
+    scorer and their ``cover`` of the cells [T, k^2]; ``scene_id`` its cache key."""
+
+    index: int
+    image: torch.Tensor
+    targets: list[int]
+    cover: torch.Tensor
+
+    @property
+    def scene_id(self) -> str:
+        return f"{self.index:06d}"
+
+
+def training_pedestrians(detector, images: Sequence[torch.Tensor], grid: int, min_height: float,
+                         person: str = "person") -> tuple[object, list[DetectorScene]]:
+    """(the D-RISE scorer over every pedestrian, the scenes with at least one): ``tasks.rexl_train.
+    detector_episodes`` grouped by scene. Raises ValueError when the detector finds none."""
+    from tasks.rexl_train import detector_episodes
+    scorer, episodes = detector_episodes(detector, images, grid, min_height, person)
+    by_image: dict[int, list] = {}
+    index_of = {id(img): i for i, img in enumerate(images)}
+    for e in episodes:
+        by_image.setdefault(index_of[id(e.image)], []).append(e)
+    n = grid * grid
+    scenes = [DetectorScene(i, images[i], [e.column for e in eps], torch.stack([e.condition[:n] for e in eps]))
+              for i, eps in sorted(by_image.items())]
+    return scorer, scenes
+
+
+class _Columns:
+    """A view of a D-RISE scorer restricted to some of its target columns (one scene's pedestrians)."""
+
+    def __init__(self, scorer, columns: list[int]):
+        self.scorer, self.columns = scorer, torch.as_tensor(columns)
+        self.device, self.chunk_size = scorer.device, scorer.chunk_size
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.scorer(images)[:, self.columns.to(images.device)]
+
+
+def scene_rows(scene: DetectorScene, scorer, grid: int, pairs: int, seed: int, perturbation,
+               chunk_size: int) -> dict:
+    """The cache rows of one scene: kind, coalition (``np.packbits`` of the 0/1 cells, row-major), values [T] of its
+    pedestrians (the columns of ``scorer`` in ``scene.targets``)."""
+    H, W = scene.image.shape[-2:]
+    labels = cell_labels(H, W, grid)
+    cells = torch.nn.functional.one_hot(labels, grid * grid).permute(2, 0, 1).bool()
+    kinds, Z = scene_coalitions(scene.index, grid * grid, pairs, seed)
+    game = RegionGame(_Columns(scorer, scene.targets), scene.image, cells, perturbation, chunk_size)
+    with torch.inference_mode():
+        values = game(torch.from_numpy(Z)).double().cpu().numpy()
+    K = len(Z)
+    return {"scene_id": [scene.scene_id] * K, "kind": kinds,
+            "coalition": [np.packbits(z.astype(np.uint8)).tobytes() for z in Z], "values": values.tolist()}
+
+
+def stacked(scenes: Sequence[DetectorScene], table, features: DetectorCellFeatures) -> dict[str, torch.Tensor]:
+    """Training tensors, one row per pedestrian: state [N, F + STATE_EXTRA, k, k] (one detector pass per scene),
+    full / empty [N], Z [N, K, k^2] and y [N, K] = v(S) - v(none)."""
+    from tasks.fastshap_grid_train import scene_targets
+    k = features.grid
+    targets = scene_targets(table, k * k)
+    out: dict[str, list] = {"state": [], "full": [], "empty": [], "Z": [], "y": []}
+    for scene in scenes:
+        rec = targets[scene.scene_id]
+        _, feats = features.run(scene.image[None].to(features.detector.device), torch.as_tensor(scene.targets))
+        full = torch.as_tensor(rec["full"]).float()
+        empty = torch.as_tensor(rec["empty"]).float()
+        out["state"].append(detector_state(feats.cpu(), scene.cover, full, empty, k))
+        out["full"].append(full)
+        out["empty"].append(empty)
+        T = len(scene.targets)
+        out["Z"].append(torch.from_numpy(rec["Z"])[None].expand(T, -1, -1))
+        out["y"].append(torch.from_numpy(rec["y"]).float().T)
+    return {key: torch.cat(v) for key, v in out.items()}
+
+
+def predict(net: FastShapGridDetectorNet, batch: dict[str, torch.Tensor], scale: float = 1.0) -> torch.Tensor:
+    """Efficient cell values phi [N, k^2] of a batch (score units: the raw output x ``scale``)."""
+    raw = net(batch["state"]).flatten(1) * scale
+    return normalise(raw[:, None], (batch["full"] - batch["empty"])[:, None])[:, 0]
+
+
+def fastshap_loss(net: FastShapGridDetectorNet, batch: dict[str, torch.Tensor], scale: float = 1.0) -> torch.Tensor:
+    """The FastSHAP objective of a batch in units of ``scale``: mean of ((y - Z phi) / scale)^2."""
+    phi = predict(net, batch, scale)
+    return (((torch.einsum("nkp,np->nk", batch["Z"], phi) - batch["y"]) / scale) ** 2).mean()
+
+
+def heldout_check(ckpt: FastShapGridDetectorCheckpoint, scorer, scenes: Sequence[DetectorScene],
+                  held: dict[str, torch.Tensor], drise_budget: int, steps: int) -> dict:
+    """The stored accuracy record (module docstring): medians over the held-out pedestrians."""
+    from detection.scorers import DRiseScorer
+    from explainers.metrics import deletion_insertion
+    from explainers.rise import DRise
+
+    with torch.no_grad():
+        phi = predict(ckpt.network(), held, ckpt.value_scale)
+        pred = torch.einsum("nkp,np->nk", held["Z"], phi)
+    r2 = float(1 - ((pred - held["y"]) ** 2).sum() / ((held["y"] - held["y"].mean()) ** 2).sum())
+    substrate = make_perturbation(ckpt.perturbation.split("(")[0])
+    out: dict[str, list] = {"deletion": [], "insertion": [], "drise_deletion": [], "drise_insertion": []}
+    for scene in scenes:
+        sub = DRiseScorer(scorer.model, scorer.target_boxes[scene.targets], scorer.target_probs[scene.targets],
+                          chunk_size=16)
+        maps = {"": FastShapGridDetector(sub, weights=ckpt).explain(scene.image).saliency,
+                "drise_": DRise(sub, grid=8, center=True, perturbation=substrate).explain(
+                    scene.image, budget=drise_budget, seed=0).saliency}
+        for prefix, sal in maps.items():
+            for mode in ("deletion", "insertion"):
+                curve = deletion_insertion(sub, scene.image, sal, mode=mode, steps=steps, substrate=substrate)
+                out[prefix + mode] += curve.auc.tolist()
+    med = {k: float(np.nanmedian(v)) for k, v in out.items()}
+    return {"pedestrians": len(out["deletion"]), "deletion_auc_median": med["deletion"],
+            "drise_deletion_auc_median": med["drise_deletion"], "insertion_auc_median": med["insertion"],
+            "drise_insertion_auc_median": med["drise_insertion"], "drise_budget": drise_budget, "steps": steps,
+            "coalition_r2": r2}
+
+
+@dataclass
+class DetectorGridTrainConfig:
+    """What :func:`train_detector_grid_weights` trains (the CLI's options): the first ``images`` training scenes, the
+    last ``heldout`` of them held out for the stored check, a tenth of the rest validating."""
+
+    images: int = 192
+    heldout: int = 16
+    grid: int = 9
+    layers: tuple[int, ...] = (0, 1)
+    min_height: float = 60.0
+    pairs: int = 32
+    perturbation: str = "mean"
+    epochs: int = 60
+    batch: int = 32
+    lr: float = 1e-3
+    width: int = 64
+    seed: int = 0
+    drise: int = 1000
+    steps: int = 20
+
+
+def train_detector_grid_weights(detector, config: DetectorGridTrainConfig, params, person: str,
+                                cache_dir: str | Path, checkpoint_dir: str | Path | None = None,
+                                progress: bool = True) -> FastShapGridDetectorCheckpoint:
+    """A FastShapGridDetector network for ``detector`` (a ``detection.models.yolo.YoloDetector``) trained as the
+    module docstring says on the training scenes ``params`` (``tasks.params.Params``) define, with the held-out
+    check stored in it. Raises ValueError when the scene counts leave no training or held-out pedestrian, and for a
+    cache or ``checkpoint_dir`` of another setting."""
+    from tasks.result_store import digest
+    from tasks.rexl_train import training_scenes
+
+    n_train = config.images - config.heldout
+    if config.heldout < 1 or n_train < 2:
+        raise ValueError(f"fastshap_grid_detector: images {config.images} with heldout {config.heldout} leaves "
+                         f"{n_train} training scenes (need >= 1 held out and >= 2 to train and validate)")
+    images = training_scenes(config.images)
+    scorer, scenes = training_pedestrians(detector, images, config.grid, config.min_height, person)
+    train_scenes = [s for s in scenes if s.index < n_train]
+    held_scenes = [s for s in scenes if s.index >= n_train]
+    n_val = max(1, len(train_scenes) // 10)
+    if len(train_scenes) - n_val < 1 or not held_scenes:
+        raise ValueError(f"fastshap_grid_detector: pedestrians on {len(train_scenes)} training and {len(held_scenes)} "
+                         f"held-out scenes: too few (more --images)")
+    perturbation = make_perturbation(config.perturbation)
+    model_sha = weights_fingerprint(scorer)
+    data_spec = {"data_seed": params.seed + params.models.train_data.seed_offset,
+                 "generator": digest(params.pull.synthetic.model_dump(mode="json", exclude={"n_images"}))[:16]}
+    cache = CoalitionCache(cache_dir, {"model_sha256": model_sha, "grid": config.grid, "targets": "persons",
+                                       "min_height": config.min_height, "perturbation": perturbation.describe(),
+                                       "pairs": config.pairs, "seed": config.seed, "data": DATA, **data_spec},
+                           key="scene_id")
+    start = time.perf_counter()
+    cache.build(scenes, perturbation, progress=progress,
+                rows_of=lambda s: scene_rows(s, scorer, config.grid, config.pairs, config.seed, perturbation, 16))
+    cache_seconds = time.perf_counter() - start
+    table = cache.read()
+    features = DetectorCellFeatures(scorer, config.layers, config.grid)
+    train = stacked(train_scenes[:-n_val], table, features)
+    val = stacked(train_scenes[-n_val:], table, features)
+    torch.manual_seed(config.seed)
+    scale = value_scale(train)
+    channels = features.channels + STATE_EXTRA
+    net = FastShapGridDetectorNet(channels, config.grid, config.width)
+    net.standardise(train["state"])
+    spec = {**cache.spec, "channels": channels, "layers": list(config.layers), "epochs": config.epochs,
+            "batch_size": config.batch, "lr": config.lr, "width": config.width, "value_scale": scale,
+            "train": int(train["y"].shape[0]), "val": int(val["y"].shape[0])}
+    state, summary = fit(net, fastshap_loss, train, val, scale, epochs=config.epochs, batch_size=config.batch,
+                         lr=config.lr, seed=config.seed, checkpoint_dir=checkpoint_dir, progress=progress, spec=spec,
+                         name="fastshap_grid_detector")
+    training = {**summary, "data": DATA, **data_spec, "scenes": [0, n_train], "val_scenes":
+                [train_scenes[-n_val].index, n_train], "pedestrians": int(train["y"].shape[0]),
+                "val_pedestrians": int(val["y"].shape[0]), "pairs": config.pairs, "seed": config.seed,
+                "min_height": config.min_height, "lr": config.lr, "batch": config.batch,
+                "cache_seconds": cache_seconds, "model_forwards": len(scenes) * (2 + 2 * config.pairs)}
+    ckpt = FastShapGridDetectorCheckpoint(model_sha, config.grid, tuple(config.layers), channels,
+                                          perturbation.describe(), state, width=config.width,
+                                          value_scale=summary["value_scale"], training=training)
+    check_start = time.perf_counter()
+    held = stacked(held_scenes, table, features)
+    ckpt.heldout = {**heldout_check(ckpt, scorer, held_scenes, held, config.drise, config.steps),
+                    "scene_range": [n_train, config.images], "seconds": time.perf_counter() - check_start}
+    return ckpt
+
+
+def main(argv: list[str] | None = None) -> None:
+    from tasks.params import load_params
+    from tasks.rexl_train import params_detector
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = DetectorGridTrainConfig()
+    parser.add_argument("--weights", default=None, help="the detector (default: params.yaml's infer.detectors[0])")
+    parser.add_argument("--images", type=int, default=d.images, help="training scenes (the last --heldout held out)")
+    parser.add_argument("--heldout", type=int, default=d.heldout)
+    parser.add_argument("--grid", type=int, default=d.grid, help="k x k cells")
+    parser.add_argument("--layers", default=",".join(map(str, d.layers)), help="head input maps (0: finest)")
+    parser.add_argument("--min-height", type=float, default=d.min_height)
+    parser.add_argument("--pairs", type=int, default=d.pairs)
+    parser.add_argument("--perturbation", default=d.perturbation)
+    parser.add_argument("--epochs", type=int, default=d.epochs)
+    parser.add_argument("--batch", type=int, default=d.batch)
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--width", type=int, default=d.width)
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--drise", type=int, default=d.drise, help="D-RISE masks of the held-out check")
+    parser.add_argument("--steps", type=int, default=d.steps)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cache-dir", default=".work/fastshap_grid_detector/coalitions")
+    parser.add_argument("--checkpoint-dir", default=None)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    detector, spec = params_detector(args.weights)
+    config = DetectorGridTrainConfig(args.images, args.heldout, args.grid,
+                                     tuple(int(x) for x in args.layers.split(",")), args.min_height, args.pairs,
+                                     args.perturbation, args.epochs, args.batch, args.lr, args.width, args.seed,
+                                     args.drise, args.steps)
+    ckpt = train_detector_grid_weights(detector, config, load_params(check_files=False), spec.person_class,
+                                       args.cache_dir, args.checkpoint_dir)
+    ckpt.training["weights"] = args.weights or spec.weights
+    path = ckpt.save(args.out)
+    print(f"{path}: held-out {ckpt.heldout}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
