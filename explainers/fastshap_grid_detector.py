@@ -43,15 +43,15 @@ from explainers.trained import CountsExplainerForwards, NetworkCheckpoint, load_
 FORMAT = "xai-audit/fastshap-grid-detector"
 VERSION = 1
 NUM_SCALARS = 3           # per target: v(all), v(none), v(all) - v(none)
-STATE_EXTRA = 3 + NUM_SCALARS   # state channels beyond the F pooled ones: support, log support, box cover, the ends
-# the held-out check every explanation's options carry, in this order
+EXTRA_CHANNELS = 3 + NUM_SCALARS   # state channels beyond the F pooled ones: support, log support, box cover, ends
+# the held-out check every explanation's options carry (stored; the report's columns: tasks.report.HELDOUT_COLUMNS)
 HELDOUT_KEYS = ("pedestrians", "deletion_auc_median", "drise_deletion_auc_median", "insertion_auc_median",
                 "drise_insertion_auc_median", "drise_budget", "coalition_r2")
 
 
 def detector_state(features: torch.Tensor, cover: torch.Tensor, full: torch.Tensor, empty: torch.Tensor,
                    grid: int) -> torch.Tensor:
-    """The network's input [N, F + STATE_EXTRA, k, k] of N targets: :class:`~explainers.rexl_detector.
+    """The network's input [N, F + EXTRA_CHANNELS, k, k] of N targets: :class:`~explainers.rexl_detector.
     DetectorCellFeatures` features of the image [N, F k^2 + k^2 + 1] (the F pooled channels, the target's support
     map; its score is ``full``), the box's cover of each cell [N, k^2] (``explainers.rexl.box_condition``'s first
     k^2 columns) and the game's ends ``full`` = v(all), ``empty`` = v(none) [N]. Raw (the network standardises)."""
@@ -135,8 +135,9 @@ class FastShapGridDetector(CountsExplainerForwards, Explainer):
     YoloDetector``: the state reads its head's maps); its target boxes are the detections explained. ``weights``: a
     file written by ``tasks.fastshap_grid_detector_train`` (:class:`FastShapGridDetectorCheckpoint`) or a loaded
     checkpoint. Raises ValueError naming both sides when the detector's weights fingerprint (``check_weights=False``
-    skips it: only for the sanity check's randomised copies, recorded in the options) or the perturbation differ from
-    what the network was trained for, and for a scorer the state cannot be read from.
+    skips it: only for the sanity check's randomised copies, recorded in the options), the perturbation or the state's
+    channel count (the detector's head maps ``layers`` give another) differ from what the network was trained for,
+    for a layer the detection head does not have, and for a scorer the state cannot be read from.
 
     ``explain(image)``: image [3, H, W] (any size: the grid is k x k cells of the image). Returns saliency [T, H, W]
     (score units per pixel: each cell's Shapley value spread evenly over its pixels, so all pixels sum to
@@ -180,11 +181,14 @@ class FastShapGridDetector(CountsExplainerForwards, Explainer):
                     raise ValueError(f"fastshap_grid_detector: {where} was trained for model weights "
                                      f"{ckpt.model_sha256[:12]}, but the audited model's weights are {audited[:12]}: "
                                      f"train a network for this model")
-            self.features = DetectorCellFeatures(scorer, ckpt.layers, ckpt.grid)
-            if self.features.channels + STATE_EXTRA != ckpt.channels:
+            try:
+                self.features = DetectorCellFeatures(scorer, ckpt.layers, ckpt.grid)
+            except ValueError as exc:
+                raise ValueError(f"fastshap_grid_detector: {where}: {str(exc).removeprefix('rexl: ')}") from None
+            if self.features.channels + EXTRA_CHANNELS != ckpt.channels:
                 raise ValueError(f"fastshap_grid_detector: {where} reads {ckpt.channels} state channels, the "
                                  f"detector's head maps {list(ckpt.layers)} give "
-                                 f"{self.features.channels + STATE_EXTRA}")
+                                 f"{self.features.channels + EXTRA_CHANNELS}")
         self.ckpt, self.source = ckpt, None if isinstance(weights, FastShapGridDetectorCheckpoint) else str(weights)
         self.net = ckpt.shared_network(self.device)
         self.weights_sha256 = ckpt.digest()
@@ -209,7 +213,7 @@ class FastShapGridDetector(CountsExplainerForwards, Explainer):
             self._targets = self._check_scores(image[None], scores)
         full = scores[0].float()
         empty = self.score(self.perturbation.baseline(image)[None].to(self.device))[0]  # v(none)
-        phi = self.cell_values(feats, full, empty, H, W)                                 # [T, k^2]
+        phi = self.values_from_state(feats, full, empty, H, W)                                 # [T, k^2]
         labels = cell_labels(H, W, k, self.device)
         cells = F.one_hot(labels, k * k).permute(2, 0, 1).to(phi)                       # [k^2, H, W]
         area = cells.flatten(1).sum(1).clamp_min(1)
@@ -217,8 +221,8 @@ class FastShapGridDetector(CountsExplainerForwards, Explainer):
         relevance = None if regions is None else region_means(saliency, regions.to(saliency))
         return saliency, relevance, {"full_score": full, "empty_score": empty}
 
-    def cell_values(self, features: torch.Tensor, full: torch.Tensor, empty: torch.Tensor, height: int,
-                    width: int) -> torch.Tensor:
+    def values_from_state(self, features: torch.Tensor, full: torch.Tensor, empty: torch.Tensor, height: int,
+                          width: int) -> torch.Tensor:
         """The network's efficient cell values [T, k^2] (row-major) of the scorer's targets from their state
         ``features`` of the image (:meth:`DetectorCellFeatures.run`) and the game's ends [T]: one explainer forward,
         no model forward."""
@@ -231,5 +235,5 @@ class FastShapGridDetector(CountsExplainerForwards, Explainer):
         return normalise(raw[None], (full - empty).float()[None])[0]
 
 
-__all__ = ["FORMAT", "HELDOUT_KEYS", "VERSION", "FastShapGridDetector", "FastShapGridDetectorCheckpoint",
-           "FastShapGridDetectorNet", "detector_state"]
+__all__ = ["EXTRA_CHANNELS", "FORMAT", "HELDOUT_KEYS", "VERSION", "FastShapGridDetector",
+           "FastShapGridDetectorCheckpoint", "FastShapGridDetectorNet", "detector_state"]

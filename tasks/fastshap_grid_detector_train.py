@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from explainers.fastshap_grid import normalise
+from explainers.fastshap_grid import normalise, perturbation_of
 from explainers.fastshap_grid_detector import (
-    STATE_EXTRA,
+    EXTRA_CHANNELS,
     FastShapGridDetector,
     FastShapGridDetectorCheckpoint,
     FastShapGridDetectorNet,
@@ -109,7 +109,7 @@ def scene_rows(scene: DetectorScene, scorer, grid: int, pairs: int, seed: int, p
 
 
 def stacked(scenes: Sequence[DetectorScene], table, features: DetectorCellFeatures) -> dict[str, torch.Tensor]:
-    """Training tensors, one row per pedestrian: state [N, F + STATE_EXTRA, k, k] (one detector pass per scene),
+    """Training tensors, one row per pedestrian: state [N, F + EXTRA_CHANNELS, k, k] (one detector pass per scene),
     full / empty [N], Z [N, K, k^2] and y [N, K] = v(S) - v(none)."""
     from tasks.fastshap_grid_train import scene_targets
     k = features.grid
@@ -152,7 +152,7 @@ def heldout_check(ckpt: FastShapGridDetectorCheckpoint, scorer, scenes: Sequence
         phi = predict(ckpt.network(), held, ckpt.value_scale)
         pred = torch.einsum("nkp,np->nk", held["Z"], phi)
     r2 = float(1 - ((pred - held["y"]) ** 2).sum() / ((held["y"] - held["y"].mean()) ** 2).sum())
-    substrate = make_perturbation(ckpt.perturbation.split("(")[0])
+    substrate = perturbation_of(ckpt.perturbation, "fastshap_grid_detector")
     out: dict[str, list] = {"deletion": [], "insertion": [], "drise_deletion": [], "drise_insertion": []}
     for scene in scenes:
         sub = DRiseScorer(scorer.model, scorer.target_boxes[scene.targets], scorer.target_probs[scene.targets],
@@ -232,7 +232,7 @@ def train_detector_grid_weights(detector, config: DetectorGridTrainConfig, param
     val = stacked(train_scenes[-n_val:], table, features)
     torch.manual_seed(config.seed)
     scale = value_scale(train)
-    channels = features.channels + STATE_EXTRA
+    channels = features.channels + EXTRA_CHANNELS
     net = FastShapGridDetectorNet(channels, config.grid, config.width)
     net.standardise(train["state"])
     spec = {**cache.spec, "channels": channels, "layers": list(config.layers), "epochs": config.epochs,
@@ -241,6 +241,7 @@ def train_detector_grid_weights(detector, config: DetectorGridTrainConfig, param
     state, summary = fit(net, fastshap_loss, train, val, scale, epochs=config.epochs, batch_size=config.batch,
                          lr=config.lr, seed=config.seed, checkpoint_dir=checkpoint_dir, progress=progress, spec=spec,
                          name="fastshap_grid_detector")
+    # scenes: the range the training pedestrians and the validating ones (on val_scenes) come from
     training = {**summary, "data": DATA, **data_spec, "scenes": [0, n_train], "val_scenes":
                 [train_scenes[-n_val].index, n_train], "pedestrians": int(train["y"].shape[0]),
                 "val_pedestrians": int(val["y"].shape[0]), "pairs": config.pairs, "seed": config.seed,
@@ -280,6 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache-dir", default=".work/fastshap_grid_detector/coalitions")
     parser.add_argument("--checkpoint-dir", default=None)
+    parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -288,8 +290,11 @@ def main(argv: list[str] | None = None) -> None:
                                      tuple(int(x) for x in args.layers.split(",")), args.min_height, args.pairs,
                                      args.perturbation, args.epochs, args.batch, args.lr, args.width, args.seed,
                                      args.drise, args.steps)
-    ckpt = train_detector_grid_weights(detector, config, load_params(check_files=False), spec.person_class,
-                                       args.cache_dir, args.checkpoint_dir)
+    try:
+        ckpt = train_detector_grid_weights(detector, config, load_params(check_files=False), spec.person_class,
+                                           args.cache_dir, args.checkpoint_dir, progress=not args.no_progress)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     ckpt.training["weights"] = args.weights or spec.weights
     path = ckpt.save(args.out)
     print(f"{path}: held-out {ckpt.heldout}", flush=True)

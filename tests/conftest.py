@@ -9,7 +9,7 @@ from pathlib import Path
 # intra-op threads, set before torch is first imported; more threads than cores spin-wait on a shared 2-core machine.
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     os.environ.setdefault("OMP_NUM_THREADS",
-                          str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+                          str(max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 import flows  # noqa: E402, F401  (offline / no-telemetry defaults before Prefect is imported)
 

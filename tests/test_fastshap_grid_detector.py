@@ -9,7 +9,7 @@ import torch
 
 from detection.scorers import DRiseScorer
 from explainers.fastshap_grid_detector import (
-    STATE_EXTRA,
+    EXTRA_CHANNELS,
     FastShapGridDetector,
     FastShapGridDetectorCheckpoint,
     FastShapGridDetectorNet,
@@ -31,26 +31,38 @@ def detector():
 
 
 def untrained(scorer, grid: int = 5, layers=(0,), perturbation: str = "mean(0)") -> FastShapGridDetectorCheckpoint:
-    channels = DetectorCellFeatures(scorer, layers, grid).channels + STATE_EXTRA
+    channels = DetectorCellFeatures(scorer, layers, grid).channels + EXTRA_CHANNELS
     torch.manual_seed(0)
     net = FastShapGridDetectorNet(channels, grid, width=16)
     return FastShapGridDetectorCheckpoint(weights_fingerprint(scorer), grid, tuple(layers), channels,
                                           perturbation, net.state_dict(), width=16)
 
 
-def test_each_detections_map_sums_to_its_gap_in_two_model_forwards(detector):
-    """Two pedestrians of an odd-sized image: the maps' pixels sum to v(all) - v(none) of each exactly (float
-    rounding), one image pass + one hidden pass and one explainer forward for both, a map of the image's size."""
+@pytest.mark.parametrize("targets", [1, 3])
+def test_each_detections_map_sums_to_its_gap_in_two_model_forwards(detector, targets, monkeypatch):
+    """Pedestrians of an odd-sized image: the maps' pixels sum to v(all) - v(none) of each exactly (float rounding),
+    one image pass + one hidden pass of the detector (counted at the detector, not by the explainer) and one
+    explainer forward for all of them, a map of the image's size."""
     from explainers.perturb import make_perturbation
 
     image = torch.rand(3, 237, 181, generator=torch.Generator().manual_seed(1))
-    boxes = torch.tensor([[40.0, 30.0, 140.0, 220.0], [10.0, 20.0, 60.0, 120.0]])
-    scorer = DRiseScorer(detector, boxes, torch.ones(2, 1))
+    boxes = torch.tensor([[40.0, 30.0, 140.0, 220.0], [10.0, 20.0, 60.0, 120.0], [90.0, 100.0, 170.0, 230.0]])
+    scorer = DRiseScorer(detector, boxes[:targets], torch.ones(targets, 1))
     ckpt = untrained(scorer, perturbation=make_perturbation("mean").describe())
-    exp = FastShapGridDetector(scorer, weights=ckpt).explain(image)
-    assert exp.saliency.shape == (2, 237, 181) and exp.n_forward == 2 and exp.n_explainer_forward == 1
+    explainer = FastShapGridDetector(scorer, weights=ckpt)
+    passes, real = [], detector._raw
+
+    def spy(images, *args, **kwargs):                   # every network pass of the adapter goes through _raw
+        passes.append(images.shape[0])
+        return real(images, *args, **kwargs)
+
+    monkeypatch.setattr(detector, "_raw", spy)
+    exp = explainer.explain(image)
+    assert sum(passes) == 2 and exp.n_forward == 2 and exp.n_explainer_forward == 1
+    assert exp.saliency.shape == (targets, 237, 181)
     gap = exp.full_score - exp.empty_score
     assert torch.allclose(exp.saliency.double().sum((1, 2)), gap.double(), atol=1e-5)
+    monkeypatch.undo()
     assert torch.allclose(exp.full_score, scorer(image[None])[0], atol=1e-6)        # v(all): the image's score
 
 
@@ -72,6 +84,13 @@ def test_the_guard_refuses_another_detector_perturbation_or_scorer(detector, tmp
     classifier_like = SimpleNamespace(model=torch.nn.Linear(3, 2), targets=[0], device="cpu")
     with pytest.raises(ValueError, match="needs a detector adapter"):
         FastShapGridDetector(classifier_like, weights=path)
+    two_layers = untrained(scorer, perturbation=make_perturbation("mean").describe())
+    two_layers.layers = (0, 1)                         # a file whose state channels are not what its layers give
+    with pytest.raises(ValueError, match="reads .* state channels"):
+        FastShapGridDetector(scorer, weights=two_layers)
+    two_layers.layers = (7,)
+    with pytest.raises(ValueError, match=r"^fastshap_grid_detector: the network: features .* layers"):
+        FastShapGridDetector(scorer, weights=two_layers)
     exp = FastShapGridDetector(DRiseScorer(other, scorer.target_boxes, scorer.target_probs), weights=path,
                                check_weights=False).explain(torch.rand(3, 64, 96))      # the sanity check's copies
     assert exp.options["check_weights"] is False
