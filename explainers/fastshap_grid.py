@@ -48,7 +48,7 @@ from explainers.trained import CountsExplainerForwards, NetworkCheckpoint, load_
 FORMAT = "xai-audit/fastshap-grid"
 VERSION = 1
 NUM_SCALARS = 3           # per class: v(all), v(none), v(all) - v(none)
-# the held-out check every explanation's options carry (the report shows it beside the job, in this order)
+# the held-out check every explanation's options carry (the report's columns: tasks.report.HELDOUT_COLUMNS)
 HELDOUT_KEYS = ("scenes", "targets", "deletion_auc_median", "rise_deletion_auc_median", "insertion_auc_median",
                 "rise_insertion_auc_median", "rise_budget", "coalition_r2")
 

@@ -569,7 +569,7 @@ def part_shift(a: Audit, b: Audit, changed: set[str], seed: int = SEED, confiden
                n_boot: int = N_BOOT) -> tuple[pd.DataFrame, dict[str, list[str]], dict]:
     """(cells, jobs, interval description): the part-shift table (:data:`CELL_COLUMNS`, one row per job in both
     audits × breakdown × bucket × part with pedestrians in A or B), the jobs with body-part relevance in both /
-    only A / only B, and how the intervals were made. Cell seeds: :func:`tasks.report_intervals.cell_seed` of
+    only A / only B, and how the intervals were made. Cell seeds: :func:`tasks.bootstrap.cell_seed` of
     ``(seed, "compare|<job>|<breakdown>", part, bucket)`` (``|sim`` appended for the simultaneous one)."""
     sa = _with_units(part_shares(a.explanations, a.targets), changed, "a")
     sb = _with_units(part_shares(b.explanations, b.targets), changed, "b")

@@ -341,9 +341,9 @@ def cost_table(explanations: pd.DataFrame, options: list[dict] | None = None) ->
                          "device": g["device"].agg(lambda d: ", ".join(sorted(set(d))))}).reset_index()
 
 
-# The column each key of a learned explainer's held-out check is shown under. A table's columns follow the order the
-# trained file's check stores its keys in (explainers.fastshap.HELDOUT_KEYS, explainers.fastshap_grid.HELDOUT_KEYS);
-# a key not named here ("scenes") is not shown.
+# The column each key of a learned explainer's held-out check (explainers.fastshap.HELDOUT_KEYS,
+# explainers.fastshap_grid.HELDOUT_KEYS) is shown under, in this order (the stored options' keys are sorted); a key not
+# named here ("scenes") is not shown.
 HELDOUT_COLUMNS = {"persons": "held-out persons", "median_rel_l2": "median rel. L2 error",
                    "p90_rel_l2": "p90 rel. L2 error", "top_part_agreement": "top-part agreement",
                    "uniform_split_median_rel_l2": "even split's median error", "targets": "held-out targets",
@@ -370,7 +370,8 @@ def learned_grid_table(explanations: pd.DataFrame, options: list[dict] | None = 
 
 def _heldout_table(explanations: pd.DataFrame, options: list[dict] | None, marker: str) -> pd.DataFrame:
     """One row per kind and job whose rows' ``options['heldout']`` has ``marker``: kind, job, the trained file's
-    digest, then the check's values under their :data:`HELDOUT_COLUMNS` names, in the check's order."""
+    digest, then the check's values under their :data:`HELDOUT_COLUMNS` names, in that order (empty where a job's
+    check lacks a key another job's has)."""
     base = ["kind", "job", "trained file"]
     if "options" not in explanations:
         return pd.DataFrame(columns=base)
@@ -379,9 +380,10 @@ def _heldout_table(explanations: pd.DataFrame, options: list[dict] | None, marke
         h = o.get("heldout")
         if h and marker in h and (kind, job) not in rows:
             rows[(kind, job)] = {"kind": kind, "job": job, "trained file": o.get("weights_sha256") or
-                                 o.get("policy_sha256"),
-                                 **{HELDOUT_COLUMNS[k]: v for k, v in h.items() if k in HELDOUT_COLUMNS}}
-    return pd.DataFrame(list(rows.values())) if rows else pd.DataFrame(columns=base)
+                                 o.get("policy_sha256"), **{HELDOUT_COLUMNS[k]: v for k, v in h.items()
+                                                            if k in HELDOUT_COLUMNS}}
+    shown = {c for r in rows.values() for c in r}
+    return pd.DataFrame(list(rows.values()), columns=base + [c for c in HELDOUT_COLUMNS.values() if c in shown])
 
 
 def agreement_table(metrics: pd.DataFrame) -> pd.DataFrame:
