@@ -157,3 +157,11 @@ def explained(explained_project, tmp_path, monkeypatch):
     shutil.copytree(source, root, ignore=shutil.ignore_patterns(".work"))
     monkeypatch.chdir(root)
     return root, copy.deepcopy(result)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with end-to-end tests (marked ``slow``) first, each file's tests kept together and in order: with two
+    worker processes (``make test``) the long files start early and the many short ones fill the end, instead of one
+    worker running a long file alone at the end."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)
