@@ -213,7 +213,7 @@ class FastShapGridDetector(CountsExplainerForwards, Explainer):
             self._targets = self._check_scores(image[None], scores)
         full = scores[0].float()
         empty = self.score(self.perturbation.baseline(image)[None].to(self.device))[0]  # v(none)
-        phi = self.values_from_state(feats, full, empty, H, W)                                 # [T, k^2]
+        phi = self.values_from_state(feats, full, empty, H, W)                          # [T, k^2]
         labels = cell_labels(H, W, k, self.device)
         cells = F.one_hot(labels, k * k).permute(2, 0, 1).to(phi)                       # [k^2, H, W]
         area = cells.flatten(1).sum(1).clamp_min(1)
