@@ -81,15 +81,12 @@ def training_pedestrians(detector, images: Sequence[torch.Tensor], grid: int, mi
     return scorer, scenes
 
 
-class _Columns:
-    """A view of a D-RISE scorer restricted to some of its target columns (one scene's pedestrians)."""
-
-    def __init__(self, scorer, columns: list[int]):
-        self.scorer, self.columns = scorer, torch.as_tensor(columns)
-        self.device, self.chunk_size = scorer.device, scorer.chunk_size
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return self.scorer(images)[:, self.columns.to(images.device)]
+def scene_scorer(scorer, columns: list[int]):
+    """A D-RISE scorer of one scene's pedestrians: the columns ``columns`` of ``scorer`` (the shared scorer over every
+    training pedestrian), so that a canvas is compared with its own scene's boxes only."""
+    from detection.scorers import DRiseScorer
+    return DRiseScorer(scorer.model, scorer.target_boxes[columns], scorer.target_probs[columns],
+                       chunk_size=scorer.chunk_size)
 
 
 def scene_rows(scene: DetectorScene, scorer, grid: int, pairs: int, seed: int, perturbation,
@@ -100,7 +97,7 @@ def scene_rows(scene: DetectorScene, scorer, grid: int, pairs: int, seed: int, p
     labels = cell_labels(H, W, grid)
     cells = torch.nn.functional.one_hot(labels, grid * grid).permute(2, 0, 1).bool()
     kinds, Z = scene_coalitions(scene.index, grid * grid, pairs, seed)
-    game = RegionGame(_Columns(scorer, scene.targets), scene.image, cells, perturbation, chunk_size)
+    game = RegionGame(scene_scorer(scorer, scene.targets), scene.image, cells, perturbation, chunk_size)
     with torch.inference_mode():
         values = game(torch.from_numpy(Z)).double().cpu().numpy()
     K = len(Z)
@@ -144,7 +141,6 @@ def fastshap_loss(net: FastShapGridDetectorNet, batch: dict[str, torch.Tensor], 
 def heldout_check(ckpt: FastShapGridDetectorCheckpoint, scorer, scenes: Sequence[DetectorScene],
                   held: dict[str, torch.Tensor], drise_budget: int, steps: int) -> dict:
     """The stored accuracy record (module docstring): medians over the held-out pedestrians."""
-    from detection.scorers import DRiseScorer
     from explainers.metrics import deletion_insertion
     from explainers.rise import DRise
 
@@ -155,8 +151,7 @@ def heldout_check(ckpt: FastShapGridDetectorCheckpoint, scorer, scenes: Sequence
     substrate = perturbation_of(ckpt.perturbation, "fastshap_grid_detector")
     out: dict[str, list] = {"deletion": [], "insertion": [], "drise_deletion": [], "drise_insertion": []}
     for scene in scenes:
-        sub = DRiseScorer(scorer.model, scorer.target_boxes[scene.targets], scorer.target_probs[scene.targets],
-                          chunk_size=16)
+        sub = scene_scorer(scorer, scene.targets)
         maps = {"": FastShapGridDetector(sub, weights=ckpt).explain(scene.image).saliency,
                 "drise_": DRise(sub, grid=8, center=True, perturbation=substrate).explain(
                     scene.image, budget=drise_budget, seed=0).saliency}
