@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from explainers.base import Explainer, paint, region_means
 from explainers.fastshap_grid import FastShapGridExplanation, ResidualBlock, normalise, perturbation_of
 from explainers.perturb import Perturbation, make_perturbation
-from explainers.rexl import box_condition, cell_labels
+from explainers.regions import grid_regions
+from explainers.rexl import box_condition
 from explainers.rexl_detector import SUPPORT_FLOOR, DetectorCellFeatures, needs
 from explainers.trained import CountsExplainerForwards, NetworkCheckpoint, load_once, weights_fingerprint
 
@@ -214,8 +214,7 @@ class FastShapGridDetector(CountsExplainerForwards, Explainer):
         full = scores[0].float()
         empty = self.score(self.perturbation.baseline(image)[None].to(self.device))[0]  # v(none)
         phi = self.values_from_state(feats, full, empty, H, W)                          # [T, k^2]
-        labels = cell_labels(H, W, k, self.device)
-        cells = F.one_hot(labels, k * k).permute(2, 0, 1).to(phi)                       # [k^2, H, W]
+        cells = grid_regions(H, W, k, k, self.device).to(phi)          # [k^2, H, W]: cell_labels' cells, one-hot
         area = cells.flatten(1).sum(1).clamp_min(1)
         saliency = paint(phi / area, cells)
         relevance = None if regions is None else region_means(saliency, regions.to(saliency))

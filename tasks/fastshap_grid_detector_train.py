@@ -43,7 +43,7 @@ from explainers.fastshap_grid_detector import (
 )
 from explainers.game import RegionGame
 from explainers.perturb import make_perturbation
-from explainers.rexl import cell_labels
+from explainers.regions import grid_regions
 from explainers.rexl_detector import DetectorCellFeatures
 from explainers.trained import weights_fingerprint
 from tasks.fastshap_data import CoalitionCache
@@ -94,8 +94,7 @@ def scene_rows(scene: DetectorScene, scorer, grid: int, pairs: int, seed: int, p
     """The cache rows of one scene: kind, coalition (``np.packbits`` of the 0/1 cells, row-major), values [T] of its
     pedestrians (the columns of ``scorer`` in ``scene.targets``)."""
     H, W = scene.image.shape[-2:]
-    labels = cell_labels(H, W, grid)
-    cells = torch.nn.functional.one_hot(labels, grid * grid).permute(2, 0, 1).bool()
+    cells = grid_regions(H, W, grid, grid)            # [k^2, H, W] bool: RExL's cells (explainers.rexl.cell_labels)
     kinds, Z = scene_coalitions(scene.index, grid * grid, pairs, seed)
     game = RegionGame(scene_scorer(scorer, scene.targets), scene.image, cells, perturbation, chunk_size)
     with torch.inference_mode():
