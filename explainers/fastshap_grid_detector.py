@@ -139,7 +139,8 @@ class FastShapGridDetector(CountsExplainerForwards, Explainer):
     channel count (the detector's head maps ``layers`` give another) differ from what the network was trained for,
     for a layer the detection head does not have, and for a scorer the state cannot be read from.
 
-    ``explain(image)``: image [3, H, W] (any size: the grid is k x k cells of the image). Returns saliency [T, H, W]
+    ``explain(image)``: image [3, H, W] (any size of at least k px a side: the grid is k x k cells of the image;
+    ValueError for a smaller one). Returns saliency [T, H, W]
     (score units per pixel: each cell's Shapley value spread evenly over its pixels, so all pixels sum to
     v(all) - v(none)), relevance [T, R] = the mean saliency per region when regions are given (they only summarise
     the map), full_score / empty_score [T]. Spends exactly 2 model forwards (the image's pass, which also gives the
@@ -206,6 +207,9 @@ class FastShapGridDetector(CountsExplainerForwards, Explainer):
     def _explain(self, image, regions, budget, generator):
         H, W = image.shape[-2:]
         k = self.ckpt.grid
+        if H < k or W < k:        # a cell without pixels would drop its value: the map would not sum to the gap
+            raise ValueError(f"fastshap_grid_detector: image {H} x {W} px has fewer pixels a side than the network's "
+                             f"{k} x {k} cells")
         T = int(self.scorer.target_boxes.shape[0])
         scores, feats = self.features.run(image[None].to(self.device), torch.arange(T))   # one pass: v(all), state
         self._forwards += 1

@@ -47,7 +47,7 @@ from explainers.regions import grid_regions
 from explainers.rexl_detector import DetectorCellFeatures
 from explainers.trained import weights_fingerprint
 from tasks.fastshap_data import CoalitionCache
-from tasks.fastshap_grid_train import DATA, fit, scene_coalitions, value_scale
+from tasks.fastshap_grid_train import DATA, fit, scene_coalitions, scene_targets, value_scale
 
 
 @dataclass
@@ -107,7 +107,6 @@ def scene_rows(scene: DetectorScene, scorer, grid: int, pairs: int, seed: int, p
 def stacked(scenes: Sequence[DetectorScene], table, features: DetectorCellFeatures) -> dict[str, torch.Tensor]:
     """Training tensors, one row per pedestrian: state [N, F + EXTRA_CHANNELS, k, k] (one detector pass per scene),
     full / empty [N], Z [N, K, k^2] and y [N, K] = v(S) - v(none)."""
-    from tasks.fastshap_grid_train import scene_targets
     k = features.grid
     targets = scene_targets(table, k * k)
     out: dict[str, list] = {"state": [], "full": [], "empty": [], "Z": [], "y": []}

@@ -30,7 +30,10 @@ def detector():
     return YoloDetector(REPO / "weights/demo/detector.pt", imgsz=320, device="cpu")
 
 
-def untrained(scorer, grid: int = 5, layers=(0,), perturbation: str = "mean(0)") -> FastShapGridDetectorCheckpoint:
+def untrained(scorer, grid: int = 5, layers=(0,), perturbation: str = "mean") -> FastShapGridDetectorCheckpoint:
+    from explainers.perturb import make_perturbation
+
+    perturbation = make_perturbation(perturbation).describe()
     channels = DetectorCellFeatures(scorer, layers, grid).channels + EXTRA_CHANNELS
     torch.manual_seed(0)
     net = FastShapGridDetectorNet(channels, grid, width=16)
@@ -64,6 +67,19 @@ def test_each_detections_map_sums_to_its_gap_in_two_model_forwards(detector, tar
     assert torch.allclose(exp.saliency.double().sum((1, 2)), gap.double(), atol=1e-5)
     monkeypatch.undo()
     assert torch.allclose(exp.full_score, scorer(image[None])[0], atol=1e-6)        # v(all): the image's score
+
+
+def test_no_target_costs_nothing_and_an_image_smaller_than_the_grid_is_refused(detector):
+    """No detection: an empty map and no forward. An image with fewer pixels a side than the grid has cells without
+    pixels, whose values a map cannot carry (it would not sum to the gap): refused before any forward."""
+    none = DRiseScorer(detector, torch.zeros(0, 4), torch.zeros(0, 1))
+    exp = FastShapGridDetector(none, weights=untrained(none)).explain(torch.rand(3, 60, 80))
+    assert exp.saliency.shape == (0, 60, 80) and exp.n_forward == 0
+    one = DRiseScorer(detector, torch.tensor([[1.0, 1.0, 5.0, 6.0]]), torch.ones(1, 1))
+    explainer = FastShapGridDetector(one, weights=untrained(one, grid=5))
+    with pytest.raises(ValueError, match=r"image 4 x 7 px has fewer pixels a side than the network's 5 x 5 cells"):
+        explainer.explain(torch.rand(3, 4, 7))
+    assert explainer.explain(torch.rand(3, 5, 7)).saliency.shape == (1, 5, 7)       # 5 px: one row per cell
 
 
 def test_the_guard_refuses_another_detector_perturbation_or_scorer(detector, tmp_path):
