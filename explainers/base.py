@@ -83,6 +83,9 @@ class Explainer:
     needs_detections: bool = False        # the scorer must be a detection (D-RISE) scorer: no ``classes`` targets
     needs_classes: bool = False           # the scorer must be a classifier's (its ``targets``): ``classes`` only
     needs_gradients: bool = False         # white-box: backpropagates through the model (none yet)
+    # white-box: reads the audited model's internal feature maps (a PyTorch YOLO's detection head), not only its
+    # scores: a black box (ONNX, a callable) cannot serve it
+    needs_feature_maps: bool = False
     needs_trained_weights: bool = False   # a learned explainer: a trained file, named by ``trained_file_option``
     shapley_values: bool = False          # relevance estimates Shapley values: efficiency holds (sum = full - empty)
     # a learned explainer's option naming its trained file (RExL: ``policy``; FastSHAP: ``weights``), and where such a

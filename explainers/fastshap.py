@@ -48,8 +48,8 @@ from detection.body import PART_GROUPS
 from explainers.base import Explainer, Explanation, has_pixel, mask_boxes, numpy_rng, paint, region_set
 from explainers.bayesian_shapley import DEFAULT_DECAY, BayesShapley, ShapleyPrior, bayes_shapley, check_decay
 from explainers.game import RegionGame
-from explainers.perturb import Compositor, Perturbation, make_perturbation
-from explainers.trained import CountsExplainerForwards, NetworkCheckpoint, load_once, weights_fingerprint
+from explainers.perturb import Compositor, Perturbation
+from explainers.trained import CountsExplainerForwards, LearnedExplainer, NetworkCheckpoint, perturbation_of
 
 FORMAT = "xai-audit/fastshap-parts"
 VERSION = 1
@@ -237,7 +237,7 @@ class FastShapExplanation(Explanation):
     n_explainer_forward: int = 0
 
 
-class FastShapParts(CountsExplainerForwards, Explainer):
+class FastShapParts(LearnedExplainer, CountsExplainerForwards, Explainer):
     """Amortised Shapley values of a pedestrian's body-part game (module docstring): FastSHAP (Jethani et al., ICLR
     2022, https://arxiv.org/abs/2107.07436) with players that change per instance.
 
@@ -265,21 +265,16 @@ class FastShapParts(CountsExplainerForwards, Explainer):
     default_budget = 2
     needs_regions = True
     accepts_regions = True
-    needs_trained_weights = True
     shapley_values = True
     trained_file_option = "weights"
     trained_file_hint = ("models/fastshap/detector_parts.pt of the models_fastshap stage, or python -m "
                          "tasks.fastshap_train")
     EXPLANATION = FastShapExplanation
+    CHECKPOINT = FastShapCheckpoint
     # regions are always the P players in the trained order, empty masks included (the column of a mask names its
     # player: the explain stage builds them so, and lists only the players with a pixel in its rows)
     fixed_players = True
     per_target_regions = True
-
-    @classmethod
-    def load_trained(cls, path: str | Path) -> FastShapCheckpoint:
-        """The weights file (:meth:`FastShapCheckpoint.load`: FileNotFoundError, ValueError naming the file)."""
-        return FastShapCheckpoint.load(path)
 
     @property
     def players(self) -> tuple[str, ...]:
@@ -288,23 +283,16 @@ class FastShapParts(CountsExplainerForwards, Explainer):
 
     def __init__(self, scorer, *, weights: str | Path | FastShapCheckpoint, grouping: str | None = None,
                  perturbation: str | Perturbation | None = None, check_weights: bool = True, **kw):
-        ckpt = weights if isinstance(weights, FastShapCheckpoint) else load_once(FastShapCheckpoint, weights)
-        where = "the network" if isinstance(weights, FastShapCheckpoint) else str(weights)
+        ckpt, self.source, where = self.trained_file(weights)
         if grouping is not None and grouping != ckpt.grouping:
             raise ValueError(f"fastshap: {where} was trained on part grouping {ckpt.grouping!r}, got {grouping!r}: "
                              f"train a network for that grouping")
-        if perturbation is not None and make_perturbation(perturbation).describe() != ckpt.perturbation:
-            raise ValueError(f"fastshap: {where} was trained on perturbation {ckpt.perturbation!r}, got "
-                             f"{make_perturbation(perturbation).describe()!r}")
-        super().__init__(scorer, perturbation=perturbation or _perturbation_of(ckpt.perturbation), **kw)
+        self.refuse_other_perturbation(ckpt.perturbation, perturbation, where)
+        super().__init__(scorer, perturbation=perturbation or perturbation_of(ckpt.perturbation, self.name), **kw)
         self.check_weights = bool(check_weights)
         if self.check_weights:
-            audited = weights_fingerprint(scorer)
-            if audited != ckpt.model_sha256:
-                raise ValueError(f"fastshap: {where} was trained for model weights {ckpt.model_sha256[:12]}, but the "
-                                 f"audited model's weights are {audited[:12]}: train a network for this model")
+            self.refuse_other_model(scorer, ckpt.model_sha256, where)
         self.ckpt = ckpt
-        self.source = None if isinstance(weights, FastShapCheckpoint) else str(weights)
         self.net = ckpt.shared_network(self.device)
         self.weights_sha256 = ckpt.digest()            # of the weights self.net was built from (cached)
         self._columns: torch.Tensor | None = None
@@ -434,16 +422,6 @@ class FastShapBayesShapley(FastShapParts):
         est = bayes_shapley(game, regions.shape[0], budget, numpy_rng(generator), self.device, self.decay, prior)
         phi = est.phi.float().to(self.device)
         return paint(phi, regions), phi, {"full_score": est.full, "empty_score": est.empty}
-
-
-def _perturbation_of(description: str) -> Perturbation:
-    """The perturbation a weights file names: a registered name with its defaults whose ``describe()`` matches."""
-    for name in ("blur", "mean", "constant", "noise"):
-        p = make_perturbation(name)
-        if p.describe() == description:
-            return p
-    raise ValueError(f"fastshap: the weights' perturbation {description!r} is no registered perturbation with its "
-                     "defaults; pass it as perturbation=")
 
 
 __all__ = ["FORMAT", "VERSION", "Crop", "FastShapBayesShapley", "FastShapCheckpoint", "FastShapExplanation",

@@ -40,10 +40,10 @@ from torch import nn
 
 from explainers.base import Explainer, Explanation, paint, region_means
 from explainers.game import RegionGame
-from explainers.perturb import Perturbation, make_perturbation
+from explainers.perturb import Perturbation
 from explainers.regions import grid_regions
 from explainers.rexl import CellFeatures
-from explainers.trained import CountsExplainerForwards, NetworkCheckpoint, load_once, weights_fingerprint
+from explainers.trained import CountsExplainerForwards, LearnedExplainer, NetworkCheckpoint, perturbation_of
 
 FORMAT = "xai-audit/fastshap-grid"
 VERSION = 1
@@ -205,7 +205,7 @@ class FastShapGridExplanation(Explanation):
     n_explainer_forward: int = 0
 
 
-class FastShapGrid(CountsExplainerForwards, Explainer):
+class FastShapGrid(LearnedExplainer, CountsExplainerForwards, Explainer):
     """Amortised Shapley values of a classifier's grid-cell game (module docstring): FastSHAP (Jethani et al., ICLR
     2022, https://arxiv.org/abs/2107.07436) giving a saliency map in one explainer forward.
 
@@ -230,32 +230,20 @@ class FastShapGrid(CountsExplainerForwards, Explainer):
     name = "fastshap_grid"
     default_budget = 2
     needs_classes = True
-    needs_trained_weights = True
     trained_file_option = "weights"
     trained_file_hint = "python -m tasks.fastshap_grid_train (a network per classifier)"
     EXPLANATION = FastShapGridExplanation
-
-    @classmethod
-    def load_trained(cls, path: str | Path) -> FastShapGridCheckpoint:
-        """The weights file (:meth:`FastShapGridCheckpoint.load`: FileNotFoundError, ValueError naming the file)."""
-        return FastShapGridCheckpoint.load(path)
+    CHECKPOINT = FastShapGridCheckpoint
 
     def __init__(self, scorer, *, weights: str | Path | FastShapGridCheckpoint,
                  perturbation: str | Perturbation | None = None, check_weights: bool = True, **kw):
-        ckpt = weights if isinstance(weights, FastShapGridCheckpoint) else load_once(FastShapGridCheckpoint, weights)
-        where = "the network" if isinstance(weights, FastShapGridCheckpoint) else str(weights)
-        if perturbation is not None and make_perturbation(perturbation).describe() != ckpt.perturbation:
-            raise ValueError(f"fastshap_grid: {where} was trained on perturbation {ckpt.perturbation!r}, got "
-                             f"{make_perturbation(perturbation).describe()!r}")
-        super().__init__(scorer, perturbation=perturbation or perturbation_of(ckpt.perturbation), **kw)
+        ckpt, self.source, where = self.trained_file(weights)
+        self.refuse_other_perturbation(ckpt.perturbation, perturbation, where)
+        super().__init__(scorer, perturbation=perturbation or perturbation_of(ckpt.perturbation, self.name), **kw)
         self.check_weights = bool(check_weights)
         if scorer is not None:
             if self.check_weights:
-                audited = weights_fingerprint(scorer)
-                if audited != ckpt.model_sha256:
-                    raise ValueError(f"fastshap_grid: {where} was trained for model weights {ckpt.model_sha256[:12]}, "
-                                     f"but the audited model's weights are {audited[:12]}: train a network for this "
-                                     f"model")
+                self.refuse_other_model(scorer, ckpt.model_sha256, where)
             targets = getattr(scorer, "targets", None)
             if targets is None:
                 raise ValueError(f"fastshap_grid explains classifier classes: scorer {type(scorer).__name__} has no "
@@ -275,7 +263,7 @@ class FastShapGrid(CountsExplainerForwards, Explainer):
         self.features = None
         if ckpt.feature_channels:
             self.features = GridCellFeatures(getattr(scorer, "model", None), ckpt.grid, ckpt.feature_blocks)
-        self.ckpt, self.source = ckpt, None if isinstance(weights, FastShapGridCheckpoint) else str(weights)
+        self.ckpt = ckpt
         self.net = ckpt.shared_network(self.device)
         self.weights_sha256 = ckpt.digest()            # of the weights self.net was built from (cached)
         self.n_explainer_forward = 0
@@ -337,17 +325,5 @@ class FastShapGrid(CountsExplainerForwards, Explainer):
         return normalise(raw[None], (full - empty).float()[None])[0]
 
 
-def perturbation_of(description: str, who: str = "fastshap_grid") -> Perturbation:
-    """The perturbation a weights file names: a registered name with its defaults whose ``describe()`` matches.
-    Raises ValueError (naming ``who``, the method) for any other."""
-    for name in ("mean", "blur", "constant", "noise"):
-        p = make_perturbation(name)
-        if p.describe() == description:
-            return p
-    raise ValueError(f"{who}: the weights' perturbation {description!r} is no registered perturbation with its "
-                     "defaults; pass it as perturbation=")
-
-
 __all__ = ["FORMAT", "VERSION", "FastShapGrid", "FastShapGridCheckpoint", "FastShapGridExplanation",
-           "FastShapGridNet", "GridCellFeatures", "ResidualBlock", "grid_scalars", "network_inputs", "normalise",
-           "perturbation_of"]
+           "FastShapGridNet", "GridCellFeatures", "ResidualBlock", "grid_scalars", "network_inputs", "normalise"]

@@ -33,12 +33,12 @@ import torch
 from torch import nn
 
 from explainers.base import Explainer, paint, region_means
-from explainers.fastshap_grid import FastShapGridExplanation, ResidualBlock, normalise, perturbation_of
-from explainers.perturb import Perturbation, make_perturbation
+from explainers.fastshap_grid import FastShapGridExplanation, ResidualBlock, normalise
+from explainers.perturb import Perturbation
 from explainers.regions import grid_regions
 from explainers.rexl import box_condition
-from explainers.rexl_detector import SUPPORT_FLOOR, DetectorCellFeatures, needs
-from explainers.trained import CountsExplainerForwards, NetworkCheckpoint, load_once, weights_fingerprint
+from explainers.rexl_detector import DetectorCellFeatures, cell_channels, needs
+from explainers.trained import CountsExplainerForwards, LearnedExplainer, NetworkCheckpoint, perturbation_of
 
 FORMAT = "xai-audit/fastshap-grid-detector"
 VERSION = 1
@@ -57,9 +57,7 @@ def detector_state(features: torch.Tensor, cover: torch.Tensor, full: torch.Tens
     k^2 columns) and the game's ends ``full`` = v(all), ``empty`` = v(none) [N]. Raw (the network standardises)."""
     N, n = cover.shape
     feats = features.float()
-    channels = (feats.shape[1] - 1) // n                       # F + 1: the pooled channels and the support map
-    cells = feats[:, :channels * n].reshape(N, channels, n)
-    log_support = torch.log(cells[:, -1:].clamp_min(SUPPORT_FLOOR))
+    cells, log_support = cell_channels(feats, n)
     ends = torch.stack([full, empty, full - empty], 1).float().to(feats.device)[:, :, None].expand(N, NUM_SCALARS, n)
     state = torch.cat([cells, log_support, cover.float().to(feats.device)[:, None], ends], 1)
     return state.reshape(N, -1, grid, grid)
@@ -126,7 +124,7 @@ class FastShapGridDetectorCheckpoint(NetworkCheckpoint):
         return net.to(device).eval()
 
 
-class FastShapGridDetector(CountsExplainerForwards, Explainer):
+class FastShapGridDetector(LearnedExplainer, CountsExplainerForwards, Explainer):
     """Amortised Shapley values of a detection's grid-cell game (module docstring): FastSHAP (Jethani et al., ICLR
     2022, https://arxiv.org/abs/2107.07436) for detector targets, one saliency map per detection in one explainer
     forward.
@@ -150,24 +148,17 @@ class FastShapGridDetector(CountsExplainerForwards, Explainer):
     name = "fastshap_grid_detector"
     default_budget = 2
     needs_detections = True
-    needs_trained_weights = True
+    needs_feature_maps = True
     trained_file_option = "weights"
-    trained_file_hint = "python -m tasks.fastshap_grid_detector_train (a network per detector)"
+    trained_file_hint = ("models/fastshap/detector_grid.pt of the models_fastshap stage, or python -m "
+                         "tasks.fastshap_grid_detector_train")
     EXPLANATION = FastShapGridExplanation
-
-    @classmethod
-    def load_trained(cls, path: str | Path) -> FastShapGridDetectorCheckpoint:
-        """The weights file (:meth:`FastShapGridDetectorCheckpoint.load`: FileNotFoundError, ValueError naming it)."""
-        return FastShapGridDetectorCheckpoint.load(path)
+    CHECKPOINT = FastShapGridDetectorCheckpoint
 
     def __init__(self, scorer, *, weights: str | Path | FastShapGridDetectorCheckpoint,
                  perturbation: str | Perturbation | None = None, check_weights: bool = True, **kw):
-        ckpt = weights if isinstance(weights, FastShapGridDetectorCheckpoint) else \
-            load_once(FastShapGridDetectorCheckpoint, weights)
-        where = "the network" if isinstance(weights, FastShapGridDetectorCheckpoint) else str(weights)
-        if perturbation is not None and make_perturbation(perturbation).describe() != ckpt.perturbation:
-            raise ValueError(f"fastshap_grid_detector: {where} was trained on perturbation {ckpt.perturbation!r}, got "
-                             f"{make_perturbation(perturbation).describe()!r}")
+        ckpt, self.source, where = self.trained_file(weights)
+        self.refuse_other_perturbation(ckpt.perturbation, perturbation, where)
         super().__init__(scorer, perturbation=perturbation or perturbation_of(ckpt.perturbation, self.name), **kw)
         self.check_weights = bool(check_weights)
         self.features = None
@@ -177,11 +168,7 @@ class FastShapGridDetector(CountsExplainerForwards, Explainer):
                 raise ValueError(f"fastshap_grid_detector needs {why}, got "
                                  f"{type(getattr(scorer, 'model', None)).__name__} / {type(scorer).__name__}")
             if self.check_weights:
-                audited = weights_fingerprint(scorer)
-                if audited != ckpt.model_sha256:
-                    raise ValueError(f"fastshap_grid_detector: {where} was trained for model weights "
-                                     f"{ckpt.model_sha256[:12]}, but the audited model's weights are {audited[:12]}: "
-                                     f"train a network for this model")
+                self.refuse_other_model(scorer, ckpt.model_sha256, where)
             try:
                 self.features = DetectorCellFeatures(scorer, ckpt.layers, ckpt.grid)
             except ValueError as exc:
@@ -190,7 +177,7 @@ class FastShapGridDetector(CountsExplainerForwards, Explainer):
                 raise ValueError(f"fastshap_grid_detector: {where} reads {ckpt.channels} state channels, the "
                                  f"detector's head maps {list(ckpt.layers)} give "
                                  f"{self.features.channels + EXTRA_CHANNELS}")
-        self.ckpt, self.source = ckpt, None if isinstance(weights, FastShapGridDetectorCheckpoint) else str(weights)
+        self.ckpt = ckpt
         self.net = ckpt.shared_network(self.device)
         self.weights_sha256 = ckpt.digest()
         self.n_explainer_forward = 0

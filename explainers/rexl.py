@@ -114,7 +114,7 @@ from explainers.regions import grid_regions
 from explainers.rexl_detector import KIND as KIND_DETECTOR_CELLS
 from explainers.rexl_detector import STATE_EXTRA as DETECTOR_STATE_EXTRA
 from explainers.rexl_detector import DetectorCellFeatures, box_cell_state
-from explainers.trained import NetworkCheckpoint, load_once, weights_fingerprint
+from explainers.trained import LearnedExplainer, NetworkCheckpoint
 
 FORMAT = "xai-audit/rexl-policy"
 VERSION = 1
@@ -725,7 +725,7 @@ def upsample_cells(cells: torch.Tensor, grid: int, size: tuple[int, int], how: s
     return F.interpolate(cells.view(-1, 1, grid, grid), size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
-class Rexl(Explainer):
+class Rexl(LearnedExplainer, Explainer):
     """RExL (module docstring): a trained policy's deterministic roll-out over a k x k grid, one per target, all
     targets in lockstep; saliency by cumulative credit (``credit='cumulative'``, the paper's rule), single-cell
     credit (``'single'``, the reference library class) or the order itself (``'rank'``), upsampled bilinearly (the
@@ -752,23 +752,16 @@ class Rexl(Explainer):
 
     name = "rexl"
     per_target_regions = True          # regions only summarise each target's map: any regions per target will do
-    needs_trained_weights = True
     trained_file_option = "policy"
     trained_file_hint = "models/rexl/<model>_<mode>.pt of the models_rexl stage, or python -m tasks.rexl_train"
-
-    @classmethod
-    def load_trained(cls, path: str | Path) -> PolicyCheckpoint:
-        """The policy file (:meth:`PolicyCheckpoint.load`: FileNotFoundError, ValueError naming the file)."""
-        return PolicyCheckpoint.load(path)
+    CHECKPOINT = PolicyCheckpoint
+    trained_what = "policy"
 
     def __init__(self, scorer, *, policy: str | Path | PolicyCheckpoint, credit: str | None = None,
                  upsample: str | None = None, perturbation: str | Perturbation | None = None,
                  check_weights: bool = True, **kw):
-        ckpt = policy if isinstance(policy, PolicyCheckpoint) else load_once(PolicyCheckpoint, policy)
-        if perturbation is not None and make_perturbation(perturbation).describe() != \
-                make_perturbation(ckpt.perturbation).describe():
-            raise ValueError(f"rexl: the policy was trained on perturbation {ckpt.perturbation!r}, got "
-                             f"{make_perturbation(perturbation).describe()!r}")
+        ckpt, self.source, where = self.trained_file(policy)
+        self.refuse_other_perturbation(make_perturbation(ckpt.perturbation).describe(), perturbation, where)
         super().__init__(scorer, perturbation=ckpt.perturbation, **kw)
         default = DEFAULT_MAP.get((ckpt.arch, ckpt.conditioning), PAPER_MAP)
         credit, upsample = (credit or default[0]), (upsample or default[1])
@@ -778,13 +771,9 @@ class Rexl(Explainer):
             raise ValueError(f"rexl: upsample must be one of {UPSAMPLING}, got {upsample!r}")
         self.upsample = upsample
         self.check_weights = bool(check_weights)
-        audited = weights_fingerprint(scorer) if self.check_weights else None
-        if self.check_weights and audited != ckpt.model_sha256:
-            where = policy if not isinstance(policy, PolicyCheckpoint) else "the policy"
-            raise ValueError(f"rexl: {where} was trained for model weights {ckpt.model_sha256[:12]}, but the audited "
-                             f"model's weights are {audited[:12]}: train a policy for this model")
+        if self.check_weights:
+            self.refuse_other_model(scorer, ckpt.model_sha256, where)
         self.ckpt, self.credit = ckpt, credit
-        self.source = None if isinstance(policy, PolicyCheckpoint) else str(policy)
         self.policy_net = ckpt.shared_network(self.device)
         self.features = make_features(scorer, ckpt.features)
         if isinstance(self.features, DetectorCellFeatures) and self.features.channels != ckpt.features.get("channels"):

@@ -128,6 +128,17 @@ class DetectorCellFeatures(nn.Module):
         return feats[:, self.channels * self.n:self.channels * self.n + self.n]
 
 
+def cell_channels(features: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:class:`DetectorCellFeatures`' features [N, F k^2 + k^2 + 1] (``n`` = k^2 cells) per cell: the F pooled
+    channels and the target's support map [N, F + 1, k^2], and the support map's log [N, 1, k^2] (floored at
+    ``SUPPORT_FLOOR``: the support spans orders of magnitude, 1e-10 off the pedestrian to ~1 at its anchor). Float."""
+    feats = features.float()
+    N = feats.shape[0]
+    channels = (feats.shape[1] - 1) // n                          # F + 1: the pooled channels and the support map
+    cells = feats[:, :channels * n].reshape(N, channels, n)
+    return cells, torch.log(cells[:, -1:].clamp_min(SUPPORT_FLOOR))
+
+
 def box_cell_state(features: torch.Tensor, taken: torch.Tensor, condition: torch.Tensor, grid: int,
                    image_features: torch.Tensor | None = None) -> torch.Tensor:
     """The state of a box-conditioned cell policy [N, F + 6, k^2] from :class:`DetectorCellFeatures`' features
@@ -140,18 +151,16 @@ def box_cell_state(features: torch.Tensor, taken: torch.Tensor, condition: torch
     pooled channels and its log support map, last. Raw (the policy standardises it)."""
     N, n = taken.shape
     feats = features.float()
-    channels = (feats.shape[1] - 1) // n                          # F + 1: the pooled channels and the support map
-    cells = feats[:, :channels * n].view(N, channels, n)
-    log_support = torch.log(cells[:, -1:].clamp_min(SUPPORT_FLOOR))
+    cells, log_support = cell_channels(feats, n)
     cover = condition.float().to(feats.device)[:, None, :n]
     t = taken.float()[:, None]
     near = F.conv2d(t.view(N, 1, grid, grid), torch.ones(1, 1, 3, 3, device=t.device), padding=1).view(N, 1, n) / 9
     score = feats[:, -1][:, None, None].expand(N, 1, n)
     parts = [cells, log_support, cover, t, near, score]
     if image_features is not None:
-        image = image_features.float().to(feats.device)[:, :channels * n].view(N, channels, n)
-        parts += [image[:, :-1], torch.log(image[:, -1:].clamp_min(SUPPORT_FLOOR))]
+        image, image_log_support = cell_channels(image_features.to(feats.device), n)
+        parts += [image[:, :-1], image_log_support]
     return torch.cat(parts, 1)
 
 
-__all__ = ["DetectorCellFeatures", "KIND", "STATE_EXTRA", "box_cell_state", "needs"]
+__all__ = ["DetectorCellFeatures", "KIND", "STATE_EXTRA", "box_cell_state", "cell_channels", "needs"]

@@ -6,7 +6,8 @@ the audited model at training time and the explainer compares it with the model 
 the weights, not the file they came from: SHA-256 over every tensor's name, dtype, shape and bytes in name order
 (:func:`tensors_sha256`), so a re-saved file with the same weights has the same fingerprint. Also the checkpoint
 mixin of the learned explainers' weights files (:class:`NetworkCheckpoint`) and the ``explain`` of an explainer that
-counts its own network's forwards (:class:`CountsExplainerForwards`). Pure PyTorch.
+counts its own network's forwards (:class:`CountsExplainerForwards`), and the class head every learned explainer shares
+(:class:`LearnedExplainer`: its file read once, the guard's perturbation and model-weights checks). Pure PyTorch.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from explainers.base import Explanation
+from explainers.perturb import Perturbation, make_perturbation
 
 _FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # module -> (tensors' version, digest)
 
@@ -239,3 +241,64 @@ def load_once(cls, path: str | Path):
 @functools.lru_cache(maxsize=16)
 def _load_version(cls, path: str, version: tuple):
     return cls.load(path)
+
+
+def perturbation_of(description: str, who: str) -> Perturbation:
+    """The perturbation a trained file names by its ``describe()``: the registered one with its defaults that
+    describes itself so. Raises ValueError (naming ``who``, the method) for any other (pass it as
+    ``perturbation=``)."""
+    for name in ("mean", "blur", "constant", "noise"):
+        p = make_perturbation(name)
+        if p.describe() == description:
+            return p
+    raise ValueError(f"{who}: the weights' perturbation {description!r} is no registered perturbation with its "
+                     "defaults; pass it as perturbation=")
+
+
+class LearnedExplainer:
+    """Mixin of every learned explainer (FastSHAP's networks, RExL's policies), listed before
+    :class:`~explainers.base.Explainer` in its bases: what their class heads share. The class names its trained
+    file's class (``CHECKPOINT``: a :class:`NetworkCheckpoint` with ``model_sha256`` and ``perturbation``), what
+    errors call the file's content (``trained_what``: "network", "policy") and the option naming the file
+    (``trained_file_option``).
+
+    :meth:`load_trained` reads the file without a model (params validation); :meth:`trained_file` gives the
+    checkpoint of a path (read once per file version, :func:`load_once`) or of a loaded checkpoint;
+    :meth:`refuse_other_perturbation` and :meth:`refuse_other_model` are the guard's two checks every learned
+    explainer makes: a substrate other than the one it learned on, and model weights other than those it was trained
+    for (:func:`weights_fingerprint`), each a ValueError naming the method, the file and both sides."""
+
+    name: str
+    needs_trained_weights = True
+    CHECKPOINT: type
+    trained_what = "network"
+
+    @classmethod
+    def load_trained(cls, path: str | Path):
+        """The trained file (``CHECKPOINT.load``: FileNotFoundError, ValueError naming the file)."""
+        return cls.CHECKPOINT.load(path)
+
+    @classmethod
+    def trained_file(cls, given) -> tuple[object, str | None, str]:
+        """(the checkpoint, its path or None, how errors name it) of ``given``: a path (read once per file
+        version; FileNotFoundError, ValueError naming it) or a loaded ``CHECKPOINT``."""
+        if isinstance(given, cls.CHECKPOINT):
+            return given, None, f"the {cls.trained_what}"
+        return load_once(cls.CHECKPOINT, given), str(given), str(given)
+
+    @classmethod
+    def refuse_other_perturbation(cls, trained: str, given: str | Perturbation | None, where: str) -> None:
+        """ValueError when a ``given`` perturbation (None: the trained one) is not the one the file ``where`` was
+        trained on (``trained``: its ``describe()``)."""
+        if given is not None and make_perturbation(given).describe() != trained:
+            raise ValueError(f"{cls.name}: {where} was trained on perturbation {trained!r}, got "
+                             f"{make_perturbation(given).describe()!r}")
+
+    @classmethod
+    def refuse_other_model(cls, scorer, trained_sha256: str, where: str) -> None:
+        """ValueError when the scorer's model weights (:func:`weights_fingerprint`; its errors) are not those the
+        file ``where`` was trained for (``trained_sha256``)."""
+        audited = weights_fingerprint(scorer)
+        if audited != trained_sha256:
+            raise ValueError(f"{cls.name}: {where} was trained for model weights {trained_sha256[:12]}, but the "
+                             f"audited model's weights are {audited[:12]}: train a {cls.trained_what} for this model")

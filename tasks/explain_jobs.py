@@ -118,16 +118,19 @@ def capability_error(job: ExplainJob) -> str | None:
 
 
 def gradient_error(job: ExplainJob, params: Params) -> str | None:
-    """A white-box method (``needs_gradients``) on a model that has none (an ONNX graph; a ``kind: callable``
-    detector, audited as a black box), or None."""
-    if not METHODS[job.method].needs_gradients:
+    """A white-box method (``needs_gradients``: it backpropagates; ``needs_feature_maps``: it reads the model's
+    internal maps) on a model that has none (an ONNX graph; a ``kind: callable`` detector, audited as a black box),
+    or None."""
+    cls = METHODS[job.method]
+    if not (cls.needs_gradients or cls.needs_feature_maps):
         return None
     what, spec = (("classifier", params.infer.classifier) if job.targets == "classes" else
                   ("detector", params.explain_detector()))
     if spec is None or spec.kind not in (("onnx",) if what == "classifier" else ("onnx", "callable")):
         return None
-    return (f"{job.method} needs gradients (a white-box method): the {what} {spec.id!r} is kind {spec.kind!r}, a "
-            f"black box; use a method that needs no gradients, or an in-process PyTorch model")
+    needs = "gradients" if cls.needs_gradients else "feature maps"
+    return (f"{job.method} needs {needs} (a white-box method): the {what} {spec.id!r} is kind {spec.kind!r}, a "
+            f"black box; use a method that needs no {needs}, or an in-process PyTorch model")
 
 
 def _checked_jobs(cfg: ExplainParams, origin: str, params: Params | None = None, before_stages: bool = False) -> list:

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from explainers.fastshap_grid import normalise, perturbation_of
+from explainers.fastshap_grid import normalise
 from explainers.fastshap_grid_detector import (
     EXTRA_CHANNELS,
     FastShapGridDetector,
@@ -45,7 +45,7 @@ from explainers.game import RegionGame
 from explainers.perturb import make_perturbation
 from explainers.regions import grid_regions
 from explainers.rexl_detector import DetectorCellFeatures
-from explainers.trained import weights_fingerprint
+from explainers.trained import perturbation_of, weights_fingerprint
 from tasks.fastshap_data import CoalitionCache
 from tasks.fastshap_grid_train import DATA, fit, scene_coalitions, scene_targets, value_scale
 
@@ -199,7 +199,7 @@ def train_detector_grid_weights(detector, config: DetectorGridTrainConfig, param
     if config.heldout < 1 or n_train < 2:
         raise ValueError(f"fastshap_grid_detector: images {config.images} with heldout {config.heldout} leaves "
                          f"{n_train} training scenes (need >= 1 held out and >= 2 to train and validate)")
-    images = training_scenes(config.images)
+    images = training_scenes(config.images, params=params)
     scorer, scenes = training_pedestrians(detector, images, config.grid, config.min_height, person)
     train_scenes = [s for s in scenes if s.index < n_train]
     held_scenes = [s for s in scenes if s.index >= n_train]

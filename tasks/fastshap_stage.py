@@ -65,13 +65,13 @@ def guard_scorer(params: Params, net=None):
     return DRiseScorer(net, torch.tensor([[0.0, 0.0, 1.0, 1.0]]), probs)
 
 
-def perturbation_of(spec: FastShapNetParams) -> str:
-    """``explainers.perturb``'s description of ``spec.perturbation``. Raises ValueError naming
-    ``fastshap.detector.perturbation``."""
+def described_perturbation(spec, section: str = "detector") -> str:
+    """``explainers.perturb``'s description of ``spec.perturbation`` (``spec``: the ``fastshap.<section>`` params).
+    Raises ValueError naming ``fastshap.<section>.perturbation``."""
     try:
         return make_perturbation(spec.perturbation).describe()
     except (ValueError, KeyError) as exc:
-        raise ValueError(f"params fastshap.detector.perturbation: {exc} (got {spec.perturbation!r})") from None
+        raise ValueError(f"params fastshap.{section}.perturbation: {exc} (got {spec.perturbation!r})") from None
 
 
 def check_given(params: Params, src: str | Path) -> FastShapCheckpoint:
@@ -97,7 +97,7 @@ def check_given(params: Params, src: str | Path) -> FastShapCheckpoint:
                          f"{list(ckpt.players)}, but parts.grouping {params.parts.grouping!r} (parts.context "
                          f"{params.parts.context}) gives {list(wanted)}: set parts.grouping to match it, or "
                          f"fastshap.detector.weights: null to train one")
-    perturbation = perturbation_of(params.fastshap.detector)
+    perturbation = described_perturbation(params.fastshap.detector)
     if ckpt.perturbation != perturbation:
         raise ValueError(f"params {KEY}: {src} was trained with perturbation {ckpt.perturbation!r}, but "
                          f"fastshap.detector.perturbation gives {perturbation!r}: set it to match, or weights: null "
@@ -160,7 +160,7 @@ def train(params: Params, spec: FastShapNetParams, progress: bool = True) -> tup
     folder serves a rerun after a crash only: it is removed once training has finished (the coalition cache is
     kept)."""
     config = train_config(params, spec)
-    perturbation_of(spec)
+    described_perturbation(spec)
     coalitions, state = cache_folders(params, spec)
     out = train_weights(audited_detector(params), config, params, coalitions, state, progress=progress,
                         game=detector_game(params.explain_detector()))
@@ -255,6 +255,17 @@ def audited_classifier(params: Params):
     return classifier_model(spec.model_dump_json(), "cpu", params.explain.chunk_size)
 
 
+def refuse_other_settings(section: str, src: Path, settings) -> None:
+    """Raises ValueError naming ``fastshap.<section>.weights``, the file and each setting whose trained value
+    differs from the params' (``settings``: (key, the file's, the params') triples), with both values; nothing when
+    all agree."""
+    wrong = [(k, got, want) for k, got, want in settings if got != want]
+    if wrong:
+        raise ValueError(f"params fastshap.{section}.weights: {src} was trained with " +
+                         ", ".join(f"{k} {g!r} (fastshap.{section}.{k}: {w!r})" for k, g, w in wrong) +
+                         ": set them to match, or weights: null to train one")
+
+
 def check_given_grid(params: Params, src: str | Path):
     """Check a given FastShapGrid weights file (``fastshap.classifier.weights``) before the stage copies it: the
     manifest beside it (if any) lists its bytes, it is a FastShapGrid weights file of ``fastshap.classifier``'s grid,
@@ -272,17 +283,10 @@ def check_given_grid(params: Params, src: str | Path):
         ckpt = FastShapGridCheckpoint.load(src)
     except ValueError as exc:
         raise ValueError(f"params {GRID_KEY}: {exc}") from None
-    try:
-        perturbation = make_perturbation(spec.perturbation).describe()
-    except (ValueError, KeyError) as exc:
-        raise ValueError(f"params fastshap.classifier.perturbation: {exc} (got {spec.perturbation!r})") from None
-    wrong = {k: (got, want) for k, got, want in (
-        ("grid", list(ckpt.grid), list(spec.grid)), ("perturbation", ckpt.perturbation, perturbation),
-        ("features", list(ckpt.feature_blocks), list(spec.features))) if got != want}
-    if wrong:
-        raise ValueError(f"params {GRID_KEY}: {src} was trained with " +
-                         ", ".join(f"{k} {g!r} (fastshap.classifier.{k}: {w!r})" for k, (g, w) in wrong.items()) +
-                         ": set them to match, or weights: null to train one")
+    perturbation = described_perturbation(spec, "classifier")
+    refuse_other_settings("classifier", src, (("grid", list(ckpt.grid), list(spec.grid)),
+                                              ("perturbation", ckpt.perturbation, perturbation),
+                                              ("features", list(ckpt.feature_blocks), list(spec.features))))
     model = audited_classifier(params)
     try:
         FastShapGrid(ClassifierScorer(model), weights=ckpt)
@@ -349,7 +353,110 @@ def provide_grid_weights(params: Params, progress: bool = True) -> dict:
     return record
 
 
-__all__ = ["GRID_KEY", "KEY", "audited_classifier", "audited_detector", "check_given_grid", "copy_atomic",
-           "grid_cache_folders",
-           "provide_grid_weights", "train_grid", "cache_folders", "check_given", "code_digest", "guard_scorer",
-           "perturbation_of", "provide_weights", "train", "train_config", "write_metrics"]
+
+
+# ------------------------------------------------------------------------------------------- the detector's grid
+DETECTOR_GRID_KEY = "fastshap.detector_grid.weights"
+
+
+def check_given_detector_grid(params: Params, src: str | Path):
+    """Check a given FastShapGridDetector weights file (``fastshap.detector_grid.weights``) before the stage copies
+    it: the manifest beside it (if any) lists its bytes, it is such a weights file of ``fastshap.detector_grid``'s
+    grid, head layers and perturbation, trained on the explain detector's game settings where it records them
+    (:func:`tasks.fastshap_data.game_difference`), and
+    :class:`~explainers.fastshap_grid_detector.FastShapGridDetector`'s guard accepts it for the audited detector
+    (its weights fingerprint, its head's channels). Returns the checkpoint. Raises FileNotFoundError,
+    ``tasks.shipped_weights.WeightsMismatchError`` and ValueError naming the key and the file."""
+    from explainers.fastshap_grid_detector import FastShapGridDetector, FastShapGridDetectorCheckpoint
+    from tasks.shipped_weights import verify_given
+
+    src = Path(src)
+    spec = params.fastshap.detector_grid
+    verify_given(src, DETECTOR_GRID_KEY)
+    try:
+        ckpt = FastShapGridDetectorCheckpoint.load(src)
+    except ValueError as exc:
+        raise ValueError(f"params {DETECTOR_GRID_KEY}: {exc}") from None
+    refuse_other_settings("detector_grid", src, (("grid", ckpt.grid, spec.grid),
+                                                 ("layers", list(ckpt.layers), list(spec.layers)),
+                                                 ("perturbation", ckpt.perturbation,
+                                                  described_perturbation(spec, "detector_grid"))))
+    game = game_difference(ckpt.training.get("detector"), params.explain_detector())
+    if game:
+        raise ValueError(f"params {DETECTOR_GRID_KEY}: {src} was {game} (or set fastshap.detector_grid.weights: null)")
+    try:
+        FastShapGridDetector(guard_scorer(params), weights=ckpt)
+    except ValueError as exc:
+        raise ValueError(f"params {DETECTOR_GRID_KEY}: {src}: {exc} (or set fastshap.detector_grid.weights: null to "
+                         f"train one)") from None
+    return ckpt
+
+
+def detector_grid_cache_folders(params: Params) -> tuple[Path, Path]:
+    """(coalition cache, training state) folders of the detector's grid network under ``fastshap.cache_dir``:
+    ``detector-grid-coalitions-<digest>`` of what the game values depend on (the detector's spec and weights file,
+    the grid, perturbation, pairs, seed and min_height, the training scenes' generator and seed, the training code;
+    not the scene count: the cache is keyed per scene) and ``detector-grid-train-<digest>`` of that and every
+    setting, so a rerun resumes only its own configuration."""
+    spec, mspec = params.fastshap.detector_grid, params.explain_detector()
+    weights = file_sha256(mspec.weights) if mspec.weights and Path(mspec.weights).is_file() else None
+    data = {"model": mspec.model_dump(mode="json"), "weights": weights, "seed": params.seed,
+            "train_data": params.models.train_data.model_dump(mode="json", exclude={"n_images"}),
+            "generator": params.pull.synthetic.model_dump(mode="json", exclude={"n_images"}),
+            **spec.model_dump(mode="json", include={"grid", "perturbation", "pairs", "seed", "min_height"}),
+            "code": code_digest("tasks.fastshap_grid_detector_train")}
+    train = {**data, "spec": spec.model_dump(mode="json", exclude={"weights"})}
+    root = Path(params.fastshap.cache_dir)
+    return root / f"detector-grid-coalitions-{digest(data)[:16]}", root / f"detector-grid-train-{digest(train)[:16]}"
+
+
+def train_detector_grid(params: Params, progress: bool = True):
+    """Train the detector's grid network (``tasks.fastshap_grid_detector_train.train_detector_grid_weights`` with
+    ``fastshap.detector_grid``) on the explain detector as the explain stage builds it; the file records the
+    detector's game settings (:func:`tasks.fastshap_data.detector_game`) and weights path. The training state folder
+    is removed once it has finished (the cache is kept)."""
+    from tasks.fastshap_grid_detector_train import DetectorGridTrainConfig, train_detector_grid_weights
+
+    spec, mspec = params.fastshap.detector_grid, params.explain_detector()
+    given = spec.model_dump(exclude={"weights"})
+    config = DetectorGridTrainConfig(**{f.name: tuple(given[f.name]) if f.name == "layers" else given[f.name]
+                                        for f in fields(DetectorGridTrainConfig)})
+    coalitions, state = detector_grid_cache_folders(params)
+    ckpt = train_detector_grid_weights(audited_detector(params), config, params, mspec.person_class, coalitions,
+                                       state, progress=progress)
+    ckpt.training.update({"weights": mspec.weights, "detector": detector_game(mspec)})
+    shutil.rmtree(state, ignore_errors=True)
+    return ckpt
+
+
+def provide_detector_grid_weights(params: Params, progress: bool = True) -> dict:
+    """Train (``weights: null``) or verify and copy (``weights``: a file) the detector's FastShapGridDetector weights
+    to :meth:`~tasks.params.FastShapParams.detector_grid_weights_file`; returns its metrics record from the file's
+    own records: source, file, SHA-256, grid, head layers, perturbation, the detector weights fingerprint (12 hex),
+    the network's weights digest, training pedestrians, seconds and model forwards, and the held-out check (median
+    deletion / insertion AUC of its maps and of D-RISE's at the check's budget on the same held-out pedestrians, the
+    coalition R^2, scenes). Raises ValueError when ``fastshap.detector_grid`` is null, and the errors of
+    :func:`check_given_detector_grid` / the training naming the key."""
+    ckpt, record = _provide(params, "detector_grid", "FastShapGridDetector",
+                            params.fastshap.detector_grid_weights_file(), check_given_detector_grid,
+                            lambda: train_detector_grid(params, progress))
+    t, h = ckpt.training, ckpt.heldout
+    record.update({"grid": ckpt.grid, "layers": list(ckpt.layers), "train_scenes": t.get("scenes"),
+                   "val_scenes": t.get("val_scenes"), "train_pedestrians": t.get("pedestrians"),
+                   "val_pedestrians": t.get("val_pedestrians"), "epochs": t.get("epochs"),
+                   "best_val_loss": t.get("best_val_loss"), "train_seconds": t.get("train_seconds"),
+                   "cache_seconds": t.get("cache_seconds"), "train_model_forwards": t.get("model_forwards"),
+                   "heldout_scenes": h.get("scene_range"), "heldout_pedestrians": h.get("pedestrians"),
+                   "heldout_deletion_auc_median": h.get("deletion_auc_median"),
+                   "heldout_insertion_auc_median": h.get("insertion_auc_median"),
+                   "heldout_drise_deletion_auc_median": h.get("drise_deletion_auc_median"),
+                   "heldout_drise_insertion_auc_median": h.get("drise_insertion_auc_median"),
+                   "heldout_drise_budget": h.get("drise_budget"), "heldout_coalition_r2": h.get("coalition_r2")})
+    return record
+
+
+__all__ = ["DETECTOR_GRID_KEY", "GRID_KEY", "KEY", "audited_classifier", "audited_detector", "cache_folders",
+           "check_given", "check_given_detector_grid", "check_given_grid", "code_digest", "copy_atomic",
+           "described_perturbation", "detector_grid_cache_folders", "grid_cache_folders", "guard_scorer",
+           "provide_detector_grid_weights", "provide_grid_weights", "provide_weights", "refuse_other_settings",
+           "train", "train_config", "train_detector_grid", "train_grid", "write_metrics"]

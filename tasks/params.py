@@ -530,11 +530,49 @@ class FastShapGridNetParams(_Section):
         return self
 
 
+class FastShapGridDetectorNetParams(_Section):
+    """The FastShapGridDetector network (``explainers.fastshap_grid_detector``: FastSHAP, Jethani et al. 2022, arXiv
+    2107.07436, on RExL's k x k cells of a detection's D-RISE game, conditioned on the detection's box through the
+    detector's own head maps) of the explain stage's detector that the ``models_fastshap`` stage provides: trained by
+    ``tasks.fastshap_grid_detector_train.train_detector_grid_weights`` on the training scenes' person detections
+    (``tasks.rexl_train.training_scenes``: the first ``images`` scenes, the last ``heldout`` of them held out for the
+    stored check), or, with ``weights``, a given weights file that the stage verifies (manifest, grid / layers /
+    perturbation, the guard: trained for this detector's weights) and copies. The defaults are the shipped file's
+    (``weights/demo/fastshap_grid_detector.pt``) training configuration."""
+
+    weights: str | None = None                         # a weights file to verify and copy instead of training
+    images: int = Field(default=192, ge=3)             # training scenes 0 .. images - 1, the last heldout held out
+    heldout: int = Field(default=16, ge=1)             # the stored held-out check's scenes (never trained on)
+    grid: int = Field(default=9, ge=1)                 # k x k cells (the players)
+    layers: list[int] = [0, 1]                         # the detection head's input maps the network reads (0: finest)
+    min_height: float = Field(default=60.0, ge=0)      # training detections at least this tall (px)
+    pairs: int = Field(default=32, ge=1)               # Shapley-kernel coalition pairs per scene (cached)
+    perturbation: Literal["mean", "blur", "constant", "noise"] = "mean"   # how a cell is hidden
+    epochs: int = Field(default=60, ge=1)
+    batch: int = Field(default=32, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    width: int = Field(default=64, ge=1)
+    seed: int = 0                                      # coalitions, initialisation, epoch shuffles
+    drise: int = Field(default=1000, ge=1)             # D-RISE masks of the held-out check's comparison
+    steps: int = Field(default=20, ge=1)               # deletion / insertion steps of the held-out check
+
+    @model_validator(mode="after")
+    def _heldout_inside(self) -> FastShapGridDetectorNetParams:
+        if self.images - self.heldout < 2:
+            raise ValueError(f"heldout ({self.heldout}) must leave at least 2 of images ({self.images}): one to "
+                             f"train on, one to validate")
+        if not self.layers or min(self.layers) < 0:
+            raise ValueError(f"layers must name at least one head map index >= 0, got {self.layers}")
+        return self
+
+
 class FastShapParams(_Section):
     """The ``models_fastshap`` stage: the FastShapParts network of the explain stage's detector (``detector``; null:
     none) written to ``<out_dir>/detector_parts.pt`` -- the file a ``fastshap`` / ``fastshap_bayes`` explain job's
     ``options.weights`` names -- and the FastShapGrid network of the audited classifier (``classifier``; null: none)
-    written to ``<out_dir>/classifier_grid.pt`` -- a ``fastshap_grid`` job's -- and ``metrics``. The body-part
+    written to ``<out_dir>/classifier_grid.pt`` -- a ``fastshap_grid`` job's -- the FastShapGridDetector network of
+    the explain stage's detector (``detector_grid``; null: none) written to ``<out_dir>/detector_grid.pt`` -- a
+    ``fastshap_grid_detector`` job's -- and ``metrics``. The body-part
     players are ``parts.grouping``'s parts plus the context (the grouping is that key's, not a second one here). The
     coalition caches and the resumable training states go under ``cache_dir``, outside the stage's outputs, one
     folder per configuration."""
@@ -544,6 +582,7 @@ class FastShapParams(_Section):
     cache_dir: str = ".cache/xai-audit/fastshap"
     detector: FastShapNetParams | None = None
     classifier: FastShapGridNetParams | None = None
+    detector_grid: FastShapGridDetectorNetParams | None = None
 
     def weights_file(self) -> Path | None:
         """``<out_dir>/detector_parts.pt`` (absolute) when ``detector`` is configured, else None."""
@@ -553,9 +592,14 @@ class FastShapParams(_Section):
         """``<out_dir>/classifier_grid.pt`` (absolute) when ``classifier`` is configured, else None."""
         return None if self.classifier is None else (Path(self.out_dir) / "classifier_grid.pt").resolve()
 
+    def detector_grid_weights_file(self) -> Path | None:
+        """``<out_dir>/detector_grid.pt`` (absolute) when ``detector_grid`` is configured, else None."""
+        return None if self.detector_grid is None else (Path(self.out_dir) / "detector_grid.pt").resolve()
+
     def written_files(self) -> list[Path]:
         """Every weights file the stage writes (absolute)."""
-        return [f for f in (self.weights_file(), self.grid_weights_file()) if f is not None]
+        return [f for f in (self.weights_file(), self.grid_weights_file(), self.detector_grid_weights_file())
+                if f is not None]
 
 
 class Params(_Section):

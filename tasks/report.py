@@ -342,14 +342,16 @@ def cost_table(explanations: pd.DataFrame, options: list[dict] | None = None) ->
 
 
 # The column each key of a learned explainer's held-out check (explainers.fastshap.HELDOUT_KEYS,
-# explainers.fastshap_grid.HELDOUT_KEYS) is shown under, in this order (the stored options' keys are sorted); a key not
-# named here ("scenes") is not shown.
+# explainers.fastshap_grid.HELDOUT_KEYS, explainers.fastshap_grid_detector.HELDOUT_KEYS) is shown under, in this order
+# (the stored options' keys are sorted); a key not named here ("scenes") is not shown.
 HELDOUT_COLUMNS = {"persons": "held-out persons", "median_rel_l2": "median rel. L2 error",
                    "p90_rel_l2": "p90 rel. L2 error", "top_part_agreement": "top-part agreement",
                    "uniform_split_median_rel_l2": "even split's median error", "targets": "held-out targets",
-                   "deletion_auc_median": "deletion AUC ↓", "rise_deletion_auc_median": "RISE deletion AUC",
+                   "pedestrians": "held-out pedestrians", "deletion_auc_median": "deletion AUC ↓",
+                   "rise_deletion_auc_median": "RISE deletion AUC", "drise_deletion_auc_median": "D-RISE deletion AUC",
                    "insertion_auc_median": "insertion AUC ↑", "rise_insertion_auc_median": "RISE insertion AUC",
-                   "rise_budget": "RISE masks", "coalition_r2": "coalition R²"}
+                   "drise_insertion_auc_median": "D-RISE insertion AUC", "rise_budget": "RISE masks",
+                   "drise_budget": "D-RISE masks", "coalition_r2": "coalition R²"}
 
 
 def learned_table(explanations: pd.DataFrame, options: list[dict] | None = None) -> pd.DataFrame:
@@ -362,9 +364,10 @@ def learned_table(explanations: pd.DataFrame, options: list[dict] | None = None)
 
 def learned_grid_table(explanations: pd.DataFrame, options: list[dict] | None = None) -> pd.DataFrame:
     """Per kind and job of a learned saliency explainer whose trained file carries a causal held-out check
-    (``options['heldout']`` with ``deletion_auc_median``: FastShapGrid's): the trained file's digest, the held-out
-    targets (training-split scenes x classes), the median deletion and insertion AUC of its maps each beside RISE's
-    at the check's budget on the same targets, and the held-out coalition values' R^2. Empty when no job has one."""
+    (``options['heldout']`` with ``deletion_auc_median``: FastShapGrid's, FastShapGridDetector's): the trained file's
+    digest, the held-out targets (training-split scenes x classes; pedestrians), the median deletion and insertion AUC
+    of its maps each beside RISE's (D-RISE's) at the check's budget on the same targets, and the held-out coalition
+    values' R^2. Empty when no job has one."""
     return _heldout_table(explanations, options, "deletion_auc_median")
 
 

@@ -14,8 +14,15 @@ import torch
 
 from explainers.fastshap import FastShapCheckpoint, FastShapNet
 from explainers.fastshap_grid import FastShapGridCheckpoint, FastShapGridNet
+from explainers.fastshap_grid_detector import FastShapGridDetectorCheckpoint, FastShapGridDetectorNet
 from explainers.perturb import Perturbation, make_perturbation
+from explainers.registry import METHODS
 from tests.rexl_fixture import SHA, tiny_policy, with_fingerprint
+
+# Every method the method-wide tests run on their hand-built models: all but those reading a model's internal feature
+# maps (``needs_feature_maps``: a PyTorch YOLO's detection head, which no hand-built model has), whose contract is
+# tested on the demo detector instead (tests/test_fastshap_grid_detector.py)
+TOY_MODEL_METHODS = [name for name in sorted(METHODS) if not METHODS[name].needs_feature_maps]
 
 HELDOUT = {"persons": 2, "median_rel_l2": 0.5, "p90_rel_l2": 0.9, "top_part_agreement": 0.5,
            "uniform_split_median_rel_l2": 0.8}
@@ -56,6 +63,24 @@ def tiny_fastshap_grid(classes: int, image_size: tuple[int, int], perturbation: 
     return FastShapGridCheckpoint(sha, classes, tuple(image_size), (2, 2), described, net.state_dict(),
                                   net_size=(8, 8), width=4, hidden=8,
                                   training={"fixture": "tests/learned_fixture.py"}, heldout=dict(GRID_HELDOUT))
+
+
+DETECTOR_GRID_HELDOUT = {"pedestrians": 3, "deletion_auc_median": 0.03, "drise_deletion_auc_median": 0.027,
+                         "insertion_auc_median": 0.58, "drise_insertion_auc_median": 0.59, "drise_budget": 1000,
+                         "coalition_r2": 0.8}
+
+
+def tiny_fastshap_grid_detector(channels: int = 6, grid: int = 2, layers: tuple[int, ...] = (0,),
+                                perturbation: str = "constant", sha: str = SHA) -> FastShapGridDetectorCheckpoint:
+    """A FastShapGridDetector weights file (seeded random network, width 4) reading ``channels`` state channels of
+    the head maps ``layers`` on a ``grid`` x ``grid`` grid, for detectors whose fingerprint is ``sha``: a file to
+    check alone (a detector whose head gives other channels is refused by the explainer's guard)."""
+    torch.manual_seed(0)
+    net = FastShapGridDetectorNet(channels, grid, width=4)
+    described = perturbation if "(" in perturbation else make_perturbation(perturbation).describe()
+    return FastShapGridDetectorCheckpoint(sha, grid, tuple(layers), channels, described, net.state_dict(), width=4,
+                                          training={"fixture": "tests/learned_fixture.py"},
+                                          heldout=dict(DETECTOR_GRID_HELDOUT))
 
 
 def learned_kwargs(cls, scorer, players: int | None = None,

@@ -17,7 +17,13 @@ from explainers.perturb import Constant
 from explainers.registry import RENAMED, method_names, unknown_method, without_detections
 from tasks.explain_jobs import check_jobs
 from tasks.params import ParamsError, parse_params
-from tests.learned_fixture import fastshap_file, learned_kwargs, tiny_fastshap_grid
+from tests.learned_fixture import (
+    TOY_MODEL_METHODS,
+    fastshap_file,
+    learned_kwargs,
+    tiny_fastshap_grid,
+    tiny_fastshap_grid_detector,
+)
 from tests.rexl_fixture import policy_file
 
 H = W = 12
@@ -25,6 +31,7 @@ SHAPLEY = {"exact_shapley", "kernel_shap", "bayes_shapley", "permutation_shapley
            "sag", "fastshap", "fastshap_bayes"}           # SAG's relevance: its heuristic's BayesShapley values
 GRADIENTS = {"integrated_gradients", "input_x_gradient", "grad_cam", "igos_pp"}
 CAPABILITIES = ("needs_regions", "accepts_regions", "needs_detections", "needs_classes", "needs_gradients",
+                "needs_feature_maps",
                 "needs_trained_weights", "shapley_values", "fixed_players", "per_target_regions")
 
 
@@ -66,16 +73,18 @@ def test_capabilities_say_what_the_validation_enforced():
     """Before the attributes: PIXEL_METHODS = (rise, drise, decam), every other method needed regions; drise (only)
     was rejected for classes. The gradient methods (explainers/gradients.py) are white-box pixel maps; RExL is the
     learned one (a trained policy), a pixel map whose regions only summarise it."""
-    assert method_names(needs_detections=True) == ["drise"]
+    assert method_names(needs_detections=True) == ["drise", "fastshap_grid_detector"]
+    assert method_names(needs_feature_maps=True) == ["fastshap_grid_detector"]     # a YOLO's head maps
     assert set(method_names(shapley_values=True)) == SHAPLEY
     assert set(method_names(needs_gradients=True)) == GRADIENTS
-    assert method_names(needs_trained_weights=True) == ["rexl", "fastshap", "fastshap_bayes", "fastshap_grid"]
+    assert method_names(needs_trained_weights=True) == ["rexl", "fastshap", "fastshap_bayes", "fastshap_grid",
+                                                        "fastshap_grid_detector"]
     assert method_names(needs_classes=True) == ["fastshap_grid"]           # a classifier's classes only
     assert method_names(fixed_players=True) == ["fastshap", "fastshap_bayes"]       # FastSHAP's trained players
     assert method_names(per_target_regions=True) == ["rexl", "fastshap"]           # each target's own regions
     for name in method_names(needs_trained_weights=True):
         assert METHODS[name].trained_file_option in ("policy", "weights") and METHODS[name].trained_file_hint
-    pixel_maps = {"rise", "drise", "rexl", "fastshap_grid"}               # regions only summarise their maps
+    pixel_maps = {"rise", "drise", "rexl", "fastshap_grid", "fastshap_grid_detector"}   # regions only summarise them
     assert set(method_names(needs_regions=True)) == set(METHODS) - pixel_maps - {"decam"} - GRADIENTS
     assert set(method_names(accepts_regions=False)) == pixel_maps | GRADIENTS
     for name, cls in METHODS.items():
@@ -91,7 +100,8 @@ def test_params_validation_reads_the_attributes(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)                  # no audited model here: a learned explainer's file is checked alone
     files = {"policy": lambda: policy_file(tmp_path),
              "weights": lambda: (tiny_fastshap_grid(4, (H, W)).save(tmp_path / "grid.pt") if cls.needs_classes else
-                                 fastshap_file(tmp_path, 11))}
+                                 tiny_fastshap_grid_detector().save(tmp_path / "detector_grid.pt")
+                                 if cls.needs_feature_maps else fastshap_file(tmp_path, 11))}
     options = {cls.trained_file_option: str(files[cls.trained_file_option]())} if cls.needs_trained_weights else {}
     for targets in ("persons", "classes"):
         for regions in ("none", "superpixels"):
@@ -116,7 +126,7 @@ def test_shapley_values_are_efficient(name):
     torch.testing.assert_close(exp.relevance.sum(1), exp.full_score - exp.empty_score, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", TOY_MODEL_METHODS)
 def test_regions_are_players_or_summaries_as_declared(name):
     """accepts_regions False: relevance is the mean saliency in each region; methods that need regions play on
     default regions without them, the others give pixel maps (relevance None)."""
@@ -263,7 +273,7 @@ class StripeScorer3(StripeScorer):
         return torch.cat([super().__call__(images), z[:, :1]], 1)
 
 
-@pytest.mark.parametrize("name", sorted(set(METHODS) - set(method_names(per_target_regions=True))))
+@pytest.mark.parametrize("name", sorted(set(TOY_MODEL_METHODS) - set(method_names(per_target_regions=True))))
 def test_methods_without_per_target_regions_refuse_them(name):
     cls = METHODS[name]
     regions = torch.stack([stripes(3), stripes(3)])

@@ -19,7 +19,7 @@ from explainers import METHODS, BudgetError, DeCam, DRise, KernelShap, Lime, Ris
 from explainers.base import as_region_masks
 from explainers.perturb import Constant
 from explainers.rise import RiseMasks
-from tests.learned_fixture import learned_kwargs
+from tests.learned_fixture import TOY_MODEL_METHODS, learned_kwargs
 from tests.rexl_fixture import GRID as REXL_GRID
 
 H = W = 12
@@ -98,7 +98,7 @@ MINIMUM = {"exact_shapley": lambda M, T: 2 ** M, "kernel_shap": lambda M, T: min
            "rexl": lambda M, T: 2 + T * (REXL_GRID ** 2 - 1),     # one roll-out per target (tests/rexl_fixture.py)
            "fastshap": lambda M, T: 2,                           # v(all), v(none): the network explains the rest
            "fastshap_bayes": lambda M, T: min(2 ** M, 4),        # BayesShapley's designed pairs on top
-           "fastshap_grid": lambda M, T: 2}
+           "fastshap_grid": lambda M, T: 2, "fastshap_grid_detector": lambda M, T: 2}
 
 
 def test_minimum_table_covers_every_method():
@@ -223,7 +223,7 @@ def test_rise_relevance_of_few_regions_is_the_mean_saliency_inside_each(name, M)
 
 # ----------------------------------------------------------------------------------------------- budgets
 @pytest.mark.parametrize("M", [1, 2, 3])
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", TOY_MODEL_METHODS)
 def test_budgets_below_the_minimum_name_the_method_the_regions_and_the_minimum(name, M):
     scorer = GameScorer(stack(M))
     minimum = MINIMUM[name](M, 3)
@@ -256,7 +256,7 @@ def _with_empty(masks: torch.Tensor, at: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("form", ["label map", "bool stack", "soft stack"])
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", TOY_MODEL_METHODS)
 def test_regions_without_a_pixel_are_dummies_not_players(name, form):
     """Label ids 0, 3, 7 (ids 1, 2, 4, 5, 6 have no pixel), or a mask stack with all-zero masks: the method runs on
     the 3 real regions only (the same forwards and numbers as the dense input) and every empty region gets exactly
@@ -297,7 +297,7 @@ def test_kernel_shap_counts_only_the_real_players_of_a_gappy_label_map():
 
 def test_region_masks_that_are_all_empty_or_not_masks_are_refused():
     scorer = GameScorer(stack(2))
-    for name in sorted(METHODS):
+    for name in TOY_MODEL_METHODS:
         with pytest.raises(ValueError, match="all 2 regions are empty"):
             make(name, scorer).explain(ones(), torch.zeros(2, H, W), budget=48)
     labels = torch.full((H, W), -1)                                   # every pixel outside every region
@@ -327,7 +327,7 @@ def _empty_detector_scorer() -> DRiseScorer:
 
 
 @pytest.mark.parametrize("regions", [None, "stripes"])
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", TOY_MODEL_METHODS)
 def test_a_scorer_without_targets_gives_an_explanation_of_no_targets(name, regions):
     """D-RISE on an image with no detection raised 'cannot reshape tensor of 0 elements'; DE-CAM divided by zero."""
     masks = None if regions is None else stack(3)
@@ -423,7 +423,7 @@ def test_masks_that_cover_a_corner_more_often_do_not_make_it_salient(monkeypatch
 
 # ----------------------------------------------------------------------------------------------- tiny images
 @pytest.mark.parametrize("size", [(1, 1), (1, 3), (2, 1), (3, 3)])
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", TOY_MODEL_METHODS)
 def test_tiny_images(name, size):
     """A single pixel (or a sliver) explained as a whole and as one region: finite maps of the right shape; the
     Shapley family and occlusion give v(image) - v(hidden) for the one region."""

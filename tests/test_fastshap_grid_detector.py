@@ -82,6 +82,33 @@ def test_no_target_costs_nothing_and_an_image_smaller_than_the_grid_is_refused(d
     assert explainer.explain(torch.rand(3, 5, 7)).saliency.shape == (1, 5, 7)       # 5 px: one row per cell
 
 
+def test_the_common_contract_on_the_demo_detector(detector):
+    """What the method-wide tests check of every method on hand-built models, which cannot serve this one (it reads
+    a YOLO head's maps: ``needs_feature_maps``): deterministic, the same maps for any seed, regions only summarise the
+    map (relevance = its mean in each region; no default regions), one target's row is its one-target call, a budget
+    below its 2 forwards is refused naming the method, regions per target are refused."""
+    from explainers import BudgetError
+    from explainers.base import region_means
+    from explainers.regions import grid_regions
+
+    image = torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(3))
+    boxes = torch.tensor([[10.0, 5.0, 60.0, 90.0], [70.0, 20.0, 120.0, 95.0]])
+    both = DRiseScorer(detector, boxes, torch.ones(2, 1))
+    ckpt = untrained(both, grid=4)
+    explainer = FastShapGridDetector(both, weights=ckpt)
+    regions = grid_regions(96, 128, 2, 3)
+    a, b = explainer.explain(image, regions, seed=1), explainer.explain(image, regions, seed=2)
+    assert torch.equal(a.saliency, b.saliency) and a.method == "fastshap_grid_detector" and a.n_forward == 2
+    torch.testing.assert_close(a.relevance, region_means(a.saliency, regions.float()), atol=1e-6, rtol=1e-5)
+    assert explainer.default_regions(image) is None and a.options["seed"] == 1
+    one = FastShapGridDetector(DRiseScorer(detector, boxes[1:], torch.ones(1, 1)), weights=ckpt).explain(image)
+    torch.testing.assert_close(one.saliency[0], a.saliency[1], atol=1e-6, rtol=1e-5)
+    with pytest.raises(BudgetError, match=r"fastshap_grid_detector.*at least 2 forwards"):
+        explainer.explain(image, budget=1)
+    with pytest.raises(ValueError, match=r"which this method does not take|player masks"):
+        explainer.explain(image, torch.stack([regions, regions]))
+
+
 def test_the_guard_refuses_another_detector_perturbation_or_scorer(detector, tmp_path):
     import copy
     from types import SimpleNamespace
