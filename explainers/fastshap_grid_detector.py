@@ -32,10 +32,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from explainers.base import Explainer, paint, region_means
+from explainers.base import Explainer, region_means
 from explainers.fastshap_grid import FastShapGridExplanation, ResidualBlock, normalise
 from explainers.perturb import Perturbation
-from explainers.regions import grid_regions
+from explainers.regions import grid_labels
 from explainers.rexl import box_condition
 from explainers.rexl_detector import DetectorCellFeatures, cell_channels, needs
 from explainers.trained import CountsExplainerForwards, LearnedExplainer, NetworkCheckpoint, perturbation_of
@@ -205,9 +205,9 @@ class FastShapGridDetector(LearnedExplainer, CountsExplainerForwards, Explainer)
         full = scores[0].float()
         empty = self.score(self.perturbation.baseline(image)[None].to(self.device))[0]  # v(none)
         phi = self.values_from_state(feats, full, empty, H, W)                          # [T, k^2]
-        cells = grid_regions(H, W, k, k, self.device).to(phi)          # [k^2, H, W]: cell_labels' cells, one-hot
-        area = cells.flatten(1).sum(1).clamp_min(1)
-        saliency = paint(phi / area, cells)
+        labels = grid_labels(H, W, k, k, self.device)                  # [H, W]: each pixel's cell (cell_labels')
+        area = torch.bincount(labels.flatten(), minlength=k * k).clamp_min(1).to(phi)
+        saliency = (phi / area)[:, labels]                              # each cell's value spread over its pixels
         relevance = None if regions is None else region_means(saliency, regions.to(saliency))
         return saliency, relevance, {"full_score": full, "empty_score": empty}
 

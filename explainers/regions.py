@@ -5,15 +5,22 @@ import numpy as np
 import torch
 
 
-def grid_regions(height: int, width: int, rows: int, cols: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """rows x cols cells covering the image, as a bool stack [rows * cols, H, W]. With more rows than pixel rows (or
-    columns than pixel columns) some cells have no pixel; ``Explainer.explain`` treats those as dummies (relevance
-    exactly 0, no forwards). Raises ValueError unless rows, cols >= 1."""
+def grid_labels(height: int, width: int, rows: int, cols: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The cell index [H, W] (long, row-major: 0 .. rows * cols - 1) of every pixel of a rows x cols grid: pixel row
+    y lies in cell row floor(y * rows / H), pixel column x in cell column floor(x * cols / W). Raises ValueError
+    unless rows, cols >= 1."""
     if rows < 1 or cols < 1:
         raise ValueError(f"grid_regions: rows and cols must be >= 1, got rows={rows}, cols={cols}")
     r = torch.div(torch.arange(height, device=device) * rows, height, rounding_mode="floor")
     c = torch.div(torch.arange(width, device=device) * cols, width, rounding_mode="floor")
-    labels = r[:, None] * cols + c[None, :]
+    return r[:, None] * cols + c[None, :]
+
+
+def grid_regions(height: int, width: int, rows: int, cols: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """rows x cols cells covering the image (:func:`grid_labels`' cells), as a bool stack [rows * cols, H, W]. With
+    more rows than pixel rows (or columns than pixel columns) some cells have no pixel; ``Explainer.explain`` treats
+    those as dummies (relevance exactly 0, no forwards). Raises ValueError unless rows, cols >= 1."""
+    labels = grid_labels(height, width, rows, cols, device)
     return labels.unsqueeze(0) == torch.arange(rows * cols, device=device).view(-1, 1, 1)
 
 

@@ -110,7 +110,7 @@ from torch import nn
 
 from explainers.base import Explainer, Explanation, region_means
 from explainers.perturb import Perturbation, make_perturbation
-from explainers.regions import grid_regions
+from explainers.regions import grid_labels
 from explainers.rexl_detector import KIND as KIND_DETECTOR_CELLS
 from explainers.rexl_detector import STATE_EXTRA as DETECTOR_STATE_EXTRA
 from explainers.rexl_detector import DetectorCellFeatures, box_cell_state
@@ -398,8 +398,9 @@ def fused_pass(scorer, features):
 
 
 def cell_labels(height: int, width: int, grid: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Cell index [H, W] (long, row-major, 0..k^2-1) of every pixel: ``explainers.regions.grid_regions``'s cells."""
-    return grid_regions(height, width, grid, grid, device).float().argmax(0)
+    """Cell index [H, W] (long, row-major, 0..k^2-1) of every pixel: ``explainers.regions.grid_regions``'s cells
+    (:func:`~explainers.regions.grid_labels`)."""
+    return grid_labels(height, width, grid, grid, device)
 
 
 def box_condition(boxes: torch.Tensor, height: int, width: int, grid: int) -> torch.Tensor:
@@ -407,9 +408,10 @@ def box_condition(boxes: torch.Tensor, height: int, width: int, grid: int) -> to
     [N, k^2] (from the box's pixel mask), then the box / (W, H, W, H) [N, 4] -> [N, k^2 + 4]."""
     from explainers.metrics import box_masks
     boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4).cpu()
-    masks = box_masks(boxes, height, width).float()                                   # [N, H, W]
-    cells = grid_regions(height, width, grid, grid).float()                            # [n, H, W]
-    cover = (masks.flatten(1) @ cells.flatten(1).T) / cells.flatten(1).sum(1).clamp_min(1)
+    masks = box_masks(boxes, height, width).float().flatten(1)                        # [N, H W]
+    labels = grid_labels(height, width, grid, grid).flatten()                          # [H W]: each pixel's cell
+    inside = masks.new_zeros(masks.shape[0], grid * grid).index_add_(1, labels, masks)  # pixel counts: exact
+    cover = inside / torch.bincount(labels, minlength=grid * grid).clamp_min(1)
     scale = torch.tensor([width, height, width, height], dtype=torch.float32)
     return torch.cat([cover, boxes / scale], 1)
 
