@@ -9,7 +9,10 @@ Methods, all on the demo scene classifier's class probabilities at its input siz
   * ``fastshap_grid@untrained``: the same architecture with its initial weights (seeded) and the same efficiency
     normalisation: what the architecture and the game's ends give without learning (the floor);
   * ``rise@N``: RISE (centred masks, the network's perturbation as hide) with N masks, shared by the classes:
-    ``--rise 250 4000`` (issue 19's milestones: deletion <= RISE@250's, then <= RISE@4000's).
+    ``--rise 250 4000`` (issue 19's milestones: deletion <= RISE@250's, then <= RISE@4000's);
+  * ``bayes_shapley@N`` (``--shapley N ...``): the same grid game's Shapley values estimated by BayesShapley (the
+    project's default estimator) with N forwards shared by the classes: what the network is trained to reproduce,
+    near its exact values at large N -- the ceiling of any network that learns them exactly.
 Also the explainer's wall time per scene (forwards included) beside RISE@250's, as a ratio measured in this run.
 Several weights files (comma-separated, e.g. a pixels-only network and one that reads the classifier's features)
 are compared on the same scenes, each with its own untrained control.
@@ -32,7 +35,9 @@ from bench_models import write_results
 from bench_quality import curve_scores
 from detection.models.scene_classifier import load_classifier
 from detection.scorers import ClassifierScorer
+from explainers.bayesian_shapley import BayesShapley
 from explainers.fastshap_grid import FastShapGrid, FastShapGridCheckpoint, FastShapGridNet
+from explainers.regions import grid_regions
 from explainers.rise import Rise
 from pedestrians import classifier_scenes, describe_split, file_digest, start_run
 
@@ -50,14 +55,20 @@ def untrained(ckpt: FastShapGridCheckpoint, seed: int = 0) -> FastShapGridCheckp
                                   feature_blocks=ckpt.feature_blocks, feature_channels=ckpt.feature_channels)
 
 
-def rows(cases, networks: dict[str, FastShapGridCheckpoint], budgets: list[int]) -> dict:
+def rows(cases, networks: dict[str, FastShapGridCheckpoint], budgets: list[int],
+         shapley: tuple[int, ...] = ()) -> dict:
     """{method: {curve: median AUC, 'n_forward': median per scene, 'seconds': median per scene}}; ``networks``:
-    {key: weights}, each with its untrained control (``key@untrained``), all on one perturbation."""
+    {key: weights}, each with its untrained control (``key@untrained``), all on one perturbation and grid;
+    ``shapley``: BayesShapley budgets on that grid's cells."""
     out: dict[str, dict[str, list]] = {}
     hides = {c.perturbation for c in networks.values()}
     if len(hides) != 1:
         raise SystemExit(f"bench_fastshap_grid: the networks hide with different perturbations {sorted(hides)}")
     hide = hides.pop().split("(")[0]
+    grids = {tuple(c.grid) for c in networks.values()}
+    if shapley and len(grids) != 1:
+        raise SystemExit(f"bench_fastshap_grid: --shapley needs one grid, the networks have {sorted(grids)}")
+    rows_, cols_ = grids.pop()
     explainers = {}
     for key, ckpt in networks.items():
         explainers[key], explainers[key + "@untrained"] = ckpt, untrained(ckpt)
@@ -78,6 +89,11 @@ def rows(cases, networks: dict[str, FastShapGridCheckpoint], budgets: list[int])
             start = time.perf_counter()
             r = Rise(scorer, center=True, perturbation=hide).explain(image, budget=budget, seed=0)
             add(f"rise@{budget}", scorer, image, r.saliency, r.n_forward, time.perf_counter() - start)
+        for budget in shapley:
+            start = time.perf_counter()
+            cells = grid_regions(*image.shape[-2:], rows_, cols_, image.device)
+            b = BayesShapley(scorer, perturbation=hide).explain(image, cells, budget=budget, seed=0)
+            add(f"bayes_shapley@{budget}", scorer, image, b.saliency, b.n_forward, time.perf_counter() - start)
         print("scene done", flush=True)
     return {k: {c: float(np.median(v)) for c, v in row.items()} | {"mean_" + c: float(np.mean(v))
                                                                     for c, v in row.items() if "/" in c}
@@ -93,6 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scenes", type=int, default=16)
     parser.add_argument("--split", default="heldout")
     parser.add_argument("--rise", type=int, nargs="+", default=[250, 4000])
+    parser.add_argument("--shapley", type=int, nargs="*", default=[],
+                        help="BayesShapley budgets on the network's grid (the values it learns; e.g. 1000 4000)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="benchmarks/results/fastshap_grid.json")
     args = parser.parse_args(argv)
@@ -110,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         if clf.input_size is not None and tuple(clf.input_size) != tuple(img.shape[-2:]):
             img = F.interpolate(img[None], size=clf.input_size, mode="bilinear", align_corners=False)[0]
         cases.append((ClassifierScorer(clf), img.contiguous()))
-    results = rows(cases, networks, args.rise)
+    results = rows(cases, networks, args.rise, tuple(args.shapley))
     rise = results.get(f"rise@{min(args.rise)}")
     summary = {key: {"deletion_vs_rise": {f"rise@{b}": results[key]["deletion/mean"] /
                                           results[f"rise@{b}"]["deletion/mean"] for b in args.rise},
