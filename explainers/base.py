@@ -172,14 +172,19 @@ class Explainer:
         units, with the forwards spent (``n_forward`` <= budget; <= budget x T with per-target regions) and the
         seconds they took.
 
-        Raises ValueError for an image that is not [3, H, W] with H, W >= 1, regions of the wrong shape, with
-        negative or non-finite weights, or with no pixel at all; BudgetError (a ValueError) for a budget below
-        ``min_budget`` (naming the method, the number of players and the minimum); ScorerError (a ValueError) when
-        the scorer's first chunk of scores is not [B, T] (naming the scorer class and the shapes); AssertionError
-        when the method itself returns the wrong shapes or overspends (a bug, never a user error)."""
+        Raises ValueError for an image that is not [3, H, W] with H, W >= 1 or has a non-finite value (NaN, inf),
+        regions of the wrong shape, with negative or non-finite weights, or with no pixel at all; BudgetError (a
+        ValueError) for a budget below ``min_budget`` (naming the method, the number of players and the minimum);
+        ScorerError (a ValueError) when the scorer's first chunk of scores is not [B, T] (naming the scorer class and
+        the shapes); AssertionError when the method itself returns the wrong shapes or overspends (a bug, never a user
+        error)."""
         if image.ndim != 3 or image.shape[0] != 3 or min(image.shape[1:]) < 1:
             raise ValueError(f"image must be [3, H, W] with H, W >= 1, got {tuple(image.shape)}")
         image = image.to(self.device, torch.float32)
+        finite = torch.isfinite(image)
+        if not bool(finite.all()):             # a model's score of NaN / inf pixels is no evidence of anything
+            raise ValueError(f"image has {int((~finite).sum())} non-finite values (NaN or inf) of {image.numel()}: "
+                             "nothing to explain (decode or normalise it again)")
         budget = self.default_budget if budget is None else int(budget)
         if budget is not None and budget < 1:
             raise BudgetError(f"{self.name}: budget must be a positive number of forward passes, got {budget}")

@@ -451,6 +451,24 @@ def test_an_image_without_pixels_is_refused():
         Rise(GameScorer(stack(1))).explain(torch.ones(3, 0, 4), budget=8)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("name", TOY_MODEL_METHODS)
+def test_an_image_with_a_non_finite_pixel_is_refused_before_any_forward(name, bad):
+    """A NaN or inf pixel would give a map of NaNs, or numbers the model never meant: refused by name, no forward."""
+    calls = []
+
+    class Counting(GameScorer):
+        def __call__(self, images):
+            calls.append(images.shape[0])
+            return super().__call__(images)
+
+    image = ones()
+    image[1, 2, 3] = bad
+    with pytest.raises(ValueError, match=r"image has 1 non-finite values \(NaN or inf\)"):
+        make(name, Counting(stack(2))).explain(image, stack(2), budget=max(48, MINIMUM[name](2, 3)))
+    assert calls == []
+
+
 # ----------------------------------------------------------------------------------------------- superpixels
 @pytest.mark.parametrize("name", ["lime", *SHAPLEY])
 def test_superpixels_of_a_constant_image_are_the_players(name):

@@ -86,7 +86,7 @@ def test_the_common_contract_on_the_demo_detector(detector):
     """What the method-wide tests check of every method on hand-built models, which cannot serve this one (it reads
     a YOLO head's maps: ``needs_feature_maps``): deterministic, the same maps for any seed, regions only summarise the
     map (relevance = its mean in each region; no default regions), one target's row is its one-target call, a budget
-    below its 2 forwards is refused naming the method, regions per target are refused."""
+    below its 2 forwards is refused naming the method, regions per target and a NaN pixel are refused."""
     from explainers import BudgetError
     from explainers.base import region_means
     from explainers.regions import grid_regions
@@ -107,6 +107,10 @@ def test_the_common_contract_on_the_demo_detector(detector):
         explainer.explain(image, budget=1)
     with pytest.raises(ValueError, match=r"which this method does not take|player masks"):
         explainer.explain(image, torch.stack([regions, regions]))
+    bad = image.clone()
+    bad[0, 5, 7] = float("nan")
+    with pytest.raises(ValueError, match=r"image has 1 non-finite values"):                 # not a map of NaNs
+        explainer.explain(bad)
 
 
 def test_the_guard_refuses_another_detector_perturbation_or_scorer(detector, tmp_path):
