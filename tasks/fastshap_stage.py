@@ -330,6 +330,21 @@ def train_grid(params: Params, progress: bool = True):
     return ckpt
 
 
+# a grid network's metrics record key -> its training record's key (tasks.fastshap_grid_train.fit and the trainers)
+TRAINING_RECORD = {"train_scenes": "scenes", "val_scenes": "val_scenes", "epochs": "epochs",
+                   "best_val_loss": "best_val_loss", "train_seconds": "train_seconds", "cache_seconds": "cache_seconds",
+                   "train_model_forwards": "model_forwards"}
+
+
+def grid_record(ckpt, heldout_keys) -> dict:
+    """What a grid network's metrics record reads from its weights file: its training (:data:`TRAINING_RECORD`)
+    and its stored held-out check (``heldout_<key>`` for each of ``heldout_keys``, the explainer's ``HELDOUT_KEYS``;
+    ``heldout_scenes``: the check's scene range). None where the file lacks a key."""
+    t, h = ckpt.training, ckpt.heldout
+    return {**{k: t.get(v) for k, v in TRAINING_RECORD.items()}, "heldout_scenes": h.get("scene_range"),
+            **{f"heldout_{k}": h.get(k) for k in heldout_keys if k != "scenes"}}
+
+
 def provide_grid_weights(params: Params, progress: bool = True) -> dict:
     """Train (``weights: null``) or verify and copy (``weights``: a file) the classifier's FastShapGrid weights to
     :meth:`~tasks.params.FastShapParams.grid_weights_file`; returns its metrics record from the file's own records:
@@ -339,20 +354,10 @@ def provide_grid_weights(params: Params, progress: bool = True) -> dict:
     when ``fastshap.classifier`` is null, and the errors of :func:`check_given_grid` / the training naming the key."""
     ckpt, record = _provide(params, "classifier", "FastShapGrid", params.fastshap.grid_weights_file(),
                             check_given_grid, lambda: train_grid(params, progress))
-    t, h = ckpt.training, ckpt.heldout
-    record.update({"grid": list(ckpt.grid), "features": list(ckpt.feature_blocks), "train_scenes": t.get("scenes"),
-                   "val_scenes": t.get("val_scenes"), "epochs": t.get("epochs"),
-                   "best_val_loss": t.get("best_val_loss"), "train_seconds": t.get("train_seconds"),
-                   "cache_seconds": t.get("cache_seconds"), "train_model_forwards": t.get("model_forwards"),
-                   "heldout_scenes": h.get("scene_range"), "heldout_targets": h.get("targets"),
-                   "heldout_deletion_auc_median": h.get("deletion_auc_median"),
-                   "heldout_insertion_auc_median": h.get("insertion_auc_median"),
-                   "heldout_rise_deletion_auc_median": h.get("rise_deletion_auc_median"),
-                   "heldout_rise_insertion_auc_median": h.get("rise_insertion_auc_median"),
-                   "heldout_rise_budget": h.get("rise_budget"), "heldout_coalition_r2": h.get("coalition_r2")})
+    from explainers.fastshap_grid import HELDOUT_KEYS
+
+    record.update({"grid": list(ckpt.grid), "features": list(ckpt.feature_blocks), **grid_record(ckpt, HELDOUT_KEYS)})
     return record
-
-
 
 
 # ------------------------------------------------------------------------------------------- the detector's grid
@@ -440,23 +445,16 @@ def provide_detector_grid_weights(params: Params, progress: bool = True) -> dict
     ckpt, record = _provide(params, "detector_grid", "FastShapGridDetector",
                             params.fastshap.detector_grid_weights_file(), check_given_detector_grid,
                             lambda: train_detector_grid(params, progress))
-    t, h = ckpt.training, ckpt.heldout
-    record.update({"grid": ckpt.grid, "layers": list(ckpt.layers), "train_scenes": t.get("scenes"),
-                   "val_scenes": t.get("val_scenes"), "train_pedestrians": t.get("pedestrians"),
-                   "val_pedestrians": t.get("val_pedestrians"), "epochs": t.get("epochs"),
-                   "best_val_loss": t.get("best_val_loss"), "train_seconds": t.get("train_seconds"),
-                   "cache_seconds": t.get("cache_seconds"), "train_model_forwards": t.get("model_forwards"),
-                   "heldout_scenes": h.get("scene_range"), "heldout_pedestrians": h.get("pedestrians"),
-                   "heldout_deletion_auc_median": h.get("deletion_auc_median"),
-                   "heldout_insertion_auc_median": h.get("insertion_auc_median"),
-                   "heldout_drise_deletion_auc_median": h.get("drise_deletion_auc_median"),
-                   "heldout_drise_insertion_auc_median": h.get("drise_insertion_auc_median"),
-                   "heldout_drise_budget": h.get("drise_budget"), "heldout_coalition_r2": h.get("coalition_r2")})
+    from explainers.fastshap_grid_detector import HELDOUT_KEYS
+
+    t = ckpt.training
+    record.update({"grid": ckpt.grid, "layers": list(ckpt.layers), "train_pedestrians": t.get("pedestrians"),
+                   "val_pedestrians": t.get("val_pedestrians"), **grid_record(ckpt, HELDOUT_KEYS)})
     return record
 
 
 __all__ = ["DETECTOR_GRID_KEY", "GRID_KEY", "KEY", "audited_classifier", "audited_detector", "cache_folders",
            "check_given", "check_given_detector_grid", "check_given_grid", "code_digest", "copy_atomic",
-           "described_perturbation", "detector_grid_cache_folders", "grid_cache_folders", "guard_scorer",
+           "described_perturbation", "detector_grid_cache_folders", "grid_cache_folders", "grid_record", "guard_scorer",
            "provide_detector_grid_weights", "provide_grid_weights", "provide_weights", "refuse_other_settings",
-           "train", "train_config", "train_detector_grid", "train_grid", "write_metrics"]
+           "TRAINING_RECORD", "train", "train_config", "train_detector_grid", "train_grid", "write_metrics"]
