@@ -43,6 +43,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_quality.py --models detector
 	$(BIN)/python benchmarks/bench_quality.py --models classifier
 	$(BIN)/python benchmarks/bench_pipeline.py --images 96
+	$(BIN)/python benchmarks/bench_grid_detector_speed.py
+	$(BIN)/python benchmarks/bench_learned_stage.py   # the explain stage's timings of the last make run
 
 clean:
 	rm -rf $(VENV) data/pulled data/pulled.* metrics
