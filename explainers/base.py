@@ -84,7 +84,7 @@ class Explainer:
     needs_classes: bool = False           # the scorer must be a classifier's (its ``targets``): ``classes`` only
     needs_gradients: bool = False         # white-box: backpropagates through the model (none yet)
     # white-box: reads the audited model's internal feature maps (a PyTorch YOLO's detection head), not only its
-    # scores: a black box (ONNX, a callable) cannot serve it
+    # scores: only a ``kind: yolo`` detector can serve it (not ONNX, a callable or a torchvision detector)
     needs_feature_maps: bool = False
     needs_trained_weights: bool = False   # a learned explainer: a trained file, named by ``trained_file_option``
     shapley_values: bool = False          # relevance estimates Shapley values: efficiency holds (sum = full - empty)
@@ -181,10 +181,7 @@ class Explainer:
         if image.ndim != 3 or image.shape[0] != 3 or min(image.shape[1:]) < 1:
             raise ValueError(f"image must be [3, H, W] with H, W >= 1, got {tuple(image.shape)}")
         image = image.to(self.device, torch.float32)
-        finite = torch.isfinite(image)
-        if not bool(finite.all()):             # a model's score of NaN / inf pixels is no evidence of anything
-            raise ValueError(f"image has {int((~finite).sum())} non-finite values (NaN or inf) of {image.numel()}: "
-                             "nothing to explain (decode or normalise it again)")
+        refuse_non_finite(image)
         budget = self.default_budget if budget is None else int(budget)
         if budget is not None and budget < 1:
             raise BudgetError(f"{self.name}: budget must be a positive number of forward passes, got {budget}")
@@ -388,6 +385,15 @@ def paint(relevance: torch.Tensor, regions: torch.Tensor, boxes: torch.Tensor | 
         return out
     R, H, W = regions.shape
     return (relevance @ regions.reshape(R, H * W)).reshape(-1, H, W)
+
+
+def refuse_non_finite(image: torch.Tensor) -> None:
+    """ValueError naming the count when ``image`` has a NaN or inf value: a model's score of such pixels is no
+    evidence of anything, and every method would turn it into a map of NaNs or numbers the model never meant."""
+    finite = torch.isfinite(image)
+    if not bool(finite.all()):
+        raise ValueError(f"image has {int((~finite).sum())} non-finite values (NaN or inf) of {image.numel()}: "
+                         "nothing to explain (decode or normalise it again)")
 
 
 def region_means(saliency: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:

@@ -285,8 +285,8 @@ class FastShapParts(LearnedExplainer, CountsExplainerForwards, Explainer):
                  perturbation: str | Perturbation | None = None, check_weights: bool = True, **kw):
         ckpt, self.source, where = self.trained_file(weights)
         if grouping is not None and grouping != ckpt.grouping:
-            raise ValueError(f"fastshap: {where} was trained on part grouping {ckpt.grouping!r}, got {grouping!r}: "
-                             f"train a network for that grouping")
+            raise ValueError(f"{self.name}: {where} was trained on part grouping {ckpt.grouping!r}, got "
+                             f"{grouping!r}: train a network for that grouping")
         self.refuse_other_perturbation(ckpt.perturbation, perturbation, where)
         super().__init__(scorer, perturbation=perturbation or perturbation_of(ckpt.perturbation, self.name), **kw)
         self.check_weights = bool(check_weights)

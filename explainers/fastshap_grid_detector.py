@@ -44,7 +44,7 @@ FORMAT = "xai-audit/fastshap-grid-detector"
 VERSION = 1
 NUM_SCALARS = 3           # per target: v(all), v(none), v(all) - v(none)
 EXTRA_CHANNELS = 3 + NUM_SCALARS   # state channels beyond the F pooled ones: support, log support, box cover, ends
-# the held-out check every explanation's options carry (the report does not show it yet: not an explain job)
+# the held-out check every explanation's options carry (the report's learned-grid table shows it)
 HELDOUT_KEYS = ("pedestrians", "deletion_auc_median", "drise_deletion_auc_median", "insertion_auc_median",
                 "drise_insertion_auc_median", "drise_budget", "coalition_r2")
 

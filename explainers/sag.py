@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from explainers.base import Explanation, numpy_rng, paint, region_set
+from explainers.base import Explanation, numpy_rng, paint, refuse_non_finite, region_set
 from explainers.bayesian_shapley import DEFAULT_DECAY, BayesShapley, bayes_shapley
 from explainers.game import RegionGame
 from explainers.perturb import Perturbation, make_perturbation
@@ -417,6 +417,7 @@ class Sag(BayesShapley):
         columns of relevance: a region without a pixel is in none)."""
         image = torch.as_tensor(image)
         if regions is None and image.ndim == 3 and image.shape[0] == 3:
+            refuse_non_finite(image)                  # before the superpixels, which would fail on it by other words
             regions = self.default_regions(image.to(self.device, torch.float32))
         self._graphs = []
         exp = super().explain(image, regions, budget=budget, seed=seed)

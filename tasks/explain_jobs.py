@@ -118,19 +118,24 @@ def capability_error(job: ExplainJob) -> str | None:
 
 
 def gradient_error(job: ExplainJob, params: Params) -> str | None:
-    """A white-box method (``needs_gradients``: it backpropagates; ``needs_feature_maps``: it reads the model's
-    internal maps) on a model that has none (an ONNX graph; a ``kind: callable`` detector, audited as a black box),
-    or None."""
+    """A white-box method on a model that cannot serve it, or None: ``needs_gradients`` (it backpropagates) on a
+    model that has none (an ONNX graph; a ``kind: callable`` detector, audited as a black box); ``needs_feature_maps``
+    (it reads a PyTorch YOLO's detection head) on a detector of any other kind."""
     cls = METHODS[job.method]
     if not (cls.needs_gradients or cls.needs_feature_maps):
         return None
     what, spec = (("classifier", params.infer.classifier) if job.targets == "classes" else
                   ("detector", params.explain_detector()))
-    if spec is None or spec.kind not in (("onnx",) if what == "classifier" else ("onnx", "callable")):
+    if spec is None:
         return None
-    needs = "gradients" if cls.needs_gradients else "feature maps"
-    return (f"{job.method} needs {needs} (a white-box method): the {what} {spec.id!r} is kind {spec.kind!r}, a "
-            f"black box; use a method that needs no {needs}, or an in-process PyTorch model")
+    if cls.needs_feature_maps and what == "detector" and spec.kind != "yolo":
+        return (f"{job.method} needs feature maps (a white-box method: a PyTorch YOLO's detection head): the detector "
+                f"{spec.id!r} is kind {spec.kind!r}; use a method that needs no feature maps, or a kind 'yolo' "
+                f"detector")
+    if not cls.needs_gradients or spec.kind not in (("onnx",) if what == "classifier" else ("onnx", "callable")):
+        return None
+    return (f"{job.method} needs gradients (a white-box method): the {what} {spec.id!r} is kind {spec.kind!r}, a "
+            f"black box; use a method that needs no gradients, or an in-process PyTorch model")
 
 
 def _checked_jobs(cfg: ExplainParams, origin: str, params: Params | None = None, before_stages: bool = False) -> list:
@@ -220,8 +225,9 @@ def check_trained_file(job: ExplainJob, options: dict[str, Any], key: str, param
     repro`` only the file is checked). A file a models stage writes (``models_rexl``, ``models_fastshap``) may be
     missing while that stage has not run, and with ``before_stages`` (a check before the pipeline runs: ``make run``,
     ``xai-audit audit`` / ``serve``) an existing one is not checked either: that stage rewrites it for the params
-    first (the explain flow checks it fully). A fixed-player method's file must also be for the detector's game
-    settings (:func:`tasks.fastshap_data.detector_game`) when it records them. ``check_weights: false`` is refused
+    first (the explain flow checks it fully). A file that records the detector's game settings
+    (:func:`tasks.fastshap_data.detector_game`: FastSHAP's parts and detector grid networks) must be for the explain
+    detector's. ``check_weights: false`` is refused
     (the sanity check's switch, not a job's). Raises :class:`ParamsError` naming the job (``key``), the option and
     the file."""
     cls = METHODS[job.method]
@@ -241,10 +247,10 @@ def check_trained_file(job: ExplainJob, options: dict[str, Any], key: str, param
         raise ParamsError(f"{key}.options.{option}: file not found (got {given!r})")
     try:
         ckpt = cls.load_trained(path)
-        players = None if params is None or not cls.fixed_players else (
-            _players_error(ckpt, params) or _game_error(ckpt, job, params))
-        if players:
-            raise ValueError(players)
+        unfit = None if params is None else (
+            (_players_error(ckpt, params) if cls.fixed_players else None) or _game_error(ckpt, job, params))
+        if unfit:
+            raise ValueError(unfit)
         scorer = None if params is None else _job_scorer(job, params)
         if scorer is not None:
             cls(scorer, chunk_size=1, **options)

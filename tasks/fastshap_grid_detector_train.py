@@ -251,6 +251,7 @@ def train_detector_grid_weights(detector, config: DetectorGridTrainConfig, param
 
 
 def main(argv: list[str] | None = None) -> None:
+    from tasks.fastshap_data import detector_game
     from tasks.params import load_params
     from tasks.rexl_train import params_detector
 
@@ -288,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
                                            args.cache_dir, args.checkpoint_dir, progress=not args.no_progress)
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
-    ckpt.training["weights"] = args.weights or spec.weights
+    ckpt.training.update({"weights": args.weights or spec.weights, "detector": detector_game(spec)})
     path = ckpt.save(args.out)
     print(f"{path}: held-out {ckpt.heldout}", flush=True)
 

@@ -4,9 +4,13 @@ al. 2022, https://arxiv.org/abs/2107.07436) of the explain stage's detector's bo
 ``fastshap_bayes`` explain job's ``options.weights`` names: ``tasks.params.FastShapParams.weights_file``), the
 FastShapGrid network (``explainers.fastshap_grid``) of the audited classifier's grid-cell game that
 ``fastshap.classifier`` configures, written to ``fastshap.out_dir/classifier_grid.pt`` (a ``fastshap_grid`` job's:
-``grid_weights_file``), and ``fastshap.metrics``. The players of the parts game are ``parts.grouping``'s parts plus
-the context (``parts.context``); those of the grid game the cells of ``fastshap.classifier.grid``. The classifier's
-network is trained (:func:`provide_grid_weights`) or verified and copied as the detector's is (below).
+``grid_weights_file``), the FastShapGridDetector network (``explainers.fastshap_grid_detector``) of the explain
+detector's grid-cell game that ``fastshap.detector_grid`` configures, written to
+``fastshap.out_dir/detector_grid.pt`` (a ``fastshap_grid_detector`` job's: ``detector_grid_weights_file``), and
+``fastshap.metrics``. The players of the parts game are ``parts.grouping``'s parts plus the context
+(``parts.context``); those of the grid games the cells of ``fastshap.classifier.grid`` /
+``fastshap.detector_grid.grid``. The grid networks are trained (:func:`provide_grid_weights`,
+:func:`provide_detector_grid_weights`) or verified and copied as the parts network is (below).
 
 Either
 
@@ -177,11 +181,11 @@ def copy_atomic(src: Path, out: Path) -> None:
 
 
 def _provide(params: Params, section: str, what: str, out: Path | None, check, train_network) -> tuple[object, dict]:
-    """The part of :func:`provide_weights` / :func:`provide_grid_weights` they share: ``fastshap.<section>``'s
-    given file checked (``check(params, src)``) and copied to ``out``, or a network trained (``train_network()``)
-    and saved there; returns (the checkpoint, its record: source, the given file, the written file, SHA-256, the
-    perturbation, the model weights fingerprint (12 hex), the network's weights digest). Raises ValueError naming
-    the section when it is null or training fails."""
+    """The part of :func:`provide_weights` / :func:`provide_grid_weights` / :func:`provide_detector_grid_weights`
+    they share: ``fastshap.<section>``'s given file checked (``check(params, src)``) and copied to ``out``, or a
+    network trained (``train_network()``) and saved there; returns (the checkpoint, its record: source, the given
+    file, the written file, SHA-256, the perturbation, the model weights fingerprint (12 hex), the network's weights
+    digest). Raises ValueError naming the section when it is null or training fails."""
     spec = getattr(params.fastshap, section)
     if spec is None or out is None:
         raise ValueError(f"params fastshap.{section}: null (no {what} network to provide)")
@@ -228,8 +232,8 @@ def provide_weights(params: Params, progress: bool = True) -> dict:
 
 
 def write_metrics(path: str | Path, records: dict[str, dict]) -> Path:
-    """``metrics/fastshap.json``: one record per model (``detector``: :func:`provide_weights`, ``classifier``:
-    :func:`provide_grid_weights`)."""
+    """``metrics/fastshap.json``: one record per network (``detector``: :func:`provide_weights`, ``classifier``:
+    :func:`provide_grid_weights`, ``detector_grid``: :func:`provide_detector_grid_weights`)."""
     from tasks.shards import write_json
 
     path = Path(path)

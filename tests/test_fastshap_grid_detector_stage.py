@@ -121,17 +121,19 @@ def test_default_params_ship_the_network_and_a_job_reads_it():
     assert not fastshap_applies(none)
 
 
-@pytest.mark.parametrize("kind", ["callable", "onnx"])
-def test_a_job_on_a_black_box_detector_is_refused(kind, tmp_path):
+@pytest.mark.parametrize("kind", ["callable", "onnx", "torchvision"])
+def test_a_job_on_a_detector_without_a_yolo_head_is_refused(kind, tmp_path):
     from tasks.explain_jobs import check_jobs
     from tasks.params import ParamsError
 
-    spec = {"id": "bb", "kind": kind, **({"entrypoint": "m:f"} if kind == "callable" else {"weights": "m.onnx"})}
+    spec = {"id": "bb", "kind": kind, **{"callable": {"entrypoint": "m:f"}, "onnx": {"weights": "m.onnx"},
+                                         "torchvision": {"arch": "fasterrcnn_resnet50_fpn", "weights": "m.pt"}}[kind]}
     job = {"method": "fastshap_grid_detector", "targets": "detections", "regions": "none",
            "options": {"weights": str(SHIPPED)}}
     data = {"infer": {"detectors": [spec]}, "explain": {"jobs": [job]}}
     with pytest.raises(ParamsError, match=r"explain\.jobs\[0\]: fastshap_grid_detector needs feature maps \(a "
-                                          r"white-box method\): the detector 'bb' is kind"):
+                                          rf"white-box method: a PyTorch YOLO's detection head\): the detector 'bb' "
+                                          rf"is kind '{kind}'"):
         check_jobs(parse_params(data, check_files=False))
 
 
