@@ -87,14 +87,8 @@ def check_given(params: Params, src: str | Path) -> FastShapCheckpoint:
     ``tasks.shipped_weights.WeightsMismatchError`` (bytes differ from the manifest) and ValueError naming the key and
     the file: not a weights file, other players (``parts.grouping`` named), another perturbation, or trained for
     other detector weights (set ``weights: null`` to train one for this detector)."""
-    from tasks.shipped_weights import verify_given
-
     src = Path(src)
-    verify_given(src, KEY)
-    try:
-        ckpt = FastShapCheckpoint.load(src)
-    except ValueError as exc:
-        raise ValueError(f"params {KEY}: {exc}") from None
+    ckpt = given_checkpoint("detector", src, FastShapCheckpoint)
     wanted = player_names(params.parts.grouping, params.parts.context)
     if tuple(ckpt.players) != wanted:
         raise ValueError(f"params {KEY}: {src} was trained for grouping {ckpt.grouping!r} with players "
@@ -109,10 +103,8 @@ def check_given(params: Params, src: str | Path) -> FastShapCheckpoint:
     game = game_difference(ckpt.training.get("detector"), params.explain_detector())
     if game:
         raise ValueError(f"params {KEY}: {src} was {game} (or set fastshap.detector.weights: null)")
-    try:
-        FastShapParts(guard_scorer(params), weights=ckpt, grouping=params.parts.grouping)
-    except ValueError as exc:
-        raise ValueError(f"params {KEY}: {src}: {exc} (or set fastshap.detector.weights: null to train one)") from None
+    refuse_unless_guard_accepts("detector", src, lambda: FastShapParts(guard_scorer(params), weights=ckpt,
+                                                                       grouping=params.parts.grouping))
     return ckpt
 
 
@@ -259,6 +251,31 @@ def audited_classifier(params: Params):
     return classifier_model(spec.model_dump_json(), "cpu", params.explain.chunk_size)
 
 
+def given_checkpoint(section: str, src: Path, checkpoint_cls):
+    """The checkpoint of a given weights file (``fastshap.<section>.weights``): its bytes checked against the
+    manifest beside it (``tasks.shipped_weights.verify_given``: FileNotFoundError, WeightsMismatchError), then read
+    by ``checkpoint_cls.load`` (ValueError naming the key and the file for one that is no such file)."""
+    from tasks.shipped_weights import verify_given
+
+    key = f"fastshap.{section}.weights"
+    verify_given(src, key)
+    try:
+        return checkpoint_cls.load(src)
+    except ValueError as exc:
+        raise ValueError(f"params {key}: {exc}") from None
+
+
+def refuse_unless_guard_accepts(section: str, src: Path, build) -> None:
+    """``build()``: the explainer on the audited model with the checkpoint of ``src``, whose guard refuses a model it
+    was not trained for; its ValueError re-raised naming ``fastshap.<section>.weights``, the file and the way out
+    (``weights: null`` trains one for this model)."""
+    try:
+        build()
+    except ValueError as exc:
+        raise ValueError(f"params fastshap.{section}.weights: {src}: {exc} (or set fastshap.{section}.weights: null to "
+                         f"train one)") from None
+
+
 def refuse_other_settings(section: str, src: Path, settings) -> None:
     """Raises ValueError naming ``fastshap.<section>.weights``, the file and each setting whose trained value
     differs from the params' (``settings``: (key, the file's, the params') triples), with both values; nothing when
@@ -278,25 +295,16 @@ def check_given_grid(params: Params, src: str | Path):
     FileNotFoundError, ``tasks.shipped_weights.WeightsMismatchError`` and ValueError naming the key and the file."""
     from detection.scorers import ClassifierScorer
     from explainers.fastshap_grid import FastShapGrid, FastShapGridCheckpoint
-    from tasks.shipped_weights import verify_given
 
     src = Path(src)
     spec = params.fastshap.classifier
-    verify_given(src, GRID_KEY)
-    try:
-        ckpt = FastShapGridCheckpoint.load(src)
-    except ValueError as exc:
-        raise ValueError(f"params {GRID_KEY}: {exc}") from None
+    ckpt = given_checkpoint("classifier", src, FastShapGridCheckpoint)
     perturbation = described_perturbation(spec, "classifier")
     refuse_other_settings("classifier", src, (("grid", list(ckpt.grid), list(spec.grid)),
                                               ("perturbation", ckpt.perturbation, perturbation),
                                               ("features", list(ckpt.feature_blocks), list(spec.features))))
     model = audited_classifier(params)
-    try:
-        FastShapGrid(ClassifierScorer(model), weights=ckpt)
-    except ValueError as exc:
-        raise ValueError(f"params {GRID_KEY}: {src}: {exc} (or set fastshap.classifier.weights: null to train "
-                         f"one)") from None
+    refuse_unless_guard_accepts("classifier", src, lambda: FastShapGrid(ClassifierScorer(model), weights=ckpt))
     return ckpt
 
 
@@ -377,15 +385,10 @@ def check_given_detector_grid(params: Params, src: str | Path):
     (its weights fingerprint, its head's channels). Returns the checkpoint. Raises FileNotFoundError,
     ``tasks.shipped_weights.WeightsMismatchError`` and ValueError naming the key and the file."""
     from explainers.fastshap_grid_detector import FastShapGridDetector, FastShapGridDetectorCheckpoint
-    from tasks.shipped_weights import verify_given
 
     src = Path(src)
     spec = params.fastshap.detector_grid
-    verify_given(src, DETECTOR_GRID_KEY)
-    try:
-        ckpt = FastShapGridDetectorCheckpoint.load(src)
-    except ValueError as exc:
-        raise ValueError(f"params {DETECTOR_GRID_KEY}: {exc}") from None
+    ckpt = given_checkpoint("detector_grid", src, FastShapGridDetectorCheckpoint)
     refuse_other_settings("detector_grid", src, (("grid", ckpt.grid, spec.grid),
                                                  ("layers", list(ckpt.layers), list(spec.layers)),
                                                  ("perturbation", ckpt.perturbation,
@@ -393,11 +396,7 @@ def check_given_detector_grid(params: Params, src: str | Path):
     game = game_difference(ckpt.training.get("detector"), params.explain_detector())
     if game:
         raise ValueError(f"params {DETECTOR_GRID_KEY}: {src} was {game} (or set fastshap.detector_grid.weights: null)")
-    try:
-        FastShapGridDetector(guard_scorer(params), weights=ckpt)
-    except ValueError as exc:
-        raise ValueError(f"params {DETECTOR_GRID_KEY}: {src}: {exc} (or set fastshap.detector_grid.weights: null to "
-                         f"train one)") from None
+    refuse_unless_guard_accepts("detector_grid", src, lambda: FastShapGridDetector(guard_scorer(params), weights=ckpt))
     return ckpt
 
 
@@ -461,4 +460,5 @@ __all__ = ["DETECTOR_GRID_KEY", "GRID_KEY", "KEY", "audited_classifier", "audite
            "check_given", "check_given_detector_grid", "check_given_grid", "code_digest", "copy_atomic",
            "described_perturbation", "detector_grid_cache_folders", "grid_cache_folders", "grid_record", "guard_scorer",
            "provide_detector_grid_weights", "provide_grid_weights", "provide_weights", "refuse_other_settings",
+           "given_checkpoint", "refuse_unless_guard_accepts",
            "TRAINING_RECORD", "train", "train_config", "train_detector_grid", "train_grid", "write_metrics"]

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from explainers.fastshap_grid import FastShapGrid, FastShapGridCheckpoint
-from tasks.params import parse_params
 from tests.conftest import REPO
+from tests.fastshap_params import grid_stage_params
 
 DEMO = REPO / "weights/demo"
 SHIPPED = DEMO / "fastshap_grid_classifier.pt"
@@ -23,14 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def params_of(root: Path, weights=SHIPPED, classifier=DEMO / "classifier.pt", jobs=(), **net):
-    infer = {"detectors": [{"id": "demo-yolo", "kind": "yolo", "weights": str(DEMO / "detector.pt"), "imgsz": 320,
-                            "conf": 0.25, "iou": 0.5}], "pose": None,
-             "classifier": {"id": "demo-scene", "kind": "saved", "weights": str(classifier)}}
-    spec = {**net, "weights": None if weights is None else str(weights)}
-    return parse_params({"infer": infer, "explain": {"jobs": list(jobs), "cache_dir": str(root / "store")},
-                         "fastshap": {"out_dir": str(root / "models/fastshap"),
-                                      "metrics": str(root / "metrics/fastshap.json"),
-                                      "cache_dir": str(root / "cache"), "classifier": spec}}, check_files=False)
+    return grid_stage_params(root, "classifier", weights, classifier=classifier, jobs=jobs, **net)
 
 
 def test_the_stage_verifies_and_copies_the_shipped_network(tmp_path):
