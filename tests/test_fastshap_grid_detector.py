@@ -113,6 +113,28 @@ def test_the_common_contract_on_the_demo_detector(detector):
         explainer.explain(bad)
 
 
+@pytest.mark.parametrize("size", [(9, 9), (9, 200), (241, 10)])
+def test_a_constant_image_and_extreme_shapes_give_finite_efficient_maps(detector, size):
+    """A flat grey image (nothing to see: its gap to the mean-colour image is 0) and images of one cell's pixel a side
+    or of extreme aspect: finite maps that sum to each target's gap, one value per cell spread over its pixels."""
+    from explainers.regions import grid_labels
+
+    H, W = size
+    boxes = torch.tensor([[0.0, 0.0, W / 2, H / 1.0], [W / 3, H / 4, W * 1.0, H * 0.9]])
+    scorer = DRiseScorer(detector, boxes, torch.ones(2, 1))
+    explainer = FastShapGridDetector(scorer, weights=untrained(scorer, grid=9))
+    for image in (torch.full((3, H, W), 0.5), torch.rand(3, H, W, generator=torch.Generator().manual_seed(2))):
+        exp = explainer.explain(image)
+        assert torch.isfinite(exp.saliency).all() and exp.saliency.shape == (2, H, W)
+        gap = (exp.full_score - exp.empty_score).double()
+        assert torch.allclose(exp.saliency.double().sum((1, 2)), gap, atol=1e-5)
+        labels = grid_labels(H, W, 9, 9)
+        flat = labels.flatten().expand(2, -1)
+        per_cell = torch.zeros(2, 81).scatter_(1, flat, exp.saliency.flatten(1))    # some pixel's value per cell
+        spread = per_cell[:, labels]                                   # every pixel of a cell: that same value
+        assert torch.equal(spread, exp.saliency)
+
+
 def test_the_guard_refuses_another_detector_perturbation_or_scorer(detector, tmp_path):
     import copy
     from types import SimpleNamespace
