@@ -95,6 +95,21 @@ def test_the_stage_trains_a_network_for_the_audited_detector(tmp_path):
         provide_detector_grid_weights(given, progress=False)
 
 
+def test_the_params_section_is_the_trainers_configuration():
+    """fastshap.detector_grid states the trainer's settings (plus the given file): the same fields with the same
+    defaults as tasks.fastshap_grid_detector_train.DetectorGridTrainConfig, so the stage and the CLI train alike."""
+    from dataclasses import fields
+
+    from tasks.fastshap_grid_detector_train import DetectorGridTrainConfig
+    from tasks.params import FastShapGridDetectorNetParams
+
+    config, spec = DetectorGridTrainConfig(), FastShapGridDetectorNetParams()
+    assert {f.name for f in fields(config)} == set(spec.model_dump()) - {"weights"}
+    for f in fields(config):
+        got = getattr(spec, f.name)
+        assert (tuple(got) if f.name == "layers" else got) == getattr(config, f.name), f.name
+
+
 def test_default_params_ship_the_network_and_a_job_reads_it():
     from flows.cli import fastshap_applies
 
