@@ -24,7 +24,8 @@ Classifier (the demo scene classifier, its 4 class probabilities per scene at it
 Detector (``--detector-policy``, a box-conditioned policy for the demo detector): the same against D-RISE@4000 on the
 first ``--persons`` held-out pedestrians (deletion and insertion); skipped without a policy file.
 
-    python benchmarks/bench_rexl.py --policy POLICY.pt [--scenes 4] [--split heldout] [--rise 4000]
+    python benchmarks/bench_rexl.py --policy POLICY.pt [--scenes 4] [--skip 0] [--no-controls] [--split heldout]
+                                    [--rise 4000]
                                     [--detector-policy P.pt --persons 30] [--out ...]
 """
 from __future__ import annotations
@@ -122,8 +123,9 @@ def cell_auc(curve: torch.Tensor) -> float:
     return float(torch.trapezoid(curve.cpu(), dx=1.0 / (len(curve) - 1)))
 
 
-def classifier_rows(cases, ckpt: PolicyCheckpoint, rise_budget: int, seed: int) -> dict:
-    """{method: {curve: median AUC, n_forward (median per image), ...}} over every (scene, class)."""
+def classifier_rows(cases, ckpt: PolicyCheckpoint, rise_budget: int, seed: int, controls: bool = True) -> dict:
+    """{method: {curve: median AUC, n_forward (median per image), ...}} over every (scene, class); ``controls``:
+    False skips greedy, random and the class-map rule (RISE at the reference budget and at RExL's cost stay)."""
     out: dict[str, dict[str, list]] = {}
     sub = make_perturbation(ckpt.perturbation)
     rng = np.random.default_rng(seed)
@@ -149,6 +151,9 @@ def classifier_rows(cases, ckpt: PolicyCheckpoint, rise_budget: int, seed: int) 
         for key, budget in ((f"rise@{rise_budget}", rise_budget), ("rise@same", spent)):
             r = Rise(scorer, center=True, perturbation=ckpt.perturbation).explain(image, budget=budget, seed=0)
             add(key, scorer, image, r.saliency, r.n_forward)
+        if not controls:
+            print(f"scene done: rexl {spent} forwards", flush=True)
+            continue
         greedy, rand, mapped = [], [], []
         forwards = 0
         maps = class_maps(ckpt.features) if ckpt.mode == "deletion" else 0
@@ -210,6 +215,8 @@ def main() -> None:
     parser.add_argument("--weights", default="weights/demo/classifier.pt")
     parser.add_argument("--split", choices=["tune", "heldout"], default="heldout")
     parser.add_argument("--scenes", type=int, default=4)
+    parser.add_argument("--skip", type=int, default=0, help="skip the split's first SKIP scenes (fresh held-out ones)")
+    parser.add_argument("--no-controls", action="store_true", help="no greedy, random or class-map rule rows")
     parser.add_argument("--rise", type=int, default=4000, help="the reference RISE / D-RISE budget")
     parser.add_argument("--detector-policy", default=None)
     parser.add_argument("--persons", type=int, default=30)
@@ -222,17 +229,17 @@ def main() -> None:
     ckpt = PolicyCheckpoint.load(args.policy)
     clf = load_classifier(args.weights, device=device)
     cases, ids = [], []
-    for image_id, img in classifier_scenes(args.split, args.scenes):
+    for image_id, img in classifier_scenes(args.split, args.skip + args.scenes)[args.skip:]:
         img = img.to(device)
         if clf.input_size is not None and tuple(clf.input_size) != tuple(img.shape[-2:]):
             img = F.interpolate(img[None], size=clf.input_size, mode="bilinear", align_corners=False)[0]
         cases.append((ClassifierScorer(clf), img.contiguous()))
         ids.append(image_id)
-    results = {"device": str(device), "split": describe_split(args.split), "scenes": ids,
+    results = {"device": str(device), "split": describe_split(args.split), "scenes": ids, "skip": args.skip,
                "classifier_weights_sha256_12": file_digest(args.weights), "policy": args.policy,
                "policy_training": ckpt.training, "grid": ckpt.grid, "mode": ckpt.mode,
                "perturbation": ckpt.perturbation, "steps": 20,
-               "classifier": classifier_rows(cases, ckpt, args.rise, args.seed)}
+               "classifier": classifier_rows(cases, ckpt, args.rise, args.seed, not args.no_controls)}
     if args.detector_policy:
         dckpt = PolicyCheckpoint.load(args.detector_policy)
         persons = pedestrians(args.split, args.persons, device)

@@ -159,8 +159,8 @@ def train_cells_ppo(scorer, images: Sequence[torch.Tensor], *, init: PolicyCheck
                     n_envs: int = 32, n_steps: int | None = None, learning_rate: float = 3e-4,
                     batch_size: int = 256, n_epochs: int = 4, clip_range: float = 0.2, ent_coef: float = 0.0,
                     gae_lambda: float = 0.95, reward_scale: float = 10.0, width: int = 64, value_width: int = 32,
-                    horizon: int | None = None, warmup_steps: int | None = None, init_sharpen: float = 1.0,
-                    seed: int = 0,
+                    horizon: int | None = None, shaping: bool = False, warmup_steps: int | None = None,
+                    init_sharpen: float = 1.0, seed: int = 0,
                     checkpoint_dir: str | Path | None = None, checkpoint_every: int | None = 10_000,
                     time_limit_s: float | None = None, progress: bool = False,
                     training: dict | None = None) -> tuple[PolicyCheckpoint, dict]:
@@ -174,7 +174,8 @@ def train_cells_ppo(scorer, images: Sequence[torch.Tensor], *, init: PolicyCheck
     ValueError for an ``init`` that does not fit, fewer steps than one roll-out, or a fine-tune's warm-up as long as
     its steps. ``horizon``: the environment's episodes end after this many steps (``RexlVecEnv``; default k^2, the
     whole game; the summary's ``auc_first`` / ``auc_last`` are then areas of the first ``horizon`` cells); the
-    roll-out length ``n_steps`` defaults to it. A resumed run keeps the horizon it is given (not checked against the
+    roll-out length ``n_steps`` defaults to it. ``shaping``: the environment's potential-based reward shaping
+    (``RexlVecEnv``: each step's score change weighted by the cells to go; the same optimal policy). A resumed run keeps the horizon it is given (not checked against the
     saved model's)."""
     horizon = grid * grid if horizon is None else int(horizon)
     n_steps = int(n_steps or horizon)
@@ -201,7 +202,7 @@ def train_cells_ppo(scorer, images: Sequence[torch.Tensor], *, init: PolicyCheck
     resumed = last is not None and last.is_file()
     done_before = int(MaskablePPO.load(last, device="cpu").num_timesteps) if resumed else 0
     env = RexlVecEnv(scorer, episodes, n_envs, features, grid=grid, mode="deletion", perturbation=perturbation,
-                     seed=seed + done_before, reward_scale=reward_scale, horizon=horizon)
+                     seed=seed + done_before, reward_scale=reward_scale, horizon=horizon, shaping=shaping)
     channels = env.obs_dim // (grid * grid)
     if resumed:
         model = MaskablePPO.load(last, env=env, device="cpu")
@@ -248,8 +249,8 @@ def train_cells_ppo(scorer, images: Sequence[torch.Tensor], *, init: PolicyCheck
                "n_feature_forward": env.batch.n_feature_forward, "fused": env.batch.fused, "episodes": len(aucs),
                "auc_first": float(np.mean(aucs[:tenth])) if aucs else None,
                "auc_last": float(np.mean(aucs[-tenth:])) if aucs else None, "seed": seed, "n_envs": n_envs,
-               "n_steps": n_steps, "horizon": horizon, "learning_rate": learning_rate, "batch_size": batch_size,
-               "n_epochs": n_epochs,
+               "n_steps": n_steps, "horizon": horizon, "shaping": shaping, "learning_rate": learning_rate,
+               "batch_size": batch_size, "n_epochs": n_epochs,
                "clip_range": clip_range, "ent_coef": ent_coef, "gae_lambda": gae_lambda, "reward_scale": reward_scale,
                "width": width, "value_width": value_width, "blocks": list(blocks), "images": len(images),
                "threads": torch.get_num_threads()}
@@ -269,6 +270,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-steps", type=int, default=None, help="roll-out length per env (default: the horizon)")
     parser.add_argument("--horizon", type=int, default=None,
                         help="episodes end after this many cells (default k^2: the whole game)")
+    parser.add_argument("--shaping", action="store_true",
+                        help="potential-based reward shaping (tasks.rexl_env.RexlVecEnv): each step's drop, weighted "
+                             "by the cells to go, as its reward; the same optimal policy")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--n-epochs", type=int, default=4)
@@ -286,8 +290,8 @@ def main(argv: list[str] | None = None) -> None:
         scorer, images, init=None if args.init is None else PolicyCheckpoint.load(args.init), grid=args.grid,
         blocks=blocks, steps=args.steps, warmup_steps=args.warmup_steps,
         init_sharpen=args.init_sharpen,
-        n_envs=args.n_envs, n_steps=args.n_steps, horizon=args.horizon, batch_size=args.batch_size,
-        learning_rate=args.lr,
+        n_envs=args.n_envs, n_steps=args.n_steps, horizon=args.horizon, shaping=args.shaping,
+        batch_size=args.batch_size, learning_rate=args.lr,
         n_epochs=args.n_epochs, clip_range=args.clip_range,
         ent_coef=args.ent_coef, gae_lambda=args.gae_lambda, reward_scale=args.reward_scale, width=args.width,
         seed=args.seed, checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,

@@ -158,15 +158,22 @@ class RexlVecEnv(VecEnv):
     score / k^2; ``infos``' ``auc`` and ``episode`` stay unscaled). ``horizon``: episodes end after this many steps
     (default k^2, the whole game); shorter, the return is the area under the first ``horizon`` steps of the score
     curve only (the end is terminal, not bootstrapped): the part of the curve where a pixel-level deletion AUC is
-    decided, with more episodes per step budget. Raises ValueError for an empty pool, an unknown sampling, a
-    reward_scale <= 0 or a horizon outside [1, k^2]."""
+    decided, with more episodes per step budget. ``shaping``: potential-based reward shaping (Ng, Harada & Russell,
+    ICML 1999, https://people.eecs.berkeley.edu/~russell/papers/icml99-shaping.pdf) with the potential
+    Phi(s_t) = sign * score_t * (K - t) / K (K = k^2: the rest of the curve's area if the score stayed where it is;
+    Phi = 0 at the game's end): the learner's reward for step t becomes r_t + Phi(s_t) - Phi(s_{t-1}) =
+    sign * (score_t - score_{t-1}) * (K - t + 1/2) / K, the step's drop (deletion) or rise (insertion) weighted by
+    the cells still to go. With gamma = 1 an episode's shaped return is its return minus sign * score_0, a constant
+    per target, so the optimal policy is the same; the credit of a step is immediate instead of spread over the
+    rest of the episode. ``infos``' ``auc`` and ``episode`` stay the unshaped game's. Raises ValueError for an empty
+    pool, an unknown sampling, a reward_scale <= 0 or a horizon outside [1, k^2]."""
 
     render_mode = None
 
     def __init__(self, scorer, episodes: Sequence[Episode], n_envs: int, features, *, grid: int = 7,
                  mode: str = "deletion", perturbation: str | Perturbation = "mean",
                  norm: tuple[torch.Tensor, torch.Tensor] | None = None, sampling: str = "random", seed: int = 0,
-                 reward_scale: float = 1.0, horizon: int | None = None):
+                 reward_scale: float = 1.0, horizon: int | None = None, shaping: bool = False):
         if not episodes:
             raise ValueError("rexl env: the episode pool is empty")
         self.horizon = int(grid) ** 2 if horizon is None else int(horizon)
@@ -177,6 +184,7 @@ class RexlVecEnv(VecEnv):
         if not reward_scale > 0:
             raise ValueError(f"rexl env: reward_scale must be > 0, got {reward_scale!r}")
         self.pool, self.sampling, self.reward_scale = list(episodes), sampling, float(reward_scale)
+        self.shaping = bool(shaping)
         self.rng = np.random.default_rng(seed)
         self.batch = EpisodeBatch(scorer, features, grid=grid, mode=mode, perturbation=perturbation, norm=norm)
         self._queue: list[int] = []
@@ -213,7 +221,11 @@ class RexlVecEnv(VecEnv):
     def step_wait(self):
         actions = self._actions
         self._taken_order.append(actions.copy())
+        before = self.batch.prev
         reward, ended = self.batch.step(actions)
+        if self.shaping:
+            game = self.batch.game
+            reward = game.sign * (self.batch.prev - before) * ((game.cells - game.steps + 0.5) / game.cells)
         ended = ended or self.batch.game.steps == self.horizon
         obs = self.batch.observe().cpu().numpy()
         rewards = (reward * self.reward_scale).cpu().numpy().astype(np.float32)

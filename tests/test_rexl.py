@@ -173,6 +173,34 @@ def test_a_shorter_horizon_ends_episodes_early_with_the_curves_first_area():
             RexlVecEnv(scorer, pool, 2, feats, grid=GRID, horizon=bad)
 
 
+@pytest.mark.parametrize("mode", ["deletion", "insertion"])
+def test_shaped_rewards_are_each_steps_change_and_sum_to_the_return_less_the_first_score(mode):
+    """Potential-based shaping: every step's reward is sign * (s_t - s_{t-1}) * (K - t + 1/2) / K, an episode's shaped
+    return is its unshaped return minus sign * s_0 (so every order keeps its rank), and ``infos`` keep the game's
+    AUC; a wrong potential (or none) fails one of the three."""
+    scorer = ModelScorer(ToyNet())
+    pool = [Episode(image(s), s % 2, torch.zeros(0)) for s in range(2)]
+    feats = small_features()
+    cells = GRID * GRID
+    orders = np.stack([np.random.default_rng(s).permutation(cells) for s in range(2)], 1)
+    plain = RexlVecEnv(scorer, pool, 2, feats, grid=GRID, mode=mode, sampling="cycle")
+    shaped = RexlVecEnv(scorer, pool, 2, feats, grid=GRID, mode=mode, sampling="cycle", shaping=True, reward_scale=3.0)
+    plain.reset(), shaped.reset()
+    sign = plain.batch.game.sign
+    first = shaped.batch.prev.numpy().copy()
+    previous, total_plain, total_shaped = first, np.zeros(2), np.zeros(2)
+    for t in range(1, cells + 1):
+        _, r_plain, _, infos_plain = plain.step(orders[t - 1])
+        _, r_shaped, done, infos = shaped.step(orders[t - 1])
+        now = np.array([i["curve"][-1] for i in infos]) if done.all() else shaped.batch.prev.numpy().copy()
+        np.testing.assert_allclose(r_shaped, 3.0 * sign * (now - previous) * (cells - t + 0.5) / cells, atol=1e-6)
+        previous = now
+        total_plain += r_plain
+        total_shaped += r_shaped / 3.0
+    np.testing.assert_allclose(total_shaped, total_plain - sign * first, atol=1e-5)
+    assert [i["auc"] for i in infos] == pytest.approx([i["auc"] for i in infos_plain], abs=1e-7)
+
+
 def test_rollout_is_deterministic_and_spends_exactly_its_forwards():
     scorer = ModelScorer(ToyNet())
     img = image(2)
