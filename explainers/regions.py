@@ -10,7 +10,7 @@ def grid_labels(height: int, width: int, rows: int, cols: int, device: torch.dev
     y lies in cell row floor(y * rows / H), pixel column x in cell column floor(x * cols / W). Raises ValueError
     unless rows, cols >= 1."""
     if rows < 1 or cols < 1:
-        raise ValueError(f"grid_regions: rows and cols must be >= 1, got rows={rows}, cols={cols}")
+        raise ValueError(f"grid cells: rows and cols must be >= 1, got rows={rows}, cols={cols}")
     r = torch.div(torch.arange(height, device=device) * rows, height, rounding_mode="floor")
     c = torch.div(torch.arange(width, device=device) * cols, width, rounding_mode="floor")
     return r[:, None] * cols + c[None, :]

@@ -117,7 +117,7 @@ def capability_error(job: ExplainJob) -> str | None:
     return None
 
 
-def gradient_error(job: ExplainJob, params: Params) -> str | None:
+def white_box_error(job: ExplainJob, params: Params) -> str | None:
     """A white-box method on a model that cannot serve it, or None: ``needs_gradients`` (it backpropagates) on a
     model that has none (an ONNX graph; a ``kind: callable`` detector, audited as a black box); ``needs_feature_maps``
     (it reads a PyTorch YOLO's detection head) on a detector of any other kind."""
@@ -269,8 +269,9 @@ def check_jobs(config: Params | ExplainParams, origin: str = "params.yaml",
     for another model (:func:`check_trained_file`)."""
     if isinstance(config, Params):
         for i, job in enumerate(config.explain.jobs):
-            if job.method in METHODS and gradient_error(job, config):
-                raise ParamsError(f"{origin}: explain.jobs[{i}]: {gradient_error(job, config)}")
+            refusal = white_box_error(job, config) if job.method in METHODS else None
+            if refusal:
+                raise ParamsError(f"{origin}: explain.jobs[{i}]: {refusal}")
         return config.model_copy(update={"explain": config.explain.model_copy(
             update={"jobs": _checked_jobs(config.explain, origin, config, before_stages)})})
     if not isinstance(config, ExplainParams):
@@ -278,5 +279,5 @@ def check_jobs(config: Params | ExplainParams, origin: str = "params.yaml",
     return config.model_copy(update={"jobs": _checked_jobs(config, origin)})
 
 
-__all__ = ["OptionError", "capability_error", "check_jobs", "check_trained_file", "gradient_error", "check_option",
+__all__ = ["OptionError", "capability_error", "check_jobs", "check_trained_file", "white_box_error", "check_option",
            "check_options"]

@@ -175,8 +175,8 @@ def train_cells_ppo(scorer, images: Sequence[torch.Tensor], *, init: PolicyCheck
     its steps. ``horizon``: the environment's episodes end after this many steps (``RexlVecEnv``; default k^2, the
     whole game; the summary's ``auc_first`` / ``auc_last`` are then areas of the first ``horizon`` cells); the
     roll-out length ``n_steps`` defaults to it. ``shaping``: the environment's potential-based reward shaping
-    (``RexlVecEnv``: each step's score change weighted by the cells to go; the same optimal policy). A resumed run keeps the horizon it is given (not checked against the
-    saved model's)."""
+    (``RexlVecEnv``: each step's score change weighted by the cells to go; the same optimal policy). A resumed run
+    keeps the horizon and shaping it is given (not checked against the saved model's)."""
     horizon = grid * grid if horizon is None else int(horizon)
     n_steps = int(n_steps or horizon)
     rollout = n_envs * n_steps

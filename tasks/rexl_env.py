@@ -165,8 +165,9 @@ class RexlVecEnv(VecEnv):
     sign * (score_t - score_{t-1}) * (K - t + 1/2) / K, the step's drop (deletion) or rise (insertion) weighted by
     the cells still to go. With gamma = 1 an episode's shaped return is its return minus sign * score_0, a constant
     per target, so the optimal policy is the same; the credit of a step is immediate instead of spread over the
-    rest of the episode. ``infos``' ``auc`` and ``episode`` stay the unshaped game's. Raises ValueError for an empty
-    pool, an unknown sampling, a reward_scale <= 0 or a horizon outside [1, k^2]."""
+    rest of the episode (with a ``horizon`` below K the last potential is not 0: the shaped return then also
+    counts the flat rest of the curve). ``infos``' ``auc`` and ``episode`` stay the unshaped game's. Raises
+    ValueError for an empty pool, an unknown sampling, a reward_scale <= 0 or a horizon outside [1, k^2]."""
 
     render_mode = None
 
