@@ -28,15 +28,16 @@ and the episode stream restarts from seed + steps done), progress bar, ``time_li
 budget. The summary's ``n_forward`` counts the environment's canvases (not the few of the standardisation probe).
 
 Recipe (this module's defaults and ``params.yaml``'s ``rexl.classifier`` with ``weights: null``; the shipped
-``weights/demo/rexl_classifier_deletion_cells_ppo.pt`` is what it trained, 199,136 steps in 503 s): from scratch,
-256 training scenes x 4 classes, 2 x 10^5 steps, 32 envs x 49 steps per roll-out, lr 3e-4, 4 epochs of batches of
-256, clip 0.2, GAE lambda 0.95, no entropy bonus, rewards x 10. Chosen among three 2 x 10^5-step runs and three
-fine-tunes on training scenes 896..911 x 4 classes (never trained on; mean / median cell deletion AUC of the
-deterministic roll-out, lower is better): this recipe 0.395 / 0.248 (200,704 steps; the shipped file, 199,136 steps:
-0.394 / 0.249); lr 1e-3 with 10 epochs 0.488 / 0.439; lr 1e-3, 16-step roll-outs, GAE lambda 0.5, 10 epochs
-0.386 / 0.274; the DAgger policy 0.321 / 0.203, and PPO fine-tuning it 0.323 / 0.192 (lr 1e-4, clip 0.1, 40k
-steps), 0.342 / 0.220 (lr 3e-4, 10 epochs, 50k of 80k steps), 0.327 / 0.196 (logits x 5 first, 60k steps): no gain
-worth its cost. ``benchmarks/bench_rexl_ppo.py`` scores policy files that way.
+``weights/demo/rexl_classifier_deletion_cells_ppo.pt`` is what it trained, 199,136 steps in 879 s beside another
+training): from scratch, 256 training scenes x 4 classes, 2 x 10^5 steps, 32 envs x 49 steps per roll-out, lr 3e-4,
+4 epochs of batches of 256, clip 0.2, **potential-based reward shaping** (``RexlVecEnv``), GAE lambda 0.5, no
+entropy bonus, rewards x 10. Chosen on training scenes 896..911 x 4 classes (never trained on; mean / median cell
+deletion AUC of the deterministic roll-out, lower is better): shaped, lambda 0.5: 0.342 / 0.227; shaped, lambda
+0.95 / 0.2: 0.396 / 0.269, 0.356 / 0.260; shaped, lambda 0.5, 8 epochs: 0.362 / 0.273. Unshaped before them: lambda
+0.95 (the previous recipe) 0.394 / 0.249; lr 1e-3 with 10 epochs 0.488 / 0.439; lr 1e-3, 16-step roll-outs, lambda
+0.5, 10 epochs 0.386 / 0.274; the DAgger policy 0.321 / 0.203, and PPO fine-tuning it 0.323 / 0.192 (lr 1e-4, clip
+0.1, 40k steps), 0.342 / 0.220 (lr 3e-4, 10 epochs, 50k of 80k steps), 0.327 / 0.196 (logits x 5 first, 60k steps):
+no gain worth its cost. ``benchmarks/bench_rexl_ppo.py`` scores policy files that way.
 
     python -m tasks.rexl_cells_ppo --out F.pt         # the recipe (its defaults)
     python -m tasks.rexl_cells_ppo --init weights/demo/rexl_classifier_deletion_cells.pt --init-sharpen 5 \\
@@ -158,8 +159,8 @@ def train_cells_ppo(scorer, images: Sequence[torch.Tensor], *, init: PolicyCheck
                     grid: int = 7, blocks: Sequence[int] = (2, 3), perturbation: str = "mean", steps: int = 200_000,
                     n_envs: int = 32, n_steps: int | None = None, learning_rate: float = 3e-4,
                     batch_size: int = 256, n_epochs: int = 4, clip_range: float = 0.2, ent_coef: float = 0.0,
-                    gae_lambda: float = 0.95, reward_scale: float = 10.0, width: int = 64, value_width: int = 32,
-                    horizon: int | None = None, shaping: bool = False, warmup_steps: int | None = None,
+                    gae_lambda: float = 0.5, reward_scale: float = 10.0, width: int = 64, value_width: int = 32,
+                    horizon: int | None = None, shaping: bool = True, warmup_steps: int | None = None,
                     init_sharpen: float = 1.0, seed: int = 0,
                     checkpoint_dir: str | Path | None = None, checkpoint_every: int | None = 10_000,
                     time_limit_s: float | None = None, progress: bool = False,
@@ -270,15 +271,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-steps", type=int, default=None, help="roll-out length per env (default: the horizon)")
     parser.add_argument("--horizon", type=int, default=None,
                         help="episodes end after this many cells (default k^2: the whole game)")
-    parser.add_argument("--shaping", action="store_true",
+    parser.add_argument("--shaping", action=argparse.BooleanOptionalAction, default=True,
                         help="potential-based reward shaping (tasks.rexl_env.RexlVecEnv): each step's drop, weighted "
-                             "by the cells to go, as its reward; the same optimal policy")
+                             "by the cells to go, as its reward; the same optimal policy (default: on)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--n-epochs", type=int, default=4)
     parser.add_argument("--clip-range", type=float, default=0.2)
     parser.add_argument("--ent-coef", type=float, default=0.0)
-    parser.add_argument("--gae-lambda", type=float, default=0.95)
+    parser.add_argument("--gae-lambda", type=float, default=0.5)
     parser.add_argument("--reward-scale", type=float, default=10.0)
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds (budget)")
