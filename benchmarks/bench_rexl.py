@@ -168,9 +168,9 @@ def classifier_rows(cases, ckpt: PolicyCheckpoint, rise_budget: int, seed: int, 
             order = rng.permutation(ckpt.grid ** 2).tolist()
             rand.append((order, order_curve(scorer, image, order, t, ckpt.grid, ckpt.mode, sub)))
         n = ckpt.grid ** 2
-        controls = [("greedy", greedy, forwards), ("random", rand, T * (n + 1))]
-        controls += [("classmap", mapped, 2 + T * 2 * (n - 1))] if mapped else []
-        for key, runs, cost in controls:
+        control_rows = [("greedy", greedy, forwards), ("random", rand, T * (n + 1))]
+        control_rows += [("classmap", mapped, 2 + T * 2 * (n - 1))] if mapped else []
+        for key, runs, cost in control_rows:
             for suffix, (credit, upsample) in VARIANTS.items():
                 sal = ordered_saliency([o for o, _ in runs], [c for _, c in runs], ckpt.grid, ckpt.mode, size, credit,
                                        upsample)
@@ -215,7 +215,9 @@ def main() -> None:
     parser.add_argument("--weights", default="weights/demo/classifier.pt")
     parser.add_argument("--split", choices=["tune", "heldout"], default="heldout")
     parser.add_argument("--scenes", type=int, default=4)
-    parser.add_argument("--skip", type=int, default=0, help="skip the split's first SKIP scenes (fresh held-out ones)")
+    parser.add_argument("--skip", type=int, default=0,
+                        help="skip the split's first SKIP classifier scenes (fresh held-out ones; not the detector's "
+                             "persons)")
     parser.add_argument("--no-controls", action="store_true", help="no greedy, random or class-map rule rows")
     parser.add_argument("--rise", type=int, default=4000, help="the reference RISE / D-RISE budget")
     parser.add_argument("--detector-policy", default=None)
@@ -224,6 +226,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="default: benchmarks/results/rexl_<split>.json")
     args = parser.parse_args()
+    if args.skip < 0 or args.scenes < 1:
+        parser.error(f"--skip must be >= 0 and --scenes >= 1, got {args.skip} and {args.scenes}")
     device = start_run(args.threads)
     start = time.perf_counter()
     ckpt = PolicyCheckpoint.load(args.policy)
@@ -236,6 +240,7 @@ def main() -> None:
         cases.append((ClassifierScorer(clf), img.contiguous()))
         ids.append(image_id)
     results = {"device": str(device), "split": describe_split(args.split), "scenes": ids, "skip": args.skip,
+               "controls": not args.no_controls,
                "classifier_weights_sha256_12": file_digest(args.weights), "policy": args.policy,
                "policy_training": ckpt.training, "grid": ckpt.grid, "mode": ckpt.mode,
                "perturbation": ckpt.perturbation, "steps": 20,

@@ -20,7 +20,9 @@ Two starts:
   (weights fingerprint), grid, perturbation and feature blocks: ValueError otherwise.
 
 Reward: the environment's, sign * (s_{t-1} + s_t) / (2 k^2) (gamma 1: the return is the cell-granularity deletion
-AUC, negated), times ``reward_scale`` for the learner. Data: the classifier's training scenes only
+AUC, negated), by default shaped (``shaping``: potential-based, each step's reward sign * (s_t - s_{t-1}) *
+(k^2 - t + 1/2) / k^2, the return the AUC term less sign * s_0; over the whole game the same optimal policy), times
+``reward_scale`` for the learner. Data: the classifier's training scenes only
 (``tasks.rexl_train.training_scenes``), every (scene, class) pair, class one-hot conditioning (the dataset-wide
 regime). Seeded, resumable (``checkpoint_dir/last.zip``, SB3's, at the first roll-out boundary after every
 ``checkpoint_every`` steps; a resumed run is repeatable but not identical to an uninterrupted one: SB3 reseeds torch
@@ -41,7 +43,8 @@ no gain worth its cost. ``benchmarks/bench_rexl_ppo.py`` scores policy files tha
 
     python -m tasks.rexl_cells_ppo --out F.pt         # the recipe (its defaults)
     python -m tasks.rexl_cells_ppo --init weights/demo/rexl_classifier_deletion_cells.pt --init-sharpen 5 \\
-        --steps 60000 --lr 1e-4 --clip-range 0.1 --out F.pt       # a fine-tune of the DAgger policy
+        --steps 60000 --lr 1e-4 --clip-range 0.1 --no-shaping --gae-lambda 0.95 --out F.pt
+                                     # a fine-tune of the DAgger policy as measured above (before shaping)
 """
 from __future__ import annotations
 
@@ -176,8 +179,9 @@ def train_cells_ppo(scorer, images: Sequence[torch.Tensor], *, init: PolicyCheck
     its steps. ``horizon``: the environment's episodes end after this many steps (``RexlVecEnv``; default k^2, the
     whole game; the summary's ``auc_first`` / ``auc_last`` are then areas of the first ``horizon`` cells); the
     roll-out length ``n_steps`` defaults to it. ``shaping``: the environment's potential-based reward shaping
-    (``RexlVecEnv``: each step's score change weighted by the cells to go; the same optimal policy). A resumed run
-    keeps the horizon and shaping it is given (not checked against the saved model's)."""
+    (``RexlVecEnv``: each step's score change weighted by the cells to go; over the whole game, the same optimal
+    policy); it applies to fine-tunes too. A resumed run keeps the horizon and shaping it is given (not checked
+    against the saved model's) and the PPO settings saved in ``last.zip`` (SB3's load restores them)."""
     horizon = grid * grid if horizon is None else int(horizon)
     n_steps = int(n_steps or horizon)
     rollout = n_envs * n_steps
@@ -273,7 +277,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="episodes end after this many cells (default k^2: the whole game)")
     parser.add_argument("--shaping", action=argparse.BooleanOptionalAction, default=True,
                         help="potential-based reward shaping (tasks.rexl_env.RexlVecEnv): each step's drop, weighted "
-                             "by the cells to go, as its reward; the same optimal policy (default: on)")
+                             "by the cells to go, as its reward; over the whole game the same optimal policy "
+                             "(default: on)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--n-epochs", type=int, default=4)

@@ -270,7 +270,8 @@ class RexlVecEnv(VecEnv):
 
 
 class RexlEnv(gym.Env):
-    """One episode of the cell game as a ``gymnasium.Env`` (same game, state and reward as :class:`RexlVecEnv`).
+    """One episode of the cell game as a ``gymnasium.Env`` (same game, state and unshaped reward as
+    :class:`RexlVecEnv`).
     ``reset(options={'episode': i})`` starts pool episode i (default: one drawn by the env's seeded generator).
     ``info['auc']`` at the end, as the vectorised env's."""
 
