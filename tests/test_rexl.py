@@ -201,6 +201,27 @@ def test_shaped_rewards_are_each_steps_change_and_sum_to_the_return_less_the_fir
     assert [i["auc"] for i in infos] == pytest.approx([i["auc"] for i in infos_plain], abs=1e-7)
 
 
+def test_shaped_rewards_with_a_shorter_horizon_also_count_the_flat_rest_of_the_curve():
+    """With a horizon h < K the last potential is not 0: the shaped return is the first h steps' area less
+    sign * s_0 plus sign * s_h * (K - h) / K (the rest of the curve held at s_h), as the env's docstring says."""
+    scorer = ModelScorer(ToyNet())
+    pool = [Episode(image(s), s % 2, torch.zeros(0)) for s in range(2)]
+    cells, h = GRID * GRID, 6
+    orders = np.stack([np.random.default_rng(s).permutation(cells) for s in range(2)], 1)
+    env = RexlVecEnv(scorer, pool, 2, small_features(), grid=GRID, sampling="cycle", horizon=h, shaping=True)
+    env.reset()
+    total = np.zeros(2)
+    for t in range(h):
+        _, r, done, infos = env.step(orders[t])
+        total += r
+    assert done.all()
+    curve = np.stack([i["curve"] for i in infos])                          # s_0 .. s_h
+    sign = -1.0                                                             # deletion
+    area = np.array([i["auc"] for i in infos])                              # the first h steps' area (unshaped)
+    expected = sign * area - sign * curve[:, 0] + sign * curve[:, h] * (cells - h) / cells
+    np.testing.assert_allclose(total, expected, atol=1e-5)
+
+
 def test_rollout_is_deterministic_and_spends_exactly_its_forwards():
     scorer = ModelScorer(ToyNet())
     img = image(2)
