@@ -123,9 +123,12 @@ def cell_auc(curve: torch.Tensor) -> float:
     return float(torch.trapezoid(curve.cpu(), dx=1.0 / (len(curve) - 1)))
 
 
-def classifier_rows(cases, ckpt: PolicyCheckpoint, rise_budget: int, seed: int, controls: bool = True) -> dict:
+def classifier_rows(cases, ckpt: PolicyCheckpoint, rise_budget: int, seed: int, controls: bool = True,
+                    per_target: dict | None = None) -> dict:
     """{method: {curve: median AUC, n_forward (median per image), ...}} over every (scene, class); ``controls``:
-    False skips greedy, random and the class-map rule (RISE at the reference budget and at RExL's cost stay)."""
+    False skips greedy, random and the class-map rule (RISE at the reference budget and at RExL's cost stay);
+    ``per_target``: filled with each method's per-target values (the lists the medians summarise, in one target
+    order for every method)."""
     out: dict[str, dict[str, list]] = {}
     sub = make_perturbation(ckpt.perturbation)
     rng = np.random.default_rng(seed)
@@ -176,6 +179,8 @@ def classifier_rows(cases, ckpt: PolicyCheckpoint, rise_budget: int, seed: int, 
                                        upsample)
                 add(key + suffix, scorer, image, sal, cost, [cell_auc(c) for _, c in runs] if not suffix else None)
         print(f"scene done: rexl {spent} forwards, greedy {forwards}", flush=True)
+    if per_target is not None:
+        per_target.update(out)
     return {k: {c: float(np.median(v)) for c, v in row.items() if v} for k, row in out.items()}
 
 
@@ -232,7 +237,7 @@ def main() -> None:
     start = time.perf_counter()
     ckpt = PolicyCheckpoint.load(args.policy)
     clf = load_classifier(args.weights, device=device)
-    cases, ids = [], []
+    cases, ids, per_target = [], [], {}
     for image_id, img in classifier_scenes(args.split, args.skip + args.scenes)[args.skip:]:
         img = img.to(device)
         if clf.input_size is not None and tuple(clf.input_size) != tuple(img.shape[-2:]):
@@ -244,7 +249,13 @@ def main() -> None:
                "classifier_weights_sha256_12": file_digest(args.weights), "policy": args.policy,
                "policy_training": ckpt.training, "grid": ckpt.grid, "mode": ckpt.mode,
                "perturbation": ckpt.perturbation, "steps": 20,
-               "classifier": classifier_rows(cases, ckpt, args.rise, args.seed, not args.no_controls)}
+               "classifier": classifier_rows(cases, ckpt, args.rise, args.seed, not args.no_controls, per_target)}
+    from bench_rexl_detector import paired  # (here: bench_rexl_detector imports this module)
+    reference = f"rise@{args.rise}"       # per target, paired with the reference (the ratio of medians is not)
+    results["classifier_paired"] = {curve: paired(per_target, reference, curve)
+                                    for curve in ("deletion/mean", "insertion/mean")}
+    results["classifier_per_target"] = {key: {c: row[c] for c in ("deletion/mean", "insertion/mean") if c in row}
+                                        for key, row in per_target.items()}
     if args.detector_policy:
         dckpt = PolicyCheckpoint.load(args.detector_policy)
         persons = pedestrians(args.split, args.persons, device)
@@ -255,6 +266,11 @@ def main() -> None:
     for model in ("classifier", "detector"):
         for key, row in results.get(model, {}).items():
             print(f"{model:<10} {key:<12} " + "  ".join(f"{c} {v:.3f}" for c, v in sorted(row.items())), flush=True)
+    for curve, rows in results["classifier_paired"].items():
+        for key, p in rows.items():
+            if key.startswith(("rexl", "rise@same")) and not key.endswith(("@single", "@rank")):
+                print(f"paired {curve:<15} {key:<18} median diff {p['median_diff']:+.4f} {p['ci95']}, better on "
+                      f"{p['better_share']:.0%} of {p['pedestrians']} targets", flush=True)
     write_results(args.out or f"benchmarks/results/rexl_{args.split}.json", results)
 
 
