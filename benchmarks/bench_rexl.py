@@ -19,7 +19,10 @@ Classifier (the demo scene classifier, its 4 class probabilities per scene at it
   Every cell order (rexl, greedy, random) is mapped four ways (``VARIANTS``): cumulative credit, bilinear (the
   paper's: no suffix), ``@single``, ``@rank`` (the order itself, bilinear) and ``@rank_nearest`` (the order,
   constant on each cell): the variants cost no forwards beyond the roll-out.
-  Also reported: the cell-granularity AUC of each ordering method's own curve (the environment's return).
+  Also reported: the cell-granularity AUC of each ordering method's own curve (the environment's return), and each
+  method paired with RISE@4000 target by target (``classifier_paired``: ``bench_rexl_detector.paired``'s median
+  difference, 95 % bootstrap interval and share of targets better, its ``pedestrians`` field counting targets; the
+  values in ``classifier_per_target``): a ratio of medians compares different targets.
 
 Detector (``--detector-policy``, a box-conditioned policy for the demo detector): the same against D-RISE@4000 on the
 first ``--persons`` held-out pedestrians (deletion and insertion); skipped without a policy file.
