@@ -20,7 +20,7 @@ Classifier (the demo scene classifier, its 4 class probabilities per scene at it
   paper's: no suffix), ``@single``, ``@rank`` (the order itself, bilinear) and ``@rank_nearest`` (the order,
   constant on each cell): the variants cost no forwards beyond the roll-out.
   Also reported: the cell-granularity AUC of each ordering method's own curve (the environment's return), and each
-  method paired with RISE@4000 target by target (``classifier_paired``: ``bench_rexl_detector.paired``'s median
+  method paired with RISE@4000 target by target (``classifier_paired``: :func:`paired`'s median
   difference, 95 % bootstrap interval and share of targets better, its ``pedestrians`` field counting targets; the
   values in ``classifier_per_target``): a ratio of medians compares different targets.
 
@@ -187,6 +187,28 @@ def classifier_rows(cases, ckpt: PolicyCheckpoint, rise_budget: int, seed: int, 
     return {k: {c: float(np.median(v)) for c, v in row.items() if v} for k, row in out.items()}
 
 
+def paired(rows: dict, reference: str, curve: str, seed: int = 0, draws: int = 2000) -> dict:
+    """Per-target comparison with the reference on ``curve`` for every row over the same targets (pedestrians, or
+    classes of scenes; rows on a subset, e.g. ``bench_rexl_detector.py --greedy N``, against the reference's first
+    N): the median of the paired differences (row - reference), its bootstrap 95 % interval (targets resampled,
+    seeded) and the share of targets where the row is better (lower deletion, higher insertion AUC); the count is
+    under ``pedestrians`` (the detector bench's key)."""
+    ref = np.asarray(rows[reference][curve], float)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for key, row in rows.items():
+        if key == reference or curve not in row:
+            continue
+        mine = np.asarray(row[curve], float)
+        diff = mine - ref[:len(mine)]
+        boot = np.median(diff[rng.integers(0, len(diff), (draws, len(diff)))], 1)
+        better = diff < 0 if curve.startswith("deletion") else diff > 0
+        out[key] = {"median_diff": round(float(np.median(diff)), 4),
+                    "ci95": [round(float(np.quantile(boot, 0.025)), 4), round(float(np.quantile(boot, 0.975)), 4)],
+                    "better_share": round(float(better.mean()), 3), "pedestrians": int(len(diff))}
+    return out
+
+
 def detector_rows(persons, ckpt: PolicyCheckpoint, budget: int) -> dict:
     """RExL (box-conditioned policy) vs D-RISE@budget on pedestrians: median AUCs."""
     out: dict[str, dict[str, list]] = {}
@@ -253,7 +275,6 @@ def main() -> None:
                "policy_training": ckpt.training, "grid": ckpt.grid, "mode": ckpt.mode,
                "perturbation": ckpt.perturbation, "steps": 20,
                "classifier": classifier_rows(cases, ckpt, args.rise, args.seed, not args.no_controls, per_target)}
-    from bench_rexl_detector import paired  # (here: bench_rexl_detector imports this module)
     reference = f"rise@{args.rise}"       # per target, paired with the reference (the ratio of medians is not)
     results["classifier_paired"] = {curve: paired(per_target, reference, curve)
                                     for curve in ("deletion/mean", "insertion/mean")}

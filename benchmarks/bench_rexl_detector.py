@@ -43,7 +43,7 @@ import torch
 
 from bench_models import write_results
 from bench_quality import curve_scores
-from bench_rexl import greedy_order, order_curve, ordered_saliency
+from bench_rexl import greedy_order, order_curve, ordered_saliency, paired
 from detection.scorers import DRiseScorer
 from explainers.fastshap_grid_detector import FastShapGridDetector, FastShapGridDetectorCheckpoint
 from explainers.perturb import make_perturbation
@@ -191,27 +191,6 @@ def control_rows(rows: dict, persons: list[dict], grid: int, substrate: str, gre
                            fw))
         for key, order, curve, fw in orders:
             add_order(rows, key, p, order, curve, grid, fw)
-
-
-def paired(rows: dict, reference: str, curve: str, seed: int = 0, draws: int = 2000) -> dict:
-    """Per-pedestrian comparison with the reference on ``curve`` for every row over the same pedestrians (rows on a
-    subset, e.g. ``--greedy N``, against the reference's first N): the median of the paired differences (row -
-    reference), its bootstrap 95 % interval (pedestrians resampled, seeded) and the share of pedestrians where the
-    row is better (lower deletion, higher insertion AUC)."""
-    ref = np.asarray(rows[reference][curve], float)
-    rng = np.random.default_rng(seed)
-    out = {}
-    for key, row in rows.items():
-        if key == reference or curve not in row:
-            continue
-        mine = np.asarray(row[curve], float)
-        diff = mine - ref[:len(mine)]
-        boot = np.median(diff[rng.integers(0, len(diff), (draws, len(diff)))], 1)
-        better = diff < 0 if curve.startswith("deletion") else diff > 0
-        out[key] = {"median_diff": round(float(np.median(diff)), 4),
-                    "ci95": [round(float(np.quantile(boot, 0.025)), 4), round(float(np.quantile(boot, 0.975)), 4)],
-                    "better_share": round(float(better.mean()), 3), "pedestrians": int(len(diff))}
-    return out
 
 
 def main() -> None:
