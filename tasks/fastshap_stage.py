@@ -100,9 +100,7 @@ def check_given(params: Params, src: str | Path) -> FastShapCheckpoint:
         raise ValueError(f"params {KEY}: {src} was trained with perturbation {ckpt.perturbation!r}, but "
                          f"fastshap.detector.perturbation gives {perturbation!r}: set it to match, or weights: null "
                          f"to train one")
-    game = game_difference(ckpt.training.get("detector"), params.explain_detector())
-    if game:
-        raise ValueError(f"params {KEY}: {src} was {game} (or set fastshap.detector.weights: null)")
+    refuse_other_game("detector", src, ckpt, params)
     refuse_unless_guard_accepts("detector", src, lambda: FastShapParts(guard_scorer(params), weights=ckpt,
                                                                        grouping=params.parts.grouping))
     return ckpt
@@ -276,6 +274,16 @@ def refuse_unless_guard_accepts(section: str, src: Path, build) -> None:
                          f"train one)") from None
 
 
+def refuse_other_game(section: str, src: Path, ckpt, params: Params) -> None:
+    """Raises ValueError naming ``fastshap.<section>.weights``, the file and what differs when ``ckpt`` records the
+    detector game settings it was trained on (``training['detector']``) and they are not the explain detector's
+    (:func:`tasks.fastshap_data.game_difference`); nothing when they match or the file records none."""
+    game = game_difference(ckpt.training.get("detector"), params.explain_detector())
+    if game:
+        raise ValueError(f"params fastshap.{section}.weights: {src} was {game} (or set fastshap.{section}.weights: "
+                         f"null)")
+
+
 def refuse_other_settings(section: str, src: Path, settings) -> None:
     """Raises ValueError naming ``fastshap.<section>.weights``, the file and each setting whose trained value
     differs from the params' (``settings``: (key, the file's, the params') triples), with both values; nothing when
@@ -393,9 +401,7 @@ def check_given_detector_grid(params: Params, src: str | Path):
                                                  ("layers", list(ckpt.layers), list(spec.layers)),
                                                  ("perturbation", ckpt.perturbation,
                                                   described_perturbation(spec, "detector_grid"))))
-    game = game_difference(ckpt.training.get("detector"), params.explain_detector())
-    if game:
-        raise ValueError(f"params {DETECTOR_GRID_KEY}: {src} was {game} (or set fastshap.detector_grid.weights: null)")
+    refuse_other_game("detector_grid", src, ckpt, params)
     refuse_unless_guard_accepts("detector_grid", src, lambda: FastShapGridDetector(guard_scorer(params), weights=ckpt))
     return ckpt
 
@@ -460,5 +466,5 @@ __all__ = ["DETECTOR_GRID_KEY", "GRID_KEY", "KEY", "audited_classifier", "audite
            "check_given", "check_given_detector_grid", "check_given_grid", "code_digest", "copy_atomic",
            "described_perturbation", "detector_grid_cache_folders", "grid_cache_folders", "grid_record", "guard_scorer",
            "provide_detector_grid_weights", "provide_grid_weights", "provide_weights", "refuse_other_settings",
-           "given_checkpoint", "refuse_unless_guard_accepts",
+           "given_checkpoint", "refuse_other_game", "refuse_unless_guard_accepts",
            "TRAINING_RECORD", "train", "train_config", "train_detector_grid", "train_grid", "write_metrics"]
