@@ -61,7 +61,7 @@ from torch import nn
 
 from explainers.rexl import CellFeatures, CellPolicy, PolicyCheckpoint
 from explainers.trained import weights_fingerprint
-from tasks.rexl_env import Episode, EpisodeBatch, RexlVecEnv
+from tasks.rexl_env import SHAPING_UNITS, Episode, EpisodeBatch, RexlVecEnv
 from tasks.rexl_train import (
     _LastCheckpoint,
     add_cell_policy_arguments,
@@ -163,7 +163,8 @@ def train_cells_ppo(scorer, images: Sequence[torch.Tensor], *, init: PolicyCheck
                     n_envs: int = 32, n_steps: int | None = None, learning_rate: float = 3e-4,
                     batch_size: int = 256, n_epochs: int = 4, clip_range: float = 0.2, ent_coef: float = 0.0,
                     gae_lambda: float = 0.5, reward_scale: float = 10.0, width: int = 64, value_width: int = 32,
-                    horizon: int | None = None, shaping: bool = True, warmup_steps: int | None = None,
+                    horizon: int | None = None, shaping: bool = True, shaping_units: str = "score",
+                    gamma: float = 1.0, warmup_steps: int | None = None,
                     init_sharpen: float = 1.0, seed: int = 0,
                     checkpoint_dir: str | Path | None = None, checkpoint_every: int | None = 10_000,
                     time_limit_s: float | None = None, progress: bool = False,
@@ -207,12 +208,13 @@ def train_cells_ppo(scorer, images: Sequence[torch.Tensor], *, init: PolicyCheck
     resumed = last is not None and last.is_file()
     done_before = int(MaskablePPO.load(last, device="cpu").num_timesteps) if resumed else 0
     env = RexlVecEnv(scorer, episodes, n_envs, features, grid=grid, mode="deletion", perturbation=perturbation,
-                     seed=seed + done_before, reward_scale=reward_scale, horizon=horizon, shaping=shaping)
+                     seed=seed + done_before, reward_scale=reward_scale, horizon=horizon, shaping=shaping,
+                     shaping_units=shaping_units)
     channels = env.obs_dim // (grid * grid)
     if resumed:
         model = MaskablePPO.load(last, env=env, device="cpu")
     else:
-        model = MaskablePPO(CellActorCriticPolicy, env, gamma=1.0, gae_lambda=gae_lambda,
+        model = MaskablePPO(CellActorCriticPolicy, env, gamma=gamma, gae_lambda=gae_lambda,
                             learning_rate=learning_rate, n_steps=n_steps, batch_size=min(batch_size, n_envs * n_steps),
                             n_epochs=n_epochs, clip_range=clip_range, ent_coef=ent_coef, seed=seed, device="cpu",
                             verbose=0, policy_kwargs={"cell_kwargs": {"channels": channels, "grid": grid,
@@ -254,7 +256,8 @@ def train_cells_ppo(scorer, images: Sequence[torch.Tensor], *, init: PolicyCheck
                "n_feature_forward": env.batch.n_feature_forward, "fused": env.batch.fused, "episodes": len(aucs),
                "auc_first": float(np.mean(aucs[:tenth])) if aucs else None,
                "auc_last": float(np.mean(aucs[-tenth:])) if aucs else None, "seed": seed, "n_envs": n_envs,
-               "n_steps": n_steps, "horizon": horizon, "shaping": shaping, "learning_rate": learning_rate,
+               "n_steps": n_steps, "horizon": horizon, "shaping": shaping,
+               "shaping_units": shaping_units, "gamma": gamma, "learning_rate": learning_rate,
                "batch_size": batch_size, "n_epochs": n_epochs,
                "clip_range": clip_range, "ent_coef": ent_coef, "gae_lambda": gae_lambda, "reward_scale": reward_scale,
                "width": width, "value_width": value_width, "blocks": list(blocks), "images": len(images),
@@ -279,6 +282,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="potential-based reward shaping (tasks.rexl_env.RexlVecEnv): each step's drop, weighted "
                              "by the cells to go, as its reward; over the whole game the same optimal policy "
                              "(default: on)")
+    parser.add_argument("--shaping-units", choices=SHAPING_UNITS, default="score",
+                        help="the shaped reward's units: the score, or its log-odds (the imitation teacher's)")
+    parser.add_argument("--gamma", type=float, default=1.0,
+                        help="PPO's discount (1: the return is the AUC; 0: each step's shaped reward alone)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--n-epochs", type=int, default=4)
@@ -297,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
         blocks=blocks, steps=args.steps, warmup_steps=args.warmup_steps,
         init_sharpen=args.init_sharpen,
         n_envs=args.n_envs, n_steps=args.n_steps, horizon=args.horizon, shaping=args.shaping,
-        batch_size=args.batch_size, learning_rate=args.lr,
+        shaping_units=args.shaping_units, gamma=args.gamma, batch_size=args.batch_size, learning_rate=args.lr,
         n_epochs=args.n_epochs, clip_range=args.clip_range,
         ent_coef=args.ent_coef, gae_lambda=args.gae_lambda, reward_scale=args.reward_scale, width=args.width,
         seed=args.seed, checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,

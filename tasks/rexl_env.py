@@ -28,6 +28,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from explainers.perturb import Perturbation, make_perturbation
 from explainers.rexl import CellFeatures, CellGame, cell_state, class_maps, fused_pass, observation
+from tasks.rexl_imitation import log_odds
 
 
 @dataclass
@@ -149,6 +150,9 @@ def _spaces(obs_dim: int, grid: int) -> tuple[gym.spaces.Box, gym.spaces.Discret
     return (gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32), gym.spaces.Discrete(grid * grid))
 
 
+SHAPING_UNITS = ("score", "log_odds")
+
+
 class RexlVecEnv(VecEnv):
     """N episodes of the cell game advanced in lockstep (module docstring). ``episodes``: the pool; each round of N
     episodes takes the next N of a seeded shuffle of the pool (``sampling='random'``) or of the pool in order
@@ -166,15 +170,20 @@ class RexlVecEnv(VecEnv):
     the cells still to go. With gamma = 1 an episode's shaped return is its return minus sign * score_0, a constant
     per target, so the optimal policy is the same; the credit of a step is immediate instead of spread over the
     rest of the episode (with a ``horizon`` below K the last potential is not 0: the shaped return then also
-    counts the flat rest of the curve). ``infos``' ``auc`` and ``episode`` stay the unshaped game's. Raises
-    ValueError for an empty pool, an unknown sampling, a reward_scale <= 0 or a horizon outside [1, k^2]."""
+    counts the flat rest of the curve). ``shaping_units='log_odds'``: the shaped step reward measures the change in
+    the score's log-odds (``log_odds``: clamped to [1e-6, 1 - 1e-6]) instead, the signal of
+    ``tasks.rexl_imitation``'s teacher; it is no longer a potential of the AUC (a saturated score's steps count), so
+    the optimal policy may differ from the game's; meant for a myopic learner (small gamma). ``infos``' ``auc`` and
+    ``episode`` stay the unshaped game's. Raises ValueError for an empty pool, an unknown sampling, a reward_scale
+    <= 0, a horizon outside [1, k^2] or unknown shaping_units."""
 
     render_mode = None
 
     def __init__(self, scorer, episodes: Sequence[Episode], n_envs: int, features, *, grid: int = 7,
                  mode: str = "deletion", perturbation: str | Perturbation = "mean",
                  norm: tuple[torch.Tensor, torch.Tensor] | None = None, sampling: str = "random", seed: int = 0,
-                 reward_scale: float = 1.0, horizon: int | None = None, shaping: bool = False):
+                 reward_scale: float = 1.0, horizon: int | None = None, shaping: bool = False,
+                 shaping_units: str = "score"):
         if not episodes:
             raise ValueError("rexl env: the episode pool is empty")
         self.horizon = int(grid) ** 2 if horizon is None else int(horizon)
@@ -186,6 +195,9 @@ class RexlVecEnv(VecEnv):
             raise ValueError(f"rexl env: reward_scale must be > 0, got {reward_scale!r}")
         self.pool, self.sampling, self.reward_scale = list(episodes), sampling, float(reward_scale)
         self.shaping = bool(shaping)
+        if shaping_units not in SHAPING_UNITS:
+            raise ValueError(f"rexl env: shaping_units must be one of {SHAPING_UNITS}, got {shaping_units!r}")
+        self.shaping_units = shaping_units
         self.rng = np.random.default_rng(seed)
         self.batch = EpisodeBatch(scorer, features, grid=grid, mode=mode, perturbation=perturbation, norm=norm)
         self._queue: list[int] = []
@@ -226,7 +238,10 @@ class RexlVecEnv(VecEnv):
         reward, ended = self.batch.step(actions)
         if self.shaping:
             game = self.batch.game
-            reward = game.sign * (self.batch.prev - before) * ((game.cells - game.steps + 0.5) / game.cells)
+            after = self.batch.prev
+            if self.shaping_units == "log_odds":
+                before, after = log_odds(before), log_odds(after)
+            reward = game.sign * (after - before) * ((game.cells - game.steps + 0.5) / game.cells)
         ended = ended or self.batch.game.steps == self.horizon
         obs = self.batch.observe().cpu().numpy()
         rewards = (reward * self.reward_scale).cpu().numpy().astype(np.float32)
