@@ -201,6 +201,37 @@ def test_shaped_rewards_are_each_steps_change_and_sum_to_the_return_less_the_fir
     assert [i["auc"] for i in infos] == pytest.approx([i["auc"] for i in infos_plain], abs=1e-7)
 
 
+def test_log_odds_shaping_rewards_each_steps_change_in_log_odds():
+    """``shaping_units='log_odds'``: every step's reward is sign * (logit s_t - logit s_{t-1}) * (K - t + 1/2) / K
+    (clamped as the imitation teacher's ``log_odds``), ``infos`` keep the game's AUC, and unknown units are refused
+    by name; scores shaped in probability units instead fail the first check."""
+    scorer = ModelScorer(ToyNet())
+    pool = [Episode(image(s), s % 2, torch.zeros(0)) for s in range(2)]
+    feats = small_features()
+    cells = GRID * GRID
+    orders = np.stack([np.random.default_rng(s).permutation(cells) for s in range(2)], 1)
+    plain = RexlVecEnv(scorer, pool, 2, feats, grid=GRID, sampling="cycle")
+    env = RexlVecEnv(scorer, pool, 2, feats, grid=GRID, sampling="cycle", shaping=True, shaping_units="log_odds",
+                     reward_scale=2.0)
+    plain.reset(), env.reset()
+
+    def logit(p):
+        p = np.clip(p, 1e-6, 1 - 1e-6)
+        return np.log(p) - np.log1p(-p)
+
+    previous = env.batch.prev.numpy().copy()
+    for t in range(1, cells + 1):
+        _, _, _, infos_plain = plain.step(orders[t - 1])
+        _, r, done, infos = env.step(orders[t - 1])
+        now = np.array([i["curve"][-1] for i in infos]) if done.all() else env.batch.prev.numpy().copy()
+        expected = 2.0 * -1.0 * (logit(now) - logit(previous)) * (cells - t + 0.5) / cells
+        np.testing.assert_allclose(r, expected, rtol=1e-4, atol=1e-5)
+        previous = now
+    assert [i["auc"] for i in infos] == pytest.approx([i["auc"] for i in infos_plain], abs=1e-7)
+    with pytest.raises(ValueError, match="shaping_units"):
+        RexlVecEnv(scorer, pool, 2, feats, grid=GRID, shaping=True, shaping_units="logit")
+
+
 def test_shaped_rewards_with_a_shorter_horizon_also_count_the_flat_rest_of_the_curve():
     """With a horizon h < K the last potential is not 0: the shaped return is the first h steps' area less
     sign * s_0 plus sign * s_h * (K - h) / K (the rest of the curve held at s_h), as the env's docstring says."""
