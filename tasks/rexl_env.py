@@ -28,7 +28,6 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from explainers.perturb import Perturbation, make_perturbation
 from explainers.rexl import CellFeatures, CellGame, cell_state, class_maps, fused_pass, observation
-from tasks.rexl_imitation import log_odds
 
 
 @dataclass
@@ -151,6 +150,12 @@ def _spaces(obs_dim: int, grid: int) -> tuple[gym.spaces.Box, gym.spaces.Discret
 
 
 SHAPING_UNITS = ("score", "log_odds")
+
+
+def log_odds(p: torch.Tensor) -> torch.Tensor:
+    """log(p / (1 - p)) of scores ``p`` clamped to [1e-6, 1 - 1e-6] (finite for scores of exactly 0 or 1)."""
+    p = p.clamp(1e-6, 1 - 1e-6)
+    return torch.log(p) - torch.log1p(-p)
 
 
 class RexlVecEnv(VecEnv):

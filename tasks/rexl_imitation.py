@@ -68,6 +68,7 @@ from explainers.rexl import CellFeatures, CellGame, CellPolicy, PolicyCheckpoint
 from explainers.rexl_detector import STATE_EXTRA, box_cell_state
 from explainers.trained import tensors_sha256, weights_fingerprint
 from tasks.result_store import files_digest
+from tasks.rexl_env import log_odds
 
 ALGORITHM = "DAgger (one-step look-ahead teacher), cell policy"
 
@@ -76,11 +77,6 @@ def check_mode(mode: str) -> None:
     """Raises ValueError unless ``mode`` is one of ``explainers.rexl.MODES``."""
     if mode not in rexl.MODES:
         raise ValueError(f"rexl imitation: mode must be one of {rexl.MODES}, got {mode!r}")
-
-
-def log_odds(p: torch.Tensor) -> torch.Tensor:
-    p = p.clamp(1e-6, 1 - 1e-6)
-    return torch.log(p) - torch.log1p(-p)
 
 
 class Teacher:
