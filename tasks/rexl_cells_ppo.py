@@ -23,30 +23,32 @@ Reward: the environment's, sign * (s_{t-1} + s_t) / (2 k^2) (with gamma 1 the re
 deletion AUC, negated), by default shaped (``shaping``: potential-based, each step's reward sign * (s_t - s_{t-1}) *
 (k^2 - t + 1/2) / k^2, the return the AUC term less sign * s_0; over the whole game the same optimal policy), times
 ``reward_scale`` for the learner; ``shaping_units='log_odds'`` measures the step's change in the score's log-odds
-(the imitation teacher's units) instead. **Discount:** ``gamma`` 0 by default, a *myopic* PPO: a step's advantage is
-its own shaped reward less the critic's estimate of it, no bootstrapped future. That is the objective of the DAgger
-teacher (``tasks.rexl_imitation``: the cell that drops the score most now) learned from one sampled action per state,
-with far less variance than a 48-step return; it is not the game's optimum in general (a cell worth deleting only
-together with another is not credited), and the paper's gamma 1 is ``--gamma 1``. Data: the classifier's training
-scenes only (``tasks.rexl_train.training_scenes``), every (scene, class) pair, class one-hot conditioning (the
-dataset-wide regime). Seeded, resumable (``checkpoint_dir/last.zip``, SB3's, at the first roll-out boundary after
-every ``checkpoint_every`` steps; a resumed run is repeatable but not identical to an uninterrupted one: SB3 reseeds
-torch and the episode stream restarts from seed + steps done), progress bar, ``time_limit_s`` stops a run at a
-wall-time budget. The summary's ``n_forward`` counts the environment's canvases (not the few of the standardisation
-probe).
+(the imitation teacher's units) instead. **Discount:** ``gamma`` 0.5 by default, a short horizon: with the shaped
+reward a step's advantage is mostly its own score drop (the next steps' weigh 1/2, 1/4, ...), less the critic's
+estimate. At gamma 0 (a *myopic* PPO, no bootstrapped future) that is the objective of the DAgger teacher
+(``tasks.rexl_imitation``: the cell that drops the score most now) learned from one sampled action per state; either
+has far less variance than a 48-step return, and neither is the game's optimum in general (a cell worth deleting
+only together with a later one is credited little); the paper's gamma 1 is ``--gamma 1``. Data: the classifier's
+training scenes only (``tasks.rexl_train.training_scenes``), every (scene, class) pair, class one-hot conditioning
+(the dataset-wide regime). Seeded, resumable (``checkpoint_dir/last.zip``, SB3's, at the first roll-out boundary
+after every ``checkpoint_every`` steps; a resumed run is repeatable but not identical to an uninterrupted one: SB3
+reseeds torch and the episode stream restarts from seed + steps done), progress bar, ``time_limit_s`` stops a run at
+a wall-time budget. The summary's ``n_forward`` counts the environment's canvases (not the few of the
+standardisation probe).
 
 Recipe (this module's defaults and ``params.yaml``'s ``rexl.classifier`` with ``weights: null``; the shipped
 ``weights/demo/rexl_classifier_deletion_cells_ppo.pt``, the ``rexl`` job's default policy, is what it trained,
-199,136 steps in 813 s beside another training): from scratch, 256 training scenes x 4 classes, 2 x 10^5 steps, 32
-envs x 49 steps per roll-out, lr 3e-4, 4 epochs of batches of 256, clip 0.2, **gamma 0** with **potential-based
-reward shaping** (``RexlVecEnv``), GAE lambda 0.5, no entropy bonus, rewards x 10. Chosen on training scenes 896..911
-x 4 classes (never trained on; mean / median cell deletion AUC of the deterministic roll-out, lower is better):
-gamma 0, shaped score: 0.314 / 0.193; gamma 0, shaped log-odds (rewards x 1): 0.319 / 0.196; the DAgger policy
-0.321 / 0.203. With gamma 1 before them: shaped, lambda 0.5: 0.342 / 0.227; shaped, lambda 0.95 / 0.2: 0.396 /
-0.269, 0.356 / 0.260; shaped, lambda 0.5, 8 epochs: 0.362 / 0.273; unshaped, lambda 0.95: 0.394 / 0.249; lr 1e-3
-with 10 epochs 0.488 / 0.439; lr 1e-3, 16-step roll-outs, lambda 0.5, 10 epochs 0.386 / 0.274; PPO fine-tuning the
-DAgger policy 0.323 / 0.192 (lr 1e-4, clip 0.1, 40k steps), 0.342 / 0.220 (lr 3e-4, 10 epochs, 50k of 80k steps),
-0.327 / 0.196 (logits x 5 first, 60k steps). ``benchmarks/bench_rexl_ppo.py`` scores policy files that way.
+199,136 steps in 843 s beside another training): from scratch, 256 training scenes x 4 classes, 2 x 10^5 steps, 32
+envs x 49 steps per roll-out, lr 3e-4, 4 epochs of batches of 256, clip 0.2, **gamma 0.5** with **potential-based
+reward shaping** (``RexlVecEnv``), GAE lambda 0.5, no entropy bonus, rewards x 10. Chosen on training scenes
+896..911 x 4 classes (never trained on; mean / median cell deletion AUC of the deterministic roll-out, lower is
+better): gamma 0.5: 0.312 / 0.178; gamma 0: 0.314 / 0.193; gamma 0 with 8 epochs: 0.335 / 0.199; gamma 0, shaped in
+log-odds (rewards x 1): 0.319 / 0.196; the DAgger policy 0.321 / 0.203. With gamma 1 before them: shaped, lambda
+0.5: 0.342 / 0.227; shaped, lambda 0.95 / 0.2: 0.396 / 0.269, 0.356 / 0.260; shaped, lambda 0.5, 8 epochs: 0.362 /
+0.273; unshaped, lambda 0.95: 0.394 / 0.249; lr 1e-3 with 10 epochs 0.488 / 0.439; lr 1e-3, 16-step roll-outs,
+lambda 0.5, 10 epochs 0.386 / 0.274; PPO fine-tuning the DAgger policy 0.323 / 0.192 (lr 1e-4, clip 0.1, 40k steps),
+0.342 / 0.220 (lr 3e-4, 10 epochs, 50k of 80k steps), 0.327 / 0.196 (logits x 5 first, 60k steps).
+``benchmarks/bench_rexl_ppo.py`` scores policy files that way.
 
     python -m tasks.rexl_cells_ppo --out F.pt         # the recipe (its defaults)
     python -m tasks.rexl_cells_ppo --init weights/demo/rexl_classifier_deletion_cells.pt --init-sharpen 5 \\
@@ -171,7 +173,7 @@ def train_cells_ppo(scorer, images: Sequence[torch.Tensor], *, init: PolicyCheck
                     batch_size: int = 256, n_epochs: int = 4, clip_range: float = 0.2, ent_coef: float = 0.0,
                     gae_lambda: float = 0.5, reward_scale: float = 10.0, width: int = 64, value_width: int = 32,
                     horizon: int | None = None, shaping: bool = True, shaping_units: str = "score",
-                    gamma: float = 0.0, warmup_steps: int | None = None,
+                    gamma: float = 0.5, warmup_steps: int | None = None,
                     init_sharpen: float = 1.0, seed: int = 0,
                     checkpoint_dir: str | Path | None = None, checkpoint_every: int | None = 10_000,
                     time_limit_s: float | None = None, progress: bool = False,
@@ -293,9 +295,9 @@ def main(argv: list[str] | None = None) -> None:
                              "(default: on)")
     parser.add_argument("--shaping-units", choices=SHAPING_UNITS, default="score",
                         help="the shaped reward's units: the score, or its log-odds (the imitation teacher's)")
-    parser.add_argument("--gamma", type=float, default=0.0,
-                        help="PPO's discount (0, the default: each step's shaped reward alone, a myopic learner; "
-                             "1: the return is the AUC)")
+    parser.add_argument("--gamma", type=float, default=0.5,
+                        help="PPO's discount (default 0.5: a short horizon; 0: each step's shaped reward alone, a "
+                             "myopic learner; 1: the return is the AUC)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--n-epochs", type=int, default=4)

@@ -77,8 +77,10 @@ def test_ppo_learns_the_only_cell_the_classifier_sees_and_resumes(tmp_path):
     assert torch.equal(exp.order, again.order) and torch.equal(exp.saliency, again.saliency)
     more, summary2 = train_cells_ppo(scorer, images, steps=22 * 8 * N, **options)    # resumes from last.zip
     assert summary2["resumed"] is True and summary2["steps"] == 22 * 8 * N and summary2["episodes"] == 2 * 8
-    from sb3_contrib import MaskablePPO                           # the default discount reaches the learner: myopic
-    assert summary["gamma"] == 0.0 and MaskablePPO.load(tmp_path / "ck" / "last.zip", device="cpu").gamma == 0.0
+    from sb3_contrib import MaskablePPO
+
+    # the default discount (0.5) reaches the learner and its checkpoint
+    assert summary["gamma"] == 0.5 and MaskablePPO.load(tmp_path / "ck" / "last.zip", device="cpu").gamma == 0.5
 
 
 def test_fine_tune_freezes_the_actor_during_warmup_and_refuses_another_start(tmp_path, monkeypatch):
