@@ -87,9 +87,10 @@ class CellActorCritic(nn.Module):
     [N, k^2] (latent_dim_pi = k^2; the policy's ``action_net`` is the identity), ``forward_critic`` -> [N, 2 w]: the
     standardised state through 1 x 1 conv S -> w, ReLU, 3 x 3 conv, ReLU, then the mean and the max over cells."""
 
-    def __init__(self, channels: int, grid: int, width: int, classes: int, value_width: int = 32):
+    def __init__(self, channels: int, grid: int, width: int, classes: int, value_width: int = 32,
+                 boxes: bool = False):
         super().__init__()
-        self.actor = CellPolicy(channels, grid, width, classes)
+        self.actor = CellPolicy(channels, grid, width, classes, boxes)
         self.critic = nn.Sequential(nn.Conv2d(channels, value_width, 1), nn.ReLU(),
                                     nn.Conv2d(value_width, value_width, 3, padding=1), nn.ReLU())
         self.latent_dim_pi, self.latent_dim_vf = grid * grid, 2 * value_width
@@ -110,7 +111,7 @@ class CellActorCritic(nn.Module):
 
 class CellActorCriticPolicy(MaskableActorCriticPolicy):
     """MaskablePPO's policy with a :class:`CellActorCritic` extractor (``cell_kwargs``: channels, grid, width,
-    classes, value_width) and the identity as ``action_net``; no orthogonal initialisation."""
+    classes, value_width, boxes) and the identity as ``action_net``; no orthogonal initialisation."""
 
     def __init__(self, *args, cell_kwargs: dict, **kwargs):
         self.cell_kwargs = dict(cell_kwargs)
@@ -214,13 +215,39 @@ def train_cells_ppo(scorer, images: Sequence[torch.Tensor], *, init: PolicyCheck
     features = CellFeatures(scorer.model, blocks, grid)
     classes = int(features.spec["classes"])
     episodes, _ = classifier_episodes(images, classes, "dataset")
+
+    def make_batch():
+        return EpisodeBatch(scorer, features, grid=grid, mode="deletion", perturbation=perturbation, norm=None)
+
+    return run_ppo(make_batch, episodes, features, fingerprint=fingerprint, perturbation=perturbation, grid=grid,
+                   classes=classes, init=init, warmup=warmup, init_sharpen=init_sharpen, steps=steps, n_envs=n_envs,
+                   n_steps=n_steps, learning_rate=learning_rate, batch_size=batch_size, n_epochs=n_epochs,
+                   clip_range=clip_range, ent_coef=ent_coef, gamma=gamma, gae_lambda=gae_lambda,
+                   reward_scale=reward_scale, width=width, value_width=value_width, horizon=horizon, shaping=shaping,
+                   shaping_units=shaping_units, seed=seed, checkpoint_dir=checkpoint_dir,
+                   checkpoint_every=checkpoint_every, time_limit_s=time_limit_s, progress=progress, start=start,
+                   summary_extra={"blocks": list(blocks), "images": len(images)}, training=training)
+
+
+def run_ppo(make_batch, episodes: Sequence[Episode], features, *, fingerprint: str, perturbation: str, grid: int,
+            classes: int, init: PolicyCheckpoint | None, warmup: int, init_sharpen: float, steps: int, n_envs: int,
+            n_steps: int, learning_rate: float, batch_size: int, n_epochs: int, clip_range: float, ent_coef: float,
+            gamma: float, gae_lambda: float, reward_scale: float, width: int, value_width: int, horizon: int,
+            shaping: bool, shaping_units: str, seed: int, checkpoint_dir, checkpoint_every: int | None,
+            time_limit_s: float | None, progress: bool, start: float, summary_extra: dict,
+            training: dict | None, mode: str = "deletion", boxes: bool = False) -> tuple[PolicyCheckpoint, dict]:
+    """MaskablePPO of a :class:`CellActorCriticPolicy` on the cell game of ``episodes``, whose engine
+    ``make_batch()`` builds (an ``EpisodeBatch``, or for a detector a ``tasks.rexl_boxes_ppo.TeacherBatch``; one for
+    the environment, one for the from-scratch standardisation probe): the part :func:`train_cells_ppo` and
+    ``tasks.rexl_boxes_ppo.train_boxes_ppo`` share (their docstrings have the arguments). Returns the checkpoint of
+    the trained actor and the run's summary."""
     directory = None if checkpoint_dir is None else Path(checkpoint_dir)
     last = None if directory is None else directory / "last.zip"
     resumed = last is not None and last.is_file()
     done_before = int(MaskablePPO.load(last, device="cpu").num_timesteps) if resumed else 0
-    env = RexlVecEnv(scorer, episodes, n_envs, features, grid=grid, mode="deletion", perturbation=perturbation,
-                     seed=seed + done_before, reward_scale=reward_scale, horizon=horizon, shaping=shaping,
-                     shaping_units=shaping_units)
+    env = RexlVecEnv(None, episodes, n_envs, None, grid=grid, mode=mode, seed=seed + done_before,
+                     reward_scale=reward_scale, horizon=horizon, shaping=shaping, shaping_units=shaping_units,
+                     batch=make_batch())
     channels = env.obs_dim // (grid * grid)
     if resumed:
         model = MaskablePPO.load(last, env=env, device="cpu")
@@ -230,7 +257,7 @@ def train_cells_ppo(scorer, images: Sequence[torch.Tensor], *, init: PolicyCheck
                             n_epochs=n_epochs, clip_range=clip_range, ent_coef=ent_coef, seed=seed, device="cpu",
                             verbose=0, policy_kwargs={"cell_kwargs": {"channels": channels, "grid": grid,
                                                                       "width": width, "classes": classes,
-                                                                      "value_width": value_width}})
+                                                                      "value_width": value_width, "boxes": boxes}})
         actor = model.policy.mlp_extractor.actor
         if init is not None:
             actor.load_state_dict(init.state_dict)
@@ -238,8 +265,7 @@ def train_cells_ppo(scorer, images: Sequence[torch.Tensor], *, init: PolicyCheck
                 actor.net[-1].weight.mul_(init_sharpen)
                 actor.net[-1].bias.mul_(init_sharpen)
         else:
-            probe = EpisodeBatch(scorer, features, grid=grid, mode="deletion", perturbation=perturbation, norm=None)
-            mean, std = random_state_stats(probe, episodes[:n_envs], seed)
+            mean, std = random_state_stats(make_batch(), episodes[:n_envs], seed)
             actor.state_mean.copy_(mean)
             actor.state_std.copy_(std)
     actor = model.policy.mlp_extractor.actor
@@ -268,13 +294,12 @@ def train_cells_ppo(scorer, images: Sequence[torch.Tensor], *, init: PolicyCheck
                "auc_first": float(np.mean(aucs[:tenth])) if aucs else None,
                "auc_last": float(np.mean(aucs[-tenth:])) if aucs else None, "seed": seed, "n_envs": n_envs,
                "n_steps": n_steps, "horizon": horizon, "shaping": shaping,
-               "shaping_units": shaping_units, "gamma": gamma, "learning_rate": learning_rate,
+               "shaping_units": shaping_units, "gamma": float(model.gamma), "learning_rate": learning_rate,
                "batch_size": batch_size, "n_epochs": n_epochs,
                "clip_range": clip_range, "ent_coef": ent_coef, "gae_lambda": gae_lambda, "reward_scale": reward_scale,
-               "width": width, "value_width": value_width, "blocks": list(blocks), "images": len(images),
-               "threads": torch.get_num_threads()}
+               "width": width, "value_width": value_width, **summary_extra, "threads": torch.get_num_threads()}
     ckpt = PolicyCheckpoint.for_cell_policy(actor, features, model_sha256=fingerprint, perturbation=perturbation,
-                                            training={**(training or {}), **summary})
+                                            training={**(training or {}), **summary}, mode=mode)
     return ckpt, summary
 
 

@@ -178,7 +178,9 @@ class RexlVecEnv(VecEnv):
     counts the flat rest of the curve). ``shaping_units='log_odds'``: the shaped step reward measures the change in
     the score's log-odds (``log_odds``: clamped to [1e-6, 1 - 1e-6]) instead, the signal of
     ``tasks.rexl_imitation``'s teacher; it is no longer a potential of the AUC (a saturated score's steps count), so
-    the optimal policy may differ from the game's; meant for a myopic learner (small gamma). ``infos``' ``auc`` and
+    the optimal policy may differ from the game's; meant for a myopic learner (small gamma). ``batch``: the game's
+    engine if not an :class:`EpisodeBatch` of ``scorer`` and ``features`` (which are then unused), e.g.
+    ``tasks.rexl_boxes_ppo.TeacherBatch`` for a detector's box-conditioned cell game. ``infos``' ``auc`` and
     ``episode`` stay the unshaped game's. Raises ValueError for an empty pool, an unknown sampling, a reward_scale
     <= 0, a horizon outside [1, k^2] or unknown shaping_units."""
 
@@ -188,7 +190,7 @@ class RexlVecEnv(VecEnv):
                  mode: str = "deletion", perturbation: str | Perturbation = "mean",
                  norm: tuple[torch.Tensor, torch.Tensor] | None = None, sampling: str = "random", seed: int = 0,
                  reward_scale: float = 1.0, horizon: int | None = None, shaping: bool = False,
-                 shaping_units: str = "score"):
+                 shaping_units: str = "score", batch=None):
         if not episodes:
             raise ValueError("rexl env: the episode pool is empty")
         self.horizon = int(grid) ** 2 if horizon is None else int(horizon)
@@ -204,7 +206,8 @@ class RexlVecEnv(VecEnv):
             raise ValueError(f"rexl env: shaping_units must be one of {SHAPING_UNITS}, got {shaping_units!r}")
         self.shaping_units = shaping_units
         self.rng = np.random.default_rng(seed)
-        self.batch = EpisodeBatch(scorer, features, grid=grid, mode=mode, perturbation=perturbation, norm=norm)
+        self.batch = batch if batch is not None else EpisodeBatch(scorer, features, grid=grid, mode=mode,
+                                                                  perturbation=perturbation, norm=norm)
         self._queue: list[int] = []
         self._actions = None
         self.grid = int(grid)
