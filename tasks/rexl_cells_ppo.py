@@ -21,19 +21,19 @@ Two starts:
 
 Reward: the environment's, sign * (s_{t-1} + s_t) / (2 k^2) (with gamma 1 the return is the cell-granularity
 deletion AUC, negated), by default shaped (``shaping``: potential-based, each step's reward sign * (s_t - s_{t-1}) *
-(k^2 - t + 1/2) / k^2, the return the AUC term less sign * s_0; over the whole game the same optimal policy), times
-``reward_scale`` for the learner; ``shaping_units='log_odds'`` measures the step's change in the score's log-odds
-(the imitation teacher's units) instead. **Discount:** ``gamma`` 0.5 by default, a short horizon: with the shaped
-reward a step's advantage is mostly its own score drop (the next steps' weigh 1/2, 1/4, ...), less the critic's
-estimate. At gamma 0 (a *myopic* PPO, no bootstrapped future) that is the objective of the DAgger teacher
-(``tasks.rexl_imitation``: the cell that drops the score most now) learned from one sampled action per state; either
-has far less variance than a 48-step return, and neither is the game's optimum in general (a cell worth deleting
-only together with a later one is credited little); the paper's gamma 1 is ``--gamma 1``. Data: the classifier's
-training scenes only (``tasks.rexl_train.training_scenes``), every (scene, class) pair, class one-hot conditioning
-(the dataset-wide regime). Seeded, resumable (``checkpoint_dir/last.zip``, SB3's, at the first roll-out boundary
-after every ``checkpoint_every`` steps; a resumed run is repeatable but not identical to an uninterrupted one: SB3
-reseeds torch and the episode stream restarts from seed + steps done), progress bar, ``time_limit_s`` stops a run at
-a wall-time budget. The summary's ``n_forward`` counts the environment's canvases (not the few of the
+(k^2 - t + 1/2) / k^2, the return the AUC term less sign * s_0; with gamma 1 over the whole game the same optimal
+policy), times ``reward_scale`` for the learner; ``shaping_units='log_odds'`` measures the step's change in the
+score's log-odds (the imitation teacher's units) instead. **Discount:** ``gamma`` 0.5 by default, a short horizon:
+with the shaped reward a step's advantage is mostly its own score drop (the next steps' weigh 1/2, 1/4, ...), less
+the critic's estimate. At gamma 0 (a *myopic* PPO, no bootstrapped future) that is the objective of the DAgger
+teacher (``tasks.rexl_imitation``: the cell that drops the score most now) learned from one sampled action per
+state; either has far less variance than a 48-step return, and neither is the game's optimum in general (a cell
+worth deleting only together with a later one is credited little); the paper's gamma 1 is ``--gamma 1``. Data: the
+classifier's training scenes only (``tasks.rexl_train.training_scenes``), every (scene, class) pair, class one-hot
+conditioning (the dataset-wide regime). Seeded, resumable (``checkpoint_dir/last.zip``, SB3's, at the first roll-out
+boundary after every ``checkpoint_every`` steps; a resumed run is repeatable but not identical to an uninterrupted
+one: SB3 reseeds torch and the episode stream restarts from seed + steps done), progress bar, ``time_limit_s`` stops
+a run at a wall-time budget. The summary's ``n_forward`` counts the environment's canvases (not the few of the
 standardisation probe).
 
 Recipe (this module's defaults and ``params.yaml``'s ``rexl.classifier`` with ``weights: null``; the shipped
@@ -190,8 +190,8 @@ def train_cells_ppo(scorer, images: Sequence[torch.Tensor], *, init: PolicyCheck
     its steps. ``horizon``: the environment's episodes end after this many steps (``RexlVecEnv``; default k^2, the
     whole game; the summary's ``auc_first`` / ``auc_last`` are then areas of the first ``horizon`` cells); the
     roll-out length ``n_steps`` defaults to it. ``shaping``: the environment's potential-based reward shaping
-    (``RexlVecEnv``: each step's score change weighted by the cells to go; over the whole game, the same optimal
-    policy); it applies to fine-tunes too; ``shaping_units``: 'score' or 'log_odds' (``RexlVecEnv``). ``gamma``:
+    (``RexlVecEnv``: each step's score change weighted by the cells to go; at gamma 1, over the whole game, the same
+    optimal policy); it applies to fine-tunes too; ``shaping_units``: 'score' or 'log_odds' (``RexlVecEnv``). ``gamma``:
     PPO's discount (0: myopic, module docstring; 1: the game's return). A resumed run keeps the horizon and shaping
     it is given (not checked against the saved model's) and the PPO settings saved in ``last.zip`` (SB3's load
     restores them, gamma included)."""
@@ -316,8 +316,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="episodes end after this many cells (default k^2: the whole game)")
     parser.add_argument("--shaping", action=argparse.BooleanOptionalAction, default=True,
                         help="potential-based reward shaping (tasks.rexl_env.RexlVecEnv): each step's drop, weighted "
-                             "by the cells to go, as its reward; over the whole game the same optimal policy "
-                             "(default: on)")
+                             "by the cells to go, as its reward; with --gamma 1, over the whole game, the same "
+                             "optimal policy (default: on)")
     parser.add_argument("--shaping-units", choices=SHAPING_UNITS, default="score",
                         help="the shaped reward's units: the score, or its log-odds (the imitation teacher's)")
     parser.add_argument("--gamma", type=float, default=0.5,

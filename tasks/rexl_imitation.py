@@ -8,8 +8,9 @@ earlier blocks of the classifier pooled to the grid (``explainers.rexl.CellFeatu
 network per cell. Its teacher is the cheapest strong signal the game offers: at a state, delete each free cell next
 in turn and score it (one forward per free cell), and learn to put the cell that drops the target's log-odds most
 first. The same cell policy trained by MaskablePPO from the reward alone (``tasks.rexl_cells_ppo``, 2 x 10^5 steps)
-orders cells better than the MLP but worse than this teacher's student (``benchmarks/bench_rexl_ppo.py``), and PPO
-fine-tuning the student does not improve it: the numbers are in ``benchmarks/README.md``, "RExL".
+orders cells better than the MLP; with the whole game's return (gamma 1) it stayed behind this teacher's student, with
+a short discount (gamma 0.5, the shipped classifier policy since 2026-12-04) it ties the student per target
+(``benchmarks/bench_rexl_ppo.py``; the numbers are in ``benchmarks/README.md``, "RExL" and "A myopic PPO").
 
 Algorithm (DAgger, Ross et al., AISTATS 2011, https://arxiv.org/abs/1011.0686): round 1 rolls out the class-map rule
 (the target's class map of the current canvas, highest first; with probability ``eps`` a random cell) on every
@@ -28,8 +29,9 @@ on, never the audited / val / held-out scenes). Seeded (torch generator, the net
 same images, the same code of this module and ``explainers.rexl`` and the same thread count skips them),
 progress bar per round. Cost (exact, in ``training``): forwards of roll-outs plus look-ahead canvases.
 
-The shipped demo policy (``weights/demo/rexl_classifier_deletion_cells.pt``) is these defaults with ``--rounds 3``
-(3 rounds over 2 chosen on training scenes 896..911; its manifest entry has the command and the numbers).
+The shipped imitation policy (``weights/demo/rexl_classifier_deletion_cells.pt``; the ``rexl`` job's default until
+2026-12-04, now the SB3 policy's) is these defaults with ``--rounds 3`` (3 rounds over 2 chosen on training scenes
+896..911; its manifest entry has the command and the numbers).
 
     python -m tasks.rexl_imitation --images 48 --rounds 3 --out models/rexl/classifier_deletion_cells.pt
 
