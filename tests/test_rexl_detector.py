@@ -156,6 +156,45 @@ def test_imitation_learns_the_only_cell_the_detector_sees(tmp_path):
         PolicyCheckpoint.load(tmp_path / "dim.pt")
 
 
+def test_ppo_learns_the_only_cell_the_detector_sees_and_its_env_returns_the_cell_auc(tmp_path):
+    """tasks.rexl_boxes_ppo: MaskablePPO on the box-conditioned game deletes first the only cell the toy detector sees
+    on an unseen scene (an untrained policy of the same seed does not), with the imitation policy's forwards; the
+    TeacherBatch's return of a fixed cell order is the deletion AUC of that order's score curve."""
+    from tasks.rexl_boxes_ppo import TeacherBatch, train_boxes_ppo
+    from tasks.rexl_imitation import BoxTeacher
+    from tasks.rexl_train import detector_episodes
+    det = OneCellDetector()
+    images = [scene(s) for s in range(4)]
+    n = GRID * GRID
+    scorer, episodes = detector_episodes(det, images, GRID, 10)
+    batch = TeacherBatch(BoxTeacher(DetectorCellFeatures(scorer, [0], GRID), GRID, "mean"))
+    batch.start(episodes)
+    order = torch.stack([torch.randperm(n, generator=torch.Generator().manual_seed(i)) for i in range(4)], 1)
+    for t in range(n):
+        batch.step(order[t])
+    curve = torch.stack(batch.curve, 1)
+    torch.testing.assert_close(-batch.returns, torch.trapezoid(curve, dx=1 / n, dim=1), atol=1e-6, rtol=1e-6)
+    assert batch.n_forward == 4 * (n + 1)
+    options = dict(grid=GRID, layers=[0], min_height=10, n_envs=4, horizon=4, learning_rate=3e-3, width=8,
+                   value_width=8, seed=1)
+    untrained, _ = train_boxes_ppo(det, images, steps=16, **{**options, "learning_rate": 1e-12})
+    unseen = scene(9)
+    first = int(Rexl(scorer_of(det, unseen), policy=untrained).explain(unseen).order[0, 0])
+    assert first != CELL                                                      # seed 1 starts elsewhere
+    ckpt, summary = train_boxes_ppo(det, images, steps=60 * 16, checkpoint_dir=tmp_path / "ck", **options)
+    assert summary["pedestrians"] == 4 and summary["steps"] == 60 * 16 and summary["gamma"] == 0.5
+    assert summary["auc_last"] < summary["auc_first"]
+    path = ckpt.save(tmp_path / "ppo_boxes.pt")
+    loaded = PolicyCheckpoint.load(path)
+    assert (loaded.conditioning, loaded.mode, loaded.arch) == ("box", "deletion", "cells")
+    exp = Rexl(scorer_of(det, unseen), policy=path).explain(unseen)
+    assert int(exp.order[0, 0]) == CELL and exp.n_forward == 2 + (n - 1) and exp.n_feature_forward == 1
+    with pytest.raises(ValueError, match="horizon"):
+        train_boxes_ppo(det, images, steps=16, **{**options, "horizon": n + 1})
+    with pytest.raises(ValueError, match="mode"):
+        train_boxes_ppo(det, images, steps=16, mode="both", **options)
+
+
 def test_yolo_head_inputs_come_from_the_scoring_pass_and_threads_do_not_mix():
     """The demo YOLO: candidates_and_maps gives exactly candidates()'s candidates, one anchor per candidate, maps of
     the head's channels; two threads sharing the detector each get their own image's maps (no hook on the shared
