@@ -43,18 +43,19 @@ from explainers.rexl import MODES, PolicyCheckpoint
 from explainers.rexl_detector import DetectorCellFeatures
 from explainers.trained import weights_fingerprint
 from tasks.rexl_cells_ppo import run_ppo
-from tasks.rexl_env import SHAPING_UNITS, Episode
+from tasks.rexl_env import SHAPING_UNITS, Episode, EpisodeBatch
 from tasks.rexl_imitation import BoxTeacher, detector_setup
 
 
-class TeacherBatch:
-    """``tasks.rexl_env.EpisodeBatch``'s interface (:meth:`start`, :meth:`step`, :meth:`observe`, :meth:`masks`,
-    ``game``, ``prev``, ``curve``, ``returns``, ``n_forward``) over a :class:`~tasks.rexl_imitation.BoxTeacher`'s
-    game: one detector pass per step gives the canvases' scores and states (``fused``; no separate feature pass)."""
+class TeacherBatch(EpisodeBatch):
+    """``tasks.rexl_env.EpisodeBatch`` over a :class:`~tasks.rexl_imitation.BoxTeacher`'s game: its own
+    :meth:`start`, :meth:`observe` and scoring pass (one detector pass per step gives the canvases' scores and
+    states: ``fused``, no separate feature pass); :meth:`~tasks.rexl_env.EpisodeBatch.step` and ``masks`` are the
+    base class's."""
 
     fused = True
 
-    def __init__(self, teacher: BoxTeacher):
+    def __init__(self, teacher: BoxTeacher):             # no scorer / features of its own: the teacher's
         self.teacher = teacher
         self.n_feature_forward = 0
         self.game = None
@@ -67,33 +68,23 @@ class TeacherBatch:
     def n_forward(self, value: int) -> None:
         self.teacher.n_forward = int(value)
 
+    def _score(self, canvases: torch.Tensor) -> torch.Tensor:
+        """The targets' scores [N] of ``canvases`` [N, 3, H, W]; keeps their features for :meth:`observe`."""
+        self.feats = self.teacher.run(canvases, self.cols)
+        return self.teacher.score(self.feats, self.cols)
+
     def start(self, episodes: Sequence[Episode]) -> torch.Tensor:
         """Begin ``episodes`` (one image size); returns their first states [N, S k^2]."""
         if not episodes:
             raise ValueError("rexl boxes ppo: no episodes to start")
         self.game, self.condition, self.cols = self.teacher.start(episodes)
-        self.feats = self.teacher.run(self.game.canvas(), self.cols)
-        self.prev = self.teacher.score(self.feats, self.cols)
+        self.prev = self._score(self.game.canvas())
         self.curve = [self.prev]
         self.returns = torch.zeros(len(episodes))
         return self.observe()
 
     def observe(self) -> torch.Tensor:
         return self.teacher.state(self.feats, self.game.taken, self.condition).flatten(1)
-
-    def step(self, actions) -> tuple[torch.Tensor, bool]:
-        """Take ``actions`` [N]; returns (the game's rewards [N], whether the episodes ended)."""
-        self.game.take(torch.as_tensor(np.asarray(actions).reshape(-1), dtype=torch.long))
-        self.feats = self.teacher.run(self.game.canvas(), self.cols)
-        now = self.teacher.score(self.feats, self.cols)
-        reward = self.game.reward(self.prev, now)
-        self.prev = now
-        self.curve.append(now)
-        self.returns += reward
-        return reward, self.game.steps == self.game.cells
-
-    def masks(self) -> np.ndarray:
-        return (~self.game.taken).cpu().numpy()
 
 
 def train_boxes_ppo(detector, images: Sequence[torch.Tensor], *, mode: str = "deletion",
