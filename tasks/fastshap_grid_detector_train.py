@@ -21,6 +21,10 @@ Held-out check (stored in the weights file): on the held-out scenes' pedestrians
 v(S) - v(none) the estimate explains (R^2).
 
     python -m tasks.fastshap_grid_detector_train --images 192 --heldout 16 --out models/fastshap/detector_grid.pt
+
+The options are ``params.yaml``'s ``fastshap.detector_grid`` section (``tasks.params.FastShapGridDetectorNetParams``,
+whose defaults are the shipped file's recipe) read by ``tasks.cli_options``: the CLI and the ``models_fastshap``
+stage train alike, declared once.
 """
 from __future__ import annotations
 
@@ -46,8 +50,10 @@ from explainers.perturb import make_perturbation
 from explainers.regions import grid_regions
 from explainers.rexl_detector import DetectorCellFeatures
 from explainers.trained import perturbation_of, weights_fingerprint
+from tasks.cli_options import add_section_options, section_from_args
 from tasks.fastshap_data import CoalitionCache
 from tasks.fastshap_grid_train import DATA, fit, scene_coalitions, scene_targets, value_scale
+from tasks.params import FastShapGridDetectorNetParams
 
 
 @dataclass
@@ -164,28 +170,7 @@ def heldout_check(ckpt: FastShapGridDetectorCheckpoint, scorer, scenes: Sequence
             "coalition_r2": r2}
 
 
-@dataclass
-class DetectorGridTrainConfig:
-    """What :func:`train_detector_grid_weights` trains (the CLI's options): the first ``images`` training scenes, the
-    last ``heldout`` of them held out for the stored check, a tenth of the rest validating."""
-
-    images: int = 192
-    heldout: int = 16
-    grid: int = 9
-    layers: tuple[int, ...] = (0, 1)
-    min_height: float = 60.0
-    pairs: int = 32
-    perturbation: str = "mean"
-    epochs: int = 60
-    batch: int = 32
-    lr: float = 1e-3
-    width: int = 64
-    seed: int = 0
-    drise: int = 1000
-    steps: int = 20
-
-
-def train_detector_grid_weights(detector, config: DetectorGridTrainConfig, params, person: str,
+def train_detector_grid_weights(detector, config: FastShapGridDetectorNetParams, params, person: str,
                                 cache_dir: str | Path, checkpoint_dir: str | Path | None = None,
                                 progress: bool = True) -> FastShapGridDetectorCheckpoint:
     """A FastShapGridDetector network for ``detector`` (a ``detection.models.yolo.YoloDetector``) trained as the
@@ -220,7 +205,7 @@ def train_detector_grid_weights(detector, config: DetectorGridTrainConfig, param
                 rows_of=lambda s: scene_rows(s, scorer, config.grid, config.pairs, config.seed, perturbation, 16))
     cache_seconds = time.perf_counter() - start
     table = cache.read()
-    features = DetectorCellFeatures(scorer, config.layers, config.grid)
+    features = DetectorCellFeatures(scorer, tuple(config.layers), config.grid)
     train = stacked(train_scenes[:-n_val], table, features)
     val = stacked(train_scenes[-n_val:], table, features)
     torch.manual_seed(config.seed)
@@ -250,40 +235,29 @@ def train_detector_grid_weights(detector, config: DetectorGridTrainConfig, param
     return ckpt
 
 
+OPTION_HELP = {"images": "training scenes (the last --heldout held out)", "grid": "k x k cells",
+               "layers": "head input maps (0: finest)", "drise": "D-RISE masks of the held-out check",
+               "steps": "deletion / insertion steps of the held-out check"}
+
+
 def main(argv: list[str] | None = None) -> None:
     from tasks.fastshap_data import detector_game
     from tasks.params import load_params
     from tasks.rexl_train import params_detector
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    d = DetectorGridTrainConfig()
     parser.add_argument("--weights", default=None, help="the detector (default: params.yaml's infer.detectors[0])")
-    parser.add_argument("--images", type=int, default=d.images, help="training scenes (the last --heldout held out)")
-    parser.add_argument("--heldout", type=int, default=d.heldout)
-    parser.add_argument("--grid", type=int, default=d.grid, help="k x k cells")
-    parser.add_argument("--layers", default=",".join(map(str, d.layers)), help="head input maps (0: finest)")
-    parser.add_argument("--min-height", type=float, default=d.min_height)
-    parser.add_argument("--pairs", type=int, default=d.pairs)
-    parser.add_argument("--perturbation", default=d.perturbation)
-    parser.add_argument("--epochs", type=int, default=d.epochs)
-    parser.add_argument("--batch", type=int, default=d.batch)
-    parser.add_argument("--lr", type=float, default=d.lr)
-    parser.add_argument("--width", type=int, default=d.width)
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--drise", type=int, default=d.drise, help="D-RISE masks of the held-out check")
-    parser.add_argument("--steps", type=int, default=d.steps)
+    add_section_options(parser, FastShapGridDetectorNetParams, exclude={"weights"}, help=OPTION_HELP)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache-dir", default=".work/fastshap_grid_detector/coalitions")
     parser.add_argument("--checkpoint-dir", default=None)
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
+    config = section_from_args(args, FastShapGridDetectorNetParams, exclude={"weights"},
+                               prog="fastshap_grid_detector_train")
     torch.set_num_threads(args.threads)
     detector, spec = params_detector(args.weights)
-    config = DetectorGridTrainConfig(args.images, args.heldout, args.grid,
-                                     tuple(int(x) for x in args.layers.split(",")), args.min_height, args.pairs,
-                                     args.perturbation, args.epochs, args.batch, args.lr, args.width, args.seed,
-                                     args.drise, args.steps)
     try:
         ckpt = train_detector_grid_weights(detector, config, load_params(check_files=False), spec.person_class,
                                            args.cache_dir, args.checkpoint_dir, progress=not args.no_progress)

@@ -23,6 +23,10 @@ network's map beside RISE's (``--rise`` masks, the same protocol), and the share
 v(S) - v(none) the estimate explains (R^2).
 
     python -m tasks.fastshap_grid_train --scenes 960 --pairs 32 --epochs 30 --out models/explainers/fastshap_grid.pt
+
+The options are ``params.yaml``'s ``fastshap.classifier`` section (``tasks.params.FastShapGridNetParams``, whose
+defaults are the shipped file's recipe: 6 x 8 cells, feature blocks 2 and 3, 3,840 scenes) read by
+``tasks.cli_options``: the CLI and the ``models_fastshap`` stage train alike, declared once.
 """
 from __future__ import annotations
 
@@ -49,7 +53,9 @@ from explainers.game import RegionGame
 from explainers.perturb import Perturbation, make_perturbation
 from explainers.regions import grid_regions
 from explainers.trained import weights_fingerprint
+from tasks.cli_options import add_section_options, section_from_args
 from tasks.fastshap_data import CoalitionCache, kernel_pairs
+from tasks.params import FastShapGridNetParams
 
 # in the coalition cache's key: its wording stays (tasks.params.TRAINING_DATA's meaning), or caches would be orphaned
 DATA = "training scenes (pull.synthetic's generator, seed + models.train_data.seed_offset)"
@@ -264,28 +270,7 @@ def heldout_check(ckpt: FastShapGridCheckpoint, scorer_for, scenes: Sequence[Sce
             "coalition_r2": r2}
 
 
-@dataclass
-class GridTrainConfig:
-    """What :func:`train_grid_weights` trains (the CLI's options; ``tasks.params.FastShapGridNetParams`` for the
-    ``models_fastshap`` stage): ``scenes`` training scenes (None: ``models.train_data.n_images``), the last
-    ``heldout_scenes`` of them held out for the stored check, a tenth of the rest validating."""
-
-    grid: tuple[int, int] = (12, 16)
-    scenes: int | None = None
-    heldout_scenes: int = 40
-    pairs: int = 32
-    epochs: int = 30
-    batch: int = 16
-    lr: float = 1e-3
-    width: int = 32
-    seed: int = 0
-    perturbation: str = "mean"
-    features: tuple[int, ...] = ()
-    rise: int = 250
-    steps: int = 20
-
-
-def train_grid_weights(model, config: GridTrainConfig, params, cache_dir: str | Path,
+def train_grid_weights(model, config: FastShapGridNetParams, params, cache_dir: str | Path,
                        checkpoint_dir: str | Path | None = None, progress: bool = True) -> FastShapGridCheckpoint:
     """A FastShapGrid network for the classifier ``model`` (a ``detection.models.classifier`` model: ``num_classes``,
     ``input_size``) trained as the module docstring says on the training scenes ``params`` (``tasks.params.Params``)
@@ -347,30 +332,26 @@ def train_grid_weights(model, config: GridTrainConfig, params, cache_dir: str | 
     return ckpt
 
 
+OPTION_HELP = {"grid": "rows x cols cells", "scenes": "training scenes (the last --heldout-scenes held out)",
+               "heldout_scenes": "last scenes kept for the held-out check",
+               "pairs": "kernel coalition pairs per scene",
+               "features": "the classifier's feature blocks the network reads, e.g. 2 3 (explainers.fastshap_grid."
+                           "GridCellFeatures; none: pixels only)",
+               "rise": "RISE masks of the held-out comparison",
+               "steps": "deletion / insertion steps of the held-out check"}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default=None, help="the audited classifier (default: infer.classifier)")
-    parser.add_argument("--grid", type=int, nargs=2, default=(12, 16), metavar=("ROWS", "COLS"))
-    parser.add_argument("--scenes", type=int, default=None, help="training scenes (default models.train_data)")
-    parser.add_argument("--heldout-scenes", type=int, default=40, help="last scenes kept for the held-out check")
-    parser.add_argument("--pairs", type=int, default=32, help="kernel coalition pairs per scene")
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--width", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--perturbation", default="mean")
-    parser.add_argument("--features", type=int, nargs="*", default=[], metavar="BLOCK",
-                        help="the classifier's feature blocks the network reads, e.g. 2 3 (explainers.fastshap_grid."
-                             "GridCellFeatures; default: none, pixels only)")
-    parser.add_argument("--rise", type=int, default=250, help="RISE masks of the held-out comparison")
-    parser.add_argument("--steps", type=int, default=20, help="deletion / insertion steps of the held-out check")
+    add_section_options(parser, FastShapGridNetParams, exclude={"weights"}, help=OPTION_HELP)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache-dir", default=".work/fastshap_grid/coalitions")
     parser.add_argument("--checkpoint-dir", default=None, help="resumable training state (last.pt)")
     parser.add_argument("--out", required=True, help="weights file (explainers.fastshap_grid.FastShapGridCheckpoint)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    config = section_from_args(args, FastShapGridNetParams, exclude={"weights"}, prog="fastshap_grid_train")
     torch.set_num_threads(args.threads)
     from tasks.model_cache import classifier_model
     from tasks.params import load_params
@@ -380,10 +361,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.weights:
         spec = spec.model_copy(update={"weights": args.weights})
     model = classifier_model(spec.model_dump_json(), "cpu", 16)
-    config = GridTrainConfig(grid=tuple(args.grid), scenes=args.scenes, heldout_scenes=args.heldout_scenes,
-                             pairs=args.pairs, epochs=args.epochs, batch=args.batch, lr=args.lr, width=args.width,
-                             seed=args.seed, perturbation=args.perturbation, features=tuple(args.features),
-                             rise=args.rise, steps=args.steps)
     try:
         ckpt = train_grid_weights(model, config, params, args.cache_dir, args.checkpoint_dir,
                                   progress=not args.no_progress)

@@ -340,12 +340,11 @@ def grid_cache_folders(params: Params) -> tuple[Path, Path]:
 def train_grid(params: Params, progress: bool = True):
     """Train the classifier's network (``tasks.fastshap_grid_train.train_grid_weights`` with
     ``fastshap.classifier``); the training state folder is removed once it has finished (the cache is kept)."""
-    from tasks.fastshap_grid_train import GridTrainConfig, train_grid_weights
+    from tasks.fastshap_grid_train import train_grid_weights
 
-    spec = params.fastshap.classifier
-    config = GridTrainConfig(**{f.name: getattr(spec, f.name) for f in fields(GridTrainConfig)})
     coalitions, state = grid_cache_folders(params)
-    ckpt = train_grid_weights(audited_classifier(params), config, params, coalitions, state, progress=progress)
+    ckpt = train_grid_weights(audited_classifier(params), params.fastshap.classifier, params, coalitions, state,
+                              progress=progress)
     shutil.rmtree(state, ignore_errors=True)
     return ckpt
 
@@ -429,15 +428,12 @@ def train_detector_grid(params: Params, progress: bool = True):
     ``fastshap.detector_grid``) on the explain detector as the explain stage builds it; the file records the
     detector's game settings (:func:`tasks.fastshap_data.detector_game`) and weights path. The training state folder
     is removed once it has finished (the cache is kept)."""
-    from tasks.fastshap_grid_detector_train import DetectorGridTrainConfig, train_detector_grid_weights
+    from tasks.fastshap_grid_detector_train import train_detector_grid_weights
 
-    spec, mspec = params.fastshap.detector_grid, params.explain_detector()
-    given = spec.model_dump(exclude={"weights"})
-    config = DetectorGridTrainConfig(**{f.name: tuple(given[f.name]) if f.name == "layers" else given[f.name]
-                                        for f in fields(DetectorGridTrainConfig)})
+    mspec = params.explain_detector()
     coalitions, state = detector_grid_cache_folders(params)
-    ckpt = train_detector_grid_weights(audited_detector(params), config, params, mspec.person_class, coalitions,
-                                       state, progress=progress)
+    ckpt = train_detector_grid_weights(audited_detector(params), params.fastshap.detector_grid, params,
+                                       mspec.person_class, coalitions, state, progress=progress)
     ckpt.training.update({"weights": mspec.weights, "detector": detector_game(mspec)})
     shutil.rmtree(state, ignore_errors=True)
     return ckpt

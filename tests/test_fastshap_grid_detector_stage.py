@@ -95,19 +95,22 @@ def test_the_stage_trains_a_network_for_the_audited_detector(tmp_path):
         provide_detector_grid_weights(given, progress=False)
 
 
-def test_the_params_section_is_the_trainers_configuration():
-    """fastshap.detector_grid states the trainer's settings (plus the given file): the same fields with the same
-    defaults as tasks.fastshap_grid_detector_train.DetectorGridTrainConfig, so the stage and the CLI train alike."""
-    from dataclasses import fields
+@pytest.mark.parametrize("module, section", [("tasks.fastshap_grid_detector_train", "FastShapGridDetectorNetParams"),
+                                             ("tasks.fastshap_grid_train", "FastShapGridNetParams")])
+def test_each_grid_trainers_options_are_its_params_section(module, section, capsys):
+    """The trainer's CLI and the models_fastshap stage declare the recipe once: the CLI offers every training field
+    of the params section (weights aside: the CLI's --weights is the audited model), with the section's defaults."""
+    import importlib
 
-    from tasks.fastshap_grid_detector_train import DetectorGridTrainConfig
-    from tasks.params import FastShapGridDetectorNetParams
+    import tasks.params
 
-    config, spec = DetectorGridTrainConfig(), FastShapGridDetectorNetParams()
-    assert {f.name for f in fields(config)} == set(spec.model_dump()) - {"weights"}
-    for f in fields(config):
-        got = getattr(spec, f.name)
-        assert (tuple(got) if f.name == "layers" else got) == getattr(config, f.name), f.name
+    cls = getattr(tasks.params, section)
+    with pytest.raises(SystemExit):
+        importlib.import_module(module).main(["--help"])
+    shown = capsys.readouterr().out
+    for name in set(cls.model_fields) - {"weights"}:
+        default = getattr(cls(), name)
+        assert f"--{name.replace('_', '-')}" in shown and f"(default: {default!r})" in " ".join(shown.split()), name
 
 
 def test_default_params_ship_the_network_and_a_job_reads_it():
