@@ -7,7 +7,9 @@ Per model (``classifier``: ``infer.classifier``; ``detector``: the explain stage
 * ``weights: null``: train with ``tasks.rexl_train.train_policy`` (MaskablePPO, the dataset-wide regime: one
   class-conditioned agent for the classifier, one box-conditioned agent for every pedestrian of the detector) or,
   where ``features`` is ``{kind: cells, blocks: [...]}`` (a classifier's deletion policy), with
-  ``tasks.rexl_cells_ppo.train_cells_ppo`` (MaskablePPO whose actor is a ``CellPolicy``), on the training scenes
+  ``tasks.rexl_cells_ppo.train_cells_ppo`` (MaskablePPO whose actor is a ``CellPolicy``), or where it is
+  ``{kind: detector_cells, layers: [...]}`` (a detector's box-conditioned deletion or insertion policy), with
+  ``tasks.rexl_boxes_ppo.train_boxes_ppo`` (the same learner on the detector's game), on the training scenes
   (``tasks.rexl_train.training_scenes``: the generator of ``pull.synthetic`` with the training seed, never the
   audited scenes), seeded, resumable after a crash from SB3 checkpoints under ``rexl.checkpoint_dir`` (one folder
   per training configuration and code, so a changed one never resumes another's run; removed once the training has
@@ -145,7 +147,7 @@ def is_cells(spec: RexlPolicyParams) -> bool:
 
 def is_detector_cells(spec: RexlPolicyParams) -> bool:
     """Whether ``spec`` asks for a detector's box-conditioned cell policy (``features: {kind: detector_cells, ...}``:
-    ``tasks.rexl_imitation.train_look_ahead_boxes``)."""
+    ``tasks.rexl_boxes_ppo.train_boxes_ppo``)."""
     return _kind(spec) == KIND_DETECTOR_CELLS
 
 
@@ -191,7 +193,7 @@ def train_options(model: str, spec: RexlPolicyParams, key: str | None = None) ->
     if is_cells(spec):
         from tasks.rexl_cells_ppo import train_cells_ppo as trainer
     elif is_detector_cells(spec):
-        from tasks.rexl_imitation import train_look_ahead_boxes as trainer
+        from tasks.rexl_boxes_ppo import train_boxes_ppo as trainer
     else:
         from tasks.rexl_train import train_policy as trainer
 
@@ -272,19 +274,21 @@ def train_cells(params: Params, model: str, spec: RexlPolicyParams, folder: Path
 
 def train_detector_cells(params: Params, model: str, spec: RexlPolicyParams, folder: Path, options: dict,
                          progress: bool, key: str | None = None) -> tuple[PolicyCheckpoint, dict]:
-    """A box-conditioned cell policy for the explain stage's detector by
-    ``tasks.rexl_imitation.train_look_ahead_boxes`` (DAgger on a one-step look-ahead teacher) on its pedestrians of
-    the training scenes (at least ``min_height`` px tall)."""
-    from tasks.rexl_imitation import train_look_ahead_boxes
+    """A box-conditioned cell policy for the explain stage's detector by ``tasks.rexl_boxes_ppo.train_boxes_ppo``
+    (MaskablePPO whose actor is a ``CellPolicy``, from scratch) on its pedestrians of the training scenes (at least
+    ``min_height`` px tall). The imitation recipe (``tasks.rexl_imitation.train_look_ahead_boxes``, DAgger on a
+    one-step look-ahead teacher) is its CLI's, not the stage's."""
+    from tasks.rexl_boxes_ppo import train_boxes_ppo
     from tasks.rexl_train import training_scenes
 
     layers = detector_layers(model, spec, key)
     net = audited_model(params, model, key)
-    return train_look_ahead_boxes(net, training_scenes(spec.images, None, params), grid=spec.grid, layers=layers,
-                                  min_height=spec.min_height, person=params.explain_detector().person_class,
-                                  perturbation=substrate(spec), mode=spec.mode, seed=spec.seed, checkpoint_dir=folder,
-                                  progress=progress,
-                                  training={"model": model, "images": spec.images, "data": TRAINING_DATA}, **options)
+    return train_boxes_ppo(net, training_scenes(spec.images, None, params), mode=spec.mode,
+                           perturbation=substrate(spec), grid=spec.grid, layers=layers, min_height=spec.min_height,
+                           person=params.explain_detector().person_class, steps=spec.steps, n_envs=spec.n_envs,
+                           learning_rate=spec.lr, seed=spec.seed, checkpoint_dir=folder,
+                           checkpoint_every=spec.checkpoint_every, time_limit_s=spec.time_limit_s, progress=progress,
+                           training={"model": model, "images": spec.images, "data": TRAINING_DATA}, **options)
 
 
 def _auc(training: dict) -> dict:

@@ -58,13 +58,14 @@ def trained(tmp_path_factory):
 
 
 DETECTOR_CELLS = {"grid": 2, "images": 4, "min_height": 40, "features": {"kind": "detector_cells", "layers": [0]},
-                  "options": {"rounds": 1, "per": 1, "epochs": 5, "width": 8}}
+                  "steps": 8, "n_envs": 2, "checkpoint_every": 4,
+                  "options": {"horizon": 2, "batch_size": 4, "width": 8, "value_width": 8}}
 
 
 @pytest.fixture(scope="module")
 def trained_detector(tmp_path_factory):
     """The stage's training paths on the demo detector (one box-conditioned agent for every pedestrian): the MLP
-    policy by MaskablePPO, and the cell policy by imitation (tasks.rexl_imitation.train_look_ahead_boxes), whose
+    policy by MaskablePPO, and the cell policy by MaskablePPO with a cell-policy actor (tasks.rexl_boxes_ppo), whose
     file is returned."""
     from explainers.rexl import PolicyCheckpoint
     from tasks.rexl_stage import provide_policy
@@ -82,7 +83,8 @@ def trained_detector(tmp_path_factory):
     assert out["mlp"][0]["features"] == "fixed" and out["cells"][0]["features"] == "detector_cells"
     ckpt = PolicyCheckpoint.load(out["cells"][1])
     assert ckpt.arch == "cells" and ckpt.width == 8 and ckpt.features["layers"] == [0]
-    assert ckpt.training["algorithm"].startswith("DAgger") and ckpt.training["pedestrians"] >= 1
+    assert ckpt.training["algorithm"].startswith("MaskablePPO") and ckpt.training["pedestrians"] >= 1
+    assert ckpt.training["horizon"] == 2 and ckpt.training["steps"] == 8
     return out["cells"][1]
 
 
@@ -218,12 +220,11 @@ def test_default_params_ship_the_classifier_policy_and_dvc_tracks_it():
 def test_default_params_ship_the_detector_policies_and_dvc_tracks_them():
     """params.yaml's rexl.detector lists a deletion and an insertion policy, each a shipped box-conditioned cell policy
     that passes the stage's checks for the demo detector (models/detector.pt is the models stage's copy of
-    weights/demo/detector.pt), DVC's deps list both, a job reads each, and their recipe is one valid imitation recipe
-    within the issue's budget (the trainer's CLI defaults, the same recipe)."""
+    weights/demo/detector.pt), DVC's deps list both, a job reads each, and their recipe (weights: null) is the one
+    their training records state (tasks.rexl_boxes_ppo's settings), its keywords valid, within the issue's budget."""
     from ruamel.yaml import YAML
 
     from tasks.params import load_params
-    from tasks.rexl_imitation import DEFAULTS
     from tasks.rexl_stage import check_given, detector_layers, is_detector_cells, train_options
 
     params = load_params(REPO / "params.yaml", check_files=False)
@@ -238,13 +239,15 @@ def test_default_params_ship_the_detector_policies_and_dvc_tracks_them():
         ckpt = check_given(params, params.rexl.policies()[f"detector_{mode}"], REPO / spec.weights)
         assert (ckpt.mode, ckpt.grid, ckpt.conditioning, ckpt.arch, ckpt.perturbation) == \
             (mode, spec.grid, "box", "cells", perturbation)
-        assert ckpt.training["early"] == spec.options["early"] and ckpt.training["images"] == spec.images
-        cli = DEFAULTS["detector"]
-        assert cli["images"] == spec.images and cli["grid"] == spec.grid
-        assert all(cli[k] == spec.options[k] for k in ("rounds", "per", "early"))
+        assert ckpt.training["algorithm"].startswith("MaskablePPO") and ckpt.training["images"] == spec.images
+        options = train_options("detector", spec)
+        for key in ("horizon", "gamma", "gae_lambda", "reward_scale", "shaping", "n_epochs", "batch_size",
+                    "clip_range", "ent_coef", "width", "value_width"):
+            assert ckpt.training[key] == options[key], key
+        assert (ckpt.training["learning_rate"], ckpt.training["n_envs"], ckpt.training["seed"]) == \
+            (spec.lr, spec.n_envs, spec.seed)
+        assert ckpt.training["time_limit_s"] == spec.time_limit_s and spec.steps <= 200_000     # the issue's budget
         assert ckpt.features["layers"] == list(detector_layers("detector", spec)) and is_detector_cells(spec)
-        assert train_options("detector", spec) and ckpt.training["steps"] <= 200_000     # the issue's step budget
-    # (its time budget is the CPU's: benchmarks/README.md records the training's seconds on the day, with the ratio)
 
 
 def test_unknown_training_options_name_the_key(tmp_path):
