@@ -1,0 +1,154 @@
+"""BayesShapley with FastShapGrid's one-forward estimate as its prior, on the classifier's grid-cell game, against
+plain BayesShapley at the same forwards and RISE@4000 (issue 19's second grid milestone: deletion <= RISE@4000's).
+
+The rule was written before any number (benchmarks/README.md, "The network as BayesShapley's prior on the grid"):
+
+1. *select* (``--select`` scenes of the training split from ``--select-from``: the shipped network's own held-out
+   check scenes, never trained on): the network's relative L2 error against BayesShapley@``--reference`` on the
+   grid game, per (scene, class); its median is the prior's stated error (``ShapleyPrior.relative_error``);
+2. *held-out* (``--scenes`` scenes of ``pedestrians.py``'s held-out split, seed 1000, every class): deletion /
+   insertion AUC (``bench_quality.curve_scores``: 20 steps, mean and blur substrates) of the network alone, plain
+   BayesShapley and the hybrid at each ``--budgets`` (seed 0, one estimate shared by the classes), RISE@4000
+   (centred, the network's hide).
+
+The game: the network's grid cells (``explainers.regions.grid_regions``), hidden by its perturbation, scored by the
+demo scene classifier's class probabilities (``ClassifierScorer``). A cell's value from the network: its saliency
+summed over the cell (the network spreads a cell's value evenly over its pixels).
+
+    python benchmarks/bench_fastshap_grid_hybrid.py --weights weights/demo/fastshap_grid_classifier.pt
+
+Writes benchmarks/results/fastshap_grid_hybrid.json.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import flows  # noqa: F401  (environment defaults)
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bench_models import write_results
+from bench_quality import curve_scores
+from detection.datasets.imageio import to_batch
+from detection.datasets.synthetic import render_scene
+from detection.models.scene_classifier import load_classifier
+from detection.scorers import ClassifierScorer
+from explainers.base import paint
+from explainers.bayesian_shapley import ShapleyPrior, bayes_shapley
+from explainers.fastshap_grid import FastShapGrid, FastShapGridCheckpoint
+from explainers.game import RegionGame
+from explainers.metrics import relative_error
+from explainers.perturb import make_perturbation
+from explainers.regions import grid_regions
+from explainers.rise import Rise
+from pedestrians import classifier_scenes, describe_split, file_digest, start_run
+from tasks.params import load_params
+
+
+def sized(img: torch.Tensor, size) -> torch.Tensor:
+    if size is not None and tuple(size) != tuple(img.shape[-2:]):
+        img = F.interpolate(img[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
+    return img.contiguous()
+
+
+def training_split_scenes(start: int, n: int, size) -> list[torch.Tensor]:
+    """Training scenes start .. start + n - 1 (``models.train_data``'s generator and seed)."""
+    params = load_params(check_files=False)
+    seed = params.seed + params.models.train_data.seed_offset
+    return [sized(to_batch([render_scene(params.pull.synthetic, seed, i).image])[0], size)
+            for i in range(start, start + n)]
+
+
+class Grid:
+    """The grid game of one image for a network's cells and hide: the cells [R, H, W], the game, the network's
+    estimate [T, R]."""
+
+    def __init__(self, scorer, image, ckpt: FastShapGridCheckpoint):
+        self.scorer, self.image = scorer, image
+        self.cells = grid_regions(*image.shape[-2:], *ckpt.grid, image.device).float()
+        self.hide = ckpt.perturbation.split("(")[0]
+        self.game = RegionGame(scorer, image, self.cells, make_perturbation(self.hide), 64)
+        exp = FastShapGrid(scorer, weights=ckpt).explain(image)
+        self.net_saliency = exp.saliency
+        self.net = torch.einsum("thw,rhw->tr", exp.saliency.double(), self.cells.double())
+
+    def shapley(self, budget: int, prior_error: float | None = None):
+        prior = None if prior_error is None else (lambda e, f: ShapleyPrior(self.net, prior_error))
+        with torch.inference_mode():
+            est = bayes_shapley(lambda z: self.game(z.float()), self.cells.shape[0], budget,
+                                np.random.default_rng(0), prior=prior)
+        return est.phi.double()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--weights", default="weights/demo/fastshap_grid_classifier.pt")
+    ap.add_argument("--classifier", default="weights/demo/classifier.pt")
+    ap.add_argument("--select", type=int, default=12)
+    ap.add_argument("--select-from", type=int, default=3800)
+    ap.add_argument("--reference", type=int, default=4000, help="BayesShapley forwards of the select reference")
+    ap.add_argument("--scenes", type=int, default=16)
+    ap.add_argument("--budgets", type=int, nargs="+", default=[64, 128, 256])
+    ap.add_argument("--rise", type=int, default=4000)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default="benchmarks/results/fastshap_grid_hybrid.json")
+    args = ap.parse_args()
+    device = start_run(args.threads)
+    started = time.perf_counter()
+    ckpt = FastShapGridCheckpoint.load(args.weights)
+    clf = load_classifier(args.classifier, device=device)
+    scorer = ClassifierScorer(clf)
+
+    errors = []
+    for img in training_split_scenes(args.select_from, args.select, clf.input_size):
+        g = Grid(scorer, img.to(device), ckpt)
+        ref = g.shapley(args.reference)
+        errors.extend(relative_error(g.net, ref).tolist())
+    prior_error = float(np.median(errors))
+    print(f"select: {len(errors)} targets, the network's median relative L2 error vs BayesShapley@"
+          f"{args.reference}: {prior_error:.3f}", flush=True)
+
+    aucs: dict[str, dict[str, list[float]]] = {}
+
+    def add(key, image, saliency):
+        for curve, auc in curve_scores(scorer, image, saliency).items():
+            aucs.setdefault(key, {}).setdefault(curve, []).extend(auc.tolist())
+
+    for k, (_, img) in enumerate(classifier_scenes("heldout", args.scenes)):
+        image = sized(img.to(device), clf.input_size)
+        g = Grid(scorer, image, ckpt)
+        add("fastshap_grid", image, g.net_saliency)
+        for budget in args.budgets:
+            add(f"bayes_shapley@{budget}", image, paint(g.shapley(budget).float(), g.cells))
+            add(f"bayes_shapley+fastshap_grid@{budget}", image,
+                paint(g.shapley(budget, prior_error).float(), g.cells))
+        add(f"rise@{args.rise}", image,
+            Rise(scorer, center=True, perturbation=g.hide).explain(image, budget=args.rise, seed=0).saliency)
+        print(f"scene {k + 1}/{args.scenes} {time.perf_counter() - started:.0f} s", flush=True)
+
+    rise = float(np.median(aucs[f"rise@{args.rise}"]["deletion/mean"]))
+    rows = {key: {**{c: float(np.median(v)) for c, v in curves.items()},
+                  **{"mean_" + c: float(np.mean(v)) for c, v in curves.items()},
+                  "deletion_vs_rise": float(np.median(curves["deletion/mean"])) / rise}
+            for key, curves in aucs.items()}
+    for budget in args.budgets:
+        plain = np.asarray(aucs[f"bayes_shapley@{budget}"]["deletion/mean"])
+        hybrid = np.asarray(aucs[f"bayes_shapley+fastshap_grid@{budget}"]["deletion/mean"])
+        rows[f"bayes_shapley+fastshap_grid@{budget}"]["paired_vs_plain"] = {
+            "median_difference": float(np.median(hybrid - plain)), "share_better": float(np.mean(hybrid < plain))}
+    result = {"weights": args.weights, "weights_digest": file_digest(args.weights),
+              "select": {"scenes": [args.select_from, args.select_from + args.select], "targets": len(errors),
+                         "reference": f"bayes_shapley@{args.reference}", "prior_relative_error": prior_error},
+              "heldout": describe_split("heldout"), "scenes": args.scenes, "rows": rows,
+              "seconds": time.perf_counter() - started, "threads": args.threads}
+    print(f"\n{'method':<36}{'deletion (mean)':>16}{'x RISE':>8}{'insertion (blur)':>18}")
+    for key, row in rows.items():
+        print(f"{key:<36}{row['deletion/mean']:>16.3f}{row['deletion_vs_rise']:>8.2f}{row['insertion/blur']:>18.3f}")
+    write_results(args.out, result)
+
+
+if __name__ == "__main__":
+    main()
