@@ -30,6 +30,7 @@ perturbation and a held-out check, and the explainer refuses anything else.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from explainers.base import Explainer, Explanation, paint, region_means
+from explainers.base import Explainer, Explanation, numpy_rng, paint, region_means
+from explainers.bayesian_shapley import DEFAULT_DECAY, ShapleyPrior, bayes_shapley, check_decay
 from explainers.game import RegionGame
 from explainers.perturb import Perturbation
 from explainers.regions import grid_regions
@@ -50,7 +52,7 @@ VERSION = 1
 NUM_SCALARS = 3           # per class: v(all), v(none), v(all) - v(none)
 # the held-out check every explanation's options carry (the report's columns: tasks.report.HELDOUT_COLUMNS)
 HELDOUT_KEYS = ("scenes", "targets", "deletion_auc_median", "rise_deletion_auc_median", "insertion_auc_median",
-                "rise_insertion_auc_median", "rise_budget", "coalition_r2")
+                "rise_insertion_auc_median", "rise_budget", "coalition_r2", "shapley_median_rel_l2", "shapley_budget")
 
 
 class ResidualBlock(nn.Module):
@@ -325,5 +327,62 @@ class FastShapGrid(LearnedExplainer, CountsExplainerForwards, Explainer):
         return normalise(raw[None], (full - empty).float()[None])[0]
 
 
-__all__ = ["FORMAT", "VERSION", "FastShapGrid", "FastShapGridCheckpoint", "FastShapGridExplanation",
+class FastShapGridBayesShapley(FastShapGrid):
+    """BayesShapley (:mod:`explainers.bayesian_shapley`) on the network's grid cells with :class:`FastShapGrid`'s
+    one-forward estimate as its prior: the estimate is one more, noisy observation of the cells' Shapley values,
+    weighted by the relative L2 error the weights file's own held-out check measured against BayesShapley at
+    ``heldout["shapley_budget"]`` forwards (``heldout["shapley_median_rel_l2"]``, written by
+    ``tasks.fastshap_grid_train``), so a poor network gets little weight and the result stays near plain BayesShapley
+    at the same model forwards (measured on held-out scenes, never worse there at 64-256 forwards; not guaranteed:
+    benchmarks/README.md, "The network as BayesShapley's prior on the grid"). The parts game's version is
+    :class:`explainers.fastshap.FastShapBayesShapley`. FastSHAP: Jethani et al., ICLR 2022,
+    https://arxiv.org/abs/2107.07436.
+
+    Weights, guard, image size and classes as :class:`FastShapGrid`; ``decay`` as BayesShapley's. Returns saliency
+    [T, H, W] (score units per pixel, each cell's value spread evenly over its pixels: all pixels sum to
+    v(all) - v(none) exactly), relevance [T, R] (region means, when regions are given), full / empty scores [T].
+    Spends 2 + 2 floor((budget - 2) / 2) model forwards (designed complementary pairs plus the game's two ends), 1
+    explainer forward and, for a network that reads the classifier's features, 1 classifier pass. Raises ValueError
+    for weights without that check (nothing to weight the network by) or a decay outside (0, 1), BudgetError below
+    4 forwards."""
+
+    name = "fastshap_grid_bayes"
+    default_budget = 256
+
+    def __init__(self, scorer, *, weights: str | Path | FastShapGridCheckpoint, decay: float = DEFAULT_DECAY, **kw):
+        super().__init__(scorer, weights=weights, **kw)
+        error = self.ckpt.heldout.get("shapley_median_rel_l2")
+        if isinstance(error, bool) or not isinstance(error, (int, float)) or not math.isfinite(error) or error <= 0:
+            raise ValueError(f"fastshap_grid_bayes: {self.source or 'the network'} has no Shapley check "
+                             f"(heldout.shapley_median_rel_l2 = {error!r}), so its estimate cannot be weighted: "
+                             f"train it with python -m tasks.fastshap_grid_train")
+        self.prior_error = float(error)
+        self.decay = check_decay(decay)
+
+    def options(self) -> dict[str, Any]:
+        return {**super().options(), "decay": self.decay, "prior_relative_error": self.prior_error}
+
+    def min_budget(self, num_regions, num_targets):
+        return 4, "the empty and the full coalition and one designed pair of cells"
+
+    def _explain(self, image, regions, budget, generator):
+        H, W = image.shape[-2:]
+        rows, cols = self.ckpt.grid
+        cells = grid_regions(H, W, rows, cols, self.device)
+        game = RegionGame(self.score, image, cells, self.perturbation, self.chunk_size)
+
+        def prior(empty: torch.Tensor, full: torch.Tensor) -> ShapleyPrior:
+            values = self.cell_values(image, full.to(self.device), empty.to(self.device))
+            return ShapleyPrior(values.double().cpu(), self.prior_error)
+
+        est = bayes_shapley(game, rows * cols, budget, numpy_rng(generator), self.device, self.decay, prior)
+        phi = est.phi.float().to(self.device)
+        area = cells.reshape(rows * cols, -1).sum(1).clamp_min(1).to(phi)
+        saliency = paint(phi / area, cells.to(phi))
+        relevance = None if regions is None else region_means(saliency, regions.to(saliency))
+        return saliency, relevance, {"full_score": est.full.to(self.device), "empty_score": est.empty.to(self.device)}
+
+
+__all__ = ["FORMAT", "VERSION", "FastShapGrid", "FastShapGridBayesShapley", "FastShapGridCheckpoint",
+           "FastShapGridExplanation",
            "FastShapGridNet", "GridCellFeatures", "ResidualBlock", "grid_scalars", "network_inputs", "normalise"]

@@ -13,7 +13,7 @@ from explainers.base import Explainer
 from explainers.bayesian_shapley import BayesShapley
 from explainers.decam import DeCam
 from explainers.fastshap import FastShapBayesShapley, FastShapParts
-from explainers.fastshap_grid import FastShapGrid
+from explainers.fastshap_grid import FastShapGrid, FastShapGridBayesShapley
 from explainers.fastshap_grid_detector import FastShapGridDetector
 from explainers.gradients import GradCam, InputXGradient, IntegratedGradients
 from explainers.igos import IGosPP
@@ -28,7 +28,7 @@ METHODS: dict[str, type[Explainer]] = {
     cls.name: cls for cls in (Occlusion, Rise, DRise, Lime, BayesShapley, KernelShap, ExactShapley,
                               PermutationShapley, ContinuousCoalitionShapley, DeCam, IntegratedGradients,
                               InputXGradient, GradCam, IGosPP, Sag, Rexl, FastShapParts,
-                              FastShapBayesShapley, FastShapGrid, FastShapGridDetector)}
+                              FastShapBayesShapley, FastShapGrid, FastShapGridBayesShapley, FastShapGridDetector)}
 
 # old method name -> (new name, why): an error naming the new one, never a silent alias
 RENAMED: dict[str, tuple[str, str]] = {

@@ -351,7 +351,9 @@ HELDOUT_COLUMNS = {"persons": "held-out persons", "median_rel_l2": "median rel. 
                    "rise_deletion_auc_median": "RISE deletion AUC", "drise_deletion_auc_median": "D-RISE deletion AUC",
                    "insertion_auc_median": "insertion AUC ↑", "rise_insertion_auc_median": "RISE insertion AUC",
                    "drise_insertion_auc_median": "D-RISE insertion AUC", "rise_budget": "RISE masks",
-                   "drise_budget": "D-RISE masks", "coalition_r2": "coalition R²"}
+                   "drise_budget": "D-RISE masks", "coalition_r2": "coalition R²",
+                   "shapley_median_rel_l2": "median rel. L2 error vs BayesShapley",
+                   "shapley_budget": "BayesShapley forwards"}
 
 
 def learned_table(explanations: pd.DataFrame, options: list[dict] | None = None) -> pd.DataFrame:

@@ -48,7 +48,7 @@ def fastshap_file(folder: Path, players: int, perturbation: str = "constant", sh
 
 GRID_HELDOUT = {"scenes": 2, "targets": 4, "deletion_auc_median": 0.3, "insertion_auc_median": 0.9,
                 "rise_deletion_auc_median": 0.35, "rise_insertion_auc_median": 0.9, "rise_budget": 250,
-                "coalition_r2": 0.5}
+                "coalition_r2": 0.5, "shapley_median_rel_l2": 0.8, "shapley_budget": 4000}
 
 
 @functools.lru_cache(maxsize=32)

@@ -78,13 +78,14 @@ def test_capabilities_say_what_the_validation_enforced():
     assert set(method_names(shapley_values=True)) == SHAPLEY
     assert set(method_names(needs_gradients=True)) == GRADIENTS
     assert method_names(needs_trained_weights=True) == ["rexl", "fastshap", "fastshap_bayes", "fastshap_grid",
-                                                        "fastshap_grid_detector"]
-    assert method_names(needs_classes=True) == ["fastshap_grid"]           # a classifier's classes only
+                                                        "fastshap_grid_bayes", "fastshap_grid_detector"]
+    assert method_names(needs_classes=True) == ["fastshap_grid", "fastshap_grid_bayes"]   # a classifier's classes
     assert method_names(fixed_players=True) == ["fastshap", "fastshap_bayes"]       # FastSHAP's trained players
     assert method_names(per_target_regions=True) == ["rexl", "fastshap"]           # each target's own regions
     for name in method_names(needs_trained_weights=True):
         assert METHODS[name].trained_file_option in ("policy", "weights") and METHODS[name].trained_file_hint
-    pixel_maps = {"rise", "drise", "rexl", "fastshap_grid", "fastshap_grid_detector"}   # regions only summarise them
+    pixel_maps = {"rise", "drise", "rexl", "fastshap_grid", "fastshap_grid_bayes",       # regions only summarise them
+                  "fastshap_grid_detector"}
     assert set(method_names(needs_regions=True)) == set(METHODS) - pixel_maps - {"decam"} - GRADIENTS
     assert set(method_names(accepts_regions=False)) == pixel_maps | GRADIENTS
     for name, cls in METHODS.items():

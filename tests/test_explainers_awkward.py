@@ -98,7 +98,8 @@ MINIMUM = {"exact_shapley": lambda M, T: 2 ** M, "kernel_shap": lambda M, T: min
            "rexl": lambda M, T: 2 + T * (REXL_GRID ** 2 - 1),     # one roll-out per target (tests/rexl_fixture.py)
            "fastshap": lambda M, T: 2,                           # v(all), v(none): the network explains the rest
            "fastshap_bayes": lambda M, T: min(2 ** M, 4),        # BayesShapley's designed pairs on top
-           "fastshap_grid": lambda M, T: 2, "fastshap_grid_detector": lambda M, T: 2}
+           "fastshap_grid": lambda M, T: 2, "fastshap_grid_detector": lambda M, T: 2,
+           "fastshap_grid_bayes": lambda M, T: 4}                 # the ends and one designed pair of its cells
 
 
 def test_minimum_table_covers_every_method():

@@ -149,6 +149,70 @@ def test_regions_summarise_the_map(trained):
     torch.testing.assert_close(exp.saliency, last.saliency, atol=1e-6, rtol=0)
 
 
+def checked(ckpt: FastShapGridCheckpoint, budget: int = 64) -> FastShapGridCheckpoint:
+    """``ckpt`` with the trainer's Shapley check (tasks.fastshap_grid_train.shapley_check) on 4 unseen scenes."""
+    import copy
+
+    from tasks.fastshap_grid_train import shapley_check
+
+    out = copy.copy(ckpt)
+    out.heldout = {**ckpt.heldout, **shapley_check(ckpt, ChannelScorer, [s.image for s in scenes(4, offset=6000)],
+                                                   budget)}
+    return out
+
+
+def test_the_shapley_check_measures_the_networks_error_against_bayes_shapley(trained):
+    """On the additive game BayesShapley at 64 forwards is near-exact (paired differences hold only first-order terms),
+    so the check's error is the network's error against the exact values."""
+    ckpt = checked(trained)
+    h = ckpt.heldout
+    assert (h["shapley_budget"], h["shapley_scenes"], h["shapley_targets"]) == (64, 4, 12)
+    from explainers.metrics import relative_error
+
+    net = FastShapGrid(ChannelScorer(), weights=trained)
+    truth = [e for s in scenes(4, offset=6000)                             # per (scene, class), as the check
+             for e in relative_error(net.cell_values(s.image, *ends(s.image)).double(), exact(s.image).double())]
+    assert h["shapley_median_rel_l2"] == pytest.approx(float(np.median(truth)), rel=0.02)
+
+
+def ends(image):
+    full, empty = ChannelScorer()(torch.stack([image, MEAN.baseline(image)]))
+    return full, empty
+
+
+def test_the_hybrid_is_efficient_spends_its_budget_and_its_prior_helps_at_few_forwards(trained):
+    """fastshap_grid_bayes: BayesShapley on the network's cells with its estimate as the prior. At 8 forwards (3
+    designed pairs for 12 cells) the prior carries most of the answer: closer to the exact values than plain
+    BayesShapley at the same forwards; efficiency is exact; 8 model forwards and 1 explainer forward."""
+    from explainers.bayesian_shapley import BayesShapley
+    from explainers.fastshap_grid import FastShapGridBayesShapley
+
+    ckpt = checked(trained)
+    cells = grid_regions(H, W, *GRID).reshape(-1, H * W).float()
+    hybrid, plain = [], []
+    for scene in scenes(12, offset=7000):
+        exp = FastShapGridBayesShapley(ChannelScorer(), weights=ckpt).explain(scene.image, budget=8, seed=0)
+        assert exp.n_forward == 8 and exp.n_explainer_forward == 1 and exp.saliency.shape == (3, H, W)
+        torch.testing.assert_close(exp.saliency.sum((1, 2)), exp.full_score - exp.empty_score, atol=1e-5, rtol=0)
+        hybrid.append(_rel(exp.saliency.reshape(3, -1) @ cells.T, exact(scene.image)))
+        base = BayesShapley(ChannelScorer(), perturbation="mean").explain(scene.image, grid_regions(H, W, *GRID),
+                                                                          budget=8, seed=0)
+        plain.append(_rel(base.relevance, exact(scene.image)))
+    assert np.median(hybrid) < 0.7 * np.median(plain), (hybrid, plain)
+    opts = FastShapGridBayesShapley(ChannelScorer(), weights=ckpt).options()
+    assert opts["prior_relative_error"] == ckpt.heldout["shapley_median_rel_l2"]
+
+
+def test_the_hybrid_refuses_a_network_without_a_shapley_check(trained):
+    from explainers.fastshap_grid import FastShapGridBayesShapley
+
+    assert "shapley_median_rel_l2" not in trained.heldout
+    with pytest.raises(ValueError, match=r"fastshap_grid_bayes: .*no Shapley check \(heldout\.shapley_median_rel_l2"):
+        FastShapGridBayesShapley(ChannelScorer(), weights=trained)
+    with pytest.raises(ValueError, match="decay"):
+        FastShapGridBayesShapley(ChannelScorer(), weights=checked(trained), decay=1.5)
+
+
 def test_training_resumes_to_the_same_network_and_refuses_another_setting(tmp_path, monkeypatch):
     """A run killed in its second epoch resumes from last.pt (epoch 1) to the uninterrupted run's weights, bit for
     bit; a last.pt of another setting (other data, 10x the targets' scale) is refused, never resumed."""

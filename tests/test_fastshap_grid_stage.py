@@ -58,12 +58,16 @@ def test_a_network_for_other_classifier_weights_is_refused(tmp_path):
         provide_grid_weights(params_of(tmp_path, classifier=DEMO / "classifier_guided.pt"), progress=False)
 
 
-def test_the_stage_trains_a_network_for_the_audited_classifier(tmp_path):
+def test_the_stage_trains_a_network_for_the_audited_classifier(tmp_path, monkeypatch):
+    import tasks.fastshap_grid_train
     from tasks.fastshap_stage import grid_cache_folders, provide_grid_weights
 
+    monkeypatch.setattr(tasks.fastshap_grid_train, "SHAPLEY_CHECK_BUDGET", 16)     # 4,000 forwards: seconds each
     params = params_of(tmp_path, weights=None, **TINY)
     record = provide_grid_weights(params, progress=False)
     ckpt = FastShapGridCheckpoint.load(params.fastshap.grid_weights_file())
+    assert ckpt.heldout["shapley_budget"] == 16 and ckpt.heldout["shapley_targets"] == 2 * 4       # both scenes
+    assert record["heldout_shapley_median_rel_l2"] == ckpt.heldout["shapley_median_rel_l2"] > 0
     assert record["source"] == "trained" and record["weights_sha256_12"] == ckpt.digest()
     assert ckpt.training["scenes"] == [0, 3] and ckpt.heldout["scene_range"] == [4, 6]
     assert record["heldout_targets"] == 2 * 4 and record["train_model_forwards"] == 6 * (2 + 2 * 2)
