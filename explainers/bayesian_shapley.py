@@ -66,6 +66,18 @@ def check_decay(decay: float) -> float:
     return float(decay)
 
 
+def stated_error(heldout: dict, key: str, what: str, how_to_train: str) -> float:
+    """The relative error a learned estimate's weights file states for itself (``heldout[key]``: its held-out check),
+    validated as a :class:`ShapleyPrior`'s ``relative_error``. Raises ValueError naming ``what`` (the explainer and
+    its file), the key, the value and ``how_to_train`` when it is not a positive finite number (no check: nothing
+    to weight the estimate by)."""
+    error = heldout.get(key)
+    if isinstance(error, bool) or not isinstance(error, (int, float)) or not math.isfinite(error) or error <= 0:
+        raise ValueError(f"{what} has no held-out check (heldout.{key} = {error!r}), so its estimate cannot be "
+                         f"weighted: {how_to_train}")
+    return float(error)
+
+
 def _order_variances(M: int, decay: float) -> np.ndarray:
     """Prior variance of each Fourier coefficient by its order 0..M: decay^((k - 1) / 2) for odd k, 0 for even."""
     k = np.arange(M + 1)

@@ -34,7 +34,6 @@ network costs little (measured, not guaranteed) and a good one replaces pairs.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,14 @@ from torchvision.ops import roi_align
 
 from detection.body import PART_GROUPS
 from explainers.base import Explainer, Explanation, has_pixel, mask_boxes, numpy_rng, paint, region_set
-from explainers.bayesian_shapley import DEFAULT_DECAY, BayesShapley, ShapleyPrior, bayes_shapley, check_decay
+from explainers.bayesian_shapley import (
+    DEFAULT_DECAY,
+    BayesShapley,
+    ShapleyPrior,
+    bayes_shapley,
+    check_decay,
+    stated_error,
+)
 from explainers.game import RegionGame
 from explainers.perturb import Compositor, Perturbation
 from explainers.trained import CountsExplainerForwards, LearnedExplainer, NetworkCheckpoint, perturbation_of
@@ -398,12 +404,9 @@ class FastShapBayesShapley(FastShapParts):
 
     def __init__(self, scorer, *, weights: str | Path | FastShapCheckpoint, decay: float = DEFAULT_DECAY, **kw):
         super().__init__(scorer, weights=weights, **kw)
-        error = self.ckpt.heldout.get("median_rel_l2")
-        if isinstance(error, bool) or not isinstance(error, (int, float)) or not math.isfinite(error) or error <= 0:
-            raise ValueError(f"fastshap_bayes: {self.source or 'the network'} has no held-out check "
-                             f"(heldout.median_rel_l2 = {error!r}), so its estimate cannot be weighted: train it "
-                             f"with tasks.fastshap_train (--heldout-persons > 0)")
-        self.prior_error = float(error)
+        self.prior_error = stated_error(self.ckpt.heldout, "median_rel_l2",
+                                        f"fastshap_bayes: {self.source or 'the network'}",
+                                        "train it with tasks.fastshap_train (--heldout-persons > 0)")
         self.decay = check_decay(decay)
 
     def options(self) -> dict[str, Any]:

@@ -30,7 +30,6 @@ perturbation and a held-out check, and the explainer refuses anything else.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from explainers.base import Explainer, Explanation, numpy_rng, paint, region_means
-from explainers.bayesian_shapley import DEFAULT_DECAY, ShapleyPrior, bayes_shapley, check_decay
+from explainers.bayesian_shapley import DEFAULT_DECAY, ShapleyPrior, bayes_shapley, check_decay, stated_error
 from explainers.game import RegionGame
 from explainers.perturb import Perturbation
 from explainers.regions import grid_regions
@@ -351,12 +350,9 @@ class FastShapGridBayesShapley(FastShapGrid):
 
     def __init__(self, scorer, *, weights: str | Path | FastShapGridCheckpoint, decay: float = DEFAULT_DECAY, **kw):
         super().__init__(scorer, weights=weights, **kw)
-        error = self.ckpt.heldout.get("shapley_median_rel_l2")
-        if isinstance(error, bool) or not isinstance(error, (int, float)) or not math.isfinite(error) or error <= 0:
-            raise ValueError(f"fastshap_grid_bayes: {self.source or 'the network'} has no Shapley check "
-                             f"(heldout.shapley_median_rel_l2 = {error!r}), so its estimate cannot be weighted: "
-                             f"train it with python -m tasks.fastshap_grid_train")
-        self.prior_error = float(error)
+        self.prior_error = stated_error(self.ckpt.heldout, "shapley_median_rel_l2",
+                                        f"fastshap_grid_bayes: {self.source or 'the network'}",
+                                        "train it with python -m tasks.fastshap_grid_train")
         self.decay = check_decay(decay)
 
     def options(self) -> dict[str, Any]:

@@ -207,7 +207,7 @@ def test_the_hybrid_refuses_a_network_without_a_shapley_check(trained):
     from explainers.fastshap_grid import FastShapGridBayesShapley
 
     assert "shapley_median_rel_l2" not in trained.heldout
-    with pytest.raises(ValueError, match=r"fastshap_grid_bayes: .*no Shapley check \(heldout\.shapley_median_rel_l2"):
+    with pytest.raises(ValueError, match=r"fastshap_grid_bayes: .*no held-out check \(heldout\.shapley_median_rel_l2"):
         FastShapGridBayesShapley(ChannelScorer(), weights=trained)
     with pytest.raises(ValueError, match="decay"):
         FastShapGridBayesShapley(ChannelScorer(), weights=checked(trained), decay=1.5)
