@@ -18,15 +18,26 @@ from typing import Any, Literal, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 
 
+def _nullable(convert):
+    """``convert`` that also reads ``null`` / ``none`` (any case) as None: an Optional field's option."""
+    def read(text: str):
+        return None if text.lower() in ("null", "none") else convert(text)
+    read.__name__ = getattr(convert, "__name__", "value")      # argparse names the type in its errors
+    return read
+
+
 def _option_kind(annotation: Any) -> dict[str, Any]:
-    """argparse keywords (type, nargs, choices) of a field's annotation: int / float / str, their Optional, a
-    Literal (choices), a list (nargs '*') or a fixed-length tuple (nargs = its length). Raises TypeError for any
-    other (say, a nested section), naming it."""
+    """argparse keywords (type, nargs, choices) of a field's annotation: int / float / str (an Optional one also
+    takes ``null``), a Literal (choices), a list (nargs '*') or a fixed-length tuple (nargs = its length) of one
+    element type. Raises TypeError for any other (a nested section, a tuple of mixed types), naming it."""
     origin = get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         rest = [a for a in get_args(annotation) if a is not type(None)]
         if len(rest) == 1:
-            return _option_kind(rest[0])
+            kind = _option_kind(rest[0])
+            if "nargs" not in kind and "choices" not in kind:        # 'null' / 'none' give the field's None
+                kind["type"] = _nullable(kind["type"])
+            return kind
     elif origin is Literal:
         choices = get_args(annotation)
         return {"type": type(choices[0]), "choices": choices}
@@ -34,7 +45,7 @@ def _option_kind(annotation: Any) -> dict[str, Any]:
         items = get_args(annotation)
         fixed = origin is tuple and items and Ellipsis not in items
         element = items[0] if items else str
-        if element in (int, float, str):
+        if element in (int, float, str) and all(i in (element, Ellipsis) for i in items):
             return {"type": element, "nargs": len(items) if fixed else "*"}
     elif annotation in (int, float, str):
         return {"type": annotation}

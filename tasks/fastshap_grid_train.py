@@ -284,8 +284,9 @@ def shapley_check(ckpt: FastShapGridCheckpoint, scorer_for, images: Sequence[tor
     the relative L2 error of :meth:`FastShapGrid.cell_values` against BayesShapley's at ``budget`` forwards (seed 0,
     the network's cells and perturbation; near-exact at 4,000 forwards on the demo classifier's 6 x 8 grid, whose
     deletion AUC then matches RISE@4000's: benchmarks/README.md), and its median: ``shapley_median_rel_l2``, the
-    error :class:`~explainers.fastshap_grid.FastShapGridBayesShapley` weights the network's estimate by. Raises
-    ValueError for no image."""
+    error :class:`~explainers.fastshap_grid.FastShapGridBayesShapley` weights the network's estimate by (targets
+    whose reference is all zero have no relative error and are left out). Raises ValueError for no image, or when
+    no target has a finite error."""
     from explainers.bayesian_shapley import bayes_shapley
     from explainers.metrics import relative_error
 
@@ -295,13 +296,17 @@ def shapley_check(ckpt: FastShapGridCheckpoint, scorer_for, images: Sequence[tor
     for image in images:
         scorer = scorer_for()
         explainer = FastShapGrid(scorer, weights=ckpt)
-        cells = grid_regions(*image.shape[-2:], *ckpt.grid, image.device)
+        image = image.to(explainer.device)
+        cells = grid_regions(*image.shape[-2:], *ckpt.grid, explainer.device)
         game = RegionGame(scorer, image, cells, explainer.perturbation, 64)
         with torch.inference_mode():
-            est = bayes_shapley(game, cells.shape[0], budget, np.random.default_rng(0))
-        net = explainer.cell_values(image, est.full.to(image.device), est.empty.to(image.device))
+            est = bayes_shapley(game, cells.shape[0], budget, np.random.default_rng(0), explainer.device)
+        net = explainer.cell_values(image, est.full.to(explainer.device), est.empty.to(explainer.device))
         errors += relative_error(net.double().cpu(), est.phi.double().cpu()).tolist()
-    return {"shapley_median_rel_l2": float(np.median(errors)), "shapley_budget": budget,
+    if not np.isfinite(errors).any():
+        raise ValueError(f"fastshap_grid: the Shapley check has no finite error on its {len(errors)} targets (every "
+                         f"reference all zero: the classifier does not react to hiding cells)")
+    return {"shapley_median_rel_l2": float(np.nanmedian(errors)), "shapley_budget": budget,
             "shapley_scenes": len(images), "shapley_targets": len(errors)}
 
 
@@ -367,7 +372,8 @@ def train_grid_weights(model, config: FastShapGridNetParams, params, cache_dir: 
     return ckpt
 
 
-OPTION_HELP = {"grid": "rows x cols cells", "scenes": "training scenes (the last --heldout-scenes held out)",
+OPTION_HELP = {"grid": "rows x cols cells",
+               "scenes": "training scenes, the last --heldout-scenes held out (null: models.train_data.n_images)",
                "heldout_scenes": "last scenes kept for the held-out check",
                "pairs": "kernel coalition pairs per scene",
                "features": "the classifier's feature blocks the network reads, e.g. 2 3 (explainers.fastshap_grid."

@@ -47,6 +47,7 @@ def test_options_are_typed_by_the_fields():
     assert got == Recipe(images=20, grid=(4, 5), layers=[2], lr=0.01, kind="blur", mirror=True, scenes=7)
     assert parse(["--layers"]).layers == []
     assert parse(["--no-mirror"]).mirror is False
+    assert parse(["--scenes", "7"]).scenes == 7 and parse(["--scenes", "null"]).scenes is None    # Optional
 
 
 def test_the_excluded_field_is_no_option():
@@ -72,5 +73,9 @@ def test_a_field_without_an_option_type_is_named():
     class Nested(BaseModel):
         inner: Recipe = Recipe()
 
-    with pytest.raises(TypeError, match="no command-line option"):
-        add_section_options(argparse.ArgumentParser(), Nested)
+    class Mixed(BaseModel):
+        pair: tuple[int, float] = (1, 2.0)
+
+    for section in (Nested, Mixed):
+        with pytest.raises(TypeError, match="no command-line option"):
+            add_section_options(argparse.ArgumentParser(), section)

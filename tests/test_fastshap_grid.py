@@ -201,6 +201,14 @@ def test_the_hybrid_is_efficient_spends_its_budget_and_its_prior_helps_at_few_fo
     assert np.median(hybrid) < 0.7 * np.median(plain), (hybrid, plain)
     opts = FastShapGridBayesShapley(ChannelScorer(), weights=ckpt).options()
     assert opts["prior_relative_error"] == ckpt.heldout["shapley_median_rel_l2"]
+    # a subset of the classes in another order (and -1, the last): each class gets its own row of the prior, so the
+    # maps are the all-classes run's rows (the designed pairs and the game are the same)
+    image = scenes(1, offset=7100)[0].image
+    every = FastShapGridBayesShapley(ChannelScorer(), weights=ckpt).explain(image, budget=8, seed=3)
+    some = FastShapGridBayesShapley(ChannelScorer(targets=(2, 0)), weights=ckpt).explain(image, budget=8, seed=3)
+    last = FastShapGridBayesShapley(ChannelScorer(targets=(-1,)), weights=ckpt).explain(image, budget=8, seed=3)
+    torch.testing.assert_close(some.saliency, every.saliency[[2, 0]], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(last.saliency[0], every.saliency[2], atol=1e-5, rtol=1e-4)
 
 
 def test_the_hybrid_refuses_a_network_without_a_shapley_check(trained):
