@@ -342,9 +342,10 @@ class FastShapGridBayesShapley(FastShapGrid):
     [T, H, W] (score units per pixel, each cell's value spread evenly over its pixels: all pixels sum to
     v(all) - v(none) exactly), relevance [T, R] (region means, when regions are given), full / empty scores [T].
     Spends 2 + 2 floor((budget - 2) / 2) model forwards (designed complementary pairs plus the game's two ends), 1
-    explainer forward and, for a network that reads the classifier's features, 1 classifier pass. Raises ValueError
-    for weights without that check (nothing to weight the network by) or a decay outside (0, 1), BudgetError below
-    4 forwards."""
+    explainer forward and, for a network that reads the classifier's features, 1 classifier pass; when the budget
+    covers every coalition of the n cells, 2^n forwards and no network (the exact values). Raises ValueError for
+    weights without that check (nothing to weight the network by) or a decay outside (0, 1), BudgetError below
+    min(2^n, 4) forwards."""
 
     name = "fastshap_grid_bayes"
     default_budget = 256
@@ -360,7 +361,8 @@ class FastShapGridBayesShapley(FastShapGrid):
         return {**super().options(), "decay": self.decay, "prior_relative_error": self.prior_error}
 
     def min_budget(self, num_regions, num_targets):
-        return 4, "the empty and the full coalition and one designed pair of cells"
+        cells = self.ckpt.grid[0] * self.ckpt.grid[1]
+        return min(2 ** cells, 4), "the empty and the full coalition and one designed pair of cells"
 
     def _explain(self, image, regions, budget, generator):
         H, W = image.shape[-2:]

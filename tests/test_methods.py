@@ -109,7 +109,8 @@ def test_budget_is_honoured_determinism_and_shared_targets(name):
                    "integrated_gradients": 3 * 2 * (50 // 6), "input_x_gradient": 3 * 2, "grad_cam": 3 * 2,
                    "igos_pp": 3 * 4 * 2 * 2,      # one iteration of 4 terms x 2 IG steps (what 50 buys) x 2 targets
                    "rexl": 2 + 2 * (REXL_GRID ** 2 - 1),   # v(start), v(end) and a forward per step and target
-                   "fastshap": 2, "fastshap_grid": 2}      # v(all), v(none): the network explains the rest
+                   "fastshap": 2, "fastshap_grid": 2,      # v(all), v(none): the network explains the rest
+                   "fastshap_grid_bayes": 2 ** 4}         # the fixture's 2 x 2 cells: every coalition, exact
     assert a.n_forward == exact_spend.get(name, budget)   # both targets from the same forwards
     # the others are exact on this additive game
     if name in ("rise", "drise", "lime", "continuous_coalition_shapley", "decam"):
