@@ -175,6 +175,25 @@ def test_the_shapley_check_measures_the_networks_error_against_bayes_shapley(tra
     assert h["shapley_median_rel_l2"] == pytest.approx(float(np.median(truth)), rel=0.02)
 
 
+def test_the_shapley_check_refuses_a_game_where_no_target_has_an_error(trained):
+    """A constant image: hiding a cell with the image's mean colour changes nothing, every reference value is 0 and
+    no relative error exists; the check says so instead of storing NaN (which the hybrid would read as no check).
+    One such image among others is left out of the median."""
+    from tasks.fastshap_grid_train import shapley_check
+
+    flat = torch.full((3, H, W), 0.5)
+    with pytest.raises(ValueError, match="no finite error on its 3 targets"):
+        shapley_check(trained, ChannelScorer, [flat], 16)
+    mixed = shapley_check(trained, ChannelScorer, [flat] + [s.image for s in scenes(2, offset=6000)], 16)
+    alone = shapley_check(trained, ChannelScorer, [s.image for s in scenes(2, offset=6000)], 16)
+    assert mixed["shapley_targets"] == 9 and mixed["shapley_median_rel_l2"] == alone["shapley_median_rel_l2"]
+    # the hybrid on that image: a model that does not react gets an all-zero map, not the network's habits
+    from explainers.fastshap_grid import FastShapGridBayesShapley
+
+    flat_map = FastShapGridBayesShapley(ChannelScorer(), weights=checked(trained)).explain(flat, budget=8)
+    assert torch.equal(flat_map.saliency, torch.zeros_like(flat_map.saliency))
+
+
 def ends(image):
     full, empty = ChannelScorer()(torch.stack([image, MEAN.baseline(image)]))
     return full, empty
