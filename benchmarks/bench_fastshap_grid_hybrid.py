@@ -5,15 +5,16 @@ The rule was written before any number (benchmarks/README.md, "The network as Ba
 
 1. *select* (``--select`` scenes of the training split from ``--select-from``: the shipped network's own held-out
    check scenes, never trained on): the network's relative L2 error against BayesShapley@``--reference`` on the
-   grid game, per (scene, class); its median is the prior's stated error (``ShapleyPrior.relative_error``);
+   grid game, per (scene, class) (``tasks.fastshap_grid_train.shapley_check``, the trainer's own check); its median
+   is the prior's stated error;
 2. *held-out* (``--scenes`` scenes of ``pedestrians.py``'s held-out split, seed 1000, every class): deletion /
-   insertion AUC (``bench_quality.curve_scores``: 20 steps, mean and blur substrates) of the network alone, plain
-   BayesShapley and the hybrid at each ``--budgets`` (seed 0, one estimate shared by the classes), RISE@4000
-   (centred, the network's hide).
+   insertion AUC (``bench_quality.curve_scores``: 20 steps, mean and blur substrates) of the network alone
+   (``FastShapGrid``), plain ``BayesShapley`` on its cells and the hybrid (``FastShapGridBayesShapley``, the
+   ``fastshap_grid_bayes`` job's class, weighted by the select error) at each ``--budgets`` (seed 0, one estimate
+   shared by the classes), RISE@4000 (centred, the network's hide).
 
 The game: the network's grid cells (``explainers.regions.grid_regions``), hidden by its perturbation, scored by the
-demo scene classifier's class probabilities (``ClassifierScorer``). A cell's value from the network: its saliency
-summed over the cell (the network spreads a cell's value evenly over its pixels).
+demo scene classifier's class probabilities (``ClassifierScorer``).
 
     python benchmarks/bench_fastshap_grid_hybrid.py --weights weights/demo/fastshap_grid_classifier.pt
 
@@ -22,6 +23,7 @@ Writes benchmarks/results/fastshap_grid_hybrid.json.
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import flows  # noqa: F401  (environment defaults)
@@ -36,15 +38,12 @@ from detection.datasets.imageio import to_batch
 from detection.datasets.synthetic import render_scene
 from detection.models.scene_classifier import load_classifier
 from detection.scorers import ClassifierScorer
-from explainers.base import paint
-from explainers.bayesian_shapley import ShapleyPrior, bayes_shapley
-from explainers.fastshap_grid import FastShapGrid, FastShapGridCheckpoint
-from explainers.game import RegionGame
-from explainers.metrics import relative_error
-from explainers.perturb import make_perturbation
+from explainers.bayesian_shapley import BayesShapley
+from explainers.fastshap_grid import FastShapGrid, FastShapGridBayesShapley, FastShapGridCheckpoint
 from explainers.regions import grid_regions
 from explainers.rise import Rise
 from pedestrians import classifier_scenes, describe_split, file_digest, start_run
+from tasks.fastshap_grid_train import shapley_check
 from tasks.params import load_params
 
 
@@ -60,27 +59,6 @@ def training_split_scenes(start: int, n: int, size) -> list[torch.Tensor]:
     seed = params.seed + params.models.train_data.seed_offset
     return [sized(to_batch([render_scene(params.pull.synthetic, seed, i).image])[0], size)
             for i in range(start, start + n)]
-
-
-class Grid:
-    """The grid game of one image for a network's cells and hide: the cells [R, H, W], the game, the network's
-    estimate [T, R]."""
-
-    def __init__(self, scorer, image, ckpt: FastShapGridCheckpoint):
-        self.scorer, self.image = scorer, image
-        self.cells = grid_regions(*image.shape[-2:], *ckpt.grid, image.device).float()
-        self.hide = ckpt.perturbation.split("(")[0]
-        self.game = RegionGame(scorer, image, self.cells, make_perturbation(self.hide), 64)
-        exp = FastShapGrid(scorer, weights=ckpt).explain(image)
-        self.net_saliency = exp.saliency
-        self.net = torch.einsum("thw,rhw->tr", exp.saliency.double(), self.cells.double())
-
-    def shapley(self, budget: int, prior_error: float | None = None):
-        prior = None if prior_error is None else (lambda e, f: ShapleyPrior(self.net, prior_error))
-        with torch.inference_mode():
-            est = bayes_shapley(lambda z: self.game(z.float()), self.cells.shape[0], budget,
-                                np.random.default_rng(0), prior=prior)
-        return est.phi.double()
 
 
 def main() -> None:
@@ -102,14 +80,14 @@ def main() -> None:
     clf = load_classifier(args.classifier, device=device)
     scorer = ClassifierScorer(clf)
 
-    errors = []
-    for img in training_split_scenes(args.select_from, args.select, clf.input_size):
-        g = Grid(scorer, img.to(device), ckpt)
-        ref = g.shapley(args.reference)
-        errors.extend(relative_error(g.net, ref).tolist())
-    prior_error = float(np.median(errors))
-    print(f"select: {len(errors)} targets, the network's median relative L2 error vs BayesShapley@"
+    select = shapley_check(ckpt, lambda: scorer, [img.to(device) for img in training_split_scenes(
+        args.select_from, args.select, clf.input_size)], args.reference)
+    prior_error = select["shapley_median_rel_l2"]
+    print(f"select: {select['shapley_targets']} targets, the network's median relative L2 error vs BayesShapley@"
           f"{args.reference}: {prior_error:.3f}", flush=True)
+    chosen = copy.copy(ckpt)                         # the hybrid weights the network by the select split's error
+    chosen.heldout = {**ckpt.heldout, **select}
+    hide = ckpt.perturbation.split("(")[0]
 
     aucs: dict[str, dict[str, list[float]]] = {}
 
@@ -119,14 +97,15 @@ def main() -> None:
 
     for k, (_, img) in enumerate(classifier_scenes("heldout", args.scenes)):
         image = sized(img.to(device), clf.input_size)
-        g = Grid(scorer, image, ckpt)
-        add("fastshap_grid", image, g.net_saliency)
+        cells = grid_regions(*image.shape[-2:], *ckpt.grid, image.device)
+        add("fastshap_grid", image, FastShapGrid(scorer, weights=ckpt).explain(image).saliency)
         for budget in args.budgets:
-            add(f"bayes_shapley@{budget}", image, paint(g.shapley(budget).float(), g.cells))
+            add(f"bayes_shapley@{budget}", image,
+                BayesShapley(scorer, perturbation=hide).explain(image, cells, budget=budget, seed=0).saliency)
             add(f"bayes_shapley+fastshap_grid@{budget}", image,
-                paint(g.shapley(budget, prior_error).float(), g.cells))
+                FastShapGridBayesShapley(scorer, weights=chosen).explain(image, budget=budget, seed=0).saliency)
         add(f"rise@{args.rise}", image,
-            Rise(scorer, center=True, perturbation=g.hide).explain(image, budget=args.rise, seed=0).saliency)
+            Rise(scorer, center=True, perturbation=hide).explain(image, budget=args.rise, seed=0).saliency)
         print(f"scene {k + 1}/{args.scenes} {time.perf_counter() - started:.0f} s", flush=True)
 
     rise = float(np.median(aucs[f"rise@{args.rise}"]["deletion/mean"]))
@@ -140,8 +119,9 @@ def main() -> None:
         rows[f"bayes_shapley+fastshap_grid@{budget}"]["paired_vs_plain"] = {
             "median_difference": float(np.median(hybrid - plain)), "share_better": float(np.mean(hybrid < plain))}
     result = {"weights": args.weights, "weights_digest": file_digest(args.weights),
-              "select": {"scenes": [args.select_from, args.select_from + args.select], "targets": len(errors),
-                         "reference": f"bayes_shapley@{args.reference}", "prior_relative_error": prior_error},
+              "select": {"scenes": [args.select_from, args.select_from + args.select],
+                         "targets": select["shapley_targets"], "reference": f"bayes_shapley@{args.reference}",
+                         "prior_relative_error": prior_error},
               "heldout": describe_split("heldout"), "scenes": args.scenes, "rows": rows,
               "seconds": time.perf_counter() - started, "threads": args.threads}
     print(f"\n{'method':<36}{'deletion (mean)':>16}{'x RISE':>8}{'insertion (blur)':>18}")

@@ -332,9 +332,9 @@ class FastShapGridBayesShapley(FastShapGrid):
     weighted by the relative L2 error the weights file's own held-out check measured against BayesShapley at
     ``heldout["shapley_budget"]`` forwards (``heldout["shapley_median_rel_l2"]``, written by
     ``tasks.fastshap_grid_train``), so a poor network gets little weight and the result stays near plain BayesShapley
-    at the same model forwards (measured on held-out scenes: its median deletion AUC below plain BayesShapley's at
-    64-256 forwards, better on 55-83 % of the targets; not guaranteed: benchmarks/README.md, "The network as
-    BayesShapley's prior on the grid"). The parts game's version is
+    at the same model forwards (measured on held-out scenes: its median deletion AUC at or below plain BayesShapley's
+    at 64-256 forwards over two draws of the pairs, better on 50-83 % of the targets; not guaranteed:
+    benchmarks/README.md, "The network as BayesShapley's prior on the grid"). The parts game's version is
     :class:`explainers.fastshap.FastShapBayesShapley`. FastSHAP: Jethani et al., ICLR 2022,
     https://arxiv.org/abs/2107.07436.
 
