@@ -7,16 +7,21 @@ The rule was written before any number (benchmarks/README.md, "The network as Ba
    check scenes, never trained on): the network's relative L2 error against BayesShapley@``--reference`` on the
    grid game, per (scene, class) (``tasks.fastshap_grid_train.shapley_check``, the trainer's own check); its median
    is the prior's stated error;
-2. *held-out* (``--scenes`` scenes of ``pedestrians.py``'s held-out split, seed 1000, every class): deletion /
+2. *held-out* (``--scenes`` scenes of ``pedestrians.py``'s held-out split, seed 1000, after its first ``--skip``;
+   every class): deletion /
    insertion AUC (``bench_quality.curve_scores``: 20 steps, mean and blur substrates) of the network alone
    (``FastShapGrid``), plain ``BayesShapley`` on its cells and the hybrid (``FastShapGridBayesShapley``, the
    ``fastshap_grid_bayes`` job's class, weighted by the select error) at each ``--budgets`` (seed 0, one estimate
-   shared by the classes), RISE@4000 (centred, the network's hide).
+   shared by the classes), RISE@4000 (centred, the network's hide). Each method's median deletion AUC over
+   RISE@4000's comes with a 95 % percentile-bootstrap interval over the targets (paired: one resample of the targets
+   for both medians).
 
 The game: the network's grid cells (``explainers.regions.grid_regions``), hidden by its perturbation, scored by the
 demo scene classifier's class probabilities (``ClassifierScorer``).
 
     python benchmarks/bench_fastshap_grid_hybrid.py --weights weights/demo/fastshap_grid_classifier.pt
+    python benchmarks/bench_fastshap_grid_hybrid.py --skip 16 --scenes 48 \
+        --out benchmarks/results/fastshap_grid_hybrid_48.json
 
 Writes benchmarks/results/fastshap_grid_hybrid.json.
 """
@@ -61,6 +66,17 @@ def training_split_scenes(start: int, n: int, size) -> list[torch.Tensor]:
             for i in range(start, start + n)]
 
 
+def ratio_interval(method: list[float], reference: list[float], n_boot: int, seed: int = 0) -> list[float]:
+    """95 % percentile-bootstrap interval of median(method) / median(reference) over paired targets (one resample of
+    the target indices for both); the two lists hold the same targets in the same order."""
+    a, b = np.asarray(method, np.float64), np.asarray(reference, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired AUCs differ in length: {a.shape} vs {b.shape}")
+    idx = np.random.default_rng(seed).integers(0, a.size, (n_boot, a.size))
+    ratios = np.median(a[idx], axis=1) / np.median(b[idx], axis=1)
+    return [float(q) for q in np.quantile(ratios, [0.025, 0.975])]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", default="weights/demo/fastshap_grid_classifier.pt")
@@ -69,6 +85,8 @@ def main() -> None:
     ap.add_argument("--select-from", type=int, default=3800)
     ap.add_argument("--reference", type=int, default=4000, help="BayesShapley forwards of the select reference")
     ap.add_argument("--scenes", type=int, default=16)
+    ap.add_argument("--skip", type=int, default=0, help="held-out scenes to pass over first")
+    ap.add_argument("--boot", type=int, default=2000, help="bootstrap resamples of the ratio's interval")
     ap.add_argument("--budgets", type=int, nargs="+", default=[64, 128, 256])
     ap.add_argument("--rise", type=int, default=4000)
     ap.add_argument("--threads", type=int, default=1)
@@ -95,7 +113,7 @@ def main() -> None:
         for curve, auc in curve_scores(scorer, image, saliency).items():
             aucs.setdefault(key, {}).setdefault(curve, []).extend(auc.tolist())
 
-    for k, (_, img) in enumerate(classifier_scenes("heldout", args.scenes)):
+    for k, (_, img) in enumerate(classifier_scenes("heldout", args.skip + args.scenes)[args.skip:]):
         image = sized(img.to(device), clf.input_size)
         cells = grid_regions(*image.shape[-2:], *ckpt.grid, image.device)
         add("fastshap_grid", image, FastShapGrid(scorer, weights=ckpt).explain(image).saliency)
@@ -111,7 +129,9 @@ def main() -> None:
     rise = float(np.median(aucs[f"rise@{args.rise}"]["deletion/mean"]))
     rows = {key: {**{c: float(np.median(v)) for c, v in curves.items()},
                   **{"mean_" + c: float(np.mean(v)) for c, v in curves.items()},
-                  "deletion_vs_rise": float(np.median(curves["deletion/mean"])) / rise}
+                  "deletion_vs_rise": float(np.median(curves["deletion/mean"])) / rise,
+                  "deletion_vs_rise_interval": ratio_interval(curves["deletion/mean"],
+                                                              aucs[f"rise@{args.rise}"]["deletion/mean"], args.boot)}
             for key, curves in aucs.items()}
     for budget in args.budgets:
         plain = np.asarray(aucs[f"bayes_shapley@{budget}"]["deletion/mean"])
@@ -122,11 +142,13 @@ def main() -> None:
               "select": {"scenes": [args.select_from, args.select_from + args.select],
                          "targets": select["shapley_targets"], "reference": f"bayes_shapley@{args.reference}",
                          "prior_relative_error": prior_error},
-              "heldout": describe_split("heldout"), "scenes": args.scenes, "rows": rows,
+              "heldout": describe_split("heldout"), "scenes": [args.skip, args.skip + args.scenes], "rows": rows,
               "seconds": time.perf_counter() - started, "threads": args.threads}
-    print(f"\n{'method':<36}{'deletion (mean)':>16}{'x RISE':>8}{'insertion (blur)':>18}")
+    print(f"\n{'method':<36}{'deletion (mean)':>16}{'x RISE':>8}{'95 % interval':>16}{'insertion (blur)':>18}")
     for key, row in rows.items():
-        print(f"{key:<36}{row['deletion/mean']:>16.3f}{row['deletion_vs_rise']:>8.2f}{row['insertion/blur']:>18.3f}")
+        low, high = row["deletion_vs_rise_interval"]
+        print(f"{key:<36}{row['deletion/mean']:>16.3f}{row['deletion_vs_rise']:>8.2f}{low:>9.2f}-{high:<6.2f}"
+              f"{row['insertion/blur']:>18.3f}")
     write_results(args.out, result)
 
 

@@ -26,7 +26,7 @@ from tasks.evaluate_summary import NOTES, summarise, undefined_counts, write_mr_
 from tasks.explain import shard_items as explain_items
 from tasks.params import Params, load_params
 from tasks.result_store import cache_dir_of
-from tasks.sanity import sanity_check, sanity_summary, sanity_targets
+from tasks.sanity import extend_unsettled, sanity_check, sanity_summary, sanity_targets
 from tasks.shards import (
     SHARDS_DIR,
     TableWriter,
@@ -148,6 +148,7 @@ def evaluate_flow(params: Params) -> dict:
     shards_done = time.perf_counter()
     checked = sanity.result() if sanity is not None else {"rows": [], "errors": [], "status": {}, "reused": 0,
                                                           "computed": 0}
+    checked = _extend_sanity(params, explanations, checked, logger)
     with returning_freed_memory():        # tables from here on: no forward passes to keep freed memory for
         sanity_done = time.perf_counter()
         summary, failures_done, n_errors = _finish(params, staging, outputs, shard_dirs, checked, metrics,
@@ -198,12 +199,14 @@ def _finish(params: Params, staging: Path, outputs, shard_dirs: list[str], check
     return summary, failures_done, n_errors
 
 
-def _submit_sanity(params: Params, explanations: pa.Table):
-    """The sanity check (tasks.sanity) of every job on its first ``evaluate.sanity.targets`` targets, as one task
-    running alongside the metric shards; None when off or nothing was explained. Only the chosen images' rows of
-    the images, targets and parts tables are read."""
-    per_job = params.evaluate.sanity.targets
-    chosen = sanity_targets(explanations, params.explain.jobs, per_job) if per_job else {}
+def _submit_sanity(params: Params, explanations: pa.Table, jobs: list[str] | None = None, start: int = 0,
+                   stop: int | None = None):
+    """The sanity check (tasks.sanity) of every job (or the named ``jobs``) on its targets ``start`` .. ``stop`` - 1
+    (default: its first ``evaluate.sanity.targets``), as one task running alongside the metric shards; None when
+    off or nothing was chosen. Only the chosen images' rows of the images, targets and parts tables are read."""
+    per_job = params.evaluate.sanity.targets if stop is None else stop
+    checked_jobs = [j for j in params.explain.jobs if jobs is None or j.name in jobs]
+    chosen = sanity_targets(explanations, checked_jobs, per_job, start) if per_job else {}
     ids = pa.array(sorted({image_id for keys in chosen.values() for image_id, _ in keys}), pa.string())
     if len(ids) == 0:
         return None
@@ -213,6 +216,21 @@ def _submit_sanity(params: Params, explanations: pa.Table):
     images = read_image_rows(stages.pull(params).path("images"), wanted, schema=SCHEMAS["images"])
     items = explain_items(images, targets, parts)
     return sanity_check.submit(items, chosen, params)
+
+
+def _extend_sanity(params: Params, explanations: pa.Table, checked: dict, logger) -> dict:
+    """``checked`` with every job whose verdict its targets left unsettled checked on more of them, up to
+    ``evaluate.sanity.max_targets`` (tasks.sanity.extend_unsettled); the extension runs after the metric shards."""
+    cfg = params.evaluate.sanity
+
+    def check_more(jobs: list[str], start: int, stop: int) -> dict | None:
+        more = _submit_sanity(params, explanations, jobs, start, stop)
+        return None if more is None else more.result()
+
+    out = extend_unsettled(checked, cfg.targets, cfg.max_targets, cfg.max_correlation, check_more)
+    if out.get("extended"):
+        logger.info("sanity: unsettled at %d targets, checked on more: %s", cfg.targets, out["extended"])
+    return out
 
 
 ANNOTATION_COLUMNS = [f.name for f in SCHEMAS["annotations"] if f.name != "keypoints"]

@@ -296,6 +296,7 @@ class SanityParams(_Section):
     """Adebayo et al.'s cascading model-parameter randomisation of every explain job (explainers.sanity)."""
 
     targets: int = Field(default=12, ge=0)              # first targets (image, target order) per job; 0: off
+    max_targets: int = Field(default=40, ge=0)          # a job left unsettled by them: its first max_targets
     steps: int = Field(default=3, ge=1)                 # cumulative randomisation stages, top layers first
     max_correlation: float = Field(default=0.5, ge=0, le=1)   # passes: median |rho| at full randomisation <= this
 

@@ -77,7 +77,8 @@ def tiny_params(root: Path, **extra) -> Path:
                          "pose": {"epochs": 1, "arch": str(REPO / "detection/configs/yolo-pose-tiny.yaml")},
                          "classifier": {"epochs": 1}, "keypoints": {"epochs": 1}},
               "explain": {"shard_size": 2, "min_height": 20, "jobs": TINY_JOBS},
-              "evaluate": {"steps": 4, "shard_size": 4, "causal_split": None, "sanity": {"targets": 2}},
+              "evaluate": {"steps": 4, "shard_size": 4, "causal_split": None,
+                           "sanity": {"targets": 2, "max_targets": 4}},
               "report": {"gallery": 2}}
     for key, value in extra.items():
         params[key] = {**params.get(key, {}), **value} if isinstance(value, dict) else value

@@ -120,12 +120,13 @@ def test_a_corrupt_image_lands_in_errors_and_the_rest_completes(project):
     defined = any("deletion_auc" in job for kind in summary["by_kind"].values() for job in kind.values())
     assert curves[0] == "job,fraction,deletion,insertion" and (len(curves) > 5 or not defined)
     assert Path("plots/part_relevance.csv").read_text().startswith("job,part,share")
-    # the sanity check re-explained each job's first two targets on the trained model and 3 randomised stages
+    # the sanity check re-explained each job's first two targets (four where two left its verdict unsettled) on the
+    # trained model and 3 randomised stages
     sanity = pq.read_table("data/evaluate/sanity.parquet").to_pandas()
     jobs = {j["method"] + ("@parts" if j["regions"] == "parts" else "") for j in TINY_JOBS}
     assert summary["sanity"]["jobs"].keys() == jobs and set(sanity["job"]) == jobs
     assert all(e["status"] == "checked" for e in summary["sanity"]["jobs"].values())
-    assert sorted(set(sanity["stage"])) == [0, 1, 2, 3] and (sanity.groupby("job").size() <= 8).all()
+    assert sorted(set(sanity["stage"])) == [0, 1, 2, 3] and (sanity.groupby("job").size() <= 16).all()
     trained = sanity[sanity["stage"] == 0]
     assert ((trained["spearman"] == 1) | trained["spearman"].isna()).all()
     full = sanity[sanity["stage"] == 3]

@@ -29,7 +29,8 @@ JOBS = [
 def _params(root: Path, n_images: int = 12, jobs=JOBS) -> Path:
     return tiny_params(root, pull={"synthetic": {"n_images": n_images}},
                        explain={"shard_size": 2, "min_height": 20, "jobs": jobs},
-                       evaluate={"steps": 2, "shard_size": 4, "causal_split": None, "sanity": {"targets": 1}})
+                       evaluate={"steps": 2, "shard_size": 4, "causal_split": None,
+                                 "sanity": {"targets": 1, "max_targets": 1}})
 
 
 def _timings(stage: str) -> dict:

@@ -355,7 +355,8 @@ def test_a_rexl_job_runs_through_explain_and_evaluate(trained, trained_detector,
                                                 {**rexl_job(trained_detector), "split": None, "targets": "persons",
                                                  "regions": "grid", "n_regions": 4}],
                                        "cache_dir": str(in_tmp / "store"), "min_height": 20},
-                              evaluate={"steps": 2, "shard_size": 4, "causal_split": None, "sanity": {"targets": 1}})
+                              evaluate={"steps": 2, "shard_size": 4, "causal_split": None,
+                                        "sanity": {"targets": 1, "max_targets": 1}})
     for run in (run_pull, run_infer, run_parts):
         run(params_file)
     first = run_explain(params_file)

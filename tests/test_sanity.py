@@ -210,3 +210,47 @@ def test_sanity_rows_are_stored_per_job_and_target_and_replayed_with_their_error
     assert (mixed["computed"], mixed["reused"]) == (1, 2) and {c[1] for c in calls} == {"t00"}
     assert [(r["target_id"], r["stage"]) for r in mixed["rows"]] == [(t, s) for t in ("t00", "t0", "t1")
                                                                       for s in range(3)]
+
+
+def test_an_unsettled_verdict_is_checked_on_more_targets_and_a_settled_one_is_not():
+    """extend_unsettled asks for targets targets .. max_targets - 1 of the unsettled jobs only, adds their rows after
+    each job's first ones, and leaves the result alone when nothing is unsettled or max_targets <= targets."""
+    import numpy as np
+
+    from tasks.sanity import extend_unsettled, sanity_summary
+
+    def rows(job, values, first=0):
+        out = [{"job": job, "method": job, "model": "detector", "stage": 0, "randomised": 0, "layers": 20,
+                "top_layer": None, "image_id": "i", "target_id": f"t{first + i}", "spearman": 1.0,
+                "spearman_abs": 1.0} for i in range(len(values))]
+        return out + [{**r, "stage": 3, "randomised": 20, "spearman": v, "spearman_abs": abs(v)}
+                      for r, v in zip(out, values)]
+
+    rng = np.random.default_rng(1)
+    settled = rows("settled", list(rng.uniform(-0.2, 0.2, 4)))
+    doubtful = rows("doubtful", [0.3, 0.7, 0.45, 0.6])            # median 0.525, interval across 0.5
+    status = {"settled": "checked", "doubtful": "checked", "onnx": "not applicable: no network"}
+    checked = {"rows": settled + doubtful, "errors": [{"message": "first"}], "status": status, "reused": 8,
+               "computed": 0}
+    asked = []
+
+    def check_more(jobs, start, stop):
+        asked.append((jobs, start, stop))
+        return {"rows": rows("doubtful", list(rng.uniform(0.8, 0.9, stop - start)), first=start),
+                "errors": [{"message": "more"}], "status": {"doubtful": "checked"}, "reused": 0,
+                "computed": stop - start}
+
+    before = sanity_summary(checked["rows"], status, 0.5)
+    assert before["settled"]["settled"] and not before["doubtful"]["settled"]
+    out = extend_unsettled(checked, 4, 12, 0.5, check_more)
+    assert asked == [(["doubtful"], 4, 12)]
+    assert out["extended"] == {"doubtful": 12} and out["computed"] == 8 and out["reused"] == 8
+    assert [e["message"] for e in out["errors"]] == ["first", "more"]
+    assert [r["job"] for r in out["rows"]][:8] == ["settled"] * 8                      # job order kept
+    after = sanity_summary(out["rows"], status, 0.5)
+    assert after["doubtful"]["targets"] == 12 and after["doubtful"]["settled"] and not after["doubtful"]["passes"]
+    assert after["settled"] == before["settled"] and after["onnx"] == {"status": status["onnx"]}
+    asked.clear()
+    assert extend_unsettled(checked, 4, 4, 0.5, check_more) is checked and not asked        # no room to extend
+    calm = {**checked, "rows": settled}
+    assert extend_unsettled(calm, 4, 12, 0.5, check_more) is calm and not asked            # nothing unsettled
