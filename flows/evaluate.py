@@ -191,7 +191,8 @@ def _finish(params: Params, staging: Path, outputs, shard_dirs: list[str], check
                "undefined": undefined_counts(metrics),
                "nonfinite_saliency": nonfinite,
                "pointing_tolerance": cfg.pointing_tolerance, "notes": NOTES, "where_it_fails": where,
-               "sanity": {"steps": cfg.sanity.steps, "max_correlation": cfg.sanity.max_correlation,
+               "sanity": {"targets": cfg.sanity.targets, "max_targets": cfg.sanity.max_targets,
+                          "steps": cfg.sanity.steps, "max_correlation": cfg.sanity.max_correlation,
                           "jobs": sanity_summary(checked["rows"], checked["status"], cfg.sanity.max_correlation)}}
     write_json(outputs.metrics, summary)
     write_plots(metrics, explanations, outputs.plots_dir)

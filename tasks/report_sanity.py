@@ -12,7 +12,7 @@ from __future__ import annotations
 import pandas as pd
 
 SANITY_NOTE = ("Cascading model-parameter randomisation (Adebayo et al. 2018): each job re-explains its first "
-               "{targets} targets on copies of the audited model whose parameterised layers are redrawn at random "
+               "{targets} on copies of the audited model whose parameterised layers are redrawn at random "
                "from the output down, in {steps} stages; ρ is Spearman's rank correlation of the map (body-part / "
                "region relevance for region jobs, the saliency grid for pixel jobs) with the trained model's, median "
                "over the targets, of the signed and of the absolute values. A job <b>passes</b> when both are at most "
@@ -64,6 +64,18 @@ def _interval(entry: dict) -> str:
             f"crosses the limit")
 
 
+def _targets_phrase(cfg: dict, table: pd.DataFrame) -> str:
+    """How many targets a job re-explained: the configured first ones, and the extension of unsettled verdicts
+    (``evaluate.sanity.max_targets``) when it is on; the table's largest count for a summary that predates them."""
+    first, most = cfg.get("targets"), cfg.get("max_targets")
+    if first is None:
+        return f"{max([int(t) for t in table['targets']] + [0])} targets"
+    if most is None or most <= first:
+        return f"{first} targets"
+    return (f"{first} targets, and up to its first {most} when its first {first} leave the verdict unsettled "
+            f"(the table's targets column)")
+
+
 def _rho(value) -> str:
     return "n/a" if value is None else f"{value:+.2f}"
 
@@ -77,8 +89,8 @@ def render_sanity(ctx):
     if table.empty:
         return None
     cfg = summary["sanity"]
-    targets = max([int(t) for t in table["targets"]] + [0])
-    note = SANITY_NOTE.format(targets=targets, steps=cfg.get("steps"), max_correlation=cfg.get("max_correlation"))
+    note = SANITY_NOTE.format(targets=_targets_phrase(cfg, table), steps=cfg.get("steps"),
+                              max_correlation=cfg.get("max_correlation"))
     body = _table(table) + f"<p class='note'>{note}</p>"
     failing = [j for j in table["job"] if j not in passing_jobs(summary)
                and summary["sanity"]["jobs"][j].get("status") == "checked"]

@@ -254,3 +254,17 @@ def test_an_unsettled_verdict_is_checked_on_more_targets_and_a_settled_one_is_no
     assert extend_unsettled(checked, 4, 4, 0.5, check_more) is checked and not asked        # no room to extend
     calm = {**checked, "rows": settled}
     assert extend_unsettled(calm, 4, 12, 0.5, check_more) is calm and not asked            # nothing unsettled
+
+
+def test_the_report_says_how_many_targets_a_job_was_checked_on():
+    """The note names the configured first targets and the extension of unsettled verdicts; an older summary without
+    them falls back to the table's largest count."""
+    import pandas as pd
+
+    from tasks.report_sanity import _targets_phrase
+
+    table = pd.DataFrame({"targets": [12, 40]})
+    assert _targets_phrase({}, table) == "40 targets"
+    assert _targets_phrase({"targets": 12, "max_targets": 12}, table) == "12 targets"
+    assert _targets_phrase({"targets": 12, "max_targets": 40}, table).startswith(
+        "12 targets, and up to its first 40 when its first 12 leave the verdict unsettled")
