@@ -26,7 +26,8 @@ from tasks.evaluate_summary import NOTES, summarise, undefined_counts, write_mr_
 from tasks.explain import shard_items as explain_items
 from tasks.params import Params, load_params
 from tasks.result_store import cache_dir_of
-from tasks.sanity import extend_unsettled, sanity_check, sanity_summary, sanity_targets
+from tasks.sanity import sanity_check, sanity_summary, sanity_targets
+from tasks.sanity_extension import extend_unsettled
 from tasks.shards import (
     SHARDS_DIR,
     TableWriter,
@@ -148,6 +149,7 @@ def evaluate_flow(params: Params) -> dict:
     shards_done = time.perf_counter()
     checked = sanity.result() if sanity is not None else {"rows": [], "errors": [], "status": {}, "reused": 0,
                                                           "computed": 0}
+    first_done = time.perf_counter()
     checked = _extend_sanity(params, explanations, checked, logger)
     with returning_freed_memory():        # tables from here on: no forward passes to keep freed memory for
         sanity_done = time.perf_counter()
@@ -155,7 +157,8 @@ def evaluate_flow(params: Params) -> dict:
                                                    explanations, logger)
     record_run("evaluate", {"wall_seconds": round(time.perf_counter() - started, 2),
                             "shards_seconds": round(shards_done - started, 2),
-                            "sanity_wait_seconds": round(sanity_done - shards_done, 2),
+                            "sanity_wait_seconds": round(first_done - shards_done, 2),
+                            "sanity_extension_seconds": round(sanity_done - first_done, 2),
                             "sanity_targets_computed": checked["computed"], "sanity_targets_reused": checked["reused"],
                             "where_it_fails_seconds": round(failures_done - sanity_done, 2),
                             "groups_computed": sum(r["computed"] for r in results),
@@ -203,8 +206,9 @@ def _finish(params: Params, staging: Path, outputs, shard_dirs: list[str], check
 def _submit_sanity(params: Params, explanations: pa.Table, jobs: list[str] | None = None, start: int = 0,
                    stop: int | None = None):
     """The sanity check (tasks.sanity) of every job (or the named ``jobs``) on its targets ``start`` .. ``stop`` - 1
-    (default: its first ``evaluate.sanity.targets``), as one task running alongside the metric shards; None when
-    off or nothing was chosen. Only the chosen images' rows of the images, targets and parts tables are read."""
+    (default: its first ``evaluate.sanity.targets``), as one submitted task (the first check runs alongside the
+    metric shards; the extension, :func:`_extend_sanity`, after them); None when off or nothing was chosen. Only the
+    chosen images' rows of the images, targets and parts tables are read."""
     per_job = params.evaluate.sanity.targets if stop is None else stop
     checked_jobs = [j for j in params.explain.jobs if jobs is None or j.name in jobs]
     chosen = sanity_targets(explanations, checked_jobs, per_job, start) if per_job else {}
@@ -221,7 +225,8 @@ def _submit_sanity(params: Params, explanations: pa.Table, jobs: list[str] | Non
 
 def _extend_sanity(params: Params, explanations: pa.Table, checked: dict, logger) -> dict:
     """``checked`` with every job whose verdict its targets left unsettled checked on more of them, up to
-    ``evaluate.sanity.max_targets`` (tasks.sanity.extend_unsettled); the extension runs after the metric shards."""
+    ``evaluate.sanity.max_targets`` (tasks.sanity_extension); it runs after the metric shards (its time:
+    ``sanity_extension_seconds`` in the stage's timings)."""
     cfg = params.evaluate.sanity
 
     def check_more(jobs: list[str], start: int, stop: int) -> dict | None:

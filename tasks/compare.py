@@ -244,6 +244,8 @@ class SanityChange:
     rho_b: float | None
     settled_b: bool | None = None
     interval_b: list[float] | None = None      # B's interval of the median |rho| at full randomisation
+    targets_a: int | None = None               # targets each verdict rests on (an unsettled one may have more:
+    targets_b: int | None = None               # evaluate.sanity.max_targets)
 
     @property
     def regressed(self) -> bool:
@@ -473,7 +475,8 @@ def sanity_changes(a: Audit, b: Audit) -> list[SanityChange]:
         ea, eb = ja.get(job) or {}, jb.get(job) or {}
         out.append(SanityChange(job, ea.get("status"), eb.get("status"), ea.get("passes"), eb.get("passes"),
                                 _number(ea.get("spearman_abs_full")), _number(eb.get("spearman_abs_full")),
-                                eb.get("settled"), eb.get("spearman_abs_full_interval")))
+                                eb.get("settled"), eb.get("spearman_abs_full_interval"), ea.get("targets"),
+                                eb.get("targets")))
     return out
 
 
@@ -742,7 +745,17 @@ def _gate_sanity(c: Comparison, value: str) -> list[str]:
         unchecked = []
     bad = [s for s in c.sanity if (s.regressed if value == "regress" else s.fails_b)]
     return unchecked + [f"sanity {s.job}: {'passes' if s.passes_a else s.status_a or 'absent'} in A, does not pass "
-                        f"in B (|rho| at full randomisation {s.rho_b}{_unsettled(s)})" for s in bad]
+                        f"in B (|rho| at full randomisation {s.rho_b}{_on_targets(s)}{_unsettled(s)})" for s in bad]
+
+
+def _on_targets(s: SanityChange) -> str:
+    """How many targets B's verdict rests on, and A's when it differs (the extension of unsettled verdicts can make
+    them differ: a verdict on more targets is not a regression of the model), or ''."""
+    if s.targets_b is None:
+        return ""
+    if s.targets_a is not None and s.targets_a != s.targets_b:
+        return f", on {s.targets_b} targets in B, {s.targets_a} in A"
+    return f", on {s.targets_b} targets"
 
 
 def _unsettled(s: SanityChange) -> str:

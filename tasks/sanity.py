@@ -13,8 +13,8 @@ median at full randomisation comes with a 95 % percentile-bootstrap interval ove
 and the verdict is *settled* when the intervals put it on one side of the limit (every interval inside it: passes;
 some interval wholly beyond it: fails); otherwise the verdict is the point estimate's and may flip with a few more
 targets or with float rounding of the model (with 2 targets one did: benchmarks/README.md). Such a job is checked
-again on more of its targets, up to ``evaluate.sanity.max_targets`` (:func:`extend_unsettled`): the targets go where
-the verdict is in doubt, and a verdict still unsettled then is reported as such. A black-box model
+again on more of its targets, up to ``evaluate.sanity.max_targets`` (:mod:`tasks.sanity_extension`, a module of its
+own so that its edits leave this module's stored rows valid). A black-box model
 (ONNX, ``kind: callable``) has no parameters to randomise: its jobs get the status
 ``not applicable`` and no rows.
 """
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -80,31 +79,6 @@ def sanity_targets(explanations: pa.Table, jobs: list[ExplainJob], per_job: int,
     for k in explanations.select(["job", "image_id", "target_id"]).to_pylist():
         by_job.setdefault(k["job"], set()).add((k["image_id"], k["target_id"]))
     return {job.name: sorted(by_job.get(job.name, ()))[start:per_job] for job in jobs}
-
-
-def extend_unsettled(checked: dict, targets: int, max_targets: int, max_correlation: float,
-                     check_more: Callable[[list[str], int, int], dict | None]) -> dict:
-    """The check on ``targets`` targets a job (``checked``: :func:`sanity_check`'s result), with every job whose
-    verdict it left unsettled (:func:`verdict_settled`) checked again on its targets ``targets`` ..
-    ``max_targets`` - 1 (``check_more(jobs, targets, max_targets)``, a :func:`sanity_check` result or None when
-    nothing was chosen) and their rows and errors added: a verdict that a few targets cannot settle gets more, a
-    settled one costs nothing more. Rows stay in job order (each job's first targets, then the added ones); the
-    summary counts each job's targets from its rows. Unchanged when ``max_targets <= targets`` or every checked
-    verdict is settled."""
-    if max_targets <= targets or not checked["rows"]:
-        return checked
-    summary = sanity_summary(checked["rows"], checked["status"], max_correlation)
-    unsettled = [job for job, e in summary.items() if e["status"] == "checked" and e.get("settled") is False]
-    more = check_more(unsettled, targets, max_targets) if unsettled else None
-    if not more or not more["rows"]:
-        return checked
-    order = list(dict.fromkeys(r["job"] for r in checked["rows"] + more["rows"]))
-    rows = [r for job in order for r in (*(r for r in checked["rows"] if r["job"] == job),
-                                         *(r for r in more["rows"] if r["job"] == job))]
-    return {"rows": rows, "errors": checked["errors"] + more["errors"], "status": checked["status"],
-            "reused": checked["reused"] + more["reused"], "computed": checked["computed"] + more["computed"],
-            "extended": {job: len({(r["image_id"], r["target_id"]) for r in rows if r["job"] == job})
-                         for job in unsettled}}
 
 
 def _map(row: dict, job: ExplainJob) -> np.ndarray:
@@ -382,5 +356,5 @@ def _median(values: list[float]) -> float | None:
     return round(float(np.median(finite)), 4) if finite else None
 
 
-__all__ = ["SanityRow", "extend_unsettled", "median_interval", "sanity_check", "sanity_summary", "sanity_targets",
+__all__ = ["SanityRow", "median_interval", "sanity_check", "sanity_summary", "sanity_targets",
            "verdict_settled"]

@@ -419,6 +419,11 @@ def test_sanity_and_detector_gates_on_missing_values(result):
     reasons = check_gates(flipped, parse_gates(["sanity=regress"]))[0].reasons   # still a failure, said unsettled
     assert list(reasons) == ["sanity rise: passes in A, does not pass in B (|rho| at full randomisation 0.52; "
                              "unsettled: its interval crosses the limit)"]
+    counted = dataclasses.replace(flipped, sanity=[dataclasses.replace(flipped.sanity[0], targets_a=12,
+                                                                       targets_b=40)])
+    assert check_gates(counted, parse_gates(["sanity=regress"]))[0].reasons[0] == (
+        "sanity rise: passes in A, does not pass in B (|rho| at full randomisation 0.52, on 40 targets in B, 12 in A; "
+        "unsettled: its interval crosses the limit)")
     one = dataclasses.replace(flipped, sanity=[dataclasses.replace(flipped.sanity[0], interval_b=None)])
     assert check_gates(one, parse_gates(["sanity=fail"]))[0].reasons[0].endswith(
         "unsettled: no interval (fewer than 2 targets with a correlation))")

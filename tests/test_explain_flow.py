@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import tasks.explain
+from tasks.sanity import sanity_summary
 from tasks.stages import ExplainOutputs
 from tasks.timings import TIMINGS_DIR, read_shard_timings
 from tests.conftest import TINY_JOBS, tiny_params
@@ -127,6 +128,15 @@ def test_a_corrupt_image_lands_in_errors_and_the_rest_completes(project):
     assert summary["sanity"]["jobs"].keys() == jobs and set(sanity["job"]) == jobs
     assert all(e["status"] == "checked" for e in summary["sanity"]["jobs"].values())
     assert sorted(set(sanity["stage"])) == [0, 1, 2, 3] and (sanity.groupby("job").size() <= 16).all()
+    explanations = read_explanations("data/explain")
+    for job, entry in summary["sanity"]["jobs"].items():       # 4 targets exactly where 2 left the verdict unsettled
+        mine = sanity[sanity["job"] == job]
+        first = sorted(set(zip(mine["image_id"], mine["target_id"])))[:2]
+        at_two = sanity_summary([r for r in mine.to_dict("records") if (r["image_id"], r["target_id"]) in first],
+                                {job: "checked"}, 0.5)[job]
+        available = len(set(zip(*(explanations.filter(pc.equal(explanations["job"], job))[c].to_pylist()
+                                   for c in ("image_id", "target_id")))))
+        assert entry["targets"] == (min(4, available) if not at_two["settled"] else min(2, available)), job
     trained = sanity[sanity["stage"] == 0]
     assert ((trained["spearman"] == 1) | trained["spearman"].isna()).all()
     full = sanity[sanity["stage"] == 3]

@@ -22,7 +22,8 @@ SAG_JOB = {"method": "sag", "targets": "persons", "regions": "parts", "budget": 
 
 def test_a_sag_job_writes_its_graphs_and_the_report_shows_sufficient_part_sets(project):
     params = tiny_params(project, explain={"shard_size": 4, "min_height": 20, "jobs": [SAG_JOB]},
-                         evaluate={"steps": 2, "shard_size": 8, "causal_split": None})
+                         evaluate={"steps": 2, "shard_size": 8, "causal_split": None,
+                                   "sanity": {"targets": 12, "max_targets": 12}})
     summary = run_explain(params)
     out = ExplainOutputs(Path("data/explain"), Path("metrics/explain.json"))
     explanations, sag = out.read("explanations"), out.read("sag")

@@ -213,11 +213,13 @@ def test_sanity_rows_are_stored_per_job_and_target_and_replayed_with_their_error
 
 
 def test_an_unsettled_verdict_is_checked_on_more_targets_and_a_settled_one_is_not():
-    """extend_unsettled asks for targets targets .. max_targets - 1 of the unsettled jobs only, adds their rows after
-    each job's first ones, and leaves the result alone when nothing is unsettled or max_targets <= targets."""
+    """extend_unsettled asks for targets targets .. max_targets - 1 of the unsettled jobs only, puts their rows after
+    each job's first ones, adds errors and counts (also when the extension produced no rows), and leaves the result
+    alone when nothing is unsettled or max_targets <= targets."""
     import numpy as np
 
-    from tasks.sanity import extend_unsettled, sanity_summary
+    from tasks.sanity import sanity_summary
+    from tasks.sanity_extension import extend_unsettled
 
     def rows(job, values, first=0):
         out = [{"job": job, "method": job, "model": "detector", "stage": 0, "randomised": 0, "layers": 20,
@@ -230,7 +232,7 @@ def test_an_unsettled_verdict_is_checked_on_more_targets_and_a_settled_one_is_no
     settled = rows("settled", list(rng.uniform(-0.2, 0.2, 4)))
     doubtful = rows("doubtful", [0.3, 0.7, 0.45, 0.6])            # median 0.525, interval across 0.5
     status = {"settled": "checked", "doubtful": "checked", "onnx": "not applicable: no network"}
-    checked = {"rows": settled + doubtful, "errors": [{"message": "first"}], "status": status, "reused": 8,
+    checked = {"rows": doubtful + settled, "errors": [{"message": "first"}], "status": status, "reused": 8,
                "computed": 0}
     asked = []
 
@@ -246,14 +248,43 @@ def test_an_unsettled_verdict_is_checked_on_more_targets_and_a_settled_one_is_no
     assert asked == [(["doubtful"], 4, 12)]
     assert out["extended"] == {"doubtful": 12} and out["computed"] == 8 and out["reused"] == 8
     assert [e["message"] for e in out["errors"]] == ["first", "more"]
-    assert [r["job"] for r in out["rows"]][:8] == ["settled"] * 8                      # job order kept
+    assert len(out["rows"]) == 8 + 8 + 16                                  # none lost, none twice
+    assert [r["job"] for r in out["rows"]] == ["doubtful"] * 24 + ["settled"] * 8      # each job's rows together
+    mine = [(r["target_id"], r["stage"]) for r in out["rows"] if r["job"] == "doubtful"]
+    assert mine[:8] == [(r["target_id"], r["stage"]) for r in doubtful] and len(set(mine)) == 24
     after = sanity_summary(out["rows"], status, 0.5)
     assert after["doubtful"]["targets"] == 12 and after["doubtful"]["settled"] and not after["doubtful"]["passes"]
     assert after["settled"] == before["settled"] and after["onnx"] == {"status": status["onnx"]}
+
+    def unreadable(jobs, start, stop):                      # the extension's images could not be read: no rows
+        return {"rows": [], "errors": [{"message": "unreadable"}], "status": {}, "reused": 0, "computed": 3}
+
+    lost = extend_unsettled(checked, 4, 12, 0.5, unreadable)
+    assert lost["rows"] == checked["rows"] and lost["extended"] == {} and lost["computed"] == 3
+    assert [e["message"] for e in lost["errors"]] == ["first", "unreadable"]
     asked.clear()
     assert extend_unsettled(checked, 4, 4, 0.5, check_more) is checked and not asked        # no room to extend
+    assert extend_unsettled(checked, 4, 12, 0.5, lambda *a: None) is checked                # no target beyond
     calm = {**checked, "rows": settled}
     assert extend_unsettled(calm, 4, 12, 0.5, check_more) is calm and not asked            # nothing unsettled
+
+
+def test_the_extension_takes_each_job_s_targets_after_its_first_ones():
+    """sanity_targets(per_job, start): the sorted targets start .. per_job - 1 of each job; short jobs give what
+    they have (nothing past their end)."""
+    import pyarrow as pa
+
+    from tasks.params import ExplainJob
+    from tasks.sanity import sanity_targets
+
+    jobs = [ExplainJob(method="rise", targets="classes", regions="none"),
+            ExplainJob(method="occlusion", targets="persons", regions="parts")]
+    keys = [("rise", f"img{i}", "c0") for i in (3, 1, 2, 0)] + [("occlusion@parts", "img0", "p0")]
+    table = pa.table({"job": [k[0] for k in keys], "image_id": [k[1] for k in keys], "target_id": [k[2] for k in keys]})
+    first = sanity_targets(table, jobs, 2)
+    more = sanity_targets(table, jobs, 4, start=2)
+    assert first == {"rise": [("img0", "c0"), ("img1", "c0")], "occlusion@parts": [("img0", "p0")]}
+    assert more == {"rise": [("img2", "c0"), ("img3", "c0")], "occlusion@parts": []}
 
 
 def test_the_report_says_how_many_targets_a_job_was_checked_on():
