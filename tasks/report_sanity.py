@@ -73,7 +73,7 @@ def _targets_phrase(cfg: dict, table: pd.DataFrame) -> str:
     if most is None or most <= first:
         return f"{first} targets"
     return (f"{first} targets, and up to its first {most} when its first {first} leave the verdict unsettled "
-            f"(the table's targets column)")
+            f"(the table's targets column),")
 
 
 def _rho(value) -> str:
