@@ -17,9 +17,9 @@ linear in the queried game values could get to 0.5x there, by giving one everyth
 
 Each runs on two designs of the same budget: ``bayes`` (the queries ``bayes_shapley`` makes: the empty and full
 coalitions and (budget - 2) // 2 designed complementary pairs, players permuted per seed) and ``greedy`` (the empty
-and full coalitions, then budget - 2 coalitions picked one by one to shrink the family oracle's posterior variance
-of the Shapley values most under that estimator's own prior: a greedy A-optimal design). Every estimator here sees the empty and the
-full coalition, so efficiency holds exactly for all of them.
+and full coalitions, then budget - 2 coalitions picked one by one to shrink the posterior variance of the Shapley
+values most under that estimator's own prior: a greedy A-optimal design). Every estimator here sees the empty and
+the full coalition, so efficiency holds exactly for all of them.
 
 Peers on the same games and seeds: ``bayes_shapley`` (the default), shapiq ``kADDSHAP`` (k = 2 with and without
 pairing, k = 3 with pairing) and shapiq ``KernelSHAP`` (pairing) -- the configurations that were best peer in
@@ -49,7 +49,7 @@ from threadpoolctl import threadpool_limits
 
 from bench_shapley import HELDOUT_FAMILIES, RESULTS, TUNE_FAMILIES, TableGame, synthetic_game, synthetic_seed
 from explainers.bayesian_shapley import DEFAULT_DECAY, bayes_shapley, pair_design
-from explainers.shapley import all_coalitions, exact_coefficients
+from explainers.shapley import exact_coefficients
 from peers import run_peer
 
 PEER_RUNS = (("shapiq_kadd_shap", {"max_order": 2, "pairing_trick": False}),
@@ -92,7 +92,7 @@ class Moments:
         return float(np.trace(A.T @ (self.cov + np.outer(self.mean, self.mean)) @ A))
 
     @staticmethod
-    def mixture(parts: list["Moments"], A: np.ndarray) -> "Moments":
+    def mixture(parts: list[Moments], A: np.ndarray) -> Moments:
         """The moments of an equal mixture of the families, each rescaled to E ||phi||^2 = 1 first (the benchmark
         scores relative error, so no family may dominate by its units): second moments averaged, then centred."""
         out = Moments.__new__(Moments)
@@ -156,13 +156,13 @@ def main() -> None:
     with threadpool_limits(args.threads):
         for M in (int(m) for m in args.players.split(",")):
             A = exact_coefficients(M).numpy()                                          # [2^M, M]
-            fam_moments = {f: Moments(family_values(f, M, [PRIOR_SEED + 1000 * M + g for g in range(args.prior_games)]), M)
-                           for f in HELDOUT_FAMILIES + TUNE_FAMILIES}
+            prior_seeds = [PRIOR_SEED + 1000 * M + g for g in range(args.prior_games)]
+            fam_moments = {f: Moments(family_values(f, M, prior_seeds), M) for f in HELDOUT_FAMILIES + TUNE_FAMILIES}
             pooled = Moments.mixture([fam_moments[f] for f in HELDOUT_FAMILIES], A)
             tune = fam_moments[TUNE_FAMILIES[0]]
             print(f"M {M}: moments at {time.perf_counter() - start:.0f} s", flush=True)
             for budget in (int(b) for b in args.budgets.split(",")):
-                designs: dict = {}                       # each prior's own greedy design (the family oracle's per family)
+                designs: dict = {}             # each prior's own greedy design (the family oracle's: per family)
                 for family in HELDOUT_FAMILIES:
                     seeds = [synthetic_seed("heldout", M, g) for g in range(5)] + \
                             [EVAL_SEED + 1000 * M + g for g in range(5, args.games)]

@@ -11,6 +11,7 @@ Kept apart from :mod:`tasks.sanity` on purpose: a sanity row's store key covers 
 so an edit here leaves every stored row valid. Pure functions (no Prefect): the evaluate flow passes the check."""
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 from tasks.sanity import sanity_summary
@@ -31,22 +32,30 @@ def extend_unsettled(checked: dict, targets: int, max_targets: int, max_correlat
     target beyond its first ``targets``. Its rows follow each job's first rows (jobs in their first order), its
     errors rows and its reused / computed counts are added (also when it produced no rows: every chosen image
     unreadable), and ``extended`` maps each job that got rows to its target count. The summary counts a job's
-    targets from its rows. Returns ``checked`` itself when ``max_targets <= targets``, nothing was checked, or every
-    verdict is settled."""
+    targets from its rows. An errors row the first check already holds (an unreadable image whose targets straddle
+    ``targets`` fails in both passes) is kept once. Returns ``checked`` itself when ``max_targets <= targets``,
+    nothing was checked, or every verdict is settled."""
     if max_targets <= targets or not checked["rows"]:
         return checked
     unsettled = unsettled_jobs(checked, max_correlation)
     more = check_more(unsettled, targets, max_targets) if unsettled else None
     if more is None:
         return checked
-    order = list(dict.fromkeys(r["job"] for r in [*checked["rows"], *more["rows"]]))
-    rows = [r for job in order for r in (*(r for r in checked["rows"] if r["job"] == job),
-                                         *(r for r in more["rows"] if r["job"] == job))]
+    both = [*checked["rows"], *more["rows"]]
+    first = {job: i for i, job in enumerate(dict.fromkeys(r["job"] for r in both))}
+    rows = sorted(both, key=lambda r: first[r["job"]])              # stable: a job's first rows, then its new ones
     grown = dict.fromkeys(r["job"] for r in more["rows"])
-    return {"rows": rows, "errors": checked["errors"] + more["errors"], "status": checked["status"],
+    seen = {_error_key(e) for e in checked["errors"]}
+    errors = checked["errors"] + [e for e in more["errors"] if _error_key(e) not in seen]
+    return {"rows": rows, "errors": errors, "status": checked["status"],
             "reused": checked["reused"] + more["reused"], "computed": checked["computed"] + more["computed"],
             "extended": {job: len({(r["image_id"], r["target_id"]) for r in rows if r["job"] == job})
                          for job in grown}}
+
+
+def _error_key(row: dict) -> str:
+    """An errors row's identity: every field, in key order."""
+    return json.dumps(row, sort_keys=True, default=str)
 
 
 __all__ = ["extend_unsettled", "unsettled_jobs"]

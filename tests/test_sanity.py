@@ -257,11 +257,12 @@ def test_an_unsettled_verdict_is_checked_on_more_targets_and_a_settled_one_is_no
     assert after["settled"] == before["settled"] and after["onnx"] == {"status": status["onnx"]}
 
     def unreadable(jobs, start, stop):                      # the extension's images could not be read: no rows
-        return {"rows": [], "errors": [{"message": "unreadable"}], "status": {}, "reused": 0, "computed": 3}
+        return {"rows": [], "errors": [{"message": "unreadable"}, {"message": "first"}], "status": {}, "reused": 0,
+                "computed": 3}
 
     lost = extend_unsettled(checked, 4, 12, 0.5, unreadable)
     assert lost["rows"] == checked["rows"] and lost["extended"] == {} and lost["computed"] == 3
-    assert [e["message"] for e in lost["errors"]] == ["first", "unreadable"]
+    assert [e["message"] for e in lost["errors"]] == ["first", "unreadable"]      # an image failing twice: one row
     asked.clear()
     assert extend_unsettled(checked, 4, 4, 0.5, check_more) is checked and not asked        # no room to extend
     assert extend_unsettled(checked, 4, 12, 0.5, lambda *a: None) is checked                # no target beyond
