@@ -121,6 +121,8 @@ class Moments:
                 gain = np.where(var > 1e-12 * var.max(), (B ** 2).sum(0) / np.maximum(var, 1e-300), -1.0)
                 gain[chosen] = -1.0
                 j = int(np.argmax(gain))
+                if gain[j] < 0:
+                    raise RuntimeError(f"greedy design: no coalition left lowers the variance ({len(chosen)} chosen)")
             chosen.append(j)
             if P[j, j] > 0:
                 P -= np.outer(P[:, j], P[:, j]) / P[j, j]
