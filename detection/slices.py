@@ -284,6 +284,18 @@ def _row_chunked_grams(rows: np.ndarray, weights: list[np.ndarray]) -> list[np.n
     return out
 
 
+def _pin_numpy_kernels() -> None:
+    """Make sliceline use its NumPy code whatever else is installed. sliceline 0.3 switches three of its kernels
+    (slice scores, their upper bounds, candidate ids) to numba when numba happens to be importable, and those do
+    not return the same top slices on the same data: on the demo audit the second top miss slice changed once a
+    benchmark's extras (shap / shapiq) had brought numba into the environment. numba is not a dependency of this
+    project, so a fresh install runs the NumPy code; pinning it keeps ``dvc repro``'s slices the same in every
+    environment (the kernels are not where the time goes: :func:`_dense_eval` is)."""
+    import sliceline.slicefinder as finder_module
+
+    finder_module.NUMBA_AVAILABLE = False
+
+
 @functools.cache
 def _finder_class() -> type:
     """:class:`sliceline.slicefinder.Slicefinder` with :func:`_dense_eval` as its candidate evaluation and
@@ -293,6 +305,8 @@ def _finder_class() -> type:
     BLAS thread."""
     from sliceline.slicefinder import Slicefinder
     from threadpoolctl import threadpool_limits
+
+    _pin_numpy_kernels()
 
     class _DenseEvalSlicefinder(Slicefinder):
         def _eval_slice(self, x_encoded, errors, slices, level):
@@ -324,6 +338,7 @@ def _sliceline(codes: pd.DataFrame, errors: np.ndarray, config: SliceConfig,
 
     if errors.max() <= 0:
         return []
+    _pin_numpy_kernels()
     finder = (_finder_class() if dense else Slicefinder)(alpha=config.alpha, k=config.top_k, max_l=config.max_level,
                                                          min_sup=config.min_support, verbose=False)
     # the labels as integer codes in sorted-label order: the one-hot columns come out in the order the package gives

@@ -130,3 +130,22 @@ def test_basic_slices_equal_the_packages(kind, gram_chunk, monkeypatch):
     ref_slices, ref_stats = stock._create_and_score_basic_slices(x, x.shape[1], errors)
     assert (slices != ref_slices).nnz == 0 and slices.shape == ref_slices.shape
     assert np.array_equal(stats_, ref_stats) and len(stats_) > 10
+
+
+def test_the_numba_kernels_are_never_used_even_where_sliceline_thinks_numba_is_installed(monkeypatch):
+    """sliceline switches to numba kernels when numba is importable (a benchmark's extras bring it) and those return
+    other top slices on the same data: the search must run sliceline's NumPy code in every environment."""
+    import sliceline.slicefinder as finder_module
+
+    def numba_kernel(*args, **kwargs):
+        raise AssertionError("a numba kernel ran")
+
+    codes, rng = _codes(600, 7)
+    errors = (rng.random(len(codes)) < np.where((codes["facing"] == "back").to_numpy(), 0.7, 0.2)).astype(float)
+    config = SliceConfig(max_level=2, top_k=5, min_support=10)
+    before = _sliceline(codes, errors, config)
+    monkeypatch.setattr(finder_module, "NUMBA_AVAILABLE", True)
+    for name in ("score_slices_numba", "score_ub_batch_numba", "compute_slice_ids_numba"):
+        monkeypatch.setattr(finder_module, name, numba_kernel)
+    assert _sliceline(codes, errors, config) == before
+    assert _sliceline(codes, errors, config, dense=False) == before
