@@ -3,6 +3,8 @@
 * ``tune``: the pulled default dataset (``data/pulled``, the pipeline's synthetic scenes of seed 0). Every
   estimator default that the benchmarks compare (BayesShapley's prior decay, KernelSHAP's third-order ridge, the
   perturbation defaults) was chosen on pedestrians of these scenes, and the peers' configurations are chosen here.
+* ``train``: the training scenes (the seed the pipeline's trainers render): for benchmarks of learned components,
+  which may train here and nowhere else.
 * ``heldout``: scenes rendered by the same generator (``params.yaml``'s ``pull.synthetic``) with seed
   ``HELDOUT_SEED``, which is neither the pulled data's seed (0) nor the training scenes' (seed + 1 = 1): never
   trained on, never tuned on. The reported tables use these.
@@ -30,7 +32,7 @@ from detection.scorers import DRiseScorer
 from tasks.params import load_params
 
 HELDOUT_SEED = 1000
-SPLITS = ("tune", "heldout")
+SPLITS = ("tune", "heldout", "train")
 TUNE_SOURCE = "data/pulled"
 
 
@@ -47,6 +49,8 @@ def start_run(threads: int) -> torch.device:
 def describe_split(split: str) -> str:
     if split == "tune":
         return f"tune: pedestrians of {TUNE_SOURCE} (the pipeline's synthetic scenes, seed 0)"
+    if split == "train":
+        return f"train: the training scenes (seed {training_seed()}: what learned components train on, never audited)"
     return f"heldout: scenes rendered with seed {HELDOUT_SEED} (pull.synthetic config of params.yaml)"
 
 
@@ -72,11 +76,18 @@ def scenes(split: str):
             yield r["image_id"], to_batch([load_rgb(r["uri"])])[0], persons.get(r["image_id"], [])
         return
     cfg = load_params(check_files=False).pull.synthetic
+    seed = HELDOUT_SEED if split == "heldout" else training_seed()
     for index in range(100_000):
-        scene = render_scene(cfg, HELDOUT_SEED, index)
-        image_id = f"heldout{HELDOUT_SEED}-{index:06d}"
+        scene = render_scene(cfg, seed, index)
+        image_id = f"{split}{seed}-{index:06d}"
         annotations, _ = scene_rows(scene, image_id)
         yield image_id, to_batch([scene.image])[0], [a for a in annotations if a["category"] == "person"]
+
+
+def training_seed() -> int:
+    """The render seed of the training scenes (``seed`` + ``models.train_data.seed_offset``, as the trainers use)."""
+    params = load_params(check_files=False)
+    return params.seed + params.models.train_data.seed_offset
 
 
 def load_detector(device) -> YoloDetector:
