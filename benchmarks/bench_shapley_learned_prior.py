@@ -34,14 +34,12 @@ import flows  # noqa: F401  (environment defaults)
 import numpy as np
 import torch
 
-from bench_shapley import RESULTS, TableGame, restriction_index
-from bench_shapley_oracle import PEER_RUNS, rel_err
-from explainers.bayesian_shapley import bayes_shapley
+from bench_shapley import RESULTS, restriction_index
+from bench_shapley_oracle import baseline_errors, rel_err
 from explainers.game import RegionGame
 from explainers.perturb import make_perturbation
 from explainers.shapley import all_coalitions, exact_coefficients
 from pedestrians import file_digest, load_detector, pedestrians, start_run
-from peers import run_peer
 
 SHRINKAGE = (1e-4, 1e-3, 1e-2, 0.03, 0.1, 0.3)
 
@@ -177,15 +175,7 @@ def main() -> None:
             obs = prior.greedy_design(A, budget - 2)
             learned = prior.estimate(A, obs, Uh[:, obs]) * gap[:, None]
             errs = {"learned_prior": [float(x) for x in rel_err(learned, exact)]}
-            for g, values in enumerate(held):
-                table = TableGame(torch.from_numpy(values)[:, None])
-                for s in range(args.seeds):
-                    phi = bayes_shapley(table, M, budget, np.random.default_rng(s)).phi[0].double().numpy()
-                    errs.setdefault("bayes_shapley", []).append(float(rel_err(phi, exact[g])))
-                    for peer, config in PEER_RUNS:
-                        key = f"{peer} {json.dumps(config, sort_keys=True)}"
-                        phi = np.asarray(run_peer(peer, table, M, budget, s, config))
-                        errs.setdefault(key, []).append(float(rel_err(phi, exact[g])))
+            baseline_errors(held, exact, M, budget, args.seeds, errs)
             peers = {k: float(np.median(v)) for k, v in errs.items() if k.startswith("shapiq")}
             best = min(peers, key=peers.get)
             rows.append({"M": M, "budget": budget, "shrinkage": lam, "errors": errs, "best_peer": best})

@@ -136,6 +136,20 @@ def bayes_design(M: int, budget: int, seed: int) -> np.ndarray:
     return (Z.round() @ (2 ** np.arange(M))).astype(np.int64)
 
 
+def baseline_errors(tables: np.ndarray, exact: np.ndarray, M: int, budget: int, seeds: int, errs: dict) -> None:
+    """Append to ``errs`` the relative errors of ``bayes_shapley`` and of each of ``PEER_RUNS`` on every game of
+    ``tables`` [n, 2^M] (exact values ``exact`` [n, M]), seeds 0 .. seeds - 1."""
+    for g, values in enumerate(tables):
+        table = TableGame(torch.from_numpy(values)[:, None])
+        for s in range(seeds):
+            phi = bayes_shapley(table, M, budget, np.random.default_rng(s)).phi[0].double().numpy()
+            errs.setdefault("bayes_shapley", []).append(float(rel_err(phi, exact[g])))
+            for peer, config in PEER_RUNS:
+                phi = np.asarray(run_peer(peer, table, M, budget, s, config))
+                key = f"{peer} {json.dumps(config, sort_keys=True)}"
+                errs.setdefault(key, []).append(float(rel_err(phi, exact[g])))
+
+
 def rel_err(est: np.ndarray, exact: np.ndarray) -> np.ndarray:
     return np.linalg.norm(est - exact, axis=-1) / np.maximum(np.linalg.norm(exact, axis=-1), 1e-12)
 
@@ -180,15 +194,7 @@ def main() -> None:
                         for s in range(args.seeds):
                             obs = bayes_design(M, budget, s)
                             errs.setdefault(f"{name}/bayes", []).extend(rel_err(mom.estimate(A, obs, V[:, obs]), exact))
-                    for g, values in enumerate(V):
-                        table = TableGame(torch.from_numpy(values)[:, None])
-                        for s in range(args.seeds):
-                            phi = bayes_shapley(table, M, budget, np.random.default_rng(s)).phi[0].double().numpy()
-                            errs.setdefault("bayes_shapley", []).append(float(rel_err(phi, exact[g])))
-                            for peer, config in PEER_RUNS:
-                                key = f"{peer} {json.dumps(config, sort_keys=True)}"
-                                phi = run_peer(peer, table, M, budget, s, config)
-                                errs.setdefault(key, []).append(float(rel_err(np.asarray(phi), exact[g])))
+                    baseline_errors(V, exact, M, budget, args.seeds, errs)
                     rows.append({"M": M, "budget": budget, "family": family, "games": len(V),
                                  "errors": {k: [float(x) for x in v] for k, v in errs.items()}})
                     print(f"M {M} @ {budget} {family}: " + summary(rows[-1]["errors"]), flush=True)
