@@ -17,9 +17,10 @@ pedestrians of ``bench_shapley.py``'s real-game table (the first 30 of the held-
 rest) and M = 10 (context and rest always shown: a restriction of the same table), against BayesShapley (the
 default) and shapiq's kADDSHAP / KernelSHAP (the best peers there), 3 seeds each.
 
-    python benchmarks/bench_shapley_learned_prior.py --enumerate train --skip 0 --persons 40     (fill caches;
-    python benchmarks/bench_shapley_learned_prior.py --enumerate heldout --persons 30             resumable)
-    python benchmarks/bench_shapley_learned_prior.py --train 80 --persons 30
+    python benchmarks/bench_shapley_learned_prior.py --enumerate train --skip 0 --persons 45     (fill the caches,
+    python benchmarks/bench_shapley_learned_prior.py --enumerate train --skip 45 --persons 15     resumable; one
+    python benchmarks/bench_shapley_learned_prior.py --enumerate heldout --persons 30             file a range)
+    python benchmarks/bench_shapley_learned_prior.py --train 60 --persons 30
 Writes benchmarks/results/shapley_learned_prior.json.
 """
 from __future__ import annotations
@@ -69,9 +70,12 @@ def enumerate_tables(split: str, skip: int, n: int, device) -> None:
 
 
 def load_tables(split: str, n: int) -> np.ndarray:
-    """[n, 2^12] tables of the first n pedestrians of a split found in the range caches (scene order)."""
+    """[n, 2^12] tables of the first n pedestrians of a split found in the range caches of the detector that
+    params.yaml names (scene order)."""
+    from bench_shapley import load_params_detector_weights
+    digest = file_digest(load_params_detector_weights())
     tables: dict[str, torch.Tensor] = {}
-    for path in sorted((RESULTS / "games").glob(f"learned-prior-{split}-*.pt")):
+    for path in sorted((RESULTS / "games").glob(f"learned-prior-{split}-*-detector-{digest}.pt")):
         tables.update(torch.load(path))
     ids = sorted(tables)                      # det ids sort in scene order ("<split><seed>-<index>/<ann>")
     if len(ids) < n:
@@ -147,7 +151,7 @@ def main() -> None:
     parser.add_argument("--enumerate", choices=("train", "heldout"))
     parser.add_argument("--skip", type=int, default=0)
     parser.add_argument("--persons", type=int, default=30)
-    parser.add_argument("--train", type=int, default=80)
+    parser.add_argument("--train", type=int, default=60)
     parser.add_argument("--budgets", default="32,64,128")
     parser.add_argument("--players", default="10,12")
     parser.add_argument("--seeds", type=int, default=3)
