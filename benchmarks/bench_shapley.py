@@ -182,6 +182,15 @@ def restriction_index(M: int) -> torch.Tensor:
     return (z12 @ (2 ** torch.arange(12)).double()).long()
 
 
+def enumerate_game12(person: dict, device) -> torch.Tensor:
+    """A pedestrian's 12-player game (10 parts, context, rest; blur hides a player) on every coalition: [2^12, 1]
+    float64 (2^12 forwards of its D-RISE scorer)."""
+    live = RegionGame(lambda x, s=person["scorer"]: s(x).float(), person["image"],
+                      person["regions"][12].float().to(device), make_perturbation("blur"), chunk_size=16)
+    with torch.inference_mode():
+        return live(torch.from_numpy(all_coalitions(12)).to(device)).double().cpu()
+
+
 def real_tables(split: str, n: int, device) -> tuple[list[dict], dict]:
     """The first n pedestrians of a split with their 12-player game tables (cached); and cache facts."""
     weights = load_params_detector_weights()
@@ -189,14 +198,10 @@ def real_tables(split: str, n: int, device) -> tuple[list[dict], dict]:
     stored = torch.load(cache) if cache.is_file() else {}
     detector = load_detector(device)
     persons = pedestrians(split, n, device, detector=detector)
-    perturbation = make_perturbation("blur")
     start, new = time.perf_counter(), 0
     for p in persons:
         if p["det_id"] not in stored:
-            live = RegionGame(lambda x, s=p["scorer"]: s(x).float(), p["image"], p["regions"][12].float().to(device),
-                              perturbation, chunk_size=16)
-            with torch.inference_mode():
-                stored[p["det_id"]] = live(torch.from_numpy(all_coalitions(12)).to(device)).double().cpu()
+            stored[p["det_id"]] = enumerate_game12(p, device)
             new += 1
             cache.parent.mkdir(parents=True, exist_ok=True)
             torch.save(stored, cache)

@@ -35,11 +35,10 @@ import flows  # noqa: F401  (environment defaults)
 import numpy as np
 import torch
 
-from bench_shapley import RESULTS, restriction_index
-from bench_shapley_oracle import baseline_errors, rel_err
-from explainers.game import RegionGame
-from explainers.perturb import make_perturbation
-from explainers.shapley import all_coalitions, exact_coefficients
+from bench_shapley import RESULTS, enumerate_game12, restriction_index
+from bench_shapley_oracle import baseline_errors
+from explainers.metrics import relative_error
+from explainers.shapley import exact_coefficients
 from pedestrians import file_digest, load_detector, pedestrians, start_run
 
 SHRINKAGE = (1e-4, 1e-3, 1e-2, 0.03, 0.1, 0.3)
@@ -60,10 +59,7 @@ def enumerate_tables(split: str, skip: int, n: int, device) -> None:
     for p in persons:
         if p["det_id"] in stored:
             continue
-        game = RegionGame(lambda x, s=p["scorer"]: s(x).float(), p["image"], p["regions"][12].float().to(device),
-                          make_perturbation("blur"), chunk_size=16)
-        with torch.inference_mode():
-            stored[p["det_id"]] = game(torch.from_numpy(all_coalitions(12)).to(device))[:, 0].double().cpu()
+        stored[p["det_id"]] = enumerate_game12(p, device)[:, 0]
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(stored, path)
         print(f"  {len(stored)}/{n} {p['det_id']} at {time.perf_counter() - start:.0f} s", flush=True)
@@ -137,8 +133,8 @@ def choose_shrinkage(U: np.ndarray, A: np.ndarray, observed: np.ndarray) -> floa
     exact = U @ A
     best = None
     for lam in SHRINKAGE:
-        errs = [float(rel_err(LearnedPrior(np.delete(U, i, 0), lam).estimate(A, observed, U[i:i + 1, observed])[0],
-                              exact[i])) for i in range(len(U))]
+        errs = [float(relative_error(LearnedPrior(np.delete(U, i, 0), lam).estimate(A, observed, U[i:i + 1, observed]),
+                                     exact[i:i + 1])) for i in range(len(U))]
         med = float(np.median(errs))
         print(f"    shrinkage {lam}: leave-one-out median {med:.4f}", flush=True)
         if best is None or med < best[1]:
@@ -178,7 +174,7 @@ def main() -> None:
             prior = LearnedPrior(U, lam)
             obs = prior.greedy_design(A, budget - 2)
             learned = prior.estimate(A, obs, Uh[:, obs]) * gap[:, None]
-            errs = {"learned_prior": [float(x) for x in rel_err(learned, exact)]}
+            errs = {"learned_prior": relative_error(learned, exact).tolist()}
             baseline_errors(held, exact, M, budget, args.seeds, errs)
             peers = {k: float(np.median(v)) for k, v in errs.items() if k.startswith("shapiq")}
             best = min(peers, key=peers.get)

@@ -49,6 +49,7 @@ from threadpoolctl import threadpool_limits
 
 from bench_shapley import HELDOUT_FAMILIES, RESULTS, TUNE_FAMILIES, TableGame, synthetic_game, synthetic_seed
 from explainers.bayesian_shapley import DEFAULT_DECAY, bayes_shapley, pair_design
+from explainers.metrics import relative_error
 from explainers.shapley import exact_coefficients
 from peers import run_peer
 
@@ -143,15 +144,11 @@ def baseline_errors(tables: np.ndarray, exact: np.ndarray, M: int, budget: int, 
         table = TableGame(torch.from_numpy(values)[:, None])
         for s in range(seeds):
             phi = bayes_shapley(table, M, budget, np.random.default_rng(s)).phi[0].double().numpy()
-            errs.setdefault("bayes_shapley", []).append(float(rel_err(phi, exact[g])))
+            errs.setdefault("bayes_shapley", []).append(float(relative_error(phi, exact[g])))
             for peer, config in PEER_RUNS:
                 phi = np.asarray(run_peer(peer, table, M, budget, s, config))
                 key = f"{peer} {json.dumps(config, sort_keys=True)}"
-                errs.setdefault(key, []).append(float(rel_err(phi, exact[g])))
-
-
-def rel_err(est: np.ndarray, exact: np.ndarray) -> np.ndarray:
-    return np.linalg.norm(est - exact, axis=-1) / np.maximum(np.linalg.norm(exact, axis=-1), 1e-12)
+                errs.setdefault(key, []).append(float(relative_error(phi, exact[g])))
 
 
 def main() -> None:
@@ -190,10 +187,11 @@ def main() -> None:
                         if (name, family if name == "oracle_family" else None) not in designs:
                             designs[name, family if name == "oracle_family" else None] = mom.greedy_design(A, budget, M)
                         greedy = designs[name, family if name == "oracle_family" else None]
-                        errs[f"{name}/greedy"] = list(rel_err(mom.estimate(A, greedy, V[:, greedy]), exact))
+                        errs[f"{name}/greedy"] = relative_error(mom.estimate(A, greedy, V[:, greedy]), exact).tolist()
                         for s in range(args.seeds):
                             obs = bayes_design(M, budget, s)
-                            errs.setdefault(f"{name}/bayes", []).extend(rel_err(mom.estimate(A, obs, V[:, obs]), exact))
+                            estimate = mom.estimate(A, obs, V[:, obs])
+                            errs.setdefault(f"{name}/bayes", []).extend(relative_error(estimate, exact).tolist())
                     baseline_errors(V, exact, M, budget, args.seeds, errs)
                     rows.append({"M": M, "budget": budget, "family": family, "games": len(V),
                                  "errors": {k: [float(x) for x in v] for k, v in errs.items()}})
